@@ -1,1 +1,48 @@
-//! placeholder
+//! # flashsale-engine
+//!
+//! The flash-sale domain and its invariants: deals and their stock, shoppers
+//! and their wallets, registrations, holds, settled orders, per-user limits
+//! and idempotency records. Pure and synchronous: no tokio, no sockets, no
+//! SQL, no files. Time comes from an injected [`Clock`]; every state change
+//! is handed to an [`EventSink`] as an [`Event`] (the journal's input).
+//!
+//! ## Layout
+//! - [`engine`]: [`Engine`], every operation, the sharding and the effects.
+//! - [`deal`](crate::deal) (private): the lock-free deal table, stock
+//!   counters and sold-out flag.
+//! - [`shard`](crate::shard) (private): per-shopper state behind one lock.
+//! - [`replay`]: rebuilding state from a [`Snapshot`] and events.
+//! - [`event`], [`records`], [`money`], [`ids`], [`clock`], [`error`]: the
+//!   vocabulary.
+//!
+//! ## Invariants (checked by [`Engine::check_invariants`] and the tests)
+//! - every deal: `total = remaining + held + sold`, all ≥ 0;
+//! - every wallet: `credited = available + held + spent`, and `spent` is
+//!   the sum of the shopper's orders;
+//! - no shopper holds or owns more of a deal than its `per_user_limit`;
+//! - one idempotency key yields at most one order or hold.
+
+pub mod clock;
+mod deal;
+pub mod engine;
+pub mod error;
+pub mod event;
+pub mod ids;
+pub mod money;
+pub mod records;
+pub mod replay;
+mod shard;
+
+pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
+pub use engine::{DealChange, Engine, EngineConfig, NewDeal, OrderCursor, OrderPage};
+pub use error::{EngineError, Entity};
+pub use event::{
+    DiscardEvents, Event, EventSink, Fingerprint, RecordEvents, ReleaseReason, fingerprint,
+};
+pub use ids::{DealId, HoldId, MerchantId, OrderId, ShopperId};
+pub use money::{MONEY_MAX, Money};
+pub use records::{
+    DealSpec, DealStatus, DealView, Hold, HoldStatus, Merchant, Order, Shopper, StockCounts, Wallet,
+};
+pub use replay::Snapshot;
+pub use shard::IDEMPOTENCY_RETENTION_MILLIS;

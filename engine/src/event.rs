@@ -1,0 +1,127 @@
+//! Events: the facts the engine emits, one per state change, in the order
+//! the state changed. The journal makes them durable, the order sink copies
+//! the settled ones to Postgres, and [`crate::Engine::apply`] rebuilds state
+//! from them on recovery.
+//!
+//! The engine hands each event to an [`EventSink`] while it still holds the
+//! lock that serialises the change, and, for changes that give stock back
+//! (release, expiry, restock), before the stock is visible to other
+//! requests. So in the sink's order, an event that takes stock never comes
+//! before the event that made that stock available, and replay never runs a
+//! counter below zero.
+
+use serde::{Deserialize, Serialize};
+
+use crate::clock::Timestamp;
+use crate::ids::{DealId, HoldId, MerchantId, ShopperId};
+use crate::money::Money;
+use crate::records::{DealSpec, Hold, Order};
+
+/// A 128-bit digest of a client-chosen string (an idempotency key, a credit
+/// reference). The engine keeps digests, not strings: fixed size, no
+/// allocation on the buy path.
+pub type Fingerprint = u128;
+
+pub fn fingerprint(text: &str) -> Fingerprint {
+    xxhash_rust::xxh3::xxh3_128(text.as_bytes())
+}
+
+/// Why a hold's stock and funds went back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReleaseReason {
+    /// The shopper released it.
+    Released,
+    /// Its `hold_seconds` ran out.
+    Expired,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Event {
+    MerchantCreated {
+        merchant: MerchantId,
+        name: String,
+        at: Timestamp,
+    },
+    ShopperCreated {
+        shopper: ShopperId,
+        name: String,
+        at: Timestamp,
+    },
+    WalletCredited {
+        shopper: ShopperId,
+        amount: Money,
+        reference: Fingerprint,
+        at: Timestamp,
+    },
+    DealCreated {
+        deal: DealId,
+        merchant: MerchantId,
+        spec: DealSpec,
+        at: Timestamp,
+    },
+    StockAdded {
+        deal: DealId,
+        quantity: u64,
+        at: Timestamp,
+    },
+    DealChanged {
+        deal: DealId,
+        ends_at: Timestamp,
+        paused: bool,
+        at: Timestamp,
+    },
+    Registered {
+        deal: DealId,
+        shopper: ShopperId,
+        at: Timestamp,
+    },
+    HoldCreated {
+        hold: Hold,
+        key: Fingerprint,
+    },
+    HoldReleased {
+        hold: HoldId,
+        shopper: ShopperId,
+        reason: ReleaseReason,
+        at: Timestamp,
+    },
+    /// An order settled: a one-tap buy (`key` is its idempotency key) or a
+    /// hold's payment (`order.hold` names it, `key` is `None`).
+    OrderSettled {
+        order: Order,
+        key: Option<Fingerprint>,
+    },
+}
+
+/// Where the engine sends its events. Called with a shard lock held: an
+/// implementation must be quick, must not block, and must not call back
+/// into the engine.
+pub trait EventSink: Send + Sync {
+    fn emit(&self, event: Event);
+}
+
+/// Drops every event: an engine with no journal (benchmarks, tests).
+#[derive(Debug, Default)]
+pub struct DiscardEvents;
+
+impl EventSink for DiscardEvents {
+    fn emit(&self, _event: Event) {}
+}
+
+/// Keeps every event in memory, in order: for tests of replay.
+#[derive(Debug, Default)]
+pub struct RecordEvents {
+    events: parking_lot::Mutex<Vec<Event>>,
+}
+
+impl RecordEvents {
+    pub fn take(&self) -> Vec<Event> {
+        std::mem::take(&mut *self.events.lock())
+    }
+}
+
+impl EventSink for RecordEvents {
+    fn emit(&self, event: Event) {
+        self.events.lock().push(event);
+    }
+}

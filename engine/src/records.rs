@@ -1,0 +1,143 @@
+//! The domain's records as the engine's callers see them: a deal's terms,
+//! holds, orders and wallets. Plain values, cloned out of the engine.
+
+use serde::{Deserialize, Serialize};
+
+use crate::clock::Timestamp;
+use crate::ids::{DealId, HoldId, MerchantId, OrderId, ShopperId};
+use crate::money::Money;
+
+/// What a merchant posts: the terms of a deal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DealSpec {
+    pub title: String,
+    pub price: Money,
+    pub stock: u64,
+    pub per_user_limit: u32,
+    pub starts_at: Timestamp,
+    pub ends_at: Timestamp,
+    pub requires_registration: bool,
+    pub hold_seconds: u32,
+}
+
+/// A deal's state as the clock and its counters say now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DealStatus {
+    Scheduled,
+    Live,
+    SoldOut,
+    Ended,
+    Paused,
+}
+
+impl DealStatus {
+    pub fn name(self) -> &'static str {
+        match self {
+            DealStatus::Scheduled => "scheduled",
+            DealStatus::Live => "live",
+            DealStatus::SoldOut => "sold_out",
+            DealStatus::Ended => "ended",
+            DealStatus::Paused => "paused",
+        }
+    }
+}
+
+/// A deal with its live numbers, read without a lock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DealView {
+    pub id: DealId,
+    pub merchant: MerchantId,
+    pub title: String,
+    pub price: Money,
+    pub per_user_limit: u32,
+    pub starts_at: Timestamp,
+    pub ends_at: Timestamp,
+    pub requires_registration: bool,
+    pub hold_seconds: u32,
+    pub created_at: Timestamp,
+    pub paused: bool,
+    pub counts: StockCounts,
+    pub registrations: u64,
+    pub buyers: u64,
+    pub status: DealStatus,
+}
+
+/// A deal's stock: `total = remaining + held + sold`, where `total` is the
+/// initial stock plus every restock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StockCounts {
+    pub total: u64,
+    pub remaining: u64,
+    pub held: u64,
+    pub sold: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HoldStatus {
+    Active,
+    Settled(OrderId),
+    Released,
+    Expired,
+}
+
+/// Stock and funds reserved for one shopper until `expires_at`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hold {
+    pub id: HoldId,
+    pub deal: DealId,
+    pub shopper: ShopperId,
+    pub quantity: u32,
+    pub amount: Money,
+    pub created_at: Timestamp,
+    pub expires_at: Timestamp,
+    pub status: HoldStatus,
+}
+
+/// A settled, paid order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Order {
+    pub id: OrderId,
+    pub deal: DealId,
+    pub shopper: ShopperId,
+    pub quantity: u32,
+    pub unit_price: Money,
+    pub amount: Money,
+    /// Paid after its hold had expired.
+    pub late: bool,
+    /// The hold it settled, if any.
+    pub hold: Option<HoldId>,
+    pub created_at: Timestamp,
+}
+
+/// A shopper's wallet: `credited = available + held + spent`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Wallet {
+    pub credited: Money,
+    pub available: Money,
+    pub held: Money,
+    pub spent: Money,
+}
+
+impl Wallet {
+    /// The conservation rule, checked.
+    pub fn is_balanced(&self) -> bool {
+        self.available
+            .checked_add(self.held)
+            .and_then(|sum| sum.checked_add(self.spent))
+            == Some(self.credited)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Merchant {
+    pub id: MerchantId,
+    pub name: String,
+    pub created_at: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shopper {
+    pub id: ShopperId,
+    pub name: String,
+    pub created_at: Timestamp,
+}

@@ -1,0 +1,314 @@
+//! Recovery: rebuilding an engine from a snapshot and the events after it.
+//!
+//! [`Engine::apply`] replays one event as a fact: it does not judge the
+//! request again, it repeats the state change through the same effect
+//! functions the live path uses, and emits nothing. It refuses an event that
+//! does not fit the state (a counter that would go below zero, an unknown
+//! id): the journal is then inconsistent and recovery must stop.
+//!
+//! [`Engine::snapshot`] copies the whole state, one lock at a time; it is
+//! exact only on an engine no request is running on (a replica that replays
+//! the journal, or an engine at clean shutdown).
+
+use serde::{Deserialize, Serialize};
+
+use crate::clock::Timestamp;
+use crate::deal::{DealCounters, DealState};
+use crate::engine::{Engine, commit_hold, commit_order, release, settle, settle_late};
+use crate::error::EngineError;
+use crate::event::{DiscardEvents, Event};
+use crate::ids::{DealId, MerchantId};
+use crate::records::{DealSpec, HoldStatus, Merchant, StockCounts};
+use crate::shard::{Account, Request, Shard};
+
+/// The whole state of an engine at one point of its journal.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Snapshot {
+    shards: Vec<Shard>,
+    merchants: Vec<Merchant>,
+    deals: Vec<DealSnapshot>,
+    next_shopper: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct DealSnapshot {
+    id: DealId,
+    merchant: MerchantId,
+    spec: DealSpec,
+    created_at: Timestamp,
+    counts: StockCounts,
+    registrations: u64,
+    buyers: u64,
+    paused: bool,
+}
+
+fn inconsistent(reason: &'static str) -> EngineError {
+    EngineError::Inconsistent { reason }
+}
+
+impl Engine {
+    /// Replays one journalled event. See the module doc.
+    pub fn apply(&self, event: &Event) -> Result<(), EngineError> {
+        match event {
+            Event::MerchantCreated { merchant, name, at } => {
+                let mut merchants = self.merchants_mut();
+                if merchant.0 != merchants.len() as u64 + 1 {
+                    return Err(inconsistent("merchant ids out of order"));
+                }
+                merchants.push(Merchant {
+                    id: *merchant,
+                    name: name.clone(),
+                    created_at: *at,
+                });
+            }
+            Event::ShopperCreated { shopper, name, at } => {
+                let mut shard = self.lock_shopper_shard(*shopper);
+                let account = Account::new(crate::records::Shopper {
+                    id: *shopper,
+                    name: name.clone(),
+                    created_at: *at,
+                });
+                if shard.accounts.insert(*shopper, account).is_some() {
+                    return Err(inconsistent("a shopper is created twice"));
+                }
+                self.advance_next_shopper(shopper.0 + 1);
+            }
+            Event::WalletCredited {
+                shopper,
+                amount,
+                reference,
+                ..
+            } => {
+                let mut shard = self.lock_shopper_shard(*shopper);
+                let account = shard
+                    .accounts
+                    .get_mut(shopper)
+                    .ok_or(inconsistent("credit to an unknown shopper"))?;
+                let wallet = &mut account.wallet;
+                wallet.credited = wallet
+                    .credited
+                    .checked_add(*amount)
+                    .ok_or(inconsistent("credit overflows"))?;
+                wallet.available = wallet
+                    .available
+                    .checked_add(*amount)
+                    .ok_or(inconsistent("credit overflows"))?;
+                account.credits.insert(*reference, *amount);
+            }
+            Event::DealCreated {
+                deal,
+                merchant,
+                spec,
+                at,
+            } => {
+                if !self
+                    .deal_table()
+                    .publish(DealState::new(*deal, *merchant, spec.clone(), *at))
+                {
+                    return Err(inconsistent("a deal id is taken or out of range"));
+                }
+            }
+            Event::StockAdded { deal, quantity, .. } => {
+                let deal = self.replay_deal(*deal)?;
+                deal.stock.add_total(*quantity);
+                deal.stock.put_back(*quantity);
+            }
+            Event::DealChanged {
+                deal,
+                ends_at,
+                paused,
+                ..
+            } => {
+                let deal = self.replay_deal(*deal)?;
+                deal.set_ends_at(*ends_at);
+                deal.set_paused(*paused);
+            }
+            Event::Registered { deal, shopper, .. } => {
+                let state = self.replay_deal(*deal)?;
+                let mut shard = self.lock_shopper_shard(*shopper);
+                let account = shard
+                    .accounts
+                    .get_mut(shopper)
+                    .ok_or(inconsistent("registration of an unknown shopper"))?;
+                account.units_mut(*deal).registered = true;
+                state.add_registration();
+            }
+            Event::HoldCreated { hold, key } => {
+                let deal = self.replay_deal(hold.deal)?;
+                let mut shard = self.lock_shopper_shard(hold.shopper);
+                if hold.id != shard.next_hold_id() {
+                    return Err(inconsistent("hold ids out of order"));
+                }
+                self.check_funds(&shard, hold.shopper, hold.amount)?;
+                if !deal.stock.try_take(u64::from(hold.quantity)) {
+                    return Err(inconsistent("a hold takes more stock than remains"));
+                }
+                commit_hold(&mut shard, deal, hold.clone(), *key, &DiscardEvents);
+            }
+            Event::HoldReleased {
+                hold,
+                shopper,
+                reason,
+                at,
+            } => {
+                let mut shard = self.lock_shopper_shard(*shopper);
+                let position = shard
+                    .hold_position(*hold)
+                    .ok_or(inconsistent("release of an unknown hold"))?;
+                if shard.holds[position].status != HoldStatus::Active {
+                    return Err(inconsistent("release of a hold that is not active"));
+                }
+                let deal = self.replay_deal(shard.holds[position].deal)?;
+                release(&mut shard, deal, position, *reason, *at, &DiscardEvents);
+            }
+            Event::OrderSettled { order, key } => {
+                let deal = self.replay_deal(order.deal)?;
+                let mut shard = self.lock_shopper_shard(order.shopper);
+                if order.id != shard.next_order_id() {
+                    return Err(inconsistent("order ids out of order"));
+                }
+                match (order.hold, key) {
+                    (None, Some(key)) => {
+                        self.check_funds(&shard, order.shopper, order.amount)?;
+                        if !deal.stock.try_take(u64::from(order.quantity)) {
+                            return Err(inconsistent("an order takes more stock than remains"));
+                        }
+                        commit_order(&mut shard, deal, order.clone(), *key, &DiscardEvents);
+                    }
+                    (Some(hold), None) => {
+                        let position = shard
+                            .hold_position(hold)
+                            .ok_or(inconsistent("payment of an unknown hold"))?;
+                        let held = shard.holds[position].clone();
+                        match (held.status, order.late) {
+                            (HoldStatus::Active, false) => {
+                                settle(
+                                    &mut shard,
+                                    deal,
+                                    &held,
+                                    false,
+                                    order.created_at,
+                                    &DiscardEvents,
+                                );
+                            }
+                            (HoldStatus::Expired, true) => {
+                                self.check_funds(&shard, order.shopper, order.amount)?;
+                                if !deal.stock.try_take(u64::from(order.quantity)) {
+                                    return Err(inconsistent(
+                                        "a late payment takes more stock than remains",
+                                    ));
+                                }
+                                settle_late(
+                                    &mut shard,
+                                    deal,
+                                    &held,
+                                    order.created_at,
+                                    &DiscardEvents,
+                                );
+                            }
+                            _ => return Err(inconsistent("payment of a hold in the wrong state")),
+                        }
+                    }
+                    _ => return Err(inconsistent("an order needs a key or a hold, not both")),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn replay_deal(&self, deal: DealId) -> Result<&DealState, EngineError> {
+        self.deal_table()
+            .get(deal)
+            .ok_or(inconsistent("an event names an unknown deal"))
+    }
+
+    fn check_funds(
+        &self,
+        shard: &Shard,
+        shopper: crate::ids::ShopperId,
+        amount: crate::Money,
+    ) -> Result<(), EngineError> {
+        let account = shard
+            .accounts
+            .get(&shopper)
+            .ok_or(inconsistent("an event names an unknown shopper"))?;
+        if account.wallet.available < amount {
+            return Err(inconsistent("a payment exceeds the available funds"));
+        }
+        Ok(())
+    }
+
+    /// Copies the whole state. See the module doc for when it is exact.
+    pub fn snapshot(&self) -> Snapshot {
+        let deals = self
+            .deal_table()
+            .newest_first()
+            .map(|deal| {
+                let DealCounters {
+                    counts,
+                    registrations,
+                    buyers,
+                    paused,
+                } = deal.counters();
+                DealSnapshot {
+                    id: deal.id,
+                    merchant: deal.merchant,
+                    spec: deal.spec(),
+                    created_at: deal.created_at,
+                    counts,
+                    registrations,
+                    buyers,
+                    paused,
+                }
+            })
+            .collect();
+        Snapshot {
+            shards: self.shard_copies(),
+            merchants: self.merchants_mut().clone(),
+            deals,
+            next_shopper: self.next_shopper(),
+        }
+    }
+
+    /// Loads a snapshot into a new, empty engine (then replay what follows
+    /// it with [`Engine::apply`]). The shard count must be the one the
+    /// snapshot was taken with: order and hold ids name their shard.
+    pub fn restore(&self, snapshot: Snapshot) -> Result<(), EngineError> {
+        if snapshot.shards.len() != self.config().shards {
+            return Err(inconsistent(
+                "the snapshot was taken with another shard count",
+            ));
+        }
+        if self.next_shopper() != 1 {
+            return Err(inconsistent("a snapshot loads into an empty engine only"));
+        }
+        for deal in snapshot.deals.into_iter().rev() {
+            let counters = DealCounters {
+                counts: deal.counts,
+                registrations: deal.registrations,
+                buyers: deal.buyers,
+                paused: deal.paused,
+            };
+            if !self.deal_table().publish(DealState::restore(
+                deal.id,
+                deal.merchant,
+                deal.spec,
+                deal.created_at,
+                counters,
+            )) {
+                return Err(inconsistent("a deal id is taken or out of range"));
+            }
+        }
+        for shard in &snapshot.shards {
+            for ((shopper, _), record) in &shard.idempotency {
+                let (Request::Buy { deal, .. } | Request::Hold { deal, .. }) = record.request;
+                if let Some(deal) = self.deal_table().get(deal) {
+                    deal.records.insert(*shopper);
+                }
+            }
+        }
+        *self.merchants_mut() = snapshot.merchants;
+        self.advance_next_shopper(snapshot.next_shopper);
+        self.load_shards(snapshot.shards)
+    }
+}
