@@ -439,10 +439,10 @@ impl Engine {
                 return Err(invalid("add_stock", "would take stock past 1000000000"));
             }
         }
-        if let Some(ends_at) = change.ends_at {
-            if ends_at <= deal.starts_at || ends_at <= now {
-                return Err(invalid("ends_at", "must be after starts_at and after now"));
-            }
+        if let Some(ends_at) = change.ends_at
+            && (ends_at <= deal.starts_at || ends_at <= now)
+        {
+            return Err(invalid("ends_at", "must be after starts_at and after now"));
         }
         if let Some(quantity) = change.add_stock {
             // Event first, then the stock: no buy can take a unit whose
@@ -486,9 +486,7 @@ impl Engine {
         if now >= deal.starts_at {
             return Err(EngineError::RegistrationClosed);
         }
-        if account.deals.len() >= self.config.deals_per_shopper_max
-            && !account.deals.iter().any(|units| units.deal == id)
-        {
+        if !account.may_touch(id, self.config.deals_per_shopper_max) {
             return Err(EngineError::CapacityReached {
                 bound: "deals_per_shopper_max",
             });
@@ -558,19 +556,29 @@ impl Engine {
             return Err(invalid("quantity", "must be at most 1000"));
         }
         let deal = self.deal_state(id)?;
+        // Fast path: a sold-out deal refuses a shopper with no record on it
+        // with one load of the flag (and one of the filter): no lock, not
+        // even a clock read. Ended, paused and not started deals refuse the
+        // same way just after.
+        if deal.stock.is_sold_out() && !deal.records.may_contain(shopper) {
+            return Err(EngineError::SoldOut);
+        }
         let now = self.now();
-        // Fast path: a sold-out (or ended, paused, not started) deal refuses
-        // a shopper with no record on it without taking any lock.
         let refusal = deal.refusal(now);
-        if let Some(refusal) = &refusal {
-            if !deal.records.may_contain(shopper) {
-                return Err(refusal.clone());
-            }
+        if let Some(refusal) = &refusal
+            && !deal.records.may_contain(shopper)
+        {
+            return Err(refusal.clone());
         }
         let key = fingerprint(key);
         let mut guard = self.lock_shopper(shopper);
         let shard = &mut *guard;
-        if let Some(record) = shard.idempotency.get(&(shopper, key)) {
+        // A record on this deal answers first: its order or hold again, or
+        // `IdempotencyKeyReused`. A key used on another deal is judged after
+        // this deal's own refusals, so the lock-free fast path above and
+        // this path always agree.
+        let record = shard.idempotency.get(&(shopper, key)).copied();
+        if let Some(record) = record.filter(|record| record.request.deal() == id) {
             if record.request != request {
                 return Err(EngineError::IdempotencyKeyReused);
             }
@@ -592,6 +600,9 @@ impl Engine {
         if let Some(refusal) = refusal {
             return Err(refusal);
         }
+        if record.is_some() {
+            return Err(EngineError::IdempotencyKeyReused);
+        }
         let account = shard
             .accounts
             .get(&shopper)
@@ -609,15 +620,7 @@ impl Engine {
                 limit: deal.per_user_limit,
             });
         }
-        if units
-            == (crate::shard::DealUnits {
-                deal: id,
-                held: 0,
-                bought: 0,
-                registered: false,
-            })
-            && account.deals.len() >= self.config.deals_per_shopper_max
-        {
+        if !account.may_touch(id, self.config.deals_per_shopper_max) {
             return Err(EngineError::CapacityReached {
                 bound: "deals_per_shopper_max",
             });
@@ -866,10 +869,10 @@ impl Engine {
         let mut orders = Vec::with_capacity(limit.min(1024));
         let mut position = from.position as usize;
         while position < account.orders.len() && orders.len() < limit {
-            if let Some(order) = shard.order(account.orders[position]) {
-                if deal.is_none_or(|deal| order.deal == deal) {
-                    orders.push(order.clone());
-                }
+            if let Some(order) = shard.order(account.orders[position])
+                && deal.is_none_or(|deal| order.deal == deal)
+            {
+                orders.push(order.clone());
             }
             position += 1;
         }

@@ -19,7 +19,7 @@ use crate::error::EngineError;
 use crate::event::{DiscardEvents, Event};
 use crate::ids::{DealId, MerchantId};
 use crate::records::{DealSpec, HoldStatus, Merchant, StockCounts};
-use crate::shard::{Account, Request, Shard};
+use crate::shard::{Account, Shard};
 
 /// The whole state of an engine at one point of its journal.
 #[derive(Debug, Serialize, Deserialize)]
@@ -301,8 +301,7 @@ impl Engine {
         }
         for shard in &snapshot.shards {
             for ((shopper, _), record) in &shard.idempotency {
-                let (Request::Buy { deal, .. } | Request::Hold { deal, .. }) = record.request;
-                if let Some(deal) = self.deal_table().get(deal) {
+                if let Some(deal) = self.deal_table().get(record.request.deal()) {
                     deal.records.insert(*shopper);
                 }
             }

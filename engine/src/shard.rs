@@ -69,6 +69,12 @@ impl Account {
             })
     }
 
+    /// Whether this shopper may hold, buy or register on `deal` without
+    /// tracking more than `deals_max` deals.
+    pub(crate) fn may_touch(&self, deal: DealId, deals_max: usize) -> bool {
+        self.deals.len() < deals_max || self.deals.iter().any(|units| units.deal == deal)
+    }
+
     pub(crate) fn units_mut(&mut self, deal: DealId) -> &mut DealUnits {
         let position = match self.deals.iter().position(|units| units.deal == deal) {
             Some(position) => position,
@@ -91,6 +97,14 @@ impl Account {
 pub(crate) enum Request {
     Buy { deal: DealId, quantity: u32 },
     Hold { deal: DealId, quantity: u32 },
+}
+
+impl Request {
+    pub(crate) fn deal(self) -> DealId {
+        match self {
+            Request::Buy { deal, .. } | Request::Hold { deal, .. } => deal,
+        }
+    }
 }
 
 /// What a remembered request produced.

@@ -1,0 +1,767 @@
+//! Model-based property test: random operations by several shoppers on a
+//! few deals, with clock advances and expiry sweeps, run against the engine
+//! and against a plain single-threaded reference model written straight from
+//! DESIGN.md. Both must give the same outcome for every step, the
+//! conservation invariants must hold after every step, and replaying the
+//! engine's events (or restoring its snapshot) must rebuild the same state.
+
+mod support;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use flashsale_engine::{
+    Clock, DealChange, DealId, DiscardEvents, Engine, EngineConfig, EngineError, HoldId,
+    HoldStatus, Money, NewDeal, OrderCursor, OrderId, RecordEvents, ShopperId, Wallet,
+};
+use proptest::prelude::*;
+use support::{NOON, World};
+
+const SHOPPERS: usize = 4;
+const KEYS: usize = 3;
+
+#[derive(Debug, Clone)]
+enum Op {
+    Buy {
+        shopper: usize,
+        deal: usize,
+        quantity: u32,
+        key: usize,
+    },
+    Hold {
+        shopper: usize,
+        deal: usize,
+        quantity: u32,
+        key: usize,
+    },
+    Pay {
+        shopper: usize,
+        hold: usize,
+    },
+    Release {
+        shopper: usize,
+        hold: usize,
+    },
+    Credit {
+        shopper: usize,
+        cents: i64,
+        reference: usize,
+    },
+    Register {
+        shopper: usize,
+        deal: usize,
+    },
+    AddStock {
+        deal: usize,
+        quantity: u64,
+    },
+    Pause {
+        deal: usize,
+        paused: bool,
+    },
+    Advance {
+        seconds: u32,
+    },
+    Sweep,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let shopper = 0..SHOPPERS;
+    let deal = 0..3usize;
+    prop_oneof![
+        6 => (shopper.clone(), deal.clone(), 0..4u32, 0..KEYS).prop_map(|(shopper, deal, quantity, key)| Op::Buy { shopper, deal, quantity, key }),
+        4 => (shopper.clone(), deal.clone(), 0..4u32, 0..KEYS).prop_map(|(shopper, deal, quantity, key)| Op::Hold { shopper, deal, quantity, key }),
+        3 => (shopper.clone(), 0..8usize).prop_map(|(shopper, hold)| Op::Pay { shopper, hold }),
+        2 => (shopper.clone(), 0..8usize).prop_map(|(shopper, hold)| Op::Release { shopper, hold }),
+        2 => (shopper.clone(), 0..3000i64, 0..3usize).prop_map(|(shopper, cents, reference)| Op::Credit { shopper, cents, reference }),
+        1 => (shopper, deal.clone()).prop_map(|(shopper, deal)| Op::Register { shopper, deal }),
+        1 => (deal.clone(), 1..3u64).prop_map(|(deal, quantity)| Op::AddStock { deal, quantity }),
+        1 => (deal, any::<bool>()).prop_map(|(deal, paused)| Op::Pause { deal, paused }),
+        2 => (1..40u32).prop_map(|seconds| Op::Advance { seconds }),
+        1 => Just(Op::Sweep),
+    ]
+}
+
+// ----- the reference model ------------------------------------------------------
+
+#[derive(Debug, Clone)]
+struct MDeal {
+    price: i64,
+    total: u64,
+    remaining: u64,
+    held: u64,
+    sold: u64,
+    limit: u32,
+    starts_at: i64,
+    ends_at: i64,
+    paused: bool,
+    requires_registration: bool,
+    hold_millis: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum MStatus {
+    Active,
+    Settled(usize),
+    Released,
+    Expired,
+}
+
+#[derive(Debug, Clone)]
+struct MHold {
+    shopper: usize,
+    deal: usize,
+    quantity: u32,
+    amount: i64,
+    expires_at: i64,
+    status: MStatus,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct MOrder {
+    shopper: usize,
+    deal: usize,
+    quantity: u32,
+    amount: i64,
+    late: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Request {
+    Buy(usize, u32),
+    Hold(usize, u32),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Made {
+    Order(usize),
+    Hold(usize),
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+struct MWallet {
+    credited: i64,
+    available: i64,
+    held: i64,
+    spent: i64,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct MUnits {
+    held: u32,
+    bought: u32,
+    registered: bool,
+}
+
+/// What a step produced, in the model's terms.
+#[derive(Debug, PartialEq)]
+enum Outcome {
+    NewOrder(MOrder),
+    OldOrder(usize),
+    NewHold(usize),
+    OldHold(usize),
+    HoldNow(usize),
+    Refused(Refusal),
+    Wallet(MWallet),
+}
+
+/// A refusal with hold/order ids still in model numbering.
+#[derive(Debug, PartialEq, Clone)]
+enum Refusal {
+    Plain(EngineError),
+    HoldExpired(usize),
+    HoldReleased(usize),
+    HoldSettled(usize, usize),
+    Forbidden,
+}
+
+struct Model {
+    now: i64,
+    deals: Vec<MDeal>,
+    wallets: Vec<MWallet>,
+    credits: HashMap<(usize, usize), i64>,
+    units: HashMap<(usize, usize), MUnits>,
+    holds: Vec<MHold>,
+    orders: Vec<MOrder>,
+    records: HashMap<(usize, usize), (Request, Made)>,
+}
+
+impl Model {
+    fn deal_refusal(&self, deal: usize) -> Option<EngineError> {
+        let d = &self.deals[deal];
+        if d.remaining == 0 {
+            Some(EngineError::SoldOut)
+        } else if self.now < d.starts_at {
+            Some(EngineError::NotStarted)
+        } else if self.now >= d.ends_at {
+            Some(EngineError::DealEnded)
+        } else if d.paused {
+            Some(EngineError::DealPaused)
+        } else {
+            None
+        }
+    }
+
+    fn reserve(
+        &mut self,
+        shopper: usize,
+        deal: usize,
+        quantity: u32,
+        key: usize,
+        hold: bool,
+    ) -> Outcome {
+        if quantity == 0 {
+            return Outcome::Refused(Refusal::Plain(EngineError::Invalid {
+                field: "quantity",
+                reason: "must be at least 1",
+            }));
+        }
+        let request = if hold {
+            Request::Hold(deal, quantity)
+        } else {
+            Request::Buy(deal, quantity)
+        };
+        let record = self.records.get(&(shopper, key)).copied();
+        let same_deal =
+            |asked: Request| matches!(asked, Request::Buy(d, _) | Request::Hold(d, _) if d == deal);
+        if let Some((asked, made)) = record.filter(|(asked, _)| same_deal(*asked)) {
+            if asked != request {
+                return Outcome::Refused(Refusal::Plain(EngineError::IdempotencyKeyReused));
+            }
+            return match made {
+                Made::Order(order) => Outcome::OldOrder(order),
+                Made::Hold(hold) => Outcome::OldHold(hold),
+            };
+        }
+        if let Some(refusal) = self.deal_refusal(deal) {
+            return Outcome::Refused(Refusal::Plain(refusal));
+        }
+        if record.is_some() {
+            return Outcome::Refused(Refusal::Plain(EngineError::IdempotencyKeyReused));
+        }
+        let d = self.deals[deal].clone();
+        let units = self
+            .units
+            .get(&(shopper, deal))
+            .copied()
+            .unwrap_or_default();
+        if d.requires_registration && !units.registered {
+            return Outcome::Refused(Refusal::Plain(EngineError::NotRegistered));
+        }
+        if units.held + units.bought + quantity > d.limit {
+            return Outcome::Refused(Refusal::Plain(EngineError::PurchaseLimitReached {
+                limit: d.limit,
+            }));
+        }
+        let amount = d.price * i64::from(quantity);
+        if self.wallets[shopper].available < amount {
+            return Outcome::Refused(Refusal::Plain(EngineError::InsufficientFunds));
+        }
+        if d.remaining < u64::from(quantity) {
+            return Outcome::Refused(Refusal::Plain(EngineError::SoldOut));
+        }
+        self.deals[deal].remaining -= u64::from(quantity);
+        self.wallets[shopper].available -= amount;
+        let units = self.units.entry((shopper, deal)).or_default();
+        if hold {
+            units.held += quantity;
+            self.wallets[shopper].held += amount;
+            self.deals[deal].held += u64::from(quantity);
+            self.holds.push(MHold {
+                shopper,
+                deal,
+                quantity,
+                amount,
+                expires_at: self.now + d.hold_millis,
+                status: MStatus::Active,
+            });
+            self.records
+                .insert((shopper, key), (request, Made::Hold(self.holds.len() - 1)));
+            Outcome::NewHold(self.holds.len() - 1)
+        } else {
+            units.bought += quantity;
+            self.wallets[shopper].spent += amount;
+            self.deals[deal].sold += u64::from(quantity);
+            let order = MOrder {
+                shopper,
+                deal,
+                quantity,
+                amount,
+                late: false,
+            };
+            self.orders.push(order);
+            self.records.insert(
+                (shopper, key),
+                (request, Made::Order(self.orders.len() - 1)),
+            );
+            Outcome::NewOrder(order)
+        }
+    }
+
+    fn release(&mut self, hold: usize, status: MStatus) {
+        let h = self.holds[hold].clone();
+        assert_eq!(h.status, MStatus::Active);
+        self.holds[hold].status = status;
+        self.wallets[h.shopper].held -= h.amount;
+        self.wallets[h.shopper].available += h.amount;
+        self.units.get_mut(&(h.shopper, h.deal)).unwrap().held -= h.quantity;
+        self.deals[h.deal].held -= u64::from(h.quantity);
+        self.deals[h.deal].remaining += u64::from(h.quantity);
+    }
+
+    fn settle(&mut self, hold: usize, late: bool) -> Outcome {
+        let h = self.holds[hold].clone();
+        if late {
+            self.deals[h.deal].remaining -= u64::from(h.quantity);
+            self.wallets[h.shopper].available -= h.amount;
+        } else {
+            self.deals[h.deal].held -= u64::from(h.quantity);
+            self.wallets[h.shopper].held -= h.amount;
+            self.units.get_mut(&(h.shopper, h.deal)).unwrap().held -= h.quantity;
+        }
+        self.wallets[h.shopper].spent += h.amount;
+        self.deals[h.deal].sold += u64::from(h.quantity);
+        self.units.get_mut(&(h.shopper, h.deal)).unwrap().bought += h.quantity;
+        let order = MOrder {
+            shopper: h.shopper,
+            deal: h.deal,
+            quantity: h.quantity,
+            amount: h.amount,
+            late,
+        };
+        self.orders.push(order);
+        self.holds[hold].status = MStatus::Settled(self.orders.len() - 1);
+        Outcome::NewOrder(order)
+    }
+
+    fn pay(&mut self, shopper: usize, hold: usize) -> Outcome {
+        let h = self.holds[hold].clone();
+        if h.shopper != shopper {
+            return Outcome::Refused(Refusal::Forbidden);
+        }
+        match h.status {
+            MStatus::Settled(order) => return Outcome::Refused(Refusal::HoldSettled(hold, order)),
+            MStatus::Released => return Outcome::Refused(Refusal::HoldReleased(hold)),
+            MStatus::Active if self.now < h.expires_at => return self.settle(hold, false),
+            MStatus::Active => self.release(hold, MStatus::Expired),
+            MStatus::Expired => {}
+        }
+        let d = &self.deals[h.deal];
+        let units = self.units[&(shopper, h.deal)];
+        let fits = !d.paused
+            && self.now < d.ends_at
+            && units.held + units.bought + h.quantity <= d.limit
+            && self.wallets[shopper].available >= h.amount
+            && d.remaining >= u64::from(h.quantity);
+        if fits {
+            self.settle(hold, true)
+        } else {
+            Outcome::Refused(Refusal::HoldExpired(hold))
+        }
+    }
+
+    fn release_by(&mut self, shopper: usize, hold: usize) -> Outcome {
+        let h = self.holds[hold].clone();
+        if h.shopper != shopper {
+            return Outcome::Refused(Refusal::Forbidden);
+        }
+        match h.status {
+            MStatus::Settled(order) => Outcome::Refused(Refusal::HoldSettled(hold, order)),
+            MStatus::Released | MStatus::Expired => Outcome::HoldNow(hold),
+            MStatus::Active => {
+                self.release(hold, MStatus::Released);
+                Outcome::HoldNow(hold)
+            }
+        }
+    }
+}
+
+// ----- running both -------------------------------------------------------------
+
+struct Run {
+    world: World,
+    sink: Arc<RecordEvents>,
+    events: Vec<flashsale_engine::Event>,
+    model: Model,
+    deals: Vec<DealId>,
+    shoppers: Vec<ShopperId>,
+    holds: Vec<HoldId>,
+    orders: Vec<OrderId>,
+}
+
+fn setup() -> Run {
+    let sink = Arc::new(RecordEvents::default());
+    let world = World::with(
+        EngineConfig {
+            shards: 4,
+            ..EngineConfig::default()
+        },
+        sink.clone(),
+    );
+    let now = NOON.millis();
+    let specs = [
+        // price, stock, limit, starts in, ends in, registration, hold
+        (1000, 5, 2, 0, 3_600_000, false, 30),
+        (250, 3, 1, 30_000, 3_600_000, true, 60),
+        (1, 20, 3, 0, 120_000, false, 10),
+    ];
+    let mut deals = Vec::new();
+    let mut model_deals = Vec::new();
+    for (price, stock, limit, starts_in, ends_in, registration, hold_seconds) in specs {
+        let new = NewDeal {
+            title: "deal".into(),
+            price: Money::from_fen(price).unwrap(),
+            stock,
+            per_user_limit: Some(limit),
+            starts_at: NOON.plus_millis(starts_in),
+            ends_at: NOON.plus_millis(ends_in),
+            requires_registration: registration,
+            hold_seconds: Some(hold_seconds),
+        };
+        deals.push(world.engine.create_deal(world.merchant, new).unwrap().id);
+        model_deals.push(MDeal {
+            price,
+            total: stock,
+            remaining: stock,
+            held: 0,
+            sold: 0,
+            limit,
+            starts_at: now + starts_in,
+            ends_at: now + ends_in,
+            paused: false,
+            requires_registration: registration,
+            hold_millis: i64::from(hold_seconds) * 1000,
+        });
+    }
+    let shoppers = (0..SHOPPERS)
+        .map(|_| world.engine.create_shopper("s").unwrap().id)
+        .collect();
+    Run {
+        world,
+        sink,
+        events: Vec::new(),
+        model: Model {
+            now,
+            deals: model_deals,
+            wallets: vec![MWallet::default(); SHOPPERS],
+            credits: HashMap::new(),
+            units: HashMap::new(),
+            holds: Vec::new(),
+            orders: Vec::new(),
+            records: HashMap::new(),
+        },
+        deals,
+        shoppers,
+        holds: Vec::new(),
+        orders: Vec::new(),
+    }
+}
+
+fn model_wallet(wallet: Wallet) -> MWallet {
+    MWallet {
+        credited: wallet.credited.fen(),
+        available: wallet.available.fen(),
+        held: wallet.held.fen(),
+        spent: wallet.spent.fen(),
+    }
+}
+
+impl Run {
+    fn refusal(&self, refusal: Refusal) -> EngineError {
+        match refusal {
+            Refusal::Plain(error) => error,
+            Refusal::HoldExpired(hold) => EngineError::HoldExpired {
+                hold: self.holds[hold],
+            },
+            Refusal::HoldReleased(hold) => EngineError::HoldReleased {
+                hold: self.holds[hold],
+            },
+            Refusal::HoldSettled(hold, order) => EngineError::HoldSettled {
+                hold: self.holds[hold],
+                order: self.orders[order],
+            },
+            Refusal::Forbidden => EngineError::Forbidden(flashsale_engine::Entity::Hold),
+        }
+    }
+
+    fn check_order(
+        &mut self,
+        got: Result<flashsale_engine::Order, EngineError>,
+        expected: Outcome,
+    ) {
+        match expected {
+            Outcome::NewOrder(order) => {
+                let got = got.expect("the model settled an order");
+                assert_eq!(
+                    (
+                        got.shopper,
+                        got.deal,
+                        got.quantity,
+                        got.amount.fen(),
+                        got.late
+                    ),
+                    (
+                        self.shoppers[order.shopper],
+                        self.deals[order.deal],
+                        order.quantity,
+                        order.amount,
+                        order.late
+                    )
+                );
+                self.orders.push(got.id);
+            }
+            Outcome::OldOrder(order) => assert_eq!(got.map(|o| o.id), Ok(self.orders[order])),
+            Outcome::Refused(refusal) => assert_eq!(got.map(|o| o.id), Err(self.refusal(refusal))),
+            other => panic!("model said {other:?}"),
+        }
+    }
+
+    fn check_hold(&mut self, got: Result<flashsale_engine::Hold, EngineError>, expected: Outcome) {
+        match expected {
+            Outcome::NewHold(hold) => {
+                let got = got.expect("the model created a hold");
+                let h = &self.model.holds[hold];
+                assert_eq!(
+                    (
+                        got.quantity,
+                        got.amount.fen(),
+                        got.expires_at.millis(),
+                        got.status
+                    ),
+                    (h.quantity, h.amount, h.expires_at, HoldStatus::Active)
+                );
+                self.holds.push(got.id);
+            }
+            Outcome::OldHold(hold) | Outcome::HoldNow(hold) => {
+                let got = got.expect("the model returned a hold");
+                assert_eq!(got.id, self.holds[hold]);
+                let status = match self.model.holds[hold].status {
+                    MStatus::Active => HoldStatus::Active,
+                    MStatus::Settled(order) => HoldStatus::Settled(self.orders[order]),
+                    MStatus::Released => HoldStatus::Released,
+                    MStatus::Expired => HoldStatus::Expired,
+                };
+                assert_eq!(got.status, status);
+            }
+            Outcome::Refused(refusal) => assert_eq!(got.map(|h| h.id), Err(self.refusal(refusal))),
+            other => panic!("model said {other:?}"),
+        }
+    }
+
+    fn step(&mut self, op: &Op) {
+        self.run_op(op);
+        self.events.extend(self.sink.take());
+        self.compare(&self.world.engine);
+    }
+
+    fn run_op(&mut self, op: &Op) {
+        let engine = &self.world.engine;
+        match *op {
+            Op::Buy {
+                shopper,
+                deal,
+                quantity,
+                key,
+            } => {
+                let got = engine.buy(
+                    self.shoppers[shopper],
+                    self.deals[deal],
+                    quantity,
+                    &format!("key-{key}"),
+                );
+                let expected = self.model.reserve(shopper, deal, quantity, key, false);
+                self.check_order(got, expected);
+            }
+            Op::Hold {
+                shopper,
+                deal,
+                quantity,
+                key,
+            } => {
+                let got = engine.hold(
+                    self.shoppers[shopper],
+                    self.deals[deal],
+                    quantity,
+                    &format!("key-{key}"),
+                );
+                let expected = self.model.reserve(shopper, deal, quantity, key, true);
+                self.check_hold(got, expected);
+            }
+            Op::Pay { shopper, hold } => {
+                if hold >= self.holds.len() {
+                    return;
+                }
+                let got = engine.pay_hold(self.shoppers[shopper], self.holds[hold]);
+                let expected = self.model.pay(shopper, hold);
+                self.check_order(got, expected);
+            }
+            Op::Release { shopper, hold } => {
+                if hold >= self.holds.len() {
+                    return;
+                }
+                let got = engine.release_hold(self.shoppers[shopper], self.holds[hold]);
+                let expected = self.model.release_by(shopper, hold);
+                self.check_hold(got, expected);
+            }
+            Op::Credit {
+                shopper,
+                cents,
+                reference,
+            } => {
+                let got = engine.credit_wallet(
+                    self.shoppers[shopper],
+                    Money::from_fen(cents).unwrap(),
+                    &format!("ref-{reference}"),
+                );
+                let expected = match self.model.credits.get(&(shopper, reference)) {
+                    _ if cents == 0 => Outcome::Refused(Refusal::Plain(EngineError::Invalid {
+                        field: "amount",
+                        reason: "must be positive",
+                    })),
+                    Some(&amount) if amount == cents => {
+                        Outcome::Wallet(self.model.wallets[shopper])
+                    }
+                    Some(_) => Outcome::Refused(Refusal::Plain(EngineError::IdempotencyKeyReused)),
+                    None => {
+                        self.model.credits.insert((shopper, reference), cents);
+                        let wallet = &mut self.model.wallets[shopper];
+                        wallet.credited += cents;
+                        wallet.available += cents;
+                        Outcome::Wallet(*wallet)
+                    }
+                };
+                let got = got
+                    .map(model_wallet)
+                    .map(Outcome::Wallet)
+                    .unwrap_or_else(|e| Outcome::Refused(Refusal::Plain(e)));
+                assert_eq!(got, expected);
+            }
+            Op::Register { shopper, deal } => {
+                let got = engine.register(self.shoppers[shopper], self.deals[deal]);
+                let units = self.model.units.entry((shopper, deal)).or_default();
+                let expected = if units.registered {
+                    Ok(false)
+                } else if self.model.now >= self.model.deals[deal].starts_at {
+                    Err(EngineError::RegistrationClosed)
+                } else {
+                    units.registered = true;
+                    Ok(true)
+                };
+                assert_eq!(got, expected);
+            }
+            Op::AddStock { deal, quantity } => {
+                let change = DealChange {
+                    add_stock: Some(quantity),
+                    ..DealChange::default()
+                };
+                engine
+                    .update_deal(self.world.merchant, self.deals[deal], change)
+                    .unwrap();
+                self.model.deals[deal].total += quantity;
+                self.model.deals[deal].remaining += quantity;
+            }
+            Op::Pause { deal, paused } => {
+                let change = DealChange {
+                    paused: Some(paused),
+                    ..DealChange::default()
+                };
+                engine
+                    .update_deal(self.world.merchant, self.deals[deal], change)
+                    .unwrap();
+                self.model.deals[deal].paused = paused;
+            }
+            Op::Advance { seconds } => {
+                self.world.clock.advance_seconds(i64::from(seconds));
+                self.model.now += i64::from(seconds) * 1000;
+            }
+            Op::Sweep => {
+                let expired = engine.expire_holds();
+                let due: Vec<usize> = (0..self.model.holds.len())
+                    .filter(|&h| {
+                        self.model.holds[h].status == MStatus::Active
+                            && self.model.holds[h].expires_at <= self.model.now
+                    })
+                    .collect();
+                for &hold in &due {
+                    self.model.release(hold, MStatus::Expired);
+                }
+                assert_eq!(expired, due.len());
+            }
+        }
+    }
+
+    /// The engine's numbers equal the model's, and the invariants hold.
+    fn compare(&self, engine: &Engine) {
+        engine.check_invariants().unwrap();
+        for (index, deal) in self.deals.iter().enumerate() {
+            let counts = engine.stock(*deal).unwrap();
+            let m = &self.model.deals[index];
+            assert_eq!(
+                (counts.total, counts.remaining, counts.held, counts.sold),
+                (m.total, m.remaining, m.held, m.sold),
+                "deal {index}"
+            );
+        }
+        for (index, shopper) in self.shoppers.iter().enumerate() {
+            assert_eq!(
+                model_wallet(engine.wallet(*shopper).unwrap()),
+                self.model.wallets[index],
+                "wallet {index}"
+            );
+        }
+    }
+
+    /// Full state equality between the live engine and a rebuilt one.
+    fn assert_same_state(&self, rebuilt: &Engine) {
+        self.compare(rebuilt);
+        let live = &self.world.engine;
+        for deal in &self.deals {
+            assert_eq!(live.deal(*deal).unwrap(), rebuilt.deal(*deal).unwrap());
+            assert_eq!(
+                live.orders_of_deal(*deal, OrderCursor::default(), 1000),
+                rebuilt.orders_of_deal(*deal, OrderCursor::default(), 1000)
+            );
+        }
+        for hold in &self.holds {
+            assert_eq!(
+                live.hold_by_id(*hold).unwrap(),
+                rebuilt.hold_by_id(*hold).unwrap()
+            );
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 192, ..ProptestConfig::default() })]
+
+    #[test]
+    fn engine_matches_the_reference_model(ops in proptest::collection::vec(op(), 1..80)) {
+        let mut run = setup();
+        for op in &ops {
+            run.step(op);
+        }
+
+        // Replaying the journal of events rebuilds the same state.
+        let events = &run.events;
+        let clock = Arc::new(flashsale_engine::ManualClock::new(NOON));
+        clock.advance_millis(run.model.now - NOON.millis());
+        let replica = Engine::new(EngineConfig { shards: 4, ..EngineConfig::default() }, clock.clone() as Arc<dyn Clock>, Arc::new(DiscardEvents));
+        for event in events {
+            replica.apply(event).unwrap();
+        }
+        run.assert_same_state(&replica);
+
+        // So does restoring a snapshot.
+        let restored = Engine::new(EngineConfig { shards: 4, ..EngineConfig::default() }, clock as Arc<dyn Clock>, Arc::new(DiscardEvents));
+        restored.restore(run.world.engine.snapshot()).unwrap();
+        run.assert_same_state(&restored);
+
+        // And idempotency survives both: every remembered buy returns its order.
+        for ((shopper, key), (request, made)) in &run.model.records {
+            if let (Request::Buy(deal, quantity), Made::Order(order)) = (request, made) {
+                let again = restored.buy(run.shoppers[*shopper], run.deals[*deal], *quantity, &format!("key-{key}"));
+                prop_assert_eq!(again.map(|o| o.id), Ok(run.orders[*order]));
+            }
+        }
+    }
+}
