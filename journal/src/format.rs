@@ -61,8 +61,11 @@ fn parse_number(name: &str, prefix: &str, suffix: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
+/// Snapshot files found in the directory: (position, path).
+pub(crate) type SnapshotFiles = Vec<(u64, PathBuf)>;
+
 /// Segments sorted by first position, and snapshots sorted by position.
-pub(crate) fn list(dir: &Path) -> Result<(Vec<SegmentFile>, Vec<(u64, PathBuf)>), JournalError> {
+pub(crate) fn list(dir: &Path) -> Result<(Vec<SegmentFile>, SnapshotFiles), JournalError> {
     let mut segments = Vec::new();
     let mut snapshots = Vec::new();
     for entry in fs::read_dir(dir).map_err(JournalError::io(dir))? {

@@ -18,7 +18,7 @@
 //! - [`reader`]: [`JournalReader`], durable events from the files on disk
 //!   (for the Postgres order sink).
 //! - [`format`](crate::format) (private): file names, headers, frames.
-//! - [`error`]: [`JournalError`].
+//! - [`error`]: [`JournalError`], the crate's one error type.
 //!
 //! ## The data directory
 //! `NNNN….wal` segments (named by their first position), at most one

@@ -1,0 +1,574 @@
+//! The journal end to end on a real directory: group commit, recovery
+//! round trips, torn tails, corruption, snapshots, segment rollover and
+//! pruning, the shard-count guard.
+
+use std::fs::{self, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use flashsale_engine::{
+    Clock, DealChange, DealId, DealView, Engine, EngineConfig, Event, Hold, HoldId, ManualClock,
+    MerchantId, Money, NewDeal, Order, OrderCursor, ShopperId, Timestamp, Wallet,
+};
+use flashsale_journal::{Durability, Journal, JournalConfig, JournalError, JournalReader};
+
+const START: Timestamp = Timestamp(1_750_000_000_000);
+
+fn clock() -> Arc<ManualClock> {
+    Arc::new(ManualClock::new(START))
+}
+
+fn config(dir: &Path) -> JournalConfig {
+    JournalConfig::new(dir.to_owned(), Durability::Sync)
+}
+
+fn engine_config() -> EngineConfig {
+    EngineConfig {
+        shards: 8,
+        ..EngineConfig::default()
+    }
+}
+
+fn open_with(
+    config: JournalConfig,
+    clock: &Arc<ManualClock>,
+) -> Result<(Arc<Journal>, Arc<Engine>), JournalError> {
+    let clock: Arc<dyn Clock> = clock.clone();
+    Journal::open(config, engine_config(), clock)
+}
+
+fn open(dir: &Path, clock: &Arc<ManualClock>) -> (Arc<Journal>, Arc<Engine>) {
+    open_with(config(dir), clock).expect("the journal opens")
+}
+
+fn fen(amount: i64) -> Money {
+    Money::from_fen(amount).expect("a valid amount")
+}
+
+fn new_deal(title: &str, stock: u64, starts_at: Timestamp) -> NewDeal {
+    NewDeal {
+        title: title.into(),
+        price: fen(99_900),
+        stock,
+        per_user_limit: Some(3),
+        starts_at,
+        ends_at: START.plus_seconds(3600),
+        requires_registration: false,
+        hold_seconds: Some(60),
+    }
+}
+
+/// What must survive a restart exactly.
+#[derive(Debug, PartialEq)]
+struct State {
+    deals: Vec<DealView>,
+    wallets: Vec<(ShopperId, Wallet)>,
+    orders: Vec<Order>,
+    holds: Vec<Hold>,
+}
+
+fn state(engine: &Engine, shoppers: &[ShopperId], holds: &[HoldId]) -> State {
+    engine.check_invariants().expect("invariants hold");
+    let mut orders = Vec::new();
+    for &shopper in shoppers {
+        orders.extend(
+            engine
+                .orders_of_shopper(shopper, None, OrderCursor::default(), 10_000)
+                .orders,
+        );
+    }
+    State {
+        deals: engine.deals_newest_first(None, 1_000),
+        wallets: shoppers
+            .iter()
+            .map(|&shopper| (shopper, engine.wallet(shopper).expect("a wallet")))
+            .collect(),
+        orders,
+        holds: holds
+            .iter()
+            .map(|&hold| engine.hold_by_id(hold).expect("a hold"))
+            .collect(),
+    }
+}
+
+/// Every kind of event: deals, registrations, credits, buys, holds, pays,
+/// releases, expiries, late payments, restocks and deal changes.
+struct Scenario {
+    merchant: MerchantId,
+    deal: DealId,
+    shoppers: Vec<ShopperId>,
+    holds: Vec<HoldId>,
+}
+
+fn drive(engine: &Engine, clock: &ManualClock) -> Scenario {
+    let merchant = engine.create_merchant("Xiaomi").unwrap().id;
+    let later = engine
+        .create_deal(merchant, {
+            let mut deal = new_deal("Later phone", 5, START.plus_seconds(600));
+            deal.requires_registration = true;
+            deal
+        })
+        .unwrap()
+        .id;
+    let deal = engine
+        .create_deal(merchant, new_deal("Phone", 20, START))
+        .unwrap()
+        .id;
+    let mut shoppers = Vec::new();
+    for index in 0..6 {
+        let shopper = engine
+            .create_shopper(&format!("shopper {index}"))
+            .unwrap()
+            .id;
+        engine
+            .credit_wallet(shopper, fen(500_000), &format!("topup-{index}"))
+            .unwrap();
+        shoppers.push(shopper);
+    }
+    shoppers.extend(engine.create_shoppers(3, fen(300_000)).unwrap());
+    for &shopper in &shoppers[..4] {
+        assert!(engine.register(shopper, later).unwrap());
+    }
+    for (index, &shopper) in shoppers.iter().enumerate() {
+        engine
+            .buy(shopper, deal, 1, &format!("buy-{index}"))
+            .unwrap();
+    }
+    let mut holds = Vec::new();
+    for (index, &shopper) in shoppers[..5].iter().enumerate() {
+        holds.push(
+            engine
+                .hold(shopper, deal, 1, &format!("hold-{index}"))
+                .unwrap()
+                .id,
+        );
+    }
+    engine.pay_hold(shoppers[0], holds[0]).unwrap();
+    engine.release_hold(shoppers[1], holds[1]).unwrap();
+    clock.advance_seconds(61);
+    engine.pay_hold(shoppers[2], holds[2]).unwrap(); // late
+    assert!(engine.expire_holds() >= 1);
+    // A hold still active at the restart, with its expiry.
+    holds.push(engine.hold(shoppers[5], deal, 1, "hold-active").unwrap().id);
+    engine
+        .update_deal(
+            merchant,
+            deal,
+            DealChange {
+                add_stock: Some(7),
+                ends_at: Some(START.plus_seconds(7200)),
+                paused: None,
+            },
+        )
+        .unwrap();
+    Scenario {
+        merchant,
+        deal,
+        shoppers,
+        holds,
+    }
+}
+
+#[test]
+fn a_restart_restores_exactly_and_keeps_idempotent_retries() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = clock();
+    let (journal, engine) = open(dir.path(), &clock);
+    let scenario = drive(&engine, &clock);
+    journal.wait_durable(journal.written()).unwrap();
+    let before = state(&engine, &scenario.shoppers, &scenario.holds);
+    let retried = engine
+        .buy(scenario.shoppers[3], scenario.deal, 1, "buy-3")
+        .unwrap();
+    let written = journal.written();
+    // A crash-like stop: no final snapshot, recovery replays everything.
+    drop(engine);
+    drop(journal);
+
+    let (journal, engine) = open(dir.path(), &clock);
+    assert_eq!(journal.written(), written);
+    assert_eq!(state(&engine, &scenario.shoppers, &scenario.holds), before);
+    let again = engine
+        .buy(scenario.shoppers[3], scenario.deal, 1, "buy-3")
+        .unwrap();
+    assert_eq!(again, retried, "an idempotent retry gets the same order");
+    assert_eq!(journal.written(), written, "a retry emits nothing");
+    // The active hold still expires on time after the restart.
+    clock.advance_seconds(61);
+    assert_eq!(engine.expire_holds(), 1);
+    let after_expiry = state(&engine, &scenario.shoppers, &scenario.holds);
+    journal.close(&engine).unwrap();
+    drop(engine);
+    drop(journal);
+
+    // A clean close leaves a snapshot; start-up loads it.
+    let (journal, engine) = open(dir.path(), &clock);
+    assert!(journal.stats().snapshot_position > 0);
+    assert_eq!(
+        state(&engine, &scenario.shoppers, &scenario.holds),
+        after_expiry
+    );
+    let merchant_deal = engine.deal(scenario.deal).unwrap();
+    assert_eq!(merchant_deal.merchant, scenario.merchant);
+    assert_eq!(
+        engine
+            .buy(scenario.shoppers[3], scenario.deal, 1, "buy-3")
+            .unwrap(),
+        retried
+    );
+}
+
+#[test]
+fn group_commit_makes_many_events_durable_with_few_fsyncs() {
+    const THREADS: usize = 8;
+    const BUYS_PER_THREAD: usize = 100;
+    let dir = tempfile::tempdir().unwrap();
+    let clock = clock();
+    let (journal, engine) = open(dir.path(), &clock);
+    let merchant = engine.create_merchant("m").unwrap().id;
+    let deal = engine
+        .create_deal(merchant, new_deal("d", 1_000_000, START))
+        .unwrap()
+        .id;
+    let shoppers = engine
+        .create_shoppers((THREADS * BUYS_PER_THREAD) as u32, fen(1_000_000))
+        .unwrap();
+    journal.wait_durable(journal.written()).unwrap();
+    let syncs_before = journal.stats().syncs;
+    let events_before = journal.written();
+    std::thread::scope(|scope| {
+        for chunk in shoppers.chunks(BUYS_PER_THREAD) {
+            let (journal, engine) = (&journal, &engine);
+            scope.spawn(move || {
+                for &shopper in chunk {
+                    engine.buy(shopper, deal, 1, "k").unwrap();
+                    journal.wait_durable(journal.written()).unwrap();
+                }
+            });
+        }
+    });
+    let events = journal.written() - events_before;
+    let syncs = journal.stats().syncs - syncs_before;
+    assert_eq!(events, (THREADS * BUYS_PER_THREAD) as u64);
+    assert_eq!(journal.durable_position(), journal.written());
+    assert!(syncs < events, "{syncs} fsyncs for {events} events");
+    assert!(syncs > 0);
+}
+
+#[tokio::test]
+async fn durable_resolves_for_async_waiters() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = clock();
+    let (journal, engine) = open(dir.path(), &clock);
+    let merchant = engine.create_merchant("m").unwrap().id;
+    engine
+        .create_deal(merchant, new_deal("d", 10, START))
+        .unwrap();
+    let mut waiters = Vec::new();
+    for index in 0..50 {
+        let (journal, engine) = (journal.clone(), engine.clone());
+        waiters.push(tokio::spawn(async move {
+            engine.create_shopper(&format!("s{index}")).unwrap();
+            journal.durable(journal.written()).await
+        }));
+    }
+    for waiter in waiters {
+        waiter.await.unwrap().unwrap();
+    }
+    assert!(journal.is_ready());
+    assert_eq!(journal.durable_position(), journal.written());
+}
+
+#[test]
+fn async_mode_answers_at_once_and_flushes_within_the_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = clock();
+    let mut config = config(dir.path());
+    config.durability = Durability::Async;
+    config.async_flush_interval = Duration::from_millis(5);
+    let (journal, engine) = open_with(config, &clock).unwrap();
+    engine.create_merchant("m").unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    runtime
+        .block_on(journal.durable(journal.written()))
+        .unwrap();
+    journal.wait_durable(journal.written()).unwrap();
+    assert_eq!(journal.durable_position(), 1);
+    drop(engine);
+    drop(journal);
+    let (journal, engine) = open(dir.path(), &clock);
+    assert_eq!(journal.written(), 1);
+    assert!(engine.merchant(MerchantId(1)).is_some());
+}
+
+/// Frame offsets of every record in a segment, read by hand.
+fn record_offsets(path: &Path) -> Vec<(u64, u64)> {
+    let bytes = fs::read(path).unwrap();
+    let mut offsets = Vec::new();
+    let mut at = 16;
+    while at + 8 <= bytes.len() {
+        let length = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        offsets.push((at as u64, (8 + length) as u64));
+        at += 8 + length;
+    }
+    offsets
+}
+
+fn segments(dir: &Path) -> Vec<PathBuf> {
+    let mut paths: Vec<_> = fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|e| e == "wal"))
+        .collect();
+    paths.sort();
+    paths
+}
+
+/// A journal of one merchant and `shoppers` shoppers, closed without a snapshot.
+fn small_journal(dir: &Path, clock: &Arc<ManualClock>, shoppers: usize) -> u64 {
+    let (journal, engine) = open(dir, clock);
+    engine.create_merchant("m").unwrap();
+    for index in 0..shoppers {
+        engine.create_shopper(&format!("s{index}")).unwrap();
+    }
+    journal.wait_durable(journal.written()).unwrap();
+    journal.written()
+}
+
+#[test]
+fn a_torn_last_record_is_cut_off() {
+    let clock = clock();
+    for damage in ["cut", "corrupt", "zeros"] {
+        let dir = tempfile::tempdir().unwrap();
+        let written = small_journal(dir.path(), &clock, 10);
+        let segment = segments(dir.path()).pop().unwrap();
+        let (last_offset, last_length) = *record_offsets(&segment).last().unwrap();
+        let file = OpenOptions::new().write(true).open(&segment).unwrap();
+        match damage {
+            "cut" => file.set_len(last_offset + last_length - 3).unwrap(),
+            "corrupt" => {
+                let mut bytes = fs::read(&segment).unwrap();
+                let end = bytes.len();
+                bytes[end - 1] ^= 0xff;
+                fs::write(&segment, bytes).unwrap();
+            }
+            _ => {
+                // A crash after the size grew but before the data landed.
+                file.set_len(last_offset + last_length + 4096).unwrap();
+                let mut bytes = fs::read(&segment).unwrap();
+                bytes[last_offset as usize..].fill(0);
+                fs::write(&segment, bytes).unwrap();
+            }
+        }
+        drop(file);
+
+        let (journal, engine) = open(dir.path(), &clock);
+        assert_eq!(journal.written(), written - 1, "{damage}");
+        assert!(engine.shopper(ShopperId(9)).is_some());
+        assert!(engine.shopper(ShopperId(10)).is_none(), "{damage}");
+        assert_eq!(fs::metadata(&segment).unwrap().len(), last_offset);
+        // The journal goes on from there, and reopens cleanly.
+        engine.create_shopper("again").unwrap();
+        journal.wait_durable(journal.written()).unwrap();
+        drop(engine);
+        drop(journal);
+        let (journal, engine) = open(dir.path(), &clock);
+        assert_eq!(journal.written(), written);
+        assert_eq!(engine.shopper(ShopperId(10)).unwrap().name, "again");
+    }
+}
+
+#[test]
+fn corruption_before_the_tail_stops_start_up_naming_file_and_offset() {
+    let clock = clock();
+    let dir = tempfile::tempdir().unwrap();
+    small_journal(dir.path(), &clock, 10);
+    let segment = segments(dir.path()).pop().unwrap();
+    let (offset, length) = record_offsets(&segment)[4];
+    let mut bytes = fs::read(&segment).unwrap();
+    bytes[(offset + length - 1) as usize] ^= 0x55;
+    fs::write(&segment, bytes).unwrap();
+
+    let error = open_with(config(dir.path()), &clock)
+        .err()
+        .expect("start-up refuses");
+    match &error {
+        JournalError::Corrupt {
+            file, offset: at, ..
+        } => {
+            assert_eq!(file, &segment);
+            assert_eq!(*at, offset);
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    let message = error.to_string();
+    assert!(
+        message.contains(&segment.display().to_string()),
+        "{message}"
+    );
+    assert!(message.contains(&format!("offset {offset}")), "{message}");
+    // Nothing was cut: the file still holds every record.
+    assert_eq!(record_offsets(&segment).len(), 11);
+}
+
+#[test]
+fn a_snapshot_then_the_records_after_it_restore_the_state() {
+    let clock = clock();
+    let dir = tempfile::tempdir().unwrap();
+    let (journal, engine) = open(dir.path(), &clock);
+    let scenario = drive(&engine, &clock);
+    journal.wait_durable(journal.written()).unwrap();
+    let position = journal.snapshot_now().unwrap();
+    assert_eq!(position, journal.written());
+    assert_eq!(journal.stats().snapshot_position, position);
+    // More after the snapshot.
+    engine
+        .buy(scenario.shoppers[6], scenario.deal, 2, "after-snapshot")
+        .unwrap();
+    clock.advance_seconds(61);
+    engine.expire_holds();
+    journal.wait_durable(journal.written()).unwrap();
+    let before = state(&engine, &scenario.shoppers, &scenario.holds);
+    let written = journal.written();
+    drop(engine);
+    drop(journal);
+
+    let (journal, engine) = open(dir.path(), &clock);
+    assert_eq!(journal.written(), written);
+    assert_eq!(journal.stats().snapshot_position, position);
+    assert_eq!(state(&engine, &scenario.shoppers, &scenario.holds), before);
+}
+
+#[test]
+fn segments_roll_over_and_pruning_keeps_what_readers_need() {
+    let clock = clock();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    config.segment_bytes_max = 512;
+    let (journal, engine) = open_with(config, &clock).unwrap();
+    engine.create_merchant("m").unwrap();
+    for index in 0..200 {
+        engine.create_shopper(&format!("shopper {index}")).unwrap();
+        if index % 10 == 0 {
+            journal.wait_durable(journal.written()).unwrap();
+        }
+    }
+    journal.wait_durable(journal.written()).unwrap();
+    let written = journal.written();
+    assert!(segments(dir.path()).len() > 5, "segments roll over");
+    for segment in segments(dir.path()) {
+        assert!(fs::metadata(&segment).unwrap().len() <= 512);
+    }
+
+    // A reader sees every position once, in order, across segments.
+    let mut reader = JournalReader::open(dir.path(), 1).unwrap();
+    let mut seen = Vec::new();
+    loop {
+        let batch = reader.next_batch(37, written).unwrap();
+        if batch.is_empty() {
+            break;
+        }
+        seen.extend(batch);
+    }
+    assert_eq!(seen.len() as u64, written);
+    assert!(
+        seen.iter()
+            .enumerate()
+            .all(|(i, (p, _))| *p == i as u64 + 1)
+    );
+    assert!(matches!(seen[0].1, Event::MerchantCreated { .. }));
+
+    // Pruning keeps what a reader has not consumed.
+    journal.retain_from(100);
+    journal.snapshot_now().unwrap();
+    assert!(journal.oldest_position().unwrap() <= 100);
+    assert!(
+        journal.oldest_position().unwrap() > 1,
+        "older segments went"
+    );
+    let mut reader = JournalReader::open(dir.path(), 100).unwrap();
+    assert_eq!(reader.next_batch(1, written).unwrap()[0].0, 100);
+    assert!(matches!(
+        JournalReader::open(dir.path(), 1),
+        Err(JournalError::Truncated { .. })
+    ));
+
+    // Without a reader, everything before the snapshot goes but the last segment.
+    journal.retain_from(u64::MAX);
+    engine.create_shopper("one more").unwrap();
+    journal.wait_durable(journal.written()).unwrap();
+    journal.snapshot_now().unwrap();
+    assert_eq!(segments(dir.path()).len(), 1);
+    let snapshots = fs::read_dir(dir.path())
+        .unwrap()
+        .filter(|entry| {
+            entry
+                .as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|e| e == "snap")
+        })
+        .count();
+    assert_eq!(snapshots, 1, "older snapshots are deleted");
+    let written = journal.written();
+    drop(engine);
+    drop(journal);
+    let (journal, engine) = open(dir.path(), &clock);
+    assert_eq!(journal.written(), written);
+    assert_eq!(engine.shopper(ShopperId(201)).unwrap().name, "one more");
+}
+
+#[test]
+fn the_shard_count_cannot_change() {
+    let clock = clock();
+    let dir = tempfile::tempdir().unwrap();
+    small_journal(dir.path(), &clock, 1);
+    let other = EngineConfig {
+        shards: 16,
+        ..EngineConfig::default()
+    };
+    let dyn_clock: Arc<dyn Clock> = clock.clone();
+    let error = Journal::open(config(dir.path()), other, dyn_clock)
+        .err()
+        .expect("refused");
+    assert!(
+        matches!(
+            error,
+            JournalError::ShardCountMismatch {
+                stored: 8,
+                configured: 16,
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+}
+
+#[test]
+fn one_process_per_directory() {
+    let clock = clock();
+    let dir = tempfile::tempdir().unwrap();
+    let (_journal, _engine) = open(dir.path(), &clock);
+    assert!(matches!(
+        open_with(config(dir.path()), &clock),
+        Err(JournalError::Locked { .. })
+    ));
+}
+
+#[test]
+fn close_flushes_snapshots_and_refuses_later_events() {
+    let clock = clock();
+    let dir = tempfile::tempdir().unwrap();
+    let (journal, engine) = open(dir.path(), &clock);
+    engine.create_merchant("m").unwrap();
+    journal.close(&engine).unwrap();
+    assert_eq!(journal.stats().snapshot_position, 1);
+    assert!(!journal.is_ready());
+    engine.create_merchant("late").unwrap();
+    assert!(journal.wait_durable(journal.written()).is_err());
+    journal.close(&engine).unwrap();
+}
