@@ -16,6 +16,7 @@ use parking_lot::Mutex;
 use crate::clock::Timestamp;
 use crate::ids::{DealId, MerchantId, ShopperId};
 use crate::money::Money;
+use crate::records::Merchant;
 use crate::records::{DealSpec, DealStatus, DealView, StockCounts};
 
 /// Every deal's stock: `total = remaining + held + sold`.
@@ -209,6 +210,7 @@ pub(crate) struct DealState {
     ends_at: AtomicI64,
     paused: AtomicBool,
     registrations: AtomicU64,
+    shares: AtomicU64,
     pub(crate) stock: Stock,
     pub(crate) records: RecordFilter,
     /// Serialises a merchant's changes with their events (never held with a
@@ -222,6 +224,7 @@ pub(crate) struct DealCounters {
     pub(crate) counts: StockCounts,
     pub(crate) registrations: u64,
     pub(crate) buyers: u64,
+    pub(crate) shares: u64,
     pub(crate) paused: bool,
 }
 
@@ -242,6 +245,7 @@ impl DealState {
             counts,
             registrations: 0,
             buyers: 0,
+            shares: 0,
             paused: false,
         };
         DealState::restore(id, merchant, spec, created_at, counters)
@@ -268,6 +272,7 @@ impl DealState {
             ends_at: AtomicI64::new(spec.ends_at.0),
             paused: AtomicBool::new(counters.paused),
             registrations: AtomicU64::new(counters.registrations),
+            shares: AtomicU64::new(counters.shares),
             stock: Stock::new(counters.counts, counters.buyers),
             changes: Mutex::new(()),
         }
@@ -287,6 +292,10 @@ impl DealState {
 
     pub(crate) fn set_paused(&self, paused: bool) {
         self.paused.store(paused, Ordering::Release);
+    }
+
+    pub(crate) fn add_share(&self) {
+        self.shares.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn add_registration(&self) {
@@ -343,6 +352,7 @@ impl DealState {
             paused: self.paused(),
             registrations: self.registrations.load(Ordering::Relaxed),
             buyers: self.stock.buyers(),
+            shares: self.shares.load(Ordering::Relaxed),
             status: self.status(now, &counts),
             counts,
         }
@@ -367,68 +377,98 @@ impl DealState {
             counts: self.stock.counts(),
             registrations: self.registrations.load(Ordering::Relaxed),
             buyers: self.stock.buyers(),
+            shares: self.shares.load(Ordering::Relaxed),
             paused: self.paused(),
         }
     }
 }
 
-/// Write-once slots for `deals_max` deals; `DealId(n)` lives in slot `n - 1`.
+/// Write-once slots for up to a fixed number of records (deals, merchants);
+/// the record with id number `n` lives in slot `n - 1`. Lookups are an index
+/// and one atomic load: no lock, no reference count.
 #[derive(Debug)]
-pub(crate) struct DealTable {
-    slots: Box<[OnceLock<Box<DealState>>]>,
+pub(crate) struct SlotTable<T> {
+    slots: Box<[OnceLock<Box<T>>]>,
     next: AtomicU64,
 }
 
-impl DealTable {
-    pub(crate) fn new(deals_max: usize) -> DealTable {
-        DealTable {
-            slots: (0..deals_max).map(|_| OnceLock::new()).collect(),
+impl<T> SlotTable<T> {
+    pub(crate) fn new(capacity: usize) -> SlotTable<T> {
+        SlotTable {
+            slots: (0..capacity).map(|_| OnceLock::new()).collect(),
             next: AtomicU64::new(0),
         }
     }
 
     #[inline]
-    pub(crate) fn get(&self, id: DealId) -> Option<&DealState> {
-        let slot = usize::try_from(id.0.checked_sub(1)?).ok()?;
-        self.slots.get(slot)?.get().map(|deal| &**deal)
+    pub(crate) fn get(&self, id: u64) -> Option<&T> {
+        let slot = usize::try_from(id.checked_sub(1)?).ok()?;
+        self.slots.get(slot)?.get().map(|record| &**record)
     }
 
-    /// Reserves the next id, or `None` when all `deals_max` are taken.
-    pub(crate) fn reserve(&self) -> Option<DealId> {
+    /// Reserves the next id number, or `None` when every slot is taken.
+    pub(crate) fn reserve(&self) -> Option<u64> {
         let slot = self.next.fetch_add(1, Ordering::AcqRel);
         if slot < self.slots.len() as u64 {
-            Some(DealId(slot + 1))
+            Some(slot + 1)
         } else {
             self.next.fetch_sub(1, Ordering::AcqRel);
             None
         }
     }
 
-    /// Publishes a deal in its slot; `false` if the slot is taken or out of
-    /// range (replay of a journal that does not fit this table).
-    pub(crate) fn publish(&self, deal: DealState) -> bool {
-        let Some(slot) = deal
-            .id
-            .0
+    /// Publishes a record under `id`; `false` if that slot is taken or out
+    /// of range (replay of a journal that does not fit this table).
+    pub(crate) fn publish(&self, id: u64, record: T) -> bool {
+        let Some(cell) = id
             .checked_sub(1)
             .and_then(|slot| usize::try_from(slot).ok())
+            .and_then(|slot| self.slots.get(slot))
         else {
             return false;
         };
-        let Some(cell) = self.slots.get(slot) else {
-            return false;
-        };
-        let published = cell.set(Box::new(deal)).is_ok();
-        self.next.fetch_max(slot as u64 + 1, Ordering::AcqRel);
+        let published = cell.set(Box::new(record)).is_ok();
+        self.next.fetch_max(id, Ordering::AcqRel);
         published
     }
 
-    /// Every published deal, newest first.
-    pub(crate) fn newest_first(&self) -> impl Iterator<Item = &DealState> {
+    /// Every published record, newest first.
+    pub(crate) fn newest_first(&self) -> impl Iterator<Item = &T> {
         let count = (self.next.load(Ordering::Acquire) as usize).min(self.slots.len());
         self.slots[..count]
             .iter()
             .rev()
-            .filter_map(|slot| slot.get().map(|deal| &**deal))
+            .filter_map(|slot| slot.get().map(|record| &**record))
+    }
+}
+
+/// A merchant and its running rating (sums of review scores), read without
+/// a lock by every feed card.
+#[derive(Debug)]
+pub(crate) struct MerchantState {
+    pub(crate) merchant: Merchant,
+    reviews: AtomicU64,
+    score_sum: AtomicU64,
+}
+
+impl MerchantState {
+    pub(crate) fn new(merchant: Merchant, rating: crate::records::Rating) -> MerchantState {
+        MerchantState {
+            merchant,
+            reviews: AtomicU64::new(rating.reviews),
+            score_sum: AtomicU64::new(rating.score_sum),
+        }
+    }
+
+    pub(crate) fn add_review(&self, score_sum: u64) {
+        self.score_sum.fetch_add(score_sum, Ordering::Relaxed);
+        self.reviews.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn rating(&self) -> crate::records::Rating {
+        crate::records::Rating {
+            reviews: self.reviews.load(Ordering::Relaxed),
+            score_sum: self.score_sum.load(Ordering::Relaxed),
+        }
     }
 }

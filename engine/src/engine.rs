@@ -1,11 +1,11 @@
 //! The engine: every operation of the domain, each one atomic.
 //!
 //! Layout of the state:
-//! - deals live in a lock-free [`DealTable`]; their stock is atomics;
+//! - deals and merchants live in lock-free write-once [`SlotTable`]s; a
+//!   deal's stock and a merchant's rating are atomics;
 //! - everything a shopper owns (wallet, units per deal, registrations,
 //!   holds, orders, idempotency records) lives in one [`Shard`], chosen by a
 //!   multiplicative hash of the shopper id, behind a `parking_lot::Mutex`;
-//! - merchants, few and rarely written, sit behind one small mutex.
 //!
 //! **A request takes at most one lock at a time** (one shard, or the
 //! merchant list, or one deal's change lock), so no lock order exists and no
@@ -19,13 +19,14 @@ use crossbeam_utils::CachePadded;
 use parking_lot::{Mutex, MutexGuard};
 
 use crate::clock::{Clock, Timestamp};
-use crate::deal::{DealState, DealTable};
+use crate::deal::{DealState, MerchantState, SlotTable};
 use crate::error::{EngineError, Entity};
 use crate::event::{Event, EventSink, Fingerprint, ReleaseReason, fingerprint};
 use crate::ids::{self, DealId, HoldId, MerchantId, OrderId, ShopperId};
 use crate::money::Money;
 use crate::records::{
-    DealSpec, DealView, Hold, HoldStatus, Merchant, Order, Shopper, StockCounts, Wallet,
+    DealSpec, DealView, Hold, HoldStatus, Merchant, Order, Rating, Review, Shopper, StockCounts,
+    Wallet,
 };
 use crate::shard::{IdempotencyRecord, Outcome, Request, Shard, ShardBounds};
 
@@ -35,6 +36,7 @@ pub const PER_USER_LIMIT_MAX: u32 = 1_000;
 pub const HOLD_SECONDS_MAX: u32 = 24 * 60 * 60;
 pub const TITLE_CHARS_MAX: usize = 200;
 pub const NAME_CHARS_MAX: usize = 100;
+pub const REVIEW_TEXT_CHARS_MAX: usize = 500;
 /// Defaults for what a merchant may leave out of a deal.
 pub const PER_USER_LIMIT_DEFAULT: u32 = 1;
 pub const HOLD_SECONDS_DEFAULT: u32 = 120;
@@ -118,10 +120,10 @@ pub struct Engine {
     bounds: ShardBounds,
     clock: Arc<dyn Clock>,
     sink: Arc<dyn EventSink>,
-    deals: DealTable,
+    deals: SlotTable<DealState>,
+    merchants: SlotTable<MerchantState>,
     shards: Box<[CachePadded<Mutex<Shard>>]>,
     shard_shift: u32,
-    merchants: Mutex<Vec<Merchant>>,
     next_shopper: AtomicU64,
 }
 
@@ -154,12 +156,12 @@ impl Engine {
             },
             clock,
             sink,
-            deals: DealTable::new(config.deals_max),
+            deals: SlotTable::new(config.deals_max),
+            merchants: SlotTable::new(config.merchants_max),
             shards: (0..config.shards)
                 .map(|index| CachePadded::new(Mutex::new(Shard::new(index))))
                 .collect(),
             shard_shift: 64 - config.shards.trailing_zeros(),
-            merchants: Mutex::new(Vec::new()),
             next_shopper: AtomicU64::new(1),
             config,
         }
@@ -182,19 +184,19 @@ impl Engine {
         (shopper.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> self.shard_shift) as usize
     }
 
-    fn lock_shopper(&self, shopper: ShopperId) -> MutexGuard<'_, Shard> {
+    pub(crate) fn lock_shopper(&self, shopper: ShopperId) -> MutexGuard<'_, Shard> {
         self.shards[self.shard_of(shopper)].lock()
     }
 
     /// The shard an order or hold id names, if it exists.
-    fn lock_owner_of(&self, id: u64) -> Option<MutexGuard<'_, Shard>> {
+    pub(crate) fn lock_owner_of(&self, id: u64) -> Option<MutexGuard<'_, Shard>> {
         let (shard, _) = ids::decompose(id);
         self.shards.get(shard).map(|shard| shard.lock())
     }
 
     fn deal_state(&self, deal: DealId) -> Result<&DealState, EngineError> {
         self.deals
-            .get(deal)
+            .get(deal.0)
             .ok_or(EngineError::NotFound(Entity::Deal))
     }
 
@@ -202,30 +204,36 @@ impl Engine {
 
     pub fn create_merchant(&self, name: &str) -> Result<Merchant, EngineError> {
         check_name(name, "name", NAME_CHARS_MAX)?;
-        let at = self.now();
-        let mut merchants = self.merchants.lock();
-        if merchants.len() >= self.config.merchants_max {
-            return Err(EngineError::CapacityReached {
+        let id = self
+            .merchants
+            .reserve()
+            .ok_or(EngineError::CapacityReached {
                 bound: "merchants_max",
-            });
-        }
+            })?;
         let merchant = Merchant {
-            id: MerchantId(merchants.len() as u64 + 1),
+            id: MerchantId(id),
             name: name.to_owned(),
-            created_at: at,
+            created_at: self.now(),
         };
         self.sink.emit(Event::MerchantCreated {
             merchant: merchant.id,
             name: merchant.name.clone(),
-            at,
+            at: merchant.created_at,
         });
-        merchants.push(merchant.clone());
+        let published = self
+            .merchants
+            .publish(id, MerchantState::new(merchant.clone(), Rating::default()));
+        assert!(published, "a reserved merchant slot is free");
         Ok(merchant)
     }
 
     pub fn merchant(&self, id: MerchantId) -> Option<Merchant> {
-        let slot = usize::try_from(id.0.checked_sub(1)?).ok()?;
-        self.merchants.lock().get(slot).cloned()
+        self.merchants.get(id.0).map(|state| state.merchant.clone())
+    }
+
+    /// A merchant's rating from its shoppers' reviews.
+    pub fn rating(&self, id: MerchantId) -> Option<Rating> {
+        self.merchants.get(id.0).map(MerchantState::rating)
     }
 
     pub fn create_shopper(&self, name: &str) -> Result<Shopper, EngineError> {
@@ -378,17 +386,20 @@ impl Engine {
         if self.merchant(merchant).is_none() {
             return Err(EngineError::NotFound(Entity::Merchant));
         }
-        let id = self
-            .deals
-            .reserve()
-            .ok_or(EngineError::CapacityReached { bound: "deals_max" })?;
+        let id = DealId(
+            self.deals
+                .reserve()
+                .ok_or(EngineError::CapacityReached { bound: "deals_max" })?,
+        );
         self.sink.emit(Event::DealCreated {
             deal: id,
             merchant,
             spec: spec.clone(),
             at: now,
         });
-        let published = self.deals.publish(DealState::new(id, merchant, spec, now));
+        let published = self
+            .deals
+            .publish(id.0, DealState::new(id, merchant, spec, now));
         assert!(published, "a reserved deal slot is free");
         self.deal(id)
     }
@@ -791,7 +802,7 @@ impl Engine {
                     .expect("an expiry names a hold of its shard");
                 let deal = self
                     .deals
-                    .get(shard.holds[position].deal)
+                    .get(shard.holds[position].deal.0)
                     .expect("a hold's deal exists");
                 release(
                     &mut shard,
@@ -805,6 +816,93 @@ impl Engine {
             }
         }
         expired
+    }
+
+    // ----- reviews and shares -----------------------------------------------------
+
+    /// Reviews a settled order, once, by its shopper: three scores from 1 to
+    /// 5 and an optional text of at most `REVIEW_TEXT_CHARS_MAX` characters.
+    /// The merchant's rating follows.
+    pub fn review(
+        &self,
+        shopper: ShopperId,
+        order: OrderId,
+        scores: [u8; 3],
+        text: &str,
+    ) -> Result<Review, EngineError> {
+        const FIELDS: [&str; 3] = ["description", "delivery", "service"];
+        for (field, score) in FIELDS.into_iter().zip(scores) {
+            if !(1..=5).contains(&score) {
+                return Err(invalid(field, "must be from 1 to 5"));
+            }
+        }
+        if text.chars().count() > REVIEW_TEXT_CHARS_MAX {
+            return Err(invalid("text", "must be at most 500 characters"));
+        }
+        let now = self.now();
+        let review = {
+            let mut shard = self
+                .lock_owner_of(order.0)
+                .ok_or(EngineError::NotFound(Entity::Order))?;
+            let settled = shard
+                .order(order)
+                .ok_or(EngineError::NotFound(Entity::Order))?;
+            if settled.shopper != shopper {
+                return Err(EngineError::Forbidden(Entity::Order));
+            }
+            if shard.reviews.contains_key(&order) {
+                return Err(EngineError::AlreadyReviewed);
+            }
+            let deal = self.deal_state(settled.deal)?;
+            let [description, delivery, service] = scores;
+            let review = Review {
+                order,
+                deal: settled.deal,
+                merchant: deal.merchant,
+                shopper,
+                description,
+                delivery,
+                service,
+                text: text.to_owned(),
+                created_at: now,
+            };
+            self.sink.emit(Event::Reviewed {
+                review: review.clone(),
+            });
+            shard.reviews.insert(order, review.clone());
+            review
+        };
+        // After the shard lock is released: one lock at a time.
+        if let Some(merchant) = self.merchants.get(review.merchant.0) {
+            merchant.add_review(review.score_sum());
+        }
+        Ok(review)
+    }
+
+    /// Counts a shared order toward its deal's popularity, once per order.
+    /// `Ok(true)` the first time, `Ok(false)` after.
+    pub fn share(&self, shopper: ShopperId, order: OrderId) -> Result<bool, EngineError> {
+        let now = self.now();
+        let mut shard = self
+            .lock_owner_of(order.0)
+            .ok_or(EngineError::NotFound(Entity::Order))?;
+        let settled = shard
+            .order(order)
+            .ok_or(EngineError::NotFound(Entity::Order))?;
+        if settled.shopper != shopper {
+            return Err(EngineError::Forbidden(Entity::Order));
+        }
+        let deal = self.deal_state(settled.deal)?;
+        if !shard.shared.insert(order) {
+            return Ok(false);
+        }
+        self.sink.emit(Event::Shared {
+            order,
+            deal: deal.id,
+            at: now,
+        });
+        deal.add_share();
+        Ok(true)
     }
 
     // ----- orders -------------------------------------------------------------------
@@ -885,16 +983,12 @@ impl Engine {
 
     // ----- access for replay ---------------------------------------------------------
 
-    pub(crate) fn deal_table(&self) -> &DealTable {
+    pub(crate) fn deal_table(&self) -> &SlotTable<DealState> {
         &self.deals
     }
 
-    pub(crate) fn merchants_mut(&self) -> MutexGuard<'_, Vec<Merchant>> {
-        self.merchants.lock()
-    }
-
-    pub(crate) fn lock_shopper_shard(&self, shopper: ShopperId) -> MutexGuard<'_, Shard> {
-        self.lock_shopper(shopper)
+    pub(crate) fn merchant_table(&self) -> &SlotTable<MerchantState> {
+        &self.merchants
     }
 
     pub(crate) fn next_shopper(&self) -> u64 {
@@ -963,7 +1057,7 @@ impl Engine {
                 for units in &account.deals {
                     let limit = self
                         .deals
-                        .get(units.deal)
+                        .get(units.deal.0)
                         .map_or(0, |deal| deal.per_user_limit);
                     if units.owned() > limit {
                         return Err(format!(

@@ -51,6 +51,8 @@ pub enum EngineError {
     HoldReleased { hold: HoldId },
     #[error("hold {hold} is already paid by order {order}")]
     HoldSettled { hold: HoldId, order: OrderId },
+    #[error("this order is already reviewed")]
+    AlreadyReviewed,
     #[error("this idempotency key was used for a different request")]
     IdempotencyKeyReused,
     #[error("{} not found", .0.name())]

@@ -13,9 +13,9 @@
 use serde::{Deserialize, Serialize};
 
 use crate::clock::Timestamp;
-use crate::ids::{DealId, HoldId, MerchantId, ShopperId};
+use crate::ids::{DealId, HoldId, MerchantId, OrderId, ShopperId};
 use crate::money::Money;
-use crate::records::{DealSpec, Hold, Order};
+use crate::records::{DealSpec, Hold, Order, Review};
 
 /// A 128-bit digest of a client-chosen string (an idempotency key, a credit
 /// reference). The engine keeps digests, not strings: fixed size, no
@@ -90,6 +90,14 @@ pub enum Event {
     OrderSettled {
         order: Order,
         key: Option<Fingerprint>,
+    },
+    Reviewed {
+        review: Review,
+    },
+    Shared {
+        order: OrderId,
+        deal: DealId,
+        at: Timestamp,
     },
 }
 

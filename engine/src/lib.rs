@@ -42,7 +42,8 @@ pub use event::{
 pub use ids::{DealId, HoldId, MerchantId, OrderId, ShopperId};
 pub use money::{MONEY_MAX, Money};
 pub use records::{
-    DealSpec, DealStatus, DealView, Hold, HoldStatus, Merchant, Order, Shopper, StockCounts, Wallet,
+    DealSpec, DealStatus, DealView, Hold, HoldStatus, Merchant, Order, Rating, Review, Shopper,
+    StockCounts, Wallet,
 };
 pub use replay::Snapshot;
 pub use shard::IDEMPOTENCY_RETENTION_MILLIS;

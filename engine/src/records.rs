@@ -59,7 +59,18 @@ pub struct DealView {
     pub counts: StockCounts,
     pub registrations: u64,
     pub buyers: u64,
+    /// Orders of this deal their shoppers shared.
+    pub shares: u64,
     pub status: DealStatus,
+}
+
+impl DealView {
+    /// How much the feed talks about a deal: buyers + registrations + shares.
+    pub fn popularity(&self) -> u64 {
+        self.buyers
+            .saturating_add(self.registrations)
+            .saturating_add(self.shares)
+    }
 }
 
 /// A deal's stock: `total = remaining + held + sold`, where `total` is the
@@ -140,4 +151,42 @@ pub struct Shopper {
     pub id: ShopperId,
     pub name: String,
     pub created_at: Timestamp,
+}
+
+/// A merchant's rating: every review adds its three scores (1 to 5 each).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rating {
+    pub reviews: u64,
+    pub score_sum: u64,
+}
+
+impl Rating {
+    /// The average score out of 5 in hundredths (`425` is 4.25), or `None`
+    /// before the first review. Integer arithmetic, rounded half up.
+    pub fn average_hundredths(&self) -> Option<u64> {
+        let scores = self.reviews.checked_mul(3).filter(|&scores| scores > 0)?;
+        Some((self.score_sum * 100 + scores / 2) / scores)
+    }
+}
+
+/// A shopper's review of a settled order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Review {
+    pub order: OrderId,
+    pub deal: DealId,
+    pub merchant: MerchantId,
+    pub shopper: ShopperId,
+    /// As described, delivery, service: each 1 to 5.
+    pub description: u8,
+    pub delivery: u8,
+    pub service: u8,
+    /// Stored as given; whoever shows it escapes it.
+    pub text: String,
+    pub created_at: Timestamp,
+}
+
+impl Review {
+    pub(crate) fn score_sum(&self) -> u64 {
+        u64::from(self.description) + u64::from(self.delivery) + u64::from(self.service)
+    }
 }

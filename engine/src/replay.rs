@@ -13,19 +13,19 @@
 use serde::{Deserialize, Serialize};
 
 use crate::clock::Timestamp;
-use crate::deal::{DealCounters, DealState};
+use crate::deal::{DealCounters, DealState, MerchantState};
 use crate::engine::{Engine, commit_hold, commit_order, release, settle, settle_late};
 use crate::error::EngineError;
 use crate::event::{DiscardEvents, Event};
 use crate::ids::{DealId, MerchantId};
-use crate::records::{DealSpec, HoldStatus, Merchant, StockCounts};
+use crate::records::{DealSpec, HoldStatus, Merchant, Rating, StockCounts};
 use crate::shard::{Account, Shard};
 
 /// The whole state of an engine at one point of its journal.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Snapshot {
     shards: Vec<Shard>,
-    merchants: Vec<Merchant>,
+    merchants: Vec<(Merchant, Rating)>,
     deals: Vec<DealSnapshot>,
     next_shopper: u64,
 }
@@ -39,6 +39,7 @@ struct DealSnapshot {
     counts: StockCounts,
     registrations: u64,
     buyers: u64,
+    shares: u64,
     paused: bool,
 }
 
@@ -51,18 +52,18 @@ impl Engine {
     pub fn apply(&self, event: &Event) -> Result<(), EngineError> {
         match event {
             Event::MerchantCreated { merchant, name, at } => {
-                let mut merchants = self.merchants_mut();
-                if merchant.0 != merchants.len() as u64 + 1 {
-                    return Err(inconsistent("merchant ids out of order"));
-                }
-                merchants.push(Merchant {
+                let record = Merchant {
                     id: *merchant,
                     name: name.clone(),
                     created_at: *at,
-                });
+                };
+                let state = MerchantState::new(record, Rating::default());
+                if !self.merchant_table().publish(merchant.0, state) {
+                    return Err(inconsistent("a merchant id is taken or out of range"));
+                }
             }
             Event::ShopperCreated { shopper, name, at } => {
-                let mut shard = self.lock_shopper_shard(*shopper);
+                let mut shard = self.lock_shopper(*shopper);
                 let account = Account::new(crate::records::Shopper {
                     id: *shopper,
                     name: name.clone(),
@@ -79,7 +80,7 @@ impl Engine {
                 reference,
                 ..
             } => {
-                let mut shard = self.lock_shopper_shard(*shopper);
+                let mut shard = self.lock_shopper(*shopper);
                 let account = shard
                     .accounts
                     .get_mut(shopper)
@@ -103,7 +104,7 @@ impl Engine {
             } => {
                 if !self
                     .deal_table()
-                    .publish(DealState::new(*deal, *merchant, spec.clone(), *at))
+                    .publish(deal.0, DealState::new(*deal, *merchant, spec.clone(), *at))
                 {
                     return Err(inconsistent("a deal id is taken or out of range"));
                 }
@@ -125,7 +126,7 @@ impl Engine {
             }
             Event::Registered { deal, shopper, .. } => {
                 let state = self.replay_deal(*deal)?;
-                let mut shard = self.lock_shopper_shard(*shopper);
+                let mut shard = self.lock_shopper(*shopper);
                 let account = shard
                     .accounts
                     .get_mut(shopper)
@@ -135,7 +136,7 @@ impl Engine {
             }
             Event::HoldCreated { hold, key } => {
                 let deal = self.replay_deal(hold.deal)?;
-                let mut shard = self.lock_shopper_shard(hold.shopper);
+                let mut shard = self.lock_shopper(hold.shopper);
                 if hold.id != shard.next_hold_id() {
                     return Err(inconsistent("hold ids out of order"));
                 }
@@ -151,7 +152,7 @@ impl Engine {
                 reason,
                 at,
             } => {
-                let mut shard = self.lock_shopper_shard(*shopper);
+                let mut shard = self.lock_shopper(*shopper);
                 let position = shard
                     .hold_position(*hold)
                     .ok_or(inconsistent("release of an unknown hold"))?;
@@ -163,7 +164,7 @@ impl Engine {
             }
             Event::OrderSettled { order, key } => {
                 let deal = self.replay_deal(order.deal)?;
-                let mut shard = self.lock_shopper_shard(order.shopper);
+                let mut shard = self.lock_shopper(order.shopper);
                 if order.id != shard.next_order_id() {
                     return Err(inconsistent("order ids out of order"));
                 }
@@ -212,13 +213,38 @@ impl Engine {
                     _ => return Err(inconsistent("an order needs a key or a hold, not both")),
                 }
             }
+            Event::Reviewed { review } => {
+                let mut shard = self
+                    .lock_owner_of(review.order.0)
+                    .ok_or(inconsistent("a review of an unknown order"))?;
+                if shard.order(review.order).is_none()
+                    || shard.reviews.insert(review.order, review.clone()).is_some()
+                {
+                    return Err(inconsistent("a review of an unknown or reviewed order"));
+                }
+                drop(shard);
+                self.merchant_table()
+                    .get(review.merchant.0)
+                    .ok_or(inconsistent("a review names an unknown merchant"))?
+                    .add_review(review.score_sum());
+            }
+            Event::Shared { order, deal, .. } => {
+                let deal = self.replay_deal(*deal)?;
+                let mut shard = self
+                    .lock_owner_of(order.0)
+                    .ok_or(inconsistent("a share of an unknown order"))?;
+                if shard.order(*order).is_none() || !shard.shared.insert(*order) {
+                    return Err(inconsistent("a share of an unknown or shared order"));
+                }
+                deal.add_share();
+            }
         }
         Ok(())
     }
 
     fn replay_deal(&self, deal: DealId) -> Result<&DealState, EngineError> {
         self.deal_table()
-            .get(deal)
+            .get(deal.0)
             .ok_or(inconsistent("an event names an unknown deal"))
     }
 
@@ -248,6 +274,7 @@ impl Engine {
                     counts,
                     registrations,
                     buyers,
+                    shares,
                     paused,
                 } = deal.counters();
                 DealSnapshot {
@@ -258,13 +285,18 @@ impl Engine {
                     counts,
                     registrations,
                     buyers,
+                    shares,
                     paused,
                 }
             })
             .collect();
         Snapshot {
             shards: self.shard_copies(),
-            merchants: self.merchants_mut().clone(),
+            merchants: self
+                .merchant_table()
+                .newest_first()
+                .map(|state| (state.merchant.clone(), state.rating()))
+                .collect(),
             deals,
             next_shopper: self.next_shopper(),
         }
@@ -287,26 +319,32 @@ impl Engine {
                 counts: deal.counts,
                 registrations: deal.registrations,
                 buyers: deal.buyers,
+                shares: deal.shares,
                 paused: deal.paused,
             };
-            if !self.deal_table().publish(DealState::restore(
-                deal.id,
-                deal.merchant,
-                deal.spec,
-                deal.created_at,
-                counters,
-            )) {
+            if !self.deal_table().publish(
+                deal.id.0,
+                DealState::restore(deal.id, deal.merchant, deal.spec, deal.created_at, counters),
+            ) {
                 return Err(inconsistent("a deal id is taken or out of range"));
             }
         }
         for shard in &snapshot.shards {
             for ((shopper, _), record) in &shard.idempotency {
-                if let Some(deal) = self.deal_table().get(record.request.deal()) {
+                if let Some(deal) = self.deal_table().get(record.request.deal().0) {
                     deal.records.insert(*shopper);
                 }
             }
         }
-        *self.merchants_mut() = snapshot.merchants;
+        for (merchant, rating) in snapshot.merchants.into_iter().rev() {
+            let id = merchant.id.0;
+            if !self
+                .merchant_table()
+                .publish(id, MerchantState::new(merchant, rating))
+            {
+                return Err(inconsistent("a merchant id is taken or out of range"));
+            }
+        }
         self.advance_next_shopper(snapshot.next_shopper);
         self.load_shards(snapshot.shards)
     }

@@ -12,7 +12,7 @@ use crate::clock::Timestamp;
 use crate::event::Fingerprint;
 use crate::ids::{self, DealId, HoldId, OrderId, ShopperId};
 use crate::money::Money;
-use crate::records::{Hold, Order, Shopper, Wallet};
+use crate::records::{Hold, Order, Review, Shopper, Wallet};
 
 /// How long an idempotency record is kept at least: 24 hours.
 pub const IDEMPOTENCY_RETENTION_MILLIS: i64 = 24 * 60 * 60 * 1000;
@@ -141,6 +141,10 @@ pub(crate) struct Shard {
     /// Active holds by expiry, for the sweep.
     pub(crate) expiries: BTreeSet<(Timestamp, HoldId)>,
     pub(crate) idempotency: FxHashMap<(ShopperId, Fingerprint), IdempotencyRecord>,
+    /// Reviews of this shard's orders, one per order at most.
+    pub(crate) reviews: FxHashMap<OrderId, Review>,
+    /// Orders their shoppers shared.
+    pub(crate) shared: rustc_hash::FxHashSet<OrderId>,
     /// Records in creation order, for retention.
     pub(crate) idempotency_ages: VecDeque<(Timestamp, ShopperId, Fingerprint)>,
 }

@@ -63,6 +63,15 @@ enum Op {
         seconds: u32,
     },
     Sweep,
+    Review {
+        shopper: usize,
+        order: usize,
+        score: u8,
+    },
+    Share {
+        shopper: usize,
+        order: usize,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -79,6 +88,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (deal, any::<bool>()).prop_map(|(deal, paused)| Op::Pause { deal, paused }),
         2 => (1..40u32).prop_map(|seconds| Op::Advance { seconds }),
         1 => Just(Op::Sweep),
+        1 => (0..SHOPPERS, 0..8usize, 0..7u8).prop_map(|(shopper, order, score)| Op::Review { shopper, order, score }),
+        1 => (0..SHOPPERS, 0..8usize).prop_map(|(shopper, order)| Op::Share { shopper, order }),
     ]
 }
 
@@ -184,6 +195,9 @@ struct Model {
     holds: Vec<MHold>,
     orders: Vec<MOrder>,
     records: HashMap<(usize, usize), (Request, Made)>,
+    reviewed: std::collections::HashSet<usize>,
+    shared: std::collections::HashSet<usize>,
+    score_sum: u64,
 }
 
 impl Model {
@@ -449,6 +463,9 @@ fn setup() -> Run {
             holds: Vec::new(),
             orders: Vec::new(),
             records: HashMap::new(),
+            reviewed: Default::default(),
+            shared: Default::default(),
+            score_sum: 0,
         },
         deals,
         shoppers,
@@ -673,6 +690,54 @@ impl Run {
             Op::Advance { seconds } => {
                 self.world.clock.advance_seconds(i64::from(seconds));
                 self.model.now += i64::from(seconds) * 1000;
+            }
+            Op::Review {
+                shopper,
+                order,
+                score,
+            } => {
+                if order >= self.orders.len() {
+                    return;
+                }
+                let got = engine
+                    .review(
+                        self.shoppers[shopper],
+                        self.orders[order],
+                        [score, 3, 3],
+                        "ok",
+                    )
+                    .map(|r| r.order);
+                let expected = if score == 0 || score > 5 {
+                    Err(EngineError::Invalid {
+                        field: "description",
+                        reason: "must be from 1 to 5",
+                    })
+                } else if self.model.orders[order].shopper != shopper {
+                    Err(EngineError::Forbidden(flashsale_engine::Entity::Order))
+                } else if !self.model.reviewed.insert(order) {
+                    Err(EngineError::AlreadyReviewed)
+                } else {
+                    self.model.score_sum += u64::from(score) + 6;
+                    Ok(self.orders[order])
+                };
+                assert_eq!(got, expected);
+                let rating = engine.rating(self.world.merchant).unwrap();
+                assert_eq!(
+                    (rating.reviews, rating.score_sum),
+                    (self.model.reviewed.len() as u64, self.model.score_sum)
+                );
+            }
+            Op::Share { shopper, order } => {
+                if order >= self.orders.len() {
+                    return;
+                }
+                let got = engine.share(self.shoppers[shopper], self.orders[order]);
+                let expected = if self.model.orders[order].shopper != shopper {
+                    Err(EngineError::Forbidden(flashsale_engine::Entity::Order))
+                } else {
+                    Ok(self.model.shared.insert(order))
+                };
+                assert_eq!(got, expected);
             }
             Op::Sweep => {
                 let expired = engine.expire_holds();

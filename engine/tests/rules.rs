@@ -857,3 +857,63 @@ fn every_change_emits_an_event_and_refusals_emit_none() {
     world.engine.buy(ann, deal, 1, "k").unwrap();
     assert!(sink.take().is_empty(), "refusals and replays emit nothing");
 }
+
+#[test]
+fn a_review_is_once_by_the_orders_shopper_and_feeds_the_rating() {
+    let world = World::new();
+    let deal = world.deal(10, 1, "1.00");
+    let (ann, bob) = (world.shopper("10.00"), world.shopper("10.00"));
+    let order = world.engine.buy(ann, deal, 1, "k").unwrap();
+    assert_eq!(
+        world.engine.review(bob, order.id, [5, 5, 5], ""),
+        Err(EngineError::Forbidden(Entity::Order))
+    );
+    for scores in [[0, 3, 3], [3, 6, 3], [3, 3, 0]] {
+        assert!(matches!(
+            world.engine.review(ann, order.id, scores, ""),
+            Err(EngineError::Invalid { .. })
+        ));
+    }
+    assert!(matches!(
+        world
+            .engine
+            .review(ann, order.id, [3, 3, 3], &"x".repeat(501)),
+        Err(EngineError::Invalid { field: "text", .. })
+    ));
+    assert_eq!(
+        world
+            .engine
+            .rating(world.merchant)
+            .unwrap()
+            .average_hundredths(),
+        None
+    );
+    let text = "<script>alert(1)</script>";
+    let review = world.engine.review(ann, order.id, [5, 4, 4], text).unwrap();
+    assert_eq!(review.text, text, "stored as given");
+    assert_eq!(
+        world.engine.review(ann, order.id, [1, 1, 1], ""),
+        Err(EngineError::AlreadyReviewed)
+    );
+    let rating = world.engine.rating(world.merchant).unwrap();
+    assert_eq!(
+        (rating.reviews, rating.average_hundredths()),
+        (1, Some(433))
+    );
+}
+
+#[test]
+fn a_share_counts_once_toward_popularity() {
+    let world = World::new();
+    let deal = world.deal(10, 1, "1.00");
+    let (ann, bob) = (world.shopper("10.00"), world.shopper("10.00"));
+    let order = world.engine.buy(ann, deal, 1, "k").unwrap();
+    assert_eq!(
+        world.engine.share(bob, order.id),
+        Err(EngineError::Forbidden(Entity::Order))
+    );
+    assert_eq!(world.engine.share(ann, order.id), Ok(true));
+    assert_eq!(world.engine.share(ann, order.id), Ok(false));
+    let view = world.engine.deal(deal).unwrap();
+    assert_eq!((view.shares, view.buyers, view.popularity()), (1, 1, 2));
+}
