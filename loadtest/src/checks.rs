@@ -1,0 +1,509 @@
+//! The invariant checks run after the load, against the server's own
+//! account of what happened.
+//!
+//! The client trusts nothing it was told during the run: it reads the deal,
+//! every order of the deal (as its merchant) and every scenario shopper's
+//! wallet, and compares them with each other and with the `201`s it saw.
+//! [`evaluate`] is pure, so each rule is tested on hand-made evidence.
+//! With `--database-url`, [`postgres_check`] also looks for every
+//! acknowledged order in the order sink's table.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use rust_decimal::Decimal;
+
+use crate::api::{Deal, Order, Shopper, Wallet};
+use crate::error::LoadtestError;
+use crate::recorder::Acknowledged;
+use crate::report::Check;
+
+/// How long the Postgres check waits for the sink to catch up; DESIGN.md
+/// promises "within seconds".
+pub const POSTGRES_SETTLE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Pause between two looks at Postgres while it catches up.
+pub const POSTGRES_POLL_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Most ids named in a failed check's detail.
+pub const DETAIL_IDS_MAX: usize = 5;
+
+/// What the server says, next to what the client saw.
+#[derive(Debug)]
+pub struct Evidence<'a> {
+    /// The deal, read after the run.
+    pub deal: &'a Deal,
+    /// Every order of the deal, as its merchant lists them.
+    pub orders: &'a [Order],
+    /// Wallets of every scenario shopper.
+    pub wallets: &'a [Wallet],
+    pub shoppers: &'a [Shopper],
+    /// Every `201` order the client got.
+    pub acknowledged: &'a [Acknowledged],
+    /// Most orders one shopper can have made: one per tap in a burst;
+    /// `None` when the scenario does not bound it (steady).
+    pub orders_per_shopper_max: Option<usize>,
+}
+
+fn some_ids<'a>(ids: impl Iterator<Item = &'a str>) -> String {
+    let shown: Vec<&str> = ids.take(DETAIL_IDS_MAX).collect();
+    shown.join(", ")
+}
+
+/// Runs every check on the evidence.
+pub fn evaluate(evidence: &Evidence<'_>) -> Vec<Check> {
+    let deal = evidence.deal;
+    let orders = evidence.orders;
+    let units_in_orders: u64 = orders.iter().map(|order| order.quantity).sum();
+    let amount_in_orders: Decimal = orders.iter().map(|order| order.amount).sum();
+    let mut checks = Vec::new();
+
+    checks.push(Check::new(
+        "sold within stock",
+        deal.sold <= deal.stock && units_in_orders <= deal.stock,
+        format!(
+            "sold {} and {} units in orders, stock {}",
+            deal.sold, units_in_orders, deal.stock
+        ),
+    ));
+
+    let accounted = deal.remaining + deal.held + deal.sold;
+    checks.push(Check::new(
+        "stock conserved",
+        accounted == deal.stock,
+        format!(
+            "remaining {} + held {} + sold {} = {}, stock {} ({})",
+            deal.remaining, deal.held, deal.sold, accounted, deal.stock, deal.status
+        ),
+    ));
+
+    checks.push(Check::new(
+        "sold equals orders",
+        deal.sold == units_in_orders,
+        format!(
+            "deal says {} sold, its {} orders hold {} units",
+            deal.sold,
+            orders.len(),
+            units_in_orders
+        ),
+    ));
+
+    let foreign: Vec<&Order> = orders
+        .iter()
+        .filter(|order| order.deal_id != deal.id)
+        .collect();
+    let mut ids = HashSet::with_capacity(orders.len());
+    let duplicates: Vec<&str> = orders
+        .iter()
+        .filter(|order| !ids.insert(order.id.as_str()))
+        .map(|order| order.id.as_str())
+        .collect();
+    checks.push(Check::new(
+        "orders listed once",
+        foreign.is_empty() && duplicates.is_empty(),
+        if foreign.is_empty() && duplicates.is_empty() {
+            format!("{} distinct orders, all of this deal", orders.len())
+        } else {
+            format!(
+                "{} listed twice ({}); {} of another deal",
+                duplicates.len(),
+                some_ids(duplicates.iter().copied()),
+                foreign.len()
+            )
+        },
+    ));
+
+    let mut units_by_shopper: HashMap<&str, u64> = HashMap::new();
+    let mut orders_by_shopper: HashMap<&str, usize> = HashMap::new();
+    for order in orders {
+        *units_by_shopper
+            .entry(order.shopper_id.as_str())
+            .or_default() += order.quantity;
+        *orders_by_shopper
+            .entry(order.shopper_id.as_str())
+            .or_default() += 1;
+    }
+    let over_limit: Vec<&str> = units_by_shopper
+        .iter()
+        .filter(|(_, units)| **units > deal.per_user_limit)
+        .map(|(shopper, _)| *shopper)
+        .collect();
+    checks.push(Check::new(
+        "per-user limit",
+        over_limit.is_empty(),
+        if over_limit.is_empty() {
+            format!(
+                "{} buyers, none over {} units",
+                units_by_shopper.len(),
+                deal.per_user_limit
+            )
+        } else {
+            format!(
+                "{} shoppers over {} units: {}",
+                over_limit.len(),
+                deal.per_user_limit,
+                some_ids(over_limit.iter().copied())
+            )
+        },
+    ));
+
+    if let Some(most) = evidence.orders_per_shopper_max {
+        let repeated: Vec<&str> = orders_by_shopper
+            .iter()
+            .filter(|(_, count)| **count > most)
+            .map(|(shopper, _)| *shopper)
+            .collect();
+        checks.push(Check::new(
+            "one order per tap",
+            repeated.is_empty(),
+            if repeated.is_empty() {
+                format!("no shopper has more than {most} order(s) for {most} tap(s)")
+            } else {
+                format!(
+                    "{} shoppers have more orders than taps (a key bought twice?): {}",
+                    repeated.len(),
+                    some_ids(repeated.iter().copied())
+                )
+            },
+        ));
+    }
+
+    // Wallets come back in the shoppers' order; each must be its own.
+    let spent: Decimal = evidence.wallets.iter().map(|wallet| wallet.spent).sum();
+    let misattributed = evidence
+        .wallets
+        .iter()
+        .zip(evidence.shoppers)
+        .filter(|(wallet, shopper)| wallet.shopper_id != shopper.id)
+        .count();
+    let complete = evidence.wallets.len() == evidence.shoppers.len();
+    checks.push(Check::new(
+        "wallets match orders",
+        spent == amount_in_orders && complete && misattributed == 0,
+        if complete && misattributed == 0 {
+            format!(
+                "{} wallets spent {spent}, orders total {amount_in_orders}",
+                evidence.wallets.len()
+            )
+        } else {
+            format!(
+                "{} wallets read for {} shoppers, {misattributed} of another shopper; \
+                 spent {spent}, orders total {amount_in_orders}",
+                evidence.wallets.len(),
+                evidence.shoppers.len()
+            )
+        },
+    ));
+
+    let owners: HashMap<&str, &str> = orders
+        .iter()
+        .map(|order| (order.id.as_str(), order.shopper_id.as_str()))
+        .collect();
+    let mut missing = Vec::new();
+    let mut mismatched = Vec::new();
+    let mut acknowledged_ids = HashSet::with_capacity(evidence.acknowledged.len());
+    for ack in evidence.acknowledged {
+        acknowledged_ids.insert(ack.order_id.as_str());
+        let expected = evidence.shoppers.get(ack.shopper).map(|s| s.id.as_str());
+        match owners.get(ack.order_id.as_str()) {
+            None => missing.push(ack.order_id.as_str()),
+            Some(owner) if Some(*owner) != expected => mismatched.push(ack.order_id.as_str()),
+            Some(_) => {}
+        }
+    }
+    checks.push(Check::new(
+        "acknowledged orders kept",
+        missing.is_empty() && mismatched.is_empty(),
+        if missing.is_empty() && mismatched.is_empty() {
+            format!(
+                "all {} orders answered 201 are listed",
+                acknowledged_ids.len()
+            )
+        } else {
+            format!(
+                "{} answered 201 but not listed ({}); {} listed for another shopper",
+                missing.len(),
+                some_ids(missing.iter().copied()),
+                mismatched.len()
+            )
+        },
+    ));
+    checks
+}
+
+/// Checks that every acknowledged order reached Postgres, waiting up to
+/// [`POSTGRES_SETTLE_TIMEOUT`] for the sink to catch up.
+pub async fn postgres_check(
+    database_url: &str,
+    deal_id: &str,
+    acknowledged: &[Acknowledged],
+) -> Result<Check, LoadtestError> {
+    postgres_check_within(database_url, deal_id, acknowledged, POSTGRES_SETTLE_TIMEOUT).await
+}
+
+async fn postgres_check_within(
+    database_url: &str,
+    deal_id: &str,
+    acknowledged: &[Acknowledged],
+    settle: Duration,
+) -> Result<Check, LoadtestError> {
+    let wanted: HashSet<&str> = acknowledged
+        .iter()
+        .map(|ack| ack.order_id.as_str())
+        .collect();
+    let deadline = tokio::time::Instant::now() + settle;
+    loop {
+        let stored = postgres_order_ids(database_url, deal_id).await?;
+        let missing: Vec<&str> = wanted
+            .iter()
+            .copied()
+            .filter(|id| !stored.contains(*id))
+            .collect();
+        if missing.is_empty() || tokio::time::Instant::now() >= deadline {
+            let passed = missing.is_empty();
+            let detail = if passed {
+                format!("all {} acknowledged orders are in Postgres", wanted.len())
+            } else {
+                format!(
+                    "{} of {} acknowledged orders not in Postgres after {settle:?}: {}",
+                    missing.len(),
+                    wanted.len(),
+                    some_ids(missing.iter().copied())
+                )
+            };
+            return Ok(Check::new("orders in Postgres", passed, detail));
+        }
+        tokio::time::sleep(POSTGRES_POLL_INTERVAL).await;
+    }
+}
+
+/// The ids of a deal's orders in the order sink's table
+/// `orders(id text primary key, deal_id text, ...)`.
+#[cfg(feature = "postgres")]
+pub async fn postgres_order_ids(
+    database_url: &str,
+    deal_id: &str,
+) -> Result<HashSet<String>, LoadtestError> {
+    use sqlx::Connection as _;
+    let database = |error: sqlx::Error| LoadtestError::Database(Box::new(error));
+    let mut connection = sqlx::PgConnection::connect(database_url)
+        .await
+        .map_err(database)?;
+    let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM orders WHERE deal_id = $1")
+        .bind(deal_id)
+        .fetch_all(&mut connection)
+        .await
+        .map_err(database)?;
+    let _ = connection.close().await;
+    Ok(ids.into_iter().collect())
+}
+
+/// Built without the `postgres` feature: the check cannot run.
+#[cfg(not(feature = "postgres"))]
+pub async fn postgres_order_ids(
+    _database_url: &str,
+    _deal_id: &str,
+) -> Result<HashSet<String>, LoadtestError> {
+    Err(LoadtestError::Database(
+        "flashsale-loadtest was built without the `postgres` feature".into(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deal(stock: u64, remaining: u64, sold: u64) -> Deal {
+        Deal {
+            id: "d1".into(),
+            stock,
+            per_user_limit: 1,
+            remaining,
+            held: 0,
+            sold,
+            status: "live".into(),
+        }
+    }
+
+    fn order(id: &str, shopper: &str) -> Order {
+        Order {
+            id: id.into(),
+            deal_id: "d1".into(),
+            shopper_id: shopper.into(),
+            quantity: 1,
+            amount: Decimal::new(99_900, 2),
+        }
+    }
+
+    fn shopper(id: &str) -> Shopper {
+        Shopper {
+            id: id.into(),
+            auth: hyper::header::HeaderValue::from_static("Bearer x"),
+        }
+    }
+
+    fn wallet(id: &str, spent: i64) -> Wallet {
+        Wallet {
+            shopper_id: id.into(),
+            spent: Decimal::new(spent, 2),
+        }
+    }
+
+    fn ack(id: &str, shopper: usize) -> Acknowledged {
+        Acknowledged {
+            order_id: id.into(),
+            shopper,
+        }
+    }
+
+    fn failed(checks: &[Check]) -> Vec<&str> {
+        checks
+            .iter()
+            .filter(|check| !check.passed)
+            .map(|check| check.name.as_str())
+            .collect()
+    }
+
+    struct Case {
+        deal: Deal,
+        orders: Vec<Order>,
+        wallets: Vec<Wallet>,
+        acknowledged: Vec<Acknowledged>,
+    }
+
+    fn check(case: &Case) -> Vec<Check> {
+        let shoppers = [shopper("s0"), shopper("s1"), shopper("s2")];
+        evaluate(&Evidence {
+            deal: &case.deal,
+            orders: &case.orders,
+            wallets: &case.wallets,
+            shoppers: &shoppers,
+            acknowledged: &case.acknowledged,
+            orders_per_shopper_max: Some(1),
+        })
+    }
+
+    fn healthy() -> Case {
+        Case {
+            deal: deal(2, 0, 2),
+            orders: vec![order("o0", "s0"), order("o1", "s1")],
+            wallets: vec![wallet("s0", 99_900), wallet("s1", 99_900), wallet("s2", 0)],
+            acknowledged: vec![ack("o0", 0), ack("o1", 1)],
+        }
+    }
+
+    #[test]
+    fn a_healthy_run_passes_every_check() {
+        let checks = check(&healthy());
+        assert_eq!(failed(&checks), Vec::<&str>::new(), "{checks:#?}");
+        assert_eq!(checks.len(), 8);
+    }
+
+    #[test]
+    fn an_oversold_deal_fails() {
+        let mut case = healthy();
+        case.deal = deal(2, 0, 3);
+        case.orders.push(order("o2", "s2"));
+        case.wallets[2] = wallet("s2", 99_900);
+        assert_eq!(
+            failed(&check(&case)),
+            vec!["sold within stock", "stock conserved"]
+        );
+    }
+
+    #[test]
+    fn a_lost_order_fails() {
+        let mut case = healthy();
+        case.orders.pop();
+        assert_eq!(
+            failed(&check(&case)),
+            vec![
+                "sold equals orders",
+                "wallets match orders",
+                "acknowledged orders kept"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_double_charge_fails() {
+        let mut case = healthy();
+        case.wallets[0] = wallet("s0", 199_800);
+        assert_eq!(failed(&check(&case)), vec!["wallets match orders"]);
+    }
+
+    #[test]
+    fn two_orders_for_one_tap_fail() {
+        let mut case = healthy();
+        case.deal = deal(3, 0, 3);
+        case.orders.push(order("o2", "s0"));
+        case.wallets[0] = wallet("s0", 199_800);
+        assert_eq!(
+            failed(&check(&case)),
+            vec!["per-user limit", "one order per tap"]
+        );
+    }
+
+    #[test]
+    fn an_order_credited_to_the_wrong_shopper_fails() {
+        let mut case = healthy();
+        case.acknowledged[1] = ack("o1", 2);
+        assert_eq!(failed(&check(&case)), vec!["acknowledged orders kept"]);
+    }
+
+    /// Against a real Postgres when one answers (as on the project's
+    /// machines: user postgres, database test, on 127.0.0.1), in a schema
+    /// of its own so that it never meets the order sink's real table.
+    #[cfg(feature = "postgres")]
+    #[tokio::test]
+    async fn postgres_check_finds_stored_orders_and_misses_lost_ones() {
+        use sqlx::Connection as _;
+        let base = std::env::var("FLASHSALE_LOADTEST_TEST_DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+        let Ok(mut admin) = sqlx::PgConnection::connect(&base).await else {
+            eprintln!("no Postgres at {base}: the sink look-up is covered by the end-to-end suite");
+            return;
+        };
+        let schema = format!("loadtest_check_{}", crate::spawn::random_hex(4));
+        for statement in [
+            format!("CREATE SCHEMA {schema}"),
+            format!(
+                "CREATE TABLE {schema}.orders (id text PRIMARY KEY, deal_id text NOT NULL, \
+                 shopper_id text NOT NULL, quantity bigint NOT NULL, amount numeric NOT NULL)"
+            ),
+            format!(
+                "INSERT INTO {schema}.orders VALUES ('o1', 'd1', 's1', 1, 999.00), \
+                 ('o2', 'd1', 's2', 1, 999.00), ('o3', 'd2', 's3', 1, 5.00)"
+            ),
+        ] {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(statement))
+                .execute(&mut admin)
+                .await
+                .expect("set up the schema");
+        }
+        let separator = if base.contains('?') { '&' } else { '?' };
+        let url = format!("{base}{separator}options=-csearch_path%3D{schema}");
+
+        let stored = postgres_order_ids(&url, "d1").await.expect("query runs");
+        assert_eq!(stored, HashSet::from(["o1".to_owned(), "o2".to_owned()]));
+        let kept = postgres_check(&url, "d1", &[ack("o1", 0), ack("o2", 1)])
+            .await
+            .expect("check runs");
+        assert!(kept.passed, "{kept:?}");
+
+        let lost = postgres_check_within(
+            &url,
+            "d1",
+            &[ack("o1", 0), ack("o9", 1)],
+            Duration::from_millis(600),
+        )
+        .await
+        .expect("check runs");
+        assert!(!lost.passed && lost.detail.contains("o9"), "{lost:?}");
+
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+            .execute(&mut admin)
+            .await
+            .expect("drop the schema");
+    }
+}

@@ -1,0 +1,324 @@
+#!/usr/bin/env bash
+# Compare, on this machine and in one go, the same stock-decrement step done by:
+#
+#   1. a bare hyper hello-world server (`flashsale loadtest hello`): the ceiling
+#      of HTTP on this box;
+#   2. the flashsale buy endpoint, sold-out path (a deal that sold out before
+#      the run: every answer is 409 sold_out);
+#   3. the flashsale buy endpoint, settling path (enough stock and funds that
+#      every answer is 201 and an order is settled and journaled);
+#   4. Redis running the decrement as a Lua script (redis-benchmark EVALSHA);
+#   5. Postgres running `UPDATE ... SET stock = stock - 1 WHERE id = $1 AND
+#      stock > 0` (pgbench -f, database `test`, user postgres, host 127.0.0.1).
+#
+# The HTTP cases all use the same client, wrk, with a small Lua script that
+# gives every request its own Idempotency-Key and rotates shopper tokens.
+# Every number is printed with its ratio to hello-world.
+#
+# It installs what is missing with apt-get (wrk, redis-tools, redis-server,
+# postgresql-client/-contrib, jq, curl), builds `cargo build --release`, and
+# uses target/release/flashsale. Everything listens on and talks to loopback
+# only; every wait and every run is bounded. Knobs (environment):
+#
+#   COMPARE_DURATION     seconds per wrk / pgbench run         (default 10)
+#   COMPARE_CONNECTIONS  concurrent connections / clients      (default 64)
+#   COMPARE_THREADS      client threads                        (default 2)
+#   COMPARE_REQUESTS     redis-benchmark requests              (default 500000)
+#   COMPARE_DURABILITY   flashsale --durability (sync|async)   (default sync)
+#   COMPARE_REDIS_PORT   Redis port on 127.0.0.1               (default 6379)
+#   PGPORT / PGPASSWORD  Postgres port / password              (5432 / none)
+set -euo pipefail
+
+DURATION=${COMPARE_DURATION:-10}
+CONNECTIONS=${COMPARE_CONNECTIONS:-64}
+THREADS=${COMPARE_THREADS:-2}
+REQUESTS=${COMPARE_REQUESTS:-500000}
+DURABILITY=${COMPARE_DURABILITY:-sync}
+REDIS_PORT=${COMPARE_REDIS_PORT:-6379}
+PG_PORT=${PGPORT:-5432}
+# Shoppers for the buy cases (one bulk call creates at most 10,000).
+SHOPPERS=10000
+# Upper bound on buys per second, used to size the settling deal so that no
+# shopper reaches the per-user limit and stock never runs out.
+BUYS_PER_SECOND_MAX=200000
+READY_WAIT_TENTHS=300 # 30 s for a server to say it is listening
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+BIN=$TARGET_DIR/release/flashsale
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/flashsale-compare.XXXXXX")
+PIDS=()
+
+cleanup() {
+  for pid in "${PIDS[@]}"; do
+    kill "$pid" 2>/dev/null || true
+  done
+  for pid in "${PIDS[@]}"; do
+    wait "$pid" 2>/dev/null || true
+  done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+say() { printf '==> %s\n' "$*" >&2; }
+
+APT_UPDATED=0
+apt_install() {
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  if [ "$APT_UPDATED" -eq 0 ]; then
+    $sudo apt-get update -qq >/dev/null
+    APT_UPDATED=1
+  fi
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@" >/dev/null
+}
+
+need() { # need COMMAND PACKAGE...
+  local command=$1
+  shift
+  command -v "$command" >/dev/null 2>&1 && return 0
+  say "installing $* for $command"
+  apt_install "$@" || true
+  command -v "$command" >/dev/null 2>&1
+}
+
+# Waits until FILE has a "listening on http://..." line while process PID
+# lives; prints the URL.
+wait_for_url() {
+  local file=$1 pid=$2 i
+  for ((i = 0; i < READY_WAIT_TENTHS; i++)); do
+    if grep -q 'listening on http://' "$file" 2>/dev/null; then
+      grep -o 'listening on http://[^ ]*' "$file" | head -n1 | sed 's/^listening on //'
+      return 0
+    fi
+    kill -0 "$pid" 2>/dev/null || return 1
+    sleep 0.1
+  done
+  return 1
+}
+
+# Runs wrk and prints its requests per second; the full output goes to $WORK/$name.wrk.
+run_wrk() { # run_wrk NAME URL [SCRIPT]
+  local name=$1 url=$2 script=${3:-}
+  local args=(-t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --timeout 10s --latency)
+  [ -n "$script" ] && args+=(-s "$script")
+  wrk "${args[@]}" "$url" >"$WORK/$name.wrk" 2>&1 || true
+  awk '/^Requests\/sec:/ {print $2}' "$WORK/$name.wrk"
+}
+
+non_2xx() { # non_2xx NAME: wrk's count of answers that were not 2xx/3xx
+  awk '/Non-2xx or 3xx responses:/ {print $5}' "$WORK/$1.wrk" | grep . || echo 0
+}
+
+latency() { # latency NAME PERCENT: a latency percentile from wrk --latency
+  awk -v p="$2%" '$1 == p {print $2}' "$WORK/$1.wrk"
+}
+
+# Results: name, requests per second (empty when skipped), note.
+NAMES=()
+RATES=()
+NOTES=()
+result() {
+  NAMES+=("$1")
+  RATES+=("$2")
+  NOTES+=("$3")
+}
+
+# --- tools and build -------------------------------------------------------
+need curl curl
+need jq jq
+HAVE_WRK=1
+need wrk wrk || HAVE_WRK=0
+
+say "building flashsale (release)"
+(cd "$ROOT" && cargo build --release --bin flashsale)
+[ -x "$BIN" ] || {
+  echo "no $BIN after the build" >&2
+  exit 1
+}
+
+# --- 1. hello-world ceiling -----------------------------------------------
+HELLO_RATE=""
+if [ "$HAVE_WRK" -eq 1 ]; then
+  "$BIN" loadtest hello --addr 127.0.0.1:0 >"$WORK/hello.out" 2>&1 &
+  PIDS+=($!)
+  if HELLO_URL=$(wait_for_url "$WORK/hello.out" "${PIDS[-1]}"); then
+    say "wrk against hello-world at $HELLO_URL"
+    HELLO_RATE=$(run_wrk hello "$HELLO_URL/")
+    result "hello-world (bare hyper)" "$HELLO_RATE" "p99 $(latency hello 99)"
+  else
+    result "hello-world (bare hyper)" "" "did not start: $(tail -c 300 "$WORK/hello.out")"
+  fi
+else
+  result "hello-world (bare hyper)" "" "wrk not available"
+fi
+
+# --- 2, 3. flashsale buy ---------------------------------------------------
+start_flashsale() { # in this shell, so that its pid is kept for cleanup
+  local token=$1
+  mkdir -p "$WORK/data"
+  FLASHSALE_RATE_LIMIT_SHOPPER=0 FLASHSALE_RATE_LIMIT_ADDRESS=0 \
+    "$BIN" serve --addr 127.0.0.1:0 --data-dir "$WORK/data" \
+    --admin-token "$token" --durability "$DURABILITY" \
+    >"$WORK/serve.out" 2>"$WORK/serve.log" &
+  PIDS+=($!)
+}
+
+api() { # api METHOD PATH TOKEN [BODY]: prints the JSON answer, fails on non-2xx
+  local method=$1 path=$2 token=$3 body=${4:-}
+  local args=(-sS --fail-with-body --max-time 60 -X "$method" -H "Authorization: Bearer $token")
+  [ -n "$body" ] && args+=(-H 'Content-Type: application/json' --data "$body")
+  curl "${args[@]}" "$FS_URL$path"
+}
+
+rfc3339() { date -u -d "@$1" +%Y-%m-%dT%H:%M:%SZ; }
+
+cat >"$WORK/buy.lua" <<'LUA'
+-- One buy per request: a distinct Idempotency-Key and a rotating shopper.
+local tokens = {}
+local counter = 0
+local threads = 0
+local path, run
+
+function setup(thread)
+  threads = threads + 1
+  thread:set("id", threads)
+end
+
+function init(args)
+  for line in io.lines(os.getenv("COMPARE_TOKENS")) do
+    tokens[#tokens + 1] = line
+  end
+  path = os.getenv("COMPARE_PATH")
+  run = os.getenv("COMPARE_RUN")
+  wrk.method = "POST"
+  wrk.body = '{"quantity":1}'
+end
+
+function request()
+  counter = counter + 1
+  local index = (counter * 97 + id * 7919) % #tokens + 1
+  return wrk.format(nil, path, {
+    ["Content-Type"] = "application/json",
+    ["Authorization"] = "Bearer " .. tokens[index],
+    ["Idempotency-Key"] = run .. "-" .. id .. "-" .. counter,
+  })
+end
+LUA
+
+FS_TOKEN=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
+if [ "$HAVE_WRK" -eq 0 ]; then
+  result "flashsale buy, sold-out path" "" "wrk not available"
+  result "flashsale buy, settling path" "" "wrk not available"
+elif ! start_flashsale "$FS_TOKEN" || ! FS_URL=$(wait_for_url "$WORK/serve.out" "${PIDS[-1]}"); then
+  note="flashsale serve did not start: $(tail -c 300 "$WORK/serve.log" | tr '\n' ' ')"
+  result "flashsale buy, sold-out path" "" "$note"
+  result "flashsale buy, settling path" "" "$note"
+else
+  say "setting up deals on $FS_URL"
+  now=$(date +%s)
+  per_user_limit=$(((BUYS_PER_SECOND_MAX * DURATION + SHOPPERS - 1) / SHOPPERS))
+  merchant=$(api POST /v1/merchants "$FS_TOKEN" '{"name":"compare"}' | jq -r .token)
+  api POST /v1/admin/shoppers "$FS_TOKEN" \
+    "{\"count\":$SHOPPERS,\"credit\":\"$per_user_limit.00\"}" |
+    jq -r '.shoppers[].token' >"$WORK/tokens"
+  deal() { # deal STOCK LIMIT: prints the new deal's id
+    api POST /v1/deals "$merchant" "{\"title\":\"compare\",\"price\":\"1.00\",\"stock\":$1,\
+\"per_user_limit\":$2,\"starts_at\":\"$(rfc3339 $((now - 60)))\",\
+\"ends_at\":\"$(rfc3339 $((now + 3600)))\",\"requires_registration\":false}" | jq -r .id
+  }
+  sold_out=$(deal 1 1)
+  settling=$(deal $((per_user_limit * SHOPPERS)) "$per_user_limit")
+  # Sell the sold-out deal's only unit first, so every measured buy is refused.
+  curl -sS --max-time 10 -o /dev/null -X POST -H "Authorization: Bearer $(head -n1 "$WORK/tokens")" \
+    -H 'Content-Type: application/json' -H "Idempotency-Key: compare-first" \
+    --data '{"quantity":1}' "$FS_URL/v1/deals/$sold_out/orders"
+
+  export COMPARE_TOKENS="$WORK/tokens"
+  say "wrk against the buy endpoint, sold-out path"
+  rate=$(COMPARE_PATH="/v1/deals/$sold_out/orders" COMPARE_RUN="so$now" \
+    run_wrk sold_out "$FS_URL" "$WORK/buy.lua")
+  result "flashsale buy, sold-out path" "$rate" \
+    "p99 $(latency sold_out 99); $(non_2xx sold_out) answers not 2xx (409 expected)"
+
+  say "wrk against the buy endpoint, settling path ($DURABILITY durability)"
+  rate=$(COMPARE_PATH="/v1/deals/$settling/orders" COMPARE_RUN="st$now" \
+    run_wrk settling "$FS_URL" "$WORK/buy.lua")
+  sold=$(api GET "/v1/deals/$settling" "$FS_TOKEN" | jq -r .sold)
+  result "flashsale buy, settling path" "$rate" \
+    "p99 $(latency settling 99); $(non_2xx settling) answers not 2xx (0 expected); $sold sold"
+fi
+
+# --- 4. Redis Lua decrement ------------------------------------------------
+REDIS_LUA="local s = tonumber(redis.call('GET', KEYS[1])) \
+if s and s > 0 then return redis.call('DECR', KEYS[1]) end return -1"
+if need redis-benchmark redis-tools; then
+  if ! redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping >/dev/null 2>&1; then
+    if need redis-server redis-server; then
+      say "starting redis-server on 127.0.0.1:$REDIS_PORT"
+      redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save '' --appendonly no \
+        --dir "$WORK" >"$WORK/redis.log" 2>&1 &
+      PIDS+=($!)
+      for ((i = 0; i < READY_WAIT_TENTHS; i++)); do
+        redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping >/dev/null 2>&1 && break
+        sleep 0.1
+      done
+    fi
+  fi
+  if redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping >/dev/null 2>&1; then
+    key="flashsale-compare:{deal}:stock"
+    redis-cli -h 127.0.0.1 -p "$REDIS_PORT" SET "$key" 1000000000000 >/dev/null
+    sha=$(redis-cli -h 127.0.0.1 -p "$REDIS_PORT" SCRIPT LOAD "$REDIS_LUA")
+    say "redis-benchmark EVALSHA decrement ($REQUESTS requests)"
+    redis-benchmark -h 127.0.0.1 -p "$REDIS_PORT" -c "$CONNECTIONS" -n "$REQUESTS" \
+      --threads "$THREADS" --csv EVALSHA "$sha" 1 "$key" >"$WORK/redis.csv" 2>&1 || true
+    rate=$(awk -F'","' 'NR > 1 && NF > 1 {print $2; exit}' "$WORK/redis.csv")
+    p99=$(awk -F'","' 'NR > 1 && NF > 1 {gsub(/"/, "", $7); print $7; exit}' "$WORK/redis.csv")
+    redis-cli -h 127.0.0.1 -p "$REDIS_PORT" DEL "$key" >/dev/null
+    result "redis EVALSHA stock decrement" "$rate" "p99 ${p99}ms; in memory, no fsync"
+  else
+    result "redis EVALSHA stock decrement" "" "no Redis on 127.0.0.1:$REDIS_PORT"
+  fi
+else
+  result "redis EVALSHA stock decrement" "" "redis-benchmark not available"
+fi
+
+# --- 5. Postgres conditional UPDATE ---------------------------------------
+if need pgbench postgresql-contrib || need pgbench postgresql-client; then
+  psql_test() { psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -d test -v ON_ERROR_STOP=1 -qtA "$@"; }
+  if pg_isready -h 127.0.0.1 -p "$PG_PORT" >/dev/null 2>&1 && psql_test -c 'SELECT 1' >/dev/null 2>&1; then
+    psql_test >/dev/null <<'SQL'
+CREATE TABLE IF NOT EXISTS flashsale_compare_stock (id integer PRIMARY KEY, stock bigint NOT NULL);
+INSERT INTO flashsale_compare_stock VALUES (1, 1000000000000)
+  ON CONFLICT (id) DO UPDATE SET stock = EXCLUDED.stock;
+SQL
+    cat >"$WORK/decrement.sql" <<'SQL'
+\set id 1
+UPDATE flashsale_compare_stock SET stock = stock - 1 WHERE id = :id AND stock > 0;
+SQL
+    say "pgbench conditional UPDATE ($CONNECTIONS clients, ${DURATION}s)"
+    pgbench -h 127.0.0.1 -p "$PG_PORT" -U postgres -n -M prepared -f "$WORK/decrement.sql" \
+      -c "$CONNECTIONS" -j "$THREADS" -T "$DURATION" test >"$WORK/pgbench.out" 2>&1 || true
+    rate=$(awk '/^tps = / {print $3; exit}' "$WORK/pgbench.out")
+    lat=$(awk '/^latency average/ {print $4; exit}' "$WORK/pgbench.out")
+    psql_test -c 'DROP TABLE IF EXISTS flashsale_compare_stock' >/dev/null
+    result "postgres UPDATE ... stock > 0" "$rate" "mean ${lat}ms; one hot row, fsync per commit"
+  else
+    result "postgres UPDATE ... stock > 0" "" "no Postgres (user postgres, db test) on 127.0.0.1:$PG_PORT"
+  fi
+else
+  result "postgres UPDATE ... stock > 0" "" "pgbench not available"
+fi
+
+# --- the table -------------------------------------------------------------
+printf '\n%-34s %12s %9s  %s\n' "case ($CONNECTIONS connections, ${DURATION}s)" "req/s" "vs hello" "notes"
+for i in "${!NAMES[@]}"; do
+  rate=${RATES[$i]}
+  if [ -z "$rate" ]; then
+    printf '%-34s %12s %9s  %s\n' "${NAMES[$i]}" "-" "-" "skipped: ${NOTES[$i]}"
+    continue
+  fi
+  ratio="-"
+  [ -n "$HELLO_RATE" ] && ratio=$(awk -v a="$rate" -v b="$HELLO_RATE" 'BEGIN { if (b > 0) printf "%.3f", a / b; else print "-" }')
+  printf '%-34s %12.0f %9s  %s\n' "${NAMES[$i]}" "$rate" "$ratio" "${NOTES[$i]}"
+done
