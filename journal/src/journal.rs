@@ -24,6 +24,7 @@ pub struct Journal {
     writer: Mutex<Option<JoinHandle<()>>>,
     snapshotter: Mutex<Option<JoinHandle<()>>>,
     closed: AtomicBool,
+    id: String,
     /// Held (with an advisory lock) for the journal's lifetime.
     _lock: File,
 }
@@ -65,7 +66,7 @@ impl Journal {
         let dir = config.dir.clone();
         fs::create_dir_all(&dir).map_err(JournalError::io(&dir))?;
         let lock = lock_dir(&dir)?;
-        recovery::check_meta(&dir, engine_config.shards)?;
+        let id = recovery::check_meta(&dir, engine_config.shards)?;
         remove_tmp_files(&dir)?;
 
         let shared = Arc::new(Shared::new(config, 0));
@@ -111,9 +112,17 @@ impl Journal {
             writer: Mutex::new(Some(writer)),
             snapshotter: Mutex::new(Some(snapshotter)),
             closed: AtomicBool::new(false),
+            id,
             _lock: lock,
         });
         Ok((journal, engine))
+    }
+
+    /// A random id made with the data directory: positions are meaningful
+    /// only together with it (a wiped directory starts again at 1 under a
+    /// new id).
+    pub fn id(&self) -> &str {
+        &self.id
     }
 
     pub fn dir(&self) -> &Path {

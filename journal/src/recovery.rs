@@ -213,18 +213,19 @@ fn truncate(path: &Path, length: u64) -> Result<u64, JournalError> {
     Ok(before.saturating_sub(length))
 }
 
-/// Checks (or, in a new directory, records) the engine's shard count: order
-/// and hold ids encode their shard, so it can never change.
-pub(crate) fn check_meta(dir: &Path, shards: usize) -> Result<(), JournalError> {
+/// Checks (or, in a new directory, records) the engine's shard count, and
+/// returns the directory's journal id: order and hold ids encode their
+/// shard, so the count can never change; the id tells a consumer (the order
+/// sink) that a position belongs to this journal and not to one that was
+/// wiped and restarted at 1.
+pub(crate) fn check_meta(dir: &Path, shards: usize) -> Result<String, JournalError> {
     let path = dir.join(META_FILE);
     let text = match fs::read_to_string(&path) {
         Ok(text) => text,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-            let text = format!(
-                "flashsale-journal format {}\nshards {shards}\n",
-                format::FORMAT_VERSION
-            );
-            return format::write_atomically(dir, &path, &[text.as_bytes()]);
+            let id = new_journal_id();
+            write_meta(dir, &path, shards, &id)?;
+            return Ok(id);
         }
         Err(source) => return Err(JournalError::Io { path, source }),
     };
@@ -233,6 +234,7 @@ pub(crate) fn check_meta(dir: &Path, shards: usize) -> Result<(), JournalError> 
         reason,
     };
     let mut stored = None;
+    let mut id = None;
     for line in text.lines() {
         let mut words = line.split_whitespace();
         match (words.next(), words.next(), words.next()) {
@@ -248,6 +250,7 @@ pub(crate) fn check_meta(dir: &Path, shards: usize) -> Result<(), JournalError> 
                         .map_err(|_| meta_error(format!("bad shard count {count:?}")))?,
                 );
             }
+            (Some("id"), Some(text), None) => id = Some(text.to_owned()),
             (None, ..) => {}
             _ => return Err(meta_error(format!("unknown line {line:?}"))),
         }
@@ -260,5 +263,36 @@ pub(crate) fn check_meta(dir: &Path, shards: usize) -> Result<(), JournalError> 
             configured: shards,
         });
     }
-    Ok(())
+    match id {
+        Some(id) => Ok(id),
+        None => {
+            let id = new_journal_id();
+            write_meta(dir, &path, shards, &id)?;
+            Ok(id)
+        }
+    }
+}
+
+fn write_meta(dir: &Path, path: &Path, shards: usize, id: &str) -> Result<(), JournalError> {
+    let text = format!(
+        "flashsale-journal format {}\nshards {shards}\nid {id}\n",
+        format::FORMAT_VERSION
+    );
+    format::write_atomically(dir, path, &[text.as_bytes()])
+}
+
+/// 128 random bits in hex, from the standard library's randomly keyed hasher.
+fn new_journal_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let half = || {
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |elapsed| elapsed.as_nanos()),
+        );
+        hasher.write_u32(std::process::id());
+        hasher.finish()
+    };
+    format!("{:016x}{:016x}", half(), half())
 }
