@@ -1,1 +1,61 @@
-//! placeholder
+//! # flashsale-gateway
+//!
+//! The HTTP face of the flash-sale engine: HTTP API v1 of `DESIGN.md` on
+//! hyper 1.x (HTTP/1.1 keep-alive, tokio multi-thread runtime). It owns
+//! routing, authentication, JSON in and out, admission control, the feed,
+//! `/metrics`, health, graceful shutdown and configuration. Business rules
+//! live in `flashsale-engine`; durability lives in `flashsale-journal`. The
+//! gateway only decides *who* may ask, *whether* the server has room to
+//! ask now, and *how* the answer is spelled on the wire.
+//!
+//! ## Layout
+//! - [`config`]: `flashsale serve` flags (clap, each with an environment
+//!   fallback) parsed raw into [`ServeArgs`], validated into one [`Config`].
+//! - [`server`]: [`run`], [`Gateway`] and [`spawn`]: the accept loop, the
+//!   connection bound, the hold-expiry and housekeeping task, graceful
+//!   shutdown and closing the journal.
+//! - `router` (private): path and method to an `Endpoint`, with
+//!   `matchit`.
+//! - `app` (private): the shared state of one server and the path of a
+//!   request through it: route, shed, authenticate, handle, record.
+//! - `handlers` (private): one function per endpoint; the buy handler is
+//!   the hot path.
+//! - [`auth`]: HMAC-signed bearer tokens and the admin token.
+//! - `admission` (private): requests in flight, per-token and
+//!   per-address rate limits.
+//! - `wire` (private): request and response bodies, money and time on
+//!   the wire, reading a bounded body.
+//! - [`error`]: [`Error`], the crate's one error type, and the single
+//!   function that maps every error (engine refusals included) to an HTTP
+//!   status and a contract code.
+//! - `telemetry` (private): the process-wide Prometheus recorder and the
+//!   per-route counters and histograms.
+//! - [`order_sink`]: the Postgres order sink, started by [`Gateway::open`]
+//!   when `--database-url` is set.
+//!
+//! ## Architecture invariants
+//! - A state-changing request is answered `2xx` only after the journal says
+//!   its events are durable (`journal.durable(journal.written())`); a
+//!   refusal waits for nothing.
+//! - Every bound is named and configurable ([`Config`]) and is answered
+//!   with `413`, `429` or `503` + `Retry-After`, never with an unbounded
+//!   queue.
+//! - Nothing here holds an engine lock across an `.await`: the engine's
+//!   calls are synchronous and return before the gateway awaits.
+
+mod admission;
+mod app;
+pub mod auth;
+pub mod config;
+pub mod error;
+mod handlers;
+pub mod order_sink;
+mod router;
+pub mod server;
+mod telemetry;
+mod wire;
+
+pub use auth::{Caller, Signer};
+pub use config::{Config, ServeArgs};
+pub use error::Error;
+pub use server::{Gateway, RunningServer, run, spawn};

@@ -1,0 +1,204 @@
+//! One server's shared state and the path of every request through it.
+//!
+//! [`App::handle`] is the hyper service: route, count the request in
+//! flight (or shed it), refuse state changes while the journal is not
+//! ready, run the endpoint's handler, turn an error into the contract's
+//! body, and record the route's status and latency. The helpers here are
+//! what handlers share: who is calling ([`App::shopper`] and friends, which
+//! also apply the per-token rate limit), reading a bounded body, and
+//! waiting for the journal before a change is acknowledged
+//! ([`App::commit`]).
+
+use std::convert::Infallible;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use flashsale_engine::{Engine, MerchantId, ShopperId};
+use flashsale_journal::Journal;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::AUTHORIZATION;
+use hyper::http::request::Parts;
+use hyper::{Request, Response};
+
+use crate::admission::Admission;
+use crate::auth::{Caller, Signer, bearer};
+use crate::error::Error;
+use crate::handlers;
+use crate::order_sink::OrderSinkHandle;
+use crate::router::{Endpoint, Matched, Router};
+use crate::telemetry::Telemetry;
+use crate::wire;
+
+pub(crate) type HttpResponse = Response<Full<Bytes>>;
+
+pub(crate) struct App {
+    pub engine: Arc<Engine>,
+    pub journal: Arc<Journal>,
+    pub signer: Signer,
+    pub admission: Admission,
+    pub telemetry: Telemetry,
+    pub router: Router,
+    pub body_bytes_max: usize,
+    pub token_ttl_seconds: i64,
+    /// The Postgres order sink when `--database-url` is set; taken at
+    /// shutdown to be joined.
+    pub order_sink: std::sync::Mutex<Option<OrderSinkHandle>>,
+}
+
+impl App {
+    /// The service of every connection.
+    pub(crate) async fn handle(
+        self: Arc<App>,
+        request: Request<Incoming>,
+        peer: IpAddr,
+    ) -> Result<HttpResponse, Infallible> {
+        let started = Instant::now();
+        let (parts, body) = request.into_parts();
+        let response = match self.router.route(&parts.method, parts.uri.path()) {
+            Ok(matched) => {
+                let endpoint = matched.endpoint;
+                let response = match self.serve(matched, &parts, body, peer).await {
+                    Ok(response) => response,
+                    Err(error) => error.into_response(),
+                };
+                self.telemetry
+                    .request(endpoint, response.status().as_u16(), started.elapsed());
+                response
+            }
+            Err(error) => error.into_response(),
+        };
+        Ok(response)
+    }
+
+    async fn serve(
+        &self,
+        matched: Matched<'_>,
+        parts: &Parts,
+        body: Incoming,
+        peer: IpAddr,
+    ) -> Result<HttpResponse, Error> {
+        let Matched { endpoint, id } = matched;
+        let _in_flight = if endpoint.is_ops() {
+            None
+        } else {
+            Some(self.admission.enter()?)
+        };
+        if endpoint.changes_state() && !self.journal.is_ready() {
+            return Err(Error::Overloaded);
+        }
+        match endpoint {
+            Endpoint::Buy => {
+                let result = handlers::buy(self, parts, id, body).await;
+                self.telemetry
+                    .buy(result.as_ref().err().map(|error| error.http().code));
+                result
+            }
+            Endpoint::CreateHold => handlers::create_hold(self, parts, id, body).await,
+            Endpoint::PayHold => handlers::pay_hold(self, parts, id).await,
+            Endpoint::ReleaseHold => handlers::release_hold(self, parts, id).await,
+            Endpoint::GetDeal => handlers::get_deal(self, id),
+            Endpoint::Feed => handlers::feed(self, parts),
+            Endpoint::GetOrder => handlers::get_order(self, parts, id),
+            Endpoint::ListOrders => handlers::list_orders(self, parts),
+            Endpoint::GetWallet => handlers::get_wallet(self, parts),
+            Endpoint::Register => handlers::register(self, parts, id).await,
+            Endpoint::CreateMerchant => handlers::create_merchant(self, parts, body).await,
+            Endpoint::CreateShopper => handlers::create_shopper(self, parts, body, peer).await,
+            Endpoint::CreateShoppersBulk => handlers::create_shoppers_bulk(self, parts, body).await,
+            Endpoint::CreditWallet => handlers::credit_wallet(self, parts, id, body).await,
+            Endpoint::CreateDeal => handlers::create_deal(self, parts, body).await,
+            Endpoint::PatchDeal => handlers::patch_deal(self, parts, id, body).await,
+            Endpoint::Healthz => Ok(handlers::healthz()),
+            Endpoint::Readyz => Ok(handlers::readyz(self)),
+            Endpoint::Metrics => Ok(handlers::metrics(self)),
+        }
+    }
+
+    // ----- who is calling ------------------------------------------------------
+
+    /// The verified caller, within its rate limit.
+    pub(crate) fn caller(&self, parts: &Parts) -> Result<Caller, Error> {
+        let header = parts
+            .headers
+            .get(AUTHORIZATION)
+            .ok_or(Error::Unauthorized("a bearer token is required"))?;
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(bearer)
+            .ok_or(Error::Unauthorized(
+                "the Authorization header must be `Bearer <token>`",
+            ))?;
+        let caller = self.signer.verify(token, self.now_seconds())?;
+        self.admission.check_caller(caller)?;
+        Ok(caller)
+    }
+
+    pub(crate) fn shopper(&self, parts: &Parts) -> Result<ShopperId, Error> {
+        match self.caller(parts)? {
+            Caller::Shopper(id) => Ok(id),
+            _ => Err(Error::Forbidden("only a shopper may do this")),
+        }
+    }
+
+    pub(crate) fn merchant(&self, parts: &Parts) -> Result<MerchantId, Error> {
+        match self.caller(parts)? {
+            Caller::Merchant(id) => Ok(id),
+            _ => Err(Error::Forbidden("only a merchant may do this")),
+        }
+    }
+
+    pub(crate) fn admin(&self, parts: &Parts) -> Result<(), Error> {
+        match self.caller(parts)? {
+            Caller::Admin => Ok(()),
+            _ => Err(Error::Forbidden("only the admin may do this")),
+        }
+    }
+
+    /// A fresh token for a new account.
+    pub(crate) fn issue(&self, caller: Caller) -> String {
+        self.signer.issue(
+            caller,
+            self.now_seconds().saturating_add(self.token_ttl_seconds),
+        )
+    }
+
+    fn now_seconds(&self) -> i64 {
+        self.engine.now().millis().div_euclid(1000)
+    }
+
+    /// Why the server is not ready, if it is not: the journal, or the
+    /// configured order sink failing to reach Postgres.
+    pub(crate) fn not_ready(&self) -> Option<&'static str> {
+        if !self.journal.is_ready() {
+            return Some("the journal is not ready");
+        }
+        let sink_failing = self.order_sink.lock().map_or(true, |sink| {
+            sink.as_ref()
+                .is_some_and(|sink| sink.last_error().is_some())
+        });
+        sink_failing.then_some("the order sink cannot reach Postgres")
+    }
+
+    // ----- bodies and durability ------------------------------------------------
+
+    pub(crate) async fn body(&self, parts: &Parts, body: Incoming) -> Result<Bytes, Error> {
+        wire::read_body(&parts.headers, body, self.body_bytes_max).await
+    }
+
+    /// Waits until every event emitted so far, the caller's included, is
+    /// durable. Called after a change and before it is acknowledged.
+    pub(crate) async fn commit(&self) -> Result<(), Error> {
+        let position = self.journal.written();
+        self.journal.durable(position).await.map_err(|error| {
+            tracing::warn!(
+                error = &error as &dyn std::error::Error,
+                "a change could not be made durable"
+            );
+            Error::Journal(error)
+        })
+    }
+}

@@ -1,0 +1,299 @@
+//! Configuration of `flashsale serve`.
+//!
+//! Parsed raw by clap into [`ServeArgs`] (every flag has an environment
+//! fallback and a documented default), then validated once into a
+//! [`Config`] that the server takes explicitly. Nothing below the binary
+//! reads the environment: a [`Config`] built with [`Config::new`] (as the
+//! tests and `flashsale demo` do) sees neither `DATABASE_URL` nor
+//! `REDIS_URL` unless told.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use flashsale_journal::Durability;
+
+use crate::error::Error;
+
+/// Shortest `--secret` accepted, in bytes: shorter keys are guessable.
+pub const SECRET_BYTES_MIN: usize = 16;
+/// Largest `--body-bytes-max` accepted.
+pub const BODY_BYTES_MAX_LIMIT: usize = 1024 * 1024;
+
+/// `flashsale serve`: the HTTP gateway on the embedded engine and journal.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// Address to listen on; port 0 picks a free port (printed at start).
+    #[arg(long, env = "FLASHSALE_ADDR", default_value = "127.0.0.1:8080")]
+    pub addr: SocketAddr,
+
+    /// Directory for the journal, snapshots and the generated token secret.
+    #[arg(long, env = "FLASHSALE_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+
+    /// The admin bearer token. Generated and printed once at start if unset.
+    #[arg(long, env = "FLASHSALE_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
+    /// Key that signs tokens (at least 16 bytes); every node of one
+    /// deployment shares it. Generated and kept in <data-dir>/secret
+    /// (mode 0600) if unset.
+    #[arg(long, env = "FLASHSALE_SECRET", hide_env_values = true)]
+    pub secret: Option<String>,
+
+    /// `sync`: answer a change after its journal record is fsynced;
+    /// `async`: answer at once (faster, may lose the last moments on a crash).
+    #[arg(long, env = "FLASHSALE_DURABILITY", default_value = "sync", value_parser = ["sync", "async"])]
+    pub durability: String,
+
+    /// Postgres URL for the order sink; unset: journal only.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// Redis URL for multi-node mode (not built yet: the server refuses to
+    /// start when this is set).
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+
+    /// Open connections at most; further clients wait in the listen backlog.
+    #[arg(long, env = "FLASHSALE_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+
+    /// Milliseconds a client may take to send a request's headers before the
+    /// connection is closed (slowloris guard).
+    #[arg(
+        long,
+        env = "FLASHSALE_HEADER_READ_TIMEOUT_MS",
+        default_value_t = 5_000
+    )]
+    pub header_read_timeout_ms: u64,
+
+    /// Largest request body in bytes; larger ones get 413 payload_too_large.
+    #[arg(long, env = "FLASHSALE_BODY_BYTES_MAX", default_value_t = 16_384)]
+    pub body_bytes_max: usize,
+
+    /// Requests per second per token (shopper or merchant); 0 = off.
+    /// Above it: 429 rate_limited with Retry-After.
+    #[arg(long, env = "FLASHSALE_RATE_LIMIT_SHOPPER", default_value_t = 20)]
+    pub rate_limit_shopper: u32,
+
+    /// Signups (POST /v1/shoppers) per minute per client address; 0 = off.
+    #[arg(long, env = "FLASHSALE_RATE_LIMIT_ADDRESS", default_value_t = 10)]
+    pub rate_limit_address: u32,
+
+    /// Requests being served at once at most; beyond it the gateway sheds
+    /// with 503 overloaded and Retry-After instead of queueing.
+    #[arg(long, env = "FLASHSALE_IN_FLIGHT_MAX", default_value_t = 4_096)]
+    pub in_flight_max: usize,
+
+    /// Seconds to finish requests in flight after SIGTERM or ctrl-c.
+    #[arg(long, env = "FLASHSALE_SHUTDOWN_GRACE_SECONDS", default_value_t = 10)]
+    pub shutdown_grace_seconds: u64,
+
+    /// Hours a merchant's or shopper's token stays valid.
+    #[arg(long, env = "FLASHSALE_TOKEN_TTL_HOURS", default_value_t = 720)]
+    pub token_ttl_hours: u64,
+}
+
+/// Where the admin token came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminTokenSource {
+    Configured,
+    /// Generated at start: the binary prints it once.
+    Generated,
+}
+
+/// The validated configuration of one server.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub addr: SocketAddr,
+    pub data_dir: PathBuf,
+    pub admin_token: String,
+    pub admin_token_source: AdminTokenSource,
+    /// `None`: read or generate `<data_dir>/secret`.
+    pub secret: Option<Vec<u8>>,
+    pub durability: Durability,
+    pub database_url: Option<String>,
+    pub max_connections: usize,
+    pub header_read_timeout: Duration,
+    pub body_bytes_max: usize,
+    /// Requests per second per token; 0 = off.
+    pub rate_limit_shopper: u32,
+    /// Signups per minute per address; 0 = off.
+    pub rate_limit_address: u32,
+    pub in_flight_max: usize,
+    pub shutdown_grace: Duration,
+    pub token_ttl: Duration,
+    /// How often the housekeeping task expires holds.
+    pub expiry_interval: Duration,
+}
+
+impl Config {
+    /// The defaults of `flashsale serve --help`, on `data_dir`, listening on
+    /// `127.0.0.1:0`, with a generated admin token and no external stores.
+    /// Reads no environment.
+    pub fn new(data_dir: PathBuf) -> Result<Config, Error> {
+        Ok(Config {
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            data_dir,
+            admin_token: generate_admin_token()?,
+            admin_token_source: AdminTokenSource::Generated,
+            secret: None,
+            durability: Durability::Sync,
+            database_url: None,
+            max_connections: 10_000,
+            header_read_timeout: Duration::from_millis(5_000),
+            body_bytes_max: 16_384,
+            rate_limit_shopper: 20,
+            rate_limit_address: 10,
+            in_flight_max: 4_096,
+            shutdown_grace: Duration::from_secs(10),
+            token_ttl: Duration::from_secs(720 * 3600),
+            expiry_interval: Duration::from_millis(250),
+        })
+    }
+
+    /// Validates raw arguments into a configuration.
+    pub fn from_args(args: ServeArgs) -> Result<Config, Error> {
+        if args.redis_url.is_some() {
+            return Err(Error::MultiNodeNotBuilt);
+        }
+        let durability = match args.durability.as_str() {
+            "sync" => Durability::Sync,
+            "async" => Durability::Async,
+            other => {
+                return Err(Error::Config(format!(
+                    "--durability must be sync or async, not {other:?}"
+                )));
+            }
+        };
+        let mut config = Config::new(args.data_dir)?;
+        config.addr = args.addr;
+        if let Some(token) = args.admin_token {
+            if token.trim().is_empty() {
+                return Err(Error::Config("--admin-token must not be empty".into()));
+            }
+            config.admin_token = token;
+            config.admin_token_source = AdminTokenSource::Configured;
+        }
+        if let Some(secret) = args.secret {
+            if secret.len() < SECRET_BYTES_MIN {
+                return Err(Error::Config(format!(
+                    "--secret must be at least {SECRET_BYTES_MIN} bytes"
+                )));
+            }
+            config.secret = Some(secret.into_bytes());
+        }
+        config.durability = durability;
+        config.database_url = args.database_url.filter(|url| !url.is_empty());
+        config.max_connections = at_least_one(args.max_connections, "--max-connections")?;
+        config.header_read_timeout = Duration::from_millis(at_least_one(
+            args.header_read_timeout_ms,
+            "--header-read-timeout-ms",
+        )?);
+        if args.body_bytes_max == 0 || args.body_bytes_max > BODY_BYTES_MAX_LIMIT {
+            return Err(Error::Config(format!(
+                "--body-bytes-max must be from 1 to {BODY_BYTES_MAX_LIMIT}"
+            )));
+        }
+        config.body_bytes_max = args.body_bytes_max;
+        config.rate_limit_shopper = args.rate_limit_shopper;
+        config.rate_limit_address = args.rate_limit_address;
+        config.in_flight_max = at_least_one(args.in_flight_max, "--in-flight-max")?;
+        config.shutdown_grace = Duration::from_secs(args.shutdown_grace_seconds);
+        let hours = at_least_one(args.token_ttl_hours, "--token-ttl-hours")?;
+        config.token_ttl = Duration::from_secs(hours.saturating_mul(3600));
+        Ok(config)
+    }
+}
+
+fn at_least_one<T: PartialEq + Default>(value: T, flag: &str) -> Result<T, Error> {
+    if value == T::default() {
+        return Err(Error::Config(format!("{flag} must be at least 1")));
+    }
+    Ok(value)
+}
+
+/// 32 random bytes, URL-safe base64, with a prefix that says what it is.
+pub fn generate_admin_token() -> Result<String, Error> {
+    Ok(format!("fsa_{}", random_base64(32)?))
+}
+
+/// `bytes` random bytes as URL-safe base64 without padding.
+pub(crate) fn random_base64(bytes: usize) -> Result<String, Error> {
+    use base64::Engine as _;
+    let mut buffer = vec![0u8; bytes];
+    getrandom::fill(&mut buffer).map_err(Error::Random)?;
+    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(buffer))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The flags' defaults, built by hand: going through clap here would
+    /// read `REDIS_URL` and friends from the test's environment.
+    fn args() -> ServeArgs {
+        ServeArgs {
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            data_dir: PathBuf::from("./data"),
+            admin_token: None,
+            secret: None,
+            durability: "sync".into(),
+            database_url: None,
+            redis_url: None,
+            max_connections: 10_000,
+            header_read_timeout_ms: 5_000,
+            body_bytes_max: 16_384,
+            rate_limit_shopper: 20,
+            rate_limit_address: 10,
+            in_flight_max: 4_096,
+            shutdown_grace_seconds: 10,
+            token_ttl_hours: 720,
+        }
+    }
+
+    #[test]
+    fn redis_url_is_refused_not_ignored() {
+        let error = Config::from_args(ServeArgs {
+            redis_url: Some("redis://127.0.0.1".into()),
+            ..args()
+        })
+        .unwrap_err();
+        assert!(matches!(error, Error::MultiNodeNotBuilt));
+    }
+
+    #[test]
+    fn limits_are_validated() {
+        for bad in [
+            ServeArgs {
+                body_bytes_max: 0,
+                ..args()
+            },
+            ServeArgs {
+                in_flight_max: 0,
+                ..args()
+            },
+            ServeArgs {
+                secret: Some("short".into()),
+                ..args()
+            },
+            ServeArgs {
+                durability: "maybe".into(),
+                ..args()
+            },
+        ] {
+            assert!(matches!(Config::from_args(bad), Err(Error::Config(_))));
+        }
+        let config = Config::from_args(ServeArgs {
+            rate_limit_shopper: 0,
+            durability: "async".into(),
+            admin_token: Some("admin".into()),
+            ..args()
+        })
+        .unwrap();
+        assert_eq!(config.rate_limit_shopper, 0);
+        assert!(matches!(config.durability, Durability::Async));
+        assert_eq!(config.admin_token_source, AdminTokenSource::Configured);
+    }
+}

@@ -1,0 +1,534 @@
+//! One function per endpoint of HTTP API v1.
+//!
+//! Each handler checks who is calling, reads and parses its input, makes
+//! one engine call, and, when the call changed state, waits for the
+//! journal ([`App::commit`]) before answering. Refusals return at once
+//! through `?`; [`crate::error::Error::http`] spells them.
+//!
+//! [`buy`] is the product: one HMAC check, one rate-limit check, a
+//! borrowed idempotency key, a body of a few bytes parsed in place, one
+//! engine call (a sold-out deal answers from one atomic load), and on
+//! success one journal wait and one small JSON body. It logs nothing.
+
+use std::borrow::Cow;
+
+use flashsale_engine::{
+    DealChange, DealId, DealStatus, Entity, HoldId, MerchantId, NewDeal, OrderCursor, OrderId,
+    Rating, ShopperId,
+};
+use hyper::StatusCode;
+use hyper::body::Incoming;
+use hyper::header::HeaderName;
+use hyper::http::request::Parts;
+use serde::Serialize;
+
+use crate::app::{App, HttpResponse};
+use crate::auth::Caller;
+use crate::error::Error;
+use crate::wire::{
+    AccountJson, BulkShoppersBody, CardJson, CreditBody, DealChangeBody, DealJson, HoldJson,
+    NameBody, NewDealBody, OrderJson, QuantityBody, Text, WalletJson, json, parse_id, parse_json,
+    parse_money, parse_time, text,
+};
+
+static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+/// Longest `Idempotency-Key` accepted, in bytes.
+pub(crate) const IDEMPOTENCY_KEY_BYTES_MAX: usize = 255;
+/// Feed cards per page: default and largest.
+const FEED_LIMIT_DEFAULT: usize = 20;
+const FEED_LIMIT_MAX: usize = 100;
+/// Deals the feed scans for one page at most, so a page past many ended
+/// deals stays cheap; the cursor continues the scan.
+const FEED_SCAN_MAX: usize = 1_000;
+/// Orders per page: default and largest.
+const ORDERS_LIMIT_DEFAULT: usize = 100;
+const ORDERS_LIMIT_MAX: usize = 1_000;
+/// Deals whose numbers `/metrics` lists, newest first.
+const METRICS_DEALS_MAX: usize = 1_000;
+
+// ----- buying ------------------------------------------------------------------
+
+/// The `Idempotency-Key` header, borrowed: required, 1 to 255 bytes.
+fn idempotency_key(parts: &Parts) -> Result<&str, Error> {
+    let key = parts
+        .headers
+        .get(&IDEMPOTENCY_KEY)
+        .ok_or(Error::BadRequest(Cow::Borrowed(
+            "the Idempotency-Key header is required",
+        )))?
+        .to_str()
+        .map_err(|_| {
+            Error::BadRequest(Cow::Borrowed("the Idempotency-Key must be visible ASCII"))
+        })?;
+    if key.is_empty() || key.len() > IDEMPOTENCY_KEY_BYTES_MAX {
+        return Err(Error::BadRequest(Cow::Borrowed(
+            "the Idempotency-Key must be 1 to 255 bytes",
+        )));
+    }
+    Ok(key)
+}
+
+/// `POST /v1/deals/{id}/orders`: one-tap buy.
+pub(crate) async fn buy(
+    app: &App,
+    parts: &Parts,
+    deal: &str,
+    body: Incoming,
+) -> Result<HttpResponse, Error> {
+    let shopper = app.shopper(parts)?;
+    let key = idempotency_key(parts)?;
+    let deal: DealId = parse_id(deal, Entity::Deal)?;
+    let bytes = app.body(parts, body).await?;
+    let QuantityBody { quantity } = parse_json(&bytes)?;
+    let order = app.engine.buy(shopper, deal, quantity, key)?;
+    app.commit().await?;
+    Ok(json(StatusCode::CREATED, &OrderJson::from(&order)))
+}
+
+/// `POST /v1/deals/{id}/holds`: reserve stock and funds.
+pub(crate) async fn create_hold(
+    app: &App,
+    parts: &Parts,
+    deal: &str,
+    body: Incoming,
+) -> Result<HttpResponse, Error> {
+    let shopper = app.shopper(parts)?;
+    let key = idempotency_key(parts)?;
+    let deal: DealId = parse_id(deal, Entity::Deal)?;
+    let bytes = app.body(parts, body).await?;
+    let QuantityBody { quantity } = parse_json(&bytes)?;
+    let hold = app.engine.hold(shopper, deal, quantity, key)?;
+    app.commit().await?;
+    Ok(json(StatusCode::CREATED, &HoldJson::from(&hold)))
+}
+
+/// `POST /v1/holds/{id}/payment`.
+pub(crate) async fn pay_hold(app: &App, parts: &Parts, hold: &str) -> Result<HttpResponse, Error> {
+    let shopper = app.shopper(parts)?;
+    let hold: HoldId = parse_id(hold, Entity::Hold)?;
+    let order = app.engine.pay_hold(shopper, hold)?;
+    app.commit().await?;
+    Ok(json(StatusCode::CREATED, &OrderJson::from(&order)))
+}
+
+/// `DELETE /v1/holds/{id}`: the stock goes back at once.
+pub(crate) async fn release_hold(
+    app: &App,
+    parts: &Parts,
+    hold: &str,
+) -> Result<HttpResponse, Error> {
+    let shopper = app.shopper(parts)?;
+    let hold: HoldId = parse_id(hold, Entity::Hold)?;
+    let hold = app.engine.release_hold(shopper, hold)?;
+    app.commit().await?;
+    Ok(json(StatusCode::OK, &HoldJson::from(&hold)))
+}
+
+/// `POST /v1/deals/{id}/registrations`: 201 when new, 200 when already.
+pub(crate) async fn register(app: &App, parts: &Parts, deal: &str) -> Result<HttpResponse, Error> {
+    let shopper = app.shopper(parts)?;
+    let deal: DealId = parse_id(deal, Entity::Deal)?;
+    let created = app.engine.register(shopper, deal)?;
+    app.commit().await?;
+    #[derive(Serialize)]
+    struct Registration {
+        deal_id: Text<DealId>,
+        shopper_id: Text<ShopperId>,
+        registered: bool,
+    }
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok(json(
+        status,
+        &Registration {
+            deal_id: Text(deal),
+            shopper_id: Text(shopper),
+            registered: true,
+        },
+    ))
+}
+
+// ----- accounts and wallets --------------------------------------------------------
+
+/// `POST /v1/merchants` (admin).
+pub(crate) async fn create_merchant(
+    app: &App,
+    parts: &Parts,
+    body: Incoming,
+) -> Result<HttpResponse, Error> {
+    app.admin(parts)?;
+    let bytes = app.body(parts, body).await?;
+    let NameBody { name } = parse_json(&bytes)?;
+    let merchant = app.engine.create_merchant(&name)?;
+    app.commit().await?;
+    let token = app.issue(Caller::Merchant(merchant.id));
+    Ok(json(
+        StatusCode::CREATED,
+        &AccountJson {
+            id: Text(merchant.id),
+            name: &merchant.name,
+            token: &token,
+        },
+    ))
+}
+
+/// `POST /v1/shoppers` (anyone, rate limited per address).
+pub(crate) async fn create_shopper(
+    app: &App,
+    parts: &Parts,
+    body: Incoming,
+    peer: std::net::IpAddr,
+) -> Result<HttpResponse, Error> {
+    app.admission.check_address(peer)?;
+    let bytes = app.body(parts, body).await?;
+    let NameBody { name } = parse_json(&bytes)?;
+    let shopper = app.engine.create_shopper(&name)?;
+    app.commit().await?;
+    let token = app.issue(Caller::Shopper(shopper.id));
+    Ok(json(
+        StatusCode::CREATED,
+        &AccountJson {
+            id: Text(shopper.id),
+            name: &shopper.name,
+            token: &token,
+        },
+    ))
+}
+
+/// `POST /v1/admin/shoppers` (admin): bulk accounts for load tests.
+pub(crate) async fn create_shoppers_bulk(
+    app: &App,
+    parts: &Parts,
+    body: Incoming,
+) -> Result<HttpResponse, Error> {
+    app.admin(parts)?;
+    let bytes = app.body(parts, body).await?;
+    let BulkShoppersBody { count, credit } = parse_json(&bytes)?;
+    let credit = parse_money(&credit, "credit")?;
+    let ids = app.engine.create_shoppers(count, credit)?;
+    app.commit().await?;
+    #[derive(Serialize)]
+    struct Created {
+        id: Text<ShopperId>,
+        token: String,
+    }
+    #[derive(Serialize)]
+    struct Bulk {
+        shoppers: Vec<Created>,
+    }
+    let shoppers = ids
+        .into_iter()
+        .map(|id| Created {
+            id: Text(id),
+            token: app.issue(Caller::Shopper(id)),
+        })
+        .collect();
+    Ok(json(StatusCode::CREATED, &Bulk { shoppers }))
+}
+
+/// `POST /v1/wallets/{shopper_id}/credits` (admin, the payment provider).
+pub(crate) async fn credit_wallet(
+    app: &App,
+    parts: &Parts,
+    shopper: &str,
+    body: Incoming,
+) -> Result<HttpResponse, Error> {
+    app.admin(parts)?;
+    let shopper: ShopperId = parse_id(shopper, Entity::Shopper)?;
+    let bytes = app.body(parts, body).await?;
+    let CreditBody { amount, reference } = parse_json(&bytes)?;
+    let amount = parse_money(&amount, "amount")?;
+    let wallet = app.engine.credit_wallet(shopper, amount, &reference)?;
+    app.commit().await?;
+    Ok(json(
+        StatusCode::CREATED,
+        &WalletJson::new(shopper, &wallet),
+    ))
+}
+
+/// `GET /v1/wallet` (shopper).
+pub(crate) fn get_wallet(app: &App, parts: &Parts) -> Result<HttpResponse, Error> {
+    let shopper = app.shopper(parts)?;
+    let wallet = app.engine.wallet(shopper)?;
+    Ok(json(StatusCode::OK, &WalletJson::new(shopper, &wallet)))
+}
+
+// ----- deals and the feed ------------------------------------------------------------
+
+/// `POST /v1/deals` (merchant).
+pub(crate) async fn create_deal(
+    app: &App,
+    parts: &Parts,
+    body: Incoming,
+) -> Result<HttpResponse, Error> {
+    let merchant = app.merchant(parts)?;
+    let bytes = app.body(parts, body).await?;
+    let deal: NewDealBody = parse_json(&bytes)?;
+    let new = NewDeal {
+        price: parse_money(&deal.price, "price")?,
+        stock: deal.stock,
+        per_user_limit: deal.per_user_limit,
+        starts_at: parse_time(&deal.starts_at, "starts_at")?,
+        ends_at: parse_time(&deal.ends_at, "ends_at")?,
+        requires_registration: deal.requires_registration,
+        hold_seconds: deal.hold_seconds,
+        title: deal.title,
+    };
+    let view = app.engine.create_deal(merchant, new)?;
+    app.commit().await?;
+    Ok(json(StatusCode::CREATED, &DealJson::from(&view)))
+}
+
+/// `GET /v1/deals/{id}` (anyone).
+pub(crate) fn get_deal(app: &App, deal: &str) -> Result<HttpResponse, Error> {
+    let deal: DealId = parse_id(deal, Entity::Deal)?;
+    let view = app.engine.deal(deal)?;
+    Ok(json(StatusCode::OK, &DealJson::from(&view)))
+}
+
+/// `PATCH /v1/deals/{id}` (the deal's merchant).
+pub(crate) async fn patch_deal(
+    app: &App,
+    parts: &Parts,
+    deal: &str,
+    body: Incoming,
+) -> Result<HttpResponse, Error> {
+    let merchant = app.merchant(parts)?;
+    let deal: DealId = parse_id(deal, Entity::Deal)?;
+    let bytes = app.body(parts, body).await?;
+    let change: DealChangeBody = parse_json(&bytes)?;
+    let change = DealChange {
+        add_stock: change.add_stock,
+        ends_at: change
+            .ends_at
+            .map(|ends_at| parse_time(&ends_at, "ends_at"))
+            .transpose()?,
+        paused: change.paused,
+    };
+    let view = app.engine.update_deal(merchant, deal, change)?;
+    app.commit().await?;
+    Ok(json(StatusCode::OK, &DealJson::from(&view)))
+}
+
+/// `GET /v1/feed?limit=&cursor=` (anyone): live and upcoming deals, newest
+/// first; `cursor` is the last deal id of the previous page.
+pub(crate) fn feed(app: &App, parts: &Parts) -> Result<HttpResponse, Error> {
+    let mut limit = FEED_LIMIT_DEFAULT;
+    let mut cursor: Option<DealId> = None;
+    for (name, value) in query(parts) {
+        match &*name {
+            "limit" => limit = parse_limit(&value, FEED_LIMIT_MAX)?,
+            "cursor" => {
+                cursor =
+                    Some(value.parse().map_err(|_| {
+                        Error::BadRequest(Cow::Borrowed("cursor is not a feed cursor"))
+                    })?)
+            }
+            _ => {}
+        }
+    }
+    let mut deals = Vec::with_capacity(limit);
+    let mut scanned = 0;
+    let mut next_cursor = None;
+    loop {
+        let page = app.engine.deals_newest_first(cursor, limit);
+        let full = page.len() == limit;
+        scanned += page.len();
+        cursor = page.last().map(|deal| deal.id);
+        deals.extend(
+            page.into_iter()
+                .filter(|deal| deal.status != DealStatus::Ended),
+        );
+        if deals.len() >= limit {
+            deals.truncate(limit);
+            next_cursor = deals.last().map(|deal| deal.id);
+            break;
+        }
+        if !full {
+            break;
+        }
+        if scanned >= FEED_SCAN_MAX {
+            next_cursor = cursor;
+            break;
+        }
+    }
+    let mut merchants: Vec<(MerchantId, String, Option<Rating>)> = Vec::new();
+    for deal in &deals {
+        if !merchants.iter().any(|(id, _, _)| *id == deal.merchant) {
+            let name = app
+                .engine
+                .merchant(deal.merchant)
+                .map_or_else(String::new, |merchant| merchant.name);
+            merchants.push((deal.merchant, name, app.engine.rating(deal.merchant)));
+        }
+    }
+    let cards: Vec<CardJson<'_>> = deals
+        .iter()
+        .map(|deal| {
+            let (name, rating) = merchants
+                .iter()
+                .find(|(id, _, _)| *id == deal.merchant)
+                .map_or(("", None), |(_, name, rating)| (name.as_str(), *rating));
+            CardJson::new(deal, name, rating)
+        })
+        .collect();
+    #[derive(Serialize)]
+    struct Feed<'a> {
+        cards: Vec<CardJson<'a>>,
+        next_cursor: Option<Text<DealId>>,
+    }
+    Ok(json(
+        StatusCode::OK,
+        &Feed {
+            cards,
+            next_cursor: next_cursor.map(Text),
+        },
+    ))
+}
+
+// ----- orders ---------------------------------------------------------------------
+
+/// `GET /v1/orders/{id}` (its shopper or the deal's merchant).
+pub(crate) fn get_order(app: &App, parts: &Parts, order: &str) -> Result<HttpResponse, Error> {
+    let caller = app.caller(parts)?;
+    let order: OrderId = parse_id(order, Entity::Order)?;
+    let order = app.engine.order(order)?;
+    let allowed = match caller {
+        Caller::Shopper(shopper) => order.shopper == shopper,
+        Caller::Merchant(merchant) => app.engine.deal(order.deal)?.merchant == merchant,
+        Caller::Admin => false,
+    };
+    if !allowed {
+        return Err(Error::Forbidden(
+            "only the order's shopper or the deal's merchant may read it",
+        ));
+    }
+    Ok(json(StatusCode::OK, &OrderJson::from(&order)))
+}
+
+/// `GET /v1/orders?deal_id=&cursor=&limit=`: a merchant lists one of its
+/// deals' orders (`deal_id` required); a shopper lists its own.
+pub(crate) fn list_orders(app: &App, parts: &Parts) -> Result<HttpResponse, Error> {
+    let caller = app.caller(parts)?;
+    let mut deal: Option<DealId> = None;
+    let mut cursor = OrderCursor::default();
+    let mut limit = ORDERS_LIMIT_DEFAULT;
+    for (name, value) in query(parts) {
+        match &*name {
+            "deal_id" => deal = Some(parse_id(&value, Entity::Deal)?),
+            "cursor" => cursor = parse_order_cursor(&value)?,
+            "limit" => limit = parse_limit(&value, ORDERS_LIMIT_MAX)?,
+            _ => {}
+        }
+    }
+    let page = match caller {
+        Caller::Merchant(merchant) => {
+            let deal = deal.ok_or(Error::BadRequest(Cow::Borrowed(
+                "a merchant lists orders of one deal: deal_id is required",
+            )))?;
+            if app.engine.deal(deal)?.merchant != merchant {
+                return Err(Error::Forbidden(
+                    "only the deal's merchant may list its orders",
+                ));
+            }
+            app.engine.orders_of_deal(deal, cursor, limit)
+        }
+        Caller::Shopper(shopper) => app.engine.orders_of_shopper(shopper, deal, cursor, limit),
+        Caller::Admin => {
+            return Err(Error::Forbidden(
+                "orders are listed by the deal's merchant or their shopper",
+            ));
+        }
+    };
+    #[derive(Serialize)]
+    struct Orders {
+        orders: Vec<OrderJson>,
+        next_cursor: Option<String>,
+    }
+    Ok(json(
+        StatusCode::OK,
+        &Orders {
+            orders: page.orders.iter().map(OrderJson::from).collect(),
+            next_cursor: page
+                .next
+                .map(|next| format!("{}-{}", next.shard, next.position)),
+        },
+    ))
+}
+
+fn parse_order_cursor(text: &str) -> Result<OrderCursor, Error> {
+    let bad = || Error::BadRequest(Cow::Borrowed("cursor is not an order cursor"));
+    let (shard, position) = text.split_once('-').ok_or_else(bad)?;
+    Ok(OrderCursor {
+        shard: shard.parse().map_err(|_| bad())?,
+        position: position.parse().map_err(|_| bad())?,
+    })
+}
+
+fn parse_limit(text: &str, max: usize) -> Result<usize, Error> {
+    text.parse::<usize>()
+        .ok()
+        .filter(|limit| (1..=max).contains(limit))
+        .ok_or_else(|| Error::BadRequest(format!("limit must be from 1 to {max}").into()))
+}
+
+fn query(parts: &Parts) -> form_urlencoded::Parse<'_> {
+    form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes())
+}
+
+// ----- operations ---------------------------------------------------------------------
+
+pub(crate) fn healthz() -> HttpResponse {
+    json(StatusCode::OK, &serde_json::json!({ "status": "ok" }))
+}
+
+/// Ready when the journal is and the configured stores are reachable.
+pub(crate) fn readyz(app: &App) -> HttpResponse {
+    match app.not_ready() {
+        None => json(StatusCode::OK, &serde_json::json!({ "status": "ready" })),
+        Some(reason) => Error::NotReady(reason).into_response(),
+    }
+}
+
+/// `GET /metrics`: the process's series, then this server's deals.
+pub(crate) fn metrics(app: &App) -> HttpResponse {
+    use std::fmt::Write as _;
+    app.telemetry.set_in_flight(app.admission.in_flight());
+    let mut body = app.telemetry.render();
+    let deals = app.engine.deals_newest_first(None, METRICS_DEALS_MAX);
+    body.push_str(
+        "# HELP flashsale_deal_remaining Units of a live or upcoming deal left to sell\n",
+    );
+    body.push_str("# TYPE flashsale_deal_remaining gauge\n");
+    for deal in deals.iter().filter(|deal| deal.status != DealStatus::Ended) {
+        let _ = writeln!(
+            body,
+            "flashsale_deal_remaining{{deal=\"{}\"}} {}",
+            deal.id, deal.counts.remaining
+        );
+    }
+    body.push_str("# HELP flashsale_deal_sold Units of a live or upcoming deal sold\n");
+    body.push_str("# TYPE flashsale_deal_sold gauge\n");
+    for deal in deals.iter().filter(|deal| deal.status != DealStatus::Ended) {
+        let _ = writeln!(
+            body,
+            "flashsale_deal_sold{{deal=\"{}\"}} {}",
+            deal.id, deal.counts.sold
+        );
+    }
+    body.push_str("# HELP flashsale_rate_limiter_keys Keys held by this server's rate limiters\n");
+    body.push_str("# TYPE flashsale_rate_limiter_keys gauge\n");
+    let _ = writeln!(
+        body,
+        "flashsale_rate_limiter_keys {}",
+        app.admission.limiter_keys()
+    );
+    text(
+        StatusCode::OK,
+        "text/plain; version=0.0.4; charset=utf-8",
+        body,
+    )
+}

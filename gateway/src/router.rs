@@ -1,0 +1,349 @@
+//! Routing: a path and a method to one [`Endpoint`].
+//!
+//! Paths are matched with `matchit` (a radix tree, zero-copy parameters);
+//! each path knows which methods it takes, so a known path with another
+//! method is `405` with `Allow`, and an unknown path is `404`. The
+//! [`Endpoint`] doubles as the `route` label of the request metrics.
+
+use hyper::Method;
+
+use crate::error::Error;
+
+/// Every endpoint of HTTP API v1 the gateway serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Endpoint {
+    CreateMerchant,
+    CreateShopper,
+    CreateShoppersBulk,
+    CreditWallet,
+    GetWallet,
+    CreateDeal,
+    GetDeal,
+    PatchDeal,
+    Feed,
+    Register,
+    Buy,
+    CreateHold,
+    PayHold,
+    ReleaseHold,
+    GetOrder,
+    ListOrders,
+    Healthz,
+    Readyz,
+    Metrics,
+}
+
+impl Endpoint {
+    pub(crate) const ALL: [Endpoint; 19] = [
+        Endpoint::CreateMerchant,
+        Endpoint::CreateShopper,
+        Endpoint::CreateShoppersBulk,
+        Endpoint::CreditWallet,
+        Endpoint::GetWallet,
+        Endpoint::CreateDeal,
+        Endpoint::GetDeal,
+        Endpoint::PatchDeal,
+        Endpoint::Feed,
+        Endpoint::Register,
+        Endpoint::Buy,
+        Endpoint::CreateHold,
+        Endpoint::PayHold,
+        Endpoint::ReleaseHold,
+        Endpoint::GetOrder,
+        Endpoint::ListOrders,
+        Endpoint::Healthz,
+        Endpoint::Readyz,
+        Endpoint::Metrics,
+    ];
+
+    /// The `route` label: method and path pattern.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Endpoint::CreateMerchant => "POST /v1/merchants",
+            Endpoint::CreateShopper => "POST /v1/shoppers",
+            Endpoint::CreateShoppersBulk => "POST /v1/admin/shoppers",
+            Endpoint::CreditWallet => "POST /v1/wallets/{id}/credits",
+            Endpoint::GetWallet => "GET /v1/wallet",
+            Endpoint::CreateDeal => "POST /v1/deals",
+            Endpoint::GetDeal => "GET /v1/deals/{id}",
+            Endpoint::PatchDeal => "PATCH /v1/deals/{id}",
+            Endpoint::Feed => "GET /v1/feed",
+            Endpoint::Register => "POST /v1/deals/{id}/registrations",
+            Endpoint::Buy => "POST /v1/deals/{id}/orders",
+            Endpoint::CreateHold => "POST /v1/deals/{id}/holds",
+            Endpoint::PayHold => "POST /v1/holds/{id}/payment",
+            Endpoint::ReleaseHold => "DELETE /v1/holds/{id}",
+            Endpoint::GetOrder => "GET /v1/orders/{id}",
+            Endpoint::ListOrders => "GET /v1/orders",
+            Endpoint::Healthz => "GET /healthz",
+            Endpoint::Readyz => "GET /readyz",
+            Endpoint::Metrics => "GET /metrics",
+        }
+    }
+
+    pub(crate) fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Health and metrics answer even when the server sheds load.
+    pub(crate) fn is_ops(self) -> bool {
+        matches!(
+            self,
+            Endpoint::Healthz | Endpoint::Readyz | Endpoint::Metrics
+        )
+    }
+
+    /// Changes state, so waits for the journal and is shed while the
+    /// journal is not ready.
+    pub(crate) fn changes_state(self) -> bool {
+        matches!(
+            self,
+            Endpoint::CreateMerchant
+                | Endpoint::CreateShopper
+                | Endpoint::CreateShoppersBulk
+                | Endpoint::CreditWallet
+                | Endpoint::CreateDeal
+                | Endpoint::PatchDeal
+                | Endpoint::Register
+                | Endpoint::Buy
+                | Endpoint::CreateHold
+                | Endpoint::PayHold
+                | Endpoint::ReleaseHold
+        )
+    }
+}
+
+/// A path and the endpoints its methods lead to.
+#[derive(Debug, Clone, Copy)]
+struct PathRoutes {
+    get: Option<Endpoint>,
+    post: Option<Endpoint>,
+    patch: Option<Endpoint>,
+    delete: Option<Endpoint>,
+    allow: &'static str,
+}
+
+const NONE: PathRoutes = PathRoutes {
+    get: None,
+    post: None,
+    patch: None,
+    delete: None,
+    allow: "",
+};
+
+pub(crate) struct Router {
+    paths: matchit::Router<PathRoutes>,
+}
+
+/// A matched endpoint and its `{id}` parameter, borrowed from the path.
+pub(crate) struct Matched<'p> {
+    pub endpoint: Endpoint,
+    pub id: &'p str,
+}
+
+impl Router {
+    pub(crate) fn new() -> Router {
+        let table: [(&str, PathRoutes); 15] = [
+            (
+                "/v1/merchants",
+                PathRoutes {
+                    post: Some(Endpoint::CreateMerchant),
+                    allow: "POST",
+                    ..NONE
+                },
+            ),
+            (
+                "/v1/shoppers",
+                PathRoutes {
+                    post: Some(Endpoint::CreateShopper),
+                    allow: "POST",
+                    ..NONE
+                },
+            ),
+            (
+                "/v1/admin/shoppers",
+                PathRoutes {
+                    post: Some(Endpoint::CreateShoppersBulk),
+                    allow: "POST",
+                    ..NONE
+                },
+            ),
+            (
+                "/v1/wallets/{id}/credits",
+                PathRoutes {
+                    post: Some(Endpoint::CreditWallet),
+                    allow: "POST",
+                    ..NONE
+                },
+            ),
+            (
+                "/v1/wallet",
+                PathRoutes {
+                    get: Some(Endpoint::GetWallet),
+                    allow: "GET",
+                    ..NONE
+                },
+            ),
+            (
+                "/v1/deals",
+                PathRoutes {
+                    post: Some(Endpoint::CreateDeal),
+                    allow: "POST",
+                    ..NONE
+                },
+            ),
+            (
+                "/v1/deals/{id}",
+                PathRoutes {
+                    get: Some(Endpoint::GetDeal),
+                    patch: Some(Endpoint::PatchDeal),
+                    allow: "GET, PATCH",
+                    ..NONE
+                },
+            ),
+            (
+                "/v1/feed",
+                PathRoutes {
+                    get: Some(Endpoint::Feed),
+                    allow: "GET",
+                    ..NONE
+                },
+            ),
+            (
+                "/v1/deals/{id}/registrations",
+                PathRoutes {
+                    post: Some(Endpoint::Register),
+                    allow: "POST",
+                    ..NONE
+                },
+            ),
+            (
+                "/v1/deals/{id}/orders",
+                PathRoutes {
+                    post: Some(Endpoint::Buy),
+                    allow: "POST",
+                    ..NONE
+                },
+            ),
+            (
+                "/v1/deals/{id}/holds",
+                PathRoutes {
+                    post: Some(Endpoint::CreateHold),
+                    allow: "POST",
+                    ..NONE
+                },
+            ),
+            (
+                "/v1/holds/{id}/payment",
+                PathRoutes {
+                    post: Some(Endpoint::PayHold),
+                    allow: "POST",
+                    ..NONE
+                },
+            ),
+            (
+                "/v1/holds/{id}",
+                PathRoutes {
+                    delete: Some(Endpoint::ReleaseHold),
+                    allow: "DELETE",
+                    ..NONE
+                },
+            ),
+            (
+                "/v1/orders/{id}",
+                PathRoutes {
+                    get: Some(Endpoint::GetOrder),
+                    allow: "GET",
+                    ..NONE
+                },
+            ),
+            (
+                "/v1/orders",
+                PathRoutes {
+                    get: Some(Endpoint::ListOrders),
+                    allow: "GET",
+                    ..NONE
+                },
+            ),
+        ];
+        let ops = [
+            ("/healthz", Endpoint::Healthz),
+            ("/readyz", Endpoint::Readyz),
+            ("/metrics", Endpoint::Metrics),
+        ];
+        let mut paths = matchit::Router::new();
+        let ops = ops.into_iter().map(|(path, endpoint)| {
+            (
+                path,
+                PathRoutes {
+                    get: Some(endpoint),
+                    allow: "GET",
+                    ..NONE
+                },
+            )
+        });
+        for (path, routes) in table.into_iter().chain(ops) {
+            // invariant: the table above is fixed and free of conflicts (a
+            // unit test builds it).
+            paths
+                .insert(path, routes)
+                .expect("the route table is valid");
+        }
+        Router { paths }
+    }
+
+    pub(crate) fn route<'p>(&self, method: &Method, path: &'p str) -> Result<Matched<'p>, Error> {
+        let found = self.paths.at(path).map_err(|_| Error::NotFound("path"))?;
+        let routes = found.value;
+        let endpoint = match *method {
+            Method::GET | Method::HEAD => routes.get,
+            Method::POST => routes.post,
+            Method::PATCH => routes.patch,
+            Method::DELETE => routes.delete,
+            _ => None,
+        };
+        let endpoint = endpoint.ok_or(Error::MethodNotAllowed {
+            allow: routes.allow,
+        })?;
+        Ok(Matched {
+            endpoint,
+            id: found.params.get("id").unwrap_or(""),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_endpoint_is_reachable_and_indexed_in_order() {
+        let router = Router::new();
+        for (index, endpoint) in Endpoint::ALL.into_iter().enumerate() {
+            assert_eq!(endpoint.index(), index);
+            let (method, pattern) = endpoint.name().split_once(' ').unwrap();
+            let path = pattern.replace("{id}", "x_1");
+            let method: Method = method.parse().unwrap();
+            assert_eq!(router.route(&method, &path).unwrap().endpoint, endpoint);
+        }
+    }
+
+    #[test]
+    fn ids_are_borrowed_and_methods_checked() {
+        let router = Router::new();
+        let matched = router
+            .route(&Method::POST, "/v1/deals/d_2a/orders")
+            .unwrap();
+        assert_eq!((matched.endpoint, matched.id), (Endpoint::Buy, "d_2a"));
+        assert!(matches!(
+            router.route(&Method::PUT, "/v1/deals/d_2a"),
+            Err(Error::MethodNotAllowed {
+                allow: "GET, PATCH"
+            })
+        ));
+        assert!(matches!(
+            router.route(&Method::GET, "/v2/deals"),
+            Err(Error::NotFound(_))
+        ));
+    }
+}

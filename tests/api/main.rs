@@ -1,0 +1,15 @@
+//! End-to-end tests of HTTP API v1 (DESIGN.md) over real sockets on
+//! `127.0.0.1:0`: one test binary, one module per concern, small helpers.
+
+mod accounts;
+mod admission;
+mod bad_input;
+mod burst;
+mod buying;
+mod cli;
+mod cross_tenant;
+mod deals;
+mod helpers;
+mod holds;
+mod ops;
+mod shutdown;
