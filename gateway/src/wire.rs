@@ -270,6 +270,8 @@ pub(crate) struct DealJson<'a> {
     paused: bool,
     registrations: u64,
     buyers: u64,
+    shares: u64,
+    popularity: u64,
     status: &'static str,
     created_at: Rfc3339Utc,
 }
@@ -293,6 +295,8 @@ impl<'a> From<&'a DealView> for DealJson<'a> {
             paused: deal.paused,
             registrations: deal.registrations,
             buyers: deal.buyers,
+            shares: deal.shares,
+            popularity: deal.popularity(),
             status: deal.status.name(),
             created_at: Rfc3339Utc(deal.created_at),
         }
@@ -307,6 +311,7 @@ pub(crate) struct CardJson<'a> {
     price: Text<Money>,
     stock: u64,
     remaining: u64,
+    held: u64,
     sold: u64,
     per_user_limit: u32,
     starts_at: Rfc3339Utc,
@@ -315,6 +320,9 @@ pub(crate) struct CardJson<'a> {
     status: &'static str,
     /// Buyers + registrations + shares.
     popularity: u64,
+    buyers: u64,
+    registrations: u64,
+    shares: u64,
     merchant: MerchantCardJson<'a>,
 }
 
@@ -322,9 +330,14 @@ pub(crate) struct CardJson<'a> {
 pub(crate) struct MerchantCardJson<'a> {
     id: Text<flashsale_engine::MerchantId>,
     name: &'a str,
-    /// The merchant's mean review score out of 5 (two places); `null`
-    /// before the first review.
-    rating: Option<f64>,
+    rating: RatingJson,
+}
+
+/// `{average: "4.33" | null, reviews}`: the mean review score out of 5
+/// with two places, `null` before the first review.
+#[derive(Serialize)]
+pub(crate) struct RatingJson {
+    average: Option<Text<Decimal>>,
     reviews: u64,
 }
 
@@ -340,6 +353,7 @@ impl<'a> CardJson<'a> {
             price: Text(deal.price),
             stock: deal.counts.total,
             remaining: deal.counts.remaining,
+            held: deal.counts.held,
             sold: deal.counts.sold,
             per_user_limit: deal.per_user_limit,
             starts_at: Rfc3339Utc(deal.starts_at),
@@ -347,13 +361,19 @@ impl<'a> CardJson<'a> {
             requires_registration: deal.requires_registration,
             status: deal.status.name(),
             popularity: deal.popularity(),
+            buyers: deal.buyers,
+            registrations: deal.registrations,
+            shares: deal.shares,
             merchant: MerchantCardJson {
                 id: Text(deal.merchant),
                 name: merchant_name,
-                rating: rating
-                    .and_then(|rating| rating.average_hundredths())
-                    .map(|hundredths| hundredths as f64 / 100.0),
-                reviews: rating.map_or(0, |rating| rating.reviews),
+                rating: RatingJson {
+                    average: rating
+                        .and_then(|rating| rating.average_hundredths())
+                        .and_then(|hundredths| i64::try_from(hundredths).ok())
+                        .map(|hundredths| Text(Decimal::new(hundredths, 2))),
+                    reviews: rating.map_or(0, |rating| rating.reviews),
+                },
             },
         }
     }

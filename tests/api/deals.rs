@@ -197,6 +197,10 @@ async fn the_feed_lists_deals_newest_first_by_pages() {
         .collect();
     assert_eq!(seen, [&ids[4], &ids[3], &ids[2]]);
     assert_eq!(cards[0]["merchant"]["name"], "Xiaomi");
+    assert_eq!(
+        cards[0]["merchant"]["rating"],
+        json!({ "average": null, "reviews": 0 })
+    );
     assert_eq!(cards[0]["price"], "1.00");
     assert_eq!(cards[0]["remaining"], 10);
     let cursor = first["next_cursor"].as_str().unwrap();
