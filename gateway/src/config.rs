@@ -60,7 +60,8 @@ pub struct ServeArgs {
     pub max_connections: usize,
 
     /// Milliseconds a client may take to send a request's headers before the
-    /// connection is closed (slowloris guard).
+    /// connection is closed (slowloris guard); a connection that sends
+    /// nothing for that long is closed too.
     #[arg(
         long,
         env = "FLASHSALE_HEADER_READ_TIMEOUT_MS",

@@ -151,3 +151,15 @@ async fn past_the_connection_bound_clients_wait_for_a_free_slot() {
     drop(first);
     assert_eq!(read_status(&mut second).await, "HTTP/1.1 200 OK");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_sends_nothing_is_closed() {
+    let t = start_with(|config| config.header_read_timeout = Duration::from_millis(200)).await;
+    let mut stream = TcpStream::connect(t.addr()).await.unwrap();
+    let mut buffer = [0u8; 64];
+    let closed = tokio::time::timeout(Duration::from_secs(3), stream.read(&mut buffer)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "an idle connection was kept: {closed:?}"
+    );
+}
