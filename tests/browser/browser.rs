@@ -1,0 +1,321 @@
+//! A headless chromium driven through `chromedriver` with `fantoccini`, and
+//! the few DOM helpers the tests share.
+//!
+//! Each [`Browser`] starts its own `chromedriver` on a port the driver picks
+//! (`--port=0`, read back from its first lines), in its own process group,
+//! and a chromium session with a fresh profile. The screen is a phone's:
+//! Chrome's headless window cannot be narrower than 500 px, so the session
+//! emulates a 360 × 800 touch screen (`mobileEmulation`), the narrowest the
+//! pages are made for. Dropping the [`Browser`] kills the whole group, so a
+//! failing test leaves no chromium behind.
+//!
+//! Connections to chromedriver are plain HTTP on loopback: `fantoccini`
+//! runs without a TLS stack, over hyper-util's `HttpConnector`.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use hyper_util::client::legacy::connect::HttpConnector;
+use serde_json::{Value, json};
+
+use crate::server::TempDir;
+
+/// How long any one condition in the page may take to come true.
+pub const WAIT: Duration = Duration::from_secs(20);
+/// How often a bounded wait looks at the page again.
+const POLL: Duration = Duration::from_millis(100);
+/// How long chromedriver may take to say which port it listens on.
+const DRIVER_STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
+/// The emulated phone screen, in CSS pixels.
+const SCREEN_WIDTH: u32 = 360;
+const SCREEN_HEIGHT: u32 = 800;
+
+/// A chromium session on one server's pages.
+pub struct Browser {
+    client: Client,
+    base_url: String,
+    /// Where downloads (the merchant's CSV export) land.
+    pub downloads: TempDir,
+    _profile: TempDir,
+    _driver: Driver,
+}
+
+impl Browser {
+    /// Starts chromedriver and a chromium session for pages of `base_url`.
+    pub async fn open(base_url: &str) -> Browser {
+        let driver = Driver::start();
+        let profile = TempDir::new("profile");
+        let downloads = TempDir::new("downloads");
+        let capabilities = json!({
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "args": [
+                    "--headless",
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-quic",
+                    "--no-first-run",
+                    "--disable-background-networking",
+                    "--disable-component-update",
+                    "--disable-sync",
+                    "--window-size=412,915",
+                    format!("--user-data-dir={}", profile.path().display()),
+                ],
+                "mobileEmulation": {
+                    "deviceMetrics": {
+                        "width": SCREEN_WIDTH,
+                        "height": SCREEN_HEIGHT,
+                        "pixelRatio": 1.0,
+                        "touch": true,
+                        "mobile": true,
+                    },
+                },
+                "prefs": {
+                    "download.default_directory": downloads.path().display().to_string(),
+                    "download.prompt_for_download": false,
+                },
+            },
+        });
+        let Value::Object(capabilities) = capabilities else {
+            unreachable!("a JSON object literal")
+        };
+        let client = ClientBuilder::new(HttpConnector::new())
+            .capabilities(capabilities)
+            .connect(&format!("http://127.0.0.1:{}", driver.port))
+            .await
+            .unwrap_or_else(|error| {
+                panic!(
+                    "chromedriver could not start chromium ({error}); is `chromium` installed? \
+                     (`apt-get install -y chromium chromium-driver`)"
+                )
+            });
+        Browser {
+            client,
+            base_url: base_url.to_owned(),
+            downloads,
+            _profile: profile,
+            _driver: driver,
+        }
+    }
+
+    /// Loads a page of the server, e.g. `/` or `/merchant`.
+    pub async fn goto(&self, path: &str) {
+        let url = format!("{}{path}", self.base_url);
+        self.client
+            .goto(&url)
+            .await
+            .unwrap_or_else(|error| panic!("load {url}: {error}"));
+    }
+
+    /// Taps the element `css` matches, once it exists.
+    pub async fn click(&self, css: &str) {
+        let element = self.find(css).await;
+        element
+            .click()
+            .await
+            .unwrap_or_else(|error| panic!("click {css}: {error}"));
+    }
+
+    /// Types `text` into the field `css` matches, after clearing it.
+    pub async fn type_into(&self, css: &str, text: &str) {
+        let element = self.find(css).await;
+        element
+            .clear()
+            .await
+            .unwrap_or_else(|error| panic!("clear {css}: {error}"));
+        element
+            .send_keys(text)
+            .await
+            .unwrap_or_else(|error| panic!("type into {css}: {error}"));
+    }
+
+    async fn find(&self, css: &str) -> fantoccini::elements::Element {
+        self.client
+            .wait()
+            .at_most(WAIT)
+            .every(POLL)
+            .for_element(Locator::Css(css))
+            .await
+            .unwrap_or_else(|error| panic!("no element {css} within {WAIT:?}: {error}"))
+    }
+
+    /// Runs `script` in the page with `args`; its return value.
+    pub async fn run(&self, script: &str, args: Vec<Value>) -> Value {
+        self.client
+            .execute(script, args)
+            .await
+            .unwrap_or_else(|error| panic!("run {script}: {error}"))
+    }
+
+    /// The text of the first element `css` matches, trimmed; `None` if none.
+    pub async fn text(&self, css: &str) -> Option<String> {
+        let value = self
+            .run(
+                "const e = document.querySelector(arguments[0]); \
+                 return e ? e.textContent.trim() : null;",
+                vec![json!(css)],
+            )
+            .await;
+        value.as_str().map(str::to_owned)
+    }
+
+    /// An attribute of the first element `css` matches; `None` if none.
+    pub async fn attribute(&self, css: &str, name: &str) -> Option<String> {
+        let value = self
+            .run(
+                "const e = document.querySelector(arguments[0]); \
+                 return e ? e.getAttribute(arguments[1]) : null;",
+                vec![json!(css), json!(name)],
+            )
+            .await;
+        value.as_str().map(str::to_owned)
+    }
+
+    /// Waits until the text of `css` satisfies `accept`; that text. Fails
+    /// after [`WAIT`], naming `what` and the last text seen.
+    pub async fn wait_text(&self, css: &str, what: &str, accept: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let text = self.text(css).await;
+            if let Some(text) = text.as_deref().filter(|text| accept(text)) {
+                return text.to_owned();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: not within {WAIT:?}; `{css}` reads {text:?}"
+            );
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Waits until the attribute `name` of `css` satisfies `accept`.
+    pub async fn wait_attribute(
+        &self,
+        css: &str,
+        name: &str,
+        what: &str,
+        accept: impl Fn(&str) -> bool,
+    ) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let value = self.attribute(css, name).await;
+            if let Some(value) = value.as_deref().filter(|value| accept(value)) {
+                return value.to_owned();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: not within {WAIT:?}; `{css}` [{name}] is {value:?}"
+            );
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Saves what the screen shows as `$CARGO_TARGET_TMPDIR/screenshots/NAME.png`.
+    pub async fn screenshot(&self, name: &str) -> PathBuf {
+        let png = self
+            .client
+            .screenshot()
+            .await
+            .unwrap_or_else(|error| panic!("screenshot {name}: {error}"));
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("screenshots");
+        std::fs::create_dir_all(&dir).expect("the target tmp dir is writable");
+        let path = dir.join(format!("{name}.png"));
+        std::fs::write(&path, png).expect("the screenshot is written");
+        eprintln!("screenshot: {}", path.display());
+        path
+    }
+
+    /// Ends the session, so chromedriver closes chromium itself.
+    pub async fn close(self) {
+        let _ = self.client.close().await;
+    }
+}
+
+/// CSS for `testid` inside the deal card of `deal_id`.
+pub fn in_card(deal_id: &str, testid: &str) -> String {
+    format!(r#"[data-testid="deal-card"][data-deal-id="{deal_id}"] [data-testid="{testid}"]"#)
+}
+
+/// CSS for an element by its `data-testid`.
+pub fn testid(testid: &str) -> String {
+    format!(r#"[data-testid="{testid}"]"#)
+}
+
+/// A `chromedriver` child process, leader of its own process group.
+struct Driver {
+    child: Child,
+    port: u16,
+}
+
+impl Driver {
+    fn start() -> Driver {
+        let path = chromedriver().unwrap_or_else(|| {
+            panic!(
+                "chromedriver is not installed (looked at $CHROMEDRIVER and on $PATH): \
+                 install chromium and chromium-driver (`apt-get install -y chromium \
+                 chromium-driver`; CI installs them)"
+            )
+        });
+        let mut child = Command::new(&path)
+            .arg("--port=0")
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|error| panic!("start {}: {error}", path.display()));
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (port_tx, port_rx) = mpsc::channel();
+        thread::spawn(move || {
+            let mut port_tx = Some(port_tx);
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                // "ChromeDriver was started successfully on port 39809."
+                let port = line
+                    .split_once("started successfully on port ")
+                    .and_then(|(_, rest)| rest.trim_end_matches('.').parse::<u16>().ok());
+                if let Some(port) = port {
+                    if let Some(tx) = port_tx.take() {
+                        let _ = tx.send(port);
+                    }
+                }
+            }
+        });
+        let mut driver = Driver { child, port: 0 };
+        driver.port = port_rx
+            .recv_timeout(DRIVER_STARTUP_TIMEOUT)
+            .unwrap_or_else(|_| {
+                panic!("chromedriver did not say its port within {DRIVER_STARTUP_TIMEOUT:?}")
+            });
+        driver
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        // The group is chromedriver and the chromium it started.
+        let group = i32::try_from(self.child.id()).expect("a pid fits an i32");
+        // SAFETY: kill(2) with a negative pid signals the process group we
+        // created for our own child; it touches no memory.
+        unsafe {
+            libc::kill(-group, libc::SIGKILL);
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// `$CHROMEDRIVER`, or `chromedriver` on `$PATH`.
+fn chromedriver() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("CHROMEDRIVER") {
+        return Some(PathBuf::from(path)).filter(|path| path.is_file());
+    }
+    let dirs = std::env::var_os("PATH")?;
+    std::env::split_paths(&dirs)
+        .map(|dir| dir.join("chromedriver"))
+        .find(|path| path.is_file())
+}

@@ -1,0 +1,166 @@
+//! The merchant's dashboard at `/merchant`: signing in with the merchant's
+//! token, posting a deal from the form, its sold/held/remaining numbers
+//! moving live, the deal's orders and their CSV export, and the new deal
+//! showing on the storefront.
+
+use std::time::Instant;
+
+use hyper::StatusCode;
+
+use crate::browser::{Browser, WAIT, in_card, testid};
+use crate::server::Server;
+
+const ROW: &str = r#"[data-testid="deal-row"]"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_posts_a_deal_that_sells_live_and_shows_on_the_storefront() {
+    let server = Server::start();
+    let merchant = server.create_merchant("acme").await;
+    let browser = Browser::open(&server.url).await;
+    browser.goto("/merchant").await;
+
+    browser
+        .type_into(&testid("merchant-token"), &merchant.token)
+        .await;
+    browser.click(&testid("merchant-token-save")).await;
+    browser
+        .wait_text(
+            &testid("merchant-who"),
+            "the token names the merchant",
+            |text| text.contains("acme"),
+        )
+        .await;
+
+    // The times default to "live now, for an hour".
+    browser
+        .type_into(&testid("deal-form-title"), "Blender 1.5 L")
+        .await;
+    browser.type_into(&testid("deal-form-price"), "59.90").await;
+    browser.type_into(&testid("deal-form-stock"), "30").await;
+    browser.click(&testid("deal-submit")).await;
+    browser
+        .wait_text(&testid("deal-form-status"), "the deal is posted", |text| {
+            text.contains("posted")
+        })
+        .await;
+    browser
+        .wait_text(
+            &format!("{ROW} [data-testid=\"row-select\"]"),
+            "the deal's row",
+            |text| text == "Blender 1.5 L",
+        )
+        .await;
+    let deal = browser
+        .attribute(ROW, "data-deal-id")
+        .await
+        .expect("the row names its deal");
+    browser
+        .run(
+            "document.getElementById('deal-form-status').scrollIntoView({block: 'center'});",
+            vec![],
+        )
+        .await;
+    browser.screenshot("merchant-deal-posted").await;
+
+    // Three shoppers buy through the API: the row follows through the stream.
+    let shoppers = server.create_shoppers(3).await;
+    for (n, shopper) in shoppers.iter().enumerate() {
+        let answer = server.buy(shopper, &deal, &format!("buy-{n}")).await;
+        answer.expect(StatusCode::CREATED, "a shopper buys the new deal");
+    }
+    let row = |part: &str| format!(r#"{ROW}[data-deal-id="{deal}"] [data-testid="{part}"]"#);
+    browser
+        .wait_text(&row("row-sold"), "3 sold", |text| text == "3")
+        .await;
+    browser
+        .wait_text(&row("row-remaining"), "27 left", |text| text == "27")
+        .await;
+    assert_eq!(browser.text(&row("row-held")).await.as_deref(), Some("0"));
+
+    browser.click(&row("row-select")).await;
+    browser
+        .wait_text(&testid("orders-status"), "the deal's orders", |text| {
+            text == "3 orders."
+        })
+        .await;
+    let shown = browser
+        .run(
+            r#"return document.querySelectorAll('[data-testid="orders-table"] tbody tr').length;"#,
+            vec![],
+        )
+        .await;
+    assert_eq!(shown, 3, "one row per order");
+
+    browser.click(&testid("export-csv")).await;
+    browser
+        .wait_text(&testid("orders-status"), "the export", |text| {
+            text.starts_with("Exported 3 orders")
+        })
+        .await;
+    let file = browser.downloads.path().join(format!(
+        "orders-{}.csv",
+        deal.replace(
+            |c: char| !c.is_ascii_alphanumeric() && c != '_' && c != '-',
+            "_"
+        )
+    ));
+    let csv = wait_for_file(&file).await;
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(
+        lines.first().copied(),
+        Some("id,deal_id,shopper_id,quantity,unit_price,amount,status,late,created_at")
+    );
+    assert_eq!(lines.len(), 4, "a header and three orders: {csv}");
+    for line in &lines[1..] {
+        assert!(line.contains(&format!(",{deal},")), "{line}");
+        assert!(line.contains(",1,59.90,59.90,"), "{line}");
+    }
+    for shopper in &shoppers {
+        assert!(
+            csv.contains(&format!(",{},", shopper.id)),
+            "{} in {csv}",
+            shopper.id
+        );
+    }
+    browser
+        .run(
+            "document.getElementById('deals-panel').scrollIntoView();",
+            vec![],
+        )
+        .await;
+    browser.screenshot("merchant-live-deals-and-orders").await;
+
+    // The storefront shows the deal the form posted, with its live numbers.
+    browser.goto("/").await;
+    browser
+        .wait_text(
+            &in_card(&deal, "deal-title"),
+            "the new deal's card",
+            |text| text == "Blender 1.5 L",
+        )
+        .await;
+    browser
+        .wait_text(&in_card(&deal, "deal-remaining"), "27 left", |text| {
+            text == "27"
+        })
+        .await;
+    browser.screenshot("storefront-merchant-deal").await;
+    browser.close().await;
+}
+
+/// The text of a downloaded file once the browser has finished writing it.
+async fn wait_for_file(path: &std::path::Path) -> String {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        // Chromium writes `NAME.crdownload` and renames it when complete.
+        if let Ok(text) = std::fs::read_to_string(path) {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} was not downloaded within {WAIT:?}",
+            path.display()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}

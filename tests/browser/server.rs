@@ -1,0 +1,361 @@
+//! The server under test: the real `flashsale serve` as a child process, and
+//! a small client of HTTP API v1 to set up what a test needs.
+//!
+//! The server binds `127.0.0.1:0` in a fresh data directory with in-process
+//! state (no `REDIS_URL`, no `DATABASE_URL`), rate limits off (every request
+//! of a test comes from one address), and a signup credit so a wallet linked
+//! from the page can buy at once. It is killed when the [`Server`] drops.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{Value, json};
+
+/// The line `flashsale serve` prints on stdout once it is bound.
+const LISTENING: &str = "flashsale listening on ";
+/// How long the server may take to print [`LISTENING`].
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long one API call of the test's own may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+const ADMIN_TOKEN: &str = "browser-tests-admin-token-0123456789abcdef";
+/// What every wallet linked from the page starts with, in yuan.
+pub const SIGNUP_CREDIT: &str = "5000";
+
+/// A directory of the test's own under `$CARGO_TARGET_TMPDIR`, removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(kind: &str) -> TempDir {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.subsec_nanos());
+        let name = format!(
+            "browser-{kind}-{}-{}-{nanos}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+        std::fs::create_dir_all(&path).expect("the target tmp dir is writable");
+        TempDir(path)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        // Best effort: a leftover directory under target/ harms nothing.
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A merchant or shopper: its id and bearer token.
+#[derive(Debug, Clone)]
+pub struct Account {
+    pub id: String,
+    pub token: String,
+}
+
+/// A status and a JSON body (`Value::Null` when the body is not JSON).
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub body: Value,
+}
+
+impl Answer {
+    /// The body, after checking the status; a failure shows the whole answer.
+    #[track_caller]
+    pub fn expect(self, status: StatusCode, what: &str) -> Value {
+        assert_eq!(self.status, status, "{what}: unexpected answer {self:?}");
+        self.body
+    }
+}
+
+/// A running `flashsale serve`.
+pub struct Server {
+    child: Child,
+    /// `http://127.0.0.1:PORT`, without a trailing slash.
+    pub url: String,
+    client: Client<HttpConnector, Full<Bytes>>,
+    _data_dir: TempDir,
+}
+
+impl Server {
+    /// Starts the binary and waits until it says where it listens.
+    pub fn start() -> Server {
+        let data_dir = TempDir::new("data");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_flashsale"))
+            .args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir.path())
+            .args([
+                "--admin-token",
+                ADMIN_TOKEN,
+                "--signup-credit",
+                SIGNUP_CREDIT,
+            ])
+            .env_remove("REDIS_URL")
+            .env_remove("DATABASE_URL")
+            .env("FLASHSALE_RATE_LIMIT_SHOPPER", "0")
+            .env("FLASHSALE_RATE_LIMIT_ADDRESS", "0")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the flashsale binary starts");
+
+        // The server's output goes to the test's output, shown on failure.
+        let stderr = child.stderr.take().expect("stderr is piped");
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[server] {line}");
+            }
+        });
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (bound, bound_rx) = mpsc::channel();
+        thread::spawn(move || {
+            let mut bound = Some(bound);
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                eprintln!("[server] {line}");
+                if let Some(url) = line.strip_prefix(LISTENING) {
+                    if let Some(bound) = bound.take() {
+                        let _ = bound.send(url.trim().trim_end_matches('/').to_owned());
+                    }
+                }
+            }
+        });
+        let url = match bound_rx.recv_timeout(STARTUP_TIMEOUT) {
+            Ok(url) => url,
+            Err(_) => {
+                let exit = child.try_wait();
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "`flashsale serve` did not print `{LISTENING}http://…` within \
+                     {STARTUP_TIMEOUT:?} (exit status: {exit:?}); its output is above"
+                );
+            }
+        };
+        let client = Client::builder(TokioExecutor::new()).build_http();
+        Server {
+            child,
+            url,
+            client,
+            _data_dir: data_dir,
+        }
+    }
+
+    /// One API call. `token` is sent as `Authorization: Bearer`.
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+        headers: &[(&str, &str)],
+    ) -> Answer {
+        let mut request = Request::builder()
+            .method(method.clone())
+            .uri(format!("{}{path}", self.url));
+        if let Some(token) = token {
+            request = request.header(AUTHORIZATION, format!("Bearer {token}"));
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let body = match body {
+            Some(body) => {
+                request = request.header(CONTENT_TYPE, "application/json");
+                Full::new(Bytes::from(body.to_string()))
+            }
+            None => Full::new(Bytes::new()),
+        };
+        let request = request.body(body).expect("a well-formed request");
+        let exchange = async {
+            let response = self.client.request(request).await?;
+            let status = response.status();
+            let bytes = response.into_body().collect().await?.to_bytes();
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>((status, bytes))
+        };
+        let (status, bytes) = tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+            .await
+            .unwrap_or_else(|_| panic!("{method} {path} took over {REQUEST_TIMEOUT:?}"))
+            .unwrap_or_else(|error| panic!("{method} {path} failed: {error}"));
+        Answer {
+            status,
+            body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        }
+    }
+
+    /// `POST /v1/merchants` as the admin.
+    pub async fn create_merchant(&self, name: &str) -> Account {
+        let body = self
+            .call(
+                Method::POST,
+                "/v1/merchants",
+                Some(ADMIN_TOKEN),
+                Some(json!({ "name": name })),
+                &[],
+            )
+            .await
+            .expect(StatusCode::CREATED, "create a merchant");
+        account(&body)
+    }
+
+    /// `POST /v1/admin/shoppers`: `count` shoppers, each with 5000.00.
+    pub async fn create_shoppers(&self, count: usize) -> Vec<Account> {
+        let body = self
+            .call(
+                Method::POST,
+                "/v1/admin/shoppers",
+                Some(ADMIN_TOKEN),
+                Some(json!({ "count": count, "credit": "5000.00" })),
+                &[],
+            )
+            .await
+            .expect(StatusCode::CREATED, "create shoppers");
+        let shoppers: Vec<Account> = body["shoppers"]
+            .as_array()
+            .expect("`shoppers` is an array")
+            .iter()
+            .map(account)
+            .collect();
+        assert_eq!(shoppers.len(), count, "bulk shoppers: {body}");
+        shoppers
+    }
+
+    /// `POST /v1/deals`: a deal live since a minute ago for an hour; its id.
+    pub async fn create_deal(
+        &self,
+        merchant: &Account,
+        title: &str,
+        price: &str,
+        stock: u64,
+    ) -> String {
+        let body = self
+            .call(
+                Method::POST,
+                "/v1/deals",
+                Some(&merchant.token),
+                Some(json!({
+                    "title": title,
+                    "price": price,
+                    "stock": stock,
+                    "per_user_limit": 1,
+                    "starts_at": rfc3339_from_now(-60),
+                    "ends_at": rfc3339_from_now(3600),
+                })),
+                &[],
+            )
+            .await
+            .expect(StatusCode::CREATED, "create a deal");
+        string(&body, "id")
+    }
+
+    /// A one-tap buy of one unit with a fresh `Idempotency-Key`.
+    pub async fn buy(&self, shopper: &Account, deal_id: &str, key: &str) -> Answer {
+        self.call(
+            Method::POST,
+            &format!("/v1/deals/{deal_id}/orders"),
+            Some(&shopper.token),
+            Some(json!({ "quantity": 1 })),
+            &[("Idempotency-Key", key)],
+        )
+        .await
+    }
+
+    /// The first page of a deal's orders, as its merchant sees them.
+    pub async fn orders(&self, merchant: &Account, deal_id: &str) -> Vec<Value> {
+        let body = self
+            .call(
+                Method::GET,
+                &format!("/v1/orders?deal_id={deal_id}&limit=100"),
+                Some(&merchant.token),
+                None,
+                &[],
+            )
+            .await
+            .expect(StatusCode::OK, "list a deal's orders");
+        body["orders"]
+            .as_array()
+            .expect("`orders` is an array")
+            .clone()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn account(body: &Value) -> Account {
+    Account {
+        id: string(body, "id"),
+        token: string(body, "token"),
+    }
+}
+
+#[track_caller]
+fn string(body: &Value, field: &str) -> String {
+    body[field]
+        .as_str()
+        .unwrap_or_else(|| panic!("`{field}` is a string in {body}"))
+        .to_owned()
+}
+
+/// Now plus `offset_seconds`, as RFC 3339 UTC (`2026-11-21T12:00:00Z`).
+pub fn rfc3339_from_now(offset_seconds: i64) -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("the clock is after 1970")
+        .as_secs();
+    rfc3339(i64::try_from(now).expect("seconds since 1970 fit an i64") + offset_seconds)
+}
+
+/// Seconds since 1970 as RFC 3339 UTC, by Howard Hinnant's `civil_from_days`.
+fn rfc3339(unix_seconds: i64) -> String {
+    let (days, seconds) = (
+        unix_seconds.div_euclid(86_400),
+        unix_seconds.rem_euclid(86_400),
+    );
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        seconds / 3_600,
+        seconds % 3_600 / 60,
+        seconds % 60
+    )
+}
+
+#[test]
+fn rfc3339_spells_known_instants() {
+    assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+    assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+    assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
+    assert_eq!(rfc3339(-1), "1969-12-31T23:59:59Z");
+}
