@@ -413,6 +413,19 @@ impl Engine {
         Ok(self.deal_state(id)?.stock.counts())
     }
 
+    /// The merchant that owns a deal: the cheapest access check.
+    pub fn deal_merchant(&self, id: DealId) -> Result<MerchantId, EngineError> {
+        Ok(self.deal_state(id)?.merchant)
+    }
+
+    /// Every deal's id and stock counters, newest first, copying no text:
+    /// for metrics and the feed's change detection.
+    pub fn deal_stocks(&self) -> impl Iterator<Item = (DealId, StockCounts)> + '_ {
+        self.deals
+            .newest_first()
+            .map(|deal| (deal.id, deal.stock.counts()))
+    }
+
     /// Deals, newest first, from `before` (exclusive) on; at most `limit`.
     pub fn deals_newest_first(&self, before: Option<DealId>, limit: usize) -> Vec<DealView> {
         let now = self.now();

@@ -135,7 +135,8 @@ async fn run_on_load_runtime(
                 source,
             })?,
         };
-        let server = SpawnedServer::start(&program, args.durability).await?;
+        let server =
+            SpawnedServer::start(&program, args.durability, args.database_url.as_deref()).await?;
         progress.phase(format!(
             "started {} serve at {}",
             program.display(),

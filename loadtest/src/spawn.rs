@@ -36,10 +36,14 @@ pub struct SpawnedServer {
 }
 
 impl SpawnedServer {
-    /// Starts `program serve ...` and waits until it is listening.
+    /// Starts `program serve ...` and waits until it is listening. The
+    /// server is a single embedded node: it never inherits `REDIS_URL`, and
+    /// it writes to Postgres only when `database_url` says so (not because
+    /// `DATABASE_URL` happens to be set).
     pub async fn start(
         program: &Path,
         durability: Durability,
+        database_url: Option<&str>,
     ) -> Result<SpawnedServer, LoadtestError> {
         let dir = std::env::temp_dir().join(format!(
             "flashsale-loadtest-{}-{}",
@@ -59,8 +63,14 @@ impl SpawnedServer {
         let log_path = dir.join("server.log");
         let log = std::fs::File::create(&log_path).map_err(file_error("create", &log_path))?;
         let admin_token = random_hex(32);
-        let child = Command::new(program)
-            .arg("serve")
+        let mut command = Command::new(program);
+        command.arg("serve");
+        if let Some(url) = database_url {
+            command.arg("--database-url").arg(url);
+        }
+        let child = command
+            .env_remove("REDIS_URL")
+            .env_remove("DATABASE_URL")
             .arg("--addr")
             .arg("127.0.0.1:0")
             .arg("--data-dir")
