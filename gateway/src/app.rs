@@ -3,7 +3,9 @@
 //! [`App::handle`] is the hyper service: route, count the request in
 //! flight (or shed it), refuse state changes while the journal is not
 //! ready, run the endpoint's handler, turn an error into the contract's
-//! body, and record the route's status and latency. The helpers here are
+//! body, and record the route's status and latency. Every answer but the
+//! feed's stream is one `Full` buffer; the stream is a [`FeedBody`]; the
+//! two travel as one `Either`, so a buy's answer is not boxed. The helpers here are
 //! what handlers share: who is calling ([`App::shopper`] and friends, which
 //! also apply the per-token rate limit), reading a bounded body, and
 //! waiting for the journal before a change is acknowledged
@@ -17,7 +19,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use flashsale_engine::{Engine, MerchantId, ShopperId};
 use flashsale_journal::Journal;
-use http_body_util::Full;
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::header::AUTHORIZATION;
 use hyper::http::request::Parts;
@@ -26,13 +28,18 @@ use hyper::{Request, Response};
 use crate::admission::Admission;
 use crate::auth::{Caller, Signer, bearer};
 use crate::error::Error;
+use crate::feed::{FeedBody, FeedHub};
 use crate::handlers;
 use crate::order_sink::OrderSinkHandle;
+use crate::pages::Pages;
 use crate::router::{Endpoint, Matched, Router};
 use crate::telemetry::Telemetry;
 use crate::wire;
 
+/// The answer of a handler: one buffer.
 pub(crate) type HttpResponse = Response<Full<Bytes>>;
+/// The body of every answer: one buffer, or the feed's stream.
+pub(crate) type ResponseBody = Either<Full<Bytes>, FeedBody>;
 
 pub(crate) struct App {
     pub engine: Arc<Engine>,
@@ -43,6 +50,11 @@ pub(crate) struct App {
     pub router: Router,
     pub body_bytes_max: usize,
     pub token_ttl_seconds: i64,
+    /// Credited to each wallet created by `POST /v1/shoppers`.
+    pub signup_credit: flashsale_engine::Money,
+    /// The feed's live stream: latest cards and subscribers.
+    pub feed: Arc<FeedHub>,
+    pub pages: Pages,
     /// The Postgres order sink when `--database-url` is set; taken at
     /// shutdown to be joined.
     pub order_sink: std::sync::Mutex<Option<OrderSinkHandle>>,
@@ -54,7 +66,7 @@ impl App {
         self: Arc<App>,
         request: Request<Incoming>,
         peer: IpAddr,
-    ) -> Result<HttpResponse, Infallible> {
+    ) -> Result<Response<ResponseBody>, Infallible> {
         let started = Instant::now();
         let (parts, body) = request.into_parts();
         let response = match self.router.route(&parts.method, parts.uri.path()) {
@@ -62,13 +74,13 @@ impl App {
                 let endpoint = matched.endpoint;
                 let response = match self.serve(matched, &parts, body, peer).await {
                     Ok(response) => response,
-                    Err(error) => error.into_response(),
+                    Err(error) => error.into_response().map(Either::Left),
                 };
                 self.telemetry
                     .request(endpoint, response.status().as_u16(), started.elapsed());
                 response
             }
-            Err(error) => error.into_response(),
+            Err(error) => error.into_response().map(Either::Left),
         };
         Ok(response)
     }
@@ -79,7 +91,7 @@ impl App {
         parts: &Parts,
         body: Incoming,
         peer: IpAddr,
-    ) -> Result<HttpResponse, Error> {
+    ) -> Result<Response<ResponseBody>, Error> {
         let Matched { endpoint, id } = matched;
         let _in_flight = if endpoint.is_ops() {
             None
@@ -89,7 +101,11 @@ impl App {
         if endpoint.changes_state() && !self.journal.is_ready() {
             return Err(Error::Overloaded);
         }
-        match endpoint {
+        let response = match endpoint {
+            // The stream's body outlives this request's in-flight count.
+            Endpoint::FeedStream => {
+                return handlers::feed_stream(self).map(|response| response.map(Either::Right));
+            }
             Endpoint::Buy => {
                 let result = handlers::buy(self, parts, id, body).await;
                 self.telemetry
@@ -111,10 +127,16 @@ impl App {
             Endpoint::CreditWallet => handlers::credit_wallet(self, parts, id, body).await,
             Endpoint::CreateDeal => handlers::create_deal(self, parts, body).await,
             Endpoint::PatchDeal => handlers::patch_deal(self, parts, id, body).await,
+            Endpoint::Review => handlers::review(self, parts, id, body).await,
+            Endpoint::Share => handlers::share(self, parts, id).await,
+            Endpoint::MerchantMe => handlers::merchant_me(self, parts),
+            Endpoint::Storefront => Ok(self.pages.storefront.response()),
+            Endpoint::MerchantPage => Ok(self.pages.merchant.response()),
             Endpoint::Healthz => Ok(handlers::healthz()),
             Endpoint::Readyz => Ok(handlers::readyz(self)),
             Endpoint::Metrics => Ok(handlers::metrics(self)),
-        }
+        };
+        response.map(|response| response.map(Either::Left))
     }
 
     // ----- who is calling ------------------------------------------------------

@@ -11,7 +11,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use flashsale_engine::Money;
 use flashsale_journal::Durability;
+use rust_decimal::Decimal;
 
 use crate::error::Error;
 
@@ -94,6 +96,22 @@ pub struct ServeArgs {
     /// Hours a merchant's or shopper's token stays valid.
     #[arg(long, env = "FLASHSALE_TOKEN_TTL_HOURS", default_value_t = 720)]
     pub token_ttl_hours: u64,
+
+    /// Amount credited to every wallet created by POST /v1/shoppers (a
+    /// decimal like "5000" or "5000.00"), with the reference "signup", so a
+    /// demo can buy without an admin step; 0 = none.
+    #[arg(
+        long,
+        env = "FLASHSALE_SIGNUP_CREDIT",
+        default_value = "0",
+        value_name = "AMOUNT"
+    )]
+    pub signup_credit: String,
+
+    /// Clients of GET /v1/feed/stream at once at most; beyond it the stream
+    /// answers 503 overloaded with Retry-After.
+    #[arg(long, env = "FLASHSALE_FEED_SUBSCRIBERS_MAX", default_value_t = 10_000)]
+    pub feed_subscribers_max: usize,
 }
 
 /// Where the admin token came from.
@@ -127,6 +145,10 @@ pub struct Config {
     pub token_ttl: Duration,
     /// How often the housekeeping task expires holds.
     pub expiry_interval: Duration,
+    /// Credited to each wallet created by `POST /v1/shoppers`; zero: none.
+    pub signup_credit: Money,
+    /// Subscribers of the feed's stream at once.
+    pub feed_subscribers_max: usize,
 }
 
 impl Config {
@@ -151,6 +173,8 @@ impl Config {
             shutdown_grace: Duration::from_secs(10),
             token_ttl: Duration::from_secs(720 * 3600),
             expiry_interval: Duration::from_millis(250),
+            signup_credit: Money::ZERO,
+            feed_subscribers_max: 10_000,
         })
     }
 
@@ -204,8 +228,25 @@ impl Config {
         config.shutdown_grace = Duration::from_secs(args.shutdown_grace_seconds);
         let hours = at_least_one(args.token_ttl_hours, "--token-ttl-hours")?;
         config.token_ttl = Duration::from_secs(hours.saturating_mul(3600));
+        config.signup_credit = parse_signup_credit(&args.signup_credit)?;
+        config.feed_subscribers_max =
+            at_least_one(args.feed_subscribers_max, "--feed-subscribers-max")?;
         Ok(config)
     }
+}
+
+/// `--signup-credit`: a non-negative amount with at most two places.
+fn parse_signup_credit(text: &str) -> Result<Money, Error> {
+    let bad = || {
+        Error::Config(format!(
+            "--signup-credit must be an amount like 5000 or 5000.00, not {text:?}"
+        ))
+    };
+    let amount: Decimal = text.trim().parse().map_err(|_| bad())?;
+    if amount.is_sign_negative() {
+        return Err(bad());
+    }
+    Money::from_decimal(amount, "signup_credit").map_err(|_| bad())
 }
 
 fn at_least_one<T: PartialEq + Default>(value: T, flag: &str) -> Result<T, Error> {
@@ -251,6 +292,8 @@ mod tests {
             in_flight_max: 4_096,
             shutdown_grace_seconds: 10,
             token_ttl_hours: 720,
+            signup_credit: "0".into(),
+            feed_subscribers_max: 10_000,
         }
     }
 
@@ -283,6 +326,18 @@ mod tests {
                 durability: "maybe".into(),
                 ..args()
             },
+            ServeArgs {
+                signup_credit: "-5".into(),
+                ..args()
+            },
+            ServeArgs {
+                signup_credit: "5.001".into(),
+                ..args()
+            },
+            ServeArgs {
+                feed_subscribers_max: 0,
+                ..args()
+            },
         ] {
             assert!(matches!(Config::from_args(bad), Err(Error::Config(_))));
         }
@@ -296,5 +351,12 @@ mod tests {
         assert_eq!(config.rate_limit_shopper, 0);
         assert!(matches!(config.durability, Durability::Async));
         assert_eq!(config.admin_token_source, AdminTokenSource::Configured);
+        assert_eq!(config.signup_credit, Money::ZERO);
+        let config = Config::from_args(ServeArgs {
+            signup_credit: "5000".into(),
+            ..args()
+        })
+        .unwrap();
+        assert_eq!(config.signup_credit.to_string(), "5000.00");
     }
 }

@@ -5,6 +5,10 @@
 //! journal ([`App::commit`]) before answering. Refusals return at once
 //! through `?`; [`crate::error::Error::http`] spells them.
 //!
+//! The pages (`GET /`, `GET /merchant`) are answered by [`crate::pages`]
+//! and the feed's stream by [`crate::feed`]; [`feed_stream`] only hands
+//! out a subscription.
+//!
 //! [`buy`] is the product: one HMAC check, one rate-limit check, a
 //! borrowed idempotency key, a body of a few bytes parsed in place, one
 //! engine call (a sold-out deal answers from one atomic load), and on
@@ -18,17 +22,18 @@ use flashsale_engine::{
 };
 use hyper::StatusCode;
 use hyper::body::Incoming;
-use hyper::header::HeaderName;
+use hyper::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderName, HeaderValue};
 use hyper::http::request::Parts;
 use serde::Serialize;
 
 use crate::app::{App, HttpResponse};
 use crate::auth::Caller;
 use crate::error::Error;
+use crate::feed::FeedBody;
 use crate::wire::{
     AccountJson, BulkShoppersBody, CardJson, CreditBody, DealChangeBody, DealJson, HoldJson,
-    NameBody, NewDealBody, OrderJson, QuantityBody, Text, WalletJson, json, parse_id, parse_json,
-    parse_money, parse_time, text,
+    MerchantJson, NameBody, NewDealBody, OrderJson, QuantityBody, RatingJson, ReviewBody,
+    ReviewJson, Text, WalletJson, json, parse_id, parse_json, parse_money, parse_time, text,
 };
 
 static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
@@ -175,7 +180,12 @@ pub(crate) async fn create_merchant(
     ))
 }
 
-/// `POST /v1/shoppers` (anyone, rate limited per address).
+/// The reference of the `--signup-credit` credit in every new wallet.
+const SIGNUP_CREDIT_REFERENCE: &str = "signup";
+
+/// `POST /v1/shoppers` (anyone, rate limited per address). With
+/// `--signup-credit`, the new wallet is credited that amount (reference
+/// `signup`) before the answer.
 pub(crate) async fn create_shopper(
     app: &App,
     parts: &Parts,
@@ -186,6 +196,18 @@ pub(crate) async fn create_shopper(
     let bytes = app.body(parts, body).await?;
     let NameBody { name } = parse_json(&bytes)?;
     let shopper = app.engine.create_shopper(&name)?;
+    if app.signup_credit != flashsale_engine::Money::ZERO
+        && let Err(error) =
+            app.engine
+                .credit_wallet(shopper.id, app.signup_credit, SIGNUP_CREDIT_REFERENCE)
+    {
+        // The account exists and is journalled; the admin can still credit it.
+        tracing::warn!(
+            shopper = %shopper.id,
+            error = &error as &dyn std::error::Error,
+            "the signup credit was refused"
+        );
+    }
     app.commit().await?;
     let token = app.issue(Caller::Shopper(shopper.id));
     Ok(json(
@@ -389,7 +411,85 @@ pub(crate) fn feed(app: &App, parts: &Parts) -> Result<HttpResponse, Error> {
     ))
 }
 
+/// `GET /v1/feed/stream` (anyone): Server-Sent Events, see [`crate::feed`].
+pub(crate) fn feed_stream(app: &App) -> Result<hyper::Response<FeedBody>, Error> {
+    let body = app.feed.subscribe()?;
+    let mut response = hyper::Response::new(body);
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    // Proxies (nginx) must pass events on at once rather than buffer them.
+    headers.insert(
+        HeaderName::from_static("x-accel-buffering"),
+        HeaderValue::from_static("no"),
+    );
+    Ok(response)
+}
+
+/// `GET /v1/merchants/me` (merchant): who the token names, and its rating.
+pub(crate) fn merchant_me(app: &App, parts: &Parts) -> Result<HttpResponse, Error> {
+    let id = app.merchant(parts)?;
+    let merchant = app
+        .engine
+        .merchant(id)
+        .ok_or(crate::error::unknown(Entity::Merchant))?;
+    Ok(json(
+        StatusCode::OK,
+        &MerchantJson {
+            id: Text(merchant.id),
+            name: &merchant.name,
+            rating: RatingJson::new(app.engine.rating(id)),
+        },
+    ))
+}
+
 // ----- orders ---------------------------------------------------------------------
+
+/// `POST /v1/orders/{id}/review` (the order's shopper, once): three scores
+/// from 1 to 5 and an optional text, stored as given.
+pub(crate) async fn review(
+    app: &App,
+    parts: &Parts,
+    order: &str,
+    body: Incoming,
+) -> Result<HttpResponse, Error> {
+    let shopper = app.shopper(parts)?;
+    let order: OrderId = parse_id(order, Entity::Order)?;
+    let bytes = app.body(parts, body).await?;
+    let review: ReviewBody = parse_json(&bytes)?;
+    let review = app
+        .engine
+        .review(shopper, order, review.scores()?, &review.text)?;
+    app.commit().await?;
+    let rating = app.engine.rating(review.merchant);
+    Ok(json(StatusCode::CREATED, &ReviewJson::new(&review, rating)))
+}
+
+/// `POST /v1/orders/{id}/share` (the order's shopper): 201 the first time,
+/// 200 after; counts once per order toward the deal's popularity.
+pub(crate) async fn share(app: &App, parts: &Parts, order: &str) -> Result<HttpResponse, Error> {
+    let shopper = app.shopper(parts)?;
+    let order: OrderId = parse_id(order, Entity::Order)?;
+    let first = app.engine.share(shopper, order)?;
+    app.commit().await?;
+    #[derive(Serialize)]
+    struct Shared {
+        order_id: Text<OrderId>,
+        shared: bool,
+    }
+    let status = if first {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok(json(
+        status,
+        &Shared {
+            order_id: Text(order),
+            shared: true,
+        },
+    ))
+}
 
 /// `GET /v1/orders/{id}` (its shopper or the deal's merchant).
 pub(crate) fn get_order(app: &App, parts: &Parts, order: &str) -> Result<HttpResponse, Error> {
@@ -519,6 +619,13 @@ pub(crate) fn metrics(app: &App) -> HttpResponse {
             deal.id, deal.counts.sold
         );
     }
+    body.push_str("# HELP flashsale_feed_subscribers Clients of the feed's live stream now\n");
+    body.push_str("# TYPE flashsale_feed_subscribers gauge\n");
+    let _ = writeln!(
+        body,
+        "flashsale_feed_subscribers {}",
+        app.feed.subscribers()
+    );
     body.push_str("# HELP flashsale_rate_limiter_keys Keys held by this server's rate limiters\n");
     body.push_str("# TYPE flashsale_rate_limiter_keys gauge\n");
     let _ = writeln!(

@@ -20,6 +20,14 @@
 //!   request through it: route, shed, authenticate, handle, record.
 //! - `handlers` (private): one function per endpoint; the buy handler is
 //!   the hot path.
+//! - `feed` (private): the feed's live stream (`GET /v1/feed/stream`): the
+//!   sampler that coalesces changes into at most five events per deal per
+//!   second, the subscriber bound, and each subscriber's bounded channel
+//!   body.
+//! - `pages` (private): the storefront (`/`) and merchant dashboard
+//!   (`/merchant`), embedded from `gateway/assets/`, with a
+//!   `Content-Security-Policy` that allows their own inline script and
+//!   style by hash and nothing else.
 //! - [`auth`]: HMAC-signed bearer tokens and the admin token.
 //! - `admission` (private): requests in flight, per-token and
 //!   per-address rate limits.
@@ -42,14 +50,19 @@
 //!   queue.
 //! - Nothing here holds an engine lock across an `.await`: the engine's
 //!   calls are synchronous and return before the gateway awaits.
+//! - The feed's stream costs the engine one sample per 200 ms, whatever the
+//!   number of subscribers; no subscriber can block the sampler, the
+//!   engine or another subscriber.
 
 mod admission;
 mod app;
 pub mod auth;
 pub mod config;
 pub mod error;
+mod feed;
 mod handlers;
 pub mod order_sink;
+mod pages;
 mod router;
 pub mod server;
 mod telemetry;

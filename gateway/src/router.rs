@@ -21,6 +21,7 @@ pub(crate) enum Endpoint {
     GetDeal,
     PatchDeal,
     Feed,
+    FeedStream,
     Register,
     Buy,
     CreateHold,
@@ -28,13 +29,18 @@ pub(crate) enum Endpoint {
     ReleaseHold,
     GetOrder,
     ListOrders,
+    Review,
+    Share,
+    MerchantMe,
+    Storefront,
+    MerchantPage,
     Healthz,
     Readyz,
     Metrics,
 }
 
 impl Endpoint {
-    pub(crate) const ALL: [Endpoint; 19] = [
+    pub(crate) const ALL: [Endpoint; 25] = [
         Endpoint::CreateMerchant,
         Endpoint::CreateShopper,
         Endpoint::CreateShoppersBulk,
@@ -44,6 +50,7 @@ impl Endpoint {
         Endpoint::GetDeal,
         Endpoint::PatchDeal,
         Endpoint::Feed,
+        Endpoint::FeedStream,
         Endpoint::Register,
         Endpoint::Buy,
         Endpoint::CreateHold,
@@ -51,6 +58,11 @@ impl Endpoint {
         Endpoint::ReleaseHold,
         Endpoint::GetOrder,
         Endpoint::ListOrders,
+        Endpoint::Review,
+        Endpoint::Share,
+        Endpoint::MerchantMe,
+        Endpoint::Storefront,
+        Endpoint::MerchantPage,
         Endpoint::Healthz,
         Endpoint::Readyz,
         Endpoint::Metrics,
@@ -68,6 +80,7 @@ impl Endpoint {
             Endpoint::GetDeal => "GET /v1/deals/{id}",
             Endpoint::PatchDeal => "PATCH /v1/deals/{id}",
             Endpoint::Feed => "GET /v1/feed",
+            Endpoint::FeedStream => "GET /v1/feed/stream",
             Endpoint::Register => "POST /v1/deals/{id}/registrations",
             Endpoint::Buy => "POST /v1/deals/{id}/orders",
             Endpoint::CreateHold => "POST /v1/deals/{id}/holds",
@@ -75,6 +88,11 @@ impl Endpoint {
             Endpoint::ReleaseHold => "DELETE /v1/holds/{id}",
             Endpoint::GetOrder => "GET /v1/orders/{id}",
             Endpoint::ListOrders => "GET /v1/orders",
+            Endpoint::Review => "POST /v1/orders/{id}/review",
+            Endpoint::Share => "POST /v1/orders/{id}/share",
+            Endpoint::MerchantMe => "GET /v1/merchants/me",
+            Endpoint::Storefront => "GET /",
+            Endpoint::MerchantPage => "GET /merchant",
             Endpoint::Healthz => "GET /healthz",
             Endpoint::Readyz => "GET /readyz",
             Endpoint::Metrics => "GET /metrics",
@@ -109,6 +127,8 @@ impl Endpoint {
                 | Endpoint::CreateHold
                 | Endpoint::PayHold
                 | Endpoint::ReleaseHold
+                | Endpoint::Review
+                | Endpoint::Share
         )
     }
 }
@@ -143,7 +163,7 @@ pub(crate) struct Matched<'p> {
 
 impl Router {
     pub(crate) fn new() -> Router {
-        let table: [(&str, PathRoutes); 15] = [
+        let table: [(&str, PathRoutes); 21] = [
             (
                 "/v1/merchants",
                 PathRoutes {
@@ -205,6 +225,54 @@ impl Router {
                 "/v1/feed",
                 PathRoutes {
                     get: Some(Endpoint::Feed),
+                    allow: "GET",
+                    ..NONE
+                },
+            ),
+            (
+                "/v1/feed/stream",
+                PathRoutes {
+                    get: Some(Endpoint::FeedStream),
+                    allow: "GET",
+                    ..NONE
+                },
+            ),
+            (
+                "/v1/merchants/me",
+                PathRoutes {
+                    get: Some(Endpoint::MerchantMe),
+                    allow: "GET",
+                    ..NONE
+                },
+            ),
+            (
+                "/v1/orders/{id}/review",
+                PathRoutes {
+                    post: Some(Endpoint::Review),
+                    allow: "POST",
+                    ..NONE
+                },
+            ),
+            (
+                "/v1/orders/{id}/share",
+                PathRoutes {
+                    post: Some(Endpoint::Share),
+                    allow: "POST",
+                    ..NONE
+                },
+            ),
+            (
+                "/",
+                PathRoutes {
+                    get: Some(Endpoint::Storefront),
+                    allow: "GET",
+                    ..NONE
+                },
+            ),
+            (
+                "/merchant",
+                PathRoutes {
+                    get: Some(Endpoint::MerchantPage),
                     allow: "GET",
                     ..NONE
                 },

@@ -15,9 +15,13 @@
 //!   `expiry_interval`, and every few seconds trims the rate limiters' maps
 //!   and drains the metrics histograms.
 //!
+//! A second task, the feed's sampler ([`crate::feed`]), reads the deals'
+//! numbers every 200 ms and publishes the changed cards to the live
+//! stream's subscribers.
+//!
 //! When `shutdown` completes: the listener is dropped (no new
-//! connections), every connection finishes the request it is serving and
-//! closes, racing `shutdown_grace`; then the housekeeping task stops and
+//! connections), the feed's open streams are ended, every connection
+//! finishes the request it is serving and closes, racing `shutdown_grace`; then the housekeeping task stops and
 //! the journal is closed (flush and final snapshot). [`run`] is the whole
 //! of it in one call; [`spawn`] runs it on `127.0.0.1:0` in the
 //! background, for tests and `flashsale demo`.
@@ -44,7 +48,9 @@ use crate::app::App;
 use crate::auth::Signer;
 use crate::config::{Config, SECRET_BYTES_MIN, random_base64};
 use crate::error::Error;
+use crate::feed::{self, FeedHub};
 use crate::order_sink;
+use crate::pages::Pages;
 use crate::router::Router;
 use crate::telemetry::Telemetry;
 
@@ -123,6 +129,9 @@ impl Gateway {
             router: Router::new(),
             body_bytes_max: config.body_bytes_max,
             token_ttl_seconds: i64::try_from(config.token_ttl.as_secs()).unwrap_or(i64::MAX),
+            signup_credit: config.signup_credit,
+            feed: Arc::new(FeedHub::new(config.feed_subscribers_max)),
+            pages: Pages::new(),
             engine,
             journal,
             order_sink: std::sync::Mutex::new(order_sink),
@@ -158,6 +167,7 @@ impl Gateway {
             .keep_alive(true)
             .max_buf_size(HEADER_BUFFER_BYTES_MAX);
         let housekeeping = tokio::spawn(housekeeping(app.clone(), config.expiry_interval));
+        let sampler = tokio::spawn(feed::sample(app.engine.clone(), app.feed.clone()));
         tokio::pin!(shutdown);
         loop {
             let permit = tokio::select! {
@@ -194,6 +204,9 @@ impl Gateway {
             });
         }
         drop(listener);
+        // Open streams never end by themselves: end them, so their
+        // connections finish their response and close like the others.
+        app.feed.close();
         tracing::info!(
             open_connections = graceful.count(),
             grace_seconds = config.shutdown_grace.as_secs_f64(),
@@ -209,6 +222,7 @@ impl Gateway {
         }
         housekeeping.abort();
         let _ = housekeeping.await;
+        let _ = sampler.await;
         let engine = app.engine.clone();
         let journal = app.journal.clone();
         tokio::task::spawn_blocking(move || journal.close(&engine))

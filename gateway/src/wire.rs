@@ -138,6 +138,38 @@ pub(crate) struct QuantityBody {
     pub quantity: u32,
 }
 
+/// `{description, delivery, service, text?}`. Scores are read as any
+/// integer so that one out of range is `invalid` naming its field rather
+/// than a shape error.
+#[derive(Deserialize)]
+pub(crate) struct ReviewBody {
+    pub description: i64,
+    pub delivery: i64,
+    pub service: i64,
+    #[serde(default)]
+    pub text: String,
+}
+
+impl ReviewBody {
+    /// The three scores, each 1 to 5.
+    pub(crate) fn scores(&self) -> Result<[u8; 3], Error> {
+        let score = |value: i64, field: &'static str| {
+            u8::try_from(value)
+                .ok()
+                .filter(|score| (1..=5).contains(score))
+                .ok_or(Error::Invalid {
+                    field,
+                    reason: "must be a whole number from 1 to 5",
+                })
+        };
+        Ok([
+            score(self.description, "description")?,
+            score(self.delivery, "delivery")?,
+            score(self.service, "service")?,
+        ])
+    }
+}
+
 // ----- response bodies -------------------------------------------------------
 
 /// Serializes anything `Display` as a JSON string without an intermediate
@@ -341,6 +373,62 @@ pub(crate) struct RatingJson {
     reviews: u64,
 }
 
+impl RatingJson {
+    pub(crate) fn new(rating: Option<flashsale_engine::Rating>) -> RatingJson {
+        RatingJson {
+            average: rating
+                .and_then(|rating| rating.average_hundredths())
+                .and_then(|hundredths| i64::try_from(hundredths).ok())
+                .map(|hundredths| Text(Decimal::new(hundredths, 2))),
+            reviews: rating.map_or(0, |rating| rating.reviews),
+        }
+    }
+}
+
+/// `GET /v1/merchants/me`: who the token names, and its rating.
+#[derive(Serialize)]
+pub(crate) struct MerchantJson<'a> {
+    pub id: Text<flashsale_engine::MerchantId>,
+    pub name: &'a str,
+    pub rating: RatingJson,
+}
+
+/// A review as stored; `text` exactly as given (JSON escapes it here).
+#[derive(Serialize)]
+pub(crate) struct ReviewJson<'a> {
+    order_id: Text<flashsale_engine::OrderId>,
+    deal_id: Text<flashsale_engine::DealId>,
+    merchant_id: Text<flashsale_engine::MerchantId>,
+    shopper_id: Text<ShopperId>,
+    description: u8,
+    delivery: u8,
+    service: u8,
+    text: &'a str,
+    created_at: Rfc3339Utc,
+    /// The merchant's rating with this review counted.
+    merchant_rating: RatingJson,
+}
+
+impl<'a> ReviewJson<'a> {
+    pub(crate) fn new(
+        review: &'a flashsale_engine::Review,
+        rating: Option<flashsale_engine::Rating>,
+    ) -> ReviewJson<'a> {
+        ReviewJson {
+            order_id: Text(review.order),
+            deal_id: Text(review.deal),
+            merchant_id: Text(review.merchant),
+            shopper_id: Text(review.shopper),
+            description: review.description,
+            delivery: review.delivery,
+            service: review.service,
+            text: &review.text,
+            created_at: Rfc3339Utc(review.created_at),
+            merchant_rating: RatingJson::new(rating),
+        }
+    }
+}
+
 impl<'a> CardJson<'a> {
     pub(crate) fn new(
         deal: &'a DealView,
@@ -367,13 +455,7 @@ impl<'a> CardJson<'a> {
             merchant: MerchantCardJson {
                 id: Text(deal.merchant),
                 name: merchant_name,
-                rating: RatingJson {
-                    average: rating
-                        .and_then(|rating| rating.average_hundredths())
-                        .and_then(|hundredths| i64::try_from(hundredths).ok())
-                        .map(|hundredths| Text(Decimal::new(hundredths, 2))),
-                    reviews: rating.map_or(0, |rating| rating.reviews),
-                },
+                rating: RatingJson::new(rating),
             },
         }
     }

@@ -1,0 +1,181 @@
+//! The two pages: the storefront at `GET /` and the merchant's dashboard at
+//! `GET /merchant`, embedded in the binary (`gateway/assets/*.html`).
+//!
+//! Each page is one file of HTML with one inline `<style>` and one inline
+//! `<script>`, and fetches nothing but the API of its own origin. The
+//! `Content-Security-Policy` says exactly that: no source by default, the
+//! page's own inline script and style allowed by their SHA-256 hashes
+//! (computed here, once, from the embedded text, so the policy follows the
+//! files), `connect-src 'self'` for the API and the stream, and no framing,
+//! `<base>` or plugins. An injected `<script>` or `on…=` attribute does not
+//! run. Both pages are answered with `Cache-Control: no-cache`, so a new
+//! binary's pages are picked up at once.
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderName, HeaderValue};
+use hyper::{Response, StatusCode};
+use sha2::{Digest, Sha256};
+
+const STOREFRONT_HTML: &str = include_str!("../assets/storefront.html");
+const MERCHANT_HTML: &str = include_str!("../assets/merchant.html");
+
+static CONTENT_SECURITY_POLICY: HeaderName = HeaderName::from_static("content-security-policy");
+static X_CONTENT_TYPE_OPTIONS: HeaderName = HeaderName::from_static("x-content-type-options");
+static REFERRER_POLICY: HeaderName = HeaderName::from_static("referrer-policy");
+
+/// One page ready to serve: its text and its policy.
+pub(crate) struct Page {
+    html: Bytes,
+    policy: HeaderValue,
+}
+
+/// Both pages.
+pub(crate) struct Pages {
+    pub storefront: Page,
+    pub merchant: Page,
+}
+
+impl Pages {
+    pub(crate) fn new() -> Pages {
+        Pages {
+            storefront: Page::new(STOREFRONT_HTML),
+            merchant: Page::new(MERCHANT_HTML),
+        }
+    }
+}
+
+impl Page {
+    fn new(html: &'static str) -> Page {
+        let policy = content_security_policy(html);
+        // invariant: the policy is ASCII (keywords and base64).
+        let policy = HeaderValue::from_str(&policy).unwrap_or_else(|_| {
+            HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'")
+        });
+        Page {
+            html: Bytes::from_static(html.as_bytes()),
+            policy,
+        }
+    }
+
+    pub(crate) fn response(&self) -> Response<Full<Bytes>> {
+        let mut response = Response::new(Full::new(self.html.clone()));
+        *response.status_mut() = StatusCode::OK;
+        let headers = response.headers_mut();
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/html; charset=utf-8"),
+        );
+        headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        headers.insert(CONTENT_SECURITY_POLICY.clone(), self.policy.clone());
+        headers.insert(
+            X_CONTENT_TYPE_OPTIONS.clone(),
+            HeaderValue::from_static("nosniff"),
+        );
+        headers.insert(
+            REFERRER_POLICY.clone(),
+            HeaderValue::from_static("no-referrer"),
+        );
+        response
+    }
+}
+
+/// The policy of a page whose inline scripts and styles are `html`'s.
+fn content_security_policy(html: &str) -> String {
+    let hashes = |tag: &str| {
+        inline_elements(html, tag)
+            .map(|text| {
+                let digest = Sha256::digest(text.as_bytes());
+                format!(
+                    " 'sha256-{}'",
+                    base64::engine::general_purpose::STANDARD.encode(digest)
+                )
+            })
+            .collect::<String>()
+    };
+    let scripts = hashes("script");
+    let styles = hashes("style");
+    format!(
+        "default-src 'none'; script-src{}; style-src{}; connect-src 'self'; \
+         img-src 'self' data:; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+        if scripts.is_empty() {
+            " 'none'"
+        } else {
+            &scripts
+        },
+        if styles.is_empty() {
+            " 'none'"
+        } else {
+            &styles
+        },
+    )
+}
+
+/// The text inside every `<tag …>…</tag>` of `html`, exactly as the
+/// browser hashes it. External scripts (`src=`) have no inline text.
+fn inline_elements<'a>(html: &'a str, tag: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+    let open = format!("<{tag}");
+    let close = format!("</{tag}>");
+    let mut rest = html;
+    std::iter::from_fn(move || {
+        loop {
+            let start = rest.find(&open)?;
+            let after_name = &rest[start + open.len()..];
+            // `<scripts>` or `<style-guide>` are other tags.
+            if !after_name.starts_with(['>', ' ', '\t', '\n', '\r']) {
+                rest = after_name;
+                continue;
+            }
+            let head_end = after_name.find('>')?;
+            let body = &after_name[head_end + 1..];
+            let body_end = body.find(&close)?;
+            rest = &body[body_end + close.len()..];
+            return Some(&body[..body_end]);
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_policy_hashes_each_inline_script_and_style() {
+        let html = "<html><style>p{}</style><script>\"use strict\";</script>\
+                    <scripts>no</scripts><script type=\"module\">1</script></html>";
+        let scripts: Vec<&str> = inline_elements(html, "script").collect();
+        assert_eq!(scripts, ["\"use strict\";", "1"]);
+        let policy = content_security_policy(html);
+        let expected = base64::engine::general_purpose::STANDARD.encode(Sha256::digest(b"p{}"));
+        assert!(
+            policy.contains(&format!("style-src 'sha256-{expected}';")),
+            "{policy}"
+        );
+        assert!(!policy.contains("unsafe"), "{policy}");
+        assert_eq!(policy.matches("'sha256-").count(), 3, "{policy}");
+    }
+
+    /// The policy allows the pages' own inline `<script>` and `<style>`
+    /// only: markup with handlers or style attributes would not work.
+    #[test]
+    fn the_pages_need_nothing_the_policy_forbids() {
+        for html in [STOREFRONT_HTML, MERCHANT_HTML] {
+            assert_eq!(inline_elements(html, "script").count(), 1);
+            assert_eq!(inline_elements(html, "style").count(), 1);
+            for forbidden in [
+                " onclick=",
+                " onload=",
+                " onsubmit=",
+                " style=\"",
+                "<script src",
+            ] {
+                assert!(!html.contains(forbidden), "a page uses {forbidden}");
+            }
+        }
+        let page = Pages::new().storefront.response();
+        let policy = page.headers()[&CONTENT_SECURITY_POLICY].to_str().unwrap();
+        assert!(policy.starts_with("default-src 'none'; script-src 'sha256-"));
+        assert_eq!(page.headers()[CACHE_CONTROL], "no-cache");
+    }
+}
