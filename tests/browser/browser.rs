@@ -20,6 +20,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use fantoccini::key::Key;
 use fantoccini::{Client, ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::{Value, json};
@@ -133,6 +134,15 @@ impl Browser {
             .send_keys(text)
             .await
             .unwrap_or_else(|error| panic!("type into {css}: {error}"));
+    }
+
+    /// Presses Enter on the element `css` matches, as a keyboard user would.
+    pub async fn press_enter(&self, css: &str) {
+        let element = self.find(css).await;
+        element
+            .send_keys(&Key::Enter.to_string())
+            .await
+            .unwrap_or_else(|error| panic!("press Enter on {css}: {error}"));
     }
 
     async fn find(&self, css: &str) -> fantoccini::elements::Element {
@@ -279,10 +289,10 @@ impl Driver {
                 let port = line
                     .split_once("started successfully on port ")
                     .and_then(|(_, rest)| rest.trim_end_matches('.').parse::<u16>().ok());
-                if let Some(port) = port {
-                    if let Some(tx) = port_tx.take() {
-                        let _ = tx.send(port);
-                    }
+                if let Some(port) = port
+                    && let Some(tx) = port_tx.take()
+                {
+                    let _ = tx.send(port);
                 }
             }
         });

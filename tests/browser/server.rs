@@ -132,10 +132,10 @@ impl Server {
             let mut bound = Some(bound);
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 eprintln!("[server] {line}");
-                if let Some(url) = line.strip_prefix(LISTENING) {
-                    if let Some(bound) = bound.take() {
-                        let _ = bound.send(url.trim().trim_end_matches('/').to_owned());
-                    }
+                if let Some(url) = line.strip_prefix(LISTENING)
+                    && let Some(bound) = bound.take()
+                {
+                    let _ = bound.send(url.trim().trim_end_matches('/').to_owned());
                 }
             }
         });
