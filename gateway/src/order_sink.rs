@@ -340,34 +340,31 @@ async fn session(
     *status.last_error.lock() = None;
 
     let dir = journal.dir().to_owned();
-    let mut reader =
+    let reader =
         tokio::task::spawn_blocking(move || JournalReader::open(&dir, applied + 1)).await??;
+    let max = config.batch_events_max;
+    // The next batch is read and converted while the current one is in
+    // Postgres: the two overlap on separate cores.
+    let mut next = read_rows(reader, max, journal.durable_position());
     loop {
-        let upto = journal.durable_position();
-        let max = config.batch_events_max;
-        let (returned, batch) = tokio::task::spawn_blocking(move || {
-            let batch = reader.next_batch(max, upto);
-            (reader, batch)
-        })
-        .await?;
-        reader = returned;
-        let batch = batch?;
-        let Some(&(last, _)) = batch.last() else {
+        let (reader, read) = next.await?;
+        let Some((last, rows)) = read? else {
+            // Read with an older `upto`: look again before resting or stopping.
             if applied >= journal.durable_position() {
                 status.mark_caught_up();
+                status.lag(journal);
+                if *stopping.borrow() {
+                    return Ok(()); // drained what was durable at shutdown
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(config.idle_poll_interval) => {}
+                    () = stopped(stopping.clone()) => {}
+                }
             }
-            status.lag(journal);
-            if *stopping.borrow() {
-                return Ok(()); // drained what was durable at shutdown
-            }
-            tokio::select! {
-                () = tokio::time::sleep(config.idle_poll_interval) => {}
-                () = stopped(stopping.clone()) => {}
-            }
+            next = read_rows(reader, max, journal.durable_position());
             continue;
         };
-        let rows = Rows::from_events(&batch);
-        drop(batch);
+        next = read_rows(reader, max, journal.durable_position());
         timed(
             config.batch_timeout,
             apply(&mut conn, &journal_id, applied, last, &rows),
@@ -382,6 +379,24 @@ async fn session(
         }
         status.lag(journal);
     }
+}
+
+type ReadRows = (JournalReader, Result<Option<(u64, Rows)>, JournalError>);
+
+/// Reads up to `max` durable events (to `upto`) on a blocking thread and
+/// turns them into rows; `None` when nothing new is durable.
+fn read_rows(
+    mut reader: JournalReader,
+    max: usize,
+    upto: u64,
+) -> tokio::task::JoinHandle<ReadRows> {
+    tokio::task::spawn_blocking(move || {
+        let read = reader.next_batch(max, upto).map(|batch| {
+            let &(last, _) = batch.last()?;
+            Some((last, Rows::from_events(&batch)))
+        });
+        (reader, read)
+    })
 }
 
 /// One batch's rows, column by column (for `UNNEST`).
