@@ -1,6 +1,7 @@
 //! The shopper's page at `/`: the feed as cards, linking a wallet, the
-//! one-tap buy and its outcome, and numbers that change live through the
-//! feed's Server-Sent Events while the page stays open.
+//! one-tap buy and its outcome, and what changes live through the feed's
+//! Server-Sent Events while the page stays open: a card's numbers, and a
+//! newly posted deal taking the first place.
 
 use std::sync::Arc;
 
@@ -175,5 +176,49 @@ async fn other_shoppers_buying_makes_the_remaining_number_fall_live() {
         )
         .await;
     browser.screenshot("storefront-live-stock").await;
+    browser.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deal_posted_while_the_page_is_open_appears_first() {
+    let server = Server::start();
+    let merchant = server.create_merchant("acme").await;
+    let older = server
+        .create_deal(&merchant, "Kettle 1.7 L", "89.00", 40)
+        .await;
+    let browser = Browser::open(&server.url).await;
+    browser.goto("/").await;
+    browser
+        .wait_text(&in_card(&older, "deal-title"), "the first deal", |text| {
+            text == "Kettle 1.7 L"
+        })
+        .await;
+    browser
+        .wait_attribute(
+            &testid("stream-status"),
+            "data-state",
+            "the live stream is open",
+            |state| state == "live",
+        )
+        .await;
+
+    let newer = server
+        .create_deal(&merchant, "Air fryer 5 L", "299.00", 25)
+        .await;
+    browser
+        .wait_text(
+            &in_card(&newer, "deal-title"),
+            "the new deal's card",
+            |text| text == "Air fryer 5 L",
+        )
+        .await;
+    browser
+        .wait_attribute(
+            &testid("deal-card"),
+            "data-deal-id",
+            "the newest deal comes first",
+            |first| first == newer,
+        )
+        .await;
     browser.close().await;
 }
