@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flashsale_engine::{
-    Clock, DealChange, DealId, DealView, Engine, EngineConfig, Event, Hold, HoldId, ManualClock,
-    MerchantId, Money, NewDeal, Order, OrderCursor, ShopperId, Timestamp, Wallet,
+    Clock, DealChange, DealId, DealView, Engine, EngineConfig, EngineError, Event, Hold, HoldId,
+    ManualClock, MerchantId, Money, NewDeal, Order, OrderCursor, ShopperId, Timestamp, Wallet,
 };
 use flashsale_journal::{Durability, Journal, JournalConfig, JournalError, JournalReader};
 
@@ -97,6 +97,7 @@ fn state(engine: &Engine, shoppers: &[ShopperId], holds: &[HoldId]) -> State {
 struct Scenario {
     merchant: MerchantId,
     deal: DealId,
+    later: DealId,
     shoppers: Vec<ShopperId>,
     holds: Vec<HoldId>,
 }
@@ -162,9 +163,19 @@ fn drive(engine: &Engine, clock: &ManualClock) -> Scenario {
             },
         )
         .unwrap();
+    // Reviews and shares feed the merchant's rating and the deal's popularity.
+    let first = engine
+        .orders_of_shopper(shoppers[0], None, OrderCursor::default(), 10)
+        .orders[0]
+        .id;
+    engine
+        .review(shoppers[0], first, [5, 4, 3], "fast")
+        .unwrap();
+    assert!(engine.share(shoppers[0], first).unwrap());
     Scenario {
         merchant,
         deal,
+        later,
         shoppers,
         holds,
     }
@@ -177,10 +188,16 @@ fn a_restart_restores_exactly_and_keeps_idempotent_retries() {
     let (journal, engine) = open(dir.path(), &clock);
     let scenario = drive(&engine, &clock);
     journal.wait_durable(journal.written()).unwrap();
-    let before = state(&engine, &scenario.shoppers, &scenario.holds);
     let retried = engine
         .buy(scenario.shoppers[3], scenario.deal, 1, "buy-3")
         .unwrap();
+    // Shopper 0 owns 2 (a buy and a paid hold); a third reaches the limit of 3.
+    engine
+        .buy(scenario.shoppers[0], scenario.deal, 1, "buy-to-limit")
+        .unwrap();
+    journal.wait_durable(journal.written()).unwrap();
+    let before = state(&engine, &scenario.shoppers, &scenario.holds);
+    let rating = engine.rating(scenario.merchant);
     let written = journal.written();
     // A crash-like stop: no final snapshot, recovery replays everything.
     drop(engine);
@@ -194,6 +211,22 @@ fn a_restart_restores_exactly_and_keeps_idempotent_retries() {
         .unwrap();
     assert_eq!(again, retried, "an idempotent retry gets the same order");
     assert_eq!(journal.written(), written, "a retry emits nothing");
+    // Per-user counts, registrations, reviews and shares came back too.
+    assert_eq!(
+        engine.buy(scenario.shoppers[0], scenario.deal, 1, "buy-over"),
+        Err(EngineError::PurchaseLimitReached { limit: 3 })
+    );
+    assert_eq!(
+        engine.register(scenario.shoppers[1], scenario.later),
+        Ok(false)
+    );
+    assert_eq!(engine.rating(scenario.merchant), rating);
+    let first = before.orders[0].id;
+    assert_eq!(
+        engine.review(scenario.shoppers[0], first, [1, 1, 1], "again"),
+        Err(EngineError::AlreadyReviewed)
+    );
+    assert_eq!(engine.share(scenario.shoppers[0], first), Ok(false));
     // The active hold still expires on time after the restart.
     clock.advance_seconds(61);
     assert_eq!(engine.expire_holds(), 1);
