@@ -46,6 +46,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -108,6 +109,8 @@ pub(crate) struct FeedHub {
     closing: watch::Sender<bool>,
     subscribers: Arc<Semaphore>,
     subscribers_max: usize,
+    /// Times a subscriber's buffer was full: how often clients fall behind.
+    buffers_full: Arc<AtomicU64>,
 }
 
 impl FeedHub {
@@ -117,7 +120,13 @@ impl FeedHub {
             closing: watch::Sender::new(false),
             subscribers: Arc::new(Semaphore::new(subscribers_max)),
             subscribers_max,
+            buffers_full: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    /// Times, since start, that a subscriber could not take a frame at once.
+    pub(crate) fn buffers_full(&self) -> u64 {
+        self.buffers_full.load(Ordering::Relaxed)
     }
 
     /// Subscribers connected now.
@@ -146,6 +155,7 @@ impl FeedHub {
             latest: self.latest.subscribe(),
             closing: self.closing.subscribe(),
             sender,
+            buffers_full: self.buffers_full.clone(),
             _permit: permit,
         };
         tokio::spawn(subscriber.run());
@@ -182,6 +192,7 @@ struct Subscriber {
     latest: watch::Receiver<Arc<FeedSnapshot>>,
     closing: watch::Receiver<bool>,
     sender: mpsc::Sender<Bytes>,
+    buffers_full: Arc<AtomicU64>,
     /// Counts this subscriber against `--feed-subscribers-max` until done.
     _permit: OwnedSemaphorePermit,
 }
@@ -222,6 +233,7 @@ impl Subscriber {
                         Ok(()) => {}
                         Err(mpsc::error::TrySendError::Closed(_)) => return Stop::Gone,
                         Err(mpsc::error::TrySendError::Full(frame)) => {
+                            self.buffers_full.fetch_add(1, Ordering::Relaxed);
                             if let Err(stop) = self.send(frame).await {
                                 return stop;
                             }

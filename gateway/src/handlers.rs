@@ -626,6 +626,15 @@ pub(crate) fn metrics(app: &App) -> HttpResponse {
         "flashsale_feed_subscribers {}",
         app.feed.subscribers()
     );
+    body.push_str(
+        "# HELP flashsale_feed_buffers_full_total Times a feed subscriber was too slow to take an event at once\n",
+    );
+    body.push_str("# TYPE flashsale_feed_buffers_full_total counter\n");
+    let _ = writeln!(
+        body,
+        "flashsale_feed_buffers_full_total {}",
+        app.feed.buffers_full()
+    );
     body.push_str("# HELP flashsale_rate_limiter_keys Keys held by this server's rate limiters\n");
     body.push_str("# TYPE flashsale_rate_limiter_keys gauge\n");
     let _ = writeln!(

@@ -80,3 +80,18 @@ fn serve_refuses_to_start_with_a_redis_url() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("multi-node mode"), "{stderr}");
 }
+
+#[test]
+fn serve_help_documents_the_signup_credit_and_the_subscriber_bound() {
+    let output = flashsale().args(["serve", "--help"]).output().unwrap();
+    assert!(output.status.success());
+    let help = String::from_utf8_lossy(&output.stdout);
+    for documented in [
+        "--signup-credit <AMOUNT>",
+        "FLASHSALE_SIGNUP_CREDIT",
+        "--feed-subscribers-max",
+        "FLASHSALE_FEED_SUBSCRIBERS_MAX",
+    ] {
+        assert!(help.contains(documented), "{documented} in {help}");
+    }
+}
