@@ -107,7 +107,12 @@ async fn serve(args: ServeArgs) -> Result<ExitCode, BoxError> {
         }
         stdout.flush()?;
     }
-    tracing::info!(%bound, "serving");
+    tracing::info!(
+        %bound,
+        storefront = %format_args!("http://{bound}/"),
+        dashboard = %format_args!("http://{bound}/merchant"),
+        "serving"
+    );
     gateway.serve(listener, shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
 }

@@ -18,6 +18,9 @@
 //! - `flashsale_requests_in_flight`
 //! - `flashsale_deal_remaining{deal}`, `flashsale_deal_sold{deal}`: live
 //!   and upcoming deals of this server
+//! - `flashsale_feed_subscribers`, `flashsale_feed_buffers_full_total`:
+//!   clients of this server's live feed stream, and how often one was too
+//!   slow to take an event at once (rendered by the server, like the deals)
 
 use std::sync::OnceLock;
 use std::time::Duration;
