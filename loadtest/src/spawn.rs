@@ -201,7 +201,7 @@ mod tests {
     async fn a_server_that_never_says_it_listens_is_reported() {
         // `true` exits at once without printing anything.
         let Ok(program) = which("true") else { return };
-        let error = SpawnedServer::start(&program, Durability::Sync)
+        let error = SpawnedServer::start(&program, Durability::Sync, None)
             .await
             .expect_err("`true` never listens");
         assert!(
