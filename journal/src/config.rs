@@ -54,6 +54,9 @@ impl FromStr for Durability {
 pub const SEGMENT_BYTES_MAX_DEFAULT: u64 = 64 << 20;
 /// Default flush period in [`Durability::Async`] mode.
 pub const ASYNC_FLUSH_INTERVAL_DEFAULT: Duration = Duration::from_millis(10);
+/// Default longest wait of the writer, in `Sync` mode, for the requests
+/// its last flush woke to join the next batch.
+pub const GROUP_COMMIT_WAIT_MAX_DEFAULT: Duration = Duration::from_micros(500);
 /// Default period of background snapshots.
 pub const SNAPSHOT_INTERVAL_DEFAULT: Duration = Duration::from_secs(60);
 /// Default bound on events emitted but not yet durable (≈ 50 MiB of
@@ -71,6 +74,11 @@ pub struct JournalConfig {
     /// In `Async` mode, the longest an emitted event waits before its write
     /// and `fdatasync` start.
     pub async_flush_interval: Duration,
+    /// In `Sync` mode, after a flush that made N requests durable, the
+    /// writer waits up to this long for ¾·N events before the next write
+    /// (so the woken requests share one `fdatasync` rather than trickle
+    /// into two). A lone request is never delayed: the target is then 1.
+    pub group_commit_wait_max: Duration,
     /// How often the background thread writes a snapshot (when anything
     /// was journalled since the last one).
     pub snapshot_interval: Duration,
@@ -88,6 +96,7 @@ impl JournalConfig {
             durability,
             segment_bytes_max: SEGMENT_BYTES_MAX_DEFAULT,
             async_flush_interval: ASYNC_FLUSH_INTERVAL_DEFAULT,
+            group_commit_wait_max: GROUP_COMMIT_WAIT_MAX_DEFAULT,
             snapshot_interval: SNAPSHOT_INTERVAL_DEFAULT,
             pending_events_max: PENDING_EVENTS_MAX_DEFAULT,
         }

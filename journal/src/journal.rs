@@ -154,15 +154,16 @@ impl Journal {
         if self.shared.config.durability == Durability::Async {
             return Ok(());
         }
-        let mut progress = self.shared.progress.subscribe();
-        let reached = progress
-            .wait_for(|progress| progress.durable >= position || progress.failed)
-            .await
-            .map(|progress| progress.durable >= position);
-        match reached {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(self.shared.failure()),
-            Err(_) => Err(JournalError::Closed),
+        if let Some(woken) = self.shared.register_waiter(position) {
+            // An error only means the writer dropped the sender: look below.
+            let _ = woken.await;
+        }
+        if self.durable_position() >= position {
+            Ok(())
+        } else if self.shared.failed.load(Ordering::Acquire) {
+            Err(self.shared.failure())
+        } else {
+            Err(JournalError::Closed)
         }
     }
 

@@ -72,8 +72,9 @@ mod recovery;
 mod writer;
 
 pub use config::{
-    ASYNC_FLUSH_INTERVAL_DEFAULT, Durability, JournalConfig, PENDING_EVENTS_MAX_DEFAULT,
-    ParseDurabilityError, SEGMENT_BYTES_MAX_DEFAULT, SNAPSHOT_INTERVAL_DEFAULT,
+    ASYNC_FLUSH_INTERVAL_DEFAULT, Durability, GROUP_COMMIT_WAIT_MAX_DEFAULT, JournalConfig,
+    PENDING_EVENTS_MAX_DEFAULT, ParseDurabilityError, SEGMENT_BYTES_MAX_DEFAULT,
+    SNAPSHOT_INTERVAL_DEFAULT,
 };
 pub use error::JournalError;
 pub use journal::{Journal, JournalStats};

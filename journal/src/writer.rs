@@ -9,6 +9,7 @@
 //! not allocate, and taking the whole batch is one swap. Events are encoded
 //! in the writer thread, never in `emit`.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Write;
 use std::path::PathBuf;
@@ -17,18 +18,11 @@ use std::time::Instant;
 
 use flashsale_engine::{Event, EventSink};
 use parking_lot::{Condvar, Mutex};
-use tokio::sync::watch;
+use tokio::sync::oneshot;
 
 use crate::config::{Durability, JournalConfig};
 use crate::error::JournalError;
 use crate::format;
-
-/// What a waiter on durability watches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub(crate) struct Progress {
-    pub(crate) durable: u64,
-    pub(crate) failed: bool,
-}
 
 pub(crate) struct Pending {
     pub(crate) events: Vec<Event>,
@@ -36,6 +30,8 @@ pub(crate) struct Pending {
     pub(crate) last: u64,
     /// The writer is parked and wants a notify.
     writer_idle: bool,
+    /// While idle in `Sync` mode, the pending count at which `emit` wakes the writer.
+    wake_at_events: usize,
     pub(crate) stop: bool,
 }
 
@@ -49,7 +45,10 @@ pub(crate) struct Shared {
     pub(crate) durable: AtomicU64,
     pub(crate) failed: AtomicBool,
     failure: Mutex<Option<String>>,
-    pub(crate) progress: watch::Sender<Progress>,
+    /// Async waiters by the position they wait for; the writer wakes only
+    /// those its flush satisfied (a watch channel would wake all of them on
+    /// every flush: thousands of useless wake-ups per fsync).
+    waiters: Mutex<BTreeMap<u64, Vec<oneshot::Sender<()>>>>,
     durable_lock: Mutex<()>,
     durable_changed: Condvar,
     /// Write + `fdatasync` rounds done (for tests and metrics).
@@ -67,6 +66,7 @@ impl Shared {
                 events: Vec::with_capacity(1024),
                 last,
                 writer_idle: false,
+                wake_at_events: 1,
                 stop: false,
             }),
             writer_wake: Condvar::new(),
@@ -74,10 +74,7 @@ impl Shared {
             durable: AtomicU64::new(last),
             failed: AtomicBool::new(false),
             failure: Mutex::new(None),
-            progress: watch::Sender::new(Progress {
-                durable: last,
-                failed: false,
-            }),
+            waiters: Mutex::new(BTreeMap::new()),
             durable_lock: Mutex::new(()),
             durable_changed: Condvar::new(),
             syncs: AtomicU64::new(0),
@@ -100,10 +97,6 @@ impl Shared {
         self.pending.lock().last = last;
         self.written.store(last, Ordering::Release);
         self.durable.store(last, Ordering::Release);
-        self.progress.send_replace(Progress {
-            durable: last,
-            failed: false,
-        });
     }
 
     /// After the writer's final flush: later events are refused (dropped,
@@ -115,7 +108,28 @@ impl Shared {
         }
         drop(failure);
         self.failed.store(true, Ordering::Release);
-        self.progress.send_modify(|progress| progress.failed = true);
+        self.wake_all();
+    }
+
+    /// Registers an async waiter for `position`; `None` when it is durable
+    /// already. Checked under the waiters' lock, which the writer takes
+    /// after publishing, so no wake-up is lost.
+    pub(crate) fn register_waiter(&self, position: u64) -> Option<oneshot::Receiver<()>> {
+        let mut waiters = self.waiters.lock();
+        if self.durable.load(Ordering::Acquire) >= position || self.failed.load(Ordering::Acquire) {
+            return None;
+        }
+        let (sender, receiver) = oneshot::channel();
+        waiters.entry(position).or_default().push(sender);
+        Some(receiver)
+    }
+
+    /// Wakes every waiter, sync and async (failure, close).
+    fn wake_all(&self) {
+        let waiters = std::mem::take(&mut *self.waiters.lock());
+        for sender in waiters.into_values().flatten() {
+            let _ = sender.send(());
+        }
         let _guard = self.durable_lock.lock();
         self.durable_changed.notify_all();
     }
@@ -144,10 +158,14 @@ impl Shared {
 
     fn publish_durable(&self, position: u64) {
         self.durable.store(position, Ordering::Release);
-        self.progress.send_replace(Progress {
-            durable: position,
-            failed: false,
-        });
+        let satisfied = {
+            let mut waiters = self.waiters.lock();
+            let later = waiters.split_off(&(position + 1));
+            std::mem::replace(&mut *waiters, later)
+        };
+        for sender in satisfied.into_values().flatten() {
+            let _ = sender.send(());
+        }
         let _guard = self.durable_lock.lock();
         self.durable_changed.notify_all();
     }
@@ -163,9 +181,7 @@ impl Shared {
         tracing::error!(error = %chain, "journal writer failed; nothing more becomes durable");
         *self.failure.lock() = Some(chain);
         self.failed.store(true, Ordering::Release);
-        self.progress.send_modify(|progress| progress.failed = true);
-        let _guard = self.durable_lock.lock();
-        self.durable_changed.notify_all();
+        self.wake_all();
     }
 }
 
@@ -180,7 +196,7 @@ impl EventSink for Shared {
         pending.events.push(event);
         let wake = pending.writer_idle
             && match self.config.durability {
-                Durability::Sync => true,
+                Durability::Sync => pending.events.len() >= pending.wake_at_events,
                 Durability::Async => {
                     pending.events.len() == 1 || pending.events.len() >= self.async_wake_events
                 }
@@ -210,7 +226,9 @@ pub(crate) fn run(shared: &Shared, mut segment: ActiveSegment) {
     let mut batch: Vec<Event> = Vec::with_capacity(1024);
     let mut bytes: Vec<u8> = Vec::with_capacity(1 << 20);
     let mut last_flush = Instant::now();
+    let mut last_batch_events = 1;
     loop {
+        let mut gather_deadline: Option<Instant> = None;
         let (last, stop) = {
             let mut pending = shared.pending.lock();
             loop {
@@ -218,9 +236,24 @@ pub(crate) fn run(shared: &Shared, mut segment: ActiveSegment) {
                     break;
                 }
                 match shared.config.durability {
-                    Durability::Sync if !pending.events.is_empty() => break,
+                    Durability::Sync if !pending.events.is_empty() => {
+                        // Group commit: the requests the last flush woke are
+                        // about to emit; give them until `group_commit_wait_max`
+                        // to join this batch instead of the next one.
+                        let target = (last_batch_events * 3 / 4).max(1);
+                        let deadline = *gather_deadline.get_or_insert_with(|| {
+                            Instant::now() + shared.config.group_commit_wait_max
+                        });
+                        if pending.events.len() >= target || Instant::now() >= deadline {
+                            break;
+                        }
+                        pending.writer_idle = true;
+                        pending.wake_at_events = target;
+                        shared.writer_wake.wait_until(&mut pending, deadline);
+                    }
                     Durability::Sync => {
                         pending.writer_idle = true;
+                        pending.wake_at_events = 1;
                         shared.writer_wake.wait(&mut pending);
                     }
                     Durability::Async => {
@@ -250,6 +283,7 @@ pub(crate) fn run(shared: &Shared, mut segment: ActiveSegment) {
                 shared.fail(&error);
                 return;
             }
+            last_batch_events = batch.len();
             batch.clear();
             shared.publish_durable(last);
         }
