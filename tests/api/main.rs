@@ -12,6 +12,7 @@ mod deals;
 mod feed_stream;
 mod helpers;
 mod holds;
+mod loadtest;
 mod ops;
 mod reviews;
 mod shutdown;

@@ -1,0 +1,107 @@
+//! The SREs' tool against the real server: `flashsale loadtest burst` and
+//! `steady` with `--spawn` at small scale, and `flashsale demo`. Each run's
+//! own invariant check (sold ≤ stock and = orders, no shopper over the
+//! limit, spent = order amounts, every 201 kept) must pass, and the JSON
+//! report must say what happened.
+
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn flashsale(args: &[&str]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_flashsale"));
+    for variable in ["REDIS_URL", "DATABASE_URL", "FLASHSALE_ADMIN_TOKEN"] {
+        command.env_remove(variable);
+    }
+    command.args(args).output().expect("flashsale runs")
+}
+
+/// Runs a scenario with `--json`, asserts it succeeded, returns the report.
+fn run_scenario(args: &[&str]) -> Value {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let report = dir.path().join("report.json");
+    let plot = dir.path().join("latency.svg");
+    let mut argv = vec!["loadtest"];
+    argv.extend_from_slice(args);
+    let (report_path, plot_path) = (report.to_str().unwrap(), plot.to_str().unwrap());
+    argv.extend_from_slice(&[
+        "--spawn",
+        "--quiet",
+        "--json",
+        report_path,
+        "--plot",
+        plot_path,
+    ]);
+    let output = flashsale(&argv);
+    assert!(
+        output.status.success(),
+        "flashsale {argv:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let svg = std::fs::read_to_string(&plot).expect("the plot is written");
+    assert!(svg.contains("<svg"), "the plot is an SVG");
+    serde_json::from_slice(&std::fs::read(&report).expect("the report is written"))
+        .expect("JSON report")
+}
+
+fn assert_checks_pass(report: &Value) {
+    let checks = report["checks"].as_array().expect("checks");
+    assert!(checks.len() >= 4, "the invariant check ran: {checks:?}");
+    for check in checks {
+        assert_eq!(check["passed"], true, "check failed: {check}");
+    }
+}
+
+#[test]
+fn a_small_burst_against_a_spawned_server_sells_exactly_the_stock() {
+    let report = run_scenario(&[
+        "burst",
+        "--shoppers",
+        "400",
+        "--stock",
+        "60",
+        "--ramp",
+        "300ms",
+        "--seed",
+        "7",
+    ]);
+    assert_checks_pass(&report);
+    assert_eq!(
+        report["outcomes"]["ok"], 60,
+        "400 shoppers for 60 units buy them all"
+    );
+    assert_eq!(report["outcomes"]["sold_out"], 340);
+    assert!(report["latency_ms"]["p99"].as_f64().is_some());
+}
+
+#[test]
+fn a_short_steady_run_against_a_spawned_server_keeps_the_invariants() {
+    let report = run_scenario(&[
+        "steady",
+        "--rate",
+        "300",
+        "--duration",
+        "2s",
+        "--shoppers",
+        "100",
+    ]);
+    assert_checks_pass(&report);
+    let operations = report["operations"].as_u64().expect("operations");
+    assert!(
+        (500..=700).contains(&operations),
+        "open loop keeps its schedule: {operations}"
+    );
+}
+
+#[test]
+fn demo_runs_a_burst_end_to_end() {
+    let output = flashsale(&["demo"]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(!stdout.contains("FAIL"), "{stdout}");
+}
