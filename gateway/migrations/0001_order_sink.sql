@@ -29,7 +29,6 @@ CREATE TABLE IF NOT EXISTS orders (
     created_at  timestamptz NOT NULL
 );
 CREATE INDEX IF NOT EXISTS orders_deal_id ON orders (deal_id);
-CREATE INDEX IF NOT EXISTS orders_shopper_id ON orders (shopper_id);
 
 -- Credits (id c_<shopper hex>_<reference digest>) and order debits (id = the
 -- order id). amount is always positive; kind says the direction.
@@ -41,7 +40,6 @@ CREATE TABLE IF NOT EXISTS wallet_movements (
     order_id    text,
     created_at  timestamptz NOT NULL
 );
-CREATE INDEX IF NOT EXISTS wallet_movements_shopper_id ON wallet_movements (shopper_id);
 
 -- The last journal position applied, per journal (a data directory's random
 -- id), written in the same transaction as the rows.

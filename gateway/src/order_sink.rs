@@ -36,7 +36,7 @@ use tokio::sync::watch;
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// Events read from the journal into one transaction.
-pub const BATCH_EVENTS_MAX_DEFAULT: usize = 20_000;
+pub const BATCH_EVENTS_MAX_DEFAULT: usize = 50_000;
 
 #[derive(Debug, Clone)]
 pub struct OrderSinkConfig {
