@@ -51,7 +51,8 @@
 //! - `emit` (under an engine shard lock) takes one short leaf lock, pushes,
 //!   and may `notify` the writer; it never blocks, encodes or does I/O.
 //! - The live engine is never locked for a periodic snapshot: a private
-//!   replica is rebuilt from the previous snapshot and the durable records.
+//!   replica is rebuilt from the previous snapshot and the durable records
+//!   (so while it runs, memory holds a second copy of the state).
 //! - Only the writer appends; a record is visible to readers only once its
 //!   position is durable.
 //! - Segment pruning never deletes positions at or after
