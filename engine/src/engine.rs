@@ -1196,22 +1196,7 @@ pub(crate) fn commit_hold(
         shard.next_hold_id(),
         "holds are appended in id order"
     );
-    let account = shard
-        .accounts
-        .get_mut(&hold.shopper)
-        .expect("the shopper exists");
-    account.wallet.available = account
-        .wallet
-        .available
-        .checked_sub(hold.amount)
-        .expect("funds checked before");
-    account.wallet.held = account
-        .wallet
-        .held
-        .checked_add(hold.amount)
-        .expect("held ≤ credited ≤ MONEY_MAX");
-    account.units_mut(hold.deal).held += hold.quantity;
-    deal.stock.add_held(u64::from(hold.quantity));
+    reserve_for(shard, deal, &hold);
     let record = IdempotencyRecord {
         request: Request::Hold {
             deal: hold.deal,
@@ -1232,15 +1217,9 @@ pub(crate) fn commit_hold(
     shard.assert_account(shopper);
 }
 
-/// Pays an expired hold late whose stock is already taken again: reserves
-/// the funds anew, then settles.
-pub(crate) fn settle_late(
-    shard: &mut Shard,
-    deal: &DealState,
-    hold: &Hold,
-    now: Timestamp,
-    sink: &dyn EventSink,
-) -> Order {
+/// Moves a hold's amount from available to held funds and its units to
+/// held stock: the reservation half of a hold, its stock already taken.
+fn reserve_for(shard: &mut Shard, deal: &DealState, hold: &Hold) {
     let account = shard
         .accounts
         .get_mut(&hold.shopper)
@@ -1254,9 +1233,21 @@ pub(crate) fn settle_late(
         .wallet
         .held
         .checked_add(hold.amount)
-        .expect("held ≤ credited");
+        .expect("held ≤ credited ≤ MONEY_MAX");
     account.units_mut(hold.deal).held += hold.quantity;
     deal.stock.add_held(u64::from(hold.quantity));
+}
+
+/// Pays an expired hold late whose stock is already taken again: reserves
+/// the funds anew, then settles.
+pub(crate) fn settle_late(
+    shard: &mut Shard,
+    deal: &DealState,
+    hold: &Hold,
+    now: Timestamp,
+    sink: &dyn EventSink,
+) -> Order {
+    reserve_for(shard, deal, hold);
     settle(shard, deal, hold, true, now, sink)
 }
 
