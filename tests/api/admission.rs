@@ -85,17 +85,33 @@ async fn past_the_in_flight_bound_requests_are_shed_not_queued() {
     let merchant = t.merchant("Xiaomi").await;
     let deal = t.deal(&merchant, "1.00", 10, 5).await;
     let shopper = t.shopper("Li", "100").await;
-    let in_flight = half_sent_buy(&t, &shopper.token, &deal, "slow").await;
-    // Wait until the slow request is counted (its head is parsed).
+    // The slow buy holds the one permit once its head is parsed. A probe
+    // that races ahead of that parse takes the permit itself and sheds the
+    // slow buy instead; then the slow buy's connection has an answer, and
+    // the test starts again with a new one.
     let mut shed = None;
-    for _ in 0..200 {
-        let answer = t.get(&format!("/v1/deals/{deal}"), None).await;
-        if answer.status == 503 {
-            shed = Some(answer);
+    let mut in_flight = None;
+    for attempt in 0..20 {
+        let slow = half_sent_buy(&t, &shopper.token, &deal, &format!("slow-{attempt}")).await;
+        for _ in 0..50 {
+            let answer = t.get(&format!("/v1/deals/{deal}"), None).await;
+            if answer.status == 503 {
+                shed = Some(answer);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let mut peek = [0u8; 1];
+        let answered = tokio::time::timeout(Duration::from_millis(20), slow.peek(&mut peek))
+            .await
+            .is_ok();
+        if shed.is_some() && !answered {
+            in_flight = Some(slow);
             break;
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        shed = None;
     }
+    let in_flight = in_flight.expect("the slow buy holds the permit");
     let shed = shed.expect("a request past the bound is shed");
     shed.refused(503, "overloaded");
     assert!(shed.headers.contains_key("retry-after"));
