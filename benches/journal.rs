@@ -12,6 +12,9 @@
 //!
 //! After criterion, a summary prints each figure as a ratio to its goal:
 //! journal ≥ 0.5 × disk ceiling; sink ≥ 100k orders/s.
+//! `FLASHSALE_BENCH_SUMMARY=journal` or `=sink` prints only that part (and
+//! `=none` neither); criterion's own groups are chosen by its filter
+//! argument as usual, e.g. `cargo bench --bench journal -- disk`.
 
 use std::fs::File;
 use std::io::Write;
@@ -272,17 +275,39 @@ fn main() {
     drop(journal_dir);
     c.final_summary();
 
-    // The ratios, from fixed measurements in fresh directories.
-    let ceiling_bytes = disk_ceiling(disk_dir.path(), 20);
-    let fsyncs_ceiling = fsync_rate(disk_dir.path(), 2_000);
-    let record_bytes = bytes_per_order(&runtime, dir("bytes").path());
+    let summary = std::env::var("FLASHSALE_BENCH_SUMMARY").unwrap_or_else(|_| "all".to_owned());
+    let wants = |part: &str| summary == "all" || summary.split(',').any(|p| p == part);
+    println!("\n== durability summary");
+    if wants("journal") {
+        journal_summary(&runtime, disk_dir.path(), &dir);
+    }
+    if wants("sink") {
+        match postgres_orders_per_second(&runtime, dir("postgres").path(), 200_000) {
+            Some(rate) => println!(
+                "order sink: {rate:.0} orders/s into Postgres = {:.3} x goal of 100k orders/s",
+                rate / 100_000.0
+            ),
+            None => println!("order sink: skipped (DATABASE_URL is not set)"),
+        }
+    }
+}
+
+/// The journal's ratios, from fixed measurements in fresh directories.
+fn journal_summary(
+    runtime: &tokio::runtime::Runtime,
+    disk_dir: &Path,
+    dir: &dyn Fn(&str) -> tempfile::TempDir,
+) {
+    let ceiling_bytes = disk_ceiling(disk_dir, 20);
+    let fsyncs_ceiling = fsync_rate(disk_dir, 2_000);
+    let record_bytes = bytes_per_order(runtime, dir("bytes").path());
     let ceiling_orders = ceiling_bytes / record_bytes;
     let summary_dir = dir("summary");
     let orders = 400_000;
     let sale = sale(summary_dir.path(), orders + 50_000);
-    durable_orders(&runtime, &sale, 50_000, 0);
+    durable_orders(runtime, &sale, 50_000, 0);
     let syncs_before = sale.journal.stats().syncs;
-    let elapsed = durable_orders(&runtime, &sale, orders, 1);
+    let elapsed = durable_orders(runtime, &sale, orders, 1);
     let syncs = sale.journal.stats().syncs - syncs_before;
     let journal_rate = orders as f64 / elapsed.as_secs_f64();
     let journal_fsyncs = syncs as f64 / elapsed.as_secs_f64();
@@ -290,10 +315,9 @@ fn main() {
     // The same harness without waiting for fsync: what the CPU allows.
     let async_dir = dir("async");
     let sale = sale_with(async_dir.path(), orders + 50_000, Durability::Async);
-    durable_orders(&runtime, &sale, 50_000, 0);
-    let cpu_rate = orders as f64 / durable_orders(&runtime, &sale, orders, 1).as_secs_f64();
+    durable_orders(runtime, &sale, 50_000, 0);
+    let cpu_rate = orders as f64 / durable_orders(runtime, &sale, orders, 1).as_secs_f64();
     drop(sale);
-    println!("\n== durability summary");
     println!(
         "disk ceiling: {:.1} MiB/s (write {} MiB + fdatasync); {record_bytes:.1} bytes per order record => {ceiling_orders:.0} orders/s",
         ceiling_bytes / f64::from(1 << 20),
@@ -313,11 +337,4 @@ fn main() {
         "same harness, async durability (CPU ceiling): {cpu_rate:.0} orders/s; sync / async = {:.2}",
         journal_rate / cpu_rate
     );
-    match postgres_orders_per_second(&runtime, dir("postgres").path(), 200_000) {
-        Some(rate) => println!(
-            "order sink: {rate:.0} orders/s into Postgres = {:.3} x goal of 100k orders/s",
-            rate / 100_000.0
-        ),
-        None => println!("order sink: skipped (DATABASE_URL is not set)"),
-    }
 }
