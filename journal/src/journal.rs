@@ -154,10 +154,7 @@ impl Journal {
         if self.shared.config.durability == Durability::Async {
             return Ok(());
         }
-        if let Some(woken) = self.shared.register_waiter(position) {
-            // An error only means the writer dropped the sender: look below.
-            let _ = woken.await;
-        }
+        writer::DurableWait::new(&self.shared, position).await;
         if self.durable_position() >= position {
             Ok(())
         } else if self.shared.failed.load(Ordering::Acquire) {
