@@ -605,3 +605,45 @@ fn close_flushes_snapshots_and_refuses_later_events() {
     assert!(journal.wait_durable(journal.written()).is_err());
     journal.close(&engine).unwrap();
 }
+
+#[test]
+fn a_disk_error_stops_the_writer_and_nothing_after_it_is_reported_durable() {
+    let clock = clock();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    config.segment_bytes_max = 1; // every record after the first rolls to a new segment
+    let (journal, engine) = open_with(config.clone(), &clock).unwrap();
+    engine.create_merchant("m").unwrap();
+    journal.wait_durable(journal.written()).unwrap();
+    let durable = journal.durable_position();
+    assert!(journal.is_ready());
+
+    // The next segment's file is a full disk: its first write fails (ENOSPC).
+    let next_segment = dir.path().join(format!("{:020}.wal", durable + 1));
+    std::os::unix::fs::symlink("/dev/full", &next_segment).unwrap();
+    let shopper = engine.create_shopper("s").unwrap().id;
+    let error = journal.wait_durable(journal.written()).unwrap_err();
+    assert!(
+        matches!(&error, JournalError::WriterFailed { reason } if reason.contains("space")),
+        "{error}"
+    );
+    assert_eq!(journal.durable_position(), durable);
+    assert!(!journal.is_ready(), "a failed journal sheds load");
+    // Later events and async waiters get the same error, at once.
+    engine.create_shopper("t").unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let later = runtime.block_on(journal.durable(journal.written()));
+    assert!(matches!(later, Err(JournalError::WriterFailed { .. })));
+    assert_eq!(journal.durable_position(), durable);
+    drop(engine);
+    drop(journal);
+
+    // Once the disk is fixed, a restart holds exactly what was durable.
+    fs::remove_file(&next_segment).unwrap();
+    let (journal, engine) = open_with(config, &clock).unwrap();
+    assert_eq!(journal.written(), durable);
+    assert!(engine.shopper(shopper).is_none());
+    assert!(engine.merchant(MerchantId(1)).is_some());
+}
