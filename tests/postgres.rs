@@ -307,6 +307,234 @@ async fn a_sink_stopped_mid_batch_resumes_exactly_once() {
     db.drop_db().await;
 }
 
+/// Milliseconds since the epoch of a `timestamptz` column, as SQL.
+fn millis(column: &str) -> String {
+    format!("(extract(epoch FROM {column}) * 1000)::int8")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_writes_exactly_the_expected_rows() {
+    let Some(db) = TestDb::create("copy_writes_exactly_the_expected_rows").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let shop = shop(dir.path(), 20);
+    let merchant = shop.engine.create_merchant("Odd prices").unwrap();
+    let now = SystemClock.now();
+    // Prices whose numeric encodings differ in digits, weight and dscale use.
+    let mut deals = vec![shop.deal];
+    // The last one asks for registration, so nobody buys it.
+    let prices = [1, 99_907, 1_000_000, 1_000_001, 50];
+    for (index, &price) in prices.iter().enumerate() {
+        let spec = NewDeal {
+            title: format!("Odd {index} 价"),
+            price: fen(price),
+            stock: 100,
+            per_user_limit: Some(1),
+            starts_at: now,
+            ends_at: now.plus_seconds(60),
+            requires_registration: index == 4,
+            hold_seconds: Some(30 + index as u32),
+        };
+        deals.push(shop.engine.create_deal(merchant.id, spec).unwrap().id);
+    }
+    let mut orders = sell(&shop, 0);
+    for (index, &deal) in deals.iter().enumerate().take(5).skip(1) {
+        let shopper = shop.shoppers[index];
+        orders.push(
+            shop.engine
+                .buy(shopper, deal, 1, &format!("odd-{index}"))
+                .unwrap(),
+        );
+    }
+    shop.journal.wait_durable(shop.journal.written()).unwrap();
+    let sink = start(sink_config(&db.url), &shop.journal).await;
+    caught_up(&sink, &shop.journal).await;
+    assert_eq!(
+        sink.merged_batches(),
+        0,
+        "no row was there before: all by COPY"
+    );
+    sink.abort().await;
+    let mut conn = db.connect().await;
+
+    type OrderRow = (String, String, String, i64, String, String, bool, i64);
+    let found: BTreeSet<OrderRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT id, deal_id, shopper_id, quantity, unit_price::text, amount::text, late, {} \
+         FROM orders",
+        millis("created_at")
+    )))
+    .fetch_all(&mut conn)
+    .await
+    .unwrap()
+    .into_iter()
+    .collect();
+    let expected: BTreeSet<OrderRow> = orders
+        .iter()
+        .map(|order| {
+            (
+                order.id.to_string(),
+                order.deal.to_string(),
+                order.shopper.to_string(),
+                i64::from(order.quantity),
+                order.unit_price.to_string(),
+                order.amount.to_string(),
+                order.late,
+                order.created_at.millis(),
+            )
+        })
+        .collect();
+    assert_eq!(found.len(), orders.len());
+    assert_eq!(found, expected);
+    let amounts: BTreeSet<String> = found.iter().map(|row| row.5.clone()).collect();
+    let wanted = ["0.01", "999.07", "10000.00", "10000.01", "999.00"];
+    assert_eq!(amounts, wanted.iter().map(|a| a.to_string()).collect());
+
+    type MovementRow = (String, String, String, String, Option<String>, i64);
+    let movements: Vec<MovementRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT id, shopper_id, kind, amount::text, order_id, {} FROM wallet_movements",
+        millis("created_at")
+    )))
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    let (credits, debits): (Vec<_>, Vec<_>) = movements
+        .into_iter()
+        .partition(|movement| movement.2 == "credit");
+    let expected_debits: BTreeSet<MovementRow> = orders
+        .iter()
+        .map(|order| {
+            (
+                order.id.to_string(),
+                order.shopper.to_string(),
+                "debit".to_owned(),
+                order.amount.to_string(),
+                Some(order.id.to_string()),
+                order.created_at.millis(),
+            )
+        })
+        .collect();
+    assert_eq!(debits.len(), orders.len());
+    assert_eq!(debits.into_iter().collect::<BTreeSet<_>>(), expected_debits);
+    assert_eq!(credits.len(), shop.shoppers.len());
+    let credited: BTreeSet<String> = credits.iter().map(|c| c.1.clone()).collect();
+    assert_eq!(
+        credited,
+        shop.shoppers.iter().map(|s| s.to_string()).collect()
+    );
+    for (id, shopper, _, amount, order, at) in &credits {
+        let hex = shopper.strip_prefix("s_").unwrap();
+        let reference = id.strip_prefix(&format!("c_{hex}_")).unwrap();
+        assert_eq!(reference.len(), 32, "{id}");
+        assert_eq!(amount, "100000.00");
+        assert_eq!(order, &None);
+        assert!((now.millis() - 60_000..=now.millis()).contains(at), "{at}");
+    }
+
+    type DealRow = (
+        String,
+        String,
+        String,
+        i64,
+        i32,
+        i64,
+        i64,
+        bool,
+        i32,
+        bool,
+        i64,
+    );
+    let found: std::collections::BTreeMap<String, DealRow> =
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT id, title, price::text, stock_total, per_user_limit, {}, {}, \
+             requires_registration, hold_seconds, paused, {} FROM deals",
+            millis("starts_at"),
+            millis("ends_at"),
+            millis("created_at")
+        )))
+        .fetch_all(&mut conn)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|deal: DealRow| (deal.0.clone(), deal))
+        .collect();
+    assert_eq!(found.len(), deals.len());
+    let prices = ["0.01", "999.07", "10000.00", "10000.01", "0.50"];
+    for (index, price) in prices.into_iter().enumerate() {
+        let deal = &found[&deals[index + 1].to_string()];
+        let (_, title, found_price, stock, limit, starts, ends, registration, hold, paused, at) =
+            deal;
+        assert_eq!(title, &format!("Odd {index} 价"));
+        assert_eq!(found_price, price);
+        assert_eq!((*stock, *limit), (100, 1));
+        assert_eq!((*starts, *ends), (now.millis(), now.millis() + 60_000));
+        assert_eq!(*registration, index == 4);
+        assert_eq!(*hold, 30 + index as i32);
+        assert!(!paused);
+        assert!(*at >= now.millis(), "{at}");
+    }
+    let merchant_id: String =
+        sqlx::query_scalar("SELECT merchant_id FROM deals WHERE title = 'Odd 0 价'")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(merchant_id, merchant.id.to_string());
+    let (title, price, stock): (String, String, i64) =
+        sqlx::query_as("SELECT title, price::text, stock_total FROM deals WHERE id = $1")
+            .bind(shop.deal.to_string())
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(
+        (title.as_str(), price.as_str(), stock),
+        ("Phone", "999.00", 1_000_000)
+    );
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_with_rows_already_there_falls_back_and_stays_exactly_once() {
+    let Some(db) =
+        TestDb::create("a_batch_with_rows_already_there_falls_back_and_stays_exactly_once").await
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let shop = shop(dir.path(), 1_000);
+    // One batch for everything: the replayed batch mixes old and new rows.
+    let mut config = sink_config(&db.url);
+    config.batch_events_max = 100_000;
+    let mut orders = sell(&shop, 0);
+    let sink = start(config.clone(), &shop.journal).await;
+    caught_up(&sink, &shop.journal).await;
+    assert_eq!(sink.merged_batches(), 0);
+    sink.abort().await;
+    assert_books(&db, &shop, &orders).await;
+
+    let mut conn = db.connect().await;
+    sqlx::query("UPDATE order_sink_positions SET position = 0")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    orders.extend(sell(&shop, 1));
+    let sink = start(config, &shop.journal).await;
+    caught_up(&sink, &shop.journal).await;
+    assert_eq!(
+        sink.merged_batches(),
+        1,
+        "COPY hit the old rows, the merge applied the batch"
+    );
+    assert_books(&db, &shop, &orders).await;
+    // Past the replayed rows, COPY again.
+    orders.extend(sell(&shop, 2));
+    caught_up(&sink, &shop.journal).await;
+    assert_eq!(sink.merged_batches(), 1);
+    assert!(sink.last_error().is_none(), "{:?}", sink.last_error());
+    sink.abort().await;
+    assert_books(&db, &shop, &orders).await;
+    db.drop_db().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sales_go_on_while_postgres_is_unreachable_and_the_backlog_drains() {
     let Some(db) =

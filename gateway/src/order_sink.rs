@@ -5,11 +5,25 @@
 //! It follows the journal with a [`JournalReader`] over the files on disk
 //! (so its backlog lives on disk, not in memory), reads up to
 //! `batch_events_max` durable events, and writes them in **one
-//! transaction**: multi-row `INSERT … SELECT FROM UNNEST(…)` per table,
-//! `ON CONFLICT DO NOTHING` by id, and the journal position it reached
+//! transaction** with the journal position it reached
 //! (`order_sink_positions`, keyed by the journal's id). Rows and position
 //! commit together, so after any crash the sink resumes exactly after the
 //! last committed batch: every order reaches Postgres exactly once.
+//!
+//! The rows of a batch are encoded once, on the reader's blocking thread
+//! while the previous batch is in Postgres, as one binary `COPY` stream
+//! per table ([`copy`]: timestamps as `timestamptz`, money as `numeric`).
+//! **Fast path**: `COPY deals/orders/wallet_movements FROM STDIN (FORMAT
+//! binary)` straight into the tables. `COPY` cannot skip a row that is
+//! already there, so it fails the batch on a unique violation (SQLSTATE
+//! 23505): only when the position was lost or moved back, since a
+//! committed batch always moves it past its rows. **Fallback**: the sink
+//! rolls that transaction back and applies the same batch again, the same
+//! streams copied into temporary tables, then `INSERT … SELECT … ON
+//! CONFLICT (id) DO NOTHING`, so rows already there are kept once and the
+//! rest are added. [`OrderSinkHandle::merged_batches`] counts fallbacks.
+//! Restocks and deal changes are `UPDATE … FROM UNNEST(…)` in the same
+//! transaction.
 //!
 //! Postgres down or slow: sales go on (nothing here is awaited by a
 //! request); the sink retries with exponential backoff and catches up. It
@@ -25,12 +39,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use flashsale_engine::{DealId, Event, Money};
+use flashsale_engine::{DealId, Event, Timestamp};
 use flashsale_journal::{Journal, JournalError, JournalReader};
-use rust_decimal::Decimal;
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{AssertSqlSafe, Connection, Executor};
 use tokio::sync::watch;
+
+mod copy;
+
+use copy::{CopyRows, CopyStream};
 
 /// Migrations of the sink's tables (`gateway/migrations`), run at start.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -84,6 +101,8 @@ pub enum OrderSinkError {
     Contended,
     #[error("the journal reader task failed")]
     Task(#[from] tokio::task::JoinError),
+    #[error("{0} is out of range for Postgres")]
+    OutOfRange(&'static str),
 }
 
 /// How far Postgres is behind the journal.
@@ -109,6 +128,8 @@ struct Status {
     caught_up_at_millis: AtomicU64,
     connected: AtomicBool,
     last_error: parking_lot::Mutex<Option<String>>,
+    /// Batches applied by the fallback (rows already in Postgres).
+    merged_batches: AtomicU64,
 }
 
 impl Status {
@@ -162,6 +183,12 @@ impl OrderSinkHandle {
         self.status.last_error.lock().clone()
     }
 
+    /// Batches whose rows were partly in Postgres already, applied by the
+    /// `ON CONFLICT DO NOTHING` fallback instead of `COPY` (see the module doc).
+    pub fn merged_batches(&self) -> u64 {
+        self.status.merged_batches.load(Ordering::Relaxed)
+    }
+
     /// Waits for the sink to stop. Once its `shutdown` future resolves, a
     /// connected sink first applies everything durable by then (bound the
     /// wait with a timeout); a disconnected one stops at once. What is not
@@ -205,6 +232,7 @@ pub async fn start_with(
         caught_up_at_millis: AtomicU64::new(0),
         connected: AtomicBool::new(false),
         last_error: parking_lot::Mutex::new(None),
+        merged_batches: AtomicU64::new(0),
     });
     let task = tokio::spawn(run(
         config,
@@ -345,10 +373,10 @@ async fn session(
     let max = config.batch_events_max;
     // The next batch is read and converted while the current one is in
     // Postgres: the two overlap on separate cores.
-    let mut next = read_rows(reader, max, journal.durable_position());
+    let mut next = read_batch(reader, max, journal.durable_position());
     loop {
         let (reader, read) = next.await?;
-        let Some((last, rows)) = read? else {
+        let Some((last, batch)) = read? else {
             // Read with an older `upto`: look again before resting or stopping.
             if applied >= journal.durable_position() {
                 status.mark_caught_up();
@@ -361,13 +389,13 @@ async fn session(
                     () = stopped(stopping.clone()) => {}
                 }
             }
-            next = read_rows(reader, max, journal.durable_position());
+            next = read_batch(reader, max, journal.durable_position());
             continue;
         };
-        next = read_rows(reader, max, journal.durable_position());
+        next = read_batch(reader, max, journal.durable_position());
         timed(
             config.batch_timeout,
-            apply(&mut conn, &journal_id, applied, last, &rows),
+            apply(&mut conn, status, &journal_id, applied, last, &batch),
         )
         .await?;
         applied = last;
@@ -381,81 +409,75 @@ async fn session(
     }
 }
 
-type ReadRows = (JournalReader, Result<Option<(u64, Rows)>, JournalError>);
+type ReadBatch = (JournalReader, Result<Option<(u64, Batch)>, OrderSinkError>);
 
 /// Reads up to `max` durable events (to `upto`) on a blocking thread and
-/// turns them into rows; `None` when nothing new is durable.
-fn read_rows(
+/// encodes them; `None` when nothing new is durable.
+fn read_batch(
     mut reader: JournalReader,
     max: usize,
     upto: u64,
-) -> tokio::task::JoinHandle<ReadRows> {
+) -> tokio::task::JoinHandle<ReadBatch> {
     tokio::task::spawn_blocking(move || {
-        let read = reader.next_batch(max, upto).map(|batch| {
-            let &(last, _) = batch.last()?;
-            Some((last, Rows::from_events(&batch)))
-        });
+        let read = reader
+            .next_batch(max, upto)
+            .map_err(OrderSinkError::from)
+            .and_then(|events| match events.last() {
+                Some(&(last, _)) => Ok(Some((last, Batch::from_events(&events)?))),
+                None => Ok(None),
+            });
         (reader, read)
     })
 }
 
-/// One batch's rows, column by column (for `UNNEST`).
-#[derive(Default)]
-struct Rows {
-    deals: DealRows,
+/// A table the sink inserts into, and the columns its rows carry, in order.
+struct Table {
+    name: &'static str,
+    columns: &'static str,
+    fields: i16,
+}
+
+const DEALS: Table = Table {
+    name: "deals",
+    columns: "id, merchant_id, title, price, stock_total, per_user_limit, starts_at, ends_at, \
+              requires_registration, hold_seconds, created_at",
+    fields: 11,
+};
+const ORDERS: Table = Table {
+    name: "orders",
+    columns: "id, deal_id, shopper_id, quantity, unit_price, amount, late, created_at",
+    fields: 8,
+};
+const MOVEMENTS: Table = Table {
+    name: "wallet_movements",
+    columns: "id, shopper_id, kind, amount, order_id, created_at",
+    fields: 6,
+};
+
+/// One batch, ready for Postgres: the new rows of each table as binary
+/// `COPY` streams, and the updates to existing deals.
+struct Batch {
+    deals: CopyStream,
+    orders: CopyStream,
+    movements: CopyStream,
     /// Deal id → stock added in this batch.
     restocks: HashMap<DealId, u64>,
     /// Deal id → (ends_at, paused), the last change in this batch.
-    changes: HashMap<DealId, (i64, bool)>,
-    orders: OrderRows,
-    movements: MovementRows,
+    changes: HashMap<DealId, (Timestamp, bool)>,
 }
 
-#[derive(Default)]
-struct DealRows {
-    id: Vec<String>,
-    merchant: Vec<String>,
-    title: Vec<String>,
-    price: Vec<Decimal>,
-    stock: Vec<i64>,
-    per_user_limit: Vec<i32>,
-    starts_at: Vec<i64>,
-    ends_at: Vec<i64>,
-    requires_registration: Vec<bool>,
-    hold_seconds: Vec<i32>,
-    created_at: Vec<i64>,
+fn out_of_range<T>(column: &'static str) -> impl FnOnce(T) -> OrderSinkError {
+    move |_| OrderSinkError::OutOfRange(column)
 }
 
-#[derive(Default)]
-struct OrderRows {
-    id: Vec<String>,
-    deal: Vec<String>,
-    shopper: Vec<String>,
-    quantity: Vec<i64>,
-    unit_price: Vec<Decimal>,
-    amount: Vec<Decimal>,
-    late: Vec<bool>,
-    created_at: Vec<i64>,
-}
-
-#[derive(Default)]
-struct MovementRows {
-    id: Vec<String>,
-    shopper: Vec<String>,
-    kind: Vec<&'static str>,
-    amount: Vec<Decimal>,
-    order: Vec<Option<String>>,
-    created_at: Vec<i64>,
-}
-
-fn money(amount: Money) -> Decimal {
-    amount.to_decimal()
-}
-
-impl Rows {
-    fn from_events(batch: &[(u64, Event)]) -> Rows {
-        let mut rows = Rows::default();
-        for (_, event) in batch {
+impl Batch {
+    fn from_events(events: &[(u64, Event)]) -> Result<Batch, OrderSinkError> {
+        let mut deals = CopyRows::new();
+        let mut orders = CopyRows::new();
+        let mut movements = CopyRows::new();
+        let mut restocks = HashMap::<DealId, u64>::new();
+        let mut changes = HashMap::new();
+        for (_, event) in events {
             match event {
                 Event::DealCreated {
                     deal,
@@ -463,21 +485,31 @@ impl Rows {
                     spec,
                     at,
                 } => {
-                    let d = &mut rows.deals;
-                    d.id.push(deal.to_string());
-                    d.merchant.push(merchant.to_string());
-                    d.title.push(spec.title.clone());
-                    d.price.push(money(spec.price));
-                    d.stock.push(spec.stock as i64);
-                    d.per_user_limit.push(spec.per_user_limit as i32);
-                    d.starts_at.push(spec.starts_at.millis());
-                    d.ends_at.push(spec.ends_at.millis());
-                    d.requires_registration.push(spec.requires_registration);
-                    d.hold_seconds.push(spec.hold_seconds as i32);
-                    d.created_at.push(at.millis());
+                    let d = &mut deals;
+                    d.row(DEALS.fields);
+                    d.text("deals.id", deal)?;
+                    d.text("deals.merchant_id", merchant)?;
+                    d.text("deals.title", &spec.title)?;
+                    d.money(spec.price);
+                    d.int8(i64::try_from(spec.stock).map_err(out_of_range("deals.stock_total"))?);
+                    d.int4(
+                        i32::try_from(spec.per_user_limit)
+                            .map_err(out_of_range("deals.per_user_limit"))?,
+                    );
+                    d.timestamptz("deals.starts_at", spec.starts_at)?;
+                    d.timestamptz("deals.ends_at", spec.ends_at)?;
+                    d.bool(spec.requires_registration);
+                    d.int4(
+                        i32::try_from(spec.hold_seconds)
+                            .map_err(out_of_range("deals.hold_seconds"))?,
+                    );
+                    d.timestamptz("deals.created_at", *at)?;
                 }
                 Event::StockAdded { deal, quantity, .. } => {
-                    *rows.restocks.entry(*deal).or_default() += quantity;
+                    let added = restocks.entry(*deal).or_default();
+                    *added = added
+                        .checked_add(*quantity)
+                        .ok_or(OrderSinkError::OutOfRange("deals.stock_total"))?;
                 }
                 Event::DealChanged {
                     deal,
@@ -485,7 +517,7 @@ impl Rows {
                     paused,
                     ..
                 } => {
-                    rows.changes.insert(*deal, (ends_at.millis(), *paused));
+                    changes.insert(*deal, (*ends_at, *paused));
                 }
                 Event::WalletCredited {
                     shopper,
@@ -493,90 +525,172 @@ impl Rows {
                     reference,
                     at,
                 } => {
-                    let m = &mut rows.movements;
-                    m.id.push(format!("c_{:x}_{reference:032x}", shopper.0));
-                    m.shopper.push(shopper.to_string());
-                    m.kind.push("credit");
-                    m.amount.push(money(*amount));
-                    m.order.push(None);
-                    m.created_at.push(at.millis());
+                    let m = &mut movements;
+                    m.row(MOVEMENTS.fields);
+                    m.text(
+                        "wallet_movements.id",
+                        format_args!("c_{:x}_{reference:032x}", shopper.0),
+                    )?;
+                    m.text("wallet_movements.shopper_id", shopper)?;
+                    m.text("wallet_movements.kind", "credit")?;
+                    m.money(*amount);
+                    m.null();
+                    m.timestamptz("wallet_movements.created_at", *at)?;
                 }
                 Event::OrderSettled { order, .. } => {
-                    let id = order.id.to_string();
-                    let shopper = order.shopper.to_string();
-                    let o = &mut rows.orders;
-                    o.id.push(id.clone());
-                    o.deal.push(order.deal.to_string());
-                    o.shopper.push(shopper.clone());
-                    o.quantity.push(i64::from(order.quantity));
-                    o.unit_price.push(money(order.unit_price));
-                    o.amount.push(money(order.amount));
-                    o.late.push(order.late);
-                    o.created_at.push(order.created_at.millis());
-                    let m = &mut rows.movements;
-                    m.id.push(id.clone());
-                    m.shopper.push(shopper);
-                    m.kind.push("debit");
-                    m.amount.push(money(order.amount));
-                    m.order.push(Some(id));
-                    m.created_at.push(order.created_at.millis());
+                    let o = &mut orders;
+                    o.row(ORDERS.fields);
+                    o.text("orders.id", order.id)?;
+                    o.text("orders.deal_id", order.deal)?;
+                    o.text("orders.shopper_id", order.shopper)?;
+                    o.int8(i64::from(order.quantity));
+                    o.money(order.unit_price);
+                    o.money(order.amount);
+                    o.bool(order.late);
+                    o.timestamptz("orders.created_at", order.created_at)?;
+                    let m = &mut movements;
+                    m.row(MOVEMENTS.fields);
+                    m.text("wallet_movements.id", order.id)?;
+                    m.text("wallet_movements.shopper_id", order.shopper)?;
+                    m.text("wallet_movements.kind", "debit")?;
+                    m.money(order.amount);
+                    m.text("wallet_movements.order_id", order.id)?;
+                    m.timestamptz("wallet_movements.created_at", order.created_at)?;
                 }
                 // Accounts, registrations, holds, reviews, shares: not the books.
                 _ => {}
             }
         }
-        rows
+        Ok(Batch {
+            deals: deals.finish(),
+            orders: orders.finish(),
+            movements: movements.finish(),
+            restocks,
+            changes,
+        })
     }
+
+    /// The tables with rows in this batch, deals first (restocks and
+    /// changes may name a deal created in the same batch).
+    fn inserts(&self) -> impl Iterator<Item = (&'static Table, &CopyStream)> {
+        [
+            (&DEALS, &self.deals),
+            (&ORDERS, &self.orders),
+            (&MOVEMENTS, &self.movements),
+        ]
+        .into_iter()
+        .filter(|(_, rows)| rows.rows > 0)
+    }
+}
+
+/// Bytes per `CopyData` message: bounds the copy sqlx makes of a stream.
+const COPY_CHUNK_BYTES: usize = 1 << 20;
+
+/// How a batch's rows enter their tables.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Insert {
+    /// `COPY` straight into the table: fails on a row already there.
+    Copy,
+    /// `COPY` into a temporary table, then `INSERT … ON CONFLICT (id) DO
+    /// NOTHING`: skips rows already there.
+    Merge,
+}
+
+async fn copy_in(
+    conn: &mut PgConnection,
+    table: &str,
+    columns: &str,
+    rows: &CopyStream,
+) -> Result<(), OrderSinkError> {
+    let mut copy = conn
+        .copy_in_raw(&format!(
+            "COPY {table} ({columns}) FROM STDIN (FORMAT binary)"
+        ))
+        .await?;
+    for chunk in rows.bytes.chunks(COPY_CHUNK_BYTES) {
+        copy.send(chunk).await?;
+    }
+    copy.finish().await?;
+    Ok(())
+}
+
+/// Inserts the batch's rows, the `insert` way.
+async fn insert(
+    conn: &mut PgConnection,
+    batch: &Batch,
+    insert: Insert,
+) -> Result<(), OrderSinkError> {
+    for (table, rows) in batch.inserts() {
+        if insert == Insert::Copy {
+            copy_in(conn, table.name, table.columns, rows).await?;
+            continue;
+        }
+        let stage = format!("order_sink_stage_{}", table.name);
+        let columns = table.columns;
+        conn.execute(AssertSqlSafe(format!(
+            "CREATE TEMPORARY TABLE {stage} ON COMMIT DROP AS \
+             SELECT {columns} FROM {} WITH NO DATA",
+            table.name
+        )))
+        .await?;
+        copy_in(conn, &stage, columns, rows).await?;
+        conn.execute(AssertSqlSafe(format!(
+            "INSERT INTO {} ({columns}) SELECT {columns} FROM {stage} \
+             ON CONFLICT (id) DO NOTHING",
+            table.name
+        )))
+        .await?;
+    }
+    Ok(())
+}
+
+/// A row the batch would insert is already there (or twice in the batch).
+fn is_duplicate(error: &OrderSinkError) -> bool {
+    matches!(error, OrderSinkError::Database(sqlx::Error::Database(db)) if db.is_unique_violation())
 }
 
 /// Milliseconds since the epoch (`$n::int8[]`) to `timestamptz`, exactly.
 const MILLIS: &str = "timestamptz 'epoch' + interval '1 millisecond' *";
 
-/// Writes one batch and moves the position from `from` to `to`, atomically.
+/// Writes one batch and moves the position from `from` to `to`, atomically:
+/// by `COPY` ([`Insert::Copy`]) and, if a row was already there, again from
+/// the start by [`Insert::Merge`].
 async fn apply(
     conn: &mut PgConnection,
+    status: &Status,
     journal_id: &str,
     from: u64,
     to: u64,
-    rows: &Rows,
+    batch: &Batch,
 ) -> Result<(), OrderSinkError> {
     let mut tx = conn.begin().await?;
-    let d = &rows.deals;
-    if !d.id.is_empty() {
-        let sql = format!(
-            "INSERT INTO deals (id, merchant_id, title, price, stock_total, per_user_limit, \
-             starts_at, ends_at, requires_registration, hold_seconds, created_at) \
-             SELECT id, merchant_id, title, price, stock, per_user_limit, \
-             {MILLIS} starts_at, {MILLIS} ends_at, requires_registration, hold_seconds, \
-             {MILLIS} created_at \
-             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::numeric[], $5::int8[], \
-             $6::int4[], $7::int8[], $8::int8[], $9::bool[], $10::int4[], $11::int8[]) \
-             AS t(id, merchant_id, title, price, stock, per_user_limit, starts_at, ends_at, \
-             requires_registration, hold_seconds, created_at) \
-             ON CONFLICT (id) DO NOTHING"
-        );
-        tx.execute(
-            sqlx::query(AssertSqlSafe(sql))
-                .bind(&d.id)
-                .bind(&d.merchant)
-                .bind(&d.title)
-                .bind(&d.price)
-                .bind(&d.stock)
-                .bind(&d.per_user_limit)
-                .bind(&d.starts_at)
-                .bind(&d.ends_at)
-                .bind(&d.requires_registration)
-                .bind(&d.hold_seconds)
-                .bind(&d.created_at),
-        )
-        .await?;
-    }
-    if !rows.restocks.is_empty() {
-        let (ids, added): (Vec<String>, Vec<i64>) = rows
-            .restocks
-            .iter()
-            .map(|(deal, quantity)| (deal.to_string(), *quantity as i64))
-            .unzip();
+    let copied = insert(&mut tx, batch, Insert::Copy).await;
+    let mut tx = match copied {
+        Err(error) if is_duplicate(&error) => {
+            tx.rollback().await?;
+            status.merged_batches.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("flashsale_order_sink_merged_batches").increment(1);
+            tracing::info!(
+                from,
+                to,
+                "order sink: rows already in Postgres, applying the batch with ON CONFLICT DO NOTHING"
+            );
+            let mut tx = conn.begin().await?;
+            insert(&mut tx, batch, Insert::Merge).await?;
+            tx
+        }
+        copied => {
+            copied?;
+            tx
+        }
+    };
+    if !batch.restocks.is_empty() {
+        let mut ids = Vec::with_capacity(batch.restocks.len());
+        let mut added = Vec::with_capacity(batch.restocks.len());
+        for (deal, quantity) in &batch.restocks {
+            ids.push(deal.to_string());
+            added.push(i64::try_from(*quantity).map_err(out_of_range("deals.stock_total"))?);
+        }
         tx.execute(
             sqlx::query(
                 "UPDATE deals SET stock_total = deals.stock_total + t.added \
@@ -587,13 +701,13 @@ async fn apply(
         )
         .await?;
     }
-    if !rows.changes.is_empty() {
-        let mut ids = Vec::new();
-        let mut ends = Vec::new();
-        let mut paused = Vec::new();
-        for (deal, (ends_at, is_paused)) in &rows.changes {
+    if !batch.changes.is_empty() {
+        let mut ids = Vec::with_capacity(batch.changes.len());
+        let mut ends = Vec::with_capacity(batch.changes.len());
+        let mut paused = Vec::with_capacity(batch.changes.len());
+        for (deal, (ends_at, is_paused)) in &batch.changes {
             ids.push(deal.to_string());
-            ends.push(*ends_at);
+            ends.push(ends_at.millis());
             paused.push(*is_paused);
         }
         let sql = format!(
@@ -606,50 +720,6 @@ async fn apply(
                 .bind(&ids)
                 .bind(&ends)
                 .bind(&paused),
-        )
-        .await?;
-    }
-    let o = &rows.orders;
-    if !o.id.is_empty() {
-        let sql = format!(
-            "INSERT INTO orders (id, deal_id, shopper_id, quantity, unit_price, amount, late, \
-             created_at) \
-             SELECT id, deal_id, shopper_id, quantity, unit_price, amount, late, {MILLIS} created_at \
-             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[], $5::numeric[], \
-             $6::numeric[], $7::bool[], $8::int8[]) \
-             AS t(id, deal_id, shopper_id, quantity, unit_price, amount, late, created_at) \
-             ON CONFLICT (id) DO NOTHING"
-        );
-        tx.execute(
-            sqlx::query(AssertSqlSafe(sql))
-                .bind(&o.id)
-                .bind(&o.deal)
-                .bind(&o.shopper)
-                .bind(&o.quantity)
-                .bind(&o.unit_price)
-                .bind(&o.amount)
-                .bind(&o.late)
-                .bind(&o.created_at),
-        )
-        .await?;
-    }
-    let m = &rows.movements;
-    if !m.id.is_empty() {
-        let sql = format!(
-            "INSERT INTO wallet_movements (id, shopper_id, kind, amount, order_id, created_at) \
-             SELECT id, shopper_id, kind, amount, order_id, {MILLIS} created_at \
-             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::numeric[], $5::text[], \
-             $6::int8[]) AS t(id, shopper_id, kind, amount, order_id, created_at) \
-             ON CONFLICT (id) DO NOTHING"
-        );
-        tx.execute(
-            sqlx::query(AssertSqlSafe(sql))
-                .bind(&m.id)
-                .bind(&m.shopper)
-                .bind(&m.kind)
-                .bind(&m.amount)
-                .bind(&m.order)
-                .bind(&m.created_at),
         )
         .await?;
     }
