@@ -186,29 +186,7 @@ async fn caught_up(sink: &OrderSinkHandle, journal: &Journal) {
 /// credits of every shopper.
 async fn assert_books(db: &TestDb, shop: &Shop, orders: &[Order]) {
     let mut conn = db.connect().await;
-    let rows: Vec<(String, String, String, i64, Decimal, Decimal, bool)> = sqlx::query_as(
-        "SELECT id, deal_id, shopper_id, quantity, unit_price, amount, late FROM orders",
-    )
-    .fetch_all(&mut conn)
-    .await
-    .unwrap();
-    assert_eq!(rows.len(), orders.len(), "one row per order");
-    let expected: BTreeSet<_> = orders
-        .iter()
-        .map(|order| {
-            (
-                order.id.to_string(),
-                order.deal.to_string(),
-                order.shopper.to_string(),
-                i64::from(order.quantity),
-                order.unit_price.to_decimal(),
-                order.amount.to_decimal(),
-                order.late,
-            )
-        })
-        .collect();
-    let found: BTreeSet<_> = rows.into_iter().collect();
-    assert_eq!(found, expected);
+    assert_order_rows(&mut conn, orders).await;
 
     let (debits, debited): (i64, Option<Decimal>) =
         sqlx::query_as("SELECT count(*), sum(amount) FROM wallet_movements WHERE kind = 'debit'")
@@ -308,6 +286,42 @@ async fn a_sink_stopped_mid_batch_resumes_exactly_once() {
 }
 
 /// Milliseconds since the epoch of a `timestamptz` column, as SQL.
+/// An order row as read back: ids, quantity, money as Postgres prints it,
+/// `late`, `created_at` in millis.
+type OrderRow = (String, String, String, i64, String, String, bool, i64);
+
+/// Postgres's `orders` hold exactly `orders`, every column; returns the rows.
+async fn assert_order_rows(conn: &mut sqlx::PgConnection, orders: &[Order]) -> BTreeSet<OrderRow> {
+    let found: BTreeSet<OrderRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT id, deal_id, shopper_id, quantity, unit_price::text, amount::text, late, {} \
+         FROM orders",
+        millis("created_at")
+    )))
+    .fetch_all(&mut *conn)
+    .await
+    .unwrap()
+    .into_iter()
+    .collect();
+    let expected: BTreeSet<OrderRow> = orders
+        .iter()
+        .map(|order| {
+            (
+                order.id.to_string(),
+                order.deal.to_string(),
+                order.shopper.to_string(),
+                i64::from(order.quantity),
+                order.unit_price.to_string(),
+                order.amount.to_string(),
+                order.late,
+                order.created_at.millis(),
+            )
+        })
+        .collect();
+    assert_eq!(found.len(), orders.len());
+    assert_eq!(found, expected);
+    found
+}
+
 fn millis(column: &str) -> String {
     format!("(extract(epoch FROM {column}) * 1000)::int8")
 }
@@ -358,34 +372,7 @@ async fn copy_writes_exactly_the_expected_rows() {
     sink.abort().await;
     let mut conn = db.connect().await;
 
-    type OrderRow = (String, String, String, i64, String, String, bool, i64);
-    let found: BTreeSet<OrderRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT id, deal_id, shopper_id, quantity, unit_price::text, amount::text, late, {} \
-         FROM orders",
-        millis("created_at")
-    )))
-    .fetch_all(&mut conn)
-    .await
-    .unwrap()
-    .into_iter()
-    .collect();
-    let expected: BTreeSet<OrderRow> = orders
-        .iter()
-        .map(|order| {
-            (
-                order.id.to_string(),
-                order.deal.to_string(),
-                order.shopper.to_string(),
-                i64::from(order.quantity),
-                order.unit_price.to_string(),
-                order.amount.to_string(),
-                order.late,
-                order.created_at.millis(),
-            )
-        })
-        .collect();
-    assert_eq!(found.len(), orders.len());
-    assert_eq!(found, expected);
+    let found = assert_order_rows(&mut conn, &orders).await;
     let amounts: BTreeSet<String> = found.iter().map(|row| row.5.clone()).collect();
     let wanted = ["0.01", "999.07", "10000.00", "10000.01", "999.00"];
     assert_eq!(amounts, wanted.iter().map(|a| a.to_string()).collect());
