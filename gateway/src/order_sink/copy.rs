@@ -102,13 +102,11 @@ impl CopyRows {
     /// A `numeric` field of scale 2 holding `amount`.
     pub(super) fn money(&mut self, amount: Money) {
         let (header, digits) = numeric(amount.fen());
+        let digits = &digits[..usize::from(header[0])];
         self.buf
             .extend_from_slice(&((8 + 2 * digits.len()) as i32).to_be_bytes());
-        for word in header {
+        for word in header.iter().chain(digits) {
             self.buf.extend_from_slice(&word.to_be_bytes());
-        }
-        for digit in digits {
-            self.buf.extend_from_slice(&digit.to_be_bytes());
         }
     }
 
@@ -137,9 +135,9 @@ fn postgres_micros(at: Timestamp) -> Option<i64> {
 
 /// `fen / 100` as a binary `numeric` of scale 2: the header words
 /// (ndigits, weight, sign, dscale, as their 16-bit patterns) and the
-/// base-10000 digits, normalised as Postgres stores them (no leading or
-/// trailing zero digits; zero has none).
-fn numeric(fen: i64) -> ([u16; 4], Vec<u16>) {
+/// base-10000 digits (the first ndigits of the array), normalised as
+/// Postgres stores them (no leading or trailing zero digits; zero has none).
+fn numeric(fen: i64) -> ([u16; 4], [u16; MONEY_DIGITS_MAX]) {
     let sign = if fen < 0 {
         NUMERIC_NEGATIVE
     } else {
@@ -150,24 +148,29 @@ fn numeric(fen: i64) -> ([u16; 4], Vec<u16>) {
     // The two decimal places are the first fractional base-10000 digit's
     // two high decimal digits: 0.07 is 0700 × 10000^-1.
     let fraction = (magnitude % 100) as u16 * 100;
-    let mut digits = Vec::with_capacity(MONEY_DIGITS_MAX);
+    // At most MONEY_DIGITS_MAX - 1 whole digits (see there), least
+    // significant first, then turned around.
+    let mut digits = [0_u16; MONEY_DIGITS_MAX];
+    let mut whole_digits = 0;
     while whole > 0 {
-        digits.push((whole % 10_000) as u16);
+        digits[whole_digits] = (whole % 10_000) as u16;
         whole /= 10_000;
+        whole_digits += 1;
     }
-    digits.reverse();
+    digits[..whole_digits].reverse();
     // Weight: the power of 10000 of the first digit.
-    let mut weight = digits.len() as i16 - 1;
-    digits.push(fraction);
-    while digits.last() == Some(&0) {
-        digits.pop();
+    let mut weight = whole_digits as i16 - 1;
+    digits[whole_digits] = fraction;
+    let mut length = whole_digits + 1;
+    while length > 0 && digits[length - 1] == 0 {
+        length -= 1;
     }
     // The first whole digit is never 0; without whole digits, neither is
     // a kept fraction digit.
-    if digits.is_empty() {
+    if length == 0 {
         weight = 0;
     }
-    let header = [digits.len() as u16, weight as u16, sign, MONEY_SCALE as u16];
+    let header = [length as u16, weight as u16, sign, MONEY_SCALE as u16];
     (header, digits)
 }
 
@@ -177,6 +180,7 @@ mod tests {
 
     fn words(fen: i64) -> (i16, i16, u16, i16, Vec<u16>) {
         let ([ndigits, weight, sign, dscale], digits) = numeric(fen);
+        let digits = digits[..usize::from(ndigits)].to_vec();
         (ndigits as i16, weight as i16, sign, dscale as i16, digits)
     }
 
