@@ -37,6 +37,7 @@ impl Server {
             .args(["--admin-token", ADMIN_TOKEN])
             .args(["--rate-limit-address", "0", "--rate-limit-shopper", "0"])
             .env_remove("REDIS_URL")
+            .env_remove("REDIS_CLUSTER_URLS")
             .env_remove("DATABASE_URL")
             .stdout(Stdio::piped())
             .stderr(log)

@@ -323,17 +323,7 @@ impl DealState {
     }
 
     pub(crate) fn status(&self, now: Timestamp, counts: &StockCounts) -> DealStatus {
-        if self.paused() {
-            DealStatus::Paused
-        } else if now >= self.ends_at() {
-            DealStatus::Ended
-        } else if now < self.starts_at {
-            DealStatus::Scheduled
-        } else if counts.remaining == 0 {
-            DealStatus::SoldOut
-        } else {
-            DealStatus::Live
-        }
+        DealStatus::at(now, self.paused(), self.starts_at, self.ends_at(), counts)
     }
 
     pub(crate) fn view(&self, now: Timestamp) -> DealView {

@@ -123,7 +123,6 @@ pub struct Engine {
     deals: SlotTable<DealState>,
     merchants: SlotTable<MerchantState>,
     shards: Box<[CachePadded<Mutex<Shard>>]>,
-    shard_shift: u32,
     next_shopper: AtomicU64,
 }
 
@@ -131,7 +130,24 @@ fn invalid(field: &'static str, reason: &'static str) -> EngineError {
     EngineError::Invalid { field, reason }
 }
 
-fn check_name(name: &str, field: &'static str, chars_max: usize) -> Result<(), EngineError> {
+/// Checks a buy's or hold's own input before anything else: the
+/// idempotency key is 1 to 255 bytes, the quantity from 1 to
+/// [`PER_USER_LIMIT_MAX`].
+pub fn check_reservation(quantity: u32, key: &str) -> Result<(), EngineError> {
+    if key.is_empty() || key.len() > 255 {
+        return Err(invalid("idempotency_key", "must be 1 to 255 bytes"));
+    }
+    if quantity == 0 {
+        return Err(invalid("quantity", "must be at least 1"));
+    }
+    if quantity > PER_USER_LIMIT_MAX {
+        return Err(invalid("quantity", "must be at most 1000"));
+    }
+    Ok(())
+}
+
+/// Checks a name or title: not blank, at most `chars_max` characters.
+pub fn check_name(name: &str, field: &'static str, chars_max: usize) -> Result<(), EngineError> {
     if name.trim().is_empty() {
         return Err(invalid(field, "must not be empty"));
     }
@@ -161,7 +177,6 @@ impl Engine {
             shards: (0..config.shards)
                 .map(|index| CachePadded::new(Mutex::new(Shard::new(index))))
                 .collect(),
-            shard_shift: 64 - config.shards.trailing_zeros(),
             next_shopper: AtomicU64::new(1),
             config,
         }
@@ -178,10 +193,7 @@ impl Engine {
     // ----- locating state -------------------------------------------------
 
     fn shard_of(&self, shopper: ShopperId) -> usize {
-        if self.shard_shift == 64 {
-            return 0;
-        }
-        (shopper.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> self.shard_shift) as usize
+        ids::shard_of(shopper, self.shards.len())
     }
 
     pub(crate) fn lock_shopper(&self, shopper: ShopperId) -> MutexGuard<'_, Shard> {
@@ -570,15 +582,7 @@ impl Engine {
         key: &str,
         request: Request,
     ) -> Result<Reserved, EngineError> {
-        if key.is_empty() || key.len() > 255 {
-            return Err(invalid("idempotency_key", "must be 1 to 255 bytes"));
-        }
-        if quantity == 0 {
-            return Err(invalid("quantity", "must be at least 1"));
-        }
-        if quantity > PER_USER_LIMIT_MAX {
-            return Err(invalid("quantity", "must be at most 1000"));
-        }
+        check_reservation(quantity, key)?;
         let deal = self.deal_state(id)?;
         // Fast path: a sold-out deal refuses a shopper with no record on it
         // with one load of the flag (and one of the filter): no lock, not
@@ -1091,8 +1095,9 @@ enum Reserved {
     Hold(Hold),
 }
 
-/// Checks a merchant's deal and fills in the defaults.
-fn validate_deal(new: NewDeal, now: Timestamp) -> Result<DealSpec, EngineError> {
+/// Checks a merchant's deal and fills in the defaults (the rules of
+/// `POST /v1/deals`, DESIGN.md): the one check for every store.
+pub fn validate_deal(new: NewDeal, now: Timestamp) -> Result<DealSpec, EngineError> {
     check_name(&new.title, "title", TITLE_CHARS_MAX)?;
     if new.price == Money::ZERO {
         return Err(invalid("price", "must be positive"));

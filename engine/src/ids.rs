@@ -62,16 +62,27 @@ id_type!(
 );
 
 /// How many low bits of an order or hold id name its shard.
-pub(crate) const SHARD_BITS_MAX: u32 = 10;
+pub const SHARD_BITS_MAX: u32 = 10;
+
+/// The shard (of `shards`, a power of two up to 1024) that owns a shopper:
+/// the top bits of a multiplicative (Fibonacci) hash of its id. The engine
+/// and Redis mode's virtual shards use this one rule.
+pub fn shard_of(shopper: ShopperId, shards: usize) -> usize {
+    debug_assert!(shards.is_power_of_two() && shards <= 1 << SHARD_BITS_MAX);
+    if shards <= 1 {
+        return 0;
+    }
+    (shopper.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - shards.trailing_zeros())) as usize
+}
 
 /// Builds a shard-local id: sequence number above, shard index below.
-pub(crate) fn compose(shard: usize, sequence: u64) -> u64 {
+pub fn compose(shard: usize, sequence: u64) -> u64 {
     debug_assert!(shard < (1 << SHARD_BITS_MAX));
     (sequence << SHARD_BITS_MAX) | shard as u64
 }
 
 /// Splits an id built by [`compose`] into (shard, sequence).
-pub(crate) fn decompose(id: u64) -> (usize, u64) {
+pub fn decompose(id: u64) -> (usize, u64) {
     let shard = (id & ((1 << SHARD_BITS_MAX) - 1)) as usize;
     (shard, id >> SHARD_BITS_MAX)
 }

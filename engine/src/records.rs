@@ -31,6 +31,28 @@ pub enum DealStatus {
 }
 
 impl DealStatus {
+    /// A deal's status at `now`: paused first, then ended, scheduled, sold
+    /// out (nothing remaining), live.
+    pub fn at(
+        now: Timestamp,
+        paused: bool,
+        starts_at: Timestamp,
+        ends_at: Timestamp,
+        counts: &StockCounts,
+    ) -> DealStatus {
+        if paused {
+            DealStatus::Paused
+        } else if now >= ends_at {
+            DealStatus::Ended
+        } else if now < starts_at {
+            DealStatus::Scheduled
+        } else if counts.remaining == 0 {
+            DealStatus::SoldOut
+        } else {
+            DealStatus::Live
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             DealStatus::Scheduled => "scheduled",

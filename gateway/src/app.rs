@@ -1,15 +1,13 @@
 //! One server's shared state and the path of every request through it.
 //!
 //! [`App::handle`] is the hyper service: route, count the request in
-//! flight (or shed it), refuse state changes while the journal is not
-//! ready, run the endpoint's handler, turn an error into the contract's
+//! flight (or shed it), refuse state changes while the store (journal or
+//! Redis) is not ready, run the endpoint's handler, turn an error into the contract's
 //! body, and record the route's status and latency. Every answer but the
 //! feed's stream is one `Full` buffer; the stream is a [`FeedBody`]; the
 //! two travel as one `Either`, so a buy's answer is not boxed. The helpers here are
 //! what handlers share: who is calling ([`App::shopper`] and friends, which
-//! also apply the per-token rate limit), reading a bounded body, and
-//! waiting for the journal before a change is acknowledged
-//! ([`App::commit`]).
+//! also apply the per-token rate limit) and reading a bounded body.
 
 use std::convert::Infallible;
 use std::net::IpAddr;
@@ -17,8 +15,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use flashsale_engine::{Engine, MerchantId, ShopperId};
-use flashsale_journal::Journal;
+use flashsale_engine::{MerchantId, ShopperId};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::header::AUTHORIZATION;
@@ -33,6 +30,7 @@ use crate::handlers;
 use crate::order_sink::OrderSinkHandle;
 use crate::pages::Pages;
 use crate::router::{Endpoint, Matched, Router};
+use crate::store::Store;
 use crate::telemetry::Telemetry;
 use crate::wire;
 
@@ -42,8 +40,8 @@ pub(crate) type HttpResponse = Response<Full<Bytes>>;
 pub(crate) type ResponseBody = Either<Full<Bytes>, FeedBody>;
 
 pub(crate) struct App {
-    pub engine: Arc<Engine>,
-    pub journal: Arc<Journal>,
+    /// Where the sale's state lives: this process, or Redis.
+    pub store: Arc<Store>,
     pub signer: Signer,
     pub admission: Admission,
     pub telemetry: Telemetry,
@@ -98,8 +96,10 @@ impl App {
         } else {
             Some(self.admission.enter()?)
         };
-        if endpoint.changes_state() && !self.journal.is_ready() {
-            return Err(Error::Overloaded);
+        if endpoint.changes_state()
+            && let Some(reason) = self.store.not_ready()
+        {
+            return Err(Error::NotReady(reason));
         }
         let response = match endpoint {
             // The stream's body outlives this request's in-flight count.
@@ -115,11 +115,11 @@ impl App {
             Endpoint::CreateHold => handlers::create_hold(self, parts, id, body).await,
             Endpoint::PayHold => handlers::pay_hold(self, parts, id).await,
             Endpoint::ReleaseHold => handlers::release_hold(self, parts, id).await,
-            Endpoint::GetDeal => handlers::get_deal(self, id),
-            Endpoint::Feed => handlers::feed(self, parts),
-            Endpoint::GetOrder => handlers::get_order(self, parts, id),
-            Endpoint::ListOrders => handlers::list_orders(self, parts),
-            Endpoint::GetWallet => handlers::get_wallet(self, parts),
+            Endpoint::GetDeal => handlers::get_deal(self, id).await,
+            Endpoint::Feed => handlers::feed(self, parts).await,
+            Endpoint::GetOrder => handlers::get_order(self, parts, id).await,
+            Endpoint::ListOrders => handlers::list_orders(self, parts).await,
+            Endpoint::GetWallet => handlers::get_wallet(self, parts).await,
             Endpoint::Register => handlers::register(self, parts, id).await,
             Endpoint::CreateMerchant => handlers::create_merchant(self, parts, body).await,
             Endpoint::CreateShopper => handlers::create_shopper(self, parts, body, peer).await,
@@ -129,7 +129,7 @@ impl App {
             Endpoint::PatchDeal => handlers::patch_deal(self, parts, id, body).await,
             Endpoint::Review => handlers::review(self, parts, id, body).await,
             Endpoint::Share => handlers::share(self, parts, id).await,
-            Endpoint::MerchantMe => handlers::merchant_me(self, parts),
+            Endpoint::MerchantMe => handlers::merchant_me(self, parts).await,
             Endpoint::Storefront => Ok(self.pages.storefront.response()),
             Endpoint::MerchantPage => Ok(self.pages.merchant.response()),
             Endpoint::Healthz => Ok(handlers::healthz()),
@@ -189,14 +189,14 @@ impl App {
     }
 
     fn now_seconds(&self) -> i64 {
-        self.engine.now().millis().div_euclid(1000)
+        self.store.now().millis().div_euclid(1000)
     }
 
-    /// Why the server is not ready, if it is not: the journal, or the
-    /// configured order sink failing to reach Postgres.
+    /// Why the server is not ready, if it is not: the store (journal or
+    /// Redis), or the configured order sink failing to reach Postgres.
     pub(crate) fn not_ready(&self) -> Option<&'static str> {
-        if !self.journal.is_ready() {
-            return Some("the journal is not ready");
+        if let Some(reason) = self.store.not_ready() {
+            return Some(reason);
         }
         let sink_failing = self.order_sink.lock().map_or(true, |sink| {
             sink.as_ref()
@@ -205,22 +205,9 @@ impl App {
         sink_failing.then_some("the order sink cannot reach Postgres")
     }
 
-    // ----- bodies and durability ------------------------------------------------
+    // ----- bodies ------------------------------------------------------------------
 
     pub(crate) async fn body(&self, parts: &Parts, body: Incoming) -> Result<Bytes, Error> {
         wire::read_body(&parts.headers, body, self.body_bytes_max).await
-    }
-
-    /// Waits until every event emitted so far, the caller's included, is
-    /// durable. Called after a change and before it is acknowledged.
-    pub(crate) async fn commit(&self) -> Result<(), Error> {
-        let position = self.journal.written();
-        self.journal.durable(position).await.map_err(|error| {
-            tracing::warn!(
-                error = &error as &dyn std::error::Error,
-                "a change could not be made durable"
-            );
-            Error::Journal(error)
-        })
     }
 }

@@ -16,6 +16,7 @@ use flashsale_journal::Durability;
 use rust_decimal::Decimal;
 
 use crate::error::Error;
+pub use crate::store::redis::{RedisSettings, RedisTarget};
 
 /// Shortest `--secret` accepted, in bytes: shorter keys are guessable.
 pub const SECRET_BYTES_MIN: usize = 16;
@@ -52,10 +53,56 @@ pub struct ServeArgs {
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
 
-    /// Redis URL for multi-node mode (not built yet: the server refuses to
-    /// start when this is set).
-    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    /// Redis URL for multi-node mode (`redis://host:port`): the sale's
+    /// state lives in Redis and this node keeps none; every node started
+    /// with the same URL, `--redis-namespace`, `--secret` and
+    /// `--admin-token` sells the same deals. Needs `--secret` and
+    /// `--admin-token`. Unset: one node, state in this process.
+    #[arg(
+        long,
+        env = "REDIS_URL",
+        hide_env_values = true,
+        conflicts_with = "redis_cluster"
+    )]
     pub redis_url: Option<String>,
+
+    /// A Redis Cluster's seed addresses for multi-node mode, comma-separated
+    /// (`redis://h1:p1,redis://h2:p2`); as `--redis-url` otherwise.
+    #[arg(
+        long,
+        env = "REDIS_CLUSTER_URLS",
+        hide_env_values = true,
+        value_delimiter = ','
+    )]
+    pub redis_cluster: Vec<String>,
+
+    /// Prefix of every Redis key of this deployment, so deployments can
+    /// share one Redis (no `{`, `}` or `:`).
+    #[arg(long, env = "FLASHSALE_REDIS_NAMESPACE", default_value = "fs")]
+    pub redis_namespace: String,
+
+    /// Virtual shards that shoppers are spread over in Redis (a power of
+    /// two from 1 to 1024); every node of a deployment must agree.
+    #[arg(long, env = "FLASHSALE_REDIS_SHARDS", default_value_t = 64)]
+    pub redis_shards: usize,
+
+    /// Milliseconds to wait for a Redis reply; past it the request is
+    /// answered 503 unavailable and its outcome is unknown until the client
+    /// retries with the same Idempotency-Key.
+    #[arg(
+        long,
+        env = "FLASHSALE_REDIS_RESPONSE_TIMEOUT_MS",
+        default_value_t = 1_000
+    )]
+    pub redis_response_timeout_ms: u64,
+
+    /// Milliseconds to wait for a connection to Redis.
+    #[arg(
+        long,
+        env = "FLASHSALE_REDIS_CONNECT_TIMEOUT_MS",
+        default_value_t = 1_000
+    )]
+    pub redis_connect_timeout_ms: u64,
 
     /// Open connections at most; further clients wait in the listen backlog.
     #[arg(long, env = "FLASHSALE_MAX_CONNECTIONS", default_value_t = 10_000)]
@@ -133,6 +180,9 @@ pub struct Config {
     pub secret: Option<Vec<u8>>,
     pub durability: Durability,
     pub database_url: Option<String>,
+    /// Multi-node mode: where the sale's state lives. `None`: in this
+    /// process (engine and journal).
+    pub redis: Option<RedisSettings>,
     pub max_connections: usize,
     pub header_read_timeout: Duration,
     pub body_bytes_max: usize,
@@ -164,6 +214,7 @@ impl Config {
             secret: None,
             durability: Durability::Sync,
             database_url: None,
+            redis: None,
             max_connections: 10_000,
             header_read_timeout: Duration::from_millis(5_000),
             body_bytes_max: 16_384,
@@ -180,9 +231,6 @@ impl Config {
 
     /// Validates raw arguments into a configuration.
     pub fn from_args(args: ServeArgs) -> Result<Config, Error> {
-        if args.redis_url.is_some() {
-            return Err(Error::MultiNodeNotBuilt);
-        }
         let durability = match args.durability.as_str() {
             "sync" => Durability::Sync,
             "async" => Durability::Async,
@@ -192,7 +240,8 @@ impl Config {
                 )));
             }
         };
-        let mut config = Config::new(args.data_dir)?;
+        let mut config = Config::new(args.data_dir.clone())?;
+        config.redis = redis_settings(&args)?;
         config.addr = args.addr;
         if let Some(token) = args.admin_token {
             if token.trim().is_empty() {
@@ -208,6 +257,16 @@ impl Config {
                 )));
             }
             config.secret = Some(secret.into_bytes());
+        }
+        if config.redis.is_some()
+            && (config.secret.is_none()
+                || config.admin_token_source != AdminTokenSource::Configured)
+        {
+            return Err(Error::Config(
+                "multi-node mode (--redis-url or --redis-cluster) needs --secret and --admin-token, \
+                 the same on every node, so that a token one node issues works on all"
+                    .into(),
+            ));
         }
         config.durability = durability;
         config.database_url = args.database_url.filter(|url| !url.is_empty());
@@ -233,6 +292,46 @@ impl Config {
             at_least_one(args.feed_subscribers_max, "--feed-subscribers-max")?;
         Ok(config)
     }
+}
+
+/// Multi-node mode's settings from `--redis-url` or `--redis-cluster`.
+fn redis_settings(args: &ServeArgs) -> Result<Option<RedisSettings>, Error> {
+    let cluster: Vec<String> = args
+        .redis_cluster
+        .iter()
+        .map(|url| url.trim().to_owned())
+        .filter(|url| !url.is_empty())
+        .collect();
+    let target = match args.redis_url.as_deref().map(str::trim) {
+        Some(url) if !url.is_empty() => RedisTarget::Single(url.to_owned()),
+        _ if !cluster.is_empty() => RedisTarget::Cluster(cluster),
+        _ => return Ok(None),
+    };
+    let namespace = &args.redis_namespace;
+    if namespace.is_empty() || namespace.contains(['{', '}', ':']) || namespace.len() > 64 {
+        return Err(Error::Config(format!(
+            "--redis-namespace must be 1 to 64 characters without {{, }} or :, not {namespace:?}"
+        )));
+    }
+    let shards = args.redis_shards;
+    if !shards.is_power_of_two() || shards > 1 << flashsale_engine::ids::SHARD_BITS_MAX {
+        return Err(Error::Config(format!(
+            "--redis-shards must be a power of two from 1 to 1024, not {shards}"
+        )));
+    }
+    Ok(Some(RedisSettings {
+        target,
+        namespace: namespace.clone(),
+        shards,
+        response_timeout: Duration::from_millis(at_least_one(
+            args.redis_response_timeout_ms,
+            "--redis-response-timeout-ms",
+        )?),
+        connect_timeout: Duration::from_millis(at_least_one(
+            args.redis_connect_timeout_ms,
+            "--redis-connect-timeout-ms",
+        )?),
+    }))
 }
 
 /// `--signup-credit`: a non-negative amount with at most two places.
@@ -284,6 +383,11 @@ mod tests {
             durability: "sync".into(),
             database_url: None,
             redis_url: None,
+            redis_cluster: Vec::new(),
+            redis_namespace: "fs".into(),
+            redis_shards: 64,
+            redis_response_timeout_ms: 1_000,
+            redis_connect_timeout_ms: 1_000,
             max_connections: 10_000,
             header_read_timeout_ms: 5_000,
             body_bytes_max: 16_384,
@@ -298,13 +402,36 @@ mod tests {
     }
 
     #[test]
-    fn redis_url_is_refused_not_ignored() {
-        let error = Config::from_args(ServeArgs {
+    fn redis_mode_needs_a_shared_secret_and_admin_token() {
+        let redis = || ServeArgs {
             redis_url: Some("redis://127.0.0.1".into()),
             ..args()
+        };
+        assert!(matches!(Config::from_args(redis()), Err(Error::Config(_))));
+        let config = Config::from_args(ServeArgs {
+            secret: Some("0123456789abcdef".into()),
+            admin_token: Some("admin-token".into()),
+            ..redis()
         })
-        .unwrap_err();
-        assert!(matches!(error, Error::MultiNodeNotBuilt));
+        .unwrap();
+        let settings = config.redis.expect("Redis mode");
+        assert_eq!(
+            settings.target,
+            RedisTarget::Single("redis://127.0.0.1".into())
+        );
+        assert_eq!(settings.shards, 64);
+        for bad in [
+            ServeArgs {
+                redis_shards: 48,
+                ..redis()
+            },
+            ServeArgs {
+                redis_namespace: "a{b}".into(),
+                ..redis()
+            },
+        ] {
+            assert!(matches!(Config::from_args(bad), Err(Error::Config(_))));
+        }
     }
 
     #[test]

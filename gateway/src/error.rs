@@ -65,15 +65,31 @@ pub enum Error {
     /// The journal could not make an accepted change durable.
     #[error("the change could not be made durable")]
     Journal(#[source] JournalError),
+    /// Redis mode: Redis did not answer in time, or the connection is
+    /// down. The outcome of a change is unknown; the client's retry with
+    /// the same `Idempotency-Key` resolves it.
+    #[error("the sale's store (Redis) is unavailable; retry with the same Idempotency-Key")]
+    Redis(#[source] redis::RedisError),
+    /// Redis mode: connecting to Redis took longer than the connect timeout.
+    #[error("Redis did not accept a connection in time")]
+    RedisTimeout,
+    /// Redis mode: a buy kept meeting moving stock (refills) past its
+    /// bounded attempts.
+    #[error("the deal's stock is being moved; retry with the same Idempotency-Key")]
+    RedisBusy,
+    /// Redis mode does not offer this endpoint yet.
+    #[error("{0} are not available in multi-node (Redis) mode yet")]
+    NotInRedisMode(&'static str),
 
     // ----- starting and stopping -----------------------------------------------
     #[error("invalid configuration: {0}")]
     Config(String),
-    #[error(
-        "multi-node mode (--redis-url / REDIS_URL) is not built yet; refusing to start, \
-         because single-node state beside other nodes would oversell. Unset REDIS_URL to run one node"
-    )]
-    MultiNodeNotBuilt,
+    #[error("cannot reach Redis at {target}")]
+    RedisConnect {
+        target: String,
+        #[source]
+        source: Box<Error>,
+    },
     #[error("cannot use the token secret file {path}")]
     Secret {
         path: PathBuf,
@@ -193,11 +209,16 @@ impl Error {
             Error::Overloaded => {
                 http_retry(S::SERVICE_UNAVAILABLE, "overloaded", RETRY_AFTER_SECONDS)
             }
-            Error::Journal(_) | Error::NotReady(_) => {
+            Error::Journal(_)
+            | Error::NotReady(_)
+            | Error::Redis(_)
+            | Error::RedisTimeout
+            | Error::RedisBusy => {
                 http_retry(S::SERVICE_UNAVAILABLE, "unavailable", RETRY_AFTER_SECONDS)
             }
+            Error::NotInRedisMode(_) => http(S::NOT_IMPLEMENTED, "not_implemented"),
             Error::Config(_)
-            | Error::MultiNodeNotBuilt
+            | Error::RedisConnect { .. }
             | Error::Secret { .. }
             | Error::Random(_)
             | Error::JournalOpen { .. }
@@ -255,6 +276,10 @@ impl Error {
                 let message = match &self {
                     // Internal details stay in the log, not on the wire.
                     Error::Journal(_) => Cow::Borrowed("the change could not be made durable"),
+                    Error::Redis(error) => {
+                        tracing::warn!(%error, "a Redis call failed");
+                        Cow::Owned(self.to_string())
+                    }
                     _ => Cow::Owned(self.to_string()),
                 };
                 let body = serde_json::json!({ "error": { "code": code, "message": message } });

@@ -56,6 +56,7 @@ use hyper::body::{Body, Frame, SizeHint};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
 use crate::error::Error;
+use crate::store::Store;
 use crate::wire::CardJson;
 
 /// How often the sampler reads the deals' numbers: at most this many
@@ -320,6 +321,31 @@ struct Tracked {
     ended_at: Option<Instant>,
 }
 
+/// What the sampler reads: the deals with their live numbers, merchants'
+/// names and ratings. Synchronous and cheap: the engine answers from its
+/// atomics; Redis mode from the numbers its poller last gathered
+/// (`store::redis`), so sampling never waits on the network.
+pub(crate) trait FeedSource: Send + Sync {
+    /// The newest `limit` deals, newest first.
+    fn deals(&self, limit: usize) -> Vec<DealView>;
+    fn rating(&self, merchant: MerchantId) -> Option<Rating>;
+    fn merchant_name(&self, merchant: MerchantId) -> Option<String>;
+}
+
+impl FeedSource for Engine {
+    fn deals(&self, limit: usize) -> Vec<DealView> {
+        self.deals_newest_first(None, limit)
+    }
+
+    fn rating(&self, merchant: MerchantId) -> Option<Rating> {
+        Engine::rating(self, merchant)
+    }
+
+    fn merchant_name(&self, merchant: MerchantId) -> Option<String> {
+        self.merchant(merchant).map(|merchant| merchant.name)
+    }
+}
+
 /// The sampler's memory between samples: owned by its task alone.
 pub(crate) struct Sampler {
     seq: u64,
@@ -338,10 +364,10 @@ impl Sampler {
     }
 
     /// Reads every tracked deal once; the new snapshot if a card changed.
-    pub(crate) fn sample(&mut self, engine: &Engine, now: Instant) -> Option<FeedSnapshot> {
+    pub(crate) fn sample(&mut self, source: &dyn FeedSource, now: Instant) -> Option<FeedSnapshot> {
         let seq = self.seq + 1;
         let mut changed = false;
-        let deals = engine.deals_newest_first(None, FEED_DEALS_MAX);
+        let deals = source.deals(FEED_DEALS_MAX);
         let mut present = Vec::with_capacity(deals.len());
         for deal in &deals {
             let open = deal.status != DealStatus::Ended;
@@ -356,7 +382,7 @@ impl Sampler {
                 _ => {}
             }
             present.push(deal.id);
-            let rating = engine.rating(deal.merchant);
+            let rating = source.rating(deal.merchant);
             let numbers = Numbers::of(deal, rating);
             if known.is_some_and(|tracked| tracked.numbers == numbers) {
                 continue;
@@ -365,9 +391,9 @@ impl Sampler {
                 .names
                 .entry(deal.merchant)
                 .or_insert_with(|| {
-                    engine
-                        .merchant(deal.merchant)
-                        .map_or_else(|| Arc::from(""), |merchant| Arc::from(merchant.name))
+                    source
+                        .merchant_name(deal.merchant)
+                        .map_or_else(|| Arc::from(""), Arc::from)
                 })
                 .clone();
             let Some(frame) = render(seq, &CardJson::new(deal, &name, rating)) else {
@@ -427,7 +453,7 @@ fn render(seq: u64, card: &CardJson<'_>) -> Option<Bytes> {
 
 /// The sampler's task: samples every [`FEED_SAMPLE_INTERVAL`] and publishes
 /// what changed, until the hub closes.
-pub(crate) async fn sample(engine: Arc<Engine>, hub: Arc<FeedHub>) {
+pub(crate) async fn sample(store: Arc<Store>, hub: Arc<FeedHub>) {
     let mut sampler = Sampler::new();
     let mut ticker = tokio::time::interval(FEED_SAMPLE_INTERVAL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -438,7 +464,7 @@ pub(crate) async fn sample(engine: Arc<Engine>, hub: Arc<FeedHub>) {
             _ = closing.wait_for(|closing| *closing) => return,
             _ = ticker.tick() => {}
         }
-        if let Some(snapshot) = sampler.sample(&engine, Instant::now()) {
+        if let Some(snapshot) = sampler.sample(store.feed_source(), Instant::now()) {
             hub.latest.send_replace(Arc::new(snapshot));
         }
     }

@@ -1,9 +1,9 @@
 //! One function per endpoint of HTTP API v1.
 //!
-//! Each handler checks who is calling, reads and parses its input, makes
-//! one engine call, and, when the call changed state, waits for the
-//! journal ([`App::commit`]) before answering. Refusals return at once
-//! through `?`; [`crate::error::Error::http`] spells them.
+//! Each handler checks who is calling, reads and parses its input, and
+//! makes one call to the store ([`crate::store::Store`]: the engine and
+//! journal, or Redis), which returns once a change is durable. Refusals
+//! return at once through `?`; [`crate::error::Error::http`] spells them.
 //!
 //! The pages (`GET /`, `GET /merchant`) are answered by [`crate::pages`]
 //! and the feed's stream by [`crate::feed`]; [`feed_stream`] only hands
@@ -11,8 +11,8 @@
 //!
 //! [`buy`] is the product: one HMAC check, one rate-limit check, a
 //! borrowed idempotency key, a body of a few bytes parsed in place, one
-//! engine call (a sold-out deal answers from one atomic load), and on
-//! success one journal wait and one small JSON body. It logs nothing.
+//! store call (a sold-out deal answers from one atomic load, in Redis mode
+//! too), and on success one small JSON body. It logs nothing.
 
 use std::borrow::Cow;
 
@@ -85,8 +85,7 @@ pub(crate) async fn buy(
     let deal: DealId = parse_id(deal, Entity::Deal)?;
     let bytes = app.body(parts, body).await?;
     let QuantityBody { quantity } = parse_json(&bytes)?;
-    let order = app.engine.buy(shopper, deal, quantity, key)?;
-    app.commit().await?;
+    let order = app.store.buy(shopper, deal, quantity, key).await?;
     Ok(json(StatusCode::CREATED, &OrderJson::from(&order)))
 }
 
@@ -102,8 +101,7 @@ pub(crate) async fn create_hold(
     let deal: DealId = parse_id(deal, Entity::Deal)?;
     let bytes = app.body(parts, body).await?;
     let QuantityBody { quantity } = parse_json(&bytes)?;
-    let hold = app.engine.hold(shopper, deal, quantity, key)?;
-    app.commit().await?;
+    let hold = app.store.hold(shopper, deal, quantity, key).await?;
     Ok(json(StatusCode::CREATED, &HoldJson::from(&hold)))
 }
 
@@ -111,8 +109,7 @@ pub(crate) async fn create_hold(
 pub(crate) async fn pay_hold(app: &App, parts: &Parts, hold: &str) -> Result<HttpResponse, Error> {
     let shopper = app.shopper(parts)?;
     let hold: HoldId = parse_id(hold, Entity::Hold)?;
-    let order = app.engine.pay_hold(shopper, hold)?;
-    app.commit().await?;
+    let order = app.store.pay_hold(shopper, hold).await?;
     Ok(json(StatusCode::CREATED, &OrderJson::from(&order)))
 }
 
@@ -124,8 +121,7 @@ pub(crate) async fn release_hold(
 ) -> Result<HttpResponse, Error> {
     let shopper = app.shopper(parts)?;
     let hold: HoldId = parse_id(hold, Entity::Hold)?;
-    let hold = app.engine.release_hold(shopper, hold)?;
-    app.commit().await?;
+    let hold = app.store.release_hold(shopper, hold).await?;
     Ok(json(StatusCode::OK, &HoldJson::from(&hold)))
 }
 
@@ -133,8 +129,7 @@ pub(crate) async fn release_hold(
 pub(crate) async fn register(app: &App, parts: &Parts, deal: &str) -> Result<HttpResponse, Error> {
     let shopper = app.shopper(parts)?;
     let deal: DealId = parse_id(deal, Entity::Deal)?;
-    let created = app.engine.register(shopper, deal)?;
-    app.commit().await?;
+    let created = app.store.register(shopper, deal).await?;
     #[derive(Serialize)]
     struct Registration {
         deal_id: Text<DealId>,
@@ -167,8 +162,7 @@ pub(crate) async fn create_merchant(
     app.admin(parts)?;
     let bytes = app.body(parts, body).await?;
     let NameBody { name } = parse_json(&bytes)?;
-    let merchant = app.engine.create_merchant(&name)?;
-    app.commit().await?;
+    let merchant = app.store.create_merchant(&name).await?;
     let token = app.issue(Caller::Merchant(merchant.id));
     Ok(json(
         StatusCode::CREATED,
@@ -195,20 +189,10 @@ pub(crate) async fn create_shopper(
     app.admission.check_address(peer)?;
     let bytes = app.body(parts, body).await?;
     let NameBody { name } = parse_json(&bytes)?;
-    let shopper = app.engine.create_shopper(&name)?;
-    if app.signup_credit != flashsale_engine::Money::ZERO
-        && let Err(error) =
-            app.engine
-                .credit_wallet(shopper.id, app.signup_credit, SIGNUP_CREDIT_REFERENCE)
-    {
-        // The account exists and is journalled; the admin can still credit it.
-        tracing::warn!(
-            shopper = %shopper.id,
-            error = &error as &dyn std::error::Error,
-            "the signup credit was refused"
-        );
-    }
-    app.commit().await?;
+    let shopper = app
+        .store
+        .create_shopper(&name, app.signup_credit, SIGNUP_CREDIT_REFERENCE)
+        .await?;
     let token = app.issue(Caller::Shopper(shopper.id));
     Ok(json(
         StatusCode::CREATED,
@@ -230,8 +214,7 @@ pub(crate) async fn create_shoppers_bulk(
     let bytes = app.body(parts, body).await?;
     let BulkShoppersBody { count, credit } = parse_json(&bytes)?;
     let credit = parse_money(&credit, "credit")?;
-    let ids = app.engine.create_shoppers(count, credit)?;
-    app.commit().await?;
+    let ids = app.store.create_shoppers(count, credit).await?;
     #[derive(Serialize)]
     struct Created {
         id: Text<ShopperId>,
@@ -263,8 +246,7 @@ pub(crate) async fn credit_wallet(
     let bytes = app.body(parts, body).await?;
     let CreditBody { amount, reference } = parse_json(&bytes)?;
     let amount = parse_money(&amount, "amount")?;
-    let wallet = app.engine.credit_wallet(shopper, amount, &reference)?;
-    app.commit().await?;
+    let wallet = app.store.credit_wallet(shopper, amount, &reference).await?;
     Ok(json(
         StatusCode::CREATED,
         &WalletJson::new(shopper, &wallet),
@@ -272,9 +254,9 @@ pub(crate) async fn credit_wallet(
 }
 
 /// `GET /v1/wallet` (shopper).
-pub(crate) fn get_wallet(app: &App, parts: &Parts) -> Result<HttpResponse, Error> {
+pub(crate) async fn get_wallet(app: &App, parts: &Parts) -> Result<HttpResponse, Error> {
     let shopper = app.shopper(parts)?;
-    let wallet = app.engine.wallet(shopper)?;
+    let wallet = app.store.wallet(shopper).await?;
     Ok(json(StatusCode::OK, &WalletJson::new(shopper, &wallet)))
 }
 
@@ -299,15 +281,14 @@ pub(crate) async fn create_deal(
         hold_seconds: deal.hold_seconds,
         title: deal.title,
     };
-    let view = app.engine.create_deal(merchant, new)?;
-    app.commit().await?;
+    let view = app.store.create_deal(merchant, new).await?;
     Ok(json(StatusCode::CREATED, &DealJson::from(&view)))
 }
 
 /// `GET /v1/deals/{id}` (anyone).
-pub(crate) fn get_deal(app: &App, deal: &str) -> Result<HttpResponse, Error> {
+pub(crate) async fn get_deal(app: &App, deal: &str) -> Result<HttpResponse, Error> {
     let deal: DealId = parse_id(deal, Entity::Deal)?;
-    let view = app.engine.deal(deal)?;
+    let view = app.store.deal(deal).await?;
     Ok(json(StatusCode::OK, &DealJson::from(&view)))
 }
 
@@ -330,14 +311,13 @@ pub(crate) async fn patch_deal(
             .transpose()?,
         paused: change.paused,
     };
-    let view = app.engine.update_deal(merchant, deal, change)?;
-    app.commit().await?;
+    let view = app.store.update_deal(merchant, deal, change).await?;
     Ok(json(StatusCode::OK, &DealJson::from(&view)))
 }
 
 /// `GET /v1/feed?limit=&cursor=` (anyone): live and upcoming deals, newest
 /// first; `cursor` is the last deal id of the previous page.
-pub(crate) fn feed(app: &App, parts: &Parts) -> Result<HttpResponse, Error> {
+pub(crate) async fn feed(app: &App, parts: &Parts) -> Result<HttpResponse, Error> {
     let mut limit = FEED_LIMIT_DEFAULT;
     let mut cursor: Option<DealId> = None;
     for (name, value) in query(parts) {
@@ -356,7 +336,7 @@ pub(crate) fn feed(app: &App, parts: &Parts) -> Result<HttpResponse, Error> {
     let mut scanned = 0;
     let mut next_cursor = None;
     loop {
-        let page = app.engine.deals_newest_first(cursor, limit);
+        let page = app.store.deals_newest_first(cursor, limit).await?;
         let full = page.len() == limit;
         scanned += page.len();
         cursor = page.last().map(|deal| deal.id);
@@ -381,10 +361,11 @@ pub(crate) fn feed(app: &App, parts: &Parts) -> Result<HttpResponse, Error> {
     for deal in &deals {
         if !merchants.iter().any(|(id, _, _)| *id == deal.merchant) {
             let name = app
-                .engine
+                .store
                 .merchant(deal.merchant)
+                .await?
                 .map_or_else(String::new, |merchant| merchant.name);
-            merchants.push((deal.merchant, name, app.engine.rating(deal.merchant)));
+            merchants.push((deal.merchant, name, app.store.rating(deal.merchant).await?));
         }
     }
     let cards: Vec<CardJson<'_>> = deals
@@ -427,18 +408,19 @@ pub(crate) fn feed_stream(app: &App) -> Result<hyper::Response<FeedBody>, Error>
 }
 
 /// `GET /v1/merchants/me` (merchant): who the token names, and its rating.
-pub(crate) fn merchant_me(app: &App, parts: &Parts) -> Result<HttpResponse, Error> {
+pub(crate) async fn merchant_me(app: &App, parts: &Parts) -> Result<HttpResponse, Error> {
     let id = app.merchant(parts)?;
     let merchant = app
-        .engine
+        .store
         .merchant(id)
+        .await?
         .ok_or(crate::error::unknown(Entity::Merchant))?;
     Ok(json(
         StatusCode::OK,
         &MerchantJson {
             id: Text(merchant.id),
             name: &merchant.name,
-            rating: RatingJson::new(app.engine.rating(id)),
+            rating: RatingJson::new(app.store.rating(id).await?),
         },
     ))
 }
@@ -458,10 +440,10 @@ pub(crate) async fn review(
     let bytes = app.body(parts, body).await?;
     let review: ReviewBody = parse_json(&bytes)?;
     let review = app
-        .engine
-        .review(shopper, order, review.scores()?, &review.text)?;
-    app.commit().await?;
-    let rating = app.engine.rating(review.merchant);
+        .store
+        .review(shopper, order, review.scores()?, &review.text)
+        .await?;
+    let rating = app.store.rating(review.merchant).await?;
     Ok(json(StatusCode::CREATED, &ReviewJson::new(&review, rating)))
 }
 
@@ -470,8 +452,7 @@ pub(crate) async fn review(
 pub(crate) async fn share(app: &App, parts: &Parts, order: &str) -> Result<HttpResponse, Error> {
     let shopper = app.shopper(parts)?;
     let order: OrderId = parse_id(order, Entity::Order)?;
-    let first = app.engine.share(shopper, order)?;
-    app.commit().await?;
+    let first = app.store.share(shopper, order).await?;
     #[derive(Serialize)]
     struct Shared {
         order_id: Text<OrderId>,
@@ -492,13 +473,17 @@ pub(crate) async fn share(app: &App, parts: &Parts, order: &str) -> Result<HttpR
 }
 
 /// `GET /v1/orders/{id}` (its shopper or the deal's merchant).
-pub(crate) fn get_order(app: &App, parts: &Parts, order: &str) -> Result<HttpResponse, Error> {
+pub(crate) async fn get_order(
+    app: &App,
+    parts: &Parts,
+    order: &str,
+) -> Result<HttpResponse, Error> {
     let caller = app.caller(parts)?;
     let order: OrderId = parse_id(order, Entity::Order)?;
-    let order = app.engine.order(order)?;
+    let order = app.store.order(order).await?;
     let allowed = match caller {
         Caller::Shopper(shopper) => order.shopper == shopper,
-        Caller::Merchant(merchant) => app.engine.deal(order.deal)?.merchant == merchant,
+        Caller::Merchant(merchant) => app.store.deal(order.deal).await?.merchant == merchant,
         Caller::Admin => false,
     };
     if !allowed {
@@ -511,7 +496,7 @@ pub(crate) fn get_order(app: &App, parts: &Parts, order: &str) -> Result<HttpRes
 
 /// `GET /v1/orders?deal_id=&cursor=&limit=`: a merchant lists one of its
 /// deals' orders (`deal_id` required); a shopper lists its own.
-pub(crate) fn list_orders(app: &App, parts: &Parts) -> Result<HttpResponse, Error> {
+pub(crate) async fn list_orders(app: &App, parts: &Parts) -> Result<HttpResponse, Error> {
     let caller = app.caller(parts)?;
     let mut deal: Option<DealId> = None;
     let mut cursor = OrderCursor::default();
@@ -529,14 +514,18 @@ pub(crate) fn list_orders(app: &App, parts: &Parts) -> Result<HttpResponse, Erro
             let deal = deal.ok_or(Error::BadRequest(Cow::Borrowed(
                 "a merchant lists orders of one deal: deal_id is required",
             )))?;
-            if app.engine.deal(deal)?.merchant != merchant {
+            if app.store.deal(deal).await?.merchant != merchant {
                 return Err(Error::Forbidden(
                     "only the deal's merchant may list its orders",
                 ));
             }
-            app.engine.orders_of_deal(deal, cursor, limit)
+            app.store.orders_of_deal(deal, cursor, limit).await?
         }
-        Caller::Shopper(shopper) => app.engine.orders_of_shopper(shopper, deal, cursor, limit),
+        Caller::Shopper(shopper) => {
+            app.store
+                .orders_of_shopper(shopper, deal, cursor, limit)
+                .await?
+        }
         Caller::Admin => {
             return Err(Error::Forbidden(
                 "orders are listed by the deal's merchant or their shopper",
@@ -598,7 +587,7 @@ pub(crate) fn metrics(app: &App) -> HttpResponse {
     use std::fmt::Write as _;
     app.telemetry.set_in_flight(app.admission.in_flight());
     let mut body = app.telemetry.render();
-    let deals = app.engine.deals_newest_first(None, METRICS_DEALS_MAX);
+    let deals = app.store.feed_source().deals(METRICS_DEALS_MAX);
     body.push_str(
         "# HELP flashsale_deal_remaining Units of a live or upcoming deal left to sell\n",
     );

@@ -40,16 +40,21 @@
 //!   per-route counters and histograms.
 //! - [`order_sink`]: the Postgres order sink, started by [`Gateway::open`]
 //!   when `--database-url` is set.
+//! - `store` (private): the reservation interface the handlers call, with
+//!   its two sides: the embedded engine and journal (`store::memory`), and
+//!   Redis or a Redis Cluster for many stateless nodes (`store::redis`,
+//!   with the server-side steps in `gateway/redis/flashsale.lua`).
 //!
 //! ## Architecture invariants
-//! - A state-changing request is answered `2xx` only after the journal says
-//!   its events are durable (`journal.durable(journal.written())`); a
-//!   refusal waits for nothing.
+//! - A state-changing request is answered `2xx` only after the store says
+//!   it is durable: the journal's `durable(written())` in one-node mode,
+//!   Redis' reply in multi-node mode; a refusal waits for nothing.
 //! - Every bound is named and configurable ([`Config`]) and is answered
 //!   with `413`, `429` or `503` + `Retry-After`, never with an unbounded
 //!   queue.
 //! - Nothing here holds an engine lock across an `.await`: the engine's
 //!   calls are synchronous and return before the gateway awaits.
+//! - Handlers do not know which store they have (`store::Store`).
 //! - The feed's stream costs the engine one sample per 200 ms, whatever the
 //!   number of subscribers; no subscriber can block the sampler, the
 //!   engine or another subscriber.
@@ -65,6 +70,7 @@ pub mod order_sink;
 mod pages;
 mod router;
 pub mod server;
+mod store;
 mod telemetry;
 mod wire;
 

@@ -49,9 +49,11 @@ use crate::auth::Signer;
 use crate::config::{Config, SECRET_BYTES_MIN, random_base64};
 use crate::error::Error;
 use crate::feed::{self, FeedHub};
-use crate::order_sink;
+use crate::order_sink::{self, OrderSinkHandle};
 use crate::pages::Pages;
 use crate::router::Router;
+use crate::store::redis::{RedisSettings, RedisTarget};
+use crate::store::{MemoryStore, RedisStore, Store};
 use crate::telemetry::Telemetry;
 
 /// Bytes hyper buffers for one request's head; larger heads are refused.
@@ -76,8 +78,14 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Prepares the data directory, the secret and the journal.
+    /// Prepares the store (the data directory, the secret and the journal;
+    /// or, in multi-node mode, the connection to Redis).
     pub async fn open(config: Config) -> Result<Gateway, Error> {
+        let (sink_stop, sink_stopped) = oneshot::channel::<()>();
+        let (store, order_sink) = match &config.redis {
+            Some(settings) => (open_redis(&config, settings).await?, None),
+            None => open_memory(&config, sink_stopped).await?,
+        };
         let secret = match &config.secret {
             Some(secret) => secret.clone(),
             None => {
@@ -86,37 +94,6 @@ impl Gateway {
                     .await
                     .map_err(Error::Task)??
             }
-        };
-        let journal_config = JournalConfig::new(config.data_dir.clone(), config.durability);
-        let (journal, engine) = tokio::task::spawn_blocking(move || {
-            Journal::open(
-                journal_config,
-                EngineConfig::default(),
-                Arc::new(SystemClock),
-            )
-        })
-        .await
-        .map_err(Error::Task)?
-        .map_err(|source| Error::JournalOpen {
-            dir: config.data_dir.clone(),
-            source,
-        })?;
-        // The Postgres order sink follows the journal's committed events in
-        // the background; it is stopped after the journal is closed, so it
-        // can copy the last batch.
-        let (sink_stop, sink_stopped) = oneshot::channel::<()>();
-        let order_sink = match &config.database_url {
-            Some(url) => {
-                let stopped = async move {
-                    let _ = sink_stopped.await;
-                };
-                Some(
-                    order_sink::start(url, journal.clone(), stopped)
-                        .await
-                        .map_err(Error::OrderSink)?,
-                )
-            }
-            None => None,
         };
         let app = App {
             signer: Signer::new(&secret, &config.admin_token),
@@ -132,8 +109,7 @@ impl Gateway {
             signup_credit: config.signup_credit,
             feed: Arc::new(FeedHub::new(config.feed_subscribers_max)),
             pages: Pages::new(),
-            engine,
-            journal,
+            store: Arc::new(store),
             order_sink: std::sync::Mutex::new(order_sink),
         };
         Ok(Gateway {
@@ -147,9 +123,13 @@ impl Gateway {
         &self.config
     }
 
-    /// The engine this gateway serves (for tests and embedding).
-    pub fn engine(&self) -> &Arc<Engine> {
-        &self.app.engine
+    /// The engine this gateway serves (for tests and embedding); `None` in
+    /// multi-node mode, where the state is in Redis.
+    pub fn engine(&self) -> Option<&Arc<Engine>> {
+        match &*self.app.store {
+            Store::Memory(memory) => Some(&memory.engine),
+            Store::Redis(_) => None,
+        }
     }
 
     /// Serves `listener` until `shutdown` completes, then drains and closes.
@@ -167,7 +147,11 @@ impl Gateway {
             .keep_alive(true)
             .max_buf_size(HEADER_BUFFER_BYTES_MAX);
         let housekeeping = tokio::spawn(housekeeping(app.clone(), config.expiry_interval));
-        let sampler = tokio::spawn(feed::sample(app.engine.clone(), app.feed.clone()));
+        let sampler = tokio::spawn(feed::sample(app.store.clone(), app.feed.clone()));
+        let poller = match &*app.store {
+            Store::Redis(redis) => Some(tokio::spawn(redis.clone().run_poller())),
+            Store::Memory(_) => None,
+        };
         tokio::pin!(shutdown);
         loop {
             let permit = tokio::select! {
@@ -223,13 +207,19 @@ impl Gateway {
         housekeeping.abort();
         let _ = housekeeping.await;
         let _ = sampler.await;
-        let engine = app.engine.clone();
-        let journal = app.journal.clone();
-        tokio::task::spawn_blocking(move || journal.close(&engine))
-            .await
-            .map_err(Error::Task)?
-            .map_err(Error::JournalClose)?;
-        tracing::info!("journal closed");
+        if let Some(poller) = poller {
+            poller.abort();
+            let _ = poller.await;
+        }
+        if let Store::Memory(memory) = &*app.store {
+            let engine = memory.engine.clone();
+            let journal = memory.journal.clone();
+            tokio::task::spawn_blocking(move || journal.close(&engine))
+                .await
+                .map_err(Error::Task)?
+                .map_err(Error::JournalClose)?;
+            tracing::info!("journal closed");
+        }
         let _ = sink_stop.send(());
         let sink = app.order_sink.lock().map_or(None, |mut sink| sink.take());
         if let Some(sink) = sink
@@ -257,7 +247,8 @@ pub async fn run(
 pub struct RunningServer {
     pub addr: SocketAddr,
     pub admin_token: String,
-    pub engine: Arc<Engine>,
+    /// The engine, in one-node mode.
+    pub engine: Option<Arc<Engine>>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), Error>>,
 }
@@ -298,7 +289,7 @@ pub async fn spawn(config: Config) -> Result<RunningServer, Error> {
         addr: loopback,
         source,
     })?;
-    let engine = gateway.engine().clone();
+    let engine = gateway.engine().cloned();
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(gateway.serve(listener, async move {
         // A dropped sender stops the server too.
@@ -321,8 +312,16 @@ async fn housekeeping(app: Arc<App>, expiry_interval: Duration) {
     loop {
         ticker.tick().await;
         for _ in 0..EXPIRY_PASSES_MAX {
-            if app.engine.expire_holds() == 0 {
-                break;
+            match app.store.expire_holds().await {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::warn!(
+                        error = &error as &dyn std::error::Error,
+                        "expiring holds failed; trying again next tick"
+                    );
+                    break;
+                }
             }
         }
         if last_trim.elapsed() >= HOUSEKEEPING_PERIOD {
@@ -331,6 +330,66 @@ async fn housekeeping(app: Arc<App>, expiry_interval: Duration) {
             app.telemetry.upkeep();
         }
     }
+}
+
+/// One-node mode: recovers the engine from the journal in `data_dir` and,
+/// with `--database-url`, starts the Postgres order sink, which follows the
+/// journal's committed events in the background and stops (after copying
+/// the last batch) when `sink_stopped` completes, after the journal closes.
+async fn open_memory(
+    config: &Config,
+    sink_stopped: oneshot::Receiver<()>,
+) -> Result<(Store, Option<OrderSinkHandle>), Error> {
+    let journal_config = JournalConfig::new(config.data_dir.clone(), config.durability);
+    let (journal, engine) = tokio::task::spawn_blocking(move || {
+        Journal::open(
+            journal_config,
+            EngineConfig::default(),
+            Arc::new(SystemClock),
+        )
+    })
+    .await
+    .map_err(Error::Task)?
+    .map_err(|source| Error::JournalOpen {
+        dir: config.data_dir.clone(),
+        source,
+    })?;
+    let order_sink = match &config.database_url {
+        Some(url) => {
+            let stopped = async move {
+                let _ = sink_stopped.await;
+            };
+            Some(
+                order_sink::start(url, journal.clone(), stopped)
+                    .await
+                    .map_err(Error::OrderSink)?,
+            )
+        }
+        None => None,
+    };
+    Ok((Store::Memory(MemoryStore { engine, journal }), order_sink))
+}
+
+/// Multi-node mode: connects to Redis (bounded by the connect timeout).
+async fn open_redis(config: &Config, settings: &RedisSettings) -> Result<Store, Error> {
+    if config.database_url.is_some() {
+        return Err(Error::Config(
+            "--database-url is not available in multi-node (Redis) mode yet: \
+             the order sink follows the one-node journal"
+                .into(),
+        ));
+    }
+    let store = RedisStore::connect(settings)
+        .await
+        .map_err(|source| Error::RedisConnect {
+            target: match &settings.target {
+                RedisTarget::Single(url) => url.clone(),
+                RedisTarget::Cluster(urls) => urls.join(","),
+            },
+            source: Box::new(source),
+        })?;
+    tracing::info!(shards = settings.shards, namespace = %settings.namespace, "multi-node mode: the sale's state is in Redis");
+    Ok(Store::Redis(store))
 }
 
 /// Reads `<dir>/secret`, or creates it (mode 0600) with 32 random bytes.

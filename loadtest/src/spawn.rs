@@ -70,6 +70,7 @@ impl SpawnedServer {
         }
         let child = command
             .env_remove("REDIS_URL")
+            .env_remove("REDIS_CLUSTER_URLS")
             .env_remove("DATABASE_URL")
             .arg("--addr")
             .arg("127.0.0.1:0")

@@ -9,6 +9,7 @@ fn flashsale() -> Command {
     // CI sets these for other suites; each test says what it wants.
     for variable in [
         "REDIS_URL",
+        "REDIS_CLUSTER_URLS",
         "DATABASE_URL",
         "FLASHSALE_ADDR",
         "FLASHSALE_DATA_DIR",
@@ -67,7 +68,7 @@ async fn serve_prints_its_address_serves_and_stops_on_sigterm() {
 }
 
 #[test]
-fn serve_refuses_to_start_with_a_redis_url() {
+fn serve_in_redis_mode_refuses_to_start_without_a_shared_secret_and_admin_token() {
     let dir = tempfile::tempdir().unwrap();
     let output = flashsale()
         .args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])
@@ -78,7 +79,41 @@ fn serve_refuses_to_start_with_a_redis_url() {
     assert!(!output.status.success());
     assert!(output.stdout.is_empty(), "it must not claim to listen");
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("multi-node mode"), "{stderr}");
+    assert!(
+        stderr.contains("needs --secret and --admin-token"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn serve_in_redis_mode_names_the_redis_it_cannot_reach() {
+    let dir = tempfile::tempdir().unwrap();
+    // A port nothing listens on: bind one, then let it go.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("redis://127.0.0.1:{port}");
+    let output = flashsale()
+        .args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .args(["--redis-url", &url, "--secret", "0123456789abcdef0123"])
+        .args([
+            "--admin-token",
+            "an-admin-token-123",
+            "--redis-connect-timeout-ms",
+            "300",
+        ])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(output.stdout.is_empty(), "it must not claim to listen");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!("cannot reach Redis at {url}")),
+        "{stderr}"
+    );
 }
 
 #[test]

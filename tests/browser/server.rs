@@ -110,6 +110,7 @@ impl Server {
                 SIGNUP_CREDIT,
             ])
             .env_remove("REDIS_URL")
+            .env_remove("REDIS_CLUSTER_URLS")
             .env_remove("DATABASE_URL")
             .env("FLASHSALE_RATE_LIMIT_SHOPPER", "0")
             .env("FLASHSALE_RATE_LIMIT_ADDRESS", "0")

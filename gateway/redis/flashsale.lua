@@ -1,0 +1,524 @@
+-- flashsale's server-side steps in Redis mode (DESIGN.md "Multi-node mode").
+--
+-- One script, loaded by EVALSHA (redis-rs reloads it on NOSCRIPT), with the
+-- step named by ARGV[1]. Every step is atomic (Redis runs a script to the end
+-- before anything else) and touches only the keys the caller passed in KEYS,
+-- all under one hash tag, so it runs on one Cluster slot:
+--
+--   shard steps, tag {s:K}: reserve, pay, release, credit, accounts,
+--                           register, terms, accept, sweep_out, sweep_done
+--   deal steps,  tag {d:D}: refill, confirm, sweep_in, sold_out, update
+--
+-- The in-memory engine (engine/src/engine.rs) is the specification: each step
+-- checks in the engine's order and answers what the engine would. Every step
+-- is idempotent or guarded so that the cluster client's own retries, and a
+-- node's retry after a timeout, never apply a change twice: reserve by its
+-- idempotency key, credit by its reference, transfers by their ids, holds by
+-- their status.
+--
+-- Replies are flat arrays whose first element says what they are:
+--   {'OK', ...}       done; the rest depends on the step
+--   {'ERR', code, a}  a refusal, nothing changed (engine: "a refusal changes
+--                     nothing"); code names an EngineError variant
+--   {'REFILL', need, total}
+--                     the shard's bucket lacks `need` of the `total` units the
+--                     request needs there: the node moves stock from the
+--                     deal's pool (sweeping the other buckets into the pool
+--                     when it is short) and retries
+--   {'TERMS'}         the shard has no (or older) terms for the deal: the node
+--                     installs them from the deal's slot and retries
+--
+-- Money is whole fen; every amount stays below 2^53 so Lua's doubles are
+-- exact (the gateway refuses larger wallets, see store/redis.rs).
+
+local op = ARGV[1]
+
+-- The Redis server's clock in ms: one clock for every node of a deployment.
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function num(value)
+  return tonumber(value) or 0
+end
+
+local function err(code, arg)
+  return {'ERR', code, arg or ''}
+end
+
+-- Integers as exact decimal text: Lua's own number-to-text conversion keeps
+-- only 14 significant digits, too few for money near 2^53 fen.
+local function int(n)
+  return string.format('%d', n)
+end
+
+-- Records are JSON objects written here with exact integers (cjson's
+-- encoder also keeps only 14 digits) and read back by cjson.decode and by
+-- the gateway (store/redis.rs `RecordJson`).
+local function encode_order(o)
+  local hold = o.hold and (',"hold":' .. int(o.hold)) or ''
+  return string.format(
+    '{"id":%s,"deal":%s,"shopper":%s,"quantity":%s,"unit_price":%s,"amount":%s,"late":%s,"created_at":%s%s}',
+    int(o.id), int(o.deal), int(o.shopper), int(o.quantity), int(o.unit_price),
+    int(o.amount), o.late and 'true' or 'false', int(o.created_at), hold)
+end
+
+local function encode_hold(h)
+  local order = h.order and (',"order":' .. int(h.order)) or ''
+  return string.format(
+    '{"id":%s,"deal":%s,"shopper":%s,"quantity":%s,"amount":%s,"created_at":%s,"expires_at":%s,"status":"%s"%s}',
+    int(h.id), int(h.deal), int(h.shopper), int(h.quantity), int(h.amount),
+    int(h.created_at), int(h.expires_at), h.status, order)
+end
+
+-- Ids of orders and holds carry their shard in the low 10 bits
+-- (engine/src/ids.rs `compose`): sequence * 1024 + shard.
+local function compose(shard, sequence)
+  return sequence * 1024 + shard
+end
+
+-- ----- shard steps ------------------------------------------------------------
+
+-- The deal's terms on this shard, or nil when missing or older than the
+-- version the node knows (the node then installs them and retries).
+local function terms_of(key, version)
+  local t = redis.call('HMGET', key, 'version', 'price', 'limit', 'starts', 'ends',
+    'paused', 'registration', 'hold_seconds', 'merchant')
+  if not t[1] or num(t[1]) < version then
+    return nil
+  end
+  return {
+    version = num(t[1]), price = num(t[2]), limit = num(t[3]), starts = num(t[4]),
+    ends = num(t[5]), paused = t[6] == '1', registration = t[7] == '1',
+    hold_seconds = num(t[8]), merchant = t[9],
+  }
+end
+
+-- engine: `deal.refusal(now)`: sold out, not started, ended, paused, in
+-- that order. `sold_out` is the node's view of the deal's marker.
+local function refusal(terms, now, sold_out)
+  if sold_out then return 'sold_out' end
+  if now < terms.starts then return 'not_started' end
+  if now >= terms.ends then return 'deal_ended' end
+  if terms.paused then return 'deal_paused' end
+  return nil
+end
+
+local function replay(kind, outcome, orders, holds)
+  if kind == 'order' then
+    return {'OK', 'order', redis.call('HGET', orders, outcome), '1'}
+  end
+  return {'OK', 'hold', redis.call('HGET', holds, outcome), '1'}
+end
+
+-- reserve: a one-tap buy (kind 'order') or a hold (kind 'hold').
+-- KEYS: 1 account, 2 idempotency record, 3 shard stock, 4 deal terms,
+--       5 orders, 6 holds, 7 hold expiries, 8 sequences, 9 the deal's order
+--       list, 10 the shopper's order list, 11 the deal's record set
+-- ARGV: op, deal, shopper, kind, quantity, terms version, shard, sold_out,
+--       key retention in s
+local function reserve()
+  local account, record_key, stock, terms_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+  local orders, holds, expiries, sequences = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+  local deal_orders, shopper_orders, records = KEYS[9], KEYS[10], KEYS[11]
+  local deal, shopper, kind = ARGV[2], ARGV[3], ARGV[4]
+  local quantity, version, shard = num(ARGV[5]), num(ARGV[6]), num(ARGV[7])
+  local sold_out, retention = ARGV[8] == '1', num(ARGV[9])
+  local terms = terms_of(terms_key, version)
+  if not terms then return {'TERMS'} end
+  local now = now_ms()
+  local refused = refusal(terms, now, sold_out)
+  -- engine: a record on this deal answers first (the same order or hold
+  -- again, or idempotency_key_reused for another request)...
+  local record = redis.call('HMGET', record_key, 'deal', 'kind', 'quantity', 'outcome')
+  if record[1] == deal then
+    if record[2] ~= kind or num(record[3]) ~= quantity then
+      return err('idempotency_key_reused')
+    end
+    return replay(kind, record[4], orders, holds)
+  end
+  -- engine: a deal with nothing remaining is refused sold_out before any
+  -- other check. This shard cannot see the other buckets and the pool, so
+  -- an empty bucket asks the node for one unit first; the node answers
+  -- sold_out itself when there is none anywhere.
+  local bucket = num(redis.call('HGET', stock, 'b:' .. deal))
+  if bucket == 0 and not sold_out then return {'REFILL', 1, 1} end
+  -- ...then the deal's own refusals, then a key used on another deal.
+  if refused then return err(refused) end
+  if record[1] then return err('idempotency_key_reused') end
+  local wallet = redis.call('HMGET', account, 'available', 'held', 'spent',
+    'b:' .. deal, 'h:' .. deal, 'r:' .. deal)
+  if not wallet[1] then return err('not_found', 'shopper') end
+  -- engine: registration, then the per-user limit, then funds.
+  if terms.registration and wallet[6] ~= '1' then return err('not_registered') end
+  local bought, held_units = num(wallet[4]), num(wallet[5])
+  if bought + held_units + quantity > terms.limit then
+    return err('purchase_limit_reached', terms.limit)
+  end
+  local amount = terms.price * quantity
+  if num(wallet[1]) < amount then return err('insufficient_funds') end
+  -- engine: `deal.stock.try_take`: here the shard's bucket of the deal.
+  if bucket < quantity then return {'REFILL', quantity - bucket, quantity} end
+  -- From here on nothing can fail: commit every effect.
+  redis.call('HINCRBY', stock, 'b:' .. deal, -quantity)
+  redis.call('HINCRBY', account, 'available', int(-amount))
+  local outcome, body
+  if kind == 'order' then
+    -- engine: `commit_order`.
+    local id = compose(shard, redis.call('HINCRBY', sequences, 'order', 1) - 1)
+    redis.call('HINCRBY', account, 'spent', int(amount))
+    if bought == 0 then redis.call('HINCRBY', stock, 'n:' .. deal, 1) end
+    redis.call('HINCRBY', account, 'b:' .. deal, quantity)
+    redis.call('HINCRBY', stock, 's:' .. deal, quantity)
+    body = encode_order({id = id, deal = num(deal), shopper = num(shopper),
+      quantity = quantity, unit_price = terms.price, amount = amount, late = false,
+      created_at = now})
+    redis.call('HSET', orders, int(id), body)
+    redis.call('RPUSH', deal_orders, int(id))
+    redis.call('RPUSH', shopper_orders, int(id))
+    outcome = id
+  else
+    -- engine: `commit_hold` / `reserve_for`.
+    local id = compose(shard, redis.call('HINCRBY', sequences, 'hold', 1) - 1)
+    local expires = now + terms.hold_seconds * 1000
+    redis.call('HINCRBY', account, 'held', int(amount))
+    redis.call('HINCRBY', account, 'h:' .. deal, quantity)
+    redis.call('HINCRBY', stock, 'h:' .. deal, quantity)
+    body = encode_hold({id = id, deal = num(deal), shopper = num(shopper),
+      quantity = quantity, amount = amount, created_at = now, expires_at = expires,
+      status = 'active'})
+    redis.call('HSET', holds, int(id), body)
+    redis.call('ZADD', expiries, int(expires), int(id))
+    outcome = id
+  end
+  redis.call('HSET', record_key, 'deal', deal, 'kind', kind, 'quantity', quantity,
+    'outcome', int(outcome))
+  redis.call('EXPIRE', record_key, retention)
+  redis.call('SADD', records, shopper)
+  return {'OK', kind, body, '0'}
+end
+
+-- Gives an active hold's stock and funds back (engine: `release`); its units
+-- go to this shard's bucket. `status` is 'released' or 'expired'.
+local function release_hold(hold, account, stock, holds, expiries, status)
+  local deal = tostring(hold.deal)
+  hold.status = status
+  redis.call('HSET', holds, int(hold.id), encode_hold(hold))
+  redis.call('ZREM', expiries, int(hold.id))
+  redis.call('HINCRBY', account, 'available', int(hold.amount))
+  redis.call('HINCRBY', account, 'held', int(-hold.amount))
+  redis.call('HINCRBY', account, 'h:' .. deal, -hold.quantity)
+  redis.call('HINCRBY', stock, 'h:' .. deal, -hold.quantity)
+  redis.call('HINCRBY', stock, 'b:' .. deal, hold.quantity)
+end
+
+-- A hold owned by the caller, or a refusal.
+local function own_hold(holds, id, shopper)
+  local encoded = redis.call('HGET', holds, id)
+  if not encoded then return nil, err('not_found', 'hold') end
+  local hold = cjson.decode(encoded)
+  if tostring(hold.shopper) ~= shopper then return nil, err('forbidden', 'hold') end
+  return hold
+end
+
+-- pay: pays a hold (engine: `pay_hold`). On time: held funds become spent,
+-- held stock sold. Expired: judged afresh like a new buy (window, limit,
+-- funds, stock) and answered hold_expired when refused.
+-- KEYS: 1 account, 2 shard stock, 3 deal terms, 4 orders, 5 holds,
+--       6 expiries, 7 sequences, 8 the deal's order list, 9 the shopper's
+--       order list
+-- ARGV: op, hold id, shopper, terms version, shard
+local function pay()
+  local account, stock, terms_key, orders = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+  local holds, expiries, sequences = KEYS[5], KEYS[6], KEYS[7]
+  local deal_orders, shopper_orders = KEYS[8], KEYS[9]
+  local id, shopper, version, shard = ARGV[2], ARGV[3], num(ARGV[4]), num(ARGV[5])
+  local hold, refused = own_hold(holds, id, shopper)
+  if not hold then return refused end
+  local terms = terms_of(terms_key, version)
+  if not terms then return {'TERMS'} end
+  local now = now_ms()
+  if hold.status == 'settled' then return err('hold_settled', int(hold.order)) end
+  if hold.status == 'released' then return err('hold_released') end
+  local deal = tostring(hold.deal)
+  local late = false
+  if hold.status == 'active' and now >= hold.expires_at then
+    release_hold(hold, account, stock, holds, expiries, 'expired')
+  end
+  if hold.status == 'active' then
+    -- engine: `settle`.
+    redis.call('ZREM', expiries, int(hold.id))
+    redis.call('HINCRBY', account, 'held', int(-hold.amount))
+    redis.call('HINCRBY', stock, 'h:' .. deal, -hold.quantity)
+    redis.call('HINCRBY', account, 'h:' .. deal, -hold.quantity)
+  else
+    -- engine: late payment, judged afresh; every refusal is hold_expired.
+    if terms.paused or now >= terms.ends then return err('hold_expired') end
+    local wallet = redis.call('HMGET', account, 'available', 'b:' .. deal, 'h:' .. deal)
+    if num(wallet[2]) + num(wallet[3]) + hold.quantity > terms.limit
+      or num(wallet[1]) < hold.amount then
+      return err('hold_expired')
+    end
+    local bucket = num(redis.call('HGET', stock, 'b:' .. deal))
+    if bucket < hold.quantity then return {'REFILL', hold.quantity - bucket, hold.quantity} end
+    redis.call('HINCRBY', stock, 'b:' .. deal, -hold.quantity)
+    redis.call('HINCRBY', account, 'available', int(-hold.amount))
+    late = true
+  end
+  if num(redis.call('HGET', account, 'b:' .. deal)) == 0 then
+    redis.call('HINCRBY', stock, 'n:' .. deal, 1)
+  end
+  redis.call('HINCRBY', account, 'spent', int(hold.amount))
+  redis.call('HINCRBY', account, 'b:' .. deal, hold.quantity)
+  redis.call('HINCRBY', stock, 's:' .. deal, hold.quantity)
+  local order_id = compose(shard, redis.call('HINCRBY', sequences, 'order', 1) - 1)
+  local body = encode_order({id = order_id, deal = hold.deal, shopper = hold.shopper,
+    quantity = hold.quantity, unit_price = terms.price, amount = hold.amount,
+    late = late, hold = hold.id, created_at = now})
+  redis.call('HSET', orders, int(order_id), body)
+  redis.call('RPUSH', deal_orders, int(order_id))
+  redis.call('RPUSH', shopper_orders, int(order_id))
+  hold.status = 'settled'
+  hold.order = order_id
+  redis.call('HSET', holds, int(hold.id), encode_hold(hold))
+  return {'OK', 'order', body}
+end
+
+-- release: DELETE /v1/holds/{id} (engine: `release_hold`), or, with
+-- shopper '*', the expiry sweep of one hold whose time is up (engine:
+-- `expire_holds`). Releasing a released or expired hold changes nothing.
+-- KEYS: 1 account of the hold's shopper, 2 shard stock, 3 holds, 4 expiries
+-- ARGV: op, hold id, shopper or '*'
+local function release()
+  local account, stock, holds, expiries = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+  local id, shopper = ARGV[2], ARGV[3]
+  local hold, refused
+  if shopper == '*' then
+    local encoded = redis.call('HGET', holds, id)
+    if not encoded then return err('not_found', 'hold') end
+    hold = cjson.decode(encoded)
+    if hold.status ~= 'active' or hold.expires_at > now_ms() then
+      return {'OK', 'hold', encoded}
+    end
+    release_hold(hold, account, stock, holds, expiries, 'expired')
+    return {'OK', 'hold', encode_hold(hold)}
+  end
+  hold, refused = own_hold(holds, id, shopper)
+  if not hold then return refused end
+  if hold.status == 'settled' then return err('hold_settled', int(hold.order)) end
+  if hold.status == 'active' then
+    release_hold(hold, account, stock, holds, expiries, 'released')
+  end
+  return {'OK', 'hold', encode_hold(hold)}
+end
+
+-- credit: the payment provider credits a wallet (engine: `credit_wallet`);
+-- the same reference again changes nothing, with another amount it is
+-- idempotency_key_reused.
+-- KEYS: 1 account; ARGV: op, amount in fen, reference, wallet bound in fen
+local function credit()
+  local account = KEYS[1]
+  local amount, reference, bound = num(ARGV[2]), ARGV[3], num(ARGV[4])
+  if redis.call('EXISTS', account) == 0 then return err('not_found', 'shopper') end
+  local previous = redis.call('HGET', account, 'c:' .. reference)
+  if previous then
+    if num(previous) ~= amount then return err('idempotency_key_reused') end
+  else
+    if num(redis.call('HGET', account, 'credited')) + amount > bound then
+      return err('invalid', 'amount')
+    end
+    redis.call('HSET', account, 'c:' .. reference, int(amount))
+    redis.call('HINCRBY', account, 'credited', int(amount))
+    redis.call('HINCRBY', account, 'available', int(amount))
+  end
+  return {'OK', unpack(redis.call('HMGET', account, 'credited', 'available', 'held', 'spent'))}
+end
+
+-- accounts: creates shoppers of this shard, each wallet credited `credit`
+-- fen under its own reference (engine: `create_shoppers`). Creating an
+-- existing account again changes nothing (a retried call).
+-- KEYS: the accounts; ARGV: op, created_at ms, credit in fen, then for each
+-- key its name and its credit reference
+local function accounts()
+  local created, amount = ARGV[2], num(ARGV[3])
+  for index, account in ipairs(KEYS) do
+    if redis.call('EXISTS', account) == 0 then
+      local name, reference = ARGV[2 + index * 2], ARGV[3 + index * 2]
+      redis.call('HSET', account, 'name', name, 'created_at', created,
+        'credited', int(amount), 'available', int(amount), 'held', 0, 'spent', 0)
+      if amount > 0 then redis.call('HSET', account, 'c:' .. reference, int(amount)) end
+    end
+  end
+  return {'OK'}
+end
+
+-- register: a shopper registers for a deal before it starts (engine:
+-- `register`): 'new' or 'again'.
+-- KEYS: 1 account, 2 shard stock, 3 deal terms; ARGV: op, deal, version
+local function register()
+  local account, stock, terms_key = KEYS[1], KEYS[2], KEYS[3]
+  local deal, version = ARGV[2], num(ARGV[3])
+  local terms = terms_of(terms_key, version)
+  if not terms then return {'TERMS'} end
+  local registered = redis.call('HMGET', account, 'name', 'r:' .. deal)
+  if not registered[1] then return err('not_found', 'shopper') end
+  if registered[2] == '1' then return {'OK', 'again'} end
+  if now_ms() >= terms.starts then return err('registration_closed') end
+  redis.call('HSET', account, 'r:' .. deal, 1)
+  redis.call('HINCRBY', stock, 'g:' .. deal, 1)
+  return {'OK', 'new'}
+end
+
+-- terms: installs a deal's terms on a shard unless it already has these or
+-- newer ones (the version only grows).
+-- KEYS: 1 deal terms; ARGV: op, version, price, limit, starts, ends, paused,
+-- registration, hold_seconds, merchant
+local function install_terms()
+  local current = num(redis.call('HGET', KEYS[1], 'version'))
+  if current >= num(ARGV[2]) then return {'OK', 'kept'} end
+  redis.call('HSET', KEYS[1], 'version', ARGV[2], 'price', ARGV[3], 'limit', ARGV[4],
+    'starts', ARGV[5], 'ends', ARGV[6], 'paused', ARGV[7], 'registration', ARGV[8],
+    'hold_seconds', ARGV[9], 'merchant', ARGV[10])
+  return {'OK', 'installed'}
+end
+
+-- accept: the shard half of a pool-to-bucket transfer: adds the units to the
+-- bucket once per transfer id, however often it is called.
+-- KEYS: 1 shard stock, 2 accepted transfer ids; ARGV: op, deal, transfer id,
+-- units
+local function accept()
+  if redis.call('SADD', KEYS[2], ARGV[2] .. ':' .. ARGV[3]) == 1 then
+    redis.call('HINCRBY', KEYS[1], 'b:' .. ARGV[2], num(ARGV[4]))
+  end
+  return {'OK'}
+end
+
+-- sweep_out: takes all of a deal's units out of this shard's bucket, under a
+-- new sweep id, to be added to the deal's pool (sweep_in). Pending sweeps
+-- are kept until sweep_done so a crash strands nothing.
+-- KEYS: 1 shard stock, 2 pending sweeps, 3 sequences; ARGV: op, deal, shard
+-- Reply: {'OK', sweep id, units}; units 0 and no id when the bucket is empty.
+local function sweep_out()
+  local stock, pending, sequences = KEYS[1], KEYS[2], KEYS[3]
+  local deal, shard = ARGV[2], ARGV[3]
+  local units = num(redis.call('HGET', stock, 'b:' .. deal))
+  if units <= 0 then return {'OK', '', 0} end
+  local id = shard .. '.' .. int(redis.call('HINCRBY', sequences, 'sweep', 1))
+  redis.call('HSET', stock, 'b:' .. deal, 0)
+  redis.call('HSET', pending, id, deal .. ':' .. int(units))
+  return {'OK', id, units}
+end
+
+-- sweep_done: the sweep reached the pool; forget it.
+-- KEYS: 1 pending sweeps; ARGV: op, sweep id
+local function sweep_done()
+  redis.call('HDEL', KEYS[1], ARGV[2])
+  return {'OK'}
+end
+
+-- ----- deal steps ---------------------------------------------------------------
+
+-- refill: moves units from the deal's pool towards one shard's bucket under
+-- a new transfer id: at least `need`, more while the pool is large (a
+-- chunk of pool / (2 * shards), so the chunk shrinks as the pool drains and
+-- little stock waits in other buckets at the end), never more than the pool.
+-- The transfer stays pending until confirm, so a crash between here and
+-- accept is finished by the reconciler.
+-- Reply: {'OK', transfer id, units, pool left}; units 0 (nothing moved) when
+-- the pool holds fewer than `need` (engine: `try_take` takes all or nothing).
+-- KEYS: 1 deal, 2 pending transfers; ARGV: op, shard, need, shards
+local function refill()
+  local deal, pending = KEYS[1], KEYS[2]
+  local shard, need, shards = ARGV[2], num(ARGV[3]), num(ARGV[4])
+  local pool = num(redis.call('HGET', deal, 'pool'))
+  if pool < need or pool <= 0 then return {'OK', '', 0, pool} end
+  local units = math.max(need, math.floor(pool / (2 * shards)))
+  units = math.min(units, pool)
+  local id = redis.call('HINCRBY', deal, 'transfers', 1)
+  redis.call('HINCRBY', deal, 'pool', -units)
+  redis.call('HSET', pending, id, shard .. ':' .. int(units) .. ':' .. int(now_ms()))
+  return {'OK', int(id), units, pool - units}
+end
+
+-- confirm: the transfer reached its bucket; forget it.
+-- KEYS: 1 pending transfers; ARGV: op, transfer id
+local function confirm()
+  redis.call('HDEL', KEYS[1], ARGV[2])
+  return {'OK'}
+end
+
+-- sweep_in: adds a sweep's units to the pool once per sweep id, and clears
+-- the sold-out marker (engine: stock put back clears `sold_out`).
+-- KEYS: 1 deal, 2 accepted sweep ids; ARGV: op, sweep id, units, channel
+local function sweep_in()
+  local deal, accepted = KEYS[1], KEYS[2]
+  if redis.call('SADD', accepted, ARGV[2]) == 1 then
+    redis.call('HINCRBY', deal, 'pool', num(ARGV[3]))
+    if redis.call('HGET', deal, 'sold_out') == '1' then
+      redis.call('HSET', deal, 'sold_out', 0)
+      redis.call('PUBLISH', ARGV[4], 'stock')
+    end
+  end
+  return {'OK'}
+end
+
+-- sold_out: sets the deal's sold-out marker when its pool is empty and no
+-- transfer is on its way to a bucket (the caller has swept every bucket).
+-- KEYS: 1 deal, 2 pending transfers; ARGV: op, channel
+local function sold_out()
+  if num(redis.call('HGET', KEYS[1], 'pool')) > 0 or redis.call('HLEN', KEYS[2]) > 0 then
+    return {'OK', 0}
+  end
+  if redis.call('HGET', KEYS[1], 'sold_out') ~= '1' then
+    redis.call('HSET', KEYS[1], 'sold_out', 1)
+    redis.call('PUBLISH', ARGV[2], 'sold_out')
+  end
+  return {'OK', 1}
+end
+
+-- update: PATCH /v1/deals/{id} by its merchant (engine: `update_deal`):
+-- restock adds to the pool and the total and clears the sold-out marker;
+-- ends_at and paused bump the terms' version. The caller has validated the
+-- change against the terms it read; `ends_at` is re-checked against the
+-- server's clock.
+-- KEYS: 1 deal; ARGV: op, merchant, add_stock or '', ends_at or '',
+-- paused ('1', '0' or ''), stock bound, channel
+local function update()
+  local deal = KEYS[1]
+  local merchant, add, ends, paused = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+  local current = redis.call('HMGET', deal, 'merchant', 'total', 'starts')
+  if not current[1] then return err('not_found', 'deal') end
+  if current[1] ~= merchant then return err('forbidden', 'deal') end
+  if add ~= '' and num(current[2]) + num(add) > num(ARGV[6]) then
+    return err('invalid', 'add_stock')
+  end
+  if ends ~= '' and (num(ends) <= num(current[3]) or num(ends) <= now_ms()) then
+    return err('invalid', 'ends_at')
+  end
+  if add ~= '' then
+    redis.call('HINCRBY', deal, 'total', num(add))
+    redis.call('HINCRBY', deal, 'pool', num(add))
+    if redis.call('HGET', deal, 'sold_out') == '1' then
+      redis.call('HSET', deal, 'sold_out', 0)
+      redis.call('PUBLISH', ARGV[7], 'stock')
+    end
+  end
+  if ends ~= '' or paused ~= '' then
+    if ends ~= '' then redis.call('HSET', deal, 'ends', ends) end
+    if paused ~= '' then redis.call('HSET', deal, 'paused', paused) end
+    redis.call('HINCRBY', deal, 'version', 1)
+    redis.call('PUBLISH', ARGV[7], 'terms')
+  end
+  return {'OK'}
+end
+
+local steps = {
+  reserve = reserve, pay = pay, release = release, credit = credit,
+  accounts = accounts, register = register, terms = install_terms, accept = accept,
+  sweep_out = sweep_out, sweep_done = sweep_done, refill = refill,
+  confirm = confirm, sweep_in = sweep_in, sold_out = sold_out, update = update,
+}
+local step = steps[op]
+if not step then return redis.error_reply('unknown step ' .. tostring(op)) end
+return step()

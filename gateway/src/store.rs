@@ -1,0 +1,219 @@
+//! The reservation interface: every state the handlers read or change goes
+//! through [`Store`], which is either the embedded engine with its journal
+//! ([`MemoryStore`], one node) or Redis ([`RedisStore`], many stateless
+//! nodes; DESIGN.md "Multi-node mode"). Handlers do not know which one they
+//! have.
+//!
+//! Both sides answer with the engine's records and refusals
+//! ([`flashsale_engine::EngineError`]), so one mapping to HTTP
+//! ([`crate::error::Error::http`]) serves both. A change is acknowledged
+//! only when it is as durable as the store promises: the journal's fsync
+//! (or its async flush) in memory, Redis' reply in Redis mode (whose
+//! persistence decides what that reply is worth; see README).
+//!
+//! Dispatch is a `match` on the enum (no boxing, no `dyn` future): the buy
+//! path of the memory store stays a direct call.
+
+pub(crate) mod memory;
+pub(crate) mod redis;
+
+use flashsale_engine::{
+    DealChange, DealId, DealView, HoldId, Merchant, MerchantId, Money, NewDeal, Order, OrderCursor,
+    OrderId, OrderPage, Rating, Review, Shopper, ShopperId, Timestamp, Wallet,
+};
+
+pub(crate) use self::memory::MemoryStore;
+pub(crate) use self::redis::RedisStore;
+use crate::error::Error;
+use crate::feed::FeedSource;
+
+/// Where the sale's state lives.
+pub(crate) enum Store {
+    Memory(MemoryStore),
+    Redis(RedisStore),
+}
+
+/// Calls the same method on whichever store this is.
+macro_rules! dispatch {
+    ($self:ident, $store:ident => $call:expr) => {
+        match $self {
+            Store::Memory($store) => $call,
+            Store::Redis($store) => $call,
+        }
+    };
+}
+
+impl Store {
+    /// The store's clock: the engine's in memory, this node's in Redis mode.
+    pub(crate) fn now(&self) -> Timestamp {
+        dispatch!(self, store => store.now())
+    }
+
+    /// Why changes cannot be taken now, if they cannot (journal not ready,
+    /// Redis unreachable); `None` when ready.
+    pub(crate) fn not_ready(&self) -> Option<&'static str> {
+        dispatch!(self, store => store.not_ready())
+    }
+
+    /// The feed's view of the deals (see [`crate::feed`]).
+    pub(crate) fn feed_source(&self) -> &dyn FeedSource {
+        dispatch!(self, store => store.feed_source())
+    }
+
+    pub(crate) async fn create_merchant(&self, name: &str) -> Result<Merchant, Error> {
+        dispatch!(self, store => store.create_merchant(name).await)
+    }
+
+    pub(crate) async fn merchant(&self, id: MerchantId) -> Result<Option<Merchant>, Error> {
+        dispatch!(self, store => store.merchant(id).await)
+    }
+
+    pub(crate) async fn rating(&self, id: MerchantId) -> Result<Option<Rating>, Error> {
+        dispatch!(self, store => store.rating(id).await)
+    }
+
+    /// A new shopper; with `credit` > 0 its wallet is credited that much
+    /// under the reference `reference` in the same acknowledgement.
+    pub(crate) async fn create_shopper(
+        &self,
+        name: &str,
+        credit: Money,
+        reference: &str,
+    ) -> Result<Shopper, Error> {
+        dispatch!(self, store => store.create_shopper(name, credit, reference).await)
+    }
+
+    /// `count` shoppers (1 to 10,000), each credited `credit`.
+    pub(crate) async fn create_shoppers(
+        &self,
+        count: u32,
+        credit: Money,
+    ) -> Result<Vec<ShopperId>, Error> {
+        dispatch!(self, store => store.create_shoppers(count, credit).await)
+    }
+
+    pub(crate) async fn credit_wallet(
+        &self,
+        shopper: ShopperId,
+        amount: Money,
+        reference: &str,
+    ) -> Result<Wallet, Error> {
+        dispatch!(self, store => store.credit_wallet(shopper, amount, reference).await)
+    }
+
+    pub(crate) async fn wallet(&self, shopper: ShopperId) -> Result<Wallet, Error> {
+        dispatch!(self, store => store.wallet(shopper).await)
+    }
+
+    pub(crate) async fn create_deal(
+        &self,
+        merchant: MerchantId,
+        new: NewDeal,
+    ) -> Result<DealView, Error> {
+        dispatch!(self, store => store.create_deal(merchant, new).await)
+    }
+
+    pub(crate) async fn deal(&self, id: DealId) -> Result<DealView, Error> {
+        dispatch!(self, store => store.deal(id).await)
+    }
+
+    pub(crate) async fn update_deal(
+        &self,
+        merchant: MerchantId,
+        id: DealId,
+        change: DealChange,
+    ) -> Result<DealView, Error> {
+        dispatch!(self, store => store.update_deal(merchant, id, change).await)
+    }
+
+    /// Deals, newest first, from `before` (exclusive); at most `limit`.
+    pub(crate) async fn deals_newest_first(
+        &self,
+        before: Option<DealId>,
+        limit: usize,
+    ) -> Result<Vec<DealView>, Error> {
+        dispatch!(self, store => store.deals_newest_first(before, limit).await)
+    }
+
+    /// `true` when newly registered, `false` when already.
+    pub(crate) async fn register(&self, shopper: ShopperId, deal: DealId) -> Result<bool, Error> {
+        dispatch!(self, store => store.register(shopper, deal).await)
+    }
+
+    /// One-tap buy; the same `key` and request again gets the same order.
+    pub(crate) async fn buy(
+        &self,
+        shopper: ShopperId,
+        deal: DealId,
+        quantity: u32,
+        key: &str,
+    ) -> Result<Order, Error> {
+        dispatch!(self, store => store.buy(shopper, deal, quantity, key).await)
+    }
+
+    pub(crate) async fn hold(
+        &self,
+        shopper: ShopperId,
+        deal: DealId,
+        quantity: u32,
+        key: &str,
+    ) -> Result<flashsale_engine::Hold, Error> {
+        dispatch!(self, store => store.hold(shopper, deal, quantity, key).await)
+    }
+
+    pub(crate) async fn pay_hold(&self, shopper: ShopperId, hold: HoldId) -> Result<Order, Error> {
+        dispatch!(self, store => store.pay_hold(shopper, hold).await)
+    }
+
+    pub(crate) async fn release_hold(
+        &self,
+        shopper: ShopperId,
+        hold: HoldId,
+    ) -> Result<flashsale_engine::Hold, Error> {
+        dispatch!(self, store => store.release_hold(shopper, hold).await)
+    }
+
+    /// Expires holds whose time is up; how many, a full batch meaning
+    /// "call again".
+    pub(crate) async fn expire_holds(&self) -> Result<usize, Error> {
+        dispatch!(self, store => store.expire_holds().await)
+    }
+
+    pub(crate) async fn review(
+        &self,
+        shopper: ShopperId,
+        order: OrderId,
+        scores: [u8; 3],
+        text: &str,
+    ) -> Result<Review, Error> {
+        dispatch!(self, store => store.review(shopper, order, scores, text).await)
+    }
+
+    /// `true` the first time an order is shared.
+    pub(crate) async fn share(&self, shopper: ShopperId, order: OrderId) -> Result<bool, Error> {
+        dispatch!(self, store => store.share(shopper, order).await)
+    }
+
+    pub(crate) async fn order(&self, id: OrderId) -> Result<Order, Error> {
+        dispatch!(self, store => store.order(id).await)
+    }
+
+    pub(crate) async fn orders_of_deal(
+        &self,
+        deal: DealId,
+        from: OrderCursor,
+        limit: usize,
+    ) -> Result<OrderPage, Error> {
+        dispatch!(self, store => store.orders_of_deal(deal, from, limit).await)
+    }
+
+    pub(crate) async fn orders_of_shopper(
+        &self,
+        shopper: ShopperId,
+        deal: Option<DealId>,
+        from: OrderCursor,
+        limit: usize,
+    ) -> Result<OrderPage, Error> {
+        dispatch!(self, store => store.orders_of_shopper(shopper, deal, from, limit).await)
+    }
+}

@@ -1,0 +1,231 @@
+//! The embedded store: the in-memory engine and its journal, one node.
+//!
+//! Each change is one synchronous engine call (which hands its event to the
+//! journal under the shard lock), then a wait until the journal says
+//! everything written so far is durable ([`MemoryStore::commit`]): with
+//! `--durability sync` that is the group commit's fsync, with `async` it
+//! returns at once. Reads are engine calls and wait for nothing. A refusal
+//! returns before the wait: it changed nothing, so there is nothing to make
+//! durable.
+
+use std::sync::Arc;
+
+use flashsale_engine::{
+    DealChange, DealId, DealView, Engine, Hold, HoldId, Merchant, MerchantId, Money, NewDeal,
+    Order, OrderCursor, OrderId, OrderPage, Rating, Review, Shopper, ShopperId, Timestamp, Wallet,
+};
+use flashsale_journal::Journal;
+
+use crate::error::Error;
+use crate::feed::FeedSource;
+
+pub(crate) struct MemoryStore {
+    pub(crate) engine: Arc<Engine>,
+    pub(crate) journal: Arc<Journal>,
+}
+
+impl MemoryStore {
+    /// Waits until every event emitted so far, the caller's included, is
+    /// durable. Called after a change and before it is acknowledged.
+    async fn commit(&self) -> Result<(), Error> {
+        let position = self.journal.written();
+        self.journal.durable(position).await.map_err(|error| {
+            tracing::warn!(
+                error = &error as &dyn std::error::Error,
+                "a change could not be made durable"
+            );
+            Error::Journal(error)
+        })
+    }
+
+    /// A change's result, acknowledged once durable.
+    async fn committed<T>(
+        &self,
+        result: Result<T, flashsale_engine::EngineError>,
+    ) -> Result<T, Error> {
+        let value = result?;
+        self.commit().await?;
+        Ok(value)
+    }
+
+    pub(crate) fn now(&self) -> Timestamp {
+        self.engine.now()
+    }
+
+    pub(crate) fn not_ready(&self) -> Option<&'static str> {
+        (!self.journal.is_ready()).then_some("the journal is not ready")
+    }
+
+    pub(crate) fn feed_source(&self) -> &dyn FeedSource {
+        &*self.engine
+    }
+
+    pub(crate) async fn create_merchant(&self, name: &str) -> Result<Merchant, Error> {
+        self.committed(self.engine.create_merchant(name)).await
+    }
+
+    pub(crate) async fn merchant(&self, id: MerchantId) -> Result<Option<Merchant>, Error> {
+        Ok(self.engine.merchant(id))
+    }
+
+    pub(crate) async fn rating(&self, id: MerchantId) -> Result<Option<Rating>, Error> {
+        Ok(self.engine.rating(id))
+    }
+
+    pub(crate) async fn create_shopper(
+        &self,
+        name: &str,
+        credit: Money,
+        reference: &str,
+    ) -> Result<Shopper, Error> {
+        let shopper = self.engine.create_shopper(name)?;
+        if credit != Money::ZERO
+            && let Err(error) = self.engine.credit_wallet(shopper.id, credit, reference)
+        {
+            // The account exists and is journalled; the admin can still credit it.
+            tracing::warn!(
+                shopper = %shopper.id,
+                error = &error as &dyn std::error::Error,
+                "the signup credit was refused"
+            );
+        }
+        self.commit().await?;
+        Ok(shopper)
+    }
+
+    pub(crate) async fn create_shoppers(
+        &self,
+        count: u32,
+        credit: Money,
+    ) -> Result<Vec<ShopperId>, Error> {
+        self.committed(self.engine.create_shoppers(count, credit))
+            .await
+    }
+
+    pub(crate) async fn credit_wallet(
+        &self,
+        shopper: ShopperId,
+        amount: Money,
+        reference: &str,
+    ) -> Result<Wallet, Error> {
+        self.committed(self.engine.credit_wallet(shopper, amount, reference))
+            .await
+    }
+
+    pub(crate) async fn wallet(&self, shopper: ShopperId) -> Result<Wallet, Error> {
+        Ok(self.engine.wallet(shopper)?)
+    }
+
+    pub(crate) async fn create_deal(
+        &self,
+        merchant: MerchantId,
+        new: NewDeal,
+    ) -> Result<DealView, Error> {
+        self.committed(self.engine.create_deal(merchant, new)).await
+    }
+
+    pub(crate) async fn deal(&self, id: DealId) -> Result<DealView, Error> {
+        Ok(self.engine.deal(id)?)
+    }
+
+    pub(crate) async fn update_deal(
+        &self,
+        merchant: MerchantId,
+        id: DealId,
+        change: DealChange,
+    ) -> Result<DealView, Error> {
+        self.committed(self.engine.update_deal(merchant, id, change))
+            .await
+    }
+
+    pub(crate) async fn deals_newest_first(
+        &self,
+        before: Option<DealId>,
+        limit: usize,
+    ) -> Result<Vec<DealView>, Error> {
+        Ok(self.engine.deals_newest_first(before, limit))
+    }
+
+    pub(crate) async fn register(&self, shopper: ShopperId, deal: DealId) -> Result<bool, Error> {
+        self.committed(self.engine.register(shopper, deal)).await
+    }
+
+    pub(crate) async fn buy(
+        &self,
+        shopper: ShopperId,
+        deal: DealId,
+        quantity: u32,
+        key: &str,
+    ) -> Result<Order, Error> {
+        self.committed(self.engine.buy(shopper, deal, quantity, key))
+            .await
+    }
+
+    pub(crate) async fn hold(
+        &self,
+        shopper: ShopperId,
+        deal: DealId,
+        quantity: u32,
+        key: &str,
+    ) -> Result<Hold, Error> {
+        self.committed(self.engine.hold(shopper, deal, quantity, key))
+            .await
+    }
+
+    pub(crate) async fn pay_hold(&self, shopper: ShopperId, hold: HoldId) -> Result<Order, Error> {
+        self.committed(self.engine.pay_hold(shopper, hold)).await
+    }
+
+    pub(crate) async fn release_hold(
+        &self,
+        shopper: ShopperId,
+        hold: HoldId,
+    ) -> Result<Hold, Error> {
+        self.committed(self.engine.release_hold(shopper, hold))
+            .await
+    }
+
+    /// Expiry is journalled like any change, but nobody waits on it: the
+    /// next acknowledged change makes it durable too.
+    pub(crate) async fn expire_holds(&self) -> Result<usize, Error> {
+        Ok(self.engine.expire_holds())
+    }
+
+    pub(crate) async fn review(
+        &self,
+        shopper: ShopperId,
+        order: OrderId,
+        scores: [u8; 3],
+        text: &str,
+    ) -> Result<Review, Error> {
+        self.committed(self.engine.review(shopper, order, scores, text))
+            .await
+    }
+
+    pub(crate) async fn share(&self, shopper: ShopperId, order: OrderId) -> Result<bool, Error> {
+        self.committed(self.engine.share(shopper, order)).await
+    }
+
+    pub(crate) async fn order(&self, id: OrderId) -> Result<Order, Error> {
+        Ok(self.engine.order(id)?)
+    }
+
+    pub(crate) async fn orders_of_deal(
+        &self,
+        deal: DealId,
+        from: OrderCursor,
+        limit: usize,
+    ) -> Result<OrderPage, Error> {
+        Ok(self.engine.orders_of_deal(deal, from, limit))
+    }
+
+    pub(crate) async fn orders_of_shopper(
+        &self,
+        shopper: ShopperId,
+        deal: Option<DealId>,
+        from: OrderCursor,
+        limit: usize,
+    ) -> Result<OrderPage, Error> {
+        Ok(self.engine.orders_of_shopper(shopper, deal, from, limit))
+    }
+}

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# A local Redis for multi-node mode, with the persistence that mode
+# recommends: an append-only file fsynced before every reply
+# (appendonly yes, appendfsync always), so an acknowledged order survives
+# kill -9 of Redis and a power loss of this machine (README, "Multi-node
+# mode").
+#
+#   scripts/redis.sh          start it on 127.0.0.1:${REDIS_PORT:-6379} unless
+#                             a Redis already answers there (idempotent)
+#   scripts/redis.sh stop     stop the one this script started (by pid file)
+#
+# Data and the pid file live in ${FLASHSALE_REDIS_DIR:-./.data/redis-PORT}.
+# Uses Debian's redis-server and redis-cli; installs them with apt-get when
+# missing and run as root.
+set -euo pipefail
+
+port="${REDIS_PORT:-6379}"
+dir="${FLASHSALE_REDIS_DIR:-$(pwd)/.data/redis-$port}"
+pidfile="$dir/redis.pid"
+
+if [ "${1:-start}" = stop ]; then
+    if [ -f "$pidfile" ]; then
+        kill "$(cat "$pidfile")" 2>/dev/null || true
+        for _ in $(seq 1 50); do
+            kill -0 "$(cat "$pidfile")" 2>/dev/null || break
+            sleep 0.1
+        done
+        rm -f "$pidfile"
+        echo "stopped the Redis on port $port"
+    else
+        echo "no Redis started by this script on port $port"
+    fi
+    exit 0
+fi
+
+if ! command -v redis-server >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ]; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-tools
+    else
+        echo "redis-server is not installed: apt-get install redis-server redis-tools" >&2
+        exit 1
+    fi
+fi
+
+if redis-cli -h 127.0.0.1 -p "$port" ping >/dev/null 2>&1; then
+    echo "a Redis already answers on 127.0.0.1:$port: leaving it as it is"
+    echo "its persistence: $(redis-cli -h 127.0.0.1 -p "$port" config get appendfsync | tr '\n' ' ')"
+    echo "REDIS_URL=redis://127.0.0.1:$port"
+    exit 0
+fi
+
+mkdir -p "$dir"
+redis-server --daemonize yes --bind 127.0.0.1 --port "$port" \
+    --dir "$dir" --pidfile "$pidfile" --logfile "$dir/redis.log" \
+    --appendonly yes --appendfsync always --save ""
+for _ in $(seq 1 100); do
+    redis-cli -h 127.0.0.1 -p "$port" ping >/dev/null 2>&1 && break
+    sleep 0.1
+done
+redis-cli -h 127.0.0.1 -p "$port" ping >/dev/null
+echo "Redis on 127.0.0.1:$port (appendonly yes, appendfsync always), data in $dir"
+echo "REDIS_URL=redis://127.0.0.1:$port"

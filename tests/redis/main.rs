@@ -1,0 +1,8 @@
+//! Multi-node (Redis) mode end to end: real `flashsale serve` processes on
+//! real Redis (`REDIS_URL`) and a real Redis Cluster (`REDIS_CLUSTER_URLS`),
+//! over real sockets. Without those variables each test says it is skipped.
+
+mod burst;
+mod faults;
+mod model;
+mod node;

@@ -1,0 +1,399 @@
+//! Real `flashsale serve` processes in multi-node mode, and the Redis they
+//! share: start, call over HTTP, kill.
+//!
+//! Each test gets its own key namespace (`--redis-namespace`), so tests run
+//! side by side on one Redis and never see each other's deals. A namespace's
+//! keys are deleted when its [`Deployment`] is dropped.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc;
+use std::thread;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+/// The admin token and token secret every node of a test deployment shares.
+pub const ADMIN_TOKEN: &str = "redis-test-admin-token";
+const SECRET: &str = "redis-test-secret-0123456789";
+const LISTENING: &str = "flashsale listening on ";
+/// How long a node may take to start.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bound of one HTTP call in a test.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where the tests' Redis is: `REDIS_URL` (one server) or
+/// `REDIS_CLUSTER_URLS` (a Cluster's seeds). Unset: the test says it is
+/// skipped, on stderr so it shows in `cargo test`'s normal output, and
+/// returns `None`; unset while `CI` or `FLASHSALE_REQUIRE_SERVICES` is set:
+/// the test fails.
+pub fn redis_from_env(variable: &str, test: &str) -> Option<String> {
+    match std::env::var(variable) {
+        Ok(value) if !value.trim().is_empty() => Some(value),
+        _ => {
+            let required = std::env::var_os("CI").is_some()
+                || std::env::var("FLASHSALE_REQUIRE_SERVICES").is_ok_and(|value| value == "1");
+            assert!(
+                !required,
+                "{test}: {variable} is not set, and CI or FLASHSALE_REQUIRE_SERVICES=1 requires it"
+            );
+            // A direct write, not `eprintln!`: libtest captures the macros only.
+            let _ = writeln!(
+                std::io::stderr(),
+                "skipped: {test} (set {variable} to run it; scripts/redis.sh and scripts/redis-cluster.sh start one)"
+            );
+            None
+        }
+    }
+}
+
+/// The flags that point a node at `redis`: `--redis-url` or
+/// `--redis-cluster`.
+#[derive(Clone)]
+pub enum Target {
+    Single(String),
+    Cluster(String),
+}
+
+impl Target {
+    fn flags(&self) -> [&str; 2] {
+        match self {
+            Target::Single(url) => ["--redis-url", url],
+            Target::Cluster(urls) => ["--redis-cluster", urls],
+        }
+    }
+
+    /// A `redis-cli` argument list reaching one server of the target (the
+    /// first seed of a Cluster, with `-c`).
+    pub fn cli(&self) -> Vec<String> {
+        let (url, cluster) = match self {
+            Target::Single(url) => (url.as_str(), false),
+            Target::Cluster(urls) => (urls.split(',').next().unwrap_or(""), true),
+        };
+        let mut args = vec!["-u".to_owned(), url.to_owned()];
+        if cluster {
+            args.push("-c".to_owned());
+        }
+        args
+    }
+}
+
+/// A namespace of one test on a Redis, and the nodes serving it.
+pub struct Deployment {
+    pub target: Target,
+    pub namespace: String,
+    pub shards: u32,
+}
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+impl Deployment {
+    pub fn new(target: Target, shards: u32) -> Deployment {
+        let namespace = format!(
+            "t{}x{}x{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |elapsed| elapsed.as_millis() % 1_000_000)
+        );
+        Deployment {
+            target,
+            namespace,
+            shards,
+        }
+    }
+
+    /// Starts one more node of this deployment.
+    pub fn node(&self) -> Node {
+        self.node_with(&[])
+    }
+
+    /// Starts one more node with extra flags.
+    pub fn node_with(&self, extra: &[&str]) -> Node {
+        let shards = self.shards.to_string();
+        let mut args: Vec<&str> = self.target.flags().to_vec();
+        args.extend([
+            "--redis-namespace",
+            &self.namespace,
+            "--redis-shards",
+            &shards,
+        ]);
+        args.extend(["--secret", SECRET]);
+        args.extend(extra);
+        spawn(&args)
+    }
+
+    /// Runs `redis-cli` with `args` against the deployment's Redis.
+    pub fn redis_cli(&self, args: &[&str]) -> String {
+        let output = Command::new("redis-cli")
+            .args(self.target.cli())
+            .args(args)
+            .output()
+            .expect("redis-cli runs");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+}
+
+/// Starts `flashsale serve` on a free port with `args`, and waits until it
+/// says where it listens.
+fn spawn(args: &[&str]) -> Node {
+    let data_dir = tempfile::tempdir().expect("a temporary data dir");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_flashsale"))
+        .args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir.path())
+        .args(["--admin-token", ADMIN_TOKEN])
+        .args(["--rate-limit-shopper", "0", "--rate-limit-address", "0"])
+        .args(args)
+        .env_remove("REDIS_URL")
+        .env_remove("REDIS_CLUSTER_URLS")
+        .env_remove("DATABASE_URL")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the flashsale binary starts");
+    let stderr = child.stderr.take().expect("stderr is piped");
+    thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("[node] {line}");
+        }
+    });
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let (bound, bound_rx) = mpsc::channel();
+    thread::spawn(move || {
+        let mut bound = Some(bound);
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(url) = line.strip_prefix(LISTENING)
+                && let Some(bound) = bound.take()
+            {
+                let _ = bound.send(url.trim().trim_end_matches('/').to_owned());
+            }
+        }
+    });
+    let Ok(url) = bound_rx.recv_timeout(STARTUP_TIMEOUT) else {
+        let exit = child.try_wait();
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("a node did not start within {STARTUP_TIMEOUT:?} ({exit:?}); see [node] lines");
+    };
+    Node {
+        child,
+        url,
+        client: reqwest::Client::builder()
+            .timeout(CALL_TIMEOUT)
+            .pool_max_idle_per_host(64)
+            .build()
+            .expect("an HTTP client"),
+        _data_dir: data_dir,
+    }
+}
+
+/// A one-node server (engine and journal, no Redis): the reference the
+/// Redis side is compared with.
+pub fn one_node() -> Node {
+    spawn(&[])
+}
+
+impl Drop for Deployment {
+    /// Deletes the namespace's keys on a single Redis. A Cluster's are left:
+    /// the test Cluster is disposable (`scripts/redis-cluster.sh`), and a
+    /// script there may not touch keys of many slots.
+    fn drop(&mut self) {
+        if let Target::Single(url) = &self.target {
+            let script =
+                "for _, k in ipairs(redis.call('KEYS', ARGV[1])) do redis.call('DEL', k) end";
+            let pattern = format!("{}:*", self.namespace);
+            let _ = Command::new("redis-cli")
+                .args(["-u", url, "EVAL", script, "0", &pattern])
+                .output();
+        }
+    }
+}
+
+/// One running node.
+pub struct Node {
+    child: Child,
+    pub url: String,
+    client: reqwest::Client,
+    _data_dir: tempfile::TempDir,
+}
+
+/// A status and a JSON body.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: u16,
+    pub body: Value,
+}
+
+impl Answer {
+    /// The body, after checking the status.
+    #[track_caller]
+    pub fn ok(self, status: u16) -> Value {
+        assert_eq!(self.status, status, "unexpected answer: {}", self.body);
+        self.body
+    }
+
+    /// The error code of a refusal.
+    pub fn code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or("")
+    }
+}
+
+impl Node {
+    /// One call; `None` when the call failed at the HTTP level (the node is
+    /// gone, or the call timed out).
+    pub async fn try_call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+        key: Option<&str>,
+    ) -> Option<Answer> {
+        let mut request = self.client.request(method, format!("{}{path}", self.url));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(key) = key {
+            request = request.header("Idempotency-Key", key);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.ok()?;
+        let status = response.status().as_u16();
+        let text = response.text().await.ok()?;
+        Some(Answer {
+            status,
+            body: serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        })
+    }
+
+    #[track_caller]
+    pub fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+        key: Option<&str>,
+    ) -> impl Future<Output = Answer> + '_ {
+        let location = std::panic::Location::caller();
+        let path = path.to_owned();
+        let token = token.map(str::to_owned);
+        let key = key.map(str::to_owned);
+        async move {
+            self.try_call(method, &path, token.as_deref(), body, key.as_deref())
+                .await
+                .unwrap_or_else(|| panic!("{path} failed at the HTTP level ({location})"))
+        }
+    }
+
+    pub async fn merchant(&self, name: &str) -> String {
+        let merchant = self
+            .call(
+                reqwest::Method::POST,
+                "/v1/merchants",
+                Some(ADMIN_TOKEN),
+                Some(json!({ "name": name })),
+                None,
+            )
+            .await
+            .ok(201);
+        merchant["token"].as_str().expect("a token").to_owned()
+    }
+
+    /// A live deal of `stock` units, `limit` per shopper, at 10.00.
+    pub async fn deal(&self, merchant: &str, stock: u64, limit: u32) -> String {
+        self.deal_with(merchant, json!({ "stock": stock, "per_user_limit": limit }))
+            .await
+    }
+
+    /// A live deal at 10.00 with `fields` set on top.
+    pub async fn deal_with(&self, merchant: &str, fields: Value) -> String {
+        let mut deal = json!({
+            "title": "Phone",
+            "price": "10.00",
+            "stock": 10,
+            "starts_at": "2020-01-01T00:00:00Z",
+            "ends_at": "2099-01-01T00:00:00Z",
+        });
+        if let (Some(deal), Some(fields)) = (deal.as_object_mut(), fields.as_object()) {
+            deal.extend(fields.clone());
+        }
+        let deal = self
+            .call(
+                reqwest::Method::POST,
+                "/v1/deals",
+                Some(merchant),
+                Some(deal),
+                None,
+            )
+            .await
+            .ok(201);
+        deal["id"].as_str().expect("an id").to_owned()
+    }
+
+    /// `count` shoppers, each wallet credited `credit`: (id, token).
+    pub async fn shoppers(&self, count: u32, credit: &str) -> Vec<(String, String)> {
+        let created = self
+            .call(
+                reqwest::Method::POST,
+                "/v1/admin/shoppers",
+                Some(ADMIN_TOKEN),
+                Some(json!({ "count": count, "credit": credit })),
+                None,
+            )
+            .await
+            .ok(201);
+        created["shoppers"]
+            .as_array()
+            .expect("shoppers")
+            .iter()
+            .map(|shopper| {
+                (
+                    shopper["id"].as_str().unwrap_or_default().to_owned(),
+                    shopper["token"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect()
+    }
+
+    /// `POST /v1/deals/{deal}/orders` for `quantity` under `key`.
+    pub async fn buy(&self, token: &str, deal: &str, quantity: u32, key: &str) -> Option<Answer> {
+        self.try_call(
+            reqwest::Method::POST,
+            &format!("/v1/deals/{deal}/orders"),
+            Some(token),
+            Some(json!({ "quantity": quantity })),
+            Some(key),
+        )
+        .await
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> Answer {
+        self.call(reqwest::Method::GET, path, token, None, None)
+            .await
+    }
+
+    /// `kill -9`.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Serialises the tests of this binary that measure Redis or compare
+/// timing-sensitive answers: held for the test's whole body.
+pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    SERIAL.lock().await
+}
