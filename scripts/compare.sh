@@ -9,7 +9,15 @@
 #      every answer is 201 and an order is settled and journaled);
 #   4. Redis running the decrement as a Lua script (redis-benchmark EVALSHA);
 #   5. Postgres running `UPDATE ... SET stock = stock - 1 WHERE id = $1 AND
-#      stock > 0` (pgbench -f, database `test`, user postgres, host 127.0.0.1).
+#      stock > 0` (pgbench -f, database `test`, user postgres, host 127.0.0.1);
+#   6. multi-node mode: two flashsale nodes on that Redis, settling path,
+#      wrk against both at once (half the connections each);
+#   7. multi-node mode: one node's sold-out path (answered from the node's
+#      sold-out flag, Redis untouched);
+#   8. Redis running multi-node mode's own buy step (the `reserve` step of
+#      gateway/redis/flashsale.lua, same keys and arguments as a node sends,
+#      a fresh idempotency key per call) under redis-benchmark: the ceiling
+#      of case 6.
 #
 # The HTTP cases all use the same client, wrk, with a small Lua script that
 # gives every request its own Idempotency-Key and rotates shopper tokens.
@@ -281,6 +289,97 @@ if need redis-benchmark redis-tools; then
   fi
 else
   result "redis EVALSHA stock decrement" "" "redis-benchmark not available"
+fi
+
+# --- 6, 7, 8. multi-node mode on the same Redis -------------------------------
+REDIS_UP=0
+redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping >/dev/null 2>&1 && REDIS_UP=1
+NS="compare$(date +%s)"
+if [ "$HAVE_WRK" -eq 0 ] || [ "$REDIS_UP" -eq 0 ]; then
+  result "2 redis-mode nodes, settling" "" "wrk or Redis not available"
+  result "redis-mode node, sold-out path" "" "wrk or Redis not available"
+else
+  SECRET=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
+  REDIS_URLS=()
+  for node in 1 2; do
+    FLASHSALE_RATE_LIMIT_SHOPPER=0 FLASHSALE_RATE_LIMIT_ADDRESS=0 \
+      "$BIN" serve --addr 127.0.0.1:0 --data-dir "$WORK/redis-node-$node" \
+      --admin-token "$FS_TOKEN" --secret "$SECRET" \
+      --redis-url "redis://127.0.0.1:$REDIS_PORT" --redis-namespace "$NS" \
+      >"$WORK/node$node.out" 2>"$WORK/node$node.log" &
+    PIDS+=($!)
+    REDIS_URLS+=("$(wait_for_url "$WORK/node$node.out" "${PIDS[-1]}")")
+  done
+  FS_URL=${REDIS_URLS[0]}
+  say "setting up deals on the redis-mode nodes ${REDIS_URLS[*]}"
+  now=$(date +%s)
+  per_user_limit=$(((BUYS_PER_SECOND_MAX * DURATION + SHOPPERS - 1) / SHOPPERS))
+  [ "$per_user_limit" -le 1000 ] || per_user_limit=1000
+  merchant=$(api POST /v1/merchants "$FS_TOKEN" '{"name":"compare"}' | jq -r .token)
+  api POST /v1/admin/shoppers "$FS_TOKEN" \
+    "{\"count\":$SHOPPERS,\"credit\":\"$per_user_limit.00\"}" |
+    jq -r '.shoppers[].token' >"$WORK/redis-tokens"
+  redis_deal() { # redis_deal STOCK LIMIT
+    api POST /v1/deals "$merchant" "{\"title\":\"compare\",\"price\":\"1.00\",\"stock\":$1,\
+\"per_user_limit\":$2,\"starts_at\":\"$(rfc3339 $((now - 60)))\",\
+\"ends_at\":\"$(rfc3339 $((now + 3600)))\"}" | jq -r .id
+  }
+  sold_out=$(redis_deal 1 1)
+  settling=$(redis_deal $((per_user_limit * SHOPPERS)) "$per_user_limit")
+  for line in 1 2; do # the second finds nothing and marks the deal sold out
+    curl -sS --max-time 10 -o /dev/null -X POST \
+      -H "Authorization: Bearer $(sed -n "${line}p" "$WORK/redis-tokens")" \
+      -H 'Content-Type: application/json' -H "Idempotency-Key: compare-$line" \
+      --data '{"quantity":1}' "$FS_URL/v1/deals/$sold_out/orders"
+  done
+  export COMPARE_TOKENS="$WORK/redis-tokens"
+  say "wrk against two redis-mode nodes at once, settling path"
+  half=$((CONNECTIONS / 2))
+  wrks=()
+  for node in 0 1; do
+    COMPARE_PATH="/v1/deals/$settling/orders" COMPARE_RUN="rs$node$now" \
+      wrk -t1 -c"$half" -d"${DURATION}s" --timeout 10s --latency -s "$WORK/buy.lua" \
+      "${REDIS_URLS[$node]}" >"$WORK/redis_settling$node.wrk" 2>&1 &
+    wrks+=($!)
+  done
+  wait "${wrks[@]}" || true
+  rate=$(awk '/^Requests\/sec:/ {sum += $2} END {print sum}' "$WORK"/redis_settling?.wrk)
+  bad=$(awk '/Non-2xx or 3xx responses:/ {sum += $5} END {print sum + 0}' "$WORK"/redis_settling?.wrk)
+  sold=$(api GET "/v1/deals/$settling" "$FS_TOKEN" | jq -r .sold)
+  result "2 redis-mode nodes, settling" "$rate" "$bad answers not 2xx (0 expected); $sold sold"
+  say "wrk against a redis-mode node, sold-out path"
+  before=$(redis-cli -h 127.0.0.1 -p "$REDIS_PORT" INFO commandstats | tr -d '\r' | awk -F'[=,]' '/^cmdstat_evalsha:/ {print $2}')
+  rate=$(COMPARE_PATH="/v1/deals/$sold_out/orders" COMPARE_RUN="rso$now" \
+    run_wrk redis_sold_out "$FS_URL" "$WORK/buy.lua")
+  after=$(redis-cli -h 127.0.0.1 -p "$REDIS_PORT" INFO commandstats | tr -d '\r' | awk -F'[=,]' '/^cmdstat_evalsha:/ {print $2}')
+  result "redis-mode node, sold-out path" "$rate" \
+    "p99 $(latency redis_sold_out 99); $((after - before)) script calls during the run"
+fi
+if [ "$REDIS_UP" -eq 1 ] && command -v redis-benchmark >/dev/null 2>&1; then
+  # The keys and arguments a node sends for shopper 1 on shard 0 (the
+  # gateway's Keys), with the terms, wallet and bucket set up so every call
+  # settles; __rand_int__ makes each call's idempotency key new.
+  cli() { redis-cli -h 127.0.0.1 -p "$REDIS_PORT" "$@" >/dev/null; }
+  P="$NS-bench:{s:0}"
+  cli HSET "$P:terms:1" version 1 price 100 limit 1000000000000 starts 0 ends 99999999999999 \
+    paused 0 registration 0 hold_seconds 60 merchant 1
+  cli HSET "$P:acct:1" name bench credited 1000000000000000 available 1000000000000000 held 0 spent 0
+  cli HSET "$P:stock" b:1 1000000000000
+  sha=$(redis-cli -h 127.0.0.1 -p "$REDIS_PORT" SCRIPT LOAD "$(cat "$ROOT/gateway/redis/flashsale.lua")")
+  say "redis-benchmark EVALSHA of the multi-node buy step ($REQUESTS requests)"
+  redis-benchmark -h 127.0.0.1 -p "$REDIS_PORT" -c "$CONNECTIONS" -n "$REQUESTS" -r 1000000000 \
+    --threads "$THREADS" --csv EVALSHA "$sha" 11 "$P:acct:1" "$P:key:1:__rand_int__" "$P:stock" \
+    "$P:terms:1" "$P:orders" "$P:holds" "$P:exp" "$P:seq" "$P:do:1" "$P:so:1" "$P:rec:1" \
+    reserve 1 1 order 1 1 0 0 86400 >"$WORK/redis-buy.csv" 2>&1 || true
+  rate=$(awk -F'","' 'NR > 1 && NF > 1 {print $2; exit}' "$WORK/redis-buy.csv")
+  settled=$(redis-cli -h 127.0.0.1 -p "$REDIS_PORT" HGET "$P:acct:1" b:1)
+  result "redis EVALSHA multi-node buy step" "$rate" "$settled settled; the ceiling of the row two above"
+else
+  result "redis EVALSHA multi-node buy step" "" "Redis or redis-benchmark not available"
+fi
+if [ "$REDIS_UP" -eq 1 ]; then
+  redis-cli -h 127.0.0.1 -p "$REDIS_PORT" EVAL \
+    "for _, k in ipairs(redis.call('KEYS', ARGV[1])) do redis.call('DEL', k) end" 0 "$NS*" >/dev/null || true
 fi
 
 # --- 5. Postgres conditional UPDATE ---------------------------------------

@@ -212,7 +212,28 @@ async fn three_nodes_on_a_cluster_sell_exactly_the_stock() {
         return;
     };
     let _serial = crate::node::serial().await;
-    three_nodes_sell_exactly_the_stock(Target::Cluster(urls)).await;
+    // Script calls per seed (the test Cluster's seeds are its primaries).
+    let script_calls = || -> Vec<u64> {
+        urls.split(',')
+            .map(|url| calls_on(&Target::Single(url.to_owned()), "evalsha"))
+            .collect()
+    };
+    let before = script_calls();
+    three_nodes_sell_exactly_the_stock(Target::Cluster(urls.clone())).await;
+    let after = script_calls();
+    let served: Vec<u64> = after
+        .iter()
+        .zip(&before)
+        .map(|(after, before)| after - before)
+        .collect();
+    let all: u64 = served.iter().sum();
+    for (primary, calls) in served.iter().enumerate() {
+        // One hot deal is spread over the shards, so over every primary.
+        assert!(
+            *calls * 10 >= all,
+            "primary {primary} served {calls} of {all} script calls: {served:?}"
+        );
+    }
 }
 
 /// A deal of 10 units over 64 shards: ten shoppers hold one unit each and
@@ -273,9 +294,14 @@ async fn the_last_units_in_scattered_buckets_all_sell() {
     );
 }
 
-/// The calls of one Redis command in `INFO commandstats`.
-fn calls(deployment: &Deployment, command: &str) -> u64 {
-    let stats = deployment.redis_cli(&["INFO", "commandstats"]);
+/// The calls of one Redis command in `INFO commandstats` of `target`.
+fn calls_on(target: &Target, command: &str) -> u64 {
+    let output = std::process::Command::new("redis-cli")
+        .args(target.cli())
+        .args(["INFO", "commandstats"])
+        .output()
+        .expect("redis-cli runs");
+    let stats = String::from_utf8_lossy(&output.stdout);
     stats
         .lines()
         .find_map(|line| line.strip_prefix(&format!("cmdstat_{command}:calls=")))
@@ -308,7 +334,7 @@ async fn sold_out_refusals_do_not_touch_redis() {
         .await
         .expect("an answer");
     assert_eq!(refused.code(), "sold_out");
-    let before = calls(&deployment, "evalsha");
+    let before = calls_on(&deployment.target, "evalsha");
     let refusals = join_all((0..2_000).map(|index| {
         let (node, shoppers, deal) = (&node, &shoppers, &deal);
         async move {
@@ -321,7 +347,7 @@ async fn sold_out_refusals_do_not_touch_redis() {
     for refusal in refusals {
         assert_eq!(refusal.expect("an answer").code(), "sold_out");
     }
-    let after = calls(&deployment, "evalsha");
+    let after = calls_on(&deployment.target, "evalsha");
     assert_eq!(after, before, "script calls during 2,000 sold-out refusals");
     // The buyer's own retry still replays its order, through Redis.
     let replay = node

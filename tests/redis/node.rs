@@ -124,16 +124,6 @@ impl Deployment {
         args.extend(extra);
         spawn(&args)
     }
-
-    /// Runs `redis-cli` with `args` against the deployment's Redis.
-    pub fn redis_cli(&self, args: &[&str]) -> String {
-        let output = Command::new("redis-cli")
-            .args(self.target.cli())
-            .args(args)
-            .output()
-            .expect("redis-cli runs");
-        String::from_utf8_lossy(&output.stdout).into_owned()
-    }
 }
 
 /// Starts `flashsale serve` on a free port with `args`, and waits until it
