@@ -28,6 +28,10 @@
 --   {'TERMS'}         the shard has no (or older) terms for the deal: the node
 --                     installs them from the deal's slot and retries
 --
+-- Steps that change what every node caches of a deal (its sold-out marker,
+-- its pool after a restock, its terms) publish the deal's key on the
+-- deployment's channel; nodes re-read that deal at once (store/redis.rs).
+--
 -- Money is whole fen; every amount stays below 2^53 so Lua's doubles are
 -- exact (the gateway refuses larger wallets, see store/redis.rs).
 
@@ -457,7 +461,7 @@ local function sweep_in()
     redis.call('HINCRBY', deal, 'pool', num(ARGV[3]))
     if redis.call('HGET', deal, 'sold_out') == '1' then
       redis.call('HSET', deal, 'sold_out', 0)
-      redis.call('PUBLISH', ARGV[4], 'stock')
+      redis.call('PUBLISH', ARGV[4], KEYS[1])
     end
   end
   return {'OK'}
@@ -472,7 +476,7 @@ local function sold_out()
   end
   if redis.call('HGET', KEYS[1], 'sold_out') ~= '1' then
     redis.call('HSET', KEYS[1], 'sold_out', 1)
-    redis.call('PUBLISH', ARGV[2], 'sold_out')
+    redis.call('PUBLISH', ARGV[2], KEYS[1])
   end
   return {'OK', 1}
 end
@@ -501,14 +505,14 @@ local function update()
     redis.call('HINCRBY', deal, 'pool', num(add))
     if redis.call('HGET', deal, 'sold_out') == '1' then
       redis.call('HSET', deal, 'sold_out', 0)
-      redis.call('PUBLISH', ARGV[7], 'stock')
+      redis.call('PUBLISH', ARGV[7], KEYS[1])
     end
   end
   if ends ~= '' or paused ~= '' then
     if ends ~= '' then redis.call('HSET', deal, 'ends', ends) end
     if paused ~= '' then redis.call('HSET', deal, 'paused', paused) end
     redis.call('HINCRBY', deal, 'version', 1)
-    redis.call('PUBLISH', ARGV[7], 'terms')
+    redis.call('PUBLISH', ARGV[7], KEYS[1])
   end
   return {'OK'}
 end

@@ -356,3 +356,56 @@ async fn sold_out_refusals_do_not_touch_redis() {
         .expect("an answer");
     assert_eq!(replay.status, 201);
 }
+
+/// A node that learned a deal is sold out sells again once the merchant
+/// restocks through another node (told on the deployment's channel; the
+/// poll is the safety net), within a bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restock_through_one_node_reopens_sales_on_another() {
+    let Some(url) = redis_from_env(
+        "REDIS_URL",
+        "a_restock_through_one_node_reopens_sales_on_another",
+    ) else {
+        return;
+    };
+    let _serial = crate::node::serial().await;
+    let deployment = Deployment::new(Target::Single(url), 64);
+    let (a, b) = (deployment.node(), deployment.node());
+    let merchant = a.merchant("Again").await;
+    let deal = a.deal(&merchant, 1, 1).await;
+    let shoppers = a.shoppers(3, "100.00").await;
+    b.buy(&shoppers[0].1, &deal, 1, "one")
+        .await
+        .expect("an answer")
+        .ok(201);
+    let refused = b
+        .buy(&shoppers[1].1, &deal, 1, "two")
+        .await
+        .expect("an answer");
+    assert_eq!(refused.code(), "sold_out", "b now holds the deal sold out");
+    a.call(
+        reqwest::Method::PATCH,
+        &format!("/v1/deals/{deal}"),
+        Some(&merchant),
+        Some(serde_json::json!({ "add_stock": 1 })),
+        None,
+    )
+    .await
+    .ok(200);
+    let started = std::time::Instant::now();
+    loop {
+        let answer = b
+            .buy(&shoppers[1].1, &deal, 1, "two")
+            .await
+            .expect("an answer");
+        if answer.status == 201 {
+            break;
+        }
+        assert_eq!(answer.code(), "sold_out");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(2),
+            "b still refuses 2 s after the restock"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

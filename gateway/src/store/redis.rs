@@ -271,6 +271,11 @@ pub(crate) struct RedisStore {
 
 struct Inner {
     connection: Connection,
+    /// The server whose channel this node listens on: the Redis, or the
+    /// first seed of a Cluster (a Cluster passes every publish to every
+    /// node).
+    subscribe_url: String,
+    connect_timeout: Duration,
     script: redis::Script,
     keys: Keys,
     shards: usize,
@@ -496,6 +501,11 @@ impl RedisStore {
         let store = RedisStore {
             inner: Arc::new(Inner {
                 connection,
+                subscribe_url: match &settings.target {
+                    RedisTarget::Single(url) => url.clone(),
+                    RedisTarget::Cluster(urls) => urls.first().cloned().unwrap_or_default(),
+                },
+                connect_timeout: settings.connect_timeout,
                 script: redis::Script::new(STEPS_LUA),
                 keys: Keys {
                     namespace: settings.namespace.clone(),
@@ -1549,8 +1559,15 @@ impl RedisStore {
     /// Runs until dropped: every [`POLL_INTERVAL`] refreshes the newest
     /// deals and their numbers (the feed, `/metrics` and the sold-out
     /// flags read them), and every few polls finishes transfers and sweeps
-    /// left half done. A failed poll marks the store not ready.
+    /// left half done. A failed poll marks the store not ready. Beside it,
+    /// listens on the deployment's channel and re-reads a deal at once when
+    /// a step publishes it (sold out, restocked, new terms); the poll is the
+    /// safety net for messages missed while disconnected.
     pub(crate) async fn run_poller(self) {
+        tokio::join!(self.poll_loop(), self.subscribe_loop());
+    }
+
+    async fn poll_loop(&self) {
         let mut ticker = tokio::time::interval(POLL_INTERVAL);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut polls: u32 = 0;
@@ -1572,6 +1589,52 @@ impl RedisStore {
                 }
             }
         }
+    }
+
+    /// Listens on the channel, reconnecting after [`POLL_INTERVAL`] when
+    /// the subscription drops.
+    async fn subscribe_loop(&self) {
+        loop {
+            if let Err(error) = self.subscribe().await {
+                tracing::debug!(
+                    error = &error as &dyn std::error::Error,
+                    "the deals channel dropped; listening again shortly"
+                );
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+
+    async fn subscribe(&self) -> Result<(), Error> {
+        use futures_util::StreamExt as _;
+        let client =
+            redis::Client::open(self.inner.subscribe_url.as_str()).map_err(Error::Redis)?;
+        let mut pubsub =
+            tokio::time::timeout(self.inner.connect_timeout, client.get_async_pubsub())
+                .await
+                .map_err(|_| Error::RedisTimeout)?
+                .map_err(Error::Redis)?;
+        pubsub
+            .subscribe(self.keys().channel())
+            .await
+            .map_err(Error::Redis)?;
+        let mut messages = pubsub.on_message();
+        while let Some(message) = messages.next().await {
+            let Ok(key) = message.get_payload::<String>() else {
+                continue;
+            };
+            let id = key
+                .split_once("{d:")
+                .and_then(|(_, rest)| rest.split_once('}'))
+                .and_then(|(id, _)| id.parse().ok())
+                .map(DealId);
+            let entry = id.and_then(|id| self.inner.deals.read().get(&id).cloned());
+            if let Some(entry) = entry {
+                // A failure here is the poll's to repair.
+                let _ = self.refresh(&entry).await;
+            }
+        }
+        Ok(())
     }
 
     /// One poll (see [`RedisStore::run_poller`]).
