@@ -146,6 +146,22 @@ pub fn check_reservation(quantity: u32, key: &str) -> Result<(), EngineError> {
     Ok(())
 }
 
+/// Checks a review's own input: three scores (description, delivery,
+/// service) from 1 to 5, a text of at most [`REVIEW_TEXT_CHARS_MAX`]
+/// characters.
+pub fn check_review(scores: [u8; 3], text: &str) -> Result<(), EngineError> {
+    const FIELDS: [&str; 3] = ["description", "delivery", "service"];
+    for (field, score) in FIELDS.into_iter().zip(scores) {
+        if !(1..=5).contains(&score) {
+            return Err(invalid(field, "must be from 1 to 5"));
+        }
+    }
+    if text.chars().count() > REVIEW_TEXT_CHARS_MAX {
+        return Err(invalid("text", "must be at most 500 characters"));
+    }
+    Ok(())
+}
+
 /// Checks a name or title: not blank, at most `chars_max` characters.
 pub fn check_name(name: &str, field: &'static str, chars_max: usize) -> Result<(), EngineError> {
     if name.trim().is_empty() {
@@ -847,15 +863,7 @@ impl Engine {
         scores: [u8; 3],
         text: &str,
     ) -> Result<Review, EngineError> {
-        const FIELDS: [&str; 3] = ["description", "delivery", "service"];
-        for (field, score) in FIELDS.into_iter().zip(scores) {
-            if !(1..=5).contains(&score) {
-                return Err(invalid(field, "must be from 1 to 5"));
-            }
-        }
-        if text.chars().count() > REVIEW_TEXT_CHARS_MAX {
-            return Err(invalid("text", "must be at most 500 characters"));
-        }
+        check_review(scores, text)?;
         let now = self.now();
         let review = {
             let mut shard = self

@@ -6,7 +6,8 @@
 -- all under one hash tag, so it runs on one Cluster slot:
 --
 --   shard steps, tag {s:K}: reserve, pay, release, credit, accounts,
---                           register, terms, accept, sweep_out, sweep_done
+--                           register, terms, accept, sweep_out, sweep_done,
+--                           review, share
 --   deal steps,  tag {d:D}: refill, confirm, sweep_in, sold_out, update
 --
 -- The in-memory engine (engine/src/engine.rs) is the specification: each step
@@ -421,6 +422,47 @@ local function sweep_done()
   return {'OK'}
 end
 
+-- The caller's settled order, or a refusal (engine: `review`, `share`).
+local function own_order(orders, id, shopper)
+  local encoded = redis.call('HGET', orders, id)
+  if not encoded then return nil, err('not_found', 'order') end
+  local order = cjson.decode(encoded)
+  if tostring(order.shopper) ~= shopper then return nil, err('forbidden', 'order') end
+  return order
+end
+
+-- review: the order's shopper reviews it once (engine: `review`); the
+-- merchant's rating sums on this shard count it in the same step.
+-- KEYS: 1 orders, 2 reviews, 3 ratings; ARGV: op, order id, shopper,
+-- merchant, description, delivery, service, text, created_at ms
+local function review()
+  local orders, reviews, ratings = KEYS[1], KEYS[2], KEYS[3]
+  local id, shopper, merchant = ARGV[2], ARGV[3], ARGV[4]
+  local order, refused = own_order(orders, id, shopper)
+  if not order then return refused end
+  if redis.call('HEXISTS', reviews, id) == 1 then return err('already_reviewed') end
+  local sum = num(ARGV[5]) + num(ARGV[6]) + num(ARGV[7])
+  redis.call('HSET', reviews, id, cjson.encode({description = num(ARGV[5]),
+    delivery = num(ARGV[6]), service = num(ARGV[7]), text = ARGV[8],
+    created_at = ARGV[9], merchant = merchant}))
+  redis.call('HINCRBY', ratings, 'n:' .. merchant, 1)
+  redis.call('HINCRBY', ratings, 's:' .. merchant, sum)
+  return {'OK', int(order.deal)}
+end
+
+-- share: counts a shared order toward its deal's popularity once (engine:
+-- `share`): 'new' or 'again'.
+-- KEYS: 1 orders, 2 shared order ids, 3 shard stock; ARGV: op, order id,
+-- shopper
+local function share()
+  local orders, shared, stock = KEYS[1], KEYS[2], KEYS[3]
+  local order, refused = own_order(orders, ARGV[2], ARGV[3])
+  if not order then return refused end
+  if redis.call('SADD', shared, ARGV[2]) == 0 then return {'OK', 'again'} end
+  redis.call('HINCRBY', stock, 'x:' .. int(order.deal), 1)
+  return {'OK', 'new'}
+end
+
 -- ----- deal steps ---------------------------------------------------------------
 
 -- refill: moves units from the deal's pool towards one shard's bucket under
@@ -520,7 +562,8 @@ end
 local steps = {
   reserve = reserve, pay = pay, release = release, credit = credit,
   accounts = accounts, register = register, terms = install_terms, accept = accept,
-  sweep_out = sweep_out, sweep_done = sweep_done, refill = refill,
+  sweep_out = sweep_out, sweep_done = sweep_done, review = review, share = share,
+  refill = refill,
   confirm = confirm, sweep_in = sweep_in, sold_out = sold_out, update = update,
 }
 local step = steps[op]

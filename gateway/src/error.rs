@@ -77,9 +77,6 @@ pub enum Error {
     /// bounded attempts.
     #[error("the deal's stock is being moved; retry with the same Idempotency-Key")]
     RedisBusy,
-    /// Redis mode does not offer this endpoint yet.
-    #[error("{0} are not available in multi-node (Redis) mode yet")]
-    NotInRedisMode(&'static str),
 
     // ----- starting and stopping -----------------------------------------------
     #[error("invalid configuration: {0}")]
@@ -216,7 +213,6 @@ impl Error {
             | Error::RedisBusy => {
                 http_retry(S::SERVICE_UNAVAILABLE, "unavailable", RETRY_AFTER_SECONDS)
             }
-            Error::NotInRedisMode(_) => http(S::NOT_IMPLEMENTED, "not_implemented"),
             Error::Config(_)
             | Error::RedisConnect { .. }
             | Error::Secret { .. }

@@ -33,8 +33,12 @@ struct Side {
     merchant: String,
     deal: String,
     shoppers: Vec<(String, String)>,
-    /// Hold ids in the order the side created them.
+    /// Hold and order ids in the order the side created them.
     holds: Vec<String>,
+    orders: Vec<String>,
+    /// Reviews and shares answered 201, so the test can tell it tried them.
+    reviewed: usize,
+    shared: usize,
 }
 
 impl Side {
@@ -53,6 +57,9 @@ impl Side {
             deal,
             shoppers,
             holds: Vec::new(),
+            orders: Vec::new(),
+            reviewed: 0,
+            shared: 0,
         }
     }
 
@@ -133,7 +140,55 @@ impl Side {
                     )
                     .await
             }
+            Step::Review {
+                shopper,
+                order,
+                score,
+            } => {
+                let Some(id) = self.orders.get(*order).cloned() else {
+                    return json!("no such order");
+                };
+                let review = json!({ "description": score, "delivery": 5, "service": 1 });
+                self.node
+                    .call(
+                        Method::POST,
+                        &format!("/v1/orders/{id}/review"),
+                        Some(&self.shoppers[*shopper].1),
+                        Some(review),
+                        None,
+                    )
+                    .await
+            }
+            Step::Share { shopper, order } => {
+                let Some(id) = self.orders.get(*order).cloned() else {
+                    return json!("no such order");
+                };
+                self.node
+                    .call(
+                        Method::POST,
+                        &format!("/v1/orders/{id}/share"),
+                        Some(&self.shoppers[*shopper].1),
+                        None,
+                        None,
+                    )
+                    .await
+            }
         };
+        if answer.status == 201 {
+            match step {
+                Step::Review { .. } => self.reviewed += 1,
+                Step::Share { .. } => self.shared += 1,
+                _ => {}
+            }
+        }
+        // Orders in the order this side made them (a replay is not new).
+        if answer.status == 201
+            && answer.body["unit_price"].is_string()
+            && let Some(id) = answer.body["id"].as_str()
+            && !self.orders.iter().any(|order| order == id)
+        {
+            self.orders.push(id.to_owned());
+        }
         let mut seen = json!({ "status": answer.status, "code": answer.code() });
         for field in [
             "quantity",
@@ -143,6 +198,9 @@ impl Side {
             "available",
             "held",
             "spent",
+            "shared",
+            "description",
+            "merchant_rating",
         ] {
             if answer.status < 300
                 && let Some(value) = answer.body.get(field)
@@ -181,9 +239,15 @@ impl Side {
             deal["sold"].as_u64().unwrap_or(0),
         );
         assert_eq!(total, remaining + held + sold, "stock conserved: {deal}");
+        let merchant = self
+            .node
+            .get("/v1/merchants/me", Some(&self.merchant))
+            .await
+            .ok(200);
         json!({
-            "deal": [total, remaining, held, sold, deal["status"], deal["paused"], deal["buyers"]],
+            "deal": [total, remaining, held, sold, deal["status"], deal["paused"], deal["buyers"], deal["shares"]],
             "wallets": wallets,
+            "rating": merchant["rating"],
         })
     }
 }
@@ -214,6 +278,15 @@ enum Step {
         reference: String,
     },
     Patch(Value),
+    Review {
+        shopper: usize,
+        order: usize,
+        score: u8,
+    },
+    Share {
+        shopper: usize,
+        order: usize,
+    },
 }
 
 fn random_step(rng: &mut Rng) -> Step {
@@ -221,7 +294,17 @@ fn random_step(rng: &mut Rng) -> Step {
     // Few keys and references, so replays and reuse happen often.
     let key = format!("k{}", rng.below(6));
     let quantity = 1 + rng.below(3) as u32;
-    match rng.below(20) {
+    match rng.below(23) {
+        20 | 21 => Step::Review {
+            shopper,
+            order: rng.below(6) as usize,
+            // Now and then out of range: refused alike.
+            score: rng.below(7) as u8,
+        },
+        22 => Step::Share {
+            shopper,
+            order: rng.below(6) as usize,
+        },
         0..=6 => Step::Buy {
             shopper,
             quantity,
@@ -260,6 +343,7 @@ async fn redis_mode_answers_every_step_as_the_engine_does() {
         return;
     };
     let _serial = crate::node::serial().await;
+    let (mut reviewed, mut shared) = (0, 0);
     for seed in SEEDS {
         let deployment = Deployment::new(Target::Single(url.clone()), 64);
         let mut engine = Side::new(crate::node::one_node()).await;
@@ -276,7 +360,13 @@ async fn redis_mode_answers_every_step_as_the_engine_does() {
                 "seed {seed}, state after step {index}: {step:?}"
             );
         }
+        reviewed += redis.reviewed;
+        shared += redis.shared;
     }
+    assert!(
+        reviewed > 0 && shared > 0,
+        "reviews {reviewed}, shares {shared}: tried"
+    );
 }
 
 /// Late payment, the engine's rule: an expired hold is still paid if the

@@ -86,6 +86,10 @@ const KEY_RETENTION_SECONDS: u64 = 24 * 60 * 60;
 /// Largest wallet balance in Redis mode, in fen: Lua computes in doubles,
 /// exact up to 2^53.
 pub const WALLET_FEN_MAX: i64 = (1 << 53) - 1;
+/// A deal's numbers kept per shard in `ns:{s:K}:stock`, summed by the
+/// poller: bucket, held, sold, buyers, registrations, shares.
+const SUM_FIELDS: [&str; 6] = ["b", "h", "s", "n", "g", "x"];
+const SUM_PARTS: usize = SUM_FIELDS.len();
 /// Holds expired per shard per call at most.
 const EXPIRY_BATCH_MAX: usize = 256;
 /// Orders read per Redis call when listing.
@@ -224,6 +228,7 @@ struct DealLive {
     sold: u64,
     buyers: u64,
     registrations: u64,
+    shares: u64,
 }
 
 impl DealEntry {
@@ -251,7 +256,7 @@ impl DealEntry {
             counts,
             registrations: live.registrations,
             buyers: live.buyers,
-            shares: 0,
+            shares: live.shares,
         }
     }
 
@@ -412,6 +417,7 @@ fn refusal(code: &str, arg: &str, hold: Option<HoldId>) -> Result<EngineError, E
         "deal_paused" => EngineError::DealPaused,
         "registration_closed" => EngineError::RegistrationClosed,
         "idempotency_key_reused" => EngineError::IdempotencyKeyReused,
+        "already_reviewed" => EngineError::AlreadyReviewed,
         "hold_expired" => EngineError::HoldExpired { hold: hold()? },
         "hold_released" => EngineError::HoldReleased { hold: hold()? },
         "hold_settled" => EngineError::HoldSettled {
@@ -656,10 +662,10 @@ impl RedisStore {
         Ok(())
     }
 
-    /// Per deal, the sums over every shard of (bucket, held, sold, buyers,
-    /// registrations): one `HMGET` per shard, all in flight at once.
-    async fn shard_sums(&self, deals: &[DealId]) -> Result<Vec<[u64; 5]>, Error> {
-        let mut sums = vec![[0u64; 5]; deals.len()];
+    /// Per deal, the sums over every shard of [`SUM_FIELDS`]: one `HMGET`
+    /// per shard, all in flight at once.
+    async fn shard_sums(&self, deals: &[DealId]) -> Result<Vec<[u64; SUM_PARTS]>, Error> {
+        let mut sums = vec![[0u64; SUM_PARTS]; deals.len()];
         if deals.is_empty() {
             return Ok(sums);
         }
@@ -667,7 +673,7 @@ impl RedisStore {
             let mut cmd = redis::cmd("HMGET");
             cmd.arg(self.keys().shard(shard, "stock"));
             for deal in deals {
-                for part in ["b", "h", "s", "n", "g"] {
+                for part in SUM_FIELDS {
                     cmd.arg(format!("{part}:{}", deal.0));
                 }
             }
@@ -676,7 +682,11 @@ impl RedisStore {
         for values in try_join_all(reads).await? {
             for (index, sum) in sums.iter_mut().enumerate() {
                 for (part, total) in sum.iter_mut().enumerate() {
-                    let value = values.get(index * 5 + part).copied().flatten().unwrap_or(0);
+                    let value = values
+                        .get(index * SUM_PARTS + part)
+                        .copied()
+                        .flatten()
+                        .unwrap_or(0);
                     *total = total.saturating_add(u64::try_from(value).unwrap_or(0));
                 }
             }
@@ -981,7 +991,42 @@ impl RedisStore {
     }
 
     pub(crate) async fn rating(&self, id: MerchantId) -> Result<Option<Rating>, Error> {
-        Ok(self.merchant(id).await?.map(|_| Rating::default()))
+        if self.merchant(id).await?.is_none() {
+            return Ok(None);
+        }
+        Ok(self.ratings(&[id]).await?.first().copied())
+    }
+
+    /// Each merchant's rating: the review counts and score sums that the
+    /// `review` step keeps per shard, summed (one `HMGET` per shard).
+    async fn ratings(&self, merchants: &[MerchantId]) -> Result<Vec<Rating>, Error> {
+        let mut ratings = vec![Rating::default(); merchants.len()];
+        if merchants.is_empty() {
+            return Ok(ratings);
+        }
+        let reads = (0..self.inner.shards).map(|shard| {
+            let mut cmd = redis::cmd("HMGET");
+            cmd.arg(self.keys().shard(shard, "ratings"));
+            for merchant in merchants {
+                cmd.arg(format!("n:{}", merchant.0))
+                    .arg(format!("s:{}", merchant.0));
+            }
+            async move { self.query::<Vec<Option<u64>>>(&cmd).await }
+        });
+        for values in try_join_all(reads).await? {
+            for (index, rating) in ratings.iter_mut().enumerate() {
+                let part = |offset: usize| {
+                    values
+                        .get(index * 2 + offset)
+                        .copied()
+                        .flatten()
+                        .unwrap_or(0)
+                };
+                rating.reviews = rating.reviews.saturating_add(part(0));
+                rating.score_sum = rating.score_sum.saturating_add(part(1));
+            }
+        }
+        Ok(ratings)
     }
 
     pub(crate) async fn create_shopper(
@@ -1441,16 +1486,69 @@ impl RedisStore {
 
     pub(crate) async fn review(
         &self,
-        _shopper: ShopperId,
-        _order: OrderId,
-        _scores: [u8; 3],
-        _text: &str,
+        shopper: ShopperId,
+        order: OrderId,
+        scores: [u8; 3],
+        text: &str,
     ) -> Result<Review, Error> {
-        Err(Error::NotInRedisMode("reviews"))
+        flashsale_engine::check_review(scores, text)?;
+        let settled = self.order(order).await?;
+        if settled.shopper != shopper {
+            return Err(Error::Engine(EngineError::Forbidden(Entity::Order)));
+        }
+        let merchant = self.entry(settled.deal).await?.merchant;
+        let (shard, _) = decompose(order.0);
+        let created_at = self.now();
+        let [description, delivery, service] = scores.map(|score| score.to_string());
+        self.step_done(
+            &[
+                self.keys().shard(shard, "orders"),
+                self.keys().shard(shard, "reviews"),
+                self.keys().shard(shard, "ratings"),
+            ],
+            &[
+                "review",
+                &order.0.to_string(),
+                &shopper.0.to_string(),
+                &merchant.0.to_string(),
+                &description,
+                &delivery,
+                &service,
+                text,
+                &created_at.millis().to_string(),
+            ],
+        )
+        .await?;
+        let [description, delivery, service] = scores;
+        Ok(Review {
+            order,
+            deal: settled.deal,
+            merchant,
+            shopper,
+            description,
+            delivery,
+            service,
+            text: text.to_owned(),
+            created_at,
+        })
     }
 
-    pub(crate) async fn share(&self, _shopper: ShopperId, _order: OrderId) -> Result<bool, Error> {
-        Err(Error::NotInRedisMode("shares"))
+    pub(crate) async fn share(&self, shopper: ShopperId, order: OrderId) -> Result<bool, Error> {
+        let (shard, _) = decompose(order.0);
+        if shard >= self.inner.shards {
+            return Err(Error::Engine(EngineError::NotFound(Entity::Order)));
+        }
+        let values = self
+            .step_done(
+                &[
+                    self.keys().shard(shard, "orders"),
+                    self.keys().shard(shard, "shared"),
+                    self.keys().shard(shard, "stock"),
+                ],
+                &["share", &order.0.to_string(), &shopper.0.to_string()],
+            )
+            .await?;
+        Ok(values.get(1).and_then(text).as_deref() == Some("new"))
     }
 
     pub(crate) async fn order(&self, id: OrderId) -> Result<Order, Error> {
@@ -1673,16 +1771,31 @@ impl RedisStore {
             live.set_sums(sum);
             self.learn(entry, live).await;
         }
-        let merchants: HashSet<MerchantId> = entries.iter().map(|entry| entry.merchant).collect();
-        for merchant in merchants {
-            if !self.inner.merchants.read().contains_key(&merchant)
-                && let Some(found) = self.merchant(merchant).await?
-            {
-                self.inner
-                    .merchants
-                    .write()
-                    .insert(merchant, (found.name, Rating::default()));
-            }
+        let merchants: Vec<MerchantId> = entries
+            .iter()
+            .map(|entry| entry.merchant)
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        let ratings = self.ratings(&merchants).await?;
+        for (merchant, rating) in merchants.into_iter().zip(ratings) {
+            let known = self
+                .inner
+                .merchants
+                .read()
+                .get(&merchant)
+                .map(|(name, _)| name.clone());
+            let name = match known {
+                Some(name) => name,
+                None => match self.merchant(merchant).await? {
+                    Some(found) => found.name,
+                    None => continue,
+                },
+            };
+            self.inner
+                .merchants
+                .write()
+                .insert(merchant, (name, rating));
         }
         *self.inner.newest.write() = ids;
         Ok(())
@@ -1766,8 +1879,9 @@ impl FeedSource for Inner {
 }
 
 impl DealLive {
-    fn set_sums(&mut self, sum: &[u64; 5]) {
-        let [buckets, held, sold, buyers, registrations] = *sum;
+    fn set_sums(&mut self, sum: &[u64; SUM_PARTS]) {
+        let [buckets, held, sold, buyers, registrations, shares] = *sum;
+        self.shares = shares;
         self.buckets = buckets;
         self.held = held;
         self.sold = sold;
