@@ -34,7 +34,7 @@ pub mod replay;
 mod shard;
 
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
-pub use engine::{DealChange, Engine, EngineConfig, NewDeal, OrderCursor, OrderPage};
+pub use engine::{Answer, DealChange, Engine, EngineConfig, NewDeal, OrderCursor, OrderPage};
 pub use error::{EngineError, Entity};
 pub use event::{
     DiscardEvents, Event, EventSink, Fingerprint, RecordEvents, ReleaseReason, fingerprint,
