@@ -1,21 +1,24 @@
 //! `flashsale`: the one binary users run.
 //!
 //! - `flashsale serve`: the HTTP gateway on the embedded engine and journal
-//!   (`flashsale-gateway`). Prints one stdout line, `flashsale listening on
-//!   http://IP:PORT`, once bound (and the admin token, if it generated one);
-//!   logs go to stderr (`RUST_LOG`, default `info`).
+//!   (`flashsale-gateway`). Binds first (a taken port fails before anything
+//!   is written to the data directory), then prints one stdout line,
+//!   `flashsale listening on http://IP:PORT` (and, on the first start
+//!   without `--admin-token`, the admin token it generated and the file
+//!   that keeps it); logs go to stderr (`RUST_LOG`, default `info`).
 //! - `flashsale loadtest …`: the SREs' load generator (`flashsale-loadtest`).
 //! - `flashsale demo`: an embedded server on a free port with a temporary
 //!   data directory and rate limits off, and a small burst against it.
 //!
-//! Errors are printed once, here, with their whole chain.
+//! Errors are printed once, here, with their whole chain; a flag's value
+//! refused by clap that came from an environment variable is said to come
+//! from it. `--help` shows which variable each flag reads, never its value.
 
 use std::error::Error as StdError;
 use std::io::Write as _;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
-use flashsale_gateway::config::AdminTokenSource;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use flashsale_gateway::{Config, Gateway, ServeArgs};
 use flashsale_loadtest::LoadtestArgs;
 use tokio::net::TcpListener;
@@ -42,7 +45,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = parse_cli();
     init_tracing();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -62,6 +65,75 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(error) => report(&*error),
     }
+}
+
+/// The command line, parsed; on a refusal clap's message (naming the
+/// environment variable when the refused value came from one) and exit.
+fn parse_cli() -> Cli {
+    let command = hide_env_values(Cli::command());
+    let matches = command.clone().try_get_matches();
+    match matches.and_then(|matches| Cli::from_arg_matches(&matches)) {
+        Ok(cli) => cli,
+        Err(error) => {
+            match refused_environment_variable(&command, &error) {
+                // Under clap's first line, which names only the flag.
+                Some(variable) => {
+                    let mut text = error.render().to_string();
+                    let first_line_end = text.find('\n').unwrap_or(text.len());
+                    text.insert_str(
+                        first_line_end,
+                        &format!("\n  (the value came from the environment variable {variable})"),
+                    );
+                    eprint!("{text}");
+                }
+                None => {
+                    let _ = error.print();
+                }
+            }
+            std::process::exit(error.exit_code());
+        }
+    }
+}
+
+/// `command` and its subcommands at any depth with every argument's help
+/// saying `[env: NAME]`, not `[env: NAME=value]`: the value is empty when
+/// unset and may be a secret when set.
+fn hide_env_values(command: clap::Command) -> clap::Command {
+    command
+        .mut_args(|arg| arg.hide_env_values(true))
+        .mut_subcommands(hide_env_values)
+}
+
+/// The environment variable behind the value clap refused, if it gave
+/// the value: the flag was not on the command line and the variable is set.
+fn refused_environment_variable(command: &clap::Command, error: &clap::Error) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue};
+    let Some(ContextValue::String(refused)) = error.get(ContextKind::InvalidArg) else {
+        return None;
+    };
+    // clap names the argument as `--long <VALUE>`.
+    let long = refused.strip_prefix("--")?.split(' ').next()?;
+    let given_as_flag = std::env::args().any(|word| {
+        word.strip_prefix("--")
+            .is_some_and(|word| word == long || word.starts_with(&format!("{long}=")))
+    });
+    if given_as_flag {
+        return None;
+    }
+    every_argument(command)
+        .into_iter()
+        .filter(|arg| arg.get_long() == Some(long))
+        .filter_map(clap::Arg::get_env)
+        .find(|variable| std::env::var_os(variable).is_some())
+        .map(|variable| variable.to_string_lossy().into_owned())
+}
+
+/// The arguments of `command` and of all its subcommands, at any depth.
+fn every_argument(command: &clap::Command) -> Vec<&clap::Arg> {
+    command
+        .get_arguments()
+        .chain(command.get_subcommands().flat_map(every_argument))
+        .collect()
 }
 
 /// Prints an error and every cause under it, once.
@@ -89,20 +161,25 @@ fn init_tracing() {
 async fn serve(args: ServeArgs) -> Result<ExitCode, BoxError> {
     let config = Config::from_args(args)?;
     let addr = config.addr;
-    let generated_admin_token = (config.admin_token_source == AdminTokenSource::Generated)
-        .then(|| config.admin_token.clone());
-    let gateway = Gateway::open(config).await?;
+    // Bind before opening: a taken port must not leave a new data
+    // directory, secret or journal behind.
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|source| flashsale_gateway::Error::Bind { addr, source })?;
     let bound = listener.local_addr()?;
+    let gateway = Gateway::open(config).await?;
+    // Listen for signals before saying we listen: a SIGTERM right after
+    // the line must stop the server gracefully, not kill it.
+    let shutdown = shutdown_signal();
     {
         let mut stdout = std::io::stdout().lock();
         writeln!(stdout, "flashsale listening on http://{bound}")?;
-        if let Some(token) = generated_admin_token {
+        if let Some(path) = gateway.admin_token_made() {
             writeln!(
                 stdout,
-                "flashsale admin token (generated, shown once): {token}"
+                "flashsale admin token (generated, shown once, kept in {}): {}",
+                path.display(),
+                gateway.admin_token()
             )?;
         }
         stdout.flush()?;
@@ -113,35 +190,54 @@ async fn serve(args: ServeArgs) -> Result<ExitCode, BoxError> {
         dashboard = %format_args!("http://{bound}/merchant"),
         "serving"
     );
-    gateway.serve(listener, shutdown_signal()).await?;
+    gateway.serve(listener, shutdown).await?;
     Ok(ExitCode::SUCCESS)
 }
 
-/// Completes on ctrl-c or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
+/// A future that completes on ctrl-c or SIGTERM; the handlers are
+/// installed when this is called, not when the future is first polled.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::SignalKind;
+        let mut terminate = listen(SignalKind::terminate(), "SIGTERM");
+        let mut interrupt = listen(SignalKind::interrupt(), "ctrl-c");
+        async move {
+            tokio::select! {
+                () = received(interrupt.as_mut()) => tracing::info!("ctrl-c: shutting down"),
+                () = received(terminate.as_mut()) => tracing::info!("SIGTERM: shutting down"),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    async {
         if let Err(error) = tokio::signal::ctrl_c().await {
             tracing::error!(%error, "cannot listen for ctrl-c");
             std::future::pending::<()>().await;
         }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(error) => {
-                tracing::error!(%error, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
+        tracing::info!("ctrl-c: shutting down");
+    }
+}
+
+/// A handler for `kind`, or `None` (logged) if it cannot be installed.
+#[cfg(unix)]
+fn listen(
+    kind: tokio::signal::unix::SignalKind,
+    name: &str,
+) -> Option<tokio::signal::unix::Signal> {
+    tokio::signal::unix::signal(kind)
+        .inspect_err(|error| tracing::error!(%error, "cannot listen for {name}"))
+        .ok()
+}
+
+/// Completes when `signal` arrives; never without a handler.
+#[cfg(unix)]
+async fn received(signal: Option<&mut tokio::signal::unix::Signal>) {
+    match signal {
+        Some(signal) => {
+            signal.recv().await;
         }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => tracing::info!("ctrl-c: shutting down"),
-        () = terminate => tracing::info!("SIGTERM: shutting down"),
+        None => std::future::pending().await,
     }
 }
 
@@ -149,7 +245,7 @@ async fn demo() -> Result<ExitCode, BoxError> {
     let data_dir = tempfile::Builder::new()
         .prefix("flashsale-demo-")
         .tempdir()?;
-    let mut config = Config::new(data_dir.path().to_path_buf())?;
+    let mut config = Config::new(data_dir.path().to_path_buf());
     config.rate_limit_shopper = 0;
     config.rate_limit_address = 0;
     let server = flashsale_gateway::spawn(config).await?;

@@ -566,10 +566,27 @@ impl Engine {
         quantity: u32,
         key: &str,
     ) -> Result<Order, EngineError> {
+        self.buy_answer(shopper, id, quantity, key)
+            .map(|(order, _)| order)
+    }
+
+    /// [`Engine::buy`], also saying whether the order was settled by this
+    /// call ([`Answer::Settled`]) or is the order an earlier request with
+    /// the same `key` settled, given again ([`Answer::Replayed`], DESIGN.md
+    /// "Idempotency"), so that metrics count orders, not requests. Costs
+    /// nothing more than `buy`: the answer is known where the record is
+    /// read. Errors: those of `buy`.
+    pub fn buy_answer(
+        &self,
+        shopper: ShopperId,
+        id: DealId,
+        quantity: u32,
+        key: &str,
+    ) -> Result<(Order, Answer), EngineError> {
         let request = Request::Buy { deal: id, quantity };
         match self.reserve(shopper, id, quantity, key, request)? {
-            Reserved::Order(order) => Ok(order),
-            Reserved::Hold(_) => unreachable!("a buy request yields an order"),
+            (Reserved::Order(order), answer) => Ok((order, answer)),
+            (Reserved::Hold(_), _) => unreachable!("a buy request yields an order"),
         }
     }
 
@@ -584,8 +601,8 @@ impl Engine {
     ) -> Result<Hold, EngineError> {
         let request = Request::Hold { deal: id, quantity };
         match self.reserve(shopper, id, quantity, key, request)? {
-            Reserved::Hold(hold) => Ok(hold),
-            Reserved::Order(_) => unreachable!("a hold request yields a hold"),
+            (Reserved::Hold(hold), _) => Ok(hold),
+            (Reserved::Order(_), _) => unreachable!("a hold request yields a hold"),
         }
     }
 
@@ -597,7 +614,7 @@ impl Engine {
         quantity: u32,
         key: &str,
         request: Request,
-    ) -> Result<Reserved, EngineError> {
+    ) -> Result<(Reserved, Answer), EngineError> {
         check_reservation(quantity, key)?;
         let deal = self.deal_state(id)?;
         // Fast path: a sold-out deal refuses a shopper with no record on it
@@ -626,7 +643,7 @@ impl Engine {
             if record.request != request {
                 return Err(EngineError::IdempotencyKeyReused);
             }
-            return Ok(match record.outcome {
+            let remembered = match record.outcome {
                 Outcome::Order(order) => Reserved::Order(
                     shard
                         .order(order)
@@ -639,7 +656,8 @@ impl Engine {
                         .expect("a record names a hold that exists");
                     Reserved::Hold(shard.holds[position].clone())
                 }
-            });
+            };
+            return Ok((remembered, Answer::Replayed));
         }
         if let Some(refusal) = refusal {
             return Err(refusal);
@@ -682,7 +700,7 @@ impl Engine {
             return Err(EngineError::SoldOut);
         }
         // From here on nothing can fail: the stock is taken.
-        Ok(if is_hold {
+        let reserved = if is_hold {
             let hold = Hold {
                 id: shard.next_hold_id(),
                 deal: id,
@@ -709,7 +727,8 @@ impl Engine {
             };
             commit_order(shard, deal, order.clone(), key, &*self.sink);
             Reserved::Order(order)
-        })
+        };
+        Ok((reserved, Answer::Settled))
     }
 
     // ----- holds ----------------------------------------------------------------
@@ -1101,6 +1120,16 @@ impl Engine {
 enum Reserved {
     Order(Order),
     Hold(Hold),
+}
+
+/// Whether an answer was made by the call that returned it or is the
+/// remembered answer of an earlier request with the same idempotency key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// This call settled the order: stock taken, wallet debited.
+    Settled,
+    /// An earlier request settled it; this retry changed nothing.
+    Replayed,
 }
 
 /// Checks a merchant's deal and fills in the defaults (the rules of

@@ -35,7 +35,7 @@ mod shard;
 
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
 pub use engine::{
-    DealChange, Engine, EngineConfig, NewDeal, OrderCursor, OrderPage, check_name,
+    Answer, DealChange, Engine, EngineConfig, NewDeal, OrderCursor, OrderPage, check_name,
     check_reservation, check_review, validate_deal,
 };
 pub use error::{EngineError, Entity};

@@ -5,8 +5,8 @@ mod support;
 use std::sync::Arc;
 
 use flashsale_engine::{
-    Clock, DealChange, DealStatus, EngineConfig, EngineError, Entity, Event, HoldStatus, Money,
-    OrderCursor, RecordEvents, ShopperId,
+    Answer, Clock, DealChange, DealStatus, EngineConfig, EngineError, Entity, Event, HoldStatus,
+    Money, OrderCursor, RecordEvents, ShopperId,
 };
 use support::{World, money};
 
@@ -68,6 +68,33 @@ fn the_same_key_and_request_returns_the_same_order() {
     assert_eq!(first, again);
     assert_eq!(world.engine.stock(deal).unwrap().sold, 1);
     assert_eq!(world.engine.wallet(ann).unwrap().spent, money("5.00"));
+}
+
+#[test]
+fn a_buy_says_whether_it_settled_the_order_or_replayed_it() {
+    let world = World::new();
+    let deal = world.deal(2, 1, "5.00");
+    let ann = world.shopper("100.00");
+    let (first, answer) = world.engine.buy_answer(ann, deal, 1, "k").unwrap();
+    assert_eq!(answer, Answer::Settled);
+    let (again, answer) = world.engine.buy_answer(ann, deal, 1, "k").unwrap();
+    assert_eq!((again, answer), (first, Answer::Replayed));
+    // After the sell-out a retry is still a replay; a new buyer is refused.
+    world
+        .engine
+        .buy(world.shopper("100.00"), deal, 1, "k")
+        .unwrap();
+    assert_eq!(
+        world.engine.buy_answer(ann, deal, 1, "k").unwrap().1,
+        Answer::Replayed
+    );
+    assert_eq!(
+        world
+            .engine
+            .buy_answer(world.shopper("100.00"), deal, 1, "k"),
+        Err(EngineError::SoldOut)
+    );
+    assert_eq!(world.engine.stock(deal).unwrap().sold, 2);
 }
 
 #[test]

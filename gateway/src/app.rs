@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use flashsale_engine::{MerchantId, ShopperId};
+use flashsale_engine::{Answer, MerchantId, ShopperId};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::header::AUTHORIZATION;
@@ -31,7 +31,7 @@ use crate::order_sink::OrderSinkHandle;
 use crate::pages::Pages;
 use crate::router::{Endpoint, Matched, Router};
 use crate::store::Store;
-use crate::telemetry::Telemetry;
+use crate::telemetry::{Checkout, Telemetry};
 use crate::wire;
 
 /// The answer of a handler: one buffer.
@@ -108,12 +108,19 @@ impl App {
             }
             Endpoint::Buy => {
                 let result = handlers::buy(self, parts, id, body).await;
-                self.telemetry
-                    .buy(result.as_ref().err().map(|error| error.http().code));
-                result
+                self.telemetry.buy(Checkout::OneTap, &result);
+                result.map(|(response, _)| response)
             }
             Endpoint::CreateHold => handlers::create_hold(self, parts, id, body).await,
-            Endpoint::PayHold => handlers::pay_hold(self, parts, id).await,
+            Endpoint::PayHold => {
+                // A payment settles an order or is refused (a second one
+                // is `hold_settled`): never a replay.
+                let result = handlers::pay_hold(self, parts, id)
+                    .await
+                    .map(|response| (response, Answer::Settled));
+                self.telemetry.buy(Checkout::HoldPayment, &result);
+                result.map(|(response, _)| response)
+            }
             Endpoint::ReleaseHold => handlers::release_hold(self, parts, id).await,
             Endpoint::GetDeal => handlers::get_deal(self, id).await,
             Endpoint::Feed => handlers::feed(self, parts).await,

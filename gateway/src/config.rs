@@ -7,7 +7,7 @@
 //! tests and `flashsale demo` do) sees neither `DATABASE_URL` nor
 //! `REDIS_URL` unless told.
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -20,21 +20,28 @@ pub use crate::store::redis::{RedisSettings, RedisTarget};
 
 /// Shortest `--secret` accepted, in bytes: shorter keys are guessable.
 pub const SECRET_BYTES_MIN: usize = 16;
+/// Shortest `--admin-token` accepted, in bytes, for the same reason.
+pub const ADMIN_TOKEN_BYTES_MIN: usize = 16;
+/// What `--addr` takes, said in every refusal of one.
+const ADDR_HINT: &str = "expected HOST:PORT, e.g. 127.0.0.1:8080";
 /// Largest `--body-bytes-max` accepted.
 pub const BODY_BYTES_MAX_LIMIT: usize = 1024 * 1024;
 
 /// `flashsale serve`: the HTTP gateway on the embedded engine and journal.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServeArgs {
-    /// Address to listen on; port 0 picks a free port (printed at start).
-    #[arg(long, env = "FLASHSALE_ADDR", default_value = "127.0.0.1:8080")]
+    /// Address to listen on, HOST:PORT (a host name such as localhost is
+    /// resolved once, at start); port 0 picks a free port (printed at start).
+    #[arg(long, env = "FLASHSALE_ADDR", default_value = "127.0.0.1:8080", value_parser = parse_addr)]
     pub addr: SocketAddr,
 
     /// Directory for the journal, snapshots and the generated token secret.
     #[arg(long, env = "FLASHSALE_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
 
-    /// The admin bearer token. Generated and printed once at start if unset.
+    /// The admin bearer token (at least 16 bytes). If unset: generated
+    /// once into <data-dir>/admin-token (mode 0600), printed when made, and
+    /// read from there at every later start.
     #[arg(long, env = "FLASHSALE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
 
@@ -161,21 +168,13 @@ pub struct ServeArgs {
     pub feed_subscribers_max: usize,
 }
 
-/// Where the admin token came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AdminTokenSource {
-    Configured,
-    /// Generated at start: the binary prints it once.
-    Generated,
-}
-
 /// The validated configuration of one server.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub addr: SocketAddr,
     pub data_dir: PathBuf,
-    pub admin_token: String,
-    pub admin_token_source: AdminTokenSource,
+    /// `None`: read or generate `<data_dir>/admin-token`.
+    pub admin_token: Option<String>,
     /// `None`: read or generate `<data_dir>/secret`.
     pub secret: Option<Vec<u8>>,
     pub durability: Durability,
@@ -203,14 +202,13 @@ pub struct Config {
 
 impl Config {
     /// The defaults of `flashsale serve --help`, on `data_dir`, listening on
-    /// `127.0.0.1:0`, with a generated admin token and no external stores.
-    /// Reads no environment.
-    pub fn new(data_dir: PathBuf) -> Result<Config, Error> {
-        Ok(Config {
+    /// `127.0.0.1:0`, with the admin token and secret kept in `data_dir` and
+    /// no external stores. Reads no environment.
+    pub fn new(data_dir: PathBuf) -> Config {
+        Config {
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             data_dir,
-            admin_token: generate_admin_token()?,
-            admin_token_source: AdminTokenSource::Generated,
+            admin_token: None,
             secret: None,
             durability: Durability::Sync,
             database_url: None,
@@ -226,42 +224,45 @@ impl Config {
             expiry_interval: Duration::from_millis(250),
             signup_credit: Money::ZERO,
             feed_subscribers_max: 10_000,
-        })
+        }
     }
 
-    /// Validates raw arguments into a configuration.
+    /// Validates raw arguments into a configuration. Errors:
+    /// [`Error::Config`], naming the flag and its environment variable
+    /// (either may have given the value), and [`Error::MultiNodeNotBuilt`].
     pub fn from_args(args: ServeArgs) -> Result<Config, Error> {
         let durability = match args.durability.as_str() {
             "sync" => Durability::Sync,
             "async" => Durability::Async,
             other => {
                 return Err(Error::Config(format!(
-                    "--durability must be sync or async, not {other:?}"
+                    "{} must be sync or async, not {other:?}",
+                    setting("durability")
                 )));
             }
         };
-        let mut config = Config::new(args.data_dir.clone())?;
+        let mut config = Config::new(args.data_dir.clone());
         config.redis = redis_settings(&args)?;
         config.addr = args.addr;
         if let Some(token) = args.admin_token {
-            if token.trim().is_empty() {
-                return Err(Error::Config("--admin-token must not be empty".into()));
+            if token.trim().len() < ADMIN_TOKEN_BYTES_MIN {
+                return Err(Error::Config(format!(
+                    "{} must be at least {ADMIN_TOKEN_BYTES_MIN} bytes",
+                    setting("admin-token")
+                )));
             }
-            config.admin_token = token;
-            config.admin_token_source = AdminTokenSource::Configured;
+            config.admin_token = Some(token);
         }
         if let Some(secret) = args.secret {
             if secret.len() < SECRET_BYTES_MIN {
                 return Err(Error::Config(format!(
-                    "--secret must be at least {SECRET_BYTES_MIN} bytes"
+                    "{} must be at least {SECRET_BYTES_MIN} bytes",
+                    setting("secret")
                 )));
             }
             config.secret = Some(secret.into_bytes());
         }
-        if config.redis.is_some()
-            && (config.secret.is_none()
-                || config.admin_token_source != AdminTokenSource::Configured)
-        {
+        if config.redis.is_some() && (config.secret.is_none() || config.admin_token.is_none()) {
             return Err(Error::Config(
                 "multi-node mode (--redis-url or --redis-cluster) needs --secret and --admin-token, \
                  the same on every node, so that a token one node issues works on all"
@@ -270,26 +271,27 @@ impl Config {
         }
         config.durability = durability;
         config.database_url = args.database_url.filter(|url| !url.is_empty());
-        config.max_connections = at_least_one(args.max_connections, "--max-connections")?;
+        config.max_connections = at_least_one(args.max_connections, "max-connections")?;
         config.header_read_timeout = Duration::from_millis(at_least_one(
             args.header_read_timeout_ms,
-            "--header-read-timeout-ms",
+            "header-read-timeout-ms",
         )?);
         if args.body_bytes_max == 0 || args.body_bytes_max > BODY_BYTES_MAX_LIMIT {
             return Err(Error::Config(format!(
-                "--body-bytes-max must be from 1 to {BODY_BYTES_MAX_LIMIT}"
+                "{} must be from 1 to {BODY_BYTES_MAX_LIMIT}",
+                setting("body-bytes-max")
             )));
         }
         config.body_bytes_max = args.body_bytes_max;
         config.rate_limit_shopper = args.rate_limit_shopper;
         config.rate_limit_address = args.rate_limit_address;
-        config.in_flight_max = at_least_one(args.in_flight_max, "--in-flight-max")?;
+        config.in_flight_max = at_least_one(args.in_flight_max, "in-flight-max")?;
         config.shutdown_grace = Duration::from_secs(args.shutdown_grace_seconds);
-        let hours = at_least_one(args.token_ttl_hours, "--token-ttl-hours")?;
+        let hours = at_least_one(args.token_ttl_hours, "token-ttl-hours")?;
         config.token_ttl = Duration::from_secs(hours.saturating_mul(3600));
         config.signup_credit = parse_signup_credit(&args.signup_credit)?;
         config.feed_subscribers_max =
-            at_least_one(args.feed_subscribers_max, "--feed-subscribers-max")?;
+            at_least_one(args.feed_subscribers_max, "feed-subscribers-max")?;
         Ok(config)
     }
 }
@@ -338,7 +340,8 @@ fn redis_settings(args: &ServeArgs) -> Result<Option<RedisSettings>, Error> {
 fn parse_signup_credit(text: &str) -> Result<Money, Error> {
     let bad = || {
         Error::Config(format!(
-            "--signup-credit must be an amount like 5000 or 5000.00, not {text:?}"
+            "{} must be an amount like 5000 or 5000.00, not {text:?}",
+            setting("signup-credit")
         ))
     };
     let amount: Decimal = text.trim().parse().map_err(|_| bad())?;
@@ -348,11 +351,61 @@ fn parse_signup_credit(text: &str) -> Result<Money, Error> {
     Money::from_decimal(amount, "signup_credit").map_err(|_| bad())
 }
 
-fn at_least_one<T: PartialEq + Default>(value: T, flag: &str) -> Result<T, Error> {
+fn at_least_one<T: PartialEq + Default>(value: T, long: &str) -> Result<T, Error> {
     if value == T::default() {
-        return Err(Error::Config(format!("{flag} must be at least 1")));
+        return Err(Error::Config(format!(
+            "{} must be at least 1",
+            setting(long)
+        )));
     }
     Ok(value)
+}
+
+/// The environment variable `flashsale serve --<long>` reads, from the
+/// flags' own declaration; `None` for an unknown flag.
+pub fn environment_variable(long: &str) -> Option<String> {
+    use clap::Args as _;
+    ServeArgs::augment_args(clap::Command::new("serve"))
+        .get_arguments()
+        .find(|arg| arg.get_long() == Some(long))
+        .and_then(|arg| arg.get_env())
+        .map(|variable| variable.to_string_lossy().into_owned())
+}
+
+/// How a refusal names a setting: `--long (VARIABLE)`, since either the
+/// flag or its environment variable may have given the value.
+fn setting(long: &str) -> String {
+    match environment_variable(long) {
+        Some(variable) => format!("--{long} ({variable})"),
+        None => format!("--{long}"),
+    }
+}
+
+/// `--addr`: `IP:PORT`, or `HOST:PORT` with a host name resolved now (an
+/// IPv4 address preferred, so `localhost:8090` prints as
+/// `127.0.0.1:8090`). Anything else is refused with [`ADDR_HINT`] and, for
+/// a bare port or `:PORT`, the address probably meant.
+pub fn parse_addr(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let port_only = text.strip_prefix(':').unwrap_or(text);
+    if !port_only.is_empty() && port_only.bytes().all(|byte| byte.is_ascii_digit()) {
+        return Err(format!(
+            "{ADDR_HINT} (127.0.0.1:{port_only} to listen on this machine only, \
+             0.0.0.0:{port_only} on every interface)"
+        ));
+    }
+    let resolved: Vec<SocketAddr> = match text.to_socket_addrs() {
+        Ok(addrs) => addrs.collect(),
+        Err(error) => return Err(format!("{ADDR_HINT} ({error})")),
+    };
+    resolved
+        .iter()
+        .find(|addr| addr.is_ipv4())
+        .or(resolved.first())
+        .copied()
+        .ok_or_else(|| format!("{ADDR_HINT} ({text} resolves to no address)"))
 }
 
 /// 32 random bytes, URL-safe base64, with a prefix that says what it is.
@@ -408,12 +461,12 @@ mod tests {
             ..args()
         };
         assert!(matches!(Config::from_args(redis()), Err(Error::Config(_))));
-        let config = Config::from_args(ServeArgs {
+        let shared = || ServeArgs {
             secret: Some("0123456789abcdef".into()),
-            admin_token: Some("admin-token".into()),
+            admin_token: Some("an-admin-token-of-the-deployment".into()),
             ..redis()
-        })
-        .unwrap();
+        };
+        let config = Config::from_args(shared()).unwrap();
         let settings = config.redis.expect("Redis mode");
         assert_eq!(
             settings.target,
@@ -423,11 +476,11 @@ mod tests {
         for bad in [
             ServeArgs {
                 redis_shards: 48,
-                ..redis()
+                ..shared()
             },
             ServeArgs {
                 redis_namespace: "a{b}".into(),
-                ..redis()
+                ..shared()
             },
         ] {
             assert!(matches!(Config::from_args(bad), Err(Error::Config(_))));
@@ -465,19 +518,27 @@ mod tests {
                 feed_subscribers_max: 0,
                 ..args()
             },
+            ServeArgs {
+                admin_token: Some("admin".into()),
+                ..args()
+            },
+            ServeArgs {
+                admin_token: Some(" ".repeat(ADMIN_TOKEN_BYTES_MIN)),
+                ..args()
+            },
         ] {
             assert!(matches!(Config::from_args(bad), Err(Error::Config(_))));
         }
         let config = Config::from_args(ServeArgs {
             rate_limit_shopper: 0,
             durability: "async".into(),
-            admin_token: Some("admin".into()),
+            admin_token: Some("a".repeat(ADMIN_TOKEN_BYTES_MIN)),
             ..args()
         })
         .unwrap();
         assert_eq!(config.rate_limit_shopper, 0);
         assert!(matches!(config.durability, Durability::Async));
-        assert_eq!(config.admin_token_source, AdminTokenSource::Configured);
+        assert_eq!(config.admin_token.as_deref().map(str::len), Some(16));
         assert_eq!(config.signup_credit, Money::ZERO);
         let config = Config::from_args(ServeArgs {
             signup_credit: "5000".into(),
@@ -485,5 +546,51 @@ mod tests {
         })
         .unwrap();
         assert_eq!(config.signup_credit.to_string(), "5000.00");
+    }
+
+    #[test]
+    fn refusals_name_the_flag_and_its_variable() {
+        let Err(Error::Config(message)) = Config::from_args(ServeArgs {
+            admin_token: Some("short".into()),
+            ..args()
+        }) else {
+            panic!("a short admin token must be refused");
+        };
+        assert_eq!(
+            message,
+            "--admin-token (FLASHSALE_ADMIN_TOKEN) must be at least 16 bytes"
+        );
+        let Err(Error::Config(message)) = Config::from_args(ServeArgs {
+            in_flight_max: 0,
+            ..args()
+        }) else {
+            panic!("no in-flight requests must be refused");
+        };
+        assert!(
+            message.starts_with("--in-flight-max (FLASHSALE_IN_FLIGHT_MAX)"),
+            "{message}"
+        );
+        assert_eq!(environment_variable("nothing"), None);
+    }
+
+    #[test]
+    fn listen_addresses_take_host_names_or_get_a_hint() {
+        assert_eq!(
+            parse_addr("127.0.0.1:8090"),
+            Ok(SocketAddr::from(([127, 0, 0, 1], 8090)))
+        );
+        assert_eq!(
+            parse_addr("localhost:8090"),
+            Ok(SocketAddr::from(([127, 0, 0, 1], 8090)))
+        );
+        assert_eq!(
+            parse_addr("[::1]:8090").map(|addr| addr.is_ipv6()),
+            Ok(true)
+        );
+        for bad in ["8080", ":8090", "", "localhost", "127.0.0.1:http-alt"] {
+            let message = parse_addr(bad).unwrap_err();
+            assert!(message.starts_with(ADDR_HINT), "{bad:?}: {message}");
+        }
+        assert!(parse_addr(":8090").unwrap_err().contains("127.0.0.1:8090"));
     }
 }

@@ -87,8 +87,17 @@ pub enum Error {
         #[source]
         source: Box<Error>,
     },
-    #[error("cannot use the token secret file {path}")]
-    Secret {
+    /// The data directory cannot be created, is not a directory, or cannot
+    /// be written to.
+    #[error("cannot use the data directory {dir}")]
+    DataDir {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file kept in the data directory (the secret, the admin token).
+    #[error("cannot use {path}")]
+    DataFile {
         path: PathBuf,
         #[source]
         source: std::io::Error,
@@ -215,7 +224,8 @@ impl Error {
             }
             Error::Config(_)
             | Error::RedisConnect { .. }
-            | Error::Secret { .. }
+            | Error::DataDir { .. }
+            | Error::DataFile { .. }
             | Error::Random(_)
             | Error::JournalOpen { .. }
             | Error::OrderSink(_)
@@ -293,6 +303,13 @@ impl Error {
             Error::MethodNotAllowed { allow } => {
                 headers.insert(hyper::header::ALLOW, HeaderValue::from_static(allow));
             }
+            // RFC 6750 §3: a 401 names the scheme the client must use.
+            Error::Unauthorized(_) => {
+                headers.insert(
+                    hyper::header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer"),
+                );
+            }
             // The rest of the body is not read, so the connection cannot be
             // reused: say so, or a client would send its next request into
             // a closing socket.
@@ -361,6 +378,22 @@ mod tests {
             let http = Error::Engine(engine).http();
             assert_eq!((http.status.as_u16(), http.code), (status, code));
         }
+    }
+
+    #[test]
+    fn unauthorized_answers_name_the_bearer_scheme() {
+        let response = Error::Unauthorized("the token is not valid").into_response();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            response.headers()[hyper::header::WWW_AUTHENTICATE],
+            "Bearer"
+        );
+        let forbidden = Error::Forbidden("wrong role").into_response();
+        assert!(
+            !forbidden
+                .headers()
+                .contains_key(hyper::header::WWW_AUTHENTICATE)
+        );
     }
 
     #[test]

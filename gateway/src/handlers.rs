@@ -17,8 +17,8 @@
 use std::borrow::Cow;
 
 use flashsale_engine::{
-    DealChange, DealId, DealStatus, Entity, HoldId, MerchantId, NewDeal, OrderCursor, OrderId,
-    Rating, ShopperId,
+    Answer, DealChange, DealId, DealStatus, Entity, HoldId, MerchantId, NewDeal, OrderCursor,
+    OrderId, Rating, ShopperId,
 };
 use hyper::StatusCode;
 use hyper::body::Incoming;
@@ -73,20 +73,22 @@ fn idempotency_key(parts: &Parts) -> Result<&str, Error> {
     Ok(key)
 }
 
-/// `POST /v1/deals/{id}/orders`: one-tap buy.
+/// `POST /v1/deals/{id}/orders`: one-tap buy. Returns the answer and
+/// whether this request settled the order or replayed a retry's (for
+/// `flashsale_buys_total`).
 pub(crate) async fn buy(
     app: &App,
     parts: &Parts,
     deal: &str,
     body: Incoming,
-) -> Result<HttpResponse, Error> {
+) -> Result<(HttpResponse, Answer), Error> {
     let shopper = app.shopper(parts)?;
     let key = idempotency_key(parts)?;
     let deal: DealId = parse_id(deal, Entity::Deal)?;
     let bytes = app.body(parts, body).await?;
     let QuantityBody { quantity } = parse_json(&bytes)?;
-    let order = app.store.buy(shopper, deal, quantity, key).await?;
-    Ok(json(StatusCode::CREATED, &OrderJson::from(&order)))
+    let (order, answer) = app.store.buy(shopper, deal, quantity, key).await?;
+    Ok((json(StatusCode::CREATED, &OrderJson::from(&order)), answer))
 }
 
 /// `POST /v1/deals/{id}/holds`: reserve stock and funds.

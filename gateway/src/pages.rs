@@ -8,7 +8,8 @@
 //! (computed here, once, from the embedded text, so the policy follows the
 //! files), `connect-src 'self'` for the API and the stream, and no framing,
 //! `<base>` or plugins. An injected `<script>` or `on…=` attribute does not
-//! run. Both pages are answered with `Cache-Control: no-cache`, so a new
+//! run. Each page's favicon is an inline SVG `data:` URI (`img-src data:`),
+//! so no route serves one. Both pages are answered with `Cache-Control: no-cache`, so a new
 //! binary's pages are picked up at once.
 
 use base64::Engine as _;
@@ -177,5 +178,18 @@ mod tests {
         let policy = page.headers()[&CONTENT_SECURITY_POLICY].to_str().unwrap();
         assert!(policy.starts_with("default-src 'none'; script-src 'sha256-"));
         assert_eq!(page.headers()[CACHE_CONTROL], "no-cache");
+    }
+
+    /// Each page carries its favicon inline, as a `data:` SVG the policy's
+    /// `img-src` allows: no request, no route, no file to serve.
+    #[test]
+    fn the_pages_carry_a_favicon_their_policy_allows() {
+        for html in [STOREFRONT_HTML, MERCHANT_HTML] {
+            assert!(
+                html.contains(r#"<link rel="icon" type="image/svg+xml" href="data:image/svg+xml,"#),
+                "a page without its favicon"
+            );
+            assert!(content_security_policy(html).contains("img-src 'self' data:;"));
+        }
     }
 }

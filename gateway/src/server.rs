@@ -1,8 +1,11 @@
 //! Starting, running and stopping one gateway.
 //!
 //! [`Gateway::open`] does everything that can fail before serving: the
-//! data directory, the token secret, journal recovery (which rebuilds the
-//! engine). [`Gateway::serve`] is the accept loop in the style of
+//! data directory (created, and checked to be a writable directory), the
+//! token secret and the admin token (each given, or kept in a file of the
+//! data directory made on first start, mode 0600), journal recovery (which
+//! rebuilds the engine). The binary binds its listener before calling it,
+//! so a taken port fails before anything is written to the data directory. [`Gateway::serve`] is the accept loop in the style of
 //! mini-redis and hyper's `server_graceful` example:
 //!
 //! - a `Semaphore` of `max_connections` permits is acquired *before*
@@ -29,7 +32,7 @@
 use std::future::Future;
 use std::io::Write as _;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -46,7 +49,9 @@ use tokio::task::JoinHandle;
 use crate::admission::Admission;
 use crate::app::App;
 use crate::auth::Signer;
-use crate::config::{Config, SECRET_BYTES_MIN, random_base64};
+use crate::config::{
+    ADMIN_TOKEN_BYTES_MIN, Config, SECRET_BYTES_MIN, generate_admin_token, random_base64,
+};
 use crate::error::Error;
 use crate::feed::{self, FeedHub};
 use crate::order_sink::{self, OrderSinkHandle};
@@ -68,35 +73,68 @@ const EXPIRY_PASSES_MAX: usize = 16;
 const HOUSEKEEPING_PERIOD: Duration = Duration::from_secs(5);
 /// Name of the generated secret in the data directory.
 const SECRET_FILE: &str = "secret";
+/// Name of the generated admin token in the data directory.
+pub const ADMIN_TOKEN_FILE: &str = "admin-token";
+
+/// A value kept in a file of the data directory: read at every start,
+/// generated on the first.
+#[derive(Debug, Clone)]
+struct Kept {
+    value: String,
+    /// The file, when this start made it (the value is new).
+    made: Option<PathBuf>,
+}
 
 /// A gateway ready to serve: secret loaded, journal recovered.
 pub struct Gateway {
     config: Config,
+    /// The admin token in force: configured, or kept in the data directory.
+    admin_token: Kept,
     app: Arc<App>,
     /// Tells the order sink (if any) to stop.
     sink_stop: oneshot::Sender<()>,
 }
 
 impl Gateway {
-    /// Prepares the store (the data directory, the secret and the journal;
-    /// or, in multi-node mode, the connection to Redis).
+    /// Prepares the data directory, the secret, the admin token and the
+    /// store: the journal, or in multi-node mode the connection to Redis.
+    /// Errors: [`Error::DataDir`] naming the directory and why it cannot be
+    /// used, [`Error::DataFile`] naming a kept file, [`Error::JournalOpen`],
+    /// [`Error::OrderSink`], [`Error::RedisConnect`].
     pub async fn open(config: Config) -> Result<Gateway, Error> {
+        let (secret, admin_token) = {
+            let dir = config.data_dir.clone();
+            let secret = config.secret.clone();
+            let admin_token = config.admin_token.clone();
+            tokio::task::spawn_blocking(move || -> Result<_, Error> {
+                check_data_dir(&dir)?;
+                let secret = match secret {
+                    Some(secret) => secret,
+                    None => keep(&dir, SECRET_FILE, SECRET_BYTES_MIN, || random_base64(32))?
+                        .value
+                        .into_bytes(),
+                };
+                let admin_token = match admin_token {
+                    Some(value) => Kept { value, made: None },
+                    None => keep(
+                        &dir,
+                        ADMIN_TOKEN_FILE,
+                        ADMIN_TOKEN_BYTES_MIN,
+                        generate_admin_token,
+                    )?,
+                };
+                Ok((secret, admin_token))
+            })
+            .await
+            .map_err(Error::Task)??
+        };
         let (sink_stop, sink_stopped) = oneshot::channel::<()>();
         let (store, order_sink) = match &config.redis {
             Some(settings) => (open_redis(&config, settings).await?, None),
             None => open_memory(&config, sink_stopped).await?,
         };
-        let secret = match &config.secret {
-            Some(secret) => secret.clone(),
-            None => {
-                let dir = config.data_dir.clone();
-                tokio::task::spawn_blocking(move || load_or_create_secret(&dir))
-                    .await
-                    .map_err(Error::Task)??
-            }
-        };
         let app = App {
-            signer: Signer::new(&secret, &config.admin_token),
+            signer: Signer::new(&secret, &admin_token.value),
             admission: Admission::new(
                 config.in_flight_max,
                 config.rate_limit_shopper,
@@ -114,6 +152,7 @@ impl Gateway {
         };
         Ok(Gateway {
             config,
+            admin_token,
             app: Arc::new(app),
             sink_stop,
         })
@@ -121,6 +160,18 @@ impl Gateway {
 
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// The admin bearer token in force: the configured one, or the one kept
+    /// in `<data-dir>/admin-token`.
+    pub fn admin_token(&self) -> &str {
+        &self.admin_token.value
+    }
+
+    /// `<data-dir>/admin-token` when this start generated the admin token
+    /// (the first start without one configured): the one time to print it.
+    pub fn admin_token_made(&self) -> Option<&Path> {
+        self.admin_token.made.as_deref()
     }
 
     /// The engine this gateway serves (for tests and embedding); `None` in
@@ -138,6 +189,7 @@ impl Gateway {
             config,
             app,
             sink_stop,
+            ..
         } = self;
         let connections = Arc::new(Semaphore::new(config.max_connections));
         let graceful = GracefulShutdown::new();
@@ -276,8 +328,8 @@ impl RunningServer {
 /// Opens a gateway with `config` and serves it on `127.0.0.1:0` in the
 /// background (`config.addr` is not used).
 pub async fn spawn(config: Config) -> Result<RunningServer, Error> {
-    let admin_token = config.admin_token.clone();
     let gateway = Gateway::open(config).await?;
+    let admin_token = gateway.admin_token().to_owned();
     let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
     let listener = TcpListener::bind(loopback)
         .await
@@ -392,37 +444,68 @@ async fn open_redis(config: &Config, settings: &RedisSettings) -> Result<Store, 
     Ok(Store::Redis(store))
 }
 
-/// Reads `<dir>/secret`, or creates it (mode 0600) with 32 random bytes.
-fn load_or_create_secret(dir: &Path) -> Result<Vec<u8>, Error> {
-    let path = dir.join(SECRET_FILE);
-    let fail = |source| Error::Secret {
+/// Creates `dir` if missing and checks that it is a directory this process
+/// can write to, so a bad `--data-dir` is named with its reason up front.
+fn check_data_dir(dir: &Path) -> Result<(), Error> {
+    let fail = |source| Error::DataDir {
+        dir: dir.to_owned(),
+        source,
+    };
+    if dir.exists() && !dir.is_dir() {
+        return Err(fail(std::io::Error::new(
+            std::io::ErrorKind::NotADirectory,
+            "it exists and is not a directory",
+        )));
+    }
+    std::fs::create_dir_all(dir).map_err(fail)?;
+    // An unnamed file, gone when dropped: proves the directory is writable.
+    tempfile::tempfile_in(dir).map_err(fail)?;
+    Ok(())
+}
+
+/// Reads `<dir>/<name>` (trimmed; at least `bytes_min` bytes), or creates it
+/// (mode 0600) with `generate()`'s value. `create_new` makes two starts
+/// racing on one directory agree on one value.
+fn keep(
+    dir: &Path,
+    name: &str,
+    bytes_min: usize,
+    generate: impl FnOnce() -> Result<String, Error>,
+) -> Result<Kept, Error> {
+    let path = dir.join(name);
+    let fail = |source| Error::DataFile {
         path: path.clone(),
         source,
     };
-    std::fs::create_dir_all(dir).map_err(fail)?;
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     match options.open(&path) {
         Ok(mut file) => {
-            let secret = random_base64(32)?;
-            file.write_all(secret.as_bytes())
+            let value = generate()?;
+            file.write_all(value.as_bytes())
                 .and_then(|()| file.sync_all())
                 .map_err(fail)?;
-            tracing::info!(path = %path.display(), "generated the token secret");
-            Ok(secret.into_bytes())
+            tracing::info!(path = %path.display(), "generated {name}");
+            Ok(Kept {
+                value,
+                made: Some(path),
+            })
         }
         Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
-            let secret = std::fs::read_to_string(&path).map_err(fail)?;
-            let secret = secret.trim();
-            if secret.len() < SECRET_BYTES_MIN {
+            let value = std::fs::read_to_string(&path).map_err(fail)?;
+            let value = value.trim();
+            if value.len() < bytes_min {
                 return Err(fail(std::io::Error::new(
                     std::io::ErrorKind::InvalidData,
-                    format!("the secret must be at least {SECRET_BYTES_MIN} bytes"),
+                    format!("it must hold at least {bytes_min} bytes"),
                 )));
             }
-            Ok(secret.as_bytes().to_vec())
+            Ok(Kept {
+                value: value.to_owned(),
+                made: None,
+            })
         }
         Err(error) => Err(fail(error)),
     }
@@ -433,26 +516,51 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_secret_is_generated_once_and_private() {
-        let dir = std::env::temp_dir().join(format!(
-            "flashsale-secret-test-{}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        let first = load_or_create_secret(&dir).unwrap();
-        let second = load_or_create_secret(&dir).unwrap();
-        assert_eq!(first, second);
-        assert!(first.len() >= SECRET_BYTES_MIN);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(dir.join(SECRET_FILE))
-                .unwrap()
-                .permissions()
-                .mode();
-            assert_eq!(mode & 0o777, 0o600);
+    fn kept_values_are_generated_once_and_private() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, generate) in [
+            (
+                SECRET_FILE,
+                (|| random_base64(32)) as fn() -> Result<String, Error>,
+            ),
+            (ADMIN_TOKEN_FILE, generate_admin_token),
+        ] {
+            let first = keep(dir.path(), name, 16, generate).unwrap();
+            let second = keep(dir.path(), name, 16, generate).unwrap();
+            assert_eq!(first.value, second.value);
+            assert_eq!(first.made.as_deref(), Some(dir.path().join(name).as_path()));
+            assert_eq!(second.made, None, "made once, then read");
+            assert!(first.value.len() >= 16);
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                let mode = std::fs::metadata(dir.path().join(name))
+                    .unwrap()
+                    .permissions()
+                    .mode();
+                assert_eq!(mode & 0o777, 0o600);
+            }
         }
-        std::fs::remove_dir_all(&dir).unwrap();
+        std::fs::write(dir.path().join("short"), "abc\n").unwrap();
+        let error = keep(dir.path(), "short", 16, generate_admin_token).unwrap_err();
+        assert!(matches!(error, Error::DataFile { .. }), "{error}");
+    }
+
+    #[test]
+    fn an_unusable_data_dir_is_named_with_its_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a-file");
+        std::fs::write(&file, "").unwrap();
+        for bad in [file.clone(), file.join("below")] {
+            let error = check_data_dir(&bad).unwrap_err();
+            let Error::DataDir { dir, source } = &error else {
+                panic!("{error:?}");
+            };
+            assert_eq!(dir, &bad);
+            assert!(!source.to_string().is_empty());
+            assert!(error.to_string().contains(&bad.display().to_string()));
+        }
+        check_data_dir(&dir.path().join("new")).unwrap();
+        assert!(dir.path().join("new").is_dir());
     }
 }

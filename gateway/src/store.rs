@@ -18,8 +18,8 @@ pub(crate) mod memory;
 pub(crate) mod redis;
 
 use flashsale_engine::{
-    DealChange, DealId, DealView, HoldId, Merchant, MerchantId, Money, NewDeal, Order, OrderCursor,
-    OrderId, OrderPage, Rating, Review, Shopper, ShopperId, Timestamp, Wallet,
+    Answer, DealChange, DealId, DealView, HoldId, Merchant, MerchantId, Money, NewDeal, Order,
+    OrderCursor, OrderId, OrderPage, Rating, Review, Shopper, ShopperId, Timestamp, Wallet,
 };
 
 pub(crate) use self::memory::MemoryStore;
@@ -140,14 +140,15 @@ impl Store {
         dispatch!(self, store => store.register(shopper, deal).await)
     }
 
-    /// One-tap buy; the same `key` and request again gets the same order.
+    /// One-tap buy; the same `key` and request again gets the same order,
+    /// [`Answer::Replayed`] (engine: `buy_answer`).
     pub(crate) async fn buy(
         &self,
         shopper: ShopperId,
         deal: DealId,
         quantity: u32,
         key: &str,
-    ) -> Result<Order, Error> {
+    ) -> Result<(Order, Answer), Error> {
         dispatch!(self, store => store.buy(shopper, deal, quantity, key).await)
     }
 

@@ -4,7 +4,9 @@
 //! first use and kept in a `OnceLock`; every server of the process renders
 //! from its handle, so a test process that starts many servers sees their
 //! requests summed. Per-server figures that must be exact (live deals'
-//! remaining stock) are rendered by the server itself and appended.
+//! remaining stock) are rendered by the server itself and appended; the
+//! buy counters live in a recorder of the server's own (never installed
+//! globally), so they count this server's orders exactly.
 //!
 //! The hot path touches pre-registered handles only: a counter per
 //! (endpoint, status) and a latency histogram per endpoint, resolved once
@@ -14,7 +16,12 @@
 //! Series:
 //! - `flashsale_http_requests_total{route, status}`
 //! - `flashsale_http_request_duration_seconds{route}` (histogram)
-//! - `flashsale_buys_total{outcome}`: `ordered` or the refusal's code
+//! - `flashsale_buys_total{checkout, outcome}`: one per buy request, by
+//!   checkout (`one_tap`: `POST /v1/deals/{id}/orders`; `hold_payment`:
+//!   `POST /v1/holds/{id}/payment`) and outcome: `ordered` (an order was
+//!   settled by this request), `replayed` (an idempotent retry got an
+//!   earlier order again: no new order), or the refusal's contract code.
+//!   Orders settled = the sum of `outcome="ordered"` over both checkouts.
 //! - `flashsale_requests_in_flight`
 //! - `flashsale_deal_remaining{deal}`, `flashsale_deal_sold{deal}`: live
 //!   and upcoming deals of this server
@@ -28,6 +35,9 @@ use std::time::Duration;
 use metrics::{Counter, Gauge, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
+use flashsale_engine::Answer;
+
+use crate::error::Error;
 use crate::router::Endpoint;
 
 const REQUESTS: &str = "flashsale_http_requests_total";
@@ -45,9 +55,22 @@ const STATUSES: [u16; 17] = [
     200, 201, 400, 401, 402, 403, 404, 405, 409, 410, 413, 422, 425, 429, 500, 503, 0,
 ];
 
-/// Outcomes of a buy: `ordered`, or the code of the refusal.
-const BUY_OUTCOMES: [&str; 14] = [
+/// The two ways to an order, as the `checkout` label spells them.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Checkout {
+    /// `POST /v1/deals/{id}/orders`.
+    OneTap = 0,
+    /// `POST /v1/holds/{id}/payment`.
+    HoldPayment = 1,
+}
+
+/// `checkout` label values, indexed by [`Checkout`].
+const CHECKOUTS: [&str; 2] = ["one_tap", "hold_payment"];
+
+/// Outcomes of a buy: `ordered`, `replayed`, or the code of the refusal.
+const BUY_OUTCOMES: [&str; 21] = [
     "ordered",
+    "replayed",
     "sold_out",
     "purchase_limit_reached",
     "insufficient_funds",
@@ -60,6 +83,12 @@ const BUY_OUTCOMES: [&str; 14] = [
     "invalid",
     "rate_limited",
     "overloaded",
+    "hold_expired",
+    "hold_settled",
+    "forbidden",
+    "unauthorized",
+    "bad_request",
+    "malformed_json",
     "other",
 ];
 
@@ -85,7 +114,6 @@ fn handle() -> &'static PrometheusHandle {
             metrics::Unit::Seconds,
             "Time from a request's headers to its response, by route"
         );
-        metrics::describe_counter!(BUYS, "One-tap buys by outcome");
         metrics::describe_gauge!(IN_FLIGHT, "Requests being served now");
         handle
     })
@@ -97,7 +125,10 @@ pub(crate) struct Telemetry {
     /// `[endpoint][status]`.
     requests: Vec<[Counter; STATUSES.len()]>,
     durations: Vec<Histogram>,
-    buys: [Counter; BUY_OUTCOMES.len()],
+    /// `[checkout][outcome]`.
+    buys: [[Counter; BUY_OUTCOMES.len()]; CHECKOUTS.len()],
+    /// Renders `buys`: this server's recorder, not the process's.
+    buys_handle: PrometheusHandle,
     in_flight: Gauge,
 }
 
@@ -121,12 +152,24 @@ impl Telemetry {
             .iter()
             .map(|endpoint| metrics::histogram!(DURATION, "route" => endpoint.name()))
             .collect();
-        let buys = BUY_OUTCOMES.map(|outcome| metrics::counter!(BUYS, "outcome" => outcome));
+        let buys_recorder = PrometheusBuilder::new().build_recorder();
+        let buys = metrics::with_local_recorder(&buys_recorder, || {
+            metrics::describe_counter!(
+                BUYS,
+                "Buy requests (one-tap and hold payments) by checkout and outcome"
+            );
+            CHECKOUTS.map(|checkout| {
+                BUY_OUTCOMES.map(
+                    |outcome| metrics::counter!(BUYS, "checkout" => checkout, "outcome" => outcome),
+                )
+            })
+        });
         Telemetry {
             handle,
             requests,
             durations,
             buys,
+            buys_handle: buys_recorder.handle(),
             in_flight: metrics::gauge!(IN_FLIGHT),
         }
     }
@@ -141,27 +184,35 @@ impl Telemetry {
         self.durations[endpoint.index()].record(elapsed.as_secs_f64());
     }
 
-    /// Records a buy's outcome by its contract code (`None`: ordered).
-    pub(crate) fn buy(&self, refusal_code: Option<&str>) {
-        let outcome = refusal_code.unwrap_or("ordered");
+    /// Records one buy request: an order it settled (`ordered`), one it
+    /// replayed (`replayed`), or its refusal by contract code.
+    pub(crate) fn buy<T>(&self, checkout: Checkout, result: &Result<(T, Answer), Error>) {
+        let outcome = match result {
+            Ok((_, Answer::Settled)) => "ordered",
+            Ok((_, Answer::Replayed)) => "replayed",
+            Err(error) => error.http().code,
+        };
         let index = BUY_OUTCOMES
             .iter()
             .position(|&known| known == outcome)
             .unwrap_or(BUY_OUTCOMES.len() - 1);
-        self.buys[index].increment(1);
+        self.buys[checkout as usize][index].increment(1);
     }
 
     pub(crate) fn set_in_flight(&self, in_flight: usize) {
         self.in_flight.set(in_flight as f64);
     }
 
-    /// The process's series in Prometheus text.
+    /// The process's series, then this server's buys, in Prometheus text.
     pub(crate) fn render(&self) -> String {
-        self.handle.render()
+        let mut text = self.handle.render();
+        text.push_str(&self.buys_handle.render());
+        text
     }
 
     /// Drains histogram buffers; run periodically.
     pub(crate) fn upkeep(&self) {
         self.handle.run_upkeep();
+        self.buys_handle.run_upkeep();
     }
 }

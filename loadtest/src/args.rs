@@ -2,6 +2,11 @@
 //! environment variable (`--admin-token` from `FLASHSALE_ADMIN_TOKEN`, as
 //! the server does). Parsed raw here by clap; ranges and combinations are
 //! checked by [`LoadtestArgs::validate`] before anything is sent.
+//!
+//! A scenario takes its own options (help heading "Burst options" or
+//! "Steady options") and the options of a run against a gateway
+//! ([`RunArgs`], heading "Run options"); `hello` is a server, not a run,
+//! and takes only its address, so no option is accepted and then ignored.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -24,16 +29,21 @@ pub const DURATION_MAX: Duration = Duration::from_secs(24 * 3600);
 /// Most operations one steady run may plan (`rate × duration`).
 pub const STEADY_OPERATIONS_MAX: u64 = 100_000_000;
 
-/// `flashsale loadtest …`: global flags, then a scenario.
+/// `flashsale loadtest …`: a scenario and its options.
 #[derive(Debug, Clone, clap::Args)]
 pub struct LoadtestArgs {
     #[command(subcommand)]
     pub command: Scenario,
+}
 
+/// How a burst or steady run reaches its gateway and reports: the options
+/// both load scenarios share.
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Run options")]
+pub struct RunArgs {
     /// Base URL of the gateway under test (plain http).
     #[arg(
         long,
-        global = true,
         env = "FLASHSALE_LOADTEST_TARGET",
         default_value = "http://127.0.0.1:8080"
     )]
@@ -41,17 +51,16 @@ pub struct LoadtestArgs {
 
     /// Start a local `flashsale serve` (fresh data dir, random admin token,
     /// rate limits off) for this run instead of using --target.
-    #[arg(long, global = true, env = "FLASHSALE_LOADTEST_SPAWN")]
+    #[arg(long, env = "FLASHSALE_LOADTEST_SPAWN")]
     pub spawn: bool,
 
     /// Program started by --spawn [default: this executable].
-    #[arg(long, global = true, env = "FLASHSALE_LOADTEST_SERVER_BIN")]
+    #[arg(long, env = "FLASHSALE_LOADTEST_SERVER_BIN")]
     pub server_bin: Option<PathBuf>,
 
     /// Durability of the server started by --spawn.
     #[arg(
         long,
-        global = true,
         env = "FLASHSALE_LOADTEST_DURABILITY",
         value_enum,
         default_value_t = Durability::Sync
@@ -59,31 +68,20 @@ pub struct LoadtestArgs {
     pub durability: Durability,
 
     /// Admin bearer token of the target (not needed with --spawn).
-    #[arg(
-        long,
-        global = true,
-        env = "FLASHSALE_ADMIN_TOKEN",
-        hide_env_values = true
-    )]
+    #[arg(long, env = "FLASHSALE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
 
     /// Keep-alive connections, one worker task each.
-    #[arg(
-        long,
-        global = true,
-        env = "FLASHSALE_LOADTEST_CONNECTIONS",
-        default_value_t = 64
-    )]
+    #[arg(long, env = "FLASHSALE_LOADTEST_CONNECTIONS", default_value_t = 64)]
     pub connections: usize,
 
     /// Worker threads of the load generator [default: one per core].
-    #[arg(long, global = true, env = "FLASHSALE_LOADTEST_THREADS")]
+    #[arg(long, env = "FLASHSALE_LOADTEST_THREADS")]
     pub threads: Option<usize>,
 
     /// Per-attempt timeout (connect, send, whole answer).
     #[arg(
         long,
-        global = true,
         env = "FLASHSALE_LOADTEST_TIMEOUT",
         default_value = "10s",
         value_parser = humantime::parse_duration
@@ -91,29 +89,25 @@ pub struct LoadtestArgs {
     pub timeout: Duration,
 
     /// No progress bar and no phase messages.
-    #[arg(long, global = true, env = "FLASHSALE_LOADTEST_QUIET")]
+    #[arg(long, env = "FLASHSALE_LOADTEST_QUIET")]
     pub quiet: bool,
 
     /// Also write the report as JSON to this file.
-    #[arg(long, global = true, env = "FLASHSALE_LOADTEST_JSON")]
+    #[arg(long, env = "FLASHSALE_LOADTEST_JSON")]
     pub json: Option<PathBuf>,
 
     /// Draw latency percentiles and throughput over time to this SVG file.
-    #[arg(long, global = true, env = "FLASHSALE_LOADTEST_PLOT")]
+    #[arg(long, env = "FLASHSALE_LOADTEST_PLOT")]
     pub plot: Option<PathBuf>,
 
     /// Postgres of the order sink: check every acknowledged order is there.
-    #[arg(
-        long,
-        global = true,
-        env = "FLASHSALE_LOADTEST_DATABASE_URL",
-        hide_env_values = true
-    )]
+    #[arg(long, env = "FLASHSALE_LOADTEST_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
 }
 
 /// What to run.
 #[derive(Debug, Clone, clap::Subcommand)]
+#[command(subcommand_help_heading = "Scenarios")]
 pub enum Scenario {
     /// Every shopper taps Buy at T0 (within a ramp); then check invariants.
     Burst(BurstArgs),
@@ -163,6 +157,7 @@ impl Profile {
 
 /// `flashsale loadtest burst`.
 #[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Burst options")]
 pub struct BurstArgs {
     /// Preset shoppers and stock; --shoppers and --stock override it.
     #[arg(long, env = "FLASHSALE_LOADTEST_PROFILE", value_enum, default_value_t = Profile::Small)]
@@ -218,10 +213,14 @@ pub struct BurstArgs {
     /// Seed of the tap schedule and jitter [default: random].
     #[arg(long, env = "FLASHSALE_LOADTEST_SEED")]
     pub seed: Option<u64>,
+
+    #[command(flatten)]
+    pub run: RunArgs,
 }
 
 /// `flashsale loadtest steady`.
 #[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Steady options")]
 pub struct SteadyArgs {
     /// Operations started per second, on schedule (open loop).
     #[arg(long, env = "FLASHSALE_LOADTEST_RATE", default_value_t = 200)]
@@ -277,6 +276,9 @@ pub struct SteadyArgs {
     /// Seed of the operation mix and jitter [default: random].
     #[arg(long, env = "FLASHSALE_LOADTEST_SEED")]
     pub seed: Option<u64>,
+
+    #[command(flatten)]
+    pub run: RunArgs,
 }
 
 /// `flashsale loadtest hello`.
@@ -364,6 +366,11 @@ pub fn parse_money(text: &str) -> Result<Decimal, String> {
     Ok(amount)
 }
 
+/// The refusal of `hello` where a load run is needed.
+pub(crate) fn hello_is_not_a_run() -> LoadtestError {
+    config("hello is a server, not a load scenario".to_owned())
+}
+
 fn config(message: String) -> LoadtestError {
     LoadtestError::Config(message)
 }
@@ -383,8 +390,28 @@ fn within<T: PartialOrd + std::fmt::Display>(
 }
 
 impl LoadtestArgs {
+    /// The run options of a burst or steady scenario; `hello` is refused
+    /// with [`LoadtestError::Config`]: it is a server, not a load scenario.
+    pub fn run_args(&self) -> Result<&RunArgs, LoadtestError> {
+        match &self.command {
+            Scenario::Burst(burst) => Ok(&burst.run),
+            Scenario::Steady(steady) => Ok(&steady.run),
+            Scenario::Hello(_) => Err(hello_is_not_a_run()),
+        }
+    }
+
     /// Checks ranges and combinations of flags.
     pub fn validate(&self) -> Result<(), LoadtestError> {
+        match &self.command {
+            Scenario::Burst(burst) => burst.run.validate().and_then(|()| burst.validate()),
+            Scenario::Steady(steady) => steady.run.validate().and_then(|()| steady.validate()),
+            Scenario::Hello(_) => Ok(()),
+        }
+    }
+}
+
+impl RunArgs {
+    fn validate(&self) -> Result<(), LoadtestError> {
         within("connections", self.connections, 1, CONNECTIONS_MAX)?;
         if let Some(threads) = self.threads {
             within("threads", threads, 1, crate::cpu::LOAD_THREADS_MAX)?;
@@ -392,11 +419,7 @@ impl LoadtestArgs {
         if self.timeout.is_zero() {
             return Err(config("--timeout must be positive".to_owned()));
         }
-        match &self.command {
-            Scenario::Burst(burst) => burst.validate(),
-            Scenario::Steady(steady) => steady.validate(),
-            Scenario::Hello(_) => Ok(()),
-        }
+        Ok(())
     }
 }
 
@@ -483,7 +506,7 @@ mod tests {
     }
 
     #[test]
-    fn global_flags_go_after_the_scenario() {
+    fn run_flags_go_after_the_scenario() {
         let args = parse(&[
             "burst",
             "--target",
@@ -492,13 +515,62 @@ mod tests {
             "8",
         ])
         .expect("parses");
-        assert_eq!(args.target, "http://127.0.0.1:9");
-        assert_eq!(args.connections, 8);
+        let run = args.run_args().expect("a run");
+        assert_eq!(run.target, "http://127.0.0.1:9");
+        assert_eq!(run.connections, 8);
         let Scenario::Burst(burst) = &args.command else {
             panic!("burst expected");
         };
         assert_eq!(burst.sizes(), (2_000, 200));
         args.validate().expect("valid");
+    }
+
+    /// Regression: `hello` accepted the load scenarios' options and
+    /// ignored them.
+    #[test]
+    fn hello_takes_only_its_address() {
+        let args = parse(&["hello", "--addr", "127.0.0.1:0"]).expect("parses");
+        assert!(args.run_args().is_err());
+        for ignored in [
+            &["hello", "--connections", "8"][..],
+            &["hello", "--target", "http://127.0.0.1:9"][..],
+            &["hello", "--rate", "5"][..],
+            &["--connections", "8", "hello"][..],
+        ] {
+            assert!(parse(ignored).is_err(), "{ignored:?}");
+        }
+    }
+
+    /// Each scenario's help lists its own options and the run options
+    /// under their own headings.
+    #[test]
+    fn help_groups_scenario_and_run_options() {
+        use clap::CommandFactory;
+        let mut command = Cli::command();
+        for (scenario, heading, own) in [
+            ("burst", "Burst options:", "--shoppers"),
+            ("steady", "Steady options:", "--rate"),
+        ] {
+            let help = command
+                .find_subcommand_mut(scenario)
+                .expect("a scenario")
+                .render_help()
+                .to_string();
+            let scenario_at = help.find(heading).unwrap_or_else(|| panic!("{help}"));
+            let run_at = help
+                .find("Run options:")
+                .unwrap_or_else(|| panic!("{help}"));
+            let own_at = help.find(own).expect("its own option");
+            let target_at = help.find("--target").expect("a run option");
+            assert!(scenario_at < own_at && own_at < run_at, "{help}");
+            assert!(run_at < target_at, "{help}");
+        }
+        let hello = command
+            .find_subcommand_mut("hello")
+            .expect("hello")
+            .render_help()
+            .to_string();
+        assert!(!hello.contains("--target"), "{hello}");
     }
 
     #[test]

@@ -17,6 +17,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use hyper::header::HeaderValue;
 use hyper::{Method, Uri};
+use serde_json::json;
 use tokio::time::Instant;
 
 use crate::api::{self, NewDeal, Shopper};
@@ -254,17 +255,17 @@ pub async fn run(context: &Context, args: &BurstArgs) -> Result<Report, Loadtest
         .verify(&setup, &measured.tally.acknowledged, Some(1))
         .await?;
     let settings = BTreeMap::from([
-        ("shoppers".to_owned(), shopper_count.to_string()),
-        ("stock".to_owned(), stock.to_string()),
-        ("per_user_limit".to_owned(), args.per_user_limit.to_string()),
-        ("quantity".to_owned(), args.quantity.to_string()),
-        ("price".to_owned(), api::money_text(args.price)),
-        ("ramp".to_owned(), format!("{:?}", args.ramp)),
-        ("register".to_owned(), args.register.to_string()),
-        ("connections".to_owned(), context.connections.to_string()),
-        ("max_attempts".to_owned(), args.max_attempts.to_string()),
-        ("seed".to_owned(), seed.to_string()),
-        ("deal".to_owned(), setup.deal.id.clone()),
+        ("shoppers".to_owned(), json!(shopper_count)),
+        ("stock".to_owned(), json!(stock)),
+        ("per_user_limit".to_owned(), json!(args.per_user_limit)),
+        ("quantity".to_owned(), json!(args.quantity)),
+        ("price".to_owned(), json!(api::money_text(args.price))),
+        ("ramp_seconds".to_owned(), json!(args.ramp.as_secs_f64())),
+        ("register".to_owned(), json!(args.register)),
+        ("connections".to_owned(), json!(context.connections)),
+        ("max_attempts".to_owned(), json!(args.max_attempts)),
+        ("seed".to_owned(), json!(seed)),
+        ("deal".to_owned(), json!(setup.deal.id)),
     ]);
     Ok(scenario::report(
         "burst",

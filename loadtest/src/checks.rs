@@ -16,7 +16,7 @@ use rust_decimal::Decimal;
 use crate::api::{Deal, Order, Shopper, Wallet};
 use crate::error::LoadtestError;
 use crate::recorder::Acknowledged;
-use crate::report::Check;
+use crate::report::{Check, amount, grouped};
 
 /// How long the Postgres check waits for the sink to catch up; DESIGN.md
 /// promises "within seconds".
@@ -63,7 +63,9 @@ pub fn evaluate(evidence: &Evidence<'_>) -> Vec<Check> {
         deal.sold <= deal.stock && units_in_orders <= deal.stock,
         format!(
             "sold {} and {} units in orders, stock {}",
-            deal.sold, units_in_orders, deal.stock
+            grouped(deal.sold),
+            grouped(units_in_orders),
+            grouped(deal.stock)
         ),
     ));
 
@@ -73,7 +75,12 @@ pub fn evaluate(evidence: &Evidence<'_>) -> Vec<Check> {
         accounted == deal.stock,
         format!(
             "remaining {} + held {} + sold {} = {}, stock {} ({})",
-            deal.remaining, deal.held, deal.sold, accounted, deal.stock, deal.status
+            grouped(deal.remaining),
+            grouped(deal.held),
+            grouped(deal.sold),
+            grouped(accounted),
+            grouped(deal.stock),
+            deal.status
         ),
     ));
 
@@ -82,9 +89,9 @@ pub fn evaluate(evidence: &Evidence<'_>) -> Vec<Check> {
         deal.sold == units_in_orders,
         format!(
             "deal says {} sold, its {} orders hold {} units",
-            deal.sold,
-            orders.len(),
-            units_in_orders
+            grouped(deal.sold),
+            grouped(orders.len() as u64),
+            grouped(units_in_orders)
         ),
     ));
 
@@ -102,13 +109,16 @@ pub fn evaluate(evidence: &Evidence<'_>) -> Vec<Check> {
         "orders listed once",
         foreign.is_empty() && duplicates.is_empty(),
         if foreign.is_empty() && duplicates.is_empty() {
-            format!("{} distinct orders, all of this deal", orders.len())
+            format!(
+                "{} distinct orders, all of this deal",
+                grouped(orders.len() as u64)
+            )
         } else {
             format!(
                 "{} listed twice ({}); {} of another deal",
-                duplicates.len(),
+                grouped(duplicates.len() as u64),
                 some_ids(duplicates.iter().copied()),
-                foreign.len()
+                grouped(foreign.len() as u64)
             )
         },
     ));
@@ -134,14 +144,14 @@ pub fn evaluate(evidence: &Evidence<'_>) -> Vec<Check> {
         if over_limit.is_empty() {
             format!(
                 "{} buyers, none over {} units",
-                units_by_shopper.len(),
-                deal.per_user_limit
+                grouped(units_by_shopper.len() as u64),
+                grouped(deal.per_user_limit)
             )
         } else {
             format!(
                 "{} shoppers over {} units: {}",
-                over_limit.len(),
-                deal.per_user_limit,
+                grouped(over_limit.len() as u64),
+                grouped(deal.per_user_limit),
                 some_ids(over_limit.iter().copied())
             )
         },
@@ -157,11 +167,14 @@ pub fn evaluate(evidence: &Evidence<'_>) -> Vec<Check> {
             "one order per tap",
             repeated.is_empty(),
             if repeated.is_empty() {
-                format!("no shopper has more than {most} order(s) for {most} tap(s)")
+                format!(
+                    "no shopper has more than {} order(s) for as many tap(s)",
+                    grouped(most as u64)
+                )
             } else {
                 format!(
                     "{} shoppers have more orders than taps (a key bought twice?): {}",
-                    repeated.len(),
+                    grouped(repeated.len() as u64),
                     some_ids(repeated.iter().copied())
                 )
             },
@@ -182,15 +195,20 @@ pub fn evaluate(evidence: &Evidence<'_>) -> Vec<Check> {
         spent == amount_in_orders && complete && misattributed == 0,
         if complete && misattributed == 0 {
             format!(
-                "{} wallets spent {spent}, orders total {amount_in_orders}",
-                evidence.wallets.len()
+                "{} wallets spent {}, orders total {}",
+                grouped(evidence.wallets.len() as u64),
+                amount(spent),
+                amount(amount_in_orders)
             )
         } else {
             format!(
-                "{} wallets read for {} shoppers, {misattributed} of another shopper; \
-                 spent {spent}, orders total {amount_in_orders}",
-                evidence.wallets.len(),
-                evidence.shoppers.len()
+                "{} wallets read for {} shoppers, {} of another shopper; \
+                 spent {}, orders total {}",
+                grouped(evidence.wallets.len() as u64),
+                grouped(evidence.shoppers.len() as u64),
+                grouped(misattributed as u64),
+                amount(spent),
+                amount(amount_in_orders)
             )
         },
     ));
@@ -217,14 +235,14 @@ pub fn evaluate(evidence: &Evidence<'_>) -> Vec<Check> {
         if missing.is_empty() && mismatched.is_empty() {
             format!(
                 "all {} orders answered 201 are listed",
-                acknowledged_ids.len()
+                grouped(acknowledged_ids.len() as u64)
             )
         } else {
             format!(
                 "{} answered 201 but not listed ({}); {} listed for another shopper",
-                missing.len(),
+                grouped(missing.len() as u64),
                 some_ids(missing.iter().copied()),
-                mismatched.len()
+                grouped(mismatched.len() as u64)
             )
         },
     ));
@@ -262,12 +280,15 @@ async fn postgres_check_within(
         if missing.is_empty() || tokio::time::Instant::now() >= deadline {
             let passed = missing.is_empty();
             let detail = if passed {
-                format!("all {} acknowledged orders are in Postgres", wanted.len())
+                format!(
+                    "all {} acknowledged orders are in Postgres",
+                    grouped(wanted.len() as u64)
+                )
             } else {
                 format!(
                     "{} of {} acknowledged orders not in Postgres after {settle:?}: {}",
-                    missing.len(),
-                    wanted.len(),
+                    grouped(missing.len() as u64),
+                    grouped(wanted.len() as u64),
                     some_ids(missing.iter().copied())
                 )
             };

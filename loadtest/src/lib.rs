@@ -69,7 +69,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use args::{
-    BurstArgs, Durability, HelloArgs, LoadtestArgs, Mix, Profile, Scenario, SteadyArgs,
+    BurstArgs, Durability, HelloArgs, LoadtestArgs, Mix, Profile, RunArgs, Scenario, SteadyArgs,
 };
 pub use error::{LoadtestError, TransportError};
 pub use hello::serve as serve_hello;
@@ -110,12 +110,7 @@ pub async fn run(args: LoadtestArgs) -> Result<ExitCode, LoadtestError> {
 /// server, not a scenario.
 pub async fn run_scenario(args: LoadtestArgs) -> Result<Report, LoadtestError> {
     args.validate()?;
-    if matches!(args.command, Scenario::Hello(_)) {
-        return Err(LoadtestError::Config(
-            "hello is a server, not a load scenario".to_owned(),
-        ));
-    }
-    let threads = args.threads.unwrap_or_else(|| {
+    let threads = args.run_args()?.threads.unwrap_or_else(|| {
         std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
     });
     cpu::on_load_runtime(threads, move |meter| run_on_load_runtime(args, meter)).await
@@ -125,9 +120,10 @@ async fn run_on_load_runtime(
     args: LoadtestArgs,
     meter: Arc<cpu::CpuMeter>,
 ) -> Result<Report, LoadtestError> {
-    let progress = Progress::new(args.quiet);
-    let spawned = if args.spawn {
-        let program = match &args.server_bin {
+    let run = args.run_args()?;
+    let progress = Progress::new(run.quiet);
+    let spawned = if run.spawn {
+        let program = match &run.server_bin {
             Some(program) => program.clone(),
             None => std::env::current_exe().map_err(|source| LoadtestError::File {
                 action: "locate",
@@ -136,7 +132,7 @@ async fn run_on_load_runtime(
             })?,
         };
         let server =
-            SpawnedServer::start(&program, args.durability, args.database_url.as_deref()).await?;
+            SpawnedServer::start(&program, run.durability, run.database_url.as_deref()).await?;
         progress.phase(format!(
             "started {} serve at {}",
             program.display(),
@@ -151,10 +147,10 @@ async fn run_on_load_runtime(
         server.stop().await;
     }
     let report = result?;
-    if let Some(path) = &args.json {
+    if let Some(path) = &run.json {
         report.write_json(path)?;
     }
-    if let Some(path) = &args.plot {
+    if let Some(path) = &run.plot {
         plot::write_svg(&report, path)?;
     }
     Ok(report)
@@ -166,9 +162,10 @@ async fn run_against(
     progress: Progress,
     meter: Arc<cpu::CpuMeter>,
 ) -> Result<Report, LoadtestError> {
+    let run = args.run_args()?;
     let (url, admin_token) = match spawned {
         Some(server) => (server.url.clone(), Some(server.admin_token.clone())),
-        None => (args.target.clone(), args.admin_token.clone()),
+        None => (run.target.clone(), run.admin_token.clone()),
     };
     let admin_token = admin_token
         .filter(|token| !token.is_empty())
@@ -176,24 +173,23 @@ async fn run_against(
     let context = Context {
         target: Arc::new(Target::resolve(&url).await?),
         admin: api::bearer(&admin_token)?,
-        connections: args.connections,
-        timeout: args.timeout,
+        connections: run.connections,
+        timeout: run.timeout,
         progress,
-        database_url: args.database_url.clone(),
+        database_url: run.database_url.clone(),
         meter,
     };
     match &args.command {
         Scenario::Burst(burst) => burst::run(&context, burst).await,
         Scenario::Steady(steady) => steady::run(&context, steady).await,
-        Scenario::Hello(_) => Err(LoadtestError::Config(
-            "hello is a server, not a load scenario".to_owned(),
-        )),
+        Scenario::Hello(_) => Err(args::hello_is_not_a_run()),
     }
 }
 
 /// `flashsale demo`: a small burst ([`DEMO_SHOPPERS`] shoppers for
 /// [`DEMO_STOCK`] units) against an already running server, e.g. one
-/// embedded in the same process; prints the report and returns it.
+/// embedded in the same process; returns the report without printing it
+/// (the caller prints it once).
 pub async fn demo(target: String, admin_token: String) -> Result<Report, LoadtestError> {
     let args = LoadtestArgs {
         command: Scenario::Burst(BurstArgs {
@@ -209,24 +205,24 @@ pub async fn demo(target: String, admin_token: String) -> Result<Report, Loadtes
             start_in: None,
             max_attempts: 8,
             seed: None,
+            run: RunArgs {
+                target,
+                spawn: false,
+                server_bin: None,
+                durability: Durability::Sync,
+                admin_token: Some(admin_token),
+                connections: DEMO_CONNECTIONS,
+                // One thread: the embedded server needs the other cores.
+                threads: Some(1),
+                timeout: Duration::from_secs(10),
+                quiet: false,
+                json: None,
+                plot: None,
+                database_url: None,
+            },
         }),
-        target,
-        spawn: false,
-        server_bin: None,
-        durability: Durability::Sync,
-        admin_token: Some(admin_token),
-        connections: DEMO_CONNECTIONS,
-        // One thread: the embedded server needs the other cores.
-        threads: Some(1),
-        timeout: Duration::from_secs(10),
-        quiet: false,
-        json: None,
-        plot: None,
-        database_url: None,
     };
-    let report = run_scenario(args).await?;
-    print!("{report}");
-    Ok(report)
+    run_scenario(args).await
 }
 
 #[cfg(test)]
@@ -235,24 +231,30 @@ mod tests {
 
     fn assert_send<T: Send>(_: &T) {}
 
+    /// A quiet run with one connection and no admin token.
+    fn run_args(target: &str) -> RunArgs {
+        RunArgs {
+            target: target.to_owned(),
+            spawn: false,
+            server_bin: None,
+            durability: Durability::Sync,
+            admin_token: None,
+            connections: 1,
+            threads: Some(1),
+            timeout: Duration::from_secs(1),
+            quiet: true,
+            json: None,
+            plot: None,
+            database_url: None,
+        }
+    }
+
     #[test]
     fn the_entry_points_can_be_spawned() {
         let args = LoadtestArgs {
             command: Scenario::Hello(HelloArgs {
                 addr: "127.0.0.1:0".parse().expect("valid"),
             }),
-            target: String::new(),
-            spawn: false,
-            server_bin: None,
-            durability: Durability::Sync,
-            admin_token: None,
-            connections: 1,
-            threads: None,
-            timeout: Duration::from_secs(1),
-            quiet: true,
-            json: None,
-            plot: None,
-            database_url: None,
         };
         assert_send(&run(args.clone()));
         assert_send(&run_scenario(args));
@@ -274,19 +276,8 @@ mod tests {
                 mix: "feed=1".parse().expect("valid"),
                 max_attempts: 1,
                 seed: None,
+                run: run_args("http://127.0.0.1:9"),
             }),
-            target: "http://127.0.0.1:9".to_owned(),
-            spawn: false,
-            server_bin: None,
-            durability: Durability::Sync,
-            admin_token: None,
-            connections: 1,
-            threads: Some(1),
-            timeout: Duration::from_secs(1),
-            quiet: true,
-            json: None,
-            plot: None,
-            database_url: None,
         };
         let error = run_scenario(args).await.expect_err("no token");
         assert!(matches!(error, LoadtestError::MissingAdminToken), "{error}");

@@ -1,9 +1,11 @@
 //! The live progress bar and phase messages on stderr.
 //!
-//! The bar (elapsed, sent, ok, sold out, refused, errors, current rate) is
+//! The bar (elapsed, ok, sold out, refused, errors, current rate) is
 //! drawn only when stderr is a terminal and `--quiet` is off; otherwise no
 //! ticker runs at all, so a scripted run pays nothing for it. Phase
 //! messages ("creating 1,000,000 shoppers") go to stderr unless `--quiet`.
+//! The bar's line fits [`PROGRESS_COLUMNS`] and its counts are grouped as
+//! in the report.
 
 use std::io::IsTerminal;
 use std::sync::Arc;
@@ -14,9 +16,16 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::recorder::{Counters, Recorder};
+use crate::report::{decimal, grouped};
 
 /// How often the bar is redrawn.
 pub const PROGRESS_TICK: Duration = Duration::from_millis(200);
+/// Widest line of the bar, in characters.
+pub const PROGRESS_COLUMNS: usize = 80;
+/// The bar's template: `HH:MM:SS [bar] ` before the message.
+const TEMPLATE: &str = "{elapsed_precise} [{bar:12.cyan/blue}] {msg}";
+/// Characters of the template before the message: 8 + 1 + 14 + 1.
+const TEMPLATE_COLUMNS: usize = 24;
 
 /// Where progress goes.
 #[derive(Debug, Clone)]
@@ -59,9 +68,7 @@ impl Progress {
             };
         }
         let bar = ProgressBar::with_draw_target(Some(operations), ProgressDrawTarget::stderr());
-        if let Ok(style) =
-            ProgressStyle::with_template("{elapsed_precise} [{bar:20.cyan/blue}] {msg}")
-        {
+        if let Ok(style) = ProgressStyle::with_template(TEMPLATE) {
             bar.set_style(style.progress_chars("=> "));
         }
         let ticker = tokio::spawn(tick(bar.clone(), recorder));
@@ -104,8 +111,49 @@ async fn tick(bar: ProgressBar, recorder: Arc<Recorder>) {
         };
         last = (now, sent);
         bar.set_position(ok + sold_out + refused + errors);
-        bar.set_message(format!(
-            "sent {sent} ok {ok} sold-out {sold_out} refused {refused} err {errors} {rate:.0}/s"
-        ));
+        bar.set_message(message([ok, sold_out, refused, errors], rate));
+    }
+}
+
+/// The bar's message: `[ok, sold out, refused, errors]` and the rate of
+/// requests sent, cut to fit [`PROGRESS_COLUMNS`] after the template.
+fn message([ok, sold_out, refused, errors]: [u64; 4], rate: f64) -> String {
+    let text = format!(
+        "ok {} sold out {} refused {} err {} {}/s",
+        grouped(ok),
+        grouped(sold_out),
+        grouped(refused),
+        grouped(errors),
+        decimal(rate, 0)
+    );
+    let room = PROGRESS_COLUMNS - TEMPLATE_COLUMNS;
+    if text.chars().count() <= room {
+        return text;
+    }
+    let mut cut: String = text.chars().take(room - 1).collect();
+    cut.push('…');
+    cut
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression: the bar's line ran past 80 columns in a large burst.
+    #[test]
+    fn the_bar_fits_80_columns() {
+        let xiaomi = message([100_000, 900_000, 0, 12], 98_765.4);
+        assert_eq!(
+            xiaomi,
+            "ok 100,000 sold out 900,000 refused 0 err 12 98,765/s"
+        );
+        assert!(TEMPLATE_COLUMNS + xiaomi.chars().count() <= PROGRESS_COLUMNS);
+        let absurd = message([10_000_000; 4], 1e9);
+        assert_eq!(
+            TEMPLATE_COLUMNS + absurd.chars().count(),
+            PROGRESS_COLUMNS,
+            "{absurd}"
+        );
+        assert!(absurd.ends_with('…'));
     }
 }

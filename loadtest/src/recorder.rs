@@ -131,6 +131,9 @@ impl Counters {
 pub struct TimelinePoint {
     /// End of the interval, seconds after the run's origin.
     pub t_seconds: f64,
+    /// Length of the interval: the timeline's interval, or less for the
+    /// last one, cut short by the end of the run.
+    pub interval_seconds: f64,
     /// Answers received in the interval, per second.
     pub answers_per_second: f64,
     /// Operations that finished in the interval, and their latencies; the
@@ -336,6 +339,7 @@ impl Recorder {
         let quantile = |q: f64| (completed > 0).then(|| millis(histogram.value_at_quantile(q)));
         let point = TimelinePoint {
             t_seconds: start + seconds,
+            interval_seconds: seconds,
             answers_per_second: tally.interval_answers as f64 / seconds,
             completed,
             p50_ms: quantile(0.50),
@@ -438,6 +442,8 @@ mod tests {
         assert_eq!(timeline[1].p50_ms, None);
         // The last interval ran 0.6 s of its second.
         assert!((timeline[2].t_seconds - 2.6).abs() < 1e-9);
+        assert!((timeline[2].interval_seconds - 0.6).abs() < 1e-9);
+        assert_eq!(timeline[0].interval_seconds, 1.0);
         assert!((timeline[2].answers_per_second - 1.0 / 0.6).abs() < 1e-9);
         assert_eq!(timeline[2].completed, 0);
 

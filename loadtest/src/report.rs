@@ -1,5 +1,11 @@
 //! The end-of-run report: a table for people, the same as JSON for
 //! machines, and the pass/fail list of invariant checks.
+//!
+//! The table has one number format: thousands separators in every count,
+//! rate and amount (`1,000,000`, `12,345.678`), and lines of at most
+//! [`REPORT_COLUMNS`] characters (long settings and check details wrap).
+//! In the JSON, settings keep their types: counts are numbers, flags
+//! booleans, money a decimal string as in the API.
 
 use std::collections::BTreeMap;
 use std::fmt::{self, Write as _};
@@ -7,6 +13,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
+use rust_decimal::Decimal;
 use serde::Serialize;
 
 use crate::error::LoadtestError;
@@ -18,8 +25,8 @@ pub struct Report {
     /// `burst` or `steady`.
     pub scenario: String,
     pub target: String,
-    /// The scenario's parameters, as shown to the user.
-    pub settings: BTreeMap<String, String>,
+    /// The scenario's parameters, typed: numbers, booleans, strings.
+    pub settings: BTreeMap<String, serde_json::Value>,
     /// From T0 to the last answer.
     pub duration_seconds: f64,
     /// Operations planned and finished (a tap with its retries is one).
@@ -163,10 +170,23 @@ impl Report {
     }
 }
 
+/// Widest line of the table, in characters.
+pub const REPORT_COLUMNS: usize = 80;
+
 /// Thousands separators for counts: `1234567` → `1,234,567`.
 pub fn grouped(count: u64) -> String {
-    let digits = count.to_string();
-    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    group_digits(&count.to_string())
+}
+
+/// `digits` (ASCII digits, maybe after a `-`) with a `,` every three from
+/// the right.
+fn group_digits(digits: &str) -> String {
+    let (sign, digits) = match digits.strip_prefix('-') {
+        Some(rest) => ("-", rest),
+        None => ("", digits),
+    };
+    let mut out = String::with_capacity(sign.len() + digits.len() + digits.len() / 3);
+    out.push_str(sign);
     for (i, digit) in digits.chars().enumerate() {
         if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
@@ -176,15 +196,64 @@ pub fn grouped(count: u64) -> String {
     out
 }
 
+/// A measured figure with `places` decimals and grouped thousands:
+/// `12345.6789, 3` → `12,345.679`.
+pub fn decimal(value: f64, places: usize) -> String {
+    let text = format!("{value:.places$}");
+    match text.split_once('.') {
+        Some((whole, fraction)) => format!("{}.{fraction}", group_digits(whole)),
+        None => group_digits(&text),
+    }
+}
+
+/// Money with two places and grouped thousands: `99900000` → `99,900,000.00`.
+pub fn amount(value: Decimal) -> String {
+    let text = format!("{:.2}", value.round_dp(2));
+    match text.split_once('.') {
+        Some((whole, fraction)) => format!("{}.{fraction}", group_digits(whole)),
+        None => group_digits(&text),
+    }
+}
+
 fn seconds(value: Option<f64>) -> String {
-    value.map_or_else(|| "-".to_owned(), |s| format!("{s:.3} s"))
+    value.map_or_else(|| "-".to_owned(), |s| format!("{} s", decimal(s, 3)))
+}
+
+/// A setting's value for people: counts grouped, except the seed (a name
+/// for a schedule, not a quantity), text as it is.
+fn setting(key: &str, value: &serde_json::Value) -> String {
+    match value {
+        serde_json::Value::Number(number) if key != "seed" => match number.as_u64() {
+            Some(count) => grouped(count),
+            None => number.to_string(),
+        },
+        serde_json::Value::String(text) => text.clone(),
+        serde_json::Value::Object(fields) => fields
+            .iter()
+            .map(|(name, value)| format!("{name}={}", setting(name, value)))
+            .collect::<Vec<_>>()
+            .join(","),
+        other => other.to_string(),
+    }
+}
+
+/// Appends `text` wrapped to [`REPORT_COLUMNS`], the first line after
+/// `first` and the others indented by `indent` spaces.
+fn wrapped(out: &mut String, first: &str, indent: usize, text: &str) {
+    let indent = " ".repeat(indent);
+    let options = textwrap::Options::new(REPORT_COLUMNS)
+        .initial_indent(first)
+        .subsequent_indent(&indent);
+    for line in textwrap::wrap(text, options) {
+        let _ = writeln!(out, "{line}");
+    }
 }
 
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut out = String::new();
         let row = |out: &mut String, name: &str, value: String| {
-            let _ = writeln!(out, "  {name:<24} {value}");
+            wrapped(out, &format!("  {name:<24} "), 27, &value);
         };
         let _ = writeln!(
             out,
@@ -194,14 +263,14 @@ impl fmt::Display for Report {
         let settings: Vec<String> = self
             .settings
             .iter()
-            .map(|(key, value)| format!("{key}={value}"))
+            .map(|(key, value)| format!("{key}={}", setting(key, value)))
             .collect();
-        let _ = writeln!(out, "  {}", settings.join(" "));
+        wrapped(&mut out, "  ", 2, &settings.join(" "));
         let _ = writeln!(out, "\nload");
         row(
             &mut out,
             "duration",
-            format!("{:.3} s", self.duration_seconds),
+            format!("{} s", decimal(self.duration_seconds, 3)),
         );
         row(&mut out, "operations", grouped(self.operations));
         row(
@@ -226,7 +295,7 @@ impl fmt::Display for Report {
         row(
             &mut out,
             "throughput",
-            format!("{:.0} answers/s", self.throughput_per_second),
+            format!("{} answers/s", decimal(self.throughput_per_second, 0)),
         );
         let o = &self.outcomes;
         row(
@@ -259,8 +328,13 @@ impl fmt::Display for Report {
         );
         let _ = writeln!(
             out,
-            "  {:>10.3} {:>10.3} {:>10.3} {:>10.3} {:>10.3} {:>10.3}",
-            l.p50, l.p90, l.p99, l.p999, l.max, l.mean
+            "  {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
+            decimal(l.p50, 3),
+            decimal(l.p90, 3),
+            decimal(l.p99, 3),
+            decimal(l.p999, 3),
+            decimal(l.max, 3),
+            decimal(l.mean, 3)
         );
         let _ = writeln!(out, "\nanswers by status");
         for (status, count) in &self.by_status {
@@ -284,19 +358,26 @@ impl fmt::Display for Report {
             &mut out,
             "user + system",
             format!(
-                "{:.3} s + {:.3} s ({:.2} cores)",
-                c.user_seconds, c.system_seconds, c.cores_busy
+                "{} s + {} s ({} cores)",
+                decimal(c.user_seconds, 3),
+                decimal(c.system_seconds, 3),
+                decimal(c.cores_busy, 2)
             ),
         );
         row(
             &mut out,
             "per request",
-            format!("{:.1} µs", c.per_request_us),
+            format!("{} µs", decimal(c.per_request_us, 1)),
         );
         let _ = writeln!(out, "\ninvariant checks");
         for check in &self.checks {
             let verdict = if check.passed { "pass" } else { "FAIL" };
-            let _ = writeln!(out, "  [{verdict}] {:<28} {}", check.name, check.detail);
+            wrapped(
+                &mut out,
+                &format!("  [{verdict}] {:<24} ", check.name),
+                34,
+                &check.detail,
+            );
         }
         let verdict = if self.passed() { "PASSED" } else { "FAILED" };
         let _ = writeln!(out, "\nresult: {verdict}");
@@ -305,7 +386,7 @@ impl fmt::Display for Report {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::recorder::LATENCY_MICROS_MAX;
 
@@ -360,11 +441,87 @@ mod tests {
         assert_eq!(grouped(999), "999");
         assert_eq!(grouped(1_000), "1,000");
         assert_eq!(grouped(1_000_000), "1,000,000");
+        assert_eq!(decimal(12_345.678_9, 3), "12,345.679");
+        assert_eq!(decimal(999.5, 0), "1,000");
+        assert_eq!(decimal(0.25, 2), "0.25");
+        assert_eq!(amount(Decimal::new(9_990_000_000, 2)), "99,900,000.00");
+        assert_eq!(amount(Decimal::new(5, 0)), "5.00");
     }
 
+    /// Regression: the table mixed `1,000` and `1000`, ran past 80
+    /// columns, and its JSON spelled every setting as a string.
     #[test]
-    fn a_failed_check_fails_the_report() {
-        let mut report = Report {
+    fn the_table_fits_80_columns_with_one_number_format() {
+        let mut report = report();
+        report.settings = BTreeMap::from([
+            ("shoppers".to_owned(), serde_json::json!(1_000_000)),
+            ("stock".to_owned(), serde_json::json!(100_000)),
+            ("connections".to_owned(), serde_json::json!(64)),
+            ("per_user_limit".to_owned(), serde_json::json!(1)),
+            ("price".to_owned(), serde_json::json!("999.00")),
+            ("ramp_seconds".to_owned(), serde_json::json!(1.0)),
+            ("register".to_owned(), serde_json::json!(false)),
+            ("max_attempts".to_owned(), serde_json::json!(8)),
+            ("seed".to_owned(), serde_json::json!(12_345_678_901_234_u64)),
+            ("deal".to_owned(), serde_json::json!("d_1")),
+        ]);
+        report.operations = 1_000_000;
+        report.requests = 1_234_567;
+        report.answered = 1_234_567;
+        report.throughput_per_second = 123_456.7;
+        report.latency_ms = LatencySummary {
+            count: 1_000_000,
+            mean: 12.5,
+            p50: 3.25,
+            p90: 40.0,
+            p99: 1_234.5,
+            p999: 12_345.678,
+            max: 99_999.999,
+        };
+        report.by_status =
+            BTreeMap::from([("201".to_owned(), 100_000), ("409".to_owned(), 900_000)]);
+        report.checks.push(Check::new(
+            "acknowledged orders kept",
+            false,
+            "1,234 answered 201 but not listed (o_1, o_2, o_3, o_4, o_5, o_6, o_7, \
+             o_8, o_9, o_10); 0 listed for another shopper",
+        ));
+        let table = report.to_string();
+        for line in table.lines() {
+            assert!(
+                line.chars().count() <= REPORT_COLUMNS,
+                "{line:?} in\n{table}"
+            );
+        }
+        for figure in [
+            "shoppers=1,000,000",
+            "stock=100,000",
+            "seed=12345678901234",
+            "1,000,000",
+            "1,234,567 sent",
+            "123,457 answers/s",
+            "12,345.678",
+            "100,000",
+        ] {
+            assert!(table.contains(figure), "{figure} in\n{table}");
+        }
+        // No count of four digits or more without its separator.
+        let ungrouped = table
+            .split(|c: char| !c.is_ascii_digit() && c != ',' && c != '.')
+            .filter(|word| !word.contains(',') && !word.contains('.'))
+            .any(|word| word.len() >= 4 && word != "12345678901234");
+        assert!(!ungrouped, "{table}");
+
+        let json: serde_json::Value =
+            serde_json::from_str(&serde_json::to_string(&report).expect("JSON")).expect("parses");
+        assert_eq!(json["settings"]["shoppers"], 1_000_000);
+        assert_eq!(json["settings"]["register"], false);
+        assert_eq!(json["settings"]["price"], "999.00");
+    }
+
+    /// A report of nothing, for tests to fill in.
+    pub(crate) fn report() -> Report {
+        Report {
             scenario: "burst".into(),
             target: "http://127.0.0.1:1".into(),
             settings: BTreeMap::new(),
@@ -386,7 +543,12 @@ mod tests {
             client_cpu: ClientCpu::default(),
             timeline: Vec::new(),
             checks: vec![Check::new("a", true, "")],
-        };
+        }
+    }
+
+    #[test]
+    fn a_failed_check_fails_the_report() {
+        let mut report = report();
         assert!(report.passed());
         report.checks.push(Check::new("b", false, "broken"));
         assert!(!report.passed());

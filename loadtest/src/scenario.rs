@@ -310,7 +310,7 @@ pub fn measured(recorder: &Recorder, cpu_before: CpuTimes, meter: &CpuMeter) -> 
 pub fn report(
     scenario: &str,
     target: &Target,
-    settings: BTreeMap<String, String>,
+    settings: BTreeMap<String, serde_json::Value>,
     recorder: &Recorder,
     measured: &Measured,
     by_operation: BTreeMap<String, u64>,

@@ -20,6 +20,7 @@ use bytes::Bytes;
 use hyper::header::HeaderValue;
 use hyper::{Method, Uri};
 use parking_lot::Mutex;
+use serde_json::json;
 use tokio::time::Instant;
 
 use crate::api::{self, NewDeal, Shopper};
@@ -359,22 +360,28 @@ pub async fn run(context: &Context, args: &SteadyArgs) -> Result<Report, Loadtes
         .filter(|(_, count)| *count > 0)
         .collect();
     let settings = BTreeMap::from([
-        ("rate".to_owned(), args.rate.to_string()),
-        ("duration".to_owned(), format!("{:?}", args.duration)),
-        ("shoppers".to_owned(), args.shoppers.to_string()),
-        ("stock".to_owned(), args.stock.to_string()),
-        ("per_user_limit".to_owned(), args.per_user_limit.to_string()),
-        ("connections".to_owned(), context.connections.to_string()),
-        ("max_attempts".to_owned(), args.max_attempts.to_string()),
+        ("rate".to_owned(), json!(args.rate)),
+        (
+            "duration_seconds".to_owned(),
+            json!(args.duration.as_secs_f64()),
+        ),
+        ("shoppers".to_owned(), json!(args.shoppers)),
+        ("stock".to_owned(), json!(args.stock)),
+        ("per_user_limit".to_owned(), json!(args.per_user_limit)),
+        ("connections".to_owned(), json!(context.connections)),
+        ("max_attempts".to_owned(), json!(args.max_attempts)),
         (
             "mix".to_owned(),
-            format!(
-                "buy={},hold={},pay={},release={},feed={}",
-                mix.buy, mix.hold, mix.pay, mix.release, mix.feed
-            ),
+            json!({
+                "buy": mix.buy,
+                "hold": mix.hold,
+                "pay": mix.pay,
+                "release": mix.release,
+                "feed": mix.feed,
+            }),
         ),
-        ("seed".to_owned(), seed.to_string()),
-        ("deal".to_owned(), setup.deal.id.clone()),
+        ("seed".to_owned(), json!(seed)),
+        ("deal".to_owned(), json!(setup.deal.id)),
     ]);
     Ok(scenario::report(
         "steady",

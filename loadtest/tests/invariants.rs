@@ -7,7 +7,7 @@ mod support;
 use std::time::Duration;
 
 use clap::Parser;
-use flashsale_loadtest::{LoadtestArgs, Report, run, run_scenario};
+use flashsale_loadtest::{LoadtestArgs, Report, Scenario, run, run_scenario};
 use support::{FakeServer, Flaw};
 
 #[derive(Debug, Parser)]
@@ -230,7 +230,10 @@ async fn a_stalled_server_shows_in_steady_latency() {
             "buy=1",
         ],
     );
-    flags.connections = 2;
+    let Scenario::Steady(steady) = &mut flags.command else {
+        panic!("a steady run");
+    };
+    steady.run.connections = 2;
     let report = run_scenario(flags).await.expect("runs");
     assert_eq!(report.operations, 100);
     // The last buy is due at ~1 s and answered at ~5 s.

@@ -1,8 +1,9 @@
-//! The `flashsale serve` binary: its one stdout line, SIGTERM, and the
+//! The `flashsale serve` binary: its one stdout line, SIGTERM, the admin
+//! token it keeps, start-up errors that name what the user gave, and the
 //! refusal to start in multi-node mode, which is not built yet.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::io::{BufRead, BufReader, Lines};
+use std::process::{Child, ChildStdout, Command, Stdio};
 
 fn flashsale() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_flashsale"));
@@ -13,56 +14,83 @@ fn flashsale() -> Command {
         "DATABASE_URL",
         "FLASHSALE_ADDR",
         "FLASHSALE_DATA_DIR",
+        "FLASHSALE_ADMIN_TOKEN",
+        "FLASHSALE_SECRET",
     ] {
         command.env_remove(variable);
     }
     command
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn serve_prints_its_address_serves_and_stops_on_sigterm() {
-    let dir = tempfile::tempdir().unwrap();
+/// `flashsale serve --addr addr` with `data_dir` and `extra` arguments,
+/// and its stdout lines.
+fn spawn_serve(
+    addr: &str,
+    data_dir: &std::path::Path,
+    extra: &[&str],
+) -> (Child, Lines<BufReader<ChildStdout>>) {
     let mut child = flashsale()
-        .args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.path())
+        .args(["serve", "--addr", addr, "--data-dir"])
+        .arg(data_dir)
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    (child, lines)
+}
+
+/// Sends SIGTERM to `child` and asserts that it stops with success.
+fn terminate(mut child: Child) {
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_prints_its_address_serves_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let (child, mut lines) = spawn_serve("127.0.0.1:0", dir.path(), &[]);
     let first = lines.next().unwrap().unwrap();
     let url = first
         .strip_prefix("flashsale listening on ")
         .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
         .to_owned();
     let second = lines.next().unwrap().unwrap();
-    assert!(second.contains("admin token"), "{second:?}");
+    let kept_in = dir.path().join("admin-token");
+    let token = second
+        .strip_prefix(&format!(
+            "flashsale admin token (generated, shown once, kept in {}): ",
+            kept_in.display()
+        ))
+        .unwrap_or_else(|| panic!("unexpected second line {second:?}"))
+        .to_owned();
+    assert_eq!(std::fs::read_to_string(&kept_in).unwrap(), token);
     let health = crate::helpers::client()
         .get(format!("{url}/healthz"))
         .send()
         .await
         .unwrap();
     assert_eq!(health.status(), 200);
-    // The secret was generated into the data dir, private.
+    // The secret and the admin token were generated into the data dir,
+    // private.
     #[cfg(unix)]
-    {
+    for kept in ["secret", "admin-token"] {
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(dir.path().join("secret"))
+        let mode = std::fs::metadata(dir.path().join(kept))
             .unwrap()
             .permissions()
             .mode();
-        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(mode & 0o777, 0o600, "{kept}");
     }
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let status = tokio::task::spawn_blocking(move || child.wait())
+    tokio::task::spawn_blocking(move || terminate(child))
         .await
-        .unwrap()
         .unwrap();
-    assert!(status.success(), "{status:?}");
     // No further stdout lines.
     assert!(lines.next().is_none());
 }
@@ -129,4 +157,235 @@ fn serve_help_documents_the_signup_credit_and_the_subscriber_bound() {
     ] {
         assert!(help.contains(documented), "{documented} in {help}");
     }
+}
+
+/// Regression: `flashsale demo` printed its report twice (once in the
+/// library, once in the binary).
+#[test]
+fn demo_prints_its_report_once() {
+    let output = flashsale().arg("demo").output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    assert_eq!(
+        stdout.matches("flashsale loadtest burst against").count(),
+        1,
+        "{stdout}"
+    );
+    assert_eq!(stdout.matches("result: PASSED").count(), 1, "{stdout}");
+}
+
+/// Starts `flashsale serve` on a free port, reads its listening line, stops
+/// it with SIGTERM; returns every line it printed on stdout.
+fn serve_once(data_dir: &std::path::Path) -> Vec<String> {
+    let (child, mut lines) = spawn_serve("127.0.0.1:0", data_dir, &[]);
+    let first = lines.next().unwrap().unwrap();
+    assert!(first.starts_with("flashsale listening on "), "{first:?}");
+    terminate(child);
+    std::iter::once(first)
+        .chain(lines.map(Result::unwrap))
+        .collect()
+}
+
+/// Regression: the generated admin token changed at every start, so the
+/// one printed before stopped working. It is made once, kept beside the
+/// secret, printed only then, and accepted after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_generated_admin_token_is_kept_and_printed_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = serve_once(dir.path());
+    assert_eq!(first.len(), 2, "{first:?}");
+    let token = std::fs::read_to_string(dir.path().join("admin-token")).unwrap();
+    assert!(first[1].ends_with(&format!(": {token}")), "{first:?}");
+    let again = serve_once(dir.path());
+    assert_eq!(again.len(), 1, "printed only when made: {again:?}");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("admin-token")).unwrap(),
+        token
+    );
+
+    // The kept token is the admin's after the restart.
+    let (mut child, mut lines) = spawn_serve("127.0.0.1:0", dir.path(), &[]);
+    let listening = lines.next().unwrap().unwrap();
+    let url = listening.strip_prefix("flashsale listening on ").unwrap();
+    let created = crate::helpers::client()
+        .post(format!("{url}/v1/merchants"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({ "name": "Xiaomi" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+/// A refused start: not 0, nothing on stdout; returns stderr.
+#[track_caller]
+fn refused(command: &mut Command) -> String {
+    let output = command.output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(!output.status.success(), "{stderr}");
+    assert!(output.stdout.is_empty(), "it must not claim to listen");
+    stderr
+}
+
+#[test]
+fn a_short_admin_token_is_refused_like_a_short_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let stderr = refused(
+        flashsale()
+            .args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path())
+            .args(["--admin-token", "admin-secret"]),
+    );
+    assert!(
+        stderr.contains("--admin-token (FLASHSALE_ADMIN_TOKEN) must be at least 16 bytes"),
+        "{stderr}"
+    );
+    // From the environment, the message names the variable.
+    let stderr = refused(
+        flashsale()
+            .args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path())
+            .env("FLASHSALE_SECRET", "short"),
+    );
+    assert!(stderr.contains("FLASHSALE_SECRET"), "{stderr}");
+}
+
+/// Start-up errors name what the user gave and why it cannot be used.
+#[test]
+fn start_up_errors_name_what_was_given() {
+    let dir = tempfile::tempdir().unwrap();
+    // A data directory that is a file.
+    let file = dir.path().join("not-a-dir");
+    std::fs::write(&file, "").unwrap();
+    let stderr = refused(
+        flashsale()
+            .args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])
+            .arg(&file),
+    );
+    assert!(
+        stderr.contains(&format!("cannot use the data directory {}", file.display())),
+        "{stderr}"
+    );
+    assert!(stderr.contains("not a directory"), "{stderr}");
+
+    // A taken port fails before anything is written to the data directory.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let fresh = dir.path().join("fresh");
+    let stderr = refused(
+        flashsale()
+            .args(["serve", "--addr", &addr, "--data-dir"])
+            .arg(&fresh),
+    );
+    assert!(
+        stderr.contains(&format!("cannot listen on {addr}")),
+        "{stderr}"
+    );
+    assert!(
+        !fresh.exists(),
+        "the data directory was made before the bind"
+    );
+
+    // Addresses that are not HOST:PORT get the hint; from the environment,
+    // the variable is named.
+    for bad in ["8080", ":8090"] {
+        let stderr = refused(
+            flashsale()
+                .args(["serve", "--addr", bad, "--data-dir"])
+                .arg(&fresh),
+        );
+        assert!(
+            stderr.contains("expected HOST:PORT, e.g. 127.0.0.1:8080"),
+            "{stderr}"
+        );
+        assert!(!stderr.contains("environment variable"), "{stderr}");
+    }
+    let stderr = refused(
+        flashsale()
+            .args(["serve", "--data-dir"])
+            .arg(&fresh)
+            .env("FLASHSALE_ADDR", "8080"),
+    );
+    assert!(stderr.contains("expected HOST:PORT"), "{stderr}");
+    assert!(
+        stderr.contains("the environment variable FLASHSALE_ADDR"),
+        "{stderr}"
+    );
+    assert!(!fresh.exists());
+}
+
+#[test]
+fn serve_accepts_a_host_name_in_its_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, mut lines) = spawn_serve("localhost:0", dir.path(), &[]);
+    let first = lines.next().unwrap().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        first.starts_with("flashsale listening on http://127.0.0.1:"),
+        "{first:?}"
+    );
+}
+
+/// Regression: `serve --help` (and the load scenarios' help) showed
+/// `[env: FLASHSALE_ADDR=]` for an unset or empty variable; values of
+/// variables are never shown.
+#[test]
+fn help_names_variables_without_their_values() {
+    for (command, variable) in [
+        (&["serve", "--help"][..], "FLASHSALE_MAX_CONNECTIONS"),
+        (
+            &["loadtest", "burst", "--help"][..],
+            "FLASHSALE_LOADTEST_CONNECTIONS",
+        ),
+        (
+            &["loadtest", "steady", "--help"][..],
+            "FLASHSALE_LOADTEST_RATE",
+        ),
+        (
+            &["loadtest", "hello", "--help"][..],
+            "FLASHSALE_LOADTEST_HELLO_ADDR",
+        ),
+    ] {
+        let output = flashsale()
+            .args(command)
+            .env("FLASHSALE_ADDR", "")
+            .env(variable, "7")
+            .output()
+            .unwrap();
+        assert!(output.status.success());
+        let help = String::from_utf8_lossy(&output.stdout);
+        assert!(help.contains(&format!("[env: {variable}]")), "{help}");
+        assert!(!help.contains("=]"), "an empty env value shown: {help}");
+        assert!(!help.contains("=7]"), "an env value shown: {help}");
+    }
+}
+
+/// `loadtest hello` is a server: the load scenarios' options are refused,
+/// not ignored; a scenario's refused value from the environment names it.
+#[test]
+fn loadtest_refuses_what_it_would_ignore() {
+    let output = flashsale()
+        .args(["loadtest", "hello", "--connections", "8"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("unexpected argument '--connections'"),
+        "{stderr}"
+    );
+    let output = flashsale()
+        .args(["loadtest", "burst"])
+        .env("FLASHSALE_LOADTEST_CONNECTIONS", "many")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("the environment variable FLASHSALE_LOADTEST_CONNECTIONS"),
+        "{stderr}"
+    );
 }

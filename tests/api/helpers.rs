@@ -37,8 +37,8 @@ pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> TestServer {
 }
 
 pub fn test_config(dir: &TempDir) -> Config {
-    let mut config = Config::new(dir.path().to_path_buf()).expect("a config");
-    config.admin_token = ADMIN.into();
+    let mut config = Config::new(dir.path().to_path_buf());
+    config.admin_token = Some(ADMIN.into());
     config.secret = Some(SECRET.as_bytes().to_vec());
     config.rate_limit_shopper = 0;
     config.rate_limit_address = 0;
@@ -132,7 +132,8 @@ impl Reply {
         self.body
     }
 
-    /// Asserts the status and error code of a refusal.
+    /// Asserts the status and error code of a refusal, and that a 401
+    /// names its scheme (`WWW-Authenticate: Bearer`, RFC 6750 §3).
     #[track_caller]
     pub fn refused(&self, status: u16, code: &str) {
         assert_eq!(
@@ -146,6 +147,15 @@ impl Reply {
             "no message: {}",
             self.text
         );
+        if status == 401 {
+            assert_eq!(
+                self.headers
+                    .get("www-authenticate")
+                    .and_then(|value| value.to_str().ok()),
+                Some("Bearer"),
+                "a 401 without WWW-Authenticate: Bearer"
+            );
+        }
     }
 }
 

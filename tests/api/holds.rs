@@ -7,7 +7,8 @@ use serde_json::{Value, json};
 
 use crate::helpers::{TestServer, at, start};
 
-async fn pay(t: &TestServer, token: &str, hold: &str) -> crate::helpers::Reply {
+/// `POST /v1/holds/{hold}/payment` with `token`.
+pub(crate) async fn pay(t: &TestServer, token: &str, hold: &str) -> crate::helpers::Reply {
     t.call(
         Method::POST,
         &format!("/v1/holds/{hold}/payment"),

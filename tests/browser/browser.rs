@@ -3,10 +3,11 @@
 //!
 //! Each [`Browser`] starts its own `chromedriver` on a port the driver picks
 //! (`--port=0`, read back from its first lines), in its own process group,
-//! and a chromium session with a fresh profile. The screen is a phone's:
-//! Chrome's headless window cannot be narrower than 500 px, so the session
-//! emulates a 360 × 800 touch screen (`mobileEmulation`), the narrowest the
-//! pages are made for. Dropping the [`Browser`] kills the whole group, so a
+//! and a chromium session with a fresh profile. The screen is a phone's
+//! unless asked otherwise ([`Browser::open_on`] with [`DESKTOP`]): Chrome's
+//! headless window cannot be narrower than 500 px, so the session emulates a
+//! 360 × 800 touch screen (`mobileEmulation`), the narrowest the pages are
+//! made for. Dropping the [`Browser`] kills the whole group, so a
 //! failing test leaves no chromium behind.
 //!
 //! Connections to chromedriver are plain HTTP on loopback: `fantoccini`
@@ -33,9 +34,27 @@ pub const WAIT: Duration = Duration::from_secs(20);
 const POLL: Duration = Duration::from_millis(100);
 /// How long chromedriver may take to say which port it listens on.
 const DRIVER_STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
-/// The emulated phone screen, in CSS pixels.
-const SCREEN_WIDTH: u32 = 360;
-const SCREEN_HEIGHT: u32 = 800;
+/// An emulated screen: its size in CSS pixels and whether it is a phone's
+/// (touch, mobile viewport).
+#[derive(Debug, Clone, Copy)]
+pub struct Screen {
+    pub width: u32,
+    pub height: u32,
+    pub mobile: bool,
+}
+
+/// The narrowest phone the pages are made for.
+pub const PHONE: Screen = Screen {
+    width: 360,
+    height: 800,
+    mobile: true,
+};
+/// A laptop's window.
+pub const DESKTOP: Screen = Screen {
+    width: 1280,
+    height: 900,
+    mobile: false,
+};
 
 /// A chromium session on one server's pages.
 pub struct Browser {
@@ -48,8 +67,15 @@ pub struct Browser {
 }
 
 impl Browser {
-    /// Starts chromedriver and a chromium session for pages of `base_url`.
+    /// Starts chromedriver and a chromium session for pages of `base_url`
+    /// on a [`PHONE`] screen.
     pub async fn open(base_url: &str) -> Browser {
+        Browser::open_on(base_url, PHONE).await
+    }
+
+    /// Starts chromedriver and a chromium session for pages of `base_url`
+    /// on `screen`.
+    pub async fn open_on(base_url: &str, screen: Screen) -> Browser {
         let driver = Driver::start();
         let profile = TempDir::new("profile");
         let downloads = TempDir::new("downloads");
@@ -65,16 +91,16 @@ impl Browser {
                     "--disable-background-networking",
                     "--disable-component-update",
                     "--disable-sync",
-                    "--window-size=412,915",
+                    format!("--window-size={},{}", screen.width.max(500), screen.height),
                     format!("--user-data-dir={}", profile.path().display()),
                 ],
                 "mobileEmulation": {
                     "deviceMetrics": {
-                        "width": SCREEN_WIDTH,
-                        "height": SCREEN_HEIGHT,
+                        "width": screen.width,
+                        "height": screen.height,
                         "pixelRatio": 1.0,
-                        "touch": true,
-                        "mobile": true,
+                        "touch": screen.mobile,
+                        "mobile": screen.mobile,
                     },
                 },
                 "prefs": {
@@ -161,6 +187,27 @@ impl Browser {
             .execute(script, args)
             .await
             .unwrap_or_else(|error| panic!("run {script}: {error}"))
+    }
+
+    /// Whether the page's `<link rel="icon">` loads as an image under the
+    /// page's own Content-Security-Policy (bounded by chromedriver's script
+    /// timeout).
+    pub async fn favicon_loads(&self) -> bool {
+        let loaded = self
+            .client
+            .execute_async(
+                "const done = arguments[arguments.length - 1]; \
+                 const link = document.querySelector('link[rel=\"icon\"]'); \
+                 if (!link) { done(false); return; } \
+                 const img = new Image(); \
+                 img.onload = () => done(img.naturalWidth > 0); \
+                 img.onerror = () => done(false); \
+                 img.src = link.href;",
+                vec![],
+            )
+            .await
+            .unwrap_or_else(|error| panic!("load the favicon: {error}"));
+        loaded == json!(true)
     }
 
     /// The text of the first element `css` matches, trimmed; `None` if none.

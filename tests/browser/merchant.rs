@@ -7,21 +7,15 @@ use std::time::Instant;
 
 use hyper::StatusCode;
 
-use crate::browser::{Browser, WAIT, in_card, testid};
+use crate::browser::{Browser, DESKTOP, PHONE, WAIT, in_card, testid};
 use crate::server::Server;
 
 const ROW: &str = r#"[data-testid="deal-row"]"#;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_dashboard_posts_a_deal_that_sells_live_and_shows_on_the_storefront() {
-    let server = Server::start();
-    let merchant = server.create_merchant("acme").await;
-    let browser = Browser::open(&server.url).await;
+/// Opens the dashboard and signs in with `token` (a merchant named acme).
+async fn sign_in(browser: &Browser, token: &str) {
     browser.goto("/merchant").await;
-
-    browser
-        .type_into(&testid("merchant-token"), &merchant.token)
-        .await;
+    browser.type_into(&testid("merchant-token"), token).await;
     browser.click(&testid("merchant-token-save")).await;
     browser
         .wait_text(
@@ -30,6 +24,14 @@ async fn the_dashboard_posts_a_deal_that_sells_live_and_shows_on_the_storefront(
             |text| text.contains("acme"),
         )
         .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_posts_a_deal_that_sells_live_and_shows_on_the_storefront() {
+    let server = Server::start();
+    let merchant = server.create_merchant("acme").await;
+    let browser = Browser::open(&server.url).await;
+    sign_in(&browser, &merchant.token).await;
 
     // The times default to "live now, for an hour".
     browser
@@ -162,5 +164,53 @@ async fn wait_for_file(path: &std::path::Path) -> String {
             path.display()
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// Regression: at 1280 × 900 the form put the start and end side by side,
+/// each too narrow for its date and time. Each field is at least as wide as
+/// its whole value needs (text measured in the field's own font, plus the
+/// picker's icon and padding), on a laptop and on a phone; the page has a
+/// favicon its policy lets load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_start_and_end_fields_show_the_whole_date_and_time() {
+    let server = Server::start();
+    let merchant = server.create_merchant("acme").await;
+    for (screen, name) in [(DESKTOP, "desktop"), (PHONE, "phone")] {
+        let browser = Browser::open_on(&server.url, screen).await;
+        sign_in(&browser, &merchant.token).await;
+        for field in ["deal-form-starts-at", "deal-form-ends-at"] {
+            let room = browser
+                .run(
+                    r#"const input = document.querySelector(arguments[0]);
+                       const style = getComputedStyle(input);
+                       const context = document.createElement("canvas").getContext("2d");
+                       context.font = style.font;
+                       // The longest a datetime-local spells itself in English.
+                       const text = context.measureText("12/28/2026, 12:58 PM").width;
+                       // The picker's icon, its gap and the field's padding.
+                       const needed = text + 40 + parseFloat(style.paddingLeft) + parseFloat(style.paddingRight);
+                       return input.getBoundingClientRect().width - needed;"#,
+                    vec![serde_json::json!(testid(field))],
+                )
+                .await;
+            let room = room.as_f64().expect("a width");
+            assert!(
+                room >= 0.0,
+                "{field} on the {name} screen is {} px too narrow",
+                -room
+            );
+        }
+        assert!(browser.favicon_loads().await, "the favicon loads");
+        browser
+            .run(
+                "document.getElementById('deal-form').scrollIntoView();",
+                vec![],
+            )
+            .await;
+        browser
+            .screenshot(&format!("merchant-deal-times-{name}"))
+            .await;
+        browser.close().await;
     }
 }

@@ -97,8 +97,15 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts the binary and waits until it says where it listens.
+    /// Starts the binary, rate limits off, and waits until it says where it
+    /// listens.
     pub fn start() -> Server {
+        Server::start_with_env(&[])
+    }
+
+    /// [`Server::start`] with environment variables `env` set last (so they
+    /// can turn a rate limit back on).
+    pub fn start_with_env(env: &[(&str, &str)]) -> Server {
         let data_dir = TempDir::new("data");
         let mut child = Command::new(env!("CARGO_BIN_EXE_flashsale"))
             .args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])
@@ -114,6 +121,7 @@ impl Server {
             .env_remove("DATABASE_URL")
             .env("FLASHSALE_RATE_LIMIT_SHOPPER", "0")
             .env("FLASHSALE_RATE_LIMIT_ADDRESS", "0")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -248,6 +256,20 @@ impl Server {
         price: &str,
         stock: u64,
     ) -> String {
+        self.create_deal_starting(merchant, title, price, stock, -60)
+            .await
+    }
+
+    /// `POST /v1/deals`: a deal that starts `starts_in_seconds` from now
+    /// (negative: already live) and ends an hour after; its id.
+    pub async fn create_deal_starting(
+        &self,
+        merchant: &Account,
+        title: &str,
+        price: &str,
+        stock: u64,
+        starts_in_seconds: i64,
+    ) -> String {
         let body = self
             .call(
                 Method::POST,
@@ -258,8 +280,8 @@ impl Server {
                     "price": price,
                     "stock": stock,
                     "per_user_limit": 1,
-                    "starts_at": rfc3339_from_now(-60),
-                    "ends_at": rfc3339_from_now(3600),
+                    "starts_at": rfc3339_from_now(starts_in_seconds),
+                    "ends_at": rfc3339_from_now(starts_in_seconds.max(0) + 3600),
                 })),
                 &[],
             )

@@ -11,6 +11,20 @@ use tokio::task::JoinSet;
 use crate::browser::{Browser, in_card, testid};
 use crate::server::Server;
 
+/// Links a wallet for `name` from the page; waits until it shows the
+/// server's signup credit.
+async fn link_wallet(browser: &Browser, name: &str) {
+    browser.type_into(&testid("shopper-name"), name).await;
+    browser.click(&testid("link-wallet")).await;
+    browser
+        .wait_text(
+            &testid("wallet-available"),
+            "the new wallet holds the signup credit",
+            |text| text == "¥5000.00",
+        )
+        .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_linked_wallet_buys_and_the_card_shows_the_order_and_the_stock_drop() {
     let server = Server::start();
@@ -53,15 +67,7 @@ async fn a_linked_wallet_buys_and_the_card_shows_the_order_and_the_stock_drop() 
         )
         .await;
 
-    browser.type_into(&testid("shopper-name"), "Li Wei").await;
-    browser.click(&testid("link-wallet")).await;
-    browser
-        .wait_text(
-            &testid("wallet-available"),
-            "the new wallet holds the signup credit",
-            |text| text == "¥5000.00",
-        )
-        .await;
+    link_wallet(&browser, "Li Wei").await;
 
     browser.click(&in_card(&deal, "buy-button")).await;
     browser
@@ -220,5 +226,134 @@ async fn a_deal_posted_while_the_page_is_open_appears_first() {
             |first| first == newer,
         )
         .await;
+    browser.close().await;
+}
+
+/// A deal that has not started shows a disabled countdown where Buy would
+/// be; a live one beside it can be bought. The page has a favicon its
+/// policy lets load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deal_not_started_counts_down_instead_of_offering_buy() {
+    let server = Server::start();
+    let merchant = server.create_merchant("acme").await;
+    let live = server
+        .create_deal(&merchant, "Desk lamp", "49.00", 10)
+        .await;
+    let upcoming = server
+        .create_deal_starting(&merchant, "Phone Y 512 GB", "1999.00", 10, 600)
+        .await;
+    let browser = Browser::open(&server.url).await;
+    browser.goto("/").await;
+    let label = browser
+        .wait_text(
+            &in_card(&upcoming, "buy-button"),
+            "the upcoming deal counts down",
+            |text| text.starts_with("Starts in 00:"),
+        )
+        .await;
+    assert!(label.ends_with(|c: char| c.is_ascii_digit()), "{label}");
+    assert!(
+        browser
+            .attribute(&in_card(&upcoming, "buy-button"), "disabled")
+            .await
+            .is_some(),
+        "the countdown cannot be tapped"
+    );
+    assert_eq!(
+        browser.text(&in_card(&live, "buy-button")).await.as_deref(),
+        Some("Buy")
+    );
+    assert_eq!(
+        browser
+            .attribute(&in_card(&live, "buy-button"), "disabled")
+            .await,
+        None
+    );
+    assert!(browser.favicon_loads().await, "the favicon loads");
+    browser.screenshot("storefront-upcoming-deal").await;
+    browser.close().await;
+}
+
+/// Regression: after a reload the page forgot what the shopper had bought.
+/// It reads their orders and says so on each card.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_reload_each_card_shows_what_the_shopper_bought() {
+    let server = Server::start();
+    let merchant = server.create_merchant("acme").await;
+    let bought = server
+        .create_deal(&merchant, "Headphones", "129.00", 10)
+        .await;
+    let other = server.create_deal(&merchant, "Speaker", "89.00", 10).await;
+    let browser = Browser::open(&server.url).await;
+    browser.goto("/").await;
+    link_wallet(&browser, "Li Wei").await;
+    browser.click(&in_card(&bought, "buy-button")).await;
+    browser
+        .wait_text(
+            &in_card(&bought, "deal-owned"),
+            "the card counts the order",
+            |text| text == "You bought 1",
+        )
+        .await;
+
+    browser.goto("/").await;
+    browser
+        .wait_text(
+            &in_card(&bought, "deal-owned"),
+            "after the reload the card still shows the order",
+            |text| text == "You bought 1",
+        )
+        .await;
+    browser
+        .wait_text(&in_card(&other, "deal-title"), "the other card", |text| {
+            text == "Speaker"
+        })
+        .await;
+    assert_eq!(
+        browser
+            .text(&in_card(&other, "deal-owned"))
+            .await
+            .as_deref(),
+        Some(""),
+        "nothing bought there"
+    );
+    assert!(
+        browser
+            .attribute(&in_card(&other, "deal-owned"), "hidden")
+            .await
+            .is_some()
+    );
+    browser.screenshot("storefront-bought-after-reload").await;
+    browser.close().await;
+}
+
+/// A signup refused by the per-address limit says, in words, how long to
+/// wait, rather than the server's error text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limited_signup_says_how_long_to_wait() {
+    let server = Server::start_with_env(&[("FLASHSALE_RATE_LIMIT_ADDRESS", "1")]);
+    let browser = Browser::open(&server.url).await;
+    browser.goto("/").await;
+    browser.type_into(&testid("shopper-name"), "Li Wei").await;
+    browser.click(&testid("link-wallet")).await;
+    browser
+        .wait_text(&testid("notice"), "the first wallet is linked", |text| {
+            text.starts_with("Wallet linked")
+        })
+        .await;
+    browser.click(&testid("unlink-wallet")).await;
+    browser.type_into(&testid("shopper-name"), "Han Mei").await;
+    browser.click(&testid("link-wallet")).await;
+    let notice = browser
+        .wait_text(&testid("notice"), "the second signup is refused", |text| {
+            text.starts_with("Too many wallets")
+        })
+        .await;
+    assert!(
+        notice.ends_with("try again in 1 minute.") || notice.contains(" seconds."),
+        "{notice}"
+    );
+    assert!(!notice.contains("rate_limited"), "{notice}");
+    browser.screenshot("storefront-signup-rate-limited").await;
     browser.close().await;
 }

@@ -11,8 +11,9 @@
 use std::sync::Arc;
 
 use flashsale_engine::{
-    DealChange, DealId, DealView, Engine, Hold, HoldId, Merchant, MerchantId, Money, NewDeal,
-    Order, OrderCursor, OrderId, OrderPage, Rating, Review, Shopper, ShopperId, Timestamp, Wallet,
+    Answer, DealChange, DealId, DealView, Engine, Hold, HoldId, Merchant, MerchantId, Money,
+    NewDeal, Order, OrderCursor, OrderId, OrderPage, Rating, Review, Shopper, ShopperId, Timestamp,
+    Wallet,
 };
 use flashsale_journal::Journal;
 
@@ -156,8 +157,8 @@ impl MemoryStore {
         deal: DealId,
         quantity: u32,
         key: &str,
-    ) -> Result<Order, Error> {
-        self.committed(self.engine.buy(shopper, deal, quantity, key))
+    ) -> Result<(Order, Answer), Error> {
+        self.committed(self.engine.buy_answer(shopper, deal, quantity, key))
             .await
     }
 

@@ -53,9 +53,9 @@ use std::time::Duration;
 
 use flashsale_engine::ids::{decompose, shard_of};
 use flashsale_engine::{
-    Clock, DealChange, DealId, DealStatus, DealView, EngineError, Entity, Hold, HoldId, HoldStatus,
-    Merchant, MerchantId, Money, NewDeal, Order, OrderCursor, OrderId, OrderPage, Rating, Review,
-    Shopper, ShopperId, StockCounts, SystemClock, Timestamp, Wallet,
+    Answer, Clock, DealChange, DealId, DealStatus, DealView, EngineError, Entity, Hold, HoldId,
+    HoldStatus, Merchant, MerchantId, Money, NewDeal, Order, OrderCursor, OrderId, OrderPage,
+    Rating, Review, Shopper, ShopperId, StockCounts, SystemClock, Timestamp, Wallet,
 };
 use futures_util::future::try_join_all;
 use parking_lot::{Mutex, RwLock};
@@ -1345,9 +1345,17 @@ impl RedisStore {
         deal: DealId,
         quantity: u32,
         key: &str,
-    ) -> Result<Order, Error> {
-        let (values, _replayed) = self.reserve(shopper, deal, quantity, key, "order").await?;
-        order_of(&values.get(2).and_then(text).unwrap_or_default())
+    ) -> Result<(Order, Answer), Error> {
+        let (values, replayed) = self.reserve(shopper, deal, quantity, key, "order").await?;
+        let answer = if replayed {
+            Answer::Replayed
+        } else {
+            Answer::Settled
+        };
+        Ok((
+            order_of(&values.get(2).and_then(text).unwrap_or_default())?,
+            answer,
+        ))
     }
 
     pub(crate) async fn hold(
