@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use fantoccini::key::Key;
 use fantoccini::{Client, ClientBuilder, Locator};
+use flashsale_testkit::Service;
 use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::{Value, json};
 
@@ -33,6 +34,8 @@ pub const WAIT: Duration = Duration::from_secs(20);
 const POLL: Duration = Duration::from_millis(100);
 /// How long chromedriver may take to say which port it listens on.
 const DRIVER_STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
+/// The names chromium goes by on `$PATH` (Debian's first).
+const CHROMIUM_NAMES: [&str; 3] = ["chromium", "chromium-browser", "google-chrome"];
 /// The emulated phone screen, in CSS pixels.
 const SCREEN_WIDTH: u32 = 360;
 const SCREEN_HEIGHT: u32 = 800;
@@ -48,9 +51,11 @@ pub struct Browser {
 }
 
 impl Browser {
-    /// Starts chromedriver and a chromium session for pages of `base_url`.
-    pub async fn open(base_url: &str) -> Browser {
-        let driver = Driver::start();
+    /// Starts chromedriver and a chromium session for pages of `base_url`;
+    /// `None` when either is not installed (the test then returns: a skip,
+    /// or a failure under CI, see `flashsale-testkit`).
+    pub async fn open(base_url: &str) -> Option<Browser> {
+        let driver = Driver::start()?;
         let profile = TempDir::new("profile");
         let downloads = TempDir::new("downloads");
         let capabilities = json!({
@@ -96,13 +101,13 @@ impl Browser {
                      (`apt-get install -y chromium chromium-driver`)"
                 )
             });
-        Browser {
+        Some(Browser {
             client,
             base_url: base_url.to_owned(),
             downloads,
             _profile: profile,
             _driver: driver,
-        }
+        })
     }
 
     /// Loads a page of the server, e.g. `/` or `/merchant`.
@@ -264,14 +269,20 @@ struct Driver {
 }
 
 impl Driver {
-    fn start() -> Driver {
-        let path = chromedriver().unwrap_or_else(|| {
-            panic!(
-                "chromedriver is not installed (looked at $CHROMEDRIVER and on $PATH): \
-                 install chromium and chromium-driver (`apt-get install -y chromium \
-                 chromium-driver`; CI installs them)"
-            )
-        });
+    /// Starts `chromedriver`; `None` after [`flashsale_testkit::missing`]
+    /// when it or chromium is not installed.
+    fn start() -> Option<Driver> {
+        let Some(path) = flashsale_testkit::program("CHROMEDRIVER", &["chromedriver"]) else {
+            flashsale_testkit::missing(
+                Service::Browser,
+                "chromedriver ($CHROMEDRIVER or on $PATH)",
+            );
+            return None;
+        };
+        if flashsale_testkit::program("CHROMIUM", &CHROMIUM_NAMES).is_none() {
+            flashsale_testkit::missing(Service::Browser, "chromium ($CHROMIUM or on $PATH)");
+            return None;
+        }
         let mut child = Command::new(&path)
             .arg("--port=0")
             .process_group(0)
@@ -302,7 +313,7 @@ impl Driver {
             .unwrap_or_else(|_| {
                 panic!("chromedriver did not say its port within {DRIVER_STARTUP_TIMEOUT:?}")
             });
-        driver
+        Some(driver)
     }
 }
 
@@ -317,15 +328,4 @@ impl Drop for Driver {
         }
         let _ = self.child.wait();
     }
-}
-
-/// `$CHROMEDRIVER`, or `chromedriver` on `$PATH`.
-fn chromedriver() -> Option<PathBuf> {
-    if let Some(path) = std::env::var_os("CHROMEDRIVER") {
-        return Some(PathBuf::from(path)).filter(|path| path.is_file());
-    }
-    let dirs = std::env::var_os("PATH")?;
-    std::env::split_paths(&dirs)
-        .map(|dir| dir.join("chromedriver"))
-        .find(|path| path.is_file())
 }
