@@ -49,6 +49,7 @@ use crate::auth::Signer;
 use crate::config::{Config, SECRET_BYTES_MIN, random_base64};
 use crate::error::Error;
 use crate::feed::{self, FeedHub};
+use crate::openapi::OpenApi;
 use crate::order_sink;
 use crate::pages::Pages;
 use crate::router::Router;
@@ -132,6 +133,7 @@ impl Gateway {
             signup_credit: config.signup_credit,
             feed: Arc::new(FeedHub::new(config.feed_subscribers_max)),
             pages: Pages::new(),
+            openapi: OpenApi::new()?,
             engine,
             journal,
             order_sink: std::sync::Mutex::new(order_sink),
@@ -375,12 +377,8 @@ mod tests {
 
     #[test]
     fn the_secret_is_generated_once_and_private() {
-        let dir = std::env::temp_dir().join(format!(
-            "flashsale-secret-test-{}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
+        let temp = tempfile::tempdir().unwrap();
+        let dir = temp.path().join("data");
         let first = load_or_create_secret(&dir).unwrap();
         let second = load_or_create_secret(&dir).unwrap();
         assert_eq!(first, second);
@@ -394,6 +392,5 @@ mod tests {
                 .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

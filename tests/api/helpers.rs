@@ -4,6 +4,7 @@
 //! Servers are configured explicitly ([`Config::new`]): nothing here reads
 //! `DATABASE_URL` or `REDIS_URL` from the environment.
 
+use std::process::{Output, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use flashsale_gateway::{Caller, Config, RunningServer, Signer};
@@ -319,4 +320,25 @@ fn account(body: &Value) -> Account {
 /// A token for `caller` that expired a minute ago.
 pub fn expired_token(caller: Caller) -> String {
     signer().issue(caller, now_seconds() - 60)
+}
+
+/// Runs `command` (a tool the test drives: bash, schemathesis) to its end
+/// with its output captured, no stdin and no proxy for loopback; killed and
+/// failing the test when it runs longer than `timeout`.
+pub async fn output_within(
+    mut command: tokio::process::Command,
+    timeout: Duration,
+    what: &str,
+) -> Output {
+    let run = command
+        .env("no_proxy", "*")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .output();
+    tokio::time::timeout(timeout, run)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not finish within {timeout:?}"))
+        .unwrap_or_else(|error| panic!("{what} did not start: {error}"))
 }
