@@ -11,6 +11,7 @@ mod cross_tenant;
 mod deals;
 mod docs;
 mod feed_stream;
+mod fuzz;
 mod helpers;
 mod holds;
 mod loadtest;
