@@ -18,11 +18,36 @@ use tempfile::TempDir;
 pub const SECRET: &str = "api-tests-secret-0123456789abcdef";
 pub const ADMIN: &str = "api-tests-admin-token";
 
+/// A server and its data directory. Dropping it stops the server and
+/// waits for its journal to close before the directory is removed: the
+/// final snapshot written while closing would otherwise race the removal
+/// and leave the directory behind in the system temporary directory.
 pub struct TestServer {
-    pub server: RunningServer,
+    /// `None` once [`TestServer::shutdown`] took it.
+    server: Option<RunningServer>,
     pub client: reqwest::Client,
     pub url: String,
-    pub dir: TempDir,
+    /// `None` once [`TestServer::shutdown`] handed it back.
+    dir: Option<TempDir>,
+}
+
+/// How long dropping a [`TestServer`] waits for it to stop.
+const DROP_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(15);
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(server) = self.server.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            // Every API test runs on the multi-thread runtime, where a
+            // blocking wait inside a worker is allowed.
+            tokio::task::block_in_place(|| {
+                runtime.block_on(async {
+                    let _ = tokio::time::timeout(DROP_SHUTDOWN_TIMEOUT, server.shutdown()).await;
+                });
+            });
+        }
+    }
 }
 
 /// A server with rate limits off.
@@ -58,10 +83,10 @@ pub async fn start_on(
         .expect("the server starts");
     let url = server.url();
     TestServer {
-        server,
+        server: Some(server),
         client: client(),
         url,
-        dir,
+        dir: Some(dir),
     }
 }
 
@@ -158,8 +183,34 @@ pub struct Account {
 }
 
 impl TestServer {
+    fn running(&self) -> &RunningServer {
+        // invariant: only `shutdown`, which consumes `self`, takes it.
+        self.server.as_ref().expect("the server is running")
+    }
+
     pub fn addr(&self) -> std::net::SocketAddr {
-        self.server.addr
+        self.running().addr
+    }
+
+    /// Starts a graceful shutdown without waiting for it.
+    pub fn begin_shutdown(&mut self) {
+        if let Some(server) = self.server.as_mut() {
+            server.begin_shutdown();
+        }
+    }
+
+    /// Shuts the server down and waits until its journal is closed;
+    /// returns how that went and the data directory, to start again on.
+    pub async fn shutdown(mut self) -> (Result<(), flashsale_gateway::Error>, TempDir) {
+        let stopped = match self.server.take() {
+            Some(server) => server.shutdown().await,
+            None => Ok(()),
+        };
+        let dir = self
+            .dir
+            .take()
+            .expect("the data directory is kept until now");
+        (stopped, dir)
     }
 
     pub async fn call(
@@ -291,7 +342,7 @@ impl TestServer {
     /// Asserts the engine's conservation rules hold now.
     #[track_caller]
     pub fn check_invariants(&self) {
-        if let Err(broken) = self.server.engine.check_invariants() {
+        if let Err(broken) = self.running().engine.check_invariants() {
             panic!("invariant broken: {broken}");
         }
     }

@@ -48,19 +48,33 @@ pub struct Browser {
     pub downloads: TempDir,
     _profile: TempDir,
     _driver: Driver,
+    /// `TMPDIR` of chromedriver and chromium, removed after both are
+    /// killed (fields drop in order), so the system temporary directory
+    /// keeps none of chromium's `org.chromium.Chromium.*` directories.
+    _scratch: TempDir,
 }
 
 impl Browser {
-    /// Starts chromedriver and a chromium session for pages of `base_url`;
+    /// Starts chromedriver and a chromium session (`$CHROMIUM`, or the
+    /// first of [`CHROMIUM_NAMES`] on `$PATH`) for pages of `base_url`;
     /// `None` when either is not installed (the test then returns: a skip,
     /// or a failure under CI, see `flashsale-testkit`).
     pub async fn open(base_url: &str) -> Option<Browser> {
-        let driver = Driver::start()?;
+        let Some(chromium) = flashsale_testkit::program("CHROMIUM", &CHROMIUM_NAMES) else {
+            flashsale_testkit::missing(
+                Service::Browser,
+                "chromium is not installed (not at $CHROMIUM, not on $PATH)",
+            );
+            return None;
+        };
+        let scratch = TempDir::new("tmp");
+        let driver = Driver::start(&scratch)?;
         let profile = TempDir::new("profile");
         let downloads = TempDir::new("downloads");
         let capabilities = json!({
             "browserName": "chrome",
             "goog:chromeOptions": {
+                "binary": chromium.display().to_string(),
                 "args": [
                     "--headless",
                     "--no-sandbox",
@@ -107,6 +121,7 @@ impl Browser {
             downloads,
             _profile: profile,
             _driver: driver,
+            _scratch: scratch,
         })
     }
 
@@ -269,22 +284,20 @@ struct Driver {
 }
 
 impl Driver {
-    /// Starts `chromedriver`; `None` after [`flashsale_testkit::missing`]
-    /// when it or chromium is not installed.
-    fn start() -> Option<Driver> {
+    /// Starts `chromedriver`, and so chromium, with `scratch` as their
+    /// `TMPDIR`; `None` after [`flashsale_testkit::missing`]
+    /// when it is not installed.
+    fn start(scratch: &TempDir) -> Option<Driver> {
         let Some(path) = flashsale_testkit::program("CHROMEDRIVER", &["chromedriver"]) else {
             flashsale_testkit::missing(
                 Service::Browser,
-                "chromedriver ($CHROMEDRIVER or on $PATH)",
+                "chromedriver is not installed (not at $CHROMEDRIVER, not on $PATH)",
             );
             return None;
         };
-        if flashsale_testkit::program("CHROMIUM", &CHROMIUM_NAMES).is_none() {
-            flashsale_testkit::missing(Service::Browser, "chromium ($CHROMIUM or on $PATH)");
-            return None;
-        }
         let mut child = Command::new(&path)
             .arg("--port=0")
+            .env("TMPDIR", scratch.path())
             .process_group(0)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
