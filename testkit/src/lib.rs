@@ -96,7 +96,8 @@ fn is_set(value: Option<&str>) -> bool {
     })
 }
 
-/// Reports that `service` is missing (`detail` says what was looked for):
+/// Reports that `service` is missing (`detail` says what is missing, as
+/// "chromedriver is not on $PATH"):
 /// panics when services are required ([`services_required`]), else prints
 /// the skip line once per process and returns, so the caller returns early.
 ///
@@ -104,7 +105,7 @@ fn is_set(value: Option<&str>) -> bool {
 /// Under CI or `FLASHSALE_REQUIRE_SERVICES=1`, always.
 #[track_caller]
 pub fn missing(service: Service, detail: &str) {
-    let line = format!("{} need {detail} ({})", service.what(), service.how());
+    let line = format!("{}, {detail} ({})", service.what(), service.how());
     if services_required() {
         panic!("{line}; required because CI or FLASHSALE_REQUIRE_SERVICES=1 is set");
     }
@@ -126,7 +127,7 @@ pub fn postgres_url() -> Option<String> {
     match std::env::var("DATABASE_URL") {
         Ok(url) if !url.is_empty() => Some(url),
         _ => {
-            missing(Service::Postgres, "DATABASE_URL");
+            missing(Service::Postgres, "DATABASE_URL is not set");
             None
         }
     }

@@ -63,7 +63,7 @@ fn walkthrough(readme: &str, url: &str) -> (String, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_readme_curl_walkthrough_runs_as_written() {
     if flashsale_testkit::program("CURL", &["curl"]).is_none() {
-        flashsale_testkit::missing(Service::Curl, "curl on $PATH");
+        flashsale_testkit::missing(Service::Curl, "curl is not on $PATH");
         return;
     }
     let readme = include_str!("../../README.md");

@@ -104,7 +104,7 @@ async fn schemathesis_finds_no_server_error_and_no_answer_off_the_contract() {
     else {
         flashsale_testkit::missing(
             Service::Schemathesis,
-            "schemathesis ($SCHEMATHESIS or on $PATH)",
+            "schemathesis is not installed (not at $SCHEMATHESIS, not on $PATH)",
         );
         return;
     };
