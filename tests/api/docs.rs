@@ -34,8 +34,8 @@ fn sh_blocks(readme: &str, heading: &str) -> Vec<String> {
 }
 
 /// The README's blocks as one script for `url`, and the admin token its
-/// `serve` line starts the server with. That line itself is left out: the
-/// test has already started the server.
+/// `flashsale serve` line starts the server with. The lines that build and
+/// start the server are left out: the test has already started it.
 fn walkthrough(readme: &str, url: &str) -> (String, String) {
     let blocks = sh_blocks(readme, WALKTHROUGH_HEADING);
     assert!(
@@ -45,7 +45,10 @@ fn walkthrough(readme: &str, url: &str) -> (String, String) {
     let mut admin_token = None;
     let mut script = String::from("set -euo pipefail\n");
     for line in blocks.iter().flat_map(|block| block.lines()) {
-        if line.starts_with("cargo run") {
+        if line.starts_with("cargo build") {
+            continue;
+        }
+        if line.contains("flashsale serve") {
             let (_, after) = line
                 .split_once("--admin-token ")
                 .expect("the walkthrough's server has a known admin token");
@@ -114,7 +117,8 @@ async fn the_readme_curl_walkthrough_runs_as_written() {
 
 #[test]
 fn the_walkthrough_is_found_and_its_server_line_left_out() {
-    let readme = "# x\n## A whole sale with curl\n\n```sh\ncargo run -- serve --admin-token tok-1 &\n\
+    let readme = "# x\n## A whole sale with curl\n\n```sh\ncargo build --release\n\
+                  target/release/flashsale serve --admin-token tok-1 &\n\
                   B=http://127.0.0.1:8080\n```\ntext\n```sh\ncurl -s $B/a\n```\n\
                   ```sh\n\n```\n```sh\n\n```\n```sh\n\n```\n```sh\necho last\n```\n\
                   ## Next\n```sh\nnot this\n```\n";
