@@ -1,20 +1,30 @@
 //! The contract, fuzzed: schemathesis (PyPI) reads the document a real
 //! `flashsale serve` serves at `/v1/openapi.json` and sends it requests
 //! generated from every operation's schema, valid and invalid, checking
-//! that no answer is a `5xx` (`not_a_server_error`) and that every answer
-//! matches the document: its status is one the operation lists
-//! (`status_code_conformance`), its body matches that status's schema
-//! (`response_schema_conformance`) and its `Content-Type` the one declared
-//! (`content_type_conformance`).
+//! that
+//! - no answer is a `5xx` (`not_a_server_error`);
+//! - every answer matches the document: a status the operation lists
+//!   (`status_code_conformance`), a body of that status's schema
+//!   (`response_schema_conformance`), the declared `Content-Type`
+//!   (`content_type_conformance`) and headers (`Retry-After` on `429` and
+//!   `503`: `response_headers_conformance`);
+//! - a missing `Idempotency-Key` is refused (`missing_required_header`), a
+//!   method the path does not take is `405` with `Allow`
+//!   (`unsupported_method`, `allow_header_conformance`), and an operation
+//!   that needs a token refuses a request without one (`ignored_auth`).
 //!
 //! Each operation is called with the token of the role that may call it
 //! and with ids that exist (a live deal, a hold, an order, a shopper), so
 //! success paths are fuzzed too, not only `401`/`404`.
 //!
-//! Not checked here: that invalid input is refused
-//! (`negative_data_rejection`). Today unknown fields are ignored and money
-//! accepts notations such as `"1e2"`; issue 10 makes input strict, and this
-//! check can be added once it lands.
+//! Not checked here, because they do not hold on this branch:
+//! - `negative_data_rejection`: unknown fields are ignored today (e.g.
+//!   `{"name": "0", "x-schemathesis-unknown-property": 42}` makes a
+//!   merchant), and money accepts notations such as `"1e2"`; issue 10 makes
+//!   input strict, and this check belongs here once it lands.
+//! - `positive_data_acceptance`: a body can match the schema and still be
+//!   refused for what no schema can say (an `ends_at` in the past, a
+//!   quantity over the deal's limit, a hold already paid).
 //!
 //! Bounded: a few examples per operation, deterministic, one worker, and a
 //! deadline on the whole run. Without `schemathesis` on `$PATH` (or
@@ -195,7 +205,8 @@ async fn schemathesis_finds_no_server_error_and_no_answer_off_the_contract() {
         .args([
             "--checks",
             "not_a_server_error,status_code_conformance,response_schema_conformance,\
-             content_type_conformance",
+             content_type_conformance,response_headers_conformance,missing_required_header,\
+             unsupported_method,allow_header_conformance,ignored_auth",
         ])
         .args(["--phases", "examples,coverage,fuzzing"])
         .args(["--max-examples", &EXAMPLES_PER_OPERATION.to_string()])
