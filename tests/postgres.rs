@@ -1,7 +1,8 @@
 //! The Postgres order sink against a real Postgres (`DATABASE_URL`): every
 //! settled order lands exactly once, across sink crashes and Postgres
-//! outages. Without `DATABASE_URL` each test prints a skip note and
-//! passes; with it set but unreachable, the tests fail.
+//! outages. Without `DATABASE_URL` the tests pass after one `skipped:`
+//! line (and fail under `CI` or `FLASHSALE_REQUIRE_SERVICES=1`, see
+//! `flashsale-testkit`); with it set but unreachable, they fail.
 //!
 //! Each test creates its own database `flashsale_test_<random>` and drops
 //! it after, so runs can be repeated and run in parallel.
@@ -27,11 +28,8 @@ struct TestDb {
 }
 
 impl TestDb {
-    async fn create(test: &str) -> Option<TestDb> {
-        let Ok(admin_url) = std::env::var("DATABASE_URL") else {
-            eprintln!("skipping {test}: DATABASE_URL is not set");
-            return None;
-        };
+    async fn create() -> Option<TestDb> {
+        let admin_url = flashsale_testkit::postgres_url()?;
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
@@ -218,7 +216,7 @@ async fn assert_books(db: &TestDb, shop: &Shop, orders: &[Order]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_settled_order_reaches_postgres_exactly_once() {
-    let Some(db) = TestDb::create("every_settled_order_reaches_postgres_exactly_once").await else {
+    let Some(db) = TestDb::create().await else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -245,7 +243,7 @@ async fn every_settled_order_reaches_postgres_exactly_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sink_stopped_mid_batch_resumes_exactly_once() {
-    let Some(db) = TestDb::create("a_sink_stopped_mid_batch_resumes_exactly_once").await else {
+    let Some(db) = TestDb::create().await else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -328,7 +326,7 @@ fn millis(column: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn copy_writes_exactly_the_expected_rows() {
-    let Some(db) = TestDb::create("copy_writes_exactly_the_expected_rows").await else {
+    let Some(db) = TestDb::create().await else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -481,9 +479,7 @@ async fn copy_writes_exactly_the_expected_rows() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_with_rows_already_there_falls_back_and_stays_exactly_once() {
-    let Some(db) =
-        TestDb::create("a_batch_with_rows_already_there_falls_back_and_stays_exactly_once").await
-    else {
+    let Some(db) = TestDb::create().await else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -524,9 +520,7 @@ async fn a_batch_with_rows_already_there_falls_back_and_stays_exactly_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sales_go_on_while_postgres_is_unreachable_and_the_backlog_drains() {
-    let Some(db) =
-        TestDb::create("sales_go_on_while_postgres_is_unreachable_and_the_backlog_drains").await
-    else {
+    let Some(db) = TestDb::create().await else {
         return;
     };
     let closed_port = {

@@ -27,6 +27,7 @@ use crate::auth::{Caller, Signer, bearer};
 use crate::error::Error;
 use crate::feed::{FeedBody, FeedHub};
 use crate::handlers;
+use crate::openapi::OpenApi;
 use crate::order_sink::OrderSinkHandle;
 use crate::pages::Pages;
 use crate::router::{Endpoint, Matched, Router};
@@ -53,6 +54,8 @@ pub(crate) struct App {
     /// The feed's live stream: latest cards and subscribers.
     pub feed: Arc<FeedHub>,
     pub pages: Pages,
+    /// `GET /v1/openapi.json`, prepared once.
+    pub openapi: OpenApi,
     /// The Postgres order sink when `--database-url` is set; taken at
     /// shutdown to be joined.
     pub order_sink: std::sync::Mutex<Option<OrderSinkHandle>>,
@@ -139,6 +142,7 @@ impl App {
             Endpoint::MerchantMe => handlers::merchant_me(self, parts).await,
             Endpoint::Storefront => Ok(self.pages.storefront.response()),
             Endpoint::MerchantPage => Ok(self.pages.merchant.response()),
+            Endpoint::OpenApi => Ok(self.openapi.response()),
             Endpoint::Healthz => Ok(handlers::healthz()),
             Endpoint::Readyz => Ok(handlers::readyz(self)),
             Endpoint::Metrics => Ok(handlers::metrics(self)),

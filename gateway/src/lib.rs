@@ -1,6 +1,6 @@
 //! # flashsale-gateway
 //!
-//! The HTTP face of the flash-sale engine: HTTP API v1 of `DESIGN.md` on
+//! The HTTP face of the flash-sale engine: HTTP API v1 (`gateway/openapi.yaml`, `docs/api.md`) on
 //! hyper 1.x (HTTP/1.1 keep-alive, tokio multi-thread runtime). It owns
 //! routing, authentication, JSON in and out, admission control, the feed,
 //! `/metrics`, health, graceful shutdown and configuration. Business rules
@@ -28,6 +28,9 @@
 //!   (`/merchant`), embedded from `gateway/assets/`, with a
 //!   `Content-Security-Policy` that allows their own inline script and
 //!   style by hash and nothing else.
+//! - `openapi` (private): the contract as an OpenAPI 3.1 document
+//!   (`gateway/openapi.yaml`), embedded and served as JSON at
+//!   `GET /v1/openapi.json`; a test holds it to the router's routes.
 //! - [`auth`]: HMAC-signed bearer tokens and the admin token.
 //! - `admission` (private): requests in flight, per-token and
 //!   per-address rate limits.
@@ -66,6 +69,7 @@ pub mod config;
 pub mod error;
 mod feed;
 mod handlers;
+mod openapi;
 pub mod order_sink;
 mod pages;
 mod router;

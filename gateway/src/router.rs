@@ -37,10 +37,11 @@ pub(crate) enum Endpoint {
     Healthz,
     Readyz,
     Metrics,
+    OpenApi,
 }
 
 impl Endpoint {
-    pub(crate) const ALL: [Endpoint; 25] = [
+    pub(crate) const ALL: [Endpoint; 26] = [
         Endpoint::CreateMerchant,
         Endpoint::CreateShopper,
         Endpoint::CreateShoppersBulk,
@@ -66,6 +67,7 @@ impl Endpoint {
         Endpoint::Healthz,
         Endpoint::Readyz,
         Endpoint::Metrics,
+        Endpoint::OpenApi,
     ];
 
     /// The `route` label: method and path pattern.
@@ -96,6 +98,7 @@ impl Endpoint {
             Endpoint::Healthz => "GET /healthz",
             Endpoint::Readyz => "GET /readyz",
             Endpoint::Metrics => "GET /metrics",
+            Endpoint::OpenApi => "GET /v1/openapi.json",
         }
     }
 
@@ -163,7 +166,7 @@ pub(crate) struct Matched<'p> {
 
 impl Router {
     pub(crate) fn new() -> Router {
-        let table: [(&str, PathRoutes); 21] = [
+        let table: [(&str, PathRoutes); 22] = [
             (
                 "/v1/merchants",
                 PathRoutes {
@@ -329,6 +332,14 @@ impl Router {
                 "/v1/orders",
                 PathRoutes {
                     get: Some(Endpoint::ListOrders),
+                    allow: "GET",
+                    ..NONE
+                },
+            ),
+            (
+                "/v1/openapi.json",
+                PathRoutes {
+                    get: Some(Endpoint::OpenApi),
                     allow: "GET",
                     ..NONE
                 },

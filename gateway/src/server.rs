@@ -54,6 +54,7 @@ use crate::config::{
 };
 use crate::error::Error;
 use crate::feed::{self, FeedHub};
+use crate::openapi::OpenApi;
 use crate::order_sink::{self, OrderSinkHandle};
 use crate::pages::Pages;
 use crate::router::Router;
@@ -147,6 +148,7 @@ impl Gateway {
             signup_credit: config.signup_credit,
             feed: Arc::new(FeedHub::new(config.feed_subscribers_max)),
             pages: Pages::new(),
+            openapi: OpenApi::new()?,
             store: Arc::new(store),
             order_sink: std::sync::Mutex::new(order_sink),
         };

@@ -472,19 +472,19 @@ mod tests {
         assert_eq!(failed(&check(&case)), vec!["acknowledged orders kept"]);
     }
 
-    /// Against a real Postgres when one answers (as on the project's
-    /// machines: user postgres, database test, on 127.0.0.1), in a schema
-    /// of its own so that it never meets the order sink's real table.
+    /// Against the Postgres of `DATABASE_URL` (skipped without it, see
+    /// `flashsale-testkit`), in a schema of its own so that it never meets
+    /// the order sink's real table.
     #[cfg(feature = "postgres")]
     #[tokio::test]
     async fn postgres_check_finds_stored_orders_and_misses_lost_ones() {
         use sqlx::Connection as _;
-        let base = std::env::var("FLASHSALE_LOADTEST_TEST_DATABASE_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
-        let Ok(mut admin) = sqlx::PgConnection::connect(&base).await else {
-            eprintln!("no Postgres at {base}: the sink look-up is covered by the end-to-end suite");
+        let Some(base) = flashsale_testkit::postgres_url() else {
             return;
         };
+        let mut admin = sqlx::PgConnection::connect(&base)
+            .await
+            .expect("DATABASE_URL is set, so Postgres must be reachable");
         let schema = format!("loadtest_check_{}", crate::spawn::random_hex(4));
         for statement in [
             format!("CREATE SCHEMA {schema}"),

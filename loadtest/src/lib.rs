@@ -42,7 +42,8 @@
 //! - `report.rs`, `plot.rs`: the table, the JSON, the SVG.
 //! - `cpu.rs`: the dedicated runtime and the CPU it uses.
 //! - `progress.rs`: the live bar on stderr.
-//! - `spawn.rs`: `--spawn`, a local `flashsale serve` for the run.
+//! - `spawn.rs`: `--spawn`, a local `flashsale serve` for the run
+//!   ([`SpawnedServer`], also used by the root crate's API fuzz test).
 //! - `hello.rs`: the hello-world baseline server.
 
 mod api;
@@ -75,10 +76,10 @@ pub use error::{LoadtestError, TransportError};
 pub use hello::serve as serve_hello;
 pub use recorder::TimelinePoint;
 pub use report::{Check, ClientCpu, LatencySummary, Outcomes, Report};
+pub use spawn::SpawnedServer;
 
 use crate::progress::Progress;
 use crate::scenario::Context;
-use crate::spawn::SpawnedServer;
 use crate::target::Target;
 
 /// Shoppers in the burst run by [`demo`].

@@ -5,12 +5,15 @@
 //! shopper comes from this one host). It prints exactly one stdout line,
 //! `flashsale listening on http://IP:PORT`, once bound; the run starts when
 //! that line arrives. Its stderr goes to `server.log` beside the data
-//! directory, whose tail is shown if it never becomes ready.
+//! directory, whose tail is shown if it never becomes ready. The directory
+//! is a `tempfile::TempDir`: removed when the server is stopped or dropped,
+//! whether the run passed, failed or never started.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
+use tempfile::TempDir;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
@@ -32,7 +35,9 @@ pub struct SpawnedServer {
     child: Child,
     pub url: String,
     pub admin_token: String,
-    dir: PathBuf,
+    /// The data directory and the log, kept for its `Drop`: removed with
+    /// the server.
+    _dir: TempDir,
 }
 
 impl SpawnedServer {
@@ -45,12 +50,15 @@ impl SpawnedServer {
         durability: Durability,
         database_url: Option<&str>,
     ) -> Result<SpawnedServer, LoadtestError> {
-        let dir = std::env::temp_dir().join(format!(
-            "flashsale-loadtest-{}-{}",
-            std::process::id(),
-            random_hex(8)
-        ));
-        let data_dir = dir.join("data");
+        let dir = tempfile::Builder::new()
+            .prefix("flashsale-loadtest-")
+            .tempdir()
+            .map_err(|source| LoadtestError::File {
+                action: "create",
+                path: std::env::temp_dir(),
+                source,
+            })?;
+        let data_dir = dir.path().join("data");
         let file_error = |action, path: &Path| {
             let path = path.to_owned();
             move |source| LoadtestError::File {
@@ -60,7 +68,7 @@ impl SpawnedServer {
             }
         };
         std::fs::create_dir_all(&data_dir).map_err(file_error("create", &data_dir))?;
-        let log_path = dir.join("server.log");
+        let log_path = dir.path().join("server.log");
         let log = std::fs::File::create(&log_path).map_err(file_error("create", &log_path))?;
         let admin_token = random_hex(32);
         let mut command = Command::new(program);
@@ -90,7 +98,6 @@ impl SpawnedServer {
         let mut child = match child {
             Ok(child) => child,
             Err(source) => {
-                let _ = std::fs::remove_dir_all(&dir);
                 return Err(LoadtestError::Spawn {
                     program: program.to_owned(),
                     source,
@@ -105,12 +112,12 @@ impl SpawnedServer {
             Ok(Some(url)) => url,
             Ok(None) => {
                 let _ = child.kill().await;
-                return Err(not_ready(&dir, "it exited or closed stdout first"));
+                return Err(not_ready(dir.path(), "it exited or closed stdout first"));
             }
             Err(_) => {
                 let _ = child.kill().await;
                 return Err(not_ready(
-                    &dir,
+                    dir.path(),
                     &format!("no `{LISTENING_MARKER}` line within {SPAWN_READY_TIMEOUT:?}"),
                 ));
             }
@@ -119,14 +126,14 @@ impl SpawnedServer {
             child,
             url,
             admin_token,
-            dir,
+            _dir: dir,
         })
     }
 
-    /// Kills the server and removes its temporary directory.
+    /// Kills the server and waits for it; dropping `self` then removes
+    /// its temporary directory.
     pub async fn stop(mut self) {
         let _ = self.child.kill().await;
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -154,8 +161,7 @@ fn not_ready(dir: &Path, reason: &str) -> LoadtestError {
     let log = std::fs::read(dir.join("server.log")).unwrap_or_default();
     let tail = &log[log.len().saturating_sub(SERVER_LOG_TAIL_BYTES)..];
     let detail = format!(
-        "{reason}; server log ({}):\n{}",
-        dir.join("server.log").display(),
+        "{reason}; the end of its log:\n{}",
         String::from_utf8_lossy(tail)
     );
     LoadtestError::SpawnNotReady { detail }
@@ -178,6 +184,8 @@ pub fn random_hex(bytes: usize) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::path::PathBuf;
+
     use super::*;
 
     #[test]

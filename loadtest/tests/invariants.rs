@@ -71,9 +71,8 @@ fn failed(report: &Report) -> Vec<&str> {
 
 #[tokio::test]
 async fn a_correct_server_passes_every_check() {
-    let dir = std::env::temp_dir().join(format!("flashsale-loadtest-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let (json, plot) = (dir.join("report.json"), dir.join("plot.svg"));
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (json, plot) = (dir.path().join("report.json"), dir.path().join("plot.svg"));
     let report = burst(
         Flaw::None,
         &[
@@ -118,7 +117,6 @@ async fn a_correct_server_passes_every_check() {
         "{}",
         &svg[..svg.len().min(300)]
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]

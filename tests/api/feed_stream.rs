@@ -563,11 +563,10 @@ async fn shutdown_ends_open_streams() {
     let mut sse = Sse::connect(t.addr(), None).await;
     sse.until(&deal, |card| card["sold"] == 0).await;
     let started = Instant::now();
-    let TestServer { server, .. } = t;
-    tokio::time::timeout(Duration::from_secs(10), server.shutdown())
+    let (stopped, _dir) = tokio::time::timeout(Duration::from_secs(10), t.shutdown())
         .await
-        .expect("shutdown does not wait for the stream")
-        .expect("a clean stop");
+        .expect("shutdown does not wait for the stream");
+    stopped.expect("a clean stop");
     assert!(started.elapsed() < Duration::from_secs(10));
     assert!(sse.next(EVENT_WAIT).await.is_none(), "the stream ended");
 }

@@ -4,6 +4,7 @@
 //! Servers are configured explicitly ([`Config::new`]): nothing here reads
 //! `DATABASE_URL` or `REDIS_URL` from the environment.
 
+use std::process::{Output, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use flashsale_gateway::{Caller, Config, RunningServer, Signer};
@@ -17,11 +18,36 @@ use tempfile::TempDir;
 pub const SECRET: &str = "api-tests-secret-0123456789abcdef";
 pub const ADMIN: &str = "api-tests-admin-token";
 
+/// A server and its data directory. Dropping it stops the server and
+/// waits for its journal to close before the directory is removed: the
+/// final snapshot written while closing would otherwise race the removal
+/// and leave the directory behind in the system temporary directory.
 pub struct TestServer {
-    pub server: RunningServer,
+    /// `None` once [`TestServer::shutdown`] took it.
+    server: Option<RunningServer>,
     pub client: reqwest::Client,
     pub url: String,
-    pub dir: TempDir,
+    /// `None` once [`TestServer::shutdown`] handed it back.
+    dir: Option<TempDir>,
+}
+
+/// How long dropping a [`TestServer`] waits for it to stop.
+const DROP_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(15);
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(server) = self.server.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            // Every API test runs on the multi-thread runtime, where a
+            // blocking wait inside a worker is allowed.
+            tokio::task::block_in_place(|| {
+                runtime.block_on(async {
+                    let _ = tokio::time::timeout(DROP_SHUTDOWN_TIMEOUT, server.shutdown()).await;
+                });
+            });
+        }
+    }
 }
 
 /// A server with rate limits off.
@@ -57,10 +83,10 @@ pub async fn start_on(
         .expect("the server starts");
     let url = server.url();
     TestServer {
-        server,
+        server: Some(server),
         client: client(),
         url,
-        dir,
+        dir: Some(dir),
     }
 }
 
@@ -167,8 +193,34 @@ pub struct Account {
 }
 
 impl TestServer {
+    fn running(&self) -> &RunningServer {
+        // invariant: only `shutdown`, which consumes `self`, takes it.
+        self.server.as_ref().expect("the server is running")
+    }
+
     pub fn addr(&self) -> std::net::SocketAddr {
-        self.server.addr
+        self.running().addr
+    }
+
+    /// Starts a graceful shutdown without waiting for it.
+    pub fn begin_shutdown(&mut self) {
+        if let Some(server) = self.server.as_mut() {
+            server.begin_shutdown();
+        }
+    }
+
+    /// Shuts the server down and waits until its journal is closed;
+    /// returns how that went and the data directory, to start again on.
+    pub async fn shutdown(mut self) -> (Result<(), flashsale_gateway::Error>, TempDir) {
+        let stopped = match self.server.take() {
+            Some(server) => server.shutdown().await,
+            None => Ok(()),
+        };
+        let dir = self
+            .dir
+            .take()
+            .expect("the data directory is kept until now");
+        (stopped, dir)
     }
 
     pub async fn call(
@@ -300,7 +352,7 @@ impl TestServer {
     /// Asserts the engine's conservation rules hold now.
     #[track_caller]
     pub fn check_invariants(&self) {
-        let engine = self.server.engine.as_ref().expect("a one-node server");
+        let engine = self.running().engine.as_ref().expect("a one-node server");
         if let Err(broken) = engine.check_invariants() {
             panic!("invariant broken: {broken}");
         }
@@ -330,4 +382,25 @@ fn account(body: &Value) -> Account {
 /// A token for `caller` that expired a minute ago.
 pub fn expired_token(caller: Caller) -> String {
     signer().issue(caller, now_seconds() - 60)
+}
+
+/// Runs `command` (a tool the test drives: bash, schemathesis) to its end
+/// with its output captured, no stdin and no proxy for loopback; killed and
+/// failing the test when it runs longer than `timeout`.
+pub async fn output_within(
+    mut command: tokio::process::Command,
+    timeout: Duration,
+    what: &str,
+) -> Output {
+    let run = command
+        .env("no_proxy", "*")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .output();
+    tokio::time::timeout(timeout, run)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not finish within {timeout:?}"))
+        .unwrap_or_else(|error| panic!("{what} did not start: {error}"))
 }

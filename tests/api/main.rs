@@ -1,4 +1,4 @@
-//! End-to-end tests of HTTP API v1 (DESIGN.md) over real sockets on
+//! End-to-end tests of HTTP API v1 (`gateway/openapi.yaml`) over real sockets on
 //! `127.0.0.1:0`: one test binary, one module per concern, small helpers.
 
 mod accounts;
@@ -9,7 +9,9 @@ mod buying;
 mod cli;
 mod cross_tenant;
 mod deals;
+mod docs;
 mod feed_stream;
+mod fuzz;
 mod helpers;
 mod holds;
 mod loadtest;

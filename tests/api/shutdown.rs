@@ -29,7 +29,7 @@ async fn requests_in_flight_at_shutdown_are_answered_and_kept() {
     // Let the server read the head (the request is then in flight).
     tokio::time::sleep(Duration::from_millis(100)).await;
 
-    t.server.begin_shutdown();
+    t.begin_shutdown();
     // Shutdown has begun once new connections are refused.
     let addr = t.addr();
     let mut refused = false;
@@ -58,8 +58,8 @@ async fn requests_in_flight_at_shutdown_are_answered_and_kept() {
         .to_owned();
 
     // Stops cleanly; a restart on the same data dir has the order.
-    let crate::helpers::TestServer { server, dir, .. } = t;
-    server.shutdown().await.expect("a clean stop");
+    let (stopped, dir) = t.shutdown().await;
+    stopped.expect("a clean stop");
     let config = test_config(&dir);
     let again = start_on(dir, config, |_| {}).await;
     let order = again

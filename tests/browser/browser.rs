@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use fantoccini::key::Key;
 use fantoccini::{Client, ClientBuilder, Locator};
+use flashsale_testkit::Service;
 use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::{Value, json};
 
@@ -55,6 +56,8 @@ pub const DESKTOP: Screen = Screen {
     height: 900,
     mobile: false,
 };
+/// The names chromium goes by on `$PATH` (Debian's first).
+const CHROMIUM_NAMES: [&str; 3] = ["chromium", "chromium-browser", "google-chrome"];
 
 /// A chromium session on one server's pages.
 pub struct Browser {
@@ -64,24 +67,40 @@ pub struct Browser {
     pub downloads: TempDir,
     _profile: TempDir,
     _driver: Driver,
+    /// `TMPDIR` of chromedriver and chromium, removed after both are
+    /// killed (fields drop in order), so the system temporary directory
+    /// keeps none of chromium's `org.chromium.Chromium.*` directories.
+    _scratch: TempDir,
 }
 
 impl Browser {
     /// Starts chromedriver and a chromium session for pages of `base_url`
-    /// on a [`PHONE`] screen.
-    pub async fn open(base_url: &str) -> Browser {
+    /// on a [`PHONE`] screen; `None` when either is not installed (see
+    /// [`Browser::open_on`]).
+    pub async fn open(base_url: &str) -> Option<Browser> {
         Browser::open_on(base_url, PHONE).await
     }
 
-    /// Starts chromedriver and a chromium session for pages of `base_url`
-    /// on `screen`.
-    pub async fn open_on(base_url: &str, screen: Screen) -> Browser {
-        let driver = Driver::start();
+    /// Starts chromedriver and a chromium session (`$CHROMIUM`, or the
+    /// first of [`CHROMIUM_NAMES`] on `$PATH`) for pages of `base_url` on
+    /// `screen`; `None` when either is not installed (the test then
+    /// returns: a skip, or a failure under CI, see `flashsale-testkit`).
+    pub async fn open_on(base_url: &str, screen: Screen) -> Option<Browser> {
+        let Some(chromium) = flashsale_testkit::program("CHROMIUM", &CHROMIUM_NAMES) else {
+            flashsale_testkit::missing(
+                Service::Browser,
+                "chromium is not installed (not at $CHROMIUM, not on $PATH)",
+            );
+            return None;
+        };
+        let scratch = TempDir::new("tmp");
+        let driver = Driver::start(&scratch)?;
         let profile = TempDir::new("profile");
         let downloads = TempDir::new("downloads");
         let capabilities = json!({
             "browserName": "chrome",
             "goog:chromeOptions": {
+                "binary": chromium.display().to_string(),
                 "args": [
                     "--headless",
                     "--no-sandbox",
@@ -122,13 +141,14 @@ impl Browser {
                      (`apt-get install -y chromium chromium-driver`)"
                 )
             });
-        Browser {
+        Some(Browser {
             client,
             base_url: base_url.to_owned(),
             downloads,
             _profile: profile,
             _driver: driver,
-        }
+            _scratch: scratch,
+        })
     }
 
     /// Loads a page of the server, e.g. `/` or `/merchant`.
@@ -311,16 +331,20 @@ struct Driver {
 }
 
 impl Driver {
-    fn start() -> Driver {
-        let path = chromedriver().unwrap_or_else(|| {
-            panic!(
-                "chromedriver is not installed (looked at $CHROMEDRIVER and on $PATH): \
-                 install chromium and chromium-driver (`apt-get install -y chromium \
-                 chromium-driver`; CI installs them)"
-            )
-        });
+    /// Starts `chromedriver`, and so chromium, with `scratch` as their
+    /// `TMPDIR`; `None` after [`flashsale_testkit::missing`]
+    /// when it is not installed.
+    fn start(scratch: &TempDir) -> Option<Driver> {
+        let Some(path) = flashsale_testkit::program("CHROMEDRIVER", &["chromedriver"]) else {
+            flashsale_testkit::missing(
+                Service::Browser,
+                "chromedriver is not installed (not at $CHROMEDRIVER, not on $PATH)",
+            );
+            return None;
+        };
         let mut child = Command::new(&path)
             .arg("--port=0")
+            .env("TMPDIR", scratch.path())
             .process_group(0)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -349,7 +373,7 @@ impl Driver {
             .unwrap_or_else(|_| {
                 panic!("chromedriver did not say its port within {DRIVER_STARTUP_TIMEOUT:?}")
             });
-        driver
+        Some(driver)
     }
 }
 
@@ -364,15 +388,4 @@ impl Drop for Driver {
         }
         let _ = self.child.wait();
     }
-}
-
-/// `$CHROMEDRIVER`, or `chromedriver` on `$PATH`.
-fn chromedriver() -> Option<PathBuf> {
-    if let Some(path) = std::env::var_os("CHROMEDRIVER") {
-        return Some(PathBuf::from(path)).filter(|path| path.is_file());
-    }
-    let dirs = std::env::var_os("PATH")?;
-    std::env::split_paths(&dirs)
-        .map(|dir| dir.join("chromedriver"))
-        .find(|path| path.is_file())
 }

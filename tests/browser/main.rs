@@ -13,8 +13,10 @@
 //! `$CARGO_TARGET_TMPDIR/screenshots/` for a person to look at.
 //!
 //! These tests need `chromium` and `chromium-driver`
-//! (`apt-get install -y chromium chromium-driver`); without them they fail,
-//! saying so, rather than pass silently.
+//! (`apt-get install -y chromium chromium-driver`). Without them each test
+//! returns at once and the binary prints one `skipped: browser tests …`
+//! line; under `CI` or `FLASHSALE_REQUIRE_SERVICES=1` they fail instead
+//! (`flashsale-testkit`).
 //!
 //! ## Layout
 //! - [`server`]: the `flashsale serve` child process and a small API client.

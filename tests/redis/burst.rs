@@ -9,7 +9,7 @@ use std::sync::Arc;
 use futures_util::future::join_all;
 use serde_json::Value;
 
-use crate::node::{Deployment, Node, Target, redis_from_env};
+use crate::node::{Deployment, Node, Target};
 
 /// Concurrent requests of a burst.
 const BURST_CONCURRENCY: usize = 48;
@@ -193,10 +193,7 @@ async fn three_nodes_sell_exactly_the_stock(target: Target) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_on_one_redis_sell_exactly_the_stock() {
-    let Some(url) = redis_from_env(
-        "REDIS_URL",
-        "three_nodes_on_one_redis_sell_exactly_the_stock",
-    ) else {
+    let Some(url) = flashsale_testkit::redis_url() else {
         return;
     };
     let _serial = crate::node::serial().await;
@@ -205,10 +202,7 @@ async fn three_nodes_on_one_redis_sell_exactly_the_stock() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_on_a_cluster_sell_exactly_the_stock() {
-    let Some(urls) = redis_from_env(
-        "REDIS_CLUSTER_URLS",
-        "three_nodes_on_a_cluster_sell_exactly_the_stock",
-    ) else {
+    let Some(urls) = flashsale_testkit::redis_cluster_urls() else {
         return;
     };
     let _serial = crate::node::serial().await;
@@ -241,8 +235,7 @@ async fn three_nodes_on_a_cluster_sell_exactly_the_stock() {
 /// other shards then buy them all, and the next is told sold out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_last_units_in_scattered_buckets_all_sell() {
-    let Some(url) = redis_from_env("REDIS_URL", "the_last_units_in_scattered_buckets_all_sell")
-    else {
+    let Some(url) = flashsale_testkit::redis_url() else {
         return;
     };
     let _serial = crate::node::serial().await;
@@ -315,7 +308,7 @@ fn calls_on(target: &Target, command: &str) -> u64 {
 /// `INFO commandstats` during a burst of 2,000 refusals.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sold_out_refusals_do_not_touch_redis() {
-    let Some(url) = redis_from_env("REDIS_URL", "sold_out_refusals_do_not_touch_redis") else {
+    let Some(url) = flashsale_testkit::redis_url() else {
         return;
     };
     let _serial = crate::node::serial().await;
@@ -362,10 +355,7 @@ async fn sold_out_refusals_do_not_touch_redis() {
 /// poll is the safety net), within a bound.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restock_through_one_node_reopens_sales_on_another() {
-    let Some(url) = redis_from_env(
-        "REDIS_URL",
-        "a_restock_through_one_node_reopens_sales_on_another",
-    ) else {
+    let Some(url) = flashsale_testkit::redis_url() else {
         return;
     };
     let _serial = crate::node::serial().await;

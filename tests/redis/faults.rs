@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::node::{Answer, Deployment, Node, Target, redis_from_env};
+use crate::node::{Answer, Deployment, Node, Target};
 
 /// How long one answer may take while Redis is frozen: the node's response
 /// timeout (300 ms here) plus generous scheduling slack on a loaded box.
@@ -45,10 +45,7 @@ async fn check_keys(
 /// 201 any node gave is an order in Redis, and the books balance.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_killed_mid_burst_leaves_the_others_selling() {
-    let Some(url) = redis_from_env(
-        "REDIS_URL",
-        "a_node_killed_mid_burst_leaves_the_others_selling",
-    ) else {
+    let Some(url) = flashsale_testkit::redis_url() else {
         return;
     };
     let _serial = crate::node::serial().await;
@@ -152,12 +149,9 @@ impl Drop for PrivateRedis {
 /// per key and exactly the stock sold.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_redis_gets_clear_503s_and_nothing_is_lost() {
-    if redis_from_env(
-        "REDIS_URL",
-        "a_frozen_redis_gets_clear_503s_and_nothing_is_lost",
-    )
-    .is_none()
-    {
+    // This test freezes a Redis of its own, but only where the tests are
+    // given one: that is where redis-server is installed.
+    if flashsale_testkit::redis_url().is_none() {
         return;
     }
     let _serial = crate::node::serial().await;

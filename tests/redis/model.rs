@@ -7,7 +7,7 @@
 use serde_json::{Value, json};
 
 use crate::burst::fen;
-use crate::node::{ADMIN_TOKEN, Deployment, Node, Target, redis_from_env};
+use crate::node::{ADMIN_TOKEN, Deployment, Node, Target};
 
 /// Steps per sequence, and sequences (seeds).
 const STEPS: usize = 120;
@@ -336,10 +336,7 @@ fn random_step(rng: &mut Rng) -> Step {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_mode_answers_every_step_as_the_engine_does() {
-    let Some(url) = redis_from_env(
-        "REDIS_URL",
-        "redis_mode_answers_every_step_as_the_engine_does",
-    ) else {
+    let Some(url) = flashsale_testkit::redis_url() else {
         return;
     };
     let _serial = crate::node::serial().await;
@@ -374,10 +371,7 @@ async fn redis_mode_answers_every_step_as_the_engine_does() {
 /// nothing charged when they do not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_hold_is_paid_late_or_refused_as_the_engine_does() {
-    let Some(url) = redis_from_env(
-        "REDIS_URL",
-        "an_expired_hold_is_paid_late_or_refused_as_the_engine_does",
-    ) else {
+    let Some(url) = flashsale_testkit::redis_url() else {
         return;
     };
     let _serial = crate::node::serial().await;

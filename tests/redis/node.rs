@@ -5,7 +5,7 @@
 //! side by side on one Redis and never see each other's deals. A namespace's
 //! keys are deleted when its [`Deployment`] is dropped.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc;
@@ -22,31 +22,6 @@ const LISTENING: &str = "flashsale listening on ";
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bound of one HTTP call in a test.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Where the tests' Redis is: `REDIS_URL` (one server) or
-/// `REDIS_CLUSTER_URLS` (a Cluster's seeds). Unset: the test says it is
-/// skipped, on stderr so it shows in `cargo test`'s normal output, and
-/// returns `None`; unset while `CI` or `FLASHSALE_REQUIRE_SERVICES` is set:
-/// the test fails.
-pub fn redis_from_env(variable: &str, test: &str) -> Option<String> {
-    match std::env::var(variable) {
-        Ok(value) if !value.trim().is_empty() => Some(value),
-        _ => {
-            let required = std::env::var_os("CI").is_some()
-                || std::env::var("FLASHSALE_REQUIRE_SERVICES").is_ok_and(|value| value == "1");
-            assert!(
-                !required,
-                "{test}: {variable} is not set, and CI or FLASHSALE_REQUIRE_SERVICES=1 requires it"
-            );
-            // A direct write, not `eprintln!`: libtest captures the macros only.
-            let _ = writeln!(
-                std::io::stderr(),
-                "skipped: {test} (set {variable} to run it; scripts/redis.sh and scripts/redis-cluster.sh start one)"
-            );
-            None
-        }
-    }
-}
 
 /// The flags that point a node at `redis`: `--redis-url` or
 /// `--redis-cluster`.

@@ -234,8 +234,7 @@ mod tests {
     #[tokio::test]
     async fn postgres_reads_back_the_exact_values() {
         use sqlx::Connection;
-        let Ok(url) = std::env::var("DATABASE_URL") else {
-            eprintln!("skipping: DATABASE_URL is not set");
+        let Some(url) = flashsale_testkit::postgres_url() else {
             return;
         };
         let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();

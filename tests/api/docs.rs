@@ -1,0 +1,161 @@
+//! What a newcomer reads holds: the README's curl walkthrough runs as
+//! written against a real server, and the server serves the contract
+//! (`gateway/openapi.yaml`) at `GET /v1/openapi.json`.
+
+use std::time::Duration;
+
+use flashsale_testkit::Service;
+
+use crate::helpers::{output_within, start_with};
+
+/// The README section whose `sh` blocks the walkthrough test runs.
+const WALKTHROUGH_HEADING: &str = "## A whole sale with curl";
+/// The address the README's blocks talk to; the test swaps in its server's.
+const README_URL: &str = "http://127.0.0.1:8080";
+/// How long the whole walkthrough may take (a dozen curl calls).
+const WALKTHROUGH_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The ```sh blocks of the README section under `heading`, in order.
+fn sh_blocks(readme: &str, heading: &str) -> Vec<String> {
+    let start = readme
+        .find(heading)
+        .unwrap_or_else(|| panic!("README has no {heading:?} section"));
+    let section = &readme[start + heading.len()..];
+    let section = section.find("\n## ").map_or(section, |end| &section[..end]);
+    let mut blocks = Vec::new();
+    let mut rest = section;
+    while let Some(open) = rest.find("```sh\n") {
+        let body = &rest[open + "```sh\n".len()..];
+        let close = body.find("```").expect("every ```sh block is closed");
+        blocks.push(body[..close].to_owned());
+        rest = &body[close..][3..];
+    }
+    blocks
+}
+
+/// The README's blocks as one script for `url`, and the admin token its
+/// `flashsale serve` line starts the server with. The lines that build and
+/// start the server are left out: the test has already started it.
+fn walkthrough(readme: &str, url: &str) -> (String, String) {
+    let blocks = sh_blocks(readme, WALKTHROUGH_HEADING);
+    assert!(
+        blocks.len() >= 6,
+        "the walkthrough has its blocks: {blocks:?}"
+    );
+    let mut admin_token = None;
+    let mut script = String::from("set -euo pipefail\n");
+    for line in blocks.iter().flat_map(|block| block.lines()) {
+        if line.starts_with("cargo build") {
+            continue;
+        }
+        if line.contains("flashsale serve") {
+            let (_, after) = line
+                .split_once("--admin-token ")
+                .expect("the walkthrough's server has a known admin token");
+            let token = after.split_whitespace().next().expect("a token");
+            assert!(admin_token.replace(token.to_owned()).is_none());
+            continue;
+        }
+        script.push_str(&line.replace(README_URL, url));
+        script.push('\n');
+    }
+    let admin_token = admin_token.expect("the walkthrough starts a server");
+    (script, admin_token)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_curl_walkthrough_runs_as_written() {
+    if flashsale_testkit::program("CURL", &["curl"]).is_none() {
+        flashsale_testkit::missing(Service::Curl, "curl is not on $PATH");
+        return;
+    }
+    let readme = include_str!("../../README.md");
+    let (_, admin_token) = walkthrough(readme, README_URL);
+    // The README's server: its admin token, everything else as a newcomer
+    // gets it (fresh data directory; rate limits off as in every API test).
+    let t = start_with(|config| config.admin_token = Some(admin_token)).await;
+    let (script, _) = walkthrough(readme, &t.url);
+    let mut bash = tokio::process::Command::new("bash");
+    bash.arg("-c").arg(&script);
+    let output = output_within(bash, WALKTHROUGH_TIMEOUT, "the walkthrough").await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "the walkthrough failed ({}):\n{stdout}\n{stderr}\nscript:\n{script}",
+        output.status
+    );
+
+    // The key answers, in the order the README shows them.
+    let expected = [
+        r#""name":"Xiaomi","token":"v1."#,
+        r#""title":"Mi 15, 12 GB","price":"999.00","stock":500,"remaining":500"#,
+        r#""status":"live""#,
+        r#""name":"Li Lei","token":"v1."#,
+        r#""available":"1500.00","held":"0.00","spent":"0.00","credited":"1500.00""#,
+        r#""quantity":1,"unit_price":"999.00","amount":"999.00","status":"paid","late":false"#,
+        r#"{"error":{"code":"purchase_limit_reached""#,
+        r#""status":"paid""#,
+        r#""available":"501.00","held":"0.00","spent":"999.00","credited":"1500.00""#,
+        r#""remaining":499,"held":0,"sold":1"#,
+        r#"{"orders":[{"id":""#,
+        r#"{"cards":[{"id":""#,
+        r#""text":"Fast delivery""#,
+        r#""merchant_rating":{"average":"4.33","reviews":1}"#,
+        r#""shared":true"#,
+        r#""name":"Xiaomi","rating":{"average":"4.33","reviews":1}"#,
+    ];
+    let mut rest = &stdout[..];
+    for answer in expected {
+        let at = rest
+            .find(answer)
+            .unwrap_or_else(|| panic!("{answer} is not in the rest of the output:\n{stdout}"));
+        rest = &rest[at + answer.len()..];
+    }
+    t.check_invariants();
+}
+
+#[test]
+fn the_walkthrough_is_found_and_its_server_line_left_out() {
+    let readme = "# x\n## A whole sale with curl\n\n```sh\ncargo build --release\n\
+                  target/release/flashsale serve --admin-token tok-1 &\n\
+                  B=http://127.0.0.1:8080\n```\ntext\n```sh\ncurl -s $B/a\n```\n\
+                  ```sh\n\n```\n```sh\n\n```\n```sh\n\n```\n```sh\necho last\n```\n\
+                  ## Next\n```sh\nnot this\n```\n";
+    let (script, token) = walkthrough(readme, "http://127.0.0.1:9");
+    assert_eq!(token, "tok-1");
+    assert_eq!(
+        script,
+        "set -euo pipefail\nB=http://127.0.0.1:9\ncurl -s $B/a\n\n\n\necho last\n"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_contract_is_served_as_openapi_json() {
+    let t = start_with(|_| {}).await;
+    let reply = t.get("/v1/openapi.json", None).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert_eq!(reply.headers["content-type"], "application/json");
+    let document = reply.body;
+    assert_eq!(document["openapi"], "3.1.0");
+    for (path, method) in [
+        ("/v1/deals/{deal_id}/orders", "post"),
+        ("/v1/admin/shoppers", "post"),
+        ("/v1/deals/{deal_id}", "patch"),
+        ("/v1/deals/{deal_id}/registrations", "post"),
+        ("/v1/openapi.json", "get"),
+    ] {
+        assert!(
+            document["paths"][path][method].is_object(),
+            "{method} {path} is not documented"
+        );
+    }
+    let codes = &document["components"]["schemas"]["Error"]["properties"]["error"]["properties"]["code"]
+        ["enum"];
+    assert!(
+        codes
+            .as_array()
+            .is_some_and(|codes| codes.iter().any(|code| code == "not_started")),
+        "{codes}"
+    );
+}
