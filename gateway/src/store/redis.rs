@@ -1369,20 +1369,28 @@ impl RedisStore {
         hold_of(&values.get(2).and_then(text).unwrap_or_default())
     }
 
-    /// The hold's record, with the shard that owns it.
-    async fn hold_record(&self, id: HoldId) -> Result<(Hold, usize), Error> {
-        let (shard, _) = decompose(id.0);
+    /// The JSON of an order or hold (`table` "orders" or "holds") by id,
+    /// with the shard its low bits name; `NotFound(entity)` when there is
+    /// none.
+    async fn record(&self, id: u64, table: &str, entity: Entity) -> Result<(String, usize), Error> {
+        let (shard, _) = decompose(id);
+        let missing = || Error::Engine(EngineError::NotFound(entity));
         if shard >= self.inner.shards {
-            return Err(Error::Engine(EngineError::NotFound(Entity::Hold)));
+            return Err(missing());
         }
         let json: Option<String> = self
             .query(
                 redis::cmd("HGET")
-                    .arg(self.keys().shard(shard, "holds"))
-                    .arg(id.0),
+                    .arg(self.keys().shard(shard, table))
+                    .arg(id),
             )
             .await?;
-        let json = json.ok_or(Error::Engine(EngineError::NotFound(Entity::Hold)))?;
+        Ok((json.ok_or_else(missing)?, shard))
+    }
+
+    /// The hold's record, with the shard that owns it.
+    async fn hold_record(&self, id: HoldId) -> Result<(Hold, usize), Error> {
+        let (json, shard) = self.record(id.0, "holds", Entity::Hold).await?;
         Ok((hold_of(&json)?, shard))
     }
 
@@ -1560,18 +1568,7 @@ impl RedisStore {
     }
 
     pub(crate) async fn order(&self, id: OrderId) -> Result<Order, Error> {
-        let (shard, _) = decompose(id.0);
-        if shard >= self.inner.shards {
-            return Err(Error::Engine(EngineError::NotFound(Entity::Order)));
-        }
-        let json: Option<String> = self
-            .query(
-                redis::cmd("HGET")
-                    .arg(self.keys().shard(shard, "orders"))
-                    .arg(id.0),
-            )
-            .await?;
-        order_of(&json.ok_or(Error::Engine(EngineError::NotFound(Entity::Order)))?)
+        order_of(&self.record(id.0, "orders", Entity::Order).await?.0)
     }
 
     /// Orders of `ids` on `shard`, in the order given.
