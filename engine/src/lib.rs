@@ -40,7 +40,7 @@ pub use event::{
     DiscardEvents, Event, EventSink, Fingerprint, RecordEvents, ReleaseReason, fingerprint,
 };
 pub use ids::{DealId, HoldId, MerchantId, OrderId, ShopperId};
-pub use money::{MONEY_MAX, Money};
+pub use money::{MONEY_ACCEPTS, MONEY_MAX, Money};
 pub use records::{
     DealSpec, DealStatus, DealView, Hold, HoldStatus, Merchant, Order, Rating, Review, Shopper,
     StockCounts, Wallet,
