@@ -857,6 +857,19 @@ mod tests {
     }
 
     #[test]
+    fn a_body_earns_time_at_the_minimum_rate() {
+        let limits = BodyLimits {
+            bytes_max: 16_384,
+            read_timeout: Duration::from_secs(5),
+            rate_min_bytes_per_second: 4_096,
+        };
+        assert_eq!(limits.allowance(0), Duration::from_secs(5));
+        assert_eq!(limits.allowance(4_096), Duration::from_secs(6));
+        assert_eq!(limits.allowance(16_384), Duration::from_secs(9));
+        assert!(limits.allowance(usize::MAX) > Duration::from_secs(5));
+    }
+
+    #[test]
     fn times_finer_than_a_millisecond_are_refused_not_truncated() {
         for fine in [
             "2025-06-18T12:00:00.9999Z",

@@ -112,18 +112,22 @@ async fn a_body_dripping_slower_than_the_minimum_rate_runs_out_of_time() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_at_the_minimum_rate_is_read() {
     let t = start_with(|config| {
-        config.body_read_timeout = Duration::from_millis(300);
-        config.body_rate_min_bytes_per_second = 100;
+        config.body_read_timeout = Duration::from_millis(500);
+        config.body_rate_min_bytes_per_second = 20;
     })
     .await;
-    // 40 bytes in four pieces 150 ms apart: ~450 ms in all, within
-    // 300 ms + 10 ms per byte received.
+    // 40 bytes in four pieces 250 ms apart: 750 ms in all, longer than the
+    // read timeout alone, but each piece earns 500 ms (50 ms a byte).
     let body = r#"{"name": "a patient client with 1 body"}"#;
     let mut stream = stalled_signup(&t, &format!("content-length: {}", body.len()), "").await;
-    for piece in body.as_bytes().chunks(body.len().div_ceil(4)) {
+    let started = Instant::now();
+    for (index, piece) in body.as_bytes().chunks(body.len().div_ceil(4)).enumerate() {
+        if index > 0 {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
         stream.write_all(piece).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(150)).await;
     }
+    assert!(started.elapsed() >= Duration::from_millis(500));
     let mut answer = vec![0u8; 4096];
     let read = tokio::time::timeout(ANSWER_WAIT, stream.read(&mut answer))
         .await
