@@ -748,3 +748,113 @@ async fn a_row_already_there_with_other_content_is_a_conflict_never_skipped() {
     sink.abort().await;
     db.drop_db().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_served_deal_postgres_refuses_is_named_in_readyz_and_orders_still_reach_postgres() {
+    let Some(db) = TestDb::create(
+        "a_served_deal_postgres_refuses_is_named_in_readyz_and_orders_still_reach_postgres",
+    )
+    .await
+    else {
+        return;
+    };
+    // As above, Postgres gets a content rule the engine does not know.
+    let mut conn = db.connect().await;
+    order_sink::MIGRATOR.run(&mut conn).await.unwrap();
+    sqlx::query("ALTER TABLE deals ADD CONSTRAINT refuse_poison CHECK (title <> 'Poison')")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = flashsale_gateway::Config::new(dir.path().to_owned()).unwrap();
+    config.database_url = Some(db.url.clone());
+    config.rate_limit_shopper = 0;
+    config.rate_limit_address = 0;
+    let admin = config.admin_token.clone();
+    let server = flashsale_gateway::spawn(config).await.unwrap();
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let url = server.url();
+    let post = async |path: &str, token: &str, body: serde_json::Value, key: &str| {
+        let answer = client
+            .post(format!("{url}{path}"))
+            .bearer_auth(token)
+            .header("idempotency-key", key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert!(answer.status().is_success(), "{path}: {}", answer.status());
+        answer.json::<serde_json::Value>().await.unwrap()
+    };
+    let merchant = post(
+        "/v1/merchants",
+        &admin,
+        serde_json::json!({ "name": "m" }),
+        "a",
+    )
+    .await;
+    let merchant_token = merchant["token"].as_str().unwrap().to_owned();
+    let deal = |title: &str| {
+        serde_json::json!({
+            "title": title, "price": "5.00", "stock": 10,
+            "starts_at": "2020-01-01T00:00:00Z", "ends_at": "2100-01-01T00:00:00Z",
+        })
+    };
+    post("/v1/deals", &merchant_token, deal("Poison"), "b").await;
+    let good = post("/v1/deals", &merchant_token, deal("Phone"), "c").await;
+    let buyers = post(
+        "/v1/admin/shoppers",
+        &admin,
+        serde_json::json!({ "count": 1, "credit": "100" }),
+        "d",
+    )
+    .await;
+    let shopper_token = buyers["shoppers"][0]["token"].as_str().unwrap().to_owned();
+    let order = post(
+        &format!("/v1/deals/{}/orders", good["id"].as_str().unwrap()),
+        &shopper_token,
+        serde_json::json!({ "quantity": 1 }),
+        "e",
+    )
+    .await;
+    let order_id = order["id"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let ready = loop {
+        let ready: serde_json::Value = client
+            .get(format!("{url}/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM orders WHERE id = $1")
+            .bind(&order_id)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        if stored == 1 && ready["order_sink_set_aside"].is_string() {
+            break ready;
+        }
+        assert!(Instant::now() < deadline, "{ready}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // Ready (sales go on), with the set-aside event and its real reason.
+    assert_eq!(ready["status"], "ready", "{ready}");
+    let named = ready["order_sink_set_aside"].as_str().unwrap();
+    assert!(named.contains("refuse_poison"), "{named}");
+    let metrics = client
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("flashsale_order_sink_set_aside_total"),
+        "{metrics}"
+    );
+    server.shutdown().await.unwrap();
+    db.drop_db().await;
+}
