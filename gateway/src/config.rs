@@ -290,7 +290,7 @@ impl Config {
 /// `--signup-credit`: money in the API's one grammar ([`Money::parse`]).
 fn parse_signup_credit(text: &str) -> Result<Money, Error> {
     Money::parse(text, "--signup-credit")
-        .map_err(|error| Error::Config(format!("{error} (like 5000 or 5000.00), not {text:?}")))
+        .map_err(|error| Error::Config(format!("{error}, not {text:?}")))
 }
 
 fn at_least_one<T: PartialEq + Default>(value: T, flag: &str) -> Result<T, Error> {

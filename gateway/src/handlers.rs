@@ -341,7 +341,7 @@ pub(crate) fn feed(app: &App, parts: &Parts) -> Result<HttpResponse, Error> {
                         Error::BadRequest(Cow::Borrowed("cursor is not a feed cursor"))
                     })?)
             }
-            _ => {}
+            other => return Err(unknown_parameter(other, "limit, cursor")),
         }
     }
     let mut deals = Vec::with_capacity(limit);
@@ -512,7 +512,7 @@ pub(crate) fn list_orders(app: &App, parts: &Parts) -> Result<HttpResponse, Erro
             "deal_id" => deal = Some(parse_id(&value, Entity::Deal)?),
             "cursor" => cursor = parse_order_cursor(&value)?,
             "limit" => limit = parse_limit(&value, ORDERS_LIMIT_MAX)?,
-            _ => {}
+            other => return Err(unknown_parameter(other, "deal_id, cursor, limit")),
         }
     }
     let page = match caller {
@@ -564,6 +564,14 @@ fn parse_limit(text: &str, max: usize) -> Result<usize, Error> {
         .ok()
         .filter(|limit| (1..=max).contains(limit))
         .ok_or_else(|| Error::BadRequest(format!("limit must be from 1 to {max}").into()))
+}
+
+/// A query parameter the endpoint does not take: `400 bad_request` naming
+/// it, like an unknown body field is `422` (a typo must not pass silently).
+fn unknown_parameter(name: &str, takes: &str) -> Error {
+    Error::BadRequest(Cow::Owned(format!(
+        "unknown query parameter {name:?}; this path takes {takes}"
+    )))
 }
 
 fn query(parts: &Parts) -> form_urlencoded::Parse<'_> {

@@ -172,6 +172,24 @@ async fn an_unknown_field_is_refused_naming_it_on_every_body() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_query_parameter_is_refused_naming_it() {
+    let shop = shop().await;
+    for path in [
+        "/v1/feed?limt=5".to_owned(),
+        format!("/v1/orders?deal_id={}&curser=x", shop.deal),
+    ] {
+        let answer = shop.t.get(&path, Some(&shop.merchant.token)).await;
+        answer.refused(400, "bad_request");
+        assert!(
+            answer.text.contains("limt") || answer.text.contains("curser"),
+            "{}",
+            answer.text
+        );
+    }
+    shop.t.get("/v1/feed?limit=5", None).await.ok(200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_that_is_not_an_object_is_malformed_json_on_every_endpoint() {
     let shop = shop().await;
     let order = an_order(&shop).await;
