@@ -547,7 +547,7 @@ async fn apply_or_set_aside(
             Err(error) if error.is_content() && slice.len() == 1 => {
                 timed(
                     config.batch_timeout,
-                    set_aside(conn, status, keys, position, event, &error),
+                    set_aside(conn, status, keys, from, position, event, &error),
                 )
                 .await?;
                 from = last;
@@ -568,8 +568,9 @@ fn printable(text: &str) -> String {
     text.escape_debug().to_string()
 }
 
-/// Sets one journal event aside: records it in `order_sink_set_aside`
-/// with `reason` and moves the position past it, in one transaction;
+/// Sets one journal event (at `position`, the one after `from`) aside:
+/// records it in `order_sink_set_aside` with `reason` and moves the
+/// position from `from` past it, in one transaction;
 /// counts it (`flashsale_order_sink_set_aside_total`, and
 /// `flashsale_order_sink_conflicts_total` for a conflicting row) and
 /// logs it. `/readyz` names the last one.
@@ -577,6 +578,7 @@ async fn set_aside(
     conn: &mut PgConnection,
     status: &Status,
     keys: &Keys,
+    from: u64,
     position: u64,
     event: &Event,
     reason: &OrderSinkError,
@@ -596,7 +598,7 @@ async fn set_aside(
         .bind(&event_text),
     )
     .await?;
-    move_position(&mut tx, &keys.journal, position - 1, position).await?;
+    move_position(&mut tx, &keys.journal, from, position).await?;
     tx.commit().await?;
     status.set_aside.fetch_add(1, Ordering::Relaxed);
     metrics::counter!("flashsale_order_sink_set_aside_total").increment(1);
