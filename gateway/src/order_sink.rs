@@ -25,6 +25,23 @@
 //! Restocks and deal changes are `UPDATE … FROM UNNEST(…)` in the same
 //! transaction.
 //!
+//! **Keys**: every row carries `deployment_id` ([`OrderSinkConfig::deployment_id`],
+//! by default the journal's random id) and is keyed by `(deployment_id,
+//! id)`, so two deployments numbering their orders from the start never
+//! collide in one database (migration `0002`). After a merge, a row that
+//! was already there must hold the same content in its fixed columns;
+//! one that does not is [`OrderSinkError::Conflict`], never skipped.
+//!
+//! **Refused content**: a batch Postgres refuses for what its rows hold
+//! (SQLSTATE class 22 or 23, a value the encoder cannot represent, or a
+//! conflict: [`OrderSinkError::is_content`]) would fail again on every
+//! retry and stop every later order from reaching the books. So it is
+//! split in halves and applied again, down to the one event refused,
+//! which is set aside in `order_sink_set_aside` with the reason and
+//! counted ([`OrderSinkHandle::set_aside`],
+//! `flashsale_order_sink_set_aside_total`, `_conflicts_total`); the sink
+//! goes on. Connection errors and timeouts are retried whole, as before.
+//!
 //! Postgres down or slow: sales go on (nothing here is awaited by a
 //! request); the sink retries with exponential backoff and catches up. It
 //! tells the journal its position ([`Journal::retain_from`]) so snapshot
