@@ -34,7 +34,7 @@
 //!
 //! **Refused content**: a batch Postgres refuses for what its rows hold
 //! (SQLSTATE class 22 or 23, a value the encoder cannot represent, or a
-//! conflict: [`OrderSinkError::is_content`]) would fail again on every
+//! conflict: `OrderSinkError::is_content`) would fail again on every
 //! retry and stop every later order from reaching the books. So it is
 //! split in halves and applied again, down to the one event refused,
 //! which is set aside in `order_sink_set_aside` with the reason and
@@ -242,7 +242,7 @@ impl OrderSinkHandle {
         self.status.last_error.lock().clone()
     }
 
-    /// Journal events set aside (see [`set_aside`]) since start, of which
+    /// Journal events set aside (see the module doc) since start, of which
     /// conflicts (a row already there with other content), and the last
     /// one's position and reason.
     pub fn set_aside(&self) -> (u64, u64, Option<String>) {
