@@ -6,10 +6,10 @@
 //! bound), count the request in flight (or shed it), refuse state changes
 //! while the journal is not ready, run the endpoint's handler, turn an
 //! error into the contract's body, and record the route's status and
-//! latency. The whole request is bounded by `request_timeout`. Every answer but the
-//! feed's stream is one `Full` buffer; the stream is a [`FeedBody`]; the
-//! two travel as one `Either`, so a buy's answer is not boxed. The helpers here are
-//! what handlers share: who is calling ([`App::shopper`] and friends, which
+//! latency. The whole request is bounded by `request_timeout`. Every
+//! answer but the feed's stream is one `Full` buffer; the stream is a
+//! [`FeedBody`]; the two travel as one `Either`, so a buy's answer is not
+//! boxed. The helpers here are what handlers share: who is calling ([`App::shopper`] and friends, which
 //! also apply the per-token rate limit), reading a bounded body, and
 //! waiting for the journal before a change is acknowledged
 //! ([`App::commit`]).
