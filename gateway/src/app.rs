@@ -9,10 +9,10 @@
 //! latency. The whole request is bounded by `request_timeout`. Every
 //! answer but the feed's stream is one `Full` buffer; the stream is a
 //! [`FeedBody`]; the two travel as one `Either`, so a buy's answer is not
-//! boxed. The helpers here are what handlers share: who is calling ([`App::shopper`] and friends, which
-//! also apply the per-token rate limit), reading a bounded body, and
-//! waiting for the journal before a change is acknowledged
-//! ([`App::commit`]).
+//! boxed. The helpers here are what handlers share: who is calling
+//! ([`App::shopper`] and friends, which also apply the per-token rate
+//! limit; [`single_header`]), and waiting for the journal before a change
+//! is acknowledged ([`App::commit`]).
 
 use std::borrow::Cow;
 use std::convert::Infallible;
