@@ -858,3 +858,44 @@ async fn a_served_deal_postgres_refuses_is_named_in_readyz_and_orders_still_reac
     server.shutdown().await.unwrap();
     db.drop_db().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_its_bound_the_sink_stops_setting_aside_and_says_why() {
+    let Some(db) = TestDb::create("past_its_bound_the_sink_stops_setting_aside_and_says_why").await
+    else {
+        return;
+    };
+    let mut conn = db.connect().await;
+    order_sink::MIGRATOR.run(&mut conn).await.unwrap();
+    // Postgres refuses every order: a fault of the schema, not of a row.
+    sqlx::query("ALTER TABLE orders ADD CONSTRAINT refuse_all CHECK (quantity < 0)")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let shop = shop(dir.path(), 10);
+    sell(&shop, 0);
+    let mut config = sink_config(&db.url);
+    config.set_aside_max = 2;
+    let sink = start(config, &shop.journal).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let error = loop {
+        if let Some(error) = sink.last_error() {
+            break error;
+        }
+        assert!(Instant::now() < deadline, "the sink never stopped");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(error.contains("refuse_all"), "{error}");
+    // Two set aside, then it stopped: the rest wait in the journal.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(sink.set_aside().0, 2);
+    assert!(sink.lag().records > 0);
+    let parked: i64 = sqlx::query_scalar("SELECT count(*) FROM order_sink_set_aside")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(parked, 2);
+    sink.abort().await;
+    db.drop_db().await;
+}

@@ -72,6 +72,9 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// Events read from the journal into one transaction.
 pub const BATCH_EVENTS_MAX_DEFAULT: usize = 50_000;
 
+/// Events the sink sets aside at most between two starts, by default.
+pub const SET_ASIDE_MAX_DEFAULT: u64 = 1_000;
+
 #[derive(Debug, Clone)]
 pub struct OrderSinkConfig {
     pub database_url: String,
@@ -92,6 +95,12 @@ pub struct OrderSinkConfig {
     /// directory). A Redis-mode deployment will pass the id it keeps in
     /// Redis, shared by its nodes.
     pub deployment_id: Option<String>,
+    /// Events set aside at most since start. A few refused rows are bad
+    /// input that slipped past the API; many more are likely a fault of
+    /// the sink or the schema, so past this bound the sink stops setting
+    /// aside and retries the refused batch (`/readyz` names the error)
+    /// rather than empty the journal into `order_sink_set_aside`.
+    pub set_aside_max: u64,
 }
 
 impl OrderSinkConfig {
@@ -105,6 +114,7 @@ impl OrderSinkConfig {
             connect_timeout: Duration::from_secs(5),
             batch_timeout: Duration::from_secs(30),
             deployment_id: None,
+            set_aside_max: SET_ASIDE_MAX_DEFAULT,
         }
     }
 }
@@ -526,7 +536,8 @@ struct Keys {
 /// retrying would fail forever and stop every later order reaching the
 /// books: the events are split in halves and applied again, down to the
 /// single event Postgres refuses, which is set aside ([`set_aside`]) with
-/// the reason; the rest go in. A refusal costs about 2·log2(batch) extra
+/// the reason; the rest go in. Past [`OrderSinkConfig::set_aside_max`]
+/// events set aside, the error is returned instead. A refusal costs about 2·log2(batch) extra
 /// transactions, once. Any other error (connection, timeout) is returned
 /// and the batch is retried whole.
 async fn apply_or_set_aside(
@@ -561,6 +572,12 @@ async fn apply_or_set_aside(
         };
         match applied {
             Ok(()) => from = last,
+            Err(error)
+                if error.is_content()
+                    && status.set_aside.load(Ordering::Relaxed) >= config.set_aside_max =>
+            {
+                return Err(error);
+            }
             Err(error) if error.is_content() && slice.len() == 1 => {
                 timed(
                     config.batch_timeout,
