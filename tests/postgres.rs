@@ -488,10 +488,7 @@ async fn a_batch_with_rows_already_there_falls_back_and_stays_exactly_once() {
     let mut config = sink_config(&db.url);
     config.batch_events_max = 100_000;
     let mut orders = sell(&shop, 0);
-    let sink = start(config.clone(), &shop.journal).await;
-    caught_up(&sink, &shop.journal).await;
-    assert_eq!(sink.merged_batches(), 0);
-    sink.abort().await;
+    assert_eq!(apply_all(&shop, config.clone()).await, 0);
     assert_books(&db, &shop, &orders).await;
 
     let mut conn = db.connect().await;
@@ -569,4 +566,318 @@ fn database_urls_are_rewritten() {
         with_database("postgres://h/db?sslmode=disable", "x"),
         "postgres://h/x?sslmode=disable"
     );
+}
+
+/// Runs a sink until it has applied everything durable, then stops it;
+/// returns its merged batches.
+async fn apply_all(shop: &Shop, config: OrderSinkConfig) -> u64 {
+    let sink = start(config, &shop.journal).await;
+    caught_up(&sink, &shop.journal).await;
+    let merged = sink.merged_batches();
+    sink.abort().await;
+    merged
+}
+
+/// Orders of one deployment in Postgres: (id, amount) sorted.
+async fn deployment_orders(conn: &mut PgConnection, deployment: &str) -> Vec<(String, String)> {
+    sqlx::query_as("SELECT id, amount::text FROM orders WHERE deployment_id = $1 ORDER BY id")
+        .bind(deployment)
+        .fetch_all(conn)
+        .await
+        .unwrap()
+}
+
+fn expected_orders(orders: &[Order]) -> Vec<(String, String)> {
+    let mut rows: Vec<(String, String)> = orders
+        .iter()
+        .map(|order| (order.id.to_string(), order.amount.to_string()))
+        .collect();
+    rows.sort();
+    rows
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_postgres_refuses_is_set_aside_and_later_orders_still_reach_postgres() {
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    // The API refuses text Postgres cannot store (a NUL), so a row Postgres
+    // refuses for its content is made here the other way round: Postgres
+    // is given a rule ("no deal titled Poison") the engine does not know.
+    // To the sink it is the same: a refusal of the row's content (SQLSTATE
+    // class 22 or 23) that no retry can get past.
+    let mut conn = db.connect().await;
+    order_sink::MIGRATOR.run(&mut conn).await.unwrap();
+    sqlx::query("ALTER TABLE deals ADD CONSTRAINT refuse_poison CHECK (title <> 'Poison')")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let shop = shop(dir.path(), 200);
+    let mut orders = sell(&shop, 0);
+    let merchant = shop.engine.create_merchant("Poisoner").unwrap().id;
+    let now = SystemClock.now();
+    let poison = NewDeal {
+        title: "Poison".into(),
+        price: fen(100),
+        stock: 10,
+        per_user_limit: Some(1),
+        starts_at: now,
+        ends_at: now.plus_seconds(60),
+        requires_registration: false,
+        hold_seconds: Some(60),
+    };
+    shop.engine.create_deal(merchant, poison).unwrap();
+    orders.extend(sell(&shop, 1));
+    // One batch for everything: the poisoned event sits among good ones.
+    let mut config = sink_config(&db.url);
+    config.batch_events_max = 100_000;
+    let sink = start(config, &shop.journal).await;
+    caught_up(&sink, &shop.journal).await;
+    assert_books(&db, &shop, &orders).await;
+    let (set_aside, conflicts, last) = sink.set_aside();
+    assert_eq!((set_aside, conflicts), (1, 0));
+    let last = last.unwrap();
+    assert!(last.contains("refuse_poison"), "{last}");
+    assert!(sink.last_error().is_none(), "{:?}", sink.last_error());
+    let (position, reason, event): (i64, String, String) = sqlx::query_as(
+        "SELECT position, reason, event FROM order_sink_set_aside WHERE journal_id = $1",
+    )
+    .bind(shop.journal.id())
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert!(reason.contains("refuse_poison"), "{reason}");
+    assert!(event.contains("Poison"), "{event}");
+    assert!(last.contains(&format!("position {position}")), "{last}");
+    // Later orders still reach Postgres.
+    orders.extend(sell(&shop, 2));
+    caught_up(&sink, &shop.journal).await;
+    assert_books(&db, &shop, &orders).await;
+    assert_eq!(sink.set_aside().0, 1);
+    sink.abort().await;
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_data_dirs_writing_one_postgres_keep_each_others_orders() {
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (shop_a, shop_b) = (shop(dir_a.path(), 50), shop(dir_b.path(), 30));
+    let (orders_a, orders_b) = (sell(&shop_a, 0), sell(&shop_b, 0));
+    // Both number from the start: the same ids, other content.
+    assert_eq!(orders_a[0].id, orders_b[0].id);
+    let sink_a = start(sink_config(&db.url), &shop_a.journal).await;
+    let sink_b = start(sink_config(&db.url), &shop_b.journal).await;
+    caught_up(&sink_a, &shop_a.journal).await;
+    caught_up(&sink_b, &shop_b.journal).await;
+    let mut conn = db.connect().await;
+    assert_eq!(
+        deployment_orders(&mut conn, shop_a.journal.id()).await,
+        expected_orders(&orders_a)
+    );
+    assert_eq!(
+        deployment_orders(&mut conn, shop_b.journal.id()).await,
+        expected_orders(&orders_b)
+    );
+    for sink in [&sink_a, &sink_b] {
+        assert_eq!(sink.set_aside().0, 0);
+        assert_eq!(sink.merged_batches(), 0);
+    }
+    sink_a.abort().await;
+    sink_b.abort().await;
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_already_there_with_other_content_is_a_conflict_never_skipped() {
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let shop = shop(dir.path(), 40);
+    let orders = sell(&shop, 0);
+    apply_all(&shop, sink_config(&db.url)).await;
+    // Someone changed a row the sink wrote, and the position was lost: the
+    // sink meets its own order with other content on the way again.
+    let tampered = orders[7].id.to_string();
+    let mut conn = db.connect().await;
+    sqlx::query("UPDATE orders SET amount = amount + 1 WHERE id = $1")
+        .bind(&tampered)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE order_sink_positions SET position = 0")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let sink = start(sink_config(&db.url), &shop.journal).await;
+    caught_up(&sink, &shop.journal).await;
+    let (set_aside, conflicts, last) = sink.set_aside();
+    assert_eq!((set_aside, conflicts), (1, 1));
+    let last = last.unwrap();
+    assert!(
+        last.contains(&tampered) && last.contains("other content"),
+        "{last}"
+    );
+    assert!(last.contains("ours") && last.contains("theirs"), "{last}");
+    // The tampered row is left as it was (not overwritten, not hidden); the
+    // rest are exactly the journal's.
+    let rows = deployment_orders(&mut conn, shop.journal.id()).await;
+    let expected = expected_orders(&orders);
+    assert_eq!(rows.len(), expected.len());
+    for (row, wanted) in rows.iter().zip(&expected) {
+        assert_eq!(row.0, wanted.0);
+        assert_eq!(row.1 != wanted.1, row.0 == tampered, "{row:?} {wanted:?}");
+    }
+    sink.abort().await;
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_served_deal_postgres_refuses_is_named_in_readyz_and_orders_still_reach_postgres() {
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    // As above, Postgres gets a content rule the engine does not know.
+    let mut conn = db.connect().await;
+    order_sink::MIGRATOR.run(&mut conn).await.unwrap();
+    sqlx::query("ALTER TABLE deals ADD CONSTRAINT refuse_poison CHECK (title <> 'Poison')")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = flashsale_gateway::Config::new(dir.path().to_owned());
+    config.database_url = Some(db.url.clone());
+    config.rate_limit_shopper = 0;
+    config.rate_limit_address = 0;
+    let server = flashsale_gateway::spawn(config).await.unwrap();
+    let admin = server.admin_token.clone();
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let url = server.url();
+    let post = async |path: &str, token: &str, body: serde_json::Value, key: &str| {
+        let answer = client
+            .post(format!("{url}{path}"))
+            .bearer_auth(token)
+            .header("idempotency-key", key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert!(answer.status().is_success(), "{path}: {}", answer.status());
+        answer.json::<serde_json::Value>().await.unwrap()
+    };
+    let merchant = post(
+        "/v1/merchants",
+        &admin,
+        serde_json::json!({ "name": "m" }),
+        "a",
+    )
+    .await;
+    let merchant_token = merchant["token"].as_str().unwrap().to_owned();
+    let deal = |title: &str| {
+        serde_json::json!({
+            "title": title, "price": "5.00", "stock": 10,
+            "starts_at": "2020-01-01T00:00:00Z", "ends_at": "2100-01-01T00:00:00Z",
+        })
+    };
+    post("/v1/deals", &merchant_token, deal("Poison"), "b").await;
+    let good = post("/v1/deals", &merchant_token, deal("Phone"), "c").await;
+    let buyers = post(
+        "/v1/admin/shoppers",
+        &admin,
+        serde_json::json!({ "count": 1, "credit": "100" }),
+        "d",
+    )
+    .await;
+    let shopper_token = buyers["shoppers"][0]["token"].as_str().unwrap().to_owned();
+    let order = post(
+        &format!("/v1/deals/{}/orders", good["id"].as_str().unwrap()),
+        &shopper_token,
+        serde_json::json!({ "quantity": 1 }),
+        "e",
+    )
+    .await;
+    let order_id = order["id"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let ready = loop {
+        let ready: serde_json::Value = client
+            .get(format!("{url}/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM orders WHERE id = $1")
+            .bind(&order_id)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        if stored == 1 && ready["order_sink_set_aside"].is_string() {
+            break ready;
+        }
+        assert!(Instant::now() < deadline, "{ready}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // Ready (sales go on), with the set-aside event and its real reason.
+    assert_eq!(ready["status"], "ready", "{ready}");
+    let named = ready["order_sink_set_aside"].as_str().unwrap();
+    assert!(named.contains("refuse_poison"), "{named}");
+    let metrics = client
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("flashsale_order_sink_set_aside_total"),
+        "{metrics}"
+    );
+    server.shutdown().await.unwrap();
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_its_bound_the_sink_stops_setting_aside_and_says_why() {
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    let mut conn = db.connect().await;
+    order_sink::MIGRATOR.run(&mut conn).await.unwrap();
+    // Postgres refuses every order: a fault of the schema, not of a row.
+    sqlx::query("ALTER TABLE orders ADD CONSTRAINT refuse_all CHECK (quantity < 0)")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let shop = shop(dir.path(), 10);
+    sell(&shop, 0);
+    let mut config = sink_config(&db.url);
+    config.set_aside_max = 2;
+    let sink = start(config, &shop.journal).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let error = loop {
+        if let Some(error) = sink.last_error() {
+            break error;
+        }
+        assert!(Instant::now() < deadline, "the sink never stopped");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(error.contains("refuse_all"), "{error}");
+    // Two set aside, then it stopped: the rest wait in the journal.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(sink.set_aside().0, 2);
+    assert!(sink.lag().records > 0);
+    let parked: i64 = sqlx::query_scalar("SELECT count(*) FROM order_sink_set_aside")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(parked, 2);
+    sink.abort().await;
+    db.drop_db().await;
 }

@@ -146,9 +146,41 @@ pub fn check_reservation(quantity: u32, key: &str) -> Result<(), EngineError> {
     Ok(())
 }
 
+/// Checks a credit's own input: a positive amount, a reference of 1 to
+/// 255 bytes of one-line text ([`check_text`]).
+pub fn check_credit(amount: Money, reference: &str) -> Result<(), EngineError> {
+    if amount == Money::ZERO {
+        return Err(invalid("amount", "must be positive"));
+    }
+    if reference.is_empty() || reference.len() > 255 {
+        return Err(invalid("reference", "must be 1 to 255 bytes"));
+    }
+    check_text(reference, "reference", false)
+}
+
+/// Checks that `text` holds only characters Postgres (and a reader) can
+/// take: no control character (Unicode class Cc: U+0000–U+001F, U+007F–
+/// U+009F), NUL above all, which Postgres' `text` refuses. Multi-line text
+/// (a review) may also hold tab, line feed and carriage return. Lone
+/// surrogates cannot reach here: a Rust `str` cannot hold them.
+fn check_text(text: &str, field: &'static str, multi_line: bool) -> Result<(), EngineError> {
+    let allowed = |c: char| multi_line && matches!(c, '\t' | '\n' | '\r');
+    if text.chars().any(|c| c.is_control() && !allowed(c)) {
+        return Err(invalid(
+            field,
+            if multi_line {
+                "must not contain control characters other than tab and line breaks"
+            } else {
+                "must not contain control characters (U+0000 to U+001F, U+007F to U+009F)"
+            },
+        ));
+    }
+    Ok(())
+}
+
 /// Checks a review's own input: three scores (description, delivery,
 /// service) from 1 to 5, a text of at most [`REVIEW_TEXT_CHARS_MAX`]
-/// characters.
+/// characters that may span lines ([`check_text`]).
 pub fn check_review(scores: [u8; 3], text: &str) -> Result<(), EngineError> {
     const FIELDS: [&str; 3] = ["description", "delivery", "service"];
     for (field, score) in FIELDS.into_iter().zip(scores) {
@@ -156,14 +188,17 @@ pub fn check_review(scores: [u8; 3], text: &str) -> Result<(), EngineError> {
             return Err(invalid(field, "must be from 1 to 5"));
         }
     }
+    check_text(text, "text", true)?;
     if text.chars().count() > REVIEW_TEXT_CHARS_MAX {
         return Err(invalid("text", "must be at most 500 characters"));
     }
     Ok(())
 }
 
-/// Checks a name or title: not blank, at most `chars_max` characters.
+/// A name or title: not blank, at most `chars_max` characters, one line
+/// of text ([`check_text`]).
 pub fn check_name(name: &str, field: &'static str, chars_max: usize) -> Result<(), EngineError> {
+    check_text(name, field, false)?;
     if name.trim().is_empty() {
         return Err(invalid(field, "must not be empty"));
     }
@@ -348,12 +383,7 @@ impl Engine {
         amount: Money,
         reference: &str,
     ) -> Result<Wallet, EngineError> {
-        if amount == Money::ZERO {
-            return Err(invalid("amount", "must be positive"));
-        }
-        if reference.is_empty() || reference.len() > 255 {
-            return Err(invalid("reference", "must be 1 to 255 bytes"));
-        }
+        check_credit(amount, reference)?;
         let reference = fingerprint(reference);
         let at = self.now();
         let mut shard = self.lock_shopper(shopper);
@@ -744,7 +774,8 @@ impl Engine {
     }
 
     /// Pays a hold. On time: the held funds become spent and the held stock
-    /// sold. After expiry: honoured as a late order if the deal is still on
+    /// sold, unless the deal is paused (`DealPaused`, nothing changes; the
+    /// hold stays active). After expiry: honoured as a late order if the deal is still on
     /// and the stock, funds and limit allow; otherwise `HoldExpired` and
     /// nothing is charged.
     pub fn pay_hold(&self, shopper: ShopperId, id: HoldId) -> Result<Order, EngineError> {
@@ -764,6 +795,11 @@ impl Engine {
         match hold.status {
             HoldStatus::Settled(order) => return Err(EngineError::HoldSettled { hold: id, order }),
             HoldStatus::Released => return Err(EngineError::HoldReleased { hold: id }),
+            // A pause is the merchant's "no more sales": a hold in time is
+            // not paid while it lasts (it stays active; payable on resume).
+            HoldStatus::Active if now < hold.expires_at && deal.paused() => {
+                return Err(EngineError::DealPaused);
+            }
             HoldStatus::Active if now < hold.expires_at => {
                 return Ok(settle(shard, deal, &hold, false, now, &*self.sink));
             }

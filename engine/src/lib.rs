@@ -35,15 +35,15 @@ mod shard;
 
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
 pub use engine::{
-    Answer, DealChange, Engine, EngineConfig, NewDeal, OrderCursor, OrderPage, check_name,
-    check_reservation, check_review, validate_deal,
+    Answer, DealChange, Engine, EngineConfig, NewDeal, OrderCursor, OrderPage, check_credit,
+    check_name, check_reservation, check_review, validate_deal,
 };
 pub use error::{EngineError, Entity};
 pub use event::{
     DiscardEvents, Event, EventSink, Fingerprint, RecordEvents, ReleaseReason, fingerprint,
 };
 pub use ids::{DealId, HoldId, MerchantId, OrderId, ShopperId};
-pub use money::{MONEY_MAX, Money};
+pub use money::{MONEY_ACCEPTS, MONEY_MAX, Money};
 pub use records::{
     DealSpec, DealStatus, DealView, Hold, HoldStatus, Merchant, Order, Rating, Review, Shopper,
     StockCounts, Wallet,

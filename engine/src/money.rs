@@ -15,6 +15,10 @@ use crate::error::EngineError;
 /// wallet or order, far below `i64::MAX` so sums of a few never overflow.
 pub const MONEY_MAX: Money = Money(1_000_000_000_000_000);
 
+/// What [`Money::parse`] accepts, as the reason of its `invalid` error.
+pub const MONEY_ACCEPTS: &str =
+    "must be a string of digits with at most two decimals, like \"999.00\" or \"5\"";
+
 /// An amount of money in fen, never negative.
 #[derive(
     Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
@@ -48,6 +52,44 @@ impl Money {
             .and_then(|fen| fen.to_i64())
             .ok_or(invalid("is too large"))?;
         Money::from_fen(fen).ok_or(invalid("is too large"))
+    }
+
+    /// Parses money as it travels in the API and the configuration: the
+    /// whole of `text` must match `^[0-9]+(\.[0-9]{1,2})?$` (DESIGN.md,
+    /// "Input rules"). So `"999"`, `"999.5"`, `"999.00"` and `"01.00"`
+    /// (leading zeros are digits) are amounts; `".5"`, `"5."`, `"+1"`,
+    /// `"-1"`, `"1e2"`, `"1_000"`, `"0.001"` and any space are not. The
+    /// amount must be at most [`MONEY_MAX`]. Returns the amount in fen, or
+    /// [`EngineError::Invalid`] naming `field` and saying what it accepts.
+    /// Reads no float and allocates nothing.
+    pub fn parse(text: &str, field: &'static str) -> Result<Money, EngineError> {
+        let malformed = EngineError::Invalid {
+            field,
+            reason: MONEY_ACCEPTS,
+        };
+        let too_large = || EngineError::Invalid {
+            field,
+            reason: "is too large",
+        };
+        let (whole, fraction) = match text.split_once('.') {
+            Some((whole, fraction)) => (whole, fraction),
+            None => (text, ""),
+        };
+        let digits = |part: &str| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit());
+        if !digits(whole)
+            || (text.len() != whole.len() && !(digits(fraction) && fraction.len() <= 2))
+        {
+            return Err(malformed);
+        }
+        let mut fen: i64 = 0;
+        let fraction_padded = fraction.bytes().chain(std::iter::repeat(b'0')).take(2);
+        for digit in whole.bytes().chain(fraction_padded) {
+            fen = fen
+                .checked_mul(10)
+                .and_then(|fen| fen.checked_add(i64::from(digit - b'0')))
+                .ok_or_else(too_large)?;
+        }
+        Money::from_fen(fen).ok_or_else(too_large)
     }
 
     pub fn to_decimal(self) -> Decimal {
@@ -113,6 +155,46 @@ mod tests {
             assert!(
                 matches!(parse(bad), Err(EngineError::Invalid { field: "price", .. })),
                 "{bad} accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn the_api_grammar_is_digits_and_at_most_two_decimals() {
+        for (text, fen) in [
+            ("999", 99_900),
+            ("999.5", 99_950),
+            ("999.00", 99_900),
+            ("01.00", 100),
+            ("0", 0),
+            ("0.01", 1),
+            ("10000000000000", MONEY_MAX.0),
+        ] {
+            assert_eq!(Money::parse(text, "price"), Ok(Money(fen)), "{text}");
+        }
+        for bad in [
+            "", ".5", "5.", "+1", "-1", "1e2", "1E1", "1e-2", "1_000", "9_9.9_9", "0.001", " 1",
+            "1 ", "1.2.3", "1,00", "١", "0x10", "NaN", "inf",
+        ] {
+            assert_eq!(
+                Money::parse(bad, "price"),
+                Err(EngineError::Invalid {
+                    field: "price",
+                    reason: MONEY_ACCEPTS
+                }),
+                "{bad:?} accepted"
+            );
+        }
+        for huge in ["10000000000000.01", "99999999999999999999999999"] {
+            assert!(
+                matches!(
+                    Money::parse(huge, "credit"),
+                    Err(EngineError::Invalid {
+                        field: "credit",
+                        reason: "is too large"
+                    })
+                ),
+                "{huge}"
             );
         }
     }

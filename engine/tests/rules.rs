@@ -944,3 +944,87 @@ fn a_share_counts_once_toward_popularity() {
     let view = world.engine.deal(deal).unwrap();
     assert_eq!((view.shares, view.buyers, view.popularity()), (1, 1, 2));
 }
+
+#[test]
+fn text_postgres_cannot_store_is_refused_in_every_text_field() {
+    let sink = Arc::new(RecordEvents::default());
+    let world = World::with_sink(sink.clone());
+    let deal = world.deal(10, 1, "1.00");
+    let ann = world.shopper("10.00");
+    let order = world.engine.buy(ann, deal, 1, "k").unwrap();
+    sink.take();
+    let invalid = |field: &'static str| {
+        move |result: Result<(), EngineError>| {
+            assert!(
+                matches!(result, Err(EngineError::Invalid { field: named, .. }) if named == field),
+                "{field}: {result:?}"
+            );
+        }
+    };
+    for bad in [
+        "nul\0title",
+        "bell\u{7}",
+        "tab\tin a name",
+        "line\nbreak",
+        "del\u{7f}",
+        "c1\u{85}",
+    ] {
+        invalid("name")(world.engine.create_merchant(bad).map(drop));
+        invalid("name")(world.engine.create_shopper(bad).map(drop));
+        invalid("title")(
+            world
+                .engine
+                .create_deal(
+                    world.merchant,
+                    flashsale_engine::NewDeal {
+                        title: bad.into(),
+                        ..world.new_deal(1, 1, "1.00")
+                    },
+                )
+                .map(drop),
+        );
+        invalid("reference")(
+            world
+                .engine
+                .credit_wallet(ann, money("1.00"), bad)
+                .map(drop),
+        );
+    }
+    for bad in ["nul\0", "bell\u{7}", "esc\u{1b}[31m", "del\u{7f}"] {
+        invalid("text")(world.engine.review(ann, order.id, [5, 5, 5], bad).map(drop));
+    }
+    assert!(sink.take().is_empty(), "a refusal emits nothing");
+    // A review may span lines; names may hold any printable text.
+    let text = "good phone\r\n\tfast delivery 价";
+    let review = world.engine.review(ann, order.id, [5, 5, 5], text).unwrap();
+    assert_eq!(review.text, text);
+    world.engine.create_shopper("李 «Ann» 🙂").unwrap();
+}
+
+#[test]
+fn paying_a_hold_while_its_deal_is_paused_is_refused_and_changes_nothing() {
+    let world = World::new();
+    let deal = world.deal(10, 1, "1.00");
+    let ann = world.shopper("10.00");
+    let hold = world.engine.hold(ann, deal, 1, "k").unwrap();
+    let pause = |paused| DealChange {
+        paused: Some(paused),
+        ..DealChange::default()
+    };
+    world
+        .engine
+        .update_deal(world.merchant, deal, pause(true))
+        .unwrap();
+    assert_unchanged(
+        &world,
+        ann,
+        deal,
+        || world.engine.pay_hold(ann, hold.id).unwrap_err(),
+        EngineError::DealPaused,
+    );
+    world
+        .engine
+        .update_deal(world.merchant, deal, pause(false))
+        .unwrap();
+    assert!(!world.engine.pay_hold(ann, hold.id).unwrap().late);
+}

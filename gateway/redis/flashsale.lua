@@ -248,6 +248,11 @@ local function pay()
   if hold.status == 'released' then return err('hold_released') end
   local deal = tostring(hold.deal)
   local late = false
+  -- engine: a pause is the merchant's "no more sales": a hold in time is
+  -- not paid while it lasts (it stays active, payable on resume).
+  if hold.status == 'active' and now < hold.expires_at and terms.paused then
+    return err('deal_paused')
+  end
   if hold.status == 'active' and now >= hold.expires_at then
     release_hold(hold, account, stock, holds, expiries, 'expired')
   end

@@ -1,14 +1,19 @@
 //! One server's shared state and the path of every request through it.
 //!
-//! [`App::handle`] is the hyper service: route, count the request in
-//! flight (or shed it), refuse state changes while the store (journal or
-//! Redis) is not ready, run the endpoint's handler, turn an error into the contract's
-//! body, and record the route's status and latency. Every answer but the
-//! feed's stream is one `Full` buffer; the stream is a [`FeedBody`]; the
-//! two travel as one `Either`, so a buy's answer is not boxed. The helpers here are
-//! what handlers share: who is calling ([`App::shopper`] and friends, which
-//! also apply the per-token rate limit) and reading a bounded body.
+//! [`App::handle`] is the hyper service: route, check the request's
+//! framing headers (RFC 9112: `Host`, `Transfer-Encoding`), read the body
+//! if the endpoint takes one (holding a body-read slot, within its time
+//! bound), count the request in flight (or shed it), refuse state changes
+//! while the store (journal or Redis) is not ready, run the endpoint's
+//! handler, turn an error into the contract's body, and record the route's status and
+//! latency. The whole request is bounded by `request_timeout`. Every
+//! answer but the feed's stream is one `Full` buffer; the stream is a
+//! [`FeedBody`]; the two travel as one `Either`, so a buy's answer is not
+//! boxed. The helpers here are what handlers share: who is calling
+//! ([`App::shopper`] and friends, which also apply the per-token rate
+//! limit; [`single_header`]).
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -18,7 +23,9 @@ use bytes::Bytes;
 use flashsale_engine::{Answer, MerchantId, ShopperId};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
-use hyper::header::AUTHORIZATION;
+use hyper::header::{
+    AUTHORIZATION, CONNECTION, HOST, HeaderMap, HeaderName, HeaderValue, TRANSFER_ENCODING,
+};
 use hyper::http::request::Parts;
 use hyper::{Request, Response};
 
@@ -43,19 +50,21 @@ pub(crate) type ResponseBody = Either<Full<Bytes>, FeedBody>;
 pub(crate) struct App {
     /// Where the sale's state lives: this process, or Redis.
     pub store: Arc<Store>,
+    /// `GET /v1/openapi.json`, prepared once.
+    pub openapi: OpenApi,
     pub signer: Signer,
     pub admission: Admission,
     pub telemetry: Telemetry,
     pub router: Router,
-    pub body_bytes_max: usize,
+    pub body_limits: wire::BodyLimits,
+    /// One request's whole time, headers to answer.
+    pub request_timeout: std::time::Duration,
     pub token_ttl_seconds: i64,
     /// Credited to each wallet created by `POST /v1/shoppers`.
     pub signup_credit: flashsale_engine::Money,
     /// The feed's live stream: latest cards and subscribers.
     pub feed: Arc<FeedHub>,
     pub pages: Pages,
-    /// `GET /v1/openapi.json`, prepared once.
-    pub openapi: OpenApi,
     /// The Postgres order sink when `--database-url` is set; taken at
     /// shutdown to be joined.
     pub order_sink: std::sync::Mutex<Option<OrderSinkHandle>>,
@@ -73,9 +82,23 @@ impl App {
         let response = match self.router.route(&parts.method, parts.uri.path()) {
             Ok(matched) => {
                 let endpoint = matched.endpoint;
-                let response = match self.serve(matched, &parts, body, peer).await {
-                    Ok(response) => response,
-                    Err(error) => error.into_response().map(Either::Left),
+                let served = tokio::time::timeout(
+                    self.request_timeout,
+                    self.serve(matched, &parts, body, peer),
+                )
+                .await;
+                let response = match served {
+                    Ok(Ok(response)) => response,
+                    Ok(Err(error)) => error.into_response().map(Either::Left),
+                    // Past the whole request's bound: shed, and close the
+                    // connection, whose body may be half read.
+                    Err(_elapsed) => {
+                        let mut response = Error::Overloaded.into_response();
+                        response
+                            .headers_mut()
+                            .insert(CONNECTION, HeaderValue::from_static("close"));
+                        response.map(Either::Left)
+                    }
                 };
                 self.telemetry
                     .request(endpoint, response.status().as_u16(), started.elapsed());
@@ -94,6 +117,16 @@ impl App {
         peer: IpAddr,
     ) -> Result<Response<ResponseBody>, Error> {
         let Matched { endpoint, id } = matched;
+        check_framing(parts)?;
+        // The body arrives before the request counts in flight, so clients
+        // that send slowly hold a body-read slot (a smaller bound of its
+        // own), never an in-flight one.
+        let body = if endpoint.takes_body() {
+            let _reading = self.admission.enter_body_read()?;
+            wire::read_body(&parts.headers, body, &self.body_limits).await?
+        } else {
+            Bytes::new()
+        };
         let _in_flight = if endpoint.is_ops() {
             None
         } else {
@@ -102,7 +135,7 @@ impl App {
         if endpoint.changes_state()
             && let Some(reason) = self.store.not_ready()
         {
-            return Err(Error::NotReady(reason));
+            return Err(Error::NotReady(Cow::Borrowed(reason)));
         }
         let response = match endpoint {
             // The stream's body outlives this request's in-flight count.
@@ -110,11 +143,11 @@ impl App {
                 return handlers::feed_stream(self).map(|response| response.map(Either::Right));
             }
             Endpoint::Buy => {
-                let result = handlers::buy(self, parts, id, body).await;
+                let result = handlers::buy(self, parts, id, &body).await;
                 self.telemetry.buy(Checkout::OneTap, &result);
                 result.map(|(response, _)| response)
             }
-            Endpoint::CreateHold => handlers::create_hold(self, parts, id, body).await,
+            Endpoint::CreateHold => handlers::create_hold(self, parts, id, &body).await,
             Endpoint::PayHold => {
                 // A payment settles an order or is refused (a second one
                 // is `hold_settled`): never a replay.
@@ -131,18 +164,20 @@ impl App {
             Endpoint::ListOrders => handlers::list_orders(self, parts).await,
             Endpoint::GetWallet => handlers::get_wallet(self, parts).await,
             Endpoint::Register => handlers::register(self, parts, id).await,
-            Endpoint::CreateMerchant => handlers::create_merchant(self, parts, body).await,
-            Endpoint::CreateShopper => handlers::create_shopper(self, parts, body, peer).await,
-            Endpoint::CreateShoppersBulk => handlers::create_shoppers_bulk(self, parts, body).await,
-            Endpoint::CreditWallet => handlers::credit_wallet(self, parts, id, body).await,
-            Endpoint::CreateDeal => handlers::create_deal(self, parts, body).await,
-            Endpoint::PatchDeal => handlers::patch_deal(self, parts, id, body).await,
-            Endpoint::Review => handlers::review(self, parts, id, body).await,
+            Endpoint::CreateMerchant => handlers::create_merchant(self, parts, &body).await,
+            Endpoint::CreateShopper => handlers::create_shopper(self, &body, peer).await,
+            Endpoint::CreateShoppersBulk => {
+                handlers::create_shoppers_bulk(self, parts, &body).await
+            }
+            Endpoint::CreditWallet => handlers::credit_wallet(self, parts, id, &body).await,
+            Endpoint::CreateDeal => handlers::create_deal(self, parts, &body).await,
+            Endpoint::PatchDeal => handlers::patch_deal(self, parts, id, &body).await,
+            Endpoint::Review => handlers::review(self, parts, id, &body).await,
             Endpoint::Share => handlers::share(self, parts, id).await,
             Endpoint::MerchantMe => handlers::merchant_me(self, parts).await,
+            Endpoint::OpenApi => Ok(self.openapi.response()),
             Endpoint::Storefront => Ok(self.pages.storefront.response()),
             Endpoint::MerchantPage => Ok(self.pages.merchant.response()),
-            Endpoint::OpenApi => Ok(self.openapi.response()),
             Endpoint::Healthz => Ok(handlers::healthz()),
             Endpoint::Readyz => Ok(handlers::readyz(self)),
             Endpoint::Metrics => Ok(handlers::metrics(self)),
@@ -152,11 +187,11 @@ impl App {
 
     // ----- who is calling ------------------------------------------------------
 
-    /// The verified caller, within its rate limit.
+    /// The verified caller, within its rate limit. Two `Authorization`
+    /// headers are `400 bad_request`: which one counts is not the server's
+    /// guess to make.
     pub(crate) fn caller(&self, parts: &Parts) -> Result<Caller, Error> {
-        let header = parts
-            .headers
-            .get(AUTHORIZATION)
+        let header = single_header(&parts.headers, &AUTHORIZATION, "Authorization")?
             .ok_or(Error::Unauthorized("a bearer token is required"))?;
         let token = header
             .to_str()
@@ -204,21 +239,93 @@ impl App {
     }
 
     /// Why the server is not ready, if it is not: the store (journal or
-    /// Redis), or the configured order sink failing to reach Postgres.
-    pub(crate) fn not_ready(&self) -> Option<&'static str> {
+    /// Redis), shedding load (a request was shed in the last second), the configured order
+    /// sink failing (its real error), or the sink having met a row already
+    /// in Postgres with other content (until restart: the books disagree
+    /// and an operator must look).
+    pub(crate) fn not_ready(&self) -> Option<Cow<'static, str>> {
         if let Some(reason) = self.store.not_ready() {
-            return Some(reason);
+            return Some(Cow::Borrowed(reason));
         }
-        let sink_failing = self.order_sink.lock().map_or(true, |sink| {
-            sink.as_ref()
-                .is_some_and(|sink| sink.last_error().is_some())
-        });
-        sink_failing.then_some("the order sink cannot reach Postgres")
+        if self.admission.shedding() {
+            return Some(Cow::Borrowed(
+                "shedding load: requests in flight or bodies arriving are at their bound",
+            ));
+        }
+        let Ok(sink) = self.order_sink.lock() else {
+            return Some(Cow::Borrowed("the order sink's state is poisoned"));
+        };
+        let sink = sink.as_ref()?;
+        if let Some(error) = sink.last_error() {
+            return Some(Cow::Owned(format!("the order sink is failing: {error}")));
+        }
+        let (_, conflicts, last) = sink.set_aside();
+        (conflicts > 0).then(|| {
+            Cow::Owned(format!(
+                "the order sink met {conflicts} row(s) already in Postgres with other content; last set aside: {}",
+                last.unwrap_or_default()
+            ))
+        })
     }
 
-    // ----- bodies ------------------------------------------------------------------
-
-    pub(crate) async fn body(&self, parts: &Parts, body: Incoming) -> Result<Bytes, Error> {
-        wire::read_body(&parts.headers, body, self.body_bytes_max).await
+    /// What the order sink set aside, if anything: readiness names it
+    /// without failing (the later orders still reach the books).
+    pub(crate) fn set_aside(&self) -> Option<String> {
+        let sink = self.order_sink.lock().ok()?;
+        let (count, _, last) = sink.as_ref()?.set_aside();
+        (count > 0).then(|| {
+            format!(
+                "{count} journal event(s) set aside in order_sink_set_aside; last: {}",
+                last.unwrap_or_default()
+            )
+        })
     }
+}
+
+/// The value of a header that may appear at most once; a second one is
+/// `400 bad_request` (DESIGN.md, "Input rules"). No allocation.
+pub(crate) fn single_header<'a>(
+    headers: &'a HeaderMap,
+    name: &HeaderName,
+    spelled: &'static str,
+) -> Result<Option<&'a HeaderValue>, Error> {
+    let mut values = headers.get_all(name).iter();
+    let first = values.next();
+    if values.next().is_some() {
+        return Err(Error::BadRequest(Cow::Owned(format!(
+            "the {spelled} header must appear once"
+        ))));
+    }
+    Ok(first)
+}
+
+/// The framing rules of RFC 9112 that hyper leaves to the server: an
+/// HTTP/1.1 request names its `Host` exactly once (§3.2), and the only
+/// `Transfer-Encoding` taken is plain `chunked` (§6.1: a coding the server
+/// does not understand is `501`; `gzip, chunked` would otherwise be read
+/// as if the gzip were not there). Checked before the body is read, so
+/// nothing changes.
+fn check_framing(parts: &Parts) -> Result<(), Error> {
+    let host = single_header(&parts.headers, &HOST, "Host")?;
+    if host.is_none() && parts.version == hyper::Version::HTTP_11 {
+        return Err(Error::BadRequest(Cow::Borrowed(
+            "an HTTP/1.1 request must have a Host header (RFC 9112 section 3.2)",
+        )));
+    }
+    let mut codings = parts.headers.get_all(TRANSFER_ENCODING).iter();
+    if let Some(coding) = codings.next() {
+        let plain_chunked = coding
+            .to_str()
+            .is_ok_and(|coding| coding.trim().eq_ignore_ascii_case("chunked"));
+        if !plain_chunked || codings.next().is_some() {
+            let spelled: Vec<&str> = parts
+                .headers
+                .get_all(TRANSFER_ENCODING)
+                .iter()
+                .map(|value| value.to_str().unwrap_or("(not text)"))
+                .collect();
+            return Err(Error::NotImplemented(spelled.join(", ")));
+        }
+    }
+    Ok(())
 }

@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use flashsale_engine::Money;
 use flashsale_journal::Durability;
-use rust_decimal::Decimal;
 
 use crate::error::Error;
 pub use crate::store::redis::{RedisSettings, RedisTarget};
@@ -125,6 +124,34 @@ pub struct ServeArgs {
     )]
     pub header_read_timeout_ms: u64,
 
+    /// Milliseconds a request body may take to arrive, plus the time its
+    /// bytes earn at --body-rate-min-bytes-per-second; a body that stops
+    /// arriving (or drips slower) is answered 408 request_timeout and its
+    /// connection closed.
+    #[arg(long, env = "FLASHSALE_BODY_READ_TIMEOUT_MS", default_value_t = 5_000)]
+    pub body_read_timeout_ms: u64,
+
+    /// Slowest average rate a request body may arrive at, in bytes per
+    /// second: each byte received extends the body's deadline by
+    /// 1/rate seconds.
+    #[arg(
+        long,
+        env = "FLASHSALE_BODY_RATE_MIN_BYTES_PER_SECOND",
+        default_value_t = 4_096
+    )]
+    pub body_rate_min_bytes_per_second: u64,
+
+    /// Request bodies arriving at once at most (a request counts in flight
+    /// only once its body has arrived); beyond it 503 overloaded with
+    /// Retry-After, so slow clients cannot fill --in-flight-max.
+    #[arg(long, env = "FLASHSALE_BODY_READS_MAX", default_value_t = 1_024)]
+    pub body_reads_max: usize,
+
+    /// Milliseconds one request may take from its headers to its answer,
+    /// body included; past it 503 overloaded with Retry-After.
+    #[arg(long, env = "FLASHSALE_REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
+    pub request_timeout_ms: u64,
+
     /// Largest request body in bytes; larger ones get 413 payload_too_large.
     #[arg(long, env = "FLASHSALE_BODY_BYTES_MAX", default_value_t = 16_384)]
     pub body_bytes_max: usize,
@@ -185,6 +212,14 @@ pub struct Config {
     pub max_connections: usize,
     pub header_read_timeout: Duration,
     pub body_bytes_max: usize,
+    /// A body's time to arrive, before what its bytes earn.
+    pub body_read_timeout: Duration,
+    /// Slowest average body rate, bytes per second (at least 1).
+    pub body_rate_min_bytes_per_second: u64,
+    /// Bodies arriving at once.
+    pub body_reads_max: usize,
+    /// One request's whole time, headers to answer.
+    pub request_timeout: Duration,
     /// Requests per second per token; 0 = off.
     pub rate_limit_shopper: u32,
     /// Signups per minute per address; 0 = off.
@@ -216,6 +251,10 @@ impl Config {
             max_connections: 10_000,
             header_read_timeout: Duration::from_millis(5_000),
             body_bytes_max: 16_384,
+            body_read_timeout: Duration::from_millis(5_000),
+            body_rate_min_bytes_per_second: 4_096,
+            body_reads_max: 1_024,
+            request_timeout: Duration::from_millis(30_000),
             rate_limit_shopper: 20,
             rate_limit_address: 10,
             in_flight_max: 4_096,
@@ -283,6 +322,19 @@ impl Config {
             )));
         }
         config.body_bytes_max = args.body_bytes_max;
+        config.body_read_timeout = Duration::from_millis(at_least_one(
+            args.body_read_timeout_ms,
+            "--body-read-timeout-ms",
+        )?);
+        config.body_rate_min_bytes_per_second = at_least_one(
+            args.body_rate_min_bytes_per_second,
+            "--body-rate-min-bytes-per-second",
+        )?;
+        config.body_reads_max = at_least_one(args.body_reads_max, "--body-reads-max")?;
+        config.request_timeout = Duration::from_millis(at_least_one(
+            args.request_timeout_ms,
+            "--request-timeout-ms",
+        )?);
         config.rate_limit_shopper = args.rate_limit_shopper;
         config.rate_limit_address = args.rate_limit_address;
         config.in_flight_max = at_least_one(args.in_flight_max, "in-flight-max")?;
@@ -336,19 +388,10 @@ fn redis_settings(args: &ServeArgs) -> Result<Option<RedisSettings>, Error> {
     }))
 }
 
-/// `--signup-credit`: a non-negative amount with at most two places.
+/// `--signup-credit`: money in the API's one grammar ([`Money::parse`]).
 fn parse_signup_credit(text: &str) -> Result<Money, Error> {
-    let bad = || {
-        Error::Config(format!(
-            "{} must be an amount like 5000 or 5000.00, not {text:?}",
-            setting("signup-credit")
-        ))
-    };
-    let amount: Decimal = text.trim().parse().map_err(|_| bad())?;
-    if amount.is_sign_negative() {
-        return Err(bad());
-    }
-    Money::from_decimal(amount, "signup_credit").map_err(|_| bad())
+    Money::parse(text, "--signup-credit")
+        .map_err(|error| Error::Config(format!("{error}, not {text:?}")))
 }
 
 fn at_least_one<T: PartialEq + Default>(value: T, long: &str) -> Result<T, Error> {
@@ -444,6 +487,10 @@ mod tests {
             max_connections: 10_000,
             header_read_timeout_ms: 5_000,
             body_bytes_max: 16_384,
+            body_read_timeout_ms: 5_000,
+            body_rate_min_bytes_per_second: 4_096,
+            body_reads_max: 1_024,
+            request_timeout_ms: 30_000,
             rate_limit_shopper: 20,
             rate_limit_address: 10,
             in_flight_max: 4_096,
@@ -512,6 +559,26 @@ mod tests {
             },
             ServeArgs {
                 signup_credit: "5.001".into(),
+                ..args()
+            },
+            ServeArgs {
+                signup_credit: "1e3".into(),
+                ..args()
+            },
+            ServeArgs {
+                body_read_timeout_ms: 0,
+                ..args()
+            },
+            ServeArgs {
+                body_rate_min_bytes_per_second: 0,
+                ..args()
+            },
+            ServeArgs {
+                body_reads_max: 0,
+                ..args()
+            },
+            ServeArgs {
+                request_timeout_ms: 0,
                 ..args()
             },
             ServeArgs {

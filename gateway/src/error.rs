@@ -34,12 +34,28 @@ pub enum Error {
     /// takes (wrong types, missing fields, a missing header, a bad query).
     #[error("{0}")]
     BadRequest(Cow<'static, str>),
-    /// A field that parses but fails validation (a money or time string).
+    /// A field that is missing, of the wrong type or out of range, or that
+    /// parses but fails validation (a money or time string).
     #[error("{field} {reason}")]
     Invalid {
         field: &'static str,
         reason: &'static str,
     },
+    /// A body field the endpoint does not take (a typo must not succeed
+    /// silently); `takes` lists the fields it does.
+    #[error("unknown field {field:?}; this body takes {}", field_names(takes))]
+    UnknownField {
+        field: String,
+        takes: &'static [crate::wire::Field],
+    },
+    /// The request body stopped arriving, or arrived slower than the
+    /// configured minimum rate (`--body-read-timeout-ms`,
+    /// `--body-rate-min-bytes-per-second`).
+    #[error("the request body did not arrive in time")]
+    RequestTimeout,
+    /// A `Transfer-Encoding` other than plain `chunked` (RFC 9112 §6.1).
+    #[error("Transfer-Encoding {0:?} is not supported; send chunked or Content-Length")]
+    NotImplemented(String),
     /// No token, or a bad, forged or expired one.
     #[error("{0}")]
     Unauthorized(&'static str),
@@ -61,7 +77,7 @@ pub enum Error {
     /// Not ready to serve (readiness probe): the journal is recovering or
     /// a configured store is unreachable.
     #[error("not ready: {0}")]
-    NotReady(&'static str),
+    NotReady(Cow<'static, str>),
     /// The journal could not make an accepted change durable.
     #[error("the change could not be made durable")]
     Journal(#[source] JournalError),
@@ -124,8 +140,8 @@ pub enum Error {
     Task(#[source] tokio::task::JoinError),
 }
 
-/// Seconds a client is asked to wait in `Retry-After` when shed or when a
-/// deal is paused or at capacity.
+/// Seconds a client is asked to wait in `Retry-After` when shed or at
+/// capacity.
 pub const RETRY_AFTER_SECONDS: u64 = 1;
 
 /// How an [`Error`] is spelled in HTTP.
@@ -180,9 +196,8 @@ impl Error {
                 EngineError::NotRegistered => http(S::FORBIDDEN, "not_registered"),
                 EngineError::NotStarted => http(S::TOO_EARLY, "not_started"),
                 EngineError::DealEnded => http(S::GONE, "deal_ended"),
-                EngineError::DealPaused => {
-                    http_retry(S::SERVICE_UNAVAILABLE, "unavailable", RETRY_AFTER_SECONDS)
-                }
+                // The merchant's decision, not an outage: nothing to retry.
+                EngineError::DealPaused => http(S::CONFLICT, "deal_paused"),
                 EngineError::RegistrationClosed => http(S::UNPROCESSABLE_ENTITY, "invalid"),
                 EngineError::HoldExpired { .. } | EngineError::HoldReleased { .. } => {
                     http(S::CONFLICT, "hold_expired")
@@ -203,7 +218,11 @@ impl Error {
             },
             Error::MalformedJson(_) => http(S::BAD_REQUEST, "malformed_json"),
             Error::BadRequest(_) => http(S::BAD_REQUEST, "bad_request"),
-            Error::Invalid { .. } => http(S::UNPROCESSABLE_ENTITY, "invalid"),
+            Error::Invalid { .. } | Error::UnknownField { .. } => {
+                http(S::UNPROCESSABLE_ENTITY, "invalid")
+            }
+            Error::RequestTimeout => http(S::REQUEST_TIMEOUT, "request_timeout"),
+            Error::NotImplemented(_) => http(S::NOT_IMPLEMENTED, "not_implemented"),
             Error::Unauthorized(_) => http(S::UNAUTHORIZED, "unauthorized"),
             Error::Forbidden(_) => http(S::FORBIDDEN, "forbidden"),
             Error::NotFound(_) => http(S::NOT_FOUND, "not_found"),
@@ -257,7 +276,7 @@ impl Error {
                 error_body!("deal_ended", "the deal has ended")
             }
             Error::Engine(EngineError::DealPaused) => {
-                error_body!("unavailable", "the deal is paused by its merchant")
+                error_body!("deal_paused", "the deal is paused by its merchant")
             }
             Error::Overloaded => {
                 error_body!("overloaded", "the server is overloaded; retry shortly")
@@ -313,13 +332,19 @@ impl Error {
             // The rest of the body is not read, so the connection cannot be
             // reused: say so, or a client would send its next request into
             // a closing socket.
-            Error::PayloadTooLarge { .. } => {
+            Error::PayloadTooLarge { .. } | Error::RequestTimeout | Error::NotImplemented(_) => {
                 headers.insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
             }
             _ => {}
         }
         response
     }
+}
+
+/// `a, b, c`: the names of a body's fields, for [`Error::UnknownField`].
+fn field_names(fields: &[crate::wire::Field]) -> String {
+    let names: Vec<&str> = fields.iter().map(|field| field.name).collect();
+    names.join(", ")
 }
 
 /// `NotFound` for an id that does not parse: it cannot name anything.
@@ -357,7 +382,7 @@ mod tests {
     #[test]
     fn engine_refusals_map_to_the_contract() {
         let cases = [
-            (EngineError::DealPaused, 503, "unavailable"),
+            (EngineError::DealPaused, 409, "deal_paused"),
             (EngineError::RegistrationClosed, 422, "invalid"),
             (
                 EngineError::HoldReleased {
@@ -397,10 +422,15 @@ mod tests {
     }
 
     #[test]
-    fn shed_and_paused_answers_carry_retry_after() {
-        for error in [Error::Overloaded, Error::Engine(EngineError::DealPaused)] {
-            let response = error.into_response();
-            assert!(response.headers().contains_key(RETRY_AFTER));
-        }
+    fn shed_answers_carry_retry_after_and_a_pause_does_not() {
+        assert!(
+            Error::Overloaded
+                .into_response()
+                .headers()
+                .contains_key(RETRY_AFTER)
+        );
+        let paused = Error::Engine(EngineError::DealPaused).into_response();
+        assert_eq!(paused.status(), StatusCode::CONFLICT);
+        assert!(!paused.headers().contains_key(RETRY_AFTER));
     }
 }

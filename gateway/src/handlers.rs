@@ -21,12 +21,11 @@ use flashsale_engine::{
     OrderId, Rating, ShopperId,
 };
 use hyper::StatusCode;
-use hyper::body::Incoming;
 use hyper::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderName, HeaderValue};
 use hyper::http::request::Parts;
 use serde::Serialize;
 
-use crate::app::{App, HttpResponse};
+use crate::app::{App, HttpResponse, single_header};
 use crate::auth::Caller;
 use crate::error::Error;
 use crate::feed::FeedBody;
@@ -53,24 +52,25 @@ const METRICS_DEALS_MAX: usize = 1_000;
 
 // ----- buying ------------------------------------------------------------------
 
-/// The `Idempotency-Key` header, borrowed: required, 1 to 255 bytes.
+/// The `Idempotency-Key` header, borrowed: required, once, 1 to 255
+/// visible ASCII characters (0x21 to 0x7e: no space, tab or other
+/// control), DESIGN.md "Input rules". Anything else is `400 bad_request`.
 fn idempotency_key(parts: &Parts) -> Result<&str, Error> {
-    let key = parts
-        .headers
-        .get(&IDEMPOTENCY_KEY)
-        .ok_or(Error::BadRequest(Cow::Borrowed(
-            "the Idempotency-Key header is required",
-        )))?
-        .to_str()
-        .map_err(|_| {
-            Error::BadRequest(Cow::Borrowed("the Idempotency-Key must be visible ASCII"))
-        })?;
-    if key.is_empty() || key.len() > IDEMPOTENCY_KEY_BYTES_MAX {
+    let value = single_header(&parts.headers, &IDEMPOTENCY_KEY, "Idempotency-Key")?.ok_or(
+        Error::BadRequest(Cow::Borrowed("the Idempotency-Key header is required")),
+    )?;
+    let bytes = value.as_bytes();
+    if bytes.is_empty()
+        || bytes.len() > IDEMPOTENCY_KEY_BYTES_MAX
+        || !bytes.iter().all(|byte| (0x21..=0x7e).contains(byte))
+    {
         return Err(Error::BadRequest(Cow::Borrowed(
-            "the Idempotency-Key must be 1 to 255 bytes",
+            "the Idempotency-Key must be 1 to 255 visible ASCII characters (0x21 to 0x7e)",
         )));
     }
-    Ok(key)
+    value
+        .to_str()
+        .map_err(|_| Error::BadRequest(Cow::Borrowed("the Idempotency-Key must be visible ASCII")))
 }
 
 /// `POST /v1/deals/{id}/orders`: one-tap buy. Returns the answer and
@@ -80,13 +80,12 @@ pub(crate) async fn buy(
     app: &App,
     parts: &Parts,
     deal: &str,
-    body: Incoming,
+    body: &[u8],
 ) -> Result<(HttpResponse, Answer), Error> {
     let shopper = app.shopper(parts)?;
     let key = idempotency_key(parts)?;
     let deal: DealId = parse_id(deal, Entity::Deal)?;
-    let bytes = app.body(parts, body).await?;
-    let QuantityBody { quantity } = parse_json(&bytes)?;
+    let QuantityBody { quantity } = parse_json(body)?;
     let (order, answer) = app.store.buy(shopper, deal, quantity, key).await?;
     Ok((json(StatusCode::CREATED, &OrderJson::from(&order)), answer))
 }
@@ -96,13 +95,12 @@ pub(crate) async fn create_hold(
     app: &App,
     parts: &Parts,
     deal: &str,
-    body: Incoming,
+    body: &[u8],
 ) -> Result<HttpResponse, Error> {
     let shopper = app.shopper(parts)?;
     let key = idempotency_key(parts)?;
     let deal: DealId = parse_id(deal, Entity::Deal)?;
-    let bytes = app.body(parts, body).await?;
-    let QuantityBody { quantity } = parse_json(&bytes)?;
+    let QuantityBody { quantity } = parse_json(body)?;
     let hold = app.store.hold(shopper, deal, quantity, key).await?;
     Ok(json(StatusCode::CREATED, &HoldJson::from(&hold)))
 }
@@ -159,11 +157,10 @@ pub(crate) async fn register(app: &App, parts: &Parts, deal: &str) -> Result<Htt
 pub(crate) async fn create_merchant(
     app: &App,
     parts: &Parts,
-    body: Incoming,
+    body: &[u8],
 ) -> Result<HttpResponse, Error> {
     app.admin(parts)?;
-    let bytes = app.body(parts, body).await?;
-    let NameBody { name } = parse_json(&bytes)?;
+    let NameBody { name } = parse_json(body)?;
     let merchant = app.store.create_merchant(&name).await?;
     let token = app.issue(Caller::Merchant(merchant.id));
     Ok(json(
@@ -184,13 +181,11 @@ const SIGNUP_CREDIT_REFERENCE: &str = "signup";
 /// `signup`) before the answer.
 pub(crate) async fn create_shopper(
     app: &App,
-    parts: &Parts,
-    body: Incoming,
+    body: &[u8],
     peer: std::net::IpAddr,
 ) -> Result<HttpResponse, Error> {
     app.admission.check_address(peer)?;
-    let bytes = app.body(parts, body).await?;
-    let NameBody { name } = parse_json(&bytes)?;
+    let NameBody { name } = parse_json(body)?;
     let shopper = app
         .store
         .create_shopper(&name, app.signup_credit, SIGNUP_CREDIT_REFERENCE)
@@ -210,11 +205,10 @@ pub(crate) async fn create_shopper(
 pub(crate) async fn create_shoppers_bulk(
     app: &App,
     parts: &Parts,
-    body: Incoming,
+    body: &[u8],
 ) -> Result<HttpResponse, Error> {
     app.admin(parts)?;
-    let bytes = app.body(parts, body).await?;
-    let BulkShoppersBody { count, credit } = parse_json(&bytes)?;
+    let BulkShoppersBody { count, credit } = parse_json(body)?;
     let credit = parse_money(&credit, "credit")?;
     let ids = app.store.create_shoppers(count, credit).await?;
     #[derive(Serialize)]
@@ -241,12 +235,11 @@ pub(crate) async fn credit_wallet(
     app: &App,
     parts: &Parts,
     shopper: &str,
-    body: Incoming,
+    body: &[u8],
 ) -> Result<HttpResponse, Error> {
     app.admin(parts)?;
     let shopper: ShopperId = parse_id(shopper, Entity::Shopper)?;
-    let bytes = app.body(parts, body).await?;
-    let CreditBody { amount, reference } = parse_json(&bytes)?;
+    let CreditBody { amount, reference } = parse_json(body)?;
     let amount = parse_money(&amount, "amount")?;
     let wallet = app.store.credit_wallet(shopper, amount, &reference).await?;
     Ok(json(
@@ -268,11 +261,10 @@ pub(crate) async fn get_wallet(app: &App, parts: &Parts) -> Result<HttpResponse,
 pub(crate) async fn create_deal(
     app: &App,
     parts: &Parts,
-    body: Incoming,
+    body: &[u8],
 ) -> Result<HttpResponse, Error> {
     let merchant = app.merchant(parts)?;
-    let bytes = app.body(parts, body).await?;
-    let deal: NewDealBody = parse_json(&bytes)?;
+    let deal: NewDealBody = parse_json(body)?;
     let new = NewDeal {
         price: parse_money(&deal.price, "price")?,
         stock: deal.stock,
@@ -299,12 +291,12 @@ pub(crate) async fn patch_deal(
     app: &App,
     parts: &Parts,
     deal: &str,
-    body: Incoming,
+    body: &[u8],
 ) -> Result<HttpResponse, Error> {
     let merchant = app.merchant(parts)?;
     let deal: DealId = parse_id(deal, Entity::Deal)?;
-    let bytes = app.body(parts, body).await?;
-    let change: DealChangeBody = parse_json(&bytes)?;
+    let change: DealChangeBody = parse_json(body)?;
+    change.check_not_empty()?;
     let change = DealChange {
         add_stock: change.add_stock,
         ends_at: change
@@ -331,7 +323,7 @@ pub(crate) async fn feed(app: &App, parts: &Parts) -> Result<HttpResponse, Error
                         Error::BadRequest(Cow::Borrowed("cursor is not a feed cursor"))
                     })?)
             }
-            _ => {}
+            other => return Err(unknown_parameter(other, "limit, cursor")),
         }
     }
     let mut deals = Vec::with_capacity(limit);
@@ -435,12 +427,11 @@ pub(crate) async fn review(
     app: &App,
     parts: &Parts,
     order: &str,
-    body: Incoming,
+    body: &[u8],
 ) -> Result<HttpResponse, Error> {
     let shopper = app.shopper(parts)?;
     let order: OrderId = parse_id(order, Entity::Order)?;
-    let bytes = app.body(parts, body).await?;
-    let review: ReviewBody = parse_json(&bytes)?;
+    let review: ReviewBody = parse_json(body)?;
     let review = app
         .store
         .review(shopper, order, review.scores()?, &review.text)
@@ -508,7 +499,7 @@ pub(crate) async fn list_orders(app: &App, parts: &Parts) -> Result<HttpResponse
             "deal_id" => deal = Some(parse_id(&value, Entity::Deal)?),
             "cursor" => cursor = parse_order_cursor(&value)?,
             "limit" => limit = parse_limit(&value, ORDERS_LIMIT_MAX)?,
-            _ => {}
+            other => return Err(unknown_parameter(other, "deal_id, cursor, limit")),
         }
     }
     let page = match caller {
@@ -566,6 +557,14 @@ fn parse_limit(text: &str, max: usize) -> Result<usize, Error> {
         .ok_or_else(|| Error::BadRequest(format!("limit must be from 1 to {max}").into()))
 }
 
+/// A query parameter the endpoint does not take: `400 bad_request` naming
+/// it, like an unknown body field is `422` (a typo must not pass silently).
+fn unknown_parameter(name: &str, takes: &str) -> Error {
+    Error::BadRequest(Cow::Owned(format!(
+        "unknown query parameter {name:?}; this path takes {takes}"
+    )))
+}
+
 fn query(parts: &Parts) -> form_urlencoded::Parse<'_> {
     form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes())
 }
@@ -576,10 +575,15 @@ pub(crate) fn healthz() -> HttpResponse {
     json(StatusCode::OK, &serde_json::json!({ "status": "ok" }))
 }
 
-/// Ready when the journal is and the configured stores are reachable.
+/// Ready when the journal is, the server is not shedding and the
+/// configured stores are reachable and agree; `order_sink_set_aside` names
+/// events the sink had to set aside, if any.
 pub(crate) fn readyz(app: &App) -> HttpResponse {
     match app.not_ready() {
-        None => json(StatusCode::OK, &serde_json::json!({ "status": "ready" })),
+        None => json(
+            StatusCode::OK,
+            &serde_json::json!({ "status": "ready", "order_sink_set_aside": app.set_aside() }),
+        ),
         Some(reason) => Error::NotReady(reason).into_response(),
     }
 }
@@ -625,6 +629,28 @@ pub(crate) fn metrics(app: &App) -> HttpResponse {
         body,
         "flashsale_feed_buffers_full_total {}",
         app.feed.buffers_full()
+    );
+    let (shed_in_flight, shed_body_reads) = app.admission.shed();
+    body.push_str(
+        "# HELP flashsale_requests_shed_total Requests answered 503 overloaded, by the bound they met\n",
+    );
+    body.push_str("# TYPE flashsale_requests_shed_total counter\n");
+    let _ = writeln!(
+        body,
+        "flashsale_requests_shed_total{{bound=\"in_flight_max\"}} {shed_in_flight}\n\
+         flashsale_requests_shed_total{{bound=\"body_reads_max\"}} {shed_body_reads}"
+    );
+    body.push_str("# HELP flashsale_body_reads Request bodies arriving now\n");
+    body.push_str("# TYPE flashsale_body_reads gauge\n");
+    let _ = writeln!(body, "flashsale_body_reads {}", app.admission.body_reads());
+    body.push_str(
+        "# HELP flashsale_shedding 1 while requests were shed in the last second, else 0\n",
+    );
+    body.push_str("# TYPE flashsale_shedding gauge\n");
+    let _ = writeln!(
+        body,
+        "flashsale_shedding {}",
+        u8::from(app.admission.shedding())
     );
     body.push_str("# HELP flashsale_rate_limiter_keys Keys held by this server's rate limiters\n");
     body.push_str("# TYPE flashsale_rate_limiter_keys gauge\n");

@@ -17,7 +17,8 @@
 //! - `router` (private): path and method to an `Endpoint`, with
 //!   `matchit`.
 //! - `app` (private): the shared state of one server and the path of a
-//!   request through it: route, shed, authenticate, handle, record.
+//!   request through it: route, check framing headers, read the body
+//!   (bounded in size and time), shed, authenticate, handle, record.
 //! - `handlers` (private): one function per endpoint; the buy handler is
 //!   the hot path.
 //! - `feed` (private): the feed's live stream (`GET /v1/feed/stream`): the
@@ -32,10 +33,11 @@
 //!   (`gateway/openapi.yaml`), embedded and served as JSON at
 //!   `GET /v1/openapi.json`; a test holds it to the router's routes.
 //! - [`auth`]: HMAC-signed bearer tokens and the admin token.
-//! - `admission` (private): requests in flight, per-token and
-//!   per-address rate limits.
-//! - `wire` (private): request and response bodies, money and time on
-//!   the wire, reading a bounded body.
+//! - `admission` (private): bodies arriving, requests in flight,
+//!   per-token and per-address rate limits.
+//! - `wire` (private): request and response bodies (one strict decoding
+//!   path), money and time on the wire, reading a body within its size and
+//!   time bounds.
 //! - [`error`]: [`Error`], the crate's one error type, and the single
 //!   function that maps every error (engine refusals included) to an HTTP
 //!   status and a contract code.
@@ -53,8 +55,8 @@
 //!   it is durable: the journal's `durable(written())` in one-node mode,
 //!   Redis' reply in multi-node mode; a refusal waits for nothing.
 //! - Every bound is named and configurable ([`Config`]) and is answered
-//!   with `413`, `429` or `503` + `Retry-After`, never with an unbounded
-//!   queue.
+//!   with `408`, `413`, `429` or `503` + `Retry-After`, never with an
+//!   unbounded queue.
 //! - Nothing here holds an engine lock across an `.await`: the engine's
 //!   calls are synchronous and return before the gateway awaits.
 //! - Handlers do not know which store they have (`store::Store`).

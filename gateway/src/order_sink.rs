@@ -25,6 +25,23 @@
 //! Restocks and deal changes are `UPDATE … FROM UNNEST(…)` in the same
 //! transaction.
 //!
+//! **Keys**: every row carries `deployment_id` ([`OrderSinkConfig::deployment_id`],
+//! by default the journal's random id) and is keyed by `(deployment_id,
+//! id)`, so two deployments numbering their orders from the start never
+//! collide in one database (migration `0002`). After a merge, a row that
+//! was already there must hold the same content in its fixed columns;
+//! one that does not is [`OrderSinkError::Conflict`], never skipped.
+//!
+//! **Refused content**: a batch Postgres refuses for what its rows hold
+//! (SQLSTATE class 22 or 23, a value the encoder cannot represent, or a
+//! conflict: `OrderSinkError::is_content`) would fail again on every
+//! retry and stop every later order from reaching the books. So it is
+//! split in halves and applied again, down to the one event refused,
+//! which is set aside in `order_sink_set_aside` with the reason and
+//! counted ([`OrderSinkHandle::set_aside`],
+//! `flashsale_order_sink_set_aside_total`, `_conflicts_total`); the sink
+//! goes on. Connection errors and timeouts are retried whole, as before.
+//!
 //! Postgres down or slow: sales go on (nothing here is awaited by a
 //! request); the sink retries with exponential backoff and catches up. It
 //! tells the journal its position ([`Journal::retain_from`]) so snapshot
@@ -55,6 +72,9 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// Events read from the journal into one transaction.
 pub const BATCH_EVENTS_MAX_DEFAULT: usize = 50_000;
 
+/// Events the sink sets aside at most between two starts, by default.
+pub const SET_ASIDE_MAX_DEFAULT: u64 = 1_000;
+
 #[derive(Debug, Clone)]
 pub struct OrderSinkConfig {
     pub database_url: String,
@@ -69,6 +89,18 @@ pub struct OrderSinkConfig {
     pub connect_timeout: Duration,
     /// A batch transaction that takes longer has failed (Postgres hung).
     pub batch_timeout: Duration,
+    /// The deployment the rows belong to: part of every row's key, so two
+    /// deployments writing one database never collide. `None`: the
+    /// journal's id (a single node; random, made once with the data
+    /// directory). A Redis-mode deployment will pass the id it keeps in
+    /// Redis, shared by its nodes.
+    pub deployment_id: Option<String>,
+    /// Events set aside at most since start. A few refused rows are bad
+    /// input that slipped past the API; many more are likely a fault of
+    /// the sink or the schema, so past this bound the sink stops setting
+    /// aside and retries the refused batch (`/readyz` names the error)
+    /// rather than empty the journal into `order_sink_set_aside`.
+    pub set_aside_max: u64,
 }
 
 impl OrderSinkConfig {
@@ -81,6 +113,8 @@ impl OrderSinkConfig {
             retry_delay_max: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
             batch_timeout: Duration::from_secs(30),
+            deployment_id: None,
+            set_aside_max: SET_ASIDE_MAX_DEFAULT,
         }
     }
 }
@@ -103,6 +137,35 @@ pub enum OrderSinkError {
     Task(#[from] tokio::task::JoinError),
     #[error("{0} is out of range for Postgres")]
     OutOfRange(&'static str),
+    /// A row with the same deployment and id is in Postgres with other
+    /// content: never skipped silently.
+    #[error(
+        "{table} row {id} is already in Postgres with other content: ours {ours}, theirs {theirs}"
+    )]
+    Conflict {
+        table: &'static str,
+        id: String,
+        ours: String,
+        theirs: String,
+    },
+}
+
+impl OrderSinkError {
+    /// Postgres (or the encoder) refused the rows for their content, so
+    /// retrying cannot help: SQLSTATE class 22 (data exception: a NUL in
+    /// text, a number out of range) or 23 (integrity: a check) but not a
+    /// unique violation (the merge path's business), a value out of
+    /// Postgres' range, or a conflicting row.
+    fn is_content(&self) -> bool {
+        match self {
+            OrderSinkError::OutOfRange(_) | OrderSinkError::Conflict { .. } => true,
+            OrderSinkError::Database(sqlx::Error::Database(db)) => {
+                let code = db.code().unwrap_or_default();
+                (code.starts_with("22") || code.starts_with("23")) && !db.is_unique_violation()
+            }
+            _ => false,
+        }
+    }
 }
 
 /// How far Postgres is behind the journal.
@@ -130,6 +193,12 @@ struct Status {
     last_error: parking_lot::Mutex<Option<String>>,
     /// Batches applied by the fallback (rows already in Postgres).
     merged_batches: AtomicU64,
+    /// Events set aside because Postgres refused their content.
+    set_aside: AtomicU64,
+    /// Of those, events whose row was in Postgres with other content.
+    conflicts: AtomicU64,
+    /// Why the last event was set aside, and where.
+    last_set_aside: parking_lot::Mutex<Option<String>>,
 }
 
 impl Status {
@@ -183,6 +252,17 @@ impl OrderSinkHandle {
         self.status.last_error.lock().clone()
     }
 
+    /// Journal events set aside (see the module doc) since start, of which
+    /// conflicts (a row already there with other content), and the last
+    /// one's position and reason.
+    pub fn set_aside(&self) -> (u64, u64, Option<String>) {
+        (
+            self.status.set_aside.load(Ordering::Relaxed),
+            self.status.conflicts.load(Ordering::Relaxed),
+            self.status.last_set_aside.lock().clone(),
+        )
+    }
+
     /// Batches whose rows were partly in Postgres already, applied by the
     /// `ON CONFLICT DO NOTHING` fallback instead of `COPY` (see the module doc).
     pub fn merged_batches(&self) -> u64 {
@@ -233,6 +313,9 @@ pub async fn start_with(
         connected: AtomicBool::new(false),
         last_error: parking_lot::Mutex::new(None),
         merged_batches: AtomicU64::new(0),
+        set_aside: AtomicU64::new(0),
+        conflicts: AtomicU64::new(0),
+        last_set_aside: parking_lot::Mutex::new(None),
     });
     let task = tokio::spawn(run(
         config,
@@ -344,6 +427,13 @@ async fn session(
     )
     .await?;
     let journal_id = journal.id().to_owned();
+    let keys = Keys {
+        deployment: config
+            .deployment_id
+            .clone()
+            .unwrap_or_else(|| journal_id.clone()),
+        journal: journal_id.clone(),
+    };
     timed(
         config.batch_timeout,
         sqlx::query(
@@ -373,10 +463,10 @@ async fn session(
     let max = config.batch_events_max;
     // The next batch is read and converted while the current one is in
     // Postgres: the two overlap on separate cores.
-    let mut next = read_batch(reader, max, journal.durable_position());
+    let mut next = read_batch(reader, max, journal.durable_position(), &keys.deployment);
     loop {
         let (reader, read) = next.await?;
-        let Some((last, batch)) = read? else {
+        let Some((last, events, batch)) = read? else {
             // Read with an older `upto`: look again before resting or stopping.
             if applied >= journal.durable_position() {
                 status.mark_caught_up();
@@ -389,15 +479,11 @@ async fn session(
                     () = stopped(stopping.clone()) => {}
                 }
             }
-            next = read_batch(reader, max, journal.durable_position());
+            next = read_batch(reader, max, journal.durable_position(), &keys.deployment);
             continue;
         };
-        next = read_batch(reader, max, journal.durable_position());
-        timed(
-            config.batch_timeout,
-            apply(&mut conn, status, &journal_id, applied, last, &batch),
-        )
-        .await?;
+        next = read_batch(reader, max, journal.durable_position(), &keys.deployment);
+        apply_or_set_aside(&mut conn, config, status, &keys, applied, &events, batch).await?;
         applied = last;
         *progressed = true;
         journal.retain_from(applied + 1);
@@ -409,7 +495,11 @@ async fn session(
     }
 }
 
-type ReadBatch = (JournalReader, Result<Option<(u64, Batch)>, OrderSinkError>);
+/// Durable events read from the journal: the last position, the events
+/// (kept to be set aside one by one if Postgres refuses the batch), and
+/// the batch encoded (or why the encoder refused it).
+type ReadEvents = (u64, Vec<(u64, Event)>, Result<Batch, OrderSinkError>);
+type ReadBatch = (JournalReader, Result<Option<ReadEvents>, OrderSinkError>);
 
 /// Reads up to `max` durable events (to `upto`) on a blocking thread and
 /// encodes them; `None` when nothing new is durable.
@@ -417,41 +507,197 @@ fn read_batch(
     mut reader: JournalReader,
     max: usize,
     upto: u64,
+    deployment: &str,
 ) -> tokio::task::JoinHandle<ReadBatch> {
+    let deployment = deployment.to_owned();
     tokio::task::spawn_blocking(move || {
         let read = reader
             .next_batch(max, upto)
             .map_err(OrderSinkError::from)
-            .and_then(|events| match events.last() {
-                Some(&(last, _)) => Ok(Some((last, Batch::from_events(&events)?))),
-                None => Ok(None),
+            .map(|events| {
+                let last = events.last()?.0;
+                let batch = Batch::from_events(&events, &deployment);
+                Some((last, events, batch))
             });
         (reader, read)
     })
 }
 
-/// A table the sink inserts into, and the columns its rows carry, in order.
+/// What the sink's rows and positions are keyed by.
+struct Keys {
+    /// Part of every row's key ([`OrderSinkConfig::deployment_id`]).
+    deployment: String,
+    /// The journal whose position `order_sink_positions` keeps.
+    journal: String,
+}
+
+/// Applies `events` (the positions after `from`), encoded as `batch`. If
+/// Postgres refuses the rows for their content ([`OrderSinkError::is_content`]),
+/// retrying would fail forever and stop every later order reaching the
+/// books: the events are split in halves and applied again, down to the
+/// single event Postgres refuses, which is set aside ([`set_aside`]) with
+/// the reason; the rest go in. Past [`OrderSinkConfig::set_aside_max`]
+/// events set aside, the error is returned instead. A refusal costs about 2·log2(batch) extra
+/// transactions, once. Any other error (connection, timeout) is returned
+/// and the batch is retried whole.
+async fn apply_or_set_aside(
+    conn: &mut PgConnection,
+    config: &OrderSinkConfig,
+    status: &Status,
+    keys: &Keys,
+    mut from: u64,
+    events: &[(u64, Event)],
+    batch: Result<Batch, OrderSinkError>,
+) -> Result<(), OrderSinkError> {
+    let mut first = Some(batch);
+    // Slices still to apply, the next on top.
+    let mut pending = vec![events];
+    while let Some(slice) = pending.pop() {
+        let (Some(&(last, _)), Some(&(position, ref event))) = (slice.last(), slice.first()) else {
+            continue;
+        };
+        let batch = match first.take() {
+            Some(batch) => batch,
+            None => Batch::from_events(slice, &keys.deployment),
+        };
+        let applied = match batch {
+            Ok(batch) => {
+                timed(
+                    config.batch_timeout,
+                    apply(conn, status, keys, from, last, &batch),
+                )
+                .await
+            }
+            Err(error) => Err(error),
+        };
+        match applied {
+            Ok(()) => from = last,
+            Err(error)
+                if error.is_content()
+                    && status.set_aside.load(Ordering::Relaxed) >= config.set_aside_max =>
+            {
+                return Err(error);
+            }
+            Err(error) if error.is_content() && slice.len() == 1 => {
+                timed(
+                    config.batch_timeout,
+                    set_aside(conn, status, keys, from, position, event, &error),
+                )
+                .await?;
+                from = last;
+            }
+            Err(error) if error.is_content() => {
+                let (front, back) = slice.split_at(slice.len() / 2);
+                pending.push(back);
+                pending.push(front);
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(())
+}
+
+/// Escapes control characters (NUL above all), so any text can be stored.
+fn printable(text: &str) -> String {
+    text.escape_debug().to_string()
+}
+
+/// Sets one journal event (at `position`, the one after `from`) aside:
+/// records it in `order_sink_set_aside` with `reason` and moves the
+/// position from `from` past it, in one transaction;
+/// counts it (`flashsale_order_sink_set_aside_total`, and
+/// `flashsale_order_sink_conflicts_total` for a conflicting row) and
+/// logs it. `/readyz` names the last one.
+async fn set_aside(
+    conn: &mut PgConnection,
+    status: &Status,
+    keys: &Keys,
+    from: u64,
+    position: u64,
+    event: &Event,
+    reason: &OrderSinkError,
+) -> Result<(), OrderSinkError> {
+    let conflict = matches!(reason, OrderSinkError::Conflict { .. });
+    let reason = printable(&error_chain(reason));
+    let event_text = printable(&format!("{event:?}"));
+    let mut tx = conn.begin().await?;
+    tx.execute(
+        sqlx::query(
+            "INSERT INTO order_sink_set_aside (journal_id, position, reason, event) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (journal_id, position) DO NOTHING",
+        )
+        .bind(&keys.journal)
+        .bind(position as i64)
+        .bind(&reason)
+        .bind(&event_text),
+    )
+    .await?;
+    move_position(&mut tx, &keys.journal, from, position).await?;
+    tx.commit().await?;
+    status.set_aside.fetch_add(1, Ordering::Relaxed);
+    metrics::counter!("flashsale_order_sink_set_aside_total").increment(1);
+    if conflict {
+        status.conflicts.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("flashsale_order_sink_conflicts_total").increment(1);
+    }
+    tracing::error!(
+        position,
+        event = %event_text,
+        %reason,
+        "order sink: Postgres refused an event's rows; set aside in order_sink_set_aside"
+    );
+    *status.last_set_aside.lock() = Some(format!("position {position}: {reason}"));
+    Ok(())
+}
+
+/// A table the sink inserts into, and the columns its rows carry, in order
+/// (the key, `deployment_id, id`, first).
 struct Table {
     name: &'static str,
     columns: &'static str,
     fields: i16,
+    /// The columns that never change once written: a row already there
+    /// that differs in one of them is a conflict. (A deal's stock and end
+    /// change by restock and `PATCH`.)
+    fixed: &'static [&'static str],
 }
 
 const DEALS: Table = Table {
     name: "deals",
-    columns: "id, merchant_id, title, price, stock_total, per_user_limit, starts_at, ends_at, \
-              requires_registration, hold_seconds, created_at",
-    fields: 11,
+    columns: "deployment_id, id, merchant_id, title, price, stock_total, per_user_limit, \
+              starts_at, ends_at, requires_registration, hold_seconds, created_at",
+    fields: 12,
+    fixed: &[
+        "merchant_id",
+        "title",
+        "price",
+        "per_user_limit",
+        "starts_at",
+        "requires_registration",
+        "hold_seconds",
+        "created_at",
+    ],
 };
 const ORDERS: Table = Table {
     name: "orders",
-    columns: "id, deal_id, shopper_id, quantity, unit_price, amount, late, created_at",
-    fields: 8,
+    columns: "deployment_id, id, deal_id, shopper_id, quantity, unit_price, amount, late, \
+              created_at",
+    fields: 9,
+    fixed: &[
+        "deal_id",
+        "shopper_id",
+        "quantity",
+        "unit_price",
+        "amount",
+        "late",
+        "created_at",
+    ],
 };
 const MOVEMENTS: Table = Table {
     name: "wallet_movements",
-    columns: "id, shopper_id, kind, amount, order_id, created_at",
-    fields: 6,
+    columns: "deployment_id, id, shopper_id, kind, amount, order_id, created_at",
+    fields: 7,
+    fixed: &["shopper_id", "kind", "amount", "order_id", "created_at"],
 };
 
 /// One batch, ready for Postgres: the new rows of each table as binary
@@ -471,7 +717,8 @@ fn out_of_range<T>(column: &'static str) -> impl FnOnce(T) -> OrderSinkError {
 }
 
 impl Batch {
-    fn from_events(events: &[(u64, Event)]) -> Result<Batch, OrderSinkError> {
+    /// Encodes the book rows of `events`, each keyed by `deployment`.
+    fn from_events(events: &[(u64, Event)], deployment: &str) -> Result<Batch, OrderSinkError> {
         let mut deals = CopyRows::new();
         let mut orders = CopyRows::new();
         let mut movements = CopyRows::new();
@@ -487,6 +734,7 @@ impl Batch {
                 } => {
                     let d = &mut deals;
                     d.row(DEALS.fields);
+                    d.text("deals.deployment_id", deployment)?;
                     d.text("deals.id", deal)?;
                     d.text("deals.merchant_id", merchant)?;
                     d.text("deals.title", &spec.title)?;
@@ -527,6 +775,7 @@ impl Batch {
                 } => {
                     let m = &mut movements;
                     m.row(MOVEMENTS.fields);
+                    m.text("wallet_movements.deployment_id", deployment)?;
                     m.text(
                         "wallet_movements.id",
                         format_args!("c_{:x}_{reference:032x}", shopper.0),
@@ -540,6 +789,7 @@ impl Batch {
                 Event::OrderSettled { order, .. } => {
                     let o = &mut orders;
                     o.row(ORDERS.fields);
+                    o.text("orders.deployment_id", deployment)?;
                     o.text("orders.id", order.id)?;
                     o.text("orders.deal_id", order.deal)?;
                     o.text("orders.shopper_id", order.shopper)?;
@@ -550,6 +800,7 @@ impl Batch {
                     o.timestamptz("orders.created_at", order.created_at)?;
                     let m = &mut movements;
                     m.row(MOVEMENTS.fields);
+                    m.text("wallet_movements.deployment_id", deployment)?;
                     m.text("wallet_movements.id", order.id)?;
                     m.text("wallet_movements.shopper_id", order.shopper)?;
                     m.text("wallet_movements.kind", "debit")?;
@@ -636,12 +887,45 @@ async fn insert(
         copy_in(conn, &stage, columns, rows).await?;
         conn.execute(AssertSqlSafe(format!(
             "INSERT INTO {} ({columns}) SELECT {columns} FROM {stage} \
-             ON CONFLICT (id) DO NOTHING",
+             ON CONFLICT (deployment_id, id) DO NOTHING",
             table.name
         )))
         .await?;
+        check_no_conflict(conn, table, &stage).await?;
     }
     Ok(())
+}
+
+/// After a merge: every staged row that was already there must be the same
+/// row, else [`OrderSinkError::Conflict`] with both versions (the first one
+/// found).
+async fn check_no_conflict(
+    conn: &mut PgConnection,
+    table: &Table,
+    stage: &str,
+) -> Result<(), OrderSinkError> {
+    let ours: Vec<String> = table.fixed.iter().map(|c| format!("s.{c}")).collect();
+    let theirs: Vec<String> = table.fixed.iter().map(|c| format!("t.{c}")).collect();
+    let sql = format!(
+        "SELECT s.id, row_to_json(s)::text, row_to_json(t)::text FROM {stage} s \
+         JOIN {} t ON t.deployment_id = s.deployment_id AND t.id = s.id \
+         WHERE ({}) IS DISTINCT FROM ({}) LIMIT 1",
+        table.name,
+        ours.join(", "),
+        theirs.join(", "),
+    );
+    let conflict: Option<(String, String, String)> = sqlx::query_as(AssertSqlSafe(sql))
+        .fetch_optional(&mut *conn)
+        .await?;
+    match conflict {
+        None => Ok(()),
+        Some((id, ours, theirs)) => Err(OrderSinkError::Conflict {
+            table: table.name,
+            id,
+            ours,
+            theirs,
+        }),
+    }
 }
 
 /// A row the batch would insert is already there (or twice in the batch).
@@ -658,7 +942,7 @@ const MILLIS: &str = "timestamptz 'epoch' + interval '1 millisecond' *";
 async fn apply(
     conn: &mut PgConnection,
     status: &Status,
-    journal_id: &str,
+    keys: &Keys,
     from: u64,
     to: u64,
     batch: &Batch,
@@ -694,10 +978,12 @@ async fn apply(
         tx.execute(
             sqlx::query(
                 "UPDATE deals SET stock_total = deals.stock_total + t.added \
-                 FROM UNNEST($1::text[], $2::int8[]) AS t(id, added) WHERE deals.id = t.id",
+                 FROM UNNEST($1::text[], $2::int8[]) AS t(id, added) \
+                 WHERE deals.deployment_id = $3 AND deals.id = t.id",
             )
             .bind(&ids)
-            .bind(&added),
+            .bind(&added)
+            .bind(&keys.deployment),
         )
         .await?;
     }
@@ -713,17 +999,31 @@ async fn apply(
         let sql = format!(
             "UPDATE deals SET ends_at = {MILLIS} t.ends_at, paused = t.paused \
              FROM UNNEST($1::text[], $2::int8[], $3::bool[]) AS t(id, ends_at, paused) \
-             WHERE deals.id = t.id"
+             WHERE deals.deployment_id = $4 AND deals.id = t.id"
         );
         tx.execute(
             sqlx::query(AssertSqlSafe(sql))
                 .bind(&ids)
                 .bind(&ends)
-                .bind(&paused),
+                .bind(&paused)
+                .bind(&keys.deployment),
         )
         .await?;
     }
-    let moved = tx
+    move_position(&mut tx, &keys.journal, from, to).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Moves the journal's position from `from` to `to` in the transaction
+/// `conn` is in; [`OrderSinkError::Contended`] if it was not at `from`.
+async fn move_position(
+    conn: &mut PgConnection,
+    journal_id: &str,
+    from: u64,
+    to: u64,
+) -> Result<(), OrderSinkError> {
+    let moved = conn
         .execute(
             sqlx::query(
                 "UPDATE order_sink_positions SET position = $2, updated_at = now() \
@@ -737,6 +1037,5 @@ async fn apply(
     if moved.rows_affected() != 1 {
         return Err(OrderSinkError::Contended);
     }
-    tx.commit().await?;
     Ok(())
 }

@@ -114,6 +114,17 @@ impl Endpoint {
         )
     }
 
+    /// Takes a JSON body, read (within its time and size bounds) before the
+    /// request counts in flight: every change but those named by their path
+    /// alone.
+    pub(crate) fn takes_body(self) -> bool {
+        self.changes_state()
+            && !matches!(
+                self,
+                Endpoint::Register | Endpoint::PayHold | Endpoint::ReleaseHold | Endpoint::Share
+            )
+    }
+
     /// Changes state, so waits for the journal and is shed while the
     /// journal is not ready.
     pub(crate) fn changes_state(self) -> bool {

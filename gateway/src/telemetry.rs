@@ -51,8 +51,8 @@ const DURATION_BUCKETS: [f64; 14] = [
 ];
 
 /// Statuses the gateway answers with; anything else counts as `other`.
-const STATUSES: [u16; 17] = [
-    200, 201, 400, 401, 402, 403, 404, 405, 409, 410, 413, 422, 425, 429, 500, 503, 0,
+const STATUSES: [u16; 19] = [
+    200, 201, 400, 401, 402, 403, 404, 405, 408, 409, 410, 413, 422, 425, 429, 500, 501, 503, 0,
 ];
 
 /// The two ways to an order, as the `checkout` label spells them.
@@ -68,9 +68,10 @@ pub(crate) enum Checkout {
 const CHECKOUTS: [&str; 2] = ["one_tap", "hold_payment"];
 
 /// Outcomes of a buy: `ordered`, `replayed`, or the code of the refusal.
-const BUY_OUTCOMES: [&str; 21] = [
+const BUY_OUTCOMES: [&str; 22] = [
     "ordered",
     "replayed",
+    "deal_paused",
     "sold_out",
     "purchase_limit_reached",
     "insufficient_funds",

@@ -13,10 +13,12 @@
 
 use std::fmt::{self, Display};
 use std::str::FromStr;
+use std::time::Duration;
 
 use bytes::Bytes;
 use flashsale_engine::{
-    DealView, EngineError, Hold, HoldStatus, Money, Order, ShopperId, Timestamp, Wallet,
+    DealView, EngineError, Hold, HoldStatus, MONEY_ACCEPTS, Money, Order, ShopperId, Timestamp,
+    Wallet,
 };
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -31,12 +33,42 @@ use crate::error::Error;
 
 // ----- reading ---------------------------------------------------------------
 
-/// Reads a whole body of at most `limit` bytes.
+/// The bounds on reading one request body (`--body-bytes-max`,
+/// `--body-read-timeout-ms`, `--body-rate-min-bytes-per-second`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BodyLimits {
+    pub bytes_max: usize,
+    pub read_timeout: Duration,
+    /// At least 1.
+    pub rate_min_bytes_per_second: u64,
+}
+
+impl BodyLimits {
+    /// How long a body may take once `received` bytes have arrived: the
+    /// read timeout plus `received / rate_min` seconds. A stalled body
+    /// gets the timeout; one that drips slower than the minimum rate runs
+    /// out of time; one at or above the rate never does.
+    fn allowance(&self, received: usize) -> Duration {
+        let earned_millis = (received as u64)
+            .saturating_mul(1_000)
+            .checked_div(self.rate_min_bytes_per_second)
+            .unwrap_or(0);
+        self.read_timeout
+            .saturating_add(Duration::from_millis(earned_millis))
+    }
+}
+
+/// Reads a whole body within `limits`: more than `bytes_max` bytes
+/// (declared or sent) is `413 payload_too_large`; a body that stops
+/// arriving, or arrives slower than the minimum rate, is `408
+/// request_timeout` ([`BodyLimits::allowance`]); both close the connection.
+/// A body of one frame (the usual small JSON) is returned without a copy.
 pub(crate) async fn read_body(
     headers: &HeaderMap,
     body: Incoming,
-    limit: usize,
+    limits: &BodyLimits,
 ) -> Result<Bytes, Error> {
+    let limit = limits.bytes_max;
     let declared = headers
         .get(CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok())
@@ -44,46 +76,180 @@ pub(crate) async fn read_body(
     if declared.is_some_and(|length| length > limit as u64) {
         return Err(Error::PayloadTooLarge { limit });
     }
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(error) if error.is::<http_body_util::LengthLimitError>() => {
-            Err(Error::PayloadTooLarge { limit })
+    let started = tokio::time::Instant::now();
+    let mut body = Limited::new(body, limit);
+    let mut first: Option<Bytes> = None;
+    let mut joined: Vec<u8> = Vec::new();
+    let mut received = 0usize;
+    loop {
+        let deadline = started + limits.allowance(received);
+        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_elapsed) => return Err(Error::RequestTimeout),
+            Ok(None) => break,
+            Ok(Some(Ok(frame))) => frame,
+            Ok(Some(Err(error))) if error.is::<http_body_util::LengthLimitError>() => {
+                return Err(Error::PayloadTooLarge { limit });
+            }
+            Ok(Some(Err(_))) => {
+                return Err(Error::BadRequest(
+                    "the request body could not be read".into(),
+                ));
+            }
+        };
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers
+        };
+        received = received.saturating_add(data.len());
+        match first.take() {
+            None if joined.is_empty() => first = Some(data),
+            earlier => {
+                if let Some(earlier) = earlier {
+                    joined.extend_from_slice(&earlier);
+                }
+                joined.extend_from_slice(&data);
+            }
         }
-        Err(_) => Err(Error::BadRequest(
-            "the request body could not be read".into(),
-        )),
+    }
+    Ok(first.unwrap_or_else(|| Bytes::from(joined)))
+}
+
+/// One field a request body takes, and what it accepts: the reason of the
+/// `422 invalid` that names it when its value is missing, of the wrong
+/// type or out of range.
+#[derive(Debug)]
+pub struct Field {
+    pub name: &'static str,
+    pub accepts: &'static str,
+}
+
+/// A request body: a JSON object with exactly these fields
+/// (`#[serde(deny_unknown_fields)]` on every implementor), decoded by
+/// [`parse_json`].
+pub(crate) trait RequestBody<'a>: Deserialize<'a> {
+    /// Every field the body takes; a test checks the list against the
+    /// struct.
+    const FIELDS: &'static [Field];
+}
+
+/// Decodes a request body, the one way every endpoint does (DESIGN.md,
+/// "Input rules" and the error table):
+///
+/// - not JSON, or JSON that is not an object (`[1]`, `5`, `"x"`) →
+///   `400 malformed_json`;
+/// - a field the body does not take → `422 invalid` naming it
+///   ([`Error::UnknownField`]);
+/// - a field missing, given twice, of the wrong type (`"price": 999.00`,
+///   `"quantity": null`) or out of its type's range (`-1`,
+///   `4294967297`) → `422 invalid` naming it and saying what it accepts
+///   ([`Field::accepts`]);
+/// - a string holding a lone surrogate escape (`"\ud800"`), which no
+///   Rust string (and no Postgres text) can hold → `422 invalid` naming
+///   the field.
+///
+/// A body that decodes costs one `serde_json` pass and no allocation of
+/// its own; only a failing one is decoded a second time, with
+/// `serde_path_to_error`, to find the field to name.
+pub(crate) fn parse_json<'a, T: RequestBody<'a>>(bytes: &'a [u8]) -> Result<T, Error> {
+    let first = bytes.iter().find(|byte| !byte.is_ascii_whitespace());
+    if first.is_some_and(|&byte| byte != b'{') {
+        // Not an object: JSON or not, it is not a body. (An empty body is
+        // serde_json's EOF error below.)
+        return Err(Error::MalformedJson(serde::de::Error::custom(
+            "the body must be a JSON object",
+        )));
+    }
+    match serde_json::from_slice(bytes) {
+        Ok(body) => Ok(body),
+        Err(error) => Err(explain::<T>(bytes, error)),
     }
 }
 
-/// Parses a JSON body: not JSON is `malformed_json`; JSON of the wrong
-/// shape (types, missing fields) is `bad_request` naming the field.
-pub(crate) fn parse_json<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, Error> {
-    serde_json::from_slice(bytes).map_err(|error| match error.classify() {
-        serde_json::error::Category::Data => Error::BadRequest(error.to_string().into()),
-        _ => Error::MalformedJson(error),
-    })
+/// Turns a failed decoding of `bytes` into the contract's error.
+fn explain<'a, T: RequestBody<'a>>(bytes: &'a [u8], error: serde_json::Error) -> Error {
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let tracked = match serde_path_to_error::deserialize::<_, T>(&mut deserializer) {
+        Ok(_) => return Error::MalformedJson(error), // trailing characters
+        Err(tracked) => tracked,
+    };
+    let path = tracked
+        .path()
+        .iter()
+        .next()
+        .and_then(|segment| match segment {
+            serde_path_to_error::Segment::Map { key } => Some(key.as_str()),
+            _ => None,
+        });
+    let inner = tracked.inner();
+    let message = inner.to_string();
+    // serde names the field of a root-level error in backticks:
+    // "missing field `price`", "unknown field `pause`, expected one of …",
+    // "duplicate field `quantity`".
+    let quoted = message.split('`').nth(1);
+    let known = |name: &str| T::FIELDS.iter().find(|field| field.name == name);
+    match inner.classify() {
+        serde_json::error::Category::Data => {}
+        // Inside a string: a lone surrogate escape is well-formed JSON
+        // that no string can hold (serde_json says "lone leading
+        // surrogate in hex escape", or "unexpected end of hex escape" for
+        // a high surrogate with nothing after it); anything else is
+        // malformed.
+        _ if message.contains("surrogate") || message.contains("end of hex escape") => {
+            if let Some(field) = path.and_then(known) {
+                return Error::Invalid {
+                    field: field.name,
+                    reason: "must be text without lone surrogate escapes (\\ud800 to \\udfff)",
+                };
+            }
+            return Error::MalformedJson(error);
+        }
+        _ => return Error::MalformedJson(error),
+    }
+    if message.starts_with("unknown field") {
+        return Error::UnknownField {
+            field: quoted.unwrap_or_default().to_owned(),
+            takes: T::FIELDS,
+        };
+    }
+    let duplicate = message.starts_with("duplicate field");
+    match path.or(quoted).and_then(known) {
+        Some(field) if duplicate => Error::Invalid {
+            field: field.name,
+            reason: "must appear once",
+        },
+        Some(field) => Error::Invalid {
+            field: field.name,
+            reason: field.accepts,
+        },
+        // Not a field's error (cannot happen for a flat object of known
+        // fields, but say what serde said rather than guess).
+        None => Error::MalformedJson(error),
+    }
 }
 
+/// Parses a money field: see [`Money::parse`] for the one grammar every
+/// money field (price, amount, credit, `--signup-credit`) follows.
 pub(crate) fn parse_money(text: &str, field: &'static str) -> Result<Money, Error> {
-    let decimal = Decimal::from_str(text).map_err(|_| Error::Invalid {
-        field,
-        reason: "must be a decimal string like \"999.00\"",
-    })?;
-    Ok(Money::from_decimal(decimal, field)?)
+    Ok(Money::parse(text, field)?)
 }
 
+/// What a time field accepts.
+const TIME_ACCEPTS: &str =
+    "must be an RFC 3339 time with at most millisecond precision, like \"2025-06-18T12:00:00Z\"";
+
+/// Parses an RFC 3339 time with any offset to the engine's milliseconds.
+/// More than millisecond precision (`…00.9999Z`) is refused rather than
+/// truncated, so a sale never opens or ends before the instant the
+/// merchant gave; trailing zeros (`…00.500000Z`) are not precision.
 pub(crate) fn parse_time(text: &str, field: &'static str) -> Result<Timestamp, Error> {
-    let time = OffsetDateTime::parse(text, &Rfc3339).map_err(|_| Error::Invalid {
-        field,
-        reason: "must be an RFC 3339 time like \"2025-06-18T12:00:00Z\"",
-    })?;
-    let millis = time.unix_timestamp_nanos() / 1_000_000;
-    i64::try_from(millis)
+    let invalid = |reason| Error::Invalid { field, reason };
+    let time = OffsetDateTime::parse(text, &Rfc3339).map_err(|_| invalid(TIME_ACCEPTS))?;
+    let nanos = time.unix_timestamp_nanos();
+    if nanos % 1_000_000 != 0 {
+        return Err(invalid(TIME_ACCEPTS));
+    }
+    i64::try_from(nanos / 1_000_000)
         .map(Timestamp::from_millis)
-        .map_err(|_| Error::Invalid {
-            field,
-            reason: "is out of range",
-        })
+        .map_err(|_| invalid("is out of range"))
 }
 
 /// Parses a path id; one that cannot parse names nothing: `404`.
@@ -96,24 +262,70 @@ pub(crate) fn parse_id<T: FromStr>(
 
 // ----- request bodies --------------------------------------------------------
 
+/// What a one-line text field accepts (the engine checks it).
+const NAME_ACCEPTS: &str = "must be a string of 1 to 100 characters without control characters";
+/// What a whole-number count accepts at the wire; the engine narrows it.
+const COUNT_ACCEPTS: &str = "must be a whole number from 1 to 4294967295";
+
+/// `{name}`: a merchant or a shopper.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct NameBody {
     pub name: String,
 }
 
+impl RequestBody<'_> for NameBody {
+    const FIELDS: &'static [Field] = &[Field {
+        name: "name",
+        accepts: NAME_ACCEPTS,
+    }];
+}
+
+/// `{count, credit}`: bulk shoppers.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct BulkShoppersBody {
     pub count: u32,
     pub credit: String,
 }
 
+impl RequestBody<'_> for BulkShoppersBody {
+    const FIELDS: &'static [Field] = &[
+        Field {
+            name: "count",
+            accepts: "must be a whole number from 1 to 10000",
+        },
+        Field {
+            name: "credit",
+            accepts: MONEY_ACCEPTS,
+        },
+    ];
+}
+
+/// `{amount, reference}`: a wallet credit.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct CreditBody {
     pub amount: String,
     pub reference: String,
 }
 
+impl RequestBody<'_> for CreditBody {
+    const FIELDS: &'static [Field] = &[
+        Field {
+            name: "amount",
+            accepts: MONEY_ACCEPTS,
+        },
+        Field {
+            name: "reference",
+            accepts: "must be a string of 1 to 255 bytes without control characters",
+        },
+    ];
+}
+
+/// `POST /v1/deals`.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct NewDealBody {
     pub title: String,
     pub price: String,
@@ -126,28 +338,132 @@ pub(crate) struct NewDealBody {
     pub hold_seconds: Option<u32>,
 }
 
+impl RequestBody<'_> for NewDealBody {
+    const FIELDS: &'static [Field] = &[
+        Field {
+            name: "title",
+            accepts: "must be a string of 1 to 200 characters without control characters",
+        },
+        Field {
+            name: "price",
+            accepts: MONEY_ACCEPTS,
+        },
+        Field {
+            name: "stock",
+            accepts: "must be a whole number from 1 to 1000000000",
+        },
+        Field {
+            name: "per_user_limit",
+            accepts: "must be a whole number from 1 to 1000, or absent",
+        },
+        Field {
+            name: "starts_at",
+            accepts: TIME_ACCEPTS,
+        },
+        Field {
+            name: "ends_at",
+            accepts: TIME_ACCEPTS,
+        },
+        Field {
+            name: "requires_registration",
+            accepts: "must be true or false",
+        },
+        Field {
+            name: "hold_seconds",
+            accepts: "must be a whole number from 1 to 86400, or absent",
+        },
+    ];
+}
+
+/// `PATCH /v1/deals/{id}`: at least one field.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct DealChangeBody {
     pub add_stock: Option<u64>,
     pub ends_at: Option<String>,
     pub paused: Option<bool>,
 }
 
+impl RequestBody<'_> for DealChangeBody {
+    const FIELDS: &'static [Field] = &[
+        Field {
+            name: "add_stock",
+            accepts: "must be a whole number from 1 to 1000000000",
+        },
+        Field {
+            name: "ends_at",
+            accepts: TIME_ACCEPTS,
+        },
+        Field {
+            name: "paused",
+            accepts: "must be true or false",
+        },
+    ];
+}
+
+impl DealChangeBody {
+    /// A change that sets no field changes nothing: it is refused rather
+    /// than answered 200 as if it had.
+    pub(crate) fn check_not_empty(&self) -> Result<(), Error> {
+        if self.add_stock.is_none() && self.ends_at.is_none() && self.paused.is_none() {
+            return Err(Error::Invalid {
+                field: "body",
+                reason: "must set at least one of add_stock, ends_at, paused",
+            });
+        }
+        Ok(())
+    }
+}
+
+/// `{quantity}`: a buy or a hold.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct QuantityBody {
     pub quantity: u32,
+}
+
+impl RequestBody<'_> for QuantityBody {
+    const FIELDS: &'static [Field] = &[Field {
+        name: "quantity",
+        accepts: COUNT_ACCEPTS,
+    }];
 }
 
 /// `{description, delivery, service, text?}`. Scores are read as any
 /// integer so that one out of range is `invalid` naming its field rather
 /// than a shape error.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct ReviewBody {
     pub description: i64,
     pub delivery: i64,
     pub service: i64,
     #[serde(default)]
     pub text: String,
+}
+
+const SCORE_ACCEPTS: &str = "must be a whole number from 1 to 5";
+
+impl RequestBody<'_> for ReviewBody {
+    const FIELDS: &'static [Field] = &[
+        Field {
+            name: "description",
+            accepts: SCORE_ACCEPTS,
+        },
+        Field {
+            name: "delivery",
+            accepts: SCORE_ACCEPTS,
+        },
+        Field {
+            name: "service",
+            accepts: SCORE_ACCEPTS,
+        },
+        Field {
+            name: "text",
+            accepts: "must be a string of at most 500 characters without control characters \
+                      other than tab and line breaks",
+        },
+    ];
 }
 
 impl ReviewBody {
@@ -159,7 +475,7 @@ impl ReviewBody {
                 .filter(|score| (1..=5).contains(score))
                 .ok_or(Error::Invalid {
                     field,
-                    reason: "must be a whole number from 1 to 5",
+                    reason: SCORE_ACCEPTS,
                 })
         };
         Ok([
@@ -541,35 +857,156 @@ mod tests {
     }
 
     #[test]
-    fn money_is_a_decimal_string_with_two_places() {
-        assert_eq!(parse_money("999", "price").unwrap().to_string(), "999.00");
-        assert!(matches!(
-            parse_money("9.999", "price"),
-            Err(Error::Engine(EngineError::Invalid { field: "price", .. }))
-        ));
-        assert!(matches!(
-            parse_money("abc", "price"),
-            Err(Error::Invalid { field: "price", .. })
-        ));
+    fn a_body_earns_time_at_the_minimum_rate() {
+        let limits = BodyLimits {
+            bytes_max: 16_384,
+            read_timeout: Duration::from_secs(5),
+            rate_min_bytes_per_second: 4_096,
+        };
+        assert_eq!(limits.allowance(0), Duration::from_secs(5));
+        assert_eq!(limits.allowance(4_096), Duration::from_secs(6));
+        assert_eq!(limits.allowance(16_384), Duration::from_secs(9));
+        assert!(limits.allowance(usize::MAX) > Duration::from_secs(5));
     }
 
     #[test]
-    fn wrong_shapes_are_bad_requests_and_garbage_is_malformed() {
-        assert!(matches!(
-            parse_json::<QuantityBody>(b"{\"quantity\": \"one\"}"),
-            Err(Error::BadRequest(_))
-        ));
-        assert!(matches!(
-            parse_json::<QuantityBody>(b"{}"),
-            Err(Error::BadRequest(_))
-        ));
-        assert!(matches!(
-            parse_json::<QuantityBody>(b"{\"quantity\": 1"),
-            Err(Error::MalformedJson(_))
-        ));
-        assert!(matches!(
-            parse_json::<QuantityBody>(b""),
-            Err(Error::MalformedJson(_))
-        ));
+    fn times_finer_than_a_millisecond_are_refused_not_truncated() {
+        for fine in [
+            "2025-06-18T12:00:00.9999Z",
+            "2025-06-18T12:00:00.0001Z",
+            "2025-06-18T12:00:00.123456789+08:00",
+        ] {
+            assert!(
+                matches!(
+                    parse_time(fine, "starts_at"),
+                    Err(Error::Invalid {
+                        field: "starts_at",
+                        ..
+                    })
+                ),
+                "{fine}"
+            );
+        }
+        // Trailing zeros are not precision.
+        let at = parse_time("2025-06-18T12:00:00.999000Z", "ends_at").unwrap();
+        assert_eq!(Rfc3339Utc(at).to_string(), "2025-06-18T12:00:00.999Z");
+    }
+
+    #[test]
+    fn money_fields_use_the_one_grammar() {
+        assert_eq!(parse_money("999", "price").unwrap().to_string(), "999.00");
+        for bad in ["9.999", "abc", "1e2", "1_000", ".5", "5.", "+1", "-1"] {
+            assert!(
+                matches!(
+                    parse_money(bad, "amount"),
+                    Err(Error::Engine(EngineError::Invalid {
+                        field: "amount",
+                        ..
+                    }))
+                ),
+                "{bad}"
+            );
+        }
+    }
+
+    fn invalid_field<'a, T: RequestBody<'a>>(body: &'a str) -> &'static str {
+        match parse_json::<T>(body.as_bytes()) {
+            Err(Error::Invalid { field, .. }) => field,
+            Err(other) => panic!("{body}: expected invalid, got {other:?}"),
+            Ok(_) => panic!("{body}: accepted"),
+        }
+    }
+
+    #[test]
+    fn field_errors_are_invalid_naming_the_field() {
+        for body in [
+            r#"{"quantity": "one"}"#,
+            r#"{"quantity": -1}"#,
+            r#"{"quantity": 4294967297}"#,
+            r#"{"quantity": 1.5}"#,
+            r#"{"quantity": null}"#,
+            r#"{}"#,
+            r#"{"quantity": 1, "quantity": 2}"#,
+        ] {
+            assert_eq!(invalid_field::<QuantityBody>(body), "quantity", "{body}");
+        }
+        assert_eq!(
+            invalid_field::<NewDealBody>(r#"{"title": "x", "price": 999.00}"#),
+            "price"
+        );
+        assert_eq!(invalid_field::<NewDealBody>(r#"{"title": "x"}"#), "price");
+        for lone in [r"\ud800", r"\udc00", r"\ud800\u0041", r"x\ud800y"] {
+            let body = format!(r#"{{"title": "{lone}"}}"#);
+            assert_eq!(invalid_field::<NewDealBody>(&body), "title", "{body}");
+        }
+        assert_eq!(
+            invalid_field::<ReviewBody>(r#"{"description": 5, "delivery": true, "service": 5}"#),
+            "delivery"
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_named() {
+        match parse_json::<NewDealBody>(br#"{"per_user_limt": 5}"#) {
+            Err(Error::UnknownField { field, takes }) => {
+                assert_eq!(field, "per_user_limt");
+                assert_eq!(takes.len(), 8);
+            }
+            other => panic!("{:?}", other.err()),
+        }
+        let Err(error) = parse_json::<DealChangeBody>(br#"{"pause": true}"#) else {
+            panic!("an unknown field was accepted");
+        };
+        assert_eq!(error.http().code, "invalid");
+        assert!(error.to_string().contains("\"pause\""), "{error}");
+        let empty: DealChangeBody = parse_json(b"{}").unwrap();
+        assert!(empty.check_not_empty().is_err());
+    }
+
+    #[test]
+    fn what_is_not_a_json_object_is_malformed() {
+        for body in [
+            "[1]",
+            "5",
+            "\"x\"",
+            "null",
+            "{\"quantity\": 1",
+            "",
+            "  ",
+            "{\"quantity\": 1} x",
+            "quantity=1",
+        ] {
+            assert!(
+                matches!(
+                    parse_json::<QuantityBody>(body.as_bytes()),
+                    Err(Error::MalformedJson(_))
+                ),
+                "{body}"
+            );
+        }
+        let QuantityBody { quantity } = parse_json(b" \n{\"quantity\": 3} ").unwrap();
+        assert_eq!(quantity, 3);
+    }
+
+    /// Every field a body's table lists is one the struct takes (an error
+    /// on it names it rather than calling it unknown), and every field the
+    /// struct takes is listed (the required ones are named when missing).
+    #[test]
+    fn field_tables_match_their_bodies() {
+        fn check<T: for<'a> RequestBody<'a>>() {
+            for field in T::FIELDS {
+                let body = format!(r#"{{"{}": [[]]}}"#, field.name);
+                assert_eq!(invalid_field::<T>(&body), field.name);
+            }
+            let unknown = parse_json::<T>(br#"{"surely_not_a_field": 1}"#);
+            assert!(matches!(unknown, Err(Error::UnknownField { .. })));
+        }
+        check::<NameBody>();
+        check::<BulkShoppersBody>();
+        check::<CreditBody>();
+        check::<NewDealBody>();
+        check::<DealChangeBody>();
+        check::<QuantityBody>();
+        check::<ReviewBody>();
     }
 }

@@ -249,47 +249,83 @@ pub fn evaluate(evidence: &Evidence<'_>) -> Vec<Check> {
     checks
 }
 
-/// Checks that every acknowledged order reached Postgres, waiting up to
-/// [`POSTGRES_SETTLE_TIMEOUT`] for the sink to catch up.
+/// Checks that every acknowledged order reached Postgres with the content
+/// the server gave it (shopper, quantity, amount), waiting up to
+/// [`POSTGRES_SETTLE_TIMEOUT`] for the sink to catch up. A row with the
+/// order's id but other content (another deployment's order, or one
+/// changed since) does not count: ids alone would pass a sink that
+/// dropped the order.
 pub async fn postgres_check(
     database_url: &str,
     deal_id: &str,
     acknowledged: &[Acknowledged],
+    orders: &[Order],
 ) -> Result<Check, LoadtestError> {
-    postgres_check_within(database_url, deal_id, acknowledged, POSTGRES_SETTLE_TIMEOUT).await
+    postgres_check_within(
+        database_url,
+        deal_id,
+        acknowledged,
+        orders,
+        POSTGRES_SETTLE_TIMEOUT,
+    )
+    .await
+}
+
+/// What of an order Postgres must hold: id, shopper, quantity, amount.
+fn content(order: &Order) -> (&str, &str, u64, Decimal) {
+    (
+        &order.id,
+        &order.shopper_id,
+        order.quantity,
+        order.amount.normalize(),
+    )
 }
 
 async fn postgres_check_within(
     database_url: &str,
     deal_id: &str,
     acknowledged: &[Acknowledged],
+    orders: &[Order],
     settle: Duration,
 ) -> Result<Check, LoadtestError> {
-    let wanted: HashSet<&str> = acknowledged
+    let served: HashMap<&str, &Order> = orders
         .iter()
-        .map(|ack| ack.order_id.as_str())
+        .map(|order| (order.id.as_str(), order))
         .collect();
     let deadline = tokio::time::Instant::now() + settle;
     loop {
-        let stored = postgres_order_ids(database_url, deal_id).await?;
-        let missing: Vec<&str> = wanted
-            .iter()
-            .copied()
-            .filter(|id| !stored.contains(*id))
-            .collect();
-        if missing.is_empty() || tokio::time::Instant::now() >= deadline {
-            let passed = missing.is_empty();
+        let stored = postgres_orders(database_url, deal_id).await?;
+        let stored_ids: HashSet<&str> = stored.iter().map(|order| order.id.as_str()).collect();
+        let stored_content: HashSet<_> = stored.iter().map(content).collect();
+        let mut missing = Vec::new();
+        let mut differing = Vec::new();
+        for ack in acknowledged {
+            let id = ack.order_id.as_str();
+            if !stored_ids.contains(id) {
+                missing.push(id);
+            } else if !served
+                .get(id)
+                .is_some_and(|order| stored_content.contains(&content(order)))
+            {
+                differing.push(id);
+            }
+        }
+        let passed = missing.is_empty() && differing.is_empty();
+        if passed || tokio::time::Instant::now() >= deadline {
             let detail = if passed {
                 format!(
-                    "all {} acknowledged orders are in Postgres",
-                    grouped(wanted.len() as u64)
+                    "all {} acknowledged orders are in Postgres as the server answered them",
+                    grouped(acknowledged.len() as u64)
                 )
             } else {
                 format!(
-                    "{} of {} acknowledged orders not in Postgres after {settle:?}: {}",
+                    "of {} acknowledged orders, {} not in Postgres after {settle:?} ({}) and {} \
+                     there with other content than the server's ({})",
+                    grouped(acknowledged.len() as u64),
                     grouped(missing.len() as u64),
-                    grouped(wanted.len() as u64),
-                    some_ids(missing.iter().copied())
+                    some_ids(missing.iter().copied()),
+                    grouped(differing.len() as u64),
+                    some_ids(differing.iter().copied())
                 )
             };
             return Ok(Check::new("orders in Postgres", passed, detail));
@@ -298,33 +334,49 @@ async fn postgres_check_within(
     }
 }
 
-/// The ids of a deal's orders in the order sink's table
-/// `orders(id text primary key, deal_id text, ...)`.
+/// A deal's orders in the order sink's table `orders(id, deal_id,
+/// shopper_id, quantity, amount, …)`, from every deployment writing it.
 #[cfg(feature = "postgres")]
-pub async fn postgres_order_ids(
+pub async fn postgres_orders(
     database_url: &str,
     deal_id: &str,
-) -> Result<HashSet<String>, LoadtestError> {
+) -> Result<Vec<Order>, LoadtestError> {
     use sqlx::Connection as _;
     let database = |error: sqlx::Error| LoadtestError::Database(Box::new(error));
     let mut connection = sqlx::PgConnection::connect(database_url)
         .await
         .map_err(database)?;
-    let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM orders WHERE deal_id = $1")
-        .bind(deal_id)
-        .fetch_all(&mut connection)
-        .await
-        .map_err(database)?;
+    let rows: Vec<(String, String, String, i64, String)> = sqlx::query_as(
+        "SELECT id, deal_id, shopper_id, quantity, amount::text FROM orders WHERE deal_id = $1",
+    )
+    .bind(deal_id)
+    .fetch_all(&mut connection)
+    .await
+    .map_err(database)?;
     let _ = connection.close().await;
-    Ok(ids.into_iter().collect())
+    rows.into_iter()
+        .map(|(id, deal_id, shopper_id, quantity, amount)| {
+            Ok(Order {
+                amount: amount.parse().map_err(|error: rust_decimal::Error| {
+                    LoadtestError::Database(
+                        format!("order {id}'s amount {amount:?}: {error}").into(),
+                    )
+                })?,
+                quantity: u64::try_from(quantity).unwrap_or_default(),
+                id,
+                deal_id,
+                shopper_id,
+            })
+        })
+        .collect()
 }
 
 /// Built without the `postgres` feature: the check cannot run.
 #[cfg(not(feature = "postgres"))]
-pub async fn postgres_order_ids(
+pub async fn postgres_orders(
     _database_url: &str,
     _deal_id: &str,
-) -> Result<HashSet<String>, LoadtestError> {
+) -> Result<Vec<Order>, LoadtestError> {
     Err(LoadtestError::Database(
         "flashsale-loadtest was built without the `postgres` feature".into(),
     ))
@@ -505,9 +557,11 @@ mod tests {
         let separator = if base.contains('?') { '&' } else { '?' };
         let url = format!("{base}{separator}options=-csearch_path%3D{schema}");
 
-        let stored = postgres_order_ids(&url, "d1").await.expect("query runs");
-        assert_eq!(stored, HashSet::from(["o1".to_owned(), "o2".to_owned()]));
-        let kept = postgres_check(&url, "d1", &[ack("o1", 0), ack("o2", 1)])
+        let stored = postgres_orders(&url, "d1").await.expect("query runs");
+        let ids: HashSet<String> = stored.into_iter().map(|order| order.id).collect();
+        assert_eq!(ids, HashSet::from(["o1".to_owned(), "o2".to_owned()]));
+        let served = [order("o1", "s1"), order("o2", "s2")];
+        let kept = postgres_check(&url, "d1", &[ack("o1", 0), ack("o2", 1)], &served)
             .await
             .expect("check runs");
         assert!(kept.passed, "{kept:?}");
@@ -516,11 +570,29 @@ mod tests {
             &url,
             "d1",
             &[ack("o1", 0), ack("o9", 1)],
+            &served,
             Duration::from_millis(600),
         )
         .await
         .expect("check runs");
         assert!(!lost.passed && lost.detail.contains("o9"), "{lost:?}");
+
+        // The same id with other content (another deployment's o2, or a
+        // changed row) is not the acknowledged order.
+        let other = [order("o1", "s1"), order("o2", "s7")];
+        let differing = postgres_check_within(
+            &url,
+            "d1",
+            &[ack("o1", 0), ack("o2", 1)],
+            &other,
+            Duration::from_millis(600),
+        )
+        .await
+        .expect("check runs");
+        assert!(
+            !differing.passed && differing.detail.contains("other content"),
+            "{differing:?}"
+        );
 
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
             .execute(&mut admin)

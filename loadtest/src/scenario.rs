@@ -165,7 +165,7 @@ impl Context {
             orders_per_shopper_max,
         });
         if let Some(url) = &self.database_url {
-            checks.push(checks::postgres_check(url, &deal.id, acknowledged).await?);
+            checks.push(checks::postgres_check(url, &deal.id, acknowledged, &orders).await?);
         }
         Ok(checks)
     }

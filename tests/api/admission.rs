@@ -9,9 +9,9 @@ use tokio::net::TcpStream;
 
 use crate::helpers::{TestServer, start_with};
 
-/// Writes a request's head and part of its body, so it stays in flight
+/// Writes a request's head and part of its body, so its body is arriving
 /// until the rest is written.
-async fn half_sent_buy(t: &TestServer, token: &str, deal: &str, key: &str) -> TcpStream {
+pub async fn half_sent_buy(t: &TestServer, token: &str, deal: &str, key: &str) -> TcpStream {
     let body = r#"{"quantity": 1}"#;
     let mut stream = TcpStream::connect(t.addr()).await.unwrap();
     let head = format!(
@@ -79,46 +79,65 @@ async fn signups_are_limited_per_address() {
     assert!(limited.headers.contains_key("retry-after"));
 }
 
+/// This server's `name` series from `/metrics` (the first sample).
+pub async fn metric(t: &TestServer, name: &str) -> f64 {
+    let text = t.get("/metrics", None).await.text;
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in /metrics"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn past_the_in_flight_bound_requests_are_shed_not_queued() {
-    let t = start_with(|config| config.in_flight_max = 1).await;
+async fn a_slow_body_holds_a_body_read_slot_not_an_in_flight_one_and_past_its_bound_requests_are_shed()
+ {
+    let t = start_with(|config| {
+        config.in_flight_max = 1;
+        config.body_reads_max = 1;
+    })
+    .await;
     let merchant = t.merchant("Xiaomi").await;
     let deal = t.deal(&merchant, "1.00", 10, 5).await;
     let shopper = t.shopper("Li", "100").await;
-    // The slow buy holds the one permit once its head is parsed. A probe
-    // that races ahead of that parse takes the permit itself and sheds the
-    // slow buy instead; then the slow buy's connection has an answer, and
-    // the test starts again with a new one.
-    let mut shed = None;
-    let mut in_flight = None;
-    for attempt in 0..20 {
-        let slow = half_sent_buy(&t, &shopper.token, &deal, &format!("slow-{attempt}")).await;
-        for _ in 0..50 {
-            let answer = t.get(&format!("/v1/deals/{deal}"), None).await;
-            if answer.status == 503 {
-                shed = Some(answer);
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        let mut peek = [0u8; 1];
-        let answered = tokio::time::timeout(Duration::from_millis(20), slow.peek(&mut peek))
-            .await
-            .is_ok();
-        if shed.is_some() && !answered {
-            in_flight = Some(slow);
+    let slow = half_sent_buy(&t, &shopper.token, &deal, "slow").await;
+    // Wait (bounded) until the slow buy's body is being read.
+    let mut reading = false;
+    for _ in 0..500 {
+        if metric(&t, "flashsale_body_reads").await == 1.0 {
+            reading = true;
             break;
         }
-        shed = None;
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let in_flight = in_flight.expect("the slow buy holds the permit");
-    let shed = shed.expect("a request past the bound is shed");
+    assert!(reading, "the slow buy never started reading its body");
+    // With the one in-flight slot free, requests without a body are served.
+    for _ in 0..3 {
+        t.get(&format!("/v1/deals/{deal}"), None).await.ok(200);
+    }
+    // A second body to read is past its bound: shed at once, not queued.
+    let shed = t
+        .post("/v1/shoppers", None, &json!({ "name": "Han" }))
+        .await;
     shed.refused(503, "overloaded");
     assert!(shed.headers.contains_key("retry-after"));
-    // Health still answers while shedding.
+    // Liveness stays 200; readiness and metrics say the server is shedding.
     t.get("/healthz", None).await.ok(200);
-    assert_eq!(finish_buy(in_flight).await, "HTTP/1.1 201 Created");
-    t.get(&format!("/v1/deals/{deal}"), None).await.ok(200);
+    let ready = t.get("/readyz", None).await;
+    ready.refused(503, "unavailable");
+    assert!(ready.text.contains("shedding"), "{}", ready.text);
+    assert_eq!(
+        metric(
+            &t,
+            "flashsale_requests_shed_total{bound=\"body_reads_max\"}"
+        )
+        .await,
+        1.0
+    );
+    assert_eq!(metric(&t, "flashsale_shedding").await, 1.0);
+    assert_eq!(finish_buy(slow).await, "HTTP/1.1 201 Created");
+    assert_eq!(metric(&t, "flashsale_body_reads").await, 0.0);
+    t.post("/v1/shoppers", None, &json!({ "name": "Han" }))
+        .await
+        .ok(201);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

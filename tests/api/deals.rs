@@ -49,11 +49,12 @@ async fn a_deal_is_created_read_and_changed_by_its_merchant() {
     );
     assert_eq!(changed["status"], "paused");
 
-    // A paused deal: 503 unavailable with Retry-After.
+    // A paused deal: the merchant's decision, not an outage: 409
+    // deal_paused, and nothing tells the client to retry.
     let shopper = t.shopper("Li", "2000").await;
     let paused = t.buy(&shopper, id, 1, "k1").await;
-    paused.refused(503, "unavailable");
-    assert!(paused.headers.contains_key("retry-after"));
+    paused.refused(409, "deal_paused");
+    assert!(!paused.headers.contains_key("retry-after"));
 
     let resumed = t
         .patch(
@@ -104,12 +105,17 @@ async fn deal_fields_are_validated_with_the_field_named() {
             reply.text
         );
     }
-    // A number where money must be a string is the wrong type.
+    // A number where money must be a string is the wrong type: 422
+    // naming the field and what it accepts.
     let mut body = base.clone();
     body["price"] = json!(999.0);
-    t.deal_with(&merchant, body)
-        .await
-        .refused(400, "bad_request");
+    let number = t.deal_with(&merchant, body).await;
+    number.refused(422, "invalid");
+    assert!(
+        number.text.contains("price must be a string of digits"),
+        "{}",
+        number.text
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -18,3 +18,5 @@ mod loadtest;
 mod ops;
 mod reviews;
 mod shutdown;
+mod stalled_bodies;
+mod strict_input;

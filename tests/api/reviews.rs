@@ -93,9 +93,9 @@ async fn only_the_orders_shopper_reviews_it_once_with_scores_from_one_to_five() 
     let answer = review(&t, &order, &shopper.token, &long).await;
     answer.refused(422, "invalid");
     assert!(answer.text.contains("text"), "{}", answer.text);
-    review(&t, &order, &shopper.token, &json!({ "description": 5 }))
-        .await
-        .refused(400, "bad_request");
+    let missing = review(&t, &order, &shopper.token, &json!({ "description": 5 })).await;
+    missing.refused(422, "invalid");
+    assert!(missing.text.contains("delivery"), "{}", missing.text);
     review(&t, "o_999999", &shopper.token, &scores(5, 5, 5))
         .await
         .refused(404, "not_found");

@@ -1126,18 +1126,7 @@ impl RedisStore {
         amount: Money,
         reference: &str,
     ) -> Result<Wallet, Error> {
-        if amount == Money::ZERO {
-            return Err(Error::Engine(EngineError::Invalid {
-                field: "amount",
-                reason: "must be positive",
-            }));
-        }
-        if reference.is_empty() || reference.len() > 255 {
-            return Err(Error::Engine(EngineError::Invalid {
-                field: "reference",
-                reason: "must be 1 to 255 bytes",
-            }));
-        }
+        flashsale_engine::check_credit(amount, reference)?;
         let shard = self.shard_of(shopper);
         let amount_text = amount.fen().to_string();
         let bound = WALLET_FEN_MAX.to_string();
