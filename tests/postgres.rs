@@ -578,6 +578,21 @@ async fn apply_all(shop: &Shop, config: OrderSinkConfig) -> u64 {
     merged
 }
 
+/// The sink's tables, plus a rule about rows' content (`rule`, SQL) that
+/// the engine does not know. The API refuses text Postgres cannot store (a
+/// NUL), so a row Postgres refuses for its content is made this way round;
+/// to the sink it is the same: a refusal of the row's content (SQLSTATE
+/// class 22 or 23) that no retry can get past. Returns a connection.
+async fn with_content_rule(db: &TestDb, rule: &str) -> PgConnection {
+    let mut conn = db.connect().await;
+    order_sink::MIGRATOR.run(&mut conn).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(rule.to_owned()))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    conn
+}
+
 /// Orders of one deployment in Postgres: (id, amount) sorted.
 async fn deployment_orders(conn: &mut PgConnection, deployment: &str) -> Vec<(String, String)> {
     sqlx::query_as("SELECT id, amount::text FROM orders WHERE deployment_id = $1 ORDER BY id")
@@ -601,17 +616,11 @@ async fn a_row_postgres_refuses_is_set_aside_and_later_orders_still_reach_postgr
     let Some(db) = TestDb::create().await else {
         return;
     };
-    // The API refuses text Postgres cannot store (a NUL), so a row Postgres
-    // refuses for its content is made here the other way round: Postgres
-    // is given a rule ("no deal titled Poison") the engine does not know.
-    // To the sink it is the same: a refusal of the row's content (SQLSTATE
-    // class 22 or 23) that no retry can get past.
-    let mut conn = db.connect().await;
-    order_sink::MIGRATOR.run(&mut conn).await.unwrap();
-    sqlx::query("ALTER TABLE deals ADD CONSTRAINT refuse_poison CHECK (title <> 'Poison')")
-        .execute(&mut conn)
-        .await
-        .unwrap();
+    let mut conn = with_content_rule(
+        &db,
+        "ALTER TABLE deals ADD CONSTRAINT refuse_poison CHECK (title <> 'Poison')",
+    )
+    .await;
     let dir = tempfile::tempdir().unwrap();
     let shop = shop(dir.path(), 200);
     let mut orders = sell(&shop, 0);
@@ -741,13 +750,11 @@ async fn a_served_deal_postgres_refuses_is_named_in_readyz_and_orders_still_reac
     let Some(db) = TestDb::create().await else {
         return;
     };
-    // As above, Postgres gets a content rule the engine does not know.
-    let mut conn = db.connect().await;
-    order_sink::MIGRATOR.run(&mut conn).await.unwrap();
-    sqlx::query("ALTER TABLE deals ADD CONSTRAINT refuse_poison CHECK (title <> 'Poison')")
-        .execute(&mut conn)
-        .await
-        .unwrap();
+    let mut conn = with_content_rule(
+        &db,
+        "ALTER TABLE deals ADD CONSTRAINT refuse_poison CHECK (title <> 'Poison')",
+    )
+    .await;
     let dir = tempfile::tempdir().unwrap();
     let mut config = flashsale_gateway::Config::new(dir.path().to_owned());
     config.database_url = Some(db.url.clone());
@@ -847,13 +854,12 @@ async fn past_its_bound_the_sink_stops_setting_aside_and_says_why() {
     let Some(db) = TestDb::create().await else {
         return;
     };
-    let mut conn = db.connect().await;
-    order_sink::MIGRATOR.run(&mut conn).await.unwrap();
     // Postgres refuses every order: a fault of the schema, not of a row.
-    sqlx::query("ALTER TABLE orders ADD CONSTRAINT refuse_all CHECK (quantity < 0)")
-        .execute(&mut conn)
-        .await
-        .unwrap();
+    let mut conn = with_content_rule(
+        &db,
+        "ALTER TABLE orders ADD CONSTRAINT refuse_all CHECK (quantity < 0)",
+    )
+    .await;
     let dir = tempfile::tempdir().unwrap();
     let shop = shop(dir.path(), 10);
     sell(&shop, 0);
