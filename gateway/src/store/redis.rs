@@ -72,6 +72,9 @@ const STEPS_LUA: &str = include_str!("../../redis/flashsale.lua");
 /// How often the poller refreshes deals, gathers their numbers across the
 /// shards, and checks that Redis answers.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
+/// How often (in polls) the poller sums deals' numbers and merchants'
+/// ratings over the shards: the costly part of a poll.
+const SUMS_EVERY_POLLS: u32 = 4;
 /// How often the poller finishes transfers and sweeps left half done.
 const RECONCILE_EVERY_POLLS: u32 = 8;
 /// A transfer pending longer than this is taken to be abandoned by a
@@ -532,7 +535,7 @@ impl RedisStore {
             .load_async(&mut connection)
             .await
             .map_err(Error::Redis)?;
-        store.poll().await?;
+        store.poll(true).await?;
         Ok(store)
     }
 
@@ -1666,7 +1669,8 @@ impl RedisStore {
         loop {
             ticker.tick().await;
             polls = polls.wrapping_add(1);
-            let result = match self.poll().await {
+            let with_sums = polls.is_multiple_of(SUMS_EVERY_POLLS);
+            let result = match self.poll(with_sums).await {
                 Ok(()) if polls.is_multiple_of(RECONCILE_EVERY_POLLS) => self.reconcile().await,
                 other => other,
             };
@@ -1729,8 +1733,9 @@ impl RedisStore {
         Ok(())
     }
 
-    /// One poll (see [`RedisStore::run_poller`]).
-    async fn poll(&self) -> Result<(), Error> {
+    /// One poll (see [`RedisStore::run_poller`]); `with_sums` also sums
+    /// the deals' numbers and the merchants' ratings over the shards.
+    async fn poll(&self, with_sums: bool) -> Result<(), Error> {
         let ids: Vec<u64> = self
             .query(
                 redis::cmd("ZREVRANGE")
@@ -1759,11 +1764,26 @@ impl RedisStore {
                 .await
                 .map_err(Error::Redis)?
         };
-        let sums = self.shard_sums(&ids).await?;
-        for ((entry, fields), sum) in entries.iter().zip(&fields).zip(&sums) {
+        // The numbers summed over the shards cost one HMGET per shard of six
+        // fields per deal: every [`SUMS_EVERY_POLLS`] polls; between them a
+        // deal keeps the sums it had (its hash is still read every poll).
+        let deal_ids: Vec<DealId> = entries.iter().map(|entry| entry.id).collect();
+        let sums = if with_sums {
+            Some(self.shard_sums(&deal_ids).await?)
+        } else {
+            None
+        };
+        for (index, (entry, fields)) in entries.iter().zip(&fields).enumerate() {
             let mut live = live_of(fields);
-            live.set_sums(sum);
+            match sums.as_ref().and_then(|sums| sums.get(index)) {
+                Some(sum) => live.set_sums(sum),
+                None => live.keep_sums(&entry.live.lock()),
+            }
             self.learn(entry, live).await;
+        }
+        if !with_sums {
+            *self.inner.newest.write() = ids;
+            return Ok(());
         }
         let merchants: Vec<MerchantId> = entries
             .iter()
@@ -1873,6 +1893,16 @@ impl FeedSource for Inner {
 }
 
 impl DealLive {
+    /// The sums of `before`, when this read did not sum the shards.
+    fn keep_sums(&mut self, before: &DealLive) {
+        self.buckets = before.buckets;
+        self.held = before.held;
+        self.sold = before.sold;
+        self.buyers = before.buyers;
+        self.registrations = before.registrations;
+        self.shares = before.shares;
+    }
+
     fn set_sums(&mut self, sum: &[u64; SUM_PARTS]) {
         let [buckets, held, sold, buyers, registrations, shares] = *sum;
         self.shares = shares;
