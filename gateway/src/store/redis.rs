@@ -1760,20 +1760,20 @@ impl RedisStore {
                 entries.push(entry);
             }
         }
-        let mut pipeline = redis::pipe();
-        for entry in &entries {
-            pipeline.cmd("HGETALL").arg(self.keys().deal(entry.id));
-        }
-        let mut connection = self.connection();
-        let fields: Vec<HashMap<String, String>> = if entries.is_empty() {
-            Vec::new()
-        } else {
-            pipeline
-                .query_async(&mut connection)
-                .await
-                .map_err(Error::Redis)?
-        };
-        let sums = self.shard_sums(&ids).await?;
+        // One read per deal, all in flight at once: the deals live on
+        // different Cluster slots, so no pipeline may hold two of them.
+        let reads = entries.iter().map(|entry| {
+            let key = self.keys().deal(entry.id);
+            async move {
+                self.query::<HashMap<String, String>>(redis::cmd("HGETALL").arg(key))
+                    .await
+            }
+        });
+        let fields = try_join_all(reads).await?;
+        // Summed for the entries, not `ids`, so a deal this node could not
+        // read does not shift the numbers of the ones after it.
+        let listed: Vec<DealId> = entries.iter().map(|entry| entry.id).collect();
+        let sums = self.shard_sums(&listed).await?;
         for ((entry, fields), sum) in entries.iter().zip(&fields).zip(&sums) {
             let mut live = live_of(fields);
             live.set_sums(sum);
