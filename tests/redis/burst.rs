@@ -230,6 +230,54 @@ async fn three_nodes_on_a_cluster_sell_exactly_the_stock() {
     }
 }
 
+/// Milliseconds a Cluster node's poller is given to list every new deal.
+const CLUSTER_POLL_WAIT_MS: u64 = 10_000;
+
+/// Several deals on a Cluster live on different slots: the node's poll
+/// (the only source of `/metrics`' per-deal series) reads them all, the
+/// node stays ready, and it sells on each of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_node_polls_deals_on_different_slots() {
+    let Some(urls) = flashsale_testkit::redis_cluster_urls() else {
+        return;
+    };
+    let _serial = crate::node::serial().await;
+    let deployment = Deployment::new(Target::Cluster(urls), 8);
+    let node = deployment.node();
+    let merchant = node.merchant("Slots").await;
+    let mut deals = Vec::new();
+    for _ in 0..4 {
+        deals.push(node.deal(&merchant, 5, 1).await);
+    }
+    let series = |deal: &str| format!("flashsale_deal_remaining{{deal=\"{deal}\"}} 5");
+    let started = std::time::Instant::now();
+    let metrics = loop {
+        let metrics = node.get("/metrics", None).await.ok(200);
+        let text = metrics.as_str().unwrap_or_default().to_owned();
+        if deals.iter().all(|deal| text.contains(&series(deal)))
+            || started.elapsed().as_millis() > u128::from(CLUSTER_POLL_WAIT_MS)
+        {
+            break text;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    for deal in &deals {
+        assert!(
+            metrics.contains(&series(deal)),
+            "the poll never listed {deal}: {metrics}"
+        );
+    }
+    node.get("/readyz", None).await.ok(200);
+    let shoppers = node.shoppers(1, "100.00").await;
+    for (index, deal) in deals.iter().enumerate() {
+        let answer = node
+            .buy(&shoppers[0].1, deal, 1, &format!("slot-{index}"))
+            .await
+            .expect("an answer");
+        answer.ok(201);
+    }
+}
+
 /// A deal of 10 units over 64 shards: ten shoppers hold one unit each and
 /// release it, so the units wait in ten scattered buckets; ten shoppers of
 /// other shards then buy them all, and the next is told sold out.

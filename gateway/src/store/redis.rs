@@ -1751,19 +1751,16 @@ impl RedisStore {
                 entries.push(entry);
             }
         }
-        let mut pipeline = redis::pipe();
-        for entry in &entries {
-            pipeline.cmd("HGETALL").arg(self.keys().deal(entry.id));
-        }
-        let mut connection = self.connection();
-        let fields: Vec<HashMap<String, String>> = if entries.is_empty() {
-            Vec::new()
-        } else {
-            pipeline
-                .query_async(&mut connection)
-                .await
-                .map_err(Error::Redis)?
-        };
+        // One read per deal, all in flight at once: the deals live on
+        // different Cluster slots, so no pipeline may hold two of them.
+        let reads = entries.iter().map(|entry| {
+            let key = self.keys().deal(entry.id);
+            async move {
+                self.query::<HashMap<String, String>>(redis::cmd("HGETALL").arg(key))
+                    .await
+            }
+        });
+        let fields = try_join_all(reads).await?;
         // The numbers summed over the shards cost one HMGET per shard of six
         // fields per deal: every [`SUMS_EVERY_POLLS`] polls; between them a
         // deal keeps the sums it had (its hash is still read every poll).

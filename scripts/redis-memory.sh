@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Redis memory per shopper and per order in multi-node mode, measured on a
+# private redis-server (no persistence) on 127.0.0.1:${MEMORY_REDIS_PORT:-6393}:
+# used_memory before, after SHOPPERS bulk shoppers, and after each of them
+# buys one unit (a one-tap order, with its idempotency record, list entries
+# and record-set entry). Uses target/release/flashsale (built if missing).
+# Bounded waits; stops what it starts.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/flashsale
+PORT=${MEMORY_REDIS_PORT:-6393}
+SHOPPERS=${MEMORY_SHOPPERS:-10000}
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/flashsale-memory.XXXXXX")
+PIDS=()
+cleanup() { for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done; rm -rf "$WORK"; }
+trap cleanup EXIT
+[ -x "$BIN" ] || (cd "$ROOT" && cargo build --release --bin flashsale)
+
+redis-server --port "$PORT" --bind 127.0.0.1 --save '' --appendonly no --dir "$WORK" >/dev/null &
+PIDS+=($!)
+for _ in $(seq 1 100); do redis-cli -p "$PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
+used() { redis-cli -p "$PORT" INFO memory | tr -d '\r' | awk -F: '/^used_memory:/ {print $2}'; }
+
+ADMIN=memory-admin-token-0123456789
+FLASHSALE_RATE_LIMIT_SHOPPER=0 FLASHSALE_RATE_LIMIT_ADDRESS=0 "$BIN" serve --addr 127.0.0.1:0 \
+  --data-dir "$WORK/data" --redis-url "redis://127.0.0.1:$PORT" --secret memory-secret-0123456789 \
+  --admin-token "$ADMIN" >"$WORK/out" 2>"$WORK/log" &
+PIDS+=($!)
+for _ in $(seq 1 300); do grep -q 'listening on' "$WORK/out" 2>/dev/null && break; sleep 0.1; done
+URL=$(grep -o 'http://[^ ]*' "$WORK/out" | head -n1)
+api() { curl -sS --fail-with-body --max-time 60 -X "$1" -H "Authorization: Bearer $3" \
+  -H 'Content-Type: application/json' ${4:+--data "$4"} "$URL$2"; }
+merchant=$(api POST /v1/merchants "$ADMIN" '{"name":"memory"}' | jq -r .token)
+deal=$(api POST /v1/deals "$merchant" "{\"title\":\"memory\",\"price\":\"1.00\",\"stock\":$SHOPPERS,\
+\"starts_at\":\"2020-01-01T00:00:00Z\",\"ends_at\":\"2099-01-01T00:00:00Z\"}" | jq -r .id)
+sleep 1
+before=$(used)
+: >"$WORK/tokens"
+left=$SHOPPERS
+while [ "$left" -gt 0 ]; do
+  count=$((left < 10000 ? left : 10000))
+  api POST /v1/admin/shoppers "$ADMIN" "{\"count\":$count,\"credit\":\"10.00\"}" | jq -r '.shoppers[].token' >>"$WORK/tokens"
+  left=$((left - count))
+done
+shoppers=$(used)
+n=0
+while read -r token; do
+  n=$((n + 1))
+  curl -sS -o /dev/null --max-time 10 -X POST -H "Authorization: Bearer $token" -H 'Content-Type: application/json' \
+    -H "Idempotency-Key: memory-$n" --data '{"quantity":1}' "$URL/v1/deals/$deal/orders" &
+  [ $((n % 64)) -eq 0 ] && wait
+done <"$WORK/tokens"
+wait
+orders=$(used)
+sold=$(api GET "/v1/deals/$deal" "$ADMIN" | jq -r .sold)
+echo "shoppers: $SHOPPERS, orders: $sold"
+echo "bytes per shopper (account, wallet, shard index): $(( (shoppers - before) / SHOPPERS ))"
+echo "bytes per order (order record, idempotency record, list and set entries, buyer counters): $(( (orders - shoppers) / sold ))"
