@@ -9,7 +9,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/flashsale
 PORT=${MEMORY_REDIS_PORT:-6393}
-SHOPPERS=${MEMORY_SHOPPERS:-10000}
+SHOPPERS=${MEMORY_SHOPPERS:-5000}
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/flashsale-memory.XXXXXX")
 PIDS=()
 cleanup() { for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done; rm -rf "$WORK"; }
@@ -43,14 +43,11 @@ while [ "$left" -gt 0 ]; do
   left=$((left - count))
 done
 shoppers=$(used)
-n=0
-while read -r token; do
-  n=$((n + 1))
-  curl -sS -o /dev/null --max-time 10 -X POST -H "Authorization: Bearer $token" -H 'Content-Type: application/json' \
-    -H "Idempotency-Key: memory-$n" --data '{"quantity":1}' "$URL/v1/deals/$deal/orders" &
-  [ $((n % 64)) -eq 0 ] && wait
-done <"$WORK/tokens"
-wait
+export URL deal
+awk '{print NR, $0}' "$WORK/tokens" | xargs -P 32 -n 2 sh -c \
+  'curl -sS -o /dev/null --max-time 10 -X POST -H "Authorization: Bearer $1" \
+     -H "Content-Type: application/json" -H "Idempotency-Key: memory-$0" \
+     --data "{\"quantity\":1}" "$URL/v1/deals/$deal/orders"'
 orders=$(used)
 sold=$(api GET "/v1/deals/$deal" "$ADMIN" | jq -r .sold)
 echo "shoppers: $SHOPPERS, orders: $sold"
