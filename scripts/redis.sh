@@ -44,7 +44,13 @@ fi
 
 if redis-cli -h 127.0.0.1 -p "$port" ping >/dev/null 2>&1; then
     echo "a Redis already answers on 127.0.0.1:$port: leaving it as it is"
-    echo "its persistence: $(redis-cli -h 127.0.0.1 -p "$port" config get appendfsync | tr '\n' ' ')"
+    appendonly=$(redis-cli -h 127.0.0.1 -p "$port" config get appendonly | sed -n 2p)
+    appendfsync=$(redis-cli -h 127.0.0.1 -p "$port" config get appendfsync | sed -n 2p)
+    if [ "$appendonly" = yes ]; then
+        echo "its persistence: appendonly yes, appendfsync $appendfsync"
+    else
+        echo "its persistence: none (appendonly no): a restart of it loses every order"
+    fi
     echo "REDIS_URL=redis://127.0.0.1:$port"
     exit 0
 fi

@@ -84,7 +84,9 @@ pub enum Error {
     /// Redis mode: Redis did not answer in time, or the connection is
     /// down. The outcome of a change is unknown; the client's retry with
     /// the same `Idempotency-Key` resolves it.
-    #[error("the sale's store (Redis) is unavailable; retry with the same Idempotency-Key")]
+    #[error(
+        "the sale's store (Redis) did not answer; retry shortly (a change retried with the same Idempotency-Key gets its first outcome)"
+    )]
     Redis(#[source] redis::RedisError),
     /// Redis mode: connecting to Redis took longer than the connect timeout.
     #[error("Redis did not accept a connection in time")]
