@@ -221,6 +221,7 @@ async fn three_nodes_on_a_cluster_sell_exactly_the_stock() {
         .map(|(after, before)| after - before)
         .collect();
     let all: u64 = served.iter().sum();
+    eprintln!("script calls per primary: {served:?} of {all}");
     for (primary, calls) in served.iter().enumerate() {
         // One hot deal is spread over the shards, so over every primary.
         assert!(
