@@ -55,7 +55,8 @@ pub struct ServeArgs {
     #[arg(long, env = "FLASHSALE_DURABILITY", default_value = "sync", value_parser = ["sync", "async"])]
     pub durability: String,
 
-    /// Postgres URL for the order sink; unset: journal only.
+    /// Postgres URL for the order sink (the journal's, or in multi-node
+    /// mode the Redis books streams'); unset: no books in Postgres.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
 

@@ -22,16 +22,16 @@ pub fn fen(amount: &Value) -> i64 {
 }
 
 /// What one buy attempt got.
-struct Attempt {
-    shopper: usize,
-    key: String,
-    answer: Option<crate::node::Answer>,
+pub struct Attempt {
+    pub shopper: usize,
+    pub key: String,
+    pub answer: Option<crate::node::Answer>,
 }
 
 /// `attempts` buys of 1 unit, `(shopper, key)` each, sent round-robin over
 /// `nodes`, at most [`BURST_CONCURRENCY`] at once; the retry of a key goes
 /// to the next node.
-async fn burst(
+pub async fn burst(
     nodes: &[Node],
     shoppers: &[(String, String)],
     deal: &str,

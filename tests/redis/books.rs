@@ -1,0 +1,242 @@
+//! Redis mode's books: every node runs the books sink (`--database-url`);
+//! after a burst through three nodes, every order answered `201` is in
+//! Postgres exactly once with the content it was answered with, and the
+//! wallet movements and the deal's total match what Redis says.
+//!
+//! Each deployment's rows carry its own deployment id (kept in Redis), so
+//! the tests share the `DATABASE_URL` database and read only their rows.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use sqlx::{Connection, PgConnection};
+
+use crate::burst::{burst, fen};
+use crate::node::{Deployment, Node, Target};
+
+/// How long the books may take to reach Postgres after a burst.
+const BOOKS_WAIT: Duration = Duration::from_secs(30);
+
+/// The deployment's id, as its nodes keep it in Redis.
+pub fn deployment_id(deployment: &Deployment) -> String {
+    let output = std::process::Command::new("redis-cli")
+        .args(deployment.target.cli())
+        .args(["GET", &format!("{}:{{g}}:deployment", deployment.namespace)])
+        .output()
+        .expect("redis-cli runs");
+    let id = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    assert!(
+        id.starts_with("redis-"),
+        "no deployment id in Redis: {id:?}"
+    );
+    id
+}
+
+/// One order row: deal, shopper, quantity, unit price and amount (text),
+/// late.
+type OrderRow = (String, String, i64, String, String, bool);
+
+/// The deployment's orders in Postgres by id.
+pub async fn orders_in_postgres(
+    conn: &mut PgConnection,
+    deployment: &str,
+) -> HashMap<String, OrderRow> {
+    let rows: Vec<(String, String, String, i64, String, String, bool)> = sqlx::query_as(
+        "SELECT id, deal_id, shopper_id, quantity, unit_price::text, amount::text, late \
+         FROM orders WHERE deployment_id = $1",
+    )
+    .bind(deployment)
+    .fetch_all(&mut *conn)
+    .await
+    .expect("orders");
+    rows.into_iter()
+        .map(|(id, deal, shopper, quantity, price, amount, late)| {
+            (id, (deal, shopper, quantity, price, amount, late))
+        })
+        .collect()
+}
+
+/// Waits until Postgres holds `count` orders of the deployment.
+pub async fn wait_for_orders(conn: &mut PgConnection, deployment: &str, count: usize) {
+    let started = Instant::now();
+    loop {
+        let found = orders_in_postgres(conn, deployment).await.len();
+        if found >= count {
+            return;
+        }
+        assert!(
+            started.elapsed() < BOOKS_WAIT,
+            "only {found} of {count} orders reached Postgres within {BOOKS_WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Three nodes with the books sink; a burst of 2,000 buys (each key twice,
+/// to two nodes) by 500 shoppers of a 200-unit deal, a restock of 50 that
+/// also sells; then the books in Postgres are the orders answered, once
+/// each, with their content, and the money and stock agree.
+async fn three_nodes_write_every_order_once(target: Target, database_url: &str) {
+    const STOCK: u64 = 200;
+    const RESTOCK: u64 = 50;
+    const SHOPPERS: u32 = 500;
+    let deployment = Deployment::new(target, 64);
+    let flags = ["--database-url", database_url];
+    let nodes = [
+        deployment.node_with(&flags),
+        deployment.node_with(&flags),
+        deployment.node_with(&flags),
+    ];
+    let merchant = nodes[0].merchant("Books").await;
+    let deal = nodes[1].deal(&merchant, STOCK, 1).await;
+    let shoppers = nodes[2].shoppers(SHOPPERS, "100.00").await;
+    let mut plan = Vec::new();
+    for round in 0..4 {
+        for shopper in 0..SHOPPERS as usize {
+            plan.push((shopper, format!("book-{shopper}-{}", round / 2)));
+        }
+    }
+    let mut attempts = burst(&nodes, &shoppers, &deal, &plan).await;
+    nodes[0]
+        .call(
+            reqwest::Method::PATCH,
+            &format!("/v1/deals/{deal}"),
+            Some(&merchant),
+            Some(json!({ "add_stock": RESTOCK })),
+            None,
+        )
+        .await
+        .ok(200);
+    let plan: Vec<(usize, String)> = (0..SHOPPERS as usize)
+        .map(|shopper| (shopper, format!("book-{shopper}-again")))
+        .collect();
+    attempts.extend(burst(&nodes, &shoppers, &deal, &plan).await);
+
+    let mut answered: HashMap<String, Value> = HashMap::new();
+    for attempt in &attempts {
+        if let Some(answer) = attempt
+            .answer
+            .as_ref()
+            .filter(|answer| answer.status == 201)
+        {
+            let id = answer.body["id"].as_str().expect("an id").to_owned();
+            answered.insert(id, answer.body.clone());
+        }
+    }
+    assert_eq!(
+        answered.len() as u64,
+        STOCK + RESTOCK,
+        "every unit sold once"
+    );
+
+    let id = deployment_id(&deployment);
+    let mut conn = PgConnection::connect(database_url)
+        .await
+        .expect("DATABASE_URL is set, so Postgres must be reachable");
+    wait_for_orders(&mut conn, &id, answered.len()).await;
+    let books = orders_in_postgres(&mut conn, &id).await;
+    assert_eq!(books.len(), answered.len(), "no order twice, none more");
+    for (order, body) in &answered {
+        let row = books
+            .get(order)
+            .unwrap_or_else(|| panic!("{order} not in Postgres"));
+        let expected = (
+            body["deal_id"].as_str().unwrap_or_default().to_owned(),
+            body["shopper_id"].as_str().unwrap_or_default().to_owned(),
+            body["quantity"].as_i64().unwrap_or_default(),
+            body["unit_price"].as_str().unwrap_or_default().to_owned(),
+            body["amount"].as_str().unwrap_or_default().to_owned(),
+            body["late"].as_bool().unwrap_or_default(),
+        );
+        assert_eq!(row, &expected, "order {order} in Postgres");
+    }
+
+    // Money: one credit per shopper, one debit per order, as Redis says.
+    let (credits, credited): (i64, String) = sqlx::query_as(
+        "SELECT count(*), coalesce(sum(amount), 0)::text FROM wallet_movements \
+         WHERE deployment_id = $1 AND kind = 'credit'",
+    )
+    .bind(&id)
+    .fetch_one(&mut conn)
+    .await
+    .expect("credits");
+    assert_eq!(credits, i64::from(SHOPPERS));
+    assert_eq!(fen(&json!(credited)), i64::from(SHOPPERS) * 10_000);
+    let (debits, debited): (i64, String) = sqlx::query_as(
+        "SELECT count(*), coalesce(sum(amount), 0)::text FROM wallet_movements \
+         WHERE deployment_id = $1 AND kind = 'debit'",
+    )
+    .bind(&id)
+    .fetch_one(&mut conn)
+    .await
+    .expect("debits");
+    assert_eq!(debits as usize, answered.len());
+    let mut spent = 0;
+    for (_, token) in &shoppers {
+        spent += fen(&nodes[0].get("/v1/wallet", Some(token)).await.ok(200)["spent"]);
+    }
+    assert_eq!(
+        fen(&json!(debited)),
+        spent,
+        "debits in Postgres = spent in Redis"
+    );
+
+    // The deal, restocked once.
+    let total: i64 =
+        sqlx::query_scalar("SELECT stock_total FROM deals WHERE deployment_id = $1 AND id = $2")
+            .bind(&id)
+            .bind(&deal)
+            .fetch_one(&mut conn)
+            .await
+            .expect("the deal's row");
+    assert_eq!(total as u64, STOCK + RESTOCK);
+
+    // Every node is ready, and says the backlog is empty.
+    for node in &nodes {
+        wait_for_backlog(node, 0).await;
+        node.get("/readyz", None).await.ok(200);
+    }
+}
+
+/// Waits until the node's `/metrics` says `entries` books entries wait.
+pub async fn wait_for_backlog(node: &Node, entries: u64) {
+    let series = format!("flashsale_order_sink_lag_records {entries}\n");
+    let started = Instant::now();
+    loop {
+        let metrics = node.get("/metrics", None).await.ok(200);
+        let text = metrics.as_str().unwrap_or_default();
+        if text.contains(&series) {
+            return;
+        }
+        assert!(
+            started.elapsed() < BOOKS_WAIT,
+            "the backlog never reached {entries}: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_on_one_redis_write_every_order_to_postgres_once() {
+    let (Some(url), Some(database)) = (
+        flashsale_testkit::redis_url(),
+        flashsale_testkit::postgres_url(),
+    ) else {
+        return;
+    };
+    let _serial = crate::node::serial().await;
+    three_nodes_write_every_order_once(Target::Single(url), &database).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_on_a_cluster_write_every_order_to_postgres_once() {
+    let (Some(urls), Some(database)) = (
+        flashsale_testkit::redis_cluster_urls(),
+        flashsale_testkit::postgres_url(),
+    ) else {
+        return;
+    };
+    let _serial = crate::node::serial().await;
+    three_nodes_write_every_order_once(Target::Cluster(urls), &database).await;
+}
