@@ -240,3 +240,94 @@ async fn three_nodes_on_a_cluster_write_every_order_to_postgres_once() {
     let _serial = crate::node::serial().await;
     three_nodes_write_every_order_once(Target::Cluster(urls), &database).await;
 }
+
+/// A node that read books entries and died for good (here a consumer
+/// `ghost` that reads every entry and never acknowledges one): a live node
+/// claims them once idle past its bound and they reach Postgres; nothing
+/// stays pending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_a_dead_node_held_are_claimed_and_reach_postgres() {
+    const SHOPPERS: u32 = 40;
+    let (Some(url), Some(database)) = (
+        flashsale_testkit::redis_url(),
+        flashsale_testkit::postgres_url(),
+    ) else {
+        return;
+    };
+    let _serial = crate::node::serial().await;
+    let deployment = Deployment::new(Target::Single(url), 8);
+    let seller = deployment.node();
+    let merchant = seller.merchant("Ghost").await;
+    let deal = seller.deal(&merchant, u64::from(SHOPPERS), 1).await;
+    let shoppers = seller.shoppers(SHOPPERS, "100.00").await;
+    for (index, (_, token)) in shoppers.iter().enumerate() {
+        let answer = seller.buy(token, &deal, 1, &format!("ghost-{index}")).await;
+        answer.expect("an answer").ok(201);
+    }
+    let deal_number = deal.trim_start_matches("d_");
+    let deal_number = u64::from_str_radix(deal_number, 16).expect("a hex deal id");
+    let streams: Vec<String> = (0..deployment.shards)
+        .map(|shard| format!("{}:{{s:{shard}}}:books", deployment.namespace))
+        .chain([format!(
+            "{}:{{d:{deal_number}}}:books",
+            deployment.namespace
+        )])
+        .collect();
+    let cli = |args: &[&str]| -> String {
+        let output = std::process::Command::new("redis-cli")
+            .args(deployment.target.cli())
+            .args(args)
+            .output()
+            .expect("redis-cli runs");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    for stream in &streams {
+        cli(&["XGROUP", "CREATE", stream, "books", "0", "MKSTREAM"]);
+        cli(&[
+            "XREADGROUP",
+            "GROUP",
+            "books",
+            "ghost",
+            "COUNT",
+            "10000",
+            "STREAMS",
+            stream,
+            ">",
+        ]);
+    }
+    let pending = |streams: &[String]| -> u64 {
+        streams
+            .iter()
+            .map(|stream| {
+                let summary = cli(&["XPENDING", stream, "books"]);
+                summary
+                    .lines()
+                    .next()
+                    .and_then(|count| count.trim().parse::<u64>().ok())
+                    .unwrap_or(0)
+            })
+            .sum()
+    };
+    // Orders, credits and the deal: all held by the ghost.
+    assert_eq!(pending(&streams), u64::from(SHOPPERS) * 2 + 1);
+
+    let _sink = deployment.node_with(&["--database-url", &database]);
+    let id = deployment_id(&deployment);
+    let mut conn = PgConnection::connect(&database)
+        .await
+        .expect("DATABASE_URL is set, so Postgres must be reachable");
+    wait_for_orders(&mut conn, &id, SHOPPERS as usize).await;
+    let started = Instant::now();
+    while pending(&streams) > 0 {
+        assert!(started.elapsed() < BOOKS_WAIT, "entries stay pending");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let deals: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM deals WHERE deployment_id = $1 AND id = $2")
+            .bind(&id)
+            .bind(&deal)
+            .fetch_one(&mut conn)
+            .await
+            .expect("deals");
+    assert_eq!(deals, 1);
+}
