@@ -28,6 +28,8 @@
 --                     when it is short) and retries
 --   {'TERMS'}         the shard has no (or older) terms for the deal: the node
 --                     installs them from the deal's slot and retries
+--   {'BACKLOG'}       the shard's books stream is at its bound (Postgres is
+--                     behind): nothing changed, the node answers 503
 --
 -- Steps that change what every node caches of a deal (its sold-out marker,
 -- its pool after a restock, its terms) publish the deal's key on the
@@ -71,6 +73,13 @@ end
 -- Appends one entry to a books stream (the header's layout).
 local function books(stream, ...)
   redis.call('XADD', stream, '*', ...)
+end
+
+-- Whether a books stream holds `bound` entries or more (0: no bound). The
+-- sinks trim what Postgres has every second, so the length is the backlog
+-- plus at most a second of entries.
+local function behind(stream, bound)
+  return bound > 0 and redis.call('XLEN', stream) >= bound
 end
 
 local function err(code, arg)
@@ -148,7 +157,7 @@ end
 --       list, 10 the shopper's order list, 11 the deal's record set,
 --       12 the shard's books stream
 -- ARGV: op, deal, shopper, kind, quantity, terms version, shard, sold_out,
---       key retention in s
+--       key retention in s, books backlog bound (entries; 0: none)
 local function reserve()
   local account, record_key, stock, terms_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
   local orders, holds, expiries, sequences = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
@@ -156,7 +165,7 @@ local function reserve()
   local stream = KEYS[12]
   local deal, shopper, kind = ARGV[2], ARGV[3], ARGV[4]
   local quantity, version, shard = num(ARGV[5]), num(ARGV[6]), num(ARGV[7])
-  local sold_out, retention = ARGV[8] == '1', num(ARGV[9])
+  local sold_out, retention, backlog = ARGV[8] == '1', num(ARGV[9]), num(ARGV[10])
   local terms = terms_of(terms_key, version)
   if not terms then return {'TERMS'} end
   local now = now_ms()
@@ -179,6 +188,9 @@ local function reserve()
   -- ...then the deal's own refusals, then a key used on another deal.
   if refused then return err(refused) end
   if record[1] then return err('idempotency_key_reused') end
+  -- Postgres behind past the bound: no new order until the books drain
+  -- (nothing changed; the node answers 503 unavailable).
+  if kind == 'order' and behind(stream, backlog) then return {'BACKLOG'} end
   local wallet = redis.call('HMGET', account, 'available', 'held', 'spent',
     'b:' .. deal, 'h:' .. deal, 'r:' .. deal)
   if not wallet[1] then return err('not_found', 'shopper') end
@@ -262,7 +274,7 @@ end
 -- KEYS: 1 account, 2 shard stock, 3 deal terms, 4 orders, 5 holds,
 --       6 expiries, 7 sequences, 8 the deal's order list, 9 the shopper's
 --       order list, 10 the shard's books stream
--- ARGV: op, hold id, shopper, terms version, shard
+-- ARGV: op, hold id, shopper, terms version, shard, books backlog bound
 local function pay()
   local account, stock, terms_key, orders = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
   local holds, expiries, sequences = KEYS[5], KEYS[6], KEYS[7]
@@ -275,6 +287,7 @@ local function pay()
   local now = now_ms()
   if hold.status == 'settled' then return err('hold_settled', int(hold.order)) end
   if hold.status == 'released' then return err('hold_released') end
+  if behind(stream, num(ARGV[6])) then return {'BACKLOG'} end
   local deal = tostring(hold.deal)
   local late = false
   -- engine: a pause is the merchant's "no more sales": a hold in time is

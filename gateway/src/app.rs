@@ -257,7 +257,11 @@ impl App {
         };
         let sink = sink.as_ref()?;
         if let Some(error) = sink.last_error() {
-            return Some(Cow::Owned(format!("the order sink is failing: {error}")));
+            let lag = sink.lag();
+            return Some(Cow::Owned(format!(
+                "the order sink is failing: {error}; {} record(s) wait for Postgres, the oldest for {:.1} s",
+                lag.records, lag.seconds
+            )));
         }
         let (_, conflicts, last) = sink.set_aside();
         (conflicts > 0).then(|| {

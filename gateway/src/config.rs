@@ -103,6 +103,13 @@ pub struct ServeArgs {
     )]
     pub redis_response_timeout_ms: u64,
 
+    /// Redis mode with --database-url: books entries not yet in Postgres
+    /// past which buys and hold payments answer 503 unavailable rather
+    /// than grow Redis without bound (Postgres down); split evenly over the
+    /// shards' streams, each refusing past its share.
+    #[arg(long, env = "FLASHSALE_BOOKS_BACKLOG_MAX", default_value_t = 1_000_000)]
+    pub books_backlog_max: u64,
+
     /// Milliseconds to wait for a connection to Redis.
     #[arg(
         long,
@@ -386,6 +393,12 @@ fn redis_settings(args: &ServeArgs) -> Result<Option<RedisSettings>, Error> {
             args.redis_connect_timeout_ms,
             "--redis-connect-timeout-ms",
         )?),
+        books_backlog_per_stream_max: match &args.database_url {
+            Some(url) if !url.is_empty() => {
+                at_least_one(args.books_backlog_max, "--books-backlog-max")?.div_ceil(shards as u64)
+            }
+            _ => 0,
+        },
     }))
 }
 
@@ -485,6 +498,7 @@ mod tests {
             redis_shards: 64,
             redis_response_timeout_ms: 1_000,
             redis_connect_timeout_ms: 1_000,
+            books_backlog_max: 1_000_000,
             max_connections: 10_000,
             header_read_timeout_ms: 5_000,
             body_bytes_max: 16_384,

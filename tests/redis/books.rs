@@ -7,6 +7,8 @@
 //! the tests share the `DATABASE_URL` database and read only their rows.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -17,6 +19,31 @@ use crate::node::{Deployment, Node, Target};
 
 /// How long the books may take to reach Postgres after a burst.
 const BOOKS_WAIT: Duration = Duration::from_secs(30);
+
+/// `REDIS_URL` and `DATABASE_URL`, or `None`: the test is skipped.
+fn redis_and_postgres() -> Option<(String, String)> {
+    Some((
+        flashsale_testkit::redis_url()?,
+        flashsale_testkit::postgres_url()?,
+    ))
+}
+
+/// A connection to the books' Postgres.
+async fn connect(database_url: &str) -> PgConnection {
+    PgConnection::connect(database_url)
+        .await
+        .expect("DATABASE_URL is set, so Postgres must be reachable")
+}
+
+/// `redis-cli` on the deployment's Redis: its output.
+fn redis_cli(deployment: &Deployment, args: &[&str]) -> String {
+    let output = std::process::Command::new("redis-cli")
+        .args(deployment.target.cli())
+        .args(args)
+        .output()
+        .expect("redis-cli runs");
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
 
 /// The deployment's id, as its nodes keep it in Redis.
 pub fn deployment_id(deployment: &Deployment) -> String {
@@ -131,9 +158,7 @@ async fn three_nodes_write_every_order_once(target: Target, database_url: &str) 
     );
 
     let id = deployment_id(&deployment);
-    let mut conn = PgConnection::connect(database_url)
-        .await
-        .expect("DATABASE_URL is set, so Postgres must be reachable");
+    let mut conn = connect(database_url).await;
     wait_for_orders(&mut conn, &id, answered.len()).await;
     let books = orders_in_postgres(&mut conn, &id).await;
     assert_eq!(books.len(), answered.len(), "no order twice, none more");
@@ -219,10 +244,7 @@ pub async fn wait_for_backlog(node: &Node, entries: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_on_one_redis_write_every_order_to_postgres_once() {
-    let (Some(url), Some(database)) = (
-        flashsale_testkit::redis_url(),
-        flashsale_testkit::postgres_url(),
-    ) else {
+    let Some((url, database)) = redis_and_postgres() else {
         return;
     };
     let _serial = crate::node::serial().await;
@@ -231,10 +253,10 @@ async fn three_nodes_on_one_redis_write_every_order_to_postgres_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_on_a_cluster_write_every_order_to_postgres_once() {
-    let (Some(urls), Some(database)) = (
-        flashsale_testkit::redis_cluster_urls(),
-        flashsale_testkit::postgres_url(),
-    ) else {
+    let Some(urls) = flashsale_testkit::redis_cluster_urls() else {
+        return;
+    };
+    let Some(database) = flashsale_testkit::postgres_url() else {
         return;
     };
     let _serial = crate::node::serial().await;
@@ -248,10 +270,7 @@ async fn three_nodes_on_a_cluster_write_every_order_to_postgres_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn entries_a_dead_node_held_are_claimed_and_reach_postgres() {
     const SHOPPERS: u32 = 40;
-    let (Some(url), Some(database)) = (
-        flashsale_testkit::redis_url(),
-        flashsale_testkit::postgres_url(),
-    ) else {
+    let Some((url, database)) = redis_and_postgres() else {
         return;
     };
     let _serial = crate::node::serial().await;
@@ -273,14 +292,7 @@ async fn entries_a_dead_node_held_are_claimed_and_reach_postgres() {
             deployment.namespace
         )])
         .collect();
-    let cli = |args: &[&str]| -> String {
-        let output = std::process::Command::new("redis-cli")
-            .args(deployment.target.cli())
-            .args(args)
-            .output()
-            .expect("redis-cli runs");
-        String::from_utf8_lossy(&output.stdout).into_owned()
-    };
+    let cli = |args: &[&str]| redis_cli(&deployment, args);
     for stream in &streams {
         cli(&["XGROUP", "CREATE", stream, "books", "0", "MKSTREAM"]);
         cli(&[
@@ -313,9 +325,7 @@ async fn entries_a_dead_node_held_are_claimed_and_reach_postgres() {
 
     let _sink = deployment.node_with(&["--database-url", &database]);
     let id = deployment_id(&deployment);
-    let mut conn = PgConnection::connect(&database)
-        .await
-        .expect("DATABASE_URL is set, so Postgres must be reachable");
+    let mut conn = connect(&database).await;
     wait_for_orders(&mut conn, &id, SHOPPERS as usize).await;
     let started = Instant::now();
     while pending(&streams) > 0 {
@@ -330,4 +340,190 @@ async fn entries_a_dead_node_held_are_claimed_and_reach_postgres() {
             .await
             .expect("deals");
     assert_eq!(deals, 1);
+}
+
+/// A TCP proxy to Postgres that the test can cut: while closed it refuses
+/// new connections and drops the open ones, as a Postgres gone down would.
+struct PostgresProxy {
+    url: String,
+    open: Arc<AtomicBool>,
+    links: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl PostgresProxy {
+    /// A proxy to the Postgres of `database_url`; the URL to reach it by.
+    async fn start(database_url: &str) -> PostgresProxy {
+        let (head, rest) = database_url
+            .split_once('@')
+            .expect("user@host in DATABASE_URL");
+        let (upstream, database) = rest.split_once('/').expect("a database in DATABASE_URL");
+        let upstream = upstream.to_owned();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a free port");
+        let port = listener.local_addr().expect("an address").port();
+        let open = Arc::new(AtomicBool::new(true));
+        let links = Arc::new(Mutex::new(Vec::new()));
+        let accept = {
+            let (open, links) = (open.clone(), links.clone());
+            tokio::spawn(async move {
+                while let Ok((mut client, _)) = listener.accept().await {
+                    if !open.load(Ordering::SeqCst) {
+                        continue; // dropped: refused
+                    }
+                    let upstream = upstream.clone();
+                    let link = tokio::spawn(async move {
+                        if let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await {
+                            let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                        }
+                    });
+                    links.lock().expect("links").push(link);
+                }
+            })
+        };
+        PostgresProxy {
+            url: format!("{head}@127.0.0.1:{port}/{database}"),
+            open,
+            links,
+            accept,
+        }
+    }
+
+    fn close(&self) {
+        self.open.store(false, Ordering::SeqCst);
+        for link in self.links.lock().expect("links").drain(..) {
+            link.abort();
+        }
+    }
+
+    fn reopen(&self) {
+        self.open.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for PostgresProxy {
+    fn drop(&mut self) {
+        self.close();
+        self.accept.abort();
+    }
+}
+
+/// Postgres down: sales go on while the backlog grows, `/metrics` and
+/// `/readyz` show it, past `--books-backlog-max` buys answer 503
+/// unavailable (nothing changed: the same key later gets one order), and
+/// when Postgres returns the backlog drains and sales resume.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_down_the_backlog_is_bounded_and_drains_when_it_returns() {
+    const SHOPPERS: u32 = 200;
+    const BACKLOG_MAX: u32 = 80;
+    let Some((url, database)) = redis_and_postgres() else {
+        return;
+    };
+    let _serial = crate::node::serial().await;
+    let proxy = PostgresProxy::start(&database).await;
+    let deployment = Deployment::new(Target::Single(url), 8);
+    let node = deployment.node_with(&[
+        "--database-url",
+        &proxy.url,
+        "--books-backlog-max",
+        &BACKLOG_MAX.to_string(),
+    ]);
+    let merchant = node.merchant("Down").await;
+    let deal = node.deal(&merchant, u64::from(SHOPPERS), 1).await;
+    let shoppers = node.shoppers(SHOPPERS, "100.00").await;
+    // The credits reach Postgres and are trimmed from the streams (each
+    // keeps its last entry at most).
+    let started = Instant::now();
+    loop {
+        let length: u64 = (0..deployment.shards)
+            .map(|shard| {
+                let stream = format!("{}:{{s:{shard}}}:books", deployment.namespace);
+                redis_cli(&deployment, &["XLEN", &stream])
+                    .trim()
+                    .parse::<u64>()
+                    .unwrap_or(0)
+            })
+            .sum();
+        if length <= u64::from(deployment.shards) {
+            break;
+        }
+        assert!(
+            started.elapsed() < BOOKS_WAIT,
+            "the streams are never trimmed: {length}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    proxy.close();
+    let mut sold = Vec::new();
+    let mut refused = Vec::new();
+    for (index, (_, token)) in shoppers.iter().enumerate() {
+        let key = format!("down-{index}");
+        let answer = node.buy(token, &deal, 1, &key).await.expect("an answer");
+        match answer.status {
+            201 => sold.push(answer.body["id"].as_str().unwrap_or_default().to_owned()),
+            503 => {
+                assert_eq!(answer.code(), "unavailable", "{:?}", answer.body);
+                refused.push((index, key));
+            }
+            other => panic!("unexpected {other}: {:?}", answer.body),
+        }
+    }
+    assert!(!sold.is_empty(), "sales go on while Postgres is down");
+    assert!(
+        sold.len() <= BACKLOG_MAX as usize,
+        "{} orders waited past the bound of {BACKLOG_MAX}",
+        sold.len()
+    );
+    assert!(!refused.is_empty(), "past the bound, buys answer 503");
+    let metrics = node.get("/metrics", None).await.ok(200);
+    let waiting = format!("flashsale_order_sink_lag_records {}\n", sold.len());
+    let started = Instant::now();
+    let mut metrics = metrics.as_str().unwrap_or_default().to_owned();
+    while !metrics.contains(&waiting) {
+        assert!(
+            started.elapsed() < BOOKS_WAIT,
+            "no backlog of {}: {metrics}",
+            sold.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let answer = node.get("/metrics", None).await.ok(200);
+        metrics = answer.as_str().unwrap_or_default().to_owned();
+    }
+    let ready = node.get("/readyz", None).await;
+    assert_eq!(ready.status, 503, "{:?}", ready.body);
+    let reason = ready.body["error"]["message"].as_str().unwrap_or_default();
+    assert!(reason.contains("wait for Postgres"), "{reason}");
+
+    proxy.reopen();
+    wait_for_backlog(&node, 0).await;
+    // Sales resume: each refused key, retried (past the bound again while
+    // the sink trims, each second), gets its one order.
+    let started = Instant::now();
+    for (index, key) in &refused {
+        loop {
+            let answer = node
+                .buy(&shoppers[*index].1, &deal, 1, key)
+                .await
+                .expect("an answer");
+            if answer.status == 503 && started.elapsed() < BOOKS_WAIT {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            sold.push(answer.ok(201)["id"].as_str().unwrap_or_default().to_owned());
+            break;
+        }
+    }
+    assert_eq!(
+        sold.len(),
+        SHOPPERS as usize,
+        "every buy sold once in the end"
+    );
+    let id = deployment_id(&deployment);
+    let mut conn = connect(&database).await;
+    wait_for_orders(&mut conn, &id, sold.len()).await;
+    let books = orders_in_postgres(&mut conn, &id).await;
+    assert_eq!(books.len(), sold.len());
+    assert!(sold.iter().all(|order| books.contains_key(order)));
 }

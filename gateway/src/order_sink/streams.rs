@@ -17,10 +17,12 @@
 //!
 //! Every [`BOOKS_BACKLOG_INTERVAL`] the node claims entries that another
 //! node was given and has not acknowledged for [`BOOKS_CLAIM_IDLE`]
-//! (`XAUTOCLAIM`: that node is likely gone for good) and writes them too,
-//! then measures the backlog (entries not yet acknowledged, and the age of
-//! the oldest: `/metrics`, `/readyz`) and trims each stream below its oldest
-//! entry not yet acknowledged (`XTRIM MINID`, never `MAXLEN`).
+//! (`XAUTOCLAIM`: that node is likely gone for good) and writes them too.
+//! Apart from that, Postgres up or down, it measures the backlog (entries
+//! not yet acknowledged, and the age of the oldest: `/metrics`, `/readyz`)
+//! and trims each stream below its oldest entry not yet acknowledged
+//! (`XTRIM MINID`, never `MAXLEN`). Past `--books-backlog-max` the steps
+//! themselves refuse new orders (`BACKLOG` in `flashsale.lua`).
 //!
 //! A row already in Postgres with other content is set aside, counted and
 //! logged with both versions, and makes `/readyz` not ready, by the same
@@ -106,7 +108,8 @@ pub(crate) fn start(
         consumer,
         status: status.clone(),
     });
-    let task = tokio::spawn(run(
+    let measuring = sink.clone();
+    let sessions = run(
         config,
         status.clone(),
         shutdown,
@@ -114,7 +117,15 @@ pub(crate) fn start(
             let sink = sink.clone();
             async move { sink.session(stopping, progressed).await }
         },
-    ));
+    );
+    // The backlog is measured apart from the sessions, so it is known (and
+    // bounded by the steps) while Postgres is down.
+    let task = tokio::spawn(async move {
+        tokio::select! {
+            () = sessions => {}
+            () = measuring.measure() => {}
+        }
+    });
     Ok(OrderSinkHandle {
         status,
         journal: None,
@@ -157,7 +168,7 @@ impl StreamSink {
         // read in this session (a new session reads them again from `0`).
         let mut grouped = HashSet::new();
         let mut drained = HashSet::new();
-        let mut backlog_at = Instant::now();
+        let mut claimed_at = Instant::now();
         loop {
             let streams = self.store.books_streams().await.map_err(redis)?;
             let mut found = false;
@@ -191,9 +202,9 @@ impl StreamSink {
                     progressed.store(true, Ordering::Relaxed);
                 }
             }
-            if backlog_at.elapsed() >= BOOKS_BACKLOG_INTERVAL {
-                backlog_at = Instant::now();
-                found |= self.claim_and_measure(&mut conn, &streams).await?;
+            if claimed_at.elapsed() >= BOOKS_BACKLOG_INTERVAL {
+                claimed_at = Instant::now();
+                found |= self.claim(&mut conn, &streams).await?;
             }
             if !found {
                 if *stopping.borrow() {
@@ -207,17 +218,67 @@ impl StreamSink {
         }
     }
 
+    /// Every [`BOOKS_BACKLOG_INTERVAL`], forever: measures the backlog of
+    /// every stream into the status (`/metrics`, `/readyz`) and trims each
+    /// below its oldest entry not yet acknowledged. A failure (Redis) is
+    /// logged and tried again at the next tick.
+    async fn measure(&self) {
+        let mut grouped = HashSet::new();
+        let mut ticker = tokio::time::interval(BOOKS_BACKLOG_INTERVAL);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            if let Err(error) = self.measure_once(&mut grouped).await {
+                tracing::debug!(
+                    error = &error as &dyn std::error::Error,
+                    "order sink: cannot measure the books backlog"
+                );
+            }
+        }
+    }
+
+    /// One measure (see [`StreamSink::measure`]); `grouped` names the
+    /// streams known to have the group.
+    async fn measure_once(&self, grouped: &mut HashSet<String>) -> Result<(), crate::error::Error> {
+        let streams = self.store.books_streams().await?;
+        let mut entries_total: u64 = 0;
+        let mut oldest: Option<i64> = None;
+        for chunk in streams.chunks(BOOKS_STREAMS_PER_POLL_MAX) {
+            for stream in chunk {
+                if !grouped.contains(stream) {
+                    self.store.books_group(stream).await?;
+                    grouped.insert(stream.clone());
+                }
+            }
+            let backlogs =
+                try_join_all(chunk.iter().map(|stream| self.store.books_backlog(stream))).await?;
+            for backlog in backlogs {
+                entries_total = entries_total.saturating_add(backlog.entries);
+                oldest = match (oldest, backlog.oldest_millis) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+            }
+        }
+        let status = &self.status;
+        status
+            .backlog_entries
+            .store(entries_total, Ordering::Release);
+        status
+            .backlog_oldest_millis
+            .store(oldest.unwrap_or(0), Ordering::Release);
+        status.stream_lag(SystemClock.now());
+        Ok(())
+    }
+
     /// Claims the entries idle past [`BOOKS_CLAIM_IDLE`] on every stream and
-    /// writes them; then measures the backlog and trims. True when it
-    /// claimed something.
-    async fn claim_and_measure(
+    /// writes them. True when it claimed something.
+    async fn claim(
         &self,
         conn: &mut PgConnection,
         streams: &[String],
     ) -> Result<bool, OrderSinkError> {
         let mut claimed = false;
-        let mut entries_total: u64 = 0;
-        let mut oldest: Option<i64> = None;
         for chunk in streams.chunks(BOOKS_STREAMS_PER_POLL_MAX) {
             let claims = chunk.iter().map(|stream| async move {
                 let entries = self
@@ -246,26 +307,7 @@ impl StreamSink {
                 claimed = true;
                 self.write(conn, entries).await?;
             }
-            let backlogs =
-                try_join_all(chunk.iter().map(|stream| self.store.books_backlog(stream)))
-                    .await
-                    .map_err(redis)?;
-            for backlog in backlogs {
-                entries_total = entries_total.saturating_add(backlog.entries);
-                oldest = match (oldest, backlog.oldest_millis) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                };
-            }
         }
-        let status = &self.status;
-        status
-            .backlog_entries
-            .store(entries_total, Ordering::Release);
-        status
-            .backlog_oldest_millis
-            .store(oldest.unwrap_or(0), Ordering::Release);
-        status.stream_lag(SystemClock.now());
         Ok(claimed)
     }
 

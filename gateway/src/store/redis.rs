@@ -121,6 +121,10 @@ pub struct RedisSettings {
     pub shards: usize,
     pub response_timeout: Duration,
     pub connect_timeout: Duration,
+    /// Entries of one shard's books stream past which a buy or a hold's
+    /// payment answers `503 unavailable` (`--books-backlog-max` over the
+    /// shards); 0: no bound (no node writes Postgres).
+    pub books_backlog_per_stream_max: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -179,6 +183,8 @@ enum Reply {
         total: u32,
     },
     Terms,
+    /// The shard's books stream is at its bound (Postgres is behind).
+    Backlog,
 }
 
 /// An order as the script writes it (`encode_order`).
@@ -299,6 +305,8 @@ struct Inner {
     script: redis::Script,
     keys: Keys,
     shards: usize,
+    /// [`RedisSettings::books_backlog_per_stream_max`], as the script's argument.
+    books_backlog: String,
     clock: SystemClock,
     deals: RwLock<HashMap<DealId, Arc<DealEntry>>>,
     merchants: RwLock<HashMap<MerchantId, (String, Rating)>>,
@@ -478,6 +486,7 @@ fn reply_of(values: Vec<Value>, hold: Option<HoldId>) -> Result<Reply, Error> {
             })
         }
         "TERMS" => Ok(Reply::Terms),
+        "BACKLOG" => Ok(Reply::Backlog),
         _ => Err(garbled("a reply tag")),
     }
 }
@@ -532,6 +541,7 @@ impl RedisStore {
                     namespace: settings.namespace.clone(),
                 },
                 shards: settings.shards,
+                books_backlog: settings.books_backlog_per_stream_max.to_string(),
                 clock: SystemClock,
                 deals: RwLock::new(HashMap::new()),
                 merchants: RwLock::new(HashMap::new()),
@@ -605,7 +615,9 @@ impl RedisStore {
         match self.step(keys, args, None).await? {
             Reply::Done(values) => Ok(values),
             Reply::Refused(refusal) => Err(Error::Engine(refusal)),
-            Reply::Refill { .. } | Reply::Terms => Err(garbled("a step that cannot refill")),
+            Reply::Refill { .. } | Reply::Terms | Reply::Backlog => {
+                Err(garbled("a step that cannot refill"))
+            }
         }
     }
 
@@ -929,6 +941,7 @@ impl RedisStore {
         let quantity_text = quantity.to_string();
         let shard_text = shard.to_string();
         let retention = KEY_RETENTION_SECONDS.to_string();
+        let backlog = &self.inner.books_backlog;
         for _ in 0..STEP_ATTEMPTS_MAX {
             let version = entry.live.lock().version.to_string();
             let sold_out = if entry.sold_out.load(Ordering::Acquire) {
@@ -946,6 +959,7 @@ impl RedisStore {
                 &shard_text,
                 sold_out,
                 &retention,
+                backlog,
             ];
             match self.step(&keys, &args, None).await? {
                 Reply::Done(values) => {
@@ -954,6 +968,7 @@ impl RedisStore {
                 }
                 Reply::Refused(refusal) => return Err(Error::Engine(refusal)),
                 Reply::Terms => self.install_terms(deal, shard).await?,
+                Reply::Backlog => return Err(Error::BooksBacklog),
                 Reply::Refill { need, total } => {
                     if !self.refill(&entry, shard, need, total).await? {
                         return Err(Error::Engine(EngineError::SoldOut));
@@ -1528,7 +1543,9 @@ impl RedisStore {
                 }
                 Reply::Refused(refusal) => return Err(Error::Engine(refusal)),
                 Reply::Terms => self.install_terms(deal, shard).await?,
-                Reply::Refill { .. } => return Err(garbled("register cannot refill")),
+                Reply::Refill { .. } | Reply::Backlog => {
+                    return Err(garbled("register cannot refill"));
+                }
             }
         }
         Err(Error::RedisBusy)
@@ -1613,7 +1630,14 @@ impl RedisStore {
         let shard_text = shard.to_string();
         for _ in 0..STEP_ATTEMPTS_MAX {
             let version = entry.live.lock().version.to_string();
-            let args = ["pay", &id_text, &shopper_text, &version, &shard_text];
+            let args = [
+                "pay",
+                &id_text,
+                &shopper_text,
+                &version,
+                &shard_text,
+                &self.inner.books_backlog,
+            ];
             match self.step(&keys, &args, Some(id)).await? {
                 Reply::Done(values) => {
                     return order_of(&values.get(2).and_then(text).unwrap_or_default());
@@ -1626,6 +1650,7 @@ impl RedisStore {
                     return Err(Error::Engine(refusal));
                 }
                 Reply::Terms => self.install_terms(deal, shard).await?,
+                Reply::Backlog => return Err(Error::BooksBacklog),
                 Reply::Refill { need, total } => {
                     if !self.refill(&entry, shard, need, total).await? {
                         return Err(Error::Engine(EngineError::HoldExpired { hold: id }));
@@ -1663,7 +1688,9 @@ impl RedisStore {
         {
             Reply::Done(values) => values,
             Reply::Refused(refusal) => return Err(Error::Engine(refusal)),
-            Reply::Refill { .. } | Reply::Terms => return Err(garbled("release cannot refill")),
+            Reply::Refill { .. } | Reply::Terms | Reply::Backlog => {
+                return Err(garbled("release cannot refill"));
+            }
         };
         let hold = hold_of(&values.get(2).and_then(text).unwrap_or_default())?;
         if matches!(hold.status, HoldStatus::Released | HoldStatus::Expired) {
