@@ -68,6 +68,8 @@ pub(crate) struct App {
     /// The Postgres order sink when `--database-url` is set; taken at
     /// shutdown to be joined.
     pub order_sink: std::sync::Mutex<Option<OrderSinkHandle>>,
+    /// With `--database-url`: whether an order is in Postgres yet.
+    pub books: Option<Arc<crate::order_sink::BooksLookup>>,
 }
 
 impl App {

@@ -62,7 +62,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use flashsale_engine::{Clock, DealId, Event, SystemClock, Timestamp};
+use flashsale_engine::{Clock, DealId, Event, OrderId, SystemClock, Timestamp};
 use flashsale_journal::{Journal, JournalError, JournalReader};
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{AssertSqlSafe, Connection, Executor};
@@ -295,9 +295,56 @@ impl Status {
     }
 }
 
+/// Connections at most that [`BooksLookup`] keeps to Postgres.
+pub const BOOKS_LOOKUP_CONNECTIONS_MAX: u32 = 2;
+/// A lookup of [`BooksLookup`] that takes longer (a connection included)
+/// answers "not confirmed".
+pub const BOOKS_LOOKUP_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Whether an order is in the books (in Postgres: "confirmed", DESIGN.md
+/// "Multi-node mode"), for `GET /v1/orders/{id}`. A small pool of its own
+/// ([`BOOKS_LOOKUP_CONNECTIONS_MAX`], connected on first use), so a read
+/// never waits on the sink's batches; never on the buy path.
+pub struct BooksLookup {
+    pool: sqlx::PgPool,
+    /// The deployment whose rows are ours ([`OrderSinkConfig::deployment_id`]).
+    deployment: String,
+}
+
+impl BooksLookup {
+    fn new(options: &PgConnectOptions, deployment: String) -> BooksLookup {
+        BooksLookup {
+            pool: sqlx::postgres::PgPoolOptions::new()
+                .max_connections(BOOKS_LOOKUP_CONNECTIONS_MAX)
+                .acquire_timeout(BOOKS_LOOKUP_TIMEOUT)
+                .connect_lazy_with(options.clone()),
+            deployment,
+        }
+    }
+
+    /// True when the order `order` of this deployment is in Postgres;
+    /// false when it is not yet, or Postgres did not answer within
+    /// [`BOOKS_LOOKUP_TIMEOUT`] (it cannot be confirmed now).
+    pub async fn contains(&self, order: OrderId) -> bool {
+        let found = tokio::time::timeout(
+            BOOKS_LOOKUP_TIMEOUT,
+            sqlx::query_scalar::<_, i32>(
+                "SELECT 1 FROM orders WHERE deployment_id = $1 AND id = $2",
+            )
+            .bind(&self.deployment)
+            .bind(order.to_string())
+            .fetch_optional(&self.pool),
+        )
+        .await;
+        matches!(found, Ok(Ok(Some(_))))
+    }
+}
+
 /// The running sink.
 pub struct OrderSinkHandle {
     status: Arc<Status>,
+    /// Whether an order is in Postgres yet.
+    books: Arc<BooksLookup>,
     /// The journal it follows; `None` in Redis mode ([`streams`]).
     journal: Option<Arc<Journal>>,
     task: tokio::task::JoinHandle<()>,
@@ -306,6 +353,11 @@ pub struct OrderSinkHandle {
 impl OrderSinkHandle {
     /// How far behind Postgres is (journal records, or in Redis mode books
     /// entries, and seconds); also sets the lag gauges.
+    /// The lookup that says whether an order is in the books.
+    pub fn books(&self) -> Arc<BooksLookup> {
+        self.books.clone()
+    }
+
     pub fn lag(&self) -> SinkLag {
         match &self.journal {
             Some(journal) => self.status.lag(journal),
@@ -372,6 +424,11 @@ pub async fn start_with(
     let oldest = journal.oldest_position()?;
     journal.retain_from(oldest);
     let status = Arc::new(Status::new(oldest));
+    let deployment = config
+        .deployment_id
+        .clone()
+        .unwrap_or_else(|| journal.id().to_owned());
+    let books = Arc::new(BooksLookup::new(&options, deployment));
     let session_status = status.clone();
     let session_journal = journal.clone();
     let task = tokio::spawn(run(
@@ -391,6 +448,7 @@ pub async fn start_with(
     ));
     Ok(OrderSinkHandle {
         status,
+        books,
         journal: Some(journal),
         task,
     })

@@ -162,6 +162,7 @@ impl Gateway {
             pages: Pages::new(),
             openapi: OpenApi::new()?,
             store: Arc::new(store),
+            books: order_sink.as_ref().map(OrderSinkHandle::books),
             order_sink: std::sync::Mutex::new(order_sink),
         };
         Ok(Gateway {

@@ -458,11 +458,15 @@ async fn postgres_down_the_backlog_is_bounded_and_drains_when_it_returns() {
     proxy.close();
     let mut sold = Vec::new();
     let mut refused = Vec::new();
+    let mut first_buyer = None;
     for (index, (_, token)) in shoppers.iter().enumerate() {
         let key = format!("down-{index}");
         let answer = node.buy(token, &deal, 1, &key).await.expect("an answer");
         match answer.status {
-            201 => sold.push(answer.body["id"].as_str().unwrap_or_default().to_owned()),
+            201 => {
+                first_buyer.get_or_insert(index);
+                sold.push(answer.body["id"].as_str().unwrap_or_default().to_owned());
+            }
             503 => {
                 assert_eq!(answer.code(), "unavailable", "{:?}", answer.body);
                 refused.push((index, key));
@@ -491,6 +495,13 @@ async fn postgres_down_the_backlog_is_bounded_and_drains_when_it_returns() {
         let answer = node.get("/metrics", None).await.ok(200);
         metrics = answer.as_str().unwrap_or_default().to_owned();
     }
+    // Not confirmed while Postgres is down.
+    let first = format!("/v1/orders/{}", sold[0]);
+    let buyer = &shoppers[first_buyer.expect("a first order")].1;
+    assert_eq!(
+        node.get(&first, Some(buyer)).await.ok(200)["in_books"],
+        false
+    );
     let ready = node.get("/readyz", None).await;
     assert_eq!(ready.status, 503, "{:?}", ready.body);
     let reason = ready.body["error"]["message"].as_str().unwrap_or_default();
@@ -526,4 +537,9 @@ async fn postgres_down_the_backlog_is_bounded_and_drains_when_it_returns() {
     let books = orders_in_postgres(&mut conn, &id).await;
     assert_eq!(books.len(), sold.len());
     assert!(sold.iter().all(|order| books.contains_key(order)));
+    // Confirmed now.
+    assert_eq!(
+        node.get(&first, Some(buyer)).await.ok(200)["in_books"],
+        true
+    );
 }

@@ -44,7 +44,7 @@ use sqlx::postgres::{PgConnectOptions, PgConnection};
 use tokio::sync::watch;
 
 use super::{
-    Batch, OrderSinkConfig, OrderSinkError, OrderSinkHandle, Progress, Source, Status,
+    Batch, BooksLookup, OrderSinkConfig, OrderSinkError, OrderSinkHandle, Progress, Source, Status,
     apply_or_set_aside, connect, run, set_aside, stopped, timed,
 };
 use crate::store::redis::{BooksEntry, RedisStore};
@@ -101,6 +101,10 @@ pub(crate) fn start(
     let options =
         PgConnectOptions::from_str(&config.database_url).map_err(OrderSinkError::DatabaseUrl)?;
     let status = Arc::new(Status::new(0));
+    let books = Arc::new(BooksLookup::new(
+        &options,
+        config.deployment_id.clone().unwrap_or_default(),
+    ));
     let sink = Arc::new(StreamSink {
         config: config.clone(),
         options,
@@ -128,6 +132,7 @@ pub(crate) fn start(
     });
     Ok(OrderSinkHandle {
         status,
+        books,
         journal: None,
         task,
     })
