@@ -7,6 +7,8 @@
 //!   without `--admin-token`, the admin token it generated and the file
 //!   that keeps it); logs go to stderr (`RUST_LOG`, default `info`).
 //! - `flashsale loadtest …`: the SREs' load generator (`flashsale-loadtest`).
+//! - `flashsale audit …`: checks a Redis-mode deployment's invariants
+//!   (`flashsale_gateway::audit`); exit 1 with a report on a violation.
 //! - `flashsale demo`: an embedded server on a free port with a temporary
 //!   data directory and rate limits off, and a small burst against it.
 //!
@@ -39,6 +41,9 @@ enum Command {
     Serve(ServeArgs),
     /// Drive load against a gateway and check the invariants afterwards.
     Loadtest(LoadtestArgs),
+    /// Check a Redis-mode deployment's invariants (Redis, and its books in
+    /// Postgres): exit 0 when they hold, 1 with a report of each violation.
+    Audit(flashsale_gateway::audit::AuditArgs),
     /// Start an embedded server with a temporary data directory and run a
     /// small burst against it.
     Demo,
@@ -59,6 +64,7 @@ fn main() -> ExitCode {
             Command::Serve(args) => serve(args).await,
             Command::Loadtest(args) => flashsale_loadtest::run(args).await.map_err(BoxError::from),
             Command::Demo => demo().await,
+            Command::Audit(args) => audit(args).await,
         }
     });
     match outcome {
@@ -156,6 +162,17 @@ fn init_tracing() {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+}
+
+/// `flashsale audit`: prints the report; exit 1 on a violation.
+async fn audit(args: flashsale_gateway::audit::AuditArgs) -> Result<ExitCode, BoxError> {
+    let report = flashsale_gateway::audit::run(args).await?;
+    print!("{}", report.text());
+    Ok(if report.violations.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 async fn serve(args: ServeArgs) -> Result<ExitCode, BoxError> {

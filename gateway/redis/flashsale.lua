@@ -7,7 +7,7 @@
 --
 --   shard steps, tag {s:K}: reserve, pay, release, credit, accounts,
 --                           register, terms, accept, sweep_out, sweep_done,
---                           review, share
+--                           review, share, audit (read only)
 --   deal steps,  tag {d:D}: create, refill, confirm, sweep_in, sold_out, update
 --
 -- The in-memory engine (engine/src/engine.rs) is the specification: each step
@@ -523,6 +523,23 @@ local function share()
   return {'OK', 'new'}
 end
 
+-- audit: a read-only snapshot of one shard for `flashsale audit`
+-- (gateway/src/audit.rs), taken atomically so that the shard's own
+-- invariants can be checked while sales go on (engine:
+-- `Engine::check_invariants`, per shard): its stock hash, every order and
+-- hold, and the wallets of the accounts passed.
+-- KEYS: 1 shard stock, 2 orders, 3 holds, then accounts
+-- Reply: {'OK', stock field/value list, orders (JSON), holds (JSON), then
+-- per account {credited, available, held, spent} (nil for no account)}
+local function audit()
+  local wallets = {}
+  for index = 4, #KEYS do
+    wallets[#wallets + 1] = redis.call('HMGET', KEYS[index], 'credited', 'available', 'held', 'spent')
+  end
+  return {'OK', redis.call('HGETALL', KEYS[1]), redis.call('HVALS', KEYS[2]),
+    redis.call('HVALS', KEYS[3]), wallets}
+end
+
 -- ----- deal steps ---------------------------------------------------------------
 
 -- create: a new deal (engine: `create_deal`, validated by the node): its
@@ -651,6 +668,7 @@ local steps = {
   reserve = reserve, pay = pay, release = release, credit = credit,
   accounts = accounts, register = register, terms = install_terms, accept = accept,
   sweep_out = sweep_out, sweep_done = sweep_done, review = review, share = share,
+  audit = audit,
   create = create, refill = refill,
   confirm = confirm, sweep_in = sweep_in, sold_out = sold_out, update = update,
 }

@@ -60,38 +60,8 @@ pub struct ServeArgs {
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
 
-    /// Redis URL for multi-node mode (`redis://host:port`): the sale's
-    /// state lives in Redis and this node keeps none; every node started
-    /// with the same URL, `--redis-namespace`, `--secret` and
-    /// `--admin-token` sells the same deals. Needs `--secret` and
-    /// `--admin-token`. Unset: one node, state in this process.
-    #[arg(
-        long,
-        env = "REDIS_URL",
-        hide_env_values = true,
-        conflicts_with = "redis_cluster"
-    )]
-    pub redis_url: Option<String>,
-
-    /// A Redis Cluster's seed addresses for multi-node mode, comma-separated
-    /// (`redis://h1:p1,redis://h2:p2`); as `--redis-url` otherwise.
-    #[arg(
-        long,
-        env = "REDIS_CLUSTER_URLS",
-        hide_env_values = true,
-        value_delimiter = ','
-    )]
-    pub redis_cluster: Vec<String>,
-
-    /// Prefix of every Redis key of this deployment, so deployments can
-    /// share one Redis (no `{`, `}` or `:`).
-    #[arg(long, env = "FLASHSALE_REDIS_NAMESPACE", default_value = "fs")]
-    pub redis_namespace: String,
-
-    /// Virtual shards that shoppers are spread over in Redis (a power of
-    /// two from 1 to 1024); every node of a deployment must agree.
-    #[arg(long, env = "FLASHSALE_REDIS_SHARDS", default_value_t = 64)]
-    pub redis_shards: usize,
+    #[command(flatten)]
+    pub redis: RedisArgs,
 
     /// Milliseconds to wait for a Redis reply; past it the request is
     /// answered 503 unavailable and its outcome is unknown until the client
@@ -356,34 +326,84 @@ impl Config {
     }
 }
 
+/// Where a multi-node deployment keeps its state: the flags `serve` and
+/// `audit` share.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RedisArgs {
+    /// Redis URL of multi-node mode (`redis://host:port`), where the
+    /// sale's state lives. `serve`: this node keeps none; every node
+    /// started with the same URL, `--redis-namespace`, `--secret` and
+    /// `--admin-token` sells the same deals (it needs those two); unset:
+    /// one node, state in this process.
+    #[arg(
+        long,
+        env = "REDIS_URL",
+        hide_env_values = true,
+        conflicts_with = "redis_cluster"
+    )]
+    pub redis_url: Option<String>,
+
+    /// A Redis Cluster's seed addresses for multi-node mode, comma-separated
+    /// (`redis://h1:p1,redis://h2:p2`); as `--redis-url` otherwise.
+    #[arg(
+        long,
+        env = "REDIS_CLUSTER_URLS",
+        hide_env_values = true,
+        value_delimiter = ','
+    )]
+    pub redis_cluster: Vec<String>,
+
+    /// Prefix of every Redis key of this deployment, so deployments can
+    /// share one Redis (no `{`, `}` or `:`).
+    #[arg(long, env = "FLASHSALE_REDIS_NAMESPACE", default_value = "fs")]
+    pub redis_namespace: String,
+
+    /// Virtual shards that shoppers are spread over in Redis (a power of
+    /// two from 1 to 1024); every node of a deployment must agree.
+    #[arg(long, env = "FLASHSALE_REDIS_SHARDS", default_value_t = 64)]
+    pub redis_shards: usize,
+}
+
+impl RedisArgs {
+    /// The Redis (or Cluster), namespace and shard count, validated;
+    /// `None` without `--redis-url` and `--redis-cluster`. Errors:
+    /// [`Error::Config`] naming the flag.
+    pub fn deployment(&self) -> Result<Option<(RedisTarget, String, usize)>, Error> {
+        let cluster: Vec<String> = self
+            .redis_cluster
+            .iter()
+            .map(|url| url.trim().to_owned())
+            .filter(|url| !url.is_empty())
+            .collect();
+        let target = match self.redis_url.as_deref().map(str::trim) {
+            Some(url) if !url.is_empty() => RedisTarget::Single(url.to_owned()),
+            _ if !cluster.is_empty() => RedisTarget::Cluster(cluster),
+            _ => return Ok(None),
+        };
+        let namespace = &self.redis_namespace;
+        if namespace.is_empty() || namespace.contains(['{', '}', ':']) || namespace.len() > 64 {
+            return Err(Error::Config(format!(
+                "--redis-namespace must be 1 to 64 characters without {{, }} or :, not {namespace:?}"
+            )));
+        }
+        let shards = self.redis_shards;
+        if !shards.is_power_of_two() || shards > 1 << flashsale_engine::ids::SHARD_BITS_MAX {
+            return Err(Error::Config(format!(
+                "--redis-shards must be a power of two from 1 to 1024, not {shards}"
+            )));
+        }
+        Ok(Some((target, namespace.clone(), shards)))
+    }
+}
+
 /// Multi-node mode's settings from `--redis-url` or `--redis-cluster`.
 fn redis_settings(args: &ServeArgs) -> Result<Option<RedisSettings>, Error> {
-    let cluster: Vec<String> = args
-        .redis_cluster
-        .iter()
-        .map(|url| url.trim().to_owned())
-        .filter(|url| !url.is_empty())
-        .collect();
-    let target = match args.redis_url.as_deref().map(str::trim) {
-        Some(url) if !url.is_empty() => RedisTarget::Single(url.to_owned()),
-        _ if !cluster.is_empty() => RedisTarget::Cluster(cluster),
-        _ => return Ok(None),
+    let Some((target, namespace, shards)) = args.redis.deployment()? else {
+        return Ok(None);
     };
-    let namespace = &args.redis_namespace;
-    if namespace.is_empty() || namespace.contains(['{', '}', ':']) || namespace.len() > 64 {
-        return Err(Error::Config(format!(
-            "--redis-namespace must be 1 to 64 characters without {{, }} or :, not {namespace:?}"
-        )));
-    }
-    let shards = args.redis_shards;
-    if !shards.is_power_of_two() || shards > 1 << flashsale_engine::ids::SHARD_BITS_MAX {
-        return Err(Error::Config(format!(
-            "--redis-shards must be a power of two from 1 to 1024, not {shards}"
-        )));
-    }
     Ok(Some(RedisSettings {
         target,
-        namespace: namespace.clone(),
+        namespace,
         shards,
         response_timeout: Duration::from_millis(at_least_one(
             args.redis_response_timeout_ms,
@@ -492,10 +512,12 @@ mod tests {
             secret: None,
             durability: "sync".into(),
             database_url: None,
-            redis_url: None,
-            redis_cluster: Vec::new(),
-            redis_namespace: "fs".into(),
-            redis_shards: 64,
+            redis: RedisArgs {
+                redis_url: None,
+                redis_cluster: Vec::new(),
+                redis_namespace: "fs".into(),
+                redis_shards: 64,
+            },
             redis_response_timeout_ms: 1_000,
             redis_connect_timeout_ms: 1_000,
             books_backlog_max: 1_000_000,
@@ -519,7 +541,10 @@ mod tests {
     #[test]
     fn redis_mode_needs_a_shared_secret_and_admin_token() {
         let redis = || ServeArgs {
-            redis_url: Some("redis://127.0.0.1".into()),
+            redis: RedisArgs {
+                redis_url: Some("redis://127.0.0.1".into()),
+                ..args().redis
+            },
             ..args()
         };
         assert!(matches!(Config::from_args(redis()), Err(Error::Config(_))));
@@ -537,11 +562,17 @@ mod tests {
         assert_eq!(settings.shards, 64);
         for bad in [
             ServeArgs {
-                redis_shards: 48,
+                redis: RedisArgs {
+                    redis_shards: 48,
+                    ..shared().redis
+                },
                 ..shared()
             },
             ServeArgs {
-                redis_namespace: "a{b}".into(),
+                redis: RedisArgs {
+                    redis_namespace: "a{b}".into(),
+                    ..shared().redis
+                },
                 ..shared()
             },
         ] {

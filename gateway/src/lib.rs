@@ -66,6 +66,7 @@
 
 mod admission;
 mod app;
+pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod error;

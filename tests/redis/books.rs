@@ -35,6 +35,31 @@ async fn connect(database_url: &str) -> PgConnection {
         .expect("DATABASE_URL is set, so Postgres must be reachable")
 }
 
+/// `flashsale audit` of the deployment and its books (`--in-flight` while
+/// sales go on): whether it passed, and its report.
+pub fn audit(deployment: &Deployment, database_url: &str, in_flight: bool) -> (bool, String) {
+    let shards = deployment.shards.to_string();
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_flashsale"));
+    command
+        .arg("audit")
+        .args(deployment.target.flags())
+        .args(["--redis-namespace", &deployment.namespace])
+        .args(["--redis-shards", &shards])
+        .args(["--database-url", database_url])
+        .env_remove("REDIS_URL")
+        .env_remove("REDIS_CLUSTER_URLS");
+    if in_flight {
+        command.arg("--in-flight");
+    }
+    let output = command.output().expect("flashsale audit runs");
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), report)
+}
+
 /// `redis-cli` on the deployment's Redis: its output.
 fn redis_cli(deployment: &Deployment, args: &[&str]) -> String {
     let output = std::process::Command::new("redis-cli")
@@ -124,7 +149,18 @@ async fn three_nodes_write_every_order_once(target: Target, database_url: &str) 
             plan.push((shopper, format!("book-{shopper}-{}", round / 2)));
         }
     }
-    let mut attempts = burst(&nodes, &shoppers, &deal, &plan).await;
+    // The auditor runs while the burst is under way: what holds mid-flight.
+    let auditing = {
+        let (deployment, database) = (&deployment, database_url.to_owned());
+        async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            tokio::task::block_in_place(|| audit(deployment, &database, true))
+        }
+    };
+    let (mut attempts, (passed, report)) =
+        tokio::join!(burst(&nodes, &shoppers, &deal, &plan), auditing);
+    assert!(passed, "the audit during the burst: {report}");
+    eprintln!("mid-burst: {report}");
     nodes[0]
         .call(
             reqwest::Method::PATCH,
@@ -222,6 +258,28 @@ async fn three_nodes_write_every_order_once(target: Target, database_url: &str) 
         wait_for_backlog(node, 0).await;
         node.get("/readyz", None).await.ok(200);
     }
+    // The whole audit, sales quiet: it passes, and names a wallet broken
+    // behind its back.
+    let (passed, report) = audit(&deployment, database_url, false);
+    assert!(passed, "the audit after the burst: {report}");
+    assert!(
+        report.contains(&format!("{} order(s) in Redis", answered.len())),
+        "{report}"
+    );
+    let shopper =
+        u64::from_str_radix(shoppers[0].0.trim_start_matches("s_"), 16).expect("a hex shopper id");
+    let shard = flashsale_engine::ids::shard_of(
+        flashsale_engine::ShopperId(shopper),
+        deployment.shards as usize,
+    );
+    let account = format!("{}:{{s:{shard}}}:acct:{shopper}", deployment.namespace);
+    redis_cli(&deployment, &["HINCRBY", &account, "available", "1"]);
+    let (passed, report) = audit(&deployment, database_url, false);
+    assert!(!passed, "a broken wallet passed the audit: {report}");
+    assert!(
+        report.contains(&format!("wallet of {}", shoppers[0].0)),
+        "{report}"
+    );
 }
 
 /// Waits until the node's `/metrics` says `entries` books entries wait.

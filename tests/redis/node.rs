@@ -32,7 +32,7 @@ pub enum Target {
 }
 
 impl Target {
-    fn flags(&self) -> [&str; 2] {
+    pub fn flags(&self) -> [&str; 2] {
         match self {
             Target::Single(url) => ["--redis-url", url],
             Target::Cluster(urls) => ["--redis-cluster", urls],
