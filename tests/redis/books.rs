@@ -243,15 +243,8 @@ async fn three_nodes_write_every_order_once(target: Target, database_url: &str) 
         "debits in Postgres = spent in Redis"
     );
 
-    // The deal, restocked once.
-    let total: i64 =
-        sqlx::query_scalar("SELECT stock_total FROM deals WHERE deployment_id = $1 AND id = $2")
-            .bind(&id)
-            .bind(&deal)
-            .fetch_one(&mut conn)
-            .await
-            .expect("the deal's row");
-    assert_eq!(total as u64, STOCK + RESTOCK);
+    // The deal, restocked once (deal streams are read once a second).
+    wait_for_deal_total(&mut conn, &id, &deal, STOCK + RESTOCK).await;
 
     // Every node is ready, and says the backlog is empty.
     for node in &nodes {
@@ -280,6 +273,35 @@ async fn three_nodes_write_every_order_once(target: Target, database_url: &str) 
         report.contains(&format!("wallet of {}", shoppers[0].0)),
         "{report}"
     );
+}
+
+/// Waits until the deal's row in Postgres has `total` units (initial stock
+/// plus restocks), failing if it passes it.
+async fn wait_for_deal_total(conn: &mut PgConnection, deployment: &str, deal: &str, total: u64) {
+    let started = Instant::now();
+    loop {
+        let found: Option<i64> = sqlx::query_scalar(
+            "SELECT stock_total FROM deals WHERE deployment_id = $1 AND id = $2",
+        )
+        .bind(deployment)
+        .bind(deal)
+        .fetch_optional(&mut *conn)
+        .await
+        .expect("deals");
+        let found = found.map(|units| units as u64);
+        assert!(
+            found <= Some(total),
+            "the deal has {found:?} units, past {total}"
+        );
+        if found == Some(total) {
+            return;
+        }
+        assert!(
+            started.elapsed() < BOOKS_WAIT,
+            "the deal's row never reached {total} units: {found:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Waits until the node's `/metrics` says `entries` books entries wait.
@@ -490,8 +512,11 @@ async fn postgres_down_the_backlog_is_bounded_and_drains_when_it_returns() {
     let merchant = node.merchant("Down").await;
     let deal = node.deal(&merchant, u64::from(SHOPPERS), 1).await;
     let shoppers = node.shoppers(SHOPPERS, "100.00").await;
-    // The credits reach Postgres and are trimmed from the streams (each
-    // keeps its last entry at most).
+    // The deal and the credits reach Postgres and are trimmed from the
+    // streams (each keeps its last entry at most).
+    let id = deployment_id(&deployment);
+    let mut conn = connect(&database).await;
+    wait_for_deal_total(&mut conn, &id, &deal, u64::from(SHOPPERS)).await;
     let started = Instant::now();
     loop {
         let length: u64 = (0..deployment.shards)
@@ -589,8 +614,6 @@ async fn postgres_down_the_backlog_is_bounded_and_drains_when_it_returns() {
         SHOPPERS as usize,
         "every buy sold once in the end"
     );
-    let id = deployment_id(&deployment);
-    let mut conn = connect(&database).await;
     wait_for_orders(&mut conn, &id, sold.len()).await;
     let books = orders_in_postgres(&mut conn, &id).await;
     assert_eq!(books.len(), sold.len());

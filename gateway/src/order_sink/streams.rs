@@ -5,8 +5,11 @@
 //!
 //! Each stream (one per shopper shard, one per deal) has the consumer group
 //! `books`; every node reads as the consumer named by its node id. In each
-//! pass over the streams, a node reads up to [`BOOKS_STREAMS_PER_POLL_MAX`]
-//! streams at once, [`BOOKS_ENTRIES_PER_READ_MAX`] entries each: first its
+//! pass over the shard streams (and, once per [`BOOKS_BACKLOG_INTERVAL`],
+//! the deal streams: a few entries per deal, and thousands of deals would
+//! make every pass thousands of calls), a node reads up to
+//! [`BOOKS_STREAMS_PER_POLL_MAX`] streams at once,
+//! [`BOOKS_ENTRIES_PER_READ_MAX`] entries each: first its
 //! own pending entries (from id `0`: delivered before a restart and never
 //! acknowledged), then new ones (`>`). The entries of those streams are
 //! written in one transaction, keyed by `(deployment id, id)` so that
@@ -173,11 +176,24 @@ impl StreamSink {
         // read in this session (a new session reads them again from `0`).
         let mut grouped = HashSet::new();
         let mut drained = HashSet::new();
-        let mut claimed_at = Instant::now();
+        let mut streams = self.store.books_streams().await.map_err(redis)?;
+        let mut tick_at = Instant::now();
         loop {
-            let streams = self.store.books_streams().await.map_err(redis)?;
+            // Shard streams (the orders) every pass; the deal streams (a
+            // few entries per deal) and the claims once a tick, and in the
+            // passes of a shutdown.
+            let tick = tick_at.elapsed() >= BOOKS_BACKLOG_INTERVAL || *stopping.borrow();
+            if tick {
+                tick_at = Instant::now();
+                streams = self.store.books_streams().await.map_err(redis)?;
+            }
+            let reading = if tick {
+                &streams[..]
+            } else {
+                &streams[..self.store.shards().min(streams.len())]
+            };
             let mut found = false;
-            for chunk in streams.chunks(BOOKS_STREAMS_PER_POLL_MAX) {
+            for chunk in reading.chunks(BOOKS_STREAMS_PER_POLL_MAX) {
                 for stream in chunk {
                     if grouped.insert(stream.clone()) {
                         self.store.books_group(stream).await.map_err(redis)?;
@@ -207,8 +223,7 @@ impl StreamSink {
                     progressed.store(true, Ordering::Relaxed);
                 }
             }
-            if claimed_at.elapsed() >= BOOKS_BACKLOG_INTERVAL {
-                claimed_at = Instant::now();
+            if tick {
                 found |= self.claim(&mut conn, &streams).await?;
             }
             if !found {

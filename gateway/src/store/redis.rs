@@ -996,6 +996,11 @@ impl RedisStore {
             .await
     }
 
+    /// Virtual shards of the deployment (`--redis-shards`).
+    pub(crate) fn shards(&self) -> usize {
+        self.inner.shards
+    }
+
     /// Every books stream: one per shard, then one per deal (oldest deal
     /// first, at most [`BOOKS_DEALS_MAX`]).
     pub(crate) async fn books_streams(&self) -> Result<Vec<String>, Error> {
