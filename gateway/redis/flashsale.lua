@@ -406,18 +406,33 @@ end
 
 -- sweep_out: takes all of a deal's units out of this shard's bucket, under a
 -- new sweep id, to be added to the deal's pool (sweep_in). Pending sweeps
--- are kept until sweep_done so a crash strands nothing.
+-- are kept until sweep_done so a crash strands nothing, and every sweep of
+-- the deal still pending on this shard (one whose node died, or never heard
+-- the reply) is returned too, so the caller finishes it now: units on their
+-- way to the pool are never left there while the deal is judged sold out
+-- (engine: stock is only ever in one place, and sold out means none left).
 -- KEYS: 1 shard stock, 2 pending sweeps, 3 sequences; ARGV: op, deal, shard
--- Reply: {'OK', sweep id, units}; units 0 and no id when the bucket is empty.
+-- Reply: {'OK', id, units, id, units, ...}: every pending sweep of the deal,
+-- this one included; just {'OK'} when there is none.
 local function sweep_out()
   local stock, pending, sequences = KEYS[1], KEYS[2], KEYS[3]
   local deal, shard = ARGV[2], ARGV[3]
   local units = num(redis.call('HGET', stock, 'b:' .. deal))
-  if units <= 0 then return {'OK', '', 0} end
-  local id = shard .. '.' .. int(redis.call('HINCRBY', sequences, 'sweep', 1))
-  redis.call('HSET', stock, 'b:' .. deal, 0)
-  redis.call('HSET', pending, id, deal .. ':' .. int(units))
-  return {'OK', id, units}
+  if units > 0 then
+    local id = shard .. '.' .. int(redis.call('HINCRBY', sequences, 'sweep', 1))
+    redis.call('HSET', stock, 'b:' .. deal, 0)
+    redis.call('HSET', pending, id, deal .. ':' .. int(units))
+  end
+  local reply = {'OK'}
+  local entries = redis.call('HGETALL', pending)
+  for i = 1, #entries, 2 do
+    local of_deal, amount = string.match(entries[i + 1], '^(%d+):(%d+)$')
+    if of_deal == deal then
+      reply[#reply + 1] = entries[i]
+      reply[#reply + 1] = num(amount)
+    end
+  end
+  return reply
 end
 
 -- sweep_done: the sweep reached the pool; forget it.

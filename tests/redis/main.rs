@@ -3,6 +3,8 @@
 //! over real sockets. Without those variables each test says it is skipped.
 
 mod burst;
+mod failover;
 mod faults;
 mod model;
 mod node;
+mod proxy;

@@ -751,6 +751,15 @@ impl RedisStore {
         if self.transfer(entry.id, shard, total).await? {
             return Ok(true);
         }
+        // Units of a transfer whose node died or never heard its reply are
+        // on their way to a bucket: bring them in and sweep them back
+        // before judging the deal sold out.
+        if self.finish_transfers(entry.id, 0).await? > 0 {
+            self.sweep(entry.id).await?;
+            if self.transfer(entry.id, shard, total).await? {
+                return Ok(true);
+            }
+        }
         let channel = self.keys().channel();
         let values = self
             .step_done(
@@ -815,12 +824,44 @@ impl RedisStore {
         Ok(())
     }
 
+    /// Finishes every transfer of `deal` pending for longer than `age_ms`
+    /// (0: all of them); returns how many. Finishing is idempotent, so a
+    /// transfer another node is finishing right now is not harmed.
+    async fn finish_transfers(&self, deal: DealId, age_ms: i64) -> Result<usize, Error> {
+        let now = self.now().millis();
+        let pending: HashMap<String, String> = self
+            .query(redis::cmd("HGETALL").arg(self.keys().deal_part(deal, "tx")))
+            .await?;
+        let mut finished = 0;
+        for (id, value) in pending {
+            let mut parts = value
+                .split(':')
+                .map(|part| part.parse::<i64>().unwrap_or(0));
+            let (shard, units, at) = (
+                parts.next().unwrap_or(0),
+                parts.next().unwrap_or(0),
+                parts.next().unwrap_or(0),
+            );
+            if now - at >= age_ms
+                && let Ok(shard) = usize::try_from(shard)
+            {
+                tracing::info!(%deal, transfer = %id, "finishing a pending transfer");
+                self.finish_transfer(deal, shard, &id, units).await?;
+                finished += 1;
+            }
+        }
+        Ok(finished)
+    }
+
     /// Moves every shard's bucket of the deal back into its pool.
     async fn sweep(&self, deal: DealId) -> Result<(), Error> {
         try_join_all((0..self.inner.shards).map(|shard| self.sweep_shard(deal, shard))).await?;
         Ok(())
     }
 
+    /// Sweeps `shard`'s bucket of `deal` into the pool, and finishes every
+    /// earlier sweep of that bucket still on its way (see `sweep_out` in
+    /// flashsale.lua).
     async fn sweep_shard(&self, deal: DealId, shard: usize) -> Result<(), Error> {
         let deal_text = deal.0.to_string();
         let shard_text = shard.to_string();
@@ -834,12 +875,12 @@ impl RedisStore {
                 &["sweep_out", &deal_text, &shard_text],
             )
             .await?;
-        let units = number(values.get(2));
-        if units <= 0 {
-            return Ok(());
+        for sweep in values.get(1..).unwrap_or_default().chunks(2) {
+            let id = sweep.first().and_then(text).unwrap_or_default();
+            self.finish_sweep(deal, shard, &id, number(sweep.get(1)))
+                .await?;
         }
-        let id = values.get(1).and_then(text).unwrap_or_default();
-        self.finish_sweep(deal, shard, &id, units).await
+        Ok(())
     }
 
     async fn finish_sweep(
@@ -1816,28 +1857,10 @@ impl RedisStore {
     /// sweep still on its way back to a pool, and sweeps the buckets of any
     /// deal marked sold out that still has units in a bucket.
     async fn reconcile(&self) -> Result<(), Error> {
-        let now = self.now().millis();
         let entries: Vec<Arc<DealEntry>> = self.inner.deals.read().values().cloned().collect();
         for entry in &entries {
-            let pending: HashMap<String, String> = self
-                .query(redis::cmd("HGETALL").arg(self.keys().deal_part(entry.id, "tx")))
+            self.finish_transfers(entry.id, TRANSFER_ABANDONED_MS)
                 .await?;
-            for (id, value) in pending {
-                let mut parts = value
-                    .split(':')
-                    .map(|part| part.parse::<i64>().unwrap_or(0));
-                let (shard, units, at) = (
-                    parts.next().unwrap_or(0),
-                    parts.next().unwrap_or(0),
-                    parts.next().unwrap_or(0),
-                );
-                if now - at > TRANSFER_ABANDONED_MS
-                    && let Ok(shard) = usize::try_from(shard)
-                {
-                    tracing::info!(deal = %entry.id, transfer = %id, "finishing an abandoned transfer");
-                    self.finish_transfer(entry.id, shard, &id, units).await?;
-                }
-            }
             let live = *entry.live.lock();
             if live.marked_sold_out && live.buckets > 0 {
                 let _one_at_a_time = entry.refill.lock().await;
