@@ -6,11 +6,11 @@
 # used_cpu_user + used_cpu_sys), each over WINDOW seconds, side by side in
 # one run. The node's poller reads every deal's hash every 250 ms and sums
 # each deal over the shards once a second (README "Multi-node mode").
-# Uses target/release/flashsale (built if missing). Bounded waits; stops what
+# Uses $FLASHSALE_BIN, else target/release/flashsale (built if missing). Bounded waits; stops what
 # it starts.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/flashsale
+BIN=${FLASHSALE_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/flashsale}
 PORT=${POLL_REDIS_PORT:-6394}
 DEALS=${POLL_DEALS:-1000}
 WINDOW=${POLL_WINDOW:-10}
