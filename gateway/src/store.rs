@@ -55,6 +55,16 @@ impl Store {
         dispatch!(self, store => store.not_ready())
     }
 
+    /// Redis' persistence as last read, in Redis mode (what a `201` is
+    /// worth there); `None` on one node, whose promise is the journal's
+    /// `--durability`.
+    pub(crate) fn redis_durability(&self) -> Option<self::redis::Durability> {
+        match self {
+            Store::Memory(_) => None,
+            Store::Redis(redis) => Some(redis.durability()),
+        }
+    }
+
     /// The feed's view of the deals (see [`crate::feed`]).
     pub(crate) fn feed_source(&self) -> &dyn FeedSource {
         dispatch!(self, store => store.feed_source())

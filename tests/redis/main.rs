@@ -3,6 +3,7 @@
 //! over real sockets. Without those variables each test says it is skipped.
 
 mod burst;
+mod durability;
 mod faults;
 mod model;
 mod node;

@@ -39,6 +39,14 @@
 //! refused here, without touching Redis; the rest go to Redis, which
 //! replays their key.
 //!
+//! ## Durability
+//! What an acknowledged change is worth is what Redis promises for it: the
+//! node reads Redis' persistence at start and every
+//! [`DURABILITY_EVERY_POLLS`] polls ([`durability`]), refuses to start
+//! against a Redis that persists nothing unless `--allow-volatile-redis`,
+//! is not ready while it finds one later, and reports the mode in
+//! `/readyz` and `/metrics`.
+//!
 //! ## Failures
 //! Every call has a response timeout (`--redis-response-timeout-ms`). A
 //! timeout or a lost connection is an unknown outcome: the request is
@@ -49,6 +57,11 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+
+mod durability;
+
+use self::durability::ServerReply;
+pub use self::durability::{Durability, DurabilityMode};
 use std::time::Duration;
 
 use flashsale_engine::ids::{decompose, shard_of};
@@ -61,7 +74,8 @@ use futures_util::future::try_join_all;
 use parking_lot::{Mutex, RwLock};
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, Pipeline, RedisFuture, Value};
+use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo};
+use redis::{Cmd, ErrorKind, Pipeline, RedisFuture, ServerErrorKind, Value};
 use serde::Deserialize;
 
 use crate::error::Error;
@@ -75,6 +89,9 @@ pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
 /// How often (in polls) the poller sums deals' numbers and merchants'
 /// ratings over the shards: the costly part of a poll.
 const SUMS_EVERY_POLLS: u32 = 4;
+/// How often (in polls) the poller re-reads Redis' persistence settings:
+/// an operator may change them at runtime (`CONFIG SET`).
+const DURABILITY_EVERY_POLLS: u32 = 4;
 /// How often the poller finishes transfers and sweeps left half done.
 const RECONCILE_EVERY_POLLS: u32 = 8;
 /// A transfer pending longer than this is taken to be abandoned by a
@@ -109,6 +126,9 @@ pub struct RedisSettings {
     pub shards: usize,
     pub response_timeout: Duration,
     pub connect_timeout: Duration,
+    /// Serve even when Redis persists nothing (`--allow-volatile-redis`):
+    /// a restart of Redis then loses every acknowledged order.
+    pub allow_volatile: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -293,6 +313,13 @@ struct Inner {
     /// Newest deals, newest first, as of the last poll.
     newest: RwLock<Vec<DealId>>,
     reachable: AtomicBool,
+    /// Redis' persistence as last read (at start, then by the poller).
+    durability: RwLock<Durability>,
+    allow_volatile: bool,
+    /// Redis persists nothing and that is not allowed: changes are refused
+    /// (`not_ready`). Kept apart from `durability` so the check on every
+    /// request is one relaxed load.
+    volatile_refused: AtomicBool,
 }
 
 /// Key names (the module doc's table).
@@ -347,6 +374,16 @@ fn number(value: Option<&Value>) -> i64 {
         .and_then(text)
         .and_then(|text| text.parse().ok())
         .unwrap_or(0)
+}
+
+/// Whether Redis refused a command (unknown, renamed, denied by an ACL)
+/// rather than failed to answer.
+fn is_refusal(error: &redis::RedisError) -> bool {
+    matches!(
+        error.kind(),
+        ErrorKind::Server(ServerErrorKind::ResponseError | ServerErrorKind::NoPerm)
+            | ErrorKind::Extension
+    )
 }
 
 /// A reply Redis should never give: the script and this file disagree.
@@ -525,6 +562,13 @@ impl RedisStore {
                 merchants: RwLock::new(HashMap::new()),
                 newest: RwLock::new(Vec::new()),
                 reachable: AtomicBool::new(true),
+                durability: RwLock::new(Durability {
+                    mode: DurabilityMode::Volatile,
+                    found: "not read yet".to_owned(),
+                    waitaof: false,
+                }),
+                allow_volatile: settings.allow_volatile,
+                volatile_refused: AtomicBool::new(false),
             }),
         };
         let mut connection = store.connection();
@@ -535,6 +579,7 @@ impl RedisStore {
             .load_async(&mut connection)
             .await
             .map_err(Error::Redis)?;
+        store.check_durability().await?;
         store.poll(true).await?;
         Ok(store)
     }
@@ -552,7 +597,101 @@ impl RedisStore {
     }
 
     pub(crate) fn not_ready(&self) -> Option<&'static str> {
-        (!self.inner.reachable.load(Ordering::Relaxed)).then_some("Redis does not answer")
+        if !self.inner.reachable.load(Ordering::Relaxed) {
+            return Some("Redis does not answer");
+        }
+        self.inner
+            .volatile_refused
+            .load(Ordering::Relaxed)
+            .then_some(
+                "Redis persists nothing now (its settings changed since this node started), so a \
+             restart of Redis would lose acknowledged orders: set appendonly yes again, or \
+             restart the node with --allow-volatile-redis",
+            )
+    }
+
+    /// Redis' persistence as last read: what a `201` is worth now.
+    pub(crate) fn durability(&self) -> Durability {
+        self.inner.durability.read().clone()
+    }
+
+    /// Reads Redis' persistence on every primary, keeps it, and says when
+    /// it changed. Errors: Redis did not answer.
+    async fn check_durability(&self) -> Result<(), Error> {
+        let configs = self
+            .on_every_primary(
+                redis::cmd("CONFIG")
+                    .arg("GET")
+                    .arg("appendonly")
+                    .arg("appendfsync"),
+            )
+            .await?;
+        let infos = self
+            .on_every_primary(redis::cmd("COMMAND").arg("INFO").arg("WAITAOF"))
+            .await?;
+        let servers: Vec<(String, ServerReply, ServerReply)> = configs
+            .into_iter()
+            .map(|(address, config)| {
+                let info = infos
+                    .iter()
+                    .find(|(other, _)| *other == address)
+                    .map_or_else(|| Err("no reply".to_owned()), |(_, info)| info.clone());
+                (address, config, info)
+            })
+            .collect();
+        let now = Durability::of_servers(&servers);
+        let refused = now.mode == DurabilityMode::Volatile && !self.inner.allow_volatile;
+        self.inner
+            .volatile_refused
+            .store(refused, Ordering::Relaxed);
+        let before = std::mem::replace(&mut *self.inner.durability.write(), now.clone());
+        if before.mode != now.mode {
+            if now.mode < before.mode {
+                tracing::warn!(mode = now.mode.name(), found = %now.found, "Redis' persistence is weaker than before");
+            } else {
+                tracing::info!(mode = now.mode.name(), found = %now.found, "Redis' persistence");
+            }
+        }
+        Ok(())
+    }
+
+    /// `cmd`'s reply from the one Redis, or from every primary of a
+    /// Cluster, by server address; a server's refusal (an unknown or
+    /// denied command) is that server's `Err`, not the call's. Errors: a
+    /// server did not answer.
+    async fn on_every_primary(&self, cmd: &Cmd) -> Result<Vec<(String, ServerReply)>, Error> {
+        match &self.inner.connection {
+            Connection::Single(connection) => {
+                let reply = match cmd.query_async::<Value>(&mut connection.clone()).await {
+                    Ok(Value::ServerError(refusal)) => Err(refusal.to_string()),
+                    Ok(value) => Ok(value),
+                    Err(error) if is_refusal(&error) => Err(error.to_string()),
+                    Err(error) => return Err(Error::Redis(error)),
+                };
+                Ok(vec![("the Redis".to_owned(), reply)])
+            }
+            Connection::Cluster(connection) => {
+                let routing = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None));
+                let reply = connection
+                    .clone()
+                    .route_command(cmd.clone(), routing)
+                    .await
+                    .map_err(Error::Redis)?;
+                let Value::Map(replies) = reply else {
+                    return Err(garbled("a reply of every primary"));
+                };
+                Ok(replies
+                    .into_iter()
+                    .map(|(address, reply)| {
+                        let reply = match reply {
+                            Value::ServerError(refusal) => Err(refusal.to_string()),
+                            value => Ok(value),
+                        };
+                        (text(&address).unwrap_or_default(), reply)
+                    })
+                    .collect())
+            }
+        }
     }
 
     pub(crate) fn feed_source(&self) -> &dyn FeedSource {
@@ -1670,10 +1809,13 @@ impl RedisStore {
             ticker.tick().await;
             polls = polls.wrapping_add(1);
             let with_sums = polls.is_multiple_of(SUMS_EVERY_POLLS);
-            let result = match self.poll(with_sums).await {
-                Ok(()) if polls.is_multiple_of(RECONCILE_EVERY_POLLS) => self.reconcile().await,
-                other => other,
-            };
+            let mut result = self.poll(with_sums).await;
+            if result.is_ok() && polls.is_multiple_of(DURABILITY_EVERY_POLLS) {
+                result = self.check_durability().await;
+            }
+            if result.is_ok() && polls.is_multiple_of(RECONCILE_EVERY_POLLS) {
+                result = self.reconcile().await;
+            }
             let reachable = result.is_ok();
             if self.inner.reachable.swap(reachable, Ordering::Relaxed) != reachable {
                 match &result {
