@@ -101,7 +101,7 @@ impl Gateway {
     /// store: the journal, or in multi-node mode the connection to Redis.
     /// Errors: [`Error::DataDir`] naming the directory and why it cannot be
     /// used, [`Error::DataFile`] naming a kept file, [`Error::JournalOpen`],
-    /// [`Error::OrderSink`], [`Error::RedisConnect`].
+    /// [`Error::OrderSink`], [`Error::RedisConnect`], [`Error::RedisVolatile`].
     pub async fn open(config: Config) -> Result<Gateway, Error> {
         let (secret, admin_token) = {
             let dir = config.data_dir.clone();

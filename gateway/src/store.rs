@@ -55,6 +55,16 @@ impl Store {
         dispatch!(self, store => store.not_ready())
     }
 
+    /// The deployment's epoch, which tokens carry ([`crate::auth`]): in
+    /// Redis mode the random number kept in Redis, new whenever Redis
+    /// starts empty; on one node [`crate::auth::NO_EPOCH`].
+    pub(crate) fn epoch(&self) -> u64 {
+        match self {
+            Store::Memory(_) => crate::auth::NO_EPOCH,
+            Store::Redis(redis) => redis.epoch(),
+        }
+    }
+
     /// Redis' persistence as last read, in Redis mode (what a `201` is
     /// worth there); `None` on one node, whose promise is the journal's
     /// `--durability`.

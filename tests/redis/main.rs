@@ -4,6 +4,7 @@
 
 mod burst;
 mod durability;
+mod epoch;
 mod faults;
 mod model;
 mod node;

@@ -39,6 +39,17 @@ impl Target {
         }
     }
 
+    /// `redis-cli` with `args` against the target (see [`Target::cli`]):
+    /// its standard output, empty when it could not run.
+    pub fn run_cli(&self, args: &[&str]) -> String {
+        Command::new("redis-cli")
+            .args(self.cli())
+            .args(args)
+            .output()
+            .map(|output| String::from_utf8_lossy(&output.stdout).into_owned())
+            .unwrap_or_default()
+    }
+
     /// A `redis-cli` argument list reaching one server of the target (the
     /// first seed of a Cluster, with `-c`).
     pub fn cli(&self) -> Vec<String> {
@@ -206,12 +217,7 @@ impl PrivateRedis {
 
     /// `redis-cli` against this server: its standard output.
     pub fn cli(&self, args: &[&str]) -> String {
-        Command::new("redis-cli")
-            .args(["-u", &self.url])
-            .args(args)
-            .output()
-            .map(|output| String::from_utf8_lossy(&output.stdout).into_owned())
-            .unwrap_or_default()
+        Target::Single(self.url.clone()).run_cli(args)
     }
 
     /// Sends `signal` (`-STOP`, `-CONT`, …) to the server.
