@@ -68,11 +68,6 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-
-mod durability;
-
-use self::durability::ServerReply;
-pub use self::durability::{Durability, DurabilityMode};
 use std::time::Duration;
 
 use flashsale_engine::ids::{decompose, shard_of};
@@ -89,8 +84,12 @@ use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo};
 use redis::{Cmd, ErrorKind, Pipeline, RedisFuture, ServerErrorKind, Value};
 use serde::Deserialize;
 
+use self::durability::ServerReply;
+pub use self::durability::{Durability, DurabilityMode};
 use crate::error::Error;
 use crate::feed::{FEED_DEALS_MAX, FeedSource};
+
+mod durability;
 
 /// The server-side steps, one script (see its header).
 const STEPS_LUA: &str = include_str!("../../redis/flashsale.lua");
