@@ -9,6 +9,7 @@
 --                           register, terms, accept, sweep_out, sweep_done,
 --                           review, share
 --   deal steps,  tag {d:D}: refill, confirm, sweep_in, sold_out, update
+--   global step, tag {g}:   ids
 --
 -- The in-memory engine (engine/src/engine.rs) is the specification: each step
 -- checks in the engine's order and answers what the engine would. Every step
@@ -28,6 +29,8 @@
 --                     when it is short) and retries
 --   {'TERMS'}         the shard has no (or older) terms for the deal: the node
 --                     installs them from the deal's slot and retries
+--   {'EPOCH'}         the deployment's epoch is not the node's: the node
+--                     re-reads it and retries
 --
 -- Steps that change what every node caches of a deal (its sold-out marker,
 -- its pool after a restock, its terms) publish the deal's key on the
@@ -579,12 +582,33 @@ local function update()
   return {'OK'}
 end
 
+-- ----- global steps -------------------------------------------------------------
+
+-- ids: hands out `count` new ids of a kind (merchant, shopper, deal) from the
+-- deployment's sequences, only under the epoch the node knows (issue #12:
+-- after Redis lost its data the sequences start again from 1, and a node
+-- that has not seen the new epoch must not number or sign an account as if
+-- nothing happened; it gets 'EPOCH', learns the epoch, and asks again). A
+-- deal's id goes into the deal index (KEYS[3]) in the same step, before the
+-- node writes the deal: a deal is listed as soon as it exists, and an id
+-- indexed without a deal (a node died in between) is skipped by readers.
+-- KEYS: 1 sequences, 2 epoch, 3 the deal index (deals only)
+-- ARGV: op, kind, count, the node's epoch
+-- Reply: {'OK', the last id handed out} or {'EPOCH'}
+local function ids()
+  if redis.call('GET', KEYS[2]) ~= ARGV[4] then return {'EPOCH'} end
+  local last = redis.call('HINCRBY', KEYS[1], ARGV[2], num(ARGV[3]))
+  if KEYS[3] then redis.call('ZADD', KEYS[3], last, last) end
+  return {'OK', last}
+end
+
 local steps = {
   reserve = reserve, pay = pay, release = release, credit = credit,
   accounts = accounts, register = register, terms = install_terms, accept = accept,
   sweep_out = sweep_out, sweep_done = sweep_done, review = review, share = share,
   refill = refill,
   confirm = confirm, sweep_in = sweep_in, sold_out = sold_out, update = update,
+  ids = ids,
 }
 local step = steps[op]
 if not step then return redis.error_reply('unknown step ' .. tostring(op)) end

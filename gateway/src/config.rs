@@ -110,6 +110,15 @@ pub struct ServeArgs {
     )]
     pub redis_connect_timeout_ms: u64,
 
+    /// Serve multi-node mode even on a Redis that persists nothing
+    /// (appendonly no, appendfsync no, or settings it will not tell):
+    /// a restart of that Redis loses every acknowledged order. Without
+    /// this flag such a Redis is refused at start, and a node whose Redis
+    /// stops persisting at runtime is not ready (README, "What a 201
+    /// promises").
+    #[arg(long, env = "FLASHSALE_ALLOW_VOLATILE_REDIS")]
+    pub allow_volatile_redis: bool,
+
     /// Open connections at most; further clients wait in the listen backlog.
     #[arg(long, env = "FLASHSALE_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,
@@ -385,6 +394,7 @@ fn redis_settings(args: &ServeArgs) -> Result<Option<RedisSettings>, Error> {
             args.redis_connect_timeout_ms,
             "--redis-connect-timeout-ms",
         )?),
+        allow_volatile: args.allow_volatile_redis,
     }))
 }
 
@@ -484,6 +494,7 @@ mod tests {
             redis_shards: 64,
             redis_response_timeout_ms: 1_000,
             redis_connect_timeout_ms: 1_000,
+            allow_volatile_redis: false,
             max_connections: 10_000,
             header_read_timeout_ms: 5_000,
             body_bytes_max: 16_384,

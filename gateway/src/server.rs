@@ -58,7 +58,7 @@ use crate::openapi::OpenApi;
 use crate::order_sink::{self, OrderSinkHandle};
 use crate::pages::Pages;
 use crate::router::Router;
-use crate::store::redis::{RedisSettings, RedisTarget};
+use crate::store::redis::{DurabilityMode, RedisSettings, RedisTarget};
 use crate::store::{MemoryStore, RedisStore, Store};
 use crate::telemetry::Telemetry;
 
@@ -101,7 +101,7 @@ impl Gateway {
     /// store: the journal, or in multi-node mode the connection to Redis.
     /// Errors: [`Error::DataDir`] naming the directory and why it cannot be
     /// used, [`Error::DataFile`] naming a kept file, [`Error::JournalOpen`],
-    /// [`Error::OrderSink`], [`Error::RedisConnect`].
+    /// [`Error::OrderSink`], [`Error::RedisConnect`], [`Error::RedisVolatile`].
     pub async fn open(config: Config) -> Result<Gateway, Error> {
         let (secret, admin_token) = {
             let dir = config.data_dir.clone();
@@ -430,7 +430,10 @@ async fn open_memory(
     Ok((Store::Memory(MemoryStore { engine, journal }), order_sink))
 }
 
-/// Multi-node mode: connects to Redis (bounded by the connect timeout).
+/// Multi-node mode: connects to Redis (bounded by the connect timeout)
+/// and checks that it persists what it acknowledges. Errors:
+/// [`Error::RedisConnect`], and [`Error::RedisVolatile`] for a Redis that
+/// persists nothing without `--allow-volatile-redis`.
 async fn open_redis(config: &Config, settings: &RedisSettings) -> Result<Store, Error> {
     if config.database_url.is_some() {
         return Err(Error::Config(
@@ -439,16 +442,31 @@ async fn open_redis(config: &Config, settings: &RedisSettings) -> Result<Store, 
                 .into(),
         ));
     }
+    let target = match &settings.target {
+        RedisTarget::Single(url) => url.clone(),
+        RedisTarget::Cluster(urls) => urls.join(","),
+    };
     let store = RedisStore::connect(settings)
         .await
         .map_err(|source| Error::RedisConnect {
-            target: match &settings.target {
-                RedisTarget::Single(url) => url.clone(),
-                RedisTarget::Cluster(urls) => urls.join(","),
-            },
+            target: target.clone(),
             source: Box::new(source),
         })?;
-    tracing::info!(shards = settings.shards, namespace = %settings.namespace, "multi-node mode: the sale's state is in Redis");
+    let durability = store.durability();
+    if durability.mode == DurabilityMode::Volatile && !settings.allow_volatile {
+        return Err(Error::RedisVolatile {
+            target,
+            found: durability.found,
+        });
+    }
+    tracing::info!(
+        shards = settings.shards,
+        namespace = %settings.namespace,
+        durability = durability.mode.name(),
+        found = %durability.found,
+        waitaof = durability.waitaof,
+        "multi-node mode: the sale's state is in Redis"
+    );
     Ok(Store::Redis(store))
 }
 

@@ -3,6 +3,8 @@
 //! over real sockets. Without those variables each test says it is skipped.
 
 mod burst;
+mod durability;
+mod epoch;
 mod failover;
 mod faults;
 mod model;

@@ -19,6 +19,7 @@
 //! | `ns:{d:D}` | hash: the deal, its undistributed stock (`pool`), `total`, the `sold_out` marker, the terms' `version` |
 //! | `ns:{d:D}:tx`, `:swept` | transfers on their way from the pool to a bucket; sweeps accepted into the pool |
 //! | `ns:{g}:seq`, `:m:<id>`, `:deals` | id sequences, merchants, the deals newest first |
+//! | `ns:{g}:epoch` | the deployment's epoch: a random 64-bit number, set by the first node that finds it missing |
 //!
 //! ## Steps
 //! Every change is one step of `gateway/redis/flashsale.lua` (EVALSHA,
@@ -39,6 +40,24 @@
 //! refused here, without touching Redis; the rest go to Redis, which
 //! replays their key.
 //!
+//! ## Epochs
+//! Ids are numbered by Redis (`ns:{g}:seq`); a Redis that restarts empty
+//! numbers from 1 again. So the deployment has an **epoch** in Redis, a
+//! random number set (`SET NX`) by whichever node first finds it missing.
+//! Tokens carry it ([`crate::auth`]), ids are handed out only under the
+//! epoch the node knows (the `ids` step checks it in the same call), and
+//! the poller re-reads it every poll: a new epoch (Redis lost its data)
+//! drops every cached deal, sold-out flag and merchant, and from then on
+//! tokens of the old epoch are `401`.
+//!
+//! ## Durability
+//! What an acknowledged change is worth is what Redis promises for it: the
+//! node reads Redis' persistence at start and every
+//! [`DURABILITY_EVERY_POLLS`] polls ([`durability`]), refuses to start
+//! against a Redis that persists nothing unless `--allow-volatile-redis`,
+//! is not ready while it finds one later, and reports the mode in
+//! `/readyz` and `/metrics`.
+//!
 //! ## Failures
 //! Every call has a response timeout (`--redis-response-timeout-ms`). A
 //! timeout or a lost connection is an unknown outcome: the request is
@@ -48,7 +67,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use flashsale_engine::ids::{decompose, shard_of};
@@ -61,11 +80,16 @@ use futures_util::future::try_join_all;
 use parking_lot::{Mutex, RwLock};
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, Pipeline, RedisFuture, Value};
+use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo};
+use redis::{Cmd, ErrorKind, Pipeline, RedisFuture, ServerErrorKind, Value};
 use serde::Deserialize;
 
+use self::durability::ServerReply;
+pub use self::durability::{Durability, DurabilityMode};
 use crate::error::Error;
 use crate::feed::{FEED_DEALS_MAX, FeedSource};
+
+mod durability;
 
 /// The server-side steps, one script (see its header).
 const STEPS_LUA: &str = include_str!("../../redis/flashsale.lua");
@@ -75,6 +99,9 @@ pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
 /// How often (in polls) the poller sums deals' numbers and merchants'
 /// ratings over the shards: the costly part of a poll.
 const SUMS_EVERY_POLLS: u32 = 4;
+/// How often (in polls) the poller re-reads Redis' persistence settings:
+/// an operator may change them at runtime (`CONFIG SET`).
+const DURABILITY_EVERY_POLLS: u32 = 4;
 /// How often the poller finishes transfers and sweeps left half done.
 const RECONCILE_EVERY_POLLS: u32 = 8;
 /// A transfer pending longer than this is taken to be abandoned by a
@@ -109,6 +136,9 @@ pub struct RedisSettings {
     pub shards: usize,
     pub response_timeout: Duration,
     pub connect_timeout: Duration,
+    /// Serve even when Redis persists nothing (`--allow-volatile-redis`):
+    /// a restart of Redis then loses every acknowledged order.
+    pub allow_volatile: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -167,6 +197,8 @@ enum Reply {
         total: u32,
     },
     Terms,
+    /// The deployment's epoch in Redis is not the one the node knows.
+    Epoch,
 }
 
 /// An order as the script writes it (`encode_order`).
@@ -293,6 +325,16 @@ struct Inner {
     /// Newest deals, newest first, as of the last poll.
     newest: RwLock<Vec<DealId>>,
     reachable: AtomicBool,
+    /// The deployment's epoch as this node last read it (0 before the
+    /// first read).
+    epoch: AtomicU64,
+    /// Redis' persistence as last read (at start, then by the poller).
+    durability: RwLock<Durability>,
+    allow_volatile: bool,
+    /// Redis persists nothing and that is not allowed: changes are refused
+    /// (`not_ready`). Kept apart from `durability` so the check on every
+    /// request is one relaxed load.
+    volatile_refused: AtomicBool,
 }
 
 /// Key names (the module doc's table).
@@ -347,6 +389,16 @@ fn number(value: Option<&Value>) -> i64 {
         .and_then(text)
         .and_then(|text| text.parse().ok())
         .unwrap_or(0)
+}
+
+/// Whether Redis refused a command (unknown, renamed, denied by an ACL)
+/// rather than failed to answer.
+fn is_refusal(error: &redis::RedisError) -> bool {
+    matches!(
+        error.kind(),
+        ErrorKind::Server(ServerErrorKind::ResponseError | ServerErrorKind::NoPerm)
+            | ErrorKind::Extension
+    )
 }
 
 /// A reply Redis should never give: the script and this file disagree.
@@ -466,6 +518,7 @@ fn reply_of(values: Vec<Value>, hold: Option<HoldId>) -> Result<Reply, Error> {
             })
         }
         "TERMS" => Ok(Reply::Terms),
+        "EPOCH" => Ok(Reply::Epoch),
         _ => Err(garbled("a reply tag")),
     }
 }
@@ -525,6 +578,14 @@ impl RedisStore {
                 merchants: RwLock::new(HashMap::new()),
                 newest: RwLock::new(Vec::new()),
                 reachable: AtomicBool::new(true),
+                epoch: AtomicU64::new(crate::auth::NO_EPOCH),
+                durability: RwLock::new(Durability {
+                    mode: DurabilityMode::Volatile,
+                    found: "not read yet".to_owned(),
+                    waitaof: false,
+                }),
+                allow_volatile: settings.allow_volatile,
+                volatile_refused: AtomicBool::new(false),
             }),
         };
         let mut connection = store.connection();
@@ -535,6 +596,8 @@ impl RedisStore {
             .load_async(&mut connection)
             .await
             .map_err(Error::Redis)?;
+        store.check_durability().await?;
+        store.follow_epoch().await?;
         store.poll(true).await?;
         Ok(store)
     }
@@ -552,7 +615,179 @@ impl RedisStore {
     }
 
     pub(crate) fn not_ready(&self) -> Option<&'static str> {
-        (!self.inner.reachable.load(Ordering::Relaxed)).then_some("Redis does not answer")
+        if !self.inner.reachable.load(Ordering::Relaxed) {
+            return Some("Redis does not answer");
+        }
+        self.inner
+            .volatile_refused
+            .load(Ordering::Relaxed)
+            .then_some(
+                "Redis persists nothing now (its settings changed since this node started), so a \
+             restart of Redis would lose acknowledged orders: set appendonly yes again, or \
+             restart the node with --allow-volatile-redis",
+            )
+    }
+
+    /// The deployment's epoch as last read (see the module doc, "Epochs").
+    pub(crate) fn epoch(&self) -> u64 {
+        self.inner.epoch.load(Ordering::Acquire)
+    }
+
+    /// Reads the deployment's epoch, setting a new random one when Redis
+    /// has none (the first start, or Redis lost its data): `SET NX GET`,
+    /// one call, so nodes racing on an empty Redis agree on one. A new
+    /// epoch drops every deal, sold-out flag and merchant this node
+    /// cached: none of them is Redis' any more. Errors: Redis did not
+    /// answer; [`Error::Random`].
+    async fn follow_epoch(&self) -> Result<u64, Error> {
+        let mut bytes = [0u8; 8];
+        getrandom::fill(&mut bytes).map_err(Error::Random)?;
+        let proposed = u64::from_le_bytes(bytes).max(1);
+        let found: Option<String> = self
+            .query(
+                redis::cmd("SET")
+                    .arg(self.keys().global("epoch"))
+                    .arg(proposed)
+                    .arg("NX")
+                    .arg("GET"),
+            )
+            .await?;
+        let epoch = match found {
+            None => proposed,
+            Some(text) => text
+                .parse()
+                .map_err(|_| garbled("the deployment's epoch"))?,
+        };
+        let before = self.inner.epoch.swap(epoch, Ordering::AcqRel);
+        if before != epoch && before != crate::auth::NO_EPOCH {
+            tracing::warn!(
+                before = format_args!("{before:016x}"),
+                now = format_args!("{epoch:016x}"),
+                "the deployment's epoch changed (Redis lost its data): cached deals dropped, \
+                 tokens of the old epoch refused"
+            );
+            self.inner.deals.write().clear();
+            self.inner.merchants.write().clear();
+            self.inner.newest.write().clear();
+        }
+        Ok(epoch)
+    }
+
+    /// The last of `count` new ids of `kind` (`merchant`, `shopper`,
+    /// `deal`), handed out only under the epoch this node knows (the `ids`
+    /// step), so a node that missed Redis losing its data never numbers
+    /// an account from the old count or signs it with the old epoch. A
+    /// new deal's id goes into the deployment's deal index in the same
+    /// step (`index`). Errors: Redis did not answer, or the epoch kept
+    /// moving ([`Error::RedisBusy`]).
+    async fn next_ids(&self, kind: &str, count: u32, index: bool) -> Result<u64, Error> {
+        let mut keys = vec![self.keys().global("seq"), self.keys().global("epoch")];
+        if index {
+            keys.push(self.keys().global("deals"));
+        }
+        let count_text = count.to_string();
+        for _ in 0..STEP_ATTEMPTS_MAX {
+            let epoch = self.epoch().to_string();
+            match self
+                .step(&keys, &["ids", kind, &count_text, &epoch], None)
+                .await?
+            {
+                Reply::Done(values) => {
+                    return u64::try_from(number(values.get(1))).map_err(|_| garbled("an id"));
+                }
+                Reply::Epoch => {
+                    self.follow_epoch().await?;
+                }
+                Reply::Refused(_) | Reply::Refill { .. } | Reply::Terms => {
+                    return Err(garbled("an id step"));
+                }
+            }
+        }
+        Err(Error::RedisBusy)
+    }
+
+    /// Redis' persistence as last read: what a `201` is worth now.
+    pub(crate) fn durability(&self) -> Durability {
+        self.inner.durability.read().clone()
+    }
+
+    /// Reads Redis' persistence on every primary, keeps it, and says when
+    /// it changed. Errors: Redis did not answer.
+    async fn check_durability(&self) -> Result<(), Error> {
+        let configs = self
+            .on_every_primary(
+                redis::cmd("CONFIG")
+                    .arg("GET")
+                    .arg("appendonly")
+                    .arg("appendfsync"),
+            )
+            .await?;
+        let infos = self
+            .on_every_primary(redis::cmd("COMMAND").arg("INFO").arg("WAITAOF"))
+            .await?;
+        let servers: Vec<(String, ServerReply, ServerReply)> = configs
+            .into_iter()
+            .map(|(address, config)| {
+                let info = infos
+                    .iter()
+                    .find(|(other, _)| *other == address)
+                    .map_or_else(|| Err("no reply".to_owned()), |(_, info)| info.clone());
+                (address, config, info)
+            })
+            .collect();
+        let now = Durability::of_servers(&servers);
+        let refused = now.mode == DurabilityMode::Volatile && !self.inner.allow_volatile;
+        self.inner
+            .volatile_refused
+            .store(refused, Ordering::Relaxed);
+        let before = std::mem::replace(&mut *self.inner.durability.write(), now.clone());
+        if before.mode != now.mode {
+            if now.mode < before.mode {
+                tracing::warn!(mode = now.mode.name(), found = %now.found, "Redis' persistence is weaker than before");
+            } else {
+                tracing::info!(mode = now.mode.name(), found = %now.found, "Redis' persistence");
+            }
+        }
+        Ok(())
+    }
+
+    /// `cmd`'s reply from the one Redis, or from every primary of a
+    /// Cluster, by server address; a server's refusal (an unknown or
+    /// denied command) is that server's `Err`, not the call's. Errors: a
+    /// server did not answer.
+    async fn on_every_primary(&self, cmd: &Cmd) -> Result<Vec<(String, ServerReply)>, Error> {
+        match &self.inner.connection {
+            Connection::Single(connection) => {
+                let reply = match cmd.query_async::<Value>(&mut connection.clone()).await {
+                    Ok(Value::ServerError(refusal)) => Err(refusal.to_string()),
+                    Ok(value) => Ok(value),
+                    Err(error) if is_refusal(&error) => Err(error.to_string()),
+                    Err(error) => return Err(Error::Redis(error)),
+                };
+                Ok(vec![("the Redis".to_owned(), reply)])
+            }
+            Connection::Cluster(connection) => {
+                let routing = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None));
+                let reply = connection
+                    .clone()
+                    .route_command(cmd.clone(), routing)
+                    .await
+                    .map_err(Error::Redis)?;
+                let Value::Map(replies) = reply else {
+                    return Err(garbled("a reply of every primary"));
+                };
+                Ok(replies
+                    .into_iter()
+                    .map(|(address, reply)| {
+                        let reply = match reply {
+                            Value::ServerError(refusal) => Err(refusal.to_string()),
+                            value => Ok(value),
+                        };
+                        (text(&address).unwrap_or_default(), reply)
+                    })
+                    .collect())
+            }
+        }
     }
 
     pub(crate) fn feed_source(&self) -> &dyn FeedSource {
@@ -593,7 +828,9 @@ impl RedisStore {
         match self.step(keys, args, None).await? {
             Reply::Done(values) => Ok(values),
             Reply::Refused(refusal) => Err(Error::Engine(refusal)),
-            Reply::Refill { .. } | Reply::Terms => Err(garbled("a step that cannot refill")),
+            Reply::Refill { .. } | Reply::Terms | Reply::Epoch => {
+                Err(garbled("a step that can only be done or refused"))
+            }
         }
     }
 
@@ -656,6 +893,11 @@ impl RedisStore {
         let fields: HashMap<String, String> = self
             .query(redis::cmd("HGETALL").arg(self.keys().deal(entry.id)))
             .await?;
+        if fields.is_empty() {
+            // Redis lost it (its data, before the poll saw the new epoch).
+            self.inner.deals.write().remove(&entry.id);
+            return Err(Error::Engine(EngineError::NotFound(Entity::Deal)));
+        }
         let mut live = live_of(&fields);
         let sums = self.shard_sums(&[entry.id]).await?;
         if let Some(sum) = sums.first() {
@@ -987,6 +1229,7 @@ impl RedisStore {
                         return Err(Error::Engine(EngineError::SoldOut));
                     }
                 }
+                Reply::Epoch => return Err(garbled("reserve cannot answer EPOCH")),
             }
         }
         Err(Error::RedisBusy)
@@ -996,14 +1239,7 @@ impl RedisStore {
 
     pub(crate) async fn create_merchant(&self, name: &str) -> Result<Merchant, Error> {
         flashsale_engine::check_name(name, "name", flashsale_engine::engine::NAME_CHARS_MAX)?;
-        let id: u64 = self
-            .query(
-                redis::cmd("HINCRBY")
-                    .arg(self.keys().global("seq"))
-                    .arg("merchant")
-                    .arg(1),
-            )
-            .await?;
+        let id = self.next_ids("merchant", 1, false).await?;
         let merchant = Merchant {
             id: MerchantId(id),
             name: name.to_owned(),
@@ -1096,14 +1332,7 @@ impl RedisStore {
     }
 
     async fn reserve_shoppers(&self, count: u32) -> Result<ShopperId, Error> {
-        let last: u64 = self
-            .query(
-                redis::cmd("HINCRBY")
-                    .arg(self.keys().global("seq"))
-                    .arg("shopper")
-                    .arg(count),
-            )
-            .await?;
+        let last = self.next_ids("shopper", count, false).await?;
         Ok(ShopperId(last + 1 - u64::from(count)))
     }
 
@@ -1222,15 +1451,13 @@ impl RedisStore {
         if self.merchant(merchant).await?.is_none() {
             return Err(Error::Engine(EngineError::NotFound(Entity::Merchant)));
         }
-        let id: u64 = self
-            .query(
-                redis::cmd("HINCRBY")
-                    .arg(self.keys().global("seq"))
-                    .arg("deal")
-                    .arg(1),
-            )
-            .await?;
-        let deal = DealId(id);
+        // The id and its place in the deal index come in one step; the deal
+        // itself, complete, in one HSET after it. A crash between the two
+        // leaves an indexed id without a deal, which every reader skips
+        // (`entry` finds no deal): the deal exists whole or not at all, and
+        // is listed as soon as it exists. Its terms reach the shards here,
+        // or on a buy's `TERMS` answer if this node stops first.
+        let deal = DealId(self.next_ids("deal", 1, true).await?);
         self.query::<()>(redis::cmd("HSET").arg(self.keys().deal(deal)).arg(&[
             ("merchant", merchant.0.to_string()),
             ("title", spec.title.clone()),
@@ -1250,13 +1477,6 @@ impl RedisStore {
             ("sold_out", "0".to_owned()),
             ("version", "1".to_owned()),
         ]))
-        .await?;
-        self.query::<()>(
-            redis::cmd("ZADD")
-                .arg(self.keys().global("deals"))
-                .arg(id)
-                .arg(id),
-        )
         .await?;
         self.install_terms_everywhere(deal).await?;
         let entry = self.entry(deal).await?;
@@ -1366,7 +1586,9 @@ impl RedisStore {
                 }
                 Reply::Refused(refusal) => return Err(Error::Engine(refusal)),
                 Reply::Terms => self.install_terms(deal, shard).await?,
-                Reply::Refill { .. } => return Err(garbled("register cannot refill")),
+                Reply::Refill { .. } | Reply::Epoch => {
+                    return Err(garbled("register cannot refill or answer EPOCH"));
+                }
             }
         }
         Err(Error::RedisBusy)
@@ -1468,6 +1690,7 @@ impl RedisStore {
                         return Err(Error::Engine(EngineError::HoldExpired { hold: id }));
                     }
                 }
+                Reply::Epoch => return Err(garbled("pay cannot answer EPOCH")),
             }
         }
         Err(Error::RedisBusy)
@@ -1500,7 +1723,9 @@ impl RedisStore {
         {
             Reply::Done(values) => values,
             Reply::Refused(refusal) => return Err(Error::Engine(refusal)),
-            Reply::Refill { .. } | Reply::Terms => return Err(garbled("release cannot refill")),
+            Reply::Refill { .. } | Reply::Terms | Reply::Epoch => {
+                return Err(garbled("release cannot refill or answer EPOCH"));
+            }
         };
         let hold = hold_of(&values.get(2).and_then(text).unwrap_or_default())?;
         if matches!(hold.status, HoldStatus::Released | HoldStatus::Expired) {
@@ -1692,10 +1917,11 @@ impl RedisStore {
 
     // ----- the poller -----------------------------------------------------------------
 
-    /// Runs until dropped: every [`POLL_INTERVAL`] refreshes the newest
-    /// deals and their numbers (the feed, `/metrics` and the sold-out
-    /// flags read them), and every few polls finishes transfers and sweeps
-    /// left half done. A failed poll marks the store not ready. Beside it,
+    /// Runs until dropped: every [`POLL_INTERVAL`] follows the deployment's
+    /// epoch and refreshes the newest deals and their numbers (the feed,
+    /// `/metrics` and the sold-out flags read them); every few polls
+    /// re-reads Redis' persistence and finishes transfers and sweeps left
+    /// half done. A failed poll marks the store not ready. Beside it,
     /// listens on the deployment's channel and re-reads a deal at once when
     /// a step publishes it (sold out, restocked, new terms); the poll is the
     /// safety net for messages missed while disconnected.
@@ -1711,10 +1937,13 @@ impl RedisStore {
             ticker.tick().await;
             polls = polls.wrapping_add(1);
             let with_sums = polls.is_multiple_of(SUMS_EVERY_POLLS);
-            let result = match self.poll(with_sums).await {
-                Ok(()) if polls.is_multiple_of(RECONCILE_EVERY_POLLS) => self.reconcile().await,
-                other => other,
-            };
+            let mut result = self.poll(with_sums).await;
+            if result.is_ok() && polls.is_multiple_of(DURABILITY_EVERY_POLLS) {
+                result = self.check_durability().await;
+            }
+            if result.is_ok() && polls.is_multiple_of(RECONCILE_EVERY_POLLS) {
+                result = self.reconcile().await;
+            }
             let reachable = result.is_ok();
             if self.inner.reachable.swap(reachable, Ordering::Relaxed) != reachable {
                 match &result {
@@ -1777,6 +2006,7 @@ impl RedisStore {
     /// One poll (see [`RedisStore::run_poller`]); `with_sums` also sums
     /// the deals' numbers and the merchants' ratings over the shards.
     async fn poll(&self, with_sums: bool) -> Result<(), Error> {
+        self.follow_epoch().await?;
         let ids: Vec<u64> = self
             .query(
                 redis::cmd("ZREVRANGE")
