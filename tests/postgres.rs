@@ -776,6 +776,13 @@ async fn a_served_deal_postgres_refuses_is_named_in_readyz_and_orders_still_reac
         assert!(answer.status().is_success(), "{path}: {}", answer.status());
         answer.json::<serde_json::Value>().await.unwrap()
     };
+    let get = async |path: &str, token: Option<&str>| -> serde_json::Value {
+        let mut request = client.get(format!("{url}{path}"));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send().await.unwrap().json().await.unwrap()
+    };
     let merchant = post(
         "/v1/merchants",
         &admin,
@@ -810,14 +817,7 @@ async fn a_served_deal_postgres_refuses_is_named_in_readyz_and_orders_still_reac
     let order_id = order["id"].as_str().unwrap().to_owned();
     let deadline = Instant::now() + Duration::from_secs(60);
     let ready = loop {
-        let ready: serde_json::Value = client
-            .get(format!("{url}/readyz"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let ready = get("/readyz", None).await;
         let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM orders WHERE id = $1")
             .bind(&order_id)
             .fetch_one(&mut conn)
@@ -829,6 +829,9 @@ async fn a_served_deal_postgres_refuses_is_named_in_readyz_and_orders_still_reac
         assert!(Instant::now() < deadline, "{ready}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
+    // The order says it is in the books (GET /v1/orders/{id}, `in_books`).
+    let read = get(&format!("/v1/orders/{order_id}"), Some(&shopper_token)).await;
+    assert_eq!(read["in_books"], true, "{read}");
     // Ready (sales go on), with the set-aside event and its real reason.
     assert_eq!(ready["status"], "ready", "{ready}");
     let named = ready["order_sink_set_aside"].as_str().unwrap();

@@ -8,7 +8,7 @@
 --   shard steps, tag {s:K}: reserve, pay, release, credit, accounts,
 --                           register, terms, accept, sweep_out, sweep_done,
 --                           review, share
---   deal steps,  tag {d:D}: refill, confirm, sweep_in, sold_out, update
+--   deal steps,  tag {d:D}: create, refill, confirm, sweep_in, sold_out, update
 --   global step, tag {g}:   ids
 --
 -- The in-memory engine (engine/src/engine.rs) is the specification: each step
@@ -31,6 +31,8 @@
 --                     installs them from the deal's slot and retries
 --   {'EPOCH'}         the deployment's epoch is not the node's: the node
 --                     re-reads it and retries
+--   {'BACKLOG'}       the shard's books stream is at its bound (Postgres is
+--                     behind): nothing changed, the node answers 503
 --
 -- Steps that change what every node caches of a deal (its sold-out marker,
 -- its pool after a restock, its terms) publish the deal's key on the
@@ -38,6 +40,26 @@
 --
 -- Money is whole fen; every amount stays below 2^53 so Lua's doubles are
 -- exact (the gateway refuses larger wallets, see store/redis.rs).
+--
+-- The books (DESIGN.md "Settled orders go from the shard streams to
+-- Postgres"): every step that settles an order, credits a wallet, creates,
+-- restocks or changes a deal appends its row to the stream of its own slot
+-- in the same call (`ns:{s:K}:books` for a shard, `ns:{d:D}:books` for a
+-- deal), so no row exists in Redis without its entry or the other way
+-- round. An entry is the engine event the single-node journal would hold
+-- (engine/src/event.rs), as flat field/value pairs; its first field names
+-- the event and holds its subject:
+--   o <order JSON, as encode_order writes it>        OrderSettled (debit)
+--   c <shopper> a <fen> r <reference> t <ms>          WalletCredited
+--   d <deal> m <merchant> n <title> p <price fen> s <stock> l <limit>
+--     b <starts ms> e <ends ms> g <registration 0|1> h <hold s> t <ms>
+--                                                     DealCreated
+--   r <deal> q <units> t <ms>                         StockAdded
+--   u <deal> e <ends ms> p <paused 0|1> t <ms>        DealChanged
+-- A replayed step returns before it appends (its idempotency record, credit
+-- reference, hold status or deal's existence says it was done), so each
+-- fact is appended once. Nodes read the streams through the consumer group
+-- `books` and write Postgres (gateway/src/order_sink/streams.rs).
 
 local op = ARGV[1]
 
@@ -49,6 +71,18 @@ end
 
 local function num(value)
   return tonumber(value) or 0
+end
+
+-- Appends one entry to a books stream (the header's layout).
+local function books(stream, ...)
+  redis.call('XADD', stream, '*', ...)
+end
+
+-- Whether a books stream holds `bound` entries or more (0: no bound). The
+-- sinks trim what Postgres has every second, so the length is the backlog
+-- plus at most a second of entries.
+local function behind(stream, bound)
+  return bound > 0 and redis.call('XLEN', stream) >= bound
 end
 
 local function err(code, arg)
@@ -123,16 +157,18 @@ end
 -- reserve: a one-tap buy (kind 'order') or a hold (kind 'hold').
 -- KEYS: 1 account, 2 idempotency record, 3 shard stock, 4 deal terms,
 --       5 orders, 6 holds, 7 hold expiries, 8 sequences, 9 the deal's order
---       list, 10 the shopper's order list, 11 the deal's record set
+--       list, 10 the shopper's order list, 11 the deal's record set,
+--       12 the shard's books stream
 -- ARGV: op, deal, shopper, kind, quantity, terms version, shard, sold_out,
---       key retention in s
+--       key retention in s, books backlog bound (entries; 0: none)
 local function reserve()
   local account, record_key, stock, terms_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
   local orders, holds, expiries, sequences = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
   local deal_orders, shopper_orders, records = KEYS[9], KEYS[10], KEYS[11]
+  local stream = KEYS[12]
   local deal, shopper, kind = ARGV[2], ARGV[3], ARGV[4]
   local quantity, version, shard = num(ARGV[5]), num(ARGV[6]), num(ARGV[7])
-  local sold_out, retention = ARGV[8] == '1', num(ARGV[9])
+  local sold_out, retention, backlog = ARGV[8] == '1', num(ARGV[9]), num(ARGV[10])
   local terms = terms_of(terms_key, version)
   if not terms then return {'TERMS'} end
   local now = now_ms()
@@ -155,6 +191,9 @@ local function reserve()
   -- ...then the deal's own refusals, then a key used on another deal.
   if refused then return err(refused) end
   if record[1] then return err('idempotency_key_reused') end
+  -- Postgres behind past the bound: no new order until the books drain
+  -- (nothing changed; the node answers 503 unavailable).
+  if kind == 'order' and behind(stream, backlog) then return {'BACKLOG'} end
   local wallet = redis.call('HMGET', account, 'available', 'held', 'spent',
     'b:' .. deal, 'h:' .. deal, 'r:' .. deal)
   if not wallet[1] then return err('not_found', 'shopper') end
@@ -185,6 +224,8 @@ local function reserve()
     redis.call('HSET', orders, int(id), body)
     redis.call('RPUSH', deal_orders, int(id))
     redis.call('RPUSH', shopper_orders, int(id))
+    -- engine: the OrderSettled event, for the books.
+    books(stream, 'o', body)
     outcome = id
   else
     -- engine: `commit_hold` / `reserve_for`.
@@ -235,12 +276,12 @@ end
 -- funds, stock) and answered hold_expired when refused.
 -- KEYS: 1 account, 2 shard stock, 3 deal terms, 4 orders, 5 holds,
 --       6 expiries, 7 sequences, 8 the deal's order list, 9 the shopper's
---       order list
--- ARGV: op, hold id, shopper, terms version, shard
+--       order list, 10 the shard's books stream
+-- ARGV: op, hold id, shopper, terms version, shard, books backlog bound
 local function pay()
   local account, stock, terms_key, orders = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
   local holds, expiries, sequences = KEYS[5], KEYS[6], KEYS[7]
-  local deal_orders, shopper_orders = KEYS[8], KEYS[9]
+  local deal_orders, shopper_orders, stream = KEYS[8], KEYS[9], KEYS[10]
   local id, shopper, version, shard = ARGV[2], ARGV[3], num(ARGV[4]), num(ARGV[5])
   local hold, refused = own_hold(holds, id, shopper)
   if not hold then return refused end
@@ -249,6 +290,7 @@ local function pay()
   local now = now_ms()
   if hold.status == 'settled' then return err('hold_settled', int(hold.order)) end
   if hold.status == 'released' then return err('hold_released') end
+  if behind(stream, num(ARGV[6])) then return {'BACKLOG'} end
   local deal = tostring(hold.deal)
   local late = false
   -- engine: a pause is the merchant's "no more sales": a hold in time is
@@ -292,6 +334,9 @@ local function pay()
   redis.call('HSET', orders, int(order_id), body)
   redis.call('RPUSH', deal_orders, int(order_id))
   redis.call('RPUSH', shopper_orders, int(order_id))
+  -- engine: the OrderSettled event, for the books (once: a settled hold is
+  -- refused hold_settled above).
+  books(stream, 'o', body)
   hold.status = 'settled'
   hold.order = order_id
   redis.call('HSET', holds, int(hold.id), encode_hold(hold))
@@ -329,9 +374,10 @@ end
 -- credit: the payment provider credits a wallet (engine: `credit_wallet`);
 -- the same reference again changes nothing, with another amount it is
 -- idempotency_key_reused.
--- KEYS: 1 account; ARGV: op, amount in fen, reference, wallet bound in fen
+-- KEYS: 1 account, 2 the shard's books stream; ARGV: op, amount in fen,
+-- reference, wallet bound in fen, shopper
 local function credit()
-  local account = KEYS[1]
+  local account, stream = KEYS[1], KEYS[2]
   local amount, reference, bound = num(ARGV[2]), ARGV[3], num(ARGV[4])
   if redis.call('EXISTS', account) == 0 then return err('not_found', 'shopper') end
   local previous = redis.call('HGET', account, 'c:' .. reference)
@@ -344,6 +390,8 @@ local function credit()
     redis.call('HSET', account, 'c:' .. reference, int(amount))
     redis.call('HINCRBY', account, 'credited', int(amount))
     redis.call('HINCRBY', account, 'available', int(amount))
+    -- engine: the WalletCredited event, for the books (once per reference).
+    books(stream, 'c', ARGV[5], 'a', int(amount), 'r', reference, 't', int(now_ms()))
   end
   return {'OK', unpack(redis.call('HMGET', account, 'credited', 'available', 'held', 'spent'))}
 end
@@ -351,16 +399,23 @@ end
 -- accounts: creates shoppers of this shard, each wallet credited `credit`
 -- fen under its own reference (engine: `create_shoppers`). Creating an
 -- existing account again changes nothing (a retried call).
--- KEYS: the accounts; ARGV: op, created_at ms, credit in fen, then for each
--- key its name and its credit reference
+-- KEYS: 1 the shard's books stream, then the accounts; ARGV: op, created_at
+-- ms, credit in fen, then for each account its shopper id, its name and its
+-- credit reference
 local function accounts()
   local created, amount = ARGV[2], num(ARGV[3])
-  for index, account in ipairs(KEYS) do
+  for index = 2, #KEYS do
+    local account = KEYS[index]
     if redis.call('EXISTS', account) == 0 then
-      local name, reference = ARGV[2 + index * 2], ARGV[3 + index * 2]
+      local at = 1 + (index - 1) * 3
+      local shopper, name, reference = ARGV[at], ARGV[at + 1], ARGV[at + 2]
       redis.call('HSET', account, 'name', name, 'created_at', created,
         'credited', int(amount), 'available', int(amount), 'held', 0, 'spent', 0)
-      if amount > 0 then redis.call('HSET', account, 'c:' .. reference, int(amount)) end
+      if amount > 0 then
+        redis.call('HSET', account, 'c:' .. reference, int(amount))
+        -- engine: `create_shoppers` credits each wallet: WalletCredited.
+        books(KEYS[1], 'c', shopper, 'a', int(amount), 'r', reference, 't', created)
+      end
     end
   end
   return {'OK'}
@@ -488,6 +543,28 @@ end
 
 -- ----- deal steps ---------------------------------------------------------------
 
+-- create: a new deal (engine: `create_deal`, validated by the node): its
+-- hash with the whole stock in the pool, and its DealCreated entry. A
+-- retried call finds the hash and changes nothing.
+-- KEYS: 1 deal, 2 the deal's books stream; ARGV: op, merchant, title, price
+-- fen, stock, limit, starts ms, ends ms, registration 0|1, hold_seconds,
+-- created_at ms
+local function create()
+  local deal, stream = KEYS[1], KEYS[2]
+  if redis.call('EXISTS', deal) == 1 then return {'OK'} end
+  local merchant, title, price, stock = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+  local limit, starts, ends, registration = ARGV[6], ARGV[7], ARGV[8], ARGV[9]
+  local hold_seconds, created = ARGV[10], ARGV[11]
+  redis.call('HSET', deal, 'merchant', merchant, 'title', title, 'price', price,
+    'limit', limit, 'starts', starts, 'ends', ends, 'paused', 0,
+    'registration', registration, 'hold_seconds', hold_seconds, 'created_at', created,
+    'total', stock, 'pool', stock, 'sold_out', 0, 'version', 1)
+  local id = string.match(deal, '{d:(%d+)}')
+  books(stream, 'd', id, 'm', merchant, 'n', title, 'p', price, 's', stock, 'l', limit,
+    'b', starts, 'e', ends, 'g', registration, 'h', hold_seconds, 't', created)
+  return {'OK'}
+end
+
 -- refill: moves units from the deal's pool towards one shard's bucket under
 -- a new transfer id: at least `need`, more while the pool is large (a
 -- chunk of pool / (2 * shards), so the chunk shrinks as the pool drains and
@@ -551,10 +628,11 @@ end
 -- ends_at and paused bump the terms' version. The caller has validated the
 -- change against the terms it read; `ends_at` is re-checked against the
 -- server's clock.
--- KEYS: 1 deal; ARGV: op, merchant, add_stock or '', ends_at or '',
--- paused ('1', '0' or ''), stock bound, channel
+-- KEYS: 1 deal, 2 the deal's books stream; ARGV: op, merchant, add_stock
+-- or '', ends_at or '', paused ('1', '0' or ''), stock bound, channel
 local function update()
-  local deal = KEYS[1]
+  local deal, stream = KEYS[1], KEYS[2]
+  local id = string.match(deal, '{d:(%d+)}')
   local merchant, add, ends, paused = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
   local current = redis.call('HMGET', deal, 'merchant', 'total', 'starts')
   if not current[1] then return err('not_found', 'deal') end
@@ -568,6 +646,8 @@ local function update()
   if add ~= '' then
     redis.call('HINCRBY', deal, 'total', num(add))
     redis.call('HINCRBY', deal, 'pool', num(add))
+    -- engine: the StockAdded event, for the books.
+    books(stream, 'r', id, 'q', add, 't', int(now_ms()))
     if redis.call('HGET', deal, 'sold_out') == '1' then
       redis.call('HSET', deal, 'sold_out', 0)
       redis.call('PUBLISH', ARGV[7], KEYS[1])
@@ -577,6 +657,9 @@ local function update()
     if ends ~= '' then redis.call('HSET', deal, 'ends', ends) end
     if paused ~= '' then redis.call('HSET', deal, 'paused', paused) end
     redis.call('HINCRBY', deal, 'version', 1)
+    -- engine: the DealChanged event (the deal's end and pause after it).
+    local now = redis.call('HMGET', deal, 'ends', 'paused')
+    books(stream, 'u', id, 'e', now[1], 'p', now[2], 't', int(now_ms()))
     redis.call('PUBLISH', ARGV[7], KEYS[1])
   end
   return {'OK'}
@@ -606,7 +689,7 @@ local steps = {
   reserve = reserve, pay = pay, release = release, credit = credit,
   accounts = accounts, register = register, terms = install_terms, accept = accept,
   sweep_out = sweep_out, sweep_done = sweep_done, review = review, share = share,
-  refill = refill,
+  create = create, refill = refill,
   confirm = confirm, sweep_in = sweep_in, sold_out = sold_out, update = update,
   ids = ids,
 }

@@ -68,6 +68,8 @@ pub(crate) struct App {
     /// The Postgres order sink when `--database-url` is set; taken at
     /// shutdown to be joined.
     pub order_sink: std::sync::Mutex<Option<OrderSinkHandle>>,
+    /// With `--database-url`: whether an order is in Postgres yet.
+    pub books: Option<Arc<crate::order_sink::BooksLookup>>,
 }
 
 impl App {
@@ -260,7 +262,11 @@ impl App {
         };
         let sink = sink.as_ref()?;
         if let Some(error) = sink.last_error() {
-            return Some(Cow::Owned(format!("the order sink is failing: {error}")));
+            let lag = sink.lag();
+            return Some(Cow::Owned(format!(
+                "the order sink is failing: {error}; {} record(s) wait for Postgres, the oldest for {:.1} s",
+                lag.records, lag.seconds
+            )));
         }
         let (_, conflicts, last) = sink.set_aside();
         (conflicts > 0).then(|| {

@@ -55,7 +55,8 @@ pub struct ServeArgs {
     #[arg(long, env = "FLASHSALE_DURABILITY", default_value = "sync", value_parser = ["sync", "async"])]
     pub durability: String,
 
-    /// Postgres URL for the order sink; unset: journal only.
+    /// Postgres URL for the order sink (the journal's, or in multi-node
+    /// mode the Redis books streams'); unset: no books in Postgres.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
 
@@ -101,6 +102,13 @@ pub struct ServeArgs {
         default_value_t = 1_000
     )]
     pub redis_response_timeout_ms: u64,
+
+    /// Redis mode with --database-url: books entries not yet in Postgres
+    /// past which buys and hold payments answer 503 unavailable rather
+    /// than grow Redis without bound (Postgres down); split evenly over the
+    /// shards' streams, each refusing past its share.
+    #[arg(long, env = "FLASHSALE_BOOKS_BACKLOG_MAX", default_value_t = 1_000_000)]
+    pub books_backlog_max: u64,
 
     /// Milliseconds to wait for a connection to Redis.
     #[arg(
@@ -395,6 +403,12 @@ fn redis_settings(args: &ServeArgs) -> Result<Option<RedisSettings>, Error> {
             "--redis-connect-timeout-ms",
         )?),
         allow_volatile: args.allow_volatile_redis,
+        books_backlog_per_stream_max: match &args.database_url {
+            Some(url) if !url.is_empty() => {
+                at_least_one(args.books_backlog_max, "--books-backlog-max")?.div_ceil(shards as u64)
+            }
+            _ => 0,
+        },
     }))
 }
 
@@ -495,6 +509,7 @@ mod tests {
             redis_response_timeout_ms: 1_000,
             redis_connect_timeout_ms: 1_000,
             allow_volatile_redis: false,
+            books_backlog_max: 1_000_000,
             max_connections: 10_000,
             header_read_timeout_ms: 5_000,
             body_bytes_max: 16_384,

@@ -95,6 +95,11 @@ pub enum Error {
     /// bounded attempts.
     #[error("the deal's stock is being moved; retry with the same Idempotency-Key")]
     RedisBusy,
+    /// Redis mode: the shard's books stream holds `--books-backlog-max`'s
+    /// share of entries not yet in Postgres (Postgres down or behind), so
+    /// no order is settled until the backlog drains; nothing changed.
+    #[error("the books are behind (Postgres); retry shortly")]
+    BooksBacklog,
 
     // ----- starting and stopping -----------------------------------------------
     #[error("invalid configuration: {0}")]
@@ -248,7 +253,8 @@ impl Error {
             | Error::NotReady(_)
             | Error::Redis(_)
             | Error::RedisTimeout
-            | Error::RedisBusy => {
+            | Error::RedisBusy
+            | Error::BooksBacklog => {
                 http_retry(S::SERVICE_UNAVAILABLE, "unavailable", RETRY_AFTER_SECONDS)
             }
             Error::Config(_)

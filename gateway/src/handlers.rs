@@ -485,7 +485,11 @@ pub(crate) async fn get_order(
             "only the order's shopper or the deal's merchant may read it",
         ));
     }
-    Ok(json(StatusCode::OK, &OrderJson::from(&order)))
+    let mut body = OrderJson::from(&order);
+    if let Some(books) = &app.books {
+        body.in_books = Some(books.contains(order.id).await);
+    }
+    Ok(json(StatusCode::OK, &body))
 }
 
 /// `GET /v1/orders?deal_id=&cursor=&limit=`: a merchant lists one of its

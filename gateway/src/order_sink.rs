@@ -42,6 +42,12 @@
 //! `flashsale_order_sink_set_aside_total`, `_conflicts_total`); the sink
 //! goes on. Connection errors and timeouts are retried whole, as before.
 //!
+//! **Redis mode** ([`streams`]): the events come from the Redis books
+//! streams instead of the journal and go through the same path
+//! (`Batch::from_events`, `apply_or_set_aside`); what a transaction records
+//! beside its rows is its [`Source`]'s: the journal's position, nothing
+//! (stream rows are keyed by id), or a restock entry's id.
+//!
 //! Postgres down or slow: sales go on (nothing here is awaited by a
 //! request); the sink retries with exponential backoff and catches up. It
 //! tells the journal its position ([`Journal::retain_from`]) so snapshot
@@ -53,16 +59,17 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::str::FromStr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use flashsale_engine::{DealId, Event, Timestamp};
+use flashsale_engine::{Clock, DealId, Event, OrderId, SystemClock, Timestamp};
 use flashsale_journal::{Journal, JournalError, JournalReader};
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{AssertSqlSafe, Connection, Executor};
 use tokio::sync::watch;
 
 mod copy;
+pub(crate) mod streams;
 
 use copy::{CopyRows, CopyStream};
 
@@ -92,8 +99,8 @@ pub struct OrderSinkConfig {
     /// The deployment the rows belong to: part of every row's key, so two
     /// deployments writing one database never collide. `None`: the
     /// journal's id (a single node; random, made once with the data
-    /// directory). A Redis-mode deployment will pass the id it keeps in
-    /// Redis, shared by its nodes.
+    /// directory). A Redis-mode deployment passes the id it keeps in
+    /// Redis, shared by its nodes ([`streams`]).
     pub deployment_id: Option<String>,
     /// Events set aside at most since start. A few refused rows are bad
     /// input that slipped past the API; many more are likely a fault of
@@ -135,6 +142,15 @@ pub enum OrderSinkError {
     Contended,
     #[error("the journal reader task failed")]
     Task(#[from] tokio::task::JoinError),
+    /// A restock entry of a books stream is already in Postgres
+    /// (`order_sink_stream_entries`): nothing to do.
+    #[error("this books entry is already in Postgres")]
+    AlreadyApplied,
+    /// A books entry in Redis that is not what the script writes.
+    #[error("a books entry cannot be read: {0}")]
+    Entry(String),
+    #[error("Redis, reading the books streams")]
+    Redis(#[source] Box<crate::error::Error>),
     #[error("{0} is out of range for Postgres")]
     OutOfRange(&'static str),
     /// A row with the same deployment and id is in Postgres with other
@@ -158,7 +174,9 @@ impl OrderSinkError {
     /// Postgres' range, or a conflicting row.
     fn is_content(&self) -> bool {
         match self {
-            OrderSinkError::OutOfRange(_) | OrderSinkError::Conflict { .. } => true,
+            OrderSinkError::OutOfRange(_)
+            | OrderSinkError::Conflict { .. }
+            | OrderSinkError::Entry(_) => true,
             OrderSinkError::Database(sqlx::Error::Database(db)) => {
                 let code = db.code().unwrap_or_default();
                 (code.starts_with("22") || code.starts_with("23")) && !db.is_unique_violation()
@@ -199,9 +217,52 @@ struct Status {
     conflicts: AtomicU64,
     /// Why the last event was set aside, and where.
     last_set_aside: parking_lot::Mutex<Option<String>>,
+    /// Redis mode ([`streams`]): books entries not yet acknowledged, and
+    /// when the oldest was appended (ms since the epoch; 0: none), as of
+    /// the sink's last look.
+    backlog_entries: AtomicU64,
+    backlog_oldest_millis: AtomicI64,
 }
 
 impl Status {
+    /// A sink that has not reached Postgres yet; `oldest` is the journal's
+    /// oldest position (0 for the streams).
+    fn new(oldest: u64) -> Status {
+        Status {
+            base: Instant::now(),
+            next: AtomicU64::new(0),
+            oldest: AtomicU64::new(oldest),
+            caught_up_at_millis: AtomicU64::new(0),
+            connected: AtomicBool::new(false),
+            last_error: parking_lot::Mutex::new(None),
+            merged_batches: AtomicU64::new(0),
+            set_aside: AtomicU64::new(0),
+            conflicts: AtomicU64::new(0),
+            last_set_aside: parking_lot::Mutex::new(None),
+            backlog_entries: AtomicU64::new(0),
+            backlog_oldest_millis: AtomicI64::new(0),
+        }
+    }
+
+    /// Redis mode's lag: the books entries not yet acknowledged and the
+    /// age of the oldest at `now` (see [`streams`]).
+    fn stream_lag(&self, now: Timestamp) -> SinkLag {
+        let oldest = self.backlog_oldest_millis.load(Ordering::Acquire);
+        let lag = SinkLag {
+            records: self.backlog_entries.load(Ordering::Acquire),
+            seconds: if oldest == 0 {
+                0.0
+            } else {
+                now.millis().saturating_sub(oldest).max(0) as f64 / 1000.0
+            },
+            applied: None,
+            connected: self.connected.load(Ordering::Acquire),
+        };
+        metrics::gauge!("flashsale_order_sink_lag_records").set(lag.records as f64);
+        metrics::gauge!("flashsale_order_sink_lag_seconds").set(lag.seconds);
+        lag
+    }
+
     fn mark_caught_up(&self) {
         self.caught_up_at_millis
             .store(self.base.elapsed().as_millis() as u64, Ordering::Release);
@@ -234,17 +295,74 @@ impl Status {
     }
 }
 
+/// Connections at most that [`BooksLookup`] keeps to Postgres.
+pub const BOOKS_LOOKUP_CONNECTIONS_MAX: u32 = 2;
+/// A lookup of [`BooksLookup`] that takes longer (a connection included)
+/// answers "not confirmed".
+pub const BOOKS_LOOKUP_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Whether an order is in the books (in Postgres: "confirmed", DESIGN.md
+/// "Multi-node mode"), for `GET /v1/orders/{id}`. A small pool of its own
+/// ([`BOOKS_LOOKUP_CONNECTIONS_MAX`], connected on first use), so a read
+/// never waits on the sink's batches; never on the buy path.
+pub struct BooksLookup {
+    pool: sqlx::PgPool,
+    /// The deployment whose rows are ours ([`OrderSinkConfig::deployment_id`]).
+    deployment: String,
+}
+
+impl BooksLookup {
+    fn new(options: &PgConnectOptions, deployment: String) -> BooksLookup {
+        BooksLookup {
+            pool: sqlx::postgres::PgPoolOptions::new()
+                .max_connections(BOOKS_LOOKUP_CONNECTIONS_MAX)
+                .acquire_timeout(BOOKS_LOOKUP_TIMEOUT)
+                .connect_lazy_with(options.clone()),
+            deployment,
+        }
+    }
+
+    /// True when the order `order` of this deployment is in Postgres;
+    /// false when it is not yet, or Postgres did not answer within
+    /// [`BOOKS_LOOKUP_TIMEOUT`] (it cannot be confirmed now).
+    pub async fn contains(&self, order: OrderId) -> bool {
+        let found = tokio::time::timeout(
+            BOOKS_LOOKUP_TIMEOUT,
+            sqlx::query_scalar::<_, i32>(
+                "SELECT 1 FROM orders WHERE deployment_id = $1 AND id = $2",
+            )
+            .bind(&self.deployment)
+            .bind(order.to_string())
+            .fetch_optional(&self.pool),
+        )
+        .await;
+        matches!(found, Ok(Ok(Some(_))))
+    }
+}
+
 /// The running sink.
 pub struct OrderSinkHandle {
     status: Arc<Status>,
-    journal: Arc<Journal>,
+    /// Whether an order is in Postgres yet.
+    books: Arc<BooksLookup>,
+    /// The journal it follows; `None` in Redis mode ([`streams`]).
+    journal: Option<Arc<Journal>>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl OrderSinkHandle {
-    /// How far behind Postgres is; also sets the lag gauges.
+    /// How far behind Postgres is (journal records, or in Redis mode books
+    /// entries, and seconds); also sets the lag gauges.
+    /// The lookup that says whether an order is in the books.
+    pub fn books(&self) -> Arc<BooksLookup> {
+        self.books.clone()
+    }
+
     pub fn lag(&self) -> SinkLag {
-        self.status.lag(&self.journal)
+        match &self.journal {
+            Some(journal) => self.status.lag(journal),
+            None => self.status.stream_lag(SystemClock.now()),
+        }
     }
 
     /// The last failure (connection, SQL, journal), if the sink is retrying.
@@ -305,39 +423,50 @@ pub async fn start_with(
     // Until Postgres says where the sink is, keep everything on disk.
     let oldest = journal.oldest_position()?;
     journal.retain_from(oldest);
-    let status = Arc::new(Status {
-        base: Instant::now(),
-        next: AtomicU64::new(0),
-        oldest: AtomicU64::new(oldest),
-        caught_up_at_millis: AtomicU64::new(0),
-        connected: AtomicBool::new(false),
-        last_error: parking_lot::Mutex::new(None),
-        merged_batches: AtomicU64::new(0),
-        set_aside: AtomicU64::new(0),
-        conflicts: AtomicU64::new(0),
-        last_set_aside: parking_lot::Mutex::new(None),
-    });
+    let status = Arc::new(Status::new(oldest));
+    let deployment = config
+        .deployment_id
+        .clone()
+        .unwrap_or_else(|| journal.id().to_owned());
+    let books = Arc::new(BooksLookup::new(&options, deployment));
+    let session_status = status.clone();
+    let session_journal = journal.clone();
     let task = tokio::spawn(run(
-        config,
-        options,
-        journal.clone(),
+        config.clone(),
         status.clone(),
         shutdown,
+        move |stopping, progressed| {
+            let (config, options) = (config.clone(), options.clone());
+            let (journal, status) = (session_journal.clone(), session_status.clone());
+            async move {
+                let outcome =
+                    session(&config, &options, &journal, &status, stopping, progressed).await;
+                status.lag(&journal);
+                outcome
+            }
+        },
     ));
     Ok(OrderSinkHandle {
         status,
-        journal,
+        books,
+        journal: Some(journal),
         task,
     })
 }
 
-async fn run(
+/// Runs `session` (one connection's life, told to stop by the watch,
+/// setting the flag when it applied something) again and again until
+/// shutdown, with exponential backoff after failures, keeping the last
+/// error in `status`.
+async fn run<S, F>(
     config: OrderSinkConfig,
-    options: PgConnectOptions,
-    journal: Arc<Journal>,
     status: Arc<Status>,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) {
+    mut session: S,
+) where
+    S: FnMut(watch::Receiver<bool>, Arc<AtomicBool>) -> F + Send,
+    F: Future<Output = Result<(), OrderSinkError>> + Send,
+{
     let (stop, stopping) = watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
@@ -345,27 +474,18 @@ async fn run(
     });
     let mut delay = config.retry_delay_min;
     loop {
-        let mut progressed = false;
-        let outcome = session(
-            &config,
-            &options,
-            &journal,
-            &status,
-            stopping.clone(),
-            &mut progressed,
-        )
-        .await;
+        let progressed = Arc::new(AtomicBool::new(false));
+        let outcome = session(stopping.clone(), progressed.clone()).await;
         status.connected.store(false, Ordering::Release);
         if let Err(error) = outcome {
             let chain = error_chain(&error);
-            tracing::warn!(error = %chain, retry_in = ?delay, "order sink: Postgres unavailable, retrying");
+            tracing::warn!(error = %chain, retry_in = ?delay, "order sink: unavailable, retrying");
             *status.last_error.lock() = Some(chain);
         }
-        status.lag(&journal);
         if *stopping.borrow() {
             return;
         }
-        if progressed {
+        if progressed.load(Ordering::Relaxed) {
             delay = config.retry_delay_min;
         }
         tokio::select! {
@@ -407,6 +527,21 @@ where
     }
 }
 
+/// A connection to Postgres with the sink's tables migrated, within the
+/// configured timeouts.
+async fn connect(
+    config: &OrderSinkConfig,
+    options: &PgConnectOptions,
+) -> Result<PgConnection, OrderSinkError> {
+    let mut conn = timed(config.connect_timeout, PgConnection::connect_with(options)).await?;
+    timed(
+        config.batch_timeout,
+        MIGRATOR.run_direct(None, &mut conn, false),
+    )
+    .await?;
+    Ok(conn)
+}
+
 /// One connection's life: migrate, find the position, then apply batches
 /// until an error.
 async fn session(
@@ -415,25 +550,17 @@ async fn session(
     journal: &Arc<Journal>,
     status: &Status,
     stopping: watch::Receiver<bool>,
-    progressed: &mut bool,
+    progressed: Arc<AtomicBool>,
 ) -> Result<(), OrderSinkError> {
     if *stopping.borrow() {
         return Ok(());
     }
-    let mut conn = timed(config.connect_timeout, PgConnection::connect_with(options)).await?;
-    timed(
-        config.batch_timeout,
-        MIGRATOR.run_direct(None, &mut conn, false),
-    )
-    .await?;
+    let mut conn = connect(config, options).await?;
     let journal_id = journal.id().to_owned();
-    let keys = Keys {
-        deployment: config
-            .deployment_id
-            .clone()
-            .unwrap_or_else(|| journal_id.clone()),
-        journal: journal_id.clone(),
-    };
+    let deployment = config
+        .deployment_id
+        .clone()
+        .unwrap_or_else(|| journal_id.clone());
     timed(
         config.batch_timeout,
         sqlx::query(
@@ -463,7 +590,7 @@ async fn session(
     let max = config.batch_events_max;
     // The next batch is read and converted while the current one is in
     // Postgres: the two overlap on separate cores.
-    let mut next = read_batch(reader, max, journal.durable_position(), &keys.deployment);
+    let mut next = read_batch(reader, max, journal.durable_position(), &deployment);
     loop {
         let (reader, read) = next.await?;
         let Some((last, events, batch)) = read? else {
@@ -479,13 +606,23 @@ async fn session(
                     () = stopped(stopping.clone()) => {}
                 }
             }
-            next = read_batch(reader, max, journal.durable_position(), &keys.deployment);
+            next = read_batch(reader, max, journal.durable_position(), &deployment);
             continue;
         };
-        next = read_batch(reader, max, journal.durable_position(), &keys.deployment);
-        apply_or_set_aside(&mut conn, config, status, &keys, applied, &events, batch).await?;
+        next = read_batch(reader, max, journal.durable_position(), &deployment);
+        apply_or_set_aside(
+            &mut conn,
+            config,
+            status,
+            &deployment,
+            Source::Journal(&journal_id),
+            applied,
+            &events,
+            batch,
+        )
+        .await?;
         applied = last;
-        *progressed = true;
+        progressed.store(true, Ordering::Relaxed);
         journal.retain_from(applied + 1);
         status.next.store(applied + 1, Ordering::Release);
         if applied >= journal.durable_position() {
@@ -523,14 +660,6 @@ fn read_batch(
     })
 }
 
-/// What the sink's rows and positions are keyed by.
-struct Keys {
-    /// Part of every row's key ([`OrderSinkConfig::deployment_id`]).
-    deployment: String,
-    /// The journal whose position `order_sink_positions` keeps.
-    journal: String,
-}
-
 /// Applies `events` (the positions after `from`), encoded as `batch`. If
 /// Postgres refuses the rows for their content ([`OrderSinkError::is_content`]),
 /// retrying would fail forever and stop every later order reaching the
@@ -540,11 +669,13 @@ struct Keys {
 /// events set aside, the error is returned instead. A refusal costs about 2·log2(batch) extra
 /// transactions, once. Any other error (connection, timeout) is returned
 /// and the batch is retried whole.
+#[allow(clippy::too_many_arguments)]
 async fn apply_or_set_aside(
     conn: &mut PgConnection,
     config: &OrderSinkConfig,
     status: &Status,
-    keys: &Keys,
+    deployment: &str,
+    source: Source<'_>,
     mut from: u64,
     events: &[(u64, Event)],
     batch: Result<Batch, OrderSinkError>,
@@ -558,20 +689,25 @@ async fn apply_or_set_aside(
         };
         let batch = match first.take() {
             Some(batch) => batch,
-            None => Batch::from_events(slice, &keys.deployment),
+            None => Batch::from_events(slice, deployment),
+        };
+        let progress = Progress {
+            source,
+            from,
+            to: last,
         };
         let applied = match batch {
             Ok(batch) => {
                 timed(
                     config.batch_timeout,
-                    apply(conn, status, keys, from, last, &batch),
+                    apply(conn, status, deployment, progress, &batch),
                 )
                 .await
             }
             Err(error) => Err(error),
         };
         match applied {
-            Ok(()) => from = last,
+            Ok(()) | Err(OrderSinkError::AlreadyApplied) => from = last,
             Err(error)
                 if error.is_content()
                     && status.set_aside.load(Ordering::Relaxed) >= config.set_aside_max =>
@@ -579,9 +715,14 @@ async fn apply_or_set_aside(
                 return Err(error);
             }
             Err(error) if error.is_content() && slice.len() == 1 => {
+                let progress = Progress {
+                    source,
+                    from,
+                    to: position,
+                };
                 timed(
                     config.batch_timeout,
-                    set_aside(conn, status, keys, from, position, event, &error),
+                    set_aside(conn, status, deployment, progress, event, &error),
                 )
                 .await?;
                 from = last;
@@ -602,21 +743,23 @@ fn printable(text: &str) -> String {
     text.escape_debug().to_string()
 }
 
-/// Sets one journal event (at `position`, the one after `from`) aside:
-/// records it in `order_sink_set_aside` with `reason` and moves the
-/// position from `from` past it, in one transaction;
+/// Sets one event (at `progress.to`, the one after `progress.from`) aside:
+/// records it in `order_sink_set_aside` with `reason` under its origin (the
+/// journal's id, or the stream's key and its entry id packed by
+/// [`streams::position`]) and records the progress past it, in one transaction;
 /// counts it (`flashsale_order_sink_set_aside_total`, and
 /// `flashsale_order_sink_conflicts_total` for a conflicting row) and
 /// logs it. `/readyz` names the last one.
 async fn set_aside(
     conn: &mut PgConnection,
     status: &Status,
-    keys: &Keys,
-    from: u64,
-    position: u64,
-    event: &Event,
+    deployment: &str,
+    progress: Progress<'_>,
+    event: &(dyn std::fmt::Debug + Sync),
     reason: &OrderSinkError,
 ) -> Result<(), OrderSinkError> {
+    let position = progress.to;
+    let (origin, origin_position) = progress.origin(position);
     let conflict = matches!(reason, OrderSinkError::Conflict { .. });
     let reason = printable(&error_chain(reason));
     let event_text = printable(&format!("{event:?}"));
@@ -626,13 +769,13 @@ async fn set_aside(
             "INSERT INTO order_sink_set_aside (journal_id, position, reason, event) \
              VALUES ($1, $2, $3, $4) ON CONFLICT (journal_id, position) DO NOTHING",
         )
-        .bind(&keys.journal)
-        .bind(position as i64)
+        .bind(origin)
+        .bind(origin_position as i64)
         .bind(&reason)
         .bind(&event_text),
     )
     .await?;
-    move_position(&mut tx, &keys.journal, from, position).await?;
+    progress.record(&mut tx, deployment).await?;
     tx.commit().await?;
     status.set_aside.fetch_add(1, Ordering::Relaxed);
     metrics::counter!("flashsale_order_sink_set_aside_total").increment(1);
@@ -641,12 +784,13 @@ async fn set_aside(
         metrics::counter!("flashsale_order_sink_conflicts_total").increment(1);
     }
     tracing::error!(
-        position,
+        origin,
+        position = origin_position,
         event = %event_text,
         %reason,
         "order sink: Postgres refused an event's rows; set aside in order_sink_set_aside"
     );
-    *status.last_set_aside.lock() = Some(format!("position {position}: {reason}"));
+    *status.last_set_aside.lock() = Some(format!("{origin} position {origin_position}: {reason}"));
     Ok(())
 }
 
@@ -936,18 +1080,18 @@ fn is_duplicate(error: &OrderSinkError) -> bool {
 /// Milliseconds since the epoch (`$n::int8[]`) to `timestamptz`, exactly.
 const MILLIS: &str = "timestamptz 'epoch' + interval '1 millisecond' *";
 
-/// Writes one batch and moves the position from `from` to `to`, atomically:
+/// Writes one batch and records its `progress` in the same transaction:
 /// by `COPY` ([`Insert::Copy`]) and, if a row was already there, again from
 /// the start by [`Insert::Merge`].
 async fn apply(
     conn: &mut PgConnection,
     status: &Status,
-    keys: &Keys,
-    from: u64,
-    to: u64,
+    deployment: &str,
+    progress: Progress<'_>,
     batch: &Batch,
 ) -> Result<(), OrderSinkError> {
     let mut tx = conn.begin().await?;
+    progress.record(&mut tx, deployment).await?;
     let copied = insert(&mut tx, batch, Insert::Copy).await;
     let mut tx = match copied {
         Err(error) if is_duplicate(&error) => {
@@ -955,11 +1099,11 @@ async fn apply(
             status.merged_batches.fetch_add(1, Ordering::Relaxed);
             metrics::counter!("flashsale_order_sink_merged_batches").increment(1);
             tracing::info!(
-                from,
-                to,
+                ?progress,
                 "order sink: rows already in Postgres, applying the batch with ON CONFLICT DO NOTHING"
             );
             let mut tx = conn.begin().await?;
+            progress.record(&mut tx, deployment).await?;
             insert(&mut tx, batch, Insert::Merge).await?;
             tx
         }
@@ -983,7 +1127,7 @@ async fn apply(
             )
             .bind(&ids)
             .bind(&added)
-            .bind(&keys.deployment),
+            .bind(deployment),
         )
         .await?;
     }
@@ -1006,13 +1150,86 @@ async fn apply(
                 .bind(&ids)
                 .bind(&ends)
                 .bind(&paused)
-                .bind(&keys.deployment),
+                .bind(deployment),
         )
         .await?;
     }
-    move_position(&mut tx, &keys.journal, from, to).await?;
     tx.commit().await?;
     Ok(())
+}
+
+/// Where a batch's events come from, so its transaction can record that
+/// they are applied.
+#[derive(Debug, Clone, Copy)]
+enum Source<'a> {
+    /// The journal of this id: each batch moves its position.
+    Journal(&'a str),
+    /// Entries of Redis books streams ([`streams`]), `(stream, entry id)`
+    /// at each position of the batch: rows are keyed by id, so a batch
+    /// applied twice adds nothing (the merge); the streams' acknowledgement
+    /// comes after the commit.
+    Streams(&'a [(String, String)]),
+    /// One restock entry of a books stream: its `UPDATE … + added` would
+    /// count twice if applied twice, so the entry's id is recorded in
+    /// `order_sink_stream_entries` in the same transaction, and an entry
+    /// found there is [`OrderSinkError::AlreadyApplied`].
+    Restock { stream: &'a str, entry: &'a str },
+}
+
+/// What one transaction records beside its rows: a [`Source`] and the
+/// positions it covers (after `from`, up to `to`).
+#[derive(Debug, Clone, Copy)]
+struct Progress<'a> {
+    source: Source<'a>,
+    from: u64,
+    to: u64,
+}
+
+impl Progress<'_> {
+    /// Records the progress in `conn`'s transaction.
+    async fn record(
+        &self,
+        conn: &mut PgConnection,
+        deployment: &str,
+    ) -> Result<(), OrderSinkError> {
+        match self.source {
+            Source::Journal(journal) => move_position(conn, journal, self.from, self.to).await,
+            Source::Streams(_) => Ok(()),
+            Source::Restock { stream, entry } => {
+                let recorded = conn
+                    .execute(
+                        sqlx::query(
+                            "INSERT INTO order_sink_stream_entries (deployment_id, stream, entry_id) \
+                             VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                        )
+                        .bind(deployment)
+                        .bind(stream)
+                        .bind(entry),
+                    )
+                    .await?;
+                if recorded.rows_affected() == 0 {
+                    return Err(OrderSinkError::AlreadyApplied);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Where `order_sink_set_aside` keeps the event at `position`: the
+    /// journal's id and the position, or the stream's key and the entry id
+    /// packed by [`streams::position`].
+    fn origin(&self, position: u64) -> (&str, u64) {
+        match self.source {
+            Source::Journal(journal) => (journal, position),
+            Source::Streams(entries) => usize::try_from(position)
+                .ok()
+                .and_then(|index| entries.get(index))
+                .map_or(("", position), |(stream, entry)| {
+                    (stream.as_str(), streams::position(entry))
+                }),
+            Source::Restock { stream, entry } => (stream, streams::position(entry)),
+        }
+    }
 }
 
 /// Moves the journal's position from `from` to `to` in the transaction

@@ -76,6 +76,12 @@ const HOUSEKEEPING_PERIOD: Duration = Duration::from_secs(5);
 const SECRET_FILE: &str = "secret";
 /// Name of the generated admin token in the data directory.
 pub const ADMIN_TOKEN_FILE: &str = "admin-token";
+/// The node's id in Redis mode, kept in the data directory (random, made
+/// once): the books sink's consumer name, so a restarted node reads its
+/// own pending entries first.
+const NODE_ID_FILE: &str = "node-id";
+/// Bytes of a kept node id, at least.
+const NODE_ID_BYTES_MIN: usize = 16;
 
 /// A value kept in a file of the data directory: read at every start,
 /// generated on the first.
@@ -131,7 +137,7 @@ impl Gateway {
         };
         let (sink_stop, sink_stopped) = oneshot::channel::<()>();
         let (store, order_sink) = match &config.redis {
-            Some(settings) => (open_redis(&config, settings).await?, None),
+            Some(settings) => open_redis(&config, settings, sink_stopped).await?,
             None => open_memory(&config, sink_stopped).await?,
         };
         let app = App {
@@ -156,6 +162,7 @@ impl Gateway {
             pages: Pages::new(),
             openapi: OpenApi::new()?,
             store: Arc::new(store),
+            books: order_sink.as_ref().map(OrderSinkHandle::books),
             order_sink: std::sync::Mutex::new(order_sink),
         };
         Ok(Gateway {
@@ -430,18 +437,17 @@ async fn open_memory(
     Ok((Store::Memory(MemoryStore { engine, journal }), order_sink))
 }
 
-/// Multi-node mode: connects to Redis (bounded by the connect timeout)
-/// and checks that it persists what it acknowledges. Errors:
+/// Multi-node mode: connects to Redis (bounded by the connect timeout),
+/// checks that it persists what it acknowledges and, with `--database-url`,
+/// starts the books sink (`order_sink::streams`): the deployment's id from
+/// Redis, the node's from the data directory. Errors:
 /// [`Error::RedisConnect`], and [`Error::RedisVolatile`] for a Redis that
 /// persists nothing without `--allow-volatile-redis`.
-async fn open_redis(config: &Config, settings: &RedisSettings) -> Result<Store, Error> {
-    if config.database_url.is_some() {
-        return Err(Error::Config(
-            "--database-url is not available in multi-node (Redis) mode yet: \
-             the order sink follows the one-node journal"
-                .into(),
-        ));
-    }
+async fn open_redis(
+    config: &Config,
+    settings: &RedisSettings,
+    sink_stopped: oneshot::Receiver<()>,
+) -> Result<(Store, Option<OrderSinkHandle>), Error> {
     let target = match &settings.target {
         RedisTarget::Single(url) => url.clone(),
         RedisTarget::Cluster(urls) => urls.join(","),
@@ -467,7 +473,33 @@ async fn open_redis(config: &Config, settings: &RedisSettings) -> Result<Store, 
         waitaof = durability.waitaof,
         "multi-node mode: the sale's state is in Redis"
     );
-    Ok(Store::Redis(store))
+    let order_sink = match &config.database_url {
+        Some(url) => {
+            let dir = config.data_dir.clone();
+            let node = tokio::task::spawn_blocking(move || {
+                keep(&dir, NODE_ID_FILE, NODE_ID_BYTES_MIN, || random_base64(16))
+            })
+            .await
+            .map_err(Error::Task)??
+            .value;
+            let deployment = store
+                .deployment_id(&format!("redis-{}", random_base64(16)?))
+                .await?;
+            let sink_config = order_sink::OrderSinkConfig {
+                deployment_id: Some(deployment),
+                ..order_sink::OrderSinkConfig::new(url)
+            };
+            let stopped = async move {
+                let _ = sink_stopped.await;
+            };
+            Some(
+                order_sink::streams::start(sink_config, store.clone(), node, stopped)
+                    .map_err(Error::OrderSink)?,
+            )
+        }
+        None => None,
+    };
+    Ok((Store::Redis(store), order_sink))
 }
 
 /// Creates `dir` if missing and checks that it is a directory this process

@@ -545,6 +545,10 @@ pub(crate) struct OrderJson {
     #[serde(skip_serializing_if = "Option::is_none")]
     hold_id: Option<Text<flashsale_engine::HoldId>>,
     created_at: Rfc3339Utc,
+    /// `GET /v1/orders/{id}` with Postgres configured: whether the order is
+    /// in the books ("confirmed", DESIGN.md); absent elsewhere.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) in_books: Option<bool>,
 }
 
 impl From<&Order> for OrderJson {
@@ -560,6 +564,7 @@ impl From<&Order> for OrderJson {
             late: order.late,
             hold_id: order.hold.map(Text),
             created_at: Rfc3339Utc(order.created_at),
+            in_books: None,
         }
     }
 }

@@ -2,6 +2,7 @@
 //! real Redis (`REDIS_URL`) and a real Redis Cluster (`REDIS_CLUSTER_URLS`),
 //! over real sockets. Without those variables each test says it is skipped.
 
+mod books;
 mod burst;
 mod durability;
 mod epoch;

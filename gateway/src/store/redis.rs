@@ -18,7 +18,8 @@
 //! | `ns:{s:K}:xin`, `:xout` | transfer ids accepted into buckets; sweeps on their way back to a pool |
 //! | `ns:{d:D}` | hash: the deal, its undistributed stock (`pool`), `total`, the `sold_out` marker, the terms' `version` |
 //! | `ns:{d:D}:tx`, `:swept` | transfers on their way from the pool to a bucket; sweeps accepted into the pool |
-//! | `ns:{g}:seq`, `:m:<id>`, `:deals` | id sequences, merchants, the deals newest first |
+//! | `ns:{s:K}:books`, `ns:{d:D}:books` | the books streams: every settled order, credit, new deal, restock and deal change of the slot, read by the consumer group `books` (see "Books") |
+//! | `ns:{g}:seq`, `:m:<id>`, `:deals`, `:deployment` | id sequences, merchants, the deals newest first, the deployment's id for Postgres |
 //! | `ns:{g}:epoch` | the deployment's epoch: a random 64-bit number, set by the first node that finds it missing |
 //!
 //! ## Steps
@@ -57,6 +58,15 @@
 //! against a Redis that persists nothing unless `--allow-volatile-redis`,
 //! is not ready while it finds one later, and reports the mode in
 //! `/readyz` and `/metrics`.
+//! ## Books
+//! The steps append the engine's events for the books to their slot's
+//! stream (the layout is in the script's header). [`RedisStore::books_read`]
+//! and its neighbours are the sink's view of them
+//! (`gateway/src/order_sink/streams.rs`): a consumer group `books` per
+//! stream, created from id `0` with `MKSTREAM`; each node reads as the
+//! consumer named by its node id, first its own pending entries, then new
+//! ones; entries idle past a bound are claimed with `XAUTOCLAIM`; streams
+//! are trimmed with `XTRIM MINID` below the oldest entry not yet acknowledged.
 //!
 //! ## Failures
 //! Every call has a response timeout (`--redis-response-timeout-ms`). A
@@ -72,9 +82,10 @@ use std::time::Duration;
 
 use flashsale_engine::ids::{decompose, shard_of};
 use flashsale_engine::{
-    Answer, Clock, DealChange, DealId, DealStatus, DealView, EngineError, Entity, Hold, HoldId,
-    HoldStatus, Merchant, MerchantId, Money, NewDeal, Order, OrderCursor, OrderId, OrderPage,
-    Rating, Review, Shopper, ShopperId, StockCounts, SystemClock, Timestamp, Wallet,
+    Answer, Clock, DealChange, DealId, DealSpec, DealStatus, DealView, EngineError, Entity, Event,
+    Hold, HoldId, HoldStatus, Merchant, MerchantId, Money, NewDeal, Order, OrderCursor, OrderId,
+    OrderPage, Rating, Review, Shopper, ShopperId, StockCounts, SystemClock, Timestamp, Wallet,
+    fingerprint,
 };
 use futures_util::future::try_join_all;
 use parking_lot::{Mutex, RwLock};
@@ -139,6 +150,10 @@ pub struct RedisSettings {
     /// Serve even when Redis persists nothing (`--allow-volatile-redis`):
     /// a restart of Redis then loses every acknowledged order.
     pub allow_volatile: bool,
+    /// Entries of one shard's books stream past which a buy or a hold's
+    /// payment answers `503 unavailable` (`--books-backlog-max` over the
+    /// shards); 0: no bound (no node writes Postgres).
+    pub books_backlog_per_stream_max: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -199,6 +214,8 @@ enum Reply {
     Terms,
     /// The deployment's epoch in Redis is not the one the node knows.
     Epoch,
+    /// The shard's books stream is at its bound (Postgres is behind).
+    Backlog,
 }
 
 /// An order as the script writes it (`encode_order`).
@@ -319,6 +336,8 @@ struct Inner {
     script: redis::Script,
     keys: Keys,
     shards: usize,
+    /// [`RedisSettings::books_backlog_per_stream_max`], as the script's argument.
+    books_backlog: String,
     clock: SystemClock,
     deals: RwLock<HashMap<DealId, Arc<DealEntry>>>,
     merchants: RwLock<HashMap<MerchantId, (String, Rating)>>,
@@ -519,6 +538,7 @@ fn reply_of(values: Vec<Value>, hold: Option<HoldId>) -> Result<Reply, Error> {
         }
         "TERMS" => Ok(Reply::Terms),
         "EPOCH" => Ok(Reply::Epoch),
+        "BACKLOG" => Ok(Reply::Backlog),
         _ => Err(garbled("a reply tag")),
     }
 }
@@ -573,6 +593,7 @@ impl RedisStore {
                     namespace: settings.namespace.clone(),
                 },
                 shards: settings.shards,
+                books_backlog: settings.books_backlog_per_stream_max.to_string(),
                 clock: SystemClock,
                 deals: RwLock::new(HashMap::new()),
                 merchants: RwLock::new(HashMap::new()),
@@ -698,7 +719,7 @@ impl RedisStore {
                 Reply::Epoch => {
                     self.follow_epoch().await?;
                 }
-                Reply::Refused(_) | Reply::Refill { .. } | Reply::Terms => {
+                Reply::Refused(_) | Reply::Refill { .. } | Reply::Terms | Reply::Backlog => {
                     return Err(garbled("an id step"));
                 }
             }
@@ -828,7 +849,7 @@ impl RedisStore {
         match self.step(keys, args, None).await? {
             Reply::Done(values) => Ok(values),
             Reply::Refused(refusal) => Err(Error::Engine(refusal)),
-            Reply::Refill { .. } | Reply::Terms | Reply::Epoch => {
+            Reply::Refill { .. } | Reply::Terms | Reply::Epoch | Reply::Backlog => {
                 Err(garbled("a step that can only be done or refused"))
             }
         }
@@ -1193,12 +1214,14 @@ impl RedisStore {
             self.keys().shard_id(shard, "do", deal.0),
             self.keys().shard_id(shard, "so", shopper.0),
             self.keys().shard_id(shard, "rec", deal.0),
+            self.keys().shard(shard, "books"),
         ];
         let deal_text = deal.0.to_string();
         let shopper_text = shopper.0.to_string();
         let quantity_text = quantity.to_string();
         let shard_text = shard.to_string();
         let retention = KEY_RETENTION_SECONDS.to_string();
+        let backlog = &self.inner.books_backlog;
         for _ in 0..STEP_ATTEMPTS_MAX {
             let version = entry.live.lock().version.to_string();
             let sold_out = if entry.sold_out.load(Ordering::Acquire) {
@@ -1216,6 +1239,7 @@ impl RedisStore {
                 &shard_text,
                 sold_out,
                 &retention,
+                backlog,
             ];
             match self.step(&keys, &args, None).await? {
                 Reply::Done(values) => {
@@ -1224,6 +1248,7 @@ impl RedisStore {
                 }
                 Reply::Refused(refusal) => return Err(Error::Engine(refusal)),
                 Reply::Terms => self.install_terms(deal, shard).await?,
+                Reply::Backlog => return Err(Error::BooksBacklog),
                 Reply::Refill { need, total } => {
                     if !self.refill(&entry, shard, need, total).await? {
                         return Err(Error::Engine(EngineError::SoldOut));
@@ -1233,6 +1258,187 @@ impl RedisStore {
             }
         }
         Err(Error::RedisBusy)
+    }
+
+    // ----- the books streams (the module doc's "Books") -------------------------------
+
+    /// The deployment's id for Postgres' keys, shared by its nodes: kept in
+    /// `ns:{g}:deployment`, set to `candidate` by the first node that asks.
+    pub(crate) async fn deployment_id(&self, candidate: &str) -> Result<String, Error> {
+        let key = self.keys().global("deployment");
+        self.query::<()>(redis::cmd("SET").arg(&key).arg(candidate).arg("NX"))
+            .await?;
+        self.query(redis::cmd("GET").arg(&key)).await
+    }
+
+    /// Every books stream: one per shard, then one per deal (oldest deal
+    /// first, at most [`BOOKS_DEALS_MAX`]).
+    pub(crate) async fn books_streams(&self) -> Result<Vec<String>, Error> {
+        let deals: Vec<u64> = self
+            .query(
+                redis::cmd("ZRANGE")
+                    .arg(self.keys().global("deals"))
+                    .arg(0)
+                    .arg(BOOKS_DEALS_MAX - 1),
+            )
+            .await?;
+        Ok((0..self.inner.shards)
+            .map(|shard| self.keys().shard(shard, "books"))
+            .chain(
+                deals
+                    .into_iter()
+                    .map(|deal| self.keys().deal_part(DealId(deal), "books")),
+            )
+            .collect())
+    }
+
+    /// Creates the group `books` on `stream` (and the stream), reading
+    /// from its first entry; a group already there is kept.
+    pub(crate) async fn books_group(&self, stream: &str) -> Result<(), Error> {
+        let created = self
+            .query::<()>(
+                redis::cmd("XGROUP")
+                    .arg("CREATE")
+                    .arg(stream)
+                    .arg(BOOKS_GROUP)
+                    .arg("0")
+                    .arg("MKSTREAM"),
+            )
+            .await;
+        match created {
+            Err(Error::Redis(error)) if error.code() == Some("BUSYGROUP") => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Up to `count` entries of `stream` for `consumer`: its own pending
+    /// ones (`pending`, from id `0`: delivered before and not acknowledged,
+    /// say before a restart) or new ones (`>`).
+    pub(crate) async fn books_read(
+        &self,
+        stream: &str,
+        consumer: &str,
+        pending: bool,
+        count: usize,
+    ) -> Result<Vec<BooksEntry>, Error> {
+        let reply: Value = self
+            .query(
+                redis::cmd("XREADGROUP")
+                    .arg("GROUP")
+                    .arg(BOOKS_GROUP)
+                    .arg(consumer)
+                    .arg("COUNT")
+                    .arg(count)
+                    .arg("STREAMS")
+                    .arg(stream)
+                    .arg(if pending { "0" } else { ">" }),
+            )
+            .await?;
+        // [[stream, [[id, [field, value, ...]], ...]]], or nil.
+        let entries = match reply {
+            Value::Array(mut streams) if !streams.is_empty() => match streams.swap_remove(0) {
+                Value::Array(mut pair) if pair.len() == 2 => pair.swap_remove(1),
+                _ => return Err(garbled("an XREADGROUP reply")),
+            },
+            _ => return Ok(Vec::new()),
+        };
+        books_entries(entries)
+    }
+
+    /// Claims for `consumer` up to `count` entries of `stream` delivered to
+    /// another consumer and not acknowledged for `idle` (that node is
+    /// likely gone), with `XAUTOCLAIM` from the start of the stream.
+    pub(crate) async fn books_claim(
+        &self,
+        stream: &str,
+        consumer: &str,
+        idle: Duration,
+        count: usize,
+    ) -> Result<Vec<BooksEntry>, Error> {
+        let reply: Value = self
+            .query(
+                redis::cmd("XAUTOCLAIM")
+                    .arg(stream)
+                    .arg(BOOKS_GROUP)
+                    .arg(consumer)
+                    .arg(u64::try_from(idle.as_millis()).unwrap_or(u64::MAX))
+                    .arg("0")
+                    .arg("COUNT")
+                    .arg(count),
+            )
+            .await?;
+        // [next start, [[id, [field, value, ...]], ...], [deleted ids]].
+        match reply {
+            Value::Array(mut parts) if parts.len() >= 2 => books_entries(parts.swap_remove(1)),
+            _ => Err(garbled("an XAUTOCLAIM reply")),
+        }
+    }
+
+    /// Acknowledges entries of `stream` (they are in Postgres).
+    pub(crate) async fn books_ack(&self, stream: &str, ids: &[String]) -> Result<(), Error> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        self.query::<()>(redis::cmd("XACK").arg(stream).arg(BOOKS_GROUP).arg(ids))
+            .await
+    }
+
+    /// Where `stream` stands: entries not yet in Postgres (pending plus not
+    /// yet delivered) and the id of the oldest of them, if any. Then trims
+    /// the entries below that one (`XTRIM MINID`: every one of them is
+    /// acknowledged), never by length.
+    pub(crate) async fn books_backlog(&self, stream: &str) -> Result<BooksBacklog, Error> {
+        let groups: Vec<HashMap<String, Value>> = self
+            .query(redis::cmd("XINFO").arg("GROUPS").arg(stream))
+            .await?;
+        let Some(group) = groups
+            .iter()
+            .find(|group| group.get("name").and_then(text).as_deref() == Some(BOOKS_GROUP))
+        else {
+            return Ok(BooksBacklog::default());
+        };
+        let pending = u64::try_from(number(group.get("pending"))).unwrap_or(0);
+        let undelivered = u64::try_from(number(group.get("lag"))).unwrap_or(0);
+        let delivered = group
+            .get("last-delivered-id")
+            .and_then(text)
+            .unwrap_or_else(|| "0-0".to_owned());
+        let oldest = if pending > 0 {
+            // XPENDING's summary: [count, smallest id, greatest id, consumers].
+            let summary: Vec<Value> = self
+                .query(redis::cmd("XPENDING").arg(stream).arg(BOOKS_GROUP))
+                .await?;
+            summary.get(1).and_then(text)
+        } else if undelivered > 0 {
+            let next: Value = self
+                .query(
+                    redis::cmd("XRANGE")
+                        .arg(stream)
+                        .arg(format!("({delivered}"))
+                        .arg("+")
+                        .arg("COUNT")
+                        .arg(1),
+                )
+                .await?;
+            match next {
+                Value::Array(entries) => entries.first().and_then(|entry| match entry {
+                    Value::Array(pair) => pair.first().and_then(text),
+                    _ => None,
+                }),
+                _ => None,
+            }
+        } else {
+            None
+        };
+        // Everything below the oldest entry not in Postgres is: with none,
+        // everything up to the last delivered one.
+        let keep_from = oldest.clone().unwrap_or(delivered);
+        self.query::<()>(redis::cmd("XTRIM").arg(stream).arg("MINID").arg(&keep_from))
+            .await?;
+        Ok(BooksBacklog {
+            entries: pending.saturating_add(undelivered),
+            oldest_millis: oldest.as_deref().and_then(entry_millis),
+        })
     }
 
     // ----- the store's operations (see `store::Store`) --------------------------------
@@ -1353,16 +1559,24 @@ impl RedisStore {
         let created = at.millis().to_string();
         let credit_text = credit.fen().to_string();
         let calls = by_shard.into_iter().map(|(shard, accounts)| {
-            let keys: Vec<String> = accounts
-                .iter()
-                .map(|(id, _, _)| self.keys().shard_id(shard, "acct", id.0))
+            let keys: Vec<String> = std::iter::once(self.keys().shard(shard, "books"))
+                .chain(
+                    accounts
+                        .iter()
+                        .map(|(id, _, _)| self.keys().shard_id(shard, "acct", id.0)),
+                )
                 .collect();
-            let mut args: Vec<&str> = vec!["accounts", &created, &credit_text];
-            for (_, name, reference) in &accounts {
-                args.push(name);
-                args.push(reference);
+            let ids: Vec<String> = accounts.iter().map(|(id, _, _)| id.0.to_string()).collect();
+            let (created, credit_text) = (&created, &credit_text);
+            async move {
+                let mut args: Vec<&str> = vec!["accounts", created, credit_text];
+                for ((_, name, reference), id) in accounts.iter().zip(&ids) {
+                    args.push(id);
+                    args.push(name);
+                    args.push(reference);
+                }
+                self.step_done(&keys, &args).await
             }
-            async move { self.step_done(&keys, &args).await }
         });
         try_join_all(calls).await?;
         Ok(())
@@ -1403,10 +1617,14 @@ impl RedisStore {
         let shard = self.shard_of(shopper);
         let amount_text = amount.fen().to_string();
         let bound = WALLET_FEN_MAX.to_string();
+        let shopper_text = shopper.0.to_string();
         let values = self
             .step_done(
-                &[self.keys().shard_id(shard, "acct", shopper.0)],
-                &["credit", &amount_text, reference, &bound],
+                &[
+                    self.keys().shard_id(shard, "acct", shopper.0),
+                    self.keys().shard(shard, "books"),
+                ],
+                &["credit", &amount_text, reference, &bound, &shopper_text],
             )
             .await?;
         wallet_of(&values[1..])
@@ -1452,31 +1670,29 @@ impl RedisStore {
             return Err(Error::Engine(EngineError::NotFound(Entity::Merchant)));
         }
         // The id and its place in the deal index come in one step; the deal
-        // itself, complete, in one HSET after it. A crash between the two
-        // leaves an indexed id without a deal, which every reader skips
-        // (`entry` finds no deal): the deal exists whole or not at all, and
-        // is listed as soon as it exists. Its terms reach the shards here,
-        // or on a buy's `TERMS` answer if this node stops first.
+        // itself, complete, with its books entry in one `create` step after
+        // it. A crash between the two leaves an indexed id without a deal,
+        // which every reader skips (`entry` finds no deal): the deal exists
+        // whole or not at all, and is listed as soon as it exists. Its terms
+        // reach the shards here, or on a buy's `TERMS` answer if this node
+        // stops first.
         let deal = DealId(self.next_ids("deal", 1, true).await?);
-        self.query::<()>(redis::cmd("HSET").arg(self.keys().deal(deal)).arg(&[
-            ("merchant", merchant.0.to_string()),
-            ("title", spec.title.clone()),
-            ("price", spec.price.fen().to_string()),
-            ("limit", spec.per_user_limit.to_string()),
-            ("starts", spec.starts_at.millis().to_string()),
-            ("ends", spec.ends_at.millis().to_string()),
-            ("paused", "0".to_owned()),
-            (
-                "registration",
-                if spec.requires_registration { "1" } else { "0" }.to_owned(),
-            ),
-            ("hold_seconds", spec.hold_seconds.to_string()),
-            ("created_at", now.millis().to_string()),
-            ("total", spec.stock.to_string()),
-            ("pool", spec.stock.to_string()),
-            ("sold_out", "0".to_owned()),
-            ("version", "1".to_owned()),
-        ]))
+        self.step_done(
+            &[self.keys().deal(deal), self.keys().deal_part(deal, "books")],
+            &[
+                "create",
+                &merchant.0.to_string(),
+                &spec.title,
+                &spec.price.fen().to_string(),
+                &spec.stock.to_string(),
+                &spec.per_user_limit.to_string(),
+                &spec.starts_at.millis().to_string(),
+                &spec.ends_at.millis().to_string(),
+                if spec.requires_registration { "1" } else { "0" },
+                &spec.hold_seconds.to_string(),
+                &now.millis().to_string(),
+            ],
+        )
         .await?;
         self.install_terms_everywhere(deal).await?;
         let entry = self.entry(deal).await?;
@@ -1520,7 +1736,7 @@ impl RedisStore {
         let bound = flashsale_engine::engine::STOCK_MAX.to_string();
         let channel = self.keys().channel();
         self.step_done(
-            &[self.keys().deal(id)],
+            &[self.keys().deal(id), self.keys().deal_part(id, "books")],
             &[
                 "update",
                 &merchant.0.to_string(),
@@ -1586,8 +1802,8 @@ impl RedisStore {
                 }
                 Reply::Refused(refusal) => return Err(Error::Engine(refusal)),
                 Reply::Terms => self.install_terms(deal, shard).await?,
-                Reply::Refill { .. } | Reply::Epoch => {
-                    return Err(garbled("register cannot refill or answer EPOCH"));
+                Reply::Refill { .. } | Reply::Epoch | Reply::Backlog => {
+                    return Err(garbled("register cannot refill or answer EPOCH or BACKLOG"));
                 }
             }
         }
@@ -1666,13 +1882,21 @@ impl RedisStore {
             self.keys().shard(shard, "seq"),
             self.keys().shard_id(shard, "do", deal.0),
             self.keys().shard_id(shard, "so", shopper.0),
+            self.keys().shard(shard, "books"),
         ];
         let id_text = id.0.to_string();
         let shopper_text = shopper.0.to_string();
         let shard_text = shard.to_string();
         for _ in 0..STEP_ATTEMPTS_MAX {
             let version = entry.live.lock().version.to_string();
-            let args = ["pay", &id_text, &shopper_text, &version, &shard_text];
+            let args = [
+                "pay",
+                &id_text,
+                &shopper_text,
+                &version,
+                &shard_text,
+                &self.inner.books_backlog,
+            ];
             match self.step(&keys, &args, Some(id)).await? {
                 Reply::Done(values) => {
                     return order_of(&values.get(2).and_then(text).unwrap_or_default());
@@ -1685,6 +1909,7 @@ impl RedisStore {
                     return Err(Error::Engine(refusal));
                 }
                 Reply::Terms => self.install_terms(deal, shard).await?,
+                Reply::Backlog => return Err(Error::BooksBacklog),
                 Reply::Refill { need, total } => {
                     if !self.refill(&entry, shard, need, total).await? {
                         return Err(Error::Engine(EngineError::HoldExpired { hold: id }));
@@ -1723,8 +1948,8 @@ impl RedisStore {
         {
             Reply::Done(values) => values,
             Reply::Refused(refusal) => return Err(Error::Engine(refusal)),
-            Reply::Refill { .. } | Reply::Terms | Reply::Epoch => {
-                return Err(garbled("release cannot refill or answer EPOCH"));
+            Reply::Refill { .. } | Reply::Terms | Reply::Epoch | Reply::Backlog => {
+                return Err(garbled("release cannot refill or answer EPOCH or BACKLOG"));
             }
         };
         let hold = hold_of(&values.get(2).and_then(text).unwrap_or_default())?;
@@ -2207,6 +2432,116 @@ fn wallet_of(values: &[Value]) -> Result<Wallet, Error> {
         available: part(1)?,
         held: part(2)?,
         spent: part(3)?,
+    })
+}
+
+/// The consumer group of every books stream.
+const BOOKS_GROUP: &str = "books";
+
+/// Deal streams the sink reads at most: one per deal, oldest first (the
+/// engine's `deals_max`).
+pub(crate) const BOOKS_DEALS_MAX: usize = 100_000;
+
+/// One entry of a books stream: its id and the event it holds, or why it
+/// cannot be read (an entry the script did not write, or one deleted while
+/// pending).
+pub(crate) struct BooksEntry {
+    pub(crate) id: String,
+    pub(crate) event: Result<Event, String>,
+}
+
+/// How far Postgres is behind one stream.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct BooksBacklog {
+    /// Entries not yet acknowledged: pending plus not yet delivered.
+    pub(crate) entries: u64,
+    /// When the oldest of them was appended (ms since the epoch, Redis' clock).
+    pub(crate) oldest_millis: Option<i64>,
+}
+
+/// The milliseconds part of a stream entry id (`<ms>-<seq>`).
+pub(crate) fn entry_millis(id: &str) -> Option<i64> {
+    id.split_once('-')?.0.parse().ok()
+}
+
+/// The entries of an `XREADGROUP`/`XAUTOCLAIM` reply: `[[id, [field,
+/// value, ...]], ...]` (fields nil for an entry deleted while pending).
+fn books_entries(entries: Value) -> Result<Vec<BooksEntry>, Error> {
+    let Value::Array(entries) = entries else {
+        return Err(garbled("stream entries"));
+    };
+    entries
+        .into_iter()
+        .map(|entry| {
+            let Value::Array(pair) = entry else {
+                return Err(garbled("a stream entry"));
+            };
+            let id = pair
+                .first()
+                .and_then(text)
+                .ok_or_else(|| garbled("an entry id"))?;
+            let event = match pair.get(1) {
+                Some(Value::Array(fields)) => {
+                    let fields: Vec<String> = fields.iter().filter_map(text).collect();
+                    book_event(&fields).ok_or_else(|| format!("entry {id}: {fields:?}"))
+                }
+                _ => Err(format!("entry {id} was deleted while pending")),
+            };
+            Ok(BooksEntry { id, event })
+        })
+        .collect()
+}
+
+/// The engine event a books entry holds (the script header's layout).
+fn book_event(fields: &[String]) -> Option<Event> {
+    let (kind, subject) = (fields.first()?.as_str(), fields.get(1)?);
+    let field = |name: &str| -> Option<&str> {
+        fields[2..]
+            .chunks_exact(2)
+            .find(|pair| pair[0] == name)
+            .map(|pair| pair[1].as_str())
+    };
+    let parse = |name: &str| -> Option<i64> { field(name)?.parse().ok() };
+    let at = || parse("t").map(Timestamp);
+    let deal = || subject.parse().ok().map(DealId);
+    Some(match kind {
+        "o" => Event::OrderSettled {
+            order: order_of(subject).ok()?,
+            key: None,
+        },
+        "c" => Event::WalletCredited {
+            shopper: ShopperId(subject.parse().ok()?),
+            amount: Money::from_fen(parse("a")?)?,
+            reference: fingerprint(field("r")?),
+            at: at()?,
+        },
+        "d" => Event::DealCreated {
+            deal: deal()?,
+            merchant: MerchantId(field("m")?.parse().ok()?),
+            spec: DealSpec {
+                title: field("n")?.to_owned(),
+                price: Money::from_fen(parse("p")?)?,
+                stock: field("s")?.parse().ok()?,
+                per_user_limit: field("l")?.parse().ok()?,
+                starts_at: Timestamp(parse("b")?),
+                ends_at: Timestamp(parse("e")?),
+                requires_registration: field("g")? == "1",
+                hold_seconds: field("h")?.parse().ok()?,
+            },
+            at: at()?,
+        },
+        "r" => Event::StockAdded {
+            deal: deal()?,
+            quantity: field("q")?.parse().ok()?,
+            at: at()?,
+        },
+        "u" => Event::DealChanged {
+            deal: deal()?,
+            ends_at: Timestamp(parse("e")?),
+            paused: field("p")? == "1",
+            at: at()?,
+        },
+        _ => return None,
     })
 }
 
