@@ -305,7 +305,7 @@ else
     FLASHSALE_RATE_LIMIT_SHOPPER=0 FLASHSALE_RATE_LIMIT_ADDRESS=0 \
       "$BIN" serve --addr 127.0.0.1:0 --data-dir "$WORK/redis-node-$node" \
       --admin-token "$FS_TOKEN" --secret "$SECRET" \
-      --redis-url "redis://127.0.0.1:$REDIS_PORT" --redis-namespace "$NS" \
+      --redis-url "redis://127.0.0.1:$REDIS_PORT" --redis-namespace "$NS" --allow-volatile-redis \
       >"$WORK/node$node.out" 2>"$WORK/node$node.log" &
     PIDS+=($!)
     REDIS_URLS+=("$(wait_for_url "$WORK/node$node.out" "${PIDS[-1]}")")

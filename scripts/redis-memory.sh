@@ -24,7 +24,7 @@ used() { redis-cli -p "$PORT" INFO memory | tr -d '\r' | awk -F: '/^used_memory:
 ADMIN=memory-admin-token-0123456789
 FLASHSALE_RATE_LIMIT_SHOPPER=0 FLASHSALE_RATE_LIMIT_ADDRESS=0 "$BIN" serve --addr 127.0.0.1:0 \
   --data-dir "$WORK/data" --redis-url "redis://127.0.0.1:$PORT" --secret memory-secret-0123456789 \
-  --admin-token "$ADMIN" >"$WORK/out" 2>"$WORK/log" &
+  --admin-token "$ADMIN" --allow-volatile-redis >"$WORK/out" 2>"$WORK/log" &
 PIDS+=($!)
 for _ in $(seq 1 300); do grep -q 'listening on' "$WORK/out" 2>/dev/null && break; sleep 0.1; done
 URL=$(grep -o 'http://[^ ]*' "$WORK/out" | head -n1)

@@ -9,6 +9,7 @@
 --                           register, terms, accept, sweep_out, sweep_done,
 --                           review, share, audit (read only)
 --   deal steps,  tag {d:D}: create, refill, confirm, sweep_in, sold_out, update
+--   global step, tag {g}:   ids
 --
 -- The in-memory engine (engine/src/engine.rs) is the specification: each step
 -- checks in the engine's order and answers what the engine would. Every step
@@ -28,6 +29,8 @@
 --                     when it is short) and retries
 --   {'TERMS'}         the shard has no (or older) terms for the deal: the node
 --                     installs them from the deal's slot and retries
+--   {'EPOCH'}         the deployment's epoch is not the node's: the node
+--                     re-reads it and retries
 --   {'BACKLOG'}       the shard's books stream is at its bound (Postgres is
 --                     behind): nothing changed, the node answers 503
 --
@@ -461,18 +464,33 @@ end
 
 -- sweep_out: takes all of a deal's units out of this shard's bucket, under a
 -- new sweep id, to be added to the deal's pool (sweep_in). Pending sweeps
--- are kept until sweep_done so a crash strands nothing.
+-- are kept until sweep_done so a crash strands nothing, and every sweep of
+-- the deal still pending on this shard (one whose node died, or never heard
+-- the reply) is returned too, so the caller finishes it now: units on their
+-- way to the pool are never left there while the deal is judged sold out
+-- (engine: stock is only ever in one place, and sold out means none left).
 -- KEYS: 1 shard stock, 2 pending sweeps, 3 sequences; ARGV: op, deal, shard
--- Reply: {'OK', sweep id, units}; units 0 and no id when the bucket is empty.
+-- Reply: {'OK', id, units, id, units, ...}: every pending sweep of the deal,
+-- this one included; just {'OK'} when there is none.
 local function sweep_out()
   local stock, pending, sequences = KEYS[1], KEYS[2], KEYS[3]
   local deal, shard = ARGV[2], ARGV[3]
   local units = num(redis.call('HGET', stock, 'b:' .. deal))
-  if units <= 0 then return {'OK', '', 0} end
-  local id = shard .. '.' .. int(redis.call('HINCRBY', sequences, 'sweep', 1))
-  redis.call('HSET', stock, 'b:' .. deal, 0)
-  redis.call('HSET', pending, id, deal .. ':' .. int(units))
-  return {'OK', id, units}
+  if units > 0 then
+    local id = shard .. '.' .. int(redis.call('HINCRBY', sequences, 'sweep', 1))
+    redis.call('HSET', stock, 'b:' .. deal, 0)
+    redis.call('HSET', pending, id, deal .. ':' .. int(units))
+  end
+  local reply = {'OK'}
+  local entries = redis.call('HGETALL', pending)
+  for i = 1, #entries, 2 do
+    local of_deal, amount = string.match(entries[i + 1], '^(%d+):(%d+)$')
+    if of_deal == deal then
+      reply[#reply + 1] = entries[i]
+      reply[#reply + 1] = num(amount)
+    end
+  end
+  return reply
 end
 
 -- sweep_done: the sweep reached the pool; forget it.
@@ -664,6 +682,26 @@ local function update()
   return {'OK'}
 end
 
+-- ----- global steps -------------------------------------------------------------
+
+-- ids: hands out `count` new ids of a kind (merchant, shopper, deal) from the
+-- deployment's sequences, only under the epoch the node knows (issue #12:
+-- after Redis lost its data the sequences start again from 1, and a node
+-- that has not seen the new epoch must not number or sign an account as if
+-- nothing happened; it gets 'EPOCH', learns the epoch, and asks again). A
+-- deal's id goes into the deal index (KEYS[3]) in the same step, before the
+-- node writes the deal: a deal is listed as soon as it exists, and an id
+-- indexed without a deal (a node died in between) is skipped by readers.
+-- KEYS: 1 sequences, 2 epoch, 3 the deal index (deals only)
+-- ARGV: op, kind, count, the node's epoch
+-- Reply: {'OK', the last id handed out} or {'EPOCH'}
+local function ids()
+  if redis.call('GET', KEYS[2]) ~= ARGV[4] then return {'EPOCH'} end
+  local last = redis.call('HINCRBY', KEYS[1], ARGV[2], num(ARGV[3]))
+  if KEYS[3] then redis.call('ZADD', KEYS[3], last, last) end
+  return {'OK', last}
+end
+
 local steps = {
   reserve = reserve, pay = pay, release = release, credit = credit,
   accounts = accounts, register = register, terms = install_terms, accept = accept,
@@ -671,6 +709,7 @@ local steps = {
   audit = audit,
   create = create, refill = refill,
   confirm = confirm, sweep_in = sweep_in, sold_out = sold_out, update = update,
+  ids = ids,
 }
 local step = steps[op]
 if not step then return redis.error_reply('unknown step ' .. tostring(op)) end

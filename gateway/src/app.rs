@@ -202,7 +202,9 @@ impl App {
             .ok_or(Error::Unauthorized(
                 "the Authorization header must be `Bearer <token>`",
             ))?;
-        let caller = self.signer.verify(token, self.now_seconds())?;
+        let caller = self
+            .signer
+            .verify(token, self.now_seconds(), self.store.epoch())?;
         self.admission.check_caller(caller)?;
         Ok(caller)
     }
@@ -233,6 +235,7 @@ impl App {
         self.signer.issue(
             caller,
             self.now_seconds().saturating_add(self.token_ttl_seconds),
+            self.store.epoch(),
         )
     }
 

@@ -92,6 +92,8 @@ pub async fn run(args: AuditArgs) -> Result<AuditReport, Error> {
         shards,
         response_timeout: AUDIT_REDIS_TIMEOUT,
         connect_timeout: AUDIT_REDIS_TIMEOUT,
+        // The auditor only reads: a Redis that persists nothing can be audited.
+        allow_volatile: true,
         books_backlog_per_stream_max: 0,
     })
     .await?;

@@ -88,6 +88,15 @@ pub struct ServeArgs {
     )]
     pub redis_connect_timeout_ms: u64,
 
+    /// Serve multi-node mode even on a Redis that persists nothing
+    /// (appendonly no, appendfsync no, or settings it will not tell):
+    /// a restart of that Redis loses every acknowledged order. Without
+    /// this flag such a Redis is refused at start, and a node whose Redis
+    /// stops persisting at runtime is not ready (README, "What a 201
+    /// promises").
+    #[arg(long, env = "FLASHSALE_ALLOW_VOLATILE_REDIS")]
+    pub allow_volatile_redis: bool,
+
     /// Open connections at most; further clients wait in the listen backlog.
     #[arg(long, env = "FLASHSALE_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,
@@ -413,6 +422,7 @@ fn redis_settings(args: &ServeArgs) -> Result<Option<RedisSettings>, Error> {
             args.redis_connect_timeout_ms,
             "--redis-connect-timeout-ms",
         )?),
+        allow_volatile: args.allow_volatile_redis,
         books_backlog_per_stream_max: match &args.database_url {
             Some(url) if !url.is_empty() => {
                 at_least_one(args.books_backlog_max, "--books-backlog-max")?.div_ceil(shards as u64)
@@ -520,6 +530,7 @@ mod tests {
             },
             redis_response_timeout_ms: 1_000,
             redis_connect_timeout_ms: 1_000,
+            allow_volatile_redis: false,
             books_backlog_max: 1_000_000,
             max_connections: 10_000,
             header_read_timeout_ms: 5_000,

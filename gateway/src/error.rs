@@ -110,6 +110,14 @@ pub enum Error {
         #[source]
         source: Box<Error>,
     },
+    /// Redis mode: the Redis persists nothing (or will not say how it
+    /// persists) and `--allow-volatile-redis` was not given.
+    #[error(
+        "the Redis at {target} would lose acknowledged orders when it restarts ({found}); \
+         use appendonly yes with appendfsync always (scripts/redis.sh does), or start with \
+         --allow-volatile-redis (FLASHSALE_ALLOW_VOLATILE_REDIS) to accept that"
+    )]
+    RedisVolatile { target: String, found: String },
     /// The data directory cannot be created, is not a directory, or cannot
     /// be written to.
     #[error("cannot use the data directory {dir}")]
@@ -251,6 +259,7 @@ impl Error {
             }
             Error::Config(_)
             | Error::RedisConnect { .. }
+            | Error::RedisVolatile { .. }
             | Error::DataDir { .. }
             | Error::DataFile { .. }
             | Error::Random(_)

@@ -29,6 +29,7 @@ use crate::app::{App, HttpResponse, single_header};
 use crate::auth::Caller;
 use crate::error::Error;
 use crate::feed::FeedBody;
+use crate::store::redis::DurabilityMode;
 use crate::wire::{
     AccountJson, BulkShoppersBody, CardJson, CreditBody, DealChangeBody, DealJson, HoldJson,
     MerchantJson, NameBody, NewDealBody, OrderJson, QuantityBody, RatingJson, ReviewBody,
@@ -582,12 +583,23 @@ pub(crate) fn healthz() -> HttpResponse {
 /// Ready when the journal is, the server is not shedding and the
 /// configured stores are reachable and agree; `order_sink_set_aside` names
 /// events the sink had to set aside, if any.
+/// In multi-node mode `redis_durability` says what a `201` is worth now:
+/// `{mode: always|everysec|volatile, found, waitaof}` (README, "What a
+/// `201` promises").
 pub(crate) fn readyz(app: &App) -> HttpResponse {
     match app.not_ready() {
-        None => json(
-            StatusCode::OK,
-            &serde_json::json!({ "status": "ready", "order_sink_set_aside": app.set_aside() }),
-        ),
+        None => {
+            let mut body =
+                serde_json::json!({ "status": "ready", "order_sink_set_aside": app.set_aside() });
+            if let Some(durability) = app.store.redis_durability() {
+                body["redis_durability"] = serde_json::json!({
+                    "mode": durability.mode.name(),
+                    "found": durability.found,
+                    "waitaof": durability.waitaof,
+                });
+            }
+            json(StatusCode::OK, &body)
+        }
         Some(reason) => Error::NotReady(reason).into_response(),
     }
 }
@@ -663,6 +675,20 @@ pub(crate) fn metrics(app: &App) -> HttpResponse {
         "flashsale_rate_limiter_keys {}",
         app.admission.limiter_keys()
     );
+    if let Some(durability) = app.store.redis_durability() {
+        body.push_str(
+            "# HELP flashsale_redis_durability 1 for what Redis' persistence promises for an acknowledged change now (always, everysec, volatile), 0 for the others\n",
+        );
+        body.push_str("# TYPE flashsale_redis_durability gauge\n");
+        for mode in DurabilityMode::ALL {
+            let _ = writeln!(
+                body,
+                "flashsale_redis_durability{{mode=\"{}\"}} {}",
+                mode.name(),
+                u8::from(mode == durability.mode)
+            );
+        }
+    }
     text(
         StatusCode::OK,
         "text/plain; version=0.0.4; charset=utf-8",

@@ -81,7 +81,7 @@ mod store;
 mod telemetry;
 mod wire;
 
-pub use auth::{Caller, Signer};
+pub use auth::{Caller, NO_EPOCH, Signer};
 pub use config::{Config, ServeArgs};
 pub use error::Error;
 pub use server::{Gateway, RunningServer, run, spawn};

@@ -58,7 +58,7 @@ use crate::openapi::OpenApi;
 use crate::order_sink::{self, OrderSinkHandle};
 use crate::pages::Pages;
 use crate::router::Router;
-use crate::store::redis::{RedisSettings, RedisTarget};
+use crate::store::redis::{DurabilityMode, RedisSettings, RedisTarget};
 use crate::store::{MemoryStore, RedisStore, Store};
 use crate::telemetry::Telemetry;
 
@@ -107,7 +107,7 @@ impl Gateway {
     /// store: the journal, or in multi-node mode the connection to Redis.
     /// Errors: [`Error::DataDir`] naming the directory and why it cannot be
     /// used, [`Error::DataFile`] naming a kept file, [`Error::JournalOpen`],
-    /// [`Error::OrderSink`], [`Error::RedisConnect`].
+    /// [`Error::OrderSink`], [`Error::RedisConnect`], [`Error::RedisVolatile`].
     pub async fn open(config: Config) -> Result<Gateway, Error> {
         let (secret, admin_token) = {
             let dir = config.data_dir.clone();
@@ -437,24 +437,42 @@ async fn open_memory(
     Ok((Store::Memory(MemoryStore { engine, journal }), order_sink))
 }
 
-/// Multi-node mode: connects to Redis (bounded by the connect timeout) and,
-/// with `--database-url`, starts the books sink (`order_sink::streams`):
-/// the deployment's id from Redis, the node's from the data directory.
+/// Multi-node mode: connects to Redis (bounded by the connect timeout),
+/// checks that it persists what it acknowledges and, with `--database-url`,
+/// starts the books sink (`order_sink::streams`): the deployment's id from
+/// Redis, the node's from the data directory. Errors:
+/// [`Error::RedisConnect`], and [`Error::RedisVolatile`] for a Redis that
+/// persists nothing without `--allow-volatile-redis`.
 async fn open_redis(
     config: &Config,
     settings: &RedisSettings,
     sink_stopped: oneshot::Receiver<()>,
 ) -> Result<(Store, Option<OrderSinkHandle>), Error> {
+    let target = match &settings.target {
+        RedisTarget::Single(url) => url.clone(),
+        RedisTarget::Cluster(urls) => urls.join(","),
+    };
     let store = RedisStore::connect(settings)
         .await
         .map_err(|source| Error::RedisConnect {
-            target: match &settings.target {
-                RedisTarget::Single(url) => url.clone(),
-                RedisTarget::Cluster(urls) => urls.join(","),
-            },
+            target: target.clone(),
             source: Box::new(source),
         })?;
-    tracing::info!(shards = settings.shards, namespace = %settings.namespace, "multi-node mode: the sale's state is in Redis");
+    let durability = store.durability();
+    if durability.mode == DurabilityMode::Volatile && !settings.allow_volatile {
+        return Err(Error::RedisVolatile {
+            target,
+            found: durability.found,
+        });
+    }
+    tracing::info!(
+        shards = settings.shards,
+        namespace = %settings.namespace,
+        durability = durability.mode.name(),
+        found = %durability.found,
+        waitaof = durability.waitaof,
+        "multi-node mode: the sale's state is in Redis"
+    );
     let order_sink = match &config.database_url {
         Some(url) => {
             let dir = config.data_dir.clone();

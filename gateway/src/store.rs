@@ -55,6 +55,26 @@ impl Store {
         dispatch!(self, store => store.not_ready())
     }
 
+    /// The deployment's epoch, which tokens carry ([`crate::auth`]): in
+    /// Redis mode the random number kept in Redis, new whenever Redis
+    /// starts empty; on one node [`crate::auth::NO_EPOCH`].
+    pub(crate) fn epoch(&self) -> u64 {
+        match self {
+            Store::Memory(_) => crate::auth::NO_EPOCH,
+            Store::Redis(redis) => redis.epoch(),
+        }
+    }
+
+    /// Redis' persistence as last read, in Redis mode (what a `201` is
+    /// worth there); `None` on one node, whose promise is the journal's
+    /// `--durability`.
+    pub(crate) fn redis_durability(&self) -> Option<self::redis::Durability> {
+        match self {
+            Store::Memory(_) => None,
+            Store::Redis(redis) => Some(redis.durability()),
+        }
+    }
+
     /// The feed's view of the deals (see [`crate::feed`]).
     pub(crate) fn feed_source(&self) -> &dyn FeedSource {
         dispatch!(self, store => store.feed_source())

@@ -2,7 +2,7 @@
 //! keeps serving.
 
 use flashsale_engine::{MerchantId, ShopperId};
-use flashsale_gateway::{Caller, Signer};
+use flashsale_gateway::{Caller, NO_EPOCH, Signer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -112,11 +112,14 @@ async fn missing_forged_expired_and_wrong_role_tokens() {
     let id: ShopperId = shopper.id.parse().unwrap();
 
     let forger = Signer::new(b"not the server's secret at all!!", ADMIN);
-    let forged = forger.issue(Caller::Shopper(id), now_seconds() + 3600);
+    let forged = forger.issue(Caller::Shopper(id), now_seconds() + 3600, NO_EPOCH);
     let tampered = {
         // A valid token for another shopper with this shopper's MAC.
-        let other = crate::helpers::signer()
-            .issue(Caller::Shopper(ShopperId(id.0 + 1)), now_seconds() + 3600);
+        let other = crate::helpers::signer().issue(
+            Caller::Shopper(ShopperId(id.0 + 1)),
+            now_seconds() + 3600,
+            NO_EPOCH,
+        );
         let mac = shopper.token.rsplit_once('.').unwrap().1;
         format!("{}.{mac}", other.rsplit_once('.').unwrap().0)
     };

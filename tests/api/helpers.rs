@@ -7,7 +7,7 @@
 use std::process::{Output, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use flashsale_gateway::{Caller, Config, RunningServer, Signer};
+use flashsale_gateway::{Caller, Config, NO_EPOCH, RunningServer, Signer};
 use reqwest::Method;
 use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
@@ -381,7 +381,7 @@ fn account(body: &Value) -> Account {
 
 /// A token for `caller` that expired a minute ago.
 pub fn expired_token(caller: Caller) -> String {
-    signer().issue(caller, now_seconds() - 60)
+    signer().issue(caller, now_seconds() - 60, NO_EPOCH)
 }
 
 /// Runs `command` (a tool the test drives: bash, schemathesis) to its end

@@ -113,7 +113,16 @@ pub async fn orders_in_postgres(
 pub async fn wait_for_orders(conn: &mut PgConnection, deployment: &str, count: usize) {
     let started = Instant::now();
     loop {
-        let found = orders_in_postgres(conn, deployment).await.len();
+        // A fresh database has no tables until a sink made them.
+        let made: (bool,) = sqlx::query_as("SELECT to_regclass('orders') IS NOT NULL")
+            .fetch_one(&mut *conn)
+            .await
+            .expect("a catalog query");
+        let found = if made.0 {
+            orders_in_postgres(conn, deployment).await.len()
+        } else {
+            0
+        };
         if found >= count {
             return;
         }

@@ -69,9 +69,58 @@ pub async fn burst(
     )
 }
 
+/// How long the retries of a burst's unknown outcomes may take in all.
+const RESOLVE_MAX: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Retries a buy of 1 under `key` until it is answered other than 503 (an
+/// unknown outcome is resolved only by its key: DESIGN.md "Idempotency").
+pub async fn resolve(node: &Node, token: &str, deal: &str, key: &str) -> crate::node::Answer {
+    let started = std::time::Instant::now();
+    loop {
+        if let Some(answer) = node.buy(token, deal, 1, key).await
+            && answer.status != 503
+        {
+            return answer;
+        }
+        assert!(started.elapsed() < RESOLVE_MAX, "key {key} never resolved");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// Retries every attempt of `attempts` whose outcome is unknown (503 or no
+/// answer) until it resolves, alternating over `nodes`, and appends the
+/// answers; returns how many there were.
+pub async fn resolve_unknowns(
+    nodes: &[Node],
+    shoppers: &[(String, String)],
+    deal: &str,
+    attempts: &mut Vec<Attempt>,
+) -> usize {
+    let unknown: Vec<(usize, String)> = attempts
+        .iter()
+        .filter(|attempt| {
+            attempt
+                .answer
+                .as_ref()
+                .is_none_or(|answer| answer.status == 503)
+        })
+        .map(|attempt| (attempt.shopper, attempt.key.clone()))
+        .collect();
+    for (index, (shopper, key)) in unknown.iter().enumerate() {
+        let node = &nodes[index % nodes.len()];
+        let answer = resolve(node, &shoppers[*shopper].1, deal, key).await;
+        attempts.push(Attempt {
+            shopper: *shopper,
+            key: key.clone(),
+            answer: Some(answer),
+        });
+    }
+    unknown.len()
+}
+
 /// Checks the books after a burst: `stock` sold, every 201 one order per
 /// key and in the merchant's list, wallets conserved.
-async fn check_books(
+pub async fn check_books(
     node: &Node,
     merchant: &str,
     deal: &str,

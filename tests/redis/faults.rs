@@ -2,10 +2,9 @@
 //! and a Redis frozen with `SIGSTOP` mid-burst then resumed.
 
 use std::collections::{HashMap, HashSet};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::node::{Answer, Deployment, Node, Target};
+use crate::node::{Answer, Deployment, Node, PrivateRedis, Target};
 
 /// How long one answer may take while Redis is frozen: the node's response
 /// timeout (300 ms here) plus generous scheduling slack on a loaded box.
@@ -13,7 +12,7 @@ const ANSWER_WHILE_FROZEN_MAX: Duration = Duration::from_secs(5);
 
 /// Records every answer per key, and checks one order per key and that
 /// every order is in Redis (readable through `reader`).
-async fn check_keys(
+pub async fn check_keys(
     reader: &Node,
     tokens: &HashMap<String, String>,
     answers: &[(String, Option<Answer>)],
@@ -83,66 +82,6 @@ async fn a_node_killed_mid_burst_leaves_the_others_selling() {
     );
 }
 
-/// A Redis of the test's own on a free port, stopped by pid on drop.
-struct PrivateRedis {
-    child: Child,
-    url: String,
-}
-
-impl PrivateRedis {
-    fn start() -> PrivateRedis {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .expect("a free port")
-            .port();
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed where REDIS_URL is set");
-        let url = format!("redis://127.0.0.1:{port}");
-        let started = Instant::now();
-        while Command::new("redis-cli")
-            .args(["-u", &url, "PING"])
-            .output()
-            .map_or(true, |output| {
-                !String::from_utf8_lossy(&output.stdout).contains("PONG")
-            })
-        {
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "redis-server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        PrivateRedis { child, url }
-    }
-
-    fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .args([signal, &self.child.id().to_string()])
-            .status()
-            .expect("kill runs");
-        assert!(status.success());
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Redis frozen mid-burst: every buy is answered `503 unavailable` with
 /// `Retry-After` within the timeout (none hangs), `/readyz` says not ready;
 /// once Redis resumes, retrying every key settles the sale with one order
@@ -155,7 +94,7 @@ async fn a_frozen_redis_gets_clear_503s_and_nothing_is_lost() {
         return;
     }
     let _serial = crate::node::serial().await;
-    let redis = PrivateRedis::start();
+    let redis = PrivateRedis::volatile();
     let deployment = Deployment::new(Target::Single(redis.url.clone()), 16);
     let node = deployment.node_with(&["--redis-response-timeout-ms", "300"]);
     let merchant = node.merchant("Freeze").await;

@@ -4,6 +4,10 @@
 
 mod books;
 mod burst;
+mod durability;
+mod epoch;
+mod failover;
 mod faults;
 mod model;
 mod node;
+mod proxy;

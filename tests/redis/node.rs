@@ -39,6 +39,17 @@ impl Target {
         }
     }
 
+    /// `redis-cli` with `args` against the target (see [`Target::cli`]):
+    /// its standard output, empty when it could not run.
+    pub fn run_cli(&self, args: &[&str]) -> String {
+        Command::new("redis-cli")
+            .args(self.cli())
+            .args(args)
+            .output()
+            .map(|output| String::from_utf8_lossy(&output.stdout).into_owned())
+            .unwrap_or_default()
+    }
+
     /// A `redis-cli` argument list reaching one server of the target (the
     /// first seed of a Cluster, with `-c`).
     pub fn cli(&self) -> Vec<String> {
@@ -80,43 +91,206 @@ impl Deployment {
         }
     }
 
-    /// Starts one more node of this deployment.
+    /// Starts one more node of this deployment (see [`Deployment::node_with`]).
     pub fn node(&self) -> Node {
         self.node_with(&[])
     }
 
-    /// Starts one more node with extra flags.
+    /// Starts one more node with extra flags. It serves even a Redis that
+    /// persists nothing (`--allow-volatile-redis`): the Redis of `.ci/run`
+    /// and the test Cluster keep nothing on disk.
     pub fn node_with(&self, extra: &[&str]) -> Node {
-        let shards = self.shards.to_string();
-        let mut args: Vec<&str> = self.target.flags().to_vec();
-        args.extend([
-            "--redis-namespace",
-            &self.namespace,
-            "--redis-shards",
-            &shards,
-        ]);
-        args.extend(["--secret", SECRET]);
+        let mut args = vec!["--allow-volatile-redis"];
         args.extend(extra);
-        spawn(&args)
+        self.node_strict(&args)
+    }
+
+    /// Starts one more node with extra flags and nothing else: without
+    /// `--allow-volatile-redis` it refuses a Redis that persists nothing.
+    pub fn node_strict(&self, extra: &[&str]) -> Node {
+        spawn(&self.args(extra))
+    }
+
+    /// Runs a node that must refuse to start: its stderr, once it exited
+    /// with a failure within [`STARTUP_TIMEOUT`].
+    pub fn refused_start(&self, extra: &[&str]) -> String {
+        let data_dir = tempfile::tempdir().expect("a temporary data dir");
+        let mut child = serve(data_dir.path(), &self.args(extra))
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("the flashsale binary starts");
+        let started = std::time::Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("the node can be waited for") {
+                break status;
+            }
+            if started.elapsed() > STARTUP_TIMEOUT {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the node did not refuse to start within {STARTUP_TIMEOUT:?}");
+            }
+            thread::sleep(Duration::from_millis(50));
+        };
+        let mut stderr = String::new();
+        if let Some(mut pipe) = child.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut pipe, &mut stderr);
+        }
+        assert!(!status.success(), "the node exited successfully: {stderr}");
+        stderr
+    }
+
+    /// The flags of a node of this deployment, then `extra`.
+    fn args(&self, extra: &[&str]) -> Vec<String> {
+        let mut args: Vec<String> = self.target.flags().map(str::to_owned).to_vec();
+        args.extend(
+            [
+                "--redis-namespace",
+                &self.namespace,
+                "--redis-shards",
+                &self.shards.to_string(),
+                "--secret",
+                SECRET,
+            ]
+            .map(str::to_owned),
+        );
+        args.extend(extra.iter().map(|arg| (*arg).to_owned()));
+        args
     }
 }
 
-/// Starts `flashsale serve` on a free port with `args`, and waits until it
-/// says where it listens.
-fn spawn(args: &[&str]) -> Node {
-    let data_dir = tempfile::tempdir().expect("a temporary data dir");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_flashsale"))
+/// A redis-server of the test's own, on a free port with its files in a
+/// temporary directory, killed by pid when dropped.
+pub struct PrivateRedis {
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+    settings: Vec<String>,
+    pub url: String,
+}
+
+/// How long a private redis-server may take to answer `PING`, replaying
+/// its append-only file included.
+const REDIS_START_TIMEOUT: Duration = Duration::from_secs(20);
+
+impl PrivateRedis {
+    /// One that persists nothing (`appendonly no`, no snapshots).
+    pub fn volatile() -> PrivateRedis {
+        PrivateRedis::start(&["--appendonly", "no"])
+    }
+
+    /// One that fsyncs its append-only file before every reply.
+    pub fn aof_always() -> PrivateRedis {
+        PrivateRedis::start(&["--appendonly", "yes", "--appendfsync", "always"])
+    }
+
+    /// One started with `settings` (never RDB snapshots), answering `PING`.
+    pub fn start(settings: &[&str]) -> PrivateRedis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free port")
+            .port();
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let settings: Vec<String> = settings.iter().map(|arg| (*arg).to_owned()).collect();
+        let child = launch(port, dir.path(), &settings);
+        let redis = PrivateRedis {
+            child,
+            port,
+            dir,
+            settings,
+            url: format!("redis://127.0.0.1:{port}"),
+        };
+        redis.wait_until_it_answers();
+        redis
+    }
+
+    fn wait_until_it_answers(&self) {
+        let started = std::time::Instant::now();
+        while !self.cli(&["PING"]).contains("PONG") {
+            assert!(
+                started.elapsed() < REDIS_START_TIMEOUT,
+                "redis-server on port {} did not answer within {REDIS_START_TIMEOUT:?}",
+                self.port
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `redis-cli` against this server: its standard output.
+    pub fn cli(&self, args: &[&str]) -> String {
+        Target::Single(self.url.clone()).run_cli(args)
+    }
+
+    /// Sends `signal` (`-STOP`, `-CONT`, …) to the server.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+    }
+
+    /// `kill -9`, then a new server on the same port and directory, which
+    /// replays whatever its append-only file holds; returns once it answers.
+    pub fn crash_and_restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = launch(self.port, self.dir.path(), &self.settings);
+        self.wait_until_it_answers();
+    }
+}
+
+/// `redis-server` on loopback `port`, files in `dir`, with `settings`.
+fn launch(port: u16, dir: &std::path::Path, settings: &[String]) -> Child {
+    Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+        ])
+        .arg("--dir")
+        .arg(dir)
+        .args(settings)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("redis-server is installed where REDIS_URL is set")
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `flashsale serve` on a free port with `data_dir`, the test admin token,
+/// no rate limits and `args`; none of the environment's stores (nor its
+/// `FLASHSALE_ALLOW_VOLATILE_REDIS`) reach it. Its stderr is piped.
+fn serve<S: AsRef<std::ffi::OsStr>>(data_dir: &std::path::Path, args: &[S]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_flashsale"));
+    command
         .args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])
-        .arg(data_dir.path())
+        .arg(data_dir)
         .args(["--admin-token", ADMIN_TOKEN])
         .args(["--rate-limit-shopper", "0", "--rate-limit-address", "0"])
         .args(args)
         .env_remove("REDIS_URL")
         .env_remove("REDIS_CLUSTER_URLS")
         .env_remove("DATABASE_URL")
+        .env_remove("FLASHSALE_ALLOW_VOLATILE_REDIS")
         .stdin(Stdio::null())
+        .stderr(Stdio::piped());
+    command
+}
+
+/// Starts `flashsale serve` on a free port with `args`, and waits until it
+/// says where it listens.
+fn spawn<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Node {
+    let data_dir = tempfile::tempdir().expect("a temporary data dir");
+    let mut child = serve(data_dir.path(), args)
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
         .spawn()
         .expect("the flashsale binary starts");
     let stderr = child.stderr.take().expect("stderr is piped");
@@ -158,7 +332,7 @@ fn spawn(args: &[&str]) -> Node {
 /// A one-node server (engine and journal, no Redis): the reference the
 /// Redis side is compared with.
 pub fn one_node() -> Node {
-    spawn(&[])
+    spawn::<&str>(&[])
 }
 
 impl Drop for Deployment {

@@ -20,6 +20,7 @@
 //! | `ns:{d:D}:tx`, `:swept` | transfers on their way from the pool to a bucket; sweeps accepted into the pool |
 //! | `ns:{s:K}:books`, `ns:{d:D}:books` | the books streams: every settled order, credit, new deal, restock and deal change of the slot, read by the consumer group `books` (see "Books") |
 //! | `ns:{g}:seq`, `:m:<id>`, `:deals`, `:deployment` | id sequences, merchants, the deals newest first, the deployment's id for Postgres |
+//! | `ns:{g}:epoch` | the deployment's epoch: a random 64-bit number, set by the first node that finds it missing |
 //!
 //! ## Steps
 //! Every change is one step of `gateway/redis/flashsale.lua` (EVALSHA,
@@ -40,6 +41,23 @@
 //! refused here, without touching Redis; the rest go to Redis, which
 //! replays their key.
 //!
+//! ## Epochs
+//! Ids are numbered by Redis (`ns:{g}:seq`); a Redis that restarts empty
+//! numbers from 1 again. So the deployment has an **epoch** in Redis, a
+//! random number set (`SET NX`) by whichever node first finds it missing.
+//! Tokens carry it ([`crate::auth`]), ids are handed out only under the
+//! epoch the node knows (the `ids` step checks it in the same call), and
+//! the poller re-reads it every poll: a new epoch (Redis lost its data)
+//! drops every cached deal, sold-out flag and merchant, and from then on
+//! tokens of the old epoch are `401`.
+//!
+//! ## Durability
+//! What an acknowledged change is worth is what Redis promises for it: the
+//! node reads Redis' persistence at start and every
+//! [`DURABILITY_EVERY_POLLS`] polls ([`durability`]), refuses to start
+//! against a Redis that persists nothing unless `--allow-volatile-redis`,
+//! is not ready while it finds one later, and reports the mode in
+//! `/readyz` and `/metrics`.
 //! ## Books
 //! The steps append the engine's events for the books to their slot's
 //! stream (the layout is in the script's header). [`RedisStore::books_read`]
@@ -59,7 +77,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use flashsale_engine::ids::{decompose, shard_of};
@@ -73,11 +91,16 @@ use futures_util::future::try_join_all;
 use parking_lot::{Mutex, RwLock};
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, Pipeline, RedisFuture, Value};
+use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo};
+use redis::{Cmd, ErrorKind, Pipeline, RedisFuture, ServerErrorKind, Value};
 use serde::Deserialize;
 
+use self::durability::ServerReply;
+pub use self::durability::{Durability, DurabilityMode};
 use crate::error::Error;
 use crate::feed::{FEED_DEALS_MAX, FeedSource};
+
+mod durability;
 
 /// The server-side steps, one script (see its header).
 const STEPS_LUA: &str = include_str!("../../redis/flashsale.lua");
@@ -87,6 +110,9 @@ pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
 /// How often (in polls) the poller sums deals' numbers and merchants'
 /// ratings over the shards: the costly part of a poll.
 const SUMS_EVERY_POLLS: u32 = 4;
+/// How often (in polls) the poller re-reads Redis' persistence settings:
+/// an operator may change them at runtime (`CONFIG SET`).
+const DURABILITY_EVERY_POLLS: u32 = 4;
 /// How often the poller finishes transfers and sweeps left half done.
 const RECONCILE_EVERY_POLLS: u32 = 8;
 /// A transfer pending longer than this is taken to be abandoned by a
@@ -121,6 +147,9 @@ pub struct RedisSettings {
     pub shards: usize,
     pub response_timeout: Duration,
     pub connect_timeout: Duration,
+    /// Serve even when Redis persists nothing (`--allow-volatile-redis`):
+    /// a restart of Redis then loses every acknowledged order.
+    pub allow_volatile: bool,
     /// Entries of one shard's books stream past which a buy or a hold's
     /// payment answers `503 unavailable` (`--books-backlog-max` over the
     /// shards); 0: no bound (no node writes Postgres).
@@ -183,6 +212,8 @@ enum Reply {
         total: u32,
     },
     Terms,
+    /// The deployment's epoch in Redis is not the one the node knows.
+    Epoch,
     /// The shard's books stream is at its bound (Postgres is behind).
     Backlog,
 }
@@ -313,6 +344,16 @@ struct Inner {
     /// Newest deals, newest first, as of the last poll.
     newest: RwLock<Vec<DealId>>,
     reachable: AtomicBool,
+    /// The deployment's epoch as this node last read it (0 before the
+    /// first read).
+    epoch: AtomicU64,
+    /// Redis' persistence as last read (at start, then by the poller).
+    durability: RwLock<Durability>,
+    allow_volatile: bool,
+    /// Redis persists nothing and that is not allowed: changes are refused
+    /// (`not_ready`). Kept apart from `durability` so the check on every
+    /// request is one relaxed load.
+    volatile_refused: AtomicBool,
 }
 
 /// Key names (the module doc's table).
@@ -367,6 +408,16 @@ fn number(value: Option<&Value>) -> i64 {
         .and_then(text)
         .and_then(|text| text.parse().ok())
         .unwrap_or(0)
+}
+
+/// Whether Redis refused a command (unknown, renamed, denied by an ACL)
+/// rather than failed to answer.
+fn is_refusal(error: &redis::RedisError) -> bool {
+    matches!(
+        error.kind(),
+        ErrorKind::Server(ServerErrorKind::ResponseError | ServerErrorKind::NoPerm)
+            | ErrorKind::Extension
+    )
 }
 
 /// A reply Redis should never give: the script and this file disagree.
@@ -486,6 +537,7 @@ fn reply_of(values: Vec<Value>, hold: Option<HoldId>) -> Result<Reply, Error> {
             })
         }
         "TERMS" => Ok(Reply::Terms),
+        "EPOCH" => Ok(Reply::Epoch),
         "BACKLOG" => Ok(Reply::Backlog),
         _ => Err(garbled("a reply tag")),
     }
@@ -547,6 +599,14 @@ impl RedisStore {
                 merchants: RwLock::new(HashMap::new()),
                 newest: RwLock::new(Vec::new()),
                 reachable: AtomicBool::new(true),
+                epoch: AtomicU64::new(crate::auth::NO_EPOCH),
+                durability: RwLock::new(Durability {
+                    mode: DurabilityMode::Volatile,
+                    found: "not read yet".to_owned(),
+                    waitaof: false,
+                }),
+                allow_volatile: settings.allow_volatile,
+                volatile_refused: AtomicBool::new(false),
             }),
         };
         let mut connection = store.connection();
@@ -557,6 +617,8 @@ impl RedisStore {
             .load_async(&mut connection)
             .await
             .map_err(Error::Redis)?;
+        store.check_durability().await?;
+        store.follow_epoch().await?;
         store.poll(true).await?;
         Ok(store)
     }
@@ -574,7 +636,179 @@ impl RedisStore {
     }
 
     pub(crate) fn not_ready(&self) -> Option<&'static str> {
-        (!self.inner.reachable.load(Ordering::Relaxed)).then_some("Redis does not answer")
+        if !self.inner.reachable.load(Ordering::Relaxed) {
+            return Some("Redis does not answer");
+        }
+        self.inner
+            .volatile_refused
+            .load(Ordering::Relaxed)
+            .then_some(
+                "Redis persists nothing now (its settings changed since this node started), so a \
+             restart of Redis would lose acknowledged orders: set appendonly yes again, or \
+             restart the node with --allow-volatile-redis",
+            )
+    }
+
+    /// The deployment's epoch as last read (see the module doc, "Epochs").
+    pub(crate) fn epoch(&self) -> u64 {
+        self.inner.epoch.load(Ordering::Acquire)
+    }
+
+    /// Reads the deployment's epoch, setting a new random one when Redis
+    /// has none (the first start, or Redis lost its data): `SET NX GET`,
+    /// one call, so nodes racing on an empty Redis agree on one. A new
+    /// epoch drops every deal, sold-out flag and merchant this node
+    /// cached: none of them is Redis' any more. Errors: Redis did not
+    /// answer; [`Error::Random`].
+    async fn follow_epoch(&self) -> Result<u64, Error> {
+        let mut bytes = [0u8; 8];
+        getrandom::fill(&mut bytes).map_err(Error::Random)?;
+        let proposed = u64::from_le_bytes(bytes).max(1);
+        let found: Option<String> = self
+            .query(
+                redis::cmd("SET")
+                    .arg(self.keys().global("epoch"))
+                    .arg(proposed)
+                    .arg("NX")
+                    .arg("GET"),
+            )
+            .await?;
+        let epoch = match found {
+            None => proposed,
+            Some(text) => text
+                .parse()
+                .map_err(|_| garbled("the deployment's epoch"))?,
+        };
+        let before = self.inner.epoch.swap(epoch, Ordering::AcqRel);
+        if before != epoch && before != crate::auth::NO_EPOCH {
+            tracing::warn!(
+                before = format_args!("{before:016x}"),
+                now = format_args!("{epoch:016x}"),
+                "the deployment's epoch changed (Redis lost its data): cached deals dropped, \
+                 tokens of the old epoch refused"
+            );
+            self.inner.deals.write().clear();
+            self.inner.merchants.write().clear();
+            self.inner.newest.write().clear();
+        }
+        Ok(epoch)
+    }
+
+    /// The last of `count` new ids of `kind` (`merchant`, `shopper`,
+    /// `deal`), handed out only under the epoch this node knows (the `ids`
+    /// step), so a node that missed Redis losing its data never numbers
+    /// an account from the old count or signs it with the old epoch. A
+    /// new deal's id goes into the deployment's deal index in the same
+    /// step (`index`). Errors: Redis did not answer, or the epoch kept
+    /// moving ([`Error::RedisBusy`]).
+    async fn next_ids(&self, kind: &str, count: u32, index: bool) -> Result<u64, Error> {
+        let mut keys = vec![self.keys().global("seq"), self.keys().global("epoch")];
+        if index {
+            keys.push(self.keys().global("deals"));
+        }
+        let count_text = count.to_string();
+        for _ in 0..STEP_ATTEMPTS_MAX {
+            let epoch = self.epoch().to_string();
+            match self
+                .step(&keys, &["ids", kind, &count_text, &epoch], None)
+                .await?
+            {
+                Reply::Done(values) => {
+                    return u64::try_from(number(values.get(1))).map_err(|_| garbled("an id"));
+                }
+                Reply::Epoch => {
+                    self.follow_epoch().await?;
+                }
+                Reply::Refused(_) | Reply::Refill { .. } | Reply::Terms | Reply::Backlog => {
+                    return Err(garbled("an id step"));
+                }
+            }
+        }
+        Err(Error::RedisBusy)
+    }
+
+    /// Redis' persistence as last read: what a `201` is worth now.
+    pub(crate) fn durability(&self) -> Durability {
+        self.inner.durability.read().clone()
+    }
+
+    /// Reads Redis' persistence on every primary, keeps it, and says when
+    /// it changed. Errors: Redis did not answer.
+    async fn check_durability(&self) -> Result<(), Error> {
+        let configs = self
+            .on_every_primary(
+                redis::cmd("CONFIG")
+                    .arg("GET")
+                    .arg("appendonly")
+                    .arg("appendfsync"),
+            )
+            .await?;
+        let infos = self
+            .on_every_primary(redis::cmd("COMMAND").arg("INFO").arg("WAITAOF"))
+            .await?;
+        let servers: Vec<(String, ServerReply, ServerReply)> = configs
+            .into_iter()
+            .map(|(address, config)| {
+                let info = infos
+                    .iter()
+                    .find(|(other, _)| *other == address)
+                    .map_or_else(|| Err("no reply".to_owned()), |(_, info)| info.clone());
+                (address, config, info)
+            })
+            .collect();
+        let now = Durability::of_servers(&servers);
+        let refused = now.mode == DurabilityMode::Volatile && !self.inner.allow_volatile;
+        self.inner
+            .volatile_refused
+            .store(refused, Ordering::Relaxed);
+        let before = std::mem::replace(&mut *self.inner.durability.write(), now.clone());
+        if before.mode != now.mode {
+            if now.mode < before.mode {
+                tracing::warn!(mode = now.mode.name(), found = %now.found, "Redis' persistence is weaker than before");
+            } else {
+                tracing::info!(mode = now.mode.name(), found = %now.found, "Redis' persistence");
+            }
+        }
+        Ok(())
+    }
+
+    /// `cmd`'s reply from the one Redis, or from every primary of a
+    /// Cluster, by server address; a server's refusal (an unknown or
+    /// denied command) is that server's `Err`, not the call's. Errors: a
+    /// server did not answer.
+    async fn on_every_primary(&self, cmd: &Cmd) -> Result<Vec<(String, ServerReply)>, Error> {
+        match &self.inner.connection {
+            Connection::Single(connection) => {
+                let reply = match cmd.query_async::<Value>(&mut connection.clone()).await {
+                    Ok(Value::ServerError(refusal)) => Err(refusal.to_string()),
+                    Ok(value) => Ok(value),
+                    Err(error) if is_refusal(&error) => Err(error.to_string()),
+                    Err(error) => return Err(Error::Redis(error)),
+                };
+                Ok(vec![("the Redis".to_owned(), reply)])
+            }
+            Connection::Cluster(connection) => {
+                let routing = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None));
+                let reply = connection
+                    .clone()
+                    .route_command(cmd.clone(), routing)
+                    .await
+                    .map_err(Error::Redis)?;
+                let Value::Map(replies) = reply else {
+                    return Err(garbled("a reply of every primary"));
+                };
+                Ok(replies
+                    .into_iter()
+                    .map(|(address, reply)| {
+                        let reply = match reply {
+                            Value::ServerError(refusal) => Err(refusal.to_string()),
+                            value => Ok(value),
+                        };
+                        (text(&address).unwrap_or_default(), reply)
+                    })
+                    .collect())
+            }
+        }
     }
 
     pub(crate) fn feed_source(&self) -> &dyn FeedSource {
@@ -615,8 +849,8 @@ impl RedisStore {
         match self.step(keys, args, None).await? {
             Reply::Done(values) => Ok(values),
             Reply::Refused(refusal) => Err(Error::Engine(refusal)),
-            Reply::Refill { .. } | Reply::Terms | Reply::Backlog => {
-                Err(garbled("a step that cannot refill"))
+            Reply::Refill { .. } | Reply::Terms | Reply::Epoch | Reply::Backlog => {
+                Err(garbled("a step that can only be done or refused"))
             }
         }
     }
@@ -680,6 +914,11 @@ impl RedisStore {
         let fields: HashMap<String, String> = self
             .query(redis::cmd("HGETALL").arg(self.keys().deal(entry.id)))
             .await?;
+        if fields.is_empty() {
+            // Redis lost it (its data, before the poll saw the new epoch).
+            self.inner.deals.write().remove(&entry.id);
+            return Err(Error::Engine(EngineError::NotFound(Entity::Deal)));
+        }
         let mut live = live_of(&fields);
         let sums = self.shard_sums(&[entry.id]).await?;
         if let Some(sum) = sums.first() {
@@ -775,6 +1014,15 @@ impl RedisStore {
         if self.transfer(entry.id, shard, total).await? {
             return Ok(true);
         }
+        // Units of a transfer whose node died or never heard its reply are
+        // on their way to a bucket: bring them in and sweep them back
+        // before judging the deal sold out.
+        if self.finish_transfers(entry.id, 0).await? > 0 {
+            self.sweep(entry.id).await?;
+            if self.transfer(entry.id, shard, total).await? {
+                return Ok(true);
+            }
+        }
         let channel = self.keys().channel();
         let values = self
             .step_done(
@@ -839,12 +1087,44 @@ impl RedisStore {
         Ok(())
     }
 
+    /// Finishes every transfer of `deal` pending for longer than `age_ms`
+    /// (0: all of them); returns how many. Finishing is idempotent, so a
+    /// transfer another node is finishing right now is not harmed.
+    async fn finish_transfers(&self, deal: DealId, age_ms: i64) -> Result<usize, Error> {
+        let now = self.now().millis();
+        let pending: HashMap<String, String> = self
+            .query(redis::cmd("HGETALL").arg(self.keys().deal_part(deal, "tx")))
+            .await?;
+        let mut finished = 0;
+        for (id, value) in pending {
+            let mut parts = value
+                .split(':')
+                .map(|part| part.parse::<i64>().unwrap_or(0));
+            let (shard, units, at) = (
+                parts.next().unwrap_or(0),
+                parts.next().unwrap_or(0),
+                parts.next().unwrap_or(0),
+            );
+            if now - at >= age_ms
+                && let Ok(shard) = usize::try_from(shard)
+            {
+                tracing::info!(%deal, transfer = %id, "finishing a pending transfer");
+                self.finish_transfer(deal, shard, &id, units).await?;
+                finished += 1;
+            }
+        }
+        Ok(finished)
+    }
+
     /// Moves every shard's bucket of the deal back into its pool.
     async fn sweep(&self, deal: DealId) -> Result<(), Error> {
         try_join_all((0..self.inner.shards).map(|shard| self.sweep_shard(deal, shard))).await?;
         Ok(())
     }
 
+    /// Sweeps `shard`'s bucket of `deal` into the pool, and finishes every
+    /// earlier sweep of that bucket still on its way (see `sweep_out` in
+    /// flashsale.lua).
     async fn sweep_shard(&self, deal: DealId, shard: usize) -> Result<(), Error> {
         let deal_text = deal.0.to_string();
         let shard_text = shard.to_string();
@@ -858,12 +1138,12 @@ impl RedisStore {
                 &["sweep_out", &deal_text, &shard_text],
             )
             .await?;
-        let units = number(values.get(2));
-        if units <= 0 {
-            return Ok(());
+        for sweep in values.get(1..).unwrap_or_default().chunks(2) {
+            let id = sweep.first().and_then(text).unwrap_or_default();
+            self.finish_sweep(deal, shard, &id, number(sweep.get(1)))
+                .await?;
         }
-        let id = values.get(1).and_then(text).unwrap_or_default();
-        self.finish_sweep(deal, shard, &id, units).await
+        Ok(())
     }
 
     async fn finish_sweep(
@@ -974,6 +1254,7 @@ impl RedisStore {
                         return Err(Error::Engine(EngineError::SoldOut));
                     }
                 }
+                Reply::Epoch => return Err(garbled("reserve cannot answer EPOCH")),
             }
         }
         Err(Error::RedisBusy)
@@ -1330,14 +1611,7 @@ impl RedisStore {
 
     pub(crate) async fn create_merchant(&self, name: &str) -> Result<Merchant, Error> {
         flashsale_engine::check_name(name, "name", flashsale_engine::engine::NAME_CHARS_MAX)?;
-        let id: u64 = self
-            .query(
-                redis::cmd("HINCRBY")
-                    .arg(self.keys().global("seq"))
-                    .arg("merchant")
-                    .arg(1),
-            )
-            .await?;
+        let id = self.next_ids("merchant", 1, false).await?;
         let merchant = Merchant {
             id: MerchantId(id),
             name: name.to_owned(),
@@ -1430,14 +1704,7 @@ impl RedisStore {
     }
 
     async fn reserve_shoppers(&self, count: u32) -> Result<ShopperId, Error> {
-        let last: u64 = self
-            .query(
-                redis::cmd("HINCRBY")
-                    .arg(self.keys().global("seq"))
-                    .arg("shopper")
-                    .arg(count),
-            )
-            .await?;
+        let last = self.next_ids("shopper", count, false).await?;
         Ok(ShopperId(last + 1 - u64::from(count)))
     }
 
@@ -1568,15 +1835,14 @@ impl RedisStore {
         if self.merchant(merchant).await?.is_none() {
             return Err(Error::Engine(EngineError::NotFound(Entity::Merchant)));
         }
-        let id: u64 = self
-            .query(
-                redis::cmd("HINCRBY")
-                    .arg(self.keys().global("seq"))
-                    .arg("deal")
-                    .arg(1),
-            )
-            .await?;
-        let deal = DealId(id);
+        // The id and its place in the deal index come in one step; the deal
+        // itself, complete, with its books entry in one `create` step after
+        // it. A crash between the two leaves an indexed id without a deal,
+        // which every reader skips (`entry` finds no deal): the deal exists
+        // whole or not at all, and is listed as soon as it exists. Its terms
+        // reach the shards here, or on a buy's `TERMS` answer if this node
+        // stops first.
+        let deal = DealId(self.next_ids("deal", 1, true).await?);
         self.step_done(
             &[self.keys().deal(deal), self.keys().deal_part(deal, "books")],
             &[
@@ -1592,13 +1858,6 @@ impl RedisStore {
                 &spec.hold_seconds.to_string(),
                 &now.millis().to_string(),
             ],
-        )
-        .await?;
-        self.query::<()>(
-            redis::cmd("ZADD")
-                .arg(self.keys().global("deals"))
-                .arg(id)
-                .arg(id),
         )
         .await?;
         self.install_terms_everywhere(deal).await?;
@@ -1709,8 +1968,8 @@ impl RedisStore {
                 }
                 Reply::Refused(refusal) => return Err(Error::Engine(refusal)),
                 Reply::Terms => self.install_terms(deal, shard).await?,
-                Reply::Refill { .. } | Reply::Backlog => {
-                    return Err(garbled("register cannot refill"));
+                Reply::Refill { .. } | Reply::Epoch | Reply::Backlog => {
+                    return Err(garbled("register cannot refill or answer EPOCH or BACKLOG"));
                 }
             }
         }
@@ -1822,6 +2081,7 @@ impl RedisStore {
                         return Err(Error::Engine(EngineError::HoldExpired { hold: id }));
                     }
                 }
+                Reply::Epoch => return Err(garbled("pay cannot answer EPOCH")),
             }
         }
         Err(Error::RedisBusy)
@@ -1854,8 +2114,8 @@ impl RedisStore {
         {
             Reply::Done(values) => values,
             Reply::Refused(refusal) => return Err(Error::Engine(refusal)),
-            Reply::Refill { .. } | Reply::Terms | Reply::Backlog => {
-                return Err(garbled("release cannot refill"));
+            Reply::Refill { .. } | Reply::Terms | Reply::Epoch | Reply::Backlog => {
+                return Err(garbled("release cannot refill or answer EPOCH or BACKLOG"));
             }
         };
         let hold = hold_of(&values.get(2).and_then(text).unwrap_or_default())?;
@@ -2048,10 +2308,11 @@ impl RedisStore {
 
     // ----- the poller -----------------------------------------------------------------
 
-    /// Runs until dropped: every [`POLL_INTERVAL`] refreshes the newest
-    /// deals and their numbers (the feed, `/metrics` and the sold-out
-    /// flags read them), and every few polls finishes transfers and sweeps
-    /// left half done. A failed poll marks the store not ready. Beside it,
+    /// Runs until dropped: every [`POLL_INTERVAL`] follows the deployment's
+    /// epoch and refreshes the newest deals and their numbers (the feed,
+    /// `/metrics` and the sold-out flags read them); every few polls
+    /// re-reads Redis' persistence and finishes transfers and sweeps left
+    /// half done. A failed poll marks the store not ready. Beside it,
     /// listens on the deployment's channel and re-reads a deal at once when
     /// a step publishes it (sold out, restocked, new terms); the poll is the
     /// safety net for messages missed while disconnected.
@@ -2067,10 +2328,13 @@ impl RedisStore {
             ticker.tick().await;
             polls = polls.wrapping_add(1);
             let with_sums = polls.is_multiple_of(SUMS_EVERY_POLLS);
-            let result = match self.poll(with_sums).await {
-                Ok(()) if polls.is_multiple_of(RECONCILE_EVERY_POLLS) => self.reconcile().await,
-                other => other,
-            };
+            let mut result = self.poll(with_sums).await;
+            if result.is_ok() && polls.is_multiple_of(DURABILITY_EVERY_POLLS) {
+                result = self.check_durability().await;
+            }
+            if result.is_ok() && polls.is_multiple_of(RECONCILE_EVERY_POLLS) {
+                result = self.reconcile().await;
+            }
             let reachable = result.is_ok();
             if self.inner.reachable.swap(reachable, Ordering::Relaxed) != reachable {
                 match &result {
@@ -2133,6 +2397,7 @@ impl RedisStore {
     /// One poll (see [`RedisStore::run_poller`]); `with_sums` also sums
     /// the deals' numbers and the merchants' ratings over the shards.
     async fn poll(&self, with_sums: bool) -> Result<(), Error> {
+        self.follow_epoch().await?;
         let ids: Vec<u64> = self
             .query(
                 redis::cmd("ZREVRANGE")
@@ -2213,28 +2478,10 @@ impl RedisStore {
     /// sweep still on its way back to a pool, and sweeps the buckets of any
     /// deal marked sold out that still has units in a bucket.
     async fn reconcile(&self) -> Result<(), Error> {
-        let now = self.now().millis();
         let entries: Vec<Arc<DealEntry>> = self.inner.deals.read().values().cloned().collect();
         for entry in &entries {
-            let pending: HashMap<String, String> = self
-                .query(redis::cmd("HGETALL").arg(self.keys().deal_part(entry.id, "tx")))
+            self.finish_transfers(entry.id, TRANSFER_ABANDONED_MS)
                 .await?;
-            for (id, value) in pending {
-                let mut parts = value
-                    .split(':')
-                    .map(|part| part.parse::<i64>().unwrap_or(0));
-                let (shard, units, at) = (
-                    parts.next().unwrap_or(0),
-                    parts.next().unwrap_or(0),
-                    parts.next().unwrap_or(0),
-                );
-                if now - at > TRANSFER_ABANDONED_MS
-                    && let Ok(shard) = usize::try_from(shard)
-                {
-                    tracing::info!(deal = %entry.id, transfer = %id, "finishing an abandoned transfer");
-                    self.finish_transfer(entry.id, shard, &id, units).await?;
-                }
-            }
             let live = *entry.live.lock();
             if live.marked_sold_out && live.buckets > 0 {
                 let _one_at_a_time = entry.refill.lock().await;
