@@ -281,6 +281,27 @@ impl TestServer {
         shopper
     }
 
+    /// `count` shoppers with `credit` each, through the admin's bulk call.
+    pub async fn bulk_shoppers(&self, count: usize, credit: &str) -> Vec<Account> {
+        let bulk = self
+            .post(
+                "/v1/admin/shoppers",
+                Some(ADMIN),
+                &json!({ "count": count, "credit": credit }),
+            )
+            .await
+            .ok(201);
+        bulk["shoppers"]
+            .as_array()
+            .expect("shoppers")
+            .iter()
+            .map(|shopper| Account {
+                id: shopper["id"].as_str().expect("an id").to_owned(),
+                token: shopper["token"].as_str().expect("a token").to_owned(),
+            })
+            .collect()
+    }
+
     pub async fn credit(&self, shopper: &Account, amount: &str, reference: &str) -> Reply {
         self.post(
             &format!("/v1/wallets/{}/credits", shopper.id),

@@ -6,3 +6,4 @@ mod burst;
 mod faults;
 mod model;
 mod node;
+mod raffle;
