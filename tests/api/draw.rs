@@ -42,21 +42,43 @@ async fn all_pages(t: &TestServer, path: &str, field: &str) -> (Value, Vec<Value
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_raffle_draws_fairly_and_its_waitlist_refills_unpaid_wins() {
+/// Registers every one of `shoppers` for `deal`, concurrently; each 201.
+async fn register_all(t: &TestServer, deal: &str, shoppers: &[Account]) {
+    let registration = format!("/v1/deals/{deal}/registrations");
+    let registered = join_all(shoppers.iter().map(|shopper| {
+        t.call(
+            Method::POST,
+            &registration,
+            Some(&shopper.token),
+            None,
+            None,
+        )
+    }))
+    .await;
+    for reply in registered {
+        reply.ok(201);
+    }
+}
+
+/// A server, a merchant, and its raffle of `stock` at 10.00 drawn in
+/// `starts_in` seconds, with `extra` fields: the created deal.
+async fn raffle(stock: u64, starts_in: i64, extra: Value) -> (TestServer, Account, Value) {
     let t = start().await;
     let merchant = t.merchant("Xiaomi").await;
-    let created = t
-        .deal_with(
-            &merchant,
-            json!({
-                "title": "Phone raffle", "price": "10.00", "stock": STOCK,
-                "starts_at": at(6), "ends_at": at(3600),
-                "allocation": "raffle", "hold_seconds": 2,
-            }),
-        )
-        .await
-        .ok(201);
+    let mut body = json!({
+        "title": "Phone raffle", "price": "10.00", "stock": stock,
+        "starts_at": at(starts_in), "ends_at": at(3600), "allocation": "raffle",
+    });
+    if let (Some(body), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
+        body.extend(extra.clone());
+    }
+    let created = t.deal_with(&merchant, body).await.ok(201);
+    (t, merchant, created)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raffle_draws_fairly_and_its_waitlist_refills_unpaid_wins() {
+    let (t, merchant, created) = raffle(STOCK, 6, json!({ "hold_seconds": 2 })).await;
     let deal = created["id"].as_str().expect("a deal id").to_owned();
     assert_eq!(created["allocation"], "raffle");
     assert_eq!(created["requires_registration"], true);
@@ -89,20 +111,7 @@ async fn a_raffle_draws_fairly_and_its_waitlist_refills_unpaid_wins() {
     let mut registrants = t.bulk_shoppers(REGISTRANTS, "50.00").await;
     registrants.extend(t.bulk_shoppers(BROKE, "1.00").await);
     let outsider = t.bulk_shoppers(1, "50.00").await.remove(0);
-    let registration = format!("/v1/deals/{deal}/registrations");
-    let registered = join_all(registrants.iter().map(|shopper| {
-        t.call(
-            Method::POST,
-            &registration,
-            Some(&shopper.token),
-            None,
-            None,
-        )
-    }))
-    .await;
-    for reply in registered {
-        reply.ok(201);
-    }
+    register_all(&t, &deal, &registrants).await;
     assert_eq!(
         draw_me(&t, &deal, &registrants[0]).await["outcome"],
         "pending"
@@ -259,4 +268,105 @@ async fn a_raffle_draws_fairly_and_its_waitlist_refills_unpaid_wins() {
     let me = draw_me(&t, &deal, waiting).await;
     assert_eq!(me["outcome"], "not_drawn", "sold out: {me}");
     t.check_invariants();
+}
+
+/// Runs `flashsale verify-draw --deal URL`: (exit code, stdout).
+async fn verify_draw(url: &str) -> (Option<i32>, String) {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_flashsale"))
+        .args(["verify-draw", "--deal", url])
+        .output()
+        .await
+        .expect("flashsale runs");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+    )
+}
+
+/// A stand-in for a dishonest server: answers `GET {prefix}/draw…` with
+/// `draw` and `GET {prefix}/draw/registrants…` with `registrants`, over
+/// HTTP/1.1 keep-alive, until the test ends.
+async fn serve_record(draw: Value, registrants: Value) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("an address");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let (draw, registrants) = (draw.to_string(), registrants.to_string());
+            tokio::spawn(async move {
+                let mut buffer = Vec::new();
+                let mut chunk = [0; 4096];
+                loop {
+                    let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(read) => buffer.extend_from_slice(&chunk[..read]),
+                        }
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buffer[..end]).into_owned();
+                    buffer.drain(..end + 4);
+                    let body = if head.contains("/draw/registrants") {
+                        &registrants
+                    } else {
+                        &draw
+                    };
+                    let reply = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if stream.write_all(reply.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    format!("http://{addr}/v1/deals/d_1")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_draw_matches_a_real_draw_and_catches_a_tampered_one() {
+    let (t, _, created) = raffle(6, 3, json!({})).await;
+    let deal = created["id"].as_str().expect("an id").to_owned();
+    let registrants = t.bulk_shoppers(40, "50.00").await;
+    register_all(&t, &deal, &registrants).await;
+    let path = format!("/v1/deals/{deal}/draw");
+    let mut draw = Value::Null;
+    for _ in 0..200 {
+        draw = t.get(&path, None).await.ok(200);
+        if draw["offers_total"] == 6 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(draw["offers_total"], 6, "the draw never ran: {draw}");
+    let url = format!("http://{}/v1/deals/{deal}", t.addr());
+    let (code, stdout) = verify_draw(&url).await;
+    assert_eq!(code, Some(0), "{stdout}");
+    assert!(
+        stdout.starts_with("match: 40 registrants, 6 offers"),
+        "{stdout}"
+    );
+
+    // The same record with the first two winners swapped: caught.
+    let listed = t.get(&format!("{path}/registrants"), None).await.ok(200);
+    let mut swapped = draw.clone();
+    let offers = swapped["offers"].as_array_mut().expect("offers");
+    offers.swap(0, 1);
+    let (code, stdout) = verify_draw(&serve_record(swapped, listed.clone()).await).await;
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(stdout.contains("mismatch: offer 1"), "{stdout}");
+
+    // A registrant dropped from the published list: caught.
+    let mut fewer = listed.clone();
+    fewer["registrants"].as_array_mut().expect("ids").remove(7);
+    let (code, stdout) = verify_draw(&serve_record(draw.clone(), fewer).await).await;
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(stdout.contains("registrants_hash"), "{stdout}");
+    // And the untouched record served by the stand-in still matches.
+    let (code, stdout) = verify_draw(&serve_record(draw, listed).await).await;
+    assert_eq!(code, Some(0), "{stdout}");
 }
