@@ -270,19 +270,38 @@ impl Server {
         stock: u64,
         starts_in_seconds: i64,
     ) -> String {
+        self.create_deal_starting_with(merchant, title, price, stock, starts_in_seconds, json!({}))
+            .await
+    }
+
+    /// [`Server::create_deal_starting`] with `extra` fields on top (e.g.
+    /// `{"allocation": "raffle"}`).
+    pub async fn create_deal_starting_with(
+        &self,
+        merchant: &Account,
+        title: &str,
+        price: &str,
+        stock: u64,
+        starts_in_seconds: i64,
+        extra: Value,
+    ) -> String {
+        let mut deal = json!({
+            "title": title,
+            "price": price,
+            "stock": stock,
+            "per_user_limit": 1,
+            "starts_at": rfc3339_from_now(starts_in_seconds),
+            "ends_at": rfc3339_from_now(starts_in_seconds.max(0) + 3600),
+        });
+        if let (Some(deal), Some(extra)) = (deal.as_object_mut(), extra.as_object()) {
+            deal.extend(extra.clone());
+        }
         let body = self
             .call(
                 Method::POST,
                 "/v1/deals",
                 Some(&merchant.token),
-                Some(json!({
-                    "title": title,
-                    "price": price,
-                    "stock": stock,
-                    "per_user_limit": 1,
-                    "starts_at": rfc3339_from_now(starts_in_seconds),
-                    "ends_at": rfc3339_from_now(starts_in_seconds.max(0) + 3600),
-                })),
+                Some(deal),
                 &[],
             )
             .await
