@@ -538,6 +538,66 @@ mod tests {
     }
 
     #[test]
+    fn a_raffle_just_drawn_is_a_draw_event_then_deal_events_again() {
+        let (clock, engine) = engine();
+        let merchant = engine.create_merchant("acme").unwrap().id;
+        let raffle = engine
+            .create_deal(
+                merchant,
+                NewDeal {
+                    title: "Raffle".into(),
+                    price: Money::from_fen(100).unwrap(),
+                    stock: 1,
+                    per_user_limit: None,
+                    starts_at: Timestamp::from_millis(2_000_000),
+                    ends_at: Timestamp::from_millis(9_000_000),
+                    requires_registration: true,
+                    hold_seconds: None,
+                    allocation: flashsale_engine::Allocation::Raffle(flashsale_engine::DrawSeed(
+                        [1; 32],
+                    )),
+                },
+            )
+            .unwrap()
+            .id;
+        let shopper = engine
+            .create_shoppers(1, Money::from_fen(100).unwrap())
+            .unwrap()[0];
+        engine.register(shopper, raffle).unwrap();
+        let mut sampler = Sampler::new();
+        let now = Instant::now();
+        let frame =
+            |snapshot: &FeedSnapshot| String::from_utf8(snapshot.cards[0].frame.to_vec()).unwrap();
+        let before = sampler.sample(&engine, now).expect("a first snapshot");
+        assert!(frame(&before).starts_with("event: deal\n"));
+        assert!(!frame(&before).contains("\"seed\""), "the seed is secret");
+        clock.advance_millis(1_000_000);
+        assert!(engine.run_draws() > 0);
+        let drawn = sampler.sample(&engine, now).expect("the draw ran");
+        assert!(
+            frame(&drawn).starts_with("event: draw\n"),
+            "{}",
+            frame(&drawn)
+        );
+        assert!(
+            frame(&drawn).contains("\"seed\":\"0101"),
+            "{}",
+            frame(&drawn)
+        );
+        let hold = engine.draw_standing(shopper, raffle).unwrap();
+        let flashsale_engine::DrawStanding::Won { hold, .. } = hold else {
+            panic!("the only registrant wins: {hold:?}");
+        };
+        engine.pay_hold(shopper, hold.id).unwrap();
+        let paid = sampler.sample(&engine, now).expect("the numbers moved");
+        assert!(
+            frame(&paid).starts_with("event: deal\n"),
+            "{}",
+            frame(&paid)
+        );
+    }
+
+    #[test]
     fn an_ended_deal_is_told_once_then_forgotten() {
         let (clock, engine) = engine();
         let merchant = engine.create_merchant("acme").unwrap().id;
