@@ -158,8 +158,9 @@ pub struct Ranking {
 
 impl Ranking {
     /// Ranks `registrants` (any order, each once) under `seed`: one HMAC per
-    /// registrant and one sort (about 0.3 s for 1,000,000: see
-    /// `benches/engine.rs`).
+    /// registrant, the rank sort and the text sort (the whole draw of
+    /// 1,000,000 registrants and 100,000 holds measured 627 ms:
+    /// `benches/engine.rs`, README "Fair draws").
     pub fn new(seed: &DrawSeed, registrants: &[ShopperId]) -> Ranking {
         let ranker = Ranker::new(seed);
         let mut texts: Vec<(IdText, ShopperId)> = registrants
