@@ -436,7 +436,7 @@ impl Engine {
     }
 
     /// Gives a raffle deal's units left to its next ranks at once (after a
-    /// hold was released or expired); no-op on a first-come deal.
+    /// hold was released); no-op on a first-come deal.
     pub(crate) fn refill_raffle(&self, deal: &DealState) {
         if let Some(raffle) = deal.raffle.as_deref() {
             let now = self.now();

@@ -791,25 +791,11 @@ impl Engine {
     /// hold stays active). After expiry: honoured as a late order if the deal is still on
     /// and the stock, funds and limit allow; otherwise `HoldExpired` and
     /// nothing is charged.
+    ///
+    /// A raffle's hold follows the same rules. An expired one refused late
+    /// payment (a paused or ended deal, a capacity bound) leaves its units
+    /// to the draw's periodic step (`run_draws`), which passes them on.
     pub fn pay_hold(&self, shopper: ShopperId, id: HoldId) -> Result<Order, EngineError> {
-        let mut raffle = None;
-        let paid = self.pay_hold_locked(shopper, id, &mut raffle);
-        // An expired raffle hold not paid late left its units: they go on
-        // down the ranking at once, after the shard lock is released.
-        if let Some(deal) = raffle {
-            self.refill_raffle(deal);
-        }
-        paid
-    }
-
-    /// `pay_hold` under the hold's shard lock; sets `raffle` to the hold's
-    /// deal when that is a raffle whose units may need passing on.
-    fn pay_hold_locked<'a>(
-        &'a self,
-        shopper: ShopperId,
-        id: HoldId,
-        raffle: &mut Option<&'a DealState>,
-    ) -> Result<Order, EngineError> {
         let now = self.now();
         let mut guard = self
             .lock_owner_of(id.0)
@@ -823,9 +809,6 @@ impl Engine {
             return Err(EngineError::Forbidden(Entity::Hold));
         }
         let deal = self.deal_state(hold.deal)?;
-        if deal.raffle.is_some() {
-            *raffle = Some(deal);
-        }
         match hold.status {
             HoldStatus::Settled(order) => return Err(EngineError::HoldSettled { hold: id, order }),
             HoldStatus::Released => return Err(EngineError::HoldReleased { hold: id }),
