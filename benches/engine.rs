@@ -47,6 +47,7 @@ fn sale(stock: u64, buys: u64) -> Sale {
         ends_at: START.plus_seconds(3600),
         requires_registration: false,
         hold_seconds: Some(600),
+        allocation: flashsale_engine::Allocation::FirstCome,
     };
     let deal = engine.create_deal(merchant, new).expect("deal").id;
     let shopper_count = buys.div_ceil(u64::from(UNITS_PER_SHOPPER)).max(1);
@@ -149,5 +150,68 @@ fn hot_deal_threads(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, settled_buy, hot_deal_threads);
+/// Issue #14's figure: a raffle of 1,000,000 registrants for 100,000
+/// units must draw in under 2 s. Timed: `run_draws` until it has nothing
+/// left to do: closing the list, one HMAC per registrant, the sort, and
+/// 100,000 winners' holds (in steps of `DRAW_OFFERS_PER_STEP`).
+const RAFFLE_REGISTRANTS: u64 = 1_000_000;
+const RAFFLE_UNITS: u64 = 100_000;
+
+/// An engine with a raffle of `units` and `registrants` funded
+/// registrants, its `starts_at` just passed; the draw not run.
+fn raffle(registrants: u64, units: u64) -> Engine {
+    let clock = Arc::new(ManualClock::new(START));
+    let engine = Engine::new(
+        EngineConfig::default(),
+        clock.clone() as Arc<dyn Clock>,
+        Arc::new(DiscardEvents),
+    );
+    let merchant = engine.create_merchant("bench").expect("merchant").id;
+    let new = NewDeal {
+        title: "phone".into(),
+        price: Money::from_fen(99_900).expect("price"),
+        stock: units,
+        per_user_limit: Some(1),
+        starts_at: START.plus_seconds(60),
+        ends_at: START.plus_seconds(3600),
+        requires_registration: true,
+        hold_seconds: Some(600),
+        allocation: flashsale_engine::Allocation::Raffle(flashsale_engine::DrawSeed([7; 32])),
+    };
+    let deal = engine.create_deal(merchant, new).expect("deal").id;
+    let credit = Money::from_fen(99_900).expect("credit");
+    let mut left = registrants;
+    while left > 0 {
+        let count = left.min(10_000) as u32;
+        for shopper in engine.create_shoppers(count, credit).expect("shoppers") {
+            engine.register(shopper, deal).expect("register");
+        }
+        left -= u64::from(count);
+    }
+    clock.advance_seconds(60);
+    engine
+}
+
+fn draw(c: &mut Criterion) {
+    let mut group = c.benchmark_group("raffle");
+    group.sample_size(10);
+    group.measurement_time(Duration::from_secs(20));
+    group.bench_function("draw_1m_registrants_100k_units", |b| {
+        b.iter_custom(|iterations| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iterations {
+                let engine = raffle(RAFFLE_REGISTRANTS, RAFFLE_UNITS);
+                let start = Instant::now();
+                while engine.run_draws() > 0 {}
+                total += start.elapsed();
+                let counts = engine.stock(DealId(1)).expect("the raffle");
+                assert_eq!(counts.held, RAFFLE_UNITS, "every unit offered");
+            }
+            total
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, settled_buy, hot_deal_threads, draw);
 criterion_main!(benches);

@@ -69,6 +69,7 @@ fn sale_with(dir: &Path, buys: u64, durability: Durability) -> Sale {
                 ends_at: START.plus_seconds(3600),
                 requires_registration: false,
                 hold_seconds: Some(600),
+                allocation: flashsale_engine::Allocation::FirstCome,
             },
         )
         .expect("deal")

@@ -11,6 +11,8 @@
 //!   (`flashsale_gateway::audit`); exit 1 with a report on a violation.
 //! - `flashsale demo`: an embedded server on a free port with a temporary
 //!   data directory and rate limits off, and a small burst against it.
+//! - `flashsale verify-draw --deal URL`: recomputes a raffle's published
+//!   draw from its public record (README "Fair draws"); exit 0 on a match.
 //!
 //! Errors are printed once, here, with their whole chain; a flag's value
 //! refused by clap that came from an environment variable is said to come
@@ -47,6 +49,13 @@ enum Command {
     /// Start an embedded server with a temporary data directory and run a
     /// small burst against it.
     Demo,
+    /// Recompute a raffle's published draw from its public record (README
+    /// "Fair draws"); exit 0 when it matches, 1 when it does not.
+    VerifyDraw {
+        /// The deal's URL, e.g. http://127.0.0.1:8080/v1/deals/d_1
+        #[arg(long, value_name = "URL")]
+        deal: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -65,6 +74,7 @@ fn main() -> ExitCode {
             Command::Loadtest(args) => flashsale_loadtest::run(args).await.map_err(BoxError::from),
             Command::Demo => demo().await,
             Command::Audit(args) => audit(args).await,
+            Command::VerifyDraw { deal } => verify_draw(&deal).await,
         }
     });
     match outcome {
@@ -255,6 +265,26 @@ async fn received(signal: Option<&mut tokio::signal::unix::Signal>) {
             signal.recv().await;
         }
         None => std::future::pending().await,
+    }
+}
+
+/// `flashsale verify-draw`: prints what it checked and each mismatch.
+async fn verify_draw(deal: &str) -> Result<ExitCode, BoxError> {
+    let verdict = flashsale_loadtest::verify_draw::verify_draw(deal).await?;
+    let mut out = std::io::stdout().lock();
+    for problem in &verdict.problems {
+        writeln!(out, "mismatch: {problem}")?;
+    }
+    if verdict.problems.is_empty() {
+        writeln!(
+            out,
+            "match: {} registrants, {} offers follow the ranking recomputed from the seed",
+            verdict.registrants, verdict.offers
+        )?;
+        Ok(ExitCode::SUCCESS)
+    } else {
+        writeln!(out, "the published draw does NOT match its recomputation")?;
+        Ok(ExitCode::FAILURE)
     }
 }
 

@@ -119,6 +119,49 @@ async fn get(client: &reqwest::Client, url: String, token: &str) -> (u16, Value)
     (status, response.json().await.unwrap_or(Value::Null))
 }
 
+/// A merchant, its deal `deal` (the body to post) and `shoppers` shoppers
+/// with 100.00 each: the deal's id and the shoppers.
+async fn sale(
+    client: &reqwest::Client,
+    base: &str,
+    deal: Value,
+    shoppers: usize,
+) -> (String, Vec<Shopper>) {
+    let (status, merchant) = post(
+        client,
+        format!("{base}/v1/merchants"),
+        ADMIN_TOKEN,
+        json!({"name": "Xiaomi"}),
+    )
+    .await
+    .expect("merchant");
+    assert_eq!(status, 201, "{merchant}");
+    let merchant_token = merchant["token"].as_str().expect("token").to_owned();
+    let (status, deal) = post(client, format!("{base}/v1/deals"), &merchant_token, deal)
+        .await
+        .expect("deal");
+    assert_eq!(status, 201, "{deal}");
+    let (status, created) = post(
+        client,
+        format!("{base}/v1/admin/shoppers"),
+        ADMIN_TOKEN,
+        json!({"count": shoppers, "credit": "100.00"}),
+    )
+    .await
+    .expect("shoppers");
+    assert_eq!(status, 201, "{created}");
+    let shoppers = created["shoppers"]
+        .as_array()
+        .expect("shoppers")
+        .iter()
+        .map(|shopper| Shopper {
+            id: shopper["id"].as_str().expect("id").to_owned(),
+            token: shopper["token"].as_str().expect("token").to_owned(),
+        })
+        .collect();
+    (deal["id"].as_str().expect("deal id").to_owned(), shoppers)
+}
+
 /// What the client knows about one shopper's buy.
 #[derive(Clone, Debug)]
 enum Outcome {
@@ -203,47 +246,16 @@ async fn acknowledged_orders_survive_kill_9() {
     // Setup, then a restart so the setup itself is recovered first.
     let server = Server::start(&dir, 0);
     let base = server.base.clone();
-    let (status, merchant) = post(
+    let (deal_id, shoppers) = sale(
         &client,
-        format!("{base}/v1/merchants"),
-        ADMIN_TOKEN,
-        json!({"name": "Xiaomi"}),
-    )
-    .await
-    .expect("merchant");
-    assert_eq!(status, 201, "{merchant}");
-    let merchant_token = merchant["token"].as_str().expect("token").to_owned();
-    let (status, deal) = post(
-        &client,
-        format!("{base}/v1/deals"),
-        &merchant_token,
+        &base,
         json!({
             "title": "Phone", "price": "10.00", "stock": STOCK, "per_user_limit": 1,
             "starts_at": "2020-01-01T00:00:00Z", "ends_at": "2100-01-01T00:00:00Z",
         }),
+        SHOPPERS,
     )
-    .await
-    .expect("deal");
-    assert_eq!(status, 201, "{deal}");
-    let deal_id = deal["id"].as_str().expect("deal id").to_owned();
-    let (status, created) = post(
-        &client,
-        format!("{base}/v1/admin/shoppers"),
-        ADMIN_TOKEN,
-        json!({"count": SHOPPERS, "credit": "100.00"}),
-    )
-    .await
-    .expect("shoppers");
-    assert_eq!(status, 201, "{created}");
-    let shoppers: Vec<Shopper> = created["shoppers"]
-        .as_array()
-        .expect("shoppers")
-        .iter()
-        .map(|shopper| Shopper {
-            id: shopper["id"].as_str().expect("id").to_owned(),
-            token: shopper["token"].as_str().expect("token").to_owned(),
-        })
-        .collect();
+    .await;
     assert_eq!(shoppers.len(), SHOPPERS);
 
     let mut known: HashMap<String, Outcome> = HashMap::new();
@@ -376,4 +388,113 @@ async fn acknowledged_orders_survive_kill_9() {
     assert!(sold >= acknowledged);
     eprintln!("acknowledged {acknowledged}, sold {sold} (unknown outcomes may have settled)");
     drop(server);
+}
+
+/// Issue #14: a raffle's draw is deterministic from its seed, so a server
+/// killed with SIGKILL as its draw runs (events not yet flushed may be
+/// lost) and restarted finishes it exactly: every offer a client saw
+/// before the kill is the same offer after, and the record still matches
+/// its recomputation (`flashsale verify-draw`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draw_killed_mid_way_finishes_the_same_after_restart() {
+    const REGISTRANTS: usize = 3_000;
+    const UNITS: u64 = 2_500;
+    const REGISTRATION_SECONDS: i64 = 20;
+    let root = tempfile::tempdir().expect("tempdir");
+    let dir = root.path().join("data");
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client");
+    let server = Server::start(&dir, 0);
+    let base = server.base.clone();
+    // Long enough for the registrations below, then the draw runs.
+    let (deal_id, shoppers) = sale(
+        &client,
+        &base,
+        json!({
+            "title": "Raffle", "price": "10.00", "stock": UNITS,
+            "starts_at": flashsale_testkit::rfc3339_from_now(REGISTRATION_SECONDS),
+            "ends_at": "2100-01-01T00:00:00Z", "allocation": "raffle",
+        }),
+        REGISTRANTS,
+    )
+    .await;
+    for chunk in shoppers.chunks(CONCURRENCY) {
+        let sent = chunk.iter().map(|shopper| {
+            post(
+                &client,
+                format!("{base}/v1/deals/{deal_id}/registrations"),
+                &shopper.token,
+                json!({}),
+            )
+        });
+        for answer in futures_util::future::join_all(sent).await {
+            assert_eq!(answer.expect("registered").0, 201);
+        }
+    }
+    // Kill as soon as the draw is seen to have started offering.
+    let draw_url = format!("{base}/v1/deals/{deal_id}/draw?limit=10000");
+    let mut seen = Value::Null;
+    for _ in 0..4_000 {
+        let (_, record) = get(&client, draw_url.clone(), ADMIN_TOKEN).await;
+        if record["offers_total"].as_u64().unwrap_or(0) > 0 {
+            seen = record;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    server.kill();
+    let offered_before = seen["offers"].as_array().cloned().unwrap_or_default();
+    assert!(
+        !offered_before.is_empty(),
+        "the draw was never seen running"
+    );
+    eprintln!(
+        "killed with {} of {UNITS} offers seen (journalled or not)",
+        offered_before.len()
+    );
+
+    let server = Server::start(&dir, 1);
+    let base = server.base.clone();
+    let draw_url = format!("{base}/v1/deals/{deal_id}/draw?limit=10000");
+    let mut after = Value::Null;
+    for _ in 0..400 {
+        let (_, record) = get(&client, draw_url.clone(), ADMIN_TOKEN).await;
+        after = record;
+        if after["offers_total"] == UNITS {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(
+        after["offers_total"], UNITS,
+        "the draw finished: {}",
+        after["offers_total"]
+    );
+    assert_eq!(after["seed"], seen["seed"]);
+    let offered_after = after["offers"].as_array().expect("offers");
+    assert_eq!(
+        &offered_after[..offered_before.len()],
+        &offered_before[..],
+        "the offers seen before the kill are the same after it"
+    );
+    let verified = Command::new(env!("CARGO_BIN_EXE_flashsale"))
+        .args([
+            "verify-draw",
+            "--deal",
+            &format!("{base}/v1/deals/{deal_id}"),
+        ])
+        .output()
+        .expect("verify-draw runs");
+    assert!(
+        verified.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verified.stdout)
+    );
+    let (_, view) = get(&client, format!("{base}/v1/deals/{deal_id}"), ADMIN_TOKEN).await;
+    assert_eq!(
+        (view["held"].as_u64(), view["remaining"].as_u64()),
+        (Some(UNITS), Some(0))
+    );
 }

@@ -114,6 +114,7 @@ fn shop(dir: &Path, shoppers: u32) -> Shop {
                 ends_at: now.plus_seconds(3600),
                 requires_registration: false,
                 hold_seconds: Some(60),
+                allocation: flashsale_engine::Allocation::FirstCome,
             },
         )
         .unwrap()
@@ -347,6 +348,7 @@ async fn copy_writes_exactly_the_expected_rows() {
             ends_at: now.plus_seconds(60),
             requires_registration: index == 4,
             hold_seconds: Some(30 + index as u32),
+            allocation: flashsale_engine::Allocation::FirstCome,
         };
         deals.push(shop.engine.create_deal(merchant.id, spec).unwrap().id);
     }
@@ -635,6 +637,7 @@ async fn a_row_postgres_refuses_is_set_aside_and_later_orders_still_reach_postgr
         ends_at: now.plus_seconds(60),
         requires_registration: false,
         hold_seconds: Some(60),
+        allocation: flashsale_engine::Allocation::FirstCome,
     };
     shop.engine.create_deal(merchant, poison).unwrap();
     orders.extend(sell(&shop, 1));

@@ -14,10 +14,11 @@ use crossbeam_utils::CachePadded;
 use parking_lot::Mutex;
 
 use crate::clock::Timestamp;
+use crate::draw::{Raffle, RaffleSnapshot};
 use crate::ids::{DealId, MerchantId, ShopperId};
 use crate::money::Money;
 use crate::records::Merchant;
-use crate::records::{DealSpec, DealStatus, DealView, StockCounts};
+use crate::records::{Allocation, DealSpec, DealStatus, DealView, RaffleView, StockCounts};
 
 /// Every deal's stock: `total = remaining + held + sold`.
 ///
@@ -213,19 +214,23 @@ pub(crate) struct DealState {
     shares: AtomicU64,
     pub(crate) stock: Stock,
     pub(crate) records: RecordFilter,
+    /// `Some` for a raffle deal: its seed, registrants and draw.
+    pub(crate) raffle: Option<Box<Raffle>>,
     /// Serialises a merchant's changes with their events (never held with a
     /// shard lock).
     pub(crate) changes: Mutex<()>,
 }
 
 /// A deal's numbers for [`DealState::restore`].
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct DealCounters {
     pub(crate) counts: StockCounts,
     pub(crate) registrations: u64,
     pub(crate) buyers: u64,
     pub(crate) shares: u64,
     pub(crate) paused: bool,
+    /// A raffle's registrants and draw, from a snapshot (`None`: new).
+    pub(crate) raffle: Option<RaffleSnapshot>,
 }
 
 impl DealState {
@@ -247,6 +252,7 @@ impl DealState {
             buyers: 0,
             shares: 0,
             paused: false,
+            raffle: None,
         };
         DealState::restore(id, merchant, spec, created_at, counters)
     }
@@ -258,9 +264,17 @@ impl DealState {
         created_at: Timestamp,
         counters: DealCounters,
     ) -> DealState {
+        let raffle = match spec.allocation {
+            Allocation::FirstCome => None,
+            Allocation::Raffle(seed) => Some(Box::new(match counters.raffle {
+                Some(snapshot) => Raffle::restore(seed, snapshot),
+                None => Raffle::new(seed),
+            })),
+        };
         DealState {
             id,
             merchant,
+            raffle,
             records: RecordFilter::new(spec.stock),
             title: spec.title,
             price: spec.price,
@@ -338,6 +352,10 @@ impl DealState {
             ends_at: self.ends_at(),
             requires_registration: self.requires_registration,
             hold_seconds: self.hold_seconds,
+            raffle: self.raffle.as_deref().map(|raffle| RaffleView {
+                commitment: raffle.commitment,
+                seed: raffle.revealed_seed(),
+            }),
             created_at: self.created_at,
             paused: self.paused(),
             registrations: self.registrations.load(Ordering::Relaxed),
@@ -359,6 +377,12 @@ impl DealState {
             ends_at: self.ends_at(),
             requires_registration: self.requires_registration,
             hold_seconds: self.hold_seconds,
+            allocation: self
+                .raffle
+                .as_deref()
+                .map_or(Allocation::FirstCome, |raffle| {
+                    Allocation::Raffle(raffle.seed)
+                }),
         }
     }
 
@@ -369,6 +393,7 @@ impl DealState {
             buyers: self.stock.buyers(),
             shares: self.shares.load(Ordering::Relaxed),
             paused: self.paused(),
+            raffle: self.raffle.as_deref().map(Raffle::snapshot),
         }
     }
 }

@@ -25,8 +25,8 @@ use crate::event::{Event, EventSink, Fingerprint, ReleaseReason, fingerprint};
 use crate::ids::{self, DealId, HoldId, MerchantId, OrderId, ShopperId};
 use crate::money::Money;
 use crate::records::{
-    DealSpec, DealView, Hold, HoldStatus, Merchant, Order, Rating, Review, Shopper, StockCounts,
-    Wallet,
+    Allocation, DealSpec, DealView, Hold, HoldStatus, Merchant, Order, Rating, Review, Shopper,
+    StockCounts, Wallet,
 };
 use crate::shard::{IdempotencyRecord, Outcome, Request, Shard, ShardBounds};
 
@@ -99,6 +99,8 @@ pub struct NewDeal {
     pub ends_at: Timestamp,
     pub requires_registration: bool,
     pub hold_seconds: Option<u32>,
+    /// First come, or a raffle with the seed the caller drew from its RNG.
+    pub allocation: Allocation,
 }
 
 /// A page position in an order listing, opaque to clients.
@@ -257,7 +259,15 @@ impl Engine {
         self.shards.get(shard).map(|shard| shard.lock())
     }
 
-    fn deal_state(&self, deal: DealId) -> Result<&DealState, EngineError> {
+    pub(crate) fn sink(&self) -> &dyn EventSink {
+        &*self.sink
+    }
+
+    pub(crate) fn bounds(&self) -> &ShardBounds {
+        &self.bounds
+    }
+
+    pub(crate) fn deal_state(&self, deal: DealId) -> Result<&DealState, EngineError> {
         self.deals
             .get(deal.0)
             .ok_or(EngineError::NotFound(Entity::Deal))
@@ -573,11 +583,17 @@ impl Engine {
                 bound: "deals_per_shopper_max",
             });
         }
-        self.sink.emit(Event::Registered {
+        let event = Event::Registered {
             deal: id,
             shopper,
             at: now,
-        });
+        };
+        match deal.raffle.as_deref() {
+            // A raffle's list takes the event under its own leaf lock, so the
+            // draw that closes the list comes after it in the journal.
+            Some(raffle) => raffle.enrol(shopper, || self.sink.emit(event))?,
+            None => self.sink.emit(event),
+        }
         account.units_mut(id).registered = true;
         deal.add_registration();
         Ok(true)
@@ -647,6 +663,12 @@ impl Engine {
     ) -> Result<(Reserved, Answer), EngineError> {
         check_reservation(quantity, key)?;
         let deal = self.deal_state(id)?;
+        if deal.raffle.is_some() {
+            return Err(invalid(
+                "allocation",
+                "is raffle: units go to the draw's ranks as holds, paid with POST /v1/holds/{id}/payment",
+            ));
+        }
         // Fast path: a sold-out deal refuses a shopper with no record on it
         // with one load of the flag (and one of the filter): no lock, not
         // even a clock read. Ended, paused and not started deals refuse the
@@ -731,16 +753,7 @@ impl Engine {
         }
         // From here on nothing can fail: the stock is taken.
         let reserved = if is_hold {
-            let hold = Hold {
-                id: shard.next_hold_id(),
-                deal: id,
-                shopper,
-                quantity,
-                amount,
-                created_at: now,
-                expires_at: now.plus_seconds(deal.hold_seconds),
-                status: HoldStatus::Active,
-            };
+            let hold = new_hold(shard, deal, shopper, quantity, amount, now);
             commit_hold(shard, deal, hold.clone(), key, &*self.sink);
             Reserved::Hold(hold)
         } else {
@@ -778,6 +791,10 @@ impl Engine {
     /// hold stays active). After expiry: honoured as a late order if the deal is still on
     /// and the stock, funds and limit allow; otherwise `HoldExpired` and
     /// nothing is charged.
+    ///
+    /// A raffle's hold follows the same rules. An expired one refused late
+    /// payment (a paused or ended deal, a capacity bound) leaves its units
+    /// to the draw's periodic step (`run_draws`), which passes them on.
     pub fn pay_hold(&self, shopper: ShopperId, id: HoldId) -> Result<Order, EngineError> {
         let now = self.now();
         let mut guard = self
@@ -865,7 +882,11 @@ impl Engine {
                     now,
                     &*self.sink,
                 );
-                Ok(shard.holds[position].clone())
+                let released = shard.holds[position].clone();
+                drop(guard);
+                // A raffle's units go to its next ranks at once.
+                self.refill_raffle(deal);
+                Ok(released)
             }
         }
     }
@@ -876,6 +897,7 @@ impl Engine {
     pub fn expire_holds(&self) -> usize {
         let now = self.now();
         let mut expired = 0;
+        let mut raffle_expired = false;
         for shard in self.shards.iter() {
             let mut shard = shard.lock();
             for _ in 0..self.config.expiry_batch_max {
@@ -892,6 +914,7 @@ impl Engine {
                     .deals
                     .get(shard.holds[position].deal.0)
                     .expect("a hold's deal exists");
+                raffle_expired |= deal.raffle.is_some();
                 release(
                     &mut shard,
                     deal,
@@ -902,6 +925,11 @@ impl Engine {
                 );
                 expired += 1;
             }
+        }
+        if raffle_expired {
+            // The units of expired raffle holds go to the next ranks in
+            // this same call, one deal's draw lock at a time.
+            self.refill_raffles();
         }
         expired
     }
@@ -1195,6 +1223,13 @@ pub fn validate_deal(new: NewDeal, now: Timestamp) -> Result<DealSpec, EngineErr
     if hold_seconds == 0 || hold_seconds > HOLD_SECONDS_MAX {
         return Err(invalid("hold_seconds", "must be from 1 to 86400"));
     }
+    // Issue #14: a raffle ranks its registrants, so it needs them.
+    if matches!(new.allocation, Allocation::Raffle(_)) && !new.requires_registration {
+        return Err(invalid(
+            "requires_registration",
+            "must be true for a raffle (allocation: raffle)",
+        ));
+    }
     Ok(DealSpec {
         title: new.title,
         price: new.price,
@@ -1204,6 +1239,7 @@ pub fn validate_deal(new: NewDeal, now: Timestamp) -> Result<DealSpec, EngineErr
         ends_at: new.ends_at,
         requires_registration: new.requires_registration,
         hold_seconds,
+        allocation: new.allocation,
     })
 }
 
@@ -1269,12 +1305,7 @@ pub(crate) fn commit_hold(
     key: Fingerprint,
     sink: &dyn EventSink,
 ) {
-    assert_eq!(
-        hold.id,
-        shard.next_hold_id(),
-        "holds are appended in id order"
-    );
-    reserve_for(shard, deal, &hold);
+    place_hold(shard, deal, &hold);
     let record = IdempotencyRecord {
         request: Request::Hold {
             deal: hold.deal,
@@ -1284,15 +1315,46 @@ pub(crate) fn commit_hold(
         created_at: hold.created_at,
     };
     let shopper = hold.shopper;
-    sink.emit(Event::HoldCreated {
-        hold: hold.clone(),
-        key,
-    });
-    shard.expiries.insert((hold.expires_at, hold.id));
-    shard.holds.push(hold);
+    sink.emit(Event::HoldCreated { hold, key });
     shard.remember(shopper, key, record);
     deal.records.insert(shopper);
     shard.assert_account(shopper);
+}
+
+/// The next active hold of `shard` for `quantity` units of `deal` costing
+/// `amount`, made at `now` and lasting the deal's `hold_seconds`.
+pub(crate) fn new_hold(
+    shard: &Shard,
+    deal: &DealState,
+    shopper: ShopperId,
+    quantity: u32,
+    amount: Money,
+    now: Timestamp,
+) -> Hold {
+    Hold {
+        id: shard.next_hold_id(),
+        deal: deal.id,
+        shopper,
+        quantity,
+        amount,
+        created_at: now,
+        expires_at: now.plus_seconds(deal.hold_seconds),
+        status: HoldStatus::Active,
+    }
+}
+
+/// Places a hold whose stock is already taken: its funds and units
+/// reserved, the hold stored and its expiry scheduled. Shared by a shopper's
+/// hold ([`commit_hold`]) and a raffle's offer (`crate::draw`).
+pub(crate) fn place_hold(shard: &mut Shard, deal: &DealState, hold: &Hold) {
+    assert_eq!(
+        hold.id,
+        shard.next_hold_id(),
+        "holds are appended in id order"
+    );
+    reserve_for(shard, deal, hold);
+    shard.expiries.insert((hold.expires_at, hold.id));
+    shard.holds.push(hold.clone());
 }
 
 /// Moves a hold's amount from available to held funds and its units to

@@ -13,6 +13,8 @@ pub enum Entity {
     Deal,
     Hold,
     Order,
+    /// A deal's draw: a first-come deal has none.
+    Draw,
 }
 
 impl Entity {
@@ -23,6 +25,7 @@ impl Entity {
             Entity::Deal => "deal",
             Entity::Hold => "hold",
             Entity::Order => "order",
+            Entity::Draw => "draw",
         }
     }
 }

@@ -99,6 +99,23 @@ pub enum Event {
         deal: DealId,
         at: Timestamp,
     },
+    /// A raffle's draw ran: its registrant list closed (every `Registered`
+    /// of the deal comes before this) and was ranked from the seed.
+    DrawRun {
+        deal: DealId,
+        at: Timestamp,
+    },
+    /// The next place of a raffle's ranking got this hold.
+    DrawOffered {
+        hold: Hold,
+    },
+    /// The next place of a raffle's ranking was passed over: its wallet
+    /// could not cover the hold.
+    DrawPassedOver {
+        deal: DealId,
+        shopper: ShopperId,
+        at: Timestamp,
+    },
 }
 
 /// Where the engine sends its events. Called with a shard lock held: an

@@ -11,6 +11,7 @@
 //! - [`deal`](crate::deal) (private): the lock-free deal table, stock
 //!   counters and sold-out flag.
 //! - [`shard`](crate::shard) (private): per-shopper state behind one lock.
+//! - [`draw`]: raffle deals: the ranking rule, the draw, the waitlist.
 //! - [`replay`]: rebuilding state from a [`Snapshot`] and events.
 //! - [`event`], [`records`], [`money`], [`ids`], [`clock`], [`error`]: the
 //!   vocabulary.
@@ -24,6 +25,7 @@
 
 pub mod clock;
 mod deal;
+pub mod draw;
 pub mod engine;
 pub mod error;
 pub mod event;
@@ -34,6 +36,10 @@ pub mod replay;
 mod shard;
 
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
+pub use draw::{
+    DRAW_OFFERS_PER_STEP, Digest, DrawRecord, DrawResult, DrawSeed, DrawStanding, OfferedRank,
+    Ranker, Ranking, registrants_hash,
+};
 pub use engine::{
     Answer, DealChange, Engine, EngineConfig, NewDeal, OrderCursor, OrderPage, check_credit,
     check_name, check_reservation, check_review, validate_deal,
@@ -45,8 +51,8 @@ pub use event::{
 pub use ids::{DealId, HoldId, MerchantId, OrderId, ShopperId};
 pub use money::{MONEY_ACCEPTS, MONEY_MAX, Money};
 pub use records::{
-    DealSpec, DealStatus, DealView, Hold, HoldStatus, Merchant, Order, Rating, Review, Shopper,
-    StockCounts, Wallet,
+    Allocation, DealSpec, DealStatus, DealView, Hold, HoldStatus, Merchant, Order, RaffleView,
+    Rating, Review, Shopper, StockCounts, Wallet,
 };
 pub use replay::Snapshot;
 pub use shard::IDEMPOTENCY_RETENTION_MILLIS;

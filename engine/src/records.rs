@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::clock::Timestamp;
+use crate::draw::{Digest, DrawSeed};
 use crate::ids::{DealId, HoldId, MerchantId, OrderId, ShopperId};
 use crate::money::Money;
 
@@ -18,6 +19,39 @@ pub struct DealSpec {
     pub ends_at: Timestamp,
     pub requires_registration: bool,
     pub hold_seconds: u32,
+    /// Who gets the stock: first come, or a raffle with its secret seed.
+    pub allocation: Allocation,
+}
+
+/// How a deal's stock goes to shoppers (issue #14): `first_come` (buys and
+/// holds, first come first served) or `raffle` (registered shoppers are
+/// ranked by the draw at `starts_at`, the first ranks get holds; see
+/// [`crate::draw`]). The raffle carries its seed, chosen by the gateway from
+/// the OS RNG: the engine draws no randomness.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Allocation {
+    #[default]
+    FirstCome,
+    Raffle(DrawSeed),
+}
+
+impl Allocation {
+    /// The API's name of the allocation: `first_come` or `raffle`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Allocation::FirstCome => "first_come",
+            Allocation::Raffle(_) => "raffle",
+        }
+    }
+}
+
+/// What the public sees of a raffle on its deal: the seed's commitment
+/// (SHA-256 of the seed) from creation on, the seed itself once drawn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RaffleView {
+    pub commitment: Digest,
+    /// `Some` once the draw has run (at or after `starts_at`).
+    pub seed: Option<DrawSeed>,
 }
 
 /// A deal's state as the clock and its counters say now.
@@ -76,6 +110,8 @@ pub struct DealView {
     pub ends_at: Timestamp,
     pub requires_registration: bool,
     pub hold_seconds: u32,
+    /// `Some` for a raffle deal: its commitment, and its seed once drawn.
+    pub raffle: Option<RaffleView>,
     pub created_at: Timestamp,
     pub paused: bool,
     pub counts: StockCounts,

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::clock::Timestamp;
 use crate::deal::{DealCounters, DealState, MerchantState};
+use crate::draw::RaffleSnapshot;
 use crate::engine::{Engine, commit_hold, commit_order, release, settle, settle_late};
 use crate::error::EngineError;
 use crate::event::{DiscardEvents, Event};
@@ -41,6 +42,7 @@ struct DealSnapshot {
     buyers: u64,
     shares: u64,
     paused: bool,
+    raffle: Option<RaffleSnapshot>,
 }
 
 fn inconsistent(reason: &'static str) -> EngineError {
@@ -131,8 +133,19 @@ impl Engine {
                     .accounts
                     .get_mut(shopper)
                     .ok_or(inconsistent("registration of an unknown shopper"))?;
+                // Shard, then the raffle's enrolment leaf: the live order.
+                self.replay_enrol(state, *shopper)?;
                 account.units_mut(*deal).registered = true;
                 state.add_registration();
+            }
+            Event::DrawRun { deal, .. } => {
+                self.replay_draw_run(self.replay_deal(*deal)?)?;
+            }
+            Event::DrawOffered { hold } => {
+                self.replay_offer(self.replay_deal(hold.deal)?, hold.shopper, Some(hold))?;
+            }
+            Event::DrawPassedOver { deal, shopper, .. } => {
+                self.replay_offer(self.replay_deal(*deal)?, *shopper, None)?;
             }
             Event::HoldCreated { hold, key } => {
                 let deal = self.replay_deal(hold.deal)?;
@@ -276,6 +289,7 @@ impl Engine {
                     buyers,
                     shares,
                     paused,
+                    raffle,
                 } = deal.counters();
                 DealSnapshot {
                     id: deal.id,
@@ -287,6 +301,7 @@ impl Engine {
                     buyers,
                     shares,
                     paused,
+                    raffle,
                 }
             })
             .collect();
@@ -321,6 +336,7 @@ impl Engine {
                 buyers: deal.buyers,
                 shares: deal.shares,
                 paused: deal.paused,
+                raffle: deal.raffle,
             };
             if !self.deal_table().publish(
                 deal.id.0,

@@ -434,6 +434,7 @@ fn setup() -> Run {
             ends_at: NOON.plus_millis(ends_in),
             requires_registration: registration,
             hold_seconds: Some(hold_seconds),
+            allocation: flashsale_engine::Allocation::FirstCome,
         };
         deals.push(world.engine.create_deal(world.merchant, new).unwrap().id);
         model_deals.push(MDeal {

@@ -166,6 +166,9 @@ impl App {
             Endpoint::ListOrders => handlers::list_orders(self, parts).await,
             Endpoint::GetWallet => handlers::get_wallet(self, parts).await,
             Endpoint::Register => handlers::register(self, parts, id).await,
+            Endpoint::GetDraw => handlers::get_draw(self, parts, id).await,
+            Endpoint::GetDrawMe => handlers::get_draw_me(self, parts, id).await,
+            Endpoint::GetDrawRegistrants => handlers::get_draw_registrants(self, parts, id).await,
             Endpoint::CreateMerchant => handlers::create_merchant(self, parts, &body).await,
             Endpoint::CreateShopper => handlers::create_shopper(self, &body, peer).await,
             Endpoint::CreateShoppersBulk => {

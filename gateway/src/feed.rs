@@ -6,7 +6,7 @@
 //! reads every tracked deal's numbers every [`FEED_SAMPLE_INTERVAL`]
 //! (lock-free loads in the engine: the deal table, its atomics, the
 //! merchant's rating), compares them with the last sample, and for each
-//! card that changed renders its SSE frame once (`event: deal`, `id`, `data:
+//! card that changed renders its SSE frame once (`event: deal`, or `draw` when a raffle has just been drawn, `id`, `data:
 //! <card JSON>`). It then publishes an immutable [`FeedSnapshot`] (every
 //! tracked card and the sequence number at which it last changed) through a
 //! `tokio::sync::watch` channel. Changes are therefore coalesced to at most
@@ -298,6 +298,8 @@ struct Numbers {
     status: DealStatus,
     ends_at: i64,
     rating: Option<Rating>,
+    /// A raffle whose draw has run (its seed is revealed).
+    drawn: bool,
 }
 
 impl Numbers {
@@ -310,6 +312,7 @@ impl Numbers {
             status: deal.status,
             ends_at: deal.ends_at.millis(),
             rating,
+            drawn: deal.raffle.is_some_and(|raffle| raffle.seed.is_some()),
         }
     }
 }
@@ -396,7 +399,15 @@ impl Sampler {
                         .map_or_else(|| Arc::from(""), Arc::from)
                 })
                 .clone();
-            let Some(frame) = render(seq, &CardJson::new(deal, &name, rating)) else {
+            // The sample that first sees a raffle drawn says so with a `draw`
+            // event (the card then carries the revealed seed); any other
+            // change is a `deal` event.
+            let event = if numbers.drawn && known.is_none_or(|tracked| !tracked.numbers.drawn) {
+                "draw"
+            } else {
+                "deal"
+            };
+            let Some(frame) = render(seq, event, &CardJson::new(deal, &name, rating)) else {
                 continue;
             };
             let ended_at = (!open).then_some(now);
@@ -438,9 +449,10 @@ impl Sampler {
     }
 }
 
-/// One `deal` event; `None` (logged) if the card fails to serialize.
-fn render(seq: u64, card: &CardJson<'_>) -> Option<Bytes> {
-    let mut frame = format!("event: deal\nid: {seq}\ndata: ").into_bytes();
+/// One `deal` or `draw` event; `None` (logged) if the card fails to
+/// serialize.
+fn render(seq: u64, event: &str, card: &CardJson<'_>) -> Option<Bytes> {
+    let mut frame = format!("event: {event}\nid: {seq}\ndata: ").into_bytes();
     if let Err(error) = serde_json::to_writer(&mut frame, card) {
         // invariant: cards hold strings, numbers and bools only.
         tracing::error!(%error, "a feed card failed to serialize");
@@ -498,6 +510,7 @@ mod tests {
                     ends_at: Timestamp::from_millis(ends_at),
                     requires_registration: false,
                     hold_seconds: None,
+                    allocation: flashsale_engine::Allocation::FirstCome,
                 },
             )
             .unwrap()
@@ -522,6 +535,66 @@ mod tests {
         let frame = std::str::from_utf8(&snapshot.cards[1].frame).unwrap();
         assert!(frame.starts_with("event: deal\nid: 2\ndata: {"), "{frame}");
         assert!(frame.ends_with("}\n\n"), "{frame}");
+    }
+
+    #[test]
+    fn a_raffle_just_drawn_is_a_draw_event_then_deal_events_again() {
+        let (clock, engine) = engine();
+        let merchant = engine.create_merchant("acme").unwrap().id;
+        let raffle = engine
+            .create_deal(
+                merchant,
+                NewDeal {
+                    title: "Raffle".into(),
+                    price: Money::from_fen(100).unwrap(),
+                    stock: 1,
+                    per_user_limit: None,
+                    starts_at: Timestamp::from_millis(2_000_000),
+                    ends_at: Timestamp::from_millis(9_000_000),
+                    requires_registration: true,
+                    hold_seconds: None,
+                    allocation: flashsale_engine::Allocation::Raffle(flashsale_engine::DrawSeed(
+                        [1; 32],
+                    )),
+                },
+            )
+            .unwrap()
+            .id;
+        let shopper = engine
+            .create_shoppers(1, Money::from_fen(100).unwrap())
+            .unwrap()[0];
+        engine.register(shopper, raffle).unwrap();
+        let mut sampler = Sampler::new();
+        let now = Instant::now();
+        let frame =
+            |snapshot: &FeedSnapshot| String::from_utf8(snapshot.cards[0].frame.to_vec()).unwrap();
+        let before = sampler.sample(&engine, now).expect("a first snapshot");
+        assert!(frame(&before).starts_with("event: deal\n"));
+        assert!(!frame(&before).contains("\"seed\""), "the seed is secret");
+        clock.advance_millis(1_000_000);
+        assert!(engine.run_draws() > 0);
+        let drawn = sampler.sample(&engine, now).expect("the draw ran");
+        assert!(
+            frame(&drawn).starts_with("event: draw\n"),
+            "{}",
+            frame(&drawn)
+        );
+        assert!(
+            frame(&drawn).contains("\"seed\":\"0101"),
+            "{}",
+            frame(&drawn)
+        );
+        let hold = engine.draw_standing(shopper, raffle).unwrap();
+        let flashsale_engine::DrawStanding::Won { hold, .. } = hold else {
+            panic!("the only registrant wins: {hold:?}");
+        };
+        engine.pay_hold(shopper, hold.id).unwrap();
+        let paid = sampler.sample(&engine, now).expect("the numbers moved");
+        assert!(
+            frame(&paid).starts_with("event: deal\n"),
+            "{}",
+            frame(&paid)
+        );
     }
 
     #[test]

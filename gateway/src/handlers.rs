@@ -17,8 +17,8 @@
 use std::borrow::Cow;
 
 use flashsale_engine::{
-    Answer, DealChange, DealId, DealStatus, Entity, HoldId, MerchantId, NewDeal, OrderCursor,
-    OrderId, Rating, ShopperId,
+    Allocation, Answer, DealChange, DealId, DealStatus, DrawSeed, Entity, HoldId, MerchantId,
+    NewDeal, OrderCursor, OrderId, Rating, ShopperId,
 };
 use hyper::StatusCode;
 use hyper::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderName, HeaderValue};
@@ -31,9 +31,10 @@ use crate::error::Error;
 use crate::feed::FeedBody;
 use crate::store::redis::DurabilityMode;
 use crate::wire::{
-    AccountJson, BulkShoppersBody, CardJson, CreditBody, DealChangeBody, DealJson, HoldJson,
-    MerchantJson, NameBody, NewDealBody, OrderJson, QuantityBody, RatingJson, ReviewBody,
-    ReviewJson, Text, WalletJson, json, parse_id, parse_json, parse_money, parse_time, text,
+    AccountJson, AllocationName, BulkShoppersBody, CardJson, CreditBody, DealChangeBody, DealJson,
+    DrawJson, DrawMeJson, HoldJson, MerchantJson, NameBody, NewDealBody, OrderJson, QuantityBody,
+    RatingJson, ReviewBody, ReviewJson, Text, WalletJson, json, parse_id, parse_json, parse_money,
+    parse_time, text,
 };
 
 static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
@@ -127,6 +128,81 @@ pub(crate) async fn release_hold(
 }
 
 /// `POST /v1/deals/{id}/registrations`: 201 when new, 200 when already.
+/// Offered ranks or registrants per page of the draw's record: default
+/// and largest.
+const DRAW_PAGE_DEFAULT: usize = 1_000;
+const DRAW_PAGE_MAX: usize = 10_000;
+
+/// `cursor` and `limit` of a draw page (`cursor` is a position).
+fn draw_page(parts: &Parts) -> Result<(u64, usize), Error> {
+    let mut from = 0;
+    let mut limit = DRAW_PAGE_DEFAULT;
+    for (name, value) in query(parts) {
+        match &*name {
+            "cursor" => {
+                from = value
+                    .parse()
+                    .map_err(|_| Error::BadRequest(Cow::Borrowed("cursor is not a draw cursor")))?
+            }
+            "limit" => limit = parse_limit(&value, DRAW_PAGE_MAX)?,
+            other => return Err(unknown_parameter(other, "cursor, limit")),
+        }
+    }
+    Ok((from, limit))
+}
+
+/// `GET /v1/deals/{id}/draw` (anyone): a raffle's public record (issue
+/// #14): the seed commitment; once drawn the seed, the registrant count
+/// and hash, and a page of the offered ranks in offer order.
+pub(crate) async fn get_draw(app: &App, parts: &Parts, deal: &str) -> Result<HttpResponse, Error> {
+    let deal: DealId = parse_id(deal, Entity::Deal)?;
+    let (from, limit) = draw_page(parts)?;
+    let record = app.store.draw_record(deal, from, limit).await?;
+    Ok(json(StatusCode::OK, &DrawJson::new(deal, record)))
+}
+
+/// `GET /v1/deals/{id}/draw/registrants` (anyone, after the draw): a page
+/// of the registrants' public ids in text order, so anyone can recompute
+/// the ranking; `425 not_started` before the draw.
+pub(crate) async fn get_draw_registrants(
+    app: &App,
+    parts: &Parts,
+    deal: &str,
+) -> Result<HttpResponse, Error> {
+    let deal: DealId = parse_id(deal, Entity::Deal)?;
+    let (from, limit) = draw_page(parts)?;
+    let (shoppers, next) = app.store.draw_registrants(deal, from, limit).await?;
+    #[derive(Serialize)]
+    struct Registrants {
+        deal_id: Text<DealId>,
+        registrants: Vec<Text<ShopperId>>,
+        next_cursor: Option<String>,
+    }
+    Ok(json(
+        StatusCode::OK,
+        &Registrants {
+            deal_id: Text(deal),
+            registrants: shoppers.into_iter().map(Text).collect(),
+            next_cursor: next.map(|next| next.to_string()),
+        },
+    ))
+}
+
+/// `GET /v1/deals/{id}/draw/me` (shopper): the caller's own result.
+pub(crate) async fn get_draw_me(
+    app: &App,
+    parts: &Parts,
+    deal: &str,
+) -> Result<HttpResponse, Error> {
+    let shopper = app.shopper(parts)?;
+    let deal: DealId = parse_id(deal, Entity::Deal)?;
+    let standing = app.store.draw_standing(shopper, deal).await?;
+    Ok(json(
+        StatusCode::OK,
+        &DrawMeJson::new(deal, shopper, standing),
+    ))
+}
+
 pub(crate) async fn register(app: &App, parts: &Parts, deal: &str) -> Result<HttpResponse, Error> {
     let shopper = app.shopper(parts)?;
     let deal: DealId = parse_id(deal, Entity::Deal)?;
@@ -266,13 +342,25 @@ pub(crate) async fn create_deal(
 ) -> Result<HttpResponse, Error> {
     let merchant = app.merchant(parts)?;
     let deal: NewDealBody = parse_json(body)?;
+    let allocation = deal.allocation.as_deref().map(AllocationName::parse);
+    let raffle = allocation.transpose()? == Some(AllocationName::Raffle);
+    let allocation = if raffle {
+        // Issue #14: the seed is the gateway's, from the OS RNG; the engine
+        // draws no randomness. Only its commitment is public until the draw.
+        let mut seed = [0; 32];
+        getrandom::fill(&mut seed).map_err(Error::Random)?;
+        Allocation::Raffle(DrawSeed(seed))
+    } else {
+        Allocation::FirstCome
+    };
     let new = NewDeal {
+        allocation,
         price: parse_money(&deal.price, "price")?,
         stock: deal.stock,
         per_user_limit: deal.per_user_limit,
         starts_at: parse_time(&deal.starts_at, "starts_at")?,
         ends_at: parse_time(&deal.ends_at, "ends_at")?,
-        requires_registration: deal.requires_registration,
+        requires_registration: deal.requires_registration.unwrap_or(raffle),
         hold_seconds: deal.hold_seconds,
         title: deal.title,
     };
@@ -298,6 +386,22 @@ pub(crate) async fn patch_deal(
     let deal: DealId = parse_id(deal, Entity::Deal)?;
     let change: DealChangeBody = parse_json(body)?;
     change.check_not_empty()?;
+    if let Some(asked) = change.allocation.as_deref() {
+        let asked = AllocationName::parse(asked)?;
+        // Issue #14: registrations open when a deal is posted, and a draw
+        // ranks exactly those registrants, so the allocation never changes.
+        let current = app.store.deal(deal).await?;
+        if current.merchant != merchant {
+            return Err(Error::Forbidden("only the deal's merchant may change it"));
+        }
+        let is_raffle = current.raffle.is_some();
+        if (asked == AllocationName::Raffle) != is_raffle {
+            return Err(Error::Invalid {
+                field: "allocation",
+                reason: "cannot change once the deal is posted: its registrations are open",
+            });
+        }
+    }
     let change = DealChange {
         add_stock: change.add_stock,
         ends_at: change

@@ -23,6 +23,9 @@ pub(crate) enum Endpoint {
     Feed,
     FeedStream,
     Register,
+    GetDraw,
+    GetDrawMe,
+    GetDrawRegistrants,
     Buy,
     CreateHold,
     PayHold,
@@ -41,7 +44,7 @@ pub(crate) enum Endpoint {
 }
 
 impl Endpoint {
-    pub(crate) const ALL: [Endpoint; 26] = [
+    pub(crate) const ALL: [Endpoint; 29] = [
         Endpoint::CreateMerchant,
         Endpoint::CreateShopper,
         Endpoint::CreateShoppersBulk,
@@ -53,6 +56,9 @@ impl Endpoint {
         Endpoint::Feed,
         Endpoint::FeedStream,
         Endpoint::Register,
+        Endpoint::GetDraw,
+        Endpoint::GetDrawMe,
+        Endpoint::GetDrawRegistrants,
         Endpoint::Buy,
         Endpoint::CreateHold,
         Endpoint::PayHold,
@@ -84,6 +90,9 @@ impl Endpoint {
             Endpoint::Feed => "GET /v1/feed",
             Endpoint::FeedStream => "GET /v1/feed/stream",
             Endpoint::Register => "POST /v1/deals/{id}/registrations",
+            Endpoint::GetDraw => "GET /v1/deals/{id}/draw",
+            Endpoint::GetDrawMe => "GET /v1/deals/{id}/draw/me",
+            Endpoint::GetDrawRegistrants => "GET /v1/deals/{id}/draw/registrants",
             Endpoint::Buy => "POST /v1/deals/{id}/orders",
             Endpoint::CreateHold => "POST /v1/deals/{id}/holds",
             Endpoint::PayHold => "POST /v1/holds/{id}/payment",
@@ -177,7 +186,7 @@ pub(crate) struct Matched<'p> {
 
 impl Router {
     pub(crate) fn new() -> Router {
-        let table: [(&str, PathRoutes); 22] = [
+        let table: [(&str, PathRoutes); 25] = [
             (
                 "/v1/merchants",
                 PathRoutes {
@@ -287,6 +296,30 @@ impl Router {
                 "/merchant",
                 PathRoutes {
                     get: Some(Endpoint::MerchantPage),
+                    allow: "GET",
+                    ..NONE
+                },
+            ),
+            (
+                "/v1/deals/{id}/draw",
+                PathRoutes {
+                    get: Some(Endpoint::GetDraw),
+                    allow: "GET",
+                    ..NONE
+                },
+            ),
+            (
+                "/v1/deals/{id}/draw/me",
+                PathRoutes {
+                    get: Some(Endpoint::GetDrawMe),
+                    allow: "GET",
+                    ..NONE
+                },
+            ),
+            (
+                "/v1/deals/{id}/draw/registrants",
+                PathRoutes {
+                    get: Some(Endpoint::GetDrawRegistrants),
                     allow: "GET",
                     ..NONE
                 },

@@ -371,7 +371,13 @@ pub async fn spawn(config: Config) -> Result<RunningServer, Error> {
     })
 }
 
-/// Expires holds on the real clock; trims limiter maps; drains metrics.
+/// Draw steps one housekeeping tick runs at most (each at most
+/// `DRAW_OFFERS_PER_STEP` offers per deal): 100,000 winners' holds take
+/// about 100 steps, so a draw finishes within a tick or two.
+const DRAW_STEPS_PER_TICK_MAX: usize = 256;
+
+/// Expires holds on the real clock; runs due draws and refills raffles;
+/// trims limiter maps; drains metrics.
 async fn housekeeping(app: Arc<App>, expiry_interval: Duration) {
     let mut ticker = tokio::time::interval(expiry_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -386,6 +392,21 @@ async fn housekeeping(app: Arc<App>, expiry_interval: Duration) {
                     tracing::warn!(
                         error = &error as &dyn std::error::Error,
                         "expiring holds failed; trying again next tick"
+                    );
+                    break;
+                }
+            }
+        }
+        // Raffles (issue #14): due draws, then units left to the next ranks,
+        // one bounded step at a time so other deals' buys never wait long.
+        for _ in 0..DRAW_STEPS_PER_TICK_MAX {
+            match app.store.run_draws().await {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::warn!(
+                        error = &error as &dyn std::error::Error,
+                        "a draw step failed; trying again next tick"
                     );
                     break;
                 }

@@ -18,8 +18,9 @@ pub(crate) mod memory;
 pub(crate) mod redis;
 
 use flashsale_engine::{
-    Answer, DealChange, DealId, DealView, HoldId, Merchant, MerchantId, Money, NewDeal, Order,
-    OrderCursor, OrderId, OrderPage, Rating, Review, Shopper, ShopperId, Timestamp, Wallet,
+    Answer, DealChange, DealId, DealView, DrawRecord, DrawStanding, HoldId, Merchant, MerchantId,
+    Money, NewDeal, Order, OrderCursor, OrderId, OrderPage, Rating, Review, Shopper, ShopperId,
+    Timestamp, Wallet,
 };
 
 pub(crate) use self::memory::MemoryStore;
@@ -153,6 +154,44 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<DealView>, Error> {
         dispatch!(self, store => store.deals_newest_first(before, limit).await)
+    }
+
+    /// A raffle's public record with one page of its offered ranks
+    /// (engine: `draw_record`); `NotFound(Draw)` on a first-come deal.
+    pub(crate) async fn draw_record(
+        &self,
+        deal: DealId,
+        from: u64,
+        limit: usize,
+    ) -> Result<DrawRecord, Error> {
+        dispatch!(self, store => store.draw_record(deal, from, limit).await)
+    }
+
+    /// One page of a drawn raffle's registrants in text order, and where
+    /// the next starts (engine: `draw_registrants`).
+    pub(crate) async fn draw_registrants(
+        &self,
+        deal: DealId,
+        from: u64,
+        limit: usize,
+    ) -> Result<(Vec<ShopperId>, Option<u64>), Error> {
+        dispatch!(self, store => store.draw_registrants(deal, from, limit).await)
+    }
+
+    /// A shopper's own result in a raffle (engine: `draw_standing`).
+    pub(crate) async fn draw_standing(
+        &self,
+        shopper: ShopperId,
+        deal: DealId,
+    ) -> Result<DrawStanding, Error> {
+        dispatch!(self, store => store.draw_standing(shopper, deal).await)
+    }
+
+    /// Runs due draws and passes units left to the next ranks: one bounded
+    /// step; how many draws and offers it made (more than zero: call
+    /// again).
+    pub(crate) async fn run_draws(&self) -> Result<usize, Error> {
+        dispatch!(self, store => store.run_draws().await)
     }
 
     /// `true` when newly registered, `false` when already.

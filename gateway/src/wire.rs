@@ -333,10 +333,35 @@ pub(crate) struct NewDealBody {
     pub per_user_limit: Option<u32>,
     pub starts_at: String,
     pub ends_at: String,
-    #[serde(default)]
-    pub requires_registration: bool,
+    /// Absent: `true` for a raffle, `false` otherwise.
+    pub requires_registration: Option<bool>,
     pub hold_seconds: Option<u32>,
+    pub allocation: Option<String>,
 }
+
+/// `allocation` as the API spells it (issue #14).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AllocationName {
+    FirstCome,
+    Raffle,
+}
+
+impl AllocationName {
+    /// `"first_come"` or `"raffle"`; anything else is `422 invalid`
+    /// naming `allocation`.
+    pub(crate) fn parse(text: &str) -> Result<AllocationName, Error> {
+        match text {
+            "first_come" => Ok(AllocationName::FirstCome),
+            "raffle" => Ok(AllocationName::Raffle),
+            _ => Err(Error::Invalid {
+                field: "allocation",
+                reason: ALLOCATION_ACCEPTS,
+            }),
+        }
+    }
+}
+
+const ALLOCATION_ACCEPTS: &str = "must be \"first_come\" or \"raffle\", or absent";
 
 impl RequestBody<'_> for NewDealBody {
     const FIELDS: &'static [Field] = &[
@@ -366,11 +391,15 @@ impl RequestBody<'_> for NewDealBody {
         },
         Field {
             name: "requires_registration",
-            accepts: "must be true or false",
+            accepts: "must be true or false, or absent",
         },
         Field {
             name: "hold_seconds",
             accepts: "must be a whole number from 1 to 86400, or absent",
+        },
+        Field {
+            name: "allocation",
+            accepts: ALLOCATION_ACCEPTS,
         },
     ];
 }
@@ -382,6 +411,9 @@ pub(crate) struct DealChangeBody {
     pub add_stock: Option<u64>,
     pub ends_at: Option<String>,
     pub paused: Option<bool>,
+    /// Accepted only as the deal's own allocation: registrations open
+    /// when a deal is posted, so it never changes after.
+    pub allocation: Option<String>,
 }
 
 impl RequestBody<'_> for DealChangeBody {
@@ -398,6 +430,10 @@ impl RequestBody<'_> for DealChangeBody {
             name: "paused",
             accepts: "must be true or false",
         },
+        Field {
+            name: "allocation",
+            accepts: ALLOCATION_ACCEPTS,
+        },
     ];
 }
 
@@ -405,7 +441,11 @@ impl DealChangeBody {
     /// A change that sets no field changes nothing: it is refused rather
     /// than answered 200 as if it had.
     pub(crate) fn check_not_empty(&self) -> Result<(), Error> {
-        if self.add_stock.is_none() && self.ends_at.is_none() && self.paused.is_none() {
+        if self.add_stock.is_none()
+            && self.ends_at.is_none()
+            && self.paused.is_none()
+            && self.allocation.is_none()
+        {
             return Err(Error::Invalid {
                 field: "body",
                 reason: "must set at least one of add_stock, ends_at, paused",
@@ -620,6 +660,8 @@ pub(crate) struct DealJson<'a> {
     ends_at: Rfc3339Utc,
     requires_registration: bool,
     hold_seconds: u32,
+    #[serde(flatten)]
+    raffle: RaffleJson,
     paused: bool,
     registrations: u64,
     buyers: u64,
@@ -645,6 +687,7 @@ impl<'a> From<&'a DealView> for DealJson<'a> {
             ends_at: Rfc3339Utc(deal.ends_at),
             requires_registration: deal.requires_registration,
             hold_seconds: deal.hold_seconds,
+            raffle: RaffleJson::of(deal),
             paused: deal.paused,
             registrations: deal.registrations,
             buyers: deal.buyers,
@@ -652,6 +695,155 @@ impl<'a> From<&'a DealView> for DealJson<'a> {
             popularity: deal.popularity(),
             status: deal.status.name(),
             created_at: Rfc3339Utc(deal.created_at),
+        }
+    }
+}
+
+/// A digest as 64 lowercase hex digits.
+pub(crate) struct Hex(pub flashsale_engine::Digest);
+
+impl Serialize for Hex {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&hex::encode(self.0))
+    }
+}
+
+/// A deal's allocation on its JSON and card: `allocation`, and for a raffle
+/// `seed_commitment` (hex SHA-256 of the seed) and, once drawn, `seed`.
+#[derive(Serialize)]
+pub(crate) struct RaffleJson {
+    allocation: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seed_commitment: Option<Hex>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seed: Option<Hex>,
+}
+
+impl RaffleJson {
+    fn of(deal: &DealView) -> RaffleJson {
+        RaffleJson {
+            allocation: if deal.raffle.is_some() {
+                "raffle"
+            } else {
+                "first_come"
+            },
+            seed_commitment: deal.raffle.map(|raffle| Hex(raffle.commitment)),
+            seed: deal
+                .raffle
+                .and_then(|raffle| raffle.seed)
+                .map(|seed| Hex(seed.0)),
+        }
+    }
+}
+
+/// `GET /v1/deals/{id}/draw`: the public record, one page of offers.
+#[derive(Serialize)]
+pub(crate) struct DrawJson {
+    deal_id: Text<flashsale_engine::DealId>,
+    seed_commitment: Hex,
+    drawn: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seed: Option<Hex>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    registrants: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    registrants_hash: Option<Hex>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    offers_total: Option<u64>,
+    /// Offered ranks in offer order, from `cursor`.
+    offers: Vec<OfferJson>,
+    next_cursor: Option<String>,
+}
+
+#[derive(Serialize)]
+pub(crate) struct OfferJson {
+    rank: Hex,
+    /// `hold` (a hold was offered) or `passed_over` (the wallet was short).
+    outcome: &'static str,
+}
+
+impl DrawJson {
+    pub(crate) fn new(
+        deal: flashsale_engine::DealId,
+        record: flashsale_engine::DrawRecord,
+    ) -> DrawJson {
+        let result = record.result;
+        DrawJson {
+            deal_id: Text(deal),
+            seed_commitment: Hex(record.commitment),
+            drawn: result.is_some(),
+            seed: result.as_ref().map(|result| Hex(result.seed.0)),
+            registrants: result.as_ref().map(|result| result.registrants),
+            registrants_hash: result.as_ref().map(|result| Hex(result.registrants_hash)),
+            offers_total: result.as_ref().map(|result| result.offers_total),
+            next_cursor: result
+                .as_ref()
+                .and_then(|result| result.next)
+                .map(|next| next.to_string()),
+            offers: result
+                .map(|result| result.offers)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|offer| OfferJson {
+                    rank: Hex(offer.rank),
+                    outcome: if offer.passed_over {
+                        "passed_over"
+                    } else {
+                        "hold"
+                    },
+                })
+                .collect(),
+        }
+    }
+}
+
+/// `GET /v1/deals/{id}/draw/me`: the caller's own result. `outcome` is
+/// `not_registered`, `pending` (before the draw), `won` (with `hold`),
+/// `passed_over`, `waitlisted` (with `waitlist_position`, 1 = next) or
+/// `not_drawn` (the deal ended or sold out before reaching this rank).
+#[derive(Serialize)]
+pub(crate) struct DrawMeJson {
+    deal_id: Text<flashsale_engine::DealId>,
+    shopper_id: Text<ShopperId>,
+    outcome: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rank: Option<Hex>,
+    /// 1-based place in the ranking.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    place: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    waitlist_position: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hold: Option<HoldJson>,
+}
+
+impl DrawMeJson {
+    pub(crate) fn new(
+        deal: flashsale_engine::DealId,
+        shopper: ShopperId,
+        standing: flashsale_engine::DrawStanding,
+    ) -> DrawMeJson {
+        use flashsale_engine::DrawStanding as S;
+        let (outcome, rank, place, waitlist_position, hold) = match standing {
+            S::NotRegistered => ("not_registered", None, None, None, None),
+            S::Pending => ("pending", None, None, None, None),
+            S::Won { rank, place, hold } => ("won", Some(rank), Some(place), None, Some(hold)),
+            S::PassedOver { rank, place } => ("passed_over", Some(rank), Some(place), None, None),
+            S::Waitlisted {
+                rank,
+                place,
+                position,
+            } => ("waitlisted", Some(rank), Some(place), Some(position), None),
+            S::NotDrawn { rank, place } => ("not_drawn", Some(rank), Some(place), None, None),
+        };
+        DrawMeJson {
+            deal_id: Text(deal),
+            shopper_id: Text(shopper),
+            outcome,
+            rank: rank.map(Hex),
+            place: place.map(|place| place + 1),
+            waitlist_position,
+            hold: hold.as_ref().map(HoldJson::from),
         }
     }
 }
@@ -670,6 +862,8 @@ pub(crate) struct CardJson<'a> {
     starts_at: Rfc3339Utc,
     ends_at: Rfc3339Utc,
     requires_registration: bool,
+    #[serde(flatten)]
+    raffle: RaffleJson,
     status: &'static str,
     /// Buyers + registrations + shares.
     popularity: u64,
@@ -768,6 +962,7 @@ impl<'a> CardJson<'a> {
             starts_at: Rfc3339Utc(deal.starts_at),
             ends_at: Rfc3339Utc(deal.ends_at),
             requires_registration: deal.requires_registration,
+            raffle: RaffleJson::of(deal),
             status: deal.status.name(),
             popularity: deal.popularity(),
             buyers: deal.buyers,
@@ -955,7 +1150,7 @@ mod tests {
         match parse_json::<NewDealBody>(br#"{"per_user_limt": 5}"#) {
             Err(Error::UnknownField { field, takes }) => {
                 assert_eq!(field, "per_user_limt");
-                assert_eq!(takes.len(), 8);
+                assert_eq!(takes.len(), 9);
             }
             other => panic!("{:?}", other.err()),
         }

@@ -24,7 +24,7 @@ use flashsale_engine::{Event, Snapshot};
 
 use crate::error::JournalError;
 
-pub(crate) const FORMAT_VERSION: u8 = 1;
+pub(crate) const FORMAT_VERSION: u8 = 2;
 const SEGMENT_MAGIC: [u8; 4] = *b"FSJL";
 const SNAPSHOT_MAGIC: [u8; 4] = *b"FSSN";
 pub(crate) const SEGMENT_HEADER_BYTES: u64 = 16;

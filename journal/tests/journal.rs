@@ -56,6 +56,7 @@ fn new_deal(title: &str, stock: u64, starts_at: Timestamp) -> NewDeal {
         ends_at: START.plus_seconds(3600),
         requires_registration: false,
         hold_seconds: Some(60),
+        allocation: flashsale_engine::Allocation::FirstCome,
     }
 }
 

@@ -64,6 +64,7 @@ mod scenario;
 mod spawn;
 mod steady;
 mod target;
+pub mod verify_draw;
 
 use std::process::ExitCode;
 use std::sync::Arc;

@@ -13,6 +13,10 @@
 //!   test panics with the same explanation, so a broken CI machine cannot
 //!   pass by skipping.
 //!
+//! It also keeps the one RFC 3339 spelling the end-to-end tests post times
+//! in ([`rfc3339`], [`rfc3339_from_now`]): the API takes RFC 3339 and the
+//! tests need no date crate for it.
+//!
 //! A service that is configured but does not answer (a `DATABASE_URL`
 //! nobody listens on) is never a skip: the test itself fails when it cannot
 //! connect.
@@ -232,5 +236,49 @@ mod tests {
             )
             .is_none()
         );
+    }
+}
+
+/// Now plus `offset_seconds`, as RFC 3339 UTC (`2026-11-21T12:00:00Z`).
+pub fn rfc3339_from_now(offset_seconds: i64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs());
+    rfc3339(i64::try_from(now).unwrap_or(i64::MAX / 2) + offset_seconds)
+}
+
+/// Seconds since 1970 as RFC 3339 UTC, by Howard Hinnant's `civil_from_days`.
+pub fn rfc3339(unix_seconds: i64) -> String {
+    let (days, seconds) = (
+        unix_seconds.div_euclid(86_400),
+        unix_seconds.rem_euclid(86_400),
+    );
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        seconds / 3_600,
+        seconds % 3_600 / 60,
+        seconds % 60
+    )
+}
+
+#[cfg(test)]
+mod time_tests {
+    use super::rfc3339;
+
+    #[test]
+    fn rfc3339_spells_known_instants() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(rfc3339(-1), "1969-12-31T23:59:59Z");
     }
 }

@@ -14,7 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
 
-use crate::helpers::{ADMIN, Account, TestServer, start, start_with};
+use crate::helpers::{Account, TestServer, start, start_with};
 
 /// How long any one expected event may take to arrive.
 const EVENT_WAIT: Duration = Duration::from_secs(10);
@@ -194,27 +194,6 @@ fn parse_event(block: &[u8]) -> Option<Event> {
     })
 }
 
-/// `count` shoppers with `credit` each, through the admin's bulk call.
-async fn shoppers(t: &TestServer, count: usize, credit: &str) -> Vec<Account> {
-    let bulk = t
-        .post(
-            "/v1/admin/shoppers",
-            Some(ADMIN),
-            &json!({ "count": count, "credit": credit }),
-        )
-        .await
-        .ok(201);
-    bulk["shoppers"]
-        .as_array()
-        .expect("shoppers")
-        .iter()
-        .map(|shopper| Account {
-            id: shopper["id"].as_str().expect("an id").to_owned(),
-            token: shopper["token"].as_str().expect("a token").to_owned(),
-        })
-        .collect()
-}
-
 /// Buys one unit per (shopper, key), `concurrency` at a time; the slowest
 /// answer. Every buy must be answered 201.
 async fn burst(
@@ -290,7 +269,7 @@ async fn a_burst_is_coalesced_into_a_few_events_and_the_last_carries_the_final_n
     let per_shopper = KEYS_PER_WAVE * WAVES_MAX;
     let stock = (SHOPPERS * per_shopper) as u64;
     let deal = t.deal(&merchant, "0.01", stock, per_shopper as u32).await;
-    let buyers = shoppers(&t, SHOPPERS, "10.00").await;
+    let buyers = t.bulk_shoppers(SHOPPERS, "10.00").await;
 
     let mut sse = Sse::connect(t.addr(), None).await;
     let first = sse.until(&deal, |card| card["sold"] == 0).await;
@@ -408,7 +387,7 @@ async fn a_stalled_subscriber_blocks_neither_buyers_nor_other_subscribers() {
         deals.push(deal.await.expect("a deal"));
     }
     let target = deals.last().expect("deals").clone();
-    let buyers = shoppers(&t, SHOPPERS, "100.00").await;
+    let buyers = t.bulk_shoppers(SHOPPERS, "100.00").await;
 
     // Subscribes with a tiny receive window and never reads.
     let stalled = Sse::open(t.addr(), None, Some(2_048))

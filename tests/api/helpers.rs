@@ -115,26 +115,7 @@ pub fn at(offset_seconds: i64) -> String {
     rfc3339(now_seconds() + offset_seconds)
 }
 
-/// Unix seconds as RFC 3339 UTC (days-to-civil, proleptic Gregorian).
-pub fn rfc3339(seconds: i64) -> String {
-    let days = seconds.div_euclid(86_400);
-    let second_of_day = seconds.rem_euclid(86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        second_of_day / 3600,
-        second_of_day % 3600 / 60,
-        second_of_day % 60
-    )
-}
+pub use flashsale_testkit::rfc3339;
 
 /// A status, headers and JSON body (`Null` when the body is not JSON).
 #[derive(Debug)]
@@ -279,6 +260,27 @@ impl TestServer {
                 .ok(201);
         }
         shopper
+    }
+
+    /// `count` shoppers with `credit` each, through the admin's bulk call.
+    pub async fn bulk_shoppers(&self, count: usize, credit: &str) -> Vec<Account> {
+        let bulk = self
+            .post(
+                "/v1/admin/shoppers",
+                Some(ADMIN),
+                &json!({ "count": count, "credit": credit }),
+            )
+            .await
+            .ok(201);
+        bulk["shoppers"]
+            .as_array()
+            .expect("shoppers")
+            .iter()
+            .map(|shopper| Account {
+                id: shopper["id"].as_str().expect("an id").to_owned(),
+                token: shopper["token"].as_str().expect("a token").to_owned(),
+            })
+            .collect()
     }
 
     pub async fn credit(&self, shopper: &Account, amount: &str, reference: &str) -> Reply {

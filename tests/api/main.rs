@@ -10,6 +10,7 @@ mod cli;
 mod cross_tenant;
 mod deals;
 mod docs;
+mod draw;
 mod feed_stream;
 mod fuzz;
 mod helpers;

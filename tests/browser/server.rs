@@ -270,19 +270,38 @@ impl Server {
         stock: u64,
         starts_in_seconds: i64,
     ) -> String {
+        self.create_deal_starting_with(merchant, title, price, stock, starts_in_seconds, json!({}))
+            .await
+    }
+
+    /// [`Server::create_deal_starting`] with `extra` fields on top (e.g.
+    /// `{"allocation": "raffle"}`).
+    pub async fn create_deal_starting_with(
+        &self,
+        merchant: &Account,
+        title: &str,
+        price: &str,
+        stock: u64,
+        starts_in_seconds: i64,
+        extra: Value,
+    ) -> String {
+        let mut deal = json!({
+            "title": title,
+            "price": price,
+            "stock": stock,
+            "per_user_limit": 1,
+            "starts_at": rfc3339_from_now(starts_in_seconds),
+            "ends_at": rfc3339_from_now(starts_in_seconds.max(0) + 3600),
+        });
+        if let (Some(deal), Some(extra)) = (deal.as_object_mut(), extra.as_object()) {
+            deal.extend(extra.clone());
+        }
         let body = self
             .call(
                 Method::POST,
                 "/v1/deals",
                 Some(&merchant.token),
-                Some(json!({
-                    "title": title,
-                    "price": price,
-                    "stock": stock,
-                    "per_user_limit": 1,
-                    "starts_at": rfc3339_from_now(starts_in_seconds),
-                    "ends_at": rfc3339_from_now(starts_in_seconds.max(0) + 3600),
-                })),
+                Some(deal),
                 &[],
             )
             .await
@@ -343,42 +362,4 @@ fn string(body: &Value, field: &str) -> String {
         .to_owned()
 }
 
-/// Now plus `offset_seconds`, as RFC 3339 UTC (`2026-11-21T12:00:00Z`).
-pub fn rfc3339_from_now(offset_seconds: i64) -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("the clock is after 1970")
-        .as_secs();
-    rfc3339(i64::try_from(now).expect("seconds since 1970 fit an i64") + offset_seconds)
-}
-
-/// Seconds since 1970 as RFC 3339 UTC, by Howard Hinnant's `civil_from_days`.
-fn rfc3339(unix_seconds: i64) -> String {
-    let (days, seconds) = (
-        unix_seconds.div_euclid(86_400),
-        unix_seconds.rem_euclid(86_400),
-    );
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        seconds / 3_600,
-        seconds % 3_600 / 60,
-        seconds % 60
-    )
-}
-
-#[test]
-fn rfc3339_spells_known_instants() {
-    assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-    assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
-    assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
-    assert_eq!(rfc3339(-1), "1969-12-31T23:59:59Z");
-}
+pub use flashsale_testkit::rfc3339_from_now;

@@ -369,3 +369,63 @@ async fn a_rate_limited_signup_says_how_long_to_wait() {
     browser.screenshot("storefront-signup-rate-limited").await;
     browser.close().await;
 }
+
+/// Issue #14: a raffle's card lets a linked shopper register before the
+/// start, then shows their result when the draw runs ("You won: pay within
+/// …"), and pays the won hold with one tap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registrant_sees_their_draw_result_and_pays_the_win() {
+    let server = Server::start();
+    let merchant = server.create_merchant("acme").await;
+    let deal = server
+        .create_deal_starting_with(
+            &merchant,
+            "Console raffle",
+            "499.00",
+            1,
+            12,
+            serde_json::json!({ "allocation": "raffle" }),
+        )
+        .await;
+    let Some(browser) = Browser::open(&server.url).await else {
+        return;
+    };
+    browser.goto("/").await;
+    link_wallet(&browser, "Li Wei").await;
+    browser
+        .wait_text(&in_card(&deal, "buy-button"), "a Register button", |text| {
+            text == "Register for the draw"
+        })
+        .await;
+    browser.click(&in_card(&deal, "buy-button")).await;
+    browser
+        .wait_text(&in_card(&deal, "draw-result"), "registered", |text| {
+            text.starts_with("Registered")
+        })
+        .await;
+
+    // The only registrant of one unit: the draw makes it the winner.
+    browser
+        .wait_text(
+            &in_card(&deal, "draw-result"),
+            "the win, as the draw runs",
+            |text| text.starts_with("You won: pay within "),
+        )
+        .await;
+    browser
+        .wait_text(&in_card(&deal, "buy-button"), "a Pay button", |text| {
+            text == "Pay ¥499.00"
+        })
+        .await;
+    browser.click(&in_card(&deal, "buy-button")).await;
+    browser
+        .wait_text(&in_card(&deal, "draw-result"), "paid", |text| {
+            text == "You won, and paid"
+        })
+        .await;
+    browser
+        .wait_text(&testid("wallet-available"), "the wallet paid", |text| {
+            text == "¥4501.00"
+        })
+        .await;
+}

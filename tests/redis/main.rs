@@ -11,3 +11,4 @@ mod faults;
 mod model;
 mod node;
 mod proxy;
+mod raffle;

@@ -66,6 +66,7 @@ impl World {
             ends_at: now.plus_seconds(3600),
             requires_registration: false,
             hold_seconds: Some(60),
+            allocation: flashsale_engine::Allocation::FirstCome,
         }
     }
 

@@ -11,9 +11,9 @@
 use std::sync::Arc;
 
 use flashsale_engine::{
-    Answer, DealChange, DealId, DealView, Engine, Hold, HoldId, Merchant, MerchantId, Money,
-    NewDeal, Order, OrderCursor, OrderId, OrderPage, Rating, Review, Shopper, ShopperId, Timestamp,
-    Wallet,
+    Answer, DealChange, DealId, DealView, DrawRecord, DrawStanding, Engine, Hold, HoldId, Merchant,
+    MerchantId, Money, NewDeal, Order, OrderCursor, OrderId, OrderPage, Rating, Review, Shopper,
+    ShopperId, Timestamp, Wallet,
 };
 use flashsale_journal::Journal;
 
@@ -145,6 +145,43 @@ impl MemoryStore {
         limit: usize,
     ) -> Result<Vec<DealView>, Error> {
         Ok(self.engine.deals_newest_first(before, limit))
+    }
+
+    pub(crate) async fn draw_record(
+        &self,
+        deal: DealId,
+        from: u64,
+        limit: usize,
+    ) -> Result<DrawRecord, Error> {
+        Ok(self.engine.draw_record(deal, from, limit)?)
+    }
+
+    pub(crate) async fn draw_registrants(
+        &self,
+        deal: DealId,
+        from: u64,
+        limit: usize,
+    ) -> Result<(Vec<ShopperId>, Option<u64>), Error> {
+        Ok(self.engine.draw_registrants(deal, from, limit)?)
+    }
+
+    pub(crate) async fn draw_standing(
+        &self,
+        shopper: ShopperId,
+        deal: DealId,
+    ) -> Result<DrawStanding, Error> {
+        Ok(self.engine.draw_standing(shopper, deal)?)
+    }
+
+    /// One bounded step on a blocking thread: ranking a million
+    /// registrants takes a CPU for a fraction of a second, which must not
+    /// stall a runtime worker. Journalled; nobody waits on it (the next
+    /// acknowledged change makes it durable, as with expiry).
+    pub(crate) async fn run_draws(&self) -> Result<usize, Error> {
+        let engine = self.engine.clone();
+        tokio::task::spawn_blocking(move || engine.run_draws())
+            .await
+            .map_err(Error::Task)
     }
 
     pub(crate) async fn register(&self, shopper: ShopperId, deal: DealId) -> Result<bool, Error> {

@@ -82,10 +82,10 @@ use std::time::Duration;
 
 use flashsale_engine::ids::{decompose, shard_of};
 use flashsale_engine::{
-    Answer, Clock, DealChange, DealId, DealSpec, DealStatus, DealView, EngineError, Entity, Event,
-    Hold, HoldId, HoldStatus, Merchant, MerchantId, Money, NewDeal, Order, OrderCursor, OrderId,
-    OrderPage, Rating, Review, Shopper, ShopperId, StockCounts, SystemClock, Timestamp, Wallet,
-    fingerprint,
+    Allocation, Answer, Clock, DealChange, DealId, DealSpec, DealStatus, DealView, EngineError,
+    Entity, Event, Hold, HoldId, HoldStatus, Merchant, MerchantId, Money, NewDeal, Order,
+    OrderCursor, OrderId, OrderPage, Rating, Review, Shopper, ShopperId, StockCounts, SystemClock,
+    Timestamp, Wallet, fingerprint,
 };
 use futures_util::future::try_join_all;
 use parking_lot::{Mutex, RwLock};
@@ -302,6 +302,7 @@ impl DealEntry {
             ends_at: live.ends_at,
             requires_registration: self.requires_registration,
             hold_seconds: self.hold_seconds,
+            raffle: None,
             created_at: self.created_at,
             paused: live.paused,
             status: DealStatus::at(now, live.paused, self.starts_at, live.ends_at, &counts),
@@ -1820,6 +1821,13 @@ impl RedisStore {
         new: NewDeal,
     ) -> Result<DealView, Error> {
         let now = self.now();
+        if new.allocation != Allocation::FirstCome {
+            // Issue #14: raffles run on one node only, for now (README).
+            return Err(Error::Engine(EngineError::Invalid {
+                field: "allocation",
+                reason: "raffle is not available in Redis mode; run one node without --redis-url",
+            }));
+        }
         let spec = flashsale_engine::validate_deal(new, now)?;
         if spec
             .price
@@ -1946,6 +1954,44 @@ impl RedisStore {
             }
         }
         Ok(views)
+    }
+
+    /// Redis mode has no raffles (creating one is refused), so no deal
+    /// has a draw: `NotFound(Draw)` for a deal that exists.
+    async fn no_draw(&self, deal: DealId) -> Result<std::convert::Infallible, Error> {
+        self.deal(deal).await?;
+        Err(Error::Engine(EngineError::NotFound(Entity::Draw)))
+    }
+
+    pub(crate) async fn draw_record(
+        &self,
+        deal: DealId,
+        _from: u64,
+        _limit: usize,
+    ) -> Result<flashsale_engine::DrawRecord, Error> {
+        match self.no_draw(deal).await? {}
+    }
+
+    pub(crate) async fn draw_registrants(
+        &self,
+        deal: DealId,
+        _from: u64,
+        _limit: usize,
+    ) -> Result<(Vec<ShopperId>, Option<u64>), Error> {
+        match self.no_draw(deal).await? {}
+    }
+
+    pub(crate) async fn draw_standing(
+        &self,
+        _shopper: ShopperId,
+        deal: DealId,
+    ) -> Result<flashsale_engine::DrawStanding, Error> {
+        match self.no_draw(deal).await? {}
+    }
+
+    /// No raffles in Redis mode: nothing to draw.
+    pub(crate) async fn run_draws(&self) -> Result<usize, Error> {
+        Ok(0)
     }
 
     pub(crate) async fn register(&self, shopper: ShopperId, deal: DealId) -> Result<bool, Error> {
@@ -2725,6 +2771,8 @@ fn book_event(fields: &[String]) -> Option<Event> {
                 ends_at: Timestamp(parse("e")?),
                 requires_registration: field("g")? == "1",
                 hold_seconds: field("h")?.parse().ok()?,
+                // Redis mode sells first come only (raffles are refused).
+                allocation: Allocation::FirstCome,
             },
             at: at()?,
         },
