@@ -34,6 +34,8 @@
 #   COMPARE_REQUESTS     redis-benchmark requests              (default 500000)
 #   COMPARE_DURABILITY   flashsale --durability (sync|async)   (default sync)
 #   COMPARE_REDIS_PORT   Redis port on 127.0.0.1               (default 6379)
+#   COMPARE_FSYNC_MODES  1: case 6 again with appendfsync always, then
+#                        everysec (CONFIG SET, restored after)  (default 0)
 #   PGPORT / PGPASSWORD  Postgres port / password              (5432 / none)
 set -euo pipefail
 
@@ -43,6 +45,7 @@ THREADS=${COMPARE_THREADS:-2}
 REQUESTS=${COMPARE_REQUESTS:-500000}
 DURABILITY=${COMPARE_DURABILITY:-sync}
 REDIS_PORT=${COMPARE_REDIS_PORT:-6379}
+FSYNC_MODES=${COMPARE_FSYNC_MODES:-0}
 PG_PORT=${PGPORT:-5432}
 # Shoppers for the buy cases (one bulk call creates at most 10,000).
 SHOPPERS=10000
@@ -333,20 +336,42 @@ else
       --data '{"quantity":1}' "$FS_URL/v1/deals/$sold_out/orders"
   done
   export COMPARE_TOKENS="$WORK/redis-tokens"
-  say "wrk against two redis-mode nodes at once, settling path"
-  half=$((CONNECTIONS / 2))
-  wrks=()
-  for node in 0 1; do
-    COMPARE_PATH="/v1/deals/$settling/orders" COMPARE_RUN="rs$node$now" \
-      wrk -t1 -c"$half" -d"${DURATION}s" --timeout 10s --latency -s "$WORK/buy.lua" \
-      "${REDIS_URLS[$node]}" >"$WORK/redis_settling$node.wrk" 2>&1 &
-    wrks+=($!)
-  done
-  wait "${wrks[@]}" || true
-  rate=$(awk '/^Requests\/sec:/ {sum += $2} END {print sum}' "$WORK"/redis_settling?.wrk)
-  bad=$(awk '/Non-2xx or 3xx responses:/ {sum += $5} END {print sum + 0}' "$WORK"/redis_settling?.wrk)
-  sold=$(api GET "/v1/deals/$settling" "$FS_TOKEN" | jq -r .sold)
-  result "2 redis-mode nodes, settling" "$rate" "$bad answers not 2xx (0 expected); $sold sold"
+  # wrk against both nodes at once (half the connections each), settling
+  # path; records the result as "2 redis-mode nodes, settling$1".
+  two_nodes_settling() {
+    say "wrk against two redis-mode nodes at once, settling path$1"
+    local half=$((CONNECTIONS / 2)) wrks=() node rate bad sold
+    for node in 0 1; do
+      COMPARE_PATH="/v1/deals/$settling/orders" COMPARE_RUN="rs$node$now$2" \
+        wrk -t1 -c"$half" -d"${DURATION}s" --timeout 10s --latency -s "$WORK/buy.lua" \
+        "${REDIS_URLS[$node]}" >"$WORK/redis_settling$node.wrk" 2>&1 &
+      wrks+=($!)
+    done
+    wait "${wrks[@]}" || true
+    rate=$(awk '/^Requests\/sec:/ {sum += $2} END {print sum}' "$WORK"/redis_settling?.wrk)
+    bad=$(awk '/Non-2xx or 3xx responses:/ {sum += $5} END {print sum + 0}' "$WORK"/redis_settling?.wrk)
+    sold=$(api GET "/v1/deals/$settling" "$FS_TOKEN" | jq -r .sold)
+    result "2 redis-mode nodes, settling$1" "$rate" "$bad answers not 2xx (0 expected); $sold sold"
+  }
+  two_nodes_settling "" ""
+  if [ "$FSYNC_MODES" -eq 1 ]; then
+    # Issue #13: the same two nodes and deal with Redis' AOF fsync before
+    # every reply, then once a second; Redis' own settings are put back.
+    rcli() { redis-cli -h 127.0.0.1 -p "$REDIS_PORT" "$@"; }
+    was_aof=$(rcli CONFIG GET appendonly | sed -n 2p)
+    was_fsync=$(rcli CONFIG GET appendfsync | sed -n 2p)
+    rcli CONFIG SET appendonly yes >/dev/null
+    for _ in $(seq 1 300); do # the rewrite that starts the AOF, bounded
+      rcli INFO persistence | tr -d '\r' | grep -q '^aof_rewrite_in_progress:0' && break
+      sleep 0.1
+    done
+    for mode in always everysec; do
+      rcli CONFIG SET appendfsync "$mode" >/dev/null
+      two_nodes_settling ", appendfsync $mode" "$mode"
+    done
+    rcli CONFIG SET appendfsync "$was_fsync" >/dev/null
+    rcli CONFIG SET appendonly "$was_aof" >/dev/null
+  fi
   say "wrk against a redis-mode node, sold-out path"
   before=$(redis-cli -h 127.0.0.1 -p "$REDIS_PORT" INFO commandstats | tr -d '\r' | awk -F'[=,]' '/^cmdstat_evalsha:/ {print $2}')
   rate=$(COMPARE_PATH="/v1/deals/$sold_out/orders" COMPARE_RUN="rso$now" \
@@ -368,9 +393,9 @@ if [ "$REDIS_UP" -eq 1 ] && command -v redis-benchmark >/dev/null 2>&1; then
   sha=$(redis-cli -h 127.0.0.1 -p "$REDIS_PORT" SCRIPT LOAD "$(cat "$ROOT/gateway/redis/flashsale.lua")")
   say "redis-benchmark EVALSHA of the multi-node buy step ($REQUESTS requests)"
   redis-benchmark -h 127.0.0.1 -p "$REDIS_PORT" -c "$CONNECTIONS" -n "$REQUESTS" -r 1000000000 \
-    --threads "$THREADS" --csv EVALSHA "$sha" 11 "$P:acct:1" "$P:key:1:__rand_int__" "$P:stock" \
+    --threads "$THREADS" --csv EVALSHA "$sha" 12 "$P:acct:1" "$P:key:1:__rand_int__" "$P:stock" \
     "$P:terms:1" "$P:orders" "$P:holds" "$P:exp" "$P:seq" "$P:do:1" "$P:so:1" "$P:rec:1" \
-    reserve 1 1 order 1 1 0 0 86400 >"$WORK/redis-buy.csv" 2>&1 || true
+    "$P:books" reserve 1 1 order 1 1 0 0 86400 0 >"$WORK/redis-buy.csv" 2>&1 || true
   rate=$(awk -F'","' 'NR > 1 && NF > 1 {print $2; exit}' "$WORK/redis-buy.csv")
   settled=$(redis-cli -h 127.0.0.1 -p "$REDIS_PORT" HGET "$P:acct:1" b:1)
   result "redis EVALSHA multi-node buy step" "$rate" "$settled settled; the ceiling of the row two above"
