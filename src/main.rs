@@ -50,7 +50,8 @@ enum Command {
     /// small burst against it.
     Demo,
     /// Recompute a raffle's published draw from its public record (README
-    /// "Fair draws"); exit 0 when it matches, 1 when it does not.
+    /// "Fair draws"); exit 0 when it matches, 1 when it does not, 2 when it
+    /// has not been drawn yet.
     VerifyDraw {
         /// The deal's URL, e.g. http://127.0.0.1:8080/v1/deals/d_1
         #[arg(long, value_name = "URL")]
@@ -268,10 +269,21 @@ async fn received(signal: Option<&mut tokio::signal::unix::Signal>) {
     }
 }
 
+/// `flashsale verify-draw`'s exit code for a raffle not drawn yet (0: the
+/// draw matches; 1: it does not).
+const VERIFY_NOT_DRAWN: u8 = 2;
+
 /// `flashsale verify-draw`: prints what it checked and each mismatch.
 async fn verify_draw(deal: &str) -> Result<ExitCode, BoxError> {
     let verdict = flashsale_loadtest::verify_draw::verify_draw(deal).await?;
     let mut out = std::io::stdout().lock();
+    if !verdict.drawn {
+        writeln!(
+            out,
+            "not drawn yet: the draw runs at the deal's starts_at; nothing to verify until then"
+        )?;
+        return Ok(ExitCode::from(VERIFY_NOT_DRAWN));
+    }
     for problem in &verdict.problems {
         writeln!(out, "mismatch: {problem}")?;
     }

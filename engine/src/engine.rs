@@ -1230,6 +1230,14 @@ pub fn validate_deal(new: NewDeal, now: Timestamp) -> Result<DealSpec, EngineErr
             "must be true for a raffle (allocation: raffle)",
         ));
     }
+    // Registrations close at starts_at, so a raffle starting now or before
+    // would draw from nobody and leave its stock to no one.
+    if matches!(new.allocation, Allocation::Raffle(_)) && new.starts_at <= now {
+        return Err(invalid(
+            "starts_at",
+            "must be in the future for a raffle: registrations close when it starts",
+        ));
+    }
     Ok(DealSpec {
         title: new.title,
         price: new.price,

@@ -97,6 +97,24 @@ pub async fn run(args: AuditArgs) -> Result<AuditReport, Error> {
         books_backlog_per_stream_max: 0,
     })
     .await?;
+    // A namespace no node has served (a typo) must not pass as a clean
+    // audit of nothing; one served with another shard count would be read
+    // on the wrong shards.
+    match store.layout().await? {
+        None => {
+            return Err(Error::Config(format!(
+                "no deployment in this namespace ({}): no node has served it; \
+                 check --redis-namespace",
+                args.redis.redis_namespace
+            )));
+        }
+        Some(layout) if !layout.starts_with(&format!("shards={shards} ")) => {
+            return Err(Error::Config(format!(
+                "the deployment's nodes run with {layout}; audit it with the same --redis-shards"
+            )));
+        }
+        Some(_) => {}
+    }
     // Postgres first: what is there then is in Redis by the time Redis is
     // read, so "Postgres within Redis" holds mid-flight.
     let books = match &args.database_url {

@@ -39,6 +39,8 @@ const TOKEN_BYTES_MAX: usize = 256;
 pub const NO_EPOCH: u64 = 0;
 /// Domain separation between the admin comparison and signed tokens.
 const ADMIN_CONTEXT: &[u8] = b"flashsale admin token\0";
+/// Domain of [`Signer::fingerprint`]'s MAC.
+const FINGERPRINT_CONTEXT: &[u8] = b"flashsale deployment fingerprint\0";
 
 /// Who is calling, as a verified token says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,6 +76,25 @@ impl Signer {
             .into_bytes()
             .into();
         Signer { keyed, admin_mac }
+    }
+
+    /// 16 hex digits that are the same for every node given the same
+    /// secret and admin token, and tell nothing of either (an HMAC under
+    /// the secret): multi-node mode keeps it in Redis so that a node
+    /// started with another `--secret` or `--admin-token` is refused at
+    /// start instead of answering its peers' tokens with `401`.
+    pub fn fingerprint(&self) -> String {
+        let mac = self
+            .keyed
+            .clone()
+            .chain_update(FINGERPRINT_CONTEXT)
+            .chain_update(self.admin_mac)
+            .finalize()
+            .into_bytes();
+        mac.iter()
+            .take(8)
+            .map(|byte| format!("{byte:02x}"))
+            .collect()
     }
 
     /// A token for a merchant or shopper, valid until `expires_at` (Unix

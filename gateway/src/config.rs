@@ -94,7 +94,13 @@ pub struct ServeArgs {
     /// this flag such a Redis is refused at start, and a node whose Redis
     /// stops persisting at runtime is not ready (README, "What a 201
     /// promises").
-    #[arg(long, env = "FLASHSALE_ALLOW_VOLATILE_REDIS")]
+    /// The variable takes 1/0, true/false, yes/no, on/off.
+    #[arg(
+        long,
+        env = "FLASHSALE_ALLOW_VOLATILE_REDIS",
+        action = clap::ArgAction::SetTrue,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
     pub allow_volatile_redis: bool,
 
     /// Open connections at most; further clients wait in the listen backlog.

@@ -118,6 +118,17 @@ pub enum Error {
          --allow-volatile-redis (FLASHSALE_ALLOW_VOLATILE_REDIS) to accept that"
     )]
     RedisVolatile { target: String, found: String },
+    /// Redis mode: the namespace is already served by nodes of another
+    /// layout (`--redis-shards`) or another `--secret` / `--admin-token`.
+    #[error(
+        "the Redis namespace at {target} is served by nodes with {found}, this node has {ours}: \
+         every node of a deployment needs the same --redis-shards, --secret and --admin-token"
+    )]
+    RedisLayout {
+        target: String,
+        found: String,
+        ours: String,
+    },
     /// The data directory cannot be created, is not a directory, or cannot
     /// be written to.
     #[error("cannot use the data directory {dir}")]
@@ -260,6 +271,7 @@ impl Error {
             Error::Config(_)
             | Error::RedisConnect { .. }
             | Error::RedisVolatile { .. }
+            | Error::RedisLayout { .. }
             | Error::DataDir { .. }
             | Error::DataFile { .. }
             | Error::Random(_)

@@ -107,7 +107,8 @@ impl Gateway {
     /// store: the journal, or in multi-node mode the connection to Redis.
     /// Errors: [`Error::DataDir`] naming the directory and why it cannot be
     /// used, [`Error::DataFile`] naming a kept file, [`Error::JournalOpen`],
-    /// [`Error::OrderSink`], [`Error::RedisConnect`], [`Error::RedisVolatile`].
+    /// [`Error::OrderSink`], [`Error::RedisConnect`], [`Error::RedisLayout`],
+    /// [`Error::RedisVolatile`].
     pub async fn open(config: Config) -> Result<Gateway, Error> {
         let (secret, admin_token) = {
             let dir = config.data_dir.clone();
@@ -135,13 +136,16 @@ impl Gateway {
             .await
             .map_err(Error::Task)??
         };
+        let signer = Signer::new(&secret, &admin_token.value);
         let (sink_stop, sink_stopped) = oneshot::channel::<()>();
         let (store, order_sink) = match &config.redis {
-            Some(settings) => open_redis(&config, settings, sink_stopped).await?,
+            Some(settings) => {
+                open_redis(&config, settings, &signer.fingerprint(), sink_stopped).await?
+            }
             None => open_memory(&config, sink_stopped).await?,
         };
         let app = App {
-            signer: Signer::new(&secret, &admin_token.value),
+            signer,
             admission: Admission::new(
                 config.in_flight_max,
                 config.body_reads_max,
@@ -462,11 +466,14 @@ async fn open_memory(
 /// checks that it persists what it acknowledges and, with `--database-url`,
 /// starts the books sink (`order_sink::streams`): the deployment's id from
 /// Redis, the node's from the data directory. Errors:
-/// [`Error::RedisConnect`], and [`Error::RedisVolatile`] for a Redis that
-/// persists nothing without `--allow-volatile-redis`.
+/// [`Error::RedisConnect`], [`Error::RedisLayout`] for a node that does not
+/// match the deployment already in the namespace, and
+/// [`Error::RedisVolatile`] for a Redis that persists nothing without
+/// `--allow-volatile-redis`.
 async fn open_redis(
     config: &Config,
     settings: &RedisSettings,
+    fingerprint: &str,
     sink_stopped: oneshot::Receiver<()>,
 ) -> Result<(Store, Option<OrderSinkHandle>), Error> {
     let target = match &settings.target {
@@ -479,6 +486,13 @@ async fn open_redis(
             target: target.clone(),
             source: Box::new(source),
         })?;
+    if let Err((found, ours)) = store.agree_layout(fingerprint).await? {
+        return Err(Error::RedisLayout {
+            target,
+            found,
+            ours,
+        });
+    }
     let durability = store.durability();
     if durability.mode == DurabilityMode::Volatile && !settings.allow_volatile {
         return Err(Error::RedisVolatile {

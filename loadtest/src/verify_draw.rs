@@ -61,6 +61,8 @@ struct RegistrantsPage {
 /// matches the recomputed one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DrawVerdict {
+    /// Whether the draw has run; before it there is nothing to verify.
+    pub drawn: bool,
     pub registrants: u64,
     pub offers: u64,
     pub problems: Vec<String>,
@@ -133,8 +135,8 @@ pub async fn verify_draw(deal_url: &str) -> Result<DrawVerdict, LoadtestError> {
         return Err(LoadtestError::Config("no draw record".to_owned()));
     };
     if !first.drawn {
-        problems.push("the draw has not run yet: nothing to verify".to_owned());
         return Ok(DrawVerdict {
+            drawn: false,
             registrants: 0,
             offers: 0,
             problems,
@@ -212,6 +214,7 @@ pub async fn verify_draw(deal_url: &str) -> Result<DrawVerdict, LoadtestError> {
         }
     }
     Ok(DrawVerdict {
+        drawn: true,
         registrants: listed.len() as u64,
         offers: offers.len() as u64,
         problems,

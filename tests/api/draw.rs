@@ -98,6 +98,18 @@ async fn a_raffle_draws_fairly_and_its_waitlist_refills_unpaid_wins() {
     )
     .await
     .refused(422, "invalid");
+    // A raffle that starts now or earlier could have no registrant.
+    let late = t
+        .deal_with(
+            &merchant,
+            json!({
+                "title": "x", "price": "1.00", "stock": 1, "starts_at": at(-60),
+                "ends_at": at(60), "allocation": "raffle",
+            }),
+        )
+        .await;
+    late.refused(422, "invalid");
+    assert!(late.body.to_string().contains("starts_at"), "{}", late.body);
     let patched = t
         .patch(
             &format!("/v1/deals/{deal}"),
@@ -333,6 +345,12 @@ async fn verify_draw_matches_a_real_draw_and_catches_a_tampered_one() {
     let deal = created["id"].as_str().expect("an id").to_owned();
     let registrants = t.bulk_shoppers(40, "50.00").await;
     register_all(&t, &deal, &registrants).await;
+    // Before the draw: nothing to verify, said as such (exit 2), no
+    // talk of a mismatch.
+    let url = format!("http://{}/v1/deals/{deal}", t.addr());
+    let (code, stdout) = verify_draw(&url).await;
+    assert_eq!(code, Some(2), "{stdout}");
+    assert!(stdout.starts_with("not drawn yet"), "{stdout}");
     let path = format!("/v1/deals/{deal}/draw");
     let mut draw = Value::Null;
     for _ in 0..200 {
@@ -343,7 +361,6 @@ async fn verify_draw_matches_a_real_draw_and_catches_a_tampered_one() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(draw["offers_total"], 6, "the draw never ran: {draw}");
-    let url = format!("http://{}/v1/deals/{deal}", t.addr());
     let (code, stdout) = verify_draw(&url).await;
     assert_eq!(code, Some(0), "{stdout}");
     assert!(

@@ -29,7 +29,7 @@ fn redis_and_postgres() -> Option<(String, String)> {
 }
 
 /// A connection to the books' Postgres.
-async fn connect(database_url: &str) -> PgConnection {
+pub async fn connect(database_url: &str) -> PgConnection {
     PgConnection::connect(database_url)
         .await
         .expect("DATABASE_URL is set, so Postgres must be reachable")
@@ -632,4 +632,29 @@ async fn postgres_down_the_backlog_is_bounded_and_drains_when_it_returns() {
         node.get(&first, Some(buyer)).await.ok(200)["in_books"],
         true
     );
+}
+
+/// `flashsale audit` of a namespace no node has served (a typo) fails and
+/// says so, instead of passing as a clean audit of nothing; of a served one
+/// with another `--redis-shards`, it fails naming the flag.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_audit_of_an_unserved_namespace_or_other_shards_fails() {
+    let (Some(url), Some(database)) = (
+        flashsale_testkit::redis_url(),
+        flashsale_testkit::postgres_url(),
+    ) else {
+        return;
+    };
+    let typo = Deployment::new(Target::Single(url.clone()), 64);
+    let (passed, report) = audit(&typo, &database, false);
+    assert!(!passed && report.contains("no deployment"), "{report}");
+    let served = Deployment::new(Target::Single(url), 64);
+    let node = served.node();
+    node.merchant("Audited").await;
+    let mut other = Deployment::new(served.target.clone(), 16);
+    other.namespace = served.namespace.clone();
+    let (passed, report) = audit(&other, &database, false);
+    assert!(!passed && report.contains("--redis-shards"), "{report}");
+    let (passed, report) = audit(&served, &database, false);
+    assert!(passed, "{report}");
 }

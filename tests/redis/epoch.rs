@@ -146,3 +146,31 @@ async fn a_deal_cut_short_by_a_crash_does_not_exist_at_all() {
     let order = node.buy(&bought, &second, 1, "whole").await;
     assert_eq!(order.map(|answer| answer.status), Some(201));
 }
+
+/// A node started on a namespace already served with another
+/// `--redis-shards` or another `--secret` is refused at start, naming the
+/// flags (it would see none of its peers' shoppers, or answer their tokens
+/// with 401), and the deployment's own nodes go on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_of_another_layout_or_secret_is_refused() {
+    let Some(url) = flashsale_testkit::redis_url() else {
+        return;
+    };
+    let deployment = Deployment::new(Target::Single(url.clone()), 64);
+    let node = deployment.node();
+    let merchant = node.merchant("Layout").await;
+    let mut other = Deployment::new(Target::Single(url), 16);
+    other.namespace = deployment.namespace.clone();
+    let refusal = other.refused_start(&["--allow-volatile-redis"]);
+    assert!(
+        refusal.contains("shards=64") && refusal.contains("--redis-shards"),
+        "{refusal}"
+    );
+    other.shards = 64;
+    other.secret = "another-secret-0123456789".to_owned();
+    let refusal = other.refused_start(&["--allow-volatile-redis"]);
+    assert!(refusal.contains("--secret"), "{refusal}");
+    other.secret = deployment.secret.clone();
+    let peer = other.node();
+    peer.deal(&merchant, 5, 1).await;
+}

@@ -70,6 +70,8 @@ pub struct Deployment {
     pub target: Target,
     pub namespace: String,
     pub shards: u32,
+    /// The token secret its nodes are given (`--secret`).
+    pub secret: String,
 }
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
@@ -88,6 +90,7 @@ impl Deployment {
             target,
             namespace,
             shards,
+            secret: SECRET.to_owned(),
         }
     }
 
@@ -149,7 +152,7 @@ impl Deployment {
                 "--redis-shards",
                 &self.shards.to_string(),
                 "--secret",
-                SECRET,
+                &self.secret,
             ]
             .map(str::to_owned),
         );

@@ -21,6 +21,7 @@
 //! | `ns:{s:K}:books`, `ns:{d:D}:books` | the books streams: every settled order, credit, new deal, restock and deal change of the slot, read by the consumer group `books` (see "Books") |
 //! | `ns:{g}:seq`, `:m:<id>`, `:deals`, `:deployment` | id sequences, merchants, the deals newest first, the deployment's id for Postgres |
 //! | `ns:{g}:epoch` | the deployment's epoch: a random 64-bit number, set by the first node that finds it missing |
+//! | `ns:{g}:layout` | `shards=N fingerprint=F`: the shard count and secret fingerprint every node must share (set by the first) |
 //!
 //! ## Steps
 //! Every change is one step of `gateway/redis/flashsale.lua` (EVALSHA,
@@ -648,6 +649,39 @@ impl RedisStore {
              restart of Redis would lose acknowledged orders: set appendonly yes again, or \
              restart the node with --allow-volatile-redis",
             )
+    }
+
+    /// Checks that this node belongs to the deployment already in this
+    /// namespace: the first node keeps `shards=N fingerprint=F` in
+    /// `ns:{g}:layout` (`SET NX GET`, one call), every later one must
+    /// match it. `fingerprint` is [`crate::auth::Signer::fingerprint`].
+    /// Returns `Err((kept, ours))`, both layouts, when they differ;
+    /// errors: Redis did not answer.
+    pub(crate) async fn agree_layout(
+        &self,
+        fingerprint: &str,
+    ) -> Result<Result<(), (String, String)>, Error> {
+        let ours = format!("shards={} fingerprint={fingerprint}", self.inner.shards);
+        let found: Option<String> = self
+            .query(
+                redis::cmd("SET")
+                    .arg(self.keys().global("layout"))
+                    .arg(&ours)
+                    .arg("NX")
+                    .arg("GET"),
+            )
+            .await?;
+        Ok(match found {
+            Some(found) if found != ours => Err((found, ours)),
+            _ => Ok(()),
+        })
+    }
+
+    /// The layout kept by [`RedisStore::agree_layout`] (`shards=N
+    /// fingerprint=F`), or `None` when no node has served this namespace.
+    pub(crate) async fn layout(&self) -> Result<Option<String>, Error> {
+        self.query(redis::cmd("GET").arg(self.keys().global("layout")))
+            .await
     }
 
     /// The deployment's epoch as last read (see the module doc, "Epochs").
