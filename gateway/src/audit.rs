@@ -263,6 +263,19 @@ struct Books {
 async fn postgres_orders(url: &str, deployment: &str) -> Result<Books, Error> {
     let postgres = |error| Error::OrderSink(crate::order_sink::OrderSinkError::Database(error));
     let mut conn = PgConnection::connect(url).await.map_err(postgres)?;
+    // A database no sink has written yet has no tables: no books at all.
+    let made: bool = sqlx::query_scalar(
+        "SELECT to_regclass('orders') IS NOT NULL AND to_regclass('wallet_movements') IS NOT NULL",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .map_err(postgres)?;
+    if !made {
+        return Ok(Books {
+            orders: HashMap::new(),
+            debits_fen: 0,
+        });
+    }
     let rows: Vec<(String, String, String, i64, String, bool)> = sqlx::query_as(
         "SELECT id, deal_id, shopper_id, quantity, amount::text, late FROM orders \
          WHERE deployment_id = $1",

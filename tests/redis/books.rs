@@ -649,7 +649,7 @@ async fn an_audit_of_an_unserved_namespace_or_other_shards_fails() {
     let (passed, report) = audit(&typo, &database, false);
     assert!(!passed && report.contains("no deployment"), "{report}");
     let served = Deployment::new(Target::Single(url), 64);
-    let node = served.node();
+    let node = served.node_with(&["--database-url", &database]);
     node.merchant("Audited").await;
     let mut other = Deployment::new(served.target.clone(), 16);
     other.namespace = served.namespace.clone();
