@@ -47,7 +47,7 @@ for node in 1 2 3; do
     "$bin" serve --addr 127.0.0.1:0 --data-dir "$work/node$node" \
         --redis-url "$redis_url" --redis-namespace "$namespace" \
         --secret "$secret" --admin-token "$admin" --database-url "$database_url" \
-        --rate-limit-shopper 0 --rate-limit-address 0 \
+        --rate-limit-shopper 0 --rate-limit-address 0 --allow-volatile-redis \
         >"$work/node$node.out" 2>"$work/node$node.err" &
     pids+=("$!")
     for _ in $(seq 1 300); do
@@ -55,7 +55,7 @@ for node in 1 2 3; do
         [ -n "$url" ] && break
         sleep 0.1
     done
-    [ -n "$url" ] || { echo "node $node did not start; see $work/node$node.err" >&2; exit 1; }
+    [ -n "$url" ] || { echo "node $node did not start:" >&2; tail -5 "$work/node$node.err" >&2; exit 1; }
     urls+=("${url%/}")
 done
 echo "three nodes: ${urls[*]} (namespace $namespace)"
