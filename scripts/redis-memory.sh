@@ -3,33 +3,19 @@
 # private redis-server (no persistence) on 127.0.0.1:${MEMORY_REDIS_PORT:-6393}:
 # used_memory before, after SHOPPERS bulk shoppers, and after each of them
 # buys one unit (a one-tap order, with its idempotency record, list entries
-# and record-set entry). Uses target/release/flashsale (built if missing).
+# and record-set entry). Uses $FLASHSALE_BIN, else target/release/flashsale
+# (built if missing).
 # Bounded waits; stops what it starts.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/flashsale
+BIN=${FLASHSALE_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/flashsale}
 PORT=${MEMORY_REDIS_PORT:-6393}
 SHOPPERS=${MEMORY_SHOPPERS:-5000}
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/flashsale-memory.XXXXXX")
-PIDS=()
-cleanup() { for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done; rm -rf "$WORK"; }
-trap cleanup EXIT
-[ -x "$BIN" ] || (cd "$ROOT" && cargo build --release --bin flashsale)
-
-redis-server --port "$PORT" --bind 127.0.0.1 --save '' --appendonly no --dir "$WORK" >/dev/null &
-PIDS+=($!)
-for _ in $(seq 1 100); do redis-cli -p "$PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
+NAME=memory
+# shellcheck source=scripts/private-node.sh
+. "$ROOT/scripts/private-node.sh"
 used() { redis-cli -p "$PORT" INFO memory | tr -d '\r' | awk -F: '/^used_memory:/ {print $2}'; }
 
-ADMIN=memory-admin-token-0123456789
-FLASHSALE_RATE_LIMIT_SHOPPER=0 FLASHSALE_RATE_LIMIT_ADDRESS=0 "$BIN" serve --addr 127.0.0.1:0 \
-  --data-dir "$WORK/data" --redis-url "redis://127.0.0.1:$PORT" --secret memory-secret-0123456789 \
-  --admin-token "$ADMIN" --allow-volatile-redis >"$WORK/out" 2>"$WORK/log" &
-PIDS+=($!)
-for _ in $(seq 1 300); do grep -q 'listening on' "$WORK/out" 2>/dev/null && break; sleep 0.1; done
-URL=$(grep -o 'http://[^ ]*' "$WORK/out" | head -n1)
-api() { curl -sS --fail-with-body --max-time 60 -X "$1" -H "Authorization: Bearer $3" \
-  -H 'Content-Type: application/json' ${4:+--data "$4"} "$URL$2"; }
 merchant=$(api POST /v1/merchants "$ADMIN" '{"name":"memory"}' | jq -r .token)
 deal=$(api POST /v1/deals "$merchant" "{\"title\":\"memory\",\"price\":\"1.00\",\"stock\":$SHOPPERS,\
 \"starts_at\":\"2020-01-01T00:00:00Z\",\"ends_at\":\"2099-01-01T00:00:00Z\"}" | jq -r .id)

@@ -14,28 +14,9 @@ BIN=${FLASHSALE_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/flashsale}
 PORT=${POLL_REDIS_PORT:-6394}
 DEALS=${POLL_DEALS:-1000}
 WINDOW=${POLL_WINDOW:-10}
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/flashsale-poll.XXXXXX")
-PIDS=()
-cleanup() { for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done; rm -rf "$WORK"; }
-trap cleanup EXIT
-[ -x "$BIN" ] || (cd "$ROOT" && cargo build --release --bin flashsale)
-
-redis-server --port "$PORT" --bind 127.0.0.1 --save '' --appendonly no --dir "$WORK" >/dev/null &
-PIDS+=($!)
-for _ in $(seq 1 100); do redis-cli -p "$PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
-
-ADMIN=poll-admin-token-0123456789
-volatile=()
-"$BIN" serve --help | grep -q -- --allow-volatile-redis && volatile=(--allow-volatile-redis)
-FLASHSALE_RATE_LIMIT_SHOPPER=0 FLASHSALE_RATE_LIMIT_ADDRESS=0 "$BIN" serve --addr 127.0.0.1:0 \
-  --data-dir "$WORK/data" --redis-url "redis://127.0.0.1:$PORT" --secret poll-secret-0123456789 \
-  --admin-token "$ADMIN" "${volatile[@]}" >"$WORK/out" 2>"$WORK/log" &
-PIDS+=($!)
-for _ in $(seq 1 300); do grep -q 'listening on' "$WORK/out" 2>/dev/null && break; sleep 0.1; done
-URL=$(grep -o 'http://[^ ]*' "$WORK/out" | head -n1)
-[ -n "$URL" ] || { echo "the node did not start:" >&2; cat "$WORK/log" >&2; exit 1; }
-api() { curl -sS --fail-with-body --max-time 60 -X "$1" -H "Authorization: Bearer $3" \
-  -H 'Content-Type: application/json' ${4:+--data "$4"} "$URL$2"; }
+NAME=poll
+# shellcheck source=scripts/private-node.sh
+. "$ROOT/scripts/private-node.sh"
 
 # Commands run and CPU seconds used so far: "calls cpu".
 sample() {
