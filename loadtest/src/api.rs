@@ -162,6 +162,9 @@ pub struct NewDeal {
     pub ends_at: std::time::SystemTime,
     pub requires_registration: bool,
     pub hold_seconds: u64,
+    /// `allocation: "raffle"` (drawn at `starts_at`) instead of the
+    /// default first come.
+    pub raffle: bool,
 }
 
 /// One setup or check call: sends, retries on overload, checks the status
@@ -398,7 +401,7 @@ pub async fn create_deal(
     merchant: &HeaderValue,
     deal: &NewDeal,
 ) -> Result<Deal, LoadtestError> {
-    let body = serde_json::json!({
+    let mut body = serde_json::json!({
         "title": deal.title,
         "price": money_text(deal.price),
         "stock": deal.stock,
@@ -408,6 +411,9 @@ pub async fn create_deal(
         "requires_registration": deal.requires_registration,
         "hold_seconds": deal.hold_seconds,
     });
+    if deal.raffle {
+        body["allocation"] = serde_json::Value::from("raffle");
+    }
     call(
         connection,
         "creating the deal",

@@ -3,8 +3,8 @@
 //! the server does). Parsed raw here by clap; ranges and combinations are
 //! checked by [`LoadtestArgs::validate`] before anything is sent.
 //!
-//! A scenario takes its own options (help heading "Burst options" or
-//! "Steady options") and the options of a run against a gateway
+//! A scenario takes its own options (help heading "Burst options",
+//! "Steady options" or "Raffle options") and the options of a run against a gateway
 //! ([`RunArgs`], heading "Run options"); `hello` is a server, not a run,
 //! and takes only its address, so no option is accepted and then ignored.
 
@@ -26,6 +26,8 @@ pub const SHOPPERS_MAX: usize = 10_000_000;
 pub const RATE_PER_SECOND_MAX: u64 = 1_000_000;
 /// Longest steady run or burst ramp.
 pub const DURATION_MAX: Duration = Duration::from_secs(24 * 3600);
+/// Longest hold of a raffle's winner, in seconds (the contract's bound).
+pub const HOLD_SECONDS_MAX: u64 = 24 * 3600;
 /// Most operations one steady run may plan (`rate × duration`).
 pub const STEADY_OPERATIONS_MAX: u64 = 100_000_000;
 
@@ -36,8 +38,8 @@ pub struct LoadtestArgs {
     pub command: Scenario,
 }
 
-/// How a burst or steady run reaches its gateway and reports: the options
-/// both load scenarios share.
+/// How a burst, steady or raffle run reaches its gateway and reports: the options
+/// the load scenarios share.
 #[derive(Debug, Clone, clap::Args)]
 #[command(next_help_heading = "Run options")]
 pub struct RunArgs {
@@ -113,6 +115,9 @@ pub enum Scenario {
     Burst(BurstArgs),
     /// A constant open-loop arrival rate of mixed operations.
     Steady(SteadyArgs),
+    /// A raffle: registration wave, the draw, winners paying or letting
+    /// their holds expire, the waitlist refilling; then check the draw.
+    Raffle(RaffleArgs),
     /// A bare hyper hello-world server: the ceiling baseline.
     Hello(HelloArgs),
 }
@@ -281,6 +286,56 @@ pub struct SteadyArgs {
     pub run: RunArgs,
 }
 
+/// `flashsale loadtest raffle` (issue #14).
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Raffle options")]
+pub struct RaffleArgs {
+    /// Shoppers who register for the draw.
+    #[arg(long, env = "FLASHSALE_LOADTEST_REGISTRANTS", default_value_t = 2_000)]
+    pub registrants: usize,
+
+    /// Units of the raffle deal.
+    #[arg(long, env = "FLASHSALE_LOADTEST_STOCK", default_value_t = 200)]
+    pub stock: u64,
+
+    /// Seconds a winner's hold lasts before it passes down the waitlist.
+    #[arg(long, env = "FLASHSALE_LOADTEST_HOLD_SECONDS", default_value_t = 3)]
+    pub hold_seconds: u64,
+
+    /// Share of winners who pay; the others let their holds expire.
+    #[arg(long, env = "FLASHSALE_LOADTEST_PAY_FRACTION", default_value_t = 0.7)]
+    pub pay_fraction: f64,
+
+    /// Unit price.
+    #[arg(long, env = "FLASHSALE_LOADTEST_PRICE", default_value = "999.00", value_parser = parse_money)]
+    pub price: Decimal,
+
+    /// How far in the future the draw runs [default: 3 s plus time to
+    /// register everyone at a conservative rate].
+    #[arg(long, env = "FLASHSALE_LOADTEST_START_IN", value_parser = humantime::parse_duration)]
+    pub start_in: Option<Duration>,
+
+    /// Give up following the waitlist this long after the draw.
+    #[arg(
+        long,
+        env = "FLASHSALE_LOADTEST_FOLLOW_FOR",
+        default_value = "120s",
+        value_parser = humantime::parse_duration
+    )]
+    pub follow_for: Duration,
+
+    /// Attempts per payment; retries on 503, 429 and no answer.
+    #[arg(long, env = "FLASHSALE_LOADTEST_MAX_ATTEMPTS", default_value_t = 8)]
+    pub max_attempts: u32,
+
+    /// Seed of who pays and of the jitter [default: random].
+    #[arg(long, env = "FLASHSALE_LOADTEST_SEED")]
+    pub seed: Option<u64>,
+
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
 /// `flashsale loadtest hello`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct HelloArgs {
@@ -390,12 +445,13 @@ fn within<T: PartialOrd + std::fmt::Display>(
 }
 
 impl LoadtestArgs {
-    /// The run options of a burst or steady scenario; `hello` is refused
+    /// The run options of a burst, steady or raffle scenario; `hello` is refused
     /// with [`LoadtestError::Config`]: it is a server, not a load scenario.
     pub fn run_args(&self) -> Result<&RunArgs, LoadtestError> {
         match &self.command {
             Scenario::Burst(burst) => Ok(&burst.run),
             Scenario::Steady(steady) => Ok(&steady.run),
+            Scenario::Raffle(raffle) => Ok(&raffle.run),
             Scenario::Hello(_) => Err(hello_is_not_a_run()),
         }
     }
@@ -405,6 +461,7 @@ impl LoadtestArgs {
         match &self.command {
             Scenario::Burst(burst) => burst.run.validate().and_then(|()| burst.validate()),
             Scenario::Steady(steady) => steady.run.validate().and_then(|()| steady.validate()),
+            Scenario::Raffle(raffle) => raffle.run.validate().and_then(|()| raffle.validate()),
             Scenario::Hello(_) => Ok(()),
         }
     }
@@ -450,6 +507,27 @@ impl BurstArgs {
         }
         if self.start_in.is_some() && !self.register {
             return Err(config("--start-in only applies with --register".to_owned()));
+        }
+        Ok(())
+    }
+}
+
+impl RaffleArgs {
+    fn validate(&self) -> Result<(), LoadtestError> {
+        within("registrants", self.registrants, 1, SHOPPERS_MAX)?;
+        within("stock", self.stock, 1, u64::from(u32::MAX))?;
+        within("hold-seconds", self.hold_seconds, 1, HOLD_SECONDS_MAX)?;
+        within("pay-fraction", self.pay_fraction, 0.0, 1.0)?;
+        within("max-attempts", self.max_attempts, 1, ATTEMPTS_MAX)?;
+        if self.follow_for.is_zero() || self.follow_for > DURATION_MAX {
+            return Err(config(format!(
+                "--follow-for must be in (0, {DURATION_MAX:?}]"
+            )));
+        }
+        if self.start_in.is_some_and(|lead| lead > DURATION_MAX) {
+            return Err(config(format!(
+                "--start-in must be at most {DURATION_MAX:?}"
+            )));
         }
         Ok(())
     }
@@ -550,6 +628,7 @@ mod tests {
         for (scenario, heading, own) in [
             ("burst", "Burst options:", "--shoppers"),
             ("steady", "Steady options:", "--rate"),
+            ("raffle", "Raffle options:", "--pay-fraction"),
         ] {
             let help = command
                 .find_subcommand_mut(scenario)
@@ -594,6 +673,8 @@ mod tests {
             &["burst", "--quantity", "2"][..],
             &["burst", "--start-in", "5s"][..],
             &["steady", "--rate", "0"][..],
+            &["raffle", "--pay-fraction", "1.5"][..],
+            &["raffle", "--hold-seconds", "0"][..],
             &["steady", "--rate", "1000000", "--duration", "24h"][..],
         ] {
             let args = parse(argv).expect("parses");

@@ -114,19 +114,50 @@ pub fn registration_lead(shoppers: usize) -> Duration {
 
 /// `now + lead`, rounded up to a whole second (the deal's `starts_at` is
 /// sent with whole seconds).
-fn whole_second_after(now: SystemTime, lead: Duration) -> SystemTime {
+pub(crate) fn whole_second_after(now: SystemTime, lead: Duration) -> SystemTime {
     let at = (now + lead).duration_since(UNIX_EPOCH).unwrap_or_default();
     let seconds = at.as_secs() + u64::from(at.subsec_nanos() > 0);
     UNIX_EPOCH + Duration::from_secs(seconds)
 }
 
 /// The instant on the monotonic clock that corresponds to `at`.
-fn instant_of(at: SystemTime) -> Instant {
+pub(crate) fn instant_of(at: SystemTime) -> Instant {
     let now = Instant::now();
     match at.duration_since(SystemTime::now()) {
         Ok(ahead) => now + ahead,
         Err(behind) => now.checked_sub(behind.duration()).unwrap_or(now),
     }
+}
+
+/// Registers every shopper of `setup` for its deal, concurrently on the
+/// context's connections; fails with [`LoadtestError::RegistrationTooSlow`]
+/// unless that ends [`REGISTRATION_MARGIN`] before `starts_at`.
+pub(crate) async fn register_in_time(
+    context: &Context,
+    setup: &scenario::Setup,
+    starts_at: SystemTime,
+) -> Result<(), LoadtestError> {
+    let shoppers = setup.shoppers.len();
+    context.progress.phase(format!(
+        "registering {} shoppers; the deal starts at {}",
+        grouped(shoppers as u64),
+        humantime::format_rfc3339_seconds(starts_at)
+    ));
+    api::register_all(
+        &context.target,
+        context.timeout,
+        context.connections,
+        &setup.shoppers,
+        &setup.deal.id,
+    )
+    .await?;
+    if SystemTime::now() + REGISTRATION_MARGIN > starts_at {
+        return Err(LoadtestError::RegistrationTooSlow {
+            shoppers,
+            margin: REGISTRATION_MARGIN,
+        });
+    }
+    Ok(())
 }
 
 /// Runs a burst and checks the invariants.
@@ -163,31 +194,13 @@ pub async fn run(context: &Context, args: &BurstArgs) -> Result<Report, Loadtest
                 ends_at,
                 requires_registration: args.register,
                 hold_seconds: scenario::HOLD_SECONDS,
+                raffle: false,
             }
         })
         .await?;
 
     if args.register {
-        let starts_at = deal_start.unwrap_or_else(SystemTime::now);
-        context.progress.phase(format!(
-            "registering {} shoppers; the deal starts at {}",
-            grouped(shopper_count as u64),
-            humantime::format_rfc3339_seconds(starts_at)
-        ));
-        api::register_all(
-            &context.target,
-            context.timeout,
-            context.connections,
-            &setup.shoppers,
-            &setup.deal.id,
-        )
-        .await?;
-        if SystemTime::now() + REGISTRATION_MARGIN > starts_at {
-            return Err(LoadtestError::RegistrationTooSlow {
-                shoppers: shopper_count,
-                margin: REGISTRATION_MARGIN,
-            });
-        }
+        register_in_time(context, &setup, deal_start.unwrap_or_else(SystemTime::now)).await?;
     }
 
     // Taps at uniform random offsets within the ramp, in time order.

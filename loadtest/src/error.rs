@@ -84,6 +84,10 @@ pub enum LoadtestError {
     )]
     RegistrationTooSlow { shoppers: usize, margin: Duration },
 
+    /// A raffle was still not drawn this long after its `starts_at`.
+    #[error("the raffle was not drawn within {waited:?} of its starts_at")]
+    DrawNotRun { waited: Duration },
+
     /// The hello server could not bind its address.
     #[error("cannot bind {addr}")]
     Bind {

@@ -11,10 +11,13 @@
 //!   backoff. `--profile xiaomi` is 1,000,000 shoppers for 100,000 units.
 //! - **steady**: a constant open-loop arrival rate of buys, holds, pays,
 //!   releases and feed reads for a fixed time.
+//! - **raffle**: a raffle deal (issue #14): a registration wave, the
+//!   draw, winners paying (`--pay-fraction`) or letting their holds
+//!   expire, the waitlist refilling; checked against the published draw.
 //! - **hello**: a bare hyper hello-world server, the ceiling baseline for
 //!   `scripts/compare.sh`.
 //!
-//! Both load scenarios report throughput, latency percentiles measured
+//! The load scenarios report throughput, latency percentiles measured
 //! from each operation's *scheduled* instant (so coordinated omission
 //! cannot hide a stall), answers by status and error code, time to sell
 //! out, and the client's own CPU per request; optionally as JSON and as an
@@ -37,7 +40,7 @@
 //! - `open_loop.rs`: the scheduler and workers; latency from the schedule.
 //! - `recorder.rs`: counters, histograms, timeline, acknowledged orders.
 //! - `scenario.rs`: what both scenarios share (setup, one attempt, checks).
-//! - `burst.rs`, `steady.rs`: the two scenarios.
+//! - `burst.rs`, `steady.rs`, `raffle.rs`: the load scenarios.
 //! - `checks.rs`: the invariant checks, pure, plus the Postgres look-up.
 //! - `report.rs`, `plot.rs`: the table, the JSON, the SVG.
 //! - `cpu.rs`: the dedicated runtime and the CPU it uses.
@@ -57,6 +60,7 @@ mod hello;
 mod open_loop;
 mod plot;
 mod progress;
+mod raffle;
 mod recorder;
 mod report;
 mod retry;
@@ -71,12 +75,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use args::{
-    BurstArgs, Durability, HelloArgs, LoadtestArgs, Mix, Profile, RunArgs, Scenario, SteadyArgs,
+    BurstArgs, Durability, HelloArgs, LoadtestArgs, Mix, Profile, RaffleArgs, RunArgs, Scenario,
+    SteadyArgs,
 };
 pub use error::{LoadtestError, TransportError};
 pub use hello::serve as serve_hello;
 pub use recorder::TimelinePoint;
-pub use report::{Check, ClientCpu, LatencySummary, Outcomes, Report};
+pub use report::{Check, ClientCpu, LatencySummary, Outcomes, RaffleFigures, Report};
 pub use spawn::SpawnedServer;
 
 use crate::progress::Progress;
@@ -107,7 +112,7 @@ pub async fn run(args: LoadtestArgs) -> Result<ExitCode, LoadtestError> {
     })
 }
 
-/// Runs a burst or steady scenario and returns its report without printing
+/// Runs a burst, steady or raffle scenario and returns its report without printing
 /// it; writes `--json` and `--plot` if asked. `hello` is refused: it is a
 /// server, not a scenario.
 pub async fn run_scenario(args: LoadtestArgs) -> Result<Report, LoadtestError> {
@@ -184,6 +189,7 @@ async fn run_against(
     match &args.command {
         Scenario::Burst(burst) => burst::run(&context, burst).await,
         Scenario::Steady(steady) => steady::run(&context, steady).await,
+        Scenario::Raffle(raffle) => raffle::run(&context, raffle).await,
         Scenario::Hello(_) => Err(args::hello_is_not_a_run()),
     }
 }

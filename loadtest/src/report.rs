@@ -56,7 +56,31 @@ pub struct Report {
     pub last_sale_after_seconds: Option<f64>,
     pub client_cpu: ClientCpu,
     pub timeline: Vec<TimelinePoint>,
+    /// A raffle run's own figures; absent for the other scenarios.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub raffle: Option<RaffleFigures>,
     pub checks: Vec<Check>,
+}
+
+/// What a raffle run saw of its draw and its waitlist (issue #14).
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq)]
+pub struct RaffleFigures {
+    /// Shoppers registered for the draw.
+    pub registrants: u64,
+    /// From the deal's `starts_at` to the first look that saw it drawn
+    /// (so it includes up to one poll interval of the client).
+    pub draw_after_seconds: Option<f64>,
+    /// From `starts_at` until the last unit was paid; `None` if the run
+    /// stopped (waitlist exhausted or `--follow-for` passed) before.
+    pub all_paid_after_seconds: Option<f64>,
+    /// Offers the draw made (holds and ranks passed over).
+    pub offers: u64,
+    /// Winners' holds the client saw.
+    pub holds: u64,
+    /// Holds paid.
+    pub paid: u64,
+    /// Holds left to run out that the server reports as expired.
+    pub expired: u64,
 }
 
 /// Final outcomes of the operations.
@@ -352,6 +376,27 @@ impl fmt::Display for Report {
                 row(&mut out, kind, grouped(*count));
             }
         }
+        if let Some(r) = &self.raffle {
+            let _ = writeln!(out, "\nraffle");
+            row(&mut out, "registrants", grouped(r.registrants));
+            row(&mut out, "drawn after", seconds(r.draw_after_seconds));
+            row(
+                &mut out,
+                "all paid after",
+                seconds(r.all_paid_after_seconds),
+            );
+            row(
+                &mut out,
+                "offers",
+                format!(
+                    "{} ({} holds, {} paid, {} expired)",
+                    grouped(r.offers),
+                    grouped(r.holds),
+                    grouped(r.paid),
+                    grouped(r.expired)
+                ),
+            );
+        }
         let c = &self.client_cpu;
         let _ = writeln!(out, "\nclient CPU (load phase)");
         row(
@@ -542,6 +587,7 @@ pub(crate) mod tests {
             last_sale_after_seconds: None,
             client_cpu: ClientCpu::default(),
             timeline: Vec::new(),
+            raffle: None,
             checks: vec![Check::new("a", true, "")],
         }
     }

@@ -360,6 +360,7 @@ pub fn report(
             measured.wall,
         ),
         timeline: tally.timeline.clone(),
+        raffle: None,
         checks,
     }
 }

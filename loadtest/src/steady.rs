@@ -293,6 +293,7 @@ pub async fn run(context: &Context, args: &SteadyArgs) -> Result<Report, Loadtes
                 ends_at,
                 requires_registration: false,
                 hold_seconds: scenario::HOLD_SECONDS,
+                raffle: false,
             }
         })
         .await?;

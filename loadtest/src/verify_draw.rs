@@ -33,22 +33,24 @@ const VERIFY_PROBLEMS_MAX: usize = 20;
 /// past the engine's registrant bound.
 const VERIFY_PAGES_MAX: usize = 1_000;
 
+/// One page of `GET /v1/deals/{id}/draw` (docs/api.md "Raffles").
 #[derive(Deserialize)]
-struct DrawPage {
-    seed_commitment: String,
-    drawn: bool,
-    seed: Option<String>,
-    registrants: Option<u64>,
-    registrants_hash: Option<String>,
-    offers_total: Option<u64>,
-    offers: Vec<OfferPage>,
-    next_cursor: Option<String>,
+pub(crate) struct DrawPage {
+    pub(crate) seed_commitment: String,
+    pub(crate) drawn: bool,
+    pub(crate) seed: Option<String>,
+    pub(crate) registrants: Option<u64>,
+    pub(crate) registrants_hash: Option<String>,
+    pub(crate) offers_total: Option<u64>,
+    pub(crate) offers: Vec<OfferPage>,
+    pub(crate) next_cursor: Option<String>,
 }
 
+/// One offered rank: hex `rank`, `outcome` `hold` or `passed_over`.
 #[derive(Deserialize)]
-struct OfferPage {
-    rank: String,
-    outcome: String,
+pub(crate) struct OfferPage {
+    pub(crate) rank: String,
+    pub(crate) outcome: String,
 }
 
 #[derive(Deserialize)]
@@ -76,7 +78,8 @@ fn unhex(text: &str, what: &str, problems: &mut Vec<String>) -> Digest {
     digest
 }
 
-fn hex_decode(text: &str, out: &mut Digest) -> Option<()> {
+/// Decodes 64 hex digits into `out`; `None` if `text` is anything else.
+pub(crate) fn hex_decode(text: &str, out: &mut Digest) -> Option<()> {
     let bytes = text.as_bytes();
     if bytes.len() != 64 {
         return None;
@@ -88,8 +91,9 @@ fn hex_decode(text: &str, out: &mut Digest) -> Option<()> {
     Some(())
 }
 
-/// Reads every page of `path` (relative to the deal URL) through `next`.
-async fn pages<T: for<'de> Deserialize<'de>>(
+/// Reads every page of `path` (relative to the connection's target)
+/// through `next`, at most [`VERIFY_PAGES_MAX`] pages.
+pub(crate) async fn pages<T: for<'de> Deserialize<'de>>(
     connection: &mut Connection,
     path: &str,
     next: impl Fn(&T) -> Option<String>,

@@ -1,5 +1,5 @@
-//! The SREs' tool against the real server: `flashsale loadtest burst` and
-//! `steady` with `--spawn` at small scale, and `flashsale demo`. Each run's
+//! The SREs' tool against the real server: `flashsale loadtest burst`,
+//! `steady` and `raffle` with `--spawn` at small scale, and `flashsale demo`. Each run's
 //! own invariant check (sold ≤ stock and = orders, no shopper over the
 //! limit, spent = order amounts, every 201 kept) must pass, and the JSON
 //! report must say what happened.
@@ -91,6 +91,62 @@ fn a_short_steady_run_against_a_spawned_server_keeps_the_invariants() {
     assert!(
         (500..=700).contains(&operations),
         "open loop keeps its schedule: {operations}"
+    );
+}
+
+#[test]
+fn a_small_raffle_against_a_spawned_server_draws_fairly_and_refills() {
+    let report = run_scenario(&[
+        "raffle",
+        "--registrants",
+        "200",
+        "--stock",
+        "20",
+        "--hold-seconds",
+        "2",
+        "--pay-fraction",
+        "0.7",
+        "--start-in",
+        "3s",
+        "--follow-for",
+        "60s",
+        "--seed",
+        "11",
+    ]);
+    assert_checks_pass(&report);
+    let names: Vec<&str> = report["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .filter_map(|check| check["name"].as_str())
+        .collect();
+    assert!(names.contains(&"draw follows the ranking"), "{names:?}");
+    assert!(names.contains(&"only registrants won"), "{names:?}");
+    let raffle = &report["raffle"];
+    let count = |field: &str| {
+        raffle[field]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{field}: {raffle}"))
+    };
+    assert_eq!(count("registrants"), 200);
+    assert_eq!(count("paid"), 20, "all stock is paid: {raffle}");
+    assert_eq!(report["outcomes"]["ok"], 20, "one payment per unit");
+    assert!(
+        count("expired") > 0,
+        "with 70 % paying some holds expire and refill: {raffle}"
+    );
+    assert_eq!(
+        count("holds"),
+        count("paid") + count("expired"),
+        "every hold was paid or expired: {raffle}"
+    );
+    assert!(count("offers") >= count("holds") && count("offers") <= 200);
+    let drawn = raffle["draw_after_seconds"].as_f64().expect("drawn");
+    let all_paid = raffle["all_paid_after_seconds"].as_f64().expect("all paid");
+    assert!((0.0..5.0).contains(&drawn) && drawn <= all_paid, "{raffle}");
+    assert!(
+        all_paid >= 2.0,
+        "expired holds took at least one hold period to pass on: {raffle}"
     );
 }
 
