@@ -11,13 +11,15 @@
 #   5. Postgres running `UPDATE ... SET stock = stock - 1 WHERE id = $1 AND
 #      stock > 0` (pgbench -f, database `test`, user postgres, host 127.0.0.1);
 #   6. multi-node mode: two flashsale nodes on that Redis, settling path,
-#      wrk against both at once (half the connections each);
+#      wrk against both at once (half the connections each), with the CPU
+#      per settled buy of the nodes (/proc/PID/stat) and of Redis (INFO cpu);
 #   7. multi-node mode: one node's sold-out path (answered from the node's
 #      sold-out flag, Redis untouched);
 #   8. Redis running multi-node mode's own buy step (the `reserve` step of
 #      gateway/redis/flashsale.lua, same keys and arguments as a node sends,
 #      a fresh idempotency key per call) under redis-benchmark: the ceiling
-#      of case 6.
+#      of case 6, with Redis' CPU per call; the last line prints case 6
+#      over case 8 (issue #12's goal: at least 0.8).
 #
 # The HTTP cases all use the same client, wrk, with a small Lua script that
 # gives every request its own Idempotency-Key and rotates shopper tokens.
@@ -36,6 +38,10 @@
 #   COMPARE_REDIS_PORT   Redis port on 127.0.0.1               (default 6379)
 #   COMPARE_FSYNC_MODES  1: case 6 again with appendfsync always, then
 #                        everysec (CONFIG SET, restored after)  (default 0)
+#   COMPARE_CASES        all: every case; redis: only cases 6-8 (multi-node
+#                        mode against redis-benchmark), on a Redis already
+#                        running at COMPARE_REDIS_PORT          (default all)
+#   FLASHSALE_BIN        the binary to measure (default: build target/release/flashsale)
 #   PGPORT / PGPASSWORD  Postgres port / password              (5432 / none)
 set -euo pipefail
 
@@ -46,6 +52,12 @@ REQUESTS=${COMPARE_REQUESTS:-500000}
 DURABILITY=${COMPARE_DURABILITY:-sync}
 REDIS_PORT=${COMPARE_REDIS_PORT:-6379}
 FSYNC_MODES=${COMPARE_FSYNC_MODES:-0}
+CASES=${COMPARE_CASES:-all}
+case "$CASES" in all | redis) ;; *)
+  echo "COMPARE_CASES must be all or redis, not $CASES" >&2
+  exit 2
+  ;;
+esac
 PG_PORT=${PGPORT:-5432}
 # Shoppers for the buy cases (one bulk call creates at most 10,000).
 SHOPPERS=10000
@@ -56,7 +68,7 @@ READY_WAIT_TENTHS=300 # 30 s for a server to say it is listening
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
-BIN=$TARGET_DIR/release/flashsale
+BIN=${FLASHSALE_BIN:-$TARGET_DIR/release/flashsale}
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/flashsale-compare.XXXXXX")
 PIDS=()
 
@@ -125,6 +137,22 @@ latency() { # latency NAME PERCENT: a latency percentile from wrk --latency
   awk -v p="$2%" '$1 == p {print $2}' "$WORK/$1.wrk"
 }
 
+# User plus system CPU of the processes PID..., in clock ticks (getconf CLK_TCK).
+cpu_ticks() {
+  local pid total=0
+  for pid in "$@"; do
+    total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat")))
+  done
+  echo "$total"
+}
+# Redis' own CPU so far (INFO cpu: used_cpu_sys + used_cpu_user), in seconds.
+redis_cpu() {
+  redis-cli -h 127.0.0.1 -p "$REDIS_PORT" INFO cpu | tr -d '\r' |
+    awk -F: '/^used_cpu_(sys|user):/ {s += $2} END {printf "%.6f", s}'
+}
+per_buy_us() { # per_buy_us SECONDS COUNT: microseconds each
+  awk -v s="$1" -v n="$2" 'BEGIN { if (n > 0) printf "%.1f", s * 1e6 / n; else print "-" }'
+}
 # Results: name, requests per second (empty when skipped), note.
 NAMES=()
 RATES=()
@@ -142,14 +170,15 @@ HAVE_WRK=1
 need wrk wrk || HAVE_WRK=0
 
 say "building flashsale (release)"
-(cd "$ROOT" && cargo build --release --bin flashsale)
+[ -n "${FLASHSALE_BIN:-}" ] || (cd "$ROOT" && cargo build --release --bin flashsale)
 [ -x "$BIN" ] || {
   echo "no $BIN after the build" >&2
   exit 1
 }
 
-# --- 1. hello-world ceiling -----------------------------------------------
 HELLO_RATE=""
+if [ "$CASES" = all ]; then
+# --- 1. hello-world ceiling -----------------------------------------------
 if [ "$HAVE_WRK" -eq 1 ]; then
   "$BIN" loadtest hello --addr 127.0.0.1:0 >"$WORK/hello.out" 2>&1 &
   PIDS+=($!)
@@ -164,6 +193,7 @@ else
   result "hello-world (bare hyper)" "" "wrk not available"
 fi
 
+fi # single-node cases
 # --- 2, 3. flashsale buy ---------------------------------------------------
 start_flashsale() { # in this shell, so that its pid is kept for cleanup
   local token=$1
@@ -218,6 +248,7 @@ end
 LUA
 
 FS_TOKEN=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
+if [ "$CASES" = all ]; then
 if [ "$HAVE_WRK" -eq 0 ]; then
   result "flashsale buy, sold-out path" "" "wrk not available"
   result "flashsale buy, settling path" "" "wrk not available"
@@ -294,6 +325,7 @@ else
   result "redis EVALSHA stock decrement" "" "redis-benchmark not available"
 fi
 
+fi # single-node cases
 # --- 6, 7, 8. multi-node mode on the same Redis -------------------------------
 REDIS_UP=0
 redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping >/dev/null 2>&1 && REDIS_UP=1
@@ -304,6 +336,7 @@ if [ "$HAVE_WRK" -eq 0 ] || [ "$REDIS_UP" -eq 0 ]; then
 else
   SECRET=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
   REDIS_URLS=()
+  NODE_PIDS=()
   for node in 1 2; do
     FLASHSALE_RATE_LIMIT_SHOPPER=0 FLASHSALE_RATE_LIMIT_ADDRESS=0 \
       "$BIN" serve --addr 127.0.0.1:0 --data-dir "$WORK/redis-node-$node" \
@@ -311,6 +344,7 @@ else
       --redis-url "redis://127.0.0.1:$REDIS_PORT" --redis-namespace "$NS" --allow-volatile-redis \
       >"$WORK/node$node.out" 2>"$WORK/node$node.log" &
     PIDS+=($!)
+    NODE_PIDS+=($!)
     REDIS_URLS+=("$(wait_for_url "$WORK/node$node.out" "${PIDS[-1]}")")
   done
   FS_URL=${REDIS_URLS[0]}
@@ -340,7 +374,9 @@ else
   # path; records the result as "2 redis-mode nodes, settling$1".
   two_nodes_settling() {
     say "wrk against two redis-mode nodes at once, settling path$1"
-    local half=$((CONNECTIONS / 2)) wrks=() node rate bad sold
+    local half=$((CONNECTIONS / 2)) wrks=() node rate bad sold settled ticks redis_s
+    ticks=$(cpu_ticks "${NODE_PIDS[@]}")
+    redis_s=$(redis_cpu)
     for node in 0 1; do
       COMPARE_PATH="/v1/deals/$settling/orders" COMPARE_RUN="rs$node$now$2" \
         wrk -t1 -c"$half" -d"${DURATION}s" --timeout 10s --latency -s "$WORK/buy.lua" \
@@ -348,10 +384,15 @@ else
       wrks+=($!)
     done
     wait "${wrks[@]}" || true
+    ticks=$(($(cpu_ticks "${NODE_PIDS[@]}") - ticks))
+    redis_s=$(awk -v a="$(redis_cpu)" -v b="$redis_s" 'BEGIN { print a - b }')
     rate=$(awk '/^Requests\/sec:/ {sum += $2} END {print sum}' "$WORK"/redis_settling?.wrk)
     bad=$(awk '/Non-2xx or 3xx responses:/ {sum += $5} END {print sum + 0}' "$WORK"/redis_settling?.wrk)
+    settled=$(awk '/ requests in / {sum += $1} END {print sum - '"$bad"'}' "$WORK"/redis_settling?.wrk)
     sold=$(api GET "/v1/deals/$settling" "$FS_TOKEN" | jq -r .sold)
-    result "2 redis-mode nodes, settling$1" "$rate" "$bad answers not 2xx (0 expected); $sold sold"
+    result "2 redis-mode nodes, settling$1" "$rate" "$bad answers not 2xx (0 expected); $sold sold; \
+CPU per buy: nodes $(per_buy_us "$(awk -v t="$ticks" -v hz="$(getconf CLK_TCK)" 'BEGIN { print t / hz }')" "$settled") us, \
+Redis $(per_buy_us "$redis_s" "$settled") us"
   }
   two_nodes_settling "" ""
   if [ "$FSYNC_MODES" -eq 1 ]; then
@@ -392,13 +433,16 @@ if [ "$REDIS_UP" -eq 1 ] && command -v redis-benchmark >/dev/null 2>&1; then
   cli HSET "$P:stock" b:1 1000000000000
   sha=$(redis-cli -h 127.0.0.1 -p "$REDIS_PORT" SCRIPT LOAD "$(cat "$ROOT/gateway/redis/flashsale.lua")")
   say "redis-benchmark EVALSHA of the multi-node buy step ($REQUESTS requests)"
+  redis_s=$(redis_cpu)
   redis-benchmark -h 127.0.0.1 -p "$REDIS_PORT" -c "$CONNECTIONS" -n "$REQUESTS" -r 1000000000 \
     --threads "$THREADS" --csv EVALSHA "$sha" 12 "$P:acct:1" "$P:key:1:__rand_int__" "$P:stock" \
     "$P:terms:1" "$P:orders" "$P:holds" "$P:exp" "$P:seq" "$P:do:1" "$P:so:1" "$P:rec:1" \
     "$P:books" reserve 1 1 order 1 1 0 0 86400 0 >"$WORK/redis-buy.csv" 2>&1 || true
   rate=$(awk -F'","' 'NR > 1 && NF > 1 {print $2; exit}' "$WORK/redis-buy.csv")
+  redis_s=$(awk -v a="$(redis_cpu)" -v b="$redis_s" 'BEGIN { print a - b }')
   settled=$(redis-cli -h 127.0.0.1 -p "$REDIS_PORT" HGET "$P:acct:1" b:1)
-  result "redis EVALSHA multi-node buy step" "$rate" "$settled settled; the ceiling of the row two above"
+  result "redis EVALSHA multi-node buy step" "$rate" "$settled settled; Redis CPU per call \
+$(per_buy_us "$redis_s" "$settled") us; the ceiling of the row two above"
 else
   result "redis EVALSHA multi-node buy step" "" "Redis or redis-benchmark not available"
 fi
@@ -407,6 +451,7 @@ if [ "$REDIS_UP" -eq 1 ]; then
     "for _, k in ipairs(redis.call('KEYS', ARGV[1])) do redis.call('DEL', k) end" 0 "$NS*" >/dev/null || true
 fi
 
+if [ "$CASES" = all ]; then
 # --- 5. Postgres conditional UPDATE ---------------------------------------
 if need pgbench postgresql-contrib || need pgbench postgresql-client; then
   psql_test() { psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -d test -v ON_ERROR_STOP=1 -qtA "$@"; }
@@ -434,6 +479,7 @@ else
   result "postgres UPDATE ... stock > 0" "" "pgbench not available"
 fi
 
+fi # Postgres case
 # --- the table -------------------------------------------------------------
 printf '\n%-34s %12s %9s  %s\n' "case ($CONNECTIONS connections, ${DURATION}s)" "req/s" "vs hello" "notes"
 for i in "${!NAMES[@]}"; do
@@ -446,3 +492,14 @@ for i in "${!NAMES[@]}"; do
   [ -n "$HELLO_RATE" ] && ratio=$(awk -v a="$rate" -v b="$HELLO_RATE" 'BEGIN { if (b > 0) printf "%.3f", a / b; else print "-" }')
   printf '%-34s %12.0f %9s  %s\n' "${NAMES[$i]}" "$rate" "$ratio" "${NOTES[$i]}"
 done
+# Issue #12's ratio: two nodes settling against Redis alone running their step.
+nodes_rate="" step_rate=""
+for i in "${!NAMES[@]}"; do
+  case "${NAMES[$i]}" in
+  "2 redis-mode nodes, settling") nodes_rate=${RATES[$i]} ;;
+  "redis EVALSHA multi-node buy step") step_rate=${RATES[$i]} ;;
+  esac
+done
+if [ -n "$nodes_rate" ] && [ -n "$step_rate" ]; then
+  awk -v a="$nodes_rate" -v b="$step_rate" 'BEGIN { if (b > 0) printf "\n2 nodes settling / redis-benchmark of their step: %.2f x (goal >= 0.8)\n", a / b }'
+fi

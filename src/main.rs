@@ -29,6 +29,12 @@ use tokio::net::TcpListener;
 
 type BoxError = Box<dyn StdError + Send + Sync + 'static>;
 
+/// The process' allocator: mimalloc, whose thread-local free lists cost a
+/// node's buy path less than glibc's arenas (`scripts/compare.sh`, README
+/// "Speed": malloc and free were a fifth of a Redis-mode node's CPU).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Flash-sale checkout engine.
 #[derive(Parser)]
 #[command(name = "flashsale", version, about, propagate_version = true)]
