@@ -1476,3 +1476,68 @@ async fn move_position(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use flashsale_engine::{DealSpec, MerchantId, Money};
+
+    use super::*;
+
+    fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+        haystack
+            .windows(needle.len())
+            .any(|window| window == needle)
+    }
+
+    /// A raffle's seed is secret until its draw: its deal's row, and the
+    /// text `order_sink_set_aside` would keep of its event, carry the
+    /// commitment and never the seed, in hex or raw; the draw's row does.
+    #[test]
+    fn a_raffle_seed_reaches_the_rows_only_with_its_draw() {
+        let seed = DrawSeed([0xab; 32]);
+        let deal = DealId(2);
+        let at = Timestamp(1_795_262_400_000);
+        let created = Event::DealCreated {
+            deal,
+            merchant: MerchantId(1),
+            spec: DealSpec {
+                title: "Phone raffle".into(),
+                price: Money::from_fen(1_000).unwrap(),
+                stock: 8,
+                per_user_limit: 1,
+                starts_at: at,
+                ends_at: at.plus_seconds(3600),
+                requires_registration: true,
+                hold_seconds: 60,
+                allocation: Allocation::Raffle(seed),
+            },
+            at,
+        };
+        let seed_hex = hex::encode(seed.0);
+        let commitment_hex = hex::encode(seed.commitment());
+        let batch = Batch::from_events(&[(1, created.clone())], "dep").unwrap();
+        assert!(contains(&batch.deals.bytes, commitment_hex.as_bytes()));
+        for rows in [&batch.deals, &batch.draws, &batch.places] {
+            assert!(!contains(&rows.bytes, seed_hex.as_bytes()));
+            assert!(!contains(&rows.bytes, &seed.0));
+        }
+        let text = format!("{created:?}");
+        assert!(
+            !text.contains(&seed_hex) && !text.contains("171, 171"),
+            "{text}"
+        );
+
+        let drawn = Event::DrawRun {
+            deal,
+            at,
+            seed,
+            registrants: 3,
+            registrants_hash: [0; 32],
+        };
+        let batch = Batch::from_events(&[(1, created), (2, drawn)], "dep").unwrap();
+        assert_eq!(batch.draws.rows, 1);
+        assert!(contains(&batch.draws.bytes, seed_hex.as_bytes()));
+        assert!(contains(&batch.draws.bytes, commitment_hex.as_bytes()));
+        assert!(!contains(&batch.deals.bytes, seed_hex.as_bytes()));
+    }
+}
