@@ -1094,10 +1094,11 @@ async fn assert_raffle_books(conn: &mut PgConnection, deal: &str, expected: &Raf
 }
 
 const RAFFLE_FUNDED: usize = 32;
-const RAFFLE_BROKE: usize = 4;
+const RAFFLE_BROKE: usize = 8;
 const RAFFLE_STOCK: u64 = 8;
 
-/// A raffle served over HTTP reaches Postgres as the API tells it: the
+/// A raffle served over HTTP (40 registrants, 8 of them too poor, for 8
+/// units) reaches Postgres as the API tells it: the
 /// registrations, the draw with its seed (and no seed anywhere in Postgres
 /// before the draw), each place of the ranking offered or passed over in
 /// walk order, paid holds linked to their orders, released and expired
@@ -1264,6 +1265,8 @@ async fn a_raffle_reaches_postgres_as_the_api_tells_it_and_its_seed_only_after_t
         record["offers_total"].as_u64().unwrap()
     );
     assert_eq!(orders.len() as u64, RAFFLE_STOCK);
+    // Units passed down the waitlist: more offers than units, some
+    // released, some expired, and (8 of 40 too poor) some passed over.
     let ended = |how: &str| {
         places
             .iter()
@@ -1271,6 +1274,9 @@ async fn a_raffle_reaches_postgres_as_the_api_tells_it_and_its_seed_only_after_t
             .count()
     };
     assert!(ended("released") > 0 && ended("expired") > 0, "{places:?}");
+    let offered = places.iter().filter(|p| p.2 == "offered").count();
+    assert!(offered > RAFFLE_STOCK as usize, "{places:?}");
+    assert!(places.iter().any(|p| p.2 == "passed_over"), "{places:?}");
     let deal_json = api.get(&format!("/v1/deals/{deal}"), None).await;
     let drawn = (
         seed.clone(),
@@ -1292,6 +1298,18 @@ async fn a_raffle_reaches_postgres_as_the_api_tells_it_and_its_seed_only_after_t
     .await
     .unwrap();
     assert_eq!(held, vec![2.0]);
+    // A hold ended after it was offered: expired at or past its expiry,
+    // released before it.
+    let misdated: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM draw_places WHERE deal_id = $1 AND (ended_at < reached_at \
+         OR (ended = 'expired' AND ended_at < expires_at) \
+         OR (ended = 'released' AND ended_at > expires_at))",
+    )
+    .bind(&deal)
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(misdated, 0);
     let before_loss = every_row(&mut conn).await;
     server.shutdown().await.unwrap();
 
