@@ -319,16 +319,23 @@ impl Raffle {
         Ok(())
     }
 
-    /// Closes the list (emitting `DrawRun` through `emit` under the
-    /// enrolment lock, after every registration's event) and ranks it.
-    fn run(&self, draw: &mut Draw, emit: impl FnOnce()) {
+    /// Closes the list, ranks it, and hands the ranking to `emit` (which
+    /// journals `DrawRun` with what it reveals) before the seed turns
+    /// public. The list is closed under the enrolment lock, and a
+    /// registration emits its event under that lock only while the list is
+    /// open, so `DrawRun` comes after every registration's event although
+    /// the ranking (600 ms for 1,000,000 registrants) is made after the
+    /// enrolment lock is let go: a registration waiting for it never holds
+    /// its shard lock that long. Called with the draw lock held.
+    fn run(&self, draw: &mut Draw, emit: impl FnOnce(&Ranking)) {
         let registrants = {
             let mut enrolment = self.enrolment.lock();
             enrolment.closed = true;
-            emit();
             std::mem::take(&mut enrolment.shoppers)
         };
-        draw.ranking = Some(Ranking::new(&self.seed, &registrants));
+        let ranking = Ranking::new(&self.seed, &registrants);
+        emit(&ranking);
+        draw.ranking = Some(ranking);
         self.drawn.store(true, Ordering::Release);
     }
 }
@@ -422,10 +429,13 @@ impl Engine {
             }
             let mut draw = raffle.draw.lock();
             if draw.ranking.is_none() && draw_due {
-                raffle.run(&mut draw, || {
+                raffle.run(&mut draw, |ranking| {
                     self.sink().emit(Event::DrawRun {
                         deal: deal.id,
                         at: now,
+                        seed: raffle.seed,
+                        registrants: ranking.len() as u64,
+                        registrants_hash: ranking.registrants_hash,
                     })
                 });
                 done += 1;
@@ -623,8 +633,15 @@ impl Engine {
 
     // ----- replay ---------------------------------------------------------------
 
-    /// Replays `DrawRun`: closes the list and ranks it, as the live draw did.
-    pub(crate) fn replay_draw_run(&self, deal: &DealState) -> Result<(), EngineError> {
+    /// Replays `DrawRun`: closes the list and ranks it, as the live draw
+    /// did. What the event says the draw revealed must be what this
+    /// ranking reveals (`None`: a format-2 `DrawRunFormat2`, which says
+    /// nothing).
+    pub(crate) fn replay_draw_run(
+        &self,
+        deal: &DealState,
+        revealed: Option<Revealed<'_>>,
+    ) -> Result<(), EngineError> {
         let raffle = replay_raffle(deal)?;
         let mut draw = raffle.draw.lock();
         if draw.ranking.is_some() {
@@ -632,7 +649,19 @@ impl Engine {
                 reason: "a raffle is drawn twice",
             });
         }
-        raffle.run(&mut draw, || ());
+        let mut matches = true;
+        raffle.run(&mut draw, |ranking| {
+            if let Some(revealed) = revealed {
+                matches = *revealed.seed == raffle.seed
+                    && revealed.registrants == ranking.len() as u64
+                    && *revealed.registrants_hash == ranking.registrants_hash;
+            }
+        });
+        if !matches {
+            return Err(EngineError::Inconsistent {
+                reason: "a draw reveals another seed or registrant list than the deal's",
+            });
+        }
         Ok(())
     }
 
@@ -694,6 +723,14 @@ impl Engine {
         offers.push(Offer::Held(hold.id));
         Ok(())
     }
+}
+
+/// What a journalled `DrawRun` says its draw revealed, checked on replay.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Revealed<'a> {
+    pub(crate) seed: &'a DrawSeed,
+    pub(crate) registrants: u64,
+    pub(crate) registrants_hash: &'a Digest,
 }
 
 fn replay_raffle(deal: &DealState) -> Result<&Raffle, EngineError> {

@@ -13,6 +13,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::clock::Timestamp;
+use crate::draw::{Digest, DrawSeed};
 use crate::ids::{DealId, HoldId, MerchantId, OrderId, ShopperId};
 use crate::money::Money;
 use crate::records::{DealSpec, Hold, Order, Review};
@@ -99,9 +100,10 @@ pub enum Event {
         deal: DealId,
         at: Timestamp,
     },
-    /// A raffle's draw ran: its registrant list closed (every `Registered`
-    /// of the deal comes before this) and was ranked from the seed.
-    DrawRun {
+    /// A raffle's draw as journal format 2 recorded it, without what the
+    /// draw revealed: replayed like [`Event::DrawRun`], never emitted. It
+    /// keeps its place in the enum so format-2 records decode unchanged.
+    DrawRunFormat2 {
         deal: DealId,
         at: Timestamp,
     },
@@ -115,6 +117,20 @@ pub enum Event {
         deal: DealId,
         shopper: ShopperId,
         at: Timestamp,
+    },
+    /// A raffle's draw ran: its registrant list closed (every `Registered`
+    /// of the deal comes before this) and was ranked from the seed, which
+    /// is public from here on. Carries what the draw revealed, so a reader
+    /// of the journal (the order sink) needs no earlier event: the seed,
+    /// the number of registrants ranked and the published registrant set's
+    /// hash ([`crate::draw::registrants_hash`]). Journal format 3 appended
+    /// it last, so every format-2 record decodes as before.
+    DrawRun {
+        deal: DealId,
+        at: Timestamp,
+        seed: DrawSeed,
+        registrants: u64,
+        registrants_hash: Digest,
     },
 }
 

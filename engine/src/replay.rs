@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::clock::Timestamp;
 use crate::deal::{DealCounters, DealState, MerchantState};
-use crate::draw::RaffleSnapshot;
+use crate::draw::{RaffleSnapshot, Revealed};
 use crate::engine::{Engine, commit_hold, commit_order, release, settle, settle_late};
 use crate::error::EngineError;
 use crate::event::{DiscardEvents, Event};
@@ -138,8 +138,22 @@ impl Engine {
                 account.units_mut(*deal).registered = true;
                 state.add_registration();
             }
-            Event::DrawRun { deal, .. } => {
-                self.replay_draw_run(self.replay_deal(*deal)?)?;
+            Event::DrawRun {
+                deal,
+                seed,
+                registrants,
+                registrants_hash,
+                ..
+            } => {
+                let revealed = Revealed {
+                    seed,
+                    registrants: *registrants,
+                    registrants_hash,
+                };
+                self.replay_draw_run(self.replay_deal(*deal)?, Some(revealed))?;
+            }
+            Event::DrawRunFormat2 { deal, .. } => {
+                self.replay_draw_run(self.replay_deal(*deal)?, None)?;
             }
             Event::DrawOffered { hold } => {
                 self.replay_offer(self.replay_deal(hold.deal)?, hold.shopper, Some(hold))?;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use flashsale_engine::{
     Allocation, Clock, DealId, DrawSeed, DrawStanding, Engine, EngineConfig, EngineError, Entity,
-    HoldStatus, Money, RecordEvents, ShopperId, registrants_hash,
+    Event, HoldStatus, Money, RecordEvents, ShopperId, registrants_hash,
 };
 use hmac::{Hmac, KeyInit, Mac};
 use proptest::prelude::*;
@@ -255,6 +255,109 @@ fn replay_rebuilds_a_draw_halfway_and_finishes_it_the_same() {
             world.engine.draw_standing(shopper, deal).unwrap(),
             restored.draw_standing(shopper, deal).unwrap()
         );
+    }
+}
+
+/// `DrawRun` carries what the draw revealed (the order sink writes it to
+/// Postgres from that event alone); replay refuses one that reveals
+/// something else, and a format-2 `DrawRunFormat2` without it replays the
+/// same draw.
+#[test]
+fn draw_run_carries_the_reveal_and_replay_checks_it() {
+    let events = Arc::new(RecordEvents::default());
+    let world = World::with_sink(events.clone());
+    let deal = raffle(&world, 3, 1, "1.00", SEED);
+    let shoppers = registrants(&world, deal, 7, "5.00");
+    world.clock.advance_seconds(60);
+    draw(&world);
+    let recorded = events.take();
+    let result = world
+        .engine
+        .draw_record(deal, 0, 100)
+        .unwrap()
+        .result
+        .unwrap();
+    let runs: Vec<&Event> = recorded
+        .iter()
+        .filter(|event| matches!(event, Event::DrawRun { .. }))
+        .collect();
+    assert_eq!(runs.len(), 1);
+    let Event::DrawRun {
+        deal: drawn,
+        seed,
+        registrants,
+        registrants_hash,
+        ..
+    } = runs[0].clone()
+    else {
+        unreachable!("filtered above")
+    };
+    assert_eq!(drawn, deal);
+    assert_eq!(seed, SEED);
+    assert_eq!(registrants, shoppers.len() as u64);
+    assert_eq!(registrants_hash, result.registrants_hash);
+
+    let replay = |events: &[Event]| {
+        let replica = Engine::new(
+            EngineConfig::default(),
+            world.clock.clone() as Arc<dyn Clock>,
+            Arc::new(flashsale_engine::DiscardEvents),
+        );
+        for event in events {
+            replica.apply(event)?;
+        }
+        Ok::<_, EngineError>(replica)
+    };
+    let with = |change: &dyn Fn(Event) -> Event| -> Vec<Event> {
+        recorded.iter().cloned().map(change).collect()
+    };
+    // As journalled: the same record.
+    let replica = replay(&recorded).unwrap();
+    assert_eq!(
+        replica.draw_record(deal, 0, 100).unwrap(),
+        world.engine.draw_record(deal, 0, 100).unwrap()
+    );
+    // A format-2 journal: the same record.
+    let format2 = with(&|event| match event {
+        Event::DrawRun { deal, at, .. } => Event::DrawRunFormat2 { deal, at },
+        other => other,
+    });
+    let replica = replay(&format2).unwrap();
+    assert_eq!(
+        replica.draw_record(deal, 0, 100).unwrap(),
+        world.engine.draw_record(deal, 0, 100).unwrap()
+    );
+    // Another count, seed or hash than the ranking's: refused.
+    type Tamper = fn(&mut DrawSeed, &mut u64, &mut [u8; 32]);
+    let tampers: [Tamper; 3] = [
+        |_, count, _| *count += 1,
+        |seed, _, _| *seed = DrawSeed([43; 32]),
+        |_, _, hash| *hash = [0; 32],
+    ];
+    for tamper in tampers {
+        let tampered = with(&|event| match event {
+            Event::DrawRun {
+                deal,
+                at,
+                mut seed,
+                mut registrants,
+                mut registrants_hash,
+            } => {
+                tamper(&mut seed, &mut registrants, &mut registrants_hash);
+                Event::DrawRun {
+                    deal,
+                    at,
+                    seed,
+                    registrants,
+                    registrants_hash,
+                }
+            }
+            other => other,
+        });
+        assert!(matches!(
+            replay(&tampered),
+            Err(EngineError::Inconsistent { .. })
+        ));
     }
 }
 

@@ -1,6 +1,7 @@
 //! The Postgres order sink: copies settled orders, wallet movements
-//! (credits and order debits) and deals from the journal to Postgres, in
-//! the background, never on the request path.
+//! (credits and order debits), deals and raffles (registrations, draws and
+//! the places of their rankings: migration `0004`) from the journal to
+//! Postgres, in the background, never on the request path.
 //!
 //! It follows the journal with a [`JournalReader`] over the files on disk
 //! (so its backlog lives on disk, not in memory), reads up to
@@ -13,8 +14,8 @@
 //! The rows of a batch are encoded once, on the reader's blocking thread
 //! while the previous batch is in Postgres, as one binary `COPY` stream
 //! per table ([`copy`]: timestamps as `timestamptz`, money as `numeric`).
-//! **Fast path**: `COPY deals/orders/wallet_movements FROM STDIN (FORMAT
-//! binary)` straight into the tables. `COPY` cannot skip a row that is
+//! **Fast path**: `COPY deals/orders/wallet_movements/registrations/
+//! draws/draw_places FROM STDIN (FORMAT binary)` straight into the tables. `COPY` cannot skip a row that is
 //! already there, so it fails the batch on a unique violation (SQLSTATE
 //! 23505): only when the position was lost or moved back, since a
 //! committed batch always moves it past its rows. **Fallback**: the sink
@@ -22,8 +23,16 @@
 //! streams copied into temporary tables, then `INSERT … SELECT … ON
 //! CONFLICT (id) DO NOTHING`, so rows already there are kept once and the
 //! rest are added. [`OrderSinkHandle::merged_batches`] counts fallbacks.
-//! Restocks and deal changes are `UPDATE … FROM UNNEST(…)` in the same
+//! Restocks, deal changes and the ending of raffle holds (released or
+//! expired, on `draw_places`) are `UPDATE … FROM UNNEST(…)` in the same
 //! transaction.
+//!
+//! **Raffle seeds**: a deal's row carries its seed's commitment, never the
+//! seed, although `DealCreated` holds it: the merchant reads Postgres, and
+//! a seed known before the draw lets them pick the winners. The seed
+//! reaches Postgres only in `draws`, from `DrawRun`, which the engine
+//! journals once the draw has run and which carries what it revealed, so
+//! no batch needs an earlier event.
 //!
 //! **Keys**: every row carries `deployment_id` ([`OrderSinkConfig::deployment_id`],
 //! by default the journal's random id) and is keyed by `(deployment_id,
@@ -62,7 +71,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use flashsale_engine::{Clock, DealId, Event, OrderId, SystemClock, Timestamp};
+use flashsale_engine::{
+    Allocation, Clock, DealId, Digest, DrawSeed, Event, HoldId, OrderId, ReleaseReason, ShopperId,
+    SystemClock, Timestamp,
+};
 use flashsale_journal::{Journal, JournalError, JournalReader};
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{AssertSqlSafe, Connection, Executor};
@@ -809,8 +821,9 @@ struct Table {
 const DEALS: Table = Table {
     name: "deals",
     columns: "deployment_id, id, merchant_id, title, price, stock_total, per_user_limit, \
-              starts_at, ends_at, requires_registration, hold_seconds, created_at",
-    fields: 12,
+              starts_at, ends_at, requires_registration, hold_seconds, created_at, \
+              allocation, seed_commitment",
+    fields: 14,
     fixed: &[
         "merchant_id",
         "title",
@@ -820,13 +833,16 @@ const DEALS: Table = Table {
         "requires_registration",
         "hold_seconds",
         "created_at",
+        "allocation",
+        "seed_commitment",
     ],
 };
+/// `hold_id` is not fixed: orders written before migration 0004 have none.
 const ORDERS: Table = Table {
     name: "orders",
     columns: "deployment_id, id, deal_id, shopper_id, quantity, unit_price, amount, late, \
-              created_at",
-    fields: 9,
+              created_at, hold_id",
+    fields: 10,
     fixed: &[
         "deal_id",
         "shopper_id",
@@ -843,17 +859,114 @@ const MOVEMENTS: Table = Table {
     fields: 7,
     fixed: &["shopper_id", "kind", "amount", "order_id", "created_at"],
 };
+const REGISTRATIONS: Table = Table {
+    name: "registrations",
+    columns: "deployment_id, id, deal_id, shopper_id, registered_at",
+    fields: 5,
+    fixed: &["deal_id", "shopper_id", "registered_at"],
+};
+const DRAWS: Table = Table {
+    name: "draws",
+    columns: "deployment_id, id, drawn_at, seed, seed_commitment, registrants, registrants_hash",
+    fields: 7,
+    fixed: &[
+        "drawn_at",
+        "seed",
+        "seed_commitment",
+        "registrants",
+        "registrants_hash",
+    ],
+};
+/// `ended` and `ended_at` are not copied: a release or expiry sets them
+/// later ([`Batch::endings`]).
+const PLACES: Table = Table {
+    name: "draw_places",
+    columns: "deployment_id, id, deal_id, shopper_id, journal_position, outcome, reached_at, \
+              hold_id, quantity, amount, expires_at",
+    fields: 11,
+    fixed: &[
+        "deal_id",
+        "shopper_id",
+        "journal_position",
+        "outcome",
+        "reached_at",
+        "hold_id",
+        "quantity",
+        "amount",
+        "expires_at",
+    ],
+};
 
 /// One batch, ready for Postgres: the new rows of each table as binary
-/// `COPY` streams, and the updates to existing deals.
+/// `COPY` streams, and the updates to rows already written.
 struct Batch {
     deals: CopyStream,
     orders: CopyStream,
     movements: CopyStream,
+    registrations: CopyStream,
+    draws: CopyStream,
+    places: CopyStream,
     /// Deal id → stock added in this batch.
     restocks: HashMap<DealId, u64>,
     /// Deal id → (ends_at, paused), the last change in this batch.
     changes: HashMap<DealId, (Timestamp, bool)>,
+    /// Holds given back in this batch, in order: `(hold, released or
+    /// expired, when)`. Only a raffle hold has a `draw_places` row to
+    /// update; a first-come hold's ending updates nothing. At most one per
+    /// event of the batch.
+    endings: Vec<(HoldId, ReleaseReason, Timestamp)>,
+}
+
+/// Starts a `draw_places` row: the columns a place has whether it was
+/// offered or passed over (see migration 0004); the hold's four follow.
+fn place_row(
+    p: &mut CopyRows,
+    deployment: &str,
+    (deal, shopper): (DealId, ShopperId),
+    position: u64,
+    outcome: &str,
+    reached_at: Timestamp,
+) -> Result<(), OrderSinkError> {
+    p.row(PLACES.fields);
+    p.text("draw_places.deployment_id", deployment)?;
+    p.text(
+        "draw_places.id",
+        format_args!("p_{:x}_{:x}", deal.0, shopper.0),
+    )?;
+    p.text("draw_places.deal_id", deal)?;
+    p.text("draw_places.shopper_id", shopper)?;
+    p.int8(i64::try_from(position).map_err(out_of_range("draw_places.journal_position"))?);
+    p.text("draw_places.outcome", outcome)?;
+    p.timestamptz("draw_places.reached_at", reached_at)
+}
+
+/// A `draws` row: what the draw revealed, or four NULLs for a format-2
+/// `DrawRunFormat2` that did not carry it.
+fn draw_row(
+    d: &mut CopyRows,
+    deployment: &str,
+    deal: DealId,
+    at: Timestamp,
+    revealed: Option<(&DrawSeed, u64, &Digest)>,
+) -> Result<(), OrderSinkError> {
+    d.row(DRAWS.fields);
+    d.text("draws.deployment_id", deployment)?;
+    d.text("draws.id", deal)?;
+    d.timestamptz("draws.drawn_at", at)?;
+    match revealed {
+        Some((seed, registrants, registrants_hash)) => {
+            d.hex(&seed.0);
+            d.hex(&seed.commitment());
+            d.int8(i64::try_from(registrants).map_err(out_of_range("draws.registrants"))?);
+            d.hex(registrants_hash);
+        }
+        None => {
+            for _ in 0..4 {
+                d.null();
+            }
+        }
+    }
+    Ok(())
 }
 
 fn out_of_range<T>(column: &'static str) -> impl FnOnce(T) -> OrderSinkError {
@@ -866,9 +979,13 @@ impl Batch {
         let mut deals = CopyRows::new();
         let mut orders = CopyRows::new();
         let mut movements = CopyRows::new();
+        let mut registrations = CopyRows::new();
+        let mut draws = CopyRows::new();
+        let mut places = CopyRows::new();
         let mut restocks = HashMap::<DealId, u64>::new();
         let mut changes = HashMap::new();
-        for (_, event) in events {
+        let mut endings = Vec::new();
+        for (position, event) in events {
             match event {
                 Event::DealCreated {
                     deal,
@@ -896,6 +1013,13 @@ impl Batch {
                             .map_err(out_of_range("deals.hold_seconds"))?,
                     );
                     d.timestamptz("deals.created_at", *at)?;
+                    // The commitment only: the seed is secret until the
+                    // draw, and reaches Postgres with `DrawRun`.
+                    d.text("deals.allocation", spec.allocation.name())?;
+                    match spec.allocation {
+                        Allocation::FirstCome => d.null(),
+                        Allocation::Raffle(seed) => d.hex(&seed.commitment()),
+                    }
                 }
                 Event::StockAdded { deal, quantity, .. } => {
                     let added = restocks.entry(*deal).or_default();
@@ -942,6 +1066,10 @@ impl Batch {
                     o.money(order.amount);
                     o.bool(order.late);
                     o.timestamptz("orders.created_at", order.created_at)?;
+                    match order.hold {
+                        Some(hold) => o.text("orders.hold_id", hold)?,
+                        None => o.null(),
+                    }
                     let m = &mut movements;
                     m.row(MOVEMENTS.fields);
                     m.text("wallet_movements.deployment_id", deployment)?;
@@ -952,7 +1080,52 @@ impl Batch {
                     m.text("wallet_movements.order_id", order.id)?;
                     m.timestamptz("wallet_movements.created_at", order.created_at)?;
                 }
-                // Accounts, registrations, holds, reviews, shares: not the books.
+                Event::Registered { deal, shopper, at } => {
+                    let r = &mut registrations;
+                    r.row(REGISTRATIONS.fields);
+                    r.text("registrations.deployment_id", deployment)?;
+                    r.text(
+                        "registrations.id",
+                        format_args!("r_{:x}_{:x}", deal.0, shopper.0),
+                    )?;
+                    r.text("registrations.deal_id", deal)?;
+                    r.text("registrations.shopper_id", shopper)?;
+                    r.timestamptz("registrations.registered_at", *at)?;
+                }
+                Event::DrawRun {
+                    deal,
+                    at,
+                    seed,
+                    registrants,
+                    registrants_hash,
+                } => {
+                    let revealed = (seed, *registrants, registrants_hash);
+                    draw_row(&mut draws, deployment, *deal, *at, Some(revealed))?;
+                }
+                Event::DrawRunFormat2 { deal, at } => {
+                    draw_row(&mut draws, deployment, *deal, *at, None)?;
+                }
+                Event::DrawOffered { hold } => {
+                    let p = &mut places;
+                    let place = (hold.deal, hold.shopper);
+                    place_row(p, deployment, place, *position, "offered", hold.created_at)?;
+                    p.text("draw_places.hold_id", hold.id)?;
+                    p.int8(i64::from(hold.quantity));
+                    p.money(hold.amount);
+                    p.timestamptz("draw_places.expires_at", hold.expires_at)?;
+                }
+                Event::DrawPassedOver { deal, shopper, at } => {
+                    let p = &mut places;
+                    let place = (*deal, *shopper);
+                    place_row(p, deployment, place, *position, "passed_over", *at)?;
+                    for _ in 0..4 {
+                        p.null();
+                    }
+                }
+                Event::HoldReleased {
+                    hold, reason, at, ..
+                } => endings.push((*hold, *reason, *at)),
+                // Accounts, first-come holds, reviews, shares: not the books.
                 _ => {}
             }
         }
@@ -960,18 +1133,26 @@ impl Batch {
             deals: deals.finish(),
             orders: orders.finish(),
             movements: movements.finish(),
+            registrations: registrations.finish(),
+            draws: draws.finish(),
+            places: places.finish(),
             restocks,
             changes,
+            endings,
         })
     }
 
     /// The tables with rows in this batch, deals first (restocks and
-    /// changes may name a deal created in the same batch).
+    /// changes may name a deal created in the same batch; endings name
+    /// places offered in it).
     fn inserts(&self) -> impl Iterator<Item = (&'static Table, &CopyStream)> {
         [
             (&DEALS, &self.deals),
             (&ORDERS, &self.orders),
             (&MOVEMENTS, &self.movements),
+            (&REGISTRATIONS, &self.registrations),
+            (&DRAWS, &self.draws),
+            (&PLACES, &self.places),
         ]
         .into_iter()
         .filter(|(_, rows)| rows.rows > 0)
@@ -1145,16 +1326,55 @@ async fn apply(
              FROM UNNEST($1::text[], $2::int8[], $3::bool[]) AS t(id, ends_at, paused) \
              WHERE deals.deployment_id = $4 AND deals.id = t.id"
         );
-        tx.execute(
-            sqlx::query(AssertSqlSafe(sql))
-                .bind(&ids)
-                .bind(&ends)
-                .bind(&paused)
-                .bind(deployment),
-        )
-        .await?;
+        update_from_arrays(&mut tx, sql, (ids, ends, paused), deployment).await?;
+    }
+    if !batch.endings.is_empty() {
+        let mut holds = Vec::with_capacity(batch.endings.len());
+        let mut ended = Vec::with_capacity(batch.endings.len());
+        let mut at = Vec::with_capacity(batch.endings.len());
+        for (hold, reason, when) in &batch.endings {
+            holds.push(hold.to_string());
+            ended.push(match reason {
+                ReleaseReason::Released => "released",
+                ReleaseReason::Expired => "expired",
+            });
+            at.push(when.millis());
+        }
+        // Setting the same values again is harmless: a batch applied twice
+        // (its position lost) leaves the places as once.
+        let sql = format!(
+            "UPDATE draw_places SET ended = t.ended, ended_at = {MILLIS} t.at \
+             FROM UNNEST($1::text[], $2::text[], $3::int8[]) AS t(hold_id, ended, at) \
+             WHERE draw_places.deployment_id = $4 AND draw_places.hold_id = t.hold_id"
+        );
+        update_from_arrays(&mut tx, sql, (holds, ended, at), deployment).await?;
     }
     tx.commit().await?;
+    Ok(())
+}
+
+/// Runs `sql`, an `UPDATE … FROM UNNEST($1, $2, $3)` of one batch, with
+/// the three `columns` (one element per row) and the deployment as `$4`.
+async fn update_from_arrays<A, B, C>(
+    conn: &mut PgConnection,
+    sql: String,
+    columns: (A, B, C),
+    deployment: &str,
+) -> Result<(), OrderSinkError>
+where
+    A: for<'q> sqlx::Encode<'q, sqlx::Postgres> + sqlx::Type<sqlx::Postgres> + Send,
+    B: for<'q> sqlx::Encode<'q, sqlx::Postgres> + sqlx::Type<sqlx::Postgres> + Send,
+    C: for<'q> sqlx::Encode<'q, sqlx::Postgres> + sqlx::Type<sqlx::Postgres> + Send,
+{
+    let (a, b, c) = columns;
+    conn.execute(
+        sqlx::query(AssertSqlSafe(sql))
+            .bind(a)
+            .bind(b)
+            .bind(c)
+            .bind(deployment),
+    )
+    .await?;
     Ok(())
 }
 
@@ -1255,4 +1475,69 @@ async fn move_position(
         return Err(OrderSinkError::Contended);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use flashsale_engine::{DealSpec, MerchantId, Money};
+
+    use super::*;
+
+    fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+        haystack
+            .windows(needle.len())
+            .any(|window| window == needle)
+    }
+
+    /// A raffle's seed is secret until its draw: its deal's row, and the
+    /// text `order_sink_set_aside` would keep of its event, carry the
+    /// commitment and never the seed, in hex or raw; the draw's row does.
+    #[test]
+    fn a_raffle_seed_reaches_the_rows_only_with_its_draw() {
+        let seed = DrawSeed([0xab; 32]);
+        let deal = DealId(2);
+        let at = Timestamp(1_795_262_400_000);
+        let created = Event::DealCreated {
+            deal,
+            merchant: MerchantId(1),
+            spec: DealSpec {
+                title: "Phone raffle".into(),
+                price: Money::from_fen(1_000).unwrap(),
+                stock: 8,
+                per_user_limit: 1,
+                starts_at: at,
+                ends_at: at.plus_seconds(3600),
+                requires_registration: true,
+                hold_seconds: 60,
+                allocation: Allocation::Raffle(seed),
+            },
+            at,
+        };
+        let seed_hex = hex::encode(seed.0);
+        let commitment_hex = hex::encode(seed.commitment());
+        let batch = Batch::from_events(&[(1, created.clone())], "dep").unwrap();
+        assert!(contains(&batch.deals.bytes, commitment_hex.as_bytes()));
+        for rows in [&batch.deals, &batch.draws, &batch.places] {
+            assert!(!contains(&rows.bytes, seed_hex.as_bytes()));
+            assert!(!contains(&rows.bytes, &seed.0));
+        }
+        let text = format!("{created:?}");
+        assert!(
+            !text.contains(&seed_hex) && !text.contains("171, 171"),
+            "{text}"
+        );
+
+        let drawn = Event::DrawRun {
+            deal,
+            at,
+            seed,
+            registrants: 3,
+            registrants_hash: [0; 32],
+        };
+        let batch = Batch::from_events(&[(1, created), (2, drawn)], "dep").unwrap();
+        assert_eq!(batch.draws.rows, 1);
+        assert!(contains(&batch.draws.bytes, seed_hex.as_bytes()));
+        assert!(contains(&batch.draws.bytes, commitment_hex.as_bytes()));
+        assert!(!contains(&batch.deals.bytes, seed_hex.as_bytes()));
+    }
 }

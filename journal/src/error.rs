@@ -26,11 +26,14 @@ pub enum JournalError {
         offset: u64,
         reason: &'static str,
     },
-    #[error("journal file {file} has format version {found}, this build reads version {supported}")]
+    #[error(
+        "journal file {file} has format version {found}, this build reads versions {oldest} to {newest}"
+    )]
     UnsupportedFormat {
         file: PathBuf,
         found: u8,
-        supported: u8,
+        oldest: u8,
+        newest: u8,
     },
     #[error("cannot decode the record in {file} at byte offset {offset}")]
     Decode {

@@ -13,7 +13,13 @@
 //!
 //! Payloads are `postcard` encodings of [`flashsale_engine::Event`]. The
 //! format byte changes whenever the encoding does, so an old build refuses
-//! a newer directory instead of misreading it.
+//! a newer directory instead of misreading it. A build reads every format
+//! from [`FORMAT_VERSION_OLDEST_READ`] on when the newer ones only add
+//! (format 3 appended the `DrawRun` that carries the revealed seed, so a
+//! format-2 record decodes unchanged; its old draw event is
+//! `DrawRunFormat2`), and writes [`FORMAT_VERSION`]; opening an older
+//! directory records the new format in its meta file, so an older build
+//! refuses it from then on.
 
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -24,7 +30,16 @@ use flashsale_engine::{Event, Snapshot};
 
 use crate::error::JournalError;
 
-pub(crate) const FORMAT_VERSION: u8 = 2;
+/// The format this build writes.
+pub(crate) const FORMAT_VERSION: u8 = 3;
+/// The oldest format this build reads: every format-2 record is a
+/// format-3 record (see the module doc).
+pub(crate) const FORMAT_VERSION_OLDEST_READ: u8 = 2;
+
+/// Whether this build reads files of format `version`.
+pub(crate) fn is_readable(version: u8) -> bool {
+    (FORMAT_VERSION_OLDEST_READ..=FORMAT_VERSION).contains(&version)
+}
 const SEGMENT_MAGIC: [u8; 4] = *b"FSJL";
 const SNAPSHOT_MAGIC: [u8; 4] = *b"FSSN";
 pub(crate) const SEGMENT_HEADER_BYTES: u64 = 16;
@@ -118,11 +133,12 @@ pub(crate) fn check_segment_header(
     if header[..4] != SEGMENT_MAGIC {
         return Err(corrupt("not a journal segment (bad magic)"));
     }
-    if header[4] != FORMAT_VERSION {
+    if !is_readable(header[4]) {
         return Err(JournalError::UnsupportedFormat {
             file: segment.path.clone(),
             found: header[4],
-            supported: FORMAT_VERSION,
+            oldest: FORMAT_VERSION_OLDEST_READ,
+            newest: FORMAT_VERSION,
         });
     }
     let mut first = [0; 8];
@@ -400,11 +416,12 @@ pub(crate) fn read_snapshot(path: &Path, position: u64) -> Result<Snapshot, Jour
     if bytes.len() < SNAPSHOT_HEADER_BYTES || bytes[..4] != SNAPSHOT_MAGIC {
         return Err(corrupt("bad header"));
     }
-    if bytes[4] != FORMAT_VERSION {
+    if !is_readable(bytes[4]) {
         return Err(JournalError::UnsupportedFormat {
             file: path.to_owned(),
             found: bytes[4],
-            supported: FORMAT_VERSION,
+            oldest: FORMAT_VERSION_OLDEST_READ,
+            newest: FORMAT_VERSION,
         });
     }
     let field = |range: std::ops::Range<usize>| {

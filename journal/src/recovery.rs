@@ -235,12 +235,16 @@ pub(crate) fn check_meta(dir: &Path, shards: usize) -> Result<String, JournalErr
     };
     let mut stored = None;
     let mut id = None;
+    let mut older = false;
     for line in text.lines() {
         let mut words = line.split_whitespace();
         match (words.next(), words.next(), words.next()) {
             (Some("flashsale-journal"), Some("format"), Some(version)) => {
-                if version != format::FORMAT_VERSION.to_string() {
-                    return Err(meta_error(format!("unsupported format {version}")));
+                match version.parse::<u8>() {
+                    Ok(version) if format::is_readable(version) => {
+                        older = version < format::FORMAT_VERSION;
+                    }
+                    _ => return Err(meta_error(format!("unsupported format {version}"))),
                 }
             }
             (Some("shards"), Some(count), None) => {
@@ -264,6 +268,12 @@ pub(crate) fn check_meta(dir: &Path, shards: usize) -> Result<String, JournalErr
         });
     }
     match id {
+        // An older format's directory is written in this one from now on:
+        // the meta file says so, so an older build refuses it.
+        Some(id) if older => {
+            write_meta(dir, &path, shards, &id)?;
+            Ok(id)
+        }
         Some(id) => Ok(id),
         None => {
             let id = new_journal_id();

@@ -582,6 +582,63 @@ fn the_shard_count_cannot_change() {
     );
 }
 
+/// Sets the format byte of every segment header and the meta file's
+/// format line of `dir` to `version`.
+fn set_format(dir: &Path, version: u8) {
+    for segment in segments(dir) {
+        let mut bytes = fs::read(&segment).unwrap();
+        bytes[4] = version;
+        fs::write(&segment, bytes).unwrap();
+    }
+    let meta = dir.join("journal.meta");
+    let text = fs::read_to_string(&meta).unwrap();
+    let (first, rest) = text.split_once('\n').unwrap();
+    assert!(first.starts_with("flashsale-journal format "), "{first}");
+    fs::write(&meta, format!("flashsale-journal format {version}\n{rest}")).unwrap();
+}
+
+/// Format 3 only appended an event, so a format-2 directory replays; it is
+/// format 3 from then on (an older build refuses it). Format 1 is refused.
+#[test]
+fn a_format_2_directory_replays_and_becomes_format_3() {
+    let clock = clock();
+    let dir = tempfile::tempdir().unwrap();
+    let written = small_journal(dir.path(), &clock, 3);
+    set_format(dir.path(), 2);
+    let (journal, engine) = open(dir.path(), &clock);
+    assert_eq!(journal.written(), written);
+    assert!(engine.shopper(ShopperId(3)).is_some());
+    let meta = fs::read_to_string(dir.path().join("journal.meta")).unwrap();
+    assert!(meta.starts_with("flashsale-journal format 3\n"), "{meta}");
+    engine.create_shopper("after").unwrap();
+    journal.wait_durable(journal.written()).unwrap();
+    drop(engine);
+    drop(journal);
+    let (journal, engine) = open(dir.path(), &clock);
+    assert_eq!(journal.written(), written + 1);
+    assert_eq!(engine.shopper(ShopperId(4)).unwrap().name, "after");
+    drop(engine);
+    drop(journal);
+
+    set_format(dir.path(), 1);
+    assert!(matches!(
+        open_with(config(dir.path()), &clock),
+        Err(JournalError::Meta { .. })
+    ));
+    let meta = dir.path().join("journal.meta");
+    let text = fs::read_to_string(&meta).unwrap();
+    fs::write(&meta, text.replacen("format 1", "format 3", 1)).unwrap();
+    assert!(matches!(
+        open_with(config(dir.path()), &clock),
+        Err(JournalError::UnsupportedFormat {
+            found: 1,
+            oldest: 2,
+            newest: 3,
+            ..
+        })
+    ));
+}
+
 #[test]
 fn one_process_per_directory() {
     let clock = clock();

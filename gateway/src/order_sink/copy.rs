@@ -5,7 +5,7 @@
 //! header-extension length (both 0); then per row an int16 field count and
 //! per field an int32 byte length (-1 for NULL) and the value's binary
 //! form; then the int16 trailer -1. All integers are big-endian. Values:
-//! `text` is its UTF-8 bytes; `int8`/`int4` big-endian; `bool` one byte;
+//! `text` is its UTF-8 bytes (a digest as its 64 lowercase hex digits); `int8`/`int4` big-endian; `bool` one byte;
 //! `timestamptz` int8 microseconds since 2000-01-01 UTC; `numeric` is
 //! ndigits, weight, sign, dscale (int16 each), then ndigits base-10000
 //! digits (int16 each), most significant first.
@@ -13,7 +13,7 @@
 use std::fmt::Display;
 use std::io::Write;
 
-use flashsale_engine::{Money, Timestamp};
+use flashsale_engine::{Digest, Money, Timestamp};
 
 use super::OrderSinkError;
 
@@ -71,6 +71,18 @@ impl CopyRows {
         let length = i32::try_from(written).map_err(|_| OrderSinkError::OutOfRange(column))?;
         self.buf[at..at + 4].copy_from_slice(&length.to_be_bytes());
         Ok(())
+    }
+
+    /// A `text` field holding `digest` as 64 lowercase hex digits, as the
+    /// API prints seeds, commitments and hashes.
+    pub(super) fn hex(&mut self, digest: &Digest) {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        self.buf
+            .extend_from_slice(&(2 * digest.len() as i32).to_be_bytes());
+        for byte in digest {
+            self.buf.push(DIGITS[usize::from(byte >> 4)]);
+            self.buf.push(DIGITS[usize::from(byte & 0xf)]);
+        }
     }
 
     pub(super) fn null(&mut self) {
@@ -227,6 +239,21 @@ mod tests {
         expected.extend_from_slice(&[0, 3, 0, 0, 0, 4, b'o', b'_', b'1', b'f']);
         expected.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0, 0, 0, 1, 1, 0xff, 0xff]);
         assert_eq!(bytes, expected);
+    }
+
+    #[test]
+    fn a_digest_is_framed_as_its_lowercase_hex_text() {
+        let mut digest = [0_u8; 32];
+        digest[0] = 0xab;
+        digest[31] = 0x0f;
+        let mut rows = CopyRows::new();
+        rows.row(1);
+        rows.hex(&digest);
+        let bytes = rows.finish().bytes;
+        let field = &bytes[19 + 2..bytes.len() - 2];
+        let mut expected = 64_i32.to_be_bytes().to_vec();
+        expected.extend_from_slice(format!("ab{}0f", "00".repeat(30)).as_bytes());
+        assert_eq!(field, expected);
     }
 
     /// Round trip through Postgres (only with `DATABASE_URL`): the amounts
