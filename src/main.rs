@@ -50,7 +50,8 @@ enum Command {
     /// Drive load against a gateway and check the invariants afterwards.
     Loadtest(LoadtestArgs),
     /// Check a Redis-mode deployment's invariants (Redis, and its books in
-    /// Postgres): exit 0 when they hold, 1 with a report of each violation.
+    /// Postgres): exit 0 when they hold, 1 with a report of each violation
+    /// on stdout, or 1 with the error on stderr when it cannot audit.
     Audit(flashsale_gateway::audit::AuditArgs),
     /// Start an embedded server with a temporary data directory and run a
     /// small burst against it.

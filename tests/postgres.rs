@@ -768,16 +768,7 @@ async fn a_served_deal_postgres_refuses_is_named_in_readyz_and_orders_still_reac
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
     let url = server.url();
     let post = async |path: &str, token: &str, body: serde_json::Value, key: &str| {
-        let answer = client
-            .post(format!("{url}{path}"))
-            .bearer_auth(token)
-            .header("idempotency-key", key)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert!(answer.status().is_success(), "{path}: {}", answer.status());
-        answer.json::<serde_json::Value>().await.unwrap()
+        post_ok(&client, &format!("{url}{path}"), token, body, key).await
     };
     let get = async |path: &str, token: Option<&str>| -> serde_json::Value {
         let mut request = client.get(format!("{url}{path}"));
@@ -839,19 +830,123 @@ async fn a_served_deal_postgres_refuses_is_named_in_readyz_and_orders_still_reac
     assert_eq!(ready["status"], "ready", "{ready}");
     let named = ready["order_sink_set_aside"].as_str().unwrap();
     assert!(named.contains("refuse_poison"), "{named}");
-    let metrics = client
+    let metrics = scrape_metrics(&client, &url).await;
+    assert!(
+        metrics.contains("flashsale_order_sink_set_aside_total"),
+        "{metrics}"
+    );
+    server.shutdown().await.unwrap();
+    db.drop_db().await;
+}
+
+/// `POST url` with `body`, the bearer `token` and an `Idempotency-Key`;
+/// the answer's JSON, after checking it is a success.
+async fn post_ok(
+    client: &reqwest::Client,
+    url: &str,
+    token: &str,
+    body: serde_json::Value,
+    key: &str,
+) -> serde_json::Value {
+    let answer = client
+        .post(url)
+        .bearer_auth(token)
+        .header("idempotency-key", key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert!(answer.status().is_success(), "{url}: {}", answer.status());
+    answer.json().await.unwrap()
+}
+
+/// `GET {url}/metrics`: the server's Prometheus text.
+async fn scrape_metrics(client: &reqwest::Client, url: &str) -> String {
+    client
         .get(format!("{url}/metrics"))
         .send()
         .await
         .unwrap()
         .text()
         .await
-        .unwrap();
-    assert!(
-        metrics.contains("flashsale_order_sink_set_aside_total"),
-        "{metrics}"
-    );
-    server.shutdown().await.unwrap();
+        .unwrap()
+}
+
+/// The value of the unlabelled series `name` in Prometheus text, if listed.
+fn sample(metrics: &str, name: &str) -> Option<f64> {
+    metrics.lines().find_map(|line| {
+        let (series, value) = line.split_once(' ')?;
+        (series == name).then(|| value.parse().ok()).flatten()
+    })
+}
+
+/// Regression: the sink's counters appeared in `/metrics` only after
+/// their first increment, so a dashboard or an alert on them had no
+/// series until something had already gone wrong. A `flashsale serve` of
+/// its own (no other test's set-aside events in its process) lists both at
+/// 0 with their help before any request, then counts a refused deal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_lists_its_counters_at_zero_from_the_start_then_counts() {
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    with_content_rule(
+        &db,
+        "ALTER TABLE deals ADD CONSTRAINT refuse_poison CHECK (title <> 'Poison')",
+    )
+    .await;
+    let server = flashsale_loadtest::SpawnedServer::start(
+        Path::new(env!("CARGO_BIN_EXE_flashsale")),
+        flashsale_loadtest::Durability::Sync,
+        Some(&db.url),
+    )
+    .await
+    .expect("flashsale serve starts");
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let counters = [
+        "flashsale_order_sink_set_aside_total",
+        "flashsale_order_sink_conflicts_total",
+    ];
+    let metrics = scrape_metrics(&client, &server.url).await;
+    for name in counters {
+        assert_eq!(sample(&metrics, name), Some(0.0), "{name}:\n{metrics}");
+        assert!(
+            metrics.contains(&format!("# HELP {name} ")),
+            "{name} has no help:\n{metrics}"
+        );
+    }
+
+    let post = async |path: &str, token: &str, body: serde_json::Value, key: &str| {
+        post_ok(&client, &format!("{}{path}", server.url), token, body, key).await
+    };
+    let merchant = post(
+        "/v1/merchants",
+        &server.admin_token,
+        serde_json::json!({ "name": "m" }),
+        "a",
+    )
+    .await;
+    post(
+        "/v1/deals",
+        merchant["token"].as_str().unwrap(),
+        serde_json::json!({
+            "title": "Poison", "price": "5.00", "stock": 10,
+            "starts_at": "2020-01-01T00:00:00Z", "ends_at": "2100-01-01T00:00:00Z",
+        }),
+        "b",
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let metrics = scrape_metrics(&client, &server.url).await;
+        if sample(&metrics, counters[0]) == Some(1.0) {
+            assert_eq!(sample(&metrics, counters[1]), Some(0.0), "{metrics}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "never set aside:\n{metrics}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server.stop().await;
     db.drop_db().await;
 }
 
@@ -1392,15 +1487,7 @@ async fn a_raffle_reaches_postgres_as_the_api_tells_it_and_its_seed_only_after_t
             0
         )
     );
-    let metrics = api
-        .client
-        .get(format!("{}/metrics", api.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = scrape_metrics(&api.client, &api.url).await;
     assert!(
         metrics.lines().any(
             |line| line.starts_with("flashsale_order_sink_merged_batches") && !line.ends_with(" 0")

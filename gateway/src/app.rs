@@ -153,19 +153,19 @@ impl App {
             Endpoint::PayHold => {
                 // A payment settles an order or is refused (a second one
                 // is `hold_settled`): never a replay.
-                let result = handlers::pay_hold(self, parts, id)
+                let result = handlers::pay_hold(self, parts, id, &body)
                     .await
                     .map(|response| (response, Answer::Settled));
                 self.telemetry.buy(Checkout::HoldPayment, &result);
                 result.map(|(response, _)| response)
             }
-            Endpoint::ReleaseHold => handlers::release_hold(self, parts, id).await,
+            Endpoint::ReleaseHold => handlers::release_hold(self, parts, id, &body).await,
             Endpoint::GetDeal => handlers::get_deal(self, id).await,
             Endpoint::Feed => handlers::feed(self, parts).await,
             Endpoint::GetOrder => handlers::get_order(self, parts, id).await,
             Endpoint::ListOrders => handlers::list_orders(self, parts).await,
             Endpoint::GetWallet => handlers::get_wallet(self, parts).await,
-            Endpoint::Register => handlers::register(self, parts, id).await,
+            Endpoint::Register => handlers::register(self, parts, id, &body).await,
             Endpoint::GetDraw => handlers::get_draw(self, parts, id).await,
             Endpoint::GetDrawMe => handlers::get_draw_me(self, parts, id).await,
             Endpoint::GetDrawRegistrants => handlers::get_draw_registrants(self, parts, id).await,
@@ -178,7 +178,7 @@ impl App {
             Endpoint::CreateDeal => handlers::create_deal(self, parts, &body).await,
             Endpoint::PatchDeal => handlers::patch_deal(self, parts, id, &body).await,
             Endpoint::Review => handlers::review(self, parts, id, &body).await,
-            Endpoint::Share => handlers::share(self, parts, id).await,
+            Endpoint::Share => handlers::share(self, parts, id, &body).await,
             Endpoint::MerchantMe => handlers::merchant_me(self, parts).await,
             Endpoint::OpenApi => Ok(self.openapi.response()),
             Endpoint::Storefront => Ok(self.pages.storefront.response()),

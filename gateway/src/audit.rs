@@ -29,18 +29,43 @@ use crate::store::redis::{RedisSettings, RedisStore};
 /// Waits for a Redis reply or a connection, at most.
 const AUDIT_REDIS_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// `flashsale audit`'s flags.
+/// `flashsale audit`'s flags. The Redis ones are `serve`'s
+/// ([`RedisArgs`]: the same names, variables and checks), with help that
+/// says what each does for an audit rather than for a node.
 #[derive(Debug, Clone, clap::Args)]
+#[command(
+    mut_arg("redis_url", |arg| arg.help(
+        "The Redis of the deployment to audit (`redis://host:port`), as its nodes \
+         were given it; this or --redis-cluster is required. The audit only reads"
+    )),
+    mut_arg("redis_cluster", |arg| arg.help(
+        "The deployment's Redis Cluster to audit instead of --redis-url: its seed \
+         addresses, comma-separated (`redis://h1:p1,redis://h2:p2`)"
+    )),
+    mut_arg("redis_namespace", |arg| arg.help(
+        "The deployment's key prefix, as its nodes were given it; one that no node \
+         has served (a typo) is an error, not a clean audit of nothing"
+    )),
+    mut_arg("redis_shards", |arg| arg.help(
+        "The deployment's virtual shard count, as its nodes were given it (a power \
+         of two from 1 to 1024); another count is an error naming the nodes' one"
+    )),
+)]
 pub struct AuditArgs {
     #[command(flatten)]
     pub redis: RedisArgs,
 
-    /// The books' Postgres; unset: Redis only.
+    /// The deployment's books in Postgres: also check that every order
+    /// there is in Redis with the same content and, with sales quiet, that
+    /// they are exactly Redis' orders and their debits sum to the wallets'
+    /// `spent`. Unset: Redis only.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
 
     /// Sales may be under way: check only what holds mid-flight (each
-    /// shard's own invariants, Postgres a subset of Redis).
+    /// shard's wallets, units and orders; Postgres' orders within Redis').
+    /// Without it sales must be quiet: each deal's units are also summed
+    /// over every shard and the pool, and Postgres must match Redis.
     #[arg(long)]
     pub in_flight: bool,
 }

@@ -342,14 +342,15 @@ impl Config {
 }
 
 /// Where a multi-node deployment keeps its state: the flags `serve` and
-/// `audit` share.
+/// `audit` share. The help here is `serve`'s; `audit` gives each flag its
+/// own (`crate::audit::AuditArgs`).
 #[derive(Debug, Clone, clap::Args)]
 pub struct RedisArgs {
     /// Redis URL of multi-node mode (`redis://host:port`), where the
-    /// sale's state lives. `serve`: this node keeps none; every node
-    /// started with the same URL, `--redis-namespace`, `--secret` and
-    /// `--admin-token` sells the same deals (it needs those two); unset:
-    /// one node, state in this process.
+    /// sale's state lives: this node keeps none; every node started with
+    /// the same URL, `--redis-namespace`, `--secret` and `--admin-token`
+    /// sells the same deals (it needs those two); unset: one node, state in
+    /// this process.
     #[arg(
         long,
         env = "REDIS_URL",

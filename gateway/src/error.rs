@@ -42,8 +42,9 @@ pub enum Error {
         reason: &'static str,
     },
     /// A body field the endpoint does not take (a typo must not succeed
-    /// silently); `takes` lists the fields it does.
-    #[error("unknown field {field:?}; this body takes {}", field_names(takes))]
+    /// silently); `takes` lists the fields it does (none for an endpoint
+    /// named by its path alone).
+    #[error("unknown field {field:?}; {}", what_it_takes(takes))]
     UnknownField {
         field: String,
         takes: &'static [crate::wire::Field],
@@ -370,10 +371,14 @@ impl Error {
     }
 }
 
-/// `a, b, c`: the names of a body's fields, for [`Error::UnknownField`].
-fn field_names(fields: &[crate::wire::Field]) -> String {
+/// `this body takes a, b, c`: the names of a body's fields, for
+/// [`Error::UnknownField`]; a body of no field says what it accepts.
+fn what_it_takes(fields: &[crate::wire::Field]) -> String {
+    if fields.is_empty() {
+        return "this endpoint takes no field: send no body, or {}".to_owned();
+    }
     let names: Vec<&str> = fields.iter().map(|field| field.name).collect();
-    names.join(", ")
+    format!("this body takes {}", names.join(", "))
 }
 
 /// `NotFound` for an id that does not parse: it cannot name anything.

@@ -34,7 +34,7 @@ use crate::wire::{
     AccountJson, AllocationName, BulkShoppersBody, CardJson, CreditBody, DealChangeBody, DealJson,
     DrawJson, DrawMeJson, HoldJson, MerchantJson, NameBody, NewDealBody, OrderJson, QuantityBody,
     RatingJson, ReviewBody, ReviewJson, Text, WalletJson, json, parse_id, parse_json, parse_money,
-    parse_time, text,
+    parse_no_fields, parse_time, text,
 };
 
 static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
@@ -107,27 +107,34 @@ pub(crate) async fn create_hold(
     Ok(json(StatusCode::CREATED, &HoldJson::from(&hold)))
 }
 
-/// `POST /v1/holds/{id}/payment`.
-pub(crate) async fn pay_hold(app: &App, parts: &Parts, hold: &str) -> Result<HttpResponse, Error> {
+/// `POST /v1/holds/{id}/payment`: no body, or `{}` ([`parse_no_fields`]).
+pub(crate) async fn pay_hold(
+    app: &App,
+    parts: &Parts,
+    hold: &str,
+    body: &[u8],
+) -> Result<HttpResponse, Error> {
     let shopper = app.shopper(parts)?;
     let hold: HoldId = parse_id(hold, Entity::Hold)?;
+    parse_no_fields(body)?;
     let order = app.store.pay_hold(shopper, hold).await?;
     Ok(json(StatusCode::CREATED, &OrderJson::from(&order)))
 }
 
-/// `DELETE /v1/holds/{id}`: the stock goes back at once.
+/// `DELETE /v1/holds/{id}`: the stock goes back at once. No body, or `{}`.
 pub(crate) async fn release_hold(
     app: &App,
     parts: &Parts,
     hold: &str,
+    body: &[u8],
 ) -> Result<HttpResponse, Error> {
     let shopper = app.shopper(parts)?;
     let hold: HoldId = parse_id(hold, Entity::Hold)?;
+    parse_no_fields(body)?;
     let hold = app.store.release_hold(shopper, hold).await?;
     Ok(json(StatusCode::OK, &HoldJson::from(&hold)))
 }
 
-/// `POST /v1/deals/{id}/registrations`: 201 when new, 200 when already.
 /// Offered ranks or registrants per page of the draw's record: default
 /// and largest.
 const DRAW_PAGE_DEFAULT: usize = 1_000;
@@ -203,9 +210,17 @@ pub(crate) async fn get_draw_me(
     ))
 }
 
-pub(crate) async fn register(app: &App, parts: &Parts, deal: &str) -> Result<HttpResponse, Error> {
+/// `POST /v1/deals/{id}/registrations`: 201 when new, 200 when already.
+/// No body, or `{}`.
+pub(crate) async fn register(
+    app: &App,
+    parts: &Parts,
+    deal: &str,
+    body: &[u8],
+) -> Result<HttpResponse, Error> {
     let shopper = app.shopper(parts)?;
     let deal: DealId = parse_id(deal, Entity::Deal)?;
+    parse_no_fields(body)?;
     let created = app.store.register(shopper, deal).await?;
     #[derive(Serialize)]
     struct Registration {
@@ -546,10 +561,17 @@ pub(crate) async fn review(
 }
 
 /// `POST /v1/orders/{id}/share` (the order's shopper): 201 the first time,
-/// 200 after; counts once per order toward the deal's popularity.
-pub(crate) async fn share(app: &App, parts: &Parts, order: &str) -> Result<HttpResponse, Error> {
+/// 200 after; counts once per order toward the deal's popularity. No
+/// body, or `{}`.
+pub(crate) async fn share(
+    app: &App,
+    parts: &Parts,
+    order: &str,
+    body: &[u8],
+) -> Result<HttpResponse, Error> {
     let shopper = app.shopper(parts)?;
     let order: OrderId = parse_id(order, Entity::Order)?;
+    parse_no_fields(body)?;
     let first = app.store.share(shopper, order).await?;
     #[derive(Serialize)]
     struct Shared {

@@ -48,8 +48,9 @@
 //! split in halves and applied again, down to the one event refused,
 //! which is set aside in `order_sink_set_aside` with the reason and
 //! counted ([`OrderSinkHandle::set_aside`],
-//! `flashsale_order_sink_set_aside_total`, `_conflicts_total`); the sink
-//! goes on. Connection errors and timeouts are retried whole, as before.
+//! `flashsale_order_sink_set_aside_total`, `_conflicts_total`: in
+//! `/metrics` at 0 from the moment a sink starts); the sink goes on.
+//! Connection errors and timeouts are retried whole, as before.
 //!
 //! **Redis mode** ([`streams`]): the events come from the Redis books
 //! streams instead of the journal and go through the same path
@@ -211,6 +212,41 @@ pub struct SinkLag {
     pub connected: bool,
 }
 
+/// `/metrics`' count of events set aside since the process started.
+const SET_ASIDE_TOTAL: &str = "flashsale_order_sink_set_aside_total";
+/// Of those, events whose row was already in Postgres with other content.
+const CONFLICTS_TOTAL: &str = "flashsale_order_sink_conflicts_total";
+
+/// The sink's counters in the process's recorder ([`crate::telemetry`]).
+struct SinkCounters {
+    set_aside: metrics::Counter,
+    conflicts: metrics::Counter,
+}
+
+impl SinkCounters {
+    /// Describes and registers both counters when a sink starts (one node
+    /// or Redis mode), so `/metrics` lists them at 0 before the first
+    /// event is set aside and a dashboard or an alert has a series from
+    /// the start. The process's recorder is installed first, since the
+    /// sink starts before the server's telemetry. Registering never resets
+    /// a count: a second sink in one process (tests) adds to it.
+    fn register() -> SinkCounters {
+        crate::telemetry::recorder();
+        metrics::describe_counter!(
+            SET_ASIDE_TOTAL,
+            "Events the order sink set aside because Postgres refused their rows"
+        );
+        metrics::describe_counter!(
+            CONFLICTS_TOTAL,
+            "Events set aside because their row was already in Postgres with other content"
+        );
+        SinkCounters {
+            set_aside: metrics::counter!(SET_ASIDE_TOTAL),
+            conflicts: metrics::counter!(CONFLICTS_TOTAL),
+        }
+    }
+}
+
 /// What the sink task shares with its handle.
 struct Status {
     base: Instant,
@@ -227,6 +263,8 @@ struct Status {
     set_aside: AtomicU64,
     /// Of those, events whose row was in Postgres with other content.
     conflicts: AtomicU64,
+    /// `set_aside` and `conflicts` in `/metrics` ([`SinkCounters`]).
+    counters: SinkCounters,
     /// Why the last event was set aside, and where.
     last_set_aside: parking_lot::Mutex<Option<String>>,
     /// Redis mode ([`streams`]): books entries not yet acknowledged, and
@@ -250,6 +288,7 @@ impl Status {
             merged_batches: AtomicU64::new(0),
             set_aside: AtomicU64::new(0),
             conflicts: AtomicU64::new(0),
+            counters: SinkCounters::register(),
             last_set_aside: parking_lot::Mutex::new(None),
             backlog_entries: AtomicU64::new(0),
             backlog_oldest_millis: AtomicI64::new(0),
@@ -790,10 +829,10 @@ async fn set_aside(
     progress.record(&mut tx, deployment).await?;
     tx.commit().await?;
     status.set_aside.fetch_add(1, Ordering::Relaxed);
-    metrics::counter!("flashsale_order_sink_set_aside_total").increment(1);
+    status.counters.set_aside.increment(1);
     if conflict {
         status.conflicts.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("flashsale_order_sink_conflicts_total").increment(1);
+        status.counters.conflicts.increment(1);
     }
     tracing::error!(
         origin,

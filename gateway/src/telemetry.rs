@@ -28,6 +28,10 @@
 //! - `flashsale_feed_subscribers`, `flashsale_feed_buffers_full_total`:
 //!   clients of this server's live feed stream, and how often one was too
 //!   slow to take an event at once (rendered by the server, like the deals)
+//! - `flashsale_order_sink_set_aside_total`,
+//!   `flashsale_order_sink_conflicts_total`: registered at 0 by an order
+//!   sink when it starts (`crate::order_sink`), so they exist before the
+//!   first event is set aside
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -95,8 +99,9 @@ const BUY_OUTCOMES: [&str; 22] = [
 
 static RECORDER: OnceLock<PrometheusHandle> = OnceLock::new();
 
-/// The process's recorder, installed on first call.
-fn handle() -> &'static PrometheusHandle {
+/// The process's recorder, installed on first call: by the first server's
+/// [`Telemetry`], or before it by an order sink registering its counters.
+pub(crate) fn recorder() -> &'static PrometheusHandle {
     RECORDER.get_or_init(|| {
         let builder = PrometheusBuilder::new()
             .set_buckets_for_metric(Matcher::Full(DURATION.to_owned()), &DURATION_BUCKETS)
@@ -135,7 +140,7 @@ pub(crate) struct Telemetry {
 
 impl Telemetry {
     pub(crate) fn new() -> Telemetry {
-        let handle = handle();
+        let handle = recorder();
         let requests = Endpoint::ALL
             .iter()
             .map(|endpoint| {

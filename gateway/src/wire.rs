@@ -455,6 +455,36 @@ impl DealChangeBody {
     }
 }
 
+/// The body of an endpoint named by its path alone (register, pay or
+/// release a hold, share): it takes no field, so the only object it
+/// accepts is `{}`; `#[serde(deny_unknown_fields)]` names any other field.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NoFieldsBody {}
+
+impl RequestBody<'_> for NoFieldsBody {
+    const FIELDS: &'static [Field] = &[];
+}
+
+/// JSON's whitespace (RFC 8259 section 2): space, tab, line feed, return.
+fn is_json_whitespace(byte: &u8) -> bool {
+    matches!(byte, b' ' | b'\t' | b'\n' | b'\r')
+}
+
+/// Checks the body of an endpoint that takes no field (DESIGN.md, "Input
+/// rules", which bind every endpoint): no body, an empty one or JSON
+/// whitespace only is accepted (`curl -X POST` sends none), and so is `{}`;
+/// anything else is [`parse_json`]'s refusal of a [`NoFieldsBody`]: not an
+/// object is `400 malformed_json`, an object with a field is `422 invalid`
+/// naming it.
+pub(crate) fn parse_no_fields(bytes: &[u8]) -> Result<(), Error> {
+    if bytes.iter().all(is_json_whitespace) {
+        return Ok(());
+    }
+    let NoFieldsBody {} = parse_json(bytes)?;
+    Ok(())
+}
+
 /// `{quantity}`: a buy or a hold.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -1188,6 +1218,36 @@ mod tests {
         assert_eq!(quantity, 3);
     }
 
+    #[test]
+    fn a_body_of_no_fields_is_absent_blank_or_an_empty_object() {
+        for accepted in ["", " ", " \r\n\t", "{}", " { } \n"] {
+            assert!(parse_no_fields(accepted.as_bytes()).is_ok(), "{accepted:?}");
+        }
+        for malformed in ["[1]", "[]", "5", "\"x\"", "null", "{", "{} x", "\u{c}", "x"] {
+            assert!(
+                matches!(
+                    parse_no_fields(malformed.as_bytes()),
+                    Err(Error::MalformedJson(_))
+                ),
+                "{malformed:?}"
+            );
+        }
+        for (body, named) in [
+            (r#"{"quantity": 1}"#, "quantity"),
+            (r#"{"reason": null}"#, "reason"),
+        ] {
+            let Err(error) = parse_no_fields(body.as_bytes()) else {
+                panic!("{body} was accepted");
+            };
+            assert!(
+                matches!(&error, Error::UnknownField { field, takes: [] } if field == named),
+                "{body}: {error:?}"
+            );
+            assert_eq!(error.http().code, "invalid");
+            assert!(error.to_string().contains("takes no field"), "{error}");
+        }
+    }
+
     /// Every field a body's table lists is one the struct takes (an error
     /// on it names it rather than calling it unknown), and every field the
     /// struct takes is listed (the required ones are named when missing).
@@ -1208,5 +1268,6 @@ mod tests {
         check::<DealChangeBody>();
         check::<QuantityBody>();
         check::<ReviewBody>();
+        check::<NoFieldsBody>();
     }
 }

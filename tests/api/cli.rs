@@ -162,6 +162,53 @@ fn serve_help_documents_the_signup_credit_and_the_subscriber_bound() {
     }
 }
 
+/// The help of `flag` in a `--help` text: its line and the lines under it,
+/// up to the next flag.
+fn flag_help<'a>(help: &'a str, flag: &str) -> &'a str {
+    let start = help
+        .find(&format!("  {flag} "))
+        .or_else(|| help.find(&format!("  {flag}\n")))
+        .unwrap_or_else(|| panic!("{flag} is not in {help}"));
+    let rest = &help[start..];
+    let end = rest[2..].find("\n  -").map_or(rest.len(), |next| next + 2);
+    &rest[..end]
+}
+
+/// Regression: `audit --help` described the Redis flags as `serve` does
+/// (a node keeping no state, "unset: one node"), a text shared with
+/// `serve`. Each flag now says what it does for the audit.
+#[test]
+fn audit_help_says_what_each_flag_does_for_the_audit() {
+    let output = flashsale().args(["audit", "--help"]).output().unwrap();
+    assert!(output.status.success());
+    let help = String::from_utf8_lossy(&output.stdout);
+    for (flag, says) in [
+        ("--redis-url", "deployment to audit"),
+        ("--redis-cluster", "to audit instead of --redis-url"),
+        ("--redis-namespace", "not a clean audit of nothing"),
+        ("--redis-shards", "another count is an error"),
+        ("--database-url", "every order there is in Redis"),
+        ("--in-flight", "Sales may be under way"),
+    ] {
+        let text = flag_help(&help, flag);
+        assert!(text.contains(says), "{flag}: {text}");
+    }
+    for serve_only in [
+        "this node keeps none",
+        "state in this process",
+        "must agree",
+    ] {
+        assert!(!help.contains(serve_only), "{serve_only:?} in {help}");
+    }
+    // `serve` keeps its own text for the same flags.
+    let output = flashsale().args(["serve", "--help"]).output().unwrap();
+    let serve = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        flag_help(&serve, "--redis-url").contains("state in this process"),
+        "{serve}"
+    );
+}
+
 /// Regression: `flashsale demo` printed its report twice (once in the
 /// library, once in the binary).
 #[test]

@@ -589,3 +589,182 @@ async fn times_finer_than_a_millisecond_are_refused_naming_the_field() {
         .ok(200);
     assert_eq!(deal["ends_at"], exact);
 }
+
+/// How a test sends an endpoint that takes no field its body.
+#[derive(Debug, Clone, Copy)]
+enum Sent {
+    /// No body and no `Content-Length` (what `curl -X POST` sends).
+    Nothing,
+    /// These bytes, with `Content-Length`.
+    Bytes(&'static str),
+}
+
+/// Every way an endpoint named by its path alone may be sent its body.
+const ACCEPTED: [Sent; 5] = [
+    Sent::Nothing,
+    Sent::Bytes(""),
+    Sent::Bytes(" \r\n\t"),
+    Sent::Bytes("{}"),
+    Sent::Bytes(" { }\n"),
+];
+
+impl Shop {
+    /// `method path` as the shop's shopper, its body sent as `sent`; the
+    /// answer's status.
+    async fn send_bodyless(&self, method: &Method, path: &str, sent: Sent) -> u16 {
+        match sent {
+            Sent::Bytes(body) => {
+                self.send(method.clone(), path, &self.shopper.token, body)
+                    .await
+                    .status
+            }
+            Sent::Nothing => {
+                let answer = raw(
+                    &self.t,
+                    &format!(
+                        "{method} {path} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\n\r\n",
+                        self.shopper.token
+                    ),
+                )
+                .await;
+                answer
+                    .split(' ')
+                    .nth(1)
+                    .and_then(|status| status.parse().ok())
+                    .unwrap_or_else(|| panic!("{method} {path}: no status in {answer}"))
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_named_by_its_path_takes_no_body_or_an_empty_object_and_nothing_else() {
+    let shop = shop().await;
+    let upcoming = shop
+        .t
+        .deal_with(
+            &shop.merchant,
+            json!({
+                "title": "Phone Z", "price": "1.00", "stock": 5,
+                "starts_at": at(3600), "ends_at": at(7200), "requires_registration": true,
+            }),
+        )
+        .await
+        .ok(201)["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let cheap = shop
+        .t
+        .deal_with(
+            &shop.merchant,
+            json!({
+                "title": "Cable", "price": "1.00", "stock": 20, "per_user_limit": 20,
+                "starts_at": at(-60), "ends_at": at(3600),
+            }),
+        )
+        .await
+        .ok(201)["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let order = an_order(&shop).await;
+    let hold = |key: String| {
+        let shop = &shop;
+        let cheap = &cheap;
+        async move {
+            let hold = shop.t.hold(&shop.shopper, cheap, 1, &key).await.ok(201);
+            hold["id"].as_str().unwrap().to_owned()
+        }
+    };
+    let refused_hold = hold("refused".to_owned()).await;
+    let registration = format!("/v1/deals/{upcoming}/registrations");
+    let share = format!("/v1/orders/{order}/share");
+    let endpoints = [
+        (Method::POST, registration.clone()),
+        (Method::POST, format!("/v1/holds/{refused_hold}/payment")),
+        (Method::DELETE, format!("/v1/holds/{refused_hold}")),
+        (Method::POST, share.clone()),
+    ];
+    // What a refusal must not change: registrations, shares, the held and
+    // sold units of the hold's deal, the wallet.
+    let state = || async {
+        let upcoming = shop.t.get_deal(&upcoming).await;
+        let cheap = shop.t.get_deal(&cheap).await;
+        let sold = shop.t.get_deal(&shop.deal).await;
+        json!([
+            upcoming["registrations"],
+            cheap["held"],
+            cheap["sold"],
+            sold["shares"],
+            shop.t.wallet(&shop.shopper).await,
+        ])
+    };
+    let before = state().await;
+    assert_eq!(before[1], 1, "the hold is held: {before}");
+    let too_large = format!(r#"{{"pad": "{}"}}"#, "x".repeat(20_000));
+    for (method, path) in &endpoints {
+        for body in [
+            "[1]",
+            "[]",
+            "5",
+            r#""x""#,
+            "null",
+            "{",
+            "{} x",
+            "quantity=1",
+        ] {
+            let answer = shop
+                .send(method.clone(), path, &shop.shopper.token, body)
+                .await;
+            answer.refused(400, "malformed_json");
+        }
+        for (body, field) in [
+            (r#"{"quantity": 1}"#, "quantity"),
+            (r#"{"reason": null}"#, "reason"),
+            (r#"{"x-unknown": {}}"#, "x-unknown"),
+        ] {
+            let answer = shop
+                .send(method.clone(), path, &shop.shopper.token, body)
+                .await;
+            answer.refused(422, "invalid");
+            assert!(
+                answer.text.contains(field),
+                "{method} {path}: {}",
+                answer.text
+            );
+        }
+        shop.send(method.clone(), path, &shop.shopper.token, &too_large)
+            .await
+            .refused(413, "payload_too_large");
+    }
+    assert_eq!(state().await, before, "a refusal changed something");
+
+    // Every accepted form works: registering and sharing once, then again
+    // (idempotent), paying and releasing a fresh hold each time.
+    for (index, sent) in ACCEPTED.into_iter().enumerate() {
+        let again = if index == 0 { 201 } else { 200 };
+        for path in [&registration, &share] {
+            let status = shop.send_bodyless(&Method::POST, path, sent).await;
+            assert_eq!(status, again, "POST {path} with {sent:?}");
+        }
+        let paid = hold(format!("pay-{index}")).await;
+        let path = format!("/v1/holds/{paid}/payment");
+        let status = shop.send_bodyless(&Method::POST, &path, sent).await;
+        assert_eq!(status, 201, "POST {path} with {sent:?}");
+        let released = hold(format!("release-{index}")).await;
+        let path = format!("/v1/holds/{released}");
+        let status = shop.send_bodyless(&Method::DELETE, &path, sent).await;
+        assert_eq!(status, 200, "DELETE {path} with {sent:?}");
+    }
+    let after = state().await;
+    assert_eq!(after[0], 1, "one registration: {after}");
+    assert_eq!(after[1], 1, "only the refused hold is held: {after}");
+    assert_eq!(
+        after[2],
+        ACCEPTED.len(),
+        "one unit sold per payment: {after}"
+    );
+    assert_eq!(after[3], 1, "one share: {after}");
+    shop.t.check_invariants();
+}

@@ -498,6 +498,28 @@ impl Drop for PostgresProxy {
     }
 }
 
+/// Regression: the sink's counters appeared in `/metrics` only after
+/// their first increment. A Redis-mode node (a process of its own) with
+/// the books sink lists both at 0, with their help, before any request,
+/// as one node does (`tests/postgres.rs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_the_books_sink_lists_its_counters_at_zero_from_the_start() {
+    let Some((url, database)) = redis_and_postgres() else {
+        return;
+    };
+    let deployment = Deployment::new(Target::Single(url), 8);
+    let node = deployment.node_with(&["--database-url", &database]);
+    let metrics = node.get("/metrics", None).await.ok(200);
+    let text = metrics.as_str().unwrap_or_default();
+    for name in [
+        "flashsale_order_sink_set_aside_total",
+        "flashsale_order_sink_conflicts_total",
+    ] {
+        assert!(text.contains(&format!("\n{name} 0\n")), "{name}:\n{text}");
+        assert!(text.contains(&format!("# HELP {name} ")), "{name}:\n{text}");
+    }
+}
+
 /// Postgres down: sales go on while the backlog grows, `/metrics` and
 /// `/readyz` show it, past `--books-backlog-max` buys answer 503
 /// unavailable (nothing changed: the same key later gets one order), and
