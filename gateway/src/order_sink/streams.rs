@@ -18,9 +18,20 @@
 //! alone and recorded in `order_sink_stream_entries` in the same
 //! transaction; an entry found there is acknowledged without applying it.
 //!
-//! Every [`BOOKS_BACKLOG_INTERVAL`] the node claims entries that another
-//! node was given and has not acknowledged for [`BOOKS_CLAIM_IDLE`]
-//! (`XAUTOCLAIM`: that node is likely gone for good) and writes them too.
+//! Entries of one deal's stream can reach Postgres in any order (two nodes'
+//! transactions, an entry claimed late), so the rows converge whatever the
+//! order (the parent module's "Order"): an older deal change updates
+//! nothing, and a change or restock read before its deal's creation is in
+//! Postgres is left unacknowledged, so it is claimed again after
+//! [`BOOKS_CLAIM_IDLE`] (by this node or another) and applied then. One
+//! whose deal's creation was set aside waits so, in the backlog, until the
+//! deal's row is in Postgres (an operator writes it from the set-aside
+//! creation).
+//!
+//! Every [`BOOKS_BACKLOG_INTERVAL`] the node claims entries that a node
+//! was given and has not acknowledged for [`BOOKS_CLAIM_IDLE`]
+//! (`XAUTOCLAIM`: that node is likely gone for good, or the entries wait
+//! for their deal) and writes them too.
 //! Apart from that, Postgres up or down, it measures the backlog (entries
 //! not yet acknowledged, and the age of the oldest: `/metrics`, `/readyz`)
 //! and trims each stream below its oldest entry not yet acknowledged
@@ -318,7 +329,8 @@ impl StreamSink {
                     tracing::warn!(
                         stream = %stream,
                         entries = read.len(),
-                        "order sink: claimed books entries another node left unacknowledged"
+                        "order sink: claimed books entries left unacknowledged (by a node gone, \
+                         or waiting for their deal's creation)"
                     );
                 }
                 entries.extend(read.into_iter().map(|entry| (stream.clone(), entry)));
@@ -333,7 +345,9 @@ impl StreamSink {
 
     /// Writes `entries` (with their streams) to Postgres, then acknowledges
     /// them: the rows in one transaction, each restock alone, each entry
-    /// that cannot be read set aside.
+    /// that cannot be read set aside. A change or restock whose deal has no
+    /// row yet is not acknowledged: it stays pending and is claimed again
+    /// after [`BOOKS_CLAIM_IDLE`].
     async fn write(
         &self,
         conn: &mut PgConnection,
@@ -367,9 +381,11 @@ impl StreamSink {
                 }
             }
         }
+        // Entries that wait for their deal's creation: not acknowledged.
+        let mut waiting: HashSet<(&str, &str)> = HashSet::new();
         if !rows.is_empty() {
             let batch = Batch::from_events(&rows, deployment);
-            apply_or_set_aside(
+            let waits = apply_or_set_aside(
                 conn,
                 config,
                 &self.status,
@@ -380,10 +396,17 @@ impl StreamSink {
                 batch,
             )
             .await?;
+            let origin = |position: u64| origins.get(usize::try_from(position).ok()?);
+            waiting.extend(
+                waits
+                    .into_iter()
+                    .filter_map(origin)
+                    .map(|(stream, entry)| (stream.as_str(), entry.as_str())),
+            );
         }
         for (stream, entry, event) in restocks {
             let one = [(0, event.clone())];
-            apply_or_set_aside(
+            let waits = apply_or_set_aside(
                 conn,
                 config,
                 &self.status,
@@ -394,9 +417,23 @@ impl StreamSink {
                 Batch::from_events(&one, deployment),
             )
             .await?;
+            if !waits.is_empty() {
+                waiting.insert((stream.as_str(), entry.as_str()));
+            }
+        }
+        if !waiting.is_empty() {
+            tracing::info!(
+                entries = waiting.len(),
+                retry_in = ?BOOKS_CLAIM_IDLE,
+                "order sink: books entries read before their deal's creation reached Postgres; \
+                 left pending"
+            );
         }
         let mut by_stream: Vec<(&str, Vec<String>)> = Vec::new();
         for (stream, entry) in &entries {
+            if waiting.contains(&(stream.as_str(), entry.id.as_str())) {
+                continue;
+            }
             match by_stream.last_mut() {
                 Some((last, ids)) if *last == stream.as_str() => ids.push(entry.id.clone()),
                 _ => by_stream.push((stream, vec![entry.id.clone()])),
