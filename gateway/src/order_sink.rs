@@ -71,9 +71,11 @@
 //! pending in its stream and is claimed again after `BOOKS_CLAIM_IDLE`
 //! ([`streams`]), by when the creation is in. (A placeholder row for the
 //! creation to complete would have to pass the merge's conflict check on
-//! every fixed column; waiting needs nothing new.) From the journal the
-//! creation always comes first; a change whose deal's creation was set
-//! aside updates nothing, as before.
+//! every fixed column; waiting needs nothing new.) One whose deal's
+//! creation was set aside is set aside in turn, once no earlier entry of
+//! its stream is pending ([`OrderSinkError::DealMissing`]). From the
+//! journal the creation always comes first; a change whose deal's creation
+//! was set aside updates nothing, as before.
 //!
 //! Postgres down or slow: sales go on (nothing here is awaited by a
 //! request); the sink retries with exponential backoff and catches up. It
@@ -183,6 +185,12 @@ pub enum OrderSinkError {
     Redis(#[source] Box<crate::error::Error>),
     #[error("{0} is out of range for Postgres")]
     OutOfRange(&'static str),
+    /// A deal change or restock from a books stream whose deal's creation
+    /// will not reach Postgres: every earlier entry of the deal's stream
+    /// is acknowledged, and the deal has no row (its creation was set
+    /// aside). Only ever a reason to set the entry aside.
+    #[error("its deal is not in Postgres: the deal's creation was set aside")]
+    DealMissing,
     /// A row with the same deployment and id is in Postgres with other
     /// content: never skipped silently.
     #[error(

@@ -4,7 +4,9 @@
 //! can arrive after a newer one, and a change or a restock before the deal's
 //! creation. Here a consumer `ghost` (a node that read entries and died)
 //! holds chosen entries while a live node's sink writes the others, then
-//! that node claims them; the deal's row must end as the deal is.
+//! that node claims them; the deal's row must end as the deal is. And a
+//! change and a restock of a deal whose creation Postgres refused must not
+//! wait for it forever.
 
 use std::time::{Duration, Instant};
 
@@ -38,14 +40,15 @@ struct Sale {
 }
 
 impl Sale {
-    /// The sale of `merchant`; `None` without `REDIS_URL` and
-    /// `DATABASE_URL` (the test is skipped).
-    async fn open(merchant: &str) -> Option<Sale> {
+    /// The sale of `merchant`, its deal titled `title`; `None` without
+    /// `REDIS_URL` and `DATABASE_URL` (the test is skipped).
+    async fn open(merchant: &str, title: &str) -> Option<Sale> {
         let (url, database) = redis_and_postgres()?;
         let deployment = Deployment::new(Target::Single(url), 8);
         let seller = deployment.node();
         let merchant = seller.merchant(merchant).await;
-        let deal = seller.deal(&merchant, 10, 1).await;
+        let fields = json!({ "title": title, "stock": 10, "per_user_limit": 1 });
+        let deal = seller.deal_with(&merchant, fields).await;
         let stream = deal_stream(&deployment, &deal);
         Some(Sale {
             deployment,
@@ -135,7 +138,7 @@ impl Sale {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn books_keep_the_newer_deal_change_when_an_older_one_arrives_later() {
     let _serial = crate::node::serial().await;
-    let Some(sale) = Sale::open("Order").await else {
+    let Some(sale) = Sale::open("Order", "Phone").await else {
         return;
     };
     // The creation reaches Postgres, then that sink is gone.
@@ -165,7 +168,7 @@ async fn books_keep_the_newer_deal_change_when_an_older_one_arrives_later() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn books_apply_a_change_and_a_restock_read_before_their_deal() {
     let _serial = crate::node::serial().await;
-    let Some(sale) = Sale::open("Early").await else {
+    let Some(sale) = Sale::open("Early", "Phone").await else {
         return;
     };
     sale.patch(json!({ "ends_at": "2098-01-01T00:00:00Z", "paused": true }))
@@ -187,4 +190,78 @@ async fn books_apply_a_change_and_a_restock_read_before_their_deal() {
     .await
     .expect("order_sink_stream_entries");
     assert_eq!(recorded, 1, "the restock is recorded once");
+}
+
+/// A change and a restock of a deal whose creation Postgres refused (set
+/// aside) would otherwise wait for it forever: once no earlier entry of the
+/// stream is pending and the deal still has no row, they are set aside
+/// too, and nothing stays pending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn books_set_aside_a_change_and_a_restock_whose_deal_was_set_aside() {
+    const TITLE: &str = "Refused by the books";
+    const RULE: &str = "books_order_refused_title";
+    let _serial = crate::node::serial().await;
+    let Some(sale) = Sale::open("Refused", TITLE).await else {
+        return;
+    };
+    // A rule the engine does not know, so Postgres refuses the creation's
+    // row for its content (as it would a value it cannot store).
+    let mut conn = connect(&sale.database).await;
+    flashsale_gateway::order_sink::MIGRATOR
+        .run(&mut conn)
+        .await
+        .expect("the books' migrations");
+    let rule = |sql: String| sqlx::raw_sql(sqlx::AssertSqlSafe(sql));
+    rule(format!(
+        "ALTER TABLE deals DROP CONSTRAINT IF EXISTS {RULE}; \
+         ALTER TABLE deals ADD CONSTRAINT {RULE} CHECK (title <> '{TITLE}') NOT VALID"
+    ))
+    .execute(&mut conn)
+    .await
+    .expect("the rule");
+    sale.patch(json!({ "ends_at": "2098-01-01T00:00:00Z", "paused": true }))
+        .await;
+    sale.patch(json!({ "add_stock": 5 })).await;
+
+    let _sink = sale.sink();
+    let id = deployment_id(&sale.deployment);
+    let started = Instant::now();
+    let reasons = loop {
+        let pending = pending_entries(&sale.deployment, std::slice::from_ref(&sale.stream));
+        let reasons: Vec<String> = sqlx::query_scalar(
+            "SELECT reason FROM order_sink_set_aside WHERE journal_id = $1 ORDER BY position",
+        )
+        .bind(&sale.stream)
+        .fetch_all(&mut conn)
+        .await
+        .expect("order_sink_set_aside");
+        if pending == 0 && reasons.len() == 3 {
+            break reasons;
+        }
+        assert!(
+            started.elapsed() < SETTLE_WAIT,
+            "{pending} entries stay pending, set aside: {reasons:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    rule(format!("ALTER TABLE deals DROP CONSTRAINT {RULE}"))
+        .execute(&mut conn)
+        .await
+        .expect("the rule dropped");
+    assert!(reasons[0].contains(RULE), "{reasons:?}");
+    for reason in &reasons[1..] {
+        assert!(
+            reason.contains("its deal is not in Postgres"),
+            "{reasons:?}"
+        );
+    }
+    let rows: i64 = sqlx::query_scalar(
+        "SELECT (SELECT count(*) FROM deals WHERE deployment_id = $1) \
+         + (SELECT count(*) FROM order_sink_stream_entries WHERE deployment_id = $1)",
+    )
+    .bind(&id)
+    .fetch_one(&mut conn)
+    .await
+    .expect("deals");
+    assert_eq!(rows, 0, "no row of the deal, no restock recorded");
 }

@@ -23,10 +23,10 @@
 //! order (the parent module's "Order"): an older deal change updates
 //! nothing, and a change or restock read before its deal's creation is in
 //! Postgres is left unacknowledged, so it is claimed again after
-//! [`BOOKS_CLAIM_IDLE`] (by this node or another) and applied then. One
-//! whose deal's creation was set aside waits so, in the backlog, until the
-//! deal's row is in Postgres (an operator writes it from the set-aside
-//! creation).
+//! [`BOOKS_CLAIM_IDLE`] (by this node or another) and applied then. Once
+//! no earlier entry of its stream is pending and the deal still has no row,
+//! its creation was set aside and will not come: the entry is set aside
+//! too (`OrderSinkError::DealMissing`), so it does not wait forever.
 //!
 //! Every [`BOOKS_BACKLOG_INTERVAL`] the node claims entries that a node
 //! was given and has not acknowledged for [`BOOKS_CLAIM_IDLE`]
@@ -366,18 +366,9 @@ impl StreamSink {
                     origins.push((stream.clone(), entry.id.clone()));
                 }
                 Err(reason) => {
-                    let origin = [(stream.clone(), entry.id.clone())];
-                    let progress = Progress {
-                        source: Source::Streams(&origin),
-                        from: 0,
-                        to: 0,
-                    };
                     let reason = OrderSinkError::Entry(reason.clone());
-                    timed(
-                        config.batch_timeout,
-                        set_aside(conn, &self.status, deployment, progress, &entry.id, &reason),
-                    )
-                    .await?;
+                    self.set_aside_entry(conn, stream, &entry.id, &entry.id, &reason)
+                        .await?;
                 }
             }
         }
@@ -421,14 +412,6 @@ impl StreamSink {
                 waiting.insert((stream.as_str(), entry.as_str()));
             }
         }
-        if !waiting.is_empty() {
-            tracing::info!(
-                entries = waiting.len(),
-                retry_in = ?BOOKS_CLAIM_IDLE,
-                "order sink: books entries read before their deal's creation reached Postgres; \
-                 left pending"
-            );
-        }
         let mut by_stream: Vec<(&str, Vec<String>)> = Vec::new();
         for (stream, entry) in &entries {
             if waiting.contains(&(stream.as_str(), entry.id.as_str())) {
@@ -446,7 +429,101 @@ impl StreamSink {
         )
         .await
         .map_err(redis)?;
+        let waiting = entries
+            .iter()
+            .filter(|(stream, entry)| waiting.contains(&(stream.as_str(), entry.id.as_str())));
+        self.wait_or_set_aside(conn, waiting).await
+    }
+
+    /// The entries of `waiting` (changes and restocks whose deal had no row,
+    /// in stream order) whose deal's creation will not reach Postgres are
+    /// set aside ([`OrderSinkError::DealMissing`]) and acknowledged: no
+    /// earlier entry of their stream is pending (so the creation was
+    /// applied or set aside; asked after this write's acknowledgements)
+    /// and the deal still has no row (asked after Redis, since a node
+    /// acknowledges after its commit). The others stay pending, claimed
+    /// again after [`BOOKS_CLAIM_IDLE`]; so do all past
+    /// [`OrderSinkConfig::set_aside_max`].
+    async fn wait_or_set_aside<'e>(
+        &self,
+        conn: &mut PgConnection,
+        waiting: impl Iterator<Item = &'e (String, BooksEntry)>,
+    ) -> Result<(), OrderSinkError> {
+        let mut left = 0_usize;
+        for (stream, entry) in waiting {
+            let (event, deal) = match &entry.event {
+                Ok(event @ (Event::DealChanged { deal, .. } | Event::StockAdded { deal, .. })) => {
+                    (event, *deal)
+                }
+                _ => continue,
+            };
+            let bounded =
+                self.status.set_aside.load(Ordering::Relaxed) >= self.config.set_aside_max;
+            if bounded
+                || self
+                    .store
+                    .books_pending_before(stream, &entry.id)
+                    .await
+                    .map_err(redis)?
+            {
+                left += 1;
+                continue;
+            }
+            let exists: bool = timed(
+                self.config.batch_timeout,
+                sqlx::query_scalar(
+                    "SELECT EXISTS (SELECT 1 FROM deals WHERE deployment_id = $1 AND id = $2)",
+                )
+                .bind(self.deployment())
+                .bind(deal.to_string())
+                .fetch_one(&mut *conn),
+            )
+            .await?;
+            if exists {
+                left += 1; // created meanwhile: applied at the next claim
+                continue;
+            }
+            let reason = OrderSinkError::DealMissing;
+            self.set_aside_entry(conn, stream, &entry.id, event, &reason)
+                .await?;
+            self.store
+                .books_ack(stream, std::slice::from_ref(&entry.id))
+                .await
+                .map_err(redis)?;
+        }
+        if left > 0 {
+            tracing::info!(
+                entries = left,
+                retry_in = ?BOOKS_CLAIM_IDLE,
+                "order sink: books entries read before their deal's creation reached Postgres; \
+                 left pending"
+            );
+        }
         Ok(())
+    }
+
+    /// Sets the entry `id` of `stream` aside for `reason`, keeping the text
+    /// of `event` (see [`set_aside`]); the caller acknowledges it.
+    async fn set_aside_entry(
+        &self,
+        conn: &mut PgConnection,
+        stream: &str,
+        id: &str,
+        event: &(dyn std::fmt::Debug + Sync),
+        reason: &OrderSinkError,
+    ) -> Result<(), OrderSinkError> {
+        let origin = [(stream.to_owned(), id.to_owned())];
+        let progress = Progress {
+            source: Source::Streams(&origin),
+            from: 0,
+            to: 0,
+        };
+        let deployment = self.deployment();
+        timed(
+            self.config.batch_timeout,
+            set_aside(conn, &self.status, deployment, progress, event, reason),
+        )
+        .await
     }
 }
 
