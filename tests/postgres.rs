@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flashsale_engine::{
-    Clock, DealId, Engine, EngineConfig, Money, NewDeal, Order, ShopperId, SystemClock,
+    Clock, DealChange, DealId, Engine, EngineConfig, Money, NewDeal, Order, ShopperId, SystemClock,
 };
 use flashsale_gateway::order_sink::{self, OrderSinkConfig, OrderSinkHandle};
 use flashsale_journal::{Durability, Journal, JournalConfig};
@@ -514,6 +514,61 @@ async fn a_batch_with_rows_already_there_falls_back_and_stays_exactly_once() {
     assert!(sink.last_error().is_none(), "{:?}", sink.last_error());
     sink.abort().await;
     assert_books(&db, &shop, &orders).await;
+    db.drop_db().await;
+}
+
+/// One node's journal gives a deal's changes in order, each its own batch
+/// here: the row ends with the last one, versioned by its journal position
+/// (`deals.change_version`), and a replay of the whole journal (the
+/// position lost) leaves it so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deals_changes_reach_postgres_in_journal_order_and_a_replay_keeps_the_last() {
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let shop = shop(dir.path(), 2);
+    let merchant = shop.engine.deal_merchant(shop.deal).unwrap();
+    let now = SystemClock.now();
+    let mut last = (0, 0);
+    for (ends_in, paused) in [(7_200, true), (5_400, false)] {
+        let change = DealChange {
+            add_stock: None,
+            ends_at: Some(now.plus_seconds(ends_in)),
+            paused: Some(paused),
+        };
+        let view = shop
+            .engine
+            .update_deal(merchant, shop.deal, change)
+            .unwrap();
+        last = (view.ends_at.millis(), shop.journal.written());
+    }
+    shop.journal.wait_durable(shop.journal.written()).unwrap();
+    let mut config = sink_config(&db.url);
+    config.batch_events_max = 1;
+    let expected = (last.0, false, i64::try_from(last.1).unwrap());
+    let row = || async {
+        let mut conn = db.connect().await;
+        let found: (i64, bool, i64) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {}, paused, change_version FROM deals WHERE id = $1",
+            millis("ends_at")
+        )))
+        .bind(shop.deal.to_string())
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+        found
+    };
+    apply_all(&shop, config.clone()).await;
+    assert_eq!(row().await, expected);
+
+    let mut conn = db.connect().await;
+    sqlx::query("UPDATE order_sink_positions SET position = 0")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    apply_all(&shop, config).await;
+    assert_eq!(row().await, expected);
     db.drop_db().await;
 }
 

@@ -58,6 +58,26 @@
 //! beside its rows is its [`Source`]'s: the journal's position, nothing
 //! (stream rows are keyed by id), or a restock entry's id.
 //!
+//! **Order**: the journal gives the sink a deal's events in order, but in
+//! Redis mode the entries of one deal's stream are spread over the nodes
+//! and a dead node's are claimed seconds later, so they reach Postgres in
+//! any order. So a deal's row converges to the deal whatever the order:
+//! restocks add (any order gives the same sum, each entry once); a change
+//! (`ends_at`, `paused`) carries a version, its journal position or its
+//! entry id in the deal's stream ([`Source::sequence`]), and updates the
+//! row only if newer than the one the row holds (`deals.change_version`,
+//! migration `0005`), so an older change arriving late changes nothing;
+//! and a change or restock read before its deal's creation reached
+//! Postgres is not applied, not recorded, and not acknowledged: it stays
+//! pending in its stream and is claimed again after `BOOKS_CLAIM_IDLE`
+//! ([`streams`]), by when the creation is in. (A placeholder row for the
+//! creation to complete would have to pass the merge's conflict check on
+//! every fixed column; waiting needs nothing new.) One whose deal's
+//! creation was set aside is set aside in turn, once no earlier entry of
+//! its stream is pending ([`OrderSinkError::DealMissing`]). From the
+//! journal the creation always comes first; a change whose deal's creation
+//! was set aside updates nothing, as before.
+//!
 //! Postgres down or slow: sales go on (nothing here is awaited by a
 //! request); the sink retries with exponential backoff and catches up. It
 //! tells the journal its position ([`Journal::retain_from`]) so snapshot
@@ -166,6 +186,12 @@ pub enum OrderSinkError {
     Redis(#[source] Box<crate::error::Error>),
     #[error("{0} is out of range for Postgres")]
     OutOfRange(&'static str),
+    /// A deal change or restock from a books stream whose deal's creation
+    /// will not reach Postgres: every earlier entry of the deal's stream
+    /// is acknowledged, and the deal has no row (its creation was set
+    /// aside). Only ever a reason to set the entry aside.
+    #[error("its deal is not in Postgres: the deal's creation was set aside")]
+    DealMissing,
     /// A row with the same deployment and id is in Postgres with other
     /// content: never skipped silently.
     #[error(
@@ -719,7 +745,8 @@ fn read_batch(
 /// the reason; the rest go in. Past [`OrderSinkConfig::set_aside_max`]
 /// events set aside, the error is returned instead. A refusal costs about 2·log2(batch) extra
 /// transactions, once. Any other error (connection, timeout) is returned
-/// and the batch is retried whole.
+/// and the batch is retried whole. Returns the positions of the events
+/// that wait for their deal's row ([`apply`]; none from the journal).
 #[allow(clippy::too_many_arguments)]
 async fn apply_or_set_aside(
     conn: &mut PgConnection,
@@ -730,7 +757,8 @@ async fn apply_or_set_aside(
     mut from: u64,
     events: &[(u64, Event)],
     batch: Result<Batch, OrderSinkError>,
-) -> Result<(), OrderSinkError> {
+) -> Result<Waiting, OrderSinkError> {
+    let mut waiting = Waiting::new();
     let mut first = Some(batch);
     // Slices still to apply, the next on top.
     let mut pending = vec![events];
@@ -758,7 +786,11 @@ async fn apply_or_set_aside(
             Err(error) => Err(error),
         };
         match applied {
-            Ok(()) | Err(OrderSinkError::AlreadyApplied) => from = last,
+            Ok(waits) => {
+                waiting.extend(waits);
+                from = last;
+            }
+            Err(OrderSinkError::AlreadyApplied) => from = last,
             Err(error)
                 if error.is_content()
                     && status.set_aside.load(Ordering::Relaxed) >= config.set_aside_max =>
@@ -786,7 +818,7 @@ async fn apply_or_set_aside(
             Err(error) => return Err(error),
         }
     }
-    Ok(())
+    Ok(waiting)
 }
 
 /// Escapes control characters (NUL above all), so any text can be stored.
@@ -947,8 +979,10 @@ struct Batch {
     places: CopyStream,
     /// Deal id → stock added in this batch.
     restocks: HashMap<DealId, u64>,
-    /// Deal id → (ends_at, paused), the last change in this batch.
-    changes: HashMap<DealId, (Timestamp, bool)>,
+    /// Deal id → (position, ends_at, paused) of the last change in this
+    /// batch (positions ascend within a batch, and in Redis mode all of a
+    /// deal's changes come from its own stream, in order).
+    changes: HashMap<DealId, (u64, Timestamp, bool)>,
     /// Holds given back in this batch, in order: `(hold, released or
     /// expired, when)`. Only a raffle hold has a `draw_places` row to
     /// update; a first-come hold's ending updates nothing. At most one per
@@ -1072,7 +1106,7 @@ impl Batch {
                     paused,
                     ..
                 } => {
-                    changes.insert(*deal, (*ends_at, *paused));
+                    changes.insert(*deal, (*position, *ends_at, *paused));
                 }
                 Event::WalletCredited {
                     shopper,
@@ -1300,16 +1334,25 @@ fn is_duplicate(error: &OrderSinkError) -> bool {
 /// Milliseconds since the epoch (`$n::int8[]`) to `timestamptz`, exactly.
 const MILLIS: &str = "timestamptz 'epoch' + interval '1 millisecond' *";
 
+/// Positions of a batch's events that wait for their deal's row: a deal
+/// change or a restock from a books stream read before the deal's creation
+/// reached Postgres (Redis mode only; see the module doc, "Order").
+type Waiting = Vec<u64>;
+
 /// Writes one batch and records its `progress` in the same transaction:
 /// by `COPY` ([`Insert::Copy`]) and, if a row was already there, again from
-/// the start by [`Insert::Merge`].
+/// the start by [`Insert::Merge`]. A deal change updates its row only if
+/// it is newer than the change the row has (`deals.change_version`).
+/// Returns the positions of the events that wait for their deal's row
+/// (never any from the journal, which holds a deal's creation before its
+/// changes): a restock then commits nothing, not even its record.
 async fn apply(
     conn: &mut PgConnection,
     status: &Status,
     deployment: &str,
     progress: Progress<'_>,
     batch: &Batch,
-) -> Result<(), OrderSinkError> {
+) -> Result<Waiting, OrderSinkError> {
     let mut tx = conn.begin().await?;
     progress.record(&mut tx, deployment).await?;
     let copied = insert(&mut tx, batch, Insert::Copy).await;
@@ -1339,33 +1382,68 @@ async fn apply(
             ids.push(deal.to_string());
             added.push(i64::try_from(*quantity).map_err(out_of_range("deals.stock_total"))?);
         }
-        tx.execute(
-            sqlx::query(
-                "UPDATE deals SET stock_total = deals.stock_total + t.added \
-                 FROM UNNEST($1::text[], $2::int8[]) AS t(id, added) \
-                 WHERE deals.deployment_id = $3 AND deals.id = t.id",
+        let updated = tx
+            .execute(
+                sqlx::query(
+                    "UPDATE deals SET stock_total = deals.stock_total + t.added \
+                     FROM UNNEST($1::text[], $2::int8[]) AS t(id, added) \
+                     WHERE deals.deployment_id = $3 AND deals.id = t.id",
+                )
+                .bind(&ids)
+                .bind(&added)
+                .bind(deployment),
             )
-            .bind(&ids)
-            .bind(&added)
-            .bind(deployment),
-        )
-        .await?;
-    }
-    if !batch.changes.is_empty() {
-        let mut ids = Vec::with_capacity(batch.changes.len());
-        let mut ends = Vec::with_capacity(batch.changes.len());
-        let mut paused = Vec::with_capacity(batch.changes.len());
-        for (deal, (ends_at, is_paused)) in &batch.changes {
-            ids.push(deal.to_string());
-            ends.push(ends_at.millis());
-            paused.push(*is_paused);
+            .await?;
+        if let Source::Restock { .. } = progress.source
+            && updated.rows_affected() == 0
+        {
+            // Not recorded as applied: the entry stays pending until its
+            // deal's row is there.
+            tx.rollback().await?;
+            return Ok(vec![progress.to]);
         }
+    }
+    let mut waiting = Waiting::new();
+    if !batch.changes.is_empty() {
+        let changes = batch.changes.len();
+        let (mut ids, mut versions) = (Vec::with_capacity(changes), Vec::with_capacity(changes));
+        let (mut ends, mut paused) = (Vec::with_capacity(changes), Vec::with_capacity(changes));
+        let mut positions = HashMap::with_capacity(changes);
+        for (deal, &(position, ends_at, is_paused)) in &batch.changes {
+            let id = deal.to_string();
+            let version = progress.source.sequence(position);
+            versions.push(i64::try_from(version).map_err(out_of_range("deals.change_version"))?);
+            ends.push(ends_at.millis());
+            paused.push(is_paused);
+            positions.insert(id.clone(), position);
+            ids.push(id);
+        }
+        // The statement's snapshot is the one before its UPDATE: a row
+        // missing there is missing after it.
         let sql = format!(
-            "UPDATE deals SET ends_at = {MILLIS} t.ends_at, paused = t.paused \
-             FROM UNNEST($1::text[], $2::int8[], $3::bool[]) AS t(id, ends_at, paused) \
-             WHERE deals.deployment_id = $4 AND deals.id = t.id"
+            "WITH t AS (SELECT * FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::bool[]) \
+                 AS t(id, version, ends_at, paused)), \
+             changed AS (UPDATE deals SET ends_at = {MILLIS} t.ends_at, paused = t.paused, \
+                 change_version = t.version FROM t \
+                 WHERE deals.deployment_id = $5 AND deals.id = t.id \
+                 AND deals.change_version < t.version) \
+             SELECT t.id FROM t WHERE NOT EXISTS \
+                 (SELECT 1 FROM deals WHERE deals.deployment_id = $5 AND deals.id = t.id)"
         );
-        update_from_arrays(&mut tx, sql, (ids, ends, paused), deployment).await?;
+        let missing: Vec<String> = sqlx::query_scalar(AssertSqlSafe(sql))
+            .bind(&ids)
+            .bind(&versions)
+            .bind(&ends)
+            .bind(&paused)
+            .bind(deployment)
+            .fetch_all(&mut *tx)
+            .await?;
+        // The journal holds a deal's creation before its changes: a
+        // missing row there is a creation set aside, and its changes have
+        // nowhere to go, as before.
+        if !matches!(progress.source, Source::Journal(_)) {
+            waiting.extend(missing.iter().filter_map(|id| positions.get(id)));
+        }
     }
     if !batch.endings.is_empty() {
         let mut holds = Vec::with_capacity(batch.endings.len());
@@ -1389,7 +1467,7 @@ async fn apply(
         update_from_arrays(&mut tx, sql, (holds, ended, at), deployment).await?;
     }
     tx.commit().await?;
-    Ok(())
+    Ok(waiting)
 }
 
 /// Runs `sql`, an `UPDATE … FROM UNNEST($1, $2, $3)` of one batch, with
@@ -1435,6 +1513,25 @@ enum Source<'a> {
     Restock { stream: &'a str, entry: &'a str },
 }
 
+impl Source<'_> {
+    /// Where the event at `position` (of a batch from this source) stands
+    /// in its origin's order: its journal position, or its books entry id
+    /// packed by [`streams::position`] (ordered within one stream; 0 for an
+    /// id that does not pack). A deal change's version
+    /// (`deals.change_version`), and the position `order_sink_set_aside`
+    /// keeps.
+    fn sequence(&self, position: u64) -> u64 {
+        match *self {
+            Source::Journal(_) => position,
+            Source::Streams(entries) => usize::try_from(position)
+                .ok()
+                .and_then(|index| entries.get(index))
+                .map_or(0, |(_, entry)| streams::position(entry)),
+            Source::Restock { entry, .. } => streams::position(entry),
+        }
+    }
+}
+
 /// What one transaction records beside its rows: a [`Source`] and the
 /// positions it covers (after `from`, up to `to`).
 #[derive(Debug, Clone, Copy)]
@@ -1478,16 +1575,15 @@ impl Progress<'_> {
     /// journal's id and the position, or the stream's key and the entry id
     /// packed by [`streams::position`].
     fn origin(&self, position: u64) -> (&str, u64) {
-        match self.source {
-            Source::Journal(journal) => (journal, position),
+        let origin = match self.source {
+            Source::Journal(journal) => journal,
             Source::Streams(entries) => usize::try_from(position)
                 .ok()
                 .and_then(|index| entries.get(index))
-                .map_or(("", position), |(stream, entry)| {
-                    (stream.as_str(), streams::position(entry))
-                }),
-            Source::Restock { stream, entry } => (stream, streams::position(entry)),
-        }
+                .map_or("", |(stream, _)| stream.as_str()),
+            Source::Restock { stream, .. } => stream,
+        };
+        (origin, self.source.sequence(position))
     }
 }
 

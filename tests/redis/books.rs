@@ -21,7 +21,7 @@ use crate::node::{Deployment, Node, Target};
 const BOOKS_WAIT: Duration = Duration::from_secs(30);
 
 /// `REDIS_URL` and `DATABASE_URL`, or `None`: the test is skipped.
-fn redis_and_postgres() -> Option<(String, String)> {
+pub fn redis_and_postgres() -> Option<(String, String)> {
     Some((
         flashsale_testkit::redis_url()?,
         flashsale_testkit::postgres_url()?,
@@ -61,13 +61,34 @@ pub fn audit(deployment: &Deployment, database_url: &str, in_flight: bool) -> (b
 }
 
 /// `redis-cli` on the deployment's Redis: its output.
-fn redis_cli(deployment: &Deployment, args: &[&str]) -> String {
+pub fn redis_cli(deployment: &Deployment, args: &[&str]) -> String {
     let output = std::process::Command::new("redis-cli")
         .args(deployment.target.cli())
         .args(args)
         .output()
         .expect("redis-cli runs");
     String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// The books stream of `deal` (its id as the API prints it, `d_<hex>`).
+pub fn deal_stream(deployment: &Deployment, deal: &str) -> String {
+    let number = u64::from_str_radix(deal.trim_start_matches("d_"), 16).expect("a hex deal id");
+    format!("{}:{{d:{number}}}:books", deployment.namespace)
+}
+
+/// Entries of `streams` delivered to a consumer of the group `books` and
+/// not acknowledged (`XPENDING`), in all.
+pub fn pending_entries(deployment: &Deployment, streams: &[String]) -> u64 {
+    streams
+        .iter()
+        .map(|stream| {
+            redis_cli(deployment, &["XPENDING", stream, "books"])
+                .lines()
+                .next()
+                .and_then(|count| count.trim().parse::<u64>().ok())
+                .unwrap_or(0)
+        })
+        .sum()
 }
 
 /// The deployment's id, as its nodes keep it in Redis.
@@ -372,14 +393,9 @@ async fn entries_a_dead_node_held_are_claimed_and_reach_postgres() {
         let answer = seller.buy(token, &deal, 1, &format!("ghost-{index}")).await;
         answer.expect("an answer").ok(201);
     }
-    let deal_number = deal.trim_start_matches("d_");
-    let deal_number = u64::from_str_radix(deal_number, 16).expect("a hex deal id");
     let streams: Vec<String> = (0..deployment.shards)
         .map(|shard| format!("{}:{{s:{shard}}}:books", deployment.namespace))
-        .chain([format!(
-            "{}:{{d:{deal_number}}}:books",
-            deployment.namespace
-        )])
+        .chain([deal_stream(&deployment, &deal)])
         .collect();
     let cli = |args: &[&str]| redis_cli(&deployment, args);
     for stream in &streams {
@@ -396,19 +412,7 @@ async fn entries_a_dead_node_held_are_claimed_and_reach_postgres() {
             ">",
         ]);
     }
-    let pending = |streams: &[String]| -> u64 {
-        streams
-            .iter()
-            .map(|stream| {
-                let summary = cli(&["XPENDING", stream, "books"]);
-                summary
-                    .lines()
-                    .next()
-                    .and_then(|count| count.trim().parse::<u64>().ok())
-                    .unwrap_or(0)
-            })
-            .sum()
-    };
+    let pending = |streams: &[String]| pending_entries(&deployment, streams);
     // Orders, credits and the deal: all held by the ghost.
     assert_eq!(pending(&streams), u64::from(SHOPPERS) * 2 + 1);
 

@@ -3,6 +3,7 @@
 //! over real sockets. Without those variables each test says it is skipped.
 
 mod books;
+mod books_order;
 mod burst;
 mod durability;
 mod epoch;

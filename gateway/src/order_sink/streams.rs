@@ -18,9 +18,20 @@
 //! alone and recorded in `order_sink_stream_entries` in the same
 //! transaction; an entry found there is acknowledged without applying it.
 //!
-//! Every [`BOOKS_BACKLOG_INTERVAL`] the node claims entries that another
-//! node was given and has not acknowledged for [`BOOKS_CLAIM_IDLE`]
-//! (`XAUTOCLAIM`: that node is likely gone for good) and writes them too.
+//! Entries of one deal's stream can reach Postgres in any order (two nodes'
+//! transactions, an entry claimed late), so the rows converge whatever the
+//! order (the parent module's "Order"): an older deal change updates
+//! nothing, and a change or restock read before its deal's creation is in
+//! Postgres is left unacknowledged, so it is claimed again after
+//! [`BOOKS_CLAIM_IDLE`] (by this node or another) and applied then. Once
+//! no earlier entry of its stream is pending and the deal still has no row,
+//! its creation was set aside and will not come: the entry is set aside
+//! too (`OrderSinkError::DealMissing`), so it does not wait forever.
+//!
+//! Every [`BOOKS_BACKLOG_INTERVAL`] the node claims entries that a node
+//! was given and has not acknowledged for [`BOOKS_CLAIM_IDLE`]
+//! (`XAUTOCLAIM`: that node is likely gone for good, or the entries wait
+//! for their deal) and writes them too.
 //! Apart from that, Postgres up or down, it measures the backlog (entries
 //! not yet acknowledged, and the age of the oldest: `/metrics`, `/readyz`)
 //! and trims each stream below its oldest entry not yet acknowledged
@@ -318,7 +329,8 @@ impl StreamSink {
                     tracing::warn!(
                         stream = %stream,
                         entries = read.len(),
-                        "order sink: claimed books entries another node left unacknowledged"
+                        "order sink: claimed books entries left unacknowledged (by a node gone, \
+                         or waiting for their deal's creation)"
                     );
                 }
                 entries.extend(read.into_iter().map(|entry| (stream.clone(), entry)));
@@ -333,7 +345,9 @@ impl StreamSink {
 
     /// Writes `entries` (with their streams) to Postgres, then acknowledges
     /// them: the rows in one transaction, each restock alone, each entry
-    /// that cannot be read set aside.
+    /// that cannot be read set aside. A change or restock whose deal has no
+    /// row yet is not acknowledged: it stays pending and is claimed again
+    /// after [`BOOKS_CLAIM_IDLE`].
     async fn write(
         &self,
         conn: &mut PgConnection,
@@ -352,24 +366,17 @@ impl StreamSink {
                     origins.push((stream.clone(), entry.id.clone()));
                 }
                 Err(reason) => {
-                    let origin = [(stream.clone(), entry.id.clone())];
-                    let progress = Progress {
-                        source: Source::Streams(&origin),
-                        from: 0,
-                        to: 0,
-                    };
                     let reason = OrderSinkError::Entry(reason.clone());
-                    timed(
-                        config.batch_timeout,
-                        set_aside(conn, &self.status, deployment, progress, &entry.id, &reason),
-                    )
-                    .await?;
+                    self.set_aside_entry(conn, stream, &entry.id, &entry.id, &reason)
+                        .await?;
                 }
             }
         }
+        // Entries that wait for their deal's creation: not acknowledged.
+        let mut waiting: HashSet<(&str, &str)> = HashSet::new();
         if !rows.is_empty() {
             let batch = Batch::from_events(&rows, deployment);
-            apply_or_set_aside(
+            let waits = apply_or_set_aside(
                 conn,
                 config,
                 &self.status,
@@ -380,10 +387,17 @@ impl StreamSink {
                 batch,
             )
             .await?;
+            let origin = |position: u64| origins.get(usize::try_from(position).ok()?);
+            waiting.extend(
+                waits
+                    .into_iter()
+                    .filter_map(origin)
+                    .map(|(stream, entry)| (stream.as_str(), entry.as_str())),
+            );
         }
         for (stream, entry, event) in restocks {
             let one = [(0, event.clone())];
-            apply_or_set_aside(
+            let waits = apply_or_set_aside(
                 conn,
                 config,
                 &self.status,
@@ -394,9 +408,15 @@ impl StreamSink {
                 Batch::from_events(&one, deployment),
             )
             .await?;
+            if !waits.is_empty() {
+                waiting.insert((stream.as_str(), entry.as_str()));
+            }
         }
         let mut by_stream: Vec<(&str, Vec<String>)> = Vec::new();
         for (stream, entry) in &entries {
+            if waiting.contains(&(stream.as_str(), entry.id.as_str())) {
+                continue;
+            }
             match by_stream.last_mut() {
                 Some((last, ids)) if *last == stream.as_str() => ids.push(entry.id.clone()),
                 _ => by_stream.push((stream, vec![entry.id.clone()])),
@@ -409,7 +429,101 @@ impl StreamSink {
         )
         .await
         .map_err(redis)?;
+        let waiting = entries
+            .iter()
+            .filter(|(stream, entry)| waiting.contains(&(stream.as_str(), entry.id.as_str())));
+        self.wait_or_set_aside(conn, waiting).await
+    }
+
+    /// The entries of `waiting` (changes and restocks whose deal had no row,
+    /// in stream order) whose deal's creation will not reach Postgres are
+    /// set aside ([`OrderSinkError::DealMissing`]) and acknowledged: no
+    /// earlier entry of their stream is pending (so the creation was
+    /// applied or set aside; asked after this write's acknowledgements)
+    /// and the deal still has no row (asked after Redis, since a node
+    /// acknowledges after its commit). The others stay pending, claimed
+    /// again after [`BOOKS_CLAIM_IDLE`]; so do all past
+    /// [`OrderSinkConfig::set_aside_max`].
+    async fn wait_or_set_aside<'e>(
+        &self,
+        conn: &mut PgConnection,
+        waiting: impl Iterator<Item = &'e (String, BooksEntry)>,
+    ) -> Result<(), OrderSinkError> {
+        let mut left = 0_usize;
+        for (stream, entry) in waiting {
+            let (event, deal) = match &entry.event {
+                Ok(event @ (Event::DealChanged { deal, .. } | Event::StockAdded { deal, .. })) => {
+                    (event, *deal)
+                }
+                _ => continue,
+            };
+            let bounded =
+                self.status.set_aside.load(Ordering::Relaxed) >= self.config.set_aside_max;
+            if bounded
+                || self
+                    .store
+                    .books_pending_before(stream, &entry.id)
+                    .await
+                    .map_err(redis)?
+            {
+                left += 1;
+                continue;
+            }
+            let exists: bool = timed(
+                self.config.batch_timeout,
+                sqlx::query_scalar(
+                    "SELECT EXISTS (SELECT 1 FROM deals WHERE deployment_id = $1 AND id = $2)",
+                )
+                .bind(self.deployment())
+                .bind(deal.to_string())
+                .fetch_one(&mut *conn),
+            )
+            .await?;
+            if exists {
+                left += 1; // created meanwhile: applied at the next claim
+                continue;
+            }
+            let reason = OrderSinkError::DealMissing;
+            self.set_aside_entry(conn, stream, &entry.id, event, &reason)
+                .await?;
+            self.store
+                .books_ack(stream, std::slice::from_ref(&entry.id))
+                .await
+                .map_err(redis)?;
+        }
+        if left > 0 {
+            tracing::info!(
+                entries = left,
+                retry_in = ?BOOKS_CLAIM_IDLE,
+                "order sink: books entries read before their deal's creation reached Postgres; \
+                 left pending"
+            );
+        }
         Ok(())
+    }
+
+    /// Sets the entry `id` of `stream` aside for `reason`, keeping the text
+    /// of `event` (see [`set_aside`]); the caller acknowledges it.
+    async fn set_aside_entry(
+        &self,
+        conn: &mut PgConnection,
+        stream: &str,
+        id: &str,
+        event: &(dyn std::fmt::Debug + Sync),
+        reason: &OrderSinkError,
+    ) -> Result<(), OrderSinkError> {
+        let origin = [(stream.to_owned(), id.to_owned())];
+        let progress = Progress {
+            source: Source::Streams(&origin),
+            from: 0,
+            to: 0,
+        };
+        let deployment = self.deployment();
+        timed(
+            self.config.batch_timeout,
+            set_aside(conn, &self.status, deployment, progress, event, reason),
+        )
+        .await
     }
 }
 

@@ -1420,6 +1420,32 @@ impl RedisStore {
         }
     }
 
+    /// Whether an entry of `stream` below `entry` was delivered to a
+    /// consumer of the group `books` and is not acknowledged (`XPENDING
+    /// … - (entry COUNT 1`). The group delivers in order, so once `entry`
+    /// was delivered, false means every earlier entry is in Postgres or
+    /// set aside.
+    pub(crate) async fn books_pending_before(
+        &self,
+        stream: &str,
+        entry: &str,
+    ) -> Result<bool, Error> {
+        let reply: Value = self
+            .query(
+                redis::cmd("XPENDING")
+                    .arg(stream)
+                    .arg(BOOKS_GROUP)
+                    .arg("-")
+                    .arg(format!("({entry}"))
+                    .arg(1),
+            )
+            .await?;
+        match reply {
+            Value::Array(entries) => Ok(!entries.is_empty()),
+            _ => Err(garbled("an XPENDING reply")),
+        }
+    }
+
     /// Acknowledges entries of `stream` (they are in Postgres).
     pub(crate) async fn books_ack(&self, stream: &str, ids: &[String]) -> Result<(), Error> {
         if ids.is_empty() {
