@@ -11,17 +11,16 @@
 //! - a missing `Idempotency-Key` is refused (`missing_required_header`), a
 //!   method the path does not take is `405` with `Allow`
 //!   (`unsupported_method`, `allow_header_conformance`), and an operation
-//!   that needs a token refuses a request without one (`ignored_auth`).
+//!   that needs a token refuses a request without one (`ignored_auth`);
+//! - a request the document says is invalid (an unknown field, a wrong
+//!   type, money as `"1e2"`, a body on an endpoint that takes none) is
+//!   refused with a `4xx` (`negative_data_rejection`).
 //!
 //! Each operation is called with the token of the role that may call it
 //! and with ids that exist (a live deal, a hold, an order, a shopper), so
 //! success paths are fuzzed too, not only `401`/`404`.
 //!
-//! Not checked here, because they do not hold on this branch:
-//! - `negative_data_rejection`: unknown fields are ignored today (e.g.
-//!   `{"name": "0", "x-schemathesis-unknown-property": 42}` makes a
-//!   merchant), and money accepts notations such as `"1e2"`; issue 10 makes
-//!   input strict, and this check belongs here once it lands.
+//! Not checked here, because it cannot hold:
 //! - `positive_data_acceptance`: a body can match the schema and still be
 //!   refused for what no schema can say (an `ends_at` in the past, a
 //!   quantity over the deal's limit, a hold already paid).
@@ -206,7 +205,7 @@ async fn schemathesis_finds_no_server_error_and_no_answer_off_the_contract() {
             "--checks",
             "not_a_server_error,status_code_conformance,response_schema_conformance,\
              content_type_conformance,response_headers_conformance,missing_required_header,\
-             unsupported_method,allow_header_conformance,ignored_auth",
+             unsupported_method,allow_header_conformance,ignored_auth,negative_data_rejection",
         ])
         .args(["--phases", "examples,coverage,fuzzing"])
         .args(["--max-examples", &EXAMPLES_PER_OPERATION.to_string()])
