@@ -62,7 +62,10 @@
 //! Redis mode the entries of one deal's stream are spread over the nodes
 //! and a dead node's are claimed seconds later, so they reach Postgres in
 //! any order. So a deal's row converges to the deal whatever the order:
-//! restocks add (any order gives the same sum, each entry once); a change
+//! restocks add (any order gives the same sum; each entry once, recorded
+//! in `order_sink_stream_entries`; from the journal, each once by its
+//! position, `deals.restock_version`, migration `0006`, so a journal
+//! applied again, its position lost, adds no restock twice); a change
 //! (`ends_at`, `paused`) carries a version, its journal position or its
 //! entry id in the deal's stream ([`Source::sequence`]), and updates the
 //! row only if newer than the one the row holds (`deals.change_version`,
@@ -977,8 +980,8 @@ struct Batch {
     registrations: CopyStream,
     draws: CopyStream,
     places: CopyStream,
-    /// Deal id → stock added in this batch.
-    restocks: HashMap<DealId, u64>,
+    /// `(deal, position in the batch, units)` of each restock, in order.
+    restocks: Vec<(DealId, u64, u64)>,
     /// Deal id → (position, ends_at, paused) of the last change in this
     /// batch (positions ascend within a batch, and in Redis mode all of a
     /// deal's changes come from its own stream, in order).
@@ -1055,7 +1058,7 @@ impl Batch {
         let mut registrations = CopyRows::new();
         let mut draws = CopyRows::new();
         let mut places = CopyRows::new();
-        let mut restocks = HashMap::<DealId, u64>::new();
+        let mut restocks = Vec::new();
         let mut changes = HashMap::new();
         let mut endings = Vec::new();
         for (position, event) in events {
@@ -1095,10 +1098,7 @@ impl Batch {
                     }
                 }
                 Event::StockAdded { deal, quantity, .. } => {
-                    let added = restocks.entry(*deal).or_default();
-                    *added = added
-                        .checked_add(*quantity)
-                        .ok_or(OrderSinkError::OutOfRange("deals.stock_total"))?;
+                    restocks.push((*deal, *position, *quantity));
                 }
                 Event::DealChanged {
                     deal,
@@ -1376,22 +1376,37 @@ async fn apply(
         }
     };
     if !batch.restocks.is_empty() {
-        let mut ids = Vec::with_capacity(batch.restocks.len());
-        let mut added = Vec::with_capacity(batch.restocks.len());
-        for (deal, quantity) in &batch.restocks {
+        let restocks = batch.restocks.len();
+        let (mut ids, mut versions) = (Vec::with_capacity(restocks), Vec::with_capacity(restocks));
+        let mut added = Vec::with_capacity(restocks);
+        for &(deal, position, quantity) in &batch.restocks {
             ids.push(deal.to_string());
-            added.push(i64::try_from(*quantity).map_err(out_of_range("deals.stock_total"))?);
+            let version = progress.source.sequence(position);
+            versions.push(i64::try_from(version).map_err(out_of_range("deals.restock_version"))?);
+            added.push(i64::try_from(quantity).map_err(out_of_range("deals.stock_total"))?);
         }
+        // From the journal a restock adds only if it is newer than the
+        // last one the row has (a replay adds nothing twice); a books
+        // entry is recorded once by `progress` instead, and its deal's
+        // restocks arrive in any order. Rows only for deals that exist.
         let updated = tx
             .execute(
                 sqlx::query(
-                    "UPDATE deals SET stock_total = deals.stock_total + t.added \
-                     FROM UNNEST($1::text[], $2::int8[]) AS t(id, added) \
-                     WHERE deals.deployment_id = $3 AND deals.id = t.id",
+                    "WITH t AS (SELECT * FROM UNNEST($1::text[], $2::int8[], $3::int8[]) \
+                         AS t(id, version, added)), \
+                     sums AS (SELECT t.id, sum(t.added)::int8 AS added, max(t.version) AS version \
+                         FROM t JOIN deals d ON d.deployment_id = $4 AND d.id = t.id \
+                         WHERE NOT $5 OR t.version > d.restock_version GROUP BY t.id) \
+                     UPDATE deals SET stock_total = deals.stock_total + sums.added, \
+                         restock_version = CASE WHEN $5 THEN sums.version \
+                             ELSE deals.restock_version END \
+                     FROM sums WHERE deals.deployment_id = $4 AND deals.id = sums.id",
                 )
                 .bind(&ids)
+                .bind(&versions)
                 .bind(&added)
-                .bind(deployment),
+                .bind(deployment)
+                .bind(matches!(progress.source, Source::Journal(_))),
             )
             .await?;
         if let Source::Restock { .. } = progress.source
