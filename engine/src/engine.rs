@@ -787,10 +787,13 @@ impl Engine {
     }
 
     /// Pays a hold. On time: the held funds become spent and the held stock
-    /// sold, unless the deal is paused (`DealPaused`, nothing changes; the
-    /// hold stays active). After expiry: honoured as a late order if the deal is still on
-    /// and the stock, funds and limit allow; otherwise `HoldExpired` and
-    /// nothing is charged.
+    /// sold, also while the deal is paused: a pause stops new sales (buys,
+    /// holds, late payments), not the holds already given, whose time runs
+    /// on (otherwise a merchant could pause a raffle until a winner's hold
+    /// ran out and pass its units down the public ranking). After expiry:
+    /// honoured as a late order if the deal is still on (not paused, not
+    /// ended) and the stock, funds and limit allow; otherwise `HoldExpired`
+    /// and nothing is charged.
     ///
     /// A raffle's hold follows the same rules. An expired one refused late
     /// payment (a paused or ended deal, a capacity bound) leaves its units
@@ -812,11 +815,6 @@ impl Engine {
         match hold.status {
             HoldStatus::Settled(order) => return Err(EngineError::HoldSettled { hold: id, order }),
             HoldStatus::Released => return Err(EngineError::HoldReleased { hold: id }),
-            // A pause is the merchant's "no more sales": a hold in time is
-            // not paid while it lasts (it stays active; payable on resume).
-            HoldStatus::Active if now < hold.expires_at && deal.paused() => {
-                return Err(EngineError::DealPaused);
-            }
             HoldStatus::Active if now < hold.expires_at => {
                 return Ok(settle(shard, deal, &hold, false, now, &*self.sink));
             }

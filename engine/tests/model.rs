@@ -356,9 +356,7 @@ impl Model {
         match h.status {
             MStatus::Settled(order) => return Outcome::Refused(Refusal::HoldSettled(hold, order)),
             MStatus::Released => return Outcome::Refused(Refusal::HoldReleased(hold)),
-            MStatus::Active if self.now < h.expires_at && self.deals[h.deal].paused => {
-                return Outcome::Refused(Refusal::Plain(EngineError::DealPaused));
-            }
+            // In time: paid, paused or not (a pause stops new sales only).
             MStatus::Active if self.now < h.expires_at => return self.settle(hold, false),
             MStatus::Active => self.release(hold, MStatus::Expired),
             MStatus::Expired => {}

@@ -1002,11 +1002,12 @@ fn text_postgres_cannot_store_is_refused_in_every_text_field() {
 }
 
 #[test]
-fn paying_a_hold_while_its_deal_is_paused_is_refused_and_changes_nothing() {
+fn a_hold_is_paid_in_time_while_its_deal_is_paused_and_a_late_payment_is_refused() {
     let world = World::new();
     let deal = world.deal(10, 1, "1.00");
-    let ann = world.shopper("10.00");
-    let hold = world.engine.hold(ann, deal, 1, "k").unwrap();
+    let (ann, bob) = (world.shopper("10.00"), world.shopper("10.00"));
+    let on_time = world.engine.hold(ann, deal, 1, "k").unwrap();
+    let late = world.engine.hold(bob, deal, 1, "k").unwrap();
     let pause = |paused| DealChange {
         paused: Some(paused),
         ..DealChange::default()
@@ -1015,16 +1016,31 @@ fn paying_a_hold_while_its_deal_is_paused_is_refused_and_changes_nothing() {
         .engine
         .update_deal(world.merchant, deal, pause(true))
         .unwrap();
+    // New sales are refused while paused...
     assert_unchanged(
         &world,
         ann,
         deal,
-        || world.engine.pay_hold(ann, hold.id).unwrap_err(),
+        || world.engine.buy(ann, deal, 1, "b").unwrap_err(),
         EngineError::DealPaused,
+    );
+    // ...a hold given before is paid in its time...
+    let order = world.engine.pay_hold(ann, on_time.id).unwrap();
+    assert!(!order.late);
+    assert_eq!(world.engine.deal(deal).unwrap().counts.sold, 1);
+    // ...and one whose time ran out during the pause is not paid late.
+    world.clock.advance_seconds(61);
+    assert_eq!(world.engine.expire_holds(), 1);
+    assert_unchanged(
+        &world,
+        bob,
+        deal,
+        || world.engine.pay_hold(bob, late.id).unwrap_err(),
+        EngineError::HoldExpired { hold: late.id },
     );
     world
         .engine
         .update_deal(world.merchant, deal, pause(false))
         .unwrap();
-    assert!(!world.engine.pay_hold(ann, hold.id).unwrap().late);
+    assert!(world.engine.pay_hold(bob, late.id).unwrap().late);
 }

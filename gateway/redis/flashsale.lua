@@ -293,11 +293,8 @@ local function pay()
   if behind(stream, num(ARGV[6])) then return {'BACKLOG'} end
   local deal = tostring(hold.deal)
   local late = false
-  -- engine: a pause is the merchant's "no more sales": a hold in time is
-  -- not paid while it lasts (it stays active, payable on resume).
-  if hold.status == 'active' and now < hold.expires_at and terms.paused then
-    return err('deal_paused')
-  end
+  -- engine: a hold in time is paid even while its deal is paused (a pause
+  -- stops new sales, not the holds already given, whose time runs on).
   if hold.status == 'active' and now >= hold.expires_at then
     release_hold(hold, account, stock, holds, expiries, 'expired')
   end
