@@ -330,13 +330,28 @@ pub(crate) struct NewDealBody {
     pub title: String,
     pub price: String,
     pub stock: u64,
+    #[serde(default, deserialize_with = "present")]
     pub per_user_limit: Option<u32>,
     pub starts_at: String,
     pub ends_at: String,
     /// Absent: `true` for a raffle, `false` otherwise.
+    #[serde(default, deserialize_with = "present")]
     pub requires_registration: Option<bool>,
+    #[serde(default, deserialize_with = "present")]
     pub hold_seconds: Option<u32>,
+    #[serde(default, deserialize_with = "present")]
     pub allocation: Option<String>,
+}
+
+/// An optional field: absent is `None`, and `null` is refused like any
+/// other value of the wrong type (`422 invalid` naming the field, DESIGN.md
+/// "Input rules"), never taken for absent.
+fn present<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(deserializer).map(Some)
 }
 
 /// `allocation` as the API spells it (issue #14).
@@ -408,11 +423,15 @@ impl RequestBody<'_> for NewDealBody {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct DealChangeBody {
+    #[serde(default, deserialize_with = "present")]
     pub add_stock: Option<u64>,
+    #[serde(default, deserialize_with = "present")]
     pub ends_at: Option<String>,
+    #[serde(default, deserialize_with = "present")]
     pub paused: Option<bool>,
     /// Accepted only as the deal's own allocation: registrations open
     /// when a deal is posted, so it never changes after.
+    #[serde(default, deserialize_with = "present")]
     pub allocation: Option<String>,
 }
 

@@ -773,3 +773,33 @@ async fn an_endpoint_named_by_its_path_takes_no_body_or_an_empty_object_and_noth
     assert_eq!(after[3], 1, "one share: {after}");
     shop.t.check_invariants();
 }
+
+/// `null` is a value of the wrong type, not an absent field: an optional
+/// field sent as `null` is `422 invalid` naming it, and nothing changes
+/// (a PATCH's other fields are not applied either).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn null_in_an_optional_field_is_refused_naming_it() {
+    let shop = shop().await;
+    let before = shop.state().await;
+    for field in [
+        "per_user_limit",
+        "requires_registration",
+        "hold_seconds",
+        "allocation",
+    ] {
+        let mut body = deal_body("Phone N", "5.00");
+        body[field] = Value::Null;
+        let answer = shop.t.deal_with(&shop.merchant, body).await;
+        answer.refused(422, "invalid");
+        assert!(answer.text.contains(field), "{field}: {}", answer.text);
+    }
+    let path = format!("/v1/deals/{}", shop.deal);
+    for field in ["add_stock", "ends_at", "paused", "allocation"] {
+        let mut body = json!({ "add_stock": 1, "paused": true });
+        body[field] = Value::Null;
+        let answer = shop.t.patch(&path, &shop.merchant.token, &body).await;
+        answer.refused(422, "invalid");
+        assert!(answer.text.contains(field), "{field}: {}", answer.text);
+    }
+    assert_eq!(shop.state().await, before);
+}
