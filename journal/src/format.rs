@@ -23,7 +23,7 @@
 
 use std::fs::{self, File};
 use std::io::{self, Write};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use flashsale_engine::{Event, Snapshot};
@@ -51,6 +51,28 @@ pub(crate) const RECORD_BYTES_MAX: u32 = 16 << 20;
 const READ_CHUNK_BYTES: usize = 256 << 10;
 
 pub(crate) const META_FILE: &str = "journal.meta";
+
+/// Permissions of every file the journal writes: its owner's only. Segments
+/// and snapshots hold what must stay private, e.g. the seed of a raffle not
+/// yet drawn (README "Fair draws": nobody may learn the ranking early), so
+/// no other local user may read them. Files an older build left readable
+/// are tightened when the journal opens ([`tighten`]).
+pub(crate) const FILE_MODE: u32 = 0o600;
+
+/// Takes group and other permissions off every file in `dir` (a journal
+/// directory written by a build that created them `0644`).
+pub(crate) fn tighten(dir: &Path) -> Result<(), JournalError> {
+    for entry in fs::read_dir(dir).map_err(JournalError::io(dir))? {
+        let path = entry.map_err(JournalError::io(dir))?.path();
+        let metadata = fs::symlink_metadata(&path).map_err(JournalError::io(&path))?;
+        let mode = metadata.permissions().mode();
+        if metadata.is_file() && mode & 0o077 != 0 {
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode & 0o700))
+                .map_err(JournalError::io(&path))?;
+        }
+    }
+    Ok(())
+}
 pub(crate) const LOCK_FILE: &str = "journal.lock";
 
 pub(crate) fn segment_name(first: u64) -> String {
@@ -360,6 +382,7 @@ pub(crate) fn create_segment(dir: &Path, first: u64) -> Result<(File, PathBuf), 
         .truncate(true)
         .write(true)
         .read(true)
+        .mode(FILE_MODE)
         .open(&path)
         .map_err(JournalError::io(&path))?;
     file.write_all(&segment_header(first))
@@ -378,7 +401,13 @@ pub(crate) fn write_atomically(
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
-    let mut file = File::create(&tmp).map_err(JournalError::io(&tmp))?;
+    let mut file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(FILE_MODE)
+        .open(&tmp)
+        .map_err(JournalError::io(&tmp))?;
     for part in parts {
         file.write_all(part).map_err(JournalError::io(&tmp))?;
     }

@@ -66,6 +66,7 @@ impl Journal {
         let dir = config.dir.clone();
         fs::create_dir_all(&dir).map_err(JournalError::io(&dir))?;
         let lock = lock_dir(&dir)?;
+        format::tighten(&dir)?;
         let id = recovery::check_meta(&dir, engine_config.shards)?;
         remove_tmp_files(&dir)?;
 

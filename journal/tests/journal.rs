@@ -705,3 +705,49 @@ fn a_disk_error_stops_the_writer_and_nothing_after_it_is_reported_durable() {
     assert!(engine.shopper(shopper).is_none());
     assert!(engine.merchant(MerchantId(1)).is_some());
 }
+
+/// Every file of a journal is its owner's only (a segment or snapshot can
+/// hold the seed of a raffle not yet drawn), and files an older build left
+/// readable by others are tightened when the journal opens.
+#[test]
+fn journal_files_are_readable_by_their_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let modes = |dir: &Path| -> Vec<(String, u32)> {
+        let mut modes: Vec<(String, u32)> = fs::read_dir(dir)
+            .unwrap()
+            .map(|entry| {
+                let entry = entry.unwrap();
+                let mode = entry.metadata().unwrap().permissions().mode() & 0o777;
+                (entry.file_name().to_string_lossy().into_owned(), mode)
+            })
+            .collect();
+        modes.sort();
+        modes
+    };
+    let clock = clock();
+    let dir = tempfile::tempdir().unwrap();
+    let (journal, engine) = open(dir.path(), &clock);
+    drive(&engine, &clock);
+    journal.wait_durable(journal.written()).unwrap();
+    journal.snapshot_now().unwrap();
+    drop(engine);
+    drop(journal);
+    let written = modes(dir.path());
+    assert!(
+        written.len() >= 3,
+        "meta, a segment, a snapshot: {written:?}"
+    );
+    for (name, mode) in &written {
+        assert_eq!(*mode & 0o077, 0, "{name} is {mode:o}");
+    }
+    // As an older build left them: readable by all.
+    for (name, _) in &written {
+        fs::set_permissions(dir.path().join(name), fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let (journal, engine) = open(dir.path(), &clock);
+    drop(engine);
+    drop(journal);
+    for (name, mode) in modes(dir.path()) {
+        assert_eq!(mode, 0o600, "{name} after a reopen");
+    }
+}
