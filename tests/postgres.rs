@@ -91,15 +91,20 @@ fn fen(amount: i64) -> Money {
     Money::from_fen(amount).unwrap()
 }
 
-fn shop(dir: &Path, shoppers: u32) -> Shop {
+/// The journal in `dir` (small segments, so snapshots prune) and its engine.
+fn open_journal(dir: &Path) -> (Arc<Journal>, Arc<Engine>) {
     let mut config = JournalConfig::new(dir.to_owned(), Durability::Sync);
     config.segment_bytes_max = 64 << 10;
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let engine_config = EngineConfig {
         shards: 8,
         ..EngineConfig::default()
     };
-    let (journal, engine) = Journal::open(config, engine_config, clock.clone()).unwrap();
+    Journal::open(config, engine_config, Arc::new(SystemClock)).unwrap()
+}
+
+fn shop(dir: &Path, shoppers: u32) -> Shop {
+    let clock = SystemClock;
+    let (journal, engine) = open_journal(dir);
     let merchant = engine.create_merchant("Xiaomi").unwrap().id;
     let now = clock.now();
     let deal = engine
@@ -703,19 +708,30 @@ async fn with_content_rule(db: &TestDb, rule: &str) -> PgConnection {
     conn
 }
 
-/// Orders of one deployment in Postgres: (id, amount) sorted.
-async fn deployment_orders(conn: &mut PgConnection, deployment: &str) -> Vec<(String, String)> {
-    sqlx::query_as("SELECT id, amount::text FROM orders WHERE deployment_id = $1 ORDER BY id")
-        .bind(deployment)
-        .fetch_all(conn)
-        .await
-        .unwrap()
+/// An order as [`deployment_orders`] reads it: (id, shopper, amount).
+type ShopperOrder = (String, String, String);
+
+/// Orders of one deployment in Postgres, sorted by id.
+async fn deployment_orders(conn: &mut PgConnection, deployment: &str) -> Vec<ShopperOrder> {
+    sqlx::query_as(
+        "SELECT id, shopper_id, amount::text FROM orders WHERE deployment_id = $1 ORDER BY id",
+    )
+    .bind(deployment)
+    .fetch_all(conn)
+    .await
+    .unwrap()
 }
 
-fn expected_orders(orders: &[Order]) -> Vec<(String, String)> {
-    let mut rows: Vec<(String, String)> = orders
+fn expected_orders(orders: &[Order]) -> Vec<ShopperOrder> {
+    let mut rows: Vec<ShopperOrder> = orders
         .iter()
-        .map(|order| (order.id.to_string(), order.amount.to_string()))
+        .map(|order| {
+            (
+                order.id.to_string(),
+                order.shopper.to_string(),
+                order.amount.to_string(),
+            )
+        })
         .collect();
     rows.sort();
     rows
@@ -811,6 +827,212 @@ async fn two_data_dirs_writing_one_postgres_keep_each_others_orders() {
     db.drop_db().await;
 }
 
+/// A copy of `shop`'s data directory in `dir`, made as a restore or a
+/// clone makes it (every file, the lock file left out), opened: the same
+/// journal id and history so far, its own events from now on. Its shoppers
+/// are `shop`'s in reverse, so its orders take the same ids as the
+/// original's next ones for other shoppers.
+fn copy_shop(shop: &Shop, dir: &Path) -> Shop {
+    for entry in std::fs::read_dir(shop.journal.dir()).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_name() != "journal.lock" && entry.file_type().unwrap().is_file() {
+            std::fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();
+        }
+    }
+    let (journal, engine) = open_journal(dir);
+    Shop {
+        journal,
+        engine,
+        deal: shop.deal,
+        shoppers: shop.shoppers.iter().rev().copied().collect(),
+    }
+}
+
+/// Waits until `sink` refuses the position Postgres holds for its journal
+/// as another data directory's, and returns its error; fails if the sink
+/// catches up instead (it would have skipped its own events) or writes.
+async fn refused(sink: &OrderSinkHandle, journal: &Journal) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(error) = sink.last_error()
+            && error.contains("another data directory")
+        {
+            return error;
+        }
+        let lag = sink.lag();
+        assert!(
+            lag.applied != Some(journal.durable_position()),
+            "the sink caught up on a position its journal does not hold as history: {lag:?}"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "the sink did not refuse: {lag:?}, last error {:?}",
+            sink.last_error()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The position Postgres holds for `journal`, and the position and
+/// SHA-256 of the last event applied recorded with it.
+async fn stored_position(
+    conn: &mut PgConnection,
+    journal: &Journal,
+) -> (i64, Option<i64>, Option<Vec<u8>>) {
+    sqlx::query_as(
+        "SELECT position, event_position, event_sha256 FROM order_sink_positions \
+         WHERE journal_id = $1",
+    )
+    .bind(journal.id())
+    .fetch_one(conn)
+    .await
+    .unwrap()
+}
+
+/// Regression (newcomer report 2.): a copied data directory keeps its
+/// journal's id, so two journals with one id, diverged after the copy,
+/// write one database. The sink that lost the race for the position
+/// adopted the other's and skipped its own events silently. Now every
+/// event of either copy is in Postgres or its sink says why not, loudly,
+/// and writes nothing; a copy's sink started later refuses at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copied_data_dir_on_one_postgres_is_refused_loudly_never_skipped() {
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let shop_a = shop(dir_a.path(), 40);
+    let mut orders_a = sell(&shop_a, 0);
+    let sink_a = start(sink_config(&db.url), &shop_a.journal).await;
+    caught_up(&sink_a, &shop_a.journal).await;
+    let shop_b = copy_shop(&shop_a, dir_b.path());
+    assert_eq!(shop_b.journal.id(), shop_a.journal.id());
+    // The same history so far: the copy's sink adopts the position.
+    let sink_b = start(sink_config(&db.url), &shop_b.journal).await;
+    caught_up(&sink_b, &shop_b.journal).await;
+    assert!(sink_b.last_error().is_none(), "{:?}", sink_b.last_error());
+
+    // They diverge: the original's orders reach Postgres first; the copy
+    // sells twice as many, the same ids to other shoppers, so its journal
+    // holds the position the original's sink reached, with another event.
+    orders_a.extend(sell(&shop_a, 1));
+    caught_up(&sink_a, &shop_a.journal).await;
+    let mut orders_b = sell(&shop_b, 1);
+    orders_b.extend(sell(&shop_b, 2));
+    assert!(shop_b.journal.durable_position() > shop_a.journal.durable_position());
+    let error = refused(&sink_b, &shop_b.journal).await;
+    assert!(error.contains(shop_b.journal.id()), "{error}");
+    assert!(
+        error.contains(
+            "another data directory with this journal's id (a copy?) writes this database"
+        ),
+        "{error}"
+    );
+    assert!(!sink_b.lag().connected);
+
+    // The copy wrote nothing: Postgres holds the original's history only,
+    // at its position, and nothing set aside.
+    let mut conn = db.connect().await;
+    let deployment = shop_a.journal.id();
+    assert_eq!(
+        deployment_orders(&mut conn, deployment).await,
+        expected_orders(&orders_a)
+    );
+    let set_aside: i64 = sqlx::query_scalar("SELECT count(*) FROM order_sink_set_aside")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(set_aside, 0);
+    assert_eq!(
+        stored_position(&mut conn, &shop_a.journal).await.0 as u64,
+        shop_a.journal.durable_position()
+    );
+    // The original goes on; the copy still refuses, also when started again.
+    orders_a.extend(sell(&shop_a, 2));
+    caught_up(&sink_a, &shop_a.journal).await;
+    assert!(sink_a.last_error().is_none(), "{:?}", sink_a.last_error());
+    sink_b.abort().await;
+    let sink_b = start(sink_config(&db.url), &shop_b.journal).await;
+    refused(&sink_b, &shop_b.journal).await;
+    assert_eq!(sink_b.lag().applied, None);
+    assert_eq!(
+        deployment_orders(&mut conn, deployment).await,
+        expected_orders(&orders_a)
+    );
+    sink_a.abort().await;
+    sink_b.abort().await;
+    db.drop_db().await;
+}
+
+/// The check against copies does not stop a sink restarted on its own
+/// journal: it adopts its stored position (recorded with the last event's
+/// SHA-256) at once, replays nothing, and the event at that position
+/// survives the snapshot that prunes what was applied before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_restarted_on_its_own_journal_adopts_its_checked_position() {
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let shop = shop(dir.path(), 1_500);
+    let mut orders = sell(&shop, 0);
+    assert_eq!(apply_all(&shop, sink_config(&db.url)).await, 0);
+    let mut conn = db.connect().await;
+    let (position, event_position, sha256) = stored_position(&mut conn, &shop.journal).await;
+    assert_eq!(position as u64, shop.journal.durable_position());
+    assert_eq!(event_position, Some(position));
+    assert_eq!(sha256.map(|sha256| sha256.len()), Some(32));
+    shop.journal.snapshot_now().unwrap();
+    let oldest = shop.journal.oldest_position().unwrap();
+    assert!(
+        oldest > 1 && oldest <= position as u64,
+        "pruned before {oldest}, the sink is at {position}"
+    );
+
+    orders.extend(sell(&shop, 1));
+    let sink = start(sink_config(&db.url), &shop.journal).await;
+    caught_up(&sink, &shop.journal).await;
+    assert!(sink.last_error().is_none(), "{:?}", sink.last_error());
+    assert_eq!(sink.merged_batches(), 0, "nothing applied twice");
+    assert_eq!(sink.set_aside().0, 0);
+    sink.abort().await;
+    assert_books(&db, &shop, &orders).await;
+    db.drop_db().await;
+}
+
+/// An operator who moves the position back (leaving the last event's
+/// position and SHA-256 as they were) gets a replay, as before the check
+/// against copies: the merge keeps every row once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_position_moved_back_by_an_operator_is_replayed() {
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let shop = shop(dir.path(), 300);
+    let mut orders = sell(&shop, 0);
+    apply_all(&shop, sink_config(&db.url)).await;
+    let mut conn = db.connect().await;
+    sqlx::query("UPDATE order_sink_positions SET position = position / 2")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    orders.extend(sell(&shop, 1));
+    let sink = start(sink_config(&db.url), &shop.journal).await;
+    caught_up(&sink, &shop.journal).await;
+    assert!(sink.last_error().is_none(), "{:?}", sink.last_error());
+    assert!(
+        sink.merged_batches() >= 1,
+        "the moved-back span was replayed"
+    );
+    assert_eq!(sink.set_aside().0, 0);
+    sink.abort().await;
+    assert_books(&db, &shop, &orders).await;
+    let (position, event_position, _) = stored_position(&mut conn, &shop.journal).await;
+    assert_eq!(event_position, Some(position));
+    db.drop_db().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_row_already_there_with_other_content_is_a_conflict_never_skipped() {
     let Some(db) = TestDb::create().await else {
@@ -850,7 +1072,7 @@ async fn a_row_already_there_with_other_content_is_a_conflict_never_skipped() {
     assert_eq!(rows.len(), expected.len());
     for (row, wanted) in rows.iter().zip(&expected) {
         assert_eq!(row.0, wanted.0);
-        assert_eq!(row.1 != wanted.1, row.0 == tampered, "{row:?} {wanted:?}");
+        assert_eq!(row.2 != wanted.2, row.0 == tampered, "{row:?} {wanted:?}");
     }
     sink.abort().await;
     db.drop_db().await;

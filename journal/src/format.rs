@@ -26,7 +26,8 @@ use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use flashsale_engine::{Event, Snapshot};
+use flashsale_engine::{Digest, Event, Snapshot};
+use sha2::{Digest as _, Sha256};
 
 use crate::error::JournalError;
 
@@ -181,6 +182,18 @@ pub(crate) fn encode_record(buf: &mut Vec<u8>, event: &Event) -> Result<(), Jour
     buf[start..start + 4].copy_from_slice(&length);
     buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
     Ok(())
+}
+
+/// SHA-256 of `event`'s record payload (its `postcard` encoding, as this
+/// build writes it), so the same event has the same digest in any journal
+/// and two events that differ in any field have different ones. The order
+/// sink keeps the digest of the last event it applied beside its position
+/// to tell its own journal's history from a copy's (gateway
+/// `order_sink.rs`, "Copies"). Errors: [`JournalError::Encode`] only if
+/// the event cannot be encoded at all, which a journaled event always can.
+pub fn event_digest(event: &Event) -> Result<Digest, JournalError> {
+    let payload = postcard::to_stdvec(event).map_err(JournalError::Encode)?;
+    Ok(Sha256::digest(&payload).into())
 }
 
 pub(crate) fn decode_event(

@@ -78,5 +78,6 @@ pub use config::{
     SNAPSHOT_INTERVAL_DEFAULT,
 };
 pub use error::JournalError;
+pub use format::event_digest;
 pub use journal::{Journal, JournalStats};
 pub use reader::JournalReader;
