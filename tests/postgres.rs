@@ -827,18 +827,23 @@ async fn two_data_dirs_writing_one_postgres_keep_each_others_orders() {
     db.drop_db().await;
 }
 
-/// A copy of `shop`'s data directory in `dir`, made as a restore or a
-/// clone makes it (every file, the lock file left out), opened: the same
-/// journal id and history so far, its own events from now on. Its shoppers
-/// are `shop`'s in reverse, so its orders take the same ids as the
-/// original's next ones for other shoppers.
-fn copy_shop(shop: &Shop, dir: &Path) -> Shop {
-    for entry in std::fs::read_dir(shop.journal.dir()).unwrap() {
+/// Copies the data directory `from` into `to` as a restore or a clone
+/// does (`cp -a`, the lock file removed): the same journal id and history.
+fn copy_data_dir(from: &Path, to: &Path) {
+    for entry in std::fs::read_dir(from).unwrap() {
         let entry = entry.unwrap();
         if entry.file_name() != "journal.lock" && entry.file_type().unwrap().is_file() {
-            std::fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
         }
     }
+}
+
+/// A copy of `shop`'s data directory in `dir` ([`copy_data_dir`]),
+/// opened: the same journal id and history so far, its own events from
+/// now on. Its shoppers are `shop`'s in reverse, so its orders take the
+/// same ids as the original's next ones for other shoppers.
+fn copy_shop(shop: &Shop, dir: &Path) -> Shop {
+    copy_data_dir(shop.journal.dir(), dir);
     let (journal, engine) = open_journal(dir);
     Shop {
         journal,
@@ -1236,6 +1241,7 @@ async fn a_sink_lists_its_counters_at_zero_from_the_start_then_counts() {
     let counters = [
         "flashsale_order_sink_set_aside_total",
         "flashsale_order_sink_conflicts_total",
+        "flashsale_order_sink_foreign_positions_total",
     ];
     let metrics = scrape_metrics(&client, &server.url).await;
     for name in counters {
@@ -1377,6 +1383,13 @@ impl Api {
             .await
     }
 
+    /// A new merchant's token.
+    async fn merchant(&self) -> String {
+        let body = serde_json::json!({ "name": "m" });
+        let made = self.post("/v1/merchants", &self.admin, body).await;
+        made["token"].as_str().unwrap().to_owned()
+    }
+
     /// `count` new shoppers with `credit` each: `(id, token)`.
     async fn shoppers(&self, count: usize, credit: &str) -> Vec<(String, String)> {
         let body = serde_json::json!({ "count": count, "credit": credit });
@@ -1396,6 +1409,14 @@ impl Api {
     async fn deal(&self, merchant: &str, body: serde_json::Value) -> serde_json::Value {
         self.post("/v1/deals", merchant, body).await
     }
+}
+
+/// The body that creates a first-come deal open from 2020 to 2100.
+fn first_come_deal(title: &str, price: &str, stock: u32) -> serde_json::Value {
+    serde_json::json!({
+        "title": title, "price": price, "stock": stock,
+        "starts_at": "2020-01-01T00:00:00Z", "ends_at": "2100-01-01T00:00:00Z",
+    })
 }
 
 /// A gateway on `dir` whose order sink writes `db`, once the sink has
@@ -1420,6 +1441,96 @@ async fn serve(dir: &Path, db: &TestDb) -> flashsale_gateway::RunningServer {
         assert!(Instant::now() < deadline, "the sink never migrated");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// The newcomer's report 2., served: a node's data directory copied while
+/// it is stopped (`cp -a`, lock file removed), and the original and the
+/// copy serving on one database. The original's order reaches the books;
+/// the copy's sink refuses the position the original wrote, so its node is
+/// not ready and names the copy, `/metrics` counts the refusal, and
+/// nothing of the copy's is written (before, it adopted the position and
+/// skipped its own orders while ready).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_served_copy_of_a_data_dir_is_named_in_readyz_and_writes_nothing() {
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let server = serve(dir_a.path(), &db).await;
+    let api = Api::new(&server);
+    let merchant = api.merchant().await;
+    let deal = api
+        .deal(&merchant, first_come_deal("Phone", "5.00", 100))
+        .await;
+    let orders_path = format!("/v1/deals/{}/orders", deal["id"].as_str().unwrap());
+    let buy = async |api: &Api, shoppers: usize| {
+        for (_, token) in api.shoppers(shoppers, "100").await {
+            api.post(&orders_path, &token, serde_json::json!({ "quantity": 1 }))
+                .await;
+        }
+    };
+    buy(&api, 1).await;
+    server.shutdown().await.unwrap();
+    copy_data_dir(dir_a.path(), dir_b.path());
+
+    let original = serve(dir_a.path(), &db).await;
+    let copy = serve(dir_b.path(), &db).await;
+    let (api_a, api_b) = (Api::new(&original), Api::new(&copy));
+    let mut conn = db.connect().await;
+    let orders_in_books = async |conn: &mut PgConnection| -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM orders")
+            .fetch_one(conn)
+            .await
+            .unwrap()
+    };
+    buy(&api_a, 1).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while orders_in_books(&mut conn).await < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the original's order never reached the books"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The copy sells more, so its journal reaches the original's position.
+    buy(&api_b, 3).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let not_ready = loop {
+        let answer = api_b
+            .client
+            .get(format!("{}/readyz", api_b.url))
+            .send()
+            .await
+            .unwrap();
+        let status = answer.status().as_u16();
+        let body = answer.text().await.unwrap();
+        if status == 503 && body.contains("another data directory") {
+            break body;
+        }
+        assert!(
+            orders_in_books(&mut conn).await <= 2,
+            "the copy wrote to the books: {status} {body}"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "the copy stayed {status}: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let id: String = sqlx::query_scalar("SELECT journal_id FROM order_sink_positions")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert!(not_ready.contains(&id), "{not_ready}");
+    let metrics = scrape_metrics(&api_b.client, &api_b.url).await;
+    let refusals = sample(&metrics, "flashsale_order_sink_foreign_positions_total");
+    assert!(refusals >= Some(1.0), "{refusals:?}");
+    assert_eq!(orders_in_books(&mut conn).await, 2);
+    let ready = api_a.get("/readyz", None).await;
+    assert_eq!(ready["status"], "ready", "{ready}");
+    original.shutdown().await.unwrap();
+    copy.shutdown().await.unwrap();
+    db.drop_db().await;
 }
 
 /// Every row of every books table as JSON text, one per line.
@@ -1537,16 +1648,7 @@ async fn a_raffle_reaches_postgres_as_the_api_tells_it_and_its_seed_only_after_t
     let dir = tempfile::tempdir().unwrap();
     let server = serve(dir.path(), &db).await;
     let api = Api::new(&server);
-    let merchant = api
-        .post(
-            "/v1/merchants",
-            &api.admin,
-            serde_json::json!({ "name": "m" }),
-        )
-        .await["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let merchant = api.merchant().await;
     let created = api
         .deal(
             &merchant,
@@ -1751,13 +1853,7 @@ async fn a_raffle_reaches_postgres_as_the_api_tells_it_and_its_seed_only_after_t
     let server = serve(dir.path(), &db).await;
     let api = Api::new(&server);
     let first_come = api
-        .deal(
-            &merchant,
-            serde_json::json!({
-                "title": "Case", "price": "3.00", "stock": 5,
-                "starts_at": "2020-01-01T00:00:00Z", "ends_at": "2100-01-01T00:00:00Z",
-            }),
-        )
+        .deal(&merchant, first_come_deal("Case", "3.00", 5))
         .await;
     let buyer = api.shoppers(1, "10.00").await.remove(0);
     let hold = api
