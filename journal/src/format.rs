@@ -493,5 +493,28 @@ mod tests {
         let payload = cursor.take_payload(length).to_vec();
         assert_eq!(decode_event(&payload, &path, 0).unwrap(), event);
         assert!(matches!(cursor.next_frame().unwrap(), Frame::End));
+        // The digest is the SHA-256 of exactly the payload on disk.
+        let on_disk: Digest = Sha256::digest(&payload).into();
+        assert_eq!(event_digest(&event).unwrap(), on_disk);
+    }
+
+    /// The order sink tells two journals' histories apart by one event's
+    /// digest: the same event gives the same digest, one field changed
+    /// (here only its time, by a millisecond) another.
+    #[test]
+    fn an_event_digest_is_the_same_for_the_same_event_and_differs_for_another() {
+        let event = |at: i64| Event::MerchantCreated {
+            merchant: MerchantId(1),
+            name: "m".into(),
+            at: Timestamp(at),
+        };
+        assert_eq!(
+            event_digest(&event(5)).unwrap(),
+            event_digest(&event(5)).unwrap()
+        );
+        assert_ne!(
+            event_digest(&event(5)).unwrap(),
+            event_digest(&event(6)).unwrap()
+        );
     }
 }
