@@ -81,10 +81,37 @@
 //! journal the creation always comes first; a change whose deal's creation
 //! was set aside updates nothing, as before.
 //!
+//! **Copies**: a data directory copied (a restore, a clone, lock file
+//! removed) keeps its journal's id, so two journals with one id, the same
+//! history up to the copy and their own after it, can write one database.
+//! Their positions are not comparable, and adopting the other's would skip
+//! this journal's own events silently. So each batch records, with the
+//! position, the position and SHA-256 of its last event
+//! ([`flashsale_journal::event_digest`]; `order_sink_positions.event_position`,
+//! `event_sha256`, migration `0007`), and a sink that reads the stored
+//! position (at start, and on reconnecting after another sink moved it:
+//! [`OrderSinkError::Contended`]) adopts it only if it is this journal's
+//! history: not beyond its durable end, and the same event at
+//! `event_position` here (`check_own_history`). Otherwise it writes
+//! nothing and retries with backoff, its `last_error` (so `/readyz`) names
+//! the journal and the copy ([`OrderSinkError::ForeignPosition`]), and
+//! `flashsale_order_sink_foreign_positions_total` counts the refusal: the
+//! copy that got there first keeps the books, the other's events wait on
+//! its disk for an operator. The sink keeps the event at its position on
+//! disk (`retain_from(applied)`, one event more than it needs to read on),
+//! so its own is always checkable; one already pruned (a position moved
+//! forward by hand), a NULL digest (rows from before `0007`) or position 0
+//! cannot be checked and is accepted. A position moved back by an
+//! operator keeps the digest's own position, so it is checked and
+//! replayed (the merge). One event's digest tells two histories apart
+//! unless their events at that position are identical byte for byte (the
+//! same event at the same millisecond).
+//!
 //! Postgres down or slow: sales go on (nothing here is awaited by a
 //! request); the sink retries with exponential backoff and catches up. It
 //! tells the journal its position ([`Journal::retain_from`]) so snapshot
-//! pruning never deletes what it has not applied. [`OrderSinkHandle::lag`]
+//! pruning never deletes what it has not applied, nor the last event it
+//! did ("Copies"). [`OrderSinkHandle::lag`]
 //! and the gauges `flashsale_order_sink_lag_records` and
 //! `flashsale_order_sink_lag_seconds` say how far behind it is.
 
@@ -176,6 +203,20 @@ pub enum OrderSinkError {
     Timeout(Duration),
     #[error("another sink moved this journal's position in Postgres")]
     Contended,
+    /// The position stored for this journal's id is not this journal's
+    /// history (see "Copies" in the module doc): adopting it would skip
+    /// this journal's own events silently, so the sink writes nothing and
+    /// retries. `detail` says what did not match.
+    #[error(
+        "journal {journal}: position {position} in Postgres is not this journal's history \
+         ({detail}): another data directory with this journal's id (a copy?) writes this \
+         database; this sink writes nothing and retries"
+    )]
+    ForeignPosition {
+        journal: String,
+        position: u64,
+        detail: String,
+    },
     #[error("the journal reader task failed")]
     Task(#[from] tokio::task::JoinError),
     /// A restock entry of a books stream is already in Postgres
@@ -245,15 +286,20 @@ pub struct SinkLag {
 const SET_ASIDE_TOTAL: &str = "flashsale_order_sink_set_aside_total";
 /// Of those, events whose row was already in Postgres with other content.
 const CONFLICTS_TOTAL: &str = "flashsale_order_sink_conflicts_total";
+/// `/metrics`' count of stored positions the sink refused to adopt
+/// ([`OrderSinkError::ForeignPosition`]): above 0, a copied data directory
+/// writes the same database.
+const FOREIGN_POSITIONS_TOTAL: &str = "flashsale_order_sink_foreign_positions_total";
 
 /// The sink's counters in the process's recorder ([`crate::telemetry`]).
 struct SinkCounters {
     set_aside: metrics::Counter,
     conflicts: metrics::Counter,
+    foreign_positions: metrics::Counter,
 }
 
 impl SinkCounters {
-    /// Describes and registers both counters when a sink starts (one node
+    /// Describes and registers the counters when a sink starts (one node
     /// or Redis mode), so `/metrics` lists them at 0 before the first
     /// event is set aside and a dashboard or an alert has a series from
     /// the start. The process's recorder is installed first, since the
@@ -269,9 +315,15 @@ impl SinkCounters {
             CONFLICTS_TOTAL,
             "Events set aside because their row was already in Postgres with other content"
         );
+        metrics::describe_counter!(
+            FOREIGN_POSITIONS_TOTAL,
+            "Times the order sink refused a position in Postgres that is not its journal's history \
+             (a copied data directory writes the same database)"
+        );
         SinkCounters {
             set_aside: metrics::counter!(SET_ASIDE_TOTAL),
             conflicts: metrics::counter!(CONFLICTS_TOTAL),
+            foreign_positions: metrics::counter!(FOREIGN_POSITIONS_TOTAL),
         }
     }
 }
@@ -651,15 +703,31 @@ async fn session(
         .execute(&mut conn),
     )
     .await?;
-    let applied: i64 = timed(
+    let (applied, event_position, event_sha256): (i64, Option<i64>, Option<Vec<u8>>) = timed(
         config.batch_timeout,
-        sqlx::query_scalar("SELECT position FROM order_sink_positions WHERE journal_id = $1")
-            .bind(&journal_id)
-            .fetch_one(&mut conn),
+        sqlx::query_as(
+            "SELECT position, event_position, event_sha256 FROM order_sink_positions \
+             WHERE journal_id = $1",
+        )
+        .bind(&journal_id)
+        .fetch_one(&mut conn),
     )
     .await?;
     let mut applied = applied as u64;
-    journal.retain_from(applied + 1);
+    let last_event = event_position.zip(event_sha256);
+    if let Err(error) = check_own_history(journal, applied, last_event).await {
+        status.counters.foreign_positions.increment(1);
+        // `run` logs the error itself; this says, louder, that it is a copy.
+        tracing::error!(
+            journal = %journal_id,
+            position = applied,
+            "order sink: the position in Postgres is not this journal's history \
+             (a copied data directory?); not adopted, nothing written"
+        );
+        return Err(error);
+    }
+    // The event at `applied` stays on disk too, so the next start can check it.
+    journal.retain_from(applied);
     status.next.store(applied + 1, Ordering::Release);
     status.connected.store(true, Ordering::Release);
     *status.last_error.lock() = None;
@@ -703,13 +771,76 @@ async fn session(
         .await?;
         applied = last;
         progressed.store(true, Ordering::Relaxed);
-        journal.retain_from(applied + 1);
+        journal.retain_from(applied);
         status.next.store(applied + 1, Ordering::Release);
         if applied >= journal.durable_position() {
             status.mark_caught_up();
         }
         status.lag(journal);
     }
+}
+
+/// Whether `position`, stored in Postgres for this journal's id, is this
+/// journal's history ("Copies" in the module doc): not beyond its durable
+/// end, and, when Postgres keeps the last applied event's position and
+/// SHA-256 (`last_event`, migration `0007`), the same event at that
+/// position here. An event already pruned from disk, or no `last_event`
+/// (rows older than `0007`, position 0), cannot be checked and is
+/// accepted. Errors: [`OrderSinkError::ForeignPosition`], or reading the
+/// journal failed.
+async fn check_own_history(
+    journal: &Arc<Journal>,
+    position: u64,
+    last_event: Option<(i64, Vec<u8>)>,
+) -> Result<(), OrderSinkError> {
+    let durable = journal.durable_position();
+    let foreign = |position: u64, detail: String| OrderSinkError::ForeignPosition {
+        journal: journal.id().to_owned(),
+        position,
+        detail,
+    };
+    if position > durable {
+        return Err(foreign(
+            position,
+            format!("this journal's durable end is {durable}"),
+        ));
+    }
+    let Some((at, sha256)) = last_event.and_then(|(at, sha256)| {
+        let at = u64::try_from(at).ok().filter(|&at| at >= 1)?;
+        Some((at, sha256))
+    }) else {
+        return Ok(());
+    };
+    if at > durable {
+        return Err(foreign(
+            position,
+            format!("its last event, at {at}, is beyond this journal's durable end {durable}"),
+        ));
+    }
+    let dir = journal.dir().to_owned();
+    let found = tokio::task::spawn_blocking(move || {
+        let mut reader = match JournalReader::open(&dir, at) {
+            Err(JournalError::Truncated { .. }) => return Ok(None),
+            opened => opened?,
+        };
+        Ok::<_, JournalError>(reader.next_batch(1, at)?.pop())
+    })
+    .await??;
+    let Some((_, event)) = found else {
+        tracing::info!(
+            journal = %journal.id(),
+            position = at,
+            "order sink: the last applied event is pruned from disk; its digest cannot be checked"
+        );
+        return Ok(());
+    };
+    if flashsale_journal::event_digest(&event)?.as_slice() != sha256.as_slice() {
+        return Err(foreign(
+            position,
+            format!("the event at {at} in this journal has another SHA-256"),
+        ));
+    }
+    Ok(())
 }
 
 /// Durable events read from the journal: the last position, the events
@@ -766,9 +897,11 @@ async fn apply_or_set_aside(
     // Slices still to apply, the next on top.
     let mut pending = vec![events];
     while let Some(slice) = pending.pop() {
-        let (Some(&(last, _)), Some(&(position, ref event))) = (slice.last(), slice.first()) else {
+        let (Some((last, last_event)), Some((position, event))) = (slice.last(), slice.first())
+        else {
             continue;
         };
+        let (last, position) = (*last, *position);
         let batch = match first.take() {
             Some(batch) => batch,
             None => Batch::from_events(slice, deployment),
@@ -777,6 +910,7 @@ async fn apply_or_set_aside(
             source,
             from,
             to: last,
+            last: Some(last_event),
         };
         let applied = match batch {
             Ok(batch) => {
@@ -805,6 +939,7 @@ async fn apply_or_set_aside(
                     source,
                     from,
                     to: position,
+                    last: Some(event),
                 };
                 timed(
                     config.batch_timeout,
@@ -1548,12 +1683,14 @@ impl Source<'_> {
 }
 
 /// What one transaction records beside its rows: a [`Source`] and the
-/// positions it covers (after `from`, up to `to`).
+/// positions it covers (after `from`, up to `to`), and the event at `to`
+/// (a journal's position is recorded with its digest: "Copies").
 #[derive(Debug, Clone, Copy)]
 struct Progress<'a> {
     source: Source<'a>,
     from: u64,
     to: u64,
+    last: Option<&'a Event>,
 }
 
 impl Progress<'_> {
@@ -1564,7 +1701,9 @@ impl Progress<'_> {
         deployment: &str,
     ) -> Result<(), OrderSinkError> {
         match self.source {
-            Source::Journal(journal) => move_position(conn, journal, self.from, self.to).await,
+            Source::Journal(journal) => {
+                move_position(conn, journal, self.from, self.to, self.last).await
+            }
             Source::Streams(_) => Ok(()),
             Source::Restock { stream, entry } => {
                 let recorded = conn
@@ -1603,22 +1742,31 @@ impl Progress<'_> {
 }
 
 /// Moves the journal's position from `from` to `to` in the transaction
-/// `conn` is in; [`OrderSinkError::Contended`] if it was not at `from`.
+/// `conn` is in, with the SHA-256 of `last`, the event at `to`
+/// ([`flashsale_journal::event_digest`]; `None`: NULL, cannot check);
+/// [`OrderSinkError::Contended`] if it was not at `from`.
 async fn move_position(
     conn: &mut PgConnection,
     journal_id: &str,
     from: u64,
     to: u64,
+    last: Option<&Event>,
 ) -> Result<(), OrderSinkError> {
+    let sha256 = last
+        .map(flashsale_journal::event_digest)
+        .transpose()?
+        .map(Vec::from);
     let moved = conn
         .execute(
             sqlx::query(
-                "UPDATE order_sink_positions SET position = $2, updated_at = now() \
+                "UPDATE order_sink_positions SET position = $2, updated_at = now(), \
+                 event_position = $2, event_sha256 = $4 \
                  WHERE journal_id = $1 AND position = $3",
             )
             .bind(journal_id)
             .bind(to as i64)
-            .bind(from as i64),
+            .bind(from as i64)
+            .bind(sha256),
         )
         .await?;
     if moved.rows_affected() != 1 {

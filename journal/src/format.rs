@@ -26,7 +26,8 @@ use std::io::{self, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use flashsale_engine::{Event, Snapshot};
+use flashsale_engine::{Digest, Event, Snapshot};
+use sha2::{Digest as _, Sha256};
 
 use crate::error::JournalError;
 
@@ -203,6 +204,18 @@ pub(crate) fn encode_record(buf: &mut Vec<u8>, event: &Event) -> Result<(), Jour
     buf[start..start + 4].copy_from_slice(&length);
     buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
     Ok(())
+}
+
+/// SHA-256 of `event`'s record payload (its `postcard` encoding, as this
+/// build writes it), so the same event has the same digest in any journal
+/// and two events that differ in any field have different ones. The order
+/// sink keeps the digest of the last event it applied beside its position
+/// to tell its own journal's history from a copy's (gateway
+/// `order_sink.rs`, "Copies"). Errors: [`JournalError::Encode`] only if
+/// the event cannot be encoded at all, which a journaled event always can.
+pub fn event_digest(event: &Event) -> Result<Digest, JournalError> {
+    let payload = postcard::to_stdvec(event).map_err(JournalError::Encode)?;
+    Ok(Sha256::digest(&payload).into())
 }
 
 pub(crate) fn decode_event(
@@ -509,5 +522,28 @@ mod tests {
         let payload = cursor.take_payload(length).to_vec();
         assert_eq!(decode_event(&payload, &path, 0).unwrap(), event);
         assert!(matches!(cursor.next_frame().unwrap(), Frame::End));
+        // The digest is the SHA-256 of exactly the payload on disk.
+        let on_disk: Digest = Sha256::digest(&payload).into();
+        assert_eq!(event_digest(&event).unwrap(), on_disk);
+    }
+
+    /// The order sink tells two journals' histories apart by one event's
+    /// digest: the same event gives the same digest, one field changed
+    /// (here only its time, by a millisecond) another.
+    #[test]
+    fn an_event_digest_is_the_same_for_the_same_event_and_differs_for_another() {
+        let event = |at: i64| Event::MerchantCreated {
+            merchant: MerchantId(1),
+            name: "m".into(),
+            at: Timestamp(at),
+        };
+        assert_eq!(
+            event_digest(&event(5)).unwrap(),
+            event_digest(&event(5)).unwrap()
+        );
+        assert_ne!(
+            event_digest(&event(5)).unwrap(),
+            event_digest(&event(6)).unwrap()
+        );
     }
 }

@@ -45,8 +45,8 @@ struct Background {
     shared: Arc<Shared>,
     engine_config: EngineConfig,
     clock: Arc<dyn Clock>,
-    /// Segments holding positions ≥ this are kept (the order sink's next
-    /// position); `u64::MAX` when no reader asked.
+    /// Segments holding positions ≥ this are kept (the order sink's last
+    /// applied position); `u64::MAX` when no reader asked.
     retain_from: AtomicU64,
     snapshot_position: AtomicU64,
     stop: Mutex<bool>,
@@ -189,8 +189,9 @@ impl Journal {
     }
 
     /// Keeps every segment holding positions ≥ `position` when snapshots
-    /// prune old segments. The order sink calls it with the position after
-    /// the last one it applied, so its backlog is never deleted. Call it
+    /// prune old segments. The order sink calls it with the last position
+    /// it applied, so its backlog is never deleted and that event stays
+    /// readable for its check against copied data directories. Call it
     /// with [`Journal::oldest_position`] before the reader's position is
     /// known.
     pub fn retain_from(&self, position: u64) {

@@ -17,7 +17,9 @@
 //!   torn-tail rule, the shard-count meta file.
 //! - [`reader`]: [`JournalReader`], durable events from the files on disk
 //!   (for the Postgres order sink).
-//! - [`format`](crate::format) (private): file names, headers, frames.
+//! - [`format`](crate::format) (private): file names, headers, frames;
+//!   [`event_digest`], an event's SHA-256 as its record holds it (the
+//!   order sink's check that a stored position is this journal's history).
 //! - [`error`]: [`JournalError`], the crate's one error type.
 //!
 //! ## The data directory
@@ -56,7 +58,8 @@
 //! - Only the writer appends; a record is visible to readers only once its
 //!   position is durable.
 //! - Segment pruning never deletes positions at or after
-//!   [`Journal::retain_from`] (the order sink's backlog).
+//!   [`Journal::retain_from`] (the order sink's backlog and the last event
+//!   it applied).
 //! - The bound on pending events (`pending_events_max`) is enforced by
 //!   admission: past it [`Journal::is_ready`] is false and the gateway
 //!   answers 503; `emit` itself cannot fail.
@@ -78,5 +81,6 @@ pub use config::{
     SNAPSHOT_INTERVAL_DEFAULT,
 };
 pub use error::JournalError;
+pub use format::event_digest;
 pub use journal::{Journal, JournalStats};
 pub use reader::JournalReader;

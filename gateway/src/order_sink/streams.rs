@@ -517,6 +517,7 @@ impl StreamSink {
             source: Source::Streams(&origin),
             from: 0,
             to: 0,
+            last: None,
         };
         let deployment = self.deployment();
         timed(
