@@ -120,6 +120,9 @@ impl App {
     ) -> Result<Response<ResponseBody>, Error> {
         let Matched { endpoint, id } = matched;
         check_framing(parts)?;
+        if !endpoint.takes_query() {
+            handlers::no_query(parts)?;
+        }
         // The body arrives before the request counts in flight, so clients
         // that send slowly hold a body-read slot (a smaller bound of its
         // own), never an in-flight one.

@@ -400,7 +400,6 @@ pub(crate) async fn patch_deal(
     let merchant = app.merchant(parts)?;
     let deal: DealId = parse_id(deal, Entity::Deal)?;
     let change: DealChangeBody = parse_json(body)?;
-    change.check_not_empty()?;
     if let Some(asked) = change.allocation.as_deref() {
         let asked = AllocationName::parse(asked)?;
         // Issue #14: registrations open when a deal is posted, and a draw
@@ -417,6 +416,7 @@ pub(crate) async fn patch_deal(
             });
         }
     }
+    change.check_not_empty()?;
     let change = DealChange {
         add_stock: change.add_stock,
         ends_at: change
@@ -613,7 +613,7 @@ pub(crate) async fn get_order(
     }
     let mut body = OrderJson::from(&order);
     if let Some(books) = &app.books {
-        body.in_books = Some(books.contains(order.id).await);
+        body.in_books = Some(books.contains(&order).await);
     }
     Ok(json(StatusCode::OK, &body))
 }
@@ -694,6 +694,17 @@ fn unknown_parameter(name: &str, takes: &str) -> Error {
     Error::BadRequest(Cow::Owned(format!(
         "unknown query parameter {name:?}; this path takes {takes}"
     )))
+}
+
+/// An endpoint that takes no query parameter
+/// ([`crate::router::Endpoint::takes_query`]): the first one given is
+/// `400 bad_request` naming it (`?quantity=5` on a buy must not pass for a
+/// quantity).
+pub(crate) fn no_query(parts: &Parts) -> Result<(), Error> {
+    match query(parts).next() {
+        Some((name, _)) => Err(unknown_parameter(&name, "no query parameter")),
+        None => Ok(()),
+    }
 }
 
 fn query(parts: &Parts) -> form_urlencoded::Parse<'_> {

@@ -123,7 +123,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use flashsale_engine::{
-    Allocation, Clock, DealId, Digest, DrawSeed, Event, HoldId, OrderId, ReleaseReason, ShopperId,
+    Allocation, Clock, DealId, Digest, DrawSeed, Event, HoldId, Order, ReleaseReason, ShopperId,
     SystemClock, Timestamp,
 };
 use flashsale_journal::{Journal, JournalError, JournalReader};
@@ -454,18 +454,27 @@ impl BooksLookup {
         }
     }
 
-    /// True when the order `order` of this deployment is in Postgres;
-    /// false when it is not yet, or Postgres did not answer within
-    /// [`BOOKS_LOOKUP_TIMEOUT`] (it cannot be confirmed now).
-    pub async fn contains(&self, order: OrderId) -> bool {
+    /// True when `order` of this deployment is in Postgres: a row with its
+    /// id and its content (shopper, deal, quantity, time), so that a row
+    /// of the same id written by a copy of this data directory ("Copies"
+    /// in the module doc) does not confirm it; false when it is not yet,
+    /// or Postgres did not answer within [`BOOKS_LOOKUP_TIMEOUT`] (it
+    /// cannot be confirmed now).
+    pub async fn contains(&self, order: &Order) -> bool {
+        let sql = format!(
+            "SELECT 1 FROM orders WHERE deployment_id = $1 AND id = $2 AND shopper_id = $3 \
+             AND deal_id = $4 AND quantity = $5 AND created_at = {MILLIS} $6"
+        );
         let found = tokio::time::timeout(
             BOOKS_LOOKUP_TIMEOUT,
-            sqlx::query_scalar::<_, i32>(
-                "SELECT 1 FROM orders WHERE deployment_id = $1 AND id = $2",
-            )
-            .bind(&self.deployment)
-            .bind(order.to_string())
-            .fetch_optional(&self.pool),
+            sqlx::query_scalar::<_, i32>(AssertSqlSafe(sql))
+                .bind(&self.deployment)
+                .bind(order.id.to_string())
+                .bind(order.shopper.to_string())
+                .bind(order.deal.to_string())
+                .bind(i64::from(order.quantity))
+                .bind(order.created_at.millis())
+                .fetch_optional(&self.pool),
         )
         .await;
         matches!(found, Ok(Ok(Some(_))))

@@ -132,6 +132,23 @@ impl Endpoint {
         self.changes_state()
     }
 
+    /// Reads its query itself: the pages ignore theirs (a link into a page
+    /// carries what browsers and sharing add), the others refuse a
+    /// parameter they do not take. Every other endpoint takes none, so any
+    /// parameter there is `400 bad_request` naming it (README "Input
+    /// rules"; `handlers::no_query`).
+    pub(crate) fn takes_query(self) -> bool {
+        matches!(
+            self,
+            Endpoint::Feed
+                | Endpoint::ListOrders
+                | Endpoint::GetDraw
+                | Endpoint::GetDrawRegistrants
+                | Endpoint::Storefront
+                | Endpoint::MerchantPage
+        )
+    }
+
     /// Changes state, so waits for the journal and is shed while the
     /// journal is not ready.
     pub(crate) fn changes_state(self) -> bool {

@@ -457,14 +457,11 @@ impl RequestBody<'_> for DealChangeBody {
 }
 
 impl DealChangeBody {
-    /// A change that sets no field changes nothing: it is refused rather
-    /// than answered 200 as if it had.
+    /// A change that sets none of `add_stock`, `ends_at`, `paused` changes
+    /// nothing (`allocation` may only repeat the deal's own): it is refused
+    /// rather than answered 200 as if it had.
     pub(crate) fn check_not_empty(&self) -> Result<(), Error> {
-        if self.add_stock.is_none()
-            && self.ends_at.is_none()
-            && self.paused.is_none()
-            && self.allocation.is_none()
-        {
+        if self.add_stock.is_none() && self.ends_at.is_none() && self.paused.is_none() {
             return Err(Error::Invalid {
                 field: "body",
                 reason: "must set at least one of add_stock, ends_at, paused",

@@ -189,6 +189,79 @@ async fn an_unknown_query_parameter_is_refused_naming_it() {
     shop.t.get("/v1/feed?limit=5", None).await.ok(200);
 }
 
+/// An endpoint that takes no query parameter refuses any, naming it, and
+/// changes nothing: `?quantity=5` on a buy must not pass for a quantity,
+/// nor `?paused=true` on a PATCH for a pause. The pages ignore theirs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_parameter_on_an_endpoint_that_takes_none_is_refused_naming_it() {
+    let shop = shop().await;
+    let before = shop.state().await;
+    let deal = format!("/v1/deals/{}", shop.deal);
+    let buy = format!("{deal}/orders?quantity=5");
+    let answers = [
+        shop.t
+            .call(
+                Method::POST,
+                &buy,
+                Some(&shop.shopper.token),
+                Some(&json!({ "quantity": 1 })),
+                Some("q1"),
+            )
+            .await,
+        shop.t
+            .call(
+                Method::PATCH,
+                &format!("{deal}?paused=true"),
+                Some(&shop.merchant.token),
+                Some(&json!({ "ends_at": at(7200) })),
+                None,
+            )
+            .await,
+        shop.t.get(&format!("{deal}?paused=1"), None).await,
+        shop.t
+            .get("/v1/wallet?paused=1", Some(&shop.shopper.token))
+            .await,
+        shop.t.get("/healthz?paused=1", None).await,
+    ];
+    for answer in answers {
+        answer.refused(400, "bad_request");
+        assert!(
+            answer.text.contains("paused") || answer.text.contains("quantity"),
+            "{}",
+            answer.text
+        );
+    }
+    assert_eq!(shop.state().await, before, "a refusal changed something");
+    shop.t.get("/?utm_source=feed", None).await.ok(200);
+    shop.t.get(&format!("{deal}?"), None).await.ok(200);
+}
+
+/// `allocation` may only repeat the deal's own, which changes nothing: a
+/// PATCH with nothing else is refused like an empty one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_patch_of_its_own_allocation_alone_is_refused_as_empty() {
+    let shop = shop().await;
+    let path = format!("/v1/deals/{}", shop.deal);
+    let answer = shop
+        .t
+        .patch(
+            &path,
+            &shop.merchant.token,
+            &json!({ "allocation": "first_come" }),
+        )
+        .await;
+    answer.refused(422, "invalid");
+    assert!(answer.text.contains("add_stock"), "{}", answer.text);
+    shop.t
+        .patch(
+            &path,
+            &shop.merchant.token,
+            &json!({ "allocation": "first_come", "paused": false }),
+        )
+        .await
+        .ok(200);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_that_is_not_an_object_is_malformed_json_on_every_endpoint() {
     let shop = shop().await;
