@@ -21,6 +21,11 @@ const SHOPPERS: usize = 10_000;
 const KILLS: usize = 6;
 const SHOPPERS_PER_BURST: usize = 1_500;
 const CONCURRENCY: usize = 32;
+/// One request's bound. Generous: these tests check what survives a
+/// crash, not latency, and an fsync on a shared virtual disk can stall for
+/// tens of seconds while writeback of a fresh build's gigabytes runs (one
+/// registration here once waited past 30 s, alone of thousands).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(90);
 
 struct Server {
     child: Child,
@@ -234,7 +239,7 @@ async fn acknowledged_orders_survive_kill_9() {
     let root = tempfile::tempdir().expect("tempdir");
     let dir = root.path().join("data");
     let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
+        .timeout(REQUEST_TIMEOUT)
         .build()
         .expect("client");
     let seed = std::time::SystemTime::now()
@@ -403,7 +408,7 @@ async fn a_draw_killed_mid_way_finishes_the_same_after_restart() {
     let root = tempfile::tempdir().expect("tempdir");
     let dir = root.path().join("data");
     let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
+        .timeout(REQUEST_TIMEOUT)
         .build()
         .expect("client");
     let server = Server::start(&dir, 0);
