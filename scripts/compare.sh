@@ -16,7 +16,7 @@
 #   7. multi-node mode: one node's sold-out path (answered from the node's
 #      sold-out flag, Redis untouched);
 #   8. Redis running multi-node mode's own buy step (the `reserve` step of
-#      gateway/redis/flashsale.lua, same keys and arguments as a node sends,
+#      redis/flashsale.lua, same keys and arguments as a node sends,
 #      a fresh idempotency key per call) under redis-benchmark: the ceiling
 #      of case 6, with Redis' CPU per call; the last line prints case 6
 #      over case 8 (issue #12's goal: at least 0.8).
@@ -431,7 +431,7 @@ if [ "$REDIS_UP" -eq 1 ] && command -v redis-benchmark >/dev/null 2>&1; then
     paused 0 registration 0 hold_seconds 60 merchant 1
   cli HSET "$P:acct:1" name bench credited 1000000000000000 available 1000000000000000 held 0 spent 0
   cli HSET "$P:stock" b:1 1000000000000
-  sha=$(redis-cli -h 127.0.0.1 -p "$REDIS_PORT" SCRIPT LOAD "$(cat "$ROOT/gateway/redis/flashsale.lua")")
+  sha=$(redis-cli -h 127.0.0.1 -p "$REDIS_PORT" SCRIPT LOAD "$(cat "$ROOT/redis/flashsale.lua")")
   say "redis-benchmark EVALSHA of the multi-node buy step ($REQUESTS requests)"
   redis_s=$(redis_cpu)
   redis-benchmark -h 127.0.0.1 -p "$REDIS_PORT" -c "$CONNECTIONS" -n "$REQUESTS" -r 1000000000 \

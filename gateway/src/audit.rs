@@ -22,9 +22,8 @@ use std::time::Duration;
 use flashsale_engine::{HoldStatus, Order};
 use sqlx::{Connection, PgConnection};
 
-use crate::config::RedisArgs;
 use crate::error::Error;
-use crate::store::redis::{RedisSettings, RedisStore};
+use flashsale_redis::{RedisArgs, RedisSettings, RedisStore};
 
 /// Waits for a Redis reply or a connection, at most.
 const AUDIT_REDIS_TIMEOUT: Duration = Duration::from_secs(5);

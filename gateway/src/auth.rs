@@ -36,7 +36,7 @@ const MAC_BYTES: usize = 32;
 /// Longest token text looked at; longer ones are refused unread.
 const TOKEN_BYTES_MAX: usize = 256;
 /// The epoch of a deployment without one (one node): its tokens carry none.
-pub const NO_EPOCH: u64 = 0;
+pub use flashsale_redis::NO_EPOCH;
 /// Domain separation between the admin comparison and signed tokens.
 const ADMIN_CONTEXT: &[u8] = b"flashsale admin token\0";
 /// Domain of [`Signer::fingerprint`]'s MAC.

@@ -167,6 +167,23 @@ pub enum Error {
     Task(#[source] tokio::task::JoinError),
 }
 
+impl From<flashsale_redis::Error> for Error {
+    /// A Redis-mode failure in the gateway's terms: the engine's refusals
+    /// stay refusals, the rest keep their Redis meaning.
+    fn from(error: flashsale_redis::Error) -> Error {
+        use flashsale_redis::Error as Redis;
+        match error {
+            Redis::Engine(refusal) => Error::Engine(refusal),
+            Redis::Redis(error) => Error::Redis(error),
+            Redis::RedisTimeout => Error::RedisTimeout,
+            Redis::RedisBusy => Error::RedisBusy,
+            Redis::BooksBacklog => Error::BooksBacklog,
+            Redis::Config(message) => Error::Config(message),
+            Redis::Random(error) => Error::Random(error),
+        }
+    }
+}
+
 /// Seconds a client is asked to wait in `Retry-After` when shed or at
 /// capacity.
 pub const RETRY_AFTER_SECONDS: u64 = 1;

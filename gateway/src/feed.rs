@@ -63,7 +63,7 @@ use crate::wire::CardJson;
 /// events per deal per second is `1 s / FEED_SAMPLE_INTERVAL`.
 pub const FEED_SAMPLE_INTERVAL: Duration = Duration::from_millis(200);
 /// Deals the sampler tracks, newest first.
-pub const FEED_DEALS_MAX: usize = 1_000;
+pub use flashsale_redis::FEED_DEALS_MAX;
 /// Frames a subscriber's body buffers before its task waits.
 pub const FEED_SUBSCRIBER_BUFFER_FRAMES: usize = 64;
 /// A subscriber that cannot take a frame for this long is dropped.
@@ -333,6 +333,20 @@ pub(crate) trait FeedSource: Send + Sync {
     fn deals(&self, limit: usize) -> Vec<DealView>;
     fn rating(&self, merchant: MerchantId) -> Option<Rating>;
     fn merchant_name(&self, merchant: MerchantId) -> Option<String>;
+}
+
+impl FeedSource for flashsale_redis::RedisStore {
+    fn deals(&self, limit: usize) -> Vec<DealView> {
+        self.feed_deals(limit)
+    }
+
+    fn rating(&self, merchant: MerchantId) -> Option<Rating> {
+        self.cached_rating(merchant)
+    }
+
+    fn merchant_name(&self, merchant: MerchantId) -> Option<String> {
+        self.cached_merchant_name(merchant)
+    }
 }
 
 impl FeedSource for Engine {

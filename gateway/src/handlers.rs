@@ -29,13 +29,13 @@ use crate::app::{App, HttpResponse, single_header};
 use crate::auth::Caller;
 use crate::error::Error;
 use crate::feed::FeedBody;
-use crate::store::redis::DurabilityMode;
 use crate::wire::{
     AccountJson, AllocationName, BulkShoppersBody, CardJson, CreditBody, DealChangeBody, DealJson,
     DrawJson, DrawMeJson, HoldJson, MerchantJson, NameBody, NewDealBody, OrderJson, QuantityBody,
     RatingJson, ReviewBody, ReviewJson, Text, WalletJson, json, parse_id, parse_json, parse_money,
     parse_no_fields, parse_time, text,
 };
+use flashsale_redis::DurabilityMode;
 
 static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 /// Longest `Idempotency-Key` accepted, in bytes.

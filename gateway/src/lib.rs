@@ -47,8 +47,8 @@
 //!   when `--database-url` is set.
 //! - `store` (private): the reservation interface the handlers call, with
 //!   its two sides: the embedded engine and journal (`store::memory`), and
-//!   Redis or a Redis Cluster for many stateless nodes (`store::redis`,
-//!   with the server-side steps in `gateway/redis/flashsale.lua`).
+//!   Redis or a Redis Cluster for many stateless nodes (`flashsale-redis`,
+//!   with the server-side steps in `redis/flashsale.lua`).
 //!
 //! ## Architecture invariants
 //! - A state-changing request is answered `2xx` only after the store says

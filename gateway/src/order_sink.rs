@@ -227,7 +227,7 @@ pub enum OrderSinkError {
     #[error("a books entry cannot be read: {0}")]
     Entry(String),
     #[error("Redis, reading the books streams")]
-    Redis(#[source] Box<crate::error::Error>),
+    Redis(#[source] Box<flashsale_redis::Error>),
     #[error("{0} is out of range for Postgres")]
     OutOfRange(&'static str),
     /// A deal change or restock from a books stream whose deal's creation

@@ -58,9 +58,9 @@ use crate::openapi::OpenApi;
 use crate::order_sink::{self, OrderSinkHandle};
 use crate::pages::Pages;
 use crate::router::Router;
-use crate::store::redis::{DurabilityMode, RedisSettings, RedisTarget};
 use crate::store::{MemoryStore, RedisStore, Store};
 use crate::telemetry::Telemetry;
+use flashsale_redis::{DurabilityMode, RedisSettings, RedisTarget};
 
 /// Bytes hyper buffers for one request's head; larger heads are refused.
 pub const HEADER_BUFFER_BYTES_MAX: usize = 64 * 1024;
@@ -484,7 +484,7 @@ async fn open_redis(
         .await
         .map_err(|source| Error::RedisConnect {
             target: target.clone(),
-            source: Box::new(source),
+            source: Box::new(Error::from(source)),
         })?;
     if let Err((found, ours)) = store.agree_layout(fingerprint).await? {
         return Err(Error::RedisLayout {

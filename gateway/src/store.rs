@@ -15,7 +15,6 @@
 //! path of the memory store stays a direct call.
 
 pub(crate) mod memory;
-pub(crate) mod redis;
 
 use flashsale_engine::{
     Answer, DealChange, DealId, DealView, DrawRecord, DrawStanding, HoldId, Merchant, MerchantId,
@@ -24,9 +23,9 @@ use flashsale_engine::{
 };
 
 pub(crate) use self::memory::MemoryStore;
-pub(crate) use self::redis::RedisStore;
 use crate::error::Error;
 use crate::feed::FeedSource;
+pub(crate) use flashsale_redis::RedisStore;
 
 /// Where the sale's state lives.
 pub(crate) enum Store {
@@ -40,6 +39,17 @@ macro_rules! dispatch {
         match $self {
             Store::Memory($store) => $call,
             Store::Redis($store) => $call,
+        }
+    };
+}
+
+/// Calls the same fallible method on whichever store this is; a Redis
+/// error becomes the crate's [`Error`].
+macro_rules! dispatch_result {
+    ($self:ident, $store:ident => $call:expr) => {
+        match $self {
+            Store::Memory($store) => $call,
+            Store::Redis($store) => Ok($call?),
         }
     };
 }
@@ -69,7 +79,7 @@ impl Store {
     /// Redis' persistence as last read, in Redis mode (what a `201` is
     /// worth there); `None` on one node, whose promise is the journal's
     /// `--durability`.
-    pub(crate) fn redis_durability(&self) -> Option<self::redis::Durability> {
+    pub(crate) fn redis_durability(&self) -> Option<flashsale_redis::Durability> {
         match self {
             Store::Memory(_) => None,
             Store::Redis(redis) => Some(redis.durability()),
@@ -78,19 +88,22 @@ impl Store {
 
     /// The feed's view of the deals (see [`crate::feed`]).
     pub(crate) fn feed_source(&self) -> &dyn FeedSource {
-        dispatch!(self, store => store.feed_source())
+        match self {
+            Store::Memory(memory) => memory.feed_source(),
+            Store::Redis(redis) => redis,
+        }
     }
 
     pub(crate) async fn create_merchant(&self, name: &str) -> Result<Merchant, Error> {
-        dispatch!(self, store => store.create_merchant(name).await)
+        dispatch_result!(self, store => store.create_merchant(name).await)
     }
 
     pub(crate) async fn merchant(&self, id: MerchantId) -> Result<Option<Merchant>, Error> {
-        dispatch!(self, store => store.merchant(id).await)
+        dispatch_result!(self, store => store.merchant(id).await)
     }
 
     pub(crate) async fn rating(&self, id: MerchantId) -> Result<Option<Rating>, Error> {
-        dispatch!(self, store => store.rating(id).await)
+        dispatch_result!(self, store => store.rating(id).await)
     }
 
     /// A new shopper; with `credit` > 0 its wallet is credited that much
@@ -101,7 +114,7 @@ impl Store {
         credit: Money,
         reference: &str,
     ) -> Result<Shopper, Error> {
-        dispatch!(self, store => store.create_shopper(name, credit, reference).await)
+        dispatch_result!(self, store => store.create_shopper(name, credit, reference).await)
     }
 
     /// `count` shoppers (1 to 10,000), each credited `credit`.
@@ -110,7 +123,7 @@ impl Store {
         count: u32,
         credit: Money,
     ) -> Result<Vec<ShopperId>, Error> {
-        dispatch!(self, store => store.create_shoppers(count, credit).await)
+        dispatch_result!(self, store => store.create_shoppers(count, credit).await)
     }
 
     pub(crate) async fn credit_wallet(
@@ -119,11 +132,11 @@ impl Store {
         amount: Money,
         reference: &str,
     ) -> Result<Wallet, Error> {
-        dispatch!(self, store => store.credit_wallet(shopper, amount, reference).await)
+        dispatch_result!(self, store => store.credit_wallet(shopper, amount, reference).await)
     }
 
     pub(crate) async fn wallet(&self, shopper: ShopperId) -> Result<Wallet, Error> {
-        dispatch!(self, store => store.wallet(shopper).await)
+        dispatch_result!(self, store => store.wallet(shopper).await)
     }
 
     pub(crate) async fn create_deal(
@@ -131,11 +144,11 @@ impl Store {
         merchant: MerchantId,
         new: NewDeal,
     ) -> Result<DealView, Error> {
-        dispatch!(self, store => store.create_deal(merchant, new).await)
+        dispatch_result!(self, store => store.create_deal(merchant, new).await)
     }
 
     pub(crate) async fn deal(&self, id: DealId) -> Result<DealView, Error> {
-        dispatch!(self, store => store.deal(id).await)
+        dispatch_result!(self, store => store.deal(id).await)
     }
 
     pub(crate) async fn update_deal(
@@ -144,7 +157,7 @@ impl Store {
         id: DealId,
         change: DealChange,
     ) -> Result<DealView, Error> {
-        dispatch!(self, store => store.update_deal(merchant, id, change).await)
+        dispatch_result!(self, store => store.update_deal(merchant, id, change).await)
     }
 
     /// Deals, newest first, from `before` (exclusive); at most `limit`.
@@ -153,7 +166,7 @@ impl Store {
         before: Option<DealId>,
         limit: usize,
     ) -> Result<Vec<DealView>, Error> {
-        dispatch!(self, store => store.deals_newest_first(before, limit).await)
+        dispatch_result!(self, store => store.deals_newest_first(before, limit).await)
     }
 
     /// A raffle's public record with one page of its offered ranks
@@ -164,7 +177,7 @@ impl Store {
         from: u64,
         limit: usize,
     ) -> Result<DrawRecord, Error> {
-        dispatch!(self, store => store.draw_record(deal, from, limit).await)
+        dispatch_result!(self, store => store.draw_record(deal, from, limit).await)
     }
 
     /// One page of a drawn raffle's registrants in text order, and where
@@ -175,7 +188,7 @@ impl Store {
         from: u64,
         limit: usize,
     ) -> Result<(Vec<ShopperId>, Option<u64>), Error> {
-        dispatch!(self, store => store.draw_registrants(deal, from, limit).await)
+        dispatch_result!(self, store => store.draw_registrants(deal, from, limit).await)
     }
 
     /// A shopper's own result in a raffle (engine: `draw_standing`).
@@ -184,19 +197,19 @@ impl Store {
         shopper: ShopperId,
         deal: DealId,
     ) -> Result<DrawStanding, Error> {
-        dispatch!(self, store => store.draw_standing(shopper, deal).await)
+        dispatch_result!(self, store => store.draw_standing(shopper, deal).await)
     }
 
     /// Runs due draws and passes units left to the next ranks: one bounded
     /// step; how many draws and offers it made (more than zero: call
     /// again).
     pub(crate) async fn run_draws(&self) -> Result<usize, Error> {
-        dispatch!(self, store => store.run_draws().await)
+        dispatch_result!(self, store => store.run_draws().await)
     }
 
     /// `true` when newly registered, `false` when already.
     pub(crate) async fn register(&self, shopper: ShopperId, deal: DealId) -> Result<bool, Error> {
-        dispatch!(self, store => store.register(shopper, deal).await)
+        dispatch_result!(self, store => store.register(shopper, deal).await)
     }
 
     /// One-tap buy; the same `key` and request again gets the same order,
@@ -208,7 +221,7 @@ impl Store {
         quantity: u32,
         key: &str,
     ) -> Result<(Order, Answer), Error> {
-        dispatch!(self, store => store.buy(shopper, deal, quantity, key).await)
+        dispatch_result!(self, store => store.buy(shopper, deal, quantity, key).await)
     }
 
     pub(crate) async fn hold(
@@ -218,11 +231,11 @@ impl Store {
         quantity: u32,
         key: &str,
     ) -> Result<flashsale_engine::Hold, Error> {
-        dispatch!(self, store => store.hold(shopper, deal, quantity, key).await)
+        dispatch_result!(self, store => store.hold(shopper, deal, quantity, key).await)
     }
 
     pub(crate) async fn pay_hold(&self, shopper: ShopperId, hold: HoldId) -> Result<Order, Error> {
-        dispatch!(self, store => store.pay_hold(shopper, hold).await)
+        dispatch_result!(self, store => store.pay_hold(shopper, hold).await)
     }
 
     pub(crate) async fn release_hold(
@@ -230,13 +243,13 @@ impl Store {
         shopper: ShopperId,
         hold: HoldId,
     ) -> Result<flashsale_engine::Hold, Error> {
-        dispatch!(self, store => store.release_hold(shopper, hold).await)
+        dispatch_result!(self, store => store.release_hold(shopper, hold).await)
     }
 
     /// Expires holds whose time is up; how many, a full batch meaning
     /// "call again".
     pub(crate) async fn expire_holds(&self) -> Result<usize, Error> {
-        dispatch!(self, store => store.expire_holds().await)
+        dispatch_result!(self, store => store.expire_holds().await)
     }
 
     pub(crate) async fn review(
@@ -246,16 +259,16 @@ impl Store {
         scores: [u8; 3],
         text: &str,
     ) -> Result<Review, Error> {
-        dispatch!(self, store => store.review(shopper, order, scores, text).await)
+        dispatch_result!(self, store => store.review(shopper, order, scores, text).await)
     }
 
     /// `true` the first time an order is shared.
     pub(crate) async fn share(&self, shopper: ShopperId, order: OrderId) -> Result<bool, Error> {
-        dispatch!(self, store => store.share(shopper, order).await)
+        dispatch_result!(self, store => store.share(shopper, order).await)
     }
 
     pub(crate) async fn order(&self, id: OrderId) -> Result<Order, Error> {
-        dispatch!(self, store => store.order(id).await)
+        dispatch_result!(self, store => store.order(id).await)
     }
 
     pub(crate) async fn orders_of_deal(
@@ -264,7 +277,7 @@ impl Store {
         from: OrderCursor,
         limit: usize,
     ) -> Result<OrderPage, Error> {
-        dispatch!(self, store => store.orders_of_deal(deal, from, limit).await)
+        dispatch_result!(self, store => store.orders_of_deal(deal, from, limit).await)
     }
 
     pub(crate) async fn orders_of_shopper(
@@ -274,6 +287,6 @@ impl Store {
         from: OrderCursor,
         limit: usize,
     ) -> Result<OrderPage, Error> {
-        dispatch!(self, store => store.orders_of_shopper(shopper, deal, from, limit).await)
+        dispatch_result!(self, store => store.orders_of_shopper(shopper, deal, from, limit).await)
     }
 }

@@ -1,5 +1,5 @@
 //! Redis mode's books: the order sink of every node, reading the books
-//! streams that the Redis steps append to (`gateway/redis/flashsale.lua`,
+//! streams that the Redis steps append to (`redis/flashsale.lua`,
 //! "The books") and writing Postgres through the single-node sink's own
 //! path (`Batch::from_events`, binary `COPY`, the merge, set-aside).
 //!
@@ -61,7 +61,7 @@ use super::{
     Batch, BooksLookup, OrderSinkConfig, OrderSinkError, OrderSinkHandle, Progress, Source, Status,
     apply_or_set_aside, connect, run, set_aside, stopped, timed,
 };
-use crate::store::redis::{BooksEntry, RedisStore};
+use flashsale_redis::{BooksEntry, RedisStore};
 
 /// Entries read from one stream in one call (`COUNT` of `XREADGROUP` and
 /// `XAUTOCLAIM`).
@@ -161,7 +161,7 @@ struct StreamSink {
     status: Arc<Status>,
 }
 
-fn redis(error: crate::error::Error) -> OrderSinkError {
+fn redis(error: flashsale_redis::Error) -> OrderSinkError {
     OrderSinkError::Redis(Box::new(error))
 }
 
@@ -217,7 +217,7 @@ impl StreamSink {
                             .store
                             .books_read(stream, &self.consumer, pending, BOOKS_ENTRIES_PER_READ_MAX)
                             .await?;
-                        Ok::<_, crate::error::Error>((stream, pending, entries))
+                        Ok::<_, flashsale_redis::Error>((stream, pending, entries))
                     }
                 });
                 let read = try_join_all(reads).await.map_err(redis)?;
@@ -270,7 +270,10 @@ impl StreamSink {
 
     /// One measure (see [`StreamSink::measure`]); `grouped` names the
     /// streams known to have the group.
-    async fn measure_once(&self, grouped: &mut HashSet<String>) -> Result<(), crate::error::Error> {
+    async fn measure_once(
+        &self,
+        grouped: &mut HashSet<String>,
+    ) -> Result<(), flashsale_redis::Error> {
         let streams = self.store.books_streams().await?;
         let mut entries_total: u64 = 0;
         let mut oldest: Option<i64> = None;
@@ -321,7 +324,7 @@ impl StreamSink {
                         BOOKS_ENTRIES_PER_READ_MAX,
                     )
                     .await?;
-                Ok::<_, crate::error::Error>((stream, entries))
+                Ok::<_, flashsale_redis::Error>((stream, entries))
             });
             let mut entries = Vec::new();
             for (stream, read) in try_join_all(claims).await.map_err(redis)? {

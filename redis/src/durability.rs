@@ -1,6 +1,5 @@
-//! What an acknowledged change is worth in Redis mode (DESIGN.md
-//! "Multi-node mode": "what a `201` promises depends on Redis'
-//! persistence"; issue #13 "Durability, stated and tested").
+//! What an acknowledged change is worth in Redis mode: what a `201`
+//! promises depends on Redis' persistence (`docs/durability.md`).
 //!
 //! Owns the reading of a Redis' persistence settings (`CONFIG GET
 //! appendonly appendfsync`, and `COMMAND INFO WAITAOF` for whether the
@@ -13,7 +12,11 @@ use std::collections::HashMap;
 
 use redis::Value;
 
-use super::text;
+use std::sync::atomic::Ordering;
+
+use crate::RedisStore;
+use crate::error::Error;
+use crate::replies::text;
 
 /// What a `201` is worth, weakest first, so that the weakest primary of a
 /// Cluster is the `min` of its primaries' modes.
@@ -173,6 +176,53 @@ fn has_command(reply: &ServerReply) -> bool {
         Ok(Value::Array(items)) => items.first().is_some_and(|item| *item != Value::Nil),
         Ok(Value::Map(items)) => !items.is_empty(),
         _ => false,
+    }
+}
+
+impl RedisStore {
+    /// Redis' persistence as last read: what a `201` is worth now.
+    pub fn durability(&self) -> Durability {
+        self.inner.durability.read().clone()
+    }
+
+    /// Reads Redis' persistence on every primary, keeps it, and says when
+    /// it changed. Errors: Redis did not answer.
+    pub(crate) async fn check_durability(&self) -> Result<(), Error> {
+        let configs = self
+            .on_every_primary(
+                redis::cmd("CONFIG")
+                    .arg("GET")
+                    .arg("appendonly")
+                    .arg("appendfsync"),
+            )
+            .await?;
+        let infos = self
+            .on_every_primary(redis::cmd("COMMAND").arg("INFO").arg("WAITAOF"))
+            .await?;
+        let servers: Vec<(String, ServerReply, ServerReply)> = configs
+            .into_iter()
+            .map(|(address, config)| {
+                let info = infos
+                    .iter()
+                    .find(|(other, _)| *other == address)
+                    .map_or_else(|| Err("no reply".to_owned()), |(_, info)| info.clone());
+                (address, config, info)
+            })
+            .collect();
+        let now = Durability::of_servers(&servers);
+        let refused = now.mode == DurabilityMode::Volatile && !self.inner.allow_volatile;
+        self.inner
+            .volatile_refused
+            .store(refused, Ordering::Relaxed);
+        let before = std::mem::replace(&mut *self.inner.durability.write(), now.clone());
+        if before.mode != now.mode {
+            if now.mode < before.mode {
+                tracing::warn!(mode = now.mode.name(), found = %now.found, "Redis' persistence is weaker than before");
+            } else {
+                tracing::info!(mode = now.mode.name(), found = %now.found, "Redis' persistence");
+            }
+        }
+        Ok(())
     }
 }
 

@@ -1,0 +1,186 @@
+//! Deals: creating, reading, changing (pause, resume, restock, extend)
+//! and listing them newest first; raffles are one-node only.
+
+use flashsale_engine::{
+    Allocation, DealChange, DealId, DealView, EngineError, Entity, MerchantId, NewDeal, ShopperId,
+};
+
+use crate::error::Error;
+use crate::{RedisStore, WALLET_FEN_MAX};
+
+impl RedisStore {
+    pub async fn create_deal(&self, merchant: MerchantId, new: NewDeal) -> Result<DealView, Error> {
+        let now = self.now();
+        if new.allocation != Allocation::FirstCome {
+            // Issue #14: raffles run on one node only, for now (README).
+            return Err(Error::Engine(EngineError::Invalid {
+                field: "allocation",
+                reason: "raffle is not available in Redis mode; run one node without --redis-url",
+            }));
+        }
+        let spec = flashsale_engine::validate_deal(new, now)?;
+        if spec
+            .price
+            .fen()
+            .checked_mul(i64::from(spec.per_user_limit))
+            .is_none_or(|fen| fen > WALLET_FEN_MAX)
+        {
+            return Err(Error::Engine(EngineError::Invalid {
+                field: "price",
+                reason: "times per_user_limit is too large",
+            }));
+        }
+        if self.merchant(merchant).await?.is_none() {
+            return Err(Error::Engine(EngineError::NotFound(Entity::Merchant)));
+        }
+        // The id and its place in the deal index come in one step; the deal
+        // itself, complete, with its books entry in one `create` step after
+        // it. A crash between the two leaves an indexed id without a deal,
+        // which every reader skips (`entry` finds no deal): the deal exists
+        // whole or not at all, and is listed as soon as it exists. Its terms
+        // reach the shards here, or on a buy's `TERMS` answer if this node
+        // stops first.
+        let deal = DealId(self.next_ids("deal", 1, true).await?);
+        self.step_done(
+            &[self.keys().deal(deal), self.keys().deal_part(deal, "books")],
+            &[
+                "create",
+                &merchant.0.to_string(),
+                &spec.title,
+                &spec.price.fen().to_string(),
+                &spec.stock.to_string(),
+                &spec.per_user_limit.to_string(),
+                &spec.starts_at.millis().to_string(),
+                &spec.ends_at.millis().to_string(),
+                if spec.requires_registration { "1" } else { "0" },
+                &spec.hold_seconds.to_string(),
+                &now.millis().to_string(),
+            ],
+        )
+        .await?;
+        self.install_terms_everywhere(deal).await?;
+        let entry = self.entry(deal).await?;
+        Ok(entry.view(self.now()))
+    }
+
+    pub async fn deal(&self, id: DealId) -> Result<DealView, Error> {
+        let entry = self.entry(id).await?;
+        self.refresh(&entry).await?;
+        Ok(entry.view(self.now()))
+    }
+
+    pub async fn update_deal(
+        &self,
+        merchant: MerchantId,
+        id: DealId,
+        change: DealChange,
+    ) -> Result<DealView, Error> {
+        let entry = self.entry(id).await?;
+        if entry.merchant != merchant {
+            return Err(Error::Engine(EngineError::Forbidden(Entity::Deal)));
+        }
+        if change.add_stock == Some(0) {
+            return Err(Error::Engine(EngineError::Invalid {
+                field: "add_stock",
+                reason: "must be at least 1",
+            }));
+        }
+        let add = change
+            .add_stock
+            .map(|units| units.to_string())
+            .unwrap_or_default();
+        let ends = change
+            .ends_at
+            .map(|at| at.millis().to_string())
+            .unwrap_or_default();
+        let paused = change
+            .paused
+            .map(|paused| if paused { "1" } else { "0" })
+            .unwrap_or("");
+        let bound = flashsale_engine::engine::STOCK_MAX.to_string();
+        let channel = self.keys().channel();
+        self.step_done(
+            &[self.keys().deal(id), self.keys().deal_part(id, "books")],
+            &[
+                "update",
+                &merchant.0.to_string(),
+                &add,
+                &ends,
+                paused,
+                &bound,
+                &channel,
+            ],
+        )
+        .await?;
+        if change.ends_at.is_some() || change.paused.is_some() {
+            self.install_terms_everywhere(id).await?;
+        }
+        self.refresh(&entry).await?;
+        Ok(entry.view(self.now()))
+    }
+
+    pub async fn deals_newest_first(
+        &self,
+        before: Option<DealId>,
+        limit: usize,
+    ) -> Result<Vec<DealView>, Error> {
+        let top = before.map_or_else(|| "+inf".to_owned(), |before| format!("({}", before.0));
+        let ids: Vec<u64> = self
+            .query(
+                redis::cmd("ZREVRANGEBYSCORE")
+                    .arg(self.keys().global("deals"))
+                    .arg(top)
+                    .arg("-inf")
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(limit),
+            )
+            .await?;
+        let now = self.now();
+        let mut views = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Ok(entry) = self.entry(DealId(id)).await {
+                views.push(entry.view(now));
+            }
+        }
+        Ok(views)
+    }
+
+    /// Redis mode has no raffles (creating one is refused), so no deal
+    /// has a draw: `NotFound(Draw)` for a deal that exists.
+    pub(crate) async fn no_draw(&self, deal: DealId) -> Result<std::convert::Infallible, Error> {
+        self.deal(deal).await?;
+        Err(Error::Engine(EngineError::NotFound(Entity::Draw)))
+    }
+
+    pub async fn draw_record(
+        &self,
+        deal: DealId,
+        _from: u64,
+        _limit: usize,
+    ) -> Result<flashsale_engine::DrawRecord, Error> {
+        match self.no_draw(deal).await? {}
+    }
+
+    pub async fn draw_registrants(
+        &self,
+        deal: DealId,
+        _from: u64,
+        _limit: usize,
+    ) -> Result<(Vec<ShopperId>, Option<u64>), Error> {
+        match self.no_draw(deal).await? {}
+    }
+
+    pub async fn draw_standing(
+        &self,
+        _shopper: ShopperId,
+        deal: DealId,
+    ) -> Result<flashsale_engine::DrawStanding, Error> {
+        match self.no_draw(deal).await? {}
+    }
+
+    /// No raffles in Redis mode: nothing to draw.
+    pub async fn run_draws(&self) -> Result<usize, Error> {
+        Ok(0)
+    }
+}

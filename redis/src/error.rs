@@ -1,0 +1,37 @@
+//! The crate's one error type: what can go wrong talking to Redis, beside
+//! the engine's own refusals that the steps answer with.
+
+use flashsale_engine::EngineError;
+
+/// What a Redis-mode call can fail with. The gateway maps each variant to
+/// the contract's status and code in one place.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A refusal of a step, in the engine's terms (sold out, limit, funds…).
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// Redis did not answer in time, or the connection is down. The
+    /// outcome of a change is unknown; the client's retry with the same
+    /// `Idempotency-Key` resolves it.
+    #[error(
+        "the sale's store (Redis) did not answer; retry shortly (a change retried with the same Idempotency-Key gets its first outcome)"
+    )]
+    Redis(#[source] redis::RedisError),
+    /// Connecting to Redis took longer than the connect timeout.
+    #[error("Redis did not accept a connection in time")]
+    RedisTimeout,
+    /// A buy kept meeting moving stock (refills) past its bounded attempts.
+    #[error("the deal's stock is being moved; retry with the same Idempotency-Key")]
+    RedisBusy,
+    /// The shard's books stream holds `--books-backlog-max`'s share of
+    /// entries not yet in Postgres (Postgres down or behind), so no order
+    /// is settled until the backlog drains; nothing changed.
+    #[error("the books are behind (Postgres); retry shortly")]
+    BooksBacklog,
+    /// A setting that cannot work, naming the flag.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The operating system gave no random bytes (a new epoch).
+    #[error("cannot generate random bytes for a secret")]
+    Random(#[source] getrandom::Error),
+}

@@ -1,0 +1,231 @@
+//! # flashsale-redis
+//!
+//! Multi-node mode: the sale's state in Redis or a Redis Cluster, shared by
+//! any number of stateless nodes (`docs/multi-node.md`). It owns the key
+//! layout, the server-side steps (`redis/flashsale.lua`), the node's caches
+//! and poller, the books streams' read side and the auditor's snapshot.
+//! It answers with the engine's records and refusals, so one mapping to
+//! HTTP serves both backends.
+//!
+//! ## Layout
+//! Shoppers are spread over `shards` virtual shards (a power of two, 64 by
+//! default) by the engine's own rule ([`flashsale_engine::ids::shard_of`]).
+//! Everything one shopper owns lives under the hash tag `{s:K}` of its
+//! shard, so a buy is one script on one Cluster slot:
+//!
+//! | key (`ns` is `--redis-namespace`) | what |
+//! |---|---|
+//! | `ns:{s:K}:acct:<shopper>` | hash: name, wallet (`credited/available/held/spent`, fen), per deal `b:`/`h:` units bought/held and `r:` registered, `c:<reference>` credits |
+//! | `ns:{s:K}:key:<shopper>:<key>` | hash: an idempotency record (deal, kind, quantity, outcome), expiring after 24 h |
+//! | `ns:{s:K}:stock` | hash: per deal `b:` the shard's **stock bucket**, `h:` held, `s:` sold, `n:` buyers, `g:` registrations |
+//! | `ns:{s:K}:terms:<deal>` | hash: the deal's terms as this shard knows them, with a version |
+//! | `ns:{s:K}:orders`, `:holds`, `:exp`, `:seq` | orders and holds by id (JSON), hold expiries (sorted set), id sequences |
+//! | `ns:{s:K}:do:<deal>`, `:so:<shopper>`, `:rec:<deal>` | order ids per deal and per shopper; shoppers with a record on a deal |
+//! | `ns:{s:K}:xin`, `:xout` | transfer ids accepted into buckets; sweeps on their way back to a pool |
+//! | `ns:{d:D}` | hash: the deal, its undistributed stock (`pool`), `total`, the `sold_out` marker, the terms' `version` |
+//! | `ns:{d:D}:tx`, `:swept` | transfers on their way from the pool to a bucket; sweeps accepted into the pool |
+//! | `ns:{s:K}:books`, `ns:{d:D}:books` | the books streams: every settled order, credit, new deal, restock and deal change of the slot, read by the consumer group `books` (see "Books") |
+//! | `ns:{g}:seq`, `:m:<id>`, `:deals`, `:deployment` | id sequences, merchants, the deals newest first, the deployment's id for Postgres |
+//! | `ns:{g}:epoch` | the deployment's epoch: a random 64-bit number, set by the first node that finds it missing |
+//! | `ns:{g}:layout` | `shards=N fingerprint=F`: the shard count and secret fingerprint every node must share (set by the first) |
+//!
+//! ## Steps
+//! Every change is one step of `redis/flashsale.lua` (EVALSHA,
+//! reloaded by redis-rs on `NOSCRIPT`). A buy whose shard's bucket is short
+//! gets `REFILL`: the node moves a chunk from the deal's pool (a transfer:
+//! `refill` on the deal's slot, `accept` on the shard's, `confirm` back,
+//! each idempotent by transfer id) and retries. When the pool is short too,
+//! the node sweeps every bucket of the deal back to the pool and tries once
+//! more; only when the pool is then empty is the deal marked sold out, so a
+//! deal is never reported sold out while a unit waits anywhere. The poller
+//! finishes transfers and sweeps that a crashed node left half done.
+//!
+//! ## The node's own state
+//! Only caches: each deal's terms and live numbers (refreshed by the poller
+//! every [`POLL_INTERVAL`], and at once on the `ns:deals` channel), and a
+//! **sold-out flag** per deal with the set of shoppers that have a record
+//! on it. A buy of a deal flagged sold out by a shopper without a record is
+//! refused here, without touching Redis; the rest go to Redis, which
+//! replays their key.
+//!
+//! ## Epochs
+//! Ids are numbered by Redis (`ns:{g}:seq`); a Redis that restarts empty
+//! numbers from 1 again. So the deployment has an **epoch** in Redis, a
+//! random number set (`SET NX`) by whichever node first finds it missing.
+//! Tokens carry it (the gateway's `auth`), ids are handed out only under the
+//! epoch the node knows (the `ids` step checks it in the same call), and
+//! the poller re-reads it every poll: a new epoch (Redis lost its data)
+//! drops every cached deal, sold-out flag and merchant, and from then on
+//! tokens of the old epoch are `401`.
+//!
+//! ## Durability
+//! What an acknowledged change is worth is what Redis promises for it: the
+//! node reads Redis' persistence at start and every
+//! [`DURABILITY_EVERY_POLLS`] polls ([`durability`]), refuses to start
+//! against a Redis that persists nothing unless `--allow-volatile-redis`,
+//! is not ready while it finds one later, and reports the mode in
+//! `/readyz` and `/metrics`.
+//! ## Books
+//! The steps append the engine's events for the books to their slot's
+//! stream (the layout is in the script's header). [`RedisStore::books_read`]
+//! and its neighbours are the sink's view of them
+//! (`books/src/streams.rs`): a consumer group `books` per
+//! stream, created from id `0` with `MKSTREAM`; each node reads as the
+//! consumer named by its node id, first its own pending entries, then new
+//! ones; entries idle past a bound are claimed with `XAUTOCLAIM`; streams
+//! are trimmed with `XTRIM MINID` below the oldest entry not yet acknowledged.
+//!
+//! ## Failures
+//! Every call has a response timeout (`--redis-response-timeout-ms`). A
+//! timeout or a lost connection is an unknown outcome: the request is
+//! answered `503 unavailable` with `Retry-After`, and the client's retry with
+//! the same `Idempotency-Key` gets the original outcome (the steps are
+//! idempotent, which also makes the Cluster client's own retries safe).
+//!
+//! ## Files
+//! - `settings`: [`RedisArgs`] (the flags `serve` and `audit` share) and
+//!   [`RedisSettings`].
+//! - `connection`: connecting, loading the script, running a step.
+//! - `keys`: the key layout above; `replies`: reading the steps' replies.
+//! - `epoch`: the deployment's layout, epoch, id and id sequences.
+//! - `durability`: what Redis' persistence makes a `201` worth.
+//! - `cache`: the node's deal cache and the feed's view of it.
+//! - `transfer`: stock buckets, refills and sweeps.
+//! - `reserve`: buy, hold, payment, release, expiry, registration.
+//! - `accounts`, `deals`, `orders`: the rest of the store's methods.
+//! - `books`: the books streams, read by the Postgres sink.
+//! - `audit`: the auditor's snapshot; `poller`: the background poll.
+//! - `error`: [`Error`], the crate's one error type.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use flashsale_engine::{Clock, DealId, MerchantId, Rating, SystemClock, Timestamp};
+use parking_lot::RwLock;
+
+use crate::cache::DealEntry;
+use crate::connection::Connection;
+use crate::keys::Keys;
+
+pub use crate::audit::{AUDIT_ACCOUNTS_PER_SHARD_MAX, DealSnapshot, RedisSnapshot, ShardSnapshot};
+pub use crate::books::{BOOKS_DEALS_MAX, BooksBacklog, BooksEntry, entry_millis};
+pub use crate::durability::{Durability, DurabilityMode};
+pub use crate::error::Error;
+pub use crate::settings::{RedisArgs, RedisSettings, RedisTarget};
+
+mod accounts;
+mod audit;
+mod books;
+mod cache;
+mod connection;
+mod deals;
+mod durability;
+mod epoch;
+mod error;
+mod keys;
+mod orders;
+mod poller;
+mod replies;
+mod reserve;
+mod settings;
+mod transfer;
+
+/// The epoch of a store that has none (one node), and of a Redis node
+/// before its first read: tokens carry it ([`RedisStore::epoch`]).
+pub const NO_EPOCH: u64 = 0;
+/// The newest deals the feed shows at most; the list of deals newest
+/// first in Redis is kept to this length.
+pub const FEED_DEALS_MAX: usize = 1_000;
+
+/// The server-side steps, one script (see its header).
+pub(crate) const STEPS_LUA: &str = include_str!("../flashsale.lua");
+/// How often the poller refreshes deals, gathers their numbers across the
+/// shards, and checks that Redis answers.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
+/// How often (in polls) the poller sums deals' numbers and merchants'
+/// ratings over the shards: the costly part of a poll.
+pub(crate) const SUMS_EVERY_POLLS: u32 = 4;
+/// How often (in polls) the poller re-reads Redis' persistence settings:
+/// an operator may change them at runtime (`CONFIG SET`).
+pub(crate) const DURABILITY_EVERY_POLLS: u32 = 4;
+/// How often the poller finishes transfers and sweeps left half done.
+pub(crate) const RECONCILE_EVERY_POLLS: u32 = 8;
+/// A transfer pending longer than this is taken to be abandoned by a
+/// crashed node and finished by the reconciler (finishing is idempotent,
+/// so a live one finished twice changes nothing).
+pub(crate) const TRANSFER_ABANDONED_MS: i64 = 2_000;
+/// Tries of one buy, hold or payment while its bucket is being refilled or
+/// its shard's terms installed; past it the answer is `503 unavailable`.
+pub(crate) const STEP_ATTEMPTS_MAX: usize = 4;
+/// Idempotency records are kept this long (at least 24 hours: `docs/api.md`, idempotency).
+pub(crate) const KEY_RETENTION_SECONDS: u64 = 24 * 60 * 60;
+/// Largest wallet balance in Redis mode, in fen: Lua computes in doubles,
+/// exact up to 2^53.
+pub const WALLET_FEN_MAX: i64 = (1 << 53) - 1;
+/// A deal's numbers kept per shard in `ns:{s:K}:stock`, summed by the
+/// poller: bucket, held, sold, buyers, registrations, shares.
+pub(crate) const SUM_FIELDS: [&str; 6] = ["b", "h", "s", "n", "g", "x"];
+pub(crate) const SUM_PARTS: usize = SUM_FIELDS.len();
+/// Holds expired per shard per call at most.
+pub(crate) const EXPIRY_BATCH_MAX: usize = 256;
+/// Orders read per Redis call when listing.
+pub(crate) const ORDERS_PAGE_READ_MAX: usize = 1_000;
+
+/// The Redis store of one node. Cheap to share: the state is behind an
+/// `Arc`, used by requests and by the poller.
+#[derive(Clone)]
+pub struct RedisStore {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) connection: Connection,
+    /// The server whose channel this node listens on: the Redis, or the
+    /// first seed of a Cluster (a Cluster passes every publish to every
+    /// node).
+    pub(crate) subscribe_url: String,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) script: redis::Script,
+    pub(crate) keys: Keys,
+    pub(crate) shards: usize,
+    /// [`RedisSettings::books_backlog_per_stream_max`], as the script's argument.
+    pub(crate) books_backlog: String,
+    pub(crate) clock: SystemClock,
+    pub(crate) deals: RwLock<HashMap<DealId, Arc<DealEntry>>>,
+    pub(crate) merchants: RwLock<HashMap<MerchantId, (String, Rating)>>,
+    /// Newest deals, newest first, as of the last poll.
+    pub(crate) newest: RwLock<Vec<DealId>>,
+    pub(crate) reachable: AtomicBool,
+    /// The deployment's epoch as this node last read it (0 before the
+    /// first read).
+    pub(crate) epoch: AtomicU64,
+    /// Redis' persistence as last read (at start, then by the poller).
+    pub(crate) durability: RwLock<Durability>,
+    pub(crate) allow_volatile: bool,
+    /// Redis persists nothing and that is not allowed: changes are refused
+    /// (`not_ready`). Kept apart from `durability` so the check on every
+    /// request is one relaxed load.
+    pub(crate) volatile_refused: AtomicBool,
+}
+
+impl RedisStore {
+    pub fn now(&self) -> Timestamp {
+        self.inner.clock.now()
+    }
+
+    pub fn not_ready(&self) -> Option<&'static str> {
+        if !self.inner.reachable.load(Ordering::Relaxed) {
+            return Some("Redis does not answer");
+        }
+        self.inner
+            .volatile_refused
+            .load(Ordering::Relaxed)
+            .then_some(
+                "Redis persists nothing now (its settings changed since this node started), so a \
+             restart of Redis would lose acknowledged orders: set appendonly yes again, or \
+             restart the node with --allow-volatile-redis",
+            )
+    }
+}

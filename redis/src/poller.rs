@@ -1,0 +1,216 @@
+//! The poller: follows the epoch, refreshes the newest deals and their
+//! numbers, re-reads durability, finishes transfers and sweeps, and
+//! listens on the deployment's channel for deals to re-read at once.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use flashsale_engine::{DealId, MerchantId};
+use futures_util::future::try_join_all;
+
+use crate::cache::DealEntry;
+use crate::error::Error;
+use crate::replies::live_of;
+use crate::{
+    DURABILITY_EVERY_POLLS, FEED_DEALS_MAX, POLL_INTERVAL, RECONCILE_EVERY_POLLS, RedisStore,
+    SUMS_EVERY_POLLS, TRANSFER_ABANDONED_MS,
+};
+
+impl RedisStore {
+    /// Runs until dropped: every [`POLL_INTERVAL`] follows the deployment's
+    /// epoch and refreshes the newest deals and their numbers (the feed,
+    /// `/metrics` and the sold-out flags read them); every few polls
+    /// re-reads Redis' persistence and finishes transfers and sweeps left
+    /// half done. A failed poll marks the store not ready. Beside it,
+    /// listens on the deployment's channel and re-reads a deal at once when
+    /// a step publishes it (sold out, restocked, new terms); the poll is the
+    /// safety net for messages missed while disconnected.
+    pub async fn run_poller(self) {
+        tokio::join!(self.poll_loop(), self.subscribe_loop());
+    }
+
+    pub(crate) async fn poll_loop(&self) {
+        let mut ticker = tokio::time::interval(POLL_INTERVAL);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut polls: u32 = 0;
+        loop {
+            ticker.tick().await;
+            polls = polls.wrapping_add(1);
+            let with_sums = polls.is_multiple_of(SUMS_EVERY_POLLS);
+            let mut result = self.poll(with_sums).await;
+            if result.is_ok() && polls.is_multiple_of(DURABILITY_EVERY_POLLS) {
+                result = self.check_durability().await;
+            }
+            if result.is_ok() && polls.is_multiple_of(RECONCILE_EVERY_POLLS) {
+                result = self.reconcile().await;
+            }
+            let reachable = result.is_ok();
+            if self.inner.reachable.swap(reachable, Ordering::Relaxed) != reachable {
+                match &result {
+                    Ok(()) => tracing::info!("Redis answers again"),
+                    Err(error) => tracing::warn!(
+                        error = error as &dyn std::error::Error,
+                        "Redis does not answer"
+                    ),
+                }
+            }
+        }
+    }
+
+    /// Listens on the channel, reconnecting after [`POLL_INTERVAL`] when
+    /// the subscription drops.
+    pub(crate) async fn subscribe_loop(&self) {
+        loop {
+            if let Err(error) = self.subscribe().await {
+                tracing::debug!(
+                    error = &error as &dyn std::error::Error,
+                    "the deals channel dropped; listening again shortly"
+                );
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+
+    pub(crate) async fn subscribe(&self) -> Result<(), Error> {
+        use futures_util::StreamExt as _;
+        let client =
+            redis::Client::open(self.inner.subscribe_url.as_str()).map_err(Error::Redis)?;
+        let mut pubsub =
+            tokio::time::timeout(self.inner.connect_timeout, client.get_async_pubsub())
+                .await
+                .map_err(|_| Error::RedisTimeout)?
+                .map_err(Error::Redis)?;
+        pubsub
+            .subscribe(self.keys().channel())
+            .await
+            .map_err(Error::Redis)?;
+        let mut messages = pubsub.on_message();
+        while let Some(message) = messages.next().await {
+            let Ok(key) = message.get_payload::<String>() else {
+                continue;
+            };
+            let id = key
+                .split_once("{d:")
+                .and_then(|(_, rest)| rest.split_once('}'))
+                .and_then(|(id, _)| id.parse().ok())
+                .map(DealId);
+            let entry = id.and_then(|id| self.inner.deals.read().get(&id).cloned());
+            if let Some(entry) = entry {
+                // A failure here is the poll's to repair.
+                let _ = self.refresh(&entry).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// One poll (see [`RedisStore::run_poller`]); `with_sums` also sums
+    /// the deals' numbers and the merchants' ratings over the shards.
+    pub(crate) async fn poll(&self, with_sums: bool) -> Result<(), Error> {
+        self.follow_epoch().await?;
+        let ids: Vec<u64> = self
+            .query(
+                redis::cmd("ZREVRANGE")
+                    .arg(self.keys().global("deals"))
+                    .arg(0)
+                    .arg(FEED_DEALS_MAX - 1),
+            )
+            .await?;
+        let ids: Vec<DealId> = ids.into_iter().map(DealId).collect();
+        let mut entries = Vec::with_capacity(ids.len());
+        for &id in &ids {
+            if let Ok(entry) = self.entry(id).await {
+                entries.push(entry);
+            }
+        }
+        // One read per deal, all in flight at once: the deals live on
+        // different Cluster slots, so no pipeline may hold two of them.
+        let reads = entries.iter().map(|entry| {
+            let key = self.keys().deal(entry.id);
+            async move {
+                self.query::<HashMap<String, String>>(redis::cmd("HGETALL").arg(key))
+                    .await
+            }
+        });
+        let fields = try_join_all(reads).await?;
+        // The numbers summed over the shards cost one HMGET per shard of six
+        // fields per deal: every [`SUMS_EVERY_POLLS`] polls; between them a
+        // deal keeps the sums it had (its hash is still read every poll).
+        let deal_ids: Vec<DealId> = entries.iter().map(|entry| entry.id).collect();
+        let sums = if with_sums {
+            Some(self.shard_sums(&deal_ids).await?)
+        } else {
+            None
+        };
+        for (index, (entry, fields)) in entries.iter().zip(&fields).enumerate() {
+            let mut live = live_of(fields);
+            match sums.as_ref().and_then(|sums| sums.get(index)) {
+                Some(sum) => live.set_sums(sum),
+                None => live.keep_sums(&entry.live.lock()),
+            }
+            self.learn(entry, live).await;
+        }
+        if !with_sums {
+            *self.inner.newest.write() = ids;
+            return Ok(());
+        }
+        let merchants: Vec<MerchantId> = entries
+            .iter()
+            .map(|entry| entry.merchant)
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        let ratings = self.ratings(&merchants).await?;
+        for (merchant, rating) in merchants.into_iter().zip(ratings) {
+            let known = self
+                .inner
+                .merchants
+                .read()
+                .get(&merchant)
+                .map(|(name, _)| name.clone());
+            let name = match known {
+                Some(name) => name,
+                None => match self.merchant(merchant).await? {
+                    Some(found) => found.name,
+                    None => continue,
+                },
+            };
+            self.inner
+                .merchants
+                .write()
+                .insert(merchant, (name, rating));
+        }
+        *self.inner.newest.write() = ids;
+        Ok(())
+    }
+
+    /// Finishes transfers pending past [`TRANSFER_ABANDONED_MS`], every
+    /// sweep still on its way back to a pool, and sweeps the buckets of any
+    /// deal marked sold out that still has units in a bucket.
+    pub(crate) async fn reconcile(&self) -> Result<(), Error> {
+        let entries: Vec<Arc<DealEntry>> = self.inner.deals.read().values().cloned().collect();
+        for entry in &entries {
+            self.finish_transfers(entry.id, TRANSFER_ABANDONED_MS)
+                .await?;
+            let live = *entry.live.lock();
+            if live.marked_sold_out && live.buckets > 0 {
+                let _one_at_a_time = entry.refill.lock().await;
+                self.sweep(entry.id).await?;
+            }
+        }
+        for shard in 0..self.inner.shards {
+            let pending: HashMap<String, String> = self
+                .query(redis::cmd("HGETALL").arg(self.keys().shard(shard, "xout")))
+                .await?;
+            for (id, value) in pending {
+                let Some((deal, units)) = value.split_once(':') else {
+                    continue;
+                };
+                if let (Ok(deal), Ok(units)) = (deal.parse::<u64>(), units.parse::<i64>()) {
+                    self.finish_sweep(DealId(deal), shard, &id, units).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+}

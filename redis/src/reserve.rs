@@ -1,0 +1,269 @@
+//! The reservation steps: buy, hold, pay a hold, release, expiry and
+//! registration, each one step on the shopper's shard (with a refill and a
+//! retry when the shard's bucket is short).
+
+use std::sync::atomic::Ordering;
+
+use flashsale_engine::{
+    Answer, DealId, EngineError, Entity, Hold, HoldId, HoldStatus, Order, ShopperId,
+};
+use redis::Value;
+
+use crate::error::Error;
+use crate::replies::{Reply, garbled, hold_of, order_of, text};
+use crate::{EXPIRY_BATCH_MAX, KEY_RETENTION_SECONDS, RedisStore, STEP_ATTEMPTS_MAX};
+
+impl RedisStore {
+    /// The shared path of buy and hold (engine: `reserve`).
+    pub(crate) async fn reserve(
+        &self,
+        shopper: ShopperId,
+        deal: DealId,
+        quantity: u32,
+        key: &str,
+        kind: &str,
+    ) -> Result<(Vec<Value>, bool), Error> {
+        flashsale_engine::check_reservation(quantity, key)?;
+        let entry = self.entry(deal).await?;
+        if entry.sold_out_for(shopper) {
+            return Err(Error::Engine(EngineError::SoldOut));
+        }
+        let shard = self.shard_of(shopper);
+        let keys = [
+            self.keys().shard_id(shard, "acct", shopper.0),
+            self.keys().idempotency(shard, shopper, key),
+            self.keys().shard(shard, "stock"),
+            self.keys().shard_id(shard, "terms", deal.0),
+            self.keys().shard(shard, "orders"),
+            self.keys().shard(shard, "holds"),
+            self.keys().shard(shard, "exp"),
+            self.keys().shard(shard, "seq"),
+            self.keys().shard_id(shard, "do", deal.0),
+            self.keys().shard_id(shard, "so", shopper.0),
+            self.keys().shard_id(shard, "rec", deal.0),
+            self.keys().shard(shard, "books"),
+        ];
+        let deal_text = deal.0.to_string();
+        let shopper_text = shopper.0.to_string();
+        let quantity_text = quantity.to_string();
+        let shard_text = shard.to_string();
+        let retention = KEY_RETENTION_SECONDS.to_string();
+        let backlog = &self.inner.books_backlog;
+        for _ in 0..STEP_ATTEMPTS_MAX {
+            let version = entry.live.lock().version.to_string();
+            let sold_out = if entry.sold_out.load(Ordering::Acquire) {
+                "1"
+            } else {
+                "0"
+            };
+            let args = [
+                "reserve",
+                &deal_text,
+                &shopper_text,
+                kind,
+                &quantity_text,
+                &version,
+                &shard_text,
+                sold_out,
+                &retention,
+                backlog,
+            ];
+            match self.step(&keys, &args, None).await? {
+                Reply::Done(values) => {
+                    let replayed = values.get(3).and_then(text).as_deref() == Some("1");
+                    return Ok((values, replayed));
+                }
+                Reply::Refused(refusal) => return Err(Error::Engine(refusal)),
+                Reply::Terms => self.install_terms(deal, shard).await?,
+                Reply::Backlog => return Err(Error::BooksBacklog),
+                Reply::Refill { need, total } => {
+                    if !self.refill(&entry, shard, need, total).await? {
+                        return Err(Error::Engine(EngineError::SoldOut));
+                    }
+                }
+                Reply::Epoch => return Err(garbled("reserve cannot answer EPOCH")),
+            }
+        }
+        Err(Error::RedisBusy)
+    }
+}
+
+impl RedisStore {
+    pub async fn register(&self, shopper: ShopperId, deal: DealId) -> Result<bool, Error> {
+        let entry = self.entry(deal).await?;
+        let shard = self.shard_of(shopper);
+        let keys = [
+            self.keys().shard_id(shard, "acct", shopper.0),
+            self.keys().shard(shard, "stock"),
+            self.keys().shard_id(shard, "terms", deal.0),
+        ];
+        let deal_text = deal.0.to_string();
+        for _ in 0..STEP_ATTEMPTS_MAX {
+            let version = entry.live.lock().version.to_string();
+            match self
+                .step(&keys, &["register", &deal_text, &version], None)
+                .await?
+            {
+                Reply::Done(values) => {
+                    return Ok(values.get(1).and_then(text).as_deref() == Some("new"));
+                }
+                Reply::Refused(refusal) => return Err(Error::Engine(refusal)),
+                Reply::Terms => self.install_terms(deal, shard).await?,
+                Reply::Refill { .. } | Reply::Epoch | Reply::Backlog => {
+                    return Err(garbled("register cannot refill or answer EPOCH or BACKLOG"));
+                }
+            }
+        }
+        Err(Error::RedisBusy)
+    }
+
+    pub async fn buy(
+        &self,
+        shopper: ShopperId,
+        deal: DealId,
+        quantity: u32,
+        key: &str,
+    ) -> Result<(Order, Answer), Error> {
+        let (values, replayed) = self.reserve(shopper, deal, quantity, key, "order").await?;
+        let answer = if replayed {
+            Answer::Replayed
+        } else {
+            Answer::Settled
+        };
+        Ok((
+            order_of(&values.get(2).and_then(text).unwrap_or_default())?,
+            answer,
+        ))
+    }
+
+    pub async fn hold(
+        &self,
+        shopper: ShopperId,
+        deal: DealId,
+        quantity: u32,
+        key: &str,
+    ) -> Result<Hold, Error> {
+        let (values, _replayed) = self.reserve(shopper, deal, quantity, key, "hold").await?;
+        hold_of(&values.get(2).and_then(text).unwrap_or_default())
+    }
+}
+
+impl RedisStore {
+    pub async fn pay_hold(&self, shopper: ShopperId, id: HoldId) -> Result<Order, Error> {
+        let (hold, shard) = self.hold_record(id).await?;
+        if hold.shopper != shopper {
+            return Err(Error::Engine(EngineError::Forbidden(Entity::Hold)));
+        }
+        let entry = self.entry(hold.deal).await?;
+        let deal = hold.deal;
+        let keys = [
+            self.keys().shard_id(shard, "acct", shopper.0),
+            self.keys().shard(shard, "stock"),
+            self.keys().shard_id(shard, "terms", deal.0),
+            self.keys().shard(shard, "orders"),
+            self.keys().shard(shard, "holds"),
+            self.keys().shard(shard, "exp"),
+            self.keys().shard(shard, "seq"),
+            self.keys().shard_id(shard, "do", deal.0),
+            self.keys().shard_id(shard, "so", shopper.0),
+            self.keys().shard(shard, "books"),
+        ];
+        let id_text = id.0.to_string();
+        let shopper_text = shopper.0.to_string();
+        let shard_text = shard.to_string();
+        for _ in 0..STEP_ATTEMPTS_MAX {
+            let version = entry.live.lock().version.to_string();
+            let args = [
+                "pay",
+                &id_text,
+                &shopper_text,
+                &version,
+                &shard_text,
+                &self.inner.books_backlog,
+            ];
+            match self.step(&keys, &args, Some(id)).await? {
+                Reply::Done(values) => {
+                    return order_of(&values.get(2).and_then(text).unwrap_or_default());
+                }
+                Reply::Refused(refusal) => {
+                    if matches!(refusal, EngineError::HoldExpired { .. }) {
+                        // The expired hold's units went back to the bucket.
+                        self.return_stock(deal, shard).await?;
+                    }
+                    return Err(Error::Engine(refusal));
+                }
+                Reply::Terms => self.install_terms(deal, shard).await?,
+                Reply::Backlog => return Err(Error::BooksBacklog),
+                Reply::Refill { need, total } => {
+                    if !self.refill(&entry, shard, need, total).await? {
+                        return Err(Error::Engine(EngineError::HoldExpired { hold: id }));
+                    }
+                }
+                Reply::Epoch => return Err(garbled("pay cannot answer EPOCH")),
+            }
+        }
+        Err(Error::RedisBusy)
+    }
+
+    pub async fn release_hold(&self, shopper: ShopperId, id: HoldId) -> Result<Hold, Error> {
+        let (_, shard) = self.hold_record(id).await?;
+        self.release(id, shard, shopper, &shopper.0.to_string())
+            .await
+    }
+
+    /// The `release` step for the caller (`who` its id) or the expiry sweep
+    /// (`who` is `*`, `shopper` the hold's own).
+    pub(crate) async fn release(
+        &self,
+        id: HoldId,
+        shard: usize,
+        shopper: ShopperId,
+        who: &str,
+    ) -> Result<Hold, Error> {
+        let keys = [
+            self.keys().shard_id(shard, "acct", shopper.0),
+            self.keys().shard(shard, "stock"),
+            self.keys().shard(shard, "holds"),
+            self.keys().shard(shard, "exp"),
+        ];
+        let values = match self
+            .step(&keys, &["release", &id.0.to_string(), who], Some(id))
+            .await?
+        {
+            Reply::Done(values) => values,
+            Reply::Refused(refusal) => return Err(Error::Engine(refusal)),
+            Reply::Refill { .. } | Reply::Terms | Reply::Epoch | Reply::Backlog => {
+                return Err(garbled("release cannot refill or answer EPOCH or BACKLOG"));
+            }
+        };
+        let hold = hold_of(&values.get(2).and_then(text).unwrap_or_default())?;
+        if matches!(hold.status, HoldStatus::Released | HoldStatus::Expired) {
+            self.return_stock(hold.deal, shard).await?;
+        }
+        Ok(hold)
+    }
+
+    pub async fn expire_holds(&self) -> Result<usize, Error> {
+        let now = self.now().millis();
+        let mut expired = 0;
+        for shard in 0..self.inner.shards {
+            let due: Vec<u64> = self
+                .query(
+                    redis::cmd("ZRANGEBYSCORE")
+                        .arg(self.keys().shard(shard, "exp"))
+                        .arg("-inf")
+                        .arg(now)
+                        .arg("LIMIT")
+                        .arg(0)
+                        .arg(EXPIRY_BATCH_MAX),
+                )
+                .await?;
+            for id in due {
+                let (hold, _) = self.hold_record(HoldId(id)).await?;
+                self.release(HoldId(id), shard, hold.shopper, "*").await?;
+                expired += 1;
+            }
+        }
+        Ok(expired)
+    }
+}

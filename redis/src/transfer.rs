@@ -1,0 +1,212 @@
+//! Stock buckets: moving units from a deal's pool to a shard's bucket
+//! (refill, transfer, accept, confirm) and back (sweep), each idempotent
+//! by transfer id, and finishing those a crashed node left half done.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+
+use flashsale_engine::DealId;
+use futures_util::future::try_join_all;
+
+use crate::RedisStore;
+use crate::cache::DealEntry;
+use crate::error::Error;
+use crate::replies::{number, text};
+
+impl RedisStore {
+    /// Brings the `need` units `shard`'s bucket lacks (of the `total` the
+    /// request needs there) from the deal's pool; when the pool is short,
+    /// first sweeps every bucket, this one included, back into the pool and
+    /// then moves all `total`. `false`: the deal has fewer than `total`
+    /// units left anywhere (then marked sold out if it has none).
+    pub(crate) async fn refill(
+        &self,
+        entry: &DealEntry,
+        shard: usize,
+        need: u32,
+        total: u32,
+    ) -> Result<bool, Error> {
+        let _one_at_a_time = entry.refill.lock().await;
+        if self.transfer(entry.id, shard, need).await? {
+            return Ok(true);
+        }
+        self.sweep(entry.id).await?;
+        if self.transfer(entry.id, shard, total).await? {
+            return Ok(true);
+        }
+        // Units of a transfer whose node died or never heard its reply are
+        // on their way to a bucket: bring them in and sweep them back
+        // before judging the deal sold out.
+        if self.finish_transfers(entry.id, 0).await? > 0 {
+            self.sweep(entry.id).await?;
+            if self.transfer(entry.id, shard, total).await? {
+                return Ok(true);
+            }
+        }
+        let channel = self.keys().channel();
+        let values = self
+            .step_done(
+                &[
+                    self.keys().deal(entry.id),
+                    self.keys().deal_part(entry.id, "tx"),
+                ],
+                &["sold_out", &channel],
+            )
+            .await?;
+        if number(values.get(1)) == 1 {
+            let mut live = *entry.live.lock();
+            live.marked_sold_out = true;
+            live.pool = 0;
+            self.learn(entry, live).await;
+        }
+        Ok(false)
+    }
+
+    /// One transfer from the pool into `shard`'s bucket; `false` when the
+    /// pool holds fewer than `need`.
+    pub(crate) async fn transfer(
+        &self,
+        deal: DealId,
+        shard: usize,
+        need: u32,
+    ) -> Result<bool, Error> {
+        let shard_text = shard.to_string();
+        let need_text = need.to_string();
+        let shards_text = self.inner.shards.to_string();
+        let values = self
+            .step_done(
+                &[self.keys().deal(deal), self.keys().deal_part(deal, "tx")],
+                &["refill", &shard_text, &need_text, &shards_text],
+            )
+            .await?;
+        let id = values.get(1).and_then(text).unwrap_or_default();
+        let units = number(values.get(2));
+        if units <= 0 {
+            return Ok(false);
+        }
+        self.finish_transfer(deal, shard, &id, units).await?;
+        Ok(true)
+    }
+
+    /// The shard half (`accept`) and the confirmation of a transfer: both
+    /// idempotent, so the reconciler may run them again.
+    pub(crate) async fn finish_transfer(
+        &self,
+        deal: DealId,
+        shard: usize,
+        id: &str,
+        units: i64,
+    ) -> Result<(), Error> {
+        let deal_text = deal.0.to_string();
+        let units_text = units.to_string();
+        self.step_done(
+            &[
+                self.keys().shard(shard, "stock"),
+                self.keys().shard(shard, "xin"),
+            ],
+            &["accept", &deal_text, id, &units_text],
+        )
+        .await?;
+        self.step_done(&[self.keys().deal_part(deal, "tx")], &["confirm", id])
+            .await?;
+        Ok(())
+    }
+
+    /// Finishes every transfer of `deal` pending for longer than `age_ms`
+    /// (0: all of them); returns how many. Finishing is idempotent, so a
+    /// transfer another node is finishing right now is not harmed.
+    pub(crate) async fn finish_transfers(&self, deal: DealId, age_ms: i64) -> Result<usize, Error> {
+        let now = self.now().millis();
+        let pending: HashMap<String, String> = self
+            .query(redis::cmd("HGETALL").arg(self.keys().deal_part(deal, "tx")))
+            .await?;
+        let mut finished = 0;
+        for (id, value) in pending {
+            let mut parts = value
+                .split(':')
+                .map(|part| part.parse::<i64>().unwrap_or(0));
+            let (shard, units, at) = (
+                parts.next().unwrap_or(0),
+                parts.next().unwrap_or(0),
+                parts.next().unwrap_or(0),
+            );
+            if now - at >= age_ms
+                && let Ok(shard) = usize::try_from(shard)
+            {
+                tracing::info!(%deal, transfer = %id, "finishing a pending transfer");
+                self.finish_transfer(deal, shard, &id, units).await?;
+                finished += 1;
+            }
+        }
+        Ok(finished)
+    }
+
+    /// Moves every shard's bucket of the deal back into its pool.
+    pub(crate) async fn sweep(&self, deal: DealId) -> Result<(), Error> {
+        try_join_all((0..self.inner.shards).map(|shard| self.sweep_shard(deal, shard))).await?;
+        Ok(())
+    }
+
+    /// Sweeps `shard`'s bucket of `deal` into the pool, and finishes every
+    /// earlier sweep of that bucket still on its way (see `sweep_out` in
+    /// flashsale.lua).
+    pub(crate) async fn sweep_shard(&self, deal: DealId, shard: usize) -> Result<(), Error> {
+        let deal_text = deal.0.to_string();
+        let shard_text = shard.to_string();
+        let values = self
+            .step_done(
+                &[
+                    self.keys().shard(shard, "stock"),
+                    self.keys().shard(shard, "xout"),
+                    self.keys().shard(shard, "seq"),
+                ],
+                &["sweep_out", &deal_text, &shard_text],
+            )
+            .await?;
+        for sweep in values.get(1..).unwrap_or_default().chunks(2) {
+            let id = sweep.first().and_then(text).unwrap_or_default();
+            self.finish_sweep(deal, shard, &id, number(sweep.get(1)))
+                .await?;
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn finish_sweep(
+        &self,
+        deal: DealId,
+        shard: usize,
+        id: &str,
+        units: i64,
+    ) -> Result<(), Error> {
+        let units_text = units.to_string();
+        let channel = self.keys().channel();
+        self.step_done(
+            &[self.keys().deal(deal), self.keys().deal_part(deal, "swept")],
+            &["sweep_in", id, &units_text, &channel],
+        )
+        .await?;
+        self.step_done(&[self.keys().shard(shard, "xout")], &["sweep_done", id])
+            .await?;
+        Ok(())
+    }
+
+    /// After stock came back into `shard`'s bucket (a release or an
+    /// expiry): if the deal is marked sold out, the units go back to the
+    /// pool at once, which clears the marker.
+    pub(crate) async fn return_stock(&self, deal: DealId, shard: usize) -> Result<(), Error> {
+        let entry = self.entry(deal).await?;
+        let marked: Option<String> = self
+            .query(
+                redis::cmd("HGET")
+                    .arg(self.keys().deal(deal))
+                    .arg("sold_out"),
+            )
+            .await?;
+        if marked.as_deref() == Some("1") || entry.sold_out.load(Ordering::Acquire) {
+            let _one_at_a_time = entry.refill.lock().await;
+            self.sweep_shard(deal, shard).await?;
+            self.refresh(&entry).await?;
+        }
+        Ok(())
+    }
+}
