@@ -66,14 +66,12 @@
 
 mod admission;
 mod app;
-pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod error;
 mod feed;
 mod handlers;
 mod openapi;
-pub mod order_sink;
 mod pages;
 mod router;
 pub mod server;
@@ -84,4 +82,8 @@ mod wire;
 pub use auth::{Caller, NO_EPOCH, Signer};
 pub use config::{Config, ServeArgs};
 pub use error::Error;
+/// The books (`flashsale-books`): the order sink, as the gateway starts it.
+pub use flashsale_books as order_sink;
+/// `flashsale audit` (`flashsale-books`).
+pub use flashsale_books::audit;
 pub use server::{Gateway, RunningServer, run, spawn};

@@ -451,6 +451,9 @@ async fn open_memory(
             let stopped = async move {
                 let _ = sink_stopped.await;
             };
+            // The sink registers its counters at start: the process's
+            // recorder comes first, so `/metrics` lists them from then on.
+            crate::telemetry::recorder();
             Some(
                 order_sink::start(url, journal.clone(), stopped)
                     .await
@@ -527,6 +530,7 @@ async fn open_redis(
             let stopped = async move {
                 let _ = sink_stopped.await;
             };
+            crate::telemetry::recorder();
             Some(
                 order_sink::streams::start(sink_config, store.clone(), node, stopped)
                     .map_err(Error::OrderSink)?,

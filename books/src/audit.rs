@@ -1,5 +1,5 @@
-//! `flashsale audit`: checks a Redis-mode deployment's invariants (DESIGN.md
-//! "Invariants") against Redis and, with `--database-url`, its books in
+//! `flashsale audit`: checks a Redis-mode deployment's invariants
+//! (ARCHITECTURE.md, "Invariants") against Redis and, with `--database-url`, its books in
 //! Postgres, and reports every violation it finds.
 //!
 //! Per shard, from one atomic read (the script's `audit` step), so these
@@ -22,7 +22,7 @@ use std::time::Duration;
 use flashsale_engine::{HoldStatus, Order};
 use sqlx::{Connection, PgConnection};
 
-use crate::error::Error;
+use crate::error::OrderSinkError as Error;
 use flashsale_redis::{RedisArgs, RedisSettings, RedisStore};
 
 /// Waits for a Redis reply or a connection, at most.
@@ -285,7 +285,7 @@ struct Books {
 }
 
 async fn postgres_orders(url: &str, deployment: &str) -> Result<Books, Error> {
-    let postgres = |error| Error::OrderSink(crate::order_sink::OrderSinkError::Database(error));
+    let postgres = Error::Database;
     let mut conn = PgConnection::connect(url).await.map_err(postgres)?;
     // A database no sink has written yet has no tables: no books at all.
     let made: bool = sqlx::query_scalar(

@@ -15,7 +15,7 @@ use std::io::Write;
 
 use flashsale_engine::{Digest, Money, Timestamp};
 
-use super::OrderSinkError;
+use crate::error::OrderSinkError;
 
 const SIGNATURE: &[u8; 11] = b"PGCOPY\n\xff\r\n\0";
 /// Milliseconds from the Unix epoch to Postgres's (2000-01-01 UTC).

@@ -57,10 +57,14 @@ use futures_util::future::try_join_all;
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use tokio::sync::watch;
 
-use super::{
-    Batch, BooksLookup, OrderSinkConfig, OrderSinkError, OrderSinkHandle, Progress, Source, Status,
-    apply_or_set_aside, connect, run, set_aside, stopped, timed,
-};
+use crate::config::OrderSinkConfig;
+use crate::error::OrderSinkError;
+use crate::lookup::BooksLookup;
+use crate::progress::{Progress, Source};
+use crate::set_aside::{apply_or_set_aside, set_aside};
+use crate::sink::{OrderSinkHandle, connect, run, stopped, timed};
+use crate::status::Status;
+use crate::tables::Batch;
 use flashsale_redis::{BooksEntry, RedisStore};
 
 /// Entries read from one stream in one call (`COUNT` of `XREADGROUP` and
@@ -106,7 +110,7 @@ pub fn position(entry: &str) -> u64 {
 /// Starts the sink of one Redis-mode node in the background: `consumer` is
 /// its node id, `config.deployment_id` the deployment's (kept in Redis).
 /// Fails only on a malformed URL: Postgres or Redis unreachable is retried.
-pub(crate) fn start(
+pub fn start(
     config: OrderSinkConfig,
     store: RedisStore,
     consumer: String,
