@@ -1,6 +1,7 @@
-//! What a newcomer reads holds: the README's curl walkthrough runs as
-//! written against a real server, and the server serves the contract
-//! (`gateway/openapi.yaml`) at `GET /v1/openapi.json`.
+//! What a newcomer reads holds: the curl sales of the README and of
+//! `docs/walkthrough.md` run as written against a real server, and the
+//! server serves the contract (`gateway/openapi.yaml`) at
+//! `GET /v1/openapi.json`.
 
 use std::time::Duration;
 
@@ -8,19 +9,21 @@ use flashsale_testkit::Service;
 
 use crate::helpers::{output_within, start_with};
 
-/// The README section whose `sh` blocks the walkthrough test runs.
-const WALKTHROUGH_HEADING: &str = "## A whole sale with curl";
-/// The address the README's blocks talk to; the test swaps in its server's.
-const README_URL: &str = "http://127.0.0.1:8080";
-/// How long the whole walkthrough may take (a dozen curl calls).
-const WALKTHROUGH_TIMEOUT: Duration = Duration::from_secs(60);
+/// The README section whose `sh` blocks run: the short sale.
+const README_HEADING: &str = "## A whole sale with curl";
+/// The `docs/walkthrough.md` section whose `sh` blocks run: every call.
+const WALKTHROUGH_HEADING: &str = "## The sale, call by call";
+/// The address the documents' blocks talk to; the test swaps in its server's.
+const DOC_URL: &str = "http://127.0.0.1:8080";
+/// How long one document's sale may take (a dozen curl calls).
+const SALE_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The ```sh blocks of the README section under `heading`, in order.
-fn sh_blocks(readme: &str, heading: &str) -> Vec<String> {
-    let start = readme
+/// The ```sh blocks of the section of `doc` under `heading`, in order.
+fn sh_blocks(doc: &str, heading: &str) -> Vec<String> {
+    let start = doc
         .find(heading)
-        .unwrap_or_else(|| panic!("README has no {heading:?} section"));
-    let section = &readme[start + heading.len()..];
+        .unwrap_or_else(|| panic!("the document has no {heading:?} section"));
+    let section = &doc[start + heading.len()..];
     let section = section.find("\n## ").map_or(section, |end| &section[..end]);
     let mut blocks = Vec::new();
     let mut rest = section;
@@ -33,15 +36,12 @@ fn sh_blocks(readme: &str, heading: &str) -> Vec<String> {
     blocks
 }
 
-/// The README's blocks as one script for `url`, and the admin token its
+/// The section's blocks as one script for `url`, and the admin token its
 /// `flashsale serve` line starts the server with. The lines that build and
 /// start the server are left out: the test has already started it.
-fn walkthrough(readme: &str, url: &str) -> (String, String) {
-    let blocks = sh_blocks(readme, WALKTHROUGH_HEADING);
-    assert!(
-        blocks.len() >= 6,
-        "the walkthrough has its blocks: {blocks:?}"
-    );
+fn sale_script(doc: &str, heading: &str, url: &str) -> (String, String) {
+    let blocks = sh_blocks(doc, heading);
+    assert!(blocks.len() >= 6, "{heading:?} has its blocks: {blocks:?}");
     let mut admin_token = None;
     let mut script = String::from("set -euo pipefail\n");
     for line in blocks.iter().flat_map(|block| block.lines()) {
@@ -51,42 +51,70 @@ fn walkthrough(readme: &str, url: &str) -> (String, String) {
         if line.contains("flashsale serve") {
             let (_, after) = line
                 .split_once("--admin-token ")
-                .expect("the walkthrough's server has a known admin token");
+                .expect("the sale's server has a known admin token");
             let token = after.split_whitespace().next().expect("a token");
             assert!(admin_token.replace(token.to_owned()).is_none());
             continue;
         }
-        script.push_str(&line.replace(README_URL, url));
+        script.push_str(&line.replace(DOC_URL, url));
         script.push('\n');
     }
-    let admin_token = admin_token.expect("the walkthrough starts a server");
+    let admin_token = admin_token.expect("the sale starts a server");
     (script, admin_token)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_readme_curl_walkthrough_runs_as_written() {
+/// Runs the sale of `doc` under `heading` against a fresh server and checks
+/// that its output shows `expected`, in that order.
+async fn runs_as_written(name: &str, doc: &str, heading: &str, expected: &[&str]) {
     if flashsale_testkit::program("CURL", &["curl"]).is_none() {
         flashsale_testkit::missing(Service::Curl, "curl is not on $PATH");
         return;
     }
-    let readme = include_str!("../../README.md");
-    let (_, admin_token) = walkthrough(readme, README_URL);
-    // The README's server: its admin token, everything else as a newcomer
+    let (_, admin_token) = sale_script(doc, heading, DOC_URL);
+    // The document's server: its admin token, everything else as a newcomer
     // gets it (fresh data directory; rate limits off as in every API test).
     let t = start_with(|config| config.admin_token = Some(admin_token)).await;
-    let (script, _) = walkthrough(readme, &t.url);
+    let (script, _) = sale_script(doc, heading, &t.url);
     let mut bash = tokio::process::Command::new("bash");
     bash.arg("-c").arg(&script);
-    let output = output_within(bash, WALKTHROUGH_TIMEOUT, "the walkthrough").await;
+    let output = output_within(bash, SALE_TIMEOUT, name).await;
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         output.status.success(),
-        "the walkthrough failed ({}):\n{stdout}\n{stderr}\nscript:\n{script}",
+        "{name} failed ({}):\n{stdout}\n{stderr}\nscript:\n{script}",
         output.status
     );
+    let mut rest = &stdout[..];
+    for answer in expected {
+        let at = rest.find(answer).unwrap_or_else(|| {
+            panic!("{name}: {answer} is not in the rest of the output:\n{stdout}")
+        });
+        rest = &rest[at + answer.len()..];
+    }
+    t.check_invariants();
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_curl_sale_runs_as_written() {
     // The key answers, in the order the README shows them.
+    let expected = [
+        r#""name":"Xiaomi","token":"v1."#,
+        r#""title":"Mi 15, 12 GB","price":"999.00","stock":500,"remaining":500"#,
+        r#""status":"live""#,
+        r#""name":"Li Lei","token":"v1."#,
+        r#""available":"1500.00","held":"0.00","spent":"0.00","credited":"1500.00""#,
+        r#""quantity":1,"unit_price":"999.00","amount":"999.00","status":"paid","late":false"#,
+        r#""available":"501.00","held":"0.00","spent":"999.00","credited":"1500.00""#,
+        r#""remaining":499,"held":0,"sold":1"#,
+    ];
+    let readme = include_str!("../../README.md");
+    runs_as_written("the README's sale", readme, README_HEADING, &expected).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_docs_walkthrough_runs_as_written() {
+    // The key answers, in the order docs/walkthrough.md shows them.
     let expected = [
         r#""name":"Xiaomi","token":"v1."#,
         r#""title":"Mi 15, 12 GB","price":"999.00","stock":500,"remaining":500"#,
@@ -105,29 +133,32 @@ async fn the_readme_curl_walkthrough_runs_as_written() {
         r#""shared":true"#,
         r#""name":"Xiaomi","rating":{"average":"4.33","reviews":1}"#,
     ];
-    let mut rest = &stdout[..];
-    for answer in expected {
-        let at = rest
-            .find(answer)
-            .unwrap_or_else(|| panic!("{answer} is not in the rest of the output:\n{stdout}"));
-        rest = &rest[at + answer.len()..];
-    }
-    t.check_invariants();
+    let walkthrough = include_str!("../../docs/walkthrough.md");
+    runs_as_written(
+        "docs/walkthrough.md",
+        walkthrough,
+        WALKTHROUGH_HEADING,
+        &expected,
+    )
+    .await;
 }
 
 #[test]
-fn the_walkthrough_is_found_and_its_server_line_left_out() {
-    let readme = "# x\n## A whole sale with curl\n\n```sh\ncargo build --release\n\
-                  target/release/flashsale serve --admin-token tok-1 &\n\
-                  B=http://127.0.0.1:8080\n```\ntext\n```sh\ncurl -s $B/a\n```\n\
-                  ```sh\n\n```\n```sh\n\n```\n```sh\n\n```\n```sh\necho last\n```\n\
-                  ## Next\n```sh\nnot this\n```\n";
-    let (script, token) = walkthrough(readme, "http://127.0.0.1:9");
+fn the_sale_is_found_and_its_server_line_left_out() {
+    let doc = "# x\n## A whole sale with curl\n\n```sh\ncargo build --release\n\
+               target/release/flashsale serve --admin-token tok-1 &\n\
+               B=http://127.0.0.1:8080\n```\ntext\n```sh\ncurl -s $B/a\n```\n\
+               ```sh\n\n```\n```sh\n\n```\n```sh\n\n```\n```sh\necho last\n```\n\
+               ## Next\n```sh\nnot this\n```\n";
+    let (script, token) = sale_script(doc, README_HEADING, "http://127.0.0.1:9");
     assert_eq!(token, "tok-1");
     assert_eq!(
         script,
         "set -euo pipefail\nB=http://127.0.0.1:9\ncurl -s $B/a\n\n\n\necho last\n"
     );
+    let doc = doc.replace(README_HEADING, WALKTHROUGH_HEADING);
+    let (other, _) = sale_script(&doc, WALKTHROUGH_HEADING, "http://127.0.0.1:9");
+    assert_eq!(other, script);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
