@@ -38,9 +38,9 @@ use crate::openapi::OpenApi;
 use crate::order_sink::OrderSinkHandle;
 use crate::pages::Pages;
 use crate::router::{Endpoint, Matched, Router};
-use crate::store::Store;
 use crate::telemetry::{Checkout, Telemetry};
 use crate::wire;
+use flashsale_store::Store;
 
 /// The answer of a handler: one buffer.
 pub(crate) type HttpResponse = Response<Full<Bytes>>;

@@ -167,6 +167,19 @@ pub enum Error {
     Task(#[source] tokio::task::JoinError),
 }
 
+impl From<flashsale_store::StoreError> for Error {
+    /// A store's failure in the gateway's terms, variant by variant.
+    fn from(error: flashsale_store::StoreError) -> Error {
+        use flashsale_store::StoreError as Store;
+        match error {
+            Store::Engine(refusal) => Error::Engine(refusal),
+            Store::Journal(error) => Error::Journal(error),
+            Store::Redis(error) => Error::from(error),
+            Store::Task(error) => Error::Task(error),
+        }
+    }
+}
+
 impl From<flashsale_redis::Error> for Error {
     /// A Redis-mode failure in the gateway's terms: the engine's refusals
     /// stay refusals, the rest keep their Redis meaning.

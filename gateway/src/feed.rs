@@ -51,19 +51,19 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use flashsale_engine::{DealId, DealStatus, DealView, Engine, MerchantId, Rating, StockCounts};
+use flashsale_engine::{DealId, DealStatus, DealView, MerchantId, Rating, StockCounts};
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
 use crate::error::Error;
-use crate::store::Store;
 use crate::wire::CardJson;
+use flashsale_store::{FeedSource, Store};
 
 /// How often the sampler reads the deals' numbers: at most this many
 /// events per deal per second is `1 s / FEED_SAMPLE_INTERVAL`.
 pub const FEED_SAMPLE_INTERVAL: Duration = Duration::from_millis(200);
 /// Deals the sampler tracks, newest first.
-pub use flashsale_redis::FEED_DEALS_MAX;
+pub use flashsale_store::FEED_DEALS_MAX;
 /// Frames a subscriber's body buffers before its task waits.
 pub const FEED_SUBSCRIBER_BUFFER_FRAMES: usize = 64;
 /// A subscriber that cannot take a frame for this long is dropped.
@@ -324,45 +324,6 @@ struct Tracked {
     ended_at: Option<Instant>,
 }
 
-/// What the sampler reads: the deals with their live numbers, merchants'
-/// names and ratings. Synchronous and cheap: the engine answers from its
-/// atomics; Redis mode from the numbers its poller last gathered
-/// (`store::redis`), so sampling never waits on the network.
-pub(crate) trait FeedSource: Send + Sync {
-    /// The newest `limit` deals, newest first.
-    fn deals(&self, limit: usize) -> Vec<DealView>;
-    fn rating(&self, merchant: MerchantId) -> Option<Rating>;
-    fn merchant_name(&self, merchant: MerchantId) -> Option<String>;
-}
-
-impl FeedSource for flashsale_redis::RedisStore {
-    fn deals(&self, limit: usize) -> Vec<DealView> {
-        self.feed_deals(limit)
-    }
-
-    fn rating(&self, merchant: MerchantId) -> Option<Rating> {
-        self.cached_rating(merchant)
-    }
-
-    fn merchant_name(&self, merchant: MerchantId) -> Option<String> {
-        self.cached_merchant_name(merchant)
-    }
-}
-
-impl FeedSource for Engine {
-    fn deals(&self, limit: usize) -> Vec<DealView> {
-        self.deals_newest_first(None, limit)
-    }
-
-    fn rating(&self, merchant: MerchantId) -> Option<Rating> {
-        Engine::rating(self, merchant)
-    }
-
-    fn merchant_name(&self, merchant: MerchantId) -> Option<String> {
-        self.merchant(merchant).map(|merchant| merchant.name)
-    }
-}
-
 /// The sampler's memory between samples: owned by its task alone.
 pub(crate) struct Sampler {
     seq: u64,
@@ -499,7 +460,9 @@ pub(crate) async fn sample(store: Arc<Store>, hub: Arc<FeedHub>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use flashsale_engine::{DiscardEvents, EngineConfig, ManualClock, Money, NewDeal, Timestamp};
+    use flashsale_engine::{
+        DiscardEvents, Engine, EngineConfig, ManualClock, Money, NewDeal, Timestamp,
+    };
 
     fn engine() -> (Arc<ManualClock>, Engine) {
         let clock = Arc::new(ManualClock::new(Timestamp::from_millis(1_000_000)));

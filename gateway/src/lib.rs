@@ -75,7 +75,6 @@ mod openapi;
 mod pages;
 mod router;
 pub mod server;
-mod store;
 mod telemetry;
 mod wire;
 

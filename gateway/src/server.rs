@@ -58,9 +58,9 @@ use crate::openapi::OpenApi;
 use crate::order_sink::{self, OrderSinkHandle};
 use crate::pages::Pages;
 use crate::router::Router;
-use crate::store::{MemoryStore, RedisStore, Store};
 use crate::telemetry::Telemetry;
 use flashsale_redis::{DurabilityMode, RedisSettings, RedisTarget};
+use flashsale_store::{MemoryStore, RedisStore, Store};
 
 /// Bytes hyper buffers for one request's head; larger heads are refused.
 pub const HEADER_BUFFER_BYTES_MAX: usize = 64 * 1024;

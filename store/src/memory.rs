@@ -17,12 +17,13 @@ use flashsale_engine::{
 };
 use flashsale_journal::Journal;
 
-use crate::error::Error;
+use crate::error::StoreError as Error;
 use crate::feed::FeedSource;
 
-pub(crate) struct MemoryStore {
-    pub(crate) engine: Arc<Engine>,
-    pub(crate) journal: Arc<Journal>,
+/// The embedded store: the engine and the journal its events go to.
+pub struct MemoryStore {
+    pub engine: Arc<Engine>,
+    pub journal: Arc<Journal>,
 }
 
 impl MemoryStore {
@@ -49,31 +50,31 @@ impl MemoryStore {
         Ok(value)
     }
 
-    pub(crate) fn now(&self) -> Timestamp {
+    pub fn now(&self) -> Timestamp {
         self.engine.now()
     }
 
-    pub(crate) fn not_ready(&self) -> Option<&'static str> {
+    pub fn not_ready(&self) -> Option<&'static str> {
         (!self.journal.is_ready()).then_some("the journal is not ready")
     }
 
-    pub(crate) fn feed_source(&self) -> &dyn FeedSource {
+    pub fn feed_source(&self) -> &dyn FeedSource {
         &*self.engine
     }
 
-    pub(crate) async fn create_merchant(&self, name: &str) -> Result<Merchant, Error> {
+    pub async fn create_merchant(&self, name: &str) -> Result<Merchant, Error> {
         self.committed(self.engine.create_merchant(name)).await
     }
 
-    pub(crate) async fn merchant(&self, id: MerchantId) -> Result<Option<Merchant>, Error> {
+    pub async fn merchant(&self, id: MerchantId) -> Result<Option<Merchant>, Error> {
         Ok(self.engine.merchant(id))
     }
 
-    pub(crate) async fn rating(&self, id: MerchantId) -> Result<Option<Rating>, Error> {
+    pub async fn rating(&self, id: MerchantId) -> Result<Option<Rating>, Error> {
         Ok(self.engine.rating(id))
     }
 
-    pub(crate) async fn create_shopper(
+    pub async fn create_shopper(
         &self,
         name: &str,
         credit: Money,
@@ -94,7 +95,7 @@ impl MemoryStore {
         Ok(shopper)
     }
 
-    pub(crate) async fn create_shoppers(
+    pub async fn create_shoppers(
         &self,
         count: u32,
         credit: Money,
@@ -103,7 +104,7 @@ impl MemoryStore {
             .await
     }
 
-    pub(crate) async fn credit_wallet(
+    pub async fn credit_wallet(
         &self,
         shopper: ShopperId,
         amount: Money,
@@ -113,23 +114,19 @@ impl MemoryStore {
             .await
     }
 
-    pub(crate) async fn wallet(&self, shopper: ShopperId) -> Result<Wallet, Error> {
+    pub async fn wallet(&self, shopper: ShopperId) -> Result<Wallet, Error> {
         Ok(self.engine.wallet(shopper)?)
     }
 
-    pub(crate) async fn create_deal(
-        &self,
-        merchant: MerchantId,
-        new: NewDeal,
-    ) -> Result<DealView, Error> {
+    pub async fn create_deal(&self, merchant: MerchantId, new: NewDeal) -> Result<DealView, Error> {
         self.committed(self.engine.create_deal(merchant, new)).await
     }
 
-    pub(crate) async fn deal(&self, id: DealId) -> Result<DealView, Error> {
+    pub async fn deal(&self, id: DealId) -> Result<DealView, Error> {
         Ok(self.engine.deal(id)?)
     }
 
-    pub(crate) async fn update_deal(
+    pub async fn update_deal(
         &self,
         merchant: MerchantId,
         id: DealId,
@@ -139,7 +136,7 @@ impl MemoryStore {
             .await
     }
 
-    pub(crate) async fn deals_newest_first(
+    pub async fn deals_newest_first(
         &self,
         before: Option<DealId>,
         limit: usize,
@@ -147,7 +144,7 @@ impl MemoryStore {
         Ok(self.engine.deals_newest_first(before, limit))
     }
 
-    pub(crate) async fn draw_record(
+    pub async fn draw_record(
         &self,
         deal: DealId,
         from: u64,
@@ -156,7 +153,7 @@ impl MemoryStore {
         Ok(self.engine.draw_record(deal, from, limit)?)
     }
 
-    pub(crate) async fn draw_registrants(
+    pub async fn draw_registrants(
         &self,
         deal: DealId,
         from: u64,
@@ -165,7 +162,7 @@ impl MemoryStore {
         Ok(self.engine.draw_registrants(deal, from, limit)?)
     }
 
-    pub(crate) async fn draw_standing(
+    pub async fn draw_standing(
         &self,
         shopper: ShopperId,
         deal: DealId,
@@ -177,18 +174,18 @@ impl MemoryStore {
     /// registrants takes a CPU for a fraction of a second, which must not
     /// stall a runtime worker. Journalled; nobody waits on it (the next
     /// acknowledged change makes it durable, as with expiry).
-    pub(crate) async fn run_draws(&self) -> Result<usize, Error> {
+    pub async fn run_draws(&self) -> Result<usize, Error> {
         let engine = self.engine.clone();
         tokio::task::spawn_blocking(move || engine.run_draws())
             .await
             .map_err(Error::Task)
     }
 
-    pub(crate) async fn register(&self, shopper: ShopperId, deal: DealId) -> Result<bool, Error> {
+    pub async fn register(&self, shopper: ShopperId, deal: DealId) -> Result<bool, Error> {
         self.committed(self.engine.register(shopper, deal)).await
     }
 
-    pub(crate) async fn buy(
+    pub async fn buy(
         &self,
         shopper: ShopperId,
         deal: DealId,
@@ -199,7 +196,7 @@ impl MemoryStore {
             .await
     }
 
-    pub(crate) async fn hold(
+    pub async fn hold(
         &self,
         shopper: ShopperId,
         deal: DealId,
@@ -210,26 +207,22 @@ impl MemoryStore {
             .await
     }
 
-    pub(crate) async fn pay_hold(&self, shopper: ShopperId, hold: HoldId) -> Result<Order, Error> {
+    pub async fn pay_hold(&self, shopper: ShopperId, hold: HoldId) -> Result<Order, Error> {
         self.committed(self.engine.pay_hold(shopper, hold)).await
     }
 
-    pub(crate) async fn release_hold(
-        &self,
-        shopper: ShopperId,
-        hold: HoldId,
-    ) -> Result<Hold, Error> {
+    pub async fn release_hold(&self, shopper: ShopperId, hold: HoldId) -> Result<Hold, Error> {
         self.committed(self.engine.release_hold(shopper, hold))
             .await
     }
 
     /// Expiry is journalled like any change, but nobody waits on it: the
     /// next acknowledged change makes it durable too.
-    pub(crate) async fn expire_holds(&self) -> Result<usize, Error> {
+    pub async fn expire_holds(&self) -> Result<usize, Error> {
         Ok(self.engine.expire_holds())
     }
 
-    pub(crate) async fn review(
+    pub async fn review(
         &self,
         shopper: ShopperId,
         order: OrderId,
@@ -240,15 +233,15 @@ impl MemoryStore {
             .await
     }
 
-    pub(crate) async fn share(&self, shopper: ShopperId, order: OrderId) -> Result<bool, Error> {
+    pub async fn share(&self, shopper: ShopperId, order: OrderId) -> Result<bool, Error> {
         self.committed(self.engine.share(shopper, order)).await
     }
 
-    pub(crate) async fn order(&self, id: OrderId) -> Result<Order, Error> {
+    pub async fn order(&self, id: OrderId) -> Result<Order, Error> {
         Ok(self.engine.order(id)?)
     }
 
-    pub(crate) async fn orders_of_deal(
+    pub async fn orders_of_deal(
         &self,
         deal: DealId,
         from: OrderCursor,
@@ -257,7 +250,7 @@ impl MemoryStore {
         Ok(self.engine.orders_of_deal(deal, from, limit))
     }
 
-    pub(crate) async fn orders_of_shopper(
+    pub async fn orders_of_shopper(
         &self,
         shopper: ShopperId,
         deal: Option<DealId>,

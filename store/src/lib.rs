@@ -1,20 +1,31 @@
-//! The reservation interface: every state the handlers read or change goes
-//! through [`Store`], which is either the embedded engine with its journal
-//! ([`MemoryStore`], one node) or Redis ([`RedisStore`], many stateless
-//! nodes; DESIGN.md "Multi-node mode"). Handlers do not know which one they
-//! have.
+//! # flashsale-store
+//!
+//! The store interface: every state the gateway's handlers read or change
+//! goes through [`Store`], which is either the embedded engine with its
+//! journal ([`MemoryStore`], one node) or Redis ([`RedisStore`], many
+//! stateless nodes; `docs/multi-node.md`). Handlers do not know which one
+//! they have.
 //!
 //! Both sides answer with the engine's records and refusals
-//! ([`flashsale_engine::EngineError`]), so one mapping to HTTP
-//! ([`crate::error::Error::http`]) serves both. A change is acknowledged
+//! ([`flashsale_engine::EngineError`]) inside [`StoreError`], so one
+//! mapping to HTTP (the gateway's `Error::http`) serves both. A change is acknowledged
 //! only when it is as durable as the store promises: the journal's fsync
 //! (or its async flush) in memory, Redis' reply in Redis mode (whose
 //! persistence decides what that reply is worth; see README).
 //!
 //! Dispatch is a `match` on the enum (no boxing, no `dyn` future): the buy
 //! path of the memory store stays a direct call.
+//!
+//! ## Layout
+//! - this file: [`Store`] and its dispatch;
+//! - `memory`: [`MemoryStore`], the engine and its journal, one node;
+//! - `feed`: [`FeedSource`], the synchronous view of the newest deals the
+//!   feed samples, for both backends;
+//! - `error`: [`StoreError`], the crate's one error type.
 
-pub(crate) mod memory;
+mod error;
+mod feed;
+mod memory;
 
 use flashsale_engine::{
     Answer, DealChange, DealId, DealView, DrawRecord, DrawStanding, HoldId, Merchant, MerchantId,
@@ -22,13 +33,15 @@ use flashsale_engine::{
     Timestamp, Wallet,
 };
 
-pub(crate) use self::memory::MemoryStore;
-use crate::error::Error;
-use crate::feed::FeedSource;
-pub(crate) use flashsale_redis::RedisStore;
+pub use self::error::StoreError;
+pub use self::feed::{FEED_DEALS_MAX, FeedSource};
+pub use self::memory::MemoryStore;
+pub use flashsale_redis::{Durability, NO_EPOCH, RedisStore};
+
+use self::error::StoreError as Error;
 
 /// Where the sale's state lives.
-pub(crate) enum Store {
+pub enum Store {
     Memory(MemoryStore),
     Redis(RedisStore),
 }
@@ -56,22 +69,22 @@ macro_rules! dispatch_result {
 
 impl Store {
     /// The store's clock: the engine's in memory, this node's in Redis mode.
-    pub(crate) fn now(&self) -> Timestamp {
+    pub fn now(&self) -> Timestamp {
         dispatch!(self, store => store.now())
     }
 
     /// Why changes cannot be taken now, if they cannot (journal not ready,
     /// Redis unreachable); `None` when ready.
-    pub(crate) fn not_ready(&self) -> Option<&'static str> {
+    pub fn not_ready(&self) -> Option<&'static str> {
         dispatch!(self, store => store.not_ready())
     }
 
-    /// The deployment's epoch, which tokens carry ([`crate::auth`]): in
+    /// The deployment's epoch, which tokens carry (the gateway's `auth`): in
     /// Redis mode the random number kept in Redis, new whenever Redis
-    /// starts empty; on one node [`crate::auth::NO_EPOCH`].
-    pub(crate) fn epoch(&self) -> u64 {
+    /// starts empty; on one node [`NO_EPOCH`].
+    pub fn epoch(&self) -> u64 {
         match self {
-            Store::Memory(_) => crate::auth::NO_EPOCH,
+            Store::Memory(_) => NO_EPOCH,
             Store::Redis(redis) => redis.epoch(),
         }
     }
@@ -79,36 +92,36 @@ impl Store {
     /// Redis' persistence as last read, in Redis mode (what a `201` is
     /// worth there); `None` on one node, whose promise is the journal's
     /// `--durability`.
-    pub(crate) fn redis_durability(&self) -> Option<flashsale_redis::Durability> {
+    pub fn redis_durability(&self) -> Option<Durability> {
         match self {
             Store::Memory(_) => None,
             Store::Redis(redis) => Some(redis.durability()),
         }
     }
 
-    /// The feed's view of the deals (see [`crate::feed`]).
-    pub(crate) fn feed_source(&self) -> &dyn FeedSource {
+    /// The feed's view of the deals ([`FeedSource`]).
+    pub fn feed_source(&self) -> &dyn FeedSource {
         match self {
             Store::Memory(memory) => memory.feed_source(),
             Store::Redis(redis) => redis,
         }
     }
 
-    pub(crate) async fn create_merchant(&self, name: &str) -> Result<Merchant, Error> {
+    pub async fn create_merchant(&self, name: &str) -> Result<Merchant, Error> {
         dispatch_result!(self, store => store.create_merchant(name).await)
     }
 
-    pub(crate) async fn merchant(&self, id: MerchantId) -> Result<Option<Merchant>, Error> {
+    pub async fn merchant(&self, id: MerchantId) -> Result<Option<Merchant>, Error> {
         dispatch_result!(self, store => store.merchant(id).await)
     }
 
-    pub(crate) async fn rating(&self, id: MerchantId) -> Result<Option<Rating>, Error> {
+    pub async fn rating(&self, id: MerchantId) -> Result<Option<Rating>, Error> {
         dispatch_result!(self, store => store.rating(id).await)
     }
 
     /// A new shopper; with `credit` > 0 its wallet is credited that much
     /// under the reference `reference` in the same acknowledgement.
-    pub(crate) async fn create_shopper(
+    pub async fn create_shopper(
         &self,
         name: &str,
         credit: Money,
@@ -118,7 +131,7 @@ impl Store {
     }
 
     /// `count` shoppers (1 to 10,000), each credited `credit`.
-    pub(crate) async fn create_shoppers(
+    pub async fn create_shoppers(
         &self,
         count: u32,
         credit: Money,
@@ -126,7 +139,7 @@ impl Store {
         dispatch_result!(self, store => store.create_shoppers(count, credit).await)
     }
 
-    pub(crate) async fn credit_wallet(
+    pub async fn credit_wallet(
         &self,
         shopper: ShopperId,
         amount: Money,
@@ -135,23 +148,19 @@ impl Store {
         dispatch_result!(self, store => store.credit_wallet(shopper, amount, reference).await)
     }
 
-    pub(crate) async fn wallet(&self, shopper: ShopperId) -> Result<Wallet, Error> {
+    pub async fn wallet(&self, shopper: ShopperId) -> Result<Wallet, Error> {
         dispatch_result!(self, store => store.wallet(shopper).await)
     }
 
-    pub(crate) async fn create_deal(
-        &self,
-        merchant: MerchantId,
-        new: NewDeal,
-    ) -> Result<DealView, Error> {
+    pub async fn create_deal(&self, merchant: MerchantId, new: NewDeal) -> Result<DealView, Error> {
         dispatch_result!(self, store => store.create_deal(merchant, new).await)
     }
 
-    pub(crate) async fn deal(&self, id: DealId) -> Result<DealView, Error> {
+    pub async fn deal(&self, id: DealId) -> Result<DealView, Error> {
         dispatch_result!(self, store => store.deal(id).await)
     }
 
-    pub(crate) async fn update_deal(
+    pub async fn update_deal(
         &self,
         merchant: MerchantId,
         id: DealId,
@@ -161,7 +170,7 @@ impl Store {
     }
 
     /// Deals, newest first, from `before` (exclusive); at most `limit`.
-    pub(crate) async fn deals_newest_first(
+    pub async fn deals_newest_first(
         &self,
         before: Option<DealId>,
         limit: usize,
@@ -171,7 +180,7 @@ impl Store {
 
     /// A raffle's public record with one page of its offered ranks
     /// (engine: `draw_record`); `NotFound(Draw)` on a first-come deal.
-    pub(crate) async fn draw_record(
+    pub async fn draw_record(
         &self,
         deal: DealId,
         from: u64,
@@ -182,7 +191,7 @@ impl Store {
 
     /// One page of a drawn raffle's registrants in text order, and where
     /// the next starts (engine: `draw_registrants`).
-    pub(crate) async fn draw_registrants(
+    pub async fn draw_registrants(
         &self,
         deal: DealId,
         from: u64,
@@ -192,7 +201,7 @@ impl Store {
     }
 
     /// A shopper's own result in a raffle (engine: `draw_standing`).
-    pub(crate) async fn draw_standing(
+    pub async fn draw_standing(
         &self,
         shopper: ShopperId,
         deal: DealId,
@@ -203,18 +212,18 @@ impl Store {
     /// Runs due draws and passes units left to the next ranks: one bounded
     /// step; how many draws and offers it made (more than zero: call
     /// again).
-    pub(crate) async fn run_draws(&self) -> Result<usize, Error> {
+    pub async fn run_draws(&self) -> Result<usize, Error> {
         dispatch_result!(self, store => store.run_draws().await)
     }
 
     /// `true` when newly registered, `false` when already.
-    pub(crate) async fn register(&self, shopper: ShopperId, deal: DealId) -> Result<bool, Error> {
+    pub async fn register(&self, shopper: ShopperId, deal: DealId) -> Result<bool, Error> {
         dispatch_result!(self, store => store.register(shopper, deal).await)
     }
 
     /// One-tap buy; the same `key` and request again gets the same order,
     /// [`Answer::Replayed`] (engine: `buy_answer`).
-    pub(crate) async fn buy(
+    pub async fn buy(
         &self,
         shopper: ShopperId,
         deal: DealId,
@@ -224,7 +233,7 @@ impl Store {
         dispatch_result!(self, store => store.buy(shopper, deal, quantity, key).await)
     }
 
-    pub(crate) async fn hold(
+    pub async fn hold(
         &self,
         shopper: ShopperId,
         deal: DealId,
@@ -234,11 +243,11 @@ impl Store {
         dispatch_result!(self, store => store.hold(shopper, deal, quantity, key).await)
     }
 
-    pub(crate) async fn pay_hold(&self, shopper: ShopperId, hold: HoldId) -> Result<Order, Error> {
+    pub async fn pay_hold(&self, shopper: ShopperId, hold: HoldId) -> Result<Order, Error> {
         dispatch_result!(self, store => store.pay_hold(shopper, hold).await)
     }
 
-    pub(crate) async fn release_hold(
+    pub async fn release_hold(
         &self,
         shopper: ShopperId,
         hold: HoldId,
@@ -248,11 +257,11 @@ impl Store {
 
     /// Expires holds whose time is up; how many, a full batch meaning
     /// "call again".
-    pub(crate) async fn expire_holds(&self) -> Result<usize, Error> {
+    pub async fn expire_holds(&self) -> Result<usize, Error> {
         dispatch_result!(self, store => store.expire_holds().await)
     }
 
-    pub(crate) async fn review(
+    pub async fn review(
         &self,
         shopper: ShopperId,
         order: OrderId,
@@ -263,15 +272,15 @@ impl Store {
     }
 
     /// `true` the first time an order is shared.
-    pub(crate) async fn share(&self, shopper: ShopperId, order: OrderId) -> Result<bool, Error> {
+    pub async fn share(&self, shopper: ShopperId, order: OrderId) -> Result<bool, Error> {
         dispatch_result!(self, store => store.share(shopper, order).await)
     }
 
-    pub(crate) async fn order(&self, id: OrderId) -> Result<Order, Error> {
+    pub async fn order(&self, id: OrderId) -> Result<Order, Error> {
         dispatch_result!(self, store => store.order(id).await)
     }
 
-    pub(crate) async fn orders_of_deal(
+    pub async fn orders_of_deal(
         &self,
         deal: DealId,
         from: OrderCursor,
@@ -280,7 +289,7 @@ impl Store {
         dispatch_result!(self, store => store.orders_of_deal(deal, from, limit).await)
     }
 
-    pub(crate) async fn orders_of_shopper(
+    pub async fn orders_of_shopper(
         &self,
         shopper: ShopperId,
         deal: Option<DealId>,
