@@ -33,6 +33,7 @@ pub mod ids;
 pub mod money;
 pub mod records;
 pub mod replay;
+pub mod rules;
 mod shard;
 
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
