@@ -4,7 +4,8 @@
 //! no atomics), changes nothing and never panics: its arithmetic is
 //! checked, and an overflow is a refusal, never a wrap. [`crate::Engine`]
 //! builds each view from its state under the lock it already holds, calls
-//! the decision, and applies the effects apart from it (`engine/effects.rs`).
+//! the decision, and applies the effects apart from it
+//! (`engine/src/engine/effects.rs`).
 //!
 //! Refusals are the [`EngineError`](crate::EngineError) variants the
 //! contract names (`docs/api.md` "Errors"), checked in a fixed order that
