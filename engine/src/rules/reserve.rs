@@ -177,6 +177,7 @@ pub enum ReserveEffects {
 /// Otherwise a [`Reservation`] of `quantity` units at `price` made at
 /// `window.now`. The stock itself is taken when the effects are applied
 /// (`SoldOut` if another shard took it first).
+#[inline]
 pub fn decide_reserve(view: &ReserveView) -> Result<ReserveEffects, EngineError> {
     if view.raffle {
         return Err(raffle_refusal());
