@@ -19,6 +19,7 @@ use crate::ids::{DealId, MerchantId, ShopperId};
 use crate::money::Money;
 use crate::records::Merchant;
 use crate::records::{Allocation, DealSpec, DealStatus, DealView, RaffleView, StockCounts};
+use crate::rules::DealWindow;
 
 /// Every deal's stock: `total = remaining + held + sold`.
 ///
@@ -316,24 +317,18 @@ impl DealState {
         self.registrations.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Why a buy or hold would be refused at `now` for reasons that do not
-    /// depend on the shopper, cheapest check first.
+    /// The deal's sale window at `now`, for [`crate::rules::decide_open`]:
+    /// the sold-out flag, `starts_at`, `ends_at` and the pause, each read
+    /// once, no lock.
     #[inline]
-    pub(crate) fn refusal(&self, now: Timestamp) -> Option<crate::EngineError> {
-        use crate::EngineError;
-        if self.stock.is_sold_out() {
-            return Some(EngineError::SoldOut);
+    pub(crate) fn window(&self, now: Timestamp) -> DealWindow {
+        DealWindow {
+            sold_out: self.stock.is_sold_out(),
+            now,
+            starts_at: self.starts_at,
+            ends_at: self.ends_at(),
+            paused: self.paused(),
         }
-        if now < self.starts_at {
-            return Some(EngineError::NotStarted);
-        }
-        if now >= self.ends_at() {
-            return Some(EngineError::DealEnded);
-        }
-        if self.paused() {
-            return Some(EngineError::DealPaused);
-        }
-        None
     }
 
     pub(crate) fn status(&self, now: Timestamp, counts: &StockCounts) -> DealStatus {

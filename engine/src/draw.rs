@@ -39,11 +39,12 @@ use sha2::{Digest as _, Sha256};
 
 use crate::clock::Timestamp;
 use crate::deal::DealState;
-use crate::engine::{Engine, new_hold, place_hold};
+use crate::engine::{Engine, place_hold};
 use crate::error::{EngineError, Entity};
 use crate::event::Event;
 use crate::ids::{DealId, HoldId, ShopperId};
-use crate::records::{DealStatus, Hold};
+use crate::records::{DealStatus, Hold, HoldStatus};
+use crate::rules::{self, OfferEffects, OfferView};
 
 /// A SHA-256 or HMAC-SHA256 output: 32 bytes, compared big-endian.
 pub type Digest = [u8; 32];
@@ -456,7 +457,7 @@ impl Engine {
 
     /// Walks the ranking from where it stopped while units remain: one
     /// hold of `min(per_user_limit − owned, units left)` per rank, or a
-    /// pass-over when the wallet cannot cover it. Stops after
+    /// pass-over when the wallet cannot cover it ([`rules::decide_offer`]). Stops after
     /// [`DRAW_OFFERS_PER_STEP`], at the end of the ranking, or when the deal
     /// is paused, ended or out of stock. Called with the draw lock held.
     fn offer(&self, deal: &DealState, draw: &mut Draw, now: Timestamp) -> usize {
@@ -478,14 +479,22 @@ impl Engine {
             let Some(account) = shard.accounts.get(&shopper) else {
                 break;
             };
-            let room = deal
-                .per_user_limit
-                .saturating_sub(account.units(deal.id).owned());
-            let quantity = u32::try_from(remaining).map_or(room, |left| left.min(room));
-            let amount = deal.price.checked_mul(quantity);
-            let covered =
-                amount.filter(|&amount| quantity > 0 && account.wallet.available >= amount);
-            let Some(amount) = covered else {
+            let units = account.units(deal.id);
+            let offer = rules::decide_offer(&OfferView {
+                per_user_limit: deal.per_user_limit,
+                owned: units.held.saturating_add(units.bought),
+                remaining,
+                price: deal.price,
+                available: account.wallet.available,
+                now,
+                hold_seconds: deal.hold_seconds,
+            });
+            let OfferEffects::Hold {
+                units: quantity,
+                debit: amount,
+                expires_at,
+            } = offer
+            else {
                 self.sink().emit(Event::DrawPassedOver {
                     deal: deal.id,
                     shopper,
@@ -505,7 +514,16 @@ impl Engine {
                 // A late payment took units meanwhile: look again.
                 continue;
             }
-            let hold = new_hold(&shard, deal, shopper, quantity, amount, now);
+            let hold = Hold {
+                id: shard.next_hold_id(),
+                deal: deal.id,
+                shopper,
+                quantity,
+                amount,
+                created_at: now,
+                expires_at,
+                status: HoldStatus::Active,
+            };
             offers.push(Offer::Held(hold.id));
             place_hold(&mut shard, deal, &hold);
             self.sink().emit(Event::DrawOffered { hold });

@@ -7,7 +7,15 @@
 //! is handed to an [`EventSink`] as an [`Event`] (the journal's input).
 //!
 //! ## Layout
-//! - [`engine`]: [`Engine`], every operation, the sharding and the effects.
+//! - [`rules`]: every business rule as a pure decision over the plain
+//!   values it reads (`decide_reserve`, `decide_pay`, `decide_credit`, …),
+//!   returning the effects to apply or the refusal; the engine calls them,
+//!   and the Redis steps mirror them.
+//! - [`engine`]: [`Engine`], its state and sizes, merchants, shoppers,
+//!   wallets, deals and registrations; beside it (private) `reserve` (buy
+//!   and hold), `holds` (pay, release, expiry), `orders` (order reads,
+//!   reviews, shares), `validate` (a request's own input, re-exported from
+//!   [`engine`]) and `effects` (the state changes, shared with replay).
 //! - [`deal`](crate::deal) (private): the lock-free deal table, stock
 //!   counters and sold-out flag.
 //! - [`shard`](crate::shard) (private): per-shopper state behind one lock.
@@ -33,6 +41,7 @@ pub mod ids;
 pub mod money;
 pub mod records;
 pub mod replay;
+pub mod rules;
 mod shard;
 
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};

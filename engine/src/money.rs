@@ -55,8 +55,8 @@ impl Money {
     }
 
     /// Parses money as it travels in the API and the configuration: the
-    /// whole of `text` must match `^[0-9]+(\.[0-9]{1,2})?$` (DESIGN.md,
-    /// "Input rules"). So `"999"`, `"999.5"`, `"999.00"` and `"01.00"`
+    /// whole of `text` must match `^[0-9]+(\.[0-9]{1,2})?$` (docs/api.md
+    /// "Conventions": a decimal string with at most two places). So `"999"`, `"999.5"`, `"999.00"` and `"01.00"`
     /// (leading zeros are digits) are amounts; `".5"`, `"5."`, `"+1"`,
     /// `"-1"`, `"1e2"`, `"1_000"`, `"0.001"` and any space are not. The
     /// amount must be at most [`MONEY_MAX`]. Returns the amount in fen, or

@@ -69,10 +69,22 @@ impl Account {
             })
     }
 
-    /// Whether this shopper may hold, buy or register on `deal` without
-    /// tracking more than `deals_max` deals.
-    pub(crate) fn may_touch(&self, deal: DealId, deals_max: usize) -> bool {
-        self.deals.len() < deals_max || self.deals.iter().any(|units| units.deal == deal)
+    /// [`Account::units`], and whether this shopper may hold, buy or
+    /// register on `deal` without tracking more than `deals_max` deals (it
+    /// tracks `deal` already, or fewer than `deals_max`), in one pass.
+    pub(crate) fn units_and_room(&self, deal: DealId, deals_max: usize) -> (DealUnits, bool) {
+        match self.deals.iter().find(|units| units.deal == deal) {
+            Some(&units) => (units, true),
+            None => (
+                DealUnits {
+                    deal,
+                    held: 0,
+                    bought: 0,
+                    registered: false,
+                },
+                self.deals.len() < deals_max,
+            ),
+        }
     }
 
     pub(crate) fn units_mut(&mut self, deal: DealId) -> &mut DealUnits {

@@ -1,9 +1,10 @@
 //! Model-based property test: random operations by several shoppers on a
 //! few deals, with clock advances and expiry sweeps, run against the engine
 //! and against a plain single-threaded reference model written straight from
-//! DESIGN.md. Both must give the same outcome for every step, the
-//! conservation invariants must hold after every step, and replaying the
-//! engine's events (or restoring its snapshot) must rebuild the same state.
+//! docs/api.md and ARCHITECTURE.md. Both must give the same outcome for
+//! every step, the conservation invariants must hold after every step, and
+//! replaying the engine's events (or restoring its snapshot) must rebuild
+//! the same state.
 
 mod support;
 
