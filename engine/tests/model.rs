@@ -6,9 +6,9 @@
 //! replaying the engine's events (or restoring its snapshot) must rebuild
 //! the same state.
 
+mod reference;
 mod support;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use flashsale_engine::{
@@ -16,6 +16,7 @@ use flashsale_engine::{
     HoldStatus, Money, NewDeal, OrderCursor, OrderId, RecordEvents, ShopperId, Wallet,
 };
 use proptest::prelude::*;
+use reference::{MStatus, MWallet, Made, Model, Outcome, Refusal, Request};
 use support::{NOON, World};
 
 const SHOPPERS: usize = 4;
@@ -94,304 +95,6 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-// ----- the reference model ------------------------------------------------------
-
-#[derive(Debug, Clone)]
-struct MDeal {
-    price: i64,
-    total: u64,
-    remaining: u64,
-    held: u64,
-    sold: u64,
-    limit: u32,
-    starts_at: i64,
-    ends_at: i64,
-    paused: bool,
-    requires_registration: bool,
-    hold_millis: i64,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum MStatus {
-    Active,
-    Settled(usize),
-    Released,
-    Expired,
-}
-
-#[derive(Debug, Clone)]
-struct MHold {
-    shopper: usize,
-    deal: usize,
-    quantity: u32,
-    amount: i64,
-    expires_at: i64,
-    status: MStatus,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-struct MOrder {
-    shopper: usize,
-    deal: usize,
-    quantity: u32,
-    amount: i64,
-    late: bool,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Request {
-    Buy(usize, u32),
-    Hold(usize, u32),
-}
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Made {
-    Order(usize),
-    Hold(usize),
-}
-
-#[derive(Debug, Default, Clone, Copy, PartialEq)]
-struct MWallet {
-    credited: i64,
-    available: i64,
-    held: i64,
-    spent: i64,
-}
-
-#[derive(Debug, Default, Clone, Copy)]
-struct MUnits {
-    held: u32,
-    bought: u32,
-    registered: bool,
-}
-
-/// What a step produced, in the model's terms.
-#[derive(Debug, PartialEq)]
-enum Outcome {
-    NewOrder(MOrder),
-    OldOrder(usize),
-    NewHold(usize),
-    OldHold(usize),
-    HoldNow(usize),
-    Refused(Refusal),
-    Wallet(MWallet),
-}
-
-/// A refusal with hold/order ids still in model numbering.
-#[derive(Debug, PartialEq, Clone)]
-enum Refusal {
-    Plain(EngineError),
-    HoldExpired(usize),
-    HoldReleased(usize),
-    HoldSettled(usize, usize),
-    Forbidden,
-}
-
-struct Model {
-    now: i64,
-    deals: Vec<MDeal>,
-    wallets: Vec<MWallet>,
-    credits: HashMap<(usize, usize), i64>,
-    units: HashMap<(usize, usize), MUnits>,
-    holds: Vec<MHold>,
-    orders: Vec<MOrder>,
-    records: HashMap<(usize, usize), (Request, Made)>,
-    reviewed: std::collections::HashSet<usize>,
-    shared: std::collections::HashSet<usize>,
-    score_sum: u64,
-}
-
-impl Model {
-    fn deal_refusal(&self, deal: usize) -> Option<EngineError> {
-        let d = &self.deals[deal];
-        if d.remaining == 0 {
-            Some(EngineError::SoldOut)
-        } else if self.now < d.starts_at {
-            Some(EngineError::NotStarted)
-        } else if self.now >= d.ends_at {
-            Some(EngineError::DealEnded)
-        } else if d.paused {
-            Some(EngineError::DealPaused)
-        } else {
-            None
-        }
-    }
-
-    fn reserve(
-        &mut self,
-        shopper: usize,
-        deal: usize,
-        quantity: u32,
-        key: usize,
-        hold: bool,
-    ) -> Outcome {
-        if quantity == 0 {
-            return Outcome::Refused(Refusal::Plain(EngineError::Invalid {
-                field: "quantity",
-                reason: "must be at least 1",
-            }));
-        }
-        let request = if hold {
-            Request::Hold(deal, quantity)
-        } else {
-            Request::Buy(deal, quantity)
-        };
-        let record = self.records.get(&(shopper, key)).copied();
-        let same_deal =
-            |asked: Request| matches!(asked, Request::Buy(d, _) | Request::Hold(d, _) if d == deal);
-        if let Some((asked, made)) = record.filter(|(asked, _)| same_deal(*asked)) {
-            if asked != request {
-                return Outcome::Refused(Refusal::Plain(EngineError::IdempotencyKeyReused));
-            }
-            return match made {
-                Made::Order(order) => Outcome::OldOrder(order),
-                Made::Hold(hold) => Outcome::OldHold(hold),
-            };
-        }
-        if let Some(refusal) = self.deal_refusal(deal) {
-            return Outcome::Refused(Refusal::Plain(refusal));
-        }
-        if record.is_some() {
-            return Outcome::Refused(Refusal::Plain(EngineError::IdempotencyKeyReused));
-        }
-        let d = self.deals[deal].clone();
-        let units = self
-            .units
-            .get(&(shopper, deal))
-            .copied()
-            .unwrap_or_default();
-        if d.requires_registration && !units.registered {
-            return Outcome::Refused(Refusal::Plain(EngineError::NotRegistered));
-        }
-        if units.held + units.bought + quantity > d.limit {
-            return Outcome::Refused(Refusal::Plain(EngineError::PurchaseLimitReached {
-                limit: d.limit,
-            }));
-        }
-        let amount = d.price * i64::from(quantity);
-        if self.wallets[shopper].available < amount {
-            return Outcome::Refused(Refusal::Plain(EngineError::InsufficientFunds));
-        }
-        if d.remaining < u64::from(quantity) {
-            return Outcome::Refused(Refusal::Plain(EngineError::SoldOut));
-        }
-        self.deals[deal].remaining -= u64::from(quantity);
-        self.wallets[shopper].available -= amount;
-        let units = self.units.entry((shopper, deal)).or_default();
-        if hold {
-            units.held += quantity;
-            self.wallets[shopper].held += amount;
-            self.deals[deal].held += u64::from(quantity);
-            self.holds.push(MHold {
-                shopper,
-                deal,
-                quantity,
-                amount,
-                expires_at: self.now + d.hold_millis,
-                status: MStatus::Active,
-            });
-            self.records
-                .insert((shopper, key), (request, Made::Hold(self.holds.len() - 1)));
-            Outcome::NewHold(self.holds.len() - 1)
-        } else {
-            units.bought += quantity;
-            self.wallets[shopper].spent += amount;
-            self.deals[deal].sold += u64::from(quantity);
-            let order = MOrder {
-                shopper,
-                deal,
-                quantity,
-                amount,
-                late: false,
-            };
-            self.orders.push(order);
-            self.records.insert(
-                (shopper, key),
-                (request, Made::Order(self.orders.len() - 1)),
-            );
-            Outcome::NewOrder(order)
-        }
-    }
-
-    fn release(&mut self, hold: usize, status: MStatus) {
-        let h = self.holds[hold].clone();
-        assert_eq!(h.status, MStatus::Active);
-        self.holds[hold].status = status;
-        self.wallets[h.shopper].held -= h.amount;
-        self.wallets[h.shopper].available += h.amount;
-        self.units.get_mut(&(h.shopper, h.deal)).unwrap().held -= h.quantity;
-        self.deals[h.deal].held -= u64::from(h.quantity);
-        self.deals[h.deal].remaining += u64::from(h.quantity);
-    }
-
-    fn settle(&mut self, hold: usize, late: bool) -> Outcome {
-        let h = self.holds[hold].clone();
-        if late {
-            self.deals[h.deal].remaining -= u64::from(h.quantity);
-            self.wallets[h.shopper].available -= h.amount;
-        } else {
-            self.deals[h.deal].held -= u64::from(h.quantity);
-            self.wallets[h.shopper].held -= h.amount;
-            self.units.get_mut(&(h.shopper, h.deal)).unwrap().held -= h.quantity;
-        }
-        self.wallets[h.shopper].spent += h.amount;
-        self.deals[h.deal].sold += u64::from(h.quantity);
-        self.units.get_mut(&(h.shopper, h.deal)).unwrap().bought += h.quantity;
-        let order = MOrder {
-            shopper: h.shopper,
-            deal: h.deal,
-            quantity: h.quantity,
-            amount: h.amount,
-            late,
-        };
-        self.orders.push(order);
-        self.holds[hold].status = MStatus::Settled(self.orders.len() - 1);
-        Outcome::NewOrder(order)
-    }
-
-    fn pay(&mut self, shopper: usize, hold: usize) -> Outcome {
-        let h = self.holds[hold].clone();
-        if h.shopper != shopper {
-            return Outcome::Refused(Refusal::Forbidden);
-        }
-        match h.status {
-            MStatus::Settled(order) => return Outcome::Refused(Refusal::HoldSettled(hold, order)),
-            MStatus::Released => return Outcome::Refused(Refusal::HoldReleased(hold)),
-            // In time: paid, paused or not (a pause stops new sales only).
-            MStatus::Active if self.now < h.expires_at => return self.settle(hold, false),
-            MStatus::Active => self.release(hold, MStatus::Expired),
-            MStatus::Expired => {}
-        }
-        let d = &self.deals[h.deal];
-        let units = self.units[&(shopper, h.deal)];
-        let fits = !d.paused
-            && self.now < d.ends_at
-            && units.held + units.bought + h.quantity <= d.limit
-            && self.wallets[shopper].available >= h.amount
-            && d.remaining >= u64::from(h.quantity);
-        if fits {
-            self.settle(hold, true)
-        } else {
-            Outcome::Refused(Refusal::HoldExpired(hold))
-        }
-    }
-
-    fn release_by(&mut self, shopper: usize, hold: usize) -> Outcome {
-        let h = self.holds[hold].clone();
-        if h.shopper != shopper {
-            return Outcome::Refused(Refusal::Forbidden);
-        }
-        match h.status {
-            MStatus::Settled(order) => Outcome::Refused(Refusal::HoldSettled(hold, order)),
-            MStatus::Released | MStatus::Expired => Outcome::HoldNow(hold),
-            MStatus::Active => {
-                self.release(hold, MStatus::Released);
-                Outcome::HoldNow(hold)
-            }
-        }
-    }
-}
-
 // ----- running both -------------------------------------------------------------
 
 struct Run {
@@ -422,7 +125,8 @@ fn setup() -> Run {
         (1, 20, 3, 0, 120_000, false, 10),
     ];
     let mut deals = Vec::new();
-    let mut model_deals = Vec::new();
+    let mut model = Model::new(now);
+    let merchant = model.add_merchant();
     for (price, stock, limit, starts_in, ends_in, registration, hold_seconds) in specs {
         let new = NewDeal {
             title: "deal".into(),
@@ -436,40 +140,28 @@ fn setup() -> Run {
             allocation: flashsale_engine::Allocation::FirstCome,
         };
         deals.push(world.engine.create_deal(world.merchant, new).unwrap().id);
-        model_deals.push(MDeal {
+        model.add_deal(
+            merchant,
             price,
-            total: stock,
-            remaining: stock,
-            held: 0,
-            sold: 0,
+            stock,
             limit,
-            starts_at: now + starts_in,
-            ends_at: now + ends_in,
-            paused: false,
-            requires_registration: registration,
-            hold_millis: i64::from(hold_seconds) * 1000,
-        });
+            now + starts_in,
+            now + ends_in,
+            registration,
+            hold_seconds,
+        );
     }
     let shoppers = (0..SHOPPERS)
-        .map(|_| world.engine.create_shopper("s").unwrap().id)
+        .map(|_| {
+            model.add_shopper();
+            world.engine.create_shopper("s").unwrap().id
+        })
         .collect();
     Run {
         world,
         sink,
         events: Vec::new(),
-        model: Model {
-            now,
-            deals: model_deals,
-            wallets: vec![MWallet::default(); SHOPPERS],
-            credits: HashMap::new(),
-            units: HashMap::new(),
-            holds: Vec::new(),
-            orders: Vec::new(),
-            records: HashMap::new(),
-            reviewed: Default::default(),
-            shared: Default::default(),
-            score_sum: 0,
-        },
+        model,
         deals,
         shoppers,
         holds: Vec::new(),
@@ -500,7 +192,6 @@ impl Run {
                 hold: self.holds[hold],
                 order: self.orders[order],
             },
-            Refusal::Forbidden => EngineError::Forbidden(flashsale_engine::Entity::Hold),
         }
     }
 
@@ -570,6 +261,7 @@ impl Run {
 
     fn step(&mut self, op: &Op) {
         self.run_op(op);
+        self.model.check();
         self.events.extend(self.sink.take());
         self.compare(&self.world.engine);
     }
@@ -633,23 +325,7 @@ impl Run {
                     Money::from_fen(cents).unwrap(),
                     &format!("ref-{reference}"),
                 );
-                let expected = match self.model.credits.get(&(shopper, reference)) {
-                    _ if cents == 0 => Outcome::Refused(Refusal::Plain(EngineError::Invalid {
-                        field: "amount",
-                        reason: "must be positive",
-                    })),
-                    Some(&amount) if amount == cents => {
-                        Outcome::Wallet(self.model.wallets[shopper])
-                    }
-                    Some(_) => Outcome::Refused(Refusal::Plain(EngineError::IdempotencyKeyReused)),
-                    None => {
-                        self.model.credits.insert((shopper, reference), cents);
-                        let wallet = &mut self.model.wallets[shopper];
-                        wallet.credited += cents;
-                        wallet.available += cents;
-                        Outcome::Wallet(*wallet)
-                    }
-                };
+                let expected = self.model.credit(shopper, cents, reference);
                 let got = got
                     .map(model_wallet)
                     .map(Outcome::Wallet)
@@ -658,15 +334,7 @@ impl Run {
             }
             Op::Register { shopper, deal } => {
                 let got = engine.register(self.shoppers[shopper], self.deals[deal]);
-                let units = self.model.units.entry((shopper, deal)).or_default();
-                let expected = if units.registered {
-                    Ok(false)
-                } else if self.model.now >= self.model.deals[deal].starts_at {
-                    Err(EngineError::RegistrationClosed)
-                } else {
-                    units.registered = true;
-                    Ok(true)
-                };
+                let expected = self.model.register(shopper, deal);
                 assert_eq!(got, expected);
             }
             Op::AddStock { deal, quantity } => {
@@ -677,8 +345,9 @@ impl Run {
                 engine
                     .update_deal(self.world.merchant, self.deals[deal], change)
                     .unwrap();
-                self.model.deals[deal].total += quantity;
-                self.model.deals[deal].remaining += quantity;
+                self.model
+                    .update_deal(0, deal, Some(quantity), None, None)
+                    .unwrap();
             }
             Op::Pause { deal, paused } => {
                 let change = DealChange {
@@ -688,11 +357,13 @@ impl Run {
                 engine
                     .update_deal(self.world.merchant, self.deals[deal], change)
                     .unwrap();
-                self.model.deals[deal].paused = paused;
+                self.model
+                    .update_deal(0, deal, None, None, Some(paused))
+                    .unwrap();
             }
             Op::Advance { seconds } => {
                 self.world.clock.advance_seconds(i64::from(seconds));
-                self.model.now += i64::from(seconds) * 1000;
+                self.model.advance(i64::from(seconds) * 1000);
             }
             Op::Review {
                 shopper,
@@ -710,24 +381,15 @@ impl Run {
                         "ok",
                     )
                     .map(|r| r.order);
-                let expected = if score == 0 || score > 5 {
-                    Err(EngineError::Invalid {
-                        field: "description",
-                        reason: "must be from 1 to 5",
-                    })
-                } else if self.model.orders[order].shopper != shopper {
-                    Err(EngineError::Forbidden(flashsale_engine::Entity::Order))
-                } else if !self.model.reviewed.insert(order) {
-                    Err(EngineError::AlreadyReviewed)
-                } else {
-                    self.model.score_sum += u64::from(score) + 6;
-                    Ok(self.orders[order])
-                };
+                let expected = self
+                    .model
+                    .review(shopper, order, [score, 3, 3])
+                    .map(|order| self.orders[order]);
                 assert_eq!(got, expected);
                 let rating = engine.rating(self.world.merchant).unwrap();
                 assert_eq!(
                     (rating.reviews, rating.score_sum),
-                    (self.model.reviewed.len() as u64, self.model.score_sum)
+                    self.model.ratings.get(&0).copied().unwrap_or_default()
                 );
             }
             Op::Share { shopper, order } => {
@@ -735,25 +397,13 @@ impl Run {
                     return;
                 }
                 let got = engine.share(self.shoppers[shopper], self.orders[order]);
-                let expected = if self.model.orders[order].shopper != shopper {
-                    Err(EngineError::Forbidden(flashsale_engine::Entity::Order))
-                } else {
-                    Ok(self.model.shared.insert(order))
-                };
+                let expected = self.model.share(shopper, order);
                 assert_eq!(got, expected);
             }
             Op::Sweep => {
                 let expired = engine.expire_holds();
-                let due: Vec<usize> = (0..self.model.holds.len())
-                    .filter(|&h| {
-                        self.model.holds[h].status == MStatus::Active
-                            && self.model.holds[h].expires_at <= self.model.now
-                    })
-                    .collect();
-                for &hold in &due {
-                    self.model.release(hold, MStatus::Expired);
-                }
-                assert_eq!(expired, due.len());
+                let due = self.model.expire_due();
+                assert_eq!(expired, due);
             }
         }
     }
