@@ -61,10 +61,14 @@
 -- fact is appended once. Nodes read the streams through the consumer group
 -- `books` and write Postgres (gateway/src/order_sink/streams.rs).
 
-local op = ARGV[1]
+-- ARGV[1] is the step's name; in tests only it is `name@ms`, the time the
+-- test's clock gives the step (RedisSettings::clock), read by now_ms.
+local op, given_ms = string.match(ARGV[1], '^([%w_]+)@?(%d*)$')
 
--- The Redis server's clock in ms: one clock for every node of a deployment.
+-- The Redis server's clock in ms: one clock for every node of a deployment
+-- (a test's time instead when the node passed one).
 local function now_ms()
+  if given_ms ~= nil and given_ms ~= '' then return tonumber(given_ms) end
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end

@@ -119,6 +119,7 @@ pub async fn run(args: AuditArgs) -> Result<AuditReport, Error> {
         // The auditor only reads: a Redis that persists nothing can be audited.
         allow_volatile: true,
         books_backlog_per_stream_max: 0,
+        clock: None,
     })
     .await?;
     // A namespace no node has served (a typo) must not pass as a clean

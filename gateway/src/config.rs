@@ -365,6 +365,7 @@ fn redis_settings(args: &ServeArgs) -> Result<Option<RedisSettings>, Error> {
             }
             _ => 0,
         },
+        clock: None,
     }))
 }
 

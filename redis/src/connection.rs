@@ -110,7 +110,11 @@ impl RedisStore {
                 },
                 shards: settings.shards,
                 books_backlog: settings.books_backlog_per_stream_max.to_string(),
-                clock: SystemClock,
+                clock: match &settings.clock {
+                    Some(clock) => clock.0.clone(),
+                    None => Arc::new(SystemClock),
+                },
+                clock_to_steps: settings.clock.is_some(),
                 deals: RwLock::new(HashMap::new()),
                 merchants: RwLock::new(HashMap::new()),
                 newest: RwLock::new(Vec::new()),
@@ -199,7 +203,8 @@ impl RedisStore {
     }
 
     /// Runs one step of the script with `keys` and `args` (the step name
-    /// first).
+    /// first). With a test's clock ([`RedisSettings::clock`]) the step
+    /// name goes as `name@ms`, the script's time in place of `TIME`.
     pub(crate) async fn step(
         &self,
         keys: &[String],
@@ -210,8 +215,12 @@ impl RedisStore {
         for key in keys {
             invocation.key(key);
         }
-        for arg in args {
-            invocation.arg(*arg);
+        for (index, arg) in args.iter().enumerate() {
+            if index == 0 && self.inner.clock_to_steps {
+                invocation.arg(format!("{arg}@{}", self.now().millis()));
+            } else {
+                invocation.arg(*arg);
+            }
         }
         let mut connection = self.connection();
         let values: Vec<Value> = invocation

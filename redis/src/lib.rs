@@ -102,7 +102,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use flashsale_engine::{Clock, DealId, MerchantId, Rating, SystemClock, Timestamp};
+use flashsale_engine::{Clock, DealId, MerchantId, Rating, Timestamp};
 use parking_lot::RwLock;
 
 use crate::cache::DealEntry;
@@ -113,7 +113,7 @@ pub use crate::audit::{AUDIT_ACCOUNTS_PER_SHARD_MAX, DealSnapshot, RedisSnapshot
 pub use crate::books::{BOOKS_DEALS_MAX, BooksBacklog, BooksEntry, entry_millis};
 pub use crate::durability::{Durability, DurabilityMode};
 pub use crate::error::Error;
-pub use crate::settings::{RedisArgs, RedisSettings, RedisTarget};
+pub use crate::settings::{RedisArgs, RedisSettings, RedisTarget, StepClock};
 
 mod accounts;
 mod audit;
@@ -192,7 +192,11 @@ pub(crate) struct Inner {
     pub(crate) shards: usize,
     /// [`RedisSettings::books_backlog_per_stream_max`], as the script's argument.
     pub(crate) books_backlog: String,
-    pub(crate) clock: SystemClock,
+    /// The node's clock: the system's, or a test's
+    /// ([`RedisSettings::clock`]).
+    pub(crate) clock: Arc<dyn Clock>,
+    /// `clock` is a test's: every step gets its time as `step@ms`.
+    pub(crate) clock_to_steps: bool,
     pub(crate) deals: RwLock<HashMap<DealId, Arc<DealEntry>>>,
     pub(crate) merchants: RwLock<HashMap<MerchantId, (String, Rating)>>,
     /// Newest deals, newest first, as of the last poll.

@@ -2,7 +2,10 @@
 //! `audit` share ([`RedisArgs`], parsed by clap), validated into
 //! [`RedisSettings`].
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use flashsale_engine::Clock;
 
 use crate::error::Error;
 
@@ -24,7 +27,33 @@ pub struct RedisSettings {
     /// payment answers `503 unavailable` (`--books-backlog-max` over the
     /// shards); 0: no bound (no node writes Postgres).
     pub books_backlog_per_stream_max: u64,
+    /// Tests only: a clock of the test's own that this node reads and
+    /// hands to every step as its time, in place of Redis' `TIME`, so a
+    /// test can move time (hold expiry, a deal's start and end). `None` in
+    /// production: the node reads the system clock and the steps Redis'
+    /// one clock.
+    pub clock: Option<StepClock>,
 }
+
+/// A clock given to the steps in place of Redis' `TIME` (tests only;
+/// [`RedisSettings::clock`]). Settings compare equal when they share the
+/// same clock.
+#[derive(Clone)]
+pub struct StepClock(pub Arc<dyn Clock>);
+
+impl std::fmt::Debug for StepClock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "StepClock({})", self.0.now().millis())
+    }
+}
+
+impl PartialEq for StepClock {
+    fn eq(&self, other: &StepClock) -> bool {
+        std::ptr::addr_eq(Arc::as_ptr(&self.0), Arc::as_ptr(&other.0))
+    }
+}
+
+impl Eq for StepClock {}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RedisTarget {
