@@ -82,25 +82,13 @@ pub enum Error {
     /// The journal could not make an accepted change durable.
     #[error("the change could not be made durable")]
     Journal(#[source] JournalError),
-    /// Redis mode: Redis did not answer in time, or the connection is
-    /// down. The outcome of a change is unknown; the client's retry with
-    /// the same `Idempotency-Key` resolves it.
-    #[error(
-        "the sale's store (Redis) did not answer; retry shortly (a change retried with the same Idempotency-Key gets its first outcome)"
-    )]
-    Redis(#[source] redis::RedisError),
-    /// Redis mode: connecting to Redis took longer than the connect timeout.
-    #[error("Redis did not accept a connection in time")]
-    RedisTimeout,
-    /// Redis mode: a buy kept meeting moving stock (refills) past its
-    /// bounded attempts.
-    #[error("the deal's stock is being moved; retry with the same Idempotency-Key")]
-    RedisBusy,
-    /// Redis mode: the shard's books stream holds `--books-backlog-max`'s
-    /// share of entries not yet in Postgres (Postgres down or behind), so
-    /// no order is settled until the backlog drains; nothing changed.
-    #[error("the books are behind (Postgres); retry shortly")]
-    BooksBacklog,
+    /// Redis mode: Redis did not answer in time or the connection is
+    /// down (the outcome of a change is unknown; the client's retry with
+    /// the same `Idempotency-Key` resolves it), a buy kept meeting moving
+    /// stock, or the books are behind: [`flashsale_redis::Error`], whose
+    /// refusals arrive as [`Error::Engine`].
+    #[error(transparent)]
+    Redis(flashsale_redis::Error),
 
     // ----- starting and stopping -----------------------------------------------
     #[error("invalid configuration: {0}")]
@@ -187,12 +175,9 @@ impl From<flashsale_redis::Error> for Error {
         use flashsale_redis::Error as Redis;
         match error {
             Redis::Engine(refusal) => Error::Engine(refusal),
-            Redis::Redis(error) => Error::Redis(error),
-            Redis::RedisTimeout => Error::RedisTimeout,
-            Redis::RedisBusy => Error::RedisBusy,
-            Redis::BooksBacklog => Error::BooksBacklog,
             Redis::Config(message) => Error::Config(message),
             Redis::Random(error) => Error::Random(error),
+            other => Error::Redis(other),
         }
     }
 }
@@ -291,12 +276,7 @@ impl Error {
             Error::Overloaded => {
                 http_retry(S::SERVICE_UNAVAILABLE, "overloaded", RETRY_AFTER_SECONDS)
             }
-            Error::Journal(_)
-            | Error::NotReady(_)
-            | Error::Redis(_)
-            | Error::RedisTimeout
-            | Error::RedisBusy
-            | Error::BooksBacklog => {
+            Error::Journal(_) | Error::NotReady(_) | Error::Redis(_) => {
                 http_retry(S::SERVICE_UNAVAILABLE, "unavailable", RETRY_AFTER_SECONDS)
             }
             Error::Config(_)
@@ -361,7 +341,7 @@ impl Error {
                 let message = match &self {
                     // Internal details stay in the log, not on the wire.
                     Error::Journal(_) => Cow::Borrowed("the change could not be made durable"),
-                    Error::Redis(error) => {
+                    Error::Redis(flashsale_redis::Error::Redis(error)) => {
                         tracing::warn!(%error, "a Redis call failed");
                         Cow::Owned(self.to_string())
                     }

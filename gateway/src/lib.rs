@@ -19,7 +19,8 @@
 //! - `app` (private): the shared state of one server and the path of a
 //!   request through it: route, check framing headers, read the body
 //!   (bounded in size and time), shed, authenticate, handle, record.
-//! - `handlers` (private): one function per endpoint; the buy handler is
+//! - `handlers` (private): one function per endpoint, a file per resource
+//!   (`buying`, `accounts`, `deals`, `orders`, `ops`); the buy handler is
 //!   the hot path.
 //! - `feed` (private): the feed's live stream (`GET /v1/feed/stream`): the
 //!   sampler that coalesces changes into at most five events per deal per
@@ -35,20 +36,20 @@
 //! - [`auth`]: HMAC-signed bearer tokens and the admin token.
 //! - `admission` (private): bodies arriving, requests in flight,
 //!   per-token and per-address rate limits.
-//! - `wire` (private): request and response bodies (one strict decoding
-//!   path), money and time on the wire, reading a body within its size and
-//!   time bounds.
+//! - `wire` (private): reading a body within its size and time bounds
+//!   (`read`), the one strict decoding path (`decode`), the request and
+//!   response bodies (`requests`, `responses`).
 //! - [`error`]: [`Error`], the crate's one error type, and the single
-//!   function that maps every error (engine refusals included) to an HTTP
-//!   status and a contract code.
+//!   function that maps every error (engine refusals, store and books
+//!   failures included) to an HTTP status and a contract code.
 //! - `telemetry` (private): the process-wide Prometheus recorder and the
 //!   per-route counters and histograms.
-//! - [`order_sink`]: the Postgres order sink, started by [`Gateway::open`]
-//!   when `--database-url` is set.
-//! - `store` (private): the reservation interface the handlers call, with
-//!   its two sides: the embedded engine and journal (`store::memory`), and
-//!   Redis or a Redis Cluster for many stateless nodes (`flashsale-redis`,
-//!   with the server-side steps in `redis/flashsale.lua`).
+//!
+//! What it calls: the store interface (`flashsale-store`: the embedded
+//! engine and journal, or Redis through `flashsale-redis`), and the books
+//! (`flashsale-books`: the Postgres order sink, started by
+//! [`Gateway::open`] when `--database-url` is set, re-exported here as
+//! [`order_sink`], and [`audit`]).
 //!
 //! ## Architecture invariants
 //! - A state-changing request is answered `2xx` only after the store says
@@ -59,7 +60,7 @@
 //!   unbounded queue.
 //! - Nothing here holds an engine lock across an `.await`: the engine's
 //!   calls are synchronous and return before the gateway awaits.
-//! - Handlers do not know which store they have (`store::Store`).
+//! - Handlers do not know which store they have (`flashsale_store::Store`).
 //! - The feed's stream costs the engine one sample per 200 ms, whatever the
 //!   number of subscribers; no subscriber can block the sampler, the
 //!   engine or another subscriber.
