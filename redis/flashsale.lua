@@ -1,9 +1,19 @@
--- flashsale's server-side steps in Redis mode (DESIGN.md "Multi-node mode").
+#!lua name=flashsale_VERSION
+-- flashsale's server-side steps in Redis mode: a Redis Functions library.
 --
--- One script, loaded by EVALSHA (redis-rs reloads it on NOSCRIPT), with the
--- step named by ARGV[1]. Every step is atomic (Redis runs a script to the end
--- before anything else) and touches only the keys the caller passed in KEYS,
--- all under one hash tag, so it runs on one Cluster slot:
+-- One library, one function per step (`<library>_<step>`), loaded by every
+-- node with FUNCTION LOAD REPLACE on every primary when it connects, and
+-- again when a call answers that the function does not exist (a Redis
+-- restarted empty, a new primary). The library's name carries a version,
+-- `flashsale_<16 hex digits>`, a hash of this file that the node computes
+-- when it is built (redis/src/steps.rs) and puts in place of the
+-- `flashsale_VERSION` placeholder above and below: a node calls only the
+-- library of its own build, so two builds run side by side during a
+-- rolling upgrade, each with its own library.
+--
+-- Every step is atomic (Redis runs a function to the end before anything
+-- else) and touches only the keys the caller passed, all under one hash
+-- tag, so it runs on one Cluster slot:
 --
 --   shard steps, tag {s:K}: reserve, pay, release, credit, accounts,
 --                           register, terms, accept, sweep_out, sweep_done,
@@ -11,7 +21,19 @@
 --   deal steps,  tag {d:D}: create, refill, confirm, sweep_in, sold_out, update
 --   global step, tag {g}:   ids
 --
--- The in-memory engine (engine/src/engine.rs) is the specification: each step
+-- Each step states its call in one machine-readable block of `---` lines
+-- just above it, which redis/src/steps.rs defines again in Rust for the
+-- callers (a unit test holds the two equal):
+--   --- step: <name>
+--   --- keys: <key names in order>   (a last `name...`: any number of them;
+--                                      `name?`: at most one)
+--   --- args: <argument names in order>  (`(a b c)...`: groups of three)
+--   --- replies: <the reply tags the step may answer>
+--   --- ok: <what follows 'OK' in its reply>
+--   --- flags: no-writes (a read-only step, called with FCALL_RO) or -
+-- The registration at the end of this file gives each step its flags.
+--
+-- The in-memory engine (engine/src/rules/) is the specification: each step
 -- checks in the engine's order and answers what the engine would. Every step
 -- is idempotent or guarded so that the cluster client's own retries, and a
 -- node's retry after a timeout, never apply a change twice: reserve by its
@@ -36,13 +58,12 @@
 --
 -- Steps that change what every node caches of a deal (its sold-out marker,
 -- its pool after a restock, its terms) publish the deal's key on the
--- deployment's channel; nodes re-read that deal at once (store/redis.rs).
+-- deployment's channel; nodes re-read that deal at once (redis/src/poller.rs).
 --
 -- Money is whole fen; every amount stays below 2^53 so Lua's doubles are
--- exact (the gateway refuses larger wallets, see store/redis.rs).
+-- exact (the node refuses larger wallets: WALLET_FEN_MAX in redis/src/lib.rs).
 --
--- The books (DESIGN.md "Settled orders go from the shard streams to
--- Postgres"): every step that settles an order, credits a wallet, creates,
+-- The books: every step that settles an order, credits a wallet, creates,
 -- restocks or changes a deal appends its row to the stream of its own slot
 -- in the same call (`ns:{s:K}:books` for a shard, `ns:{d:D}:books` for a
 -- deal), so no row exists in Redis without its entry or the other way
@@ -59,9 +80,12 @@
 -- A replayed step returns before it appends (its idempotency record, credit
 -- reference, hold status or deal's existence says it was done), so each
 -- fact is appended once. Nodes read the streams through the consumer group
--- `books` and write Postgres (gateway/src/order_sink/streams.rs).
+-- `books` and write Postgres (books/src/streams.rs).
 
-local op = ARGV[1]
+-- This library's name (the node puts its version in place of `VERSION`);
+-- each step is registered as `<LIBRARY>_<step>`.
+local LIBRARY = 'flashsale_VERSION'
+
 
 -- The Redis server's clock in ms: one clock for every node of a deployment.
 local function now_ms()
@@ -155,20 +179,26 @@ local function replay(kind, outcome, orders, holds)
 end
 
 -- reserve: a one-tap buy (kind 'order') or a hold (kind 'hold').
--- KEYS: 1 account, 2 idempotency record, 3 shard stock, 4 deal terms,
---       5 orders, 6 holds, 7 hold expiries, 8 sequences, 9 the deal's order
---       list, 10 the shopper's order list, 11 the deal's record set,
---       12 the shard's books stream
--- ARGV: op, deal, shopper, kind, quantity, terms version, shard, sold_out,
---       key retention in s, books backlog bound (entries; 0: none)
-local function reserve()
-  local account, record_key, stock, terms_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-  local orders, holds, expiries, sequences = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
-  local deal_orders, shopper_orders, records = KEYS[9], KEYS[10], KEYS[11]
-  local stream = KEYS[12]
-  local deal, shopper, kind = ARGV[2], ARGV[3], ARGV[4]
-  local quantity, version, shard = num(ARGV[5]), num(ARGV[6]), num(ARGV[7])
-  local sold_out, retention, backlog = ARGV[8] == '1', num(ARGV[9]), num(ARGV[10])
+-- record: the idempotency record; terms: the shard's copy of the deal's terms;
+-- deal_orders, shopper_orders: order lists; records: the deal's record set.
+-- kind: 'order' or 'hold'; version: of the terms the node knows; sold_out:
+-- the node's sold-out flag (1|0); retention: of the key, in s; backlog: the
+-- books stream's bound (entries; 0: none). OK: kind, the record's JSON, '1'
+-- when replayed.
+--- step: reserve
+--- keys: account record stock terms orders holds expiries sequences deal_orders shopper_orders records books
+--- args: deal shopper kind quantity version shard sold_out retention backlog
+--- replies: OK ERR REFILL TERMS BACKLOG
+--- ok: kind body replayed
+--- flags: -
+local function reserve(keys, args)
+  local account, record_key, stock, terms_key = keys[1], keys[2], keys[3], keys[4]
+  local orders, holds, expiries, sequences = keys[5], keys[6], keys[7], keys[8]
+  local deal_orders, shopper_orders, records = keys[9], keys[10], keys[11]
+  local stream = keys[12]
+  local deal, shopper, kind = args[1], args[2], args[3]
+  local quantity, version, shard = num(args[4]), num(args[5]), num(args[6])
+  local sold_out, retention, backlog = args[7] == '1', num(args[8]), num(args[9])
   local terms = terms_of(terms_key, version)
   if not terms then return {'TERMS'} end
   local now = now_ms()
@@ -274,15 +304,19 @@ end
 -- pay: pays a hold (engine: `pay_hold`). On time: held funds become spent,
 -- held stock sold. Expired: judged afresh like a new buy (window, limit,
 -- funds, stock) and answered hold_expired when refused.
--- KEYS: 1 account, 2 shard stock, 3 deal terms, 4 orders, 5 holds,
---       6 expiries, 7 sequences, 8 the deal's order list, 9 the shopper's
---       order list, 10 the shard's books stream
--- ARGV: op, hold id, shopper, terms version, shard, books backlog bound
-local function pay()
-  local account, stock, terms_key, orders = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-  local holds, expiries, sequences = KEYS[5], KEYS[6], KEYS[7]
-  local deal_orders, shopper_orders, stream = KEYS[8], KEYS[9], KEYS[10]
-  local id, shopper, version, shard = ARGV[2], ARGV[3], num(ARGV[4]), num(ARGV[5])
+-- version: of the terms the node knows; backlog: the books stream's bound
+-- (entries; 0: none).
+--- step: pay
+--- keys: account stock terms orders holds expiries sequences deal_orders shopper_orders books
+--- args: hold shopper version shard backlog
+--- replies: OK ERR REFILL TERMS BACKLOG
+--- ok: kind body
+--- flags: -
+local function pay(keys, args)
+  local account, stock, terms_key, orders = keys[1], keys[2], keys[3], keys[4]
+  local holds, expiries, sequences = keys[5], keys[6], keys[7]
+  local deal_orders, shopper_orders, stream = keys[8], keys[9], keys[10]
+  local id, shopper, version, shard = args[1], args[2], num(args[3]), num(args[4])
   local hold, refused = own_hold(holds, id, shopper)
   if not hold then return refused end
   local terms = terms_of(terms_key, version)
@@ -290,7 +324,7 @@ local function pay()
   local now = now_ms()
   if hold.status == 'settled' then return err('hold_settled', int(hold.order)) end
   if hold.status == 'released' then return err('hold_released') end
-  if behind(stream, num(ARGV[6])) then return {'BACKLOG'} end
+  if behind(stream, num(args[5])) then return {'BACKLOG'} end
   local deal = tostring(hold.deal)
   local late = false
   -- engine: a hold in time is paid even while its deal is paused (a pause
@@ -343,11 +377,16 @@ end
 -- release: DELETE /v1/holds/{id} (engine: `release_hold`), or, with
 -- shopper '*', the expiry sweep of one hold whose time is up (engine:
 -- `expire_holds`). Releasing a released or expired hold changes nothing.
--- KEYS: 1 account of the hold's shopper, 2 shard stock, 3 holds, 4 expiries
--- ARGV: op, hold id, shopper or '*'
-local function release()
-  local account, stock, holds, expiries = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-  local id, shopper = ARGV[2], ARGV[3]
+-- account: of the hold's shopper; shopper: the caller, or '*' for the sweep.
+--- step: release
+--- keys: account stock holds expiries
+--- args: hold shopper
+--- replies: OK ERR
+--- ok: kind body
+--- flags: -
+local function release(keys, args)
+  local account, stock, holds, expiries = keys[1], keys[2], keys[3], keys[4]
+  local id, shopper = args[1], args[2]
   local hold, refused
   if shopper == '*' then
     local encoded = redis.call('HGET', holds, id)
@@ -371,11 +410,16 @@ end
 -- credit: the payment provider credits a wallet (engine: `credit_wallet`);
 -- the same reference again changes nothing, with another amount it is
 -- idempotency_key_reused.
--- KEYS: 1 account, 2 the shard's books stream; ARGV: op, amount in fen,
--- reference, wallet bound in fen, shopper
-local function credit()
-  local account, stream = KEYS[1], KEYS[2]
-  local amount, reference, bound = num(ARGV[2]), ARGV[3], num(ARGV[4])
+-- amount and bound (the largest wallet) in fen.
+--- step: credit
+--- keys: account books
+--- args: amount reference bound shopper
+--- replies: OK ERR
+--- ok: credited available held spent
+--- flags: -
+local function credit(keys, args)
+  local account, stream = keys[1], keys[2]
+  local amount, reference, bound = num(args[1]), args[2], num(args[3])
   if redis.call('EXISTS', account) == 0 then return err('not_found', 'shopper') end
   local previous = redis.call('HGET', account, 'c:' .. reference)
   if previous then
@@ -388,7 +432,7 @@ local function credit()
     redis.call('HINCRBY', account, 'credited', int(amount))
     redis.call('HINCRBY', account, 'available', int(amount))
     -- engine: the WalletCredited event, for the books (once per reference).
-    books(stream, 'c', ARGV[5], 'a', int(amount), 'r', reference, 't', int(now_ms()))
+    books(stream, 'c', args[4], 'a', int(amount), 'r', reference, 't', int(now_ms()))
   end
   return {'OK', unpack(redis.call('HMGET', account, 'credited', 'available', 'held', 'spent'))}
 end
@@ -396,22 +440,27 @@ end
 -- accounts: creates shoppers of this shard, each wallet credited `credit`
 -- fen under its own reference (engine: `create_shoppers`). Creating an
 -- existing account again changes nothing (a retried call).
--- KEYS: 1 the shard's books stream, then the accounts; ARGV: op, created_at
--- ms, credit in fen, then for each account its shopper id, its name and its
--- credit reference
-local function accounts()
-  local created, amount = ARGV[2], num(ARGV[3])
-  for index = 2, #KEYS do
-    local account = KEYS[index]
+-- created_at in ms, credit in fen; then for each account its shopper id, its
+-- name and its credit reference.
+--- step: accounts
+--- keys: books account...
+--- args: created_at credit (shopper name reference)...
+--- replies: OK
+--- ok:
+--- flags: -
+local function accounts(keys, args)
+  local created, amount = args[1], num(args[2])
+  for index = 2, #keys do
+    local account = keys[index]
     if redis.call('EXISTS', account) == 0 then
-      local at = 1 + (index - 1) * 3
-      local shopper, name, reference = ARGV[at], ARGV[at + 1], ARGV[at + 2]
+      local at = (index - 1) * 3
+      local shopper, name, reference = args[at], args[at + 1], args[at + 2]
       redis.call('HSET', account, 'name', name, 'created_at', created,
         'credited', int(amount), 'available', int(amount), 'held', 0, 'spent', 0)
       if amount > 0 then
         redis.call('HSET', account, 'c:' .. reference, int(amount))
         -- engine: `create_shoppers` credits each wallet: WalletCredited.
-        books(KEYS[1], 'c', shopper, 'a', int(amount), 'r', reference, 't', created)
+        books(keys[1], 'c', shopper, 'a', int(amount), 'r', reference, 't', created)
       end
     end
   end
@@ -420,10 +469,15 @@ end
 
 -- register: a shopper registers for a deal before it starts (engine:
 -- `register`): 'new' or 'again'.
--- KEYS: 1 account, 2 shard stock, 3 deal terms; ARGV: op, deal, version
-local function register()
-  local account, stock, terms_key = KEYS[1], KEYS[2], KEYS[3]
-  local deal, version = ARGV[2], num(ARGV[3])
+--- step: register
+--- keys: account stock terms
+--- args: deal version
+--- replies: OK ERR TERMS
+--- ok: outcome
+--- flags: -
+local function register(keys, args)
+  local account, stock, terms_key = keys[1], keys[2], keys[3]
+  local deal, version = args[1], num(args[2])
   local terms = terms_of(terms_key, version)
   if not terms then return {'TERMS'} end
   local registered = redis.call('HMGET', account, 'name', 'r:' .. deal)
@@ -437,24 +491,32 @@ end
 
 -- terms: installs a deal's terms on a shard unless it already has these or
 -- newer ones (the version only grows).
--- KEYS: 1 deal terms; ARGV: op, version, price, limit, starts, ends, paused,
--- registration, hold_seconds, merchant
-local function install_terms()
-  local current = num(redis.call('HGET', KEYS[1], 'version'))
-  if current >= num(ARGV[2]) then return {'OK', 'kept'} end
-  redis.call('HSET', KEYS[1], 'version', ARGV[2], 'price', ARGV[3], 'limit', ARGV[4],
-    'starts', ARGV[5], 'ends', ARGV[6], 'paused', ARGV[7], 'registration', ARGV[8],
-    'hold_seconds', ARGV[9], 'merchant', ARGV[10])
+--- step: terms
+--- keys: terms
+--- args: version price limit starts ends paused registration hold_seconds merchant
+--- replies: OK
+--- ok: outcome
+--- flags: -
+local function install_terms(keys, args)
+  local current = num(redis.call('HGET', keys[1], 'version'))
+  if current >= num(args[1]) then return {'OK', 'kept'} end
+  redis.call('HSET', keys[1], 'version', args[1], 'price', args[2], 'limit', args[3],
+    'starts', args[4], 'ends', args[5], 'paused', args[6], 'registration', args[7],
+    'hold_seconds', args[8], 'merchant', args[9])
   return {'OK', 'installed'}
 end
 
 -- accept: the shard half of a pool-to-bucket transfer: adds the units to the
 -- bucket once per transfer id, however often it is called.
--- KEYS: 1 shard stock, 2 accepted transfer ids; ARGV: op, deal, transfer id,
--- units
-local function accept()
-  if redis.call('SADD', KEYS[2], ARGV[2] .. ':' .. ARGV[3]) == 1 then
-    redis.call('HINCRBY', KEYS[1], 'b:' .. ARGV[2], num(ARGV[4]))
+--- step: accept
+--- keys: stock accepted
+--- args: deal transfer units
+--- replies: OK
+--- ok:
+--- flags: -
+local function accept(keys, args)
+  if redis.call('SADD', keys[2], args[1] .. ':' .. args[2]) == 1 then
+    redis.call('HINCRBY', keys[1], 'b:' .. args[1], num(args[3]))
   end
   return {'OK'}
 end
@@ -466,12 +528,17 @@ end
 -- the reply) is returned too, so the caller finishes it now: units on their
 -- way to the pool are never left there while the deal is judged sold out
 -- (engine: stock is only ever in one place, and sold out means none left).
--- KEYS: 1 shard stock, 2 pending sweeps, 3 sequences; ARGV: op, deal, shard
 -- Reply: {'OK', id, units, id, units, ...}: every pending sweep of the deal,
 -- this one included; just {'OK'} when there is none.
-local function sweep_out()
-  local stock, pending, sequences = KEYS[1], KEYS[2], KEYS[3]
-  local deal, shard = ARGV[2], ARGV[3]
+--- step: sweep_out
+--- keys: stock pending sequences
+--- args: deal shard
+--- replies: OK
+--- ok: (sweep units)...
+--- flags: -
+local function sweep_out(keys, args)
+  local stock, pending, sequences = keys[1], keys[2], keys[3]
+  local deal, shard = args[1], args[2]
   local units = num(redis.call('HGET', stock, 'b:' .. deal))
   if units > 0 then
     local id = shard .. '.' .. int(redis.call('HINCRBY', sequences, 'sweep', 1))
@@ -491,9 +558,14 @@ local function sweep_out()
 end
 
 -- sweep_done: the sweep reached the pool; forget it.
--- KEYS: 1 pending sweeps; ARGV: op, sweep id
-local function sweep_done()
-  redis.call('HDEL', KEYS[1], ARGV[2])
+--- step: sweep_done
+--- keys: pending
+--- args: sweep
+--- replies: OK
+--- ok:
+--- flags: -
+local function sweep_done(keys, args)
+  redis.call('HDEL', keys[1], args[1])
   return {'OK'}
 end
 
@@ -508,18 +580,22 @@ end
 
 -- review: the order's shopper reviews it once (engine: `review`); the
 -- merchant's rating sums on this shard count it in the same step.
--- KEYS: 1 orders, 2 reviews, 3 ratings; ARGV: op, order id, shopper,
--- merchant, description, delivery, service, text, created_at ms
-local function review()
-  local orders, reviews, ratings = KEYS[1], KEYS[2], KEYS[3]
-  local id, shopper, merchant = ARGV[2], ARGV[3], ARGV[4]
+--- step: review
+--- keys: orders reviews ratings
+--- args: order shopper merchant description delivery service text created_at
+--- replies: OK ERR
+--- ok: deal
+--- flags: -
+local function review(keys, args)
+  local orders, reviews, ratings = keys[1], keys[2], keys[3]
+  local id, shopper, merchant = args[1], args[2], args[3]
   local order, refused = own_order(orders, id, shopper)
   if not order then return refused end
   if redis.call('HEXISTS', reviews, id) == 1 then return err('already_reviewed') end
-  local sum = num(ARGV[5]) + num(ARGV[6]) + num(ARGV[7])
-  redis.call('HSET', reviews, id, cjson.encode({description = num(ARGV[5]),
-    delivery = num(ARGV[6]), service = num(ARGV[7]), text = ARGV[8],
-    created_at = ARGV[9], merchant = merchant}))
+  local sum = num(args[4]) + num(args[5]) + num(args[6])
+  redis.call('HSET', reviews, id, cjson.encode({description = num(args[4]),
+    delivery = num(args[5]), service = num(args[6]), text = args[7],
+    created_at = args[8], merchant = merchant}))
   redis.call('HINCRBY', ratings, 'n:' .. merchant, 1)
   redis.call('HINCRBY', ratings, 's:' .. merchant, sum)
   return {'OK', int(order.deal)}
@@ -527,13 +603,17 @@ end
 
 -- share: counts a shared order toward its deal's popularity once (engine:
 -- `share`): 'new' or 'again'.
--- KEYS: 1 orders, 2 shared order ids, 3 shard stock; ARGV: op, order id,
--- shopper
-local function share()
-  local orders, shared, stock = KEYS[1], KEYS[2], KEYS[3]
-  local order, refused = own_order(orders, ARGV[2], ARGV[3])
+--- step: share
+--- keys: orders shared stock
+--- args: order shopper
+--- replies: OK ERR
+--- ok: outcome
+--- flags: -
+local function share(keys, args)
+  local orders, shared, stock = keys[1], keys[2], keys[3]
+  local order, refused = own_order(orders, args[1], args[2])
   if not order then return refused end
-  if redis.call('SADD', shared, ARGV[2]) == 0 then return {'OK', 'again'} end
+  if redis.call('SADD', shared, args[1]) == 0 then return {'OK', 'again'} end
   redis.call('HINCRBY', stock, 'x:' .. int(order.deal), 1)
   return {'OK', 'new'}
 end
@@ -543,16 +623,21 @@ end
 -- invariants can be checked while sales go on (engine:
 -- `Engine::check_invariants`, per shard): its stock hash, every order and
 -- hold, and the wallets of the accounts passed.
--- KEYS: 1 shard stock, 2 orders, 3 holds, then accounts
 -- Reply: {'OK', stock field/value list, orders (JSON), holds (JSON), then
 -- per account {credited, available, held, spent} (nil for no account)}
-local function audit()
+--- step: audit
+--- keys: stock orders holds account...
+--- args:
+--- replies: OK
+--- ok: stock orders holds wallets
+--- flags: no-writes
+local function audit(keys, args)
   local wallets = {}
-  for index = 4, #KEYS do
-    wallets[#wallets + 1] = redis.call('HMGET', KEYS[index], 'credited', 'available', 'held', 'spent')
+  for index = 4, #keys do
+    wallets[#wallets + 1] = redis.call('HMGET', keys[index], 'credited', 'available', 'held', 'spent')
   end
-  return {'OK', redis.call('HGETALL', KEYS[1]), redis.call('HVALS', KEYS[2]),
-    redis.call('HVALS', KEYS[3]), wallets}
+  return {'OK', redis.call('HGETALL', keys[1]), redis.call('HVALS', keys[2]),
+    redis.call('HVALS', keys[3]), wallets}
 end
 
 -- ----- deal steps ---------------------------------------------------------------
@@ -560,15 +645,19 @@ end
 -- create: a new deal (engine: `create_deal`, validated by the node): its
 -- hash with the whole stock in the pool, and its DealCreated entry. A
 -- retried call finds the hash and changes nothing.
--- KEYS: 1 deal, 2 the deal's books stream; ARGV: op, merchant, title, price
--- fen, stock, limit, starts ms, ends ms, registration 0|1, hold_seconds,
--- created_at ms
-local function create()
-  local deal, stream = KEYS[1], KEYS[2]
+-- price in fen; starts, ends, created_at in ms; registration 0|1.
+--- step: create
+--- keys: deal books
+--- args: merchant title price stock limit starts ends registration hold_seconds created_at
+--- replies: OK
+--- ok:
+--- flags: -
+local function create(keys, args)
+  local deal, stream = keys[1], keys[2]
   if redis.call('EXISTS', deal) == 1 then return {'OK'} end
-  local merchant, title, price, stock = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-  local limit, starts, ends, registration = ARGV[6], ARGV[7], ARGV[8], ARGV[9]
-  local hold_seconds, created = ARGV[10], ARGV[11]
+  local merchant, title, price, stock = args[1], args[2], args[3], args[4]
+  local limit, starts, ends, registration = args[5], args[6], args[7], args[8]
+  local hold_seconds, created = args[9], args[10]
   redis.call('HSET', deal, 'merchant', merchant, 'title', title, 'price', price,
     'limit', limit, 'starts', starts, 'ends', ends, 'paused', 0,
     'registration', registration, 'hold_seconds', hold_seconds, 'created_at', created,
@@ -587,10 +676,15 @@ end
 -- accept is finished by the reconciler.
 -- Reply: {'OK', transfer id, units, pool left}; units 0 (nothing moved) when
 -- the pool holds fewer than `need` (engine: `try_take` takes all or nothing).
--- KEYS: 1 deal, 2 pending transfers; ARGV: op, shard, need, shards
-local function refill()
-  local deal, pending = KEYS[1], KEYS[2]
-  local shard, need, shards = ARGV[2], num(ARGV[3]), num(ARGV[4])
+--- step: refill
+--- keys: deal transfers
+--- args: shard need shards
+--- replies: OK
+--- ok: transfer units pool
+--- flags: -
+local function refill(keys, args)
+  local deal, pending = keys[1], keys[2]
+  local shard, need, shards = args[1], num(args[2]), num(args[3])
   local pool = num(redis.call('HGET', deal, 'pool'))
   if pool < need or pool <= 0 then return {'OK', '', 0, pool} end
   local units = math.max(need, math.floor(pool / (2 * shards)))
@@ -602,22 +696,32 @@ local function refill()
 end
 
 -- confirm: the transfer reached its bucket; forget it.
--- KEYS: 1 pending transfers; ARGV: op, transfer id
-local function confirm()
-  redis.call('HDEL', KEYS[1], ARGV[2])
+--- step: confirm
+--- keys: transfers
+--- args: transfer
+--- replies: OK
+--- ok:
+--- flags: -
+local function confirm(keys, args)
+  redis.call('HDEL', keys[1], args[1])
   return {'OK'}
 end
 
 -- sweep_in: adds a sweep's units to the pool once per sweep id, and clears
 -- the sold-out marker (engine: stock put back clears `sold_out`).
--- KEYS: 1 deal, 2 accepted sweep ids; ARGV: op, sweep id, units, channel
-local function sweep_in()
-  local deal, accepted = KEYS[1], KEYS[2]
-  if redis.call('SADD', accepted, ARGV[2]) == 1 then
-    redis.call('HINCRBY', deal, 'pool', num(ARGV[3]))
+--- step: sweep_in
+--- keys: deal accepted
+--- args: sweep units channel
+--- replies: OK
+--- ok:
+--- flags: -
+local function sweep_in(keys, args)
+  local deal, accepted = keys[1], keys[2]
+  if redis.call('SADD', accepted, args[1]) == 1 then
+    redis.call('HINCRBY', deal, 'pool', num(args[2]))
     if redis.call('HGET', deal, 'sold_out') == '1' then
       redis.call('HSET', deal, 'sold_out', 0)
-      redis.call('PUBLISH', ARGV[4], KEYS[1])
+      redis.call('PUBLISH', args[3], keys[1])
     end
   end
   return {'OK'}
@@ -625,14 +729,19 @@ end
 
 -- sold_out: sets the deal's sold-out marker when its pool is empty and no
 -- transfer is on its way to a bucket (the caller has swept every bucket).
--- KEYS: 1 deal, 2 pending transfers; ARGV: op, channel
-local function sold_out()
-  if num(redis.call('HGET', KEYS[1], 'pool')) > 0 or redis.call('HLEN', KEYS[2]) > 0 then
+--- step: sold_out
+--- keys: deal transfers
+--- args: channel
+--- replies: OK
+--- ok: marked
+--- flags: -
+local function sold_out(keys, args)
+  if num(redis.call('HGET', keys[1], 'pool')) > 0 or redis.call('HLEN', keys[2]) > 0 then
     return {'OK', 0}
   end
-  if redis.call('HGET', KEYS[1], 'sold_out') ~= '1' then
-    redis.call('HSET', KEYS[1], 'sold_out', 1)
-    redis.call('PUBLISH', ARGV[2], KEYS[1])
+  if redis.call('HGET', keys[1], 'sold_out') ~= '1' then
+    redis.call('HSET', keys[1], 'sold_out', 1)
+    redis.call('PUBLISH', args[1], keys[1])
   end
   return {'OK', 1}
 end
@@ -642,16 +751,22 @@ end
 -- ends_at and paused bump the terms' version. The caller has validated the
 -- change against the terms it read; `ends_at` is re-checked against the
 -- server's clock.
--- KEYS: 1 deal, 2 the deal's books stream; ARGV: op, merchant, add_stock
--- or '', ends_at or '', paused ('1', '0' or ''), stock bound, channel
-local function update()
-  local deal, stream = KEYS[1], KEYS[2]
+-- add_stock, ends_at: '' when not changed; paused: '1', '0' or ''; stock_max:
+-- the bound on the total (STOCK_MAX).
+--- step: update
+--- keys: deal books
+--- args: merchant add_stock ends_at paused stock_max channel
+--- replies: OK ERR
+--- ok:
+--- flags: -
+local function update(keys, args)
+  local deal, stream = keys[1], keys[2]
   local id = string.match(deal, '{d:(%d+)}')
-  local merchant, add, ends, paused = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+  local merchant, add, ends, paused = args[1], args[2], args[3], args[4]
   local current = redis.call('HMGET', deal, 'merchant', 'total', 'starts')
   if not current[1] then return err('not_found', 'deal') end
   if current[1] ~= merchant then return err('forbidden', 'deal') end
-  if add ~= '' and num(current[2]) + num(add) > num(ARGV[6]) then
+  if add ~= '' and num(current[2]) + num(add) > num(args[5]) then
     return err('invalid', 'add_stock')
   end
   if ends ~= '' and (num(ends) <= num(current[3]) or num(ends) <= now_ms()) then
@@ -664,7 +779,7 @@ local function update()
     books(stream, 'r', id, 'q', add, 't', int(now_ms()))
     if redis.call('HGET', deal, 'sold_out') == '1' then
       redis.call('HSET', deal, 'sold_out', 0)
-      redis.call('PUBLISH', ARGV[7], KEYS[1])
+      redis.call('PUBLISH', args[6], keys[1])
     end
   end
   if ends ~= '' or paused ~= '' then
@@ -674,7 +789,7 @@ local function update()
     -- engine: the DealChanged event (the deal's end and pause after it).
     local now = redis.call('HMGET', deal, 'ends', 'paused')
     books(stream, 'u', id, 'e', now[1], 'p', now[2], 't', int(now_ms()))
-    redis.call('PUBLISH', ARGV[7], KEYS[1])
+    redis.call('PUBLISH', args[6], keys[1])
   end
   return {'OK'}
 end
@@ -686,28 +801,52 @@ end
 -- after Redis lost its data the sequences start again from 1, and a node
 -- that has not seen the new epoch must not number or sign an account as if
 -- nothing happened; it gets 'EPOCH', learns the epoch, and asks again). A
--- deal's id goes into the deal index (KEYS[3]) in the same step, before the
+-- deal's id goes into the deal index (keys[3]) in the same step, before the
 -- node writes the deal: a deal is listed as soon as it exists, and an id
 -- indexed without a deal (a node died in between) is skipped by readers.
--- KEYS: 1 sequences, 2 epoch, 3 the deal index (deals only)
--- ARGV: op, kind, count, the node's epoch
--- Reply: {'OK', the last id handed out} or {'EPOCH'}
-local function ids()
-  if redis.call('GET', KEYS[2]) ~= ARGV[4] then return {'EPOCH'} end
-  local last = redis.call('HINCRBY', KEYS[1], ARGV[2], num(ARGV[3]))
-  if KEYS[3] then redis.call('ZADD', KEYS[3], last, last) end
+-- keys: the id sequences, the epoch, the deal index (deals only); args: the
+-- kind, how many, the node's epoch. OK: the last id handed out.
+--- step: ids
+--- keys: sequences epoch index?
+--- args: kind count node_epoch
+--- replies: OK EPOCH
+--- ok: last
+--- flags: -
+local function ids(keys, args)
+  if redis.call('GET', keys[2]) ~= args[3] then return {'EPOCH'} end
+  local last = redis.call('HINCRBY', keys[1], args[1], num(args[2]))
+  if keys[3] then redis.call('ZADD', keys[3], last, last) end
   return {'OK', last}
 end
 
+-- ----- registration -------------------------------------------------------------
+
+-- Every step, with its flags (`no-writes`: read only, called with FCALL_RO).
 local steps = {
-  reserve = reserve, pay = pay, release = release, credit = credit,
-  accounts = accounts, register = register, terms = install_terms, accept = accept,
-  sweep_out = sweep_out, sweep_done = sweep_done, review = review, share = share,
-  audit = audit,
-  create = create, refill = refill,
-  confirm = confirm, sweep_in = sweep_in, sold_out = sold_out, update = update,
-  ids = ids,
+  {'reserve', reserve, {}},
+  {'pay', pay, {}},
+  {'release', release, {}},
+  {'credit', credit, {}},
+  {'accounts', accounts, {}},
+  {'register', register, {}},
+  {'terms', install_terms, {}},
+  {'accept', accept, {}},
+  {'sweep_out', sweep_out, {}},
+  {'sweep_done', sweep_done, {}},
+  {'review', review, {}},
+  {'share', share, {}},
+  {'audit', audit, {'no-writes'}},
+  {'create', create, {}},
+  {'refill', refill, {}},
+  {'confirm', confirm, {}},
+  {'sweep_in', sweep_in, {}},
+  {'sold_out', sold_out, {}},
+  {'update', update, {}},
+  {'ids', ids, {}},
 }
-local step = steps[op]
-if not step then return redis.error_reply('unknown step ' .. tostring(op)) end
-return step()
+for index = 1, #steps do
+  local step = steps[index]
+  redis.register_function{
+    function_name = LIBRARY .. '_' .. step[1], callback = step[2], flags = step[3],
+  }
+end

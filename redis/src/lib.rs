@@ -130,6 +130,7 @@ mod poller;
 mod replies;
 mod reserve;
 mod settings;
+pub mod steps;
 mod transfer;
 
 /// The epoch of a store that has none (one node), and of a Redis node
@@ -139,8 +140,6 @@ pub const NO_EPOCH: u64 = 0;
 /// first in Redis is kept to this length.
 pub const FEED_DEALS_MAX: usize = 1_000;
 
-/// The server-side steps, one script (see its header).
-pub(crate) const STEPS_LUA: &str = include_str!("../flashsale.lua");
 /// How often the poller refreshes deals, gathers their numbers across the
 /// shards, and checks that Redis answers.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
@@ -187,7 +186,8 @@ pub(crate) struct Inner {
     /// node).
     pub(crate) subscribe_url: String,
     pub(crate) connect_timeout: Duration,
-    pub(crate) script: redis::Script,
+    /// The Functions library, under its versioned name ([`steps`]).
+    pub(crate) library: String,
     pub(crate) keys: Keys,
     pub(crate) shards: usize,
     /// [`RedisSettings::books_backlog_per_stream_max`], as the script's argument.
