@@ -161,14 +161,81 @@ local function terms_of(key, version)
   }
 end
 
--- engine: `deal.refusal(now)`: sold out, not started, ended, paused, in
--- that order. `sold_out` is the node's view of the deal's marker.
-local function refusal(terms, now, sold_out)
-  if sold_out then return 'sold_out' end
-  if now < terms.starts then return 'not_started' end
-  if now >= terms.ends then return 'deal_ended' end
-  if terms.paused then return 'deal_paused' end
+-- engine: `decide_open` (engine/src/rules/reserve.rs): whether a deal sells
+-- now, whoever asks: nil, or its refusal, in this order: sold_out,
+-- not_started (now < starts), deal_ended (now >= ends), deal_paused.
+-- `window.sold_out` is the node's view of the deal's marker.
+local function decide_open(window)
+  if window.sold_out then return 'sold_out' end
+  if window.now < window.starts then return 'not_started' end
+  if window.now >= window.ends then return 'deal_ended' end
+  if window.paused then return 'deal_paused' end
   return nil
+end
+
+-- engine: `RecordView`: what the shopper's idempotency record (`HMGET deal
+-- kind quantity outcome`) says of this request.
+local function record_view(record, deal, kind, quantity)
+  if not record[1] then return 'none' end
+  if record[1] ~= deal then return 'other_deal' end
+  if record[2] ~= kind or num(record[3]) ~= quantity then return 'other_request' end
+  return 'same_request'
+end
+
+-- engine: `decide_reserve` (engine/src/rules/reserve.rs), check for check:
+--   1. a raffle: none here (Redis mode refuses to create one);
+--   2. a record of this key on this deal: the same request is replayed,
+--      another is idempotency_key_reused (so a retry gets its answer even
+--      once the deal is sold out or over);
+--   3. the window, `decide_open`. Its first check, sold out (nothing
+--      remaining), is here an empty bucket the node does not know to be
+--      sold out: the shard cannot see the pool and the other buckets, so
+--      it asks for one unit ({'REFILL', 1, 1}) and the node answers
+--      sold_out itself when there is none anywhere;
+--   4. a record of this key on another deal: idempotency_key_reused;
+--      (Redis only: a buy while the shard's books stream is at its bound,
+--      Postgres behind: {'BACKLOG'}, nothing changed, the node answers 503)
+--   5. no such shopper: not_found;
+--   6. registration required and missing: not_registered;
+--   7. held + bought + quantity over the limit: purchase_limit_reached
+--      (doubles do not overflow: no `quantity is too large` here);
+--   8. the engine's deals_per_shopper_max (capacity_reached): not checked,
+--      Redis mode keeps no bound on the deals a shopper touches;
+--   9. price x quantity past MONEY_MAX: cannot happen (a deal's price x
+--      limit is at most WALLET_FEN_MAX, checked when it is created);
+--   10. available funds below price x quantity: insufficient_funds.
+-- Returns {answer = a reply} (a refusal or a request to the node),
+-- {replay = true}, or {reserve = the reservation}. The stock is taken when
+-- the effects are applied.
+local function decide_reserve(view)
+  if view.record == 'same_request' then return {replay = true} end
+  if view.record == 'other_request' then
+    return {answer = err('idempotency_key_reused')}
+  end
+  if view.bucket == 0 and not view.window.sold_out then return {answer = {'REFILL', 1, 1}} end
+  local refused = decide_open(view.window)
+  if refused then return {answer = err(refused)} end
+  if view.record == 'other_deal' then return {answer = err('idempotency_key_reused')} end
+  if view.backlog then return {answer = {'BACKLOG'}} end
+  local shopper = view.shopper
+  if not shopper then return {answer = err('not_found', 'shopper')} end
+  if view.requires_registration and not shopper.registered then
+    return {answer = err('not_registered')}
+  end
+  if shopper.held + shopper.bought + view.quantity > view.per_user_limit then
+    return {answer = err('purchase_limit_reached', view.per_user_limit)}
+  end
+  local debit = view.price * view.quantity
+  if shopper.available < debit then return {answer = err('insufficient_funds')} end
+  local now = view.window.now
+  return {reserve = {
+    kind = view.kind, units = view.quantity, unit_price = view.price, debit = debit,
+    created_at = now,
+    -- engine: `hold_expiry`.
+    expires_at = view.kind == 'hold' and now + view.hold_seconds * 1000 or nil,
+    -- engine: `counts_new_buyer`.
+    new_buyer = view.kind == 'order' and shopper.bought == 0,
+  }}
 end
 
 local function replay(kind, outcome, orders, holds)
@@ -178,7 +245,9 @@ local function replay(kind, outcome, orders, holds)
   return {'OK', 'hold', redis.call('HGET', holds, outcome), '1'}
 end
 
--- reserve: a one-tap buy (kind 'order') or a hold (kind 'hold').
+-- reserve: a one-tap buy (kind 'order') or a hold (kind 'hold'): reads
+-- what `decide_reserve` needs, decides, then takes the stock and applies
+-- the effects (engine: `reserve`, `commit_order`, `commit_hold`).
 -- record: the idempotency record; terms: the shard's copy of the deal's terms;
 -- deal_orders, shopper_orders: order lists; records: the deal's record set.
 -- kind: 'order' or 'hold'; version: of the terms the node knows; sold_out:
@@ -199,58 +268,47 @@ local function reserve(keys, args)
   local deal, shopper, kind = args[1], args[2], args[3]
   local quantity, version, shard = num(args[4]), num(args[5]), num(args[6])
   local sold_out, retention, backlog = args[7] == '1', num(args[8]), num(args[9])
+  -- Read: the terms (missing or older: the node installs them and
+  -- retries), the record, the bucket, the books' backlog, the wallet.
   local terms = terms_of(terms_key, version)
   if not terms then return {'TERMS'} end
-  local now = now_ms()
-  local refused = refusal(terms, now, sold_out)
-  -- engine: a record on this deal answers first (the same order or hold
-  -- again, or idempotency_key_reused for another request)...
   local record = redis.call('HMGET', record_key, 'deal', 'kind', 'quantity', 'outcome')
-  if record[1] == deal then
-    if record[2] ~= kind or num(record[3]) ~= quantity then
-      return err('idempotency_key_reused')
-    end
-    return replay(kind, record[4], orders, holds)
-  end
-  -- engine: a deal with nothing remaining is refused sold_out before any
-  -- other check. This shard cannot see the other buckets and the pool, so
-  -- an empty bucket asks the node for one unit first; the node answers
-  -- sold_out itself when there is none anywhere.
-  local bucket = num(redis.call('HGET', stock, 'b:' .. deal))
-  if bucket == 0 and not sold_out then return {'REFILL', 1, 1} end
-  -- ...then the deal's own refusals, then a key used on another deal.
-  if refused then return err(refused) end
-  if record[1] then return err('idempotency_key_reused') end
-  -- Postgres behind past the bound: no new order until the books drain
-  -- (nothing changed; the node answers 503 unavailable).
-  if kind == 'order' and behind(stream, backlog) then return {'BACKLOG'} end
   local wallet = redis.call('HMGET', account, 'available', 'held', 'spent',
     'b:' .. deal, 'h:' .. deal, 'r:' .. deal)
-  if not wallet[1] then return err('not_found', 'shopper') end
-  -- engine: registration, then the per-user limit, then funds.
-  if terms.registration and wallet[6] ~= '1' then return err('not_registered') end
-  local bought, held_units = num(wallet[4]), num(wallet[5])
-  if bought + held_units + quantity > terms.limit then
-    return err('purchase_limit_reached', terms.limit)
-  end
-  local amount = terms.price * quantity
-  if num(wallet[1]) < amount then return err('insufficient_funds') end
-  -- engine: `deal.stock.try_take`: here the shard's bucket of the deal.
-  if bucket < quantity then return {'REFILL', quantity - bucket, quantity} end
+  local view = {
+    kind = kind, quantity = quantity,
+    window = {sold_out = sold_out, now = now_ms(), starts = terms.starts, ends = terms.ends,
+      paused = terms.paused},
+    record = record_view(record, deal, kind, quantity),
+    bucket = num(redis.call('HGET', stock, 'b:' .. deal)),
+    backlog = kind == 'order' and behind(stream, backlog),
+    requires_registration = terms.registration, per_user_limit = terms.limit,
+    price = terms.price, hold_seconds = terms.hold_seconds,
+    shopper = wallet[1] and {available = num(wallet[1]), bought = num(wallet[4]),
+      held = num(wallet[5]), registered = wallet[6] == '1'} or nil,
+  }
+  -- Decide.
+  local decision = decide_reserve(view)
+  if decision.answer then return decision.answer end
+  if decision.replay then return replay(kind, record[4], orders, holds) end
+  local r = decision.reserve
+  -- Apply. engine: `deal.stock.try_take`: here the shard's bucket of the
+  -- deal; short, the node refills it and retries (nothing written yet).
+  if view.bucket < r.units then return {'REFILL', r.units - view.bucket, r.units} end
   -- From here on nothing can fail: commit every effect.
-  redis.call('HINCRBY', stock, 'b:' .. deal, -quantity)
-  redis.call('HINCRBY', account, 'available', int(-amount))
+  redis.call('HINCRBY', stock, 'b:' .. deal, -r.units)
+  redis.call('HINCRBY', account, 'available', int(-r.debit))
   local outcome, body
-  if kind == 'order' then
+  if r.kind == 'order' then
     -- engine: `commit_order`.
     local id = compose(shard, redis.call('HINCRBY', sequences, 'order', 1) - 1)
-    redis.call('HINCRBY', account, 'spent', int(amount))
-    if bought == 0 then redis.call('HINCRBY', stock, 'n:' .. deal, 1) end
-    redis.call('HINCRBY', account, 'b:' .. deal, quantity)
-    redis.call('HINCRBY', stock, 's:' .. deal, quantity)
+    redis.call('HINCRBY', account, 'spent', int(r.debit))
+    if r.new_buyer then redis.call('HINCRBY', stock, 'n:' .. deal, 1) end
+    redis.call('HINCRBY', account, 'b:' .. deal, r.units)
+    redis.call('HINCRBY', stock, 's:' .. deal, r.units)
     body = encode_order({id = id, deal = num(deal), shopper = num(shopper),
-      quantity = quantity, unit_price = terms.price, amount = amount, late = false,
-      created_at = now})
+      quantity = r.units, unit_price = r.unit_price, amount = r.debit, late = false,
+      created_at = r.created_at})
     redis.call('HSET', orders, int(id), body)
     redis.call('RPUSH', deal_orders, int(id))
     redis.call('RPUSH', shopper_orders, int(id))
@@ -260,15 +318,14 @@ local function reserve(keys, args)
   else
     -- engine: `commit_hold` / `reserve_for`.
     local id = compose(shard, redis.call('HINCRBY', sequences, 'hold', 1) - 1)
-    local expires = now + terms.hold_seconds * 1000
-    redis.call('HINCRBY', account, 'held', int(amount))
-    redis.call('HINCRBY', account, 'h:' .. deal, quantity)
-    redis.call('HINCRBY', stock, 'h:' .. deal, quantity)
+    redis.call('HINCRBY', account, 'held', int(r.debit))
+    redis.call('HINCRBY', account, 'h:' .. deal, r.units)
+    redis.call('HINCRBY', stock, 'h:' .. deal, r.units)
     body = encode_hold({id = id, deal = num(deal), shopper = num(shopper),
-      quantity = quantity, amount = amount, created_at = now, expires_at = expires,
-      status = 'active'})
+      quantity = r.units, amount = r.debit, created_at = r.created_at,
+      expires_at = r.expires_at, status = 'active'})
     redis.call('HSET', holds, int(id), body)
-    redis.call('ZADD', expiries, int(expires), int(id))
+    redis.call('ZADD', expiries, int(r.expires_at), int(id))
     outcome = id
   end
   redis.call('HSET', record_key, 'deal', deal, 'kind', kind, 'quantity', quantity,
@@ -292,18 +349,55 @@ local function release_hold(hold, account, stock, holds, expiries, status)
   redis.call('HINCRBY', stock, 'b:' .. deal, hold.quantity)
 end
 
--- A hold owned by the caller, or a refusal.
-local function own_hold(holds, id, shopper)
-  local encoded = redis.call('HGET', holds, id)
-  if not encoded then return nil, err('not_found', 'hold') end
-  local hold = cjson.decode(encoded)
-  if tostring(hold.shopper) ~= shopper then return nil, err('forbidden', 'hold') end
-  return hold
+-- engine: `HoldView`: what paying, releasing or expiring reads of a hold
+-- (the decoded record, whether `shopper` owns it, the server's clock; the
+-- sweep's '*' owns none, and `decide_expire` does not ask).
+local function hold_view(hold, shopper, now)
+  return {own = tostring(hold.shopper) == shopper, status = hold.status,
+    order = hold.order, expires_at = hold.expires_at, now = now}
 end
 
--- pay: pays a hold (engine: `pay_hold`). On time: held funds become spent,
--- held stock sold. Expired: judged afresh like a new buy (window, limit,
--- funds, stock) and answered hold_expired when refused.
+-- engine: `is_due`: a hold is in time while now < expires_at.
+local function is_due(view)
+  return view.now >= view.expires_at
+end
+
+-- engine: `decide_pay` (engine/src/rules/holds.rs): not the caller's hold:
+-- forbidden; settled: hold_settled with its order; released:
+-- hold_released; otherwise 'on_time' (active, not due: settled at once,
+-- even while the deal is paused or after it ended), 'expire_then_late'
+-- (active, due) or 'late' (expired). Returns the step, or nil and the
+-- refusal.
+local function decide_pay(view)
+  if not view.own then return nil, err('forbidden', 'hold') end
+  if view.status == 'settled' then return nil, err('hold_settled', int(view.order)) end
+  if view.status == 'released' then return nil, err('hold_released') end
+  if view.status == 'active' and not is_due(view) then return 'on_time' end
+  if view.status == 'active' then return 'expire_then_late' end
+  return 'late'
+end
+
+-- engine: `decide_late_pay`: a late payment is judged afresh like a new
+-- buy, every refusal but a missing shopper answered hold_expired: the deal
+-- paused or ended (now >= ends): hold_expired; no such shopper: not_found;
+-- held + bought + quantity over the limit, or available funds below the
+-- hold's amount: hold_expired. Returns the payment, or nil and the
+-- refusal. The stock is taken when the effects are applied.
+local function decide_late_pay(view)
+  if view.paused or view.now >= view.ends then return nil, err('hold_expired') end
+  local shopper = view.shopper
+  if not shopper then return nil, err('not_found', 'shopper') end
+  if shopper.held + shopper.bought + view.quantity > view.per_user_limit
+    or shopper.available < view.amount then
+    return nil, err('hold_expired')
+  end
+  return {units = view.quantity, debit = view.amount}
+end
+
+-- pay: pays a hold (engine: `pay_hold`): `decide_pay` on the hold, then,
+-- late, `decide_late_pay` on the state its expiry left. On time: held
+-- funds become spent, held stock sold. Late: the units are taken from the
+-- bucket again and the funds from available.
 -- version: of the terms the node knows; backlog: the books stream's bound
 -- (entries; 0: none).
 --- step: pay
@@ -317,41 +411,52 @@ local function pay(keys, args)
   local holds, expiries, sequences = keys[5], keys[6], keys[7]
   local deal_orders, shopper_orders, stream = keys[8], keys[9], keys[10]
   local id, shopper, version, shard = args[1], args[2], num(args[3]), num(args[4])
-  local hold, refused = own_hold(holds, id, shopper)
-  if not hold then return refused end
+  -- Read the hold (engine: a lookup, before the rule) and decide.
+  local encoded = redis.call('HGET', holds, id)
+  if not encoded then return err('not_found', 'hold') end
+  local hold = cjson.decode(encoded)
+  local now = now_ms()
+  local step, refused = decide_pay(hold_view(hold, shopper, now))
+  if not step then return refused end
+  -- The deal's terms (missing or older: the node installs them and
+  -- retries), and the books' backlog (Redis only: nothing changed).
   local terms = terms_of(terms_key, version)
   if not terms then return {'TERMS'} end
-  local now = now_ms()
-  if hold.status == 'settled' then return err('hold_settled', int(hold.order)) end
-  if hold.status == 'released' then return err('hold_released') end
   if behind(stream, num(args[5])) then return {'BACKLOG'} end
   local deal = tostring(hold.deal)
-  local late = false
-  -- engine: a hold in time is paid even while its deal is paused (a pause
-  -- stops new sales, not the holds already given, whose time runs on).
-  if hold.status == 'active' and now >= hold.expires_at then
+  local late = step ~= 'on_time'
+  if step == 'expire_then_late' then
+    -- engine: the expiry first (`release`, Expired), as the sweep would.
     release_hold(hold, account, stock, holds, expiries, 'expired')
   end
-  if hold.status == 'active' then
+  if not late then
     -- engine: `settle`.
     redis.call('ZREM', expiries, int(hold.id))
     redis.call('HINCRBY', account, 'held', int(-hold.amount))
     redis.call('HINCRBY', stock, 'h:' .. deal, -hold.quantity)
     redis.call('HINCRBY', account, 'h:' .. deal, -hold.quantity)
   else
-    -- engine: late payment, judged afresh; every refusal is hold_expired.
-    if terms.paused or now >= terms.ends then return err('hold_expired') end
+    -- Read what a late payment needs (after the expiry), decide, apply.
     local wallet = redis.call('HMGET', account, 'available', 'b:' .. deal, 'h:' .. deal)
-    if num(wallet[2]) + num(wallet[3]) + hold.quantity > terms.limit
-      or num(wallet[1]) < hold.amount then
-      return err('hold_expired')
-    end
+    local payment
+    payment, refused = decide_late_pay({
+      quantity = hold.quantity, amount = hold.amount, paused = terms.paused, now = now,
+      ends = terms.ends, per_user_limit = terms.limit,
+      shopper = wallet[1] and {available = num(wallet[1]), bought = num(wallet[2]),
+        held = num(wallet[3])} or nil,
+    })
+    if not payment then return refused end
+    -- engine: `deal.stock.try_take`: the shard's bucket; short, the node
+    -- refills it and retries (the hold stays expired).
     local bucket = num(redis.call('HGET', stock, 'b:' .. deal))
-    if bucket < hold.quantity then return {'REFILL', hold.quantity - bucket, hold.quantity} end
-    redis.call('HINCRBY', stock, 'b:' .. deal, -hold.quantity)
-    redis.call('HINCRBY', account, 'available', int(-hold.amount))
-    late = true
+    if bucket < payment.units then
+      return {'REFILL', payment.units - bucket, payment.units}
+    end
+    redis.call('HINCRBY', stock, 'b:' .. deal, -payment.units)
+    redis.call('HINCRBY', account, 'available', int(-payment.debit))
   end
+  -- engine: `settle` / `settle_late`: the order, counted as a new buyer's
+  -- first (`counts_new_buyer`).
   if num(redis.call('HGET', account, 'b:' .. deal)) == 0 then
     redis.call('HINCRBY', stock, 'n:' .. deal, 1)
   end
@@ -374,6 +479,24 @@ local function pay(keys, args)
   return {'OK', 'order', body}
 end
 
+-- engine: `decide_release`: not the caller's hold: forbidden; settled:
+-- hold_settled with its order; active: released at once (even past its
+-- time); released or expired: unchanged. Returns 'release' or
+-- 'unchanged', or nil and the refusal.
+local function decide_release(view)
+  if not view.own then return nil, err('forbidden', 'hold') end
+  if view.status == 'settled' then return nil, err('hold_settled', int(view.order)) end
+  if view.status == 'active' then return 'release' end
+  return 'unchanged'
+end
+
+-- engine: `decide_expire`: an active hold past its time expires;
+-- otherwise nothing. Never refuses: 'expire' or 'unchanged'.
+local function decide_expire(view)
+  if view.status == 'active' and is_due(view) then return 'expire' end
+  return 'unchanged'
+end
+
 -- release: DELETE /v1/holds/{id} (engine: `release_hold`), or, with
 -- shopper '*', the expiry sweep of one hold whose time is up (engine:
 -- `expire_holds`). Releasing a released or expired hold changes nothing.
@@ -387,24 +510,39 @@ end
 local function release(keys, args)
   local account, stock, holds, expiries = keys[1], keys[2], keys[3], keys[4]
   local id, shopper = args[1], args[2]
-  local hold, refused
+  local encoded = redis.call('HGET', holds, id)
+  if not encoded then return err('not_found', 'hold') end
+  local hold = cjson.decode(encoded)
+  local view = hold_view(hold, shopper, now_ms())
   if shopper == '*' then
-    local encoded = redis.call('HGET', holds, id)
-    if not encoded then return err('not_found', 'hold') end
-    hold = cjson.decode(encoded)
-    if hold.status ~= 'active' or hold.expires_at > now_ms() then
-      return {'OK', 'hold', encoded}
-    end
+    if decide_expire(view) == 'unchanged' then return {'OK', 'hold', encoded} end
     release_hold(hold, account, stock, holds, expiries, 'expired')
     return {'OK', 'hold', encode_hold(hold)}
   end
-  hold, refused = own_hold(holds, id, shopper)
-  if not hold then return refused end
-  if hold.status == 'settled' then return err('hold_settled', int(hold.order)) end
-  if hold.status == 'active' then
+  local effect, refused = decide_release(view)
+  if not effect then return refused end
+  if effect == 'release' then
     release_hold(hold, account, stock, holds, expiries, 'released')
   end
   return {'OK', 'hold', encode_hold(hold)}
+end
+
+-- engine: `decide_credit` (engine/src/rules/account.rs): no such shopper:
+-- not_found; the reference credited before: the same amount is a replay,
+-- another idempotency_key_reused; (the engine's credits_per_shopper_max,
+-- capacity_reached, is not checked in Redis mode;) the wallet's credited
+-- total past `bound`: invalid amount (available never exceeds credited, so
+-- the engine's two overflow checks are this one). Returns 'replay' or
+-- 'credit', or nil and the refusal.
+local function decide_credit(view)
+  local account = view.account
+  if not account then return nil, err('not_found', 'shopper') end
+  if account.previous then
+    if account.previous == view.amount then return 'replay' end
+    return nil, err('idempotency_key_reused')
+  end
+  if account.credited + view.amount > view.bound then return nil, err('invalid', 'amount') end
+  return 'credit'
 end
 
 -- credit: the payment provider credits a wallet (engine: `credit_wallet`);
@@ -420,14 +558,12 @@ end
 local function credit(keys, args)
   local account, stream = keys[1], keys[2]
   local amount, reference, bound = num(args[1]), args[2], num(args[3])
-  if redis.call('EXISTS', account) == 0 then return err('not_found', 'shopper') end
-  local previous = redis.call('HGET', account, 'c:' .. reference)
-  if previous then
-    if num(previous) ~= amount then return err('idempotency_key_reused') end
-  else
-    if num(redis.call('HGET', account, 'credited')) + amount > bound then
-      return err('invalid', 'amount')
-    end
+  local read = redis.call('HMGET', account, 'name', 'credited', 'c:' .. reference)
+  local effect, refused = decide_credit({amount = amount, bound = bound,
+    account = read[1] and {credited = num(read[2]), previous = read[3] and num(read[3])}
+      or nil})
+  if not effect then return refused end
+  if effect == 'credit' then
     redis.call('HSET', account, 'c:' .. reference, int(amount))
     redis.call('HINCRBY', account, 'credited', int(amount))
     redis.call('HINCRBY', account, 'available', int(amount))
@@ -467,6 +603,19 @@ local function accounts(keys, args)
   return {'OK'}
 end
 
+-- engine: `decide_register` (engine/src/rules/account.rs): no such
+-- shopper: not_found; registered already: 'already' (even after the
+-- start); now >= starts: registration_closed; (the engine's
+-- deals_per_shopper_max, capacity_reached, is not checked in Redis mode).
+-- Returns 'already' or 'register', or nil and the refusal.
+local function decide_register(view)
+  local shopper = view.shopper
+  if not shopper then return nil, err('not_found', 'shopper') end
+  if shopper.registered then return 'already' end
+  if view.now >= view.starts then return nil, err('registration_closed') end
+  return 'register'
+end
+
 -- register: a shopper registers for a deal before it starts (engine:
 -- `register`): 'new' or 'again'.
 --- step: register
@@ -480,10 +629,11 @@ local function register(keys, args)
   local deal, version = args[1], num(args[2])
   local terms = terms_of(terms_key, version)
   if not terms then return {'TERMS'} end
-  local registered = redis.call('HMGET', account, 'name', 'r:' .. deal)
-  if not registered[1] then return err('not_found', 'shopper') end
-  if registered[2] == '1' then return {'OK', 'again'} end
-  if now_ms() >= terms.starts then return err('registration_closed') end
+  local read = redis.call('HMGET', account, 'name', 'r:' .. deal)
+  local effect, refused = decide_register({now = now_ms(), starts = terms.starts,
+    shopper = read[1] and {registered = read[2] == '1'} or nil})
+  if not effect then return refused end
+  if effect == 'already' then return {'OK', 'again'} end
   redis.call('HSET', account, 'r:' .. deal, 1)
   redis.call('HINCRBY', stock, 'g:' .. deal, 1)
   return {'OK', 'new'}
@@ -569,13 +719,20 @@ local function sweep_done(keys, args)
   return {'OK'}
 end
 
--- The caller's settled order, or a refusal (engine: `review`, `share`).
-local function own_order(orders, id, shopper)
+-- A settled order by id (engine: a lookup, before the rule), or not_found.
+local function order_of(orders, id)
   local encoded = redis.call('HGET', orders, id)
   if not encoded then return nil, err('not_found', 'order') end
-  local order = cjson.decode(encoded)
-  if tostring(order.shopper) ~= shopper then return nil, err('forbidden', 'order') end
-  return order
+  return cjson.decode(encoded)
+end
+
+-- engine: `decide_review`: not the caller's order: forbidden; reviewed
+-- already: already_reviewed. Returns the sum of its scores for the
+-- merchant's rating, or nil and the refusal.
+local function decide_review(view)
+  if not view.own then return nil, err('forbidden', 'order') end
+  if view.reviewed then return nil, err('already_reviewed') end
+  return view.scores[1] + view.scores[2] + view.scores[3]
 end
 
 -- review: the order's shopper reviews it once (engine: `review`); the
@@ -589,16 +746,27 @@ end
 local function review(keys, args)
   local orders, reviews, ratings = keys[1], keys[2], keys[3]
   local id, shopper, merchant = args[1], args[2], args[3]
-  local order, refused = own_order(orders, id, shopper)
-  if not order then return refused end
-  if redis.call('HEXISTS', reviews, id) == 1 then return err('already_reviewed') end
-  local sum = num(args[4]) + num(args[5]) + num(args[6])
-  redis.call('HSET', reviews, id, cjson.encode({description = num(args[4]),
-    delivery = num(args[5]), service = num(args[6]), text = args[7],
+  local order, missing = order_of(orders, id)
+  if not order then return missing end
+  local scores = {num(args[4]), num(args[5]), num(args[6])}
+  local sum, refused = decide_review({own = tostring(order.shopper) == shopper,
+    reviewed = redis.call('HEXISTS', reviews, id) == 1, scores = scores})
+  if not sum then return refused end
+  redis.call('HSET', reviews, id, cjson.encode({description = scores[1],
+    delivery = scores[2], service = scores[3], text = args[7],
     created_at = args[8], merchant = merchant}))
   redis.call('HINCRBY', ratings, 'n:' .. merchant, 1)
   redis.call('HINCRBY', ratings, 's:' .. merchant, sum)
   return {'OK', int(order.deal)}
+end
+
+-- engine: `decide_share`: not the caller's order: forbidden; shared
+-- already: 'already'; otherwise 'count'. Returns it, or nil and the
+-- refusal.
+local function decide_share(view)
+  if not view.own then return nil, err('forbidden', 'order') end
+  if view.shared then return 'already' end
+  return 'count'
 end
 
 -- share: counts a shared order toward its deal's popularity once (engine:
@@ -611,9 +779,13 @@ end
 --- flags: -
 local function share(keys, args)
   local orders, shared, stock = keys[1], keys[2], keys[3]
-  local order, refused = own_order(orders, args[1], args[2])
-  if not order then return refused end
-  if redis.call('SADD', shared, args[1]) == 0 then return {'OK', 'again'} end
+  local order, missing = order_of(orders, args[1])
+  if not order then return missing end
+  local effect, refused = decide_share({own = tostring(order.shopper) == args[2],
+    shared = redis.call('SISMEMBER', shared, args[1]) == 1})
+  if not effect then return refused end
+  if effect == 'already' then return {'OK', 'again'} end
+  redis.call('SADD', shared, args[1])
   redis.call('HINCRBY', stock, 'x:' .. int(order.deal), 1)
   return {'OK', 'new'}
 end
@@ -746,6 +918,34 @@ local function sold_out(keys, args)
   return {'OK', 1}
 end
 
+-- engine: `decide_deal_change` (engine/src/rules/deal.rs): not the
+-- caller's deal: forbidden; (add_stock 0 is refused by the node before the
+-- call, with the engine's own reason;) total + add_stock past `stock_max`:
+-- invalid add_stock; ends_at at or before the start or now: invalid
+-- ends_at. Returns the effects {restock = units or nil, terms = {ends,
+-- paused} or nil: the deal's end and pause after the change, each one not
+-- given keeping its current value}, or nil and the refusal. Values are
+-- kept as the text Redis stores.
+local function decide_deal_change(view)
+  if not view.own then return nil, err('forbidden', 'deal') end
+  local change = view.change
+  if change.add_stock ~= '' and view.total + num(change.add_stock) > view.stock_max then
+    return nil, err('invalid', 'add_stock')
+  end
+  if change.ends_at ~= ''
+    and (num(change.ends_at) <= view.starts or num(change.ends_at) <= view.now) then
+    return nil, err('invalid', 'ends_at')
+  end
+  local terms = nil
+  if change.ends_at ~= '' or change.paused ~= '' then
+    terms = {
+      ends = change.ends_at ~= '' and change.ends_at or view.ends,
+      paused = change.paused ~= '' and change.paused or view.paused,
+    }
+  end
+  return {restock = change.add_stock ~= '' and change.add_stock or nil, terms = terms}
+end
+
 -- update: PATCH /v1/deals/{id} by its merchant (engine: `update_deal`):
 -- restock adds to the pool and the total and clears the sold-out marker;
 -- ends_at and paused bump the terms' version. The caller has validated the
@@ -762,34 +962,35 @@ end
 local function update(keys, args)
   local deal, stream = keys[1], keys[2]
   local id = string.match(deal, '{d:(%d+)}')
-  local merchant, add, ends, paused = args[1], args[2], args[3], args[4]
-  local current = redis.call('HMGET', deal, 'merchant', 'total', 'starts')
+  local merchant, channel = args[1], args[6]
+  -- Read (engine: the deal's lookup, before the rule), decide, apply.
+  local current = redis.call('HMGET', deal, 'merchant', 'total', 'starts', 'ends', 'paused')
   if not current[1] then return err('not_found', 'deal') end
-  if current[1] ~= merchant then return err('forbidden', 'deal') end
-  if add ~= '' and num(current[2]) + num(add) > num(args[5]) then
-    return err('invalid', 'add_stock')
-  end
-  if ends ~= '' and (num(ends) <= num(current[3]) or num(ends) <= now_ms()) then
-    return err('invalid', 'ends_at')
-  end
-  if add ~= '' then
-    redis.call('HINCRBY', deal, 'total', num(add))
-    redis.call('HINCRBY', deal, 'pool', num(add))
+  local effects, refused = decide_deal_change({
+    own = current[1] == merchant,
+    change = {add_stock = args[2], ends_at = args[3], paused = args[4]},
+    total = num(current[2]), stock_max = num(args[5]), starts = num(current[3]),
+    ends = current[4], paused = current[5], now = now_ms(),
+  })
+  if not effects then return refused end
+  -- engine: the restock first, so no buy takes a unit before its entry.
+  if effects.restock then
+    redis.call('HINCRBY', deal, 'total', num(effects.restock))
+    redis.call('HINCRBY', deal, 'pool', num(effects.restock))
     -- engine: the StockAdded event, for the books.
-    books(stream, 'r', id, 'q', add, 't', int(now_ms()))
+    books(stream, 'r', id, 'q', effects.restock, 't', int(now_ms()))
     if redis.call('HGET', deal, 'sold_out') == '1' then
       redis.call('HSET', deal, 'sold_out', 0)
-      redis.call('PUBLISH', args[6], keys[1])
+      redis.call('PUBLISH', channel, deal)
     end
   end
-  if ends ~= '' or paused ~= '' then
-    if ends ~= '' then redis.call('HSET', deal, 'ends', ends) end
-    if paused ~= '' then redis.call('HSET', deal, 'paused', paused) end
+  if effects.terms then
+    redis.call('HSET', deal, 'ends', effects.terms.ends, 'paused', effects.terms.paused)
     redis.call('HINCRBY', deal, 'version', 1)
     -- engine: the DealChanged event (the deal's end and pause after it).
-    local now = redis.call('HMGET', deal, 'ends', 'paused')
-    books(stream, 'u', id, 'e', now[1], 'p', now[2], 't', int(now_ms()))
-    redis.call('PUBLISH', args[6], keys[1])
+    books(stream, 'u', id, 'e', effects.terms.ends, 'p', effects.terms.paused,
+      't', int(now_ms()))
+    redis.call('PUBLISH', channel, deal)
   end
   return {'OK'}
 end
