@@ -30,8 +30,25 @@
 //! | `ns:{g}:layout` | `shards=N fingerprint=F`: the shard count and secret fingerprint every node must share (set by the first) |
 //!
 //! ## Steps
-//! Every change is one step of `redis/flashsale.lua` (EVALSHA,
-//! reloaded by redis-rs on `NOSCRIPT`). A buy whose shard's bucket is short
+//! Every change is one step: a function of the Redis Functions library
+//! `redis/flashsale.lua`, called with `FCALL` (`FCALL_RO` for the one
+//! read-only step, `audit`). The library is named `flashsale_<version>`,
+//! the version a hash of its source computed at build time, and each step
+//! is the function `<library>_<step>`, so two builds of the node run side
+//! by side during a rolling upgrade, each calling its own library. A node
+//! loads its library on every primary when it connects (`FUNCTION LOAD
+//! REPLACE`, replacing only a library of its own name) and again when a
+//! call answers that the function does not exist (a Redis restarted empty,
+//! a new primary), then retries that call once. Each step is defined once
+//! on this side ([`steps`]: its keys and arguments in order, read only or
+//! not, its reply tags), every call is built from that definition, and a
+//! unit test holds it equal to the header the Lua states above each step.
+//! In the Lua, each changing step reads the state it needs, decides in a
+//! local `decide_<rule>` that mirrors the engine's
+//! (`engine/src/rules/`: same checks in the same order, same refusal
+//! codes), then applies the effects.
+//!
+//! A buy whose shard's bucket is short
 //! gets `REFILL`: the node moves a chunk from the deal's pool (a transfer:
 //! `refill` on the deal's slot, `accept` on the shard's, `confirm` back,
 //! each idempotent by transfer id) and retries. When the pool is short too,
@@ -85,7 +102,8 @@
 //! ## Files
 //! - `settings`: [`RedisArgs`] (the flags `serve` and `audit` share) and
 //!   [`RedisSettings`].
-//! - `connection`: connecting, loading the script, running a step.
+//! - `connection`: connecting, loading the Functions library, running a step.
+//! - [`steps`]: the library, its versioned name, and each step's definition.
 //! - `keys`: the key layout above; `replies`: reading the steps' replies.
 //! - `epoch`: the deployment's layout, epoch, id and id sequences.
 //! - `durability`: what Redis' persistence makes a `201` worth.

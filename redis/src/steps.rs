@@ -4,7 +4,7 @@
 //! reply tags it may answer and what follows `OK`).
 //!
 //! Each step is a struct with one field per key and per argument, made by
-//! the [`steps!`] table below; its [`Call`] impl lists them in the
+//! the `steps!` table below; its `Call` impl lists them in the
 //! definition's order, so a caller names every key and argument and cannot
 //! put one in the wrong place. The Lua states the same call in a `---`
 //! block above each step; `tests::the_lua_header_states_the_rust_steps`
