@@ -1,9 +1,19 @@
--- flashsale's server-side steps in Redis mode (DESIGN.md "Multi-node mode").
+#!lua name=flashsale_VERSION
+-- flashsale's server-side steps in Redis mode: a Redis Functions library.
 --
--- One script, loaded by EVALSHA (redis-rs reloads it on NOSCRIPT), with the
--- step named by ARGV[1]. Every step is atomic (Redis runs a script to the end
--- before anything else) and touches only the keys the caller passed in KEYS,
--- all under one hash tag, so it runs on one Cluster slot:
+-- One library, one function per step (`<library>_<step>`), loaded by every
+-- node with FUNCTION LOAD REPLACE on every primary when it connects, and
+-- again when a call answers that the function does not exist (a Redis
+-- restarted empty, a new primary). The library's name carries a version,
+-- `flashsale_<16 hex digits>`, a hash of this file that the node computes
+-- when it is built (redis/src/steps.rs) and puts in place of the
+-- `flashsale_VERSION` placeholder above and below: a node calls only the
+-- library of its own build, so two builds run side by side during a
+-- rolling upgrade, each with its own library.
+--
+-- Every step is atomic (Redis runs a function to the end before anything
+-- else) and touches only the keys the caller passed, all under one hash
+-- tag, so it runs on one Cluster slot:
 --
 --   shard steps, tag {s:K}: reserve, pay, release, credit, accounts,
 --                           register, terms, accept, sweep_out, sweep_done,
@@ -11,7 +21,19 @@
 --   deal steps,  tag {d:D}: create, refill, confirm, sweep_in, sold_out, update
 --   global step, tag {g}:   ids
 --
--- The in-memory engine (engine/src/engine.rs) is the specification: each step
+-- Each step states its call in one machine-readable block of `---` lines
+-- just above it, which redis/src/steps.rs defines again in Rust for the
+-- callers (a unit test holds the two equal):
+--   --- step: <name>
+--   --- keys: <key names in order>   (a last `name...`: any number of them;
+--                                      `name?`: at most one)
+--   --- args: <argument names in order>  (`(a b c)...`: groups of three)
+--   --- replies: <the reply tags the step may answer>
+--   --- ok: <what follows 'OK' in its reply>
+--   --- flags: no-writes (a read-only step, called with FCALL_RO) or -
+-- The registration at the end of this file gives each step its flags.
+--
+-- The in-memory engine (engine/src/rules/) is the specification: each step
 -- checks in the engine's order and answers what the engine would. Every step
 -- is idempotent or guarded so that the cluster client's own retries, and a
 -- node's retry after a timeout, never apply a change twice: reserve by its
@@ -36,13 +58,12 @@
 --
 -- Steps that change what every node caches of a deal (its sold-out marker,
 -- its pool after a restock, its terms) publish the deal's key on the
--- deployment's channel; nodes re-read that deal at once (store/redis.rs).
+-- deployment's channel; nodes re-read that deal at once (redis/src/poller.rs).
 --
 -- Money is whole fen; every amount stays below 2^53 so Lua's doubles are
--- exact (the gateway refuses larger wallets, see store/redis.rs).
+-- exact (the node refuses larger wallets: WALLET_FEN_MAX in redis/src/lib.rs).
 --
--- The books (DESIGN.md "Settled orders go from the shard streams to
--- Postgres"): every step that settles an order, credits a wallet, creates,
+-- The books: every step that settles an order, credits a wallet, creates,
 -- restocks or changes a deal appends its row to the stream of its own slot
 -- in the same call (`ns:{s:K}:books` for a shard, `ns:{d:D}:books` for a
 -- deal), so no row exists in Redis without its entry or the other way
@@ -59,16 +80,22 @@
 -- A replayed step returns before it appends (its idempotency record, credit
 -- reference, hold status or deal's existence says it was done), so each
 -- fact is appended once. Nodes read the streams through the consumer group
--- `books` and write Postgres (gateway/src/order_sink/streams.rs).
+-- `books` and write Postgres (books/src/streams.rs).
 
--- ARGV[1] is the step's name; in tests only it is `name@ms`, the time the
--- test's clock gives the step (RedisSettings::clock), read by now_ms.
-local op, given_ms = string.match(ARGV[1], '^([%w_]+)@?(%d*)$')
+-- This library's name (the node puts its version in place of `VERSION`);
+-- each step is registered as `<LIBRARY>_<step>`.
+local LIBRARY = 'flashsale_VERSION'
+
+
+-- Tests only: the time the node's clock gave this call (RedisSettings::clock),
+-- passed as a first argument `@ms` and taken off by the registration below;
+-- nil in production.
+local given_ms = nil
 
 -- The Redis server's clock in ms: one clock for every node of a deployment
 -- (a test's time instead when the node passed one).
 local function now_ms()
-  if given_ms ~= nil and given_ms ~= '' then return tonumber(given_ms) end
+  if given_ms then return given_ms end
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
@@ -141,14 +168,81 @@ local function terms_of(key, version)
   }
 end
 
--- engine: `deal.refusal(now)`: sold out, not started, ended, paused, in
--- that order. `sold_out` is the node's view of the deal's marker.
-local function refusal(terms, now, sold_out)
-  if sold_out then return 'sold_out' end
-  if now < terms.starts then return 'not_started' end
-  if now >= terms.ends then return 'deal_ended' end
-  if terms.paused then return 'deal_paused' end
+-- engine: `decide_open` (engine/src/rules/reserve.rs): whether a deal sells
+-- now, whoever asks: nil, or its refusal, in this order: sold_out,
+-- not_started (now < starts), deal_ended (now >= ends), deal_paused.
+-- `window.sold_out` is the node's view of the deal's marker.
+local function decide_open(window)
+  if window.sold_out then return 'sold_out' end
+  if window.now < window.starts then return 'not_started' end
+  if window.now >= window.ends then return 'deal_ended' end
+  if window.paused then return 'deal_paused' end
   return nil
+end
+
+-- engine: `RecordView`: what the shopper's idempotency record (`HMGET deal
+-- kind quantity outcome`) says of this request.
+local function record_view(record, deal, kind, quantity)
+  if not record[1] then return 'none' end
+  if record[1] ~= deal then return 'other_deal' end
+  if record[2] ~= kind or num(record[3]) ~= quantity then return 'other_request' end
+  return 'same_request'
+end
+
+-- engine: `decide_reserve` (engine/src/rules/reserve.rs), check for check:
+--   1. a raffle: none here (Redis mode refuses to create one);
+--   2. a record of this key on this deal: the same request is replayed,
+--      another is idempotency_key_reused (so a retry gets its answer even
+--      once the deal is sold out or over);
+--   3. the window, `decide_open`. Its first check, sold out (nothing
+--      remaining), is here an empty bucket the node does not know to be
+--      sold out: the shard cannot see the pool and the other buckets, so
+--      it asks for one unit ({'REFILL', 1, 1}) and the node answers
+--      sold_out itself when there is none anywhere;
+--   4. a record of this key on another deal: idempotency_key_reused;
+--      (Redis only: a buy while the shard's books stream is at its bound,
+--      Postgres behind: {'BACKLOG'}, nothing changed, the node answers 503)
+--   5. no such shopper: not_found;
+--   6. registration required and missing: not_registered;
+--   7. held + bought + quantity over the limit: purchase_limit_reached
+--      (doubles do not overflow: no `quantity is too large` here);
+--   8. the engine's deals_per_shopper_max (capacity_reached): not checked,
+--      Redis mode keeps no bound on the deals a shopper touches;
+--   9. price x quantity past MONEY_MAX: cannot happen (a deal's price x
+--      limit is at most WALLET_FEN_MAX, checked when it is created);
+--   10. available funds below price x quantity: insufficient_funds.
+-- Returns {answer = a reply} (a refusal or a request to the node),
+-- {replay = true}, or {reserve = the reservation}. The stock is taken when
+-- the effects are applied.
+local function decide_reserve(view)
+  if view.record == 'same_request' then return {replay = true} end
+  if view.record == 'other_request' then
+    return {answer = err('idempotency_key_reused')}
+  end
+  if view.bucket == 0 and not view.window.sold_out then return {answer = {'REFILL', 1, 1}} end
+  local refused = decide_open(view.window)
+  if refused then return {answer = err(refused)} end
+  if view.record == 'other_deal' then return {answer = err('idempotency_key_reused')} end
+  if view.backlog then return {answer = {'BACKLOG'}} end
+  local shopper = view.shopper
+  if not shopper then return {answer = err('not_found', 'shopper')} end
+  if view.requires_registration and not shopper.registered then
+    return {answer = err('not_registered')}
+  end
+  if shopper.held + shopper.bought + view.quantity > view.per_user_limit then
+    return {answer = err('purchase_limit_reached', view.per_user_limit)}
+  end
+  local debit = view.price * view.quantity
+  if shopper.available < debit then return {answer = err('insufficient_funds')} end
+  local now = view.window.now
+  return {reserve = {
+    kind = view.kind, units = view.quantity, unit_price = view.price, debit = debit,
+    created_at = now,
+    -- engine: `hold_expiry`.
+    expires_at = view.kind == 'hold' and now + view.hold_seconds * 1000 or nil,
+    -- engine: `counts_new_buyer`.
+    new_buyer = view.kind == 'order' and shopper.bought == 0,
+  }}
 end
 
 local function replay(kind, outcome, orders, holds)
@@ -158,73 +252,70 @@ local function replay(kind, outcome, orders, holds)
   return {'OK', 'hold', redis.call('HGET', holds, outcome), '1'}
 end
 
--- reserve: a one-tap buy (kind 'order') or a hold (kind 'hold').
--- KEYS: 1 account, 2 idempotency record, 3 shard stock, 4 deal terms,
---       5 orders, 6 holds, 7 hold expiries, 8 sequences, 9 the deal's order
---       list, 10 the shopper's order list, 11 the deal's record set,
---       12 the shard's books stream
--- ARGV: op, deal, shopper, kind, quantity, terms version, shard, sold_out,
---       key retention in s, books backlog bound (entries; 0: none)
-local function reserve()
-  local account, record_key, stock, terms_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-  local orders, holds, expiries, sequences = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
-  local deal_orders, shopper_orders, records = KEYS[9], KEYS[10], KEYS[11]
-  local stream = KEYS[12]
-  local deal, shopper, kind = ARGV[2], ARGV[3], ARGV[4]
-  local quantity, version, shard = num(ARGV[5]), num(ARGV[6]), num(ARGV[7])
-  local sold_out, retention, backlog = ARGV[8] == '1', num(ARGV[9]), num(ARGV[10])
+-- reserve: a one-tap buy (kind 'order') or a hold (kind 'hold'): reads
+-- what `decide_reserve` needs, decides, then takes the stock and applies
+-- the effects (engine: `reserve`, `commit_order`, `commit_hold`).
+-- record: the idempotency record; terms: the shard's copy of the deal's terms;
+-- deal_orders, shopper_orders: order lists; records: the deal's record set.
+-- kind: 'order' or 'hold'; version: of the terms the node knows; sold_out:
+-- the node's sold-out flag (1|0); retention: of the key, in s; backlog: the
+-- books stream's bound (entries; 0: none). OK: kind, the record's JSON, '1'
+-- when replayed.
+--- step: reserve
+--- keys: account record stock terms orders holds expiries sequences deal_orders shopper_orders records books
+--- args: deal shopper kind quantity version shard sold_out retention backlog
+--- replies: OK ERR REFILL TERMS BACKLOG
+--- ok: kind body replayed
+--- flags: -
+local function reserve(keys, args)
+  local account, record_key, stock, terms_key = keys[1], keys[2], keys[3], keys[4]
+  local orders, holds, expiries, sequences = keys[5], keys[6], keys[7], keys[8]
+  local deal_orders, shopper_orders, records = keys[9], keys[10], keys[11]
+  local stream = keys[12]
+  local deal, shopper, kind = args[1], args[2], args[3]
+  local quantity, version, shard = num(args[4]), num(args[5]), num(args[6])
+  local sold_out, retention, backlog = args[7] == '1', num(args[8]), num(args[9])
+  -- Read: the terms (missing or older: the node installs them and
+  -- retries), the record, the bucket, the books' backlog, the wallet.
   local terms = terms_of(terms_key, version)
   if not terms then return {'TERMS'} end
-  local now = now_ms()
-  local refused = refusal(terms, now, sold_out)
-  -- engine: a record on this deal answers first (the same order or hold
-  -- again, or idempotency_key_reused for another request)...
   local record = redis.call('HMGET', record_key, 'deal', 'kind', 'quantity', 'outcome')
-  if record[1] == deal then
-    if record[2] ~= kind or num(record[3]) ~= quantity then
-      return err('idempotency_key_reused')
-    end
-    return replay(kind, record[4], orders, holds)
-  end
-  -- engine: a deal with nothing remaining is refused sold_out before any
-  -- other check. This shard cannot see the other buckets and the pool, so
-  -- an empty bucket asks the node for one unit first; the node answers
-  -- sold_out itself when there is none anywhere.
-  local bucket = num(redis.call('HGET', stock, 'b:' .. deal))
-  if bucket == 0 and not sold_out then return {'REFILL', 1, 1} end
-  -- ...then the deal's own refusals, then a key used on another deal.
-  if refused then return err(refused) end
-  if record[1] then return err('idempotency_key_reused') end
-  -- Postgres behind past the bound: no new order until the books drain
-  -- (nothing changed; the node answers 503 unavailable).
-  if kind == 'order' and behind(stream, backlog) then return {'BACKLOG'} end
   local wallet = redis.call('HMGET', account, 'available', 'held', 'spent',
     'b:' .. deal, 'h:' .. deal, 'r:' .. deal)
-  if not wallet[1] then return err('not_found', 'shopper') end
-  -- engine: registration, then the per-user limit, then funds.
-  if terms.registration and wallet[6] ~= '1' then return err('not_registered') end
-  local bought, held_units = num(wallet[4]), num(wallet[5])
-  if bought + held_units + quantity > terms.limit then
-    return err('purchase_limit_reached', terms.limit)
-  end
-  local amount = terms.price * quantity
-  if num(wallet[1]) < amount then return err('insufficient_funds') end
-  -- engine: `deal.stock.try_take`: here the shard's bucket of the deal.
-  if bucket < quantity then return {'REFILL', quantity - bucket, quantity} end
+  local view = {
+    kind = kind, quantity = quantity,
+    window = {sold_out = sold_out, now = now_ms(), starts = terms.starts, ends = terms.ends,
+      paused = terms.paused},
+    record = record_view(record, deal, kind, quantity),
+    bucket = num(redis.call('HGET', stock, 'b:' .. deal)),
+    backlog = kind == 'order' and behind(stream, backlog),
+    requires_registration = terms.registration, per_user_limit = terms.limit,
+    price = terms.price, hold_seconds = terms.hold_seconds,
+    shopper = wallet[1] and {available = num(wallet[1]), bought = num(wallet[4]),
+      held = num(wallet[5]), registered = wallet[6] == '1'} or nil,
+  }
+  -- Decide.
+  local decision = decide_reserve(view)
+  if decision.answer then return decision.answer end
+  if decision.replay then return replay(kind, record[4], orders, holds) end
+  local r = decision.reserve
+  -- Apply. engine: `deal.stock.try_take`: here the shard's bucket of the
+  -- deal; short, the node refills it and retries (nothing written yet).
+  if view.bucket < r.units then return {'REFILL', r.units - view.bucket, r.units} end
   -- From here on nothing can fail: commit every effect.
-  redis.call('HINCRBY', stock, 'b:' .. deal, -quantity)
-  redis.call('HINCRBY', account, 'available', int(-amount))
+  redis.call('HINCRBY', stock, 'b:' .. deal, -r.units)
+  redis.call('HINCRBY', account, 'available', int(-r.debit))
   local outcome, body
-  if kind == 'order' then
+  if r.kind == 'order' then
     -- engine: `commit_order`.
     local id = compose(shard, redis.call('HINCRBY', sequences, 'order', 1) - 1)
-    redis.call('HINCRBY', account, 'spent', int(amount))
-    if bought == 0 then redis.call('HINCRBY', stock, 'n:' .. deal, 1) end
-    redis.call('HINCRBY', account, 'b:' .. deal, quantity)
-    redis.call('HINCRBY', stock, 's:' .. deal, quantity)
+    redis.call('HINCRBY', account, 'spent', int(r.debit))
+    if r.new_buyer then redis.call('HINCRBY', stock, 'n:' .. deal, 1) end
+    redis.call('HINCRBY', account, 'b:' .. deal, r.units)
+    redis.call('HINCRBY', stock, 's:' .. deal, r.units)
     body = encode_order({id = id, deal = num(deal), shopper = num(shopper),
-      quantity = quantity, unit_price = terms.price, amount = amount, late = false,
-      created_at = now})
+      quantity = r.units, unit_price = r.unit_price, amount = r.debit, late = false,
+      created_at = r.created_at})
     redis.call('HSET', orders, int(id), body)
     redis.call('RPUSH', deal_orders, int(id))
     redis.call('RPUSH', shopper_orders, int(id))
@@ -234,15 +325,14 @@ local function reserve()
   else
     -- engine: `commit_hold` / `reserve_for`.
     local id = compose(shard, redis.call('HINCRBY', sequences, 'hold', 1) - 1)
-    local expires = now + terms.hold_seconds * 1000
-    redis.call('HINCRBY', account, 'held', int(amount))
-    redis.call('HINCRBY', account, 'h:' .. deal, quantity)
-    redis.call('HINCRBY', stock, 'h:' .. deal, quantity)
+    redis.call('HINCRBY', account, 'held', int(r.debit))
+    redis.call('HINCRBY', account, 'h:' .. deal, r.units)
+    redis.call('HINCRBY', stock, 'h:' .. deal, r.units)
     body = encode_hold({id = id, deal = num(deal), shopper = num(shopper),
-      quantity = quantity, amount = amount, created_at = now, expires_at = expires,
-      status = 'active'})
+      quantity = r.units, amount = r.debit, created_at = r.created_at,
+      expires_at = r.expires_at, status = 'active'})
     redis.call('HSET', holds, int(id), body)
-    redis.call('ZADD', expiries, int(expires), int(id))
+    redis.call('ZADD', expiries, int(r.expires_at), int(id))
     outcome = id
   end
   redis.call('HSET', record_key, 'deal', deal, 'kind', kind, 'quantity', quantity,
@@ -266,62 +356,114 @@ local function release_hold(hold, account, stock, holds, expiries, status)
   redis.call('HINCRBY', stock, 'b:' .. deal, hold.quantity)
 end
 
--- A hold owned by the caller, or a refusal.
-local function own_hold(holds, id, shopper)
-  local encoded = redis.call('HGET', holds, id)
-  if not encoded then return nil, err('not_found', 'hold') end
-  local hold = cjson.decode(encoded)
-  if tostring(hold.shopper) ~= shopper then return nil, err('forbidden', 'hold') end
-  return hold
+-- engine: `HoldView`: what paying, releasing or expiring reads of a hold
+-- (the decoded record, whether `shopper` owns it, the server's clock; the
+-- sweep's '*' owns none, and `decide_expire` does not ask).
+local function hold_view(hold, shopper, now)
+  return {own = tostring(hold.shopper) == shopper, status = hold.status,
+    order = hold.order, expires_at = hold.expires_at, now = now}
 end
 
--- pay: pays a hold (engine: `pay_hold`). On time: held funds become spent,
--- held stock sold. Expired: judged afresh like a new buy (window, limit,
--- funds, stock) and answered hold_expired when refused.
--- KEYS: 1 account, 2 shard stock, 3 deal terms, 4 orders, 5 holds,
---       6 expiries, 7 sequences, 8 the deal's order list, 9 the shopper's
---       order list, 10 the shard's books stream
--- ARGV: op, hold id, shopper, terms version, shard, books backlog bound
-local function pay()
-  local account, stock, terms_key, orders = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-  local holds, expiries, sequences = KEYS[5], KEYS[6], KEYS[7]
-  local deal_orders, shopper_orders, stream = KEYS[8], KEYS[9], KEYS[10]
-  local id, shopper, version, shard = ARGV[2], ARGV[3], num(ARGV[4]), num(ARGV[5])
-  local hold, refused = own_hold(holds, id, shopper)
-  if not hold then return refused end
+-- engine: `is_due`: a hold is in time while now < expires_at.
+local function is_due(view)
+  return view.now >= view.expires_at
+end
+
+-- engine: `decide_pay` (engine/src/rules/holds.rs): not the caller's hold:
+-- forbidden; settled: hold_settled with its order; released:
+-- hold_released; otherwise 'on_time' (active, not due: settled at once,
+-- even while the deal is paused or after it ended), 'expire_then_late'
+-- (active, due) or 'late' (expired). Returns the step, or nil and the
+-- refusal.
+local function decide_pay(view)
+  if not view.own then return nil, err('forbidden', 'hold') end
+  if view.status == 'settled' then return nil, err('hold_settled', int(view.order)) end
+  if view.status == 'released' then return nil, err('hold_released') end
+  if view.status == 'active' and not is_due(view) then return 'on_time' end
+  if view.status == 'active' then return 'expire_then_late' end
+  return 'late'
+end
+
+-- engine: `decide_late_pay`: a late payment is judged afresh like a new
+-- buy, every refusal but a missing shopper answered hold_expired: the deal
+-- paused or ended (now >= ends): hold_expired; no such shopper: not_found;
+-- held + bought + quantity over the limit, or available funds below the
+-- hold's amount: hold_expired. Returns the payment, or nil and the
+-- refusal. The stock is taken when the effects are applied.
+local function decide_late_pay(view)
+  if view.paused or view.now >= view.ends then return nil, err('hold_expired') end
+  local shopper = view.shopper
+  if not shopper then return nil, err('not_found', 'shopper') end
+  if shopper.held + shopper.bought + view.quantity > view.per_user_limit
+    or shopper.available < view.amount then
+    return nil, err('hold_expired')
+  end
+  return {units = view.quantity, debit = view.amount}
+end
+
+-- pay: pays a hold (engine: `pay_hold`): `decide_pay` on the hold, then,
+-- late, `decide_late_pay` on the state its expiry left. On time: held
+-- funds become spent, held stock sold. Late: the units are taken from the
+-- bucket again and the funds from available.
+-- version: of the terms the node knows; backlog: the books stream's bound
+-- (entries; 0: none).
+--- step: pay
+--- keys: account stock terms orders holds expiries sequences deal_orders shopper_orders books
+--- args: hold shopper version shard backlog
+--- replies: OK ERR REFILL TERMS BACKLOG
+--- ok: kind body
+--- flags: -
+local function pay(keys, args)
+  local account, stock, terms_key, orders = keys[1], keys[2], keys[3], keys[4]
+  local holds, expiries, sequences = keys[5], keys[6], keys[7]
+  local deal_orders, shopper_orders, stream = keys[8], keys[9], keys[10]
+  local id, shopper, version, shard = args[1], args[2], num(args[3]), num(args[4])
+  -- Read the hold (engine: a lookup, before the rule) and decide.
+  local encoded = redis.call('HGET', holds, id)
+  if not encoded then return err('not_found', 'hold') end
+  local hold = cjson.decode(encoded)
+  local now = now_ms()
+  local step, refused = decide_pay(hold_view(hold, shopper, now))
+  if not step then return refused end
+  -- The deal's terms (missing or older: the node installs them and
+  -- retries), and the books' backlog (Redis only: nothing changed).
   local terms = terms_of(terms_key, version)
   if not terms then return {'TERMS'} end
-  local now = now_ms()
-  if hold.status == 'settled' then return err('hold_settled', int(hold.order)) end
-  if hold.status == 'released' then return err('hold_released') end
-  if behind(stream, num(ARGV[6])) then return {'BACKLOG'} end
+  if behind(stream, num(args[5])) then return {'BACKLOG'} end
   local deal = tostring(hold.deal)
-  local late = false
-  -- engine: a hold in time is paid even while its deal is paused (a pause
-  -- stops new sales, not the holds already given, whose time runs on).
-  if hold.status == 'active' and now >= hold.expires_at then
+  local late = step ~= 'on_time'
+  if step == 'expire_then_late' then
+    -- engine: the expiry first (`release`, Expired), as the sweep would.
     release_hold(hold, account, stock, holds, expiries, 'expired')
   end
-  if hold.status == 'active' then
+  if not late then
     -- engine: `settle`.
     redis.call('ZREM', expiries, int(hold.id))
     redis.call('HINCRBY', account, 'held', int(-hold.amount))
     redis.call('HINCRBY', stock, 'h:' .. deal, -hold.quantity)
     redis.call('HINCRBY', account, 'h:' .. deal, -hold.quantity)
   else
-    -- engine: late payment, judged afresh; every refusal is hold_expired.
-    if terms.paused or now >= terms.ends then return err('hold_expired') end
+    -- Read what a late payment needs (after the expiry), decide, apply.
     local wallet = redis.call('HMGET', account, 'available', 'b:' .. deal, 'h:' .. deal)
-    if num(wallet[2]) + num(wallet[3]) + hold.quantity > terms.limit
-      or num(wallet[1]) < hold.amount then
-      return err('hold_expired')
-    end
+    local payment
+    payment, refused = decide_late_pay({
+      quantity = hold.quantity, amount = hold.amount, paused = terms.paused, now = now,
+      ends = terms.ends, per_user_limit = terms.limit,
+      shopper = wallet[1] and {available = num(wallet[1]), bought = num(wallet[2]),
+        held = num(wallet[3])} or nil,
+    })
+    if not payment then return refused end
+    -- engine: `deal.stock.try_take`: the shard's bucket; short, the node
+    -- refills it and retries (the hold stays expired).
     local bucket = num(redis.call('HGET', stock, 'b:' .. deal))
-    if bucket < hold.quantity then return {'REFILL', hold.quantity - bucket, hold.quantity} end
-    redis.call('HINCRBY', stock, 'b:' .. deal, -hold.quantity)
-    redis.call('HINCRBY', account, 'available', int(-hold.amount))
-    late = true
+    if bucket < payment.units then
+      return {'REFILL', payment.units - bucket, payment.units}
+    end
+    redis.call('HINCRBY', stock, 'b:' .. deal, -payment.units)
+    redis.call('HINCRBY', account, 'available', int(-payment.debit))
   end
+  -- engine: `settle` / `settle_late`: the order, counted as a new buyer's
+  -- first (`counts_new_buyer`).
   if num(redis.call('HGET', account, 'b:' .. deal)) == 0 then
     redis.call('HINCRBY', stock, 'n:' .. deal, 1)
   end
@@ -344,55 +486,96 @@ local function pay()
   return {'OK', 'order', body}
 end
 
+-- engine: `decide_release`: not the caller's hold: forbidden; settled:
+-- hold_settled with its order; active: released at once (even past its
+-- time); released or expired: unchanged. Returns 'release' or
+-- 'unchanged', or nil and the refusal.
+local function decide_release(view)
+  if not view.own then return nil, err('forbidden', 'hold') end
+  if view.status == 'settled' then return nil, err('hold_settled', int(view.order)) end
+  if view.status == 'active' then return 'release' end
+  return 'unchanged'
+end
+
+-- engine: `decide_expire`: an active hold past its time expires;
+-- otherwise nothing. Never refuses: 'expire' or 'unchanged'.
+local function decide_expire(view)
+  if view.status == 'active' and is_due(view) then return 'expire' end
+  return 'unchanged'
+end
+
 -- release: DELETE /v1/holds/{id} (engine: `release_hold`), or, with
 -- shopper '*', the expiry sweep of one hold whose time is up (engine:
 -- `expire_holds`). Releasing a released or expired hold changes nothing.
--- KEYS: 1 account of the hold's shopper, 2 shard stock, 3 holds, 4 expiries
--- ARGV: op, hold id, shopper or '*'
-local function release()
-  local account, stock, holds, expiries = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-  local id, shopper = ARGV[2], ARGV[3]
-  local hold, refused
+-- account: of the hold's shopper; shopper: the caller, or '*' for the sweep.
+--- step: release
+--- keys: account stock holds expiries
+--- args: hold shopper
+--- replies: OK ERR
+--- ok: kind body
+--- flags: -
+local function release(keys, args)
+  local account, stock, holds, expiries = keys[1], keys[2], keys[3], keys[4]
+  local id, shopper = args[1], args[2]
+  local encoded = redis.call('HGET', holds, id)
+  if not encoded then return err('not_found', 'hold') end
+  local hold = cjson.decode(encoded)
+  local view = hold_view(hold, shopper, now_ms())
   if shopper == '*' then
-    local encoded = redis.call('HGET', holds, id)
-    if not encoded then return err('not_found', 'hold') end
-    hold = cjson.decode(encoded)
-    if hold.status ~= 'active' or hold.expires_at > now_ms() then
-      return {'OK', 'hold', encoded}
-    end
+    if decide_expire(view) == 'unchanged' then return {'OK', 'hold', encoded} end
     release_hold(hold, account, stock, holds, expiries, 'expired')
     return {'OK', 'hold', encode_hold(hold)}
   end
-  hold, refused = own_hold(holds, id, shopper)
-  if not hold then return refused end
-  if hold.status == 'settled' then return err('hold_settled', int(hold.order)) end
-  if hold.status == 'active' then
+  local effect, refused = decide_release(view)
+  if not effect then return refused end
+  if effect == 'release' then
     release_hold(hold, account, stock, holds, expiries, 'released')
   end
   return {'OK', 'hold', encode_hold(hold)}
 end
 
+-- engine: `decide_credit` (engine/src/rules/account.rs): no such shopper:
+-- not_found; the reference credited before: the same amount is a replay,
+-- another idempotency_key_reused; (the engine's credits_per_shopper_max,
+-- capacity_reached, is not checked in Redis mode;) the wallet's credited
+-- total past `bound`: invalid amount (available never exceeds credited, so
+-- the engine's two overflow checks are this one). Returns 'replay' or
+-- 'credit', or nil and the refusal.
+local function decide_credit(view)
+  local account = view.account
+  if not account then return nil, err('not_found', 'shopper') end
+  if account.previous then
+    if account.previous == view.amount then return 'replay' end
+    return nil, err('idempotency_key_reused')
+  end
+  if account.credited + view.amount > view.bound then return nil, err('invalid', 'amount') end
+  return 'credit'
+end
+
 -- credit: the payment provider credits a wallet (engine: `credit_wallet`);
 -- the same reference again changes nothing, with another amount it is
 -- idempotency_key_reused.
--- KEYS: 1 account, 2 the shard's books stream; ARGV: op, amount in fen,
--- reference, wallet bound in fen, shopper
-local function credit()
-  local account, stream = KEYS[1], KEYS[2]
-  local amount, reference, bound = num(ARGV[2]), ARGV[3], num(ARGV[4])
-  if redis.call('EXISTS', account) == 0 then return err('not_found', 'shopper') end
-  local previous = redis.call('HGET', account, 'c:' .. reference)
-  if previous then
-    if num(previous) ~= amount then return err('idempotency_key_reused') end
-  else
-    if num(redis.call('HGET', account, 'credited')) + amount > bound then
-      return err('invalid', 'amount')
-    end
+-- amount and bound (the largest wallet) in fen.
+--- step: credit
+--- keys: account books
+--- args: amount reference bound shopper
+--- replies: OK ERR
+--- ok: credited available held spent
+--- flags: -
+local function credit(keys, args)
+  local account, stream = keys[1], keys[2]
+  local amount, reference, bound = num(args[1]), args[2], num(args[3])
+  local read = redis.call('HMGET', account, 'name', 'credited', 'c:' .. reference)
+  local effect, refused = decide_credit({amount = amount, bound = bound,
+    account = read[1] and {credited = num(read[2]), previous = read[3] and num(read[3])}
+      or nil})
+  if not effect then return refused end
+  if effect == 'credit' then
     redis.call('HSET', account, 'c:' .. reference, int(amount))
     redis.call('HINCRBY', account, 'credited', int(amount))
     redis.call('HINCRBY', account, 'available', int(amount))
     -- engine: the WalletCredited event, for the books (once per reference).
-    books(stream, 'c', ARGV[5], 'a', int(amount), 'r', reference, 't', int(now_ms()))
+    books(stream, 'c', args[4], 'a', int(amount), 'r', reference, 't', int(now_ms()))
   end
   return {'OK', unpack(redis.call('HMGET', account, 'credited', 'available', 'held', 'spent'))}
 end
@@ -400,40 +583,64 @@ end
 -- accounts: creates shoppers of this shard, each wallet credited `credit`
 -- fen under its own reference (engine: `create_shoppers`). Creating an
 -- existing account again changes nothing (a retried call).
--- KEYS: 1 the shard's books stream, then the accounts; ARGV: op, created_at
--- ms, credit in fen, then for each account its shopper id, its name and its
--- credit reference
-local function accounts()
-  local created, amount = ARGV[2], num(ARGV[3])
-  for index = 2, #KEYS do
-    local account = KEYS[index]
+-- created_at in ms, credit in fen; then for each account its shopper id, its
+-- name and its credit reference.
+--- step: accounts
+--- keys: books account...
+--- args: created_at credit (shopper name reference)...
+--- replies: OK
+--- ok:
+--- flags: -
+local function accounts(keys, args)
+  local created, amount = args[1], num(args[2])
+  for index = 2, #keys do
+    local account = keys[index]
     if redis.call('EXISTS', account) == 0 then
-      local at = 1 + (index - 1) * 3
-      local shopper, name, reference = ARGV[at], ARGV[at + 1], ARGV[at + 2]
+      local at = (index - 1) * 3
+      local shopper, name, reference = args[at], args[at + 1], args[at + 2]
       redis.call('HSET', account, 'name', name, 'created_at', created,
         'credited', int(amount), 'available', int(amount), 'held', 0, 'spent', 0)
       if amount > 0 then
         redis.call('HSET', account, 'c:' .. reference, int(amount))
         -- engine: `create_shoppers` credits each wallet: WalletCredited.
-        books(KEYS[1], 'c', shopper, 'a', int(amount), 'r', reference, 't', created)
+        books(keys[1], 'c', shopper, 'a', int(amount), 'r', reference, 't', created)
       end
     end
   end
   return {'OK'}
 end
 
+-- engine: `decide_register` (engine/src/rules/account.rs): no such
+-- shopper: not_found; registered already: 'already' (even after the
+-- start); now >= starts: registration_closed; (the engine's
+-- deals_per_shopper_max, capacity_reached, is not checked in Redis mode).
+-- Returns 'already' or 'register', or nil and the refusal.
+local function decide_register(view)
+  local shopper = view.shopper
+  if not shopper then return nil, err('not_found', 'shopper') end
+  if shopper.registered then return 'already' end
+  if view.now >= view.starts then return nil, err('registration_closed') end
+  return 'register'
+end
+
 -- register: a shopper registers for a deal before it starts (engine:
 -- `register`): 'new' or 'again'.
--- KEYS: 1 account, 2 shard stock, 3 deal terms; ARGV: op, deal, version
-local function register()
-  local account, stock, terms_key = KEYS[1], KEYS[2], KEYS[3]
-  local deal, version = ARGV[2], num(ARGV[3])
+--- step: register
+--- keys: account stock terms
+--- args: deal version
+--- replies: OK ERR TERMS
+--- ok: outcome
+--- flags: -
+local function register(keys, args)
+  local account, stock, terms_key = keys[1], keys[2], keys[3]
+  local deal, version = args[1], num(args[2])
   local terms = terms_of(terms_key, version)
   if not terms then return {'TERMS'} end
-  local registered = redis.call('HMGET', account, 'name', 'r:' .. deal)
-  if not registered[1] then return err('not_found', 'shopper') end
-  if registered[2] == '1' then return {'OK', 'again'} end
-  if now_ms() >= terms.starts then return err('registration_closed') end
+  local read = redis.call('HMGET', account, 'name', 'r:' .. deal)
+  local effect, refused = decide_register({now = now_ms(), starts = terms.starts,
+    shopper = read[1] and {registered = read[2] == '1'} or nil})
+  if not effect then return refused end
+  if effect == 'already' then return {'OK', 'again'} end
   redis.call('HSET', account, 'r:' .. deal, 1)
   redis.call('HINCRBY', stock, 'g:' .. deal, 1)
   return {'OK', 'new'}
@@ -441,24 +648,32 @@ end
 
 -- terms: installs a deal's terms on a shard unless it already has these or
 -- newer ones (the version only grows).
--- KEYS: 1 deal terms; ARGV: op, version, price, limit, starts, ends, paused,
--- registration, hold_seconds, merchant
-local function install_terms()
-  local current = num(redis.call('HGET', KEYS[1], 'version'))
-  if current >= num(ARGV[2]) then return {'OK', 'kept'} end
-  redis.call('HSET', KEYS[1], 'version', ARGV[2], 'price', ARGV[3], 'limit', ARGV[4],
-    'starts', ARGV[5], 'ends', ARGV[6], 'paused', ARGV[7], 'registration', ARGV[8],
-    'hold_seconds', ARGV[9], 'merchant', ARGV[10])
+--- step: terms
+--- keys: terms
+--- args: version price limit starts ends paused registration hold_seconds merchant
+--- replies: OK
+--- ok: outcome
+--- flags: -
+local function install_terms(keys, args)
+  local current = num(redis.call('HGET', keys[1], 'version'))
+  if current >= num(args[1]) then return {'OK', 'kept'} end
+  redis.call('HSET', keys[1], 'version', args[1], 'price', args[2], 'limit', args[3],
+    'starts', args[4], 'ends', args[5], 'paused', args[6], 'registration', args[7],
+    'hold_seconds', args[8], 'merchant', args[9])
   return {'OK', 'installed'}
 end
 
 -- accept: the shard half of a pool-to-bucket transfer: adds the units to the
 -- bucket once per transfer id, however often it is called.
--- KEYS: 1 shard stock, 2 accepted transfer ids; ARGV: op, deal, transfer id,
--- units
-local function accept()
-  if redis.call('SADD', KEYS[2], ARGV[2] .. ':' .. ARGV[3]) == 1 then
-    redis.call('HINCRBY', KEYS[1], 'b:' .. ARGV[2], num(ARGV[4]))
+--- step: accept
+--- keys: stock accepted
+--- args: deal transfer units
+--- replies: OK
+--- ok:
+--- flags: -
+local function accept(keys, args)
+  if redis.call('SADD', keys[2], args[1] .. ':' .. args[2]) == 1 then
+    redis.call('HINCRBY', keys[1], 'b:' .. args[1], num(args[3]))
   end
   return {'OK'}
 end
@@ -470,12 +685,17 @@ end
 -- the reply) is returned too, so the caller finishes it now: units on their
 -- way to the pool are never left there while the deal is judged sold out
 -- (engine: stock is only ever in one place, and sold out means none left).
--- KEYS: 1 shard stock, 2 pending sweeps, 3 sequences; ARGV: op, deal, shard
 -- Reply: {'OK', id, units, id, units, ...}: every pending sweep of the deal,
 -- this one included; just {'OK'} when there is none.
-local function sweep_out()
-  local stock, pending, sequences = KEYS[1], KEYS[2], KEYS[3]
-  local deal, shard = ARGV[2], ARGV[3]
+--- step: sweep_out
+--- keys: stock pending sequences
+--- args: deal shard
+--- replies: OK
+--- ok: (sweep units)...
+--- flags: -
+local function sweep_out(keys, args)
+  local stock, pending, sequences = keys[1], keys[2], keys[3]
+  local deal, shard = args[1], args[2]
   local units = num(redis.call('HGET', stock, 'b:' .. deal))
   if units > 0 then
     local id = shard .. '.' .. int(redis.call('HINCRBY', sequences, 'sweep', 1))
@@ -495,49 +715,84 @@ local function sweep_out()
 end
 
 -- sweep_done: the sweep reached the pool; forget it.
--- KEYS: 1 pending sweeps; ARGV: op, sweep id
-local function sweep_done()
-  redis.call('HDEL', KEYS[1], ARGV[2])
+--- step: sweep_done
+--- keys: pending
+--- args: sweep
+--- replies: OK
+--- ok:
+--- flags: -
+local function sweep_done(keys, args)
+  redis.call('HDEL', keys[1], args[1])
   return {'OK'}
 end
 
--- The caller's settled order, or a refusal (engine: `review`, `share`).
-local function own_order(orders, id, shopper)
+-- A settled order by id (engine: a lookup, before the rule), or not_found.
+local function order_of(orders, id)
   local encoded = redis.call('HGET', orders, id)
   if not encoded then return nil, err('not_found', 'order') end
-  local order = cjson.decode(encoded)
-  if tostring(order.shopper) ~= shopper then return nil, err('forbidden', 'order') end
-  return order
+  return cjson.decode(encoded)
+end
+
+-- engine: `decide_review`: not the caller's order: forbidden; reviewed
+-- already: already_reviewed. Returns the sum of its scores for the
+-- merchant's rating, or nil and the refusal.
+local function decide_review(view)
+  if not view.own then return nil, err('forbidden', 'order') end
+  if view.reviewed then return nil, err('already_reviewed') end
+  return view.scores[1] + view.scores[2] + view.scores[3]
 end
 
 -- review: the order's shopper reviews it once (engine: `review`); the
 -- merchant's rating sums on this shard count it in the same step.
--- KEYS: 1 orders, 2 reviews, 3 ratings; ARGV: op, order id, shopper,
--- merchant, description, delivery, service, text, created_at ms
-local function review()
-  local orders, reviews, ratings = KEYS[1], KEYS[2], KEYS[3]
-  local id, shopper, merchant = ARGV[2], ARGV[3], ARGV[4]
-  local order, refused = own_order(orders, id, shopper)
-  if not order then return refused end
-  if redis.call('HEXISTS', reviews, id) == 1 then return err('already_reviewed') end
-  local sum = num(ARGV[5]) + num(ARGV[6]) + num(ARGV[7])
-  redis.call('HSET', reviews, id, cjson.encode({description = num(ARGV[5]),
-    delivery = num(ARGV[6]), service = num(ARGV[7]), text = ARGV[8],
-    created_at = ARGV[9], merchant = merchant}))
+--- step: review
+--- keys: orders reviews ratings
+--- args: order shopper merchant description delivery service text created_at
+--- replies: OK ERR
+--- ok: deal
+--- flags: -
+local function review(keys, args)
+  local orders, reviews, ratings = keys[1], keys[2], keys[3]
+  local id, shopper, merchant = args[1], args[2], args[3]
+  local order, missing = order_of(orders, id)
+  if not order then return missing end
+  local scores = {num(args[4]), num(args[5]), num(args[6])}
+  local sum, refused = decide_review({own = tostring(order.shopper) == shopper,
+    reviewed = redis.call('HEXISTS', reviews, id) == 1, scores = scores})
+  if not sum then return refused end
+  redis.call('HSET', reviews, id, cjson.encode({description = scores[1],
+    delivery = scores[2], service = scores[3], text = args[7],
+    created_at = args[8], merchant = merchant}))
   redis.call('HINCRBY', ratings, 'n:' .. merchant, 1)
   redis.call('HINCRBY', ratings, 's:' .. merchant, sum)
   return {'OK', int(order.deal)}
 end
 
+-- engine: `decide_share`: not the caller's order: forbidden; shared
+-- already: 'already'; otherwise 'count'. Returns it, or nil and the
+-- refusal.
+local function decide_share(view)
+  if not view.own then return nil, err('forbidden', 'order') end
+  if view.shared then return 'already' end
+  return 'count'
+end
+
 -- share: counts a shared order toward its deal's popularity once (engine:
 -- `share`): 'new' or 'again'.
--- KEYS: 1 orders, 2 shared order ids, 3 shard stock; ARGV: op, order id,
--- shopper
-local function share()
-  local orders, shared, stock = KEYS[1], KEYS[2], KEYS[3]
-  local order, refused = own_order(orders, ARGV[2], ARGV[3])
-  if not order then return refused end
-  if redis.call('SADD', shared, ARGV[2]) == 0 then return {'OK', 'again'} end
+--- step: share
+--- keys: orders shared stock
+--- args: order shopper
+--- replies: OK ERR
+--- ok: outcome
+--- flags: -
+local function share(keys, args)
+  local orders, shared, stock = keys[1], keys[2], keys[3]
+  local order, missing = order_of(orders, args[1])
+  if not order then return missing end
+  local effect, refused = decide_share({own = tostring(order.shopper) == args[2],
+    shared = redis.call('SISMEMBER', shared, args[1]) == 1})
+  if not effect then return refused end
+  if effect == 'already' then return {'OK', 'again'} end
+  redis.call('SADD', shared, args[1])
   redis.call('HINCRBY', stock, 'x:' .. int(order.deal), 1)
   return {'OK', 'new'}
 end
@@ -547,16 +802,21 @@ end
 -- invariants can be checked while sales go on (engine:
 -- `Engine::check_invariants`, per shard): its stock hash, every order and
 -- hold, and the wallets of the accounts passed.
--- KEYS: 1 shard stock, 2 orders, 3 holds, then accounts
 -- Reply: {'OK', stock field/value list, orders (JSON), holds (JSON), then
 -- per account {credited, available, held, spent} (nil for no account)}
-local function audit()
+--- step: audit
+--- keys: stock orders holds account...
+--- args:
+--- replies: OK
+--- ok: stock orders holds wallets
+--- flags: no-writes
+local function audit(keys, args)
   local wallets = {}
-  for index = 4, #KEYS do
-    wallets[#wallets + 1] = redis.call('HMGET', KEYS[index], 'credited', 'available', 'held', 'spent')
+  for index = 4, #keys do
+    wallets[#wallets + 1] = redis.call('HMGET', keys[index], 'credited', 'available', 'held', 'spent')
   end
-  return {'OK', redis.call('HGETALL', KEYS[1]), redis.call('HVALS', KEYS[2]),
-    redis.call('HVALS', KEYS[3]), wallets}
+  return {'OK', redis.call('HGETALL', keys[1]), redis.call('HVALS', keys[2]),
+    redis.call('HVALS', keys[3]), wallets}
 end
 
 -- ----- deal steps ---------------------------------------------------------------
@@ -564,15 +824,19 @@ end
 -- create: a new deal (engine: `create_deal`, validated by the node): its
 -- hash with the whole stock in the pool, and its DealCreated entry. A
 -- retried call finds the hash and changes nothing.
--- KEYS: 1 deal, 2 the deal's books stream; ARGV: op, merchant, title, price
--- fen, stock, limit, starts ms, ends ms, registration 0|1, hold_seconds,
--- created_at ms
-local function create()
-  local deal, stream = KEYS[1], KEYS[2]
+-- price in fen; starts, ends, created_at in ms; registration 0|1.
+--- step: create
+--- keys: deal books
+--- args: merchant title price stock limit starts ends registration hold_seconds created_at
+--- replies: OK
+--- ok:
+--- flags: -
+local function create(keys, args)
+  local deal, stream = keys[1], keys[2]
   if redis.call('EXISTS', deal) == 1 then return {'OK'} end
-  local merchant, title, price, stock = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-  local limit, starts, ends, registration = ARGV[6], ARGV[7], ARGV[8], ARGV[9]
-  local hold_seconds, created = ARGV[10], ARGV[11]
+  local merchant, title, price, stock = args[1], args[2], args[3], args[4]
+  local limit, starts, ends, registration = args[5], args[6], args[7], args[8]
+  local hold_seconds, created = args[9], args[10]
   redis.call('HSET', deal, 'merchant', merchant, 'title', title, 'price', price,
     'limit', limit, 'starts', starts, 'ends', ends, 'paused', 0,
     'registration', registration, 'hold_seconds', hold_seconds, 'created_at', created,
@@ -591,10 +855,15 @@ end
 -- accept is finished by the reconciler.
 -- Reply: {'OK', transfer id, units, pool left}; units 0 (nothing moved) when
 -- the pool holds fewer than `need` (engine: `try_take` takes all or nothing).
--- KEYS: 1 deal, 2 pending transfers; ARGV: op, shard, need, shards
-local function refill()
-  local deal, pending = KEYS[1], KEYS[2]
-  local shard, need, shards = ARGV[2], num(ARGV[3]), num(ARGV[4])
+--- step: refill
+--- keys: deal transfers
+--- args: shard need shards
+--- replies: OK
+--- ok: transfer units pool
+--- flags: -
+local function refill(keys, args)
+  local deal, pending = keys[1], keys[2]
+  local shard, need, shards = args[1], num(args[2]), num(args[3])
   local pool = num(redis.call('HGET', deal, 'pool'))
   if pool < need or pool <= 0 then return {'OK', '', 0, pool} end
   local units = math.max(need, math.floor(pool / (2 * shards)))
@@ -606,22 +875,32 @@ local function refill()
 end
 
 -- confirm: the transfer reached its bucket; forget it.
--- KEYS: 1 pending transfers; ARGV: op, transfer id
-local function confirm()
-  redis.call('HDEL', KEYS[1], ARGV[2])
+--- step: confirm
+--- keys: transfers
+--- args: transfer
+--- replies: OK
+--- ok:
+--- flags: -
+local function confirm(keys, args)
+  redis.call('HDEL', keys[1], args[1])
   return {'OK'}
 end
 
 -- sweep_in: adds a sweep's units to the pool once per sweep id, and clears
 -- the sold-out marker (engine: stock put back clears `sold_out`).
--- KEYS: 1 deal, 2 accepted sweep ids; ARGV: op, sweep id, units, channel
-local function sweep_in()
-  local deal, accepted = KEYS[1], KEYS[2]
-  if redis.call('SADD', accepted, ARGV[2]) == 1 then
-    redis.call('HINCRBY', deal, 'pool', num(ARGV[3]))
+--- step: sweep_in
+--- keys: deal accepted
+--- args: sweep units channel
+--- replies: OK
+--- ok:
+--- flags: -
+local function sweep_in(keys, args)
+  local deal, accepted = keys[1], keys[2]
+  if redis.call('SADD', accepted, args[1]) == 1 then
+    redis.call('HINCRBY', deal, 'pool', num(args[2]))
     if redis.call('HGET', deal, 'sold_out') == '1' then
       redis.call('HSET', deal, 'sold_out', 0)
-      redis.call('PUBLISH', ARGV[4], KEYS[1])
+      redis.call('PUBLISH', args[3], keys[1])
     end
   end
   return {'OK'}
@@ -629,16 +908,49 @@ end
 
 -- sold_out: sets the deal's sold-out marker when its pool is empty and no
 -- transfer is on its way to a bucket (the caller has swept every bucket).
--- KEYS: 1 deal, 2 pending transfers; ARGV: op, channel
-local function sold_out()
-  if num(redis.call('HGET', KEYS[1], 'pool')) > 0 or redis.call('HLEN', KEYS[2]) > 0 then
+--- step: sold_out
+--- keys: deal transfers
+--- args: channel
+--- replies: OK
+--- ok: marked
+--- flags: -
+local function sold_out(keys, args)
+  if num(redis.call('HGET', keys[1], 'pool')) > 0 or redis.call('HLEN', keys[2]) > 0 then
     return {'OK', 0}
   end
-  if redis.call('HGET', KEYS[1], 'sold_out') ~= '1' then
-    redis.call('HSET', KEYS[1], 'sold_out', 1)
-    redis.call('PUBLISH', ARGV[2], KEYS[1])
+  if redis.call('HGET', keys[1], 'sold_out') ~= '1' then
+    redis.call('HSET', keys[1], 'sold_out', 1)
+    redis.call('PUBLISH', args[1], keys[1])
   end
   return {'OK', 1}
+end
+
+-- engine: `decide_deal_change` (engine/src/rules/deal.rs): not the
+-- caller's deal: forbidden; (add_stock 0 is refused by the node before the
+-- call, with the engine's own reason;) total + add_stock past `stock_max`:
+-- invalid add_stock; ends_at at or before the start or now: invalid
+-- ends_at. Returns the effects {restock = units or nil, terms = {ends,
+-- paused} or nil: the deal's end and pause after the change, each one not
+-- given keeping its current value}, or nil and the refusal. Values are
+-- kept as the text Redis stores.
+local function decide_deal_change(view)
+  if not view.own then return nil, err('forbidden', 'deal') end
+  local change = view.change
+  if change.add_stock ~= '' and view.total + num(change.add_stock) > view.stock_max then
+    return nil, err('invalid', 'add_stock')
+  end
+  if change.ends_at ~= ''
+    and (num(change.ends_at) <= view.starts or num(change.ends_at) <= view.now) then
+    return nil, err('invalid', 'ends_at')
+  end
+  local terms = nil
+  if change.ends_at ~= '' or change.paused ~= '' then
+    terms = {
+      ends = change.ends_at ~= '' and change.ends_at or view.ends,
+      paused = change.paused ~= '' and change.paused or view.paused,
+    }
+  end
+  return {restock = change.add_stock ~= '' and change.add_stock or nil, terms = terms}
 end
 
 -- update: PATCH /v1/deals/{id} by its merchant (engine: `update_deal`):
@@ -646,39 +958,46 @@ end
 -- ends_at and paused bump the terms' version. The caller has validated the
 -- change against the terms it read; `ends_at` is re-checked against the
 -- server's clock.
--- KEYS: 1 deal, 2 the deal's books stream; ARGV: op, merchant, add_stock
--- or '', ends_at or '', paused ('1', '0' or ''), stock bound, channel
-local function update()
-  local deal, stream = KEYS[1], KEYS[2]
+-- add_stock, ends_at: '' when not changed; paused: '1', '0' or ''; stock_max:
+-- the bound on the total (STOCK_MAX).
+--- step: update
+--- keys: deal books
+--- args: merchant add_stock ends_at paused stock_max channel
+--- replies: OK ERR
+--- ok:
+--- flags: -
+local function update(keys, args)
+  local deal, stream = keys[1], keys[2]
   local id = string.match(deal, '{d:(%d+)}')
-  local merchant, add, ends, paused = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-  local current = redis.call('HMGET', deal, 'merchant', 'total', 'starts')
+  local merchant, channel = args[1], args[6]
+  -- Read (engine: the deal's lookup, before the rule), decide, apply.
+  local current = redis.call('HMGET', deal, 'merchant', 'total', 'starts', 'ends', 'paused')
   if not current[1] then return err('not_found', 'deal') end
-  if current[1] ~= merchant then return err('forbidden', 'deal') end
-  if add ~= '' and num(current[2]) + num(add) > num(ARGV[6]) then
-    return err('invalid', 'add_stock')
-  end
-  if ends ~= '' and (num(ends) <= num(current[3]) or num(ends) <= now_ms()) then
-    return err('invalid', 'ends_at')
-  end
-  if add ~= '' then
-    redis.call('HINCRBY', deal, 'total', num(add))
-    redis.call('HINCRBY', deal, 'pool', num(add))
+  local effects, refused = decide_deal_change({
+    own = current[1] == merchant,
+    change = {add_stock = args[2], ends_at = args[3], paused = args[4]},
+    total = num(current[2]), stock_max = num(args[5]), starts = num(current[3]),
+    ends = current[4], paused = current[5], now = now_ms(),
+  })
+  if not effects then return refused end
+  -- engine: the restock first, so no buy takes a unit before its entry.
+  if effects.restock then
+    redis.call('HINCRBY', deal, 'total', num(effects.restock))
+    redis.call('HINCRBY', deal, 'pool', num(effects.restock))
     -- engine: the StockAdded event, for the books.
-    books(stream, 'r', id, 'q', add, 't', int(now_ms()))
+    books(stream, 'r', id, 'q', effects.restock, 't', int(now_ms()))
     if redis.call('HGET', deal, 'sold_out') == '1' then
       redis.call('HSET', deal, 'sold_out', 0)
-      redis.call('PUBLISH', ARGV[7], KEYS[1])
+      redis.call('PUBLISH', channel, deal)
     end
   end
-  if ends ~= '' or paused ~= '' then
-    if ends ~= '' then redis.call('HSET', deal, 'ends', ends) end
-    if paused ~= '' then redis.call('HSET', deal, 'paused', paused) end
+  if effects.terms then
+    redis.call('HSET', deal, 'ends', effects.terms.ends, 'paused', effects.terms.paused)
     redis.call('HINCRBY', deal, 'version', 1)
     -- engine: the DealChanged event (the deal's end and pause after it).
-    local now = redis.call('HMGET', deal, 'ends', 'paused')
-    books(stream, 'u', id, 'e', now[1], 'p', now[2], 't', int(now_ms()))
-    redis.call('PUBLISH', ARGV[7], KEYS[1])
+    books(stream, 'u', id, 'e', effects.terms.ends, 'p', effects.terms.paused,
+      't', int(now_ms()))
+    redis.call('PUBLISH', channel, deal)
   end
   return {'OK'}
 end
@@ -690,28 +1009,64 @@ end
 -- after Redis lost its data the sequences start again from 1, and a node
 -- that has not seen the new epoch must not number or sign an account as if
 -- nothing happened; it gets 'EPOCH', learns the epoch, and asks again). A
--- deal's id goes into the deal index (KEYS[3]) in the same step, before the
+-- deal's id goes into the deal index (keys[3]) in the same step, before the
 -- node writes the deal: a deal is listed as soon as it exists, and an id
 -- indexed without a deal (a node died in between) is skipped by readers.
--- KEYS: 1 sequences, 2 epoch, 3 the deal index (deals only)
--- ARGV: op, kind, count, the node's epoch
--- Reply: {'OK', the last id handed out} or {'EPOCH'}
-local function ids()
-  if redis.call('GET', KEYS[2]) ~= ARGV[4] then return {'EPOCH'} end
-  local last = redis.call('HINCRBY', KEYS[1], ARGV[2], num(ARGV[3]))
-  if KEYS[3] then redis.call('ZADD', KEYS[3], last, last) end
+-- keys: the id sequences, the epoch, the deal index (deals only); args: the
+-- kind, how many, the node's epoch. OK: the last id handed out.
+--- step: ids
+--- keys: sequences epoch index?
+--- args: kind count node_epoch
+--- replies: OK EPOCH
+--- ok: last
+--- flags: -
+local function ids(keys, args)
+  if redis.call('GET', keys[2]) ~= args[3] then return {'EPOCH'} end
+  local last = redis.call('HINCRBY', keys[1], args[1], num(args[2]))
+  if keys[3] then redis.call('ZADD', keys[3], last, last) end
   return {'OK', last}
 end
 
+-- ----- registration -------------------------------------------------------------
+
+-- Every step, with its flags (`no-writes`: read only, called with FCALL_RO).
 local steps = {
-  reserve = reserve, pay = pay, release = release, credit = credit,
-  accounts = accounts, register = register, terms = install_terms, accept = accept,
-  sweep_out = sweep_out, sweep_done = sweep_done, review = review, share = share,
-  audit = audit,
-  create = create, refill = refill,
-  confirm = confirm, sweep_in = sweep_in, sold_out = sold_out, update = update,
-  ids = ids,
+  {'reserve', reserve, {}},
+  {'pay', pay, {}},
+  {'release', release, {}},
+  {'credit', credit, {}},
+  {'accounts', accounts, {}},
+  {'register', register, {}},
+  {'terms', install_terms, {}},
+  {'accept', accept, {}},
+  {'sweep_out', sweep_out, {}},
+  {'sweep_done', sweep_done, {}},
+  {'review', review, {}},
+  {'share', share, {}},
+  {'audit', audit, {'no-writes'}},
+  {'create', create, {}},
+  {'refill', refill, {}},
+  {'confirm', confirm, {}},
+  {'sweep_in', sweep_in, {}},
+  {'sold_out', sold_out, {}},
+  {'update', update, {}},
+  {'ids', ids, {}},
 }
-local step = steps[op]
-if not step then return redis.error_reply('unknown step ' .. tostring(op)) end
-return step()
+for index = 1, #steps do
+  local step = steps[index]
+  local callback = step[2]
+  redis.register_function{
+    function_name = LIBRARY .. '_' .. step[1],
+    callback = function(keys, args)
+      -- A first argument `@ms` is a test's time (now_ms), not the step's.
+      given_ms = nil
+      local first = args[1]
+      if first and string.sub(first, 1, 1) == '@' then
+        given_ms = tonumber(string.sub(first, 2))
+        table.remove(args, 1)
+      end
+      return callback(keys, args)
+    end,
+    flags = step[3],
+  }
+end

@@ -15,8 +15,8 @@
 #      per settled buy of the nodes (/proc/PID/stat) and of Redis (INFO cpu);
 #   7. multi-node mode: one node's sold-out path (answered from the node's
 #      sold-out flag, Redis untouched);
-#   8. Redis running multi-node mode's own buy step (the `reserve` step of
-#      redis/flashsale.lua, same keys and arguments as a node sends,
+#   8. Redis running multi-node mode's own buy step (the `reserve` function
+#      of redis/flashsale.lua, the call a node sends, printed by the binary,
 #      a fresh idempotency key per call) under redis-benchmark: the ceiling
 #      of case 6, with Redis' CPU per call; the last line prints case 6
 #      over case 8 (issue #12's goal: at least 0.8).
@@ -414,10 +414,10 @@ Redis $(per_buy_us "$redis_s" "$settled") us"
     rcli CONFIG SET appendonly "$was_aof" >/dev/null
   fi
   say "wrk against a redis-mode node, sold-out path"
-  before=$(redis-cli -h 127.0.0.1 -p "$REDIS_PORT" INFO commandstats | tr -d '\r' | awk -F'[=,]' '/^cmdstat_evalsha:/ {print $2}')
+  before=$(redis-cli -h 127.0.0.1 -p "$REDIS_PORT" INFO commandstats | tr -d '\r' | awk -F'[=,]' '/^cmdstat_fcall:/ {print $2}')
   rate=$(COMPARE_PATH="/v1/deals/$sold_out/orders" COMPARE_RUN="rso$now" \
     run_wrk redis_sold_out "$FS_URL" "$WORK/buy.lua")
-  after=$(redis-cli -h 127.0.0.1 -p "$REDIS_PORT" INFO commandstats | tr -d '\r' | awk -F'[=,]' '/^cmdstat_evalsha:/ {print $2}')
+  after=$(redis-cli -h 127.0.0.1 -p "$REDIS_PORT" INFO commandstats | tr -d '\r' | awk -F'[=,]' '/^cmdstat_fcall:/ {print $2}')
   result "redis-mode node, sold-out path" "$rate" \
     "p99 $(latency redis_sold_out 99); $((after - before)) script calls during the run"
 fi
@@ -431,20 +431,21 @@ if [ "$REDIS_UP" -eq 1 ] && command -v redis-benchmark >/dev/null 2>&1; then
     paused 0 registration 0 hold_seconds 60 merchant 1
   cli HSET "$P:acct:1" name bench credited 1000000000000000 available 1000000000000000 held 0 spent 0
   cli HSET "$P:stock" b:1 1000000000000
-  sha=$(redis-cli -h 127.0.0.1 -p "$REDIS_PORT" SCRIPT LOAD "$(cat "$ROOT/redis/flashsale.lua")")
-  say "redis-benchmark EVALSHA of the multi-node buy step ($REQUESTS requests)"
+  # The library and the call come from the binary's own step definitions
+  # (redis/src/steps.rs), so they cannot drift from what a node sends.
+  "$BIN" redis-steps library | redis-cli -h 127.0.0.1 -p "$REDIS_PORT" -x FUNCTION LOAD REPLACE >/dev/null
+  mapfile -t call < <("$BIN" redis-steps reserve-call --namespace "$NS-bench")
+  say "redis-benchmark FCALL of the multi-node buy step ($REQUESTS requests)"
   redis_s=$(redis_cpu)
   redis-benchmark -h 127.0.0.1 -p "$REDIS_PORT" -c "$CONNECTIONS" -n "$REQUESTS" -r 1000000000 \
-    --threads "$THREADS" --csv EVALSHA "$sha" 12 "$P:acct:1" "$P:key:1:__rand_int__" "$P:stock" \
-    "$P:terms:1" "$P:orders" "$P:holds" "$P:exp" "$P:seq" "$P:do:1" "$P:so:1" "$P:rec:1" \
-    "$P:books" reserve 1 1 order 1 1 0 0 86400 0 >"$WORK/redis-buy.csv" 2>&1 || true
+    --threads "$THREADS" --csv "${call[@]}" >"$WORK/redis-buy.csv" 2>&1 || true
   rate=$(awk -F'","' 'NR > 1 && NF > 1 {print $2; exit}' "$WORK/redis-buy.csv")
   redis_s=$(awk -v a="$(redis_cpu)" -v b="$redis_s" 'BEGIN { print a - b }')
   settled=$(redis-cli -h 127.0.0.1 -p "$REDIS_PORT" HGET "$P:acct:1" b:1)
-  result "redis EVALSHA multi-node buy step" "$rate" "$settled settled; Redis CPU per call \
+  result "redis FCALL multi-node buy step" "$rate" "$settled settled; Redis CPU per call \
 $(per_buy_us "$redis_s" "$settled") us; the ceiling of the row two above"
 else
-  result "redis EVALSHA multi-node buy step" "" "Redis or redis-benchmark not available"
+  result "redis FCALL multi-node buy step" "" "Redis or redis-benchmark not available"
 fi
 if [ "$REDIS_UP" -eq 1 ]; then
   redis-cli -h 127.0.0.1 -p "$REDIS_PORT" EVAL \
@@ -497,7 +498,7 @@ nodes_rate="" step_rate=""
 for i in "${!NAMES[@]}"; do
   case "${NAMES[$i]}" in
   "2 redis-mode nodes, settling") nodes_rate=${RATES[$i]} ;;
-  "redis EVALSHA multi-node buy step") step_rate=${RATES[$i]} ;;
+  "redis FCALL multi-node buy step") step_rate=${RATES[$i]} ;;
   esac
 done
 if [ -n "$nodes_rate" ] && [ -n "$step_rate" ]; then

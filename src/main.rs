@@ -64,6 +64,30 @@ enum Command {
         #[arg(long, value_name = "URL")]
         deal: String,
     },
+    /// Print this build's Redis Functions library, or a step's call
+    /// (scripts/compare.sh loads and calls the `reserve` step this way).
+    #[command(hide = true)]
+    RedisSteps {
+        #[command(subcommand)]
+        print: StepsPrint,
+    },
+}
+
+#[derive(Subcommand)]
+enum StepsPrint {
+    /// The library, as `FUNCTION LOAD` takes it (its first line names it).
+    Library,
+    /// The `FCALL` of a buy of one unit of deal 1 by shopper 1 on shard 0,
+    /// one word a line, as a node sends it.
+    ReserveCall {
+        /// The deployment's `--redis-namespace`.
+        #[arg(long)]
+        namespace: String,
+        /// The idempotency key (`__rand_int__`: redis-benchmark makes each
+        /// call's key new).
+        #[arg(long, default_value = "__rand_int__")]
+        key: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -83,6 +107,17 @@ fn main() -> ExitCode {
             Command::Demo => demo().await,
             Command::Audit(args) => audit(args).await,
             Command::VerifyDraw { deal } => verify_draw(&deal).await,
+            Command::RedisSteps { print } => {
+                match print {
+                    StepsPrint::Library => print!("{}", flashsale_redis::steps::library_code()),
+                    StepsPrint::ReserveCall { namespace, key } => {
+                        for word in flashsale_redis::steps::bench_reserve_call(&namespace, &key) {
+                            println!("{word}");
+                        }
+                    }
+                }
+                Ok(ExitCode::SUCCESS)
+            }
         }
     });
     match outcome {

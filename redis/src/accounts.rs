@@ -13,6 +13,7 @@ use redis::Value;
 
 use crate::error::Error;
 use crate::replies::{text, wallet_of};
+use crate::steps;
 use crate::{RedisStore, WALLET_FEN_MAX};
 
 impl RedisStore {
@@ -132,24 +133,23 @@ impl RedisStore {
         let created = at.millis().to_string();
         let credit_text = credit.fen().to_string();
         let calls = by_shard.into_iter().map(|(shard, accounts)| {
-            let keys: Vec<String> = std::iter::once(self.keys().shard(shard, "books"))
-                .chain(
-                    accounts
-                        .iter()
-                        .map(|(id, _, _)| self.keys().shard_id(shard, "acct", id.0)),
-                )
-                .collect();
-            let ids: Vec<String> = accounts.iter().map(|(id, _, _)| id.0.to_string()).collect();
-            let (created, credit_text) = (&created, &credit_text);
-            async move {
-                let mut args: Vec<&str> = vec!["accounts", created, credit_text];
-                for ((_, name, reference), id) in accounts.iter().zip(&ids) {
-                    args.push(id);
-                    args.push(name);
-                    args.push(reference);
-                }
-                self.step_done(&keys, &args).await
-            }
+            let keys = self.keys();
+            let call = steps::Accounts {
+                books: keys.shard(shard, "books"),
+                accounts: accounts
+                    .iter()
+                    .map(|(id, _, _)| keys.shard_id(shard, "acct", id.0))
+                    .collect(),
+                created_at: created.clone(),
+                credit: credit_text.clone(),
+                each: accounts
+                    .iter()
+                    .flat_map(|(id, name, reference)| {
+                        [id.0.to_string(), name.clone(), reference.clone()]
+                    })
+                    .collect(),
+            };
+            async move { self.run_done(&call).await }
         });
         try_join_all(calls).await?;
         Ok(())
@@ -188,18 +188,16 @@ impl RedisStore {
     ) -> Result<Wallet, Error> {
         flashsale_engine::check_credit(amount, reference)?;
         let shard = self.shard_of(shopper);
-        let amount_text = amount.fen().to_string();
-        let bound = WALLET_FEN_MAX.to_string();
-        let shopper_text = shopper.0.to_string();
-        let values = self
-            .step_done(
-                &[
-                    self.keys().shard_id(shard, "acct", shopper.0),
-                    self.keys().shard(shard, "books"),
-                ],
-                &["credit", &amount_text, reference, &bound, &shopper_text],
-            )
-            .await?;
+        let keys = self.keys();
+        let call = steps::Credit {
+            account: keys.shard_id(shard, "acct", shopper.0),
+            books: keys.shard(shard, "books"),
+            amount: amount.fen().to_string(),
+            reference: reference.to_owned(),
+            bound: WALLET_FEN_MAX.to_string(),
+            shopper: shopper.0.to_string(),
+        };
+        let values = self.run_done(&call).await?;
         wallet_of(&values[1..])
     }
 
@@ -239,25 +237,21 @@ impl RedisStore {
         let (shard, _) = decompose(order.0);
         let created_at = self.now();
         let [description, delivery, service] = scores.map(|score| score.to_string());
-        self.step_done(
-            &[
-                self.keys().shard(shard, "orders"),
-                self.keys().shard(shard, "reviews"),
-                self.keys().shard(shard, "ratings"),
-            ],
-            &[
-                "review",
-                &order.0.to_string(),
-                &shopper.0.to_string(),
-                &merchant.0.to_string(),
-                &description,
-                &delivery,
-                &service,
-                text,
-                &created_at.millis().to_string(),
-            ],
-        )
-        .await?;
+        let keys = self.keys();
+        let call = steps::Review {
+            orders: keys.shard(shard, "orders"),
+            reviews: keys.shard(shard, "reviews"),
+            ratings: keys.shard(shard, "ratings"),
+            order: order.0.to_string(),
+            shopper: shopper.0.to_string(),
+            merchant: merchant.0.to_string(),
+            description,
+            delivery,
+            service,
+            text: text.to_owned(),
+            created_at: created_at.millis().to_string(),
+        };
+        self.run_done(&call).await?;
         let [description, delivery, service] = scores;
         Ok(Review {
             order,
@@ -277,16 +271,15 @@ impl RedisStore {
         if shard >= self.inner.shards {
             return Err(Error::Engine(EngineError::NotFound(Entity::Order)));
         }
-        let values = self
-            .step_done(
-                &[
-                    self.keys().shard(shard, "orders"),
-                    self.keys().shard(shard, "shared"),
-                    self.keys().shard(shard, "stock"),
-                ],
-                &["share", &order.0.to_string(), &shopper.0.to_string()],
-            )
-            .await?;
+        let keys = self.keys();
+        let call = steps::Share {
+            orders: keys.shard(shard, "orders"),
+            shared: keys.shard(shard, "shared"),
+            stock: keys.shard(shard, "stock"),
+            order: order.0.to_string(),
+            shopper: shopper.0.to_string(),
+        };
+        let values = self.run_done(&call).await?;
         Ok(values.get(1).and_then(text).as_deref() == Some("new"))
     }
 }

@@ -9,9 +9,10 @@ use redis::Value;
 use crate::RedisStore;
 use crate::error::Error;
 use crate::replies::{hold_of, number, order_of, text};
+use crate::steps;
 
 impl RedisStore {
-    /// Every shard's atomic snapshot (the script's `audit` step: stock,
+    /// Every shard's atomic snapshot (the `audit` step: stock,
     /// orders, holds and the wallets of its shoppers), then every deal's
     /// pool, total and units in flight between its slot and the shards.
     /// Shards and deals are read one after another, so numbers summed
@@ -38,17 +39,17 @@ impl RedisStore {
                     shoppers.len()
                 )));
             }
-            let mut keys = vec![
-                self.keys().shard(shard, "stock"),
-                self.keys().shard(shard, "orders"),
-                self.keys().shard(shard, "holds"),
-            ];
-            keys.extend(
-                shoppers
+            let keys = self.keys();
+            let call = steps::Audit {
+                stock: keys.shard(shard, "stock"),
+                orders: keys.shard(shard, "orders"),
+                holds: keys.shard(shard, "holds"),
+                accounts: shoppers
                     .iter()
-                    .map(|shopper| self.keys().shard_id(shard, "acct", shopper.0)),
-            );
-            let values = self.step_done(&keys, &["audit"]).await?;
+                    .map(|shopper| keys.shard_id(shard, "acct", shopper.0))
+                    .collect(),
+            };
+            let values = self.run_done(&call).await?;
             let list = |index: usize| match values.get(index) {
                 Some(Value::Array(items)) => items.clone(),
                 _ => Vec::new(),

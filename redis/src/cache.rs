@@ -15,6 +15,7 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::error::Error;
 use crate::replies::{entry_of, live_of};
+use crate::steps;
 use crate::{RedisStore, SUM_FIELDS, SUM_PARTS};
 
 /// A deal's terms and numbers as this node last saw them.
@@ -113,24 +114,20 @@ impl RedisStore {
         if fields.is_empty() {
             return Err(Error::Engine(EngineError::NotFound(Entity::Deal)));
         }
-        let field = |name: &str| fields.get(name).map_or("", String::as_str);
-        let key = self.keys().shard_id(shard, "terms", deal.0);
-        self.step_done(
-            &[key],
-            &[
-                "terms",
-                field("version"),
-                field("price"),
-                field("limit"),
-                field("starts"),
-                field("ends"),
-                field("paused"),
-                field("registration"),
-                field("hold_seconds"),
-                field("merchant"),
-            ],
-        )
-        .await?;
+        let field = |name: &str| fields.get(name).cloned().unwrap_or_default();
+        let call = steps::Terms {
+            terms: self.keys().shard_id(shard, "terms", deal.0),
+            version: field("version"),
+            price: field("price"),
+            limit: field("limit"),
+            starts: field("starts"),
+            ends: field("ends"),
+            paused: field("paused"),
+            registration: field("registration"),
+            hold_seconds: field("hold_seconds"),
+            merchant: field("merchant"),
+        };
+        self.run_done(&call).await?;
         Ok(())
     }
 

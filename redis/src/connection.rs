@@ -1,11 +1,13 @@
 //! The connection: one multiplexed connection (or one Cluster client) per
-//! node, connecting under a timeout, loading the script, running a step.
+//! node, connecting under a timeout, loading the Functions library on
+//! every primary, running a step (`FCALL`, or `FCALL_RO` for a read-only
+//! one) and loading the library again when Redis has lost it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 
-use flashsale_engine::{HoldId, SystemClock};
+use flashsale_engine::{EngineError, HoldId, SystemClock};
 use parking_lot::RwLock;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
@@ -17,6 +19,7 @@ use crate::error::Error;
 use crate::keys::Keys;
 use crate::replies::{Reply, garbled, is_refusal, reply_of, text};
 use crate::settings::{RedisSettings, RedisTarget};
+use crate::steps::{Call, library_code, library_name};
 use crate::{Inner, NO_EPOCH, RedisStore};
 
 /// One multiplexed connection (or one Cluster client) per node, cloned by
@@ -60,8 +63,8 @@ impl ConnectionLike for Connection {
 }
 
 impl RedisStore {
-    /// Connects (bounded by the connect timeout), loads the script on every
-    /// primary, and checks that Redis answers.
+    /// Connects (bounded by the connect timeout), loads the Functions
+    /// library on every primary, and checks that Redis answers.
     pub async fn connect(settings: &RedisSettings) -> Result<RedisStore, Error> {
         let connection = match &settings.target {
             RedisTarget::Single(url) => {
@@ -104,7 +107,7 @@ impl RedisStore {
                     RedisTarget::Cluster(urls) => urls.first().cloned().unwrap_or_default(),
                 },
                 connect_timeout: settings.connect_timeout,
-                script: redis::Script::new(crate::STEPS_LUA),
+                library: library_code(),
                 keys: Keys {
                     namespace: settings.namespace.clone(),
                 },
@@ -129,14 +132,7 @@ impl RedisStore {
                 volatile_refused: AtomicBool::new(false),
             }),
         };
-        let mut connection = store.connection();
-        store
-            .inner
-            .script
-            .prepare_invoke()
-            .load_async(&mut connection)
-            .await
-            .map_err(Error::Redis)?;
+        store.load_library().await?;
         store.check_durability().await?;
         store.follow_epoch().await?;
         store.poll(true).await?;
@@ -202,41 +198,63 @@ impl RedisStore {
         cmd.query_async(&mut connection).await.map_err(Error::Redis)
     }
 
-    /// Runs one step of the script with `keys` and `args` (the step name
-    /// first). With a test's clock ([`RedisSettings::clock`]) the step
-    /// name goes as `name@ms`, the script's time in place of `TIME`.
-    pub(crate) async fn step(
-        &self,
-        keys: &[String],
-        args: &[&str],
-        hold: Option<HoldId>,
-    ) -> Result<Reply, Error> {
-        let mut invocation = self.inner.script.prepare_invoke();
-        for key in keys {
-            invocation.key(key);
-        }
-        for (index, arg) in args.iter().enumerate() {
-            if index == 0 && self.inner.clock_to_steps {
-                invocation.arg(format!("{arg}@{}", self.now().millis()));
-            } else {
-                invocation.arg(*arg);
+    /// Loads this build's Functions library on the Redis, or on every
+    /// primary of a Cluster (`FUNCTION LOAD REPLACE`, which replaces only
+    /// the library of this name: the same code). Errors: a server did not
+    /// answer, or refused the library (a Redis older than 7.0, an ACL).
+    pub(crate) async fn load_library(&self) -> Result<(), Error> {
+        let mut cmd = redis::cmd("FUNCTION");
+        cmd.arg("LOAD").arg("REPLACE").arg(&self.inner.library);
+        for (server, reply) in self.on_every_primary(&cmd).await? {
+            if let Err(refusal) = reply {
+                return Err(Error::Config(format!(
+                    "{server} refused the Functions library {} (Redis 7.0 or later is needed): {refusal}",
+                    library_name()
+                )));
             }
         }
+        Ok(())
+    }
+
+    /// Runs one step; when Redis answers that its function does not exist
+    /// (a Redis restarted empty, a new primary), loads the library and
+    /// tries once more. A reply tag the step does not give is garbled.
+    /// With a test's clock ([`RedisSettings::clock`]) the call carries its
+    /// time, which the step reads in place of `TIME`.
+    pub(crate) async fn run<C: Call>(
+        &self,
+        call: &C,
+        hold: Option<HoldId>,
+    ) -> Result<Reply, Error> {
+        let cmd = if self.inner.clock_to_steps {
+            call.command_at(self.now().millis())
+        } else {
+            call.command()
+        };
         let mut connection = self.connection();
-        let values: Vec<Value> = invocation
-            .invoke_async(&mut connection)
-            .await
-            .map_err(Error::Redis)?;
+        let values: Vec<Value> = match cmd.query_async(&mut connection).await {
+            Err(error) if is_missing_function(&error) => {
+                tracing::info!(library = %library_name(), "Redis lacks the Functions library; loading it");
+                self.load_library().await?;
+                cmd.query_async(&mut connection)
+                    .await
+                    .map_err(Error::Redis)?
+            }
+            reply => reply.map_err(Error::Redis)?,
+        };
+        let tag = values.first().and_then(text).unwrap_or_default();
+        if !C::STEP.replies.contains(&tag.as_str()) {
+            tracing::error!(step = C::STEP.name, %tag, "a reply tag the step does not give");
+            return Err(Error::Engine(EngineError::Inconsistent {
+                reason: "a reply tag the step does not give",
+            }));
+        }
         reply_of(values, hold)
     }
 
     /// A step that can only be done or refused.
-    pub(crate) async fn step_done(
-        &self,
-        keys: &[String],
-        args: &[&str],
-    ) -> Result<Vec<Value>, Error> {
-        match self.step(keys, args, None).await? {
+    pub(crate) async fn run_done<C: Call>(&self, call: &C) -> Result<Vec<Value>, Error> {
+        match self.run(call, None).await? {
             Reply::Done(values) => Ok(values),
             Reply::Refused(refusal) => Err(Error::Engine(refusal)),
             Reply::Refill { .. } | Reply::Terms | Reply::Epoch | Reply::Backlog => {
@@ -244,4 +262,12 @@ impl RedisStore {
             }
         }
     }
+}
+
+/// Whether Redis answered that the called function does not exist.
+fn is_missing_function(error: &redis::RedisError) -> bool {
+    error
+        .detail()
+        .is_some_and(|detail| detail.starts_with("Function not found"))
+        || error.to_string().contains("Function not found")
 }

@@ -6,6 +6,7 @@ use flashsale_engine::{
 };
 
 use crate::error::Error;
+use crate::steps;
 use crate::{RedisStore, WALLET_FEN_MAX};
 
 impl RedisStore {
@@ -41,23 +42,21 @@ impl RedisStore {
         // reach the shards here, or on a buy's `TERMS` answer if this node
         // stops first.
         let deal = DealId(self.next_ids("deal", 1, true).await?);
-        self.step_done(
-            &[self.keys().deal(deal), self.keys().deal_part(deal, "books")],
-            &[
-                "create",
-                &merchant.0.to_string(),
-                &spec.title,
-                &spec.price.fen().to_string(),
-                &spec.stock.to_string(),
-                &spec.per_user_limit.to_string(),
-                &spec.starts_at.millis().to_string(),
-                &spec.ends_at.millis().to_string(),
-                if spec.requires_registration { "1" } else { "0" },
-                &spec.hold_seconds.to_string(),
-                &now.millis().to_string(),
-            ],
-        )
-        .await?;
+        let call = steps::Create {
+            deal: self.keys().deal(deal),
+            books: self.keys().deal_part(deal, "books"),
+            merchant: merchant.0.to_string(),
+            title: spec.title.clone(),
+            price: spec.price.fen().to_string(),
+            stock: spec.stock.to_string(),
+            limit: spec.per_user_limit.to_string(),
+            starts: spec.starts_at.millis().to_string(),
+            ends: spec.ends_at.millis().to_string(),
+            registration: if spec.requires_registration { "1" } else { "0" }.to_owned(),
+            hold_seconds: spec.hold_seconds.to_string(),
+            created_at: now.millis().to_string(),
+        };
+        self.run_done(&call).await?;
         self.install_terms_everywhere(deal).await?;
         let entry = self.entry(deal).await?;
         Ok(entry.view(self.now()))
@@ -85,33 +84,27 @@ impl RedisStore {
                 reason: "must be at least 1",
             }));
         }
-        let add = change
-            .add_stock
-            .map(|units| units.to_string())
-            .unwrap_or_default();
-        let ends = change
-            .ends_at
-            .map(|at| at.millis().to_string())
-            .unwrap_or_default();
-        let paused = change
-            .paused
-            .map(|paused| if paused { "1" } else { "0" })
-            .unwrap_or("");
-        let bound = flashsale_engine::engine::STOCK_MAX.to_string();
-        let channel = self.keys().channel();
-        self.step_done(
-            &[self.keys().deal(id), self.keys().deal_part(id, "books")],
-            &[
-                "update",
-                &merchant.0.to_string(),
-                &add,
-                &ends,
-                paused,
-                &bound,
-                &channel,
-            ],
-        )
-        .await?;
+        let call = steps::Update {
+            deal: self.keys().deal(id),
+            books: self.keys().deal_part(id, "books"),
+            merchant: merchant.0.to_string(),
+            add_stock: change
+                .add_stock
+                .map(|units| units.to_string())
+                .unwrap_or_default(),
+            ends_at: change
+                .ends_at
+                .map(|at| at.millis().to_string())
+                .unwrap_or_default(),
+            paused: change
+                .paused
+                .map(|paused| if paused { "1" } else { "0" })
+                .unwrap_or("")
+                .to_owned(),
+            stock_max: flashsale_engine::engine::STOCK_MAX.to_string(),
+            channel: self.keys().channel(),
+        };
+        self.run_done(&call).await?;
         if change.ends_at.is_some() || change.paused.is_some() {
             self.install_terms_everywhere(id).await?;
         }

@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 
 use crate::error::Error;
 use crate::replies::{Reply, garbled, number};
+use crate::steps;
 use crate::{NO_EPOCH, RedisStore, STEP_ATTEMPTS_MAX};
 
 impl RedisStore {
@@ -95,17 +96,21 @@ impl RedisStore {
     /// step (`index`). Errors: Redis did not answer, or the epoch kept
     /// moving ([`Error::RedisBusy`]).
     pub(crate) async fn next_ids(&self, kind: &str, count: u32, index: bool) -> Result<u64, Error> {
-        let mut keys = vec![self.keys().global("seq"), self.keys().global("epoch")];
-        if index {
-            keys.push(self.keys().global("deals"));
-        }
-        let count_text = count.to_string();
+        let mut call = steps::Ids {
+            sequences: self.keys().global("seq"),
+            epoch: self.keys().global("epoch"),
+            index: if index {
+                vec![self.keys().global("deals")]
+            } else {
+                Vec::new()
+            },
+            kind: kind.to_owned(),
+            count: count.to_string(),
+            node_epoch: String::new(),
+        };
         for _ in 0..STEP_ATTEMPTS_MAX {
-            let epoch = self.epoch().to_string();
-            match self
-                .step(&keys, &["ids", kind, &count_text, &epoch], None)
-                .await?
-            {
+            call.node_epoch = self.epoch().to_string();
+            match self.run(&call, None).await? {
                 Reply::Done(values) => {
                     return u64::try_from(number(values.get(1))).map_err(|_| garbled("an id"));
                 }

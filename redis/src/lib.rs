@@ -30,8 +30,25 @@
 //! | `ns:{g}:layout` | `shards=N fingerprint=F`: the shard count and secret fingerprint every node must share (set by the first) |
 //!
 //! ## Steps
-//! Every change is one step of `redis/flashsale.lua` (EVALSHA,
-//! reloaded by redis-rs on `NOSCRIPT`). A buy whose shard's bucket is short
+//! Every change is one step: a function of the Redis Functions library
+//! `redis/flashsale.lua`, called with `FCALL` (`FCALL_RO` for the one
+//! read-only step, `audit`). The library is named `flashsale_<version>`,
+//! the version a hash of its source computed at build time, and each step
+//! is the function `<library>_<step>`, so two builds of the node run side
+//! by side during a rolling upgrade, each calling its own library. A node
+//! loads its library on every primary when it connects (`FUNCTION LOAD
+//! REPLACE`, replacing only a library of its own name) and again when a
+//! call answers that the function does not exist (a Redis restarted empty,
+//! a new primary), then retries that call once. Each step is defined once
+//! on this side ([`steps`]: its keys and arguments in order, read only or
+//! not, its reply tags), every call is built from that definition, and a
+//! unit test holds it equal to the header the Lua states above each step.
+//! In the Lua, each changing step reads the state it needs, decides in a
+//! local `decide_<rule>` that mirrors the engine's
+//! (`engine/src/rules/`: same checks in the same order, same refusal
+//! codes), then applies the effects.
+//!
+//! A buy whose shard's bucket is short
 //! gets `REFILL`: the node moves a chunk from the deal's pool (a transfer:
 //! `refill` on the deal's slot, `accept` on the shard's, `confirm` back,
 //! each idempotent by transfer id) and retries. When the pool is short too,
@@ -85,7 +102,8 @@
 //! ## Files
 //! - `settings`: [`RedisArgs`] (the flags `serve` and `audit` share) and
 //!   [`RedisSettings`].
-//! - `connection`: connecting, loading the script, running a step.
+//! - `connection`: connecting, loading the Functions library, running a step.
+//! - [`steps`]: the library, its versioned name, and each step's definition.
 //! - `keys`: the key layout above; `replies`: reading the steps' replies.
 //! - `epoch`: the deployment's layout, epoch, id and id sequences.
 //! - `durability`: what Redis' persistence makes a `201` worth.
@@ -130,6 +148,7 @@ mod poller;
 mod replies;
 mod reserve;
 mod settings;
+pub mod steps;
 mod transfer;
 
 /// The epoch of a store that has none (one node), and of a Redis node
@@ -139,8 +158,6 @@ pub const NO_EPOCH: u64 = 0;
 /// first in Redis is kept to this length.
 pub const FEED_DEALS_MAX: usize = 1_000;
 
-/// The server-side steps, one script (see its header).
-pub(crate) const STEPS_LUA: &str = include_str!("../flashsale.lua");
 /// How often the poller refreshes deals, gathers their numbers across the
 /// shards, and checks that Redis answers.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
@@ -187,7 +204,8 @@ pub(crate) struct Inner {
     /// node).
     pub(crate) subscribe_url: String,
     pub(crate) connect_timeout: Duration,
-    pub(crate) script: redis::Script,
+    /// The Functions library, under its versioned name ([`steps`]).
+    pub(crate) library: String,
     pub(crate) keys: Keys,
     pub(crate) shards: usize,
     /// [`RedisSettings::books_backlog_per_stream_max`], as the script's argument.
@@ -195,7 +213,7 @@ pub(crate) struct Inner {
     /// The node's clock: the system's, or a test's
     /// ([`RedisSettings::clock`]).
     pub(crate) clock: Arc<dyn Clock>,
-    /// `clock` is a test's: every step gets its time as `step@ms`.
+    /// `clock` is a test's: every step gets its time as a first argument `@ms`.
     pub(crate) clock_to_steps: bool,
     pub(crate) deals: RwLock<HashMap<DealId, Arc<DealEntry>>>,
     pub(crate) merchants: RwLock<HashMap<MerchantId, (String, Rating)>>,

@@ -11,6 +11,7 @@ use redis::Value;
 
 use crate::error::Error;
 use crate::replies::{Reply, garbled, hold_of, order_of, text};
+use crate::steps;
 use crate::{EXPIRY_BATCH_MAX, KEY_RETENTION_SECONDS, RedisStore, STEP_ATTEMPTS_MAX};
 
 impl RedisStore {
@@ -29,46 +30,39 @@ impl RedisStore {
             return Err(Error::Engine(EngineError::SoldOut));
         }
         let shard = self.shard_of(shopper);
-        let keys = [
-            self.keys().shard_id(shard, "acct", shopper.0),
-            self.keys().idempotency(shard, shopper, key),
-            self.keys().shard(shard, "stock"),
-            self.keys().shard_id(shard, "terms", deal.0),
-            self.keys().shard(shard, "orders"),
-            self.keys().shard(shard, "holds"),
-            self.keys().shard(shard, "exp"),
-            self.keys().shard(shard, "seq"),
-            self.keys().shard_id(shard, "do", deal.0),
-            self.keys().shard_id(shard, "so", shopper.0),
-            self.keys().shard_id(shard, "rec", deal.0),
-            self.keys().shard(shard, "books"),
-        ];
-        let deal_text = deal.0.to_string();
-        let shopper_text = shopper.0.to_string();
-        let quantity_text = quantity.to_string();
-        let shard_text = shard.to_string();
-        let retention = KEY_RETENTION_SECONDS.to_string();
-        let backlog = &self.inner.books_backlog;
+        let keys = self.keys();
+        let mut call = steps::Reserve {
+            account: keys.shard_id(shard, "acct", shopper.0),
+            record: keys.idempotency(shard, shopper, key),
+            stock: keys.shard(shard, "stock"),
+            terms: keys.shard_id(shard, "terms", deal.0),
+            orders: keys.shard(shard, "orders"),
+            holds: keys.shard(shard, "holds"),
+            expiries: keys.shard(shard, "exp"),
+            sequences: keys.shard(shard, "seq"),
+            deal_orders: keys.shard_id(shard, "do", deal.0),
+            shopper_orders: keys.shard_id(shard, "so", shopper.0),
+            records: keys.shard_id(shard, "rec", deal.0),
+            books: keys.shard(shard, "books"),
+            deal: deal.0.to_string(),
+            shopper: shopper.0.to_string(),
+            kind: kind.to_owned(),
+            quantity: quantity.to_string(),
+            version: String::new(),
+            shard: shard.to_string(),
+            sold_out: String::new(),
+            retention: KEY_RETENTION_SECONDS.to_string(),
+            backlog: self.inner.books_backlog.clone(),
+        };
         for _ in 0..STEP_ATTEMPTS_MAX {
-            let version = entry.live.lock().version.to_string();
-            let sold_out = if entry.sold_out.load(Ordering::Acquire) {
+            call.version = entry.live.lock().version.to_string();
+            call.sold_out = if entry.sold_out.load(Ordering::Acquire) {
                 "1"
             } else {
                 "0"
-            };
-            let args = [
-                "reserve",
-                &deal_text,
-                &shopper_text,
-                kind,
-                &quantity_text,
-                &version,
-                &shard_text,
-                sold_out,
-                &retention,
-                backlog,
-            ];
-            match self.step(&keys, &args, None).await? {
+            }
+            .to_owned();
+            match self.run(&call, None).await? {
                 Reply::Done(values) => {
                     let replayed = values.get(3).and_then(text).as_deref() == Some("1");
                     return Ok((values, replayed));
@@ -92,18 +86,17 @@ impl RedisStore {
     pub async fn register(&self, shopper: ShopperId, deal: DealId) -> Result<bool, Error> {
         let entry = self.entry(deal).await?;
         let shard = self.shard_of(shopper);
-        let keys = [
-            self.keys().shard_id(shard, "acct", shopper.0),
-            self.keys().shard(shard, "stock"),
-            self.keys().shard_id(shard, "terms", deal.0),
-        ];
-        let deal_text = deal.0.to_string();
+        let keys = self.keys();
+        let mut call = steps::Register {
+            account: keys.shard_id(shard, "acct", shopper.0),
+            stock: keys.shard(shard, "stock"),
+            terms: keys.shard_id(shard, "terms", deal.0),
+            deal: deal.0.to_string(),
+            version: String::new(),
+        };
         for _ in 0..STEP_ATTEMPTS_MAX {
-            let version = entry.live.lock().version.to_string();
-            match self
-                .step(&keys, &["register", &deal_text, &version], None)
-                .await?
-            {
+            call.version = entry.live.lock().version.to_string();
+            match self.run(&call, None).await? {
                 Reply::Done(values) => {
                     return Ok(values.get(1).and_then(text).as_deref() == Some("new"));
                 }
@@ -156,32 +149,27 @@ impl RedisStore {
         }
         let entry = self.entry(hold.deal).await?;
         let deal = hold.deal;
-        let keys = [
-            self.keys().shard_id(shard, "acct", shopper.0),
-            self.keys().shard(shard, "stock"),
-            self.keys().shard_id(shard, "terms", deal.0),
-            self.keys().shard(shard, "orders"),
-            self.keys().shard(shard, "holds"),
-            self.keys().shard(shard, "exp"),
-            self.keys().shard(shard, "seq"),
-            self.keys().shard_id(shard, "do", deal.0),
-            self.keys().shard_id(shard, "so", shopper.0),
-            self.keys().shard(shard, "books"),
-        ];
-        let id_text = id.0.to_string();
-        let shopper_text = shopper.0.to_string();
-        let shard_text = shard.to_string();
+        let keys = self.keys();
+        let mut call = steps::Pay {
+            account: keys.shard_id(shard, "acct", shopper.0),
+            stock: keys.shard(shard, "stock"),
+            terms: keys.shard_id(shard, "terms", deal.0),
+            orders: keys.shard(shard, "orders"),
+            holds: keys.shard(shard, "holds"),
+            expiries: keys.shard(shard, "exp"),
+            sequences: keys.shard(shard, "seq"),
+            deal_orders: keys.shard_id(shard, "do", deal.0),
+            shopper_orders: keys.shard_id(shard, "so", shopper.0),
+            books: keys.shard(shard, "books"),
+            hold: id.0.to_string(),
+            shopper: shopper.0.to_string(),
+            version: String::new(),
+            shard: shard.to_string(),
+            backlog: self.inner.books_backlog.clone(),
+        };
         for _ in 0..STEP_ATTEMPTS_MAX {
-            let version = entry.live.lock().version.to_string();
-            let args = [
-                "pay",
-                &id_text,
-                &shopper_text,
-                &version,
-                &shard_text,
-                &self.inner.books_backlog,
-            ];
-            match self.step(&keys, &args, Some(id)).await? {
+            call.version = entry.live.lock().version.to_string();
+            match self.run(&call, Some(id)).await? {
                 Reply::Done(values) => {
                     return order_of(&values.get(2).and_then(text).unwrap_or_default());
                 }
@@ -220,16 +208,16 @@ impl RedisStore {
         shopper: ShopperId,
         who: &str,
     ) -> Result<Hold, Error> {
-        let keys = [
-            self.keys().shard_id(shard, "acct", shopper.0),
-            self.keys().shard(shard, "stock"),
-            self.keys().shard(shard, "holds"),
-            self.keys().shard(shard, "exp"),
-        ];
-        let values = match self
-            .step(&keys, &["release", &id.0.to_string(), who], Some(id))
-            .await?
-        {
+        let keys = self.keys();
+        let call = steps::Release {
+            account: keys.shard_id(shard, "acct", shopper.0),
+            stock: keys.shard(shard, "stock"),
+            holds: keys.shard(shard, "holds"),
+            expiries: keys.shard(shard, "exp"),
+            hold: id.0.to_string(),
+            shopper: who.to_owned(),
+        };
+        let values = match self.run(&call, Some(id)).await? {
             Reply::Done(values) => values,
             Reply::Refused(refusal) => return Err(Error::Engine(refusal)),
             Reply::Refill { .. } | Reply::Terms | Reply::Epoch | Reply::Backlog => {

@@ -12,6 +12,7 @@ use crate::RedisStore;
 use crate::cache::DealEntry;
 use crate::error::Error;
 use crate::replies::{number, text};
+use crate::steps;
 
 impl RedisStore {
     /// Brings the `need` units `shard`'s bucket lacks (of the `total` the
@@ -43,16 +44,12 @@ impl RedisStore {
                 return Ok(true);
             }
         }
-        let channel = self.keys().channel();
-        let values = self
-            .step_done(
-                &[
-                    self.keys().deal(entry.id),
-                    self.keys().deal_part(entry.id, "tx"),
-                ],
-                &["sold_out", &channel],
-            )
-            .await?;
+        let call = steps::SoldOut {
+            deal: self.keys().deal(entry.id),
+            transfers: self.keys().deal_part(entry.id, "tx"),
+            channel: self.keys().channel(),
+        };
+        let values = self.run_done(&call).await?;
         if number(values.get(1)) == 1 {
             let mut live = *entry.live.lock();
             live.marked_sold_out = true;
@@ -70,15 +67,14 @@ impl RedisStore {
         shard: usize,
         need: u32,
     ) -> Result<bool, Error> {
-        let shard_text = shard.to_string();
-        let need_text = need.to_string();
-        let shards_text = self.inner.shards.to_string();
-        let values = self
-            .step_done(
-                &[self.keys().deal(deal), self.keys().deal_part(deal, "tx")],
-                &["refill", &shard_text, &need_text, &shards_text],
-            )
-            .await?;
+        let call = steps::Refill {
+            deal: self.keys().deal(deal),
+            transfers: self.keys().deal_part(deal, "tx"),
+            shard: shard.to_string(),
+            need: need.to_string(),
+            shards: self.inner.shards.to_string(),
+        };
+        let values = self.run_done(&call).await?;
         let id = values.get(1).and_then(text).unwrap_or_default();
         let units = number(values.get(2));
         if units <= 0 {
@@ -97,18 +93,19 @@ impl RedisStore {
         id: &str,
         units: i64,
     ) -> Result<(), Error> {
-        let deal_text = deal.0.to_string();
-        let units_text = units.to_string();
-        self.step_done(
-            &[
-                self.keys().shard(shard, "stock"),
-                self.keys().shard(shard, "xin"),
-            ],
-            &["accept", &deal_text, id, &units_text],
-        )
-        .await?;
-        self.step_done(&[self.keys().deal_part(deal, "tx")], &["confirm", id])
-            .await?;
+        let accept = steps::Accept {
+            stock: self.keys().shard(shard, "stock"),
+            accepted: self.keys().shard(shard, "xin"),
+            deal: deal.0.to_string(),
+            transfer: id.to_owned(),
+            units: units.to_string(),
+        };
+        self.run_done(&accept).await?;
+        let confirm = steps::Confirm {
+            transfers: self.keys().deal_part(deal, "tx"),
+            transfer: id.to_owned(),
+        };
+        self.run_done(&confirm).await?;
         Ok(())
     }
 
@@ -149,20 +146,16 @@ impl RedisStore {
 
     /// Sweeps `shard`'s bucket of `deal` into the pool, and finishes every
     /// earlier sweep of that bucket still on its way (see `sweep_out` in
-    /// flashsale.lua).
+    /// redis/flashsale.lua).
     pub(crate) async fn sweep_shard(&self, deal: DealId, shard: usize) -> Result<(), Error> {
-        let deal_text = deal.0.to_string();
-        let shard_text = shard.to_string();
-        let values = self
-            .step_done(
-                &[
-                    self.keys().shard(shard, "stock"),
-                    self.keys().shard(shard, "xout"),
-                    self.keys().shard(shard, "seq"),
-                ],
-                &["sweep_out", &deal_text, &shard_text],
-            )
-            .await?;
+        let call = steps::SweepOut {
+            stock: self.keys().shard(shard, "stock"),
+            pending: self.keys().shard(shard, "xout"),
+            sequences: self.keys().shard(shard, "seq"),
+            deal: deal.0.to_string(),
+            shard: shard.to_string(),
+        };
+        let values = self.run_done(&call).await?;
         for sweep in values.get(1..).unwrap_or_default().chunks(2) {
             let id = sweep.first().and_then(text).unwrap_or_default();
             self.finish_sweep(deal, shard, &id, number(sweep.get(1)))
@@ -178,15 +171,19 @@ impl RedisStore {
         id: &str,
         units: i64,
     ) -> Result<(), Error> {
-        let units_text = units.to_string();
-        let channel = self.keys().channel();
-        self.step_done(
-            &[self.keys().deal(deal), self.keys().deal_part(deal, "swept")],
-            &["sweep_in", id, &units_text, &channel],
-        )
-        .await?;
-        self.step_done(&[self.keys().shard(shard, "xout")], &["sweep_done", id])
-            .await?;
+        let sweep_in = steps::SweepIn {
+            deal: self.keys().deal(deal),
+            accepted: self.keys().deal_part(deal, "swept"),
+            sweep: id.to_owned(),
+            units: units.to_string(),
+            channel: self.keys().channel(),
+        };
+        self.run_done(&sweep_in).await?;
+        let done = steps::SweepDone {
+            pending: self.keys().shard(shard, "xout"),
+            sweep: id.to_owned(),
+        };
+        self.run_done(&done).await?;
         Ok(())
     }
 

@@ -73,7 +73,7 @@ pub async fn burst(
 const RESOLVE_MAX: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Retries a buy of 1 under `key` until it is answered other than 503 (an
-/// unknown outcome is resolved only by its key: DESIGN.md "Idempotency").
+/// unknown outcome is resolved only by its key: docs/api.md "Idempotency").
 pub async fn resolve(node: &Node, token: &str, deal: &str, key: &str) -> crate::node::Answer {
     let started = std::time::Instant::now();
     loop {
@@ -258,7 +258,7 @@ async fn three_nodes_on_a_cluster_sell_exactly_the_stock() {
     // Script calls per seed (the test Cluster's seeds are its primaries).
     let script_calls = || -> Vec<u64> {
         urls.split(',')
-            .map(|url| calls_on(&Target::Single(url.to_owned()), "evalsha"))
+            .map(|url| calls_on(&Target::Single(url.to_owned()), "fcall"))
             .collect()
     };
     let before = script_calls();
@@ -425,7 +425,7 @@ async fn sold_out_refusals_do_not_touch_redis() {
         .await
         .expect("an answer");
     assert_eq!(refused.code(), "sold_out");
-    let before = calls_on(&deployment.target, "evalsha");
+    let before = calls_on(&deployment.target, "fcall");
     let refusals = join_all((0..2_000).map(|index| {
         let (node, shoppers, deal) = (&node, &shoppers, &deal);
         async move {
@@ -438,7 +438,7 @@ async fn sold_out_refusals_do_not_touch_redis() {
     for refusal in refusals {
         assert_eq!(refusal.expect("an answer").code(), "sold_out");
     }
-    let after = calls_on(&deployment.target, "evalsha");
+    let after = calls_on(&deployment.target, "fcall");
     assert_eq!(after, before, "script calls during 2,000 sold-out refusals");
     // The buyer's own retry still replays its order, through Redis.
     let replay = node

@@ -211,7 +211,7 @@ fn role(port: u16) -> String {
 fn script_calls(port: u16) -> u64 {
     cli(port, &["INFO", "commandstats"])
         .lines()
-        .find_map(|line| line.strip_prefix("cmdstat_evalsha:calls="))
+        .find_map(|line| line.strip_prefix("cmdstat_fcall:calls="))
         .and_then(|rest| rest.split(',').next())
         .and_then(|calls| calls.parse().ok())
         .unwrap_or(0)

@@ -172,3 +172,29 @@ async fn a_frozen_redis_gets_clear_503s_and_nothing_is_lost() {
         "{view}"
     );
 }
+
+/// A Redis that lost the node's Functions library (`FUNCTION DELETE`, as
+/// after a restart without data, or on a new primary) gets it loaded
+/// again by the first call that finds its function missing, which is then
+/// retried: the buy settles, and Redis holds the library of this build.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_functions_library_is_loaded_again_by_the_next_call() {
+    if flashsale_testkit::redis_url().is_none() {
+        return;
+    }
+    let redis = PrivateRedis::volatile();
+    let deployment = Deployment::new(Target::Single(redis.url.clone()), 4);
+    let node = deployment.node();
+    let library = flashsale_redis::steps::library_name();
+    assert!(redis.cli(&["FUNCTION", "LIST"]).contains(&library));
+    let merchant = node.merchant("Functions").await;
+    let deal = node.deal(&merchant, 5, 2).await;
+    let (_, token) = node.shoppers(1, "50.00").await.remove(0);
+    assert_eq!(redis.cli(&["FUNCTION", "DELETE", &library]).trim(), "OK");
+    assert!(!redis.cli(&["FUNCTION", "LIST"]).contains(&library));
+    let bought = node.buy(&token, &deal, 1, "after-delete").await;
+    assert_eq!(bought.map(|answer| answer.status), Some(201));
+    assert!(redis.cli(&["FUNCTION", "LIST"]).contains(&library));
+    let replayed = node.buy(&token, &deal, 1, "after-delete").await;
+    assert_eq!(replayed.map(|answer| answer.status), Some(201));
+}

@@ -4,7 +4,7 @@
 //! lost packet or a crashed load balancer makes). The node must answer
 //! `503 unavailable` (an unknown outcome), and the client's retry with the
 //! same Idempotency-Key must get the original order, never a second one
-//! (DESIGN.md "Idempotency"; issue #13's fault suite, Jepsen's method:
+//! (docs/api.md "Idempotency"; issue #13's fault suite, Jepsen's method:
 //! record ok / fail / unknown, then check).
 
 use std::sync::Arc;
@@ -28,7 +28,7 @@ const PROXY_READ_BYTES: usize = 16 * 1024;
 struct DropRule {
     /// Drop the reply to the next command whose bytes contain this.
     once: std::sync::Mutex<Option<Vec<u8>>>,
-    /// Drop the reply to every n-th script call (`EVALSHA`); 0 is never.
+    /// Drop the reply to every n-th step call (`FCALL`, `FCALL_RO`); 0 is never.
     every_nth_script: AtomicUsize,
     scripts_seen: AtomicUsize,
     /// Replies thrown away so far.
@@ -47,7 +47,9 @@ impl DropRule {
             return true;
         }
         let every = self.every_nth_script.load(Ordering::Relaxed);
-        let scripts = count(chunk, b"EVALSHA");
+        // The command's own word, in its RESP framing (the library's text,
+        // sent by FUNCTION LOAD, has no CRLF).
+        let scripts = count(chunk, b"\r\nFCALL\r\n") + count(chunk, b"\r\nFCALL_RO\r\n");
         if every == 0 || scripts == 0 {
             return false;
         }
@@ -176,7 +178,7 @@ async fn a_lost_reply_is_resolved_by_the_retry_never_a_second_order() {
         .await
         .ok(201);
     let payment = format!("/v1/holds/{}/payment", hold["id"].as_str().expect("an id"));
-    *proxy.rule.once.lock().expect("the rule") = Some(b"$3\r\npay\r\n".to_vec());
+    *proxy.rule.once.lock().expect("the rule") = Some(b"_pay\r\n".to_vec());
     let pay = || node.call(reqwest::Method::POST, &payment, Some(token), None, None);
     let first = pay().await;
     assert_eq!(proxy.rule.dropped.load(Ordering::Relaxed), 2);

@@ -10,9 +10,9 @@
 //! Refusals are the [`EngineError`](crate::EngineError) variants the
 //! contract names (`docs/api.md` "Errors"), checked in a fixed order that
 //! is part of the contract: the same request gets the same error code from
-//! every store. The Redis steps (`gateway/redis/flashsale.lua`) read the
-//! same fields and mirror these decisions (ARCHITECTURE.md "Multi-node
-//! mode").
+//! every store. The Redis steps (`redis/flashsale.lua`) read the same
+//! fields and mirror these decisions, each in a local `decide_<rule>` of
+//! the same name (ARCHITECTURE.md "One buy in Redis mode").
 //!
 //! What is not decided here, and why, is said where the engine applies it:
 //! taking stock (`remaining` is a lock-free atomic shared by every shard,

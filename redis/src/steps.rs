@@ -1,0 +1,499 @@
+//! The server-side steps, defined once on the Rust side: the Functions
+//! library (`redis/flashsale.lua`), its versioned name, and one definition
+//! per step (name, keys and arguments in order, read only or not, the
+//! reply tags it may answer and what follows `OK`).
+//!
+//! Each step is a struct with one field per key and per argument, made by
+//! the `steps!` table below; its `Call` impl lists them in the
+//! definition's order, so a caller names every key and argument and cannot
+//! put one in the wrong place. The Lua states the same call in a `---`
+//! block above each step; `tests::the_lua_header_states_the_rust_steps`
+//! holds the two equal.
+//!
+//! ## Versions
+//! The library is named `flashsale_<16 hex digits>`: an FNV-1a hash of
+//! `flashsale.lua`, computed at compile time ([`LIBRARY_VERSION`]), put in
+//! place of the source's `flashsale_VERSION` placeholder, and each step is
+//! the function `<library>_<step>`. Any change to the Lua makes a new name,
+//! so during a rolling upgrade the old and the new binaries each load and
+//! call their own library side by side (`FUNCTION LOAD REPLACE` only ever
+//! replaces a library of the same name, that is the same code). Libraries
+//! of builds no longer running stay loaded until an operator deletes them
+//! (`FUNCTION DELETE flashsale_<old>`; docs/multi-node.md).
+
+/// The library's source, with the `flashsale_VERSION` placeholder.
+pub(crate) const LIBRARY_SOURCE: &str = include_str!("../flashsale.lua");
+
+/// The placeholder in [`LIBRARY_SOURCE`] that [`library_name`] replaces.
+const PLACEHOLDER: &str = "flashsale_VERSION";
+
+/// A 64-bit FNV-1a hash, at compile time.
+const fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut index = 0;
+    while index < bytes.len() {
+        hash ^= bytes[index] as u64;
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+        index += 1;
+    }
+    hash
+}
+
+/// The library's version: the hash of its source.
+pub const LIBRARY_VERSION: u64 = fnv1a(LIBRARY_SOURCE.as_bytes());
+
+/// `flashsale_<LIBRARY_VERSION in 16 hex digits>`.
+pub fn library_name() -> String {
+    format!("flashsale_{LIBRARY_VERSION:016x}")
+}
+
+/// The library as `FUNCTION LOAD` takes it: the source under its
+/// versioned name.
+pub fn library_code() -> String {
+    LIBRARY_SOURCE.replace(PLACEHOLDER, &library_name())
+}
+
+/// One server-side step, as the Lua header states it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Step {
+    pub name: &'static str,
+    /// Key names, in order.
+    pub keys: &'static [&'static str],
+    /// A last part of the keys, as the header writes it: `name...` any
+    /// number of them, `name?` at most one.
+    pub keys_tail: Option<&'static str>,
+    /// Argument names, in order.
+    pub args: &'static [&'static str],
+    /// A last part of the arguments repeated any number of times, as the
+    /// header writes it (`name...`, `(a b c)...`).
+    pub args_tail: Option<&'static str>,
+    /// Reads only (`no-writes`): called with `FCALL_RO`.
+    pub read_only: bool,
+    /// The reply tags the step may answer (`OK`, `ERR`, `REFILL`, `TERMS`,
+    /// `EPOCH`, `BACKLOG`); any other is a garbled reply.
+    pub replies: &'static [&'static str],
+    /// What follows `OK` in its reply, by name (empty: nothing).
+    pub ok: &'static str,
+}
+
+impl Step {
+    /// The Redis function of this step: `<library>_<step>`.
+    pub fn function(&self) -> String {
+        format!("{}_{}", library_name(), self.name)
+    }
+
+    /// `FCALL_RO` for a read-only step, else `FCALL`.
+    pub fn command(&self) -> &'static str {
+        if self.read_only { "FCALL_RO" } else { "FCALL" }
+    }
+}
+
+/// A step's call: its definition, and its keys and arguments in order.
+pub(crate) trait Call {
+    const STEP: Step;
+    fn keys(&self) -> Vec<&str>;
+    fn args(&self) -> Vec<&str>;
+
+    /// The whole command (`FCALL <function> <numkeys> keys… args…`).
+    fn command(&self) -> redis::Cmd {
+        let keys = self.keys();
+        let mut cmd = redis::cmd(Self::STEP.command());
+        cmd.arg(Self::STEP.function())
+            .arg(keys.len())
+            .arg(keys)
+            .arg(self.args());
+        cmd
+    }
+
+    /// The command with a test's time first among the arguments (`@ms`),
+    /// which the library takes off and reads in place of `TIME`
+    /// (`RedisSettings::clock`, tests only).
+    fn command_at(&self, millis: i64) -> redis::Cmd {
+        let keys = self.keys();
+        let mut cmd = redis::cmd(Self::STEP.command());
+        cmd.arg(Self::STEP.function())
+            .arg(keys.len())
+            .arg(keys)
+            .arg(format!("@{millis}"))
+            .arg(self.args());
+        cmd
+    }
+}
+
+macro_rules! steps {
+    ($(
+        $(#[$doc:meta])*
+        $ty:ident $name:literal $mode:ident {
+            keys: [$($key:ident),* $(,)?] $(+ $key_tail:ident $key_spec:literal)?;
+            args: [$($arg:ident),* $(,)?] $(+ $arg_tail:ident $arg_spec:literal)?;
+            replies: [$($reply:literal),* $(,)?];
+            ok: $ok:literal;
+        }
+    )*) => {
+        $(
+            $(#[$doc])*
+            pub(crate) struct $ty {
+                $(pub(crate) $key: String,)*
+                $(pub(crate) $key_tail: Vec<String>,)?
+                $(pub(crate) $arg: String,)*
+                $(pub(crate) $arg_tail: Vec<String>,)?
+            }
+
+            impl Call for $ty {
+                const STEP: Step = Step {
+                    name: $name,
+                    keys: &[$(stringify!($key)),*],
+                    keys_tail: steps!(@tail $($key_spec)?),
+                    args: &[$(stringify!($arg)),*],
+                    args_tail: steps!(@tail $($arg_spec)?),
+                    read_only: steps!(@read_only $mode),
+                    replies: &[$($reply),*],
+                    ok: $ok,
+                };
+
+                #[allow(unused_mut)]
+                fn keys(&self) -> Vec<&str> {
+                    let mut keys: Vec<&str> = vec![$(self.$key.as_str()),*];
+                    $(keys.extend(self.$key_tail.iter().map(String::as_str));)?
+                    keys
+                }
+
+                #[allow(unused_mut)]
+                fn args(&self) -> Vec<&str> {
+                    let mut args: Vec<&str> = vec![$(self.$arg.as_str()),*];
+                    $(args.extend(self.$arg_tail.iter().map(String::as_str));)?
+                    args
+                }
+            }
+        )*
+
+        /// Every step, in the Lua's order.
+        pub const STEPS: &[Step] = &[$(<$ty as Call>::STEP),*];
+    };
+    (@tail) => { None };
+    (@tail $spec:literal) => { Some($spec) };
+    (@read_only read_only) => { true };
+    (@read_only writes) => { false };
+}
+
+steps! {
+    /// A one-tap buy (`kind` "order") or a hold ("hold") on the shopper's
+    /// shard. `record`: the idempotency record; `terms`: the shard's copy
+    /// of the deal's terms; `records`: the deal's record set. `version`:
+    /// the terms' version the node knows; `sold_out`: the node's flag (1|0);
+    /// `retention`: the key's, in s; `backlog`: the books stream's bound.
+    Reserve "reserve" writes {
+        keys: [account, record, stock, terms, orders, holds, expiries, sequences,
+            deal_orders, shopper_orders, records, books];
+        args: [deal, shopper, kind, quantity, version, shard, sold_out, retention, backlog];
+        replies: ["OK", "ERR", "REFILL", "TERMS", "BACKLOG"];
+        ok: "kind body replayed";
+    }
+    /// Pays a hold, in its time or late.
+    Pay "pay" writes {
+        keys: [account, stock, terms, orders, holds, expiries, sequences, deal_orders,
+            shopper_orders, books];
+        args: [hold, shopper, version, shard, backlog];
+        replies: ["OK", "ERR", "REFILL", "TERMS", "BACKLOG"];
+        ok: "kind body";
+    }
+    /// Releases a hold (`shopper` the caller), or expires it (`shopper`
+    /// `*`, the sweep); `account` is the hold's shopper's.
+    Release "release" writes {
+        keys: [account, stock, holds, expiries];
+        args: [hold, shopper];
+        replies: ["OK", "ERR"];
+        ok: "kind body";
+    }
+    /// Credits a wallet once per reference; `bound` is the largest wallet.
+    Credit "credit" writes {
+        keys: [account, books];
+        args: [amount, reference, bound, shopper];
+        replies: ["OK", "ERR"];
+        ok: "credited available held spent";
+    }
+    /// Creates the accounts of one shard; `each` holds, per account, its
+    /// shopper id, name and credit reference.
+    Accounts "accounts" writes {
+        keys: [books] + accounts "account...";
+        args: [created_at, credit] + each "(shopper name reference)...";
+        replies: ["OK"];
+        ok: "";
+    }
+    /// Registers a shopper for a deal before it starts.
+    Register "register" writes {
+        keys: [account, stock, terms];
+        args: [deal, version];
+        replies: ["OK", "ERR", "TERMS"];
+        ok: "outcome";
+    }
+    /// Installs a deal's terms on a shard unless it has these or newer.
+    Terms "terms" writes {
+        keys: [terms];
+        args: [version, price, limit, starts, ends, paused, registration, hold_seconds,
+            merchant];
+        replies: ["OK"];
+        ok: "outcome";
+    }
+    /// The shard half of a pool-to-bucket transfer, once per transfer id.
+    Accept "accept" writes {
+        keys: [stock, accepted];
+        args: [deal, transfer, units];
+        replies: ["OK"];
+        ok: "";
+    }
+    /// Empties a shard's bucket of a deal under a new sweep id, answering
+    /// every sweep of the deal still pending there.
+    SweepOut "sweep_out" writes {
+        keys: [stock, pending, sequences];
+        args: [deal, shard];
+        replies: ["OK"];
+        ok: "(sweep units)...";
+    }
+    /// The sweep reached the pool; forget it.
+    SweepDone "sweep_done" writes {
+        keys: [pending];
+        args: [sweep];
+        replies: ["OK"];
+        ok: "";
+    }
+    /// The order's shopper reviews it once; the shard's rating sums count it.
+    Review "review" writes {
+        keys: [orders, reviews, ratings];
+        args: [order, shopper, merchant, description, delivery, service, text, created_at];
+        replies: ["OK", "ERR"];
+        ok: "deal";
+    }
+    /// Counts a shared order toward its deal's popularity once.
+    Share "share" writes {
+        keys: [orders, shared, stock];
+        args: [order, shopper];
+        replies: ["OK", "ERR"];
+        ok: "outcome";
+    }
+    /// A read-only snapshot of one shard for `flashsale audit`.
+    Audit "audit" read_only {
+        keys: [stock, orders, holds] + accounts "account...";
+        args: [];
+        replies: ["OK"];
+        ok: "stock orders holds wallets";
+    }
+    /// A new deal, its whole stock in the pool, with its books entry.
+    Create "create" writes {
+        keys: [deal, books];
+        args: [merchant, title, price, stock, limit, starts, ends, registration,
+            hold_seconds, created_at];
+        replies: ["OK"];
+        ok: "";
+    }
+    /// Moves units from a deal's pool towards a shard's bucket.
+    Refill "refill" writes {
+        keys: [deal, transfers];
+        args: [shard, need, shards];
+        replies: ["OK"];
+        ok: "transfer units pool";
+    }
+    /// The transfer reached its bucket; forget it.
+    Confirm "confirm" writes {
+        keys: [transfers];
+        args: [transfer];
+        replies: ["OK"];
+        ok: "";
+    }
+    /// Adds a sweep's units to the pool once per sweep id.
+    SweepIn "sweep_in" writes {
+        keys: [deal, accepted];
+        args: [sweep, units, channel];
+        replies: ["OK"];
+        ok: "";
+    }
+    /// Marks the deal sold out when nothing is left in its pool or on the way.
+    SoldOut "sold_out" writes {
+        keys: [deal, transfers];
+        args: [channel];
+        replies: ["OK"];
+        ok: "marked";
+    }
+    /// A merchant's change to its deal; `add_stock`, `ends_at`, `paused`
+    /// are empty when not changed; `stock_max` bounds the total.
+    Update "update" writes {
+        keys: [deal, books];
+        args: [merchant, add_stock, ends_at, paused, stock_max, channel];
+        replies: ["OK", "ERR"];
+        ok: "";
+    }
+    /// `count` new ids of `kind`, under the node's epoch; `index` (deals
+    /// only) is the deal index the new id goes into.
+    Ids "ids" writes {
+        keys: [sequences, epoch] + index "index?";
+        args: [kind, count, node_epoch];
+        replies: ["OK", "EPOCH"];
+        ok: "last";
+    }
+}
+
+/// The call a node makes to buy one unit of deal 1 for shopper 1 on shard
+/// 0 of `namespace`, with idempotency key `key`, as `redis-cli` words
+/// (`scripts/compare.sh` hands it to `redis-benchmark`). The bench's terms
+/// version is 1, the node's sold-out flag off, the books unbounded.
+pub fn bench_reserve_call(namespace: &str, key: &str) -> Vec<String> {
+    let keys = crate::keys::Keys {
+        namespace: namespace.to_owned(),
+    };
+    let (shard, shopper, deal) = (0, flashsale_engine::ShopperId(1), 1);
+    let call = Reserve {
+        account: keys.shard_id(shard, "acct", shopper.0),
+        record: keys.idempotency(shard, shopper, key),
+        stock: keys.shard(shard, "stock"),
+        terms: keys.shard_id(shard, "terms", deal),
+        orders: keys.shard(shard, "orders"),
+        holds: keys.shard(shard, "holds"),
+        expiries: keys.shard(shard, "exp"),
+        sequences: keys.shard(shard, "seq"),
+        deal_orders: keys.shard_id(shard, "do", deal),
+        shopper_orders: keys.shard_id(shard, "so", shopper.0),
+        records: keys.shard_id(shard, "rec", deal),
+        books: keys.shard(shard, "books"),
+        deal: deal.to_string(),
+        shopper: shopper.0.to_string(),
+        kind: "order".to_owned(),
+        quantity: "1".to_owned(),
+        version: "1".to_owned(),
+        shard: shard.to_string(),
+        sold_out: "0".to_owned(),
+        retention: crate::KEY_RETENTION_SECONDS.to_string(),
+        backlog: "0".to_owned(),
+    };
+    let keys = call.keys();
+    let mut words = vec![
+        Reserve::STEP.command().to_owned(),
+        Reserve::STEP.function(),
+        keys.len().to_string(),
+    ];
+    words.extend(keys.into_iter().map(str::to_owned));
+    words.extend(call.args().into_iter().map(str::to_owned));
+    words
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One `---` block of the Lua header.
+    #[derive(Debug, Default, PartialEq, Eq)]
+    struct Stated {
+        name: String,
+        keys: String,
+        args: String,
+        replies: String,
+        ok: String,
+        flags: String,
+    }
+
+    fn stated() -> Vec<Stated> {
+        let mut steps: Vec<Stated> = Vec::new();
+        for line in LIBRARY_SOURCE.lines() {
+            let Some(rest) = line.strip_prefix("--- ") else {
+                continue;
+            };
+            let (field, value) = rest.split_once(':').expect("`--- field: value`");
+            let value = value.trim().to_owned();
+            if field == "step" {
+                steps.push(Stated {
+                    name: value,
+                    ..Stated::default()
+                });
+                continue;
+            }
+            let step = steps.last_mut().expect("`--- step:` first");
+            let slot = match field {
+                "keys" => &mut step.keys,
+                "args" => &mut step.args,
+                "replies" => &mut step.replies,
+                "ok" => &mut step.ok,
+                "flags" => &mut step.flags,
+                other => panic!("unknown header field {other}"),
+            };
+            assert!(slot.is_empty(), "{field} twice for {}", step.name);
+            *slot = value;
+        }
+        steps
+    }
+
+    fn words(fixed: &[&str], tail: Option<&str>) -> String {
+        fixed
+            .iter()
+            .copied()
+            .chain(tail)
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    fn as_stated(step: &Step) -> Stated {
+        Stated {
+            name: step.name.to_owned(),
+            keys: words(step.keys, step.keys_tail),
+            args: words(step.args, step.args_tail),
+            replies: step.replies.join(" "),
+            ok: step.ok.to_owned(),
+            flags: if step.read_only { "no-writes" } else { "-" }.to_owned(),
+        }
+    }
+
+    #[test]
+    fn the_lua_header_states_the_rust_steps() {
+        let rust: Vec<Stated> = STEPS.iter().map(as_stated).collect();
+        assert_eq!(stated(), rust);
+    }
+
+    /// The registration table gives each step its function and flags.
+    #[test]
+    fn the_lua_registers_every_step_with_its_flags() {
+        let registered: Vec<(String, bool)> = LIBRARY_SOURCE
+            .lines()
+            .filter_map(|line| {
+                let entry = line.trim().strip_prefix("{'")?.strip_suffix("},")?;
+                let (name, rest) = entry.split_once("', ")?;
+                Some((name.to_owned(), rest.ends_with("{'no-writes'}")))
+            })
+            .collect();
+        let rust: Vec<(String, bool)> = STEPS
+            .iter()
+            .map(|step| (step.name.to_owned(), step.read_only))
+            .collect();
+        assert_eq!(registered, rust);
+    }
+
+    #[test]
+    fn the_library_is_named_by_its_version() {
+        let code = library_code();
+        let name = library_name();
+        assert!(code.starts_with(&format!("#!lua name={name}\n")));
+        assert!(code.contains(&format!("local LIBRARY = '{name}'")));
+        assert!(!code.contains(PLACEHOLDER));
+        assert_eq!(name.len(), "flashsale_".len() + 16);
+        assert_eq!(Reserve::STEP.function(), format!("{name}_reserve"));
+    }
+
+    #[test]
+    fn a_call_lists_keys_then_arguments_in_order() {
+        let words = bench_reserve_call("ns", "k");
+        assert_eq!(words[0], "FCALL");
+        assert_eq!(words[2], "12");
+        assert_eq!(words[3], "ns:{s:0}:acct:1");
+        assert_eq!(words[4], "ns:{s:0}:key:1:k");
+        assert_eq!(
+            words[15..],
+            ["1", "1", "order", "1", "1", "0", "0", "86400", "0"]
+        );
+        let audit = Audit {
+            stock: "s".into(),
+            orders: "o".into(),
+            holds: "h".into(),
+            accounts: vec!["a1".into(), "a2".into()],
+        };
+        assert_eq!(audit.keys(), ["s", "o", "h", "a1", "a2"]);
+        let packed = audit.command().get_packed_command();
+        assert!(packed.windows(8).any(|word| word == b"FCALL_RO"));
+    }
+}
