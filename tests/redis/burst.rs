@@ -73,7 +73,7 @@ pub async fn burst(
 const RESOLVE_MAX: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Retries a buy of 1 under `key` until it is answered other than 503 (an
-/// unknown outcome is resolved only by its key: DESIGN.md "Idempotency").
+/// unknown outcome is resolved only by its key: docs/api.md "Idempotency").
 pub async fn resolve(node: &Node, token: &str, deal: &str, key: &str) -> crate::node::Answer {
     let started = std::time::Instant::now();
     loop {
