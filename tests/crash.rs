@@ -7,12 +7,11 @@
 //! most one order.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::Duration;
 
+use flashsale_testkit::process::{ServeProcess, ServerLog, serve_command};
 use serde_json::{Value, json};
 
 const ADMIN_TOKEN: &str = "crash-test-admin-token";
@@ -28,7 +27,7 @@ const CONCURRENCY: usize = 32;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(90);
 
 struct Server {
-    child: Child,
+    process: ServeProcess,
     base: String,
 }
 
@@ -36,45 +35,24 @@ impl Server {
     fn start(dir: &Path, run: usize) -> Server {
         let log = std::fs::File::create(dir.with_extension(format!("server-{run}.log")))
             .expect("server log file");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_flashsale"))
-            .args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])
-            .arg(dir)
-            .args(["--admin-token", ADMIN_TOKEN])
-            .args(["--rate-limit-address", "0", "--rate-limit-shopper", "0"])
-            .env_remove("REDIS_URL")
-            .env_remove("REDIS_CLUSTER_URLS")
-            .env_remove("DATABASE_URL")
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .expect("flashsale serve starts");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (sender, receiver) = mpsc::channel();
-        std::thread::spawn(move || {
-            // Keep draining stdout so the child never blocks on a full pipe.
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(address) = line.strip_prefix("flashsale listening on ") {
-                    let _ = sender.send(address.trim().to_owned());
-                }
-            }
-        });
-        let base = receiver
-            .recv_timeout(Duration::from_secs(120))
-            .expect("the server prints its address");
-        Server { child, base }
+        let mut command = serve_command(env!("CARGO_BIN_EXE_flashsale"), dir, ADMIN_TOKEN);
+        command.args(["--rate-limit-address", "0", "--rate-limit-shopper", "0"]);
+        let process = ServeProcess::start(
+            command,
+            "server",
+            ServerLog::File(log),
+            false,
+            Duration::from_secs(120),
+        );
+        Server {
+            base: process.url.clone(),
+            process,
+        }
     }
 
     /// SIGKILL: no flush, no snapshot, no goodbye.
     fn kill(mut self) {
-        self.child.kill().expect("kill -9");
-        self.child.wait().expect("reaped");
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.process.kill_running();
     }
 }
 

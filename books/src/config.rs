@@ -26,7 +26,7 @@ pub struct OrderSinkConfig {
     /// deployments writing one database never collide. `None`: the
     /// journal's id (a single node; random, made once with the data
     /// directory). A Redis-mode deployment passes the id it keeps in
-    /// Redis, shared by its nodes ([`streams`]).
+    /// Redis, shared by its nodes ([`crate::streams`]).
     pub deployment_id: Option<String>,
     /// Events set aside at most since start. A few refused rows are bad
     /// input that slipped past the API; many more are likely a fault of

@@ -7,8 +7,9 @@
 //! the places of their rankings: migration `0004`) from the journal to
 //! Postgres, in the background, never on the request path.
 //!
-//! It follows the journal with a [`JournalReader`] over the files on disk
-//! (so its backlog lives on disk, not in memory), reads up to
+//! It follows the journal with a
+//! [`JournalReader`](flashsale_journal::JournalReader) over the files on
+//! disk (so its backlog lives on disk, not in memory), reads up to
 //! `batch_events_max` durable events, and writes them in **one
 //! transaction** with the journal position it reached
 //! (`order_sink_positions`, keyed by the journal's id). Rows and position
@@ -17,7 +18,7 @@
 //!
 //! The rows of a batch are encoded once, on the reader's blocking thread
 //! while the previous batch is in Postgres, as one binary `COPY` stream
-//! per table ([`copy`]: timestamps as `timestamptz`, money as `numeric`).
+//! per table (`copy`: timestamps as `timestamptz`, money as `numeric`).
 //! **Fast path**: `COPY deals/orders/wallet_movements/registrations/
 //! draws/draw_places FROM STDIN (FORMAT binary)` straight into the tables. `COPY` cannot skip a row that is
 //! already there, so it fails the batch on a unique violation (SQLSTATE
@@ -59,7 +60,7 @@
 //! **Redis mode** ([`streams`]): the events come from the Redis books
 //! streams instead of the journal and go through the same path
 //! (`Batch::from_events`, `apply_or_set_aside`); what a transaction records
-//! beside its rows is its [`Source`]'s: the journal's position, nothing
+//! beside its rows is its `Source`'s: the journal's position, nothing
 //! (stream rows are keyed by id), or a restock entry's id.
 //!
 //! **Order**: the journal gives the sink a deal's events in order, but in
@@ -71,7 +72,7 @@
 //! position, `deals.restock_version`, migration `0006`, so a journal
 //! applied again, its position lost, adds no restock twice); a change
 //! (`ends_at`, `paused`) carries a version, its journal position or its
-//! entry id in the deal's stream ([`Source::sequence`]), and updates the
+//! entry id in the deal's stream (`Source::sequence`), and updates the
 //! row only if newer than the one the row holds (`deals.change_version`,
 //! migration `0005`), so an older change arriving late changes nothing;
 //! and a change or restock read before its deal's creation reached
@@ -113,8 +114,9 @@
 //!
 //! Postgres down or slow: sales go on (nothing here is awaited by a
 //! request); the sink retries with exponential backoff and catches up. It
-//! tells the journal its position ([`Journal::retain_from`]) so snapshot
-//! pruning never deletes what it has not applied, nor the last event it
+//! tells the journal its position
+//! ([`Journal::retain_from`](flashsale_journal::Journal::retain_from)) so
+//! snapshot pruning never deletes what it has not applied, nor the last event it
 //! did ("Copies"). [`OrderSinkHandle::lag`]
 //! and the gauges `flashsale_order_sink_lag_records` and
 //! `flashsale_order_sink_lag_seconds` say how far behind it is.
@@ -124,7 +126,7 @@
 //! - `sink`: [`start`], the run loop and one session; [`OrderSinkHandle`].
 //! - `set_aside`: reading the journal in batches, setting aside what
 //!   Postgres refuses; `history`: refusing a copied data directory.
-//! - `tables`: events to rows ([`Batch`](crate::tables)); `copy`: the
+//! - `tables`: events to rows (`Batch`); `copy`: the
 //!   binary `COPY` encoding; `apply`: writing a batch; `progress`: the
 //!   position, in the batch's transaction.
 //! - `status`: lag and counters; `lookup`: [`BooksLookup`], whether an

@@ -15,8 +15,8 @@ pub const BOOKS_LOOKUP_CONNECTIONS_MAX: u32 = 2;
 /// answers "not confirmed".
 pub const BOOKS_LOOKUP_TIMEOUT: Duration = Duration::from_millis(500);
 
-/// Whether an order is in the books (in Postgres: "confirmed", DESIGN.md
-/// "Multi-node mode"), for `GET /v1/orders/{id}`. A small pool of its own
+/// Whether an order is in the books (in Postgres: "confirmed",
+/// docs/durability.md "The books (Postgres)"), for `GET /v1/orders/{id}`. A small pool of its own
 /// ([`BOOKS_LOOKUP_CONNECTIONS_MAX`], connected on first use), so a read
 /// never waits on the sink's batches; never on the buy path.
 pub struct BooksLookup {

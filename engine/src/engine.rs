@@ -4,10 +4,10 @@
 //! calls the decision, and applies the effects.
 //!
 //! Layout of the state:
-//! - deals and merchants live in lock-free write-once [`SlotTable`]s; a
+//! - deals and merchants live in lock-free write-once `SlotTable`s; a
 //!   deal's stock and a merchant's rating are atomics;
 //! - everything a shopper owns (wallet, units per deal, registrations,
-//!   holds, orders, idempotency records) lives in one [`Shard`], chosen by a
+//!   holds, orders, idempotency records) lives in one `Shard`, chosen by a
 //!   multiplicative hash of the shopper id, behind a `parking_lot::Mutex`;
 //!
 //! **A request takes at most one lock at a time** (one shard, or the

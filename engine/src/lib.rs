@@ -16,9 +16,9 @@
 //!   and hold), `holds` (pay, release, expiry), `orders` (order reads,
 //!   reviews, shares), `validate` (a request's own input, re-exported from
 //!   [`engine`]) and `effects` (the state changes, shared with replay).
-//! - [`deal`](crate::deal) (private): the lock-free deal table, stock
+//! - `deal` (private): the lock-free deal table, stock
 //!   counters and sold-out flag.
-//! - [`shard`](crate::shard) (private): per-shopper state behind one lock.
+//! - `shard` (private): per-shopper state behind one lock.
 //! - [`draw`]: raffle deals: the ranking rule, the draw, the waitlist.
 //! - [`replay`]: rebuilding state from a [`Snapshot`] and events.
 //! - [`event`], [`records`], [`money`], [`ids`], [`clock`], [`error`]: the

@@ -298,7 +298,7 @@ impl App {
 }
 
 /// The value of a header that may appear at most once; a second one is
-/// `400 bad_request` (DESIGN.md, "Input rules"). No allocation.
+/// `400 bad_request` (docs/api.md, "Errors"). No allocation.
 pub(crate) fn single_header<'a>(
     headers: &'a HeaderMap,
     name: &HeaderName,

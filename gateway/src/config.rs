@@ -39,13 +39,13 @@ pub struct ServeArgs {
     pub data_dir: PathBuf,
 
     /// The admin bearer token (at least 16 bytes). If unset: generated
-    /// once into <data-dir>/admin-token (mode 0600), printed when made, and
+    /// once into `<data-dir>/admin-token` (mode 0600), printed when made, and
     /// read from there at every later start.
     #[arg(long, env = "FLASHSALE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
 
     /// Key that signs tokens (at least 16 bytes); every node of one
-    /// deployment shares it. Generated and kept in <data-dir>/secret
+    /// deployment shares it. Generated and kept in `<data-dir>/secret`
     /// (mode 0600) if unset.
     #[arg(long, env = "FLASHSALE_SECRET", hide_env_values = true)]
     pub secret: Option<String>,
@@ -261,7 +261,7 @@ impl Config {
 
     /// Validates raw arguments into a configuration. Errors:
     /// [`Error::Config`], naming the flag and its environment variable
-    /// (either may have given the value), and [`Error::MultiNodeNotBuilt`].
+    /// (either may have given the value).
     pub fn from_args(args: ServeArgs) -> Result<Config, Error> {
         let durability = match args.durability.as_str() {
             "sync" => Durability::Sync,
@@ -407,7 +407,7 @@ fn setting(long: &str) -> String {
 
 /// `--addr`: `IP:PORT`, or `HOST:PORT` with a host name resolved now (an
 /// IPv4 address preferred, so `localhost:8090` prints as
-/// `127.0.0.1:8090`). Anything else is refused with [`ADDR_HINT`] and, for
+/// `127.0.0.1:8090`). Anything else is refused with `ADDR_HINT` and, for
 /// a bare port or `:PORT`, the address probably meant.
 pub fn parse_addr(text: &str) -> Result<SocketAddr, String> {
     if let Ok(addr) = text.parse::<SocketAddr>() {

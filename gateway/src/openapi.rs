@@ -182,7 +182,7 @@ mod tests {
             .iter()
             .filter_map(Value::as_str)
             .collect();
-        // DESIGN.md's error table, status by status.
+        // docs/api.md's error table, status by status.
         for code in [
             "malformed_json",
             "bad_request",

@@ -126,8 +126,8 @@ impl Endpoint {
     /// Takes a JSON body, read (within its time and size bounds) before the
     /// request counts in flight: every change. Those named by their path
     /// alone (register, pay or release a hold, share) take no field, so
-    /// their body is absent or `{}` (DESIGN.md's input rules bind every
-    /// endpoint; `wire::parse_no_fields`).
+    /// their body is absent or `{}` (the strict-input rule of ARCHITECTURE.md
+    /// binds every endpoint; `wire::parse_no_fields`).
     pub(crate) fn takes_body(self) -> bool {
         self.changes_state()
     }

@@ -18,7 +18,7 @@
 //!   `expiry_interval`, and every few seconds trims the rate limiters' maps
 //!   and drains the metrics histograms.
 //!
-//! A second task, the feed's sampler ([`crate::feed`]), reads the deals'
+//! A second task, the feed's sampler (`feed.rs`), reads the deals'
 //! numbers every 200 ms and publishes the changed cards to the live
 //! stream's subscribers.
 //!

@@ -11,13 +11,13 @@
 //! - [`config`]: [`JournalConfig`], [`Durability`] and the default bounds.
 //! - [`journal`]: [`Journal`]: open (lock, meta, recovery), durability
 //!   waits, retention, the snapshot thread, clean shutdown.
-//! - [`writer`](crate::writer) (private): the engine's event sink and the
+//! - `writer` (private): the engine's event sink and the
 //!   group-commit writer thread.
-//! - [`recovery`](crate::recovery) (private): snapshot + replay, the
+//! - `recovery` (private): snapshot + replay, the
 //!   torn-tail rule, the shard-count meta file.
 //! - [`reader`]: [`JournalReader`], durable events from the files on disk
 //!   (for the Postgres order sink).
-//! - [`format`](crate::format) (private): file names, headers, frames;
+//! - `format` (private): file names, headers, frames;
 //!   [`event_digest`], an event's SHA-256 as its record holds it (the
 //!   order sink's check that a stored position is this journal's history).
 //! - [`error`]: [`JournalError`], the crate's one error type.
@@ -44,7 +44,7 @@
 //!   was lost sees no charge for it.
 //!
 //! ## Recovery
-//! See [`recovery`](crate::recovery): a torn tail (a crash mid-write) is cut
+//! See `recovery`: a torn tail (a crash mid-write) is cut
 //! off; corruption anywhere else stops start-up with an error naming the
 //! file and byte offset. The engine's shard count is kept in `journal.meta`
 //! and a mismatch is refused: order and hold ids encode their shard.

@@ -18,8 +18,8 @@ use crate::error::LoadtestError;
 use crate::recorder::Acknowledged;
 use crate::report::{Check, amount, grouped};
 
-/// How long the Postgres check waits for the sink to catch up; DESIGN.md
-/// promises "within seconds".
+/// How long the Postgres check waits for the sink to catch up: the books
+/// follow within seconds (docs/durability.md, "The books (Postgres)").
 pub const POSTGRES_SETTLE_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Pause between two looks at Postgres while it catches up.

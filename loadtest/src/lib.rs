@@ -23,7 +23,7 @@
 //! out, and the client's own CPU per request; optionally as JSON and as an
 //! SVG plot. Then they read the deal, its orders and every wallet back
 //! from the server (and Postgres, with `--database-url`) and check the
-//! invariants of DESIGN.md; a failed check makes the exit status non-zero.
+//! invariants of ARCHITECTURE.md; a failed check makes the exit status non-zero.
 //!
 //! The client must never be the bottleneck: one keep-alive HTTP/1.1
 //! connection per worker task on hyper's low-level client, no pool, no
@@ -54,6 +54,8 @@ mod args;
 mod burst;
 mod checks;
 mod connection;
+// libc calls for the tool's own CPU time; each block has a SAFETY comment.
+#[allow(unsafe_code)]
 mod cpu;
 mod error;
 mod hello;

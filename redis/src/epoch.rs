@@ -13,7 +13,7 @@ impl RedisStore {
     /// Checks that this node belongs to the deployment already in this
     /// namespace: the first node keeps `shards=N fingerprint=F` in
     /// `ns:{g}:layout` (`SET NX GET`, one call), every later one must
-    /// match it. `fingerprint` is [`crate::auth::Signer::fingerprint`].
+    /// match it. `fingerprint` is the gateway's `Signer::fingerprint`.
     /// Returns `Err((kept, ours))`, both layouts, when they differ;
     /// errors: Redis did not answer.
     pub async fn agree_layout(

@@ -78,7 +78,7 @@
 //! ## Durability
 //! What an acknowledged change is worth is what Redis promises for it: the
 //! node reads Redis' persistence at start and every
-//! [`DURABILITY_EVERY_POLLS`] polls ([`durability`]), refuses to start
+//! `DURABILITY_EVERY_POLLS` polls (`durability`), refuses to start
 //! against a Redis that persists nothing unless `--allow-volatile-redis`,
 //! is not ready while it finds one later, and reports the mode in
 //! `/readyz` and `/metrics`.

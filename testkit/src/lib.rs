@@ -13,6 +13,15 @@
 //!   test panics with the same explanation, so a broken CI machine cannot
 //!   pass by skipping.
 //!
+//! It is also the one harness of the end-to-end tests:
+//! - [`server`]: a server in the test's process on `127.0.0.1:0` with its
+//!   own data directory ([`server::start`], [`server::TestServer`]);
+//! - [`process`]: `flashsale serve` as a child process, one server or
+//!   several Redis-mode nodes ([`process::serve_command`],
+//!   [`process::ServeProcess`]);
+//! - [`client`]: HTTP API v1 as a test uses it ([`client::Api`]: merchant,
+//!   deal, shoppers, credit, buy; [`client::Reply`], [`client::Account`]).
+//!
 //! It also keeps the one RFC 3339 spelling the end-to-end tests post times
 //! in ([`rfc3339`], [`rfc3339_from_now`]): the API takes RFC 3339 and the
 //! tests need no date crate for it.
@@ -30,6 +39,10 @@
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
+
+pub mod client;
+pub mod process;
+pub mod server;
 
 /// Something a test needs from outside the process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,4 +1,5 @@
-//! Strict input (DESIGN.md, "Input rules"): every body is a JSON object of
+//! Strict input (ARCHITECTURE.md, "Input is refused before it changes
+//! anything"; docs/api.md, "Errors"): every body is a JSON object of
 //! known fields, money is digits with at most two decimals, text holds
 //! nothing Postgres cannot store, framing headers follow RFC 9112, and a
 //! paused deal is the merchant's 409, not an outage. Each refusal has the

@@ -383,6 +383,7 @@ impl Drop for Driver {
         let group = i32::try_from(self.child.id()).expect("a pid fits an i32");
         // SAFETY: kill(2) with a negative pid signals the process group we
         // created for our own child; it touches no memory.
+        #[allow(unsafe_code)]
         unsafe {
             libc::kill(-group, libc::SIGKILL);
         }

@@ -6,15 +6,12 @@
 //! of a test comes from one address), and a signup credit so a wallet linked
 //! from the page can buy at once. It is killed when the [`Server`] drops.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc;
-use std::thread;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use flashsale_testkit::process::{ServeProcess, ServerLog, serve_command};
 use http_body_util::{BodyExt, Full};
 use hyper::header::{AUTHORIZATION, CONTENT_TYPE};
 use hyper::{Method, Request, StatusCode};
@@ -23,9 +20,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
 
-/// The line `flashsale serve` prints on stdout once it is bound.
-const LISTENING: &str = "flashsale listening on ";
-/// How long the server may take to print [`LISTENING`].
+/// How long the server may take to say where it listens.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long one API call of the test's own may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -89,7 +84,8 @@ impl Answer {
 
 /// A running `flashsale serve`.
 pub struct Server {
-    child: Child,
+    /// Killed when the server drops.
+    _process: ServeProcess,
     /// `http://127.0.0.1:PORT`, without a trailing slash.
     pub url: String,
     client: Client<HttpConnector, Full<Bytes>>,
@@ -107,63 +103,23 @@ impl Server {
     /// can turn a rate limit back on).
     pub fn start_with_env(env: &[(&str, &str)]) -> Server {
         let data_dir = TempDir::new("data");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_flashsale"))
-            .args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir.path())
-            .args([
-                "--admin-token",
-                ADMIN_TOKEN,
-                "--signup-credit",
-                SIGNUP_CREDIT,
-            ])
-            .env_remove("REDIS_URL")
-            .env_remove("REDIS_CLUSTER_URLS")
-            .env_remove("DATABASE_URL")
+        let mut command = serve_command(
+            env!("CARGO_BIN_EXE_flashsale"),
+            data_dir.path(),
+            ADMIN_TOKEN,
+        );
+        command
+            .args(["--signup-credit", SIGNUP_CREDIT])
             .env("FLASHSALE_RATE_LIMIT_SHOPPER", "0")
             .env("FLASHSALE_RATE_LIMIT_ADDRESS", "0")
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("the flashsale binary starts");
-
+            .envs(env.iter().copied());
         // The server's output goes to the test's output, shown on failure.
-        let stderr = child.stderr.take().expect("stderr is piped");
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("[server] {line}");
-            }
-        });
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let (bound, bound_rx) = mpsc::channel();
-        thread::spawn(move || {
-            let mut bound = Some(bound);
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                eprintln!("[server] {line}");
-                if let Some(url) = line.strip_prefix(LISTENING)
-                    && let Some(bound) = bound.take()
-                {
-                    let _ = bound.send(url.trim().trim_end_matches('/').to_owned());
-                }
-            }
-        });
-        let url = match bound_rx.recv_timeout(STARTUP_TIMEOUT) {
-            Ok(url) => url,
-            Err(_) => {
-                let exit = child.try_wait();
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "`flashsale serve` did not print `{LISTENING}http://…` within \
-                     {STARTUP_TIMEOUT:?} (exit status: {exit:?}); its output is above"
-                );
-            }
-        };
+        let process =
+            ServeProcess::start(command, "server", ServerLog::Forward, true, STARTUP_TIMEOUT);
         let client = Client::builder(TokioExecutor::new()).build_http();
         Server {
-            child,
-            url,
+            url: process.url.clone(),
+            _process: process,
             client,
             _data_dir: data_dir,
         }
@@ -337,13 +293,6 @@ impl Server {
             .as_array()
             .expect("`orders` is an array")
             .clone()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -505,7 +505,7 @@ impl Drop for PostgresProxy {
 /// Regression: the sink's counters appeared in `/metrics` only after
 /// their first increment. A Redis-mode node (a process of its own) with
 /// the books sink lists both at 0, with their help, before any request,
-/// as one node does (`tests/postgres.rs`).
+/// as one node does (`tests/postgres/metrics.rs`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_with_the_books_sink_lists_its_counters_at_zero_from_the_start() {
     let Some((url, database)) = redis_and_postgres() else {

@@ -5,19 +5,17 @@
 //! side by side on one Redis and never see each other's deals. A namespace's
 //! keys are deleted when its [`Deployment`] is dropped.
 
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
+use flashsale_testkit::process::{ServeProcess, ServerLog, serve_command};
 use serde_json::{Value, json};
 
 /// The admin token and token secret every node of a test deployment shares.
 pub const ADMIN_TOKEN: &str = "redis-test-admin-token";
 const SECRET: &str = "redis-test-secret-0123456789";
-const LISTENING: &str = "flashsale listening on ";
 /// How long a node may take to start.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bound of one HTTP call in a test.
@@ -269,60 +267,32 @@ impl Drop for PrivateRedis {
 }
 
 /// `flashsale serve` on a free port with `data_dir`, the test admin token,
-/// no rate limits and `args`; none of the environment's stores (nor its
-/// `FLASHSALE_ALLOW_VOLATILE_REDIS`) reach it. Its stderr is piped.
+/// no rate limits and `args` (`flashsale_testkit::process::serve_command`:
+/// none of the environment's stores, nor its
+/// `FLASHSALE_ALLOW_VOLATILE_REDIS`, reach it). Its stderr is piped.
 fn serve<S: AsRef<std::ffi::OsStr>>(data_dir: &std::path::Path, args: &[S]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_flashsale"));
+    let mut command = serve_command(env!("CARGO_BIN_EXE_flashsale"), data_dir, ADMIN_TOKEN);
     command
-        .args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])
-        .arg(data_dir)
-        .args(["--admin-token", ADMIN_TOKEN])
         .args(["--rate-limit-shopper", "0", "--rate-limit-address", "0"])
         .args(args)
-        .env_remove("REDIS_URL")
-        .env_remove("REDIS_CLUSTER_URLS")
-        .env_remove("DATABASE_URL")
-        .env_remove("FLASHSALE_ALLOW_VOLATILE_REDIS")
-        .stdin(Stdio::null())
         .stderr(Stdio::piped());
     command
 }
 
 /// Starts `flashsale serve` on a free port with `args`, and waits until it
-/// says where it listens.
+/// says where it listens; its stderr goes to the test's output as `[node]`.
 fn spawn<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Node {
     let data_dir = tempfile::tempdir().expect("a temporary data dir");
-    let mut child = serve(data_dir.path(), args)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("the flashsale binary starts");
-    let stderr = child.stderr.take().expect("stderr is piped");
-    thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            eprintln!("[node] {line}");
-        }
-    });
-    let stdout = child.stdout.take().expect("stdout is piped");
-    let (bound, bound_rx) = mpsc::channel();
-    thread::spawn(move || {
-        let mut bound = Some(bound);
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(url) = line.strip_prefix(LISTENING)
-                && let Some(bound) = bound.take()
-            {
-                let _ = bound.send(url.trim().trim_end_matches('/').to_owned());
-            }
-        }
-    });
-    let Ok(url) = bound_rx.recv_timeout(STARTUP_TIMEOUT) else {
-        let exit = child.try_wait();
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("a node did not start within {STARTUP_TIMEOUT:?} ({exit:?}); see [node] lines");
-    };
+    let process = ServeProcess::start(
+        serve(data_dir.path(), args),
+        "node",
+        ServerLog::Forward,
+        false,
+        STARTUP_TIMEOUT,
+    );
     Node {
-        child,
-        url,
+        url: process.url.clone(),
+        process,
         client: reqwest::Client::builder()
             .timeout(CALL_TIMEOUT)
             .pool_max_idle_per_host(64)
@@ -356,7 +326,7 @@ impl Drop for Deployment {
 
 /// One running node.
 pub struct Node {
-    child: Child,
+    process: ServeProcess,
     pub url: String,
     client: reqwest::Client,
     _data_dir: tempfile::TempDir,
@@ -522,8 +492,7 @@ impl Node {
 
     /// `kill -9`.
     pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.process.kill();
     }
 }
 

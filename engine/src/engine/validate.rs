@@ -44,7 +44,7 @@ pub fn check_reservation(quantity: u32, key: &str) -> Result<(), EngineError> {
 }
 
 /// Checks a credit's own input: a positive amount, a reference of 1 to
-/// 255 bytes of one-line text ([`check_text`]).
+/// 255 bytes of one-line text (`check_text`).
 pub fn check_credit(amount: Money, reference: &str) -> Result<(), EngineError> {
     if amount == Money::ZERO {
         return Err(invalid("amount", "must be positive"));
@@ -77,7 +77,7 @@ fn check_text(text: &str, field: &'static str, multi_line: bool) -> Result<(), E
 
 /// Checks a review's own input: three scores (description, delivery,
 /// service) from 1 to 5, a text of at most [`REVIEW_TEXT_CHARS_MAX`]
-/// characters that may span lines ([`check_text`]).
+/// characters that may span lines (`check_text`).
 pub fn check_review(scores: [u8; 3], text: &str) -> Result<(), EngineError> {
     const FIELDS: [&str; 3] = ["description", "delivery", "service"];
     for (field, score) in FIELDS.into_iter().zip(scores) {
@@ -93,7 +93,7 @@ pub fn check_review(scores: [u8; 3], text: &str) -> Result<(), EngineError> {
 }
 
 /// A name or title: not blank, at most `chars_max` characters, one line
-/// of text ([`check_text`]).
+/// of text (`check_text`).
 pub fn check_name(name: &str, field: &'static str, chars_max: usize) -> Result<(), EngineError> {
     check_text(name, field, false)?;
     if name.trim().is_empty() {
