@@ -2,7 +2,7 @@
 //! (ARCHITECTURE.md, "Invariants") against Redis and, with `--database-url`, its books in
 //! Postgres, and reports every violation it finds.
 //!
-//! Per shard, from one atomic read (the script's `audit` step), so these
+//! Per shard, from one atomic read (the Functions library's `audit` step), so these
 //! hold even while sales go on: every wallet has `credited = available +
 //! held + spent`, each ≥ 0, and `spent` = the sum of its shopper's orders;
 //! per deal, the shard's sold units = its orders' units, its held units =

@@ -38,7 +38,7 @@ pub enum OrderSinkError {
     /// (`order_sink_stream_entries`): nothing to do.
     #[error("this books entry is already in Postgres")]
     AlreadyApplied,
-    /// A books entry in Redis that is not what the script writes.
+    /// A books entry in Redis that is not what the Redis steps write.
     #[error("a books entry cannot be read: {0}")]
     Entry(String),
     #[error("Redis, reading the books streams")]
