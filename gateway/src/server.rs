@@ -500,18 +500,25 @@ async fn open_redis(
         RedisTarget::Single(url) => url.clone(),
         RedisTarget::Cluster(urls) => urls.join(","),
     };
-    let store = RedisStore::connect(settings)
+    let store = RedisStore::connect_unstarted(settings)
         .await
         .map_err(|source| Error::RedisConnect {
             target: target.clone(),
             source: Box::new(Error::from(source)),
         })?;
-    if let Err((found, ours)) = store.agree_layout(fingerprint).await? {
-        return Err(Error::RedisLayout {
-            target,
-            found,
-            ours,
-        });
+    // Every check before the first write: a node refused here leaves
+    // nothing in Redis (the layout, the epoch) to refuse the next start.
+    let ours = format!("shards={} fingerprint={fingerprint}", settings.shards);
+    let layout_refused = |found: String, ours: String| Error::RedisLayout {
+        target: target.clone(),
+        key: store.layout_key(),
+        found,
+        ours,
+    };
+    if let Some(found) = store.layout().await?
+        && found != ours
+    {
+        return Err(layout_refused(found, ours));
     }
     let durability = store.durability();
     if durability.mode == DurabilityMode::Volatile && !settings.allow_volatile {
@@ -520,6 +527,10 @@ async fn open_redis(
             found: durability.found,
         });
     }
+    if let Err((found, ours)) = store.agree_layout(fingerprint).await? {
+        return Err(layout_refused(found, ours));
+    }
+    store.start().await?;
     tracing::info!(
         shards = settings.shards,
         namespace = %settings.namespace,
