@@ -111,10 +111,13 @@ pub enum Error {
     /// layout (`--redis-shards`) or another `--secret` / `--admin-token`.
     #[error(
         "the Redis namespace at {target} is served by nodes with {found}, this node has {ours}: \
-         every node of a deployment needs the same --redis-shards, --secret and --admin-token"
+         every node of a deployment needs the same --redis-shards, --secret and --admin-token; \
+         to start a new deployment instead, give another --redis-namespace, or delete the key \
+         {key} (and the namespace's other keys) when no node serves it"
     )]
     RedisLayout {
         target: String,
+        key: String,
         found: String,
         ours: String,
     },

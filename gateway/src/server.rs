@@ -37,7 +37,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flashsale_engine::{Engine, EngineConfig, SystemClock};
-use flashsale_journal::{Journal, JournalConfig};
+use flashsale_journal::{DirLock, Journal, JournalConfig};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -100,6 +100,9 @@ pub struct Gateway {
     app: Arc<App>,
     /// Tells the order sink (if any) to stop.
     sink_stop: oneshot::Sender<()>,
+    /// The data directory's lock in multi-node mode (in one-node mode the
+    /// journal holds it).
+    _dir_lock: Option<DirLock>,
 }
 
 impl Gateway {
@@ -110,12 +113,18 @@ impl Gateway {
     /// [`Error::OrderSink`], [`Error::RedisConnect`], [`Error::RedisLayout`],
     /// [`Error::RedisVolatile`].
     pub async fn open(config: Config) -> Result<Gateway, Error> {
-        let (secret, admin_token) = {
+        let (secret, admin_token, dir_lock) = {
             let dir = config.data_dir.clone();
             let secret = config.secret.clone();
             let admin_token = config.admin_token.clone();
             tokio::task::spawn_blocking(move || -> Result<_, Error> {
                 check_data_dir(&dir)?;
+                // The lock first: a second process on a directory in use
+                // is refused before it writes anything there.
+                let dir_lock = DirLock::take(&dir).map_err(|source| Error::JournalOpen {
+                    dir: dir.clone(),
+                    source,
+                })?;
                 let secret = match secret {
                     Some(secret) => secret,
                     None => keep(&dir, SECRET_FILE, SECRET_BYTES_MIN, || random_base64(32))?
@@ -131,18 +140,23 @@ impl Gateway {
                         generate_admin_token,
                     )?,
                 };
-                Ok((secret, admin_token))
+                Ok((secret, admin_token, dir_lock))
             })
             .await
             .map_err(Error::Task)??
         };
         let signer = Signer::new(&secret, &admin_token.value);
         let (sink_stop, sink_stopped) = oneshot::channel::<()>();
-        let (store, order_sink) = match &config.redis {
+        let (store, order_sink, dir_lock) = match &config.redis {
             Some(settings) => {
-                open_redis(&config, settings, &signer.fingerprint(), sink_stopped).await?
+                let (store, sink) =
+                    open_redis(&config, settings, &signer.fingerprint(), sink_stopped).await?;
+                (store, sink, Some(dir_lock))
             }
-            None => open_memory(&config, sink_stopped).await?,
+            None => {
+                let (store, sink) = open_memory(&config, dir_lock, sink_stopped).await?;
+                (store, sink, None)
+            }
         };
         let app = App {
             signer,
@@ -174,6 +188,7 @@ impl Gateway {
             admin_token,
             app: Arc::new(app),
             sink_stop,
+            _dir_lock: dir_lock,
         })
     }
 
@@ -430,14 +445,16 @@ async fn housekeeping(app: Arc<App>, expiry_interval: Duration) {
 /// the last batch) when `sink_stopped` completes, after the journal closes.
 async fn open_memory(
     config: &Config,
+    dir_lock: DirLock,
     sink_stopped: oneshot::Receiver<()>,
 ) -> Result<(Store, Option<OrderSinkHandle>), Error> {
     let journal_config = JournalConfig::new(config.data_dir.clone(), config.durability);
     let (journal, engine) = tokio::task::spawn_blocking(move || {
-        Journal::open(
+        Journal::open_locked(
             journal_config,
             EngineConfig::default(),
             Arc::new(SystemClock),
+            dir_lock,
         )
     })
     .await
@@ -483,18 +500,25 @@ async fn open_redis(
         RedisTarget::Single(url) => url.clone(),
         RedisTarget::Cluster(urls) => urls.join(","),
     };
-    let store = RedisStore::connect(settings)
+    let store = RedisStore::connect_unstarted(settings)
         .await
         .map_err(|source| Error::RedisConnect {
             target: target.clone(),
             source: Box::new(Error::from(source)),
         })?;
-    if let Err((found, ours)) = store.agree_layout(fingerprint).await? {
-        return Err(Error::RedisLayout {
-            target,
-            found,
-            ours,
-        });
+    // Every check before the first write: a node refused here leaves
+    // nothing in Redis (the layout, the epoch) to refuse the next start.
+    let ours = format!("shards={} fingerprint={fingerprint}", settings.shards);
+    let layout_refused = |found: String, ours: String| Error::RedisLayout {
+        target: target.clone(),
+        key: store.layout_key(),
+        found,
+        ours,
+    };
+    if let Some(found) = store.layout().await?
+        && found != ours
+    {
+        return Err(layout_refused(found, ours));
     }
     let durability = store.durability();
     if durability.mode == DurabilityMode::Volatile && !settings.allow_volatile {
@@ -503,6 +527,10 @@ async fn open_redis(
             found: durability.found,
         });
     }
+    if let Err((found, ours)) = store.agree_layout(fingerprint).await? {
+        return Err(layout_refused(found, ours));
+    }
+    store.start().await?;
     tracing::info!(
         shards = settings.shards,
         namespace = %settings.namespace,

@@ -86,7 +86,9 @@ pub enum JournalError {
     },
     #[error("{file} is not a valid journal meta file: {reason}")]
     Meta { file: PathBuf, reason: String },
-    #[error("the data directory {dir} is in use by another process")]
+    #[error(
+        "the data directory {dir} is in use by another process (it holds the lock on {dir}/journal.lock); stop it or give another --data-dir"
+    )]
     Locked { dir: PathBuf },
     /// The writer thread stopped on a disk error; nothing more becomes
     /// durable until a restart (the gateway answers 503 unavailable).

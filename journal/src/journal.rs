@@ -26,7 +26,26 @@ pub struct Journal {
     closed: AtomicBool,
     id: String,
     /// Held (with an advisory lock) for the journal's lifetime.
-    _lock: File,
+    _lock: DirLock,
+}
+
+/// The advisory lock on a data directory's `journal.lock`: one process
+/// at a time uses the directory. Taken before anything is written there;
+/// released when dropped.
+#[derive(Debug)]
+pub struct DirLock {
+    _file: File,
+}
+
+impl DirLock {
+    /// Takes the lock on `dir` (created if missing). Errors:
+    /// [`JournalError::Locked`] when another process holds it.
+    pub fn take(dir: &Path) -> Result<DirLock, JournalError> {
+        fs::create_dir_all(dir).map_err(JournalError::io(dir))?;
+        Ok(DirLock {
+            _file: lock_dir(dir)?,
+        })
+    }
 }
 
 /// Counters for `/metrics` and tests.
@@ -63,9 +82,19 @@ impl Journal {
         engine_config: EngineConfig,
         clock: Arc<dyn Clock>,
     ) -> Result<(Arc<Journal>, Arc<Engine>), JournalError> {
+        let lock = DirLock::take(&config.dir)?;
+        Journal::open_locked(config, engine_config, clock, lock)
+    }
+
+    /// [`Journal::open`] with the directory's lock already taken (by
+    /// [`DirLock::take`] on `config.dir`).
+    pub fn open_locked(
+        config: JournalConfig,
+        engine_config: EngineConfig,
+        clock: Arc<dyn Clock>,
+        lock: DirLock,
+    ) -> Result<(Arc<Journal>, Arc<Engine>), JournalError> {
         let dir = config.dir.clone();
-        fs::create_dir_all(&dir).map_err(JournalError::io(&dir))?;
-        let lock = lock_dir(&dir)?;
         format::tighten(&dir)?;
         let id = recovery::check_meta(&dir, engine_config.shards)?;
         remove_tmp_files(&dir)?;

@@ -82,5 +82,5 @@ pub use config::{
 };
 pub use error::JournalError;
 pub use format::event_digest;
-pub use journal::{Journal, JournalStats};
+pub use journal::{DirLock, Journal, JournalStats};
 pub use reader::JournalReader;

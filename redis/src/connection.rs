@@ -66,6 +66,16 @@ impl RedisStore {
     /// Connects (bounded by the connect timeout), loads the Functions
     /// library on every primary, and checks that Redis answers.
     pub async fn connect(settings: &RedisSettings) -> Result<RedisStore, Error> {
+        let store = RedisStore::connect_unstarted(settings).await?;
+        store.start().await?;
+        Ok(store)
+    }
+
+    /// [`RedisStore::connect`] that writes no key: it loads the Functions
+    /// library and reads Redis' durability, but neither sets nor follows
+    /// the deployment's epoch. A node checks what it must at start, then
+    /// calls [`RedisStore::start`].
+    pub async fn connect_unstarted(settings: &RedisSettings) -> Result<RedisStore, Error> {
         let connection = match &settings.target {
             RedisTarget::Single(url) => {
                 let client = redis::Client::open(url.as_str()).map_err(Error::Redis)?;
@@ -134,9 +144,14 @@ impl RedisStore {
         };
         store.load_library().await?;
         store.check_durability().await?;
-        store.follow_epoch().await?;
-        store.poll(true).await?;
         Ok(store)
+    }
+
+    /// Reads (or, on an empty namespace, sets) the deployment's epoch and
+    /// polls the deals once: the first writes of a node into Redis.
+    pub async fn start(&self) -> Result<(), Error> {
+        self.follow_epoch().await?;
+        self.poll(true).await
     }
 
     pub(crate) fn connection(&self) -> Connection {

@@ -36,6 +36,12 @@ impl RedisStore {
         })
     }
 
+    /// The key [`RedisStore::agree_layout`] keeps the layout in
+    /// (`<ns>:{g}:layout`).
+    pub fn layout_key(&self) -> String {
+        self.keys().global("layout")
+    }
+
     /// The layout kept by [`RedisStore::agree_layout`] (`shards=N
     /// fingerprint=F`), or `None` when no node has served this namespace.
     pub async fn layout(&self) -> Result<Option<String>, Error> {

@@ -439,3 +439,41 @@ fn loadtest_refuses_what_it_would_ignore() {
         "{stderr}"
     );
 }
+
+/// The admin-token and secret files in `dir` (None when absent).
+fn kept_files(dir: &std::path::Path) -> Vec<(String, Option<Vec<u8>>)> {
+    ["admin-token", "secret", "node-id"]
+        .into_iter()
+        .map(|name| (name.to_owned(), std::fs::read(dir.join(name)).ok()))
+        .collect()
+}
+
+/// Regression: a second `serve` on a data directory in use wrote an
+/// admin-token file (and a secret) into the live server's directory before
+/// it found the journal's lock. It takes the lock first and writes nothing.
+#[test]
+fn a_second_serve_on_a_data_dir_in_use_is_refused_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (first, mut lines) = spawn_serve(
+        "127.0.0.1:0",
+        dir.path(),
+        &["--admin-token", "admin-secret-0123456789"],
+    );
+    let listening = lines.next().unwrap().unwrap();
+    assert!(
+        listening.starts_with("flashsale listening on "),
+        "{listening}"
+    );
+    let before = kept_files(dir.path());
+    for extra in [&[][..], &["--admin-token", "another-admin-0123456789"][..]] {
+        let stderr = refused(
+            flashsale()
+                .args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])
+                .arg(dir.path())
+                .args(extra),
+        );
+        assert_eq!(kept_files(dir.path()), before, "{extra:?}: {stderr}");
+        assert!(stderr.contains("journal.lock"), "{stderr}");
+    }
+    terminate(first);
+}

@@ -397,3 +397,31 @@ async fn kill_9_of_an_aof_always_redis_loses_no_acknowledged_order() {
         assert!(passed, "flashsale audit after the crashes: {report}");
     }
 }
+
+/// Regression: a node refused at start (a Redis that persists nothing,
+/// without `--allow-volatile-redis`) had already written the deployment's
+/// layout and epoch, so the next start with another `--secret` was refused
+/// as if a deployment existed. A refused start writes no key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_refused_at_start_writes_nothing_into_redis() {
+    let Some(url) = flashsale_testkit::redis_url() else {
+        return;
+    };
+    let target = Target::Single(url);
+    if !target
+        .run_cli(&["CONFIG", "GET", "appendonly"])
+        .contains("no")
+    {
+        return; // this Redis persists: the refusal under test does not happen
+    }
+    let mut deployment = Deployment::new(target.clone(), 4);
+    let refusal = deployment.refused_start(&[]);
+    assert!(refusal.contains("--allow-volatile-redis"), "{refusal}");
+    let pattern = format!("{}:{{g}}:*", deployment.namespace);
+    let keys = target.run_cli(&["--scan", "--pattern", &pattern]);
+    assert_eq!(keys.trim(), "", "a refused start wrote keys");
+    deployment.secret = "another-redis-secret-0123456789".to_owned();
+    let node = deployment.node();
+    let body = ready(&node).await;
+    assert_eq!(body["redis_durability"]["mode"], "volatile", "{body}");
+}

@@ -170,6 +170,12 @@ async fn a_node_of_another_layout_or_secret_is_refused() {
     other.secret = "another-secret-0123456789".to_owned();
     let refusal = other.refused_start(&["--allow-volatile-redis"]);
     assert!(refusal.contains("--secret"), "{refusal}");
+    // It says how to start afresh: another namespace, or the key to delete.
+    let key = format!("{}:{{g}}:layout", deployment.namespace);
+    assert!(
+        refusal.contains("--redis-namespace") && refusal.contains(&key),
+        "{refusal}"
+    );
     other.secret = deployment.secret.clone();
     let peer = other.node();
     peer.deal(&merchant, 5, 1).await;
