@@ -237,7 +237,7 @@ async fn kept(node: &Node, shoppers: &[(String, String)], attempts: &[Attempt]) 
     let mut readable = 0;
     for (id, shopper) in orders.values() {
         let answer = node
-            .get(&format!("/v1/orders/{id}"), Some(&shoppers[*shopper].1))
+            .get_through_unavailable(&format!("/v1/orders/{id}"), Some(&shoppers[*shopper].1))
             .await;
         match answer.status {
             200 => readable += 1,

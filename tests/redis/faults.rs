@@ -10,10 +10,6 @@ use crate::node::{Answer, Deployment, Node, PrivateRedis, Target};
 /// timeout (300 ms here) plus generous scheduling slack on a loaded box.
 const ANSWER_WHILE_FROZEN_MAX: Duration = Duration::from_secs(5);
 
-/// How long an order read may keep answering 503 `unavailable` (Redis
-/// restarting, the node reconnecting) before the check fails.
-const ORDER_READ_MAX: Duration = Duration::from_secs(10);
-
 /// Records every answer per key, and checks one order per key and that
 /// every order is in Redis (readable through `reader`).
 pub async fn check_keys(
@@ -32,18 +28,9 @@ pub async fn check_keys(
         }
     }
     for (key, id) in &by_key {
-        // A 503 says Redis did not answer this call (the node reconnects
-        // on the next one after a Redis restart): ask again, within a bound.
-        let asked = Instant::now();
-        let order = loop {
-            let order = reader
-                .get(&format!("/v1/orders/{id}"), Some(&tokens[*key]))
-                .await;
-            if order.status != 503 || asked.elapsed() > ORDER_READ_MAX {
-                break order;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
+        let order = reader
+            .get_through_unavailable(&format!("/v1/orders/{id}"), Some(&tokens[*key]))
+            .await;
         assert_eq!(
             order.status, 200,
             "acknowledged order {id} is in Redis: {:?}",

@@ -332,6 +332,11 @@ pub struct Node {
     _data_dir: tempfile::TempDir,
 }
 
+/// How long a read may keep answering 503 `unavailable` (Redis
+/// restarting or failing over, the node reconnecting) before a check of
+/// what survived fails: the tests check what is kept, not latency.
+pub const READ_THROUGH_UNAVAILABLE_MAX: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A status and a JSON body.
 #[derive(Debug, Clone)]
 pub struct Answer {
@@ -488,6 +493,21 @@ impl Node {
     pub async fn get(&self, path: &str, token: Option<&str>) -> Answer {
         self.call(reqwest::Method::GET, path, token, None, None)
             .await
+    }
+
+    /// A read asked again while it answers 503 `unavailable` (Redis did
+    /// not answer this call: restarting, failing over, the node
+    /// reconnecting), for at most [`READ_THROUGH_UNAVAILABLE_MAX`]; the
+    /// last answer otherwise.
+    pub async fn get_through_unavailable(&self, path: &str, token: Option<&str>) -> Answer {
+        let asked = std::time::Instant::now();
+        loop {
+            let answer = self.get(path, token).await;
+            if answer.status != 503 || asked.elapsed() > READ_THROUGH_UNAVAILABLE_MAX {
+                return answer;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
     }
 
     /// `kill -9`.
