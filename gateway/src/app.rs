@@ -145,7 +145,8 @@ impl App {
         let response = match endpoint {
             // The stream's body outlives this request's in-flight count.
             Endpoint::FeedStream => {
-                return handlers::feed_stream(self).map(|response| response.map(Either::Right));
+                return handlers::feed_stream(self, parts)
+                    .map(|response| response.map(Either::Right));
             }
             Endpoint::Buy => {
                 let result = handlers::buy(self, parts, id, &body).await;

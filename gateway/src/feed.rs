@@ -24,10 +24,15 @@
 //! take a frame for [`FEED_SUBSCRIBER_STALL_MAX`] is dropped; its client
 //! reconnects and gets the current numbers.
 //!
-//! A (re)connect, with or without `Last-Event-ID`, first gets the current
-//! card of every live and upcoming deal: ids restart with the process, and
-//! the whole replay is bounded by [`FEED_DEALS_MAX`] cards. Frames are
-//! shared (`Bytes`), so a replay to many subscribers copies no card.
+//! An event's `id` is `<run>.<sample>.<deal>`: the process's random run
+//! tag (hex) and the card's `(changed, deal)` key. A reconnect whose
+//! `Last-Event-ID` (the header, or a `lastEventId` query parameter, which
+//! some EventSource libraries send instead) names a key of this run resumes
+//! after it: the cards changed since, in order (the WHATWG HTML standard,
+//! "Server-sent events"). Any other reconnect (no id, a malformed one, one
+//! from before a restart) first gets the current card of every live and
+//! upcoming deal, bounded by [`FEED_DEALS_MAX`] cards. Frames are shared
+//! (`Bytes`), so a replay to many subscribers copies no card.
 //!
 //! Bounds: subscribers at once (`--feed-subscribers-max`, past it `503
 //! overloaded`), the deals tracked ([`FEED_DEALS_MAX`], newest first), each
@@ -106,6 +111,8 @@ pub(crate) struct FeedSnapshot {
 /// The stream's shared state: the latest snapshot, the subscriber bound
 /// and the closing flag.
 pub(crate) struct FeedHub {
+    /// This process's run tag, the first part of every event id.
+    run: u64,
     latest: watch::Sender<Arc<FeedSnapshot>>,
     closing: watch::Sender<bool>,
     subscribers: Arc<Semaphore>,
@@ -115,8 +122,11 @@ pub(crate) struct FeedHub {
 }
 
 impl FeedHub {
-    pub(crate) fn new(subscribers_max: usize) -> FeedHub {
+    /// A hub for at most `subscribers_max` streams; `run` tags this
+    /// process's event ids (random, so ids of an earlier run never match).
+    pub(crate) fn new(subscribers_max: usize, run: u64) -> FeedHub {
         FeedHub {
+            run,
             latest: watch::Sender::new(Arc::new(FeedSnapshot::default())),
             closing: watch::Sender::new(false),
             subscribers: Arc::new(Semaphore::new(subscribers_max)),
@@ -143,9 +153,23 @@ impl FeedHub {
         self.subscribers.close();
     }
 
+    /// Where a reconnect with `last_event_id` resumes: the `(changed,
+    /// deal)` key it names, when the id is one of this run's and not past
+    /// the latest sample; `None` (a whole replay) otherwise.
+    fn resume_after(&self, last_event_id: &str) -> Option<(u64, u64)> {
+        let mut parts = last_event_id.split('.');
+        let run = u64::from_str_radix(parts.next()?, 16).ok()?;
+        let changed: u64 = parts.next()?.parse().ok()?;
+        let deal: u64 = parts.next()?.parse().ok()?;
+        let known =
+            parts.next().is_none() && run == self.run && changed <= self.latest.borrow().seq;
+        known.then_some((changed, deal))
+    }
+
     /// A new subscriber: its body, fed by a task of its own; `503
-    /// overloaded` past the bound.
-    pub(crate) fn subscribe(&self) -> Result<FeedBody, Error> {
+    /// overloaded` past the bound. `last_event_id`: what the client saw
+    /// last (see the module's doc), if it says.
+    pub(crate) fn subscribe(&self, last_event_id: Option<&str>) -> Result<FeedBody, Error> {
         let permit = self
             .subscribers
             .clone()
@@ -153,6 +177,7 @@ impl FeedHub {
             .map_err(|_| Error::Overloaded)?;
         let (sender, receiver) = mpsc::channel(FEED_SUBSCRIBER_BUFFER_FRAMES);
         let subscriber = Subscriber {
+            resume: last_event_id.and_then(|id| self.resume_after(id)),
             latest: self.latest.subscribe(),
             closing: self.closing.subscribe(),
             sender,
@@ -190,6 +215,8 @@ impl Body for FeedBody {
 }
 
 struct Subscriber {
+    /// The key after which this reconnect resumes, if it named one.
+    resume: Option<(u64, u64)>,
     latest: watch::Receiver<Arc<FeedSnapshot>>,
     closing: watch::Receiver<bool>,
     sender: mpsc::Sender<Bytes>,
@@ -218,10 +245,14 @@ impl Subscriber {
         if let Err(stop) = self.send(retry).await {
             return stop;
         }
-        // Cards changed after this sample are news to this subscriber, even
-        // when their deal has ended; before it, only open cards are sent.
-        let joined = self.latest.borrow().seq;
-        let mut cursor = (0, 0);
+        // Cards changed after `joined` are news to this subscriber, even
+        // when their deal has ended; before it, only open cards are sent. A
+        // resumed stream continues after the key it names, and a card of
+        // that sample it had not reached yet is news.
+        let (joined, mut cursor) = match self.resume {
+            Some((changed, deal)) => (changed.saturating_sub(1), (changed, deal)),
+            None => (self.latest.borrow().seq, (0, 0)),
+        };
         let mut heartbeat = tokio::time::interval(FEED_HEARTBEAT_INTERVAL);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         heartbeat.reset();
@@ -326,6 +357,8 @@ struct Tracked {
 
 /// The sampler's memory between samples: owned by its task alone.
 pub(crate) struct Sampler {
+    /// The hub's run tag, for the event ids.
+    run: u64,
     seq: u64,
     tracked: HashMap<DealId, Tracked>,
     /// Merchant names never change: read once.
@@ -333,8 +366,9 @@ pub(crate) struct Sampler {
 }
 
 impl Sampler {
-    pub(crate) fn new() -> Sampler {
+    pub(crate) fn new(run: u64) -> Sampler {
         Sampler {
+            run,
             seq: 0,
             tracked: HashMap::new(),
             names: HashMap::new(),
@@ -382,7 +416,8 @@ impl Sampler {
             } else {
                 "deal"
             };
-            let Some(frame) = render(seq, event, &CardJson::new(deal, &name, rating)) else {
+            let id = format!("{:x}.{seq}.{}", self.run, deal.id.0);
+            let Some(frame) = render(&id, event, &CardJson::new(deal, &name, rating)) else {
                 continue;
             };
             let ended_at = (!open).then_some(now);
@@ -424,10 +459,10 @@ impl Sampler {
     }
 }
 
-/// One `deal` or `draw` event; `None` (logged) if the card fails to
-/// serialize.
-fn render(seq: u64, event: &str, card: &CardJson<'_>) -> Option<Bytes> {
-    let mut frame = format!("event: {event}\nid: {seq}\ndata: ").into_bytes();
+/// One `deal` or `draw` event with its `id`; `None` (logged) if the card
+/// fails to serialize.
+fn render(id: &str, event: &str, card: &CardJson<'_>) -> Option<Bytes> {
+    let mut frame = format!("event: {event}\nid: {id}\ndata: ").into_bytes();
     if let Err(error) = serde_json::to_writer(&mut frame, card) {
         // invariant: cards hold strings, numbers and bools only.
         tracing::error!(%error, "a feed card failed to serialize");
@@ -441,7 +476,7 @@ fn render(seq: u64, event: &str, card: &CardJson<'_>) -> Option<Bytes> {
 /// The sampler's task: samples every [`FEED_SAMPLE_INTERVAL`] and publishes
 /// what changed, until the hub closes.
 pub(crate) async fn sample(store: Arc<Store>, hub: Arc<FeedHub>) {
-    let mut sampler = Sampler::new();
+    let mut sampler = Sampler::new(hub.run);
     let mut ticker = tokio::time::interval(FEED_SAMPLE_INTERVAL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut closing = hub.closing.subscribe();
@@ -499,7 +534,7 @@ mod tests {
         let (_clock, engine) = engine();
         let merchant = engine.create_merchant("acme").unwrap().id;
         let first = deal(&engine, merchant, 2_000_000);
-        let mut sampler = Sampler::new();
+        let mut sampler = Sampler::new(0xab);
         let now = Instant::now();
         let snapshot = sampler.sample(&engine, now).expect("a first snapshot");
         assert_eq!((snapshot.seq, snapshot.cards.len()), (1, 1));
@@ -510,7 +545,8 @@ mod tests {
         let keys: Vec<_> = snapshot.cards.iter().map(CardFrame::key).collect();
         assert_eq!(keys, vec![(1, first.0), (2, second.0)]);
         let frame = std::str::from_utf8(&snapshot.cards[1].frame).unwrap();
-        assert!(frame.starts_with("event: deal\nid: 2\ndata: {"), "{frame}");
+        let id = format!("event: deal\nid: ab.2.{}\ndata: {{", second.0);
+        assert!(frame.starts_with(&id), "{frame}");
         assert!(frame.ends_with("}\n\n"), "{frame}");
     }
 
@@ -541,7 +577,7 @@ mod tests {
             .create_shoppers(1, Money::from_fen(100).unwrap())
             .unwrap()[0];
         engine.register(shopper, raffle).unwrap();
-        let mut sampler = Sampler::new();
+        let mut sampler = Sampler::new(0xab);
         let now = Instant::now();
         let frame =
             |snapshot: &FeedSnapshot| String::from_utf8(snapshot.cards[0].frame.to_vec()).unwrap();
@@ -579,7 +615,7 @@ mod tests {
         let (clock, engine) = engine();
         let merchant = engine.create_merchant("acme").unwrap().id;
         deal(&engine, merchant, 1_500_000);
-        let mut sampler = Sampler::new();
+        let mut sampler = Sampler::new(0xab);
         let now = Instant::now();
         sampler.sample(&engine, now).expect("a first snapshot");
         clock.advance_millis(600_000);

@@ -132,20 +132,27 @@ impl Endpoint {
         self.changes_state()
     }
 
-    /// Reads its query itself: the pages ignore theirs (a link into a page
-    /// carries what browsers and sharing add), the others refuse a
-    /// parameter they do not take. Every other endpoint takes none, so any
-    /// parameter there is `400 bad_request` naming it (README "Input
-    /// rules"; `handlers::no_query`).
+    /// Reads its query itself, or ignores it. The pages ignore theirs (a
+    /// link into a page carries what browsers and sharing add); so do the
+    /// operational endpoints (a load balancer's or monitor's probe may add
+    /// one) and the feed's stream (an EventSource library may put
+    /// `lastEventId` there, which it reads). Every other endpoint refuses a
+    /// parameter it does not take: `400 bad_request` naming it (docs/api.md
+    /// "Input rules"; `handlers::no_query`).
     pub(crate) fn takes_query(self) -> bool {
         matches!(
             self,
             Endpoint::Feed
+                | Endpoint::FeedStream
                 | Endpoint::ListOrders
                 | Endpoint::GetDraw
                 | Endpoint::GetDrawRegistrants
                 | Endpoint::Storefront
                 | Endpoint::MerchantPage
+                | Endpoint::Healthz
+                | Endpoint::Readyz
+                | Endpoint::Metrics
+                | Endpoint::OpenApi
         )
     }
 

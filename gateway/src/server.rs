@@ -176,7 +176,10 @@ impl Gateway {
             request_timeout: config.request_timeout,
             token_ttl_seconds: i64::try_from(config.token_ttl.as_secs()).unwrap_or(i64::MAX),
             signup_credit: config.signup_credit,
-            feed: Arc::new(FeedHub::new(config.feed_subscribers_max)),
+            feed: Arc::new(FeedHub::new(
+                config.feed_subscribers_max,
+                getrandom::u64().map_err(Error::Random)?,
+            )),
             pages: Pages::new(),
             openapi: OpenApi::new()?,
             store: Arc::new(store),

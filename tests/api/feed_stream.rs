@@ -16,6 +16,8 @@ use tokio::sync::{Semaphore, mpsc};
 
 use crate::helpers::{Account, TestServer, start, start_with};
 
+/// The stream's path.
+const STREAM: &str = "/v1/feed/stream";
 /// How long any one expected event may take to arrive.
 const EVENT_WAIT: Duration = Duration::from_secs(10);
 /// The stream samples every 200 ms: at most five events per deal per second.
@@ -45,14 +47,16 @@ struct Refused(String);
 
 impl Sse {
     async fn connect(addr: std::net::SocketAddr, last_event_id: Option<&str>) -> Sse {
-        Sse::open(addr, last_event_id, None)
+        Sse::open(addr, STREAM, last_event_id, None)
             .await
             .unwrap_or_else(|Refused(head)| panic!("the stream was refused: {head}"))
     }
 
-    /// Subscribes; `recv_buffer_bytes` shrinks the socket's receive buffer.
+    /// Subscribes at `path` (the stream's, with a query if any);
+    /// `recv_buffer_bytes` shrinks the socket's receive buffer.
     async fn open(
         addr: std::net::SocketAddr,
+        path: &str,
         last_event_id: Option<&str>,
         recv_buffer_bytes: Option<u32>,
     ) -> Result<Sse, Refused> {
@@ -64,9 +68,8 @@ impl Sse {
         }
         let mut stream = socket.connect(addr).await.expect("the server accepts");
         let last = last_event_id.map_or(String::new(), |id| format!("last-event-id: {id}\r\n"));
-        let request = format!(
-            "GET /v1/feed/stream HTTP/1.1\r\nhost: x\r\naccept: text/event-stream\r\n{last}\r\n"
-        );
+        let request =
+            format!("GET {path} HTTP/1.1\r\nhost: x\r\naccept: text/event-stream\r\n{last}\r\n");
         stream.write_all(request.as_bytes()).await.expect("sent");
         let mut raw = Vec::new();
         let head_end = loop {
@@ -348,16 +351,13 @@ async fn a_burst_is_coalesced_into_a_few_events_and_the_last_carries_the_final_n
         span,
         burst_took.as_secs_f64()
     );
-    // Ids grow with the numbers.
+    // Ids (`<run>.<sample>.<deal>`) grow with the numbers.
     let ids: Vec<u64> = seen
         .iter()
         .map(|(_, event)| {
-            event
-                .id
-                .as_deref()
-                .expect("an id")
-                .parse()
-                .expect("a number")
+            let id = event.id.as_deref().expect("an id");
+            let sample = id.split('.').nth(1).expect("<run>.<sample>.<deal>");
+            sample.parse().expect("a number")
         })
         .collect();
     assert!(ids.windows(2).all(|pair| pair[0] < pair[1]), "{ids:?}");
@@ -390,7 +390,7 @@ async fn a_stalled_subscriber_blocks_neither_buyers_nor_other_subscribers() {
     let buyers = t.bulk_shoppers(SHOPPERS, "100.00").await;
 
     // Subscribes with a tiny receive window and never reads.
-    let stalled = Sse::open(t.addr(), None, Some(2_048))
+    let stalled = Sse::open(t.addr(), STREAM, None, Some(2_048))
         .await
         .expect("subscribed");
     let mut healthy = Sse::connect(t.addr(), None).await;
@@ -517,6 +517,66 @@ async fn a_reconnect_gets_the_current_numbers_first() {
         assert_eq!(card(&deal)["sold"], 1, "Last-Event-ID {last_event_id:?}");
         assert_eq!(card(&deal)["remaining"], 9);
         assert_eq!(card(&older)["sold"], 0);
+    }
+}
+
+/// A reconnect naming the last event it saw, by the `Last-Event-ID` header
+/// or a `lastEventId` query parameter, resumes after it: what changed since,
+/// not the whole feed again. An id of another run (a restart) or a
+/// malformed one gets the whole replay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnect_naming_its_last_event_resumes_after_it() {
+    let t = start().await;
+    let merchant = t.merchant("Xiaomi").await;
+    let deal = t.deal(&merchant, "1.00", 10, 1).await;
+    let quiet = t.deal(&merchant, "2.00", 5, 1).await;
+    let shopper = t.shopper("Li", "10").await;
+
+    let mut first = Sse::connect(t.addr(), None).await;
+    let mut seen = std::collections::HashSet::new();
+    let mut last_id = String::new();
+    while seen.len() < 2 {
+        let event = first.next(EVENT_WAIT).await.expect("the replay");
+        seen.insert(event.data["id"].as_str().unwrap_or_default().to_owned());
+        last_id = event.id.expect("an id");
+    }
+    drop(first);
+    let mut observer = Sse::connect(t.addr(), None).await;
+    t.buy(&shopper, &deal, 1, "while-away").await.ok(201);
+    observer.until(&deal, |card| card["sold"] == 1).await;
+
+    let by_header = Sse::connect(t.addr(), Some(&last_id)).await;
+    let by_query = Sse::open(
+        t.addr(),
+        &format!("{STREAM}?lastEventId={last_id}&utm_source=app"),
+        None,
+        None,
+    )
+    .await
+    .unwrap_or_else(|Refused(head)| panic!("the stream was refused: {head}"));
+    for mut resumed in [by_header, by_query] {
+        let event = resumed.next(EVENT_WAIT).await.expect("what changed");
+        assert_eq!(event.data["id"], deal.as_str(), "{event:?}");
+        assert_eq!(event.data["sold"], 1);
+        // The other card did not change: it is not sent again.
+        let more = tokio::time::timeout(Duration::from_secs(1), resumed.next(EVENT_WAIT)).await;
+        assert!(more.is_err(), "sent again: {more:?}");
+    }
+
+    let run = last_id.split('.').next().expect("a run tag");
+    let run = u64::from_str_radix(run, 16).expect("hex");
+    let restarted = format!("{:x}.1.1", run ^ 1);
+    for id in [restarted.as_str(), "not-an-id"] {
+        let mut again = Sse::connect(t.addr(), Some(id)).await;
+        let mut replay = std::collections::HashSet::new();
+        while replay.len() < 2 {
+            let event = again.next(EVENT_WAIT).await.expect("the replay");
+            replay.insert(event.data["id"].as_str().unwrap_or_default().to_owned());
+        }
+        assert!(
+            replay.contains(&deal) && replay.contains(&quiet),
+            "{id}: {replay:?}"
+        );
     }
 }
 

@@ -181,8 +181,20 @@ pub(crate) async fn feed(app: &App, parts: &Parts) -> Result<HttpResponse, Error
 }
 
 /// `GET /v1/feed/stream` (anyone): Server-Sent Events, see [`crate::feed`].
-pub(crate) fn feed_stream(app: &App) -> Result<hyper::Response<FeedBody>, Error> {
-    let body = app.feed.subscribe()?;
+/// Resumes after the `Last-Event-ID` header's id, else after a
+/// `lastEventId` query parameter's; any other parameter is ignored.
+pub(crate) fn feed_stream(app: &App, parts: &Parts) -> Result<hyper::Response<FeedBody>, Error> {
+    let header = parts
+        .headers
+        .get("last-event-id")
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_owned);
+    let last_event_id = header.or_else(|| {
+        super::query(parts)
+            .find(|(name, _)| name == "lastEventId")
+            .map(|(_, value)| value.into_owned())
+    });
+    let body = app.feed.subscribe(last_event_id.as_deref())?;
     let mut response = hyper::Response::new(body);
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));

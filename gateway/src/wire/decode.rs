@@ -131,21 +131,18 @@ pub(crate) fn parse_money(text: &str, field: &'static str) -> Result<Money, Erro
 }
 
 /// What a time field accepts.
-pub(crate) const TIME_ACCEPTS: &str =
-    "must be an RFC 3339 time with at most millisecond precision, like \"2025-06-18T12:00:00Z\"";
+pub(crate) const TIME_ACCEPTS: &str = "must be an RFC 3339 time, like \"2025-06-18T12:00:00Z\" (any fraction of a second, truncated to milliseconds)";
 
-/// Parses an RFC 3339 time with any offset to the engine's milliseconds.
-/// More than millisecond precision (`…00.9999Z`) is refused rather than
-/// truncated, so a sale never opens or ends before the instant the
-/// merchant gave; trailing zeros (`…00.500000Z`) are not precision.
+/// Parses an RFC 3339 time (RFC 3339 section 5.6: any number of fraction
+/// digits, any offset) to the engine's milliseconds since the Unix epoch.
+/// Finer precision is truncated toward the past (`…00.9999Z` is
+/// `…00.999Z`): generated clients send micro- or nanoseconds
+/// (`datetime.isoformat()`, `time.Time`, `Instant.toString()`), and the
+/// engine keeps milliseconds (docs/api.md, "Times").
 pub(crate) fn parse_time(text: &str, field: &'static str) -> Result<Timestamp, Error> {
     let invalid = |reason| Error::Invalid { field, reason };
     let time = OffsetDateTime::parse(text, &Rfc3339).map_err(|_| invalid(TIME_ACCEPTS))?;
-    let nanos = time.unix_timestamp_nanos();
-    if nanos % 1_000_000 != 0 {
-        return Err(invalid(TIME_ACCEPTS));
-    }
-    i64::try_from(nanos / 1_000_000)
+    i64::try_from(time.unix_timestamp_nanos().div_euclid(1_000_000))
         .map(Timestamp::from_millis)
         .map_err(|_| invalid("is out of range"))
 }

@@ -32,26 +32,24 @@ fn a_body_earns_time_at_the_minimum_rate() {
 }
 
 #[test]
-fn times_finer_than_a_millisecond_are_refused_not_truncated() {
-    for fine in [
-        "2025-06-18T12:00:00.9999Z",
-        "2025-06-18T12:00:00.0001Z",
-        "2025-06-18T12:00:00.123456789+08:00",
+fn times_finer_than_a_millisecond_are_truncated_toward_the_past() {
+    for (fine, kept) in [
+        ("2025-06-18T12:00:00.9999Z", "2025-06-18T12:00:00.999Z"),
+        ("2025-06-18T12:00:00.0001Z", "2025-06-18T12:00:00.000Z"),
+        (
+            "2025-06-18T12:00:00.123456789+08:00",
+            "2025-06-18T04:00:00.123Z",
+        ),
+        ("2025-06-18T12:00:00.999000Z", "2025-06-18T12:00:00.999Z"),
+        (
+            "2025-06-18T12:00:00.1234567-05:30",
+            "2025-06-18T17:30:00.123Z",
+        ),
+        ("1969-12-31T23:59:59.9999Z", "1969-12-31T23:59:59.999Z"),
     ] {
-        assert!(
-            matches!(
-                parse_time(fine, "starts_at"),
-                Err(Error::Invalid {
-                    field: "starts_at",
-                    ..
-                })
-            ),
-            "{fine}"
-        );
+        let at = parse_time(fine, "starts_at").unwrap();
+        assert_eq!(Rfc3339Utc(at).to_string(), kept, "{fine}");
     }
-    // Trailing zeros are not precision.
-    let at = parse_time("2025-06-18T12:00:00.999000Z", "ends_at").unwrap();
-    assert_eq!(Rfc3339Utc(at).to_string(), "2025-06-18T12:00:00.999Z");
 }
 
 #[test]
