@@ -70,6 +70,8 @@ pub(crate) struct App {
     pub order_sink: std::sync::Mutex<Option<OrderSinkHandle>>,
     /// With `--database-url`: whether an order is in Postgres yet.
     pub books: Option<Arc<crate::order_sink::BooksLookup>>,
+    /// `--trusted-proxies`: whose forwarding headers name the client.
+    pub proxies: crate::proxies::TrustedProxies,
 }
 
 impl App {
@@ -174,7 +176,10 @@ impl App {
             Endpoint::GetDrawMe => handlers::get_draw_me(self, parts, id).await,
             Endpoint::GetDrawRegistrants => handlers::get_draw_registrants(self, parts, id).await,
             Endpoint::CreateMerchant => handlers::create_merchant(self, parts, &body).await,
-            Endpoint::CreateShopper => handlers::create_shopper(self, &body, peer).await,
+            Endpoint::CreateShopper => {
+                let client = self.proxies.client(peer, &parts.headers);
+                handlers::create_shopper(self, &body, client).await
+            }
             Endpoint::CreateShoppersBulk => {
                 handlers::create_shoppers_bulk(self, parts, &body).await
             }

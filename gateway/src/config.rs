@@ -186,6 +186,21 @@ pub struct ServeArgs {
     /// answers 503 overloaded with Retry-After.
     #[arg(long, env = "FLASHSALE_FEED_SUBSCRIBERS_MAX", default_value_t = 10_000)]
     pub feed_subscribers_max: usize,
+
+    /// The reverse proxies and load balancers in front, as addresses or
+    /// CIDR networks, comma-separated (e.g. 10.0.0.0/8,192.0.2.7). A
+    /// connection from one of them names its client in Forwarded (RFC 7239)
+    /// or X-Forwarded-For, and the signup limit counts that client; from
+    /// any other address those headers are ignored. Default: none.
+    #[arg(long, env = "FLASHSALE_TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_network, value_name = "CIDR")]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+
+    /// Origins whose pages may call the API from a browser (CORS), e.g.
+    /// `https://shop.example.com`, comma-separated: preflights are answered
+    /// and answers carry Access-Control-Allow-Origin for these origins
+    /// only. Default: none (a browser allows same-origin calls only).
+    #[arg(long, env = "FLASHSALE_CORS_ORIGINS", value_delimiter = ',', value_parser = parse_origin, value_name = "ORIGIN")]
+    pub cors_origins: Vec<hyper::header::HeaderValue>,
 }
 
 /// The validated configuration of one server.
@@ -226,6 +241,10 @@ pub struct Config {
     pub signup_credit: Money,
     /// Subscribers of the feed's stream at once.
     pub feed_subscribers_max: usize,
+    /// Peers whose `Forwarded`/`X-Forwarded-For` name the client.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Origins allowed to call from a browser (`Origin` header values).
+    pub cors_origins: Vec<hyper::header::HeaderValue>,
 }
 
 impl Config {
@@ -256,6 +275,8 @@ impl Config {
             expiry_interval: Duration::from_millis(250),
             signup_credit: Money::ZERO,
             feed_subscribers_max: 10_000,
+            trusted_proxies: Vec::new(),
+            cors_origins: Vec::new(),
         }
     }
 
@@ -337,6 +358,8 @@ impl Config {
         config.signup_credit = parse_signup_credit(&args.signup_credit)?;
         config.feed_subscribers_max =
             at_least_one(args.feed_subscribers_max, "feed-subscribers-max")?;
+        config.trusted_proxies = args.trusted_proxies;
+        config.cors_origins = args.cors_origins;
         Ok(config)
     }
 }
@@ -403,6 +426,43 @@ fn setting(long: &str) -> String {
         Some(variable) => format!("--{long} ({variable})"),
         None => format!("--{long}"),
     }
+}
+
+/// `--trusted-proxies`: one address (a network of one) or CIDR network.
+pub fn parse_network(text: &str) -> Result<ipnet::IpNet, String> {
+    let text = text.trim();
+    text.parse::<ipnet::IpNet>()
+        .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("{text:?} is not an address or CIDR network, e.g. 10.0.0.0/8"))
+}
+
+/// `--cors-origins`: one origin, `scheme://host[:port]` with an http or
+/// https scheme and nothing after the authority (the WHATWG Fetch
+/// standard's serialized origin, which browsers send in `Origin`); kept
+/// lowercase. `*` is refused: origins are listed.
+pub fn parse_origin(text: &str) -> Result<hyper::header::HeaderValue, String> {
+    let text = text.trim();
+    let refuse =
+        |why: &str| format!("{text:?} is not an origin like https://shop.example.com: {why}");
+    let uri: hyper::Uri = text.parse().map_err(|_| refuse("it does not parse"))?;
+    let scheme = uri.scheme_str().unwrap_or_default().to_ascii_lowercase();
+    if scheme != "http" && scheme != "https" {
+        return Err(refuse("the scheme must be http or https"));
+    }
+    let Some(authority) = uri.authority() else {
+        return Err(refuse("it names no host"));
+    };
+    if authority.as_str().contains('@') {
+        return Err(refuse("an origin has no user name"));
+    }
+    let bare = uri
+        .path_and_query()
+        .is_none_or(|rest| rest.as_str().is_empty() || rest.as_str() == "/");
+    if !bare || text.ends_with('/') {
+        return Err(refuse("an origin has no path, query or trailing slash"));
+    }
+    let origin = format!("{scheme}://{}", authority.as_str().to_ascii_lowercase());
+    hyper::header::HeaderValue::from_str(&origin).map_err(|_| refuse("it is not a header value"))
 }
 
 /// `--addr`: `IP:PORT`, or `HOST:PORT` with a host name resolved now (an
@@ -483,6 +543,8 @@ mod tests {
             token_ttl_hours: 720,
             signup_credit: "0".into(),
             feed_subscribers_max: 10_000,
+            trusted_proxies: Vec::new(),
+            cors_origins: Vec::new(),
         }
     }
 
@@ -525,6 +587,43 @@ mod tests {
             },
         ] {
             assert!(matches!(Config::from_args(bad), Err(Error::Config(_))));
+        }
+    }
+
+    #[test]
+    fn origins_and_proxy_networks_are_checked_at_start() {
+        assert_eq!(
+            parse_origin("https://Shop.Example.com:8443").unwrap(),
+            "https://shop.example.com:8443"
+        );
+        assert_eq!(
+            parse_origin(" http://127.0.0.1:9000 ").unwrap(),
+            "http://127.0.0.1:9000"
+        );
+        for bad in [
+            "*",
+            "shop.example.com",
+            "ftp://shop.example.com",
+            "https://shop.example.com/",
+            "https://shop.example.com/store",
+            "https://shop.example.com?x=1",
+            "https://user@shop.example.com",
+            "null",
+        ] {
+            let refused = parse_origin(bad).expect_err(bad);
+            assert!(refused.contains("not an origin"), "{bad}: {refused}");
+        }
+        assert_eq!(
+            parse_network("10.0.0.0/8").unwrap().to_string(),
+            "10.0.0.0/8"
+        );
+        assert_eq!(
+            parse_network("192.0.2.7").unwrap().to_string(),
+            "192.0.2.7/32"
+        );
+        assert_eq!(parse_network("::1").unwrap().to_string(), "::1/128");
+        for bad in ["10.0.0.0/33", "proxy.local", ""] {
+            assert!(parse_network(bad).is_err(), "{bad}");
         }
     }
 

@@ -42,6 +42,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, oneshot};
 use tokio::task::JoinHandle;
@@ -57,6 +58,7 @@ use crate::feed::{self, FeedHub};
 use crate::openapi::OpenApi;
 use crate::order_sink::{self, OrderSinkHandle};
 use crate::pages::Pages;
+use crate::proxies::TrustedProxies;
 use crate::router::Router;
 use crate::telemetry::Telemetry;
 use flashsale_redis::{DurabilityMode, RedisSettings, RedisTarget};
@@ -185,6 +187,7 @@ impl Gateway {
             store: Arc::new(store),
             books: order_sink.as_ref().map(OrderSinkHandle::books),
             order_sink: std::sync::Mutex::new(order_sink),
+            proxies: TrustedProxies::new(config.trusted_proxies.clone()),
         };
         Ok(Gateway {
             config,
@@ -229,6 +232,7 @@ impl Gateway {
             ..
         } = self;
         let connections = Arc::new(Semaphore::new(config.max_connections));
+        let cors = crate::cors::layer(&config.cors_origins);
         let graceful = GracefulShutdown::new();
         let mut http = http1::Builder::new();
         http.timer(TokioTimer::new())
@@ -267,14 +271,16 @@ impl Gateway {
             let _ = stream.set_nodelay(true);
             let peer = peer.ip();
             let app = app.clone();
-            let service = service_fn(move |request| app.clone().handle(request, peer));
-            let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
-            tokio::spawn(async move {
-                if let Err(error) = connection.await {
-                    tracing::debug!(%error, "connection ended with an error");
+            let handle = move |request| app.clone().handle(request, peer);
+            let stream = TokioIo::new(stream);
+            match &cors {
+                None => spawn_connection(&http, &graceful, stream, service_fn(handle), permit),
+                Some(cors) => {
+                    let service = crate::cors::wrap(cors, tower::service_fn(handle));
+                    let service = TowerToHyperService::new(service);
+                    spawn_connection(&http, &graceful, stream, service, permit);
                 }
-                drop(permit);
-            });
+            }
         }
         drop(listener);
         // Open streams never end by themselves: end them, so their
@@ -397,6 +403,36 @@ pub async fn spawn(config: Config) -> Result<RunningServer, Error> {
 /// `DRAW_OFFERS_PER_STEP` offers per deal): 100,000 winners' holds take
 /// about 100 steps, so a draw finishes within a tick or two.
 const DRAW_STEPS_PER_TICK_MAX: usize = 256;
+
+/// Serves one connection with `service` in a task of its own, watched by
+/// `graceful` for the drain; `permit` counts the connection against
+/// `--max-connections` until it ends.
+fn spawn_connection<S, B>(
+    http: &http1::Builder,
+    graceful: &GracefulShutdown,
+    stream: TokioIo<tokio::net::TcpStream>,
+    service: S,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) where
+    S: hyper::service::Service<
+            hyper::Request<hyper::body::Incoming>,
+            Response = hyper::Response<B>,
+            Error = std::convert::Infallible,
+        > + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let connection = graceful.watch(http.serve_connection(stream, service));
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::debug!(%error, "connection ended with an error");
+        }
+        drop(permit);
+    });
+}
 
 /// Expires holds on the real clock; runs due draws and refills raffles;
 /// trims limiter maps; drains metrics.

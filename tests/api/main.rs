@@ -11,6 +11,7 @@ mod cross_tenant;
 mod deals;
 mod docs;
 mod draw;
+mod edge;
 mod feed_stream;
 mod fuzz;
 mod helpers;

@@ -23,8 +23,10 @@
 //! - [`browser`]: chromedriver, a chromium session and the DOM helpers.
 //! - [`storefront`]: the shopper's page at `/`.
 //! - [`merchant`]: the merchant's dashboard at `/merchant`.
+//! - [`origins`]: a storefront on an origin of its own (`--cors-origins`).
 
 mod browser;
 mod merchant;
+mod origins;
 mod server;
 mod storefront;
