@@ -172,6 +172,53 @@ mod tests {
         }
     }
 
+    /// The statuses the request path can answer an operation whatever the
+    /// handler does (gateway/src/app.rs and error.rs): framing (`400`, a
+    /// transfer coding: `501`), another method of its path (`405` with
+    /// `Allow`), the request's time bound or shedding (`503`); with a
+    /// body: its time (`408`), size (`413`) and fields (`422`); with a
+    /// token: `401`.
+    fn request_path_statuses(endpoint: Endpoint, secured: bool) -> BTreeSet<&'static str> {
+        let mut statuses = BTreeSet::from(["400", "405", "501", "503"]);
+        if endpoint.takes_body() {
+            statuses.extend(["408", "413", "422"]);
+        }
+        if secured {
+            statuses.insert("401");
+        }
+        statuses
+    }
+
+    #[test]
+    fn every_operation_lists_every_status_its_request_path_can_answer() {
+        let document = document();
+        let mut missing = Vec::new();
+        for endpoint in Endpoint::ALL {
+            let (method, path) = endpoint.name().split_once(' ').expect("METHOD /path");
+            let operation = document["paths"]
+                .as_object()
+                .expect("paths")
+                .iter()
+                .find(|(documented, _)| pattern(documented) == pattern(path))
+                .and_then(|(_, operations)| operations.get(method.to_lowercase()))
+                .unwrap_or_else(|| panic!("{method} {path} is documented"));
+            let secured = operation.get("security") != Some(&Value::Array(Vec::new()));
+            let listed = operation["responses"].as_object().expect("responses");
+            for status in request_path_statuses(endpoint, secured) {
+                if !listed.contains_key(status) {
+                    missing.push(format!("{method} {path}: {status}"));
+                }
+            }
+        }
+        assert!(
+            missing.is_empty(),
+            "statuses missing from openapi.yaml: {missing:#?}"
+        );
+        // A 405 names the path's methods.
+        let allow = document.pointer("/components/responses/MethodNotAllowed/headers/Allow");
+        assert!(allow.is_some(), "405 documents its Allow header");
+    }
+
     #[test]
     fn every_contract_error_code_is_in_the_error_schema() {
         let document = document();
