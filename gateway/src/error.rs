@@ -350,7 +350,12 @@ impl Error {
                     }
                     _ => Cow::Owned(self.to_string()),
                 };
-                let body = serde_json::json!({ "error": { "code": code, "message": message } });
+                let mut body = serde_json::json!({ "error": { "code": code, "message": message } });
+                // A retried payment whose first reply was lost learns its
+                // order here (docs/api.md, "Holds").
+                if let Error::Engine(EngineError::HoldSettled { order, .. }) = &self {
+                    body["error"]["order_id"] = serde_json::Value::String(order.to_string());
+                }
                 Bytes::from(body.to_string())
             }
         };

@@ -72,12 +72,20 @@ async fn a_hold_reserves_then_pays_once() {
         (&order["amount"], &order["late"]),
         (&json!("200.00"), &json!(false))
     );
-    pay(&t, &shopper.token, id)
-        .await
-        .refused(409, "hold_settled");
-    release(&t, &shopper.token, id)
-        .await
-        .refused(409, "hold_settled");
+    let settled = pay(&t, &shopper.token, id).await;
+    settled.refused(409, "hold_settled");
+    assert_eq!(
+        settled.body["error"]["order_id"], order["id"],
+        "{}",
+        settled.text
+    );
+    let settled = release(&t, &shopper.token, id).await;
+    settled.refused(409, "hold_settled");
+    assert_eq!(
+        settled.body["error"]["order_id"], order["id"],
+        "{}",
+        settled.text
+    );
     let wallet = t.wallet(&shopper).await;
     assert_eq!(
         (&wallet["held"], &wallet["spent"]),

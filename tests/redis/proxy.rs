@@ -204,13 +204,9 @@ async fn a_lost_reply_is_resolved_by_the_retry_never_a_second_order() {
         "{:?}",
         retried.body
     );
-    let message = retried.body["error"]["message"]
+    let paid_by = retried.body["error"]["order_id"]
         .as_str()
-        .unwrap_or_default();
-    let paid_by = message
-        .split_whitespace()
-        .find(|word| word.starts_with("o_"))
-        .expect("the message names the order");
+        .expect("the refusal names the order in `order_id`");
     let paid = node
         .get(&format!("/v1/orders/{paid_by}"), Some(token))
         .await
