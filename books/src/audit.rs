@@ -120,6 +120,7 @@ pub async fn run(args: AuditArgs) -> Result<AuditReport, Error> {
         allow_volatile: true,
         books_backlog_per_stream_max: 0,
         clock: None,
+        replica_acks: None,
     })
     .await?;
     // A namespace no node has served (a typo) must not pass as a clean

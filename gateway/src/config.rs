@@ -15,7 +15,7 @@ use flashsale_engine::Money;
 use flashsale_journal::Durability;
 
 use crate::error::Error;
-pub use flashsale_redis::{RedisArgs, RedisSettings, RedisTarget};
+pub use flashsale_redis::{RedisArgs, RedisSettings, RedisTarget, ReplicaAckSettings};
 
 /// Shortest `--secret` accepted, in bytes: shorter keys are guessable.
 pub const SECRET_BYTES_MIN: usize = 16;
@@ -79,6 +79,24 @@ pub struct ServeArgs {
     /// shards' streams, each refusing past its share.
     #[arg(long, env = "FLASHSALE_BOOKS_BACKLOG_MAX", default_value_t = 1_000_000)]
     pub books_backlog_max: u64,
+
+    /// Multi-node mode: answer a change (buy, hold, payment, release,
+    /// credit, deal creation or change) only once at least this many
+    /// replicas of the Redis primary that ran it acknowledged it (WAIT, in
+    /// groups); past --redis-replica-ack-timeout-ms the answer is 503
+    /// unavailable, an unknown outcome that a retry with the same
+    /// Idempotency-Key resolves. 0: answer once the primary applied it.
+    #[arg(long, env = "FLASHSALE_REDIS_REPLICA_ACKS", default_value_t = 0)]
+    pub redis_replica_acks: u32,
+
+    /// Milliseconds a change waits for its replicas' acknowledgments
+    /// (--redis-replica-acks) before answering 503 unavailable.
+    #[arg(
+        long,
+        env = "FLASHSALE_REDIS_REPLICA_ACK_TIMEOUT_MS",
+        default_value_t = 1_000
+    )]
+    pub redis_replica_ack_timeout_ms: u64,
 
     /// Milliseconds to wait for a connection to Redis.
     #[arg(
@@ -367,6 +385,12 @@ impl Config {
 /// Multi-node mode's settings from `--redis-url` or `--redis-cluster`.
 fn redis_settings(args: &ServeArgs) -> Result<Option<RedisSettings>, Error> {
     let Some((target, namespace, shards)) = args.redis.deployment()? else {
+        if args.redis_replica_acks > 0 {
+            return Err(Error::Config(format!(
+                "{} asks for Redis replicas, but no Redis is configured (--redis-url or --redis-cluster)",
+                setting("redis-replica-acks")
+            )));
+        }
         return Ok(None);
     };
     Ok(Some(RedisSettings {
@@ -389,6 +413,16 @@ fn redis_settings(args: &ServeArgs) -> Result<Option<RedisSettings>, Error> {
             _ => 0,
         },
         clock: None,
+        replica_acks: match args.redis_replica_acks {
+            0 => None,
+            required => Some(ReplicaAckSettings {
+                required,
+                timeout: Duration::from_millis(at_least_one(
+                    args.redis_replica_ack_timeout_ms,
+                    "redis-replica-ack-timeout-ms",
+                )?),
+            }),
+        },
     }))
 }
 
@@ -529,6 +563,8 @@ mod tests {
             redis_connect_timeout_ms: 1_000,
             allow_volatile_redis: false,
             books_backlog_max: 1_000_000,
+            redis_replica_acks: 0,
+            redis_replica_ack_timeout_ms: 1_000,
             max_connections: 10_000,
             header_read_timeout_ms: 5_000,
             body_bytes_max: 16_384,

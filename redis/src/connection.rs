@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::time::Duration;
 
 use flashsale_engine::{EngineError, HoldId, SystemClock};
 use parking_lot::RwLock;
@@ -17,6 +18,7 @@ use redis::{Cmd, Pipeline, RedisFuture, Value};
 use crate::durability::{Durability, DurabilityMode, ServerReply};
 use crate::error::Error;
 use crate::keys::Keys;
+use crate::replication::ReplicaAcks;
 use crate::replies::{Reply, garbled, is_refusal, reply_of, text};
 use crate::settings::{RedisSettings, RedisTarget};
 use crate::steps::{Call, library_code, library_name};
@@ -76,38 +78,18 @@ impl RedisStore {
     /// the deployment's epoch. A node checks what it must at start, then
     /// calls [`RedisStore::start`].
     pub async fn connect_unstarted(settings: &RedisSettings) -> Result<RedisStore, Error> {
-        let connection = match &settings.target {
-            RedisTarget::Single(url) => {
-                let client = redis::Client::open(url.as_str()).map_err(Error::Redis)?;
-                let config = ConnectionManagerConfig::new()
-                    .set_response_timeout(Some(settings.response_timeout))
-                    .set_connection_timeout(Some(settings.connect_timeout))
-                    .set_number_of_retries(1)
-                    .set_max_delay(settings.connect_timeout);
-                let manager = tokio::time::timeout(
-                    settings.connect_timeout.saturating_mul(2),
-                    client.get_connection_manager_with_config(config),
+        let connection = open(settings, settings.response_timeout).await?;
+        let replica_acks = match settings.replica_acks {
+            Some(acks) => {
+                // Its own connection: a `WAIT` blocks the one it is sent on.
+                let waits = open(
+                    settings,
+                    settings.response_timeout.saturating_add(acks.timeout),
                 )
-                .await
-                .map_err(|_| Error::RedisTimeout)?
-                .map_err(Error::Redis)?;
-                Connection::Single(manager)
+                .await?;
+                Some(Arc::new(ReplicaAcks::new(acks, waits)))
             }
-            RedisTarget::Cluster(urls) => {
-                let client = redis::cluster::ClusterClientBuilder::new(urls.clone())
-                    .response_timeout(settings.response_timeout)
-                    .connection_timeout(settings.connect_timeout)
-                    .build()
-                    .map_err(Error::Redis)?;
-                let connection = tokio::time::timeout(
-                    settings.connect_timeout.saturating_mul(2),
-                    client.get_async_connection(),
-                )
-                .await
-                .map_err(|_| Error::RedisTimeout)?
-                .map_err(Error::Redis)?;
-                Connection::Cluster(connection)
-            }
+            None => None,
         };
         let store = RedisStore {
             inner: Arc::new(Inner {
@@ -140,11 +122,42 @@ impl RedisStore {
                 }),
                 allow_volatile: settings.allow_volatile,
                 volatile_refused: AtomicBool::new(false),
+                replica_acks,
             }),
         };
         store.load_library().await?;
         store.check_durability().await?;
+        if let Some(acks) = settings.replica_acks {
+            store.check_replicas(acks.required).await?;
+        }
         Ok(store)
+    }
+
+    /// Refuses to start when a primary has fewer than `required` connected
+    /// replicas (`INFO replication`, `connected_slaves`): every change
+    /// would answer `503`. Errors: [`Error::Config`] naming the primary and
+    /// the flag.
+    async fn check_replicas(&self, required: u32) -> Result<(), Error> {
+        let mut cmd = redis::cmd("INFO");
+        cmd.arg("replication");
+        for (server, reply) in self.on_every_primary(&cmd).await? {
+            let info = reply
+                .ok()
+                .and_then(|value| text(&value))
+                .unwrap_or_default();
+            let connected = info
+                .lines()
+                .find_map(|line| line.trim().strip_prefix("connected_slaves:"))
+                .and_then(|count| count.parse::<u32>().ok())
+                .unwrap_or(0);
+            if connected < required {
+                return Err(Error::Config(format!(
+                    "--redis-replica-acks {required}: {server} has {connected} connected replica(s); \
+                     start its replicas (redis-server --replicaof), or lower the flag"
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Reads (or, on an empty namespace, sets) the deployment's epoch and
@@ -264,7 +277,17 @@ impl RedisStore {
                 reason: "a reply tag the step does not give",
             }));
         }
-        reply_of(values, hold)
+        let reply = reply_of(values, hold)?;
+        // A change is answered once enough replicas have it (a refusal or
+        // a retry tag changed nothing; a replay waits too: its first
+        // answer may have been a 503).
+        if let (Reply::Done(_), Some(acks), false) =
+            (&reply, &self.inner.replica_acks, C::STEP.read_only)
+        {
+            acks.acknowledged(call.keys().first().copied().unwrap_or_default())
+                .await?;
+        }
+        Ok(reply)
     }
 
     /// A step that can only be done or refused.
@@ -277,6 +300,44 @@ impl RedisStore {
             }
         }
     }
+}
+
+/// A connection to `settings`' Redis or Cluster whose calls time out
+/// after `response_timeout`, connecting under the connect timeout.
+async fn open(settings: &RedisSettings, response_timeout: Duration) -> Result<Connection, Error> {
+    Ok(match &settings.target {
+        RedisTarget::Single(url) => {
+            let client = redis::Client::open(url.as_str()).map_err(Error::Redis)?;
+            let config = ConnectionManagerConfig::new()
+                .set_response_timeout(Some(response_timeout))
+                .set_connection_timeout(Some(settings.connect_timeout))
+                .set_number_of_retries(1)
+                .set_max_delay(settings.connect_timeout);
+            let manager = tokio::time::timeout(
+                settings.connect_timeout.saturating_mul(2),
+                client.get_connection_manager_with_config(config),
+            )
+            .await
+            .map_err(|_| Error::RedisTimeout)?
+            .map_err(Error::Redis)?;
+            Connection::Single(manager)
+        }
+        RedisTarget::Cluster(urls) => {
+            let client = redis::cluster::ClusterClientBuilder::new(urls.clone())
+                .response_timeout(response_timeout)
+                .connection_timeout(settings.connect_timeout)
+                .build()
+                .map_err(Error::Redis)?;
+            let connection = tokio::time::timeout(
+                settings.connect_timeout.saturating_mul(2),
+                client.get_async_connection(),
+            )
+            .await
+            .map_err(|_| Error::RedisTimeout)?
+            .map_err(Error::Redis)?;
+            Connection::Cluster(connection)
+        }
+    })
 }
 
 /// Whether Redis answered that the called function does not exist.

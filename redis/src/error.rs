@@ -28,6 +28,13 @@ pub enum Error {
     /// is settled until the backlog drains; nothing changed.
     #[error("the books are behind (Postgres); retry shortly")]
     BooksBacklog,
+    /// A change ran, but fewer replicas than `--redis-replica-acks`
+    /// acknowledged it in time (`WAIT`): its outcome is unknown until the
+    /// client retries with the same `Idempotency-Key`.
+    #[error(
+        "{acknowledged} of the {required} Redis replicas required acknowledged the change in time; retry with the same Idempotency-Key"
+    )]
+    ReplicasBehind { acknowledged: u32, required: u32 },
     /// A setting that cannot work, naming the flag.
     #[error("invalid configuration: {0}")]
     Config(String),

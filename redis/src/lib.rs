@@ -131,7 +131,7 @@ pub use crate::audit::{AUDIT_ACCOUNTS_PER_SHARD_MAX, DealSnapshot, RedisSnapshot
 pub use crate::books::{BOOKS_DEALS_MAX, BooksBacklog, BooksEntry, entry_millis};
 pub use crate::durability::{Durability, DurabilityMode};
 pub use crate::error::Error;
-pub use crate::settings::{RedisArgs, RedisSettings, RedisTarget, StepClock};
+pub use crate::settings::{RedisArgs, RedisSettings, RedisTarget, ReplicaAckSettings, StepClock};
 
 mod accounts;
 mod audit;
@@ -145,6 +145,7 @@ mod error;
 mod keys;
 mod orders;
 mod poller;
+mod replication;
 mod replies;
 mod reserve;
 mod settings;
@@ -230,6 +231,8 @@ pub(crate) struct Inner {
     /// (`not_ready`). Kept apart from `durability` so the check on every
     /// request is one relaxed load.
     pub(crate) volatile_refused: AtomicBool,
+    /// `--redis-replica-acks`: the group commit every change waits on.
+    pub(crate) replica_acks: Option<Arc<crate::replication::ReplicaAcks>>,
 }
 
 impl RedisStore {

@@ -3,6 +3,8 @@
 //! [`RedisSettings`].
 
 use std::sync::Arc;
+
+pub use crate::replication::ReplicaAckSettings;
 use std::time::Duration;
 
 use flashsale_engine::Clock;
@@ -33,6 +35,10 @@ pub struct RedisSettings {
     /// production: the node reads the system clock and the steps Redis'
     /// one clock.
     pub clock: Option<StepClock>,
+    /// `--redis-replica-acks`: a change is answered only once this many
+    /// replicas of its primary acknowledged it (`WAIT`, group commit:
+    /// `replication.rs`); `None`: answered once the primary applied it.
+    pub replica_acks: Option<ReplicaAckSettings>,
 }
 
 /// A clock given to the steps in place of Redis' `TIME` (tests only;

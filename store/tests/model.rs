@@ -240,6 +240,7 @@ async fn redis_backend(target: RedisTarget, namespace: String) -> Backend {
         allow_volatile: true,
         books_backlog_per_stream_max: 0,
         clock: Some(StepClock(clock.clone() as Arc<dyn Clock>)),
+        replica_acks: None,
     };
     let store = RedisStore::connect(&settings)
         .await

@@ -13,3 +13,4 @@ mod model;
 mod node;
 mod proxy;
 mod raffle;
+mod replicas;
