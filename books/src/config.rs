@@ -61,7 +61,7 @@ const DATABASE_URL_HINT: &str = "expected postgres://USER@HOST:PORT/DATABASE, e.
 /// (the `url` crate) of the scheme `postgres` or `postgresql` that the
 /// Postgres client itself accepts (`sqlx`'s `PgConnectOptions`, which finds
 /// a bad port or `sslmode`). Returns the URL trimmed; errors: what is
-/// wrong, with [`DATABASE_URL_HINT`] (clap names the flag, and the binary
+/// wrong, with the form expected (clap names the flag, and the binary
 /// the environment variable when the value came from it).
 pub fn parse_database_url(text: &str) -> Result<String, String> {
     let text = text.trim();

@@ -139,7 +139,7 @@ const REDIS_URL_HINT: &str = "expected redis://HOST:PORT, e.g. redis://127.0.0.1
 /// (the `url` crate), of a Redis scheme, that the Redis client itself
 /// accepts (`redis::IntoConnectionInfo`, which finds a missing host, a
 /// wildcard address, a bad database number). Returns the URL trimmed;
-/// errors: what is wrong, with [`REDIS_URL_HINT`] (clap names the flag, and
+/// errors: what is wrong, with the form expected (clap names the flag, and
 /// the binary the environment variable when the value came from it).
 pub fn parse_redis_url(text: &str) -> Result<String, String> {
     use redis::IntoConnectionInfo as _;
