@@ -67,7 +67,7 @@ enum Command {
     /// TLS refused, a bad URL).
     VerifyDraw {
         /// The deal's URL, http:// or https://, e.g.
-        /// https://shop.example/v1/deals/d_1
+        /// https://127.0.0.1:8443/v1/deals/d_1
         #[arg(long, value_name = "URL", value_parser = flashsale_loadtest::parse_target_url)]
         deal: String,
         /// A PEM file of CA certificates to trust for an https:// URL, on
