@@ -8,15 +8,20 @@
 //!   that keeps it); logs go to stderr (`RUST_LOG`, default `info`).
 //! - `flashsale loadtest …`: the SREs' load generator (`flashsale-loadtest`).
 //! - `flashsale audit …`: checks a Redis-mode deployment's invariants
-//!   (`flashsale_gateway::audit`); exit 1 with a report on a violation.
+//!   (`flashsale_gateway::audit`); exit 0 when they hold, 1 with a report
+//!   on a violation, 2 when it cannot check.
 //! - `flashsale demo`: an embedded server on a free port with a temporary
 //!   data directory and rate limits off, and a small burst against it.
 //! - `flashsale verify-draw --deal URL`: recomputes a raffle's published
-//!   draw from its public record (README "Fair draws"); exit 0 on a match.
+//!   draw from its public record (docs/fair-draws.md), over http or https;
+//!   exit 0 on a match, 1 on a mismatch, 2 when it cannot check.
 //!
 //! Errors are printed once, here, with their whole chain; a flag's value
 //! refused by clap that came from an environment variable is said to come
-//! from it. `--help` shows which variable each flag reads, never its value.
+//! from it. An environment variable set to the empty string counts as
+//! unset, for every flag. Every URL a flag takes is checked when the
+//! command line is read, before anything connects or is written.
+//! `--help` shows which variable each flag reads, never its value.
 
 use std::error::Error as StdError;
 use std::io::Write as _;
@@ -51,18 +56,25 @@ enum Command {
     Loadtest(LoadtestArgs),
     /// Check a Redis-mode deployment's invariants (Redis, and its books in
     /// Postgres): exit 0 when they hold, 1 with a report of each violation
-    /// on stdout, or 1 with the error on stderr when it cannot audit.
+    /// on stdout, 2 with the error on stderr when it cannot audit.
     Audit(flashsale_gateway::audit::AuditArgs),
     /// Start an embedded server with a temporary data directory and run a
     /// small burst against it.
     Demo,
-    /// Recompute a raffle's published draw from its public record (README
-    /// "Fair draws"); exit 0 when it matches, 1 when it does not, 2 when it
-    /// has not been drawn yet.
+    /// Recompute a raffle's published draw from its public record
+    /// (docs/fair-draws.md): exit 0 when it matches, 1 when it does not, 2
+    /// when it cannot check (not drawn yet, the deal not found, no answer,
+    /// TLS refused, a bad URL).
     VerifyDraw {
-        /// The deal's URL, e.g. http://127.0.0.1:8080/v1/deals/d_1
-        #[arg(long, value_name = "URL")]
+        /// The deal's URL, http:// or https://, e.g.
+        /// https://127.0.0.1:8443/v1/deals/d_1
+        #[arg(long, value_name = "URL", value_parser = flashsale_loadtest::parse_target_url)]
         deal: String,
+        /// A PEM file of CA certificates to trust for an https:// URL, on
+        /// top of Mozilla's root certificates (a private CA, a self-signed
+        /// server).
+        #[arg(long, value_name = "FILE")]
+        ca_cert: Option<std::path::PathBuf>,
     },
     /// Print this build's Redis Functions library, or a step's call
     /// (scripts/compare.sh loads and calls the `reserve` step this way).
@@ -105,8 +117,10 @@ fn main() -> ExitCode {
             Command::Serve(args) => serve(args).await,
             Command::Loadtest(args) => flashsale_loadtest::run(args).await.map_err(BoxError::from),
             Command::Demo => demo().await,
-            Command::Audit(args) => audit(args).await,
-            Command::VerifyDraw { deal } => verify_draw(&deal).await,
+            Command::Audit(args) => audit(args).await.or_else(cannot_check),
+            Command::VerifyDraw { deal, ca_cert } => verify_draw(&deal, ca_cert.as_deref())
+                .await
+                .or_else(cannot_check),
             Command::RedisSteps { print } => {
                 match print {
                     StepsPrint::Library => print!("{}", flashsale_redis::steps::library_code()),
@@ -129,7 +143,7 @@ fn main() -> ExitCode {
 /// The command line, parsed; on a refusal clap's message (naming the
 /// environment variable when the refused value came from one) and exit.
 fn parse_cli() -> Cli {
-    let command = hide_env_values(Cli::command());
+    let command = check_loadtest_database_url(environment_fallbacks(Cli::command()));
     let matches = command.clone().try_get_matches();
     match matches.and_then(|matches| Cli::from_arg_matches(&matches)) {
         Ok(cli) => cli,
@@ -155,12 +169,43 @@ fn parse_cli() -> Cli {
 }
 
 /// `command` and its subcommands at any depth with every argument's help
-/// saying `[env: NAME]`, not `[env: NAME=value]`: the value is empty when
-/// unset and may be a secret when set.
-fn hide_env_values(command: clap::Command) -> clap::Command {
+/// saying `[env: NAME]`, not `[env: NAME=value]` (the value may be a
+/// secret), and with every environment variable set to the empty string
+/// read as unset (`DATABASE_URL= flashsale audit …` is an audit without
+/// Postgres, not a refused URL); such a variable is then not shown in the
+/// help either.
+fn environment_fallbacks(command: clap::Command) -> clap::Command {
     command
-        .mut_args(|arg| arg.hide_env_values(true))
-        .mut_subcommands(hide_env_values)
+        .mut_args(|arg| {
+            let empty = arg
+                .get_env()
+                .and_then(std::env::var_os)
+                .is_some_and(|value| value.is_empty());
+            let arg = arg.hide_env_values(true);
+            if empty {
+                arg.env(None::<&'static str>)
+            } else {
+                arg
+            }
+        })
+        .mut_subcommands(environment_fallbacks)
+}
+
+/// `command` with `loadtest`'s `--database-url` (of every scenario) checked
+/// like `serve`'s and `audit`'s ([`flashsale_gateway::order_sink::parse_database_url`]),
+/// which the loadtest crate cannot reach.
+fn check_loadtest_database_url(command: clap::Command) -> clap::Command {
+    command.mut_subcommand("loadtest", |loadtest| {
+        loadtest.mut_subcommands(|scenario| {
+            scenario.mut_args(|arg| {
+                if arg.get_id() == "database_url" {
+                    arg.value_parser(flashsale_gateway::order_sink::parse_database_url)
+                } else {
+                    arg
+                }
+            })
+        })
+    })
 }
 
 /// The environment variable behind the value clap refused, if it gave
@@ -195,8 +240,14 @@ fn every_argument(command: &clap::Command) -> Vec<&clap::Arg> {
         .collect()
 }
 
-/// Prints an error and every cause under it, once.
+/// Prints an error and every cause under it, once; exit 1.
 fn report(error: &(dyn StdError + 'static)) -> ExitCode {
+    print_error(error);
+    ExitCode::FAILURE
+}
+
+/// Prints an error and every cause under it on stderr.
+fn print_error(error: &(dyn StdError + 'static)) {
     let mut text = format!("error: {error}");
     let mut source = error.source();
     while let Some(cause) = source {
@@ -204,7 +255,6 @@ fn report(error: &(dyn StdError + 'static)) -> ExitCode {
         source = cause.source();
     }
     eprintln!("{text}");
-    ExitCode::FAILURE
 }
 
 fn init_tracing() {
@@ -217,6 +267,19 @@ fn init_tracing() {
         .init();
 }
 
+/// Exit code of `audit` and `verify-draw` when what they check does not
+/// hold (0: it holds).
+const CHECK_FAILED: u8 = 1;
+/// Exit code of `audit` and `verify-draw` when they could not check
+/// (the error on stderr); clap's refusals of the command line exit 2 too.
+const CANNOT_CHECK: u8 = 2;
+
+/// An error of `audit` or `verify-draw`, printed; exit [`CANNOT_CHECK`].
+fn cannot_check(error: BoxError) -> Result<ExitCode, BoxError> {
+    print_error(&*error);
+    Ok(ExitCode::from(CANNOT_CHECK))
+}
+
 /// `flashsale audit`: prints the report; exit 1 on a violation.
 async fn audit(args: flashsale_gateway::audit::AuditArgs) -> Result<ExitCode, BoxError> {
     let report = flashsale_gateway::audit::run(args).await?;
@@ -224,7 +287,7 @@ async fn audit(args: flashsale_gateway::audit::AuditArgs) -> Result<ExitCode, Bo
     Ok(if report.violations.is_empty() {
         ExitCode::SUCCESS
     } else {
-        ExitCode::FAILURE
+        ExitCode::from(CHECK_FAILED)
     })
 }
 
@@ -311,20 +374,16 @@ async fn received(signal: Option<&mut tokio::signal::unix::Signal>) {
     }
 }
 
-/// `flashsale verify-draw`'s exit code for a raffle not drawn yet (0: the
-/// draw matches; 1: it does not).
-const VERIFY_NOT_DRAWN: u8 = 2;
-
 /// `flashsale verify-draw`: prints what it checked and each mismatch.
-async fn verify_draw(deal: &str) -> Result<ExitCode, BoxError> {
-    let verdict = flashsale_loadtest::verify_draw::verify_draw(deal).await?;
+async fn verify_draw(deal: &str, ca_cert: Option<&std::path::Path>) -> Result<ExitCode, BoxError> {
+    let verdict = flashsale_loadtest::verify_draw::verify_draw(deal, ca_cert).await?;
     let mut out = std::io::stdout().lock();
     if !verdict.drawn {
         writeln!(
             out,
             "not drawn yet: the draw runs at the deal's starts_at; nothing to verify until then"
         )?;
-        return Ok(ExitCode::from(VERIFY_NOT_DRAWN));
+        return Ok(ExitCode::from(CANNOT_CHECK));
     }
     for problem in &verdict.problems {
         writeln!(out, "mismatch: {problem}")?;
@@ -338,7 +397,7 @@ async fn verify_draw(deal: &str) -> Result<ExitCode, BoxError> {
         Ok(ExitCode::SUCCESS)
     } else {
         writeln!(out, "the published draw does NOT match its recomputation")?;
-        Ok(ExitCode::FAILURE)
+        Ok(ExitCode::from(CHECK_FAILED))
     }
 }
 

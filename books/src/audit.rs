@@ -58,7 +58,7 @@ pub struct AuditArgs {
     /// there is in Redis with the same content and, with sales quiet, that
     /// they are exactly Redis' orders and their debits sum to the wallets'
     /// `spent`. Unset: Redis only.
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_parser = crate::parse_database_url)]
     pub database_url: Option<String>,
 
     /// Sales may be under way: check only what holds mid-flight (each

@@ -1,4 +1,5 @@
-//! The sink's settings: the database, batch and set-aside bounds.
+//! The sink's settings: the database (and the check of its URL that
+//! every `--database-url` goes through), batch and set-aside bounds.
 
 use std::time::Duration;
 
@@ -48,6 +49,65 @@ impl OrderSinkConfig {
             batch_timeout: Duration::from_secs(30),
             deployment_id: None,
             set_aside_max: SET_ASIDE_MAX_DEFAULT,
+        }
+    }
+}
+
+/// What `--database-url` takes, said in every refusal of one.
+const DATABASE_URL_HINT: &str = "expected postgres://USER@HOST:PORT/DATABASE, e.g. postgres://postgres@127.0.0.1:5432/flashsale";
+
+/// Every `--database-url` (`serve`, `audit`, `loadtest`), checked when the
+/// command line is read, before anything connects or is written: a URL
+/// (the `url` crate) of the scheme `postgres` or `postgresql` that the
+/// Postgres client itself accepts (`sqlx`'s `PgConnectOptions`, which finds
+/// a bad port or `sslmode`). Returns the URL trimmed; errors: what is
+/// wrong, with the form expected (clap names the flag, and the binary
+/// the environment variable when the value came from it).
+pub fn parse_database_url(text: &str) -> Result<String, String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Err(format!("it is empty; {DATABASE_URL_HINT}"));
+    }
+    let url = url::Url::parse(text)
+        .map_err(|error| format!("not a URL ({error}); {DATABASE_URL_HINT}"))?;
+    if !matches!(url.scheme(), "postgres" | "postgresql") {
+        return Err(format!(
+            "the scheme {:?} is not postgres or postgresql; {DATABASE_URL_HINT}",
+            url.scheme()
+        ));
+    }
+    if !text[url.scheme().len() + 1..].starts_with("//") {
+        return Err(format!("no // after the scheme; {DATABASE_URL_HINT}"));
+    }
+    use sqlx::ConnectOptions as _;
+    sqlx::postgres::PgConnectOptions::from_url(&url)
+        .map_err(|error| format!("{error}; {DATABASE_URL_HINT}"))?;
+    Ok(text.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_urls_are_checked_by_the_client_and_say_what_is_wrong() {
+        for good in [
+            "postgres://postgres@127.0.0.1:5432/test",
+            "postgresql://u:p@h/db?sslmode=disable",
+        ] {
+            assert_eq!(parse_database_url(good).as_deref(), Ok(good));
+        }
+        for (bad, says) in [
+            ("postgress:/127.0.0.1/test", "the scheme \"postgress\""),
+            ("http://127.0.0.1:5432/test", "the scheme \"http\""),
+            ("postgres:/127.0.0.1/test", "no // after the scheme"),
+            ("127.0.0.1:5432", "not a URL"),
+            ("postgres://h/db?sslmode=sometimes", "\"sometimes\""),
+            ("", "it is empty"),
+        ] {
+            let message = parse_database_url(bad).expect_err(bad);
+            assert!(message.contains(says), "{bad:?}: {message}");
+            assert!(message.ends_with(DATABASE_URL_HINT), "{bad:?}: {message}");
         }
     }
 }

@@ -150,7 +150,9 @@ mod status;
 pub mod streams;
 mod tables;
 
-pub use config::{BATCH_EVENTS_MAX_DEFAULT, OrderSinkConfig, SET_ASIDE_MAX_DEFAULT};
+pub use config::{
+    BATCH_EVENTS_MAX_DEFAULT, OrderSinkConfig, SET_ASIDE_MAX_DEFAULT, parse_database_url,
+};
 pub use error::OrderSinkError;
 pub use lookup::{BOOKS_LOOKUP_CONNECTIONS_MAX, BOOKS_LOOKUP_TIMEOUT, BooksLookup};
 pub use sink::{OrderSinkHandle, start, start_with};

@@ -57,7 +57,12 @@ pub struct ServeArgs {
 
     /// Postgres URL for the order sink (the journal's, or in multi-node
     /// mode the Redis books streams'); unset: no books in Postgres.
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        hide_env_values = true,
+        value_parser = flashsale_books::parse_database_url
+    )]
     pub database_url: Option<String>,
 
     #[command(flatten)]
@@ -341,7 +346,7 @@ impl Config {
             ));
         }
         config.durability = durability;
-        config.database_url = args.database_url.filter(|url| !url.is_empty());
+        config.database_url = args.database_url;
         config.max_connections = at_least_one(args.max_connections, "max-connections")?;
         config.header_read_timeout = Duration::from_millis(at_least_one(
             args.header_read_timeout_ms,
@@ -407,7 +412,7 @@ fn redis_settings(args: &ServeArgs) -> Result<Option<RedisSettings>, Error> {
         )?),
         allow_volatile: args.allow_volatile_redis,
         books_backlog_per_stream_max: match &args.database_url {
-            Some(url) if !url.is_empty() => {
+            Some(_) => {
                 at_least_one(args.books_backlog_max, "--books-backlog-max")?.div_ceil(shards as u64)
             }
             _ => 0,

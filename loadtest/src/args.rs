@@ -43,11 +43,13 @@ pub struct LoadtestArgs {
 #[derive(Debug, Clone, clap::Args)]
 #[command(next_help_heading = "Run options")]
 pub struct RunArgs {
-    /// Base URL of the gateway under test (plain http).
+    /// Base URL of the gateway under test (http://, or https:// checked
+    /// against Mozilla's root certificates), with an optional path prefix.
     #[arg(
         long,
         env = "FLASHSALE_LOADTEST_TARGET",
-        default_value = "http://127.0.0.1:8080"
+        default_value = "http://127.0.0.1:8080",
+        value_parser = crate::target::parse_target_url
     )]
     pub target: String,
 

@@ -1,4 +1,5 @@
-//! One keep-alive HTTP/1.1 connection to the target, owned by one task.
+//! One keep-alive HTTP/1.1 connection to the target (over TLS for an
+//! `https://` one), owned by one task.
 //!
 //! The load generator must not be the bottleneck, so it skips connection
 //! pools and client frameworks: each worker task owns a [`Connection`] that
@@ -171,21 +172,40 @@ impl Connection {
         Ok(self.sender.insert(sender))
     }
 
+    /// Opens a TCP connection, over TLS for an `https://` target, and
+    /// starts HTTP/1.1 on it.
     async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, TransportError> {
         let stream = TcpStream::connect(self.target.addr)
             .await
             .map_err(TransportError::Connect)?;
         stream.set_nodelay(true).map_err(TransportError::Connect)?;
-        let (mut sender, connection) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(TransportError::Http)?;
-        // The connection task ends when the sender is dropped or the peer
-        // closes; its error, if any, surfaces through `send_request`.
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
-        sender.ready().await.map_err(TransportError::Http)?;
-        Ok(sender)
+        match &self.target.tls {
+            None => handshake(stream).await,
+            Some((connector, name)) => {
+                let stream = connector
+                    .connect(name.clone(), stream)
+                    .await
+                    .map_err(TransportError::Tls)?;
+                handshake(stream).await
+            }
+        }
     }
+}
+
+/// HTTP/1.1 on an open stream; the connection task ends when the sender is
+/// dropped or the peer closes, its error, if any, surfacing through
+/// `send_request`.
+async fn handshake<S>(stream: S) -> Result<SendRequest<Full<Bytes>>, TransportError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, connection) = http1::Builder::new()
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(TransportError::Http)?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    sender.ready().await.map_err(TransportError::Http)?;
+    Ok(sender)
 }

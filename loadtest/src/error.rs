@@ -18,9 +18,11 @@ use std::time::Duration;
 /// Everything that can stop a load test.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadtestError {
-    /// `--target` is not an `http://host[:port][/prefix]` URL.
+    /// `--target` (or `verify-draw --deal`) is not an
+    /// `http[s]://host[:port][/prefix]` URL, or `--ca-cert` is not a PEM
+    /// file of certificates.
     #[error("invalid target URL {url:?}: {reason}")]
-    InvalidTarget { url: String, reason: &'static str },
+    InvalidTarget { url: String, reason: String },
 
     /// The target's host name did not resolve.
     #[error("cannot resolve {authority}")]
@@ -130,6 +132,11 @@ pub enum TransportError {
     /// The TCP connection could not be opened.
     #[error("cannot connect")]
     Connect(#[source] io::Error),
+
+    /// The TLS handshake of an `https://` target failed (its certificate
+    /// is not trusted, or is not for the URL's host).
+    #[error("TLS handshake failed")]
+    Tls(#[source] io::Error),
 
     /// The HTTP/1 exchange failed (connection reset, closed mid-answer).
     #[error("HTTP exchange failed")]

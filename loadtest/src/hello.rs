@@ -137,7 +137,7 @@ mod tests {
             let _ = stopped.await;
         }));
         let target = Arc::new(
-            Target::resolve(&format!("http://{addr}"))
+            Target::resolve(&format!("http://{addr}"), None)
                 .await
                 .expect("resolves"),
         );

@@ -33,7 +33,7 @@
 //! # Layout
 //!
 //! - `args.rs`: flags and environment variables, validated in one place.
-//! - `target.rs`: the `http://` target, resolved once.
+//! - `target.rs`: the `http://` or `https://` target, resolved once.
 //! - `connection.rs`: one keep-alive connection per worker; reconnects.
 //! - `api.rs`: the contract's JSON shapes and the setup/check calls.
 //! - `retry.rs`: which answers are retried, and the jittered backoff.
@@ -85,6 +85,7 @@ pub use hello::serve as serve_hello;
 pub use recorder::TimelinePoint;
 pub use report::{Check, ClientCpu, LatencySummary, Outcomes, RaffleFigures, Report};
 pub use spawn::SpawnedServer;
+pub use target::parse_target_url;
 
 use crate::progress::Progress;
 use crate::scenario::Context;
@@ -180,7 +181,7 @@ async fn run_against(
         .filter(|token| !token.is_empty())
         .ok_or(LoadtestError::MissingAdminToken)?;
     let context = Context {
-        target: Arc::new(Target::resolve(&url).await?),
+        target: Arc::new(Target::resolve(&url, None).await?),
         admin: api::bearer(&admin_token)?,
         connections: run.connections,
         timeout: run.timeout,

@@ -450,7 +450,7 @@ pub async fn run(context: &Context, args: &RaffleArgs) -> Result<Report, Loadtes
         context.target.url,
         api::path_segment(&setup.deal.id)
     );
-    let verdict = verify_draw::verify_draw(&deal_url).await?;
+    let verdict = verify_draw::verify_draw(&deal_url, None).await?;
     checks.push(Check::new(
         "draw follows the ranking",
         verdict.drawn && verdict.problems.is_empty(),

@@ -1,6 +1,6 @@
 //! `flashsale verify-draw --deal URL`: recomputes a raffle's published
-//! result from its public record alone (issue #14, README "Fair draws") and
-//! says whether it matches.
+//! result from its public record alone (docs/fair-draws.md) and says
+//! whether it matches, over `http://` or `https://`.
 //!
 //! It reads `URL/draw` and `URL/draw/registrants` (every page), then checks:
 //! the revealed seed hashes to the commitment; the registrant list is
@@ -11,6 +11,7 @@
 //! [`registrants_hash`]), which the engine's tests hold to the `hmac` and
 //! `sha2` crates directly.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -124,11 +125,16 @@ pub(crate) async fn pages<T: for<'de> Deserialize<'de>>(
 }
 
 /// Fetches the public record of the raffle at `deal_url`
-/// (`http://host:port/v1/deals/d_1`) and recomputes it. Errors: the URL,
-/// the network, or answers that are not the contract's JSON; a result that
-/// does not match is a [`DrawVerdict`] with problems, not an error.
-pub async fn verify_draw(deal_url: &str) -> Result<DrawVerdict, LoadtestError> {
-    let target = Arc::new(Target::resolve(deal_url).await?);
+/// (`http://host:port/v1/deals/d_1`, or `https://…` trusting Mozilla's
+/// roots and the PEM certificates of `ca_cert`) and recomputes it. Errors:
+/// the URL, the CA file, the network, TLS, or answers that are not the
+/// contract's JSON (a `404` among them); a result that does not match is a
+/// [`DrawVerdict`] with problems, not an error.
+pub async fn verify_draw(
+    deal_url: &str,
+    ca_cert: Option<&Path>,
+) -> Result<DrawVerdict, LoadtestError> {
+    let target = Arc::new(Target::resolve(deal_url, ca_cert).await?);
     let mut connection = Connection::new(target, VERIFY_CALL_TIMEOUT);
     let draws = pages(&mut connection, "/draw", |page: &DrawPage| {
         page.next_cursor.clone()

@@ -81,7 +81,8 @@ pub struct RedisArgs {
         long,
         env = "REDIS_URL",
         hide_env_values = true,
-        conflicts_with = "redis_cluster"
+        conflicts_with = "redis_cluster",
+        value_parser = parse_redis_url
     )]
     pub redis_url: Option<String>,
 
@@ -91,7 +92,8 @@ pub struct RedisArgs {
         long,
         env = "REDIS_CLUSTER_URLS",
         hide_env_values = true,
-        value_delimiter = ','
+        value_delimiter = ',',
+        value_parser = parse_redis_url
     )]
     pub redis_cluster: Vec<String>,
 
@@ -111,16 +113,12 @@ impl RedisArgs {
     /// `None` without `--redis-url` and `--redis-cluster`. Errors:
     /// [`Error::Config`] naming the flag.
     pub fn deployment(&self) -> Result<Option<(RedisTarget, String, usize)>, Error> {
-        let cluster: Vec<String> = self
-            .redis_cluster
-            .iter()
-            .map(|url| url.trim().to_owned())
-            .filter(|url| !url.is_empty())
-            .collect();
-        let target = match self.redis_url.as_deref().map(str::trim) {
-            Some(url) if !url.is_empty() => RedisTarget::Single(url.to_owned()),
-            _ if !cluster.is_empty() => RedisTarget::Cluster(cluster),
-            _ => return Ok(None),
+        let target = match &self.redis_url {
+            Some(url) => RedisTarget::Single(url.clone()),
+            None if !self.redis_cluster.is_empty() => {
+                RedisTarget::Cluster(self.redis_cluster.clone())
+            }
+            None => return Ok(None),
         };
         let namespace = &self.redis_namespace;
         if namespace.is_empty() || namespace.contains(['{', '}', ':']) || namespace.len() > 64 {
@@ -135,5 +133,72 @@ impl RedisArgs {
             )));
         }
         Ok(Some((target, namespace.clone(), shards)))
+    }
+}
+
+/// What `--redis-url` and each `--redis-cluster` address take, said in
+/// every refusal of one.
+const REDIS_URL_HINT: &str = "expected redis://HOST:PORT, e.g. redis://127.0.0.1:6379";
+
+/// `--redis-url` and each address of `--redis-cluster`, checked when the
+/// command line is read, before anything connects or is written: a URL
+/// (the `url` crate), of a Redis scheme, that the Redis client itself
+/// accepts (`redis::IntoConnectionInfo`, which finds a missing host, a
+/// wildcard address, a bad database number). Returns the URL trimmed;
+/// errors: what is wrong, with the form expected (clap names the flag, and
+/// the binary the environment variable when the value came from it).
+pub fn parse_redis_url(text: &str) -> Result<String, String> {
+    use redis::IntoConnectionInfo as _;
+    let text = text.trim();
+    if text.is_empty() {
+        return Err(format!("it is empty; {REDIS_URL_HINT}"));
+    }
+    let url =
+        url::Url::parse(text).map_err(|error| format!("not a URL ({error}); {REDIS_URL_HINT}"))?;
+    match url.scheme() {
+        "redis" | "rediss" | "valkey" | "valkeys" | "redis+unix" | "valkey+unix" | "unix" => {}
+        other => {
+            return Err(format!(
+                "the scheme {other:?} is not a Redis one; {REDIS_URL_HINT}"
+            ));
+        }
+    }
+    if !text[url.scheme().len() + 1..].starts_with("//") {
+        return Err(format!("no // after the scheme; {REDIS_URL_HINT}"));
+    }
+    url.into_connection_info()
+        .map_err(|error| format!("{error}; {REDIS_URL_HINT}"))?;
+    Ok(text.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redis_urls_are_checked_by_the_client_and_say_what_is_wrong() {
+        assert_eq!(
+            parse_redis_url(" redis://127.0.0.1:6391 "),
+            Ok("redis://127.0.0.1:6391".to_owned())
+        );
+        assert!(parse_redis_url("redis://h").is_ok());
+        for (bad, says) in [
+            ("redis:/127.0.0.1:6391", "no // after the scheme"),
+            ("redis:127.0.0.1:6391", "no // after the scheme"),
+            (
+                "http://127.0.0.1:6379",
+                "the scheme \"http\" is not a Redis one",
+            ),
+            ("localhost:6379", "the scheme \"localhost\""),
+            ("127.0.0.1:6379", "not a URL"),
+            ("localhost", "not a URL"),
+            ("redis://0.0.0.0:6379", "wildcard"),
+            ("redis://h:99999", "not a URL"),
+            ("", "it is empty"),
+        ] {
+            let message = parse_redis_url(bad).expect_err(bad);
+            assert!(message.contains(says), "{bad:?}: {message}");
+            assert!(message.ends_with(REDIS_URL_HINT), "{bad:?}: {message}");
+        }
     }
 }

@@ -477,3 +477,159 @@ fn a_second_serve_on_a_data_dir_in_use_is_refused_and_writes_nothing() {
     }
     terminate(first);
 }
+
+/// A URL refused when the command line is read: exit 2 (clap's usage
+/// error), nothing on stdout; returns stderr, which names `flag` and says
+/// `what` is wrong.
+#[track_caller]
+fn refused_url(command: &mut Command, flag: &str, what: &str) -> String {
+    let output = command.output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(output.stdout.is_empty(), "{stderr}");
+    assert!(stderr.contains(&format!("'{flag} <")), "{flag}: {stderr}");
+    assert!(stderr.contains(what), "{what}: {stderr}");
+    stderr
+}
+
+/// Every URL flag of every subcommand is checked at start by the client
+/// that will use it, before anything is written: a refusal names the flag,
+/// the environment variable when the value came from it, and what is
+/// wrong (the scheme, a missing `//`), instead of runtime advice or a sink
+/// that retries forever.
+#[test]
+fn urls_that_do_not_parse_are_refused_at_start_naming_the_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let serve = || {
+        let mut command = flashsale();
+        command
+            .args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])
+            .arg(&data)
+            .args(["--secret", "a-shared-secret-0123456789"])
+            .args(["--admin-token", "admin-secret-0123456789"]);
+        command
+    };
+    refused_url(
+        serve().args(["--redis-url", "redis:/127.0.0.1:6391"]),
+        "--redis-url",
+        "no // after the scheme; expected redis://HOST:PORT",
+    );
+    let stderr = refused_url(
+        serve().args(["--redis-url", "http://127.0.0.1:6391"]),
+        "--redis-url",
+        "the scheme \"http\" is not a Redis one",
+    );
+    assert!(!stderr.contains("Idempotency-Key"), "{stderr}");
+    assert!(!stderr.contains("environment variable"), "{stderr}");
+    let stderr = refused_url(
+        serve().env("REDIS_URL", "http://127.0.0.1:6391"),
+        "--redis-url",
+        "the scheme \"http\"",
+    );
+    assert!(
+        stderr.contains("the environment variable REDIS_URL"),
+        "{stderr}"
+    );
+    refused_url(
+        serve().args([
+            "--redis-cluster",
+            "redis://127.0.0.1:7001,redis:127.0.0.1:7002",
+        ]),
+        "--redis-cluster",
+        "no // after the scheme",
+    );
+    refused_url(
+        serve().args(["--database-url", "postgress:/127.0.0.1/test"]),
+        "--database-url",
+        "the scheme \"postgress\" is not postgres or postgresql",
+    );
+    assert!(!data.exists(), "a refused start made its data directory");
+
+    let audit = || {
+        let mut command = flashsale();
+        command.args(["audit", "--redis-url", "redis://127.0.0.1:1"]);
+        command
+    };
+    refused_url(
+        audit().args(["--database-url", "postgres:/127.0.0.1/test"]),
+        "--database-url",
+        "no // after the scheme",
+    );
+    let stderr = refused_url(
+        audit().env("DATABASE_URL", "postgress://127.0.0.1/test"),
+        "--database-url",
+        "the scheme \"postgress\"",
+    );
+    assert!(
+        stderr.contains("the environment variable DATABASE_URL"),
+        "{stderr}"
+    );
+    refused_url(
+        flashsale().args(["loadtest", "burst", "--database-url", "postgress:/h/db"]),
+        "--database-url",
+        "the scheme \"postgress\"",
+    );
+    refused_url(
+        flashsale().args(["loadtest", "steady", "--target", "127.0.0.1:8080"]),
+        "--target",
+        "not a URL",
+    );
+}
+
+/// An environment variable set to the empty string counts as unset, for
+/// every flag: `serve` starts as one node with a generated admin token and
+/// the default bounds, and `audit` audits without Postgres (here it cannot
+/// reach its Redis: exit 2, saying so, not refusing an empty URL).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_environment_variable_counts_as_unset() {
+    let empty = [
+        "REDIS_URL",
+        "REDIS_CLUSTER_URLS",
+        "DATABASE_URL",
+        "FLASHSALE_ADMIN_TOKEN",
+        "FLASHSALE_SECRET",
+        "FLASHSALE_MAX_CONNECTIONS",
+        "FLASHSALE_ALLOW_VOLATILE_REDIS",
+        "FLASHSALE_DURABILITY",
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let mut serve = flashsale();
+    serve
+        .args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for variable in empty {
+        serve.env(variable, "");
+    }
+    let mut child = serve.spawn().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let Some(Ok(first)) = lines.next() else {
+        let output = child.wait_with_output().unwrap();
+        panic!(
+            "serve did not start: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    assert!(first.starts_with("flashsale listening on "), "{first}");
+    let second = lines.next().unwrap().unwrap();
+    assert!(
+        second.starts_with("flashsale admin token (generated"),
+        "{second}"
+    );
+    tokio::task::spawn_blocking(move || terminate(child))
+        .await
+        .unwrap();
+
+    let output = flashsale()
+        .args(["audit", "--redis-url", "redis://127.0.0.1:1"])
+        .env("DATABASE_URL", "")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(!stderr.contains("database-url"), "{stderr}");
+    assert!(!stderr.contains("relative URL"), "{stderr}");
+    assert!(stderr.contains("Connection refused"), "{stderr}");
+}

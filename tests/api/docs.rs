@@ -190,3 +190,62 @@ async fn the_contract_is_served_as_openapi_json() {
         "{codes}"
     );
 }
+
+/// The `docs/multi-node.md` section whose block starts the nodes.
+const MULTI_NODE_HEADING: &str = "## Running it";
+/// The file that block keeps the deployment's secret and admin token in.
+const MULTI_NODE_SECRETS: &str = "multi-node.secrets";
+
+/// The multi-node block pasted twice keeps one secret and one admin token:
+/// its lines before the nodes start (less the Redis script, which the test
+/// does not run: the shared services stay as they are) make
+/// `multi-node.secrets` (mode 0600) once and read it at every paste, and
+/// the nodes are started with what it read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_multi_node_block_keeps_its_secrets_across_pastes() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let doc = include_str!("../../docs/multi-node.md");
+    let blocks = sh_blocks(doc, MULTI_NODE_HEADING);
+    let block = blocks.first().expect("the section has its block");
+    let (before, nodes) = block
+        .split_once("for port in")
+        .expect("the block starts nodes in a loop");
+    assert!(
+        nodes.contains(r#"--secret "$S" --admin-token "$T""#),
+        "the nodes take what the file holds: {nodes}"
+    );
+    let mut script = String::from("set -euo pipefail\n");
+    for line in before
+        .lines()
+        .filter(|line| !line.starts_with("bash scripts/"))
+    {
+        script.push_str(line);
+        script.push('\n');
+    }
+    script.push_str("printf '%s\\n%s\\n' \"$S\" \"$T\"\n");
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let mut pastes = Vec::new();
+    for paste in ["first paste", "second paste"] {
+        let mut bash = tokio::process::Command::new("bash");
+        bash.arg("-c").arg(&script).current_dir(dir.path());
+        let output = output_within(bash, Duration::from_secs(10), paste).await;
+        assert!(
+            output.status.success(),
+            "{paste}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        pastes.push(String::from_utf8_lossy(&output.stdout).into_owned());
+    }
+    assert_eq!(pastes[0], pastes[1], "a second paste made new secrets");
+    let lines: Vec<&str> = pastes[0].lines().collect();
+    let [secret, admin_token] = lines[..] else {
+        panic!("the secret and the admin token: {lines:?}");
+    };
+    assert!(secret.len() >= 16, "{secret:?}");
+    assert!(admin_token.len() >= 16, "{admin_token:?}");
+    let mode = std::fs::metadata(dir.path().join(MULTI_NODE_SECRETS))
+        .expect("the block keeps its file")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+}

@@ -285,17 +285,58 @@ async fn a_raffle_draws_fairly_and_its_waitlist_refills_unpaid_wins() {
     t.check_invariants();
 }
 
+/// `flashsale verify-draw`'s exit codes (docs/fair-draws.md): the draw
+/// matches, it does not, it could not be checked.
+const MATCHES: Option<i32> = Some(0);
+const MISMATCH: Option<i32> = Some(1);
+const CANNOT_CHECK: Option<i32> = Some(2);
+
 /// Runs `flashsale verify-draw --deal URL`: (exit code, stdout).
 async fn verify_draw(url: &str) -> (Option<i32>, String) {
+    let (code, stdout, _) = verify_draw_with(url, &[]).await;
+    (code, stdout)
+}
+
+/// Runs `flashsale verify-draw --deal URL` with `extra` arguments:
+/// (exit code, stdout, stderr).
+async fn verify_draw_with(url: &str, extra: &[&str]) -> (Option<i32>, String, String) {
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_flashsale"))
         .args(["verify-draw", "--deal", url])
+        .args(extra)
         .output()
         .await
         .expect("flashsale runs");
     (
         output.status.code(),
         String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
     )
+}
+
+/// A raffle of 6 among 40 registrants on a fresh server, drawn: the
+/// server, the deal's id and its draw record.
+async fn drawn_raffle() -> (TestServer, String, Value) {
+    let (t, _, created) = raffle(6, 3, json!({})).await;
+    let deal = created["id"].as_str().expect("an id").to_owned();
+    let registrants = t.bulk_shoppers(40, "50.00").await;
+    register_all(&t, &deal, &registrants).await;
+    let draw = drawn(&t, &deal).await;
+    (t, deal, draw)
+}
+
+/// The deal's draw record once its 6 offers are out, within 10 s.
+async fn drawn(t: &TestServer, deal: &str) -> Value {
+    let path = format!("/v1/deals/{deal}/draw");
+    let mut draw = Value::Null;
+    for _ in 0..200 {
+        draw = t.get(&path, None).await.ok(200);
+        if draw["offers_total"] == 6 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(draw["offers_total"], 6, "the draw never ran: {draw}");
+    draw
 }
 
 /// A stand-in for a dishonest server: answers `GET {prefix}/draw…` with
@@ -352,20 +393,12 @@ async fn verify_draw_matches_a_real_draw_and_catches_a_tampered_one() {
     // talk of a mismatch.
     let url = format!("http://{}/v1/deals/{deal}", t.addr());
     let (code, stdout) = verify_draw(&url).await;
-    assert_eq!(code, Some(2), "{stdout}");
+    assert_eq!(code, CANNOT_CHECK, "{stdout}");
     assert!(stdout.starts_with("not drawn yet"), "{stdout}");
     let path = format!("/v1/deals/{deal}/draw");
-    let mut draw = Value::Null;
-    for _ in 0..200 {
-        draw = t.get(&path, None).await.ok(200);
-        if draw["offers_total"] == 6 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(draw["offers_total"], 6, "the draw never ran: {draw}");
+    let draw = drawn(&t, &deal).await;
     let (code, stdout) = verify_draw(&url).await;
-    assert_eq!(code, Some(0), "{stdout}");
+    assert_eq!(code, MATCHES, "{stdout}");
     assert!(
         stdout.starts_with("match: 40 registrants, 6 offers"),
         "{stdout}"
@@ -377,16 +410,113 @@ async fn verify_draw_matches_a_real_draw_and_catches_a_tampered_one() {
     let offers = swapped["offers"].as_array_mut().expect("offers");
     offers.swap(0, 1);
     let (code, stdout) = verify_draw(&serve_record(swapped, listed.clone()).await).await;
-    assert_eq!(code, Some(1), "{stdout}");
+    assert_eq!(code, MISMATCH, "{stdout}");
     assert!(stdout.contains("mismatch: offer 1"), "{stdout}");
 
     // A registrant dropped from the published list: caught.
     let mut fewer = listed.clone();
     fewer["registrants"].as_array_mut().expect("ids").remove(7);
     let (code, stdout) = verify_draw(&serve_record(draw.clone(), fewer).await).await;
-    assert_eq!(code, Some(1), "{stdout}");
+    assert_eq!(code, MISMATCH, "{stdout}");
     assert!(stdout.contains("registrants_hash"), "{stdout}");
     // And the untouched record served by the stand-in still matches.
     let (code, stdout) = verify_draw(&serve_record(draw, listed).await).await;
-    assert_eq!(code, Some(0), "{stdout}");
+    assert_eq!(code, MATCHES, "{stdout}");
+}
+
+/// What verify-draw cannot check exits 2 with the reason on stderr, never
+/// 1 (which says the draw does not match): a deal the server does not
+/// know (404), a server that refuses the connection, a URL that is not one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_draw_exits_2_when_it_cannot_check() {
+    let t = start().await;
+    let unknown = format!("http://{}/v1/deals/d_ffff", t.addr());
+    let (code, stdout, stderr) = verify_draw_with(&unknown, &[]).await;
+    assert_eq!(code, CANNOT_CHECK, "{stdout}{stderr}");
+    assert!(stderr.contains("404"), "{stderr}");
+    assert!(!stdout.contains("mismatch"), "{stdout}");
+
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let refused = format!(
+        "http://{}/v1/deals/d_1",
+        closed.local_addr().expect("an address")
+    );
+    drop(closed);
+    let (code, stdout, stderr) = verify_draw_with(&refused, &[]).await;
+    assert_eq!(code, CANNOT_CHECK, "{stdout}{stderr}");
+    assert!(stderr.contains("cannot connect"), "{stderr}");
+
+    let (code, _, stderr) = verify_draw_with("ftp://127.0.0.1/v1/deals/d_1", &[]).await;
+    assert_eq!(code, CANNOT_CHECK, "{stderr}");
+    assert!(stderr.contains("--deal"), "{stderr}");
+    assert!(
+        stderr.contains("the scheme \"ftp\" is not http or https"),
+        "{stderr}"
+    );
+}
+
+/// An https front for `backend`, with a certificate for 127.0.0.1 and
+/// localhost signed by itself (rcgen), until the test ends: its base URL
+/// and the certificate's PEM file, to trust with `--ca-cert`.
+async fn https_front(backend: std::net::SocketAddr) -> (String, tempfile::NamedTempFile) {
+    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+    let certified =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+            .expect("a self-signed certificate");
+    let pem = tempfile::NamedTempFile::new().expect("a temporary file");
+    std::fs::write(pem.path(), certified.cert.pem()).expect("the PEM is written");
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
+        certified.signing_key.serialize_der(),
+    ));
+    // The provider verify-draw uses (loadtest/src/target.rs says why ring).
+    #[allow(deprecated)]
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_no_client_auth()
+        .with_single_cert(vec![certified.cert.der().clone()], key)
+        .expect("a server certificate");
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("an address");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                // A client that does not trust the certificate hangs up here.
+                let Ok(mut tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let Ok(mut plain) = tokio::net::TcpStream::connect(backend).await else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+            });
+        }
+    });
+    (format!("https://{addr}"), pem)
+}
+
+/// verify-draw checks a real draw over https: it matches with the
+/// server's certificate trusted through `--ca-cert`, and cannot check
+/// (exit 2, naming TLS) without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_draw_checks_a_draw_over_https() {
+    let (t, deal, _) = drawn_raffle().await;
+    let (base, ca) = https_front(t.addr()).await;
+    let url = format!("{base}/v1/deals/{deal}");
+    let ca_path = ca.path().to_str().expect("a UTF-8 path");
+    let (code, stdout, stderr) = verify_draw_with(&url, &["--ca-cert", ca_path]).await;
+    assert_eq!(code, MATCHES, "{stdout}{stderr}");
+    assert!(
+        stdout.starts_with("match: 40 registrants, 6 offers"),
+        "{stdout}"
+    );
+    let (code, stdout, stderr) = verify_draw_with(&url, &[]).await;
+    assert_eq!(code, CANNOT_CHECK, "{stdout}{stderr}");
+    assert!(stderr.contains("TLS handshake failed"), "{stderr}");
+    assert!(stderr.contains("UnknownIssuer"), "{stderr}");
 }

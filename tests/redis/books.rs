@@ -35,9 +35,19 @@ pub async fn connect(database_url: &str) -> PgConnection {
         .expect("DATABASE_URL is set, so Postgres must be reachable")
 }
 
+/// `flashsale audit`'s exit codes (docs/operations.md): every invariant
+/// holds, a violation, could not check.
+pub const AUDIT_HOLDS: Option<i32> = Some(0);
+pub const AUDIT_VIOLATION: Option<i32> = Some(1);
+pub const AUDIT_CANNOT_CHECK: Option<i32> = Some(2);
+
 /// `flashsale audit` of the deployment and its books (`--in-flight` while
-/// sales go on): whether it passed, and its report.
-pub fn audit(deployment: &Deployment, database_url: &str, in_flight: bool) -> (bool, String) {
+/// sales go on): its exit code, and its report.
+pub fn audit(
+    deployment: &Deployment,
+    database_url: &str,
+    in_flight: bool,
+) -> (Option<i32>, String) {
     let shards = deployment.shards.to_string();
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_flashsale"));
     command
@@ -57,7 +67,7 @@ pub fn audit(deployment: &Deployment, database_url: &str, in_flight: bool) -> (b
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
-    (output.status.success(), report)
+    (output.status.code(), report)
 }
 
 /// `redis-cli` on the deployment's Redis: its output.
@@ -187,9 +197,9 @@ async fn three_nodes_write_every_order_once(target: Target, database_url: &str) 
             tokio::task::block_in_place(|| audit(deployment, &database, true))
         }
     };
-    let (mut attempts, (passed, report)) =
+    let (mut attempts, (code, report)) =
         tokio::join!(burst(&nodes, &shoppers, &deal, &plan), auditing);
-    assert!(passed, "the audit during the burst: {report}");
+    assert_eq!(code, AUDIT_HOLDS, "the audit during the burst: {report}");
     eprintln!("mid-burst: {report}");
     nodes[0]
         .call(
@@ -283,8 +293,8 @@ async fn three_nodes_write_every_order_once(target: Target, database_url: &str) 
     }
     // The whole audit, sales quiet: it passes, and names a wallet broken
     // behind its back.
-    let (passed, report) = audit(&deployment, database_url, false);
-    assert!(passed, "the audit after the burst: {report}");
+    let (code, report) = audit(&deployment, database_url, false);
+    assert_eq!(code, AUDIT_HOLDS, "the audit after the burst: {report}");
     assert!(
         report.contains(&format!("{} order(s) in Redis", answered.len())),
         "{report}"
@@ -297,8 +307,8 @@ async fn three_nodes_write_every_order_once(target: Target, database_url: &str) 
     );
     let account = format!("{}:{{s:{shard}}}:acct:{shopper}", deployment.namespace);
     redis_cli(&deployment, &["HINCRBY", &account, "available", "1"]);
-    let (passed, report) = audit(&deployment, database_url, false);
-    assert!(!passed, "a broken wallet passed the audit: {report}");
+    let (code, report) = audit(&deployment, database_url, false);
+    assert_eq!(code, AUDIT_VIOLATION, "a broken wallet: {report}");
     assert!(
         report.contains(&format!("wallet of {}", shoppers[0].0)),
         "{report}"
@@ -660,9 +670,10 @@ async fn postgres_down_the_backlog_is_bounded_and_drains_when_it_returns() {
     );
 }
 
-/// `flashsale audit` of a namespace no node has served (a typo) fails and
-/// says so, instead of passing as a clean audit of nothing; of a served one
-/// with another `--redis-shards`, it fails naming the flag.
+/// `flashsale audit` of a namespace no node has served (a typo) cannot
+/// check and says so (exit 2), instead of passing as a clean audit of
+/// nothing; of a served one with another `--redis-shards`, it cannot check
+/// either, naming the flag.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_audit_of_an_unserved_namespace_or_other_shards_fails() {
     let (Some(url), Some(database)) = (
@@ -672,15 +683,17 @@ async fn an_audit_of_an_unserved_namespace_or_other_shards_fails() {
         return;
     };
     let typo = Deployment::new(Target::Single(url.clone()), 64);
-    let (passed, report) = audit(&typo, &database, false);
-    assert!(!passed && report.contains("no deployment"), "{report}");
+    let (code, report) = audit(&typo, &database, false);
+    assert_eq!(code, AUDIT_CANNOT_CHECK, "{report}");
+    assert!(report.contains("no deployment"), "{report}");
     let served = Deployment::new(Target::Single(url), 64);
     let node = served.node_with(&["--database-url", &database]);
     node.merchant("Audited").await;
     let mut other = Deployment::new(served.target.clone(), 16);
     other.namespace = served.namespace.clone();
-    let (passed, report) = audit(&other, &database, false);
-    assert!(!passed && report.contains("--redis-shards"), "{report}");
-    let (passed, report) = audit(&served, &database, false);
-    assert!(passed, "{report}");
+    let (code, report) = audit(&other, &database, false);
+    assert_eq!(code, AUDIT_CANNOT_CHECK, "{report}");
+    assert!(report.contains("--redis-shards"), "{report}");
+    let (code, report) = audit(&served, &database, false);
+    assert_eq!(code, AUDIT_HOLDS, "{report}");
 }
