@@ -94,73 +94,37 @@ pub(crate) enum Checkout {
 /// `checkout` label values, indexed by [`Checkout`].
 const CHECKOUTS: [&str; 2] = ["one_tap", "hold_payment"];
 
-/// Outcomes of a buy: `ordered`, `replayed`, or the code of the refusal;
-/// any other code counts as `other` (the last).
-const BUY_OUTCOMES: [&str; 22] = [
-    "ordered",
-    "replayed",
-    "deal_paused",
-    "sold_out",
-    "purchase_limit_reached",
-    "insufficient_funds",
-    "not_registered",
-    "not_started",
-    "deal_ended",
-    "unavailable",
-    "idempotency_key_reused",
-    "not_found",
-    "invalid",
-    "rate_limited",
-    "overloaded",
-    "hold_expired",
-    "hold_settled",
-    "forbidden",
-    "unauthorized",
-    "bad_request",
-    "malformed_json",
-    "other",
-];
-
-/// The outcomes a one-tap buy has, listed from the start: the engine's
-/// `decide_reserve` refusals, a replay, and what every authenticated
-/// request with a body can meet. (`overloaded` never: a shed request is
-/// refused before its handler counts it.)
-const ONE_TAP_OUTCOMES: [&str; 18] = [
-    "ordered",
-    "replayed",
-    "deal_paused",
-    "sold_out",
-    "purchase_limit_reached",
-    "insufficient_funds",
-    "not_registered",
-    "not_started",
-    "deal_ended",
-    "unavailable",
-    "idempotency_key_reused",
-    "not_found",
-    "invalid",
-    "rate_limited",
-    "forbidden",
-    "unauthorized",
-    "bad_request",
-    "malformed_json",
-];
-
-/// The outcomes a hold payment has, listed from the start: the hold's
-/// refusals (`decide_pay`) and what every authenticated request can meet;
-/// never a replay, nor the deal's refusals (the hold took the stock).
-const HOLD_PAYMENT_OUTCOMES: [&str; 11] = [
-    "ordered",
-    "hold_expired",
-    "hold_settled",
-    "not_found",
-    "invalid",
-    "rate_limited",
-    "forbidden",
-    "unauthorized",
-    "bad_request",
-    "malformed_json",
-    "unavailable",
+/// Outcomes of a buy: `ordered`, `replayed`, or the code of the refusal
+/// (any other code counts as `other`, the last), each with whether it is
+/// listed from the start for `[one_tap, hold_payment]`: a one-tap buy has
+/// the engine's `decide_reserve` refusals and a replay, a hold payment the
+/// hold's refusals (`decide_pay`), never a replay nor the deal's refusals
+/// (the hold took the stock); both have what every authenticated request
+/// with a body can meet. `overloaded` never: a shed request is refused
+/// before its handler counts it.
+const BUY_OUTCOMES: [(&str, [bool; 2]); 22] = [
+    ("ordered", [true, true]),
+    ("replayed", [true, false]),
+    ("deal_paused", [true, false]),
+    ("sold_out", [true, false]),
+    ("purchase_limit_reached", [true, false]),
+    ("insufficient_funds", [true, false]),
+    ("not_registered", [true, false]),
+    ("not_started", [true, false]),
+    ("deal_ended", [true, false]),
+    ("unavailable", [true, true]),
+    ("idempotency_key_reused", [true, false]),
+    ("not_found", [true, true]),
+    ("invalid", [true, true]),
+    ("rate_limited", [true, true]),
+    ("overloaded", [false, false]),
+    ("hold_expired", [false, true]),
+    ("hold_settled", [false, true]),
+    ("forbidden", [true, true]),
+    ("unauthorized", [true, true]),
+    ("bad_request", [true, true]),
+    ("malformed_json", [true, true]),
+    ("other", [false, false]),
 ];
 
 /// The process's recorder and its process-metrics collector.
@@ -269,14 +233,12 @@ impl Telemetry {
                 "Buy requests (one-tap and hold payments) by checkout and outcome"
             );
         });
-        for (checkout, outcomes) in [
-            (Checkout::OneTap, &ONE_TAP_OUTCOMES[..]),
-            (Checkout::HoldPayment, &HOLD_PAYMENT_OUTCOMES[..]),
-        ] {
-            for outcome in outcomes {
-                let column = outcome_column(outcome);
-                buys[checkout as usize][column]
-                    .get_or_init(|| buy_counter(&buys_recorder, checkout, column));
+        for checkout in [Checkout::OneTap, Checkout::HoldPayment] {
+            for (column, (_, listed)) in BUY_OUTCOMES.iter().enumerate() {
+                if listed[checkout as usize] {
+                    buys[checkout as usize][column]
+                        .get_or_init(|| buy_counter(&buys_recorder, checkout, column));
+                }
             }
         }
         Telemetry {
@@ -345,7 +307,7 @@ fn status_column(status: u16) -> usize {
 fn outcome_column(outcome: &str) -> usize {
     BUY_OUTCOMES
         .iter()
-        .position(|&known| known == outcome)
+        .position(|&(known, _)| known == outcome)
         .unwrap_or(BUY_OUTCOMES.len() - 1)
 }
 
@@ -359,7 +321,7 @@ fn request_counter(endpoint: Endpoint, column: usize) -> Counter {
 /// in the server's `recorder`.
 fn buy_counter(recorder: &PrometheusRecorder, checkout: Checkout, column: usize) -> Counter {
     let checkout = CHECKOUTS[checkout as usize];
-    let outcome = BUY_OUTCOMES[column];
+    let outcome = BUY_OUTCOMES[column].0;
     metrics::with_local_recorder(
         recorder,
         || metrics::counter!(BUYS, "checkout" => checkout, "outcome" => outcome),

@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 use serde_json::Value;
 
 use super::exported::{families, table};
-use super::{RULES, RedisKeys, SECRET, Server, UNSERVED_DATABASE_URL, read};
+use super::{RULES, RedisNode, Server, UNSERVED_DATABASE_URL, read};
 
 pub(crate) const DASHBOARD: &str = "deploy/grafana/flashsale.json";
 
@@ -123,52 +123,35 @@ fn every_series_the_dashboard_reads_is_exported_or_recorded() {
         );
     }
     let table = table();
-    let (redis, node): (BTreeSet<&String>, BTreeSet<&String>) = metrics.iter().partition(|name| {
-        table
-            .get(*name)
-            .is_some_and(|row| row.exported == "Redis mode")
-    });
-    let served = families(&Server::start(&["--database-url", UNSERVED_DATABASE_URL]).metrics());
-    let missing: Vec<_> = node
-        .iter()
-        .filter(|name| !served.contains_key(**name))
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "{DASHBOARD} reads series a node with --database-url does not export: {missing:?}"
-    );
+    let (redis_names, node_names): (BTreeSet<&String>, BTreeSet<&String>) =
+        metrics.iter().partition(|name| {
+            table
+                .get(*name)
+                .is_some_and(|row| row.exported == "Redis mode")
+        });
+    let node = Server::start(&["--database-url", UNSERVED_DATABASE_URL]);
+    assert_served(&node, &node_names, "a node with --database-url");
     // A recording rule's own series are held to the nodes by the rules'
     // tests (`main.rs`).
-    if redis.is_empty() {
+    if redis_names.is_empty() {
         return;
     }
-    let Some(redis_url) = flashsale_testkit::redis_url() else {
-        return;
-    };
-    let namespace = format!("fs-prometheus-dashboard-{}", std::process::id());
-    let _keys = RedisKeys {
-        url: redis_url.clone(),
-        namespace: namespace.clone(),
-    };
-    let served = families(
-        &Server::start(&[
-            "--redis-url",
-            &redis_url,
-            "--redis-namespace",
-            &namespace,
-            "--secret",
-            SECRET,
-            "--allow-volatile-redis",
-        ])
-        .metrics(),
-    );
-    let missing: Vec<_> = redis
+    if let Some(node) = RedisNode::start("dashboard") {
+        assert_served(&node.server, &redis_names, "a Redis-mode node");
+    }
+}
+
+/// Asserts that `server` exports every one of `names`.
+#[track_caller]
+fn assert_served(server: &Server, names: &BTreeSet<&String>, what: &str) {
+    let served = families(&server.metrics());
+    let missing: Vec<_> = names
         .iter()
         .filter(|name| !served.contains_key(**name))
         .collect();
     assert!(
         missing.is_empty(),
-        "{DASHBOARD} reads series a Redis-mode node does not export: {missing:?}"
+        "{DASHBOARD} reads series {what} does not export: {missing:?}"
     );
 }
 

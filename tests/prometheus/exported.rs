@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::{METRICS_TABLE, RedisKeys, SECRET, Server, UNSERVED_DATABASE_URL, read};
+use super::{METRICS_TABLE, RedisNode, Server, UNSERVED_DATABASE_URL, read};
 
 /// One row of the table.
 #[derive(Debug, PartialEq, Eq)]
@@ -159,24 +159,10 @@ fn the_metrics_table_is_what_a_node_with_a_database_url_exports() {
 
 #[test]
 fn the_metrics_table_is_what_a_redis_mode_node_exports() {
-    let Some(redis_url) = flashsale_testkit::redis_url() else {
+    let Some(node) = RedisNode::start("table") else {
         return;
     };
-    let namespace = format!("fs-prometheus-table-{}", std::process::id());
-    let _keys = RedisKeys {
-        url: redis_url.clone(),
-        namespace: namespace.clone(),
-    };
-    let server = Server::start(&[
-        "--redis-url",
-        &redis_url,
-        "--redis-namespace",
-        &namespace,
-        "--secret",
-        SECRET,
-        "--allow-volatile-redis",
-    ]);
-    check(&server, &["always", "Redis mode"], "a Redis-mode node");
+    check(&node.server, &["always", "Redis mode"], "a Redis-mode node");
 }
 
 #[test]

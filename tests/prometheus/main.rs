@@ -458,30 +458,51 @@ fn the_order_sink_series_the_rules_read_are_exported_with_a_database_url() {
 #[test]
 fn the_redis_series_the_rules_read_are_exported_in_redis_mode() {
     let names = rule_metrics(Needs::Redis);
-    let Some(redis_url) = flashsale_testkit::redis_url() else {
+    let Some(node) = RedisNode::start("rules") else {
         return;
     };
-    let namespace = format!("fs-prometheus-test-{}", std::process::id());
-    let _keys = RedisKeys {
-        url: redis_url.clone(),
-        namespace: namespace.clone(),
-    };
-    // The development Redis persists nothing: the flag lets the node serve
-    // it (and say so in flashsale_redis_durability).
-    let server = Server::start(&[
-        "--redis-url",
-        &redis_url,
-        "--redis-namespace",
-        &namespace,
-        "--secret",
-        SECRET,
-        "--allow-volatile-redis",
-    ]);
+    let server = &node.server;
     let missing = server.missing(&names);
     assert!(
         missing.is_empty(),
         "{RULES} reads series a Redis-mode server does not export: {missing:?}"
     );
+}
+
+/// A Redis-mode server on `REDIS_URL` in a namespace of its own, whose
+/// keys are deleted once the server is gone.
+struct RedisNode {
+    // Dropped first (fields drop in order): the server, then its keys.
+    server: Server,
+    _keys: RedisKeys,
+}
+
+impl RedisNode {
+    /// Starts one in the namespace `fs-prometheus-<label>-<pid>`, or `None`
+    /// after the skip line without `REDIS_URL` (failing under CI).
+    fn start(label: &str) -> Option<RedisNode> {
+        let url = flashsale_testkit::redis_url()?;
+        let namespace = format!("fs-prometheus-{label}-{}", std::process::id());
+        let keys = RedisKeys {
+            url: url.clone(),
+            namespace: namespace.clone(),
+        };
+        // The development Redis persists nothing: the flag lets the node
+        // serve it (and say so in flashsale_redis_durability).
+        let server = Server::start(&[
+            "--redis-url",
+            &url,
+            "--redis-namespace",
+            &namespace,
+            "--secret",
+            SECRET,
+            "--allow-volatile-redis",
+        ]);
+        Some(RedisNode {
+            server,
+            _keys: keys,
+        })
+    }
 }
 
 /// Deletes a namespace's keys on a single Redis when dropped (after the
