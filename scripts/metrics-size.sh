@@ -14,7 +14,10 @@ DEALS=${METRICS_DEALS:-1000}
 SCRAPES=${METRICS_SCRAPES:-200}
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/flashsale-metrics.XXXXXX")
 PIDS=()
-cleanup() { for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done; rm -rf "$WORK"; }
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done
+  rm -rf "$WORK"
+}
 trap cleanup EXIT
 [ -x "$BIN" ] || (cd "$ROOT" && cargo build --release --bin flashsale)
 ADMIN=metrics-admin-token-0123456789
@@ -39,7 +42,7 @@ measure() {
   local bytes lines series
   bytes=$(wc -c <"$WORK/body")
   lines=$(wc -l <"$WORK/body")
-  series=$(grep -vc '^#' "$WORK/body")
+  series=$(grep -vc '^#\|^$' "$WORK/body")
   for _ in $(seq 1 "$SCRAPES"); do
     curl -sS --max-time 60 -o /dev/null -w '%{time_total}\n' "$URL/metrics"
   done | sort -n >"$WORK/times"
@@ -62,7 +65,7 @@ run() {
   measure "$1" "$DEALS live deals"
 }
 
-echo "| build | node | bytes | lines | series | scrape median ms | scrape p99 ms |"
+echo "| build | node | bytes | lines | samples | scrape median ms | scrape p99 ms |"
 echo "|---|---|---:|---:|---:|---:|---:|"
 run this "$BIN"
 if [ -n "${BASE_BIN:-}" ]; then run base "$BASE_BIN"; fi
