@@ -52,7 +52,10 @@ async fn metrics_list_possible_series_the_build_the_process_and_fdatasync() {
     let readyz = |status: &str| format!(r#"{{route="GET /readyz",status="{status}"}}"#);
     assert!(text.contains(&readyz("503")), "{text}");
     assert!(!text.contains(&readyz("201")), "{text}");
-    assert!(!text.contains(r#"route="GET /healthz",status="500""#), "{text}");
+    assert!(
+        !text.contains(r#"route="GET /healthz",status="500""#),
+        "{text}"
+    );
     assert!(
         text.contains(&format!(
             r#"flashsale_build_info{{version="{}""#,
