@@ -142,7 +142,7 @@ pub(crate) async fn apply(
         Err(error) if is_duplicate(&error) => {
             tx.rollback().await?;
             status.merged_batches.fetch_add(1, Ordering::Relaxed);
-            metrics::counter!("flashsale_order_sink_merged_batches").increment(1);
+            status.counters.merged_batches.increment(1);
             tracing::info!(
                 ?progress,
                 "order sink: rows already in Postgres, applying the batch with ON CONFLICT DO NOTHING"

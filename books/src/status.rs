@@ -28,19 +28,27 @@ pub(crate) const CONFLICTS_TOTAL: &str = "flashsale_order_sink_conflicts_total";
 /// ([`OrderSinkError::ForeignPosition`]): above 0, a copied data directory
 /// writes the same database.
 pub(crate) const FOREIGN_POSITIONS_TOTAL: &str = "flashsale_order_sink_foreign_positions_total";
+/// `/metrics`' count of batches applied by the merge fallback.
+pub(crate) const MERGED_BATCHES_TOTAL: &str = "flashsale_order_sink_merged_batches_total";
+/// `/metrics`' gauges of [`SinkLag`]: records (or books entries) waiting, and seconds.
+pub(crate) const LAG_RECORDS: &str = "flashsale_order_sink_lag_records";
+pub(crate) const LAG_SECONDS: &str = "flashsale_order_sink_lag_seconds";
 
 /// The sink's counters in the process's recorder ([`crate::telemetry`]).
 pub(crate) struct SinkCounters {
     pub(crate) set_aside: metrics::Counter,
     pub(crate) conflicts: metrics::Counter,
     pub(crate) foreign_positions: metrics::Counter,
+    pub(crate) merged_batches: metrics::Counter,
+    lag_records: metrics::Gauge,
+    lag_seconds: metrics::Gauge,
 }
 
 impl SinkCounters {
-    /// Describes and registers the counters when a sink starts (one node
-    /// or Redis mode), so `/metrics` lists them at 0 before the first
-    /// event is set aside and a dashboard or an alert has a series from
-    /// the start. The process's recorder is installed first, since the
+    /// Describes and registers the counters and the lag gauges when a sink
+    /// starts (one node or Redis mode), so `/metrics` lists them at 0
+    /// before the first event is set aside and a dashboard or an alert has
+    /// a series from the start. The process's recorder is installed first, since the
     /// sink starts before the server's telemetry. Registering never resets
     /// a count: a second sink in one process (tests) adds to it.
     pub(crate) fn register() -> SinkCounters {
@@ -57,11 +65,33 @@ impl SinkCounters {
             "Times the order sink refused a position in Postgres that is not its journal's history \
              (a copied data directory writes the same database)"
         );
+        metrics::describe_counter!(
+            MERGED_BATCHES_TOTAL,
+            "Batches whose rows were partly in Postgres already, applied with ON CONFLICT DO NOTHING"
+        );
+        metrics::describe_gauge!(
+            LAG_RECORDS,
+            "Journal records (Redis mode: books entries) not yet in Postgres"
+        );
+        metrics::describe_gauge!(
+            LAG_SECONDS,
+            metrics::Unit::Seconds,
+            "Age of the oldest record not yet in Postgres (0 when caught up)"
+        );
         SinkCounters {
             set_aside: metrics::counter!(SET_ASIDE_TOTAL),
             conflicts: metrics::counter!(CONFLICTS_TOTAL),
             foreign_positions: metrics::counter!(FOREIGN_POSITIONS_TOTAL),
+            merged_batches: metrics::counter!(MERGED_BATCHES_TOTAL),
+            lag_records: metrics::gauge!(LAG_RECORDS),
+            lag_seconds: metrics::gauge!(LAG_SECONDS),
         }
+    }
+
+    /// Sets the lag gauges to `lag`.
+    fn show(&self, lag: &SinkLag) {
+        self.lag_records.set(lag.records as f64);
+        self.lag_seconds.set(lag.seconds);
     }
 }
 
@@ -127,8 +157,7 @@ impl Status {
             applied: None,
             connected: self.connected.load(Ordering::Acquire),
         };
-        metrics::gauge!("flashsale_order_sink_lag_records").set(lag.records as f64);
-        metrics::gauge!("flashsale_order_sink_lag_seconds").set(lag.seconds);
+        self.counters.show(&lag);
         lag
     }
 
@@ -158,8 +187,7 @@ impl Status {
             applied: (next != 0).then(|| next - 1),
             connected: self.connected.load(Ordering::Acquire),
         };
-        metrics::gauge!("flashsale_order_sink_lag_records").set(lag.records as f64);
-        metrics::gauge!("flashsale_order_sink_lag_seconds").set(lag.seconds);
+        self.counters.show(&lag);
         lag
     }
 }

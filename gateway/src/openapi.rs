@@ -15,6 +15,7 @@ use hyper::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
 use hyper::{Response, StatusCode};
 
 use crate::error::Error;
+use crate::router::Endpoint;
 
 /// The document as written (YAML).
 const OPENAPI_YAML: &str = include_str!("../openapi.yaml");
@@ -22,6 +23,8 @@ const OPENAPI_YAML: &str = include_str!("../openapi.yaml");
 /// The document, ready to serve as JSON.
 pub(crate) struct OpenApi {
     json: Bytes,
+    /// The statuses each endpoint's operation lists, by [`Endpoint::index`].
+    statuses: Vec<Vec<u16>>,
 }
 
 impl OpenApi {
@@ -35,9 +38,23 @@ impl OpenApi {
             .map_err(|error| Error::Config(format!("gateway/openapi.yaml: {error}")))?;
         let json = serde_json::to_vec(&document)
             .map_err(|error| Error::Config(format!("gateway/openapi.yaml as JSON: {error}")))?;
+        let statuses = Endpoint::ALL
+            .iter()
+            .map(|endpoint| operation_statuses(&document, *endpoint))
+            .collect();
         Ok(OpenApi {
             json: Bytes::from(json),
+            statuses,
         })
+    }
+
+    /// The statuses the contract lists for `endpoint`'s operation (its
+    /// `responses` keys), in the document's order; empty for an operation
+    /// the document lacks (a unit test proves there is none).
+    pub(crate) fn statuses(&self, endpoint: Endpoint) -> &[u16] {
+        self.statuses
+            .get(endpoint.index())
+            .map_or(&[], Vec::as_slice)
     }
 
     /// `200` with the document as `application/json`.
@@ -49,6 +66,43 @@ impl OpenApi {
         headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
         response
     }
+}
+
+/// The `responses` keys of `endpoint`'s operation in `document` that are
+/// statuses (not `default`).
+fn operation_statuses(document: &serde_json::Value, endpoint: Endpoint) -> Vec<u16> {
+    let Some((method, path)) = endpoint.name().split_once(' ') else {
+        return Vec::new();
+    };
+    let method = method.to_lowercase();
+    let Some(paths) = document["paths"].as_object() else {
+        return Vec::new();
+    };
+    paths
+        .iter()
+        .filter(|(documented, _)| pattern(documented) == pattern(path))
+        .filter_map(|(_, operations)| operations.get(&method)?["responses"].as_object())
+        .flat_map(|responses| responses.keys().filter_map(|status| status.parse().ok()))
+        .collect()
+}
+
+/// `/v1/deals/{deal_id}/orders` -> `/v1/deals/{}/orders`: the router calls
+/// every parameter `{id}`, the document names each.
+fn pattern(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    let mut in_parameter = false;
+    for c in path.chars() {
+        match c {
+            '{' => {
+                in_parameter = true;
+                out.push_str("{}");
+            }
+            '}' => in_parameter = false,
+            _ if in_parameter => {}
+            _ => out.push(c),
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -64,25 +118,6 @@ mod tests {
     fn document() -> Value {
         let served = OpenApi::new().expect("the embedded document parses");
         serde_json::from_slice(&served.json).expect("the served document is JSON")
-    }
-
-    /// `/v1/deals/{deal_id}/orders` -> `/v1/deals/{}/orders`: the router
-    /// calls every parameter `{id}`, the document names each.
-    fn pattern(path: &str) -> String {
-        let mut out = String::with_capacity(path.len());
-        let mut in_parameter = false;
-        for c in path.chars() {
-            match c {
-                '{' => {
-                    in_parameter = true;
-                    out.push_str("{}");
-                }
-                '}' => in_parameter = false,
-                _ if in_parameter => {}
-                _ => out.push(c),
-            }
-        }
-        out
     }
 
     const METHODS: [&str; 5] = ["get", "post", "put", "patch", "delete"];
@@ -153,6 +188,22 @@ mod tests {
             Value::Array(items) => items.iter().for_each(|item| references(item, found)),
             _ => {}
         }
+    }
+
+    #[test]
+    fn every_endpoint_has_its_documented_statuses() {
+        let served = OpenApi::new().expect("the embedded document parses");
+        for endpoint in Endpoint::ALL {
+            let statuses = served.statuses(endpoint);
+            assert!(
+                statuses.iter().any(|status| (200..300).contains(status)),
+                "{}: {statuses:?} has no success",
+                endpoint.name()
+            );
+        }
+        assert_eq!(served.statuses(Endpoint::Readyz), [200, 503]);
+        assert!(served.statuses(Endpoint::Buy).contains(&409));
+        assert!(!served.statuses(Endpoint::Healthz).contains(&201));
     }
 
     #[test]

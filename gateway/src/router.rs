@@ -123,6 +123,22 @@ impl Endpoint {
         )
     }
 
+    /// Answers from the process alone (health, readiness, metrics, the
+    /// document, the pages), never from a store call, so never `500
+    /// internal`; every other endpoint may (a failed task, a state the
+    /// engine calls inconsistent).
+    pub(crate) fn answers_from_process(self) -> bool {
+        matches!(
+            self,
+            Endpoint::Healthz
+                | Endpoint::Readyz
+                | Endpoint::Metrics
+                | Endpoint::OpenApi
+                | Endpoint::Storefront
+                | Endpoint::MerchantPage
+        )
+    }
+
     /// Takes a JSON body, read (within its time and size bounds) before the
     /// request counts in flight: every change. Those named by their path
     /// alone (register, pay or release a hold, share) take no field, so

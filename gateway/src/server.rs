@@ -115,6 +115,9 @@ impl Gateway {
     /// [`Error::OrderSink`], [`Error::RedisConnect`], [`Error::RedisLayout`],
     /// [`Error::RedisVolatile`].
     pub async fn open(config: Config) -> Result<Gateway, Error> {
+        // The process's recorder first: the journal and the order sink
+        // register their series in it when they start.
+        crate::telemetry::recorder();
         let (secret, admin_token, dir_lock) = {
             let dir = config.data_dir.clone();
             let secret = config.secret.clone();
@@ -160,6 +163,7 @@ impl Gateway {
                 (store, sink, None)
             }
         };
+        let openapi = OpenApi::new()?;
         let app = App {
             signer,
             admission: Admission::new(
@@ -168,7 +172,7 @@ impl Gateway {
                 config.rate_limit_shopper,
                 config.rate_limit_address,
             ),
-            telemetry: Telemetry::new(),
+            telemetry: Telemetry::new(&openapi),
             router: Router::new(),
             body_limits: crate::wire::BodyLimits {
                 bytes_max: config.body_bytes_max,
@@ -183,7 +187,7 @@ impl Gateway {
                 getrandom::u64().map_err(Error::Random)?,
             )),
             pages: Pages::new(),
-            openapi: OpenApi::new()?,
+            openapi,
             store: Arc::new(store),
             books: order_sink.as_ref().map(OrderSinkHandle::books),
             order_sink: std::sync::Mutex::new(order_sink),
@@ -507,9 +511,6 @@ async fn open_memory(
             let stopped = async move {
                 let _ = sink_stopped.await;
             };
-            // The sink registers its counters at start: the process's
-            // recorder comes first, so `/metrics` lists them from then on.
-            crate::telemetry::recorder();
             Some(
                 order_sink::start(url, journal.clone(), stopped)
                     .await
@@ -597,7 +598,6 @@ async fn open_redis(
             let stopped = async move {
                 let _ = sink_stopped.await;
             };
-            crate::telemetry::recorder();
             Some(
                 order_sink::streams::start(sink_config, store.clone(), node, stopped)
                     .map_err(Error::OrderSink)?,

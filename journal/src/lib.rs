@@ -12,7 +12,9 @@
 //! - [`journal`]: [`Journal`]: open (lock, meta, recovery), durability
 //!   waits, retention, the snapshot thread, clean shutdown.
 //! - `writer` (private): the engine's event sink and the
-//!   group-commit writer thread.
+//!   group-commit writer thread, which times each `fdatasync` into the
+//!   `metrics` histogram [`FDATASYNC_SECONDS`] (no HTTP here: the gateway
+//!   renders it).
 //! - `recovery` (private): snapshot + replay, the
 //!   torn-tail rule, the shard-count meta file.
 //! - [`reader`]: [`JournalReader`], durable events from the files on disk
@@ -84,3 +86,4 @@ pub use error::JournalError;
 pub use format::event_digest;
 pub use journal::{DirLock, Journal, JournalStats};
 pub use reader::JournalReader;
+pub use writer::FDATASYNC_SECONDS;

@@ -17,6 +17,10 @@
 //! (on a runtime worker, where a wake-up is a local queue push) wakes
 //! them all. Any waiter's poll or drop drains `ready`, so a cancelled
 //! leader strands nobody.
+//!
+//! Each `fdatasync` is timed into the histogram [`FDATASYNC_SECONDS`] of
+//! the process's `metrics` recorder (the gateway renders it in `/metrics`
+//! and sets its buckets); without a recorder the timing goes nowhere.
 
 use std::fs::File;
 use std::future::Future;
@@ -33,6 +37,10 @@ use parking_lot::{Condvar, Mutex};
 use crate::config::{Durability, JournalConfig};
 use crate::error::JournalError;
 use crate::format;
+
+/// The histogram of `fdatasync` durations, in seconds, one sample per
+/// write round (group commit: far fewer than events).
+pub const FDATASYNC_SECONDS: &str = "flashsale_journal_fdatasync_seconds";
 
 pub(crate) struct Pending {
     pub(crate) events: Vec<Event>,
@@ -68,6 +76,8 @@ pub(crate) struct Shared {
     durable_changed: Condvar,
     /// Write + `fdatasync` rounds done (for tests and metrics).
     pub(crate) syncs: AtomicU64,
+    /// [`FDATASYNC_SECONDS`] in the recorder installed when the journal opened.
+    fdatasync_seconds: metrics::Histogram,
     /// In `Async` mode a backlog this long is flushed before the interval ends.
     async_wake_events: usize,
 }
@@ -95,6 +105,14 @@ impl Shared {
             durable_lock: Mutex::new(()),
             durable_changed: Condvar::new(),
             syncs: AtomicU64::new(0),
+            fdatasync_seconds: {
+                metrics::describe_histogram!(
+                    FDATASYNC_SECONDS,
+                    metrics::Unit::Seconds,
+                    "Time of one fdatasync of the journal (one per group-commit write)"
+                );
+                metrics::histogram!(FDATASYNC_SECONDS)
+            },
             async_wake_events,
         }
     }
@@ -406,7 +424,7 @@ fn write_batch(
         let holds_records = segment.records + buffered_records > 0;
         if after > shared.config.segment_bytes_max && holds_records {
             // Flush what fits, then start a new segment with this record.
-            append(segment, &bytes[..start], buffered_records, &shared.syncs)?;
+            append(segment, &bytes[..start], buffered_records, shared)?;
             let next = segment.next_position;
             let (file, path) = format::create_segment(&shared.config.dir, next)?;
             *segment = ActiveSegment {
@@ -421,24 +439,31 @@ fn write_batch(
         }
         buffered_records += 1;
     }
-    append(segment, bytes, buffered_records, &shared.syncs)
+    append(segment, bytes, buffered_records, shared)
 }
 
-/// One write and one `fdatasync`.
+/// One write and one `fdatasync`, timed into [`FDATASYNC_SECONDS`].
 fn append(
     segment: &mut ActiveSegment,
     bytes: &[u8],
     records: u64,
-    syncs: &AtomicU64,
+    shared: &Shared,
 ) -> Result<(), JournalError> {
     if records == 0 {
         return Ok(());
     }
-    syncs.fetch_add(1, Ordering::Relaxed);
+    shared.syncs.fetch_add(1, Ordering::Relaxed);
     segment
         .file
         .write_all(bytes)
-        .and_then(|()| segment.file.sync_data())
+        .and_then(|()| {
+            let started = Instant::now();
+            let synced = segment.file.sync_data();
+            shared
+                .fdatasync_seconds
+                .record(started.elapsed().as_secs_f64());
+            synced
+        })
         .map_err(JournalError::io(&segment.path))?;
     segment.bytes += bytes.len() as u64;
     segment.records += records;

@@ -38,6 +38,41 @@ async fn health_readiness_and_metrics_answer() {
     );
 }
 
+/// `/metrics` lists what can occur and nothing else: `/readyz` answers
+/// 200 or 503, never 201; and it has the build, the process and the
+/// journal's `fdatasync`s (the buy above synced at least once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_list_possible_series_the_build_the_process_and_fdatasync() {
+    let t = start().await;
+    let merchant = t.merchant("Xiaomi").await;
+    let deal = t.deal(&merchant, "1.00", 7, 1).await;
+    let shopper = t.shopper("Li", "10").await;
+    t.buy(&shopper, &deal, 1, "k").await.ok(201);
+    let text = t.get("/metrics", None).await.text;
+    let readyz = |status: &str| format!(r#"{{route="GET /readyz",status="{status}"}}"#);
+    assert!(text.contains(&readyz("503")), "{text}");
+    assert!(!text.contains(&readyz("201")), "{text}");
+    assert!(
+        !text.contains(r#"route="GET /healthz",status="500""#),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            r#"flashsale_build_info{{version="{}""#,
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{text}"
+    );
+    let sample = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {text}"))
+    };
+    assert!(sample("process_resident_memory_bytes") > 0.0);
+    assert!(sample("process_open_fds") > 0.0);
+    assert!(sample("flashsale_journal_fdatasync_seconds_count") >= 1.0);
+}
+
 /// The value of `flashsale_buys_total{checkout, outcome}` in `/metrics`.
 #[track_caller]
 fn buys(metrics: &str, checkout: &str, outcome: &str) -> u64 {
@@ -77,7 +112,6 @@ async fn buy_metrics_count_orders_not_requests() {
         ("one_tap", "sold_out", 1),
         ("hold_payment", "ordered", 1),
         ("hold_payment", "hold_settled", 1),
-        ("hold_payment", "replayed", 0),
     ] {
         assert_eq!(
             buys(&text, checkout, outcome),
@@ -85,6 +119,11 @@ async fn buy_metrics_count_orders_not_requests() {
             "{checkout} {outcome}"
         );
     }
+    // A payment is never a replay: no such series.
+    assert!(
+        !text.contains(r#"checkout="hold_payment",outcome="replayed""#),
+        "{text}"
+    );
     let orders = t
         .get(&format!("/v1/orders?deal_id={deal}"), Some(&merchant.token))
         .await

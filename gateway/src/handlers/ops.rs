@@ -38,10 +38,17 @@ pub(crate) fn readyz(app: &App) -> HttpResponse {
     }
 }
 
-/// `GET /metrics`: the process's series, then this server's deals.
+/// `GET /metrics`: the process's series, then this server's deals. The
+/// order sink's lag gauges are brought up to date first, so a scrape sees
+/// the lag of now even while the sink waits to retry Postgres.
 pub(crate) fn metrics(app: &App) -> HttpResponse {
     use std::fmt::Write as _;
     app.telemetry.set_in_flight(app.admission.in_flight());
+    if let Ok(sink) = app.order_sink.lock()
+        && let Some(sink) = sink.as_ref()
+    {
+        sink.lag();
+    }
     let mut body = app.telemetry.render();
     let deals = app.store.feed_source().deals(METRICS_DEALS_MAX);
     body.push_str(

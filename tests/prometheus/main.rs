@@ -1,33 +1,45 @@
-//! The Prometheus rules in `deploy/prometheus/`: `promtool check rules`
-//! accepts them, `promtool test rules` passes their unit tests, every
-//! alert has a firing and a quiet case there and a section of
-//! `docs/runbook.md`, and every metric the rules read is one a freshly
-//! started `flashsale serve` exports, so renaming a metric breaks a test
-//! here rather than an alert in production.
+//! Monitoring with the tools SREs run, against real nodes:
 //!
-//! Without `promtool` on `$PATH` (Debian's `prometheus` package; or the
-//! file named by `PROMTOOL`) the two promtool tests print one `skipped:`
-//! line and pass, and fail under `CI` or `FLASHSALE_REQUIRE_SERVICES=1`
-//! (`flashsale_testkit::services_required`). The order sink's series
-//! (`flashsale_order_sink_*`) are checked against a server given a
-//! `--database-url` nobody serves (they are listed before the sink first
-//! reaches Postgres); Redis mode's (`flashsale_redis_*`) against a server
-//! on `REDIS_URL`, skipped or failed like the other Redis tests
-//! (`flashsale_testkit::redis_url`).
+//! - the rules in `deploy/prometheus/` (here): `promtool check rules`
+//!   accepts them, `promtool test rules` passes their unit tests, every
+//!   alert has a firing and a quiet case there and a section of
+//!   `docs/runbook.md`, and every metric the rules read is one a freshly
+//!   started `flashsale serve` exports, so renaming a metric breaks a test
+//!   here rather than an alert in production;
+//! - `exported.rs`: `docs/metrics.md`'s table is exactly what nodes export;
+//! - `dashboard.rs`: the Grafana dashboard reads only exported series;
+//! - `alerting.rs`: Debian's `prometheus` scrapes a real node with the
+//!   rules, and the books-lag alert goes pending while the node's own
+//!   Postgres is stopped and resolves once it is back.
+//!
+//! Without `promtool` or `prometheus` on `$PATH` (Debian's `prometheus`
+//! package; or the files named by `PROMTOOL`, `PROMETHEUS`), or without
+//! Postgres' `initdb` and `pg_ctl` (`INITDB`, `PG_CTL`), the tests needing
+//! them print one `skipped:` line and pass, and fail under `CI` or
+//! `FLASHSALE_REQUIRE_SERVICES=1` (`flashsale_testkit::services_required`).
+//! The order sink's series (`flashsale_order_sink_*`) are checked against
+//! a server given a `--database-url` nobody serves (they are listed before
+//! the sink first reaches Postgres); Redis mode's (`flashsale_redis_*`)
+//! against a server on `REDIS_URL`, skipped or failed like the other Redis
+//! tests (`flashsale_testkit::redis_url`).
+
+mod alerting;
+mod dashboard;
+mod exported;
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
+use std::sync::{Mutex, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
 const RULES: &str = "deploy/prometheus/flashsale.rules.yml";
 const RULE_TESTS: &str = "deploy/prometheus/tests.yml";
 const RUNBOOK: &str = "docs/runbook.md";
+const METRICS_TABLE: &str = "docs/metrics.md";
 const ADMIN_TOKEN: &str = "prometheus-test-admin-token";
 const SECRET: &str = "prometheus-test-secret-0123456789";
 /// A Postgres nobody serves: the order sink starts, retries, and lists its series.
@@ -53,16 +65,32 @@ fn read(path: &str) -> String {
 /// # Panics
 /// Without it under CI or `FLASHSALE_REQUIRE_SERVICES=1`.
 fn promtool() -> Option<PathBuf> {
-    static PRINTED: AtomicBool = AtomicBool::new(false);
-    if let Some(path) = flashsale_testkit::program("PROMTOOL", &["promtool"]) {
+    tool("PROMTOOL", "promtool", "Prometheus rules tests")
+}
+
+/// The program `name` (the file the variable `variable` names, else on
+/// `$PATH`), or `None` after one skip line per program saying that `what`
+/// is skipped.
+///
+/// # Panics
+/// Without it under CI or `FLASHSALE_REQUIRE_SERVICES=1`.
+fn tool(variable: &str, name: &str, what: &str) -> Option<PathBuf> {
+    static PRINTED: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+    if let Some(path) = flashsale_testkit::program(variable, &[name]) {
         return Some(path);
     }
-    let line = "Prometheus rules tests, promtool is not on $PATH \
-                (install Debian's prometheus package to run: `apt-get install -y prometheus`)";
+    let line = format!(
+        "{what}, {name} is not on $PATH (set {variable}, or install Debian's package: \
+         `apt-get install -y prometheus postgresql`)"
+    );
     if flashsale_testkit::services_required() {
         panic!("{line}; required because CI or FLASHSALE_REQUIRE_SERVICES=1 is set");
     }
-    if !PRINTED.swap(true, Ordering::Relaxed) {
+    let first = PRINTED
+        .lock()
+        .map(|mut printed| printed.insert(name.to_owned()))
+        .unwrap_or(true);
+    if first {
         // Past libtest's capture, like flashsale-testkit's skip lines.
         let _ = std::io::stderr()
             .lock()
@@ -430,30 +458,51 @@ fn the_order_sink_series_the_rules_read_are_exported_with_a_database_url() {
 #[test]
 fn the_redis_series_the_rules_read_are_exported_in_redis_mode() {
     let names = rule_metrics(Needs::Redis);
-    let Some(redis_url) = flashsale_testkit::redis_url() else {
+    let Some(node) = RedisNode::start("rules") else {
         return;
     };
-    let namespace = format!("fs-prometheus-test-{}", std::process::id());
-    let _keys = RedisKeys {
-        url: redis_url.clone(),
-        namespace: namespace.clone(),
-    };
-    // The development Redis persists nothing: the flag lets the node serve
-    // it (and say so in flashsale_redis_durability).
-    let server = Server::start(&[
-        "--redis-url",
-        &redis_url,
-        "--redis-namespace",
-        &namespace,
-        "--secret",
-        SECRET,
-        "--allow-volatile-redis",
-    ]);
+    let server = &node.server;
     let missing = server.missing(&names);
     assert!(
         missing.is_empty(),
         "{RULES} reads series a Redis-mode server does not export: {missing:?}"
     );
+}
+
+/// A Redis-mode server on `REDIS_URL` in a namespace of its own, whose
+/// keys are deleted once the server is gone.
+struct RedisNode {
+    // Dropped first (fields drop in order): the server, then its keys.
+    server: Server,
+    _keys: RedisKeys,
+}
+
+impl RedisNode {
+    /// Starts one in the namespace `fs-prometheus-<label>-<pid>`, or `None`
+    /// after the skip line without `REDIS_URL` (failing under CI).
+    fn start(label: &str) -> Option<RedisNode> {
+        let url = flashsale_testkit::redis_url()?;
+        let namespace = format!("fs-prometheus-{label}-{}", std::process::id());
+        let keys = RedisKeys {
+            url: url.clone(),
+            namespace: namespace.clone(),
+        };
+        // The development Redis persists nothing: the flag lets the node
+        // serve it (and say so in flashsale_redis_durability).
+        let server = Server::start(&[
+            "--redis-url",
+            &url,
+            "--redis-namespace",
+            &namespace,
+            "--secret",
+            SECRET,
+            "--allow-volatile-redis",
+        ]);
+        Some(RedisNode {
+            server,
+            _keys: keys,
+        })
+    }
 }
 
 /// Deletes a namespace's keys on a single Redis when dropped (after the
