@@ -177,7 +177,11 @@ impl Gateway {
             token_ttl_seconds: i64::try_from(config.token_ttl.as_secs()).unwrap_or(i64::MAX),
             signup_credit: config.signup_credit,
             feed: Arc::new(FeedHub::new(config.feed_subscribers_max)),
-            pages: Pages::new(),
+            pages: Pages::new(&config.currency_symbol),
+            public_url: match &config.public_url {
+                Some(url) => std::sync::OnceLock::from(url.clone()),
+                None => std::sync::OnceLock::new(),
+            },
             openapi: OpenApi::new()?,
             store: Arc::new(store),
             books: order_sink.as_ref().map(OrderSinkHandle::books),
@@ -225,6 +229,13 @@ impl Gateway {
             sink_stop,
             ..
         } = self;
+        // Without --public-url, the deals' QR links name the address listened on.
+        let listening = listener.local_addr().map_err(|source| Error::Bind {
+            addr: config.addr,
+            source,
+        })?;
+        let listening = crate::config::listen_url(listening)?;
+        app.public_url.get_or_init(|| listening);
         let connections = Arc::new(Semaphore::new(config.max_connections));
         let graceful = GracefulShutdown::new();
         let mut http = http1::Builder::new();
