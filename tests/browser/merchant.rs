@@ -1,7 +1,9 @@
 //! The merchant's dashboard at `/merchant`: signing in with the merchant's
 //! token, posting a deal from the form, its sold/held/remaining numbers
-//! moving live, the deal's orders and their CSV export, and the new deal
-//! showing on the storefront.
+//! moving live, the deal's orders and their CSV export, the new deal
+//! showing on the storefront; pausing, resuming, restocking and extending
+//! a deal (each checked through the API); and the deal's QR code in the
+//! print view, read back from the screen and followed to the deal's card.
 
 use std::time::Instant;
 

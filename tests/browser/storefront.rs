@@ -1,7 +1,9 @@
 //! The shopper's page at `/`: the feed as cards, linking a wallet, the
 //! one-tap buy and its outcome, and what changes live through the feed's
 //! Server-Sent Events while the page stays open: a card's numbers, and a
-//! newly posted deal taking the first place.
+//! newly posted deal taking the first place. Also: Buy disabled at the
+//! per-shopper limit, Register before the start of a deal that requires
+//! it, the configured currency symbol, and the Newest / Top rated switch.
 
 use std::sync::Arc;
 
