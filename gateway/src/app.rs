@@ -65,6 +65,10 @@ pub(crate) struct App {
     /// The feed's live stream: latest cards and subscribers.
     pub feed: Arc<FeedHub>,
     pub pages: Pages,
+    /// The storefront's address as shoppers reach it, the base of the deals'
+    /// QR links: `--public-url`, or set from the listening address when
+    /// the server starts serving.
+    pub public_url: std::sync::OnceLock<url::Url>,
     /// The Postgres order sink when `--database-url` is set; taken at
     /// shutdown to be joined.
     pub order_sink: std::sync::Mutex<Option<OrderSinkHandle>>,
@@ -167,6 +171,8 @@ impl App {
             }
             Endpoint::ReleaseHold => handlers::release_hold(self, parts, id, &body).await,
             Endpoint::GetDeal => handlers::get_deal(self, id).await,
+            Endpoint::DealQrSvg => handlers::deal_qr(self, id, handlers::QrFormat::Svg).await,
+            Endpoint::DealQrPng => handlers::deal_qr(self, id, handlers::QrFormat::Png).await,
             Endpoint::Feed => handlers::feed(self, parts).await,
             Endpoint::GetOrder => handlers::get_order(self, parts, id).await,
             Endpoint::ListOrders => handlers::list_orders(self, parts).await,

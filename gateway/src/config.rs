@@ -14,6 +14,8 @@ use std::time::Duration;
 use flashsale_engine::Money;
 use flashsale_journal::Durability;
 
+use url::Url;
+
 use crate::error::Error;
 pub use flashsale_redis::{RedisArgs, RedisSettings, RedisTarget, ReplicaAckSettings};
 
@@ -25,6 +27,14 @@ pub const ADMIN_TOKEN_BYTES_MIN: usize = 16;
 const ADDR_HINT: &str = "expected HOST:PORT, e.g. 127.0.0.1:8080";
 /// Largest `--body-bytes-max` accepted.
 pub const BODY_BYTES_MAX_LIMIT: usize = 1024 * 1024;
+/// Longest `--public-url` accepted, in bytes: a deal's link (this plus
+/// `?deal=<id>`) stays a small QR code that a phone reads at arm's length
+/// (`crate::qr`).
+pub const PUBLIC_URL_BYTES_MAX: usize = 200;
+/// Longest `--currency-symbol` accepted, in characters.
+pub const CURRENCY_SYMBOL_CHARS_MAX: usize = 8;
+/// What the pages put before an amount unless told otherwise.
+pub const CURRENCY_SYMBOL_DEFAULT: &str = "¥";
 
 /// `flashsale serve`: the HTTP gateway on the embedded engine and journal.
 #[derive(Debug, Clone, clap::Args)]
@@ -224,6 +234,18 @@ pub struct ServeArgs {
     /// only. Default: none (a browser allows same-origin calls only).
     #[arg(long, env = "FLASHSALE_CORS_ORIGINS", value_delimiter = ',', value_parser = parse_origin, value_name = "ORIGIN")]
     pub cors_origins: Vec<hyper::header::HeaderValue>,
+    /// The storefront's address as shoppers reach it: an absolute http or
+    /// https URL without query, fragment or credentials (at most 200
+    /// bytes), e.g. `https://shop.example/`. A deal's QR code links to it
+    /// with `?deal=<id>`. Unset: `http://<the address listened on>/`, with
+    /// `127.0.0.1` (or `[::1]`) for an unspecified address such as `0.0.0.0`.
+    #[arg(long, env = "FLASHSALE_PUBLIC_URL", value_name = "URL")]
+    pub public_url: Option<String>,
+
+    /// What the storefront and the dashboard print before an amount (1 to
+    /// 8 characters, no control character), e.g. € or US$.
+    #[arg(long, env = "FLASHSALE_CURRENCY_SYMBOL", default_value = CURRENCY_SYMBOL_DEFAULT)]
+    pub currency_symbol: String,
 }
 
 /// The validated configuration of one server.
@@ -268,6 +290,12 @@ pub struct Config {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Origins allowed to call from a browser (`Origin` header values).
     pub cors_origins: Vec<hyper::header::HeaderValue>,
+    /// The storefront's address as shoppers reach it, the base of every
+    /// deal's QR link; `None`: derived from the address listened on
+    /// ([`listen_url`]).
+    pub public_url: Option<Url>,
+    /// Printed before every amount on the pages.
+    pub currency_symbol: String,
 }
 
 impl Config {
@@ -300,6 +328,8 @@ impl Config {
             feed_subscribers_max: 10_000,
             trusted_proxies: Vec::new(),
             cors_origins: Vec::new(),
+            public_url: None,
+            currency_symbol: CURRENCY_SYMBOL_DEFAULT.to_owned(),
         }
     }
 
@@ -383,8 +413,79 @@ impl Config {
             at_least_one(args.feed_subscribers_max, "feed-subscribers-max")?;
         config.trusted_proxies = args.trusted_proxies;
         config.cors_origins = args.cors_origins;
+        config.public_url = args
+            .public_url
+            .as_deref()
+            .map(parse_public_url)
+            .transpose()?;
+        config.currency_symbol = parse_currency_symbol(&args.currency_symbol)?;
         Ok(config)
     }
+}
+
+/// `--public-url`: an absolute `http` or `https` URL with a host, no
+/// query, fragment or credentials, at most [`PUBLIC_URL_BYTES_MAX`] bytes.
+fn parse_public_url(text: &str) -> Result<Url, Error> {
+    let refuse = |why: &str| {
+        Error::Config(format!(
+            "{} must be an absolute http or https URL such as https://shop.example/ \
+             ({why}), not {text:?}",
+            setting("public-url")
+        ))
+    };
+    if text.len() > PUBLIC_URL_BYTES_MAX {
+        return Err(refuse(&format!("at most {PUBLIC_URL_BYTES_MAX} bytes")));
+    }
+    let url = Url::parse(text).map_err(|error| refuse(&error.to_string()))?;
+    // Parsing may lengthen it (punycode, percent-encoding).
+    if url.as_str().len() > PUBLIC_URL_BYTES_MAX {
+        return Err(refuse(&format!(
+            "at most {PUBLIC_URL_BYTES_MAX} bytes as a URL"
+        )));
+    }
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(refuse("the scheme is not http or https"));
+    }
+    if url.host().is_none() {
+        return Err(refuse("no host"));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(refuse("a deal's link adds its own query"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(refuse("credentials do not belong in a printed link"));
+    }
+    Ok(url)
+}
+
+/// The default public URL: `http://<addr>/`, the loopback address of the
+/// same family for an unspecified one (`0.0.0.0`, `[::]`).
+pub fn listen_url(addr: SocketAddr) -> Result<Url, Error> {
+    let ip = match addr.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
+        ip => ip,
+    };
+    let text = format!("http://{}/", SocketAddr::new(ip, addr.port()));
+    Url::parse(&text).map_err(|error| Error::Config(format!("{text} is no URL: {error}")))
+}
+
+/// `--currency-symbol`: 1 to [`CURRENCY_SYMBOL_CHARS_MAX`] characters, no
+/// control character, not blank.
+fn parse_currency_symbol(text: &str) -> Result<String, Error> {
+    let chars = text.chars().count();
+    if chars == 0
+        || chars > CURRENCY_SYMBOL_CHARS_MAX
+        || text.trim().is_empty()
+        || text.chars().any(char::is_control)
+    {
+        return Err(Error::Config(format!(
+            "{} must be 1 to {CURRENCY_SYMBOL_CHARS_MAX} characters, not blank, no control \
+             character, not {text:?}",
+            setting("currency-symbol")
+        )));
+    }
+    Ok(text.to_owned())
 }
 
 /// Multi-node mode's settings from `--redis-url` or `--redis-cluster`.
@@ -586,6 +687,62 @@ mod tests {
             feed_subscribers_max: 10_000,
             trusted_proxies: Vec::new(),
             cors_origins: Vec::new(),
+            public_url: None,
+            currency_symbol: CURRENCY_SYMBOL_DEFAULT.to_owned(),
+        }
+    }
+
+    #[test]
+    fn the_public_url_is_an_absolute_http_url_without_query() {
+        let with = |url: &str| {
+            Config::from_args(ServeArgs {
+                public_url: Some(url.into()),
+                ..args()
+            })
+        };
+        let config = with("https://shop.example/flash/").unwrap();
+        assert_eq!(
+            config.public_url.map(String::from).as_deref(),
+            Some("https://shop.example/flash/")
+        );
+        let long = format!("https://shop.example/{}", "a".repeat(PUBLIC_URL_BYTES_MAX));
+        for bad in [
+            "shop.example",
+            "/flash",
+            "ftp://shop.example/",
+            "https://shop.example/?a=1",
+            "https://shop.example/#top",
+            "https://user:pw@shop.example/",
+            "mailto:shop@example.com",
+            &long,
+        ] {
+            let Err(Error::Config(message)) = with(bad) else {
+                panic!("{bad:?} must be refused");
+            };
+            assert!(
+                message.starts_with("--public-url (FLASHSALE_PUBLIC_URL) must be"),
+                "{message}"
+            );
+        }
+        assert_eq!(Config::from_args(args()).unwrap().public_url, None);
+        let listen = |addr: &str| listen_url(addr.parse().unwrap()).unwrap().to_string();
+        assert_eq!(listen("0.0.0.0:8080"), "http://127.0.0.1:8080/");
+        assert_eq!(listen("[::]:8080"), "http://[::1]:8080/");
+        assert_eq!(listen("10.1.2.3:80"), "http://10.1.2.3/");
+    }
+
+    #[test]
+    fn the_currency_symbol_is_a_few_printable_characters() {
+        let with = |symbol: &str| {
+            Config::from_args(ServeArgs {
+                currency_symbol: symbol.into(),
+                ..args()
+            })
+        };
+        assert_eq!(with("US$").unwrap().currency_symbol, "US$");
+        assert_eq!(Config::from_args(args()).unwrap().currency_symbol, "¥");
+        for bad in ["", " ", "a\nb", "123456789"] {
+            assert!(matches!(with(bad), Err(Error::Config(_))), "{bad:?}");
         }
     }
 

@@ -156,6 +156,9 @@ pub enum Error {
     },
     #[error("a server task failed")]
     Task(#[source] tokio::task::JoinError),
+    /// A deal's QR code could not be drawn (`crate::qr`).
+    #[error("cannot draw a QR code: {0}")]
+    QrCode(String),
 }
 
 impl From<flashsale_store::StoreError> for Error {
@@ -293,7 +296,8 @@ impl Error {
             | Error::OrderSink(_)
             | Error::JournalClose(_)
             | Error::Bind { .. }
-            | Error::Task(_) => http(S::INTERNAL_SERVER_ERROR, "internal"),
+            | Error::Task(_)
+            | Error::QrCode(_) => http(S::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
 

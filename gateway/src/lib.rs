@@ -29,7 +29,10 @@
 //! - `pages` (private): the storefront (`/`) and merchant dashboard
 //!   (`/merchant`), embedded from `gateway/assets/`, with a
 //!   `Content-Security-Policy` that allows their own inline script and
-//!   style by hash and nothing else.
+//!   style by hash and nothing else; the currency symbol of the
+//!   configuration goes into a meta tag of each.
+//! - `qr` (private): a deal's QR code (`GET /v1/deals/{id}/qr.svg`,
+//!   `qr.png`): the storefront's link to the deal under `--public-url`.
 //! - `openapi` (private): the contract as an OpenAPI 3.1 document
 //!   (`gateway/openapi.yaml`), embedded and served as JSON at
 //!   `GET /v1/openapi.json`; a test holds it to the router's routes.
@@ -76,6 +79,7 @@ mod handlers;
 mod openapi;
 mod pages;
 mod proxies;
+mod qr;
 mod router;
 pub mod server;
 mod telemetry;

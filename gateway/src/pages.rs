@@ -11,6 +11,11 @@
 //! run. Each page's favicon is an inline SVG `data:` URI (`img-src data:`),
 //! so no route serves one. Both pages are answered with `Cache-Control: no-cache`, so a new
 //! binary's pages are picked up at once.
+//!
+//! One thing of the configuration goes into the pages: the currency symbol
+//! (`--currency-symbol`), as the `content` of each page's
+//! `<meta name="currency-symbol">` ([`CURRENCY_META`]), HTML-escaped, once
+//! at start. The scripts read it from there, so their hashes do not change.
 
 use base64::Engine as _;
 use bytes::Bytes;
@@ -21,6 +26,10 @@ use sha2::{Digest, Sha256};
 
 const STOREFRONT_HTML: &str = include_str!("../assets/storefront.html");
 const MERCHANT_HTML: &str = include_str!("../assets/merchant.html");
+
+/// The tag each page carries once, with the default symbol, that
+/// [`Pages::new`] replaces by the configured one.
+const CURRENCY_META: &str = r#"<meta name="currency-symbol" content="¥">"#;
 
 static CONTENT_SECURITY_POLICY: HeaderName = HeaderName::from_static("content-security-policy");
 static X_CONTENT_TYPE_OPTIONS: HeaderName = HeaderName::from_static("x-content-type-options");
@@ -39,23 +48,32 @@ pub(crate) struct Pages {
 }
 
 impl Pages {
-    pub(crate) fn new() -> Pages {
+    /// Both pages, printing `currency_symbol` before every amount.
+    pub(crate) fn new(currency_symbol: &str) -> Pages {
         Pages {
-            storefront: Page::new(STOREFRONT_HTML),
-            merchant: Page::new(MERCHANT_HTML),
+            storefront: Page::new(STOREFRONT_HTML, currency_symbol),
+            merchant: Page::new(MERCHANT_HTML, currency_symbol),
         }
     }
 }
 
 impl Page {
-    fn new(html: &'static str) -> Page {
+    fn new(html: &'static str, currency_symbol: &str) -> Page {
         let policy = content_security_policy(html);
+        let html = html.replacen(
+            CURRENCY_META,
+            &format!(
+                r#"<meta name="currency-symbol" content="{}">"#,
+                escape_attribute(currency_symbol)
+            ),
+            1,
+        );
         // invariant: the policy is ASCII (keywords and base64).
         let policy = HeaderValue::from_str(&policy).unwrap_or_else(|_| {
             HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'")
         });
         Page {
-            html: Bytes::from_static(html.as_bytes()),
+            html: Bytes::from(html),
             policy,
         }
     }
@@ -80,6 +98,22 @@ impl Page {
         );
         response
     }
+}
+
+/// `text` safe inside a double-quoted HTML attribute.
+fn escape_attribute(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => escaped.push_str("&amp;"),
+            '"' => escaped.push_str("&quot;"),
+            '<' => escaped.push_str("&lt;"),
+            '>' => escaped.push_str("&gt;"),
+            '\'' => escaped.push_str("&#39;"),
+            c => escaped.push(c),
+        }
+    }
+    escaped
 }
 
 /// The policy of a page whose inline scripts and styles are `html`'s.
@@ -174,10 +208,27 @@ mod tests {
                 assert!(!html.contains(forbidden), "a page uses {forbidden}");
             }
         }
-        let page = Pages::new().storefront.response();
+        let page = Pages::new("¥").storefront.response();
         let policy = page.headers()[&CONTENT_SECURITY_POLICY].to_str().unwrap();
         assert!(policy.starts_with("default-src 'none'; script-src 'sha256-"));
         assert_eq!(page.headers()[CACHE_CONTROL], "no-cache");
+    }
+
+    /// The configured symbol replaces the default in each page's one
+    /// meta tag, escaped; the script's hash (the policy) stays the same.
+    #[test]
+    fn the_currency_symbol_goes_into_each_page_escaped() {
+        for html in [STOREFRONT_HTML, MERCHANT_HTML] {
+            assert_eq!(html.matches(CURRENCY_META).count(), 1);
+            let page = Page::new(html, "\"<€>");
+            let served = std::str::from_utf8(&page.html).unwrap();
+            assert!(
+                served.contains(r#"<meta name="currency-symbol" content="&quot;&lt;€&gt;">"#),
+                "the symbol is not in the page"
+            );
+            assert!(!served.contains(CURRENCY_META));
+            assert_eq!(page.policy, Page::new(html, "¥").policy);
+        }
     }
 
     /// Each page carries its favicon inline, as a `data:` SVG the policy's

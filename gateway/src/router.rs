@@ -20,6 +20,8 @@ pub(crate) enum Endpoint {
     CreateDeal,
     GetDeal,
     PatchDeal,
+    DealQrSvg,
+    DealQrPng,
     Feed,
     FeedStream,
     Register,
@@ -44,7 +46,7 @@ pub(crate) enum Endpoint {
 }
 
 impl Endpoint {
-    pub(crate) const ALL: [Endpoint; 29] = [
+    pub(crate) const ALL: [Endpoint; 31] = [
         Endpoint::CreateMerchant,
         Endpoint::CreateShopper,
         Endpoint::CreateShoppersBulk,
@@ -53,6 +55,8 @@ impl Endpoint {
         Endpoint::CreateDeal,
         Endpoint::GetDeal,
         Endpoint::PatchDeal,
+        Endpoint::DealQrSvg,
+        Endpoint::DealQrPng,
         Endpoint::Feed,
         Endpoint::FeedStream,
         Endpoint::Register,
@@ -87,6 +91,8 @@ impl Endpoint {
             Endpoint::CreateDeal => "POST /v1/deals",
             Endpoint::GetDeal => "GET /v1/deals/{id}",
             Endpoint::PatchDeal => "PATCH /v1/deals/{id}",
+            Endpoint::DealQrSvg => "GET /v1/deals/{id}/qr.svg",
+            Endpoint::DealQrPng => "GET /v1/deals/{id}/qr.png",
             Endpoint::Feed => "GET /v1/feed",
             Endpoint::FeedStream => "GET /v1/feed/stream",
             Endpoint::Register => "POST /v1/deals/{id}/registrations",
@@ -224,7 +230,7 @@ pub(crate) struct Matched<'p> {
 
 impl Router {
     pub(crate) fn new() -> Router {
-        let table: [(&str, PathRoutes); 25] = [
+        let table: [(&str, PathRoutes); 27] = [
             (
                 "/v1/merchants",
                 PathRoutes {
@@ -279,6 +285,22 @@ impl Router {
                     get: Some(Endpoint::GetDeal),
                     patch: Some(Endpoint::PatchDeal),
                     allow: "GET, PATCH",
+                    ..NONE
+                },
+            ),
+            (
+                "/v1/deals/{id}/qr.svg",
+                PathRoutes {
+                    get: Some(Endpoint::DealQrSvg),
+                    allow: "GET",
+                    ..NONE
+                },
+            ),
+            (
+                "/v1/deals/{id}/qr.png",
+                PathRoutes {
+                    get: Some(Endpoint::DealQrPng),
+                    allow: "GET",
                     ..NONE
                 },
             ),

@@ -186,7 +186,11 @@ impl Gateway {
                 config.feed_subscribers_max,
                 getrandom::u64().map_err(Error::Random)?,
             )),
-            pages: Pages::new(),
+            pages: Pages::new(&config.currency_symbol),
+            public_url: match &config.public_url {
+                Some(url) => std::sync::OnceLock::from(url.clone()),
+                None => std::sync::OnceLock::new(),
+            },
             openapi,
             store: Arc::new(store),
             books: order_sink.as_ref().map(OrderSinkHandle::books),
@@ -235,6 +239,13 @@ impl Gateway {
             sink_stop,
             ..
         } = self;
+        // Without --public-url, the deals' QR links name the address listened on.
+        let listening = listener.local_addr().map_err(|source| Error::Bind {
+            addr: config.addr,
+            source,
+        })?;
+        let listening = crate::config::listen_url(listening)?;
+        app.public_url.get_or_init(|| listening);
         let connections = Arc::new(Semaphore::new(config.max_connections));
         let cors = crate::cors::layer(&config.cors_origins);
         let graceful = GracefulShutdown::new();

@@ -20,7 +20,9 @@
 //!   several Redis-mode nodes ([`process::serve_command`],
 //!   [`process::ServeProcess`]);
 //! - [`client`]: HTTP API v1 as a test uses it ([`client::Api`]: merchant,
-//!   deal, shoppers, credit, buy; [`client::Reply`], [`client::Account`]).
+//!   deal, shoppers, credit, buy; [`client::Reply`], [`client::Account`]);
+//! - [`qr`]: QR codes read back from a PNG (the deals' codes, a browser's
+//!   screenshot) with a decoder independent of the server's encoder.
 //!
 //! It also keeps the one RFC 3339 spelling the end-to-end tests post times
 //! in ([`rfc3339`], [`rfc3339_from_now`]): the API takes RFC 3339 and the
@@ -42,6 +44,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 pub mod client;
 pub mod process;
+pub mod qr;
 pub mod server;
 
 /// Something a test needs from outside the process.

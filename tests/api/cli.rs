@@ -364,6 +364,36 @@ fn start_up_errors_name_what_was_given() {
         "{stderr}"
     );
     assert!(!fresh.exists());
+
+    // A public URL that is not an absolute http(s) URL, by flag or variable.
+    let stderr = refused(
+        flashsale()
+            .args([
+                "serve",
+                "--addr",
+                "127.0.0.1:0",
+                "--public-url",
+                "shop.example",
+            ])
+            .arg("--data-dir")
+            .arg(&fresh),
+    );
+    assert!(
+        stderr
+            .contains("--public-url (FLASHSALE_PUBLIC_URL) must be an absolute http or https URL"),
+        "{stderr}"
+    );
+    let stderr = refused(
+        flashsale()
+            .args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])
+            .arg(&fresh)
+            .env("FLASHSALE_PUBLIC_URL", "ftp://shop.example/"),
+    );
+    assert!(
+        stderr.contains("--public-url (FLASHSALE_PUBLIC_URL)"),
+        "{stderr}"
+    );
+    assert!(!fresh.exists(), "a refused configuration writes nothing");
 }
 
 #[test]

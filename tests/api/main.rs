@@ -18,6 +18,7 @@ mod helpers;
 mod holds;
 mod loadtest;
 mod ops;
+mod qr;
 mod reviews;
 mod shutdown;
 mod stalled_bodies;

@@ -268,3 +268,58 @@ async fn the_pages_are_served_with_a_strict_policy() {
         .await
         .refused(405, "method_not_allowed");
 }
+
+/// The ids of the feed's cards for `query`, and its `next_cursor`.
+async fn feed_ids(t: &TestServer, query: &str) -> (Vec<String>, Value) {
+    let feed = t.get(&format!("/v1/feed?{query}"), None).await.ok(200);
+    let ids = feed["cards"]
+        .as_array()
+        .expect("cards")
+        .iter()
+        .map(|card| card["id"].as_str().expect("an id").to_owned())
+        .collect();
+    (ids, feed["next_cursor"].clone())
+}
+
+/// `order=top`: score = rating in hundredths (300 before a review) ×
+/// (popularity + 1), ties newest first, one page; newest first stays the
+/// default.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_top_feed_ranks_by_rating_times_popularity() {
+    let t = start().await;
+    let liked = t.merchant("Liked").await;
+    let plain = t.merchant("Plain").await;
+    let panned = t.merchant("Panned").await;
+    let a = t.deal(&liked, "10.00", 10, 2).await;
+    let b = t.deal(&plain, "10.00", 10, 2).await;
+    let c = t.deal(&panned, "10.00", 10, 2).await;
+    let b2 = t.deal(&plain, "10.00", 10, 2).await;
+    let shopper = t.shopper("Li", "100").await;
+    for (deal, score, key) in [(&a, 5, "a"), (&c, 1, "c")] {
+        let order = t.buy(&shopper, deal, 1, key).await.ok(201);
+        let order = order["id"].as_str().expect("an order id");
+        review(&t, order, &shopper.token, &scores(score, score, score))
+            .await
+            .ok(201);
+    }
+    // a: 500 × 2 = 1000; b2 and b: 300 × 1, newest first; c: 100 × 2 = 200.
+    let (top, next) = feed_ids(&t, "order=top").await;
+    assert_eq!(top, [&*a, &*b2, &*b, &*c]);
+    assert_eq!(next, Value::Null);
+    let (first_two, _) = feed_ids(&t, "order=top&limit=2").await;
+    assert_eq!(first_two, [&*a, &*b2]);
+    for query in ["", "order=newest"] {
+        let (newest, _) = feed_ids(&t, query).await;
+        assert_eq!(newest, [&*b2, &*c, &*b, &*a], "{query:?}");
+    }
+    for bad in [
+        "order=oldest",
+        "order=TOP",
+        "order=",
+        &format!("order=top&cursor={b}"),
+    ] {
+        t.get(&format!("/v1/feed?{bad}"), None)
+            .await
+            .refused(400, "bad_request");
+    }
+}

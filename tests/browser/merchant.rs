@@ -1,7 +1,9 @@
 //! The merchant's dashboard at `/merchant`: signing in with the merchant's
 //! token, posting a deal from the form, its sold/held/remaining numbers
-//! moving live, the deal's orders and their CSV export, and the new deal
-//! showing on the storefront.
+//! moving live, the deal's orders and their CSV export, the new deal
+//! showing on the storefront; pausing, resuming, restocking and extending
+//! a deal (each checked through the API); and the deal's QR code in the
+//! print view, read back from the screen and followed to the deal's card.
 
 use std::time::Instant;
 
@@ -217,4 +219,189 @@ async fn the_start_and_end_fields_show_the_whole_date_and_time() {
             .await;
         browser.close().await;
     }
+}
+
+/// The deal's numbers as the API tells them.
+async fn deal_view(server: &Server, deal: &str) -> serde_json::Value {
+    server
+        .call(
+            hyper::Method::GET,
+            &format!("/v1/deals/{deal}"),
+            None,
+            None,
+            &[],
+        )
+        .await
+        .expect(StatusCode::OK, "read the deal")
+}
+
+/// Chooses the deal's row, which opens its orders and its controls.
+async fn choose(browser: &Browser, deal: &str) {
+    browser
+        .click(&format!(
+            r#"{ROW}[data-deal-id="{deal}"] [data-testid="row-select"]"#
+        ))
+        .await;
+    browser
+        .wait_text(&testid("manage-state"), "the deal's controls", |text| {
+            !text.is_empty()
+        })
+        .await;
+}
+
+/// Waits until the dashboard says a change of the deal was saved.
+async fn saved(browser: &Browser, what: &str, starts: &str) {
+    browser
+        .wait_text(&testid("manage-status"), what, |text| {
+            text.starts_with(starts)
+        })
+        .await;
+}
+
+/// Pause, resume, restock and extend from the dashboard, each seen through
+/// the API afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_pauses_resumes_restocks_and_extends_a_deal() {
+    let server = Server::start();
+    let merchant = server.create_merchant("acme").await;
+    let deal = server
+        .create_deal(&merchant, "Air fryer", "199.00", 10)
+        .await;
+    let before = deal_view(&server, &deal).await;
+    let Some(browser) = Browser::open_on(&server.url, DESKTOP).await else {
+        return;
+    };
+    sign_in(&browser, &merchant.token).await;
+    choose(&browser, &deal).await;
+
+    browser.click(&testid("deal-pause")).await;
+    saved(&browser, "paused", "Paused").await;
+    assert_eq!(deal_view(&server, &deal).await["paused"], true);
+    let shopper = &server.create_shoppers(1).await[0];
+    let refused = server.buy(shopper, &deal, "while-paused").await;
+    assert_eq!(refused.body["error"]["code"], "deal_paused", "{refused:?}");
+    assert_eq!(
+        browser
+            .attribute(&testid("deal-pause"), "disabled")
+            .await
+            .as_deref(),
+        Some(""),
+        "a paused deal offers Resume, not Pause"
+    );
+
+    browser.click(&testid("deal-resume")).await;
+    saved(&browser, "resumed", "Resumed").await;
+    assert_eq!(deal_view(&server, &deal).await["paused"], false);
+    server
+        .buy(shopper, &deal, "resumed")
+        .await
+        .expect(StatusCode::CREATED, "a buy after the resume");
+
+    browser.type_into(&testid("restock-units"), "5").await;
+    browser.click(&testid("restock-submit")).await;
+    saved(&browser, "restocked", "Restocked").await;
+    let view = deal_view(&server, &deal).await;
+    assert_eq!(
+        (&view["stock"], &view["remaining"]),
+        (&15.into(), &14.into())
+    );
+
+    // The new end defaults to an hour after the current one.
+    browser.click(&testid("extend-submit")).await;
+    saved(&browser, "extended", "The deal now ends").await;
+    let ends = |view: &serde_json::Value| view["ends_at"].as_str().expect("ends_at").to_owned();
+    let (old, new) = (ends(&before), ends(&deal_view(&server, &deal).await));
+    assert!(new > old, "the end moved later: {old} -> {new}");
+    browser.screenshot("merchant-deal-managed").await;
+    browser.close().await;
+}
+
+/// The dashboard's print view shows the deal's QR code; read back from
+/// the screen (chromium draws the SVG) and from the PNG, it is the
+/// storefront's link to the deal, and following it in the browser opens
+/// the deal's card on top, marked, with its Buy, which a new wallet taps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deals_qr_code_opens_its_card_with_buy() {
+    let server = Server::start();
+    let merchant = server.create_merchant("acme").await;
+    let deal = server
+        .create_deal(&merchant, "Vending cola", "3.50", 100)
+        .await;
+    // Newer deals come first in the feed: the link must still lead to ours.
+    for title in ["Chips", "Water"] {
+        server.create_deal(&merchant, title, "2.00", 10).await;
+    }
+    let Some(browser) = Browser::open(&server.url).await else {
+        return;
+    };
+    sign_in(&browser, &merchant.token).await;
+    choose(&browser, &deal).await;
+    browser.click(&testid("deal-qr")).await;
+    browser
+        .wait_text(&testid("qr-title"), "the print view", |text| {
+            text == "Vending cola"
+        })
+        .await;
+    let loaded = "const i = document.getElementById('qr-image'); \
+                  return i.complete && i.naturalWidth > 0;";
+    let deadline = Instant::now() + WAIT;
+    while browser.run(loaded, vec![]).await != serde_json::json!(true) {
+        assert!(Instant::now() < deadline, "the QR image never loaded");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let screen = browser.screenshot("merchant-qr-print-view").await;
+    let screen = std::fs::read(screen).expect("the screenshot");
+    let link = format!("{}/?deal={deal}", server.url);
+    assert_eq!(
+        flashsale_testkit::qr::decode_png(&screen),
+        std::slice::from_ref(&link),
+        "the code on the screen"
+    );
+    let (status, png) = server.get_bytes(&format!("/v1/deals/{deal}/qr.png")).await;
+    assert_eq!(status, StatusCode::OK);
+    let scanned = flashsale_testkit::qr::decode_png(&png);
+    assert_eq!(scanned, [link], "the PNG's code");
+
+    // The shopper's phone opens the scanned link.
+    let path = scanned[0]
+        .strip_prefix(&server.url)
+        .expect("the link names the server");
+    browser.goto(path).await;
+    let first_card = r#"[data-testid="feed"] > [data-testid="deal-card"]"#;
+    browser
+        .wait_attribute(first_card, "data-deal-id", "the linked deal on top", |id| {
+            id == deal
+        })
+        .await;
+    assert!(
+        browser
+            .attribute(
+                &format!(r#"{first_card}[data-deal-id="{deal}"]"#),
+                "data-linked"
+            )
+            .await
+            .is_some(),
+        "the linked card is marked"
+    );
+    browser
+        .wait_text(&in_card(&deal, "buy-button"), "its Buy", |text| {
+            text == "Buy"
+        })
+        .await;
+    browser.screenshot("storefront-qr-link").await;
+    browser.type_into(&testid("shopper-name"), "Li Wei").await;
+    browser.click(&testid("link-wallet")).await;
+    browser
+        .wait_text(&testid("notice"), "the wallet is linked", |text| {
+            text.starts_with("Wallet linked")
+        })
+        .await;
+    browser.click(&in_card(&deal, "buy-button")).await;
+    browser
+        .wait_text(&in_card(&deal, "buy-outcome"), "bought", |text| {
+            text.starts_with("Order placed")
+        })
+        .await;
+    assert_eq!(server.orders(&merchant, &deal).await.len(), 1);
+    browser.close().await;
 }

@@ -125,6 +125,30 @@ impl Server {
         }
     }
 
+    /// `GET path` as bytes (an image): its status and body.
+    pub async fn get_bytes(&self, path: &str) -> (StatusCode, Bytes) {
+        let request = Request::builder()
+            .uri(format!("{}{path}", self.url))
+            .body(Full::new(Bytes::new()))
+            .expect("a well-formed request");
+        self.send(request, &format!("GET {path}")).await
+    }
+
+    /// Sends `request` (`what` names it in a failure): status and body,
+    /// within [`REQUEST_TIMEOUT`].
+    async fn send(&self, request: Request<Full<Bytes>>, what: &str) -> (StatusCode, Bytes) {
+        let exchange = async {
+            let response = self.client.request(request).await?;
+            let status = response.status();
+            let bytes = response.into_body().collect().await?.to_bytes();
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>((status, bytes))
+        };
+        tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+            .await
+            .unwrap_or_else(|_| panic!("{what} took over {REQUEST_TIMEOUT:?}"))
+            .unwrap_or_else(|error| panic!("{what} failed: {error}"))
+    }
+
     /// One API call. `token` is sent as `Authorization: Bearer`.
     pub async fn call(
         &self,
@@ -151,16 +175,7 @@ impl Server {
             None => Full::new(Bytes::new()),
         };
         let request = request.body(body).expect("a well-formed request");
-        let exchange = async {
-            let response = self.client.request(request).await?;
-            let status = response.status();
-            let bytes = response.into_body().collect().await?.to_bytes();
-            Ok::<_, Box<dyn std::error::Error + Send + Sync>>((status, bytes))
-        };
-        let (status, bytes) = tokio::time::timeout(REQUEST_TIMEOUT, exchange)
-            .await
-            .unwrap_or_else(|_| panic!("{method} {path} took over {REQUEST_TIMEOUT:?}"))
-            .unwrap_or_else(|error| panic!("{method} {path} failed: {error}"));
+        let (status, bytes) = self.send(request, &format!("{method} {path}")).await;
         Answer {
             status,
             body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),

@@ -1,11 +1,13 @@
 //! The shopper's page at `/`: the feed as cards, linking a wallet, the
 //! one-tap buy and its outcome, and what changes live through the feed's
 //! Server-Sent Events while the page stays open: a card's numbers, and a
-//! newly posted deal taking the first place.
+//! newly posted deal taking the first place. Also: Buy disabled at the
+//! per-shopper limit, Register before the start of a deal that requires
+//! it, the configured currency symbol, and the Newest / Top rated switch.
 
 use std::sync::Arc;
 
-use hyper::StatusCode;
+use hyper::{Method, StatusCode};
 use tokio::task::JoinSet;
 
 use crate::browser::{Browser, in_card, testid};
@@ -93,15 +95,23 @@ async fn a_linked_wallet_buys_and_the_card_shows_the_order_and_the_stock_drop() 
         .await;
     browser.screenshot("storefront-order-placed").await;
 
-    // One per shopper: a second buy, from the keyboard, is refused plainly.
-    browser.press_enter(&in_card(&deal, "buy-button")).await;
+    // One per shopper: at the limit Buy is disabled and says so (a
+    // webdriver cannot even press it).
     browser
         .wait_text(
-            &in_card(&deal, "buy-outcome"),
-            "the second tap reaches the limit",
-            |text| text.starts_with("Limit reached"),
+            &in_card(&deal, "buy-button"),
+            "Buy turns into the limit reached",
+            |text| text == "Limit reached",
         )
         .await;
+    assert_eq!(
+        browser
+            .attribute(&in_card(&deal, "buy-button"), "disabled")
+            .await
+            .as_deref(),
+        Some(""),
+        "Buy is disabled at the per-shopper limit"
+    );
     assert_eq!(
         browser
             .text(&in_card(&deal, "deal-remaining"))
@@ -112,7 +122,7 @@ async fn a_linked_wallet_buys_and_the_card_shows_the_order_and_the_stock_drop() 
     );
 
     let orders = server.orders(&merchant, &deal).await;
-    assert_eq!(orders.len(), 1, "one order for two taps: {orders:?}");
+    assert_eq!(orders.len(), 1, "one order: {orders:?}");
     browser.close().await;
 }
 
@@ -428,4 +438,187 @@ async fn a_registrant_sees_their_draw_result_and_pays_the_win() {
             text == "¥4501.00"
         })
         .await;
+}
+
+/// A first-come deal that requires registration offers Register before its
+/// start (and Registered after the tap, counted by the server), then Buy
+/// once it starts, which the registered shopper taps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deal_that_requires_registration_offers_register_before_its_start() {
+    let server = Server::start();
+    let merchant = server.create_merchant("acme").await;
+    let Some(browser) = Browser::open(&server.url).await else {
+        return;
+    };
+    // Starts soon enough for the wait below, late enough to register first.
+    let deal = server
+        .create_deal_starting_with(
+            &merchant,
+            "Console",
+            "399.00",
+            5,
+            10,
+            serde_json::json!({ "requires_registration": true }),
+        )
+        .await;
+    browser.goto("/").await;
+    link_wallet(&browser, "Li Wei").await;
+    browser
+        .wait_text(
+            &in_card(&deal, "buy-button"),
+            "Register before the start",
+            |text| text == "Register",
+        )
+        .await;
+    browser.screenshot("storefront-register").await;
+    // From the keyboard, as a shopper without a pointer would.
+    browser.press_enter(&in_card(&deal, "buy-button")).await;
+    browser
+        .wait_text(&in_card(&deal, "buy-button"), "the tap registers", |text| {
+            text == "Registered"
+        })
+        .await;
+    let view = server
+        .call(Method::GET, &format!("/v1/deals/{deal}"), None, None, &[])
+        .await
+        .expect(StatusCode::OK, "read the deal");
+    assert_eq!(view["registrations"], 1, "the server has the registration");
+
+    browser
+        .wait_text(
+            &in_card(&deal, "buy-button"),
+            "Buy once the deal starts",
+            |text| text == "Buy",
+        )
+        .await;
+    browser.click(&in_card(&deal, "buy-button")).await;
+    browser
+        .wait_text(
+            &in_card(&deal, "buy-outcome"),
+            "the registered shopper buys",
+            |text| text.starts_with("Order placed"),
+        )
+        .await;
+    assert_eq!(server.orders(&merchant, &deal).await.len(), 1);
+    browser.close().await;
+}
+
+/// `--currency-symbol` (here by its variable) is what every amount on both
+/// pages starts with.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amounts_carry_the_configured_currency_symbol() {
+    let server = Server::start_with_env(&[("FLASHSALE_CURRENCY_SYMBOL", "€")]);
+    let merchant = server.create_merchant("acme").await;
+    let deal = server.create_deal(&merchant, "Kettle", "29.90", 10).await;
+    let Some(browser) = Browser::open(&server.url).await else {
+        return;
+    };
+    browser.goto("/").await;
+    browser
+        .wait_text(
+            &in_card(&deal, "deal-price"),
+            "the price in euros",
+            |text| text == "€29.90",
+        )
+        .await;
+    browser.type_into(&testid("shopper-name"), "Li Wei").await;
+    browser.click(&testid("link-wallet")).await;
+    browser
+        .wait_text(&testid("wallet-available"), "the wallet in euros", |text| {
+            text == "€5000.00"
+        })
+        .await;
+    browser.screenshot("storefront-euros").await;
+    browser.goto("/merchant").await;
+    browser
+        .type_into(&testid("merchant-token"), &merchant.token)
+        .await;
+    browser.click(&testid("merchant-token-save")).await;
+    browser
+        .wait_text(
+            &format!(r#"[data-deal-id="{deal}"] [data-testid="row-sub"]"#),
+            "the dashboard's price in euros",
+            |text| text.starts_with("€29.90"),
+        )
+        .await;
+    assert_eq!(
+        browser.text(r#"label[for="deal-price"]"#).await.as_deref(),
+        Some("Price (€)")
+    );
+    browser.close().await;
+}
+
+/// Newest first by default; "Top rated" puts the deal of the merchant with
+/// the better reviews and more buyers first, though it is older.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_feed_switches_between_newest_and_top_rated() {
+    let server = Server::start();
+    let liked = server.create_merchant("liked").await;
+    let plain = server.create_merchant("plain").await;
+    let older = server.create_deal(&liked, "Rice cooker", "99.00", 10).await;
+    let newer = server.create_deal(&plain, "Toaster", "49.00", 10).await;
+    let shopper = &server.create_shoppers(1).await[0];
+    let order = server
+        .buy(shopper, &older, "k")
+        .await
+        .expect(StatusCode::CREATED, "a shopper buys");
+    let order = order["id"].as_str().expect("an order id");
+    server
+        .call(
+            Method::POST,
+            &format!("/v1/orders/{order}/review"),
+            Some(&shopper.token),
+            Some(serde_json::json!({ "description": 5, "delivery": 5, "service": 5 })),
+            &[],
+        )
+        .await
+        .expect(StatusCode::CREATED, "a five-star review");
+    let Some(browser) = Browser::open(&server.url).await else {
+        return;
+    };
+    let first_card = r#"[data-testid="feed"] > [data-testid="deal-card"]"#;
+    browser.goto("/").await;
+    browser
+        .wait_attribute(
+            testid("feed").as_str(),
+            "data-loaded",
+            "the feed loads",
+            |v| v == "newest",
+        )
+        .await;
+    browser
+        .wait_attribute(first_card, "data-deal-id", "newest first", |id| id == newer)
+        .await;
+    browser.click(&testid("order-top")).await;
+    browser
+        .wait_attribute(
+            testid("feed").as_str(),
+            "data-loaded",
+            "the top feed loads",
+            |v| v == "top",
+        )
+        .await;
+    browser
+        .wait_attribute(
+            first_card,
+            "data-deal-id",
+            "the better-rated deal first",
+            |id| id == older,
+        )
+        .await;
+    assert_eq!(
+        browser
+            .attribute(&testid("order-top"), "aria-pressed")
+            .await
+            .as_deref(),
+        Some("true")
+    );
+    browser.screenshot("storefront-top-rated").await;
+    browser.click(&testid("order-newest")).await;
+    browser
+        .wait_attribute(first_card, "data-deal-id", "newest first again", |id| {
+            id == newer
+        })
+        .await;
+    browser.close().await;
 }

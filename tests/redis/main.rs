@@ -9,6 +9,7 @@ mod durability;
 mod epoch;
 mod failover;
 mod faults;
+mod feed;
 mod model;
 mod node;
 mod proxy;
