@@ -1,4 +1,5 @@
-//! The server under test: where to connect and what to put in `Host`.
+//! The servers under test: where to connect, what to put in `Host`, and
+//! which node of a deployment each attempt goes to.
 //!
 //! Only plain `http://` is supported: the tool measures the gateway, and a
 //! TLS terminator in front of it would be measured with a different tool.
@@ -6,6 +7,7 @@
 //! in front of every API path.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use hyper::Uri;
 use hyper::header::HeaderValue;
@@ -65,6 +67,26 @@ impl Target {
             reason: "an API path built on it is not a valid URI",
         })
     }
+}
+
+/// Resolves every `--target` URL, in order.
+pub async fn resolve_all(urls: &[String]) -> Result<Vec<Arc<Target>>, LoadtestError> {
+    let mut targets = Vec::with_capacity(urls.len());
+    for url in urls {
+        targets.push(Arc::new(Target::resolve(url).await?));
+    }
+    Ok(targets)
+}
+
+/// The index, among `count` targets, that an operation's attempt goes
+/// to: operation `spread` starts on target `spread mod count` (so the
+/// operations spread evenly), and each retry (`attempts_made` ≥ 1) moves
+/// on to the next target, as a client behind a load balancer whose retry
+/// lands on another node. With one target it is always 0.
+pub fn pick(spread: usize, attempts_made: u32, count: usize) -> usize {
+    let count = count.max(1);
+    let attempts = usize::try_from(attempts_made).unwrap_or(usize::MAX) % count;
+    (spread % count + attempts) % count
 }
 
 /// Splits `http://authority/prefix` into its authority and its prefix
@@ -127,6 +149,23 @@ mod tests {
         assert!(has_port("[::1]:80"));
         assert!(!has_port("[::1]"));
         assert!(!has_port("example.com"));
+    }
+
+    #[test]
+    fn operations_spread_and_retries_move_to_the_next_target() {
+        assert_eq!(
+            (0..6).map(|op| pick(op, 0, 3)).collect::<Vec<_>>(),
+            [0, 1, 2, 0, 1, 2]
+        );
+        assert_eq!(
+            (0..4).map(|made| pick(4, made, 3)).collect::<Vec<_>>(),
+            [1, 2, 0, 1]
+        );
+        assert_eq!(pick(7, 5, 1), 0);
+        assert_eq!(
+            pick(usize::MAX, u32::MAX, 2),
+            pick(usize::MAX % 2, u32::MAX % 2, 2)
+        );
     }
 
     #[tokio::test]

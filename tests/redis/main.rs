@@ -9,6 +9,7 @@ mod durability;
 mod epoch;
 mod failover;
 mod faults;
+mod loadtest;
 mod model;
 mod node;
 mod proxy;
