@@ -644,7 +644,7 @@ mod tests {
         for part in ["the deal", "the orders (1 of 1 the same)", "1 wallets"] {
             assert!(detail.contains(part), "{part} in {detail}");
         }
-        let unread = ["checking the invariants on http://d: cannot connect".to_owned()];
+        let unread = ["http://d cannot be read: reading the deal: no answer".to_owned()];
         let one_unread = agreement(&[view("http://a", &case)], &unread);
         assert!(!one_unread.passed);
         assert!(

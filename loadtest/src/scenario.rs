@@ -155,16 +155,17 @@ impl Context {
                 .phase(format!("checking invariants on {}", target.url));
             match self.read_view(target, setup, acknowledged.len()).await {
                 Ok(view) => views.push(view),
-                Err(source) => unread.push(LoadtestError::Node {
-                    url: target.url.clone(),
-                    source: Box::new(source),
-                }),
+                Err(source) => unread.push((target.url.clone(), source)),
             }
         }
         if views.is_empty() {
-            return Err(unread.into_iter().next().unwrap_or_else(|| {
-                LoadtestError::Config("--target is given at least once".to_owned())
-            }));
+            return Err(match unread.into_iter().next() {
+                Some((url, source)) => LoadtestError::Node {
+                    url,
+                    source: Box::new(source),
+                },
+                None => LoadtestError::Config("--target is given at least once".to_owned()),
+            });
         }
         let evaluated: Vec<(String, Vec<Check>)> = views
             .iter()
@@ -182,7 +183,10 @@ impl Context {
             .collect();
         let mut checks = checks::on_every_node(evaluated);
         if self.targets.len() > 1 {
-            let unread: Vec<String> = unread.iter().map(error_chain).collect();
+            let unread: Vec<String> = unread
+                .iter()
+                .map(|(url, error)| format!("{url} cannot be read: {error}"))
+                .collect();
             checks.push(checks::agreement(&views, &unread));
         }
         if let (Some(url), Some(first)) = (&self.database_url, views.first()) {
@@ -218,18 +222,6 @@ impl Context {
             wallets,
         })
     }
-}
-
-/// An error and its causes, `: `-separated, for a check's detail.
-fn error_chain(error: &LoadtestError) -> String {
-    let mut text = error.to_string();
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// A new deal's times: starting at `starts_at`, open for [`DEAL_OPEN_FOR`].
