@@ -20,6 +20,8 @@ use crate::retry::ATTEMPTS_MAX;
 
 /// Most connections (worker tasks) one run may open.
 pub const CONNECTIONS_MAX: usize = 10_000;
+/// Most `--target` nodes one run may drive.
+pub const TARGETS_MAX: usize = 64;
 /// Most shoppers one run may create.
 pub const SHOPPERS_MAX: usize = 10_000_000;
 /// Highest steady arrival rate, per second.
@@ -43,15 +45,20 @@ pub struct LoadtestArgs {
 #[derive(Debug, Clone, clap::Args)]
 #[command(next_help_heading = "Run options")]
 pub struct RunArgs {
-    /// Base URL of the gateway under test (http://, or https:// checked
-    /// against Mozilla's root certificates), with an optional path prefix.
+    /// Base URL of a gateway node under test (http://, or https://
+    /// checked against Mozilla's root certificates), with an optional path
+    /// prefix. Give it once per node of a deployment: taps spread over the
+    /// nodes, a retry goes to another one, and the invariant check reads
+    /// every one. Setup goes through the first.
     #[arg(
-        long,
+        long = "target",
+        value_name = "URL",
         env = "FLASHSALE_LOADTEST_TARGET",
+        value_delimiter = ',',
         default_value = "http://127.0.0.1:8080",
         value_parser = crate::target::parse_target_url
     )]
-    pub target: String,
+    pub targets: Vec<String>,
 
     /// Start a local `flashsale serve` (fresh data dir, random admin token,
     /// rate limits off) for this run instead of using --target.
@@ -463,7 +470,16 @@ impl LoadtestArgs {
         match &self.command {
             Scenario::Burst(burst) => burst.run.validate().and_then(|()| burst.validate()),
             Scenario::Steady(steady) => steady.run.validate().and_then(|()| steady.validate()),
-            Scenario::Raffle(raffle) => raffle.run.validate().and_then(|()| raffle.validate()),
+            Scenario::Raffle(raffle) => {
+                raffle.run.validate()?;
+                if raffle.run.targets.len() > 1 {
+                    // Redis mode refuses raffles (docs/multi-node.md).
+                    return Err(config(
+                        "a raffle runs on one node: give --target once".to_owned(),
+                    ));
+                }
+                raffle.validate()
+            }
             Scenario::Hello(_) => Ok(()),
         }
     }
@@ -471,6 +487,17 @@ impl LoadtestArgs {
 
 impl RunArgs {
     fn validate(&self) -> Result<(), LoadtestError> {
+        if self.targets.is_empty() || self.targets.len() > TARGETS_MAX {
+            return Err(config(format!(
+                "--target is given 1 to {TARGETS_MAX} times, not {}",
+                self.targets.len()
+            )));
+        }
+        if self.spawn && self.targets.len() > 1 {
+            return Err(config(
+                "--spawn starts one server: give --target only without it".to_owned(),
+            ));
+        }
         within("connections", self.connections, 1, CONNECTIONS_MAX)?;
         if let Some(threads) = self.threads {
             within("threads", threads, 1, crate::cpu::LOAD_THREADS_MAX)?;
@@ -596,13 +623,51 @@ mod tests {
         ])
         .expect("parses");
         let run = args.run_args().expect("a run");
-        assert_eq!(run.target, "http://127.0.0.1:9");
+        assert_eq!(run.targets, ["http://127.0.0.1:9"]);
         assert_eq!(run.connections, 8);
         let Scenario::Burst(burst) = &args.command else {
             panic!("burst expected");
         };
         assert_eq!(burst.sizes(), (2_000, 200));
         args.validate().expect("valid");
+    }
+
+    #[test]
+    fn target_may_be_given_once_per_node() {
+        let args = parse(&["burst"]).expect("parses");
+        let run = args.run_args().expect("a run");
+        assert_eq!(run.targets, ["http://127.0.0.1:8080"], "the default");
+        let args = parse(&[
+            "steady",
+            "--target",
+            "http://127.0.0.1:1",
+            "--target",
+            "http://127.0.0.1:2,http://127.0.0.1:3",
+        ])
+        .expect("parses");
+        let run = args.run_args().expect("a run");
+        assert_eq!(
+            run.targets,
+            [
+                "http://127.0.0.1:1",
+                "http://127.0.0.1:2",
+                "http://127.0.0.1:3"
+            ]
+        );
+        args.validate().expect("valid");
+        let two = [
+            "--target",
+            "http://127.0.0.1:1",
+            "--target",
+            "http://127.0.0.1:2",
+        ];
+        for refused in [
+            [&["burst", "--spawn"][..], &two[..]].concat(),
+            [&["raffle"][..], &two[..]].concat(),
+        ] {
+            let args = parse(&refused).expect("parses");
+            assert!(args.validate().is_err(), "{refused:?}");
+        }
     }
 
     /// Regression: `hello` accepted the load scenarios' options and

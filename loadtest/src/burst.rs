@@ -4,11 +4,13 @@
 //! Setup makes a merchant, a deal of `stock` units and `shoppers` funded
 //! accounts (optionally registered for the deal, which then starts a few
 //! seconds later). Each tap is scheduled at T0 plus a uniform random offset
-//! within the ramp; latency counts from that instant. A tap that gets
-//! `503`, `429` or no answer is retried with the same Idempotency-Key after
-//! a jittered backoff, like a real client; any other answer ends it. After
-//! the last tap the invariants are checked; every shopper tapped once, so
-//! none may own more than one order.
+//! within the ramp; latency counts from that instant. Shopper `i` taps on
+//! target `i mod n` of the `n` targets. A tap that gets `503`, `429` or no
+//! answer is retried with the same Idempotency-Key after a jittered
+//! backoff, on the next target, like a real client behind a load balancer;
+//! any other answer ends it. After the last tap the invariants are
+//! checked on every target; every shopper tapped once, so none may own
+//! more than one order.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -22,11 +24,11 @@ use tokio::time::Instant;
 
 use crate::api::{self, NewDeal, Shopper};
 use crate::args::BurstArgs;
-use crate::connection::{Call, Connection};
+use crate::connection::{Call, Connections};
 use crate::error::LoadtestError;
 use crate::open_loop::{self, Disposition, Job, Worker};
 use crate::recorder::{Acknowledged, Recorder};
-use crate::report::{Report, grouped};
+use crate::report::{OfferedRate, Report, grouped};
 use crate::retry::RetryPolicy;
 use crate::scenario::{self, Concluded, Context, SetupPlan};
 
@@ -53,16 +55,18 @@ pub const REGISTRATION_MARGIN: Duration = Duration::from_millis(500);
 
 struct Shared {
     shoppers: Arc<Vec<Shopper>>,
-    orders_uri: Uri,
+    /// The deal's orders URI on each target.
+    orders_uris: Vec<Uri>,
     body: Bytes,
     run_id: String,
     recorder: Arc<Recorder>,
     policy: RetryPolicy,
 }
 
-/// One connection's worth of shoppers tapping.
+/// One worker's worth of shoppers tapping, with a connection to each
+/// target.
 struct Tapper {
-    connection: Connection,
+    connections: Connections,
     shared: Arc<Shared>,
     rng: fastrand::Rng,
 }
@@ -77,12 +81,14 @@ impl Worker for Tapper {
         // The key is derived from the run and the shopper: one tap, one
         // key, the same on every retry.
         let key = HeaderValue::try_from(format!("{}-{shopper}", shared.run_id)).ok();
-        shared.recorder.sent();
+        let target = crate::target::pick(shopper, job.attempts, self.connections.count());
+        shared.recorder.sent(target);
         let result = self
-            .connection
+            .connections
+            .to(target)
             .send(Call {
                 method: Method::POST,
-                uri: shared.orders_uri.clone(),
+                uri: shared.orders_uris[target].clone(),
                 auth: Some(&shared.shoppers[shopper].auth),
                 idempotency_key: key,
                 body: shared.body.clone(),
@@ -93,6 +99,7 @@ impl Worker for Tapper {
             &shared.policy,
             &mut self.rng,
             job,
+            target,
             result,
             |answer| {
                 scenario::created_id(&answer.body)
@@ -223,13 +230,19 @@ pub async fn run(context: &Context, args: &BurstArgs) -> Result<Report, Loadtest
         Some(starts_at) if args.register => instant_of(starts_at) + START_MARGIN,
         _ => Instant::now() + BURST_LEAD,
     };
-    let recorder = Arc::new(Recorder::new(t0, BURST_TIMELINE_INTERVAL));
+    let recorder = Arc::new(Recorder::new(
+        t0,
+        BURST_TIMELINE_INTERVAL,
+        context.targets.len(),
+    ));
+    let orders_path = format!("/v1/deals/{}/orders", api::path_segment(&setup.deal.id));
     let shared = Arc::new(Shared {
         shoppers: setup.shoppers.clone(),
-        orders_uri: context.target.uri(&format!(
-            "/v1/deals/{}/orders",
-            api::path_segment(&setup.deal.id)
-        ))?,
+        orders_uris: context
+            .targets
+            .iter()
+            .map(|target| target.uri(&orders_path))
+            .collect::<Result<_, _>>()?,
         body: Bytes::from(format!("{{\"quantity\":{}}}", args.quantity)),
         run_id: run_id.clone(),
         recorder: recorder.clone(),
@@ -238,19 +251,20 @@ pub async fn run(context: &Context, args: &BurstArgs) -> Result<Report, Loadtest
     let tappers: Vec<Tapper> = connections
         .into_iter()
         .enumerate()
-        .map(|(index, connection)| Tapper {
-            connection,
+        .map(|(index, connections)| Tapper {
+            connections,
             shared: shared.clone(),
             rng: fastrand::Rng::with_seed(seed.wrapping_add(index as u64 + 1)),
         })
         .collect();
 
     context.progress.phase(format!(
-        "{} shoppers tap Buy for {} units within {:?} on {} connections",
+        "{} shoppers tap Buy for {} units within {:?} on {} connections to each of {} target(s)",
         grouped(shopper_count as u64),
         grouped(stock),
         args.ramp,
-        tappers.len()
+        tappers.len(),
+        context.targets.len()
     ));
     tokio::time::sleep_until(t0).await;
     let cpu_before = context.meter.sample();
@@ -280,15 +294,27 @@ pub async fn run(context: &Context, args: &BurstArgs) -> Result<Report, Loadtest
         ("seed".to_owned(), json!(seed)),
         ("deal".to_owned(), json!(setup.deal.id)),
     ]);
-    Ok(scenario::report(
+    let mut report = scenario::report(
         "burst",
-        &context.target,
+        &context.targets,
         settings,
         &recorder,
         &measured,
         BTreeMap::new(),
         checks,
-    ))
+    );
+    report.offered = offered_rate(shopper_count, args.ramp);
+    Ok(report)
+}
+
+/// A burst's offered rate: its shoppers' taps spread over the ramp
+/// (`shoppers ÷ ramp`), first attempts only; none for a zero ramp (every
+/// tap at T0).
+pub fn offered_rate(shoppers: usize, ramp: Duration) -> Option<OfferedRate> {
+    (!ramp.is_zero()).then(|| OfferedRate {
+        per_second: shoppers as f64 / ramp.as_secs_f64(),
+        basis: "shoppers ÷ ramp".to_owned(),
+    })
 }
 
 #[cfg(test)]
@@ -304,6 +330,14 @@ mod tests {
         );
         let exact = UNIX_EPOCH + Duration::from_secs(10);
         assert_eq!(whole_second_after(exact, Duration::ZERO), exact);
+    }
+
+    #[test]
+    fn the_offered_rate_is_shoppers_over_the_ramp() {
+        let offered = offered_rate(2_000, Duration::from_millis(500)).expect("a ramp");
+        assert_eq!(offered.per_second, 4_000.0);
+        assert_eq!(offered.basis, "shoppers ÷ ramp");
+        assert_eq!(offered_rate(2_000, Duration::ZERO), None);
     }
 
     #[test]

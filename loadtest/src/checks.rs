@@ -4,11 +4,14 @@
 //! The client trusts nothing it was told during the run: it reads the deal,
 //! every order of the deal (as its merchant) and every scenario shopper's
 //! wallet, and compares them with each other and with the `201`s it saw.
-//! [`evaluate`] is pure, so each rule is tested on hand-made evidence.
+//! With several targets it reads each one's [`View`]: every check must
+//! pass on every target ([`on_every_node`]), and all targets must show
+//! the same deal, orders and wallets ([`agreement`]). [`evaluate`] and
+//! [`agreement`] are pure, so each rule is tested on hand-made evidence.
 //! With `--database-url`, [`postgres_check`] also looks for every
 //! acknowledged order in the order sink's table.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
 use rust_decimal::Decimal;
@@ -43,6 +46,143 @@ pub struct Evidence<'a> {
     /// Most orders one shopper can have made: one per tap in a burst;
     /// `None` when the scenario does not bound it (steady).
     pub orders_per_shopper_max: Option<usize>,
+}
+
+/// One target's account of the run, read after the load.
+#[derive(Debug)]
+pub struct View {
+    /// The target's URL.
+    pub url: String,
+    pub deal: Deal,
+    /// Every order of the deal, as its merchant lists them there.
+    pub orders: Vec<Order>,
+    /// Wallets of every scenario shopper, in the shoppers' order.
+    pub wallets: Vec<Wallet>,
+}
+
+/// Merges the checks [`evaluate`] made of each target's view, given as
+/// (URL, checks): a check passes when it passed on every target. Its
+/// detail is the first target's when it passed everywhere, else each
+/// failing target's, named by URL. One target's checks come back as they
+/// are.
+pub fn on_every_node(mut evaluated: Vec<(String, Vec<Check>)>) -> Vec<Check> {
+    if evaluated.len() <= 1 {
+        return evaluated
+            .pop()
+            .map(|(_, checks)| checks)
+            .unwrap_or_default();
+    }
+    let targets = evaluated.len();
+    let Some((_, first)) = evaluated.first() else {
+        return Vec::new();
+    };
+    first
+        .iter()
+        .map(|check| {
+            let failing: Vec<String> = evaluated
+                .iter()
+                .filter_map(|(url, checks)| {
+                    match checks.iter().find(|other| other.name == check.name) {
+                        Some(other) if other.passed => None,
+                        Some(other) => Some(format!("{url}: {}", other.detail)),
+                        None => Some(format!("{url}: not checked")),
+                    }
+                })
+                .collect();
+            if failing.is_empty() {
+                Check::new(
+                    &check.name,
+                    true,
+                    format!("{} (each of {targets} targets)", check.detail),
+                )
+            } else {
+                Check::new(&check.name, false, failing.join("; "))
+            }
+        })
+        .collect()
+}
+
+/// The deal's numbers as a target shows them.
+fn numbers(deal: &Deal) -> (u64, u64, u64, u64) {
+    (deal.stock, deal.remaining, deal.held, deal.sold)
+}
+
+/// Checks that every target could be read (`unread` says why each one
+/// that could not was not) and shows what the first one read shows: the
+/// deal's stock, remaining, held and sold, the same orders (id, shopper,
+/// quantity, amount) and every wallet's spent. Nodes of one deployment
+/// share their state, so after the load any difference is a node serving
+/// a view of its own.
+pub fn agreement(views: &[View], unread: &[String]) -> Check {
+    let Some((first, others)) = views.split_first() else {
+        return Check::new("targets agree", false, unread.join("; "));
+    };
+    let orders = |view: &View| -> BTreeSet<(String, String, u64, Decimal)> {
+        view.orders
+            .iter()
+            .map(|order| {
+                let (id, shopper, quantity, amount) = content(order);
+                (id.to_owned(), shopper.to_owned(), quantity, amount)
+            })
+            .collect()
+    };
+    let first_orders = orders(first);
+    let mut differences: Vec<String> = unread.to_vec();
+    for view in others {
+        let mut differs = Vec::new();
+        if numbers(&view.deal) != numbers(&first.deal) {
+            let (stock, remaining, held, sold) = numbers(&view.deal);
+            differs.push(format!(
+                "the deal (stock {}, remaining {}, held {}, sold {})",
+                grouped(stock),
+                grouped(remaining),
+                grouped(held),
+                grouped(sold)
+            ));
+        }
+        let view_orders = orders(view);
+        if view_orders != first_orders {
+            differs.push(format!(
+                "the orders ({} of {} the same)",
+                grouped(view_orders.intersection(&first_orders).count() as u64),
+                grouped(view_orders.len() as u64)
+            ));
+        }
+        let wallets_differing = view
+            .wallets
+            .iter()
+            .zip(&first.wallets)
+            .filter(|(a, b)| a.shopper_id != b.shopper_id || a.spent != b.spent)
+            .count()
+            + view.wallets.len().abs_diff(first.wallets.len());
+        if wallets_differing > 0 {
+            differs.push(format!("{} wallets", grouped(wallets_differing as u64)));
+        }
+        if !differs.is_empty() {
+            differences.push(format!("{} differs in {}", view.url, differs.join(", ")));
+        }
+    }
+    if differences.is_empty() {
+        let (_, _, _, sold) = numbers(&first.deal);
+        Check::new(
+            "targets agree",
+            true,
+            format!(
+                "{} targets show the same deal (sold {}), the same {} orders and the same {} \
+                 wallets",
+                views.len(),
+                grouped(sold),
+                grouped(first_orders.len() as u64),
+                grouped(first.wallets.len() as u64)
+            ),
+        )
+    } else {
+        Check::new(
+            "targets agree",
+            false,
+            format!("against {}: {}", first.url, differences.join("; ")),
+        )
+    }
 }
 
 fn some_ids<'a>(ids: impl Iterator<Item = &'a str>) -> String {
@@ -463,6 +603,81 @@ mod tests {
             wallets: vec![wallet("s0", 99_900), wallet("s1", 99_900), wallet("s2", 0)],
             acknowledged: vec![ack("o0", 0), ack("o1", 1)],
         }
+    }
+
+    fn view(url: &str, case: &Case) -> View {
+        View {
+            url: url.into(),
+            deal: case.deal.clone(),
+            orders: case.orders.clone(),
+            wallets: case.wallets.clone(),
+        }
+    }
+
+    #[test]
+    fn targets_that_show_the_same_agree() {
+        let case = healthy();
+        let agreed = agreement(&[view("http://a", &case), view("http://b", &case)], &[]);
+        assert!(agreed.passed, "{}", agreed.detail);
+        assert!(agreed.detail.contains("2 targets"), "{}", agreed.detail);
+    }
+
+    #[test]
+    fn a_target_with_a_view_of_its_own_disagrees() {
+        let case = healthy();
+        let mut stale = healthy();
+        stale.deal = deal(2, 1, 1);
+        stale.orders.pop();
+        stale.wallets[1] = wallet("s1", 0);
+        let disagreed = agreement(
+            &[
+                view("http://a", &case),
+                view("http://b", &case),
+                view("http://c", &stale),
+            ],
+            &[],
+        );
+        assert!(!disagreed.passed);
+        let detail = &disagreed.detail;
+        assert!(detail.contains("http://c differs"), "{detail}");
+        assert!(!detail.contains("http://b"), "{detail}");
+        for part in ["the deal", "the orders (1 of 1 the same)", "1 wallets"] {
+            assert!(detail.contains(part), "{part} in {detail}");
+        }
+        let unread = ["http://d cannot be read: reading the deal: no answer".to_owned()];
+        let one_unread = agreement(&[view("http://a", &case)], &unread);
+        assert!(!one_unread.passed);
+        assert!(
+            one_unread.detail.contains("http://d"),
+            "{}",
+            one_unread.detail
+        );
+    }
+
+    #[test]
+    fn a_check_passes_only_on_every_target() {
+        let good = check(&healthy());
+        let mut oversold = healthy();
+        oversold.deal = deal(2, 0, 3);
+        let bad = check(&oversold);
+        let merged = on_every_node(vec![
+            ("http://a".into(), good.clone()),
+            ("http://b".into(), bad),
+        ]);
+        assert_eq!(merged.len(), good.len());
+        let stock = merged
+            .iter()
+            .find(|check| check.name == "sold within stock")
+            .expect("the check");
+        assert!(!stock.passed);
+        assert!(stock.detail.starts_with("http://b: "), "{}", stock.detail);
+        assert!(!stock.detail.contains("http://a"), "{}", stock.detail);
+        let kept = merged
+            .iter()
+            .find(|check| check.name == "acknowledged orders kept")
+            .expect("the check");
+        assert!(kept.passed && kept.detail.contains("each of 2 targets"));
+        assert_eq!(on_every_node(vec![("http://a".into(), good.clone())]), good);
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! One keep-alive HTTP/1.1 connection to the target (over TLS for an
-//! `https://` one), owned by one task.
+//! One keep-alive HTTP/1.1 connection to a target (over TLS for an
+//! `https://` one), owned by one task, and a worker's set of them, one per
+//! target ([`Connections`]).
 //!
 //! The load generator must not be the bottleneck, so it skips connection
 //! pools and client frameworks: each worker task owns a [`Connection`] that
@@ -208,4 +209,43 @@ where
     });
     sender.ready().await.map_err(TransportError::Http)?;
     Ok(sender)
+}
+
+/// One worker's connections: one to each target of the run, in the
+/// targets' order, each opened on first use (or by [`Connections::warm_up`]).
+#[derive(Debug)]
+pub struct Connections {
+    per_target: Vec<Connection>,
+}
+
+impl Connections {
+    /// A connection to each of `targets`; nothing is opened yet.
+    pub fn new(targets: &[Arc<Target>], timeout: Duration) -> Connections {
+        Connections {
+            per_target: targets
+                .iter()
+                .map(|target| Connection::new(target.clone(), timeout))
+                .collect(),
+        }
+    }
+
+    /// Opens every connection now; one that fails is left to reconnect on
+    /// its first request, where the failure is counted.
+    pub async fn warm_up(&mut self) {
+        for connection in &mut self.per_target {
+            let _ = connection.warm_up().await;
+        }
+    }
+
+    /// The connection to target `index` (see [`crate::target::pick`]);
+    /// an index past the last target wraps around.
+    pub fn to(&mut self, index: usize) -> &mut Connection {
+        let count = self.per_target.len();
+        &mut self.per_target[index % count]
+    }
+
+    /// How many targets there are.
+    pub fn count(&self) -> usize {
+        self.per_target.len()
+    }
 }

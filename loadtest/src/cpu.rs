@@ -3,10 +3,13 @@
 //! A scenario runs on a dedicated multi-thread tokio runtime in its own OS
 //! thread, not on the caller's. That keeps it apart from a server embedded
 //! in the same process (`flashsale demo`), and it lets the tool measure its
-//! *own* CPU: every thread of that runtime registers itself, and
-//! [`CpuMeter::sample`] sums user and system time over exactly those
-//! threads (Linux: `/proc/self/task/<tid>/stat`). Where that is not
+//! *own* CPU: every thread of that runtime registers its CPU clock
+//! (`pthread_getcpuclockid`), and [`CpuMeter::sample`] sums those clocks
+//! (`clock_gettime`: user and system time together, to the nanosecond on
+//! Linux) over exactly those threads. Where a thread's clock is not
 //! available it falls back to `getrusage(RUSAGE_SELF)`, the whole process.
+//! (The per-thread `utime`/`stime` of `/proc` count whole scheduler ticks,
+//! 10 ms each: too coarse for a per-request figure.)
 
 use std::future::Future;
 use std::sync::Arc;
@@ -19,28 +22,6 @@ use crate::error::LoadtestError;
 /// Most worker threads the load runtime may use.
 pub const LOAD_THREADS_MAX: usize = 256;
 
-/// User and system CPU time.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct CpuTimes {
-    pub user: Duration,
-    pub system: Duration,
-}
-
-impl CpuTimes {
-    /// Time used between `earlier` and `self`.
-    pub fn since(self, earlier: CpuTimes) -> CpuTimes {
-        CpuTimes {
-            user: self.user.saturating_sub(earlier.user),
-            system: self.system.saturating_sub(earlier.system),
-        }
-    }
-
-    fn add(&mut self, other: CpuTimes) {
-        self.user += other.user;
-        self.system += other.system;
-    }
-}
-
 /// CPU used by the load runtime's threads.
 #[derive(Debug, Default)]
 pub struct CpuMeter {
@@ -49,11 +30,11 @@ pub struct CpuMeter {
 
 #[derive(Debug, Default)]
 struct Threads {
-    /// Kernel thread ids of live runtime threads.
-    live: Vec<i32>,
+    /// CPU clocks of live runtime threads.
+    live: Vec<libc::clockid_t>,
     /// CPU of runtime threads that have exited.
-    exited: CpuTimes,
-    /// Set when a thread's times could not be read: use the process total.
+    exited: Duration,
+    /// Set when a thread's clock could not be had: use the process total.
     unreadable: bool,
 }
 
@@ -61,8 +42,8 @@ impl CpuMeter {
     /// Called on each runtime thread when it starts.
     fn thread_started(&self) {
         let mut threads = self.threads.lock();
-        match current_thread_id() {
-            Some(tid) => threads.live.push(tid),
+        match own_clock() {
+            Some(clock) => threads.live.push(clock),
             None => threads.unreadable = true,
         }
     }
@@ -70,25 +51,26 @@ impl CpuMeter {
     /// Called on each runtime thread just before it exits.
     fn thread_stopping(&self) {
         let mut threads = self.threads.lock();
-        let Some(tid) = current_thread_id() else {
+        let Some(clock) = own_clock() else {
             return;
         };
-        threads.live.retain(|live| *live != tid);
-        match thread_times(tid) {
-            Some(times) => threads.exited.add(times),
+        threads.live.retain(|live| *live != clock);
+        match clock_time(clock) {
+            Some(used) => threads.exited += used,
             None => threads.unreadable = true,
         }
     }
 
-    /// CPU used so far by the runtime's threads (or the whole process).
-    pub fn sample(&self) -> CpuTimes {
+    /// CPU used so far by the runtime's threads (or the whole process),
+    /// user and system time together.
+    pub fn sample(&self) -> Duration {
         let threads = self.threads.lock();
         if !threads.unreadable {
             let mut total = threads.exited;
             let mut all_read = true;
-            for tid in &threads.live {
-                match thread_times(*tid) {
-                    Some(times) => total.add(times),
+            for clock in &threads.live {
+                match clock_time(*clock) {
+                    Some(used) => total += used,
                     None => all_read = false,
                 }
             }
@@ -96,73 +78,57 @@ impl CpuMeter {
                 return total;
             }
         }
-        process_times()
+        process_time()
     }
 }
 
+/// The calling thread's CPU clock.
 #[cfg(target_os = "linux")]
-fn current_thread_id() -> Option<i32> {
-    // SAFETY: gettid has no preconditions and cannot fail.
-    Some(unsafe { libc::gettid() })
+fn own_clock() -> Option<libc::clockid_t> {
+    let mut clock: libc::clockid_t = 0;
+    // SAFETY: `pthread_self()` names the calling thread, which is alive
+    // for the call, and `clock` is a valid, writable clockid_t.
+    let status = unsafe { libc::pthread_getcpuclockid(libc::pthread_self(), &mut clock) };
+    (status == 0).then_some(clock)
 }
 
 #[cfg(not(target_os = "linux"))]
-fn current_thread_id() -> Option<i32> {
+fn own_clock() -> Option<libc::clockid_t> {
     None
 }
 
-/// A thread's user and system time from `/proc/self/task/<tid>/stat`.
-#[cfg(target_os = "linux")]
-fn thread_times(tid: i32) -> Option<CpuTimes> {
-    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).ok()?;
-    parse_stat(&stat, clock_ticks_per_second()?)
+/// The time on a CPU clock of this process.
+fn clock_time(clock: libc::clockid_t) -> Option<Duration> {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid, writable timespec; an invalid clock (a
+    // thread that has exited) makes the call fail, not misbehave.
+    let status = unsafe { libc::clock_gettime(clock, &mut now) };
+    if status != 0 {
+        return None;
+    }
+    Some(Duration::new(
+        u64::try_from(now.tv_sec).ok()?,
+        u32::try_from(now.tv_nsec).ok()?,
+    ))
 }
 
-#[cfg(not(target_os = "linux"))]
-fn thread_times(_tid: i32) -> Option<CpuTimes> {
-    None
-}
-
-#[cfg(target_os = "linux")]
-fn clock_ticks_per_second() -> Option<u64> {
-    // SAFETY: sysconf has no preconditions.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    u64::try_from(ticks).ok().filter(|ticks| *ticks > 0)
-}
-
-/// Fields 14 and 15 (utime, stime, in clock ticks) of a `stat` line. The
-/// command name (field 2) may hold spaces and parentheses, so counting
-/// starts after its closing parenthesis.
-fn parse_stat(stat: &str, ticks_per_second: u64) -> Option<CpuTimes> {
-    let after_name = &stat[stat.rfind(')')? + 1..];
-    let mut fields = after_name.split_whitespace().skip(11);
-    let user: u64 = fields.next()?.parse().ok()?;
-    let system: u64 = fields.next()?.parse().ok()?;
-    let to_duration =
-        |ticks: u64| Duration::from_nanos(ticks.saturating_mul(1_000_000_000) / ticks_per_second);
-    Some(CpuTimes {
-        user: to_duration(user),
-        system: to_duration(system),
-    })
-}
-
-/// The whole process's CPU from `getrusage`.
-fn process_times() -> CpuTimes {
+/// The whole process's CPU (user plus system) from `getrusage`.
+fn process_time() -> Duration {
     // SAFETY: an all-zero rusage is a valid value of this plain C struct.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: `usage` is a valid, writable rusage for the call's duration.
     let status = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
     if status != 0 {
-        return CpuTimes::default();
+        return Duration::ZERO;
     }
     let duration = |time: libc::timeval| {
         Duration::from_secs(u64::try_from(time.tv_sec).unwrap_or(0))
             + Duration::from_micros(u64::try_from(time.tv_usec).unwrap_or(0))
     };
-    CpuTimes {
-        user: duration(usage.ru_utime),
-        system: duration(usage.ru_stime),
-    }
+    duration(usage.ru_utime) + duration(usage.ru_stime)
 }
 
 /// Runs the future that `make` builds on a fresh multi-thread runtime of
@@ -209,51 +175,44 @@ where
 mod tests {
     use super::*;
 
-    #[test]
-    fn parses_a_stat_line_with_a_tricky_name() {
-        let stat = "1234 (a (weird) name) R 1 2 3 4 5 6 7 8 9 10 250 50 0 0 20 0 1 0";
-        let times = parse_stat(stat, 100).expect("well-formed");
-        assert_eq!(times.user, Duration::from_millis(2_500));
-        assert_eq!(times.system, Duration::from_millis(500));
-        assert_eq!(parse_stat("garbage", 100), None);
+    /// Burns `amount` of the calling thread's own CPU, however long that
+    /// takes on a busy machine.
+    fn burn(amount: Duration) {
+        let clock = own_clock().expect("a thread CPU clock");
+        let start = clock_time(clock).expect("readable");
+        let mut x = 0u64;
+        while clock_time(clock).expect("readable") - start < amount {
+            for _ in 0..1_000 {
+                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+            }
+        }
+    }
+
+    async fn measured_on_load_runtime(amount: Duration) -> Duration {
+        on_load_runtime(2, move |meter| async move {
+            let before = meter.sample();
+            let busy = tokio::spawn(async move { burn(amount) });
+            let _ = busy.await;
+            Ok(meter.sample() - before)
+        })
+        .await
+        .expect("runtime starts")
     }
 
     #[tokio::test]
     async fn measures_the_load_runtime_not_the_caller() {
-        let used = on_load_runtime(2, |meter| async move {
-            let before = meter.sample();
-            // Burn 200 ms of this thread's own CPU, however long that
-            // takes on a busy machine.
-            let busy = tokio::spawn(async {
-                let mut x = 0u64;
-                while thread_cpu() < Duration::from_millis(200) {
-                    for _ in 0..10_000 {
-                        x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
-                    }
-                }
-                x
-            });
-            let _ = busy.await;
-            Ok(meter.sample().since(before))
-        })
-        .await
-        .expect("runtime starts");
-        // Tick precision is 10 ms per thread.
-        let total = used.user + used.system;
-        assert!(total >= Duration::from_millis(170), "{used:?}");
-        assert!(total <= Duration::from_millis(400), "{used:?}");
+        let used = measured_on_load_runtime(Duration::from_millis(200)).await;
+        assert!(used >= Duration::from_millis(200), "{used:?}");
+        assert!(used <= Duration::from_millis(300), "{used:?}");
     }
 
-    fn thread_cpu() -> Duration {
-        let mut now = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: `now` is a valid, writable timespec.
-        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
-        Duration::new(
-            u64::try_from(now.tv_sec).unwrap_or(0),
-            u32::try_from(now.tv_nsec).unwrap_or(0),
-        )
+    /// Regression: the meter read `/proc`'s per-thread tick counts, 10 ms
+    /// each, so a short load phase read 0 or 10 ms (a burst of 500 taps
+    /// always showed 40.0 µs per request).
+    #[tokio::test]
+    async fn measures_a_few_milliseconds_to_the_millisecond() {
+        let used = measured_on_load_runtime(Duration::from_millis(3)).await;
+        assert!(used >= Duration::from_millis(3), "{used:?}");
+        assert!(used < Duration::from_millis(7), "{used:?}");
     }
 }

@@ -58,6 +58,15 @@ pub enum LoadtestError {
         message: String,
     },
 
+    /// Reading one target's account of the run for the invariant checks
+    /// failed: a node that cannot show the deal the run sold.
+    #[error("checking the invariants on {url}")]
+    Node {
+        url: String,
+        #[source]
+        source: Box<LoadtestError>,
+    },
+
     /// An answer's body is not the JSON the contract describes.
     #[error("{what}: the answer is not the JSON the contract describes")]
     Decode {

@@ -9,6 +9,12 @@
 //!   short ramp after T0, each with its own Idempotency-Key, retrying
 //!   `503`, `429` and lost answers with the same key after a jittered
 //!   backoff. `--profile xiaomi` is 1,000,000 shoppers for 100,000 units.
+//!
+//! `--target` may be given once per node of a deployment: setup goes
+//! through the first, the burst's taps and steady's operations spread
+//! over all of them, each retry goes to another node than the attempt
+//! before (as a client behind a load balancer), and the checks read every
+//! node.
 //! - **steady**: a constant open-loop arrival rate of buys, holds, pays,
 //!   releases and feed reads for a fixed time.
 //! - **raffle**: a raffle deal (issue #14): a registration wave, the
@@ -17,13 +23,15 @@
 //! - **hello**: a bare hyper hello-world server, the ceiling baseline for
 //!   `scripts/compare.sh`.
 //!
-//! The load scenarios report throughput, latency percentiles measured
+//! The load scenarios report the rate the client offered (its schedule)
+//! apart from the rate the server answered, latency percentiles measured
 //! from each operation's *scheduled* instant (so coordinated omission
-//! cannot hide a stall), answers by status and error code, time to sell
-//! out, and the client's own CPU per request; optionally as JSON and as an
-//! SVG plot. Then they read the deal, its orders and every wallet back
-//! from the server (and Postgres, with `--database-url`) and check the
-//! invariants of ARCHITECTURE.md; a failed check makes the exit status non-zero.
+//! cannot hide a stall), answers by status and error code and by target,
+//! time to sell out, and the client's own CPU per request; optionally as
+//! JSON and as an SVG plot. Then they read the deal, its orders and every
+//! wallet back from every target (and Postgres, with `--database-url`) and
+//! check the invariants of ARCHITECTURE.md; a failed check makes the exit
+//! status non-zero.
 //!
 //! The client must never be the bottleneck: one keep-alive HTTP/1.1
 //! connection per worker task on hyper's low-level client, no pool, no
@@ -33,8 +41,10 @@
 //! # Layout
 //!
 //! - `args.rs`: flags and environment variables, validated in one place.
-//! - `target.rs`: the `http://` or `https://` target, resolved once.
-//! - `connection.rs`: one keep-alive connection per worker; reconnects.
+//! - `target.rs`: the `http://` or `https://` targets, resolved once;
+//!   which one an attempt goes to.
+//! - `connection.rs`: per worker, one keep-alive connection to each
+//!   target; reconnects.
 //! - `api.rs`: the contract's JSON shapes and the setup/check calls.
 //! - `retry.rs`: which answers are retried, and the jittered backoff.
 //! - `open_loop.rs`: the scheduler and workers; latency from the schedule.
@@ -83,13 +93,14 @@ pub use args::{
 pub use error::{LoadtestError, TransportError};
 pub use hello::serve as serve_hello;
 pub use recorder::TimelinePoint;
-pub use report::{Check, ClientCpu, LatencySummary, Outcomes, RaffleFigures, Report};
+pub use report::{
+    Check, ClientCpu, LatencySummary, OfferedRate, Outcomes, RaffleFigures, Report, TargetFigures,
+};
 pub use spawn::SpawnedServer;
 pub use target::parse_target_url;
 
 use crate::progress::Progress;
 use crate::scenario::Context;
-use crate::target::Target;
 
 /// Shoppers in the burst run by [`demo`].
 pub const DEMO_SHOPPERS: usize = 500;
@@ -173,15 +184,21 @@ async fn run_against(
     meter: Arc<cpu::CpuMeter>,
 ) -> Result<Report, LoadtestError> {
     let run = args.run_args()?;
-    let (url, admin_token) = match spawned {
-        Some(server) => (server.url.clone(), Some(server.admin_token.clone())),
-        None => (run.target.clone(), run.admin_token.clone()),
+    let (urls, admin_token) = match spawned {
+        Some(server) => (vec![server.url.clone()], Some(server.admin_token.clone())),
+        None => (run.targets.clone(), run.admin_token.clone()),
     };
     let admin_token = admin_token
         .filter(|token| !token.is_empty())
         .ok_or(LoadtestError::MissingAdminToken)?;
+    let targets = target::resolve_all(&urls).await?;
+    let first = targets
+        .first()
+        .cloned()
+        .ok_or_else(|| LoadtestError::Config("--target is given at least once".to_owned()))?;
     let context = Context {
-        target: Arc::new(Target::resolve(&url, None).await?),
+        target: first,
+        targets: targets.into(),
         admin: api::bearer(&admin_token)?,
         connections: run.connections,
         timeout: run.timeout,
@@ -217,7 +234,7 @@ pub async fn demo(target: String, admin_token: String) -> Result<Report, Loadtes
             max_attempts: 8,
             seed: None,
             run: RunArgs {
-                target,
+                targets: vec![target],
                 spawn: false,
                 server_bin: None,
                 durability: Durability::Sync,
@@ -245,7 +262,7 @@ mod tests {
     /// A quiet run with one connection and no admin token.
     fn run_args(target: &str) -> RunArgs {
         RunArgs {
-            target: target.to_owned(),
+            targets: vec![target.to_owned()],
             spawn: false,
             server_bin: None,
             durability: Durability::Sync,

@@ -63,7 +63,8 @@ fn draw(report: &Report, path: &Path) -> Result<(), Box<dyn std::error::Error>> 
         .caption(
             format!(
                 "{} against {}: latency (ms)",
-                report.scenario, report.target
+                report.scenario,
+                report.targets.join(", ")
             ),
             ("sans-serif", 18),
         )

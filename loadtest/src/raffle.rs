@@ -124,7 +124,7 @@ async fn pay(
         payload: (),
     };
     loop {
-        payers.recorder.sent();
+        payers.recorder.sent(0);
         let result = connection
             .send(Call {
                 method: Method::POST,
@@ -139,6 +139,7 @@ async fn pay(
             &payers.policy,
             &mut rng,
             job,
+            0,
             result,
             |answer| {
                 scenario::created_id(&answer.body)
@@ -390,7 +391,8 @@ pub async fn run(context: &Context, args: &RaffleArgs) -> Result<Report, Loadtes
         .collect();
 
     // The waitlist, followed until the stock is paid.
-    let recorder = Arc::new(Recorder::new(Instant::now(), RAFFLE_TIMELINE_INTERVAL));
+    // One target only (`RaffleArgs` refuses more): every payment goes to it.
+    let recorder = Arc::new(Recorder::new(Instant::now(), RAFFLE_TIMELINE_INTERVAL, 1));
     let cpu_before = context.meter.sample();
     let payers = Arc::new(Payers {
         shoppers: setup.shoppers.clone(),
@@ -494,7 +496,7 @@ pub async fn run(context: &Context, args: &RaffleArgs) -> Result<Report, Loadtes
     ]);
     let mut report = scenario::report(
         "raffle",
-        &context.target,
+        &context.targets,
         settings,
         &recorder,
         &measured,

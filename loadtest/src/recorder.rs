@@ -7,14 +7,17 @@
 //! lock is rarely contended, and it costs far less than the request.
 //!
 //! Latency is per *operation* (a tap, with its retries), from the instant
-//! the plan scheduled it to its final answer, in microseconds. Throughput
-//! is per *answer*: every attempt the server answered.
+//! the plan scheduled it to its final answer, in microseconds. The
+//! answered rate is per *answer*: every attempt the server answered, from
+//! the first request sent to the last answer. Requests and answers are
+//! also counted per target ([`TargetCounters`]), the node each went to.
 //!
 //! The timeline keeps one [`TimelinePoint`] per interval: the interval's
 //! histogram is summarised and reset when the first sample of a later
 //! interval arrives, so memory does not grow with the run's length.
 
 use std::collections::BTreeMap;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -126,6 +129,17 @@ impl Counters {
     }
 }
 
+/// What went to one target, counted without the lock.
+#[derive(Debug, Default)]
+pub struct TargetCounters {
+    /// Requests sent to it (attempts, retries included).
+    pub sent: AtomicU64,
+    /// Of those, answered over HTTP.
+    pub answered: AtomicU64,
+    /// Of those, not answered: connection failures and timeouts.
+    pub no_answer: AtomicU64,
+}
+
 /// One interval of the timeline.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct TimelinePoint {
@@ -171,6 +185,10 @@ pub struct Recorder {
     origin: Instant,
     interval: Duration,
     pub counters: Counters,
+    /// One per target, in the run's order of `--target`.
+    pub by_target: Vec<TargetCounters>,
+    /// When the first request went out.
+    first_sent: OnceLock<Instant>,
     tally: Mutex<Tally>,
 }
 
@@ -194,12 +212,17 @@ pub fn millis(value_micros: u64) -> f64 {
 
 impl Recorder {
     /// A recorder whose times count from `origin` (the run's T0), with one
-    /// timeline point per `interval`.
-    pub fn new(origin: Instant, interval: Duration) -> Recorder {
+    /// timeline point per `interval`, counting requests to each of
+    /// `targets` targets apart (at least one).
+    pub fn new(origin: Instant, interval: Duration, targets: usize) -> Recorder {
         Recorder {
             origin,
             interval: interval.max(Duration::from_millis(1)),
             counters: Counters::default(),
+            by_target: std::iter::repeat_with(TargetCounters::default)
+                .take(targets.max(1))
+                .collect(),
+            first_sent: OnceLock::new(),
             tally: Mutex::new(Tally {
                 latency: histogram(LATENCY_SIGNIFICANT_DIGITS),
                 by_status: BTreeMap::new(),
@@ -221,9 +244,21 @@ impl Recorder {
         self.origin
     }
 
-    /// Counts a request about to go out.
-    pub fn sent(&self) {
+    /// When the first request went out, if one did.
+    pub fn first_sent(&self) -> Option<Instant> {
+        self.first_sent.get().copied()
+    }
+
+    /// The counters of target `index` (wrapping past the last one).
+    fn target(&self, index: usize) -> &TargetCounters {
+        &self.by_target[index % self.by_target.len()]
+    }
+
+    /// Counts a request about to go out to target `target`.
+    pub fn sent(&self, target: usize) {
+        self.first_sent.get_or_init(Instant::now);
         self.counters.sent.fetch_add(1, Ordering::Relaxed);
+        self.target(target).sent.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts an attempt that will be retried.
@@ -231,16 +266,25 @@ impl Recorder {
         self.counters.retries.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Records one attempt's result at `at`, and, if it was the operation's
-    /// last attempt, the operation's outcome and latency.
-    pub fn record(&self, at: Instant, response: Response<'_>, last: Option<Final>) {
+    /// Records the result at `at` of one attempt sent to target `target`,
+    /// and, if it was the operation's last attempt, the operation's
+    /// outcome and latency.
+    pub fn record(&self, at: Instant, target: usize, response: Response<'_>, last: Option<Final>) {
         let counters = &self.counters;
+        let to = self.target(target);
         match response {
-            Response::Http { .. } => counters.answered.fetch_add(1, Ordering::Relaxed),
-            Response::Transport(error) if error.is_timeout() => {
-                counters.timeouts.fetch_add(1, Ordering::Relaxed)
+            Response::Http { .. } => {
+                to.answered.fetch_add(1, Ordering::Relaxed);
+                counters.answered.fetch_add(1, Ordering::Relaxed)
             }
-            Response::Transport(_) => counters.transport_errors.fetch_add(1, Ordering::Relaxed),
+            Response::Transport(error) => {
+                to.no_answer.fetch_add(1, Ordering::Relaxed);
+                if error.is_timeout() {
+                    counters.timeouts.fetch_add(1, Ordering::Relaxed)
+                } else {
+                    counters.transport_errors.fetch_add(1, Ordering::Relaxed)
+                }
+            }
         };
         if let Some(last) = &last {
             let counter = match last.outcome {
@@ -394,12 +438,18 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn counts_latency_from_scheduled_time_and_builds_the_timeline() {
         let origin = Instant::now();
-        let recorder = Recorder::new(origin, Duration::from_secs(1));
+        let recorder = Recorder::new(origin, Duration::from_secs(1), 2);
         // Second 0: two buys scheduled at 0, answered at 100 ms and 300 ms.
-        for (answered_ms, status, code) in [(100, 201, None), (300, 409, Some("sold_out"))] {
-            recorder.sent();
+        // The first goes to target 0, the second to target 1.
+        for (target, (answered_ms, status, code)) in
+            [(100, 201, None), (300, 409, Some("sold_out"))]
+                .into_iter()
+                .enumerate()
+        {
+            recorder.sent(target);
             recorder.record(
                 origin + Duration::from_millis(answered_ms),
+                target,
                 http(status, code),
                 Some(Final {
                     scheduled: origin,
@@ -414,6 +464,7 @@ mod tests {
         // Second 2 (second 1 is empty): one 503 that will be retried.
         recorder.record(
             origin + Duration::from_millis(2_500),
+            1,
             http(503, Some("overloaded")),
             None,
         );
@@ -453,14 +504,21 @@ mod tests {
         assert_eq!(Counters::get(&counters.ok), 1);
         assert_eq!(Counters::get(&counters.sold_out), 1);
         assert_eq!(Counters::get(&counters.errors), 0);
+        let per_target: Vec<(u64, u64)> = recorder
+            .by_target
+            .iter()
+            .map(|to| (Counters::get(&to.sent), Counters::get(&to.answered)))
+            .collect();
+        assert_eq!(per_target, [(1, 1), (1, 2)]);
+        assert!(recorder.first_sent().is_some());
     }
 
     #[test]
     fn the_timeline_is_bounded() {
         let origin = Instant::now();
-        let recorder = Recorder::new(origin, Duration::from_millis(1));
+        let recorder = Recorder::new(origin, Duration::from_millis(1), 1);
         let far = origin + Duration::from_millis(TIMELINE_POINTS_MAX as u64 * 3);
-        recorder.record(far, http(200, None), None);
+        recorder.record(far, 0, http(200, None), None);
         let tally = recorder.finish(far);
         assert_eq!(tally.timeline.len(), TIMELINE_POINTS_MAX);
     }

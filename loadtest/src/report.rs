@@ -22,9 +22,10 @@ use crate::recorder::{TimelinePoint, millis};
 /// Everything a run measured and checked.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
-    /// `burst` or `steady`.
+    /// `burst`, `steady` or `raffle`.
     pub scenario: String,
-    pub target: String,
+    /// Every `--target`, in order; setup went through the first.
+    pub targets: Vec<String>,
     /// The scenario's parameters, typed: numbers, booleans, strings.
     pub settings: BTreeMap<String, serde_json::Value>,
     /// From T0 to the last answer.
@@ -40,8 +41,15 @@ pub struct Report {
     pub transport_errors: u64,
     pub timeouts: u64,
     pub outcomes: Outcomes,
-    /// Answers per second over the run.
-    pub throughput_per_second: f64,
+    /// The rate the client planned to send operations at, and what it is
+    /// in the scenario's terms; absent when it planned no rate (a raffle,
+    /// a burst with no ramp).
+    pub offered: Option<OfferedRate>,
+    /// The rate the server answered at: answers over the time from the
+    /// first request sent to the last answer, per second.
+    pub answered_per_second: f64,
+    /// Requests and answers per target, in the order of `targets`.
+    pub by_target: Vec<TargetFigures>,
     /// Per operation, from its scheduled instant to its final answer.
     pub latency_ms: LatencySummary,
     /// Answers by HTTP status.
@@ -83,6 +91,27 @@ pub struct RaffleFigures {
     pub expired: u64,
 }
 
+/// The client's offered rate: operations planned per second.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct OfferedRate {
+    pub per_second: f64,
+    /// How it was set: `shoppers ÷ ramp` in a burst, `--rate` in a
+    /// steady run.
+    pub basis: String,
+}
+
+/// What one target was sent and answered.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct TargetFigures {
+    pub url: String,
+    /// Requests sent to it, retries included.
+    pub sent: u64,
+    /// Of those, answered over HTTP.
+    pub answered: u64,
+    /// Of those, not answered (connection failures and timeouts).
+    pub no_answer: u64,
+}
+
 /// Final outcomes of the operations.
 #[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
 pub struct Outcomes {
@@ -122,24 +151,25 @@ impl LatencySummary {
     }
 }
 
-/// CPU the load generator itself used during the load phase.
+/// CPU the load generator itself used during the load phase: the time
+/// its threads ran, user and system together, read from their CPU clocks
+/// (nanosecond resolution; see `cpu.rs`).
 #[derive(Debug, Clone, Copy, Default, Serialize, PartialEq)]
 pub struct ClientCpu {
-    pub user_seconds: f64,
-    pub system_seconds: f64,
-    /// User plus system time per request sent, in microseconds.
+    /// CPU time of the load phase, in seconds.
+    pub cpu_seconds: f64,
+    /// CPU time per request sent, in microseconds.
     pub per_request_us: f64,
     /// Share of the load phase's wall time, in cores (1.0 = one core busy).
     pub cores_busy: f64,
 }
 
 impl ClientCpu {
-    /// CPU figures from the totals of the load phase.
-    pub fn new(user: Duration, system: Duration, requests: u64, wall: Duration) -> ClientCpu {
-        let total = (user + system).as_secs_f64();
+    /// CPU figures from the CPU time `used` by the load phase.
+    pub fn new(used: Duration, requests: u64, wall: Duration) -> ClientCpu {
+        let total = used.as_secs_f64();
         ClientCpu {
-            user_seconds: user.as_secs_f64(),
-            system_seconds: system.as_secs_f64(),
+            cpu_seconds: total,
             per_request_us: if requests == 0 {
                 0.0
             } else {
@@ -282,7 +312,8 @@ impl fmt::Display for Report {
         let _ = writeln!(
             out,
             "\nflashsale loadtest {} against {}",
-            self.scenario, self.target
+            self.scenario,
+            self.targets.join(", ")
         );
         let settings: Vec<String> = self
             .settings
@@ -316,11 +347,41 @@ impl fmt::Display for Report {
                 grouped(self.timeouts)
             ),
         );
+        if let Some(offered) = &self.offered {
+            row(
+                &mut out,
+                "offered rate",
+                format!(
+                    "{}/s ({}, as the client sent)",
+                    decimal(offered.per_second, 0),
+                    offered.basis
+                ),
+            );
+        }
         row(
             &mut out,
-            "throughput",
-            format!("{} answers/s", decimal(self.throughput_per_second, 0)),
+            "answered rate",
+            format!(
+                "{}/s (answers ÷ first send to last answer)",
+                decimal(self.answered_per_second, 0)
+            ),
         );
+        if self.by_target.len() > 1 {
+            for figures in &self.by_target {
+                wrapped(
+                    &mut out,
+                    "  ",
+                    4,
+                    &format!(
+                        "{}: {} sent, {} answered, {} no answer",
+                        figures.url,
+                        grouped(figures.sent),
+                        grouped(figures.answered),
+                        grouped(figures.no_answer)
+                    ),
+                );
+            }
+        }
         let o = &self.outcomes;
         row(
             &mut out,
@@ -403,9 +464,8 @@ impl fmt::Display for Report {
             &mut out,
             "user + system",
             format!(
-                "{} s + {} s ({} cores)",
-                decimal(c.user_seconds, 3),
-                decimal(c.system_seconds, 3),
+                "{} s ({} cores)",
+                decimal(c.cpu_seconds, 3),
                 decimal(c.cores_busy, 2)
             ),
         );
@@ -466,16 +526,11 @@ pub(crate) mod tests {
 
     #[test]
     fn cpu_per_request_and_cores() {
-        let cpu = ClientCpu::new(
-            Duration::from_millis(300),
-            Duration::from_millis(100),
-            20_000,
-            Duration::from_secs(2),
-        );
+        let cpu = ClientCpu::new(Duration::from_millis(400), 20_000, Duration::from_secs(2));
         assert!((cpu.per_request_us - 20.0).abs() < 1e-9);
         assert!((cpu.cores_busy - 0.2).abs() < 1e-9);
         assert_eq!(
-            ClientCpu::new(Duration::ZERO, Duration::ZERO, 0, Duration::ZERO).per_request_us,
+            ClientCpu::new(Duration::ZERO, 0, Duration::ZERO).per_request_us,
             0.0
         );
     }
@@ -513,7 +568,26 @@ pub(crate) mod tests {
         report.operations = 1_000_000;
         report.requests = 1_234_567;
         report.answered = 1_234_567;
-        report.throughput_per_second = 123_456.7;
+        report.offered = Some(OfferedRate {
+            per_second: 1_000_000.0,
+            basis: "shoppers ÷ ramp".to_owned(),
+        });
+        report.answered_per_second = 123_456.7;
+        report.targets = vec!["http://127.0.0.1:1".into(), "http://127.0.0.1:2".into()];
+        report.by_target = vec![
+            TargetFigures {
+                url: "http://127.0.0.1:1".into(),
+                sent: 617_284,
+                answered: 617_284,
+                no_answer: 0,
+            },
+            TargetFigures {
+                url: "http://127.0.0.1:2".into(),
+                sent: 617_283,
+                answered: 617_283,
+                no_answer: 0,
+            },
+        ];
         report.latency_ms = LatencySummary {
             count: 1_000_000,
             mean: 12.5,
@@ -544,7 +618,9 @@ pub(crate) mod tests {
             "seed=12345678901234",
             "1,000,000",
             "1,234,567 sent",
-            "123,457 answers/s",
+            "1,000,000/s (shoppers ÷ ramp, as the client sent)",
+            "123,457/s (answers ÷ first send to last answer)",
+            "http://127.0.0.1:2: 617,283 sent",
             "12,345.678",
             "100,000",
         ] {
@@ -568,7 +644,7 @@ pub(crate) mod tests {
     pub(crate) fn report() -> Report {
         Report {
             scenario: "burst".into(),
-            target: "http://127.0.0.1:1".into(),
+            targets: vec!["http://127.0.0.1:1".into()],
             settings: BTreeMap::new(),
             duration_seconds: 1.0,
             operations: 0,
@@ -578,7 +654,9 @@ pub(crate) mod tests {
             transport_errors: 0,
             timeouts: 0,
             outcomes: Outcomes::default(),
-            throughput_per_second: 0.0,
+            offered: None,
+            answered_per_second: 0.0,
+            by_target: Vec::new(),
             latency_ms: LatencySummary::default(),
             by_status: BTreeMap::new(),
             by_code: BTreeMap::new(),

@@ -1,6 +1,6 @@
-//! What both scenarios share: the run's context, the setup through the
-//! admin API, one attempt's bookkeeping, the checks after the load, and
-//! the assembly of the [`Report`].
+//! What the scenarios share: the run's context, the setup through the
+//! admin API (on the first target), one attempt's bookkeeping, the checks
+//! after the load (on every target), and the assembly of the [`Report`].
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -15,15 +15,15 @@ use tokio::time::Instant;
 
 use crate::api::{self, Deal, Merchant, NewDeal, Shopper};
 use crate::checks::{self, Evidence};
-use crate::connection::{Answer, Connection};
-use crate::cpu::{CpuMeter, CpuTimes};
+use crate::connection::{Answer, Connection, Connections};
+use crate::cpu::CpuMeter;
 use crate::error::{LoadtestError, TransportError};
 use crate::open_loop::{Disposition, Job};
 use crate::progress::Progress;
 use crate::recorder::{
     Acknowledged, Counters, Final, Outcome, Recorder, Response, Tally, classify,
 };
-use crate::report::{Check, ClientCpu, LatencySummary, Outcomes, Report};
+use crate::report::{Check, ClientCpu, LatencySummary, Outcomes, Report, TargetFigures};
 use crate::retry::{RetryPolicy, is_retryable};
 use crate::target::Target;
 
@@ -39,7 +39,11 @@ pub const HOLD_SECONDS: u64 = 120;
 /// Everything a scenario needs about where and how to run.
 #[derive(Debug, Clone)]
 pub struct Context {
+    /// The first target: setup and the scenario's own reads go there.
     pub target: Arc<Target>,
+    /// Every target, the first included, in `--target` order: the load
+    /// spreads over them and the checks read each.
+    pub targets: Arc<[Arc<Target>]>,
     pub admin: HeaderValue,
     pub connections: usize,
     pub timeout: Duration,
@@ -64,19 +68,20 @@ pub struct SetupPlan {
 }
 
 impl Context {
-    /// A connection for setup and check calls.
+    /// A connection to the first target, for setup and check calls.
     pub fn connection(&self) -> Connection {
         Connection::new(self.target.clone(), self.timeout)
     }
 
-    /// One open connection per worker (a failed one is left to reconnect
-    /// on its first request, where the failure is counted).
-    pub async fn warm_connections(&self) -> Vec<Connection> {
+    /// Per worker, one open connection to each target (a failed one is
+    /// left to reconnect on its first request, where the failure is
+    /// counted).
+    pub async fn warm_connections(&self) -> Vec<Connections> {
         let mut set = tokio::task::JoinSet::new();
         for _ in 0..self.connections {
-            let mut connection = self.connection();
+            let mut connection = Connections::new(&self.targets, self.timeout);
             set.spawn(async move {
-                let _ = connection.warm_up().await;
+                connection.warm_up().await;
                 connection
             });
         }
@@ -131,43 +136,91 @@ impl Context {
         })
     }
 
-    /// Reads back the deal, its orders and every wallet, and checks them
-    /// against each other and against what the client saw.
+    /// Reads back the deal, its orders and every wallet from every
+    /// target, checks each target's view against itself and against what
+    /// the client saw, and, with several targets, that they all show the
+    /// same ([`checks::agreement`]; a target that cannot be read fails
+    /// that check). When no target can be read the run fails with
+    /// [`LoadtestError::Node`], naming the first.
     pub async fn verify(
         &self,
         setup: &Setup,
         acknowledged: &[Acknowledged],
         orders_per_shopper_max: Option<usize>,
     ) -> Result<Vec<Check>, LoadtestError> {
-        self.progress.phase("checking invariants");
-        let mut connection = self.connection();
+        let mut views = Vec::with_capacity(self.targets.len());
+        let mut unread = Vec::new();
+        for target in self.targets.iter() {
+            self.progress
+                .phase(format!("checking invariants on {}", target.url));
+            match self.read_view(target, setup, acknowledged.len()).await {
+                Ok(view) => views.push(view),
+                Err(source) => unread.push((target.url.clone(), source)),
+            }
+        }
+        if views.is_empty() {
+            return Err(match unread.into_iter().next() {
+                Some((url, source)) => LoadtestError::Node {
+                    url,
+                    source: Box::new(source),
+                },
+                None => LoadtestError::Config("--target is given at least once".to_owned()),
+            });
+        }
+        let evaluated: Vec<(String, Vec<Check>)> = views
+            .iter()
+            .map(|view| {
+                let checks = checks::evaluate(&Evidence {
+                    deal: &view.deal,
+                    orders: &view.orders,
+                    wallets: &view.wallets,
+                    shoppers: &setup.shoppers,
+                    acknowledged,
+                    orders_per_shopper_max,
+                });
+                (view.url.clone(), checks)
+            })
+            .collect();
+        let mut checks = checks::on_every_node(evaluated);
+        if self.targets.len() > 1 {
+            let unread: Vec<String> = unread
+                .iter()
+                .map(|(url, error)| format!("{url} cannot be read: {error}"))
+                .collect();
+            checks.push(checks::agreement(&views, &unread));
+        }
+        if let (Some(url), Some(first)) = (&self.database_url, views.first()) {
+            checks.push(
+                checks::postgres_check(url, &first.deal.id, acknowledged, &first.orders).await?,
+            );
+        }
+        Ok(checks)
+    }
+
+    /// One target's account of the run: the deal, its orders, and the
+    /// wallet of every scenario shopper.
+    async fn read_view(
+        &self,
+        target: &Arc<Target>,
+        setup: &Setup,
+        acknowledged: usize,
+    ) -> Result<checks::View, LoadtestError> {
+        let mut connection = Connection::new(target.clone(), self.timeout);
         let deal = api::get_deal(&mut connection, &setup.deal.id).await?;
         // Room for an oversold deal to show itself, but not without end.
         let orders_max = usize::try_from(deal.stock.max(deal.sold))
             .unwrap_or(usize::MAX)
             .saturating_mul(2)
-            .saturating_add(acknowledged.len());
+            .saturating_add(acknowledged);
         let orders =
             api::list_orders(&mut connection, &setup.merchant_auth, &deal.id, orders_max).await?;
-        let wallets = api::wallets(
-            &self.target,
-            self.timeout,
-            self.connections,
-            &setup.shoppers,
-        )
-        .await?;
-        let mut checks = checks::evaluate(&Evidence {
-            deal: &deal,
-            orders: &orders,
-            wallets: &wallets,
-            shoppers: &setup.shoppers,
-            acknowledged,
-            orders_per_shopper_max,
-        });
-        if let Some(url) = &self.database_url {
-            checks.push(checks::postgres_check(url, &deal.id, acknowledged, &orders).await?);
-        }
-        Ok(checks)
+        let wallets = api::wallets(target, self.timeout, self.connections, &setup.shoppers).await?;
+        Ok(checks::View {
+            url: target.url.clone(),
+            deal,
+            orders,
+            wallets,
+        })
     }
 }
 
@@ -208,14 +261,16 @@ pub enum Concluded<T> {
     Over,
 }
 
-/// Records one attempt and decides: retry (503, 429, no answer, attempts
-/// left) or final. `order_of` names the order a `201` acknowledged, if the
-/// operation creates orders; `Err` means the `201` body was unreadable.
+/// Records one attempt, sent to target `target`, and decides: retry (503,
+/// 429, no answer, attempts left) or final. `order_of` names the order a
+/// `201` acknowledged, if the operation creates orders; `Err` means the
+/// `201` body was unreadable.
 pub fn conclude<T>(
     recorder: &Recorder,
     policy: &RetryPolicy,
     rng: &mut fastrand::Rng,
     mut job: Job<T>,
+    target: usize,
     result: Result<Answer, TransportError>,
     order_of: impl FnOnce(&Answer) -> Result<Option<Acknowledged>, ()>,
 ) -> Concluded<T> {
@@ -226,7 +281,7 @@ pub fn conclude<T>(
         Err(error) => {
             let response = Response::Transport(&error);
             if retry_allowed {
-                recorder.record(now, response, None);
+                recorder.record(now, target, response, None);
                 recorder.retry();
                 let at = now + policy.delay(job.attempts, None, rng);
                 return Concluded::Again(Disposition::RetryAt(at, job));
@@ -236,7 +291,7 @@ pub fn conclude<T>(
                 outcome: Outcome::Error,
                 order: None,
             };
-            recorder.record(now, response, Some(last));
+            recorder.record(now, target, response, Some(last));
             return Concluded::Over;
         }
         Ok(answer) => answer,
@@ -252,7 +307,7 @@ pub fn conclude<T>(
         code: code.as_deref(),
     };
     if is_retryable(status) && retry_allowed {
-        recorder.record(now, response, None);
+        recorder.record(now, target, response, None);
         recorder.retry();
         let at = now + policy.delay(job.attempts, answer.retry_after, rng);
         return Concluded::Again(Disposition::RetryAt(at, job));
@@ -282,7 +337,7 @@ pub fn conclude<T>(
         outcome,
         order,
     };
-    recorder.record(now, response, Some(last));
+    recorder.record(now, target, response, Some(last));
     Concluded::Over
 }
 
@@ -290,15 +345,16 @@ pub fn conclude<T>(
 #[derive(Debug)]
 pub struct Measured {
     pub tally: Tally,
-    pub cpu: CpuTimes,
+    /// CPU the load generator used, user and system together.
+    pub cpu: Duration,
     /// From T0 to the end of the load phase.
     pub wall: Duration,
 }
 
 /// Ends the load phase: closes the recorder and reads the CPU meter.
-pub fn measured(recorder: &Recorder, cpu_before: CpuTimes, meter: &CpuMeter) -> Measured {
+pub fn measured(recorder: &Recorder, cpu_before: Duration, meter: &CpuMeter) -> Measured {
     let end = Instant::now();
-    let cpu = meter.sample().since(cpu_before);
+    let cpu = meter.sample().saturating_sub(cpu_before);
     Measured {
         tally: recorder.finish(end),
         cpu,
@@ -306,10 +362,11 @@ pub fn measured(recorder: &Recorder, cpu_before: CpuTimes, meter: &CpuMeter) -> 
     }
 }
 
-/// Assembles the report of a finished run.
+/// Assembles the report of a finished run on `targets`, with no offered
+/// rate (the scenario sets it, if it planned one).
 pub fn report(
     scenario: &str,
-    target: &Target,
+    targets: &[Arc<Target>],
     settings: BTreeMap<String, serde_json::Value>,
     recorder: &Recorder,
     measured: &Measured,
@@ -330,9 +387,16 @@ pub fn report(
         .last_answer
         .unwrap_or(measured.wall)
         .max(Duration::from_micros(1));
+    // The server's rate: from the first request out to the last answer in.
+    let first_sent = recorder.first_sent().map_or(Duration::ZERO, |at| {
+        at.saturating_duration_since(recorder.origin())
+    });
+    let answering = duration
+        .saturating_sub(first_sent)
+        .max(Duration::from_micros(1));
     Report {
         scenario: scenario.to_owned(),
-        target: target.url.clone(),
+        targets: targets.iter().map(|target| target.url.clone()).collect(),
         settings,
         duration_seconds: duration.as_secs_f64(),
         operations: outcomes.ok + outcomes.sold_out + outcomes.refused + outcomes.errors,
@@ -342,7 +406,18 @@ pub fn report(
         transport_errors: Counters::get(&c.transport_errors),
         timeouts: Counters::get(&c.timeouts),
         outcomes,
-        throughput_per_second: answered as f64 / duration.as_secs_f64(),
+        offered: None,
+        answered_per_second: answered as f64 / answering.as_secs_f64(),
+        by_target: targets
+            .iter()
+            .zip(&recorder.by_target)
+            .map(|(target, counts)| TargetFigures {
+                url: target.url.clone(),
+                sent: Counters::get(&counts.sent),
+                answered: Counters::get(&counts.answered),
+                no_answer: Counters::get(&counts.no_answer),
+            })
+            .collect(),
         latency_ms: LatencySummary::from_micros(&tally.latency),
         by_status: tally
             .by_status
@@ -353,12 +428,7 @@ pub fn report(
         by_operation,
         sold_out_after_seconds: tally.first_sold_out.map(|d| d.as_secs_f64()),
         last_sale_after_seconds: tally.last_sale.map(|d| d.as_secs_f64()),
-        client_cpu: ClientCpu::new(
-            measured.cpu.user,
-            measured.cpu.system,
-            requests,
-            measured.wall,
-        ),
+        client_cpu: ClientCpu::new(measured.cpu, requests, measured.wall),
         timeline: tally.timeline.clone(),
         raffle: None,
         checks,

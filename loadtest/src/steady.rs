@@ -9,7 +9,8 @@
 //! (`POST /v1/holds/{id}/payment`), release one (`DELETE /v1/holds/{id}`)
 //! and read the feed (`GET /v1/feed`). Pay and release take the oldest
 //! open hold from a bounded pool ([`OPEN_HOLDS_MAX`]); with none open they
-//! read the feed instead, and are counted as what they did.
+//! read the feed instead, and are counted as what they did. Operation `i`
+//! goes to target `i mod n` of the `n` targets, and each retry to the next.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -25,11 +26,11 @@ use tokio::time::Instant;
 
 use crate::api::{self, NewDeal, Shopper};
 use crate::args::{Mix, SteadyArgs};
-use crate::connection::{Call, Connection};
+use crate::connection::{Call, Connections};
 use crate::error::LoadtestError;
 use crate::open_loop::{self, Disposition, Job, Worker};
 use crate::recorder::{Acknowledged, Recorder};
-use crate::report::{Report, grouped};
+use crate::report::{OfferedRate, Report, grouped};
 use crate::retry::RetryPolicy;
 use crate::scenario::{self, Concluded, Context, SetupPlan};
 
@@ -57,12 +58,24 @@ pub enum Planned {
 }
 
 /// An operation as run (pay and release know their hold after the first
-/// attempt, so a retry acts on the same one).
+/// attempt, so a retry acts on the same one); `index` is its place in the
+/// plan.
 #[derive(Debug, Clone)]
 pub enum Operation {
     Planned { index: u64, planned: Planned },
-    Pay(OpenHold),
-    Release(OpenHold),
+    Pay { index: u64, hold: OpenHold },
+    Release { index: u64, hold: OpenHold },
+}
+
+impl Operation {
+    /// Its place in the plan, which spreads the operations over targets.
+    fn index(&self) -> u64 {
+        match self {
+            Operation::Planned { index, .. }
+            | Operation::Pay { index, .. }
+            | Operation::Release { index, .. } => *index,
+        }
+    }
 }
 
 /// A hold the client made and has not paid or released.
@@ -96,22 +109,28 @@ pub fn pick(mix: &Mix, shoppers: usize, rng: &mut fastrand::Rng) -> Planned {
     Planned::Feed
 }
 
+/// The URIs of one target.
+struct Uris {
+    orders: Uri,
+    holds: Uri,
+    feed: Uri,
+    target: Arc<crate::target::Target>,
+}
+
 struct Shared {
     shoppers: Arc<Vec<Shopper>>,
-    orders_uri: Uri,
-    holds_uri: Uri,
-    feed_uri: Uri,
+    /// Per target, in `--target` order.
+    uris: Vec<Uris>,
     body: Bytes,
     run_id: String,
     recorder: Arc<Recorder>,
     policy: RetryPolicy,
     open_holds: Mutex<VecDeque<OpenHold>>,
     performed: [AtomicU64; 5],
-    target: Arc<crate::target::Target>,
 }
 
 struct Operator {
-    connection: Connection,
+    connections: Connections,
     shared: Arc<Shared>,
     rng: fastrand::Rng,
 }
@@ -134,7 +153,7 @@ impl Operator {
                 planned: Planned::Pay,
                 index,
             } => match self.shared.open_holds.lock().pop_front() {
-                Some(hold) => Operation::Pay(hold),
+                Some(hold) => Operation::Pay { index, hold },
                 None => Operation::Planned {
                     index,
                     planned: Planned::Feed,
@@ -144,7 +163,7 @@ impl Operator {
                 planned: Planned::Release,
                 index,
             } => match self.shared.open_holds.lock().pop_front() {
-                Some(hold) => Operation::Release(hold),
+                Some(hold) => Operation::Release { index, hold },
                 None => Operation::Planned {
                     index,
                     planned: Planned::Feed,
@@ -154,24 +173,23 @@ impl Operator {
         }
     }
 
-    fn request(&self, operation: &Operation) -> Request {
+    /// What `operation` sends to target `target`.
+    fn request(&self, operation: &Operation, target: usize) -> Request {
         let shared = &*self.shared;
+        let uris = &shared.uris[target];
         let key = |prefix: &str, index: u64| {
             HeaderValue::try_from(format!("{}-{prefix}{index}", shared.run_id)).ok()
         };
         let hold_uri = |hold: &OpenHold, suffix: &str| {
             let path = format!("/v1/holds/{}{suffix}", api::path_segment(&hold.id));
-            shared
-                .target
-                .uri(&path)
-                .unwrap_or_else(|_| shared.feed_uri.clone())
+            uris.target.uri(&path).unwrap_or_else(|_| uris.feed.clone())
         };
         match operation {
             Operation::Planned { index, planned } => match *planned {
                 Planned::Buy { shopper } => Request {
                     kind: "buy",
                     method: Method::POST,
-                    uri: shared.orders_uri.clone(),
+                    uri: uris.orders.clone(),
                     shopper: Some(shopper),
                     key: key("b", *index),
                     body: shared.body.clone(),
@@ -179,7 +197,7 @@ impl Operator {
                 Planned::Hold { shopper } => Request {
                     kind: "hold",
                     method: Method::POST,
-                    uri: shared.holds_uri.clone(),
+                    uri: uris.holds.clone(),
                     shopper: Some(shopper),
                     key: key("h", *index),
                     body: shared.body.clone(),
@@ -188,13 +206,13 @@ impl Operator {
                 Planned::Pay | Planned::Release | Planned::Feed => Request {
                     kind: "feed",
                     method: Method::GET,
-                    uri: shared.feed_uri.clone(),
+                    uri: uris.feed.clone(),
                     shopper: None,
                     key: None,
                     body: Bytes::new(),
                 },
             },
-            Operation::Pay(hold) => Request {
+            Operation::Pay { hold, .. } => Request {
                 kind: "pay",
                 method: Method::POST,
                 uri: hold_uri(hold, "/payment"),
@@ -202,7 +220,7 @@ impl Operator {
                 key: None,
                 body: Bytes::new(),
             },
-            Operation::Release(hold) => Request {
+            Operation::Release { hold, .. } => Request {
                 kind: "release",
                 method: Method::DELETE,
                 uri: hold_uri(hold, ""),
@@ -221,11 +239,14 @@ impl Worker for Operator {
         if job.attempts == 0 {
             job.payload = self.bind_hold(job.payload);
         }
-        let request = self.request(&job.payload);
+        let spread = usize::try_from(job.payload.index()).unwrap_or(usize::MAX);
+        let target = crate::target::pick(spread, job.attempts, self.connections.count());
+        let request = self.request(&job.payload, target);
         let shared = self.shared.clone();
-        shared.recorder.sent();
+        shared.recorder.sent(target);
         let result = self
-            .connection
+            .connections
+            .to(target)
             .send(Call {
                 method: request.method,
                 uri: request.uri,
@@ -243,6 +264,7 @@ impl Worker for Operator {
             &shared.policy,
             &mut self.rng,
             job,
+            target,
             result,
             |answer| match (kind, shopper) {
                 ("buy" | "pay", Some(shopper)) => scenario::created_id(&answer.body)
@@ -300,28 +322,39 @@ pub async fn run(context: &Context, args: &SteadyArgs) -> Result<Report, Loadtes
 
     let connections = context.warm_connections().await;
     let t0 = Instant::now() + STEADY_LEAD;
-    let recorder = Arc::new(Recorder::new(t0, STEADY_TIMELINE_INTERVAL));
+    let recorder = Arc::new(Recorder::new(
+        t0,
+        STEADY_TIMELINE_INTERVAL,
+        context.targets.len(),
+    ));
     let deal_path = format!("/v1/deals/{}", api::path_segment(&setup.deal.id));
+    let uris = context
+        .targets
+        .iter()
+        .map(|target| {
+            Ok(Uris {
+                orders: target.uri(&format!("{deal_path}/orders"))?,
+                holds: target.uri(&format!("{deal_path}/holds"))?,
+                feed: target.uri(&format!("/v1/feed?limit={FEED_PAGE_LIMIT}"))?,
+                target: target.clone(),
+            })
+        })
+        .collect::<Result<Vec<_>, LoadtestError>>()?;
     let shared = Arc::new(Shared {
         shoppers: setup.shoppers.clone(),
-        orders_uri: context.target.uri(&format!("{deal_path}/orders"))?,
-        holds_uri: context.target.uri(&format!("{deal_path}/holds"))?,
-        feed_uri: context
-            .target
-            .uri(&format!("/v1/feed?limit={FEED_PAGE_LIMIT}"))?,
+        uris,
         body: Bytes::from(format!("{{\"quantity\":{}}}", args.quantity)),
         run_id,
         recorder: recorder.clone(),
         policy: RetryPolicy::new(args.max_attempts),
         open_holds: Mutex::new(VecDeque::new()),
         performed: Default::default(),
-        target: context.target.clone(),
     });
     let operators: Vec<Operator> = connections
         .into_iter()
         .enumerate()
-        .map(|(index, connection)| Operator {
-            connection,
+        .map(|(index, connections)| Operator {
+            connections,
             shared: shared.clone(),
             rng: fastrand::Rng::with_seed(seed.wrapping_add(index as u64 + 1)),
         })
@@ -384,15 +417,20 @@ pub async fn run(context: &Context, args: &SteadyArgs) -> Result<Report, Loadtes
         ("seed".to_owned(), json!(seed)),
         ("deal".to_owned(), json!(setup.deal.id)),
     ]);
-    Ok(scenario::report(
+    let mut report = scenario::report(
         "steady",
-        &context.target,
+        &context.targets,
         settings,
         &recorder,
         &measured,
         by_operation,
         checks,
-    ))
+    );
+    report.offered = Some(OfferedRate {
+        per_second: args.rate as f64,
+        basis: "--rate".to_owned(),
+    });
+    Ok(report)
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
-//! The server under test (or whose draw is verified): where to connect,
-//! over TLS or not, and what to put in `Host`.
+//! The servers under test (or whose draw is verified): where to connect,
+//! over TLS or not, what to put in `Host`, and which node of a deployment
+//! each attempt goes to.
 //!
 //! The URL is `http://` or `https://` (parsed by the `url` crate) and may
 //! carry a path prefix (`http://lb:80/flashsale`), which is put in front of
@@ -120,6 +121,26 @@ impl Target {
 pub fn parse_target_url(text: &str) -> Result<String, String> {
     split_url(text)?;
     Ok(text.to_owned())
+}
+
+/// Resolves every `--target` URL, in order.
+pub async fn resolve_all(urls: &[String]) -> Result<Vec<Arc<Target>>, LoadtestError> {
+    let mut targets = Vec::with_capacity(urls.len());
+    for url in urls {
+        targets.push(Arc::new(Target::resolve(url, None).await?));
+    }
+    Ok(targets)
+}
+
+/// The index, among `count` targets, that an operation's attempt goes
+/// to: operation `spread` starts on target `spread mod count` (so the
+/// operations spread evenly), and each retry (`attempts_made` ≥ 1) moves
+/// on to the next target, as a client behind a load balancer whose retry
+/// lands on another node. With one target it is always 0.
+pub fn pick(spread: usize, attempts_made: u32, count: usize) -> usize {
+    let count = count.max(1);
+    let attempts = usize::try_from(attempts_made).unwrap_or(usize::MAX) % count;
+    (spread % count + attempts) % count
 }
 
 /// A TLS client trusting Mozilla's roots and the certificates in
@@ -248,6 +269,23 @@ mod tests {
             assert!(message.contains(says), "{bad:?}: {message}");
             assert!(message.ends_with(TARGET_URL_HINT), "{bad:?}: {message}");
         }
+    }
+
+    #[test]
+    fn operations_spread_and_retries_move_to_the_next_target() {
+        assert_eq!(
+            (0..6).map(|op| pick(op, 0, 3)).collect::<Vec<_>>(),
+            [0, 1, 2, 0, 1, 2]
+        );
+        assert_eq!(
+            (0..4).map(|made| pick(4, made, 3)).collect::<Vec<_>>(),
+            [1, 2, 0, 1]
+        );
+        assert_eq!(pick(7, 5, 1), 0);
+        assert_eq!(
+            pick(usize::MAX, u32::MAX, 2),
+            pick(usize::MAX % 2, u32::MAX % 2, 2)
+        );
     }
 
     #[tokio::test]

@@ -238,3 +238,103 @@ async fn a_stalled_server_shows_in_steady_latency() {
     assert!(report.latency_ms.max > 3_000.0, "{:?}", report.latency_ms);
     assert!(report.latency_ms.p50 > 1_000.0, "{:?}", report.latency_ms);
 }
+
+/// `SMALL_BURST` on `nodes` (fake nodes of one deployment), with `extra`
+/// targets after theirs.
+async fn burst_on_nodes(nodes: &[support::FakeServer], extra: &[&str]) -> Report {
+    let mut argv = vec!["loadtest"];
+    argv.extend_from_slice(SMALL_BURST);
+    for node in nodes {
+        argv.extend_from_slice(&["--target", &node.url]);
+    }
+    for target in extra {
+        argv.extend_from_slice(&["--target", target]);
+    }
+    argv.extend_from_slice(&[
+        "--admin-token",
+        "fake-admin",
+        "--connections",
+        "16",
+        "--timeout",
+        "5s",
+        "--quiet",
+    ]);
+    let args = Cli::try_parse_from(argv).expect("valid flags").args;
+    let report = tokio::time::timeout(Duration::from_secs(60), run_scenario(args))
+        .await
+        .expect("a small burst ends within a minute")
+        .expect("the burst runs");
+    eprintln!("{report}");
+    report
+}
+
+#[tokio::test]
+async fn taps_spread_over_every_target_and_the_check_reads_each() {
+    let nodes = support::start_nodes(&[Flaw::None, Flaw::None, Flaw::None]).await;
+    let report = burst_on_nodes(&nodes, &[]).await;
+    assert_eq!(failed(&report), Vec::<&str>::new());
+    assert_eq!((report.outcomes.ok, report.outcomes.sold_out), (60, 340));
+    // Shopper i taps on node i mod 3: 134, 133 and 133 of the 400.
+    let buys: Vec<u64> = nodes
+        .iter()
+        .map(|node| node.buys.load(std::sync::atomic::Ordering::Relaxed))
+        .collect();
+    assert_eq!(buys, [134, 133, 133]);
+    let sent: Vec<u64> = report.by_target.iter().map(|target| target.sent).collect();
+    assert_eq!(sent, buys, "the report counts what each node got");
+    let agree = report
+        .checks
+        .iter()
+        .find(|check| check.name == "targets agree")
+        .expect("several targets are compared");
+    assert!(
+        agree.detail.contains("3 targets show the same deal"),
+        "{agree:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_target_with_a_view_of_its_own_fails_the_check() {
+    let nodes = support::start_nodes(&[Flaw::None, Flaw::None, Flaw::StaleDeal]).await;
+    let report = burst_on_nodes(&nodes, &[]).await;
+    let failed = failed(&report);
+    assert!(failed.contains(&"targets agree"), "{failed:?}");
+    assert!(failed.contains(&"sold equals orders"), "{failed:?}");
+    for check in report.checks.iter().filter(|check| !check.passed) {
+        assert!(check.detail.contains(&nodes[2].url), "{check:?}");
+        assert!(!check.detail.contains(&nodes[1].url), "{check:?}");
+    }
+    assert_eq!(report.outcomes.ok, 60, "the sale itself went well");
+}
+
+#[tokio::test]
+async fn taps_on_a_dead_target_are_retried_on_another() {
+    let nodes = support::start_nodes(&[Flaw::None, Flaw::None]).await;
+    // A port nobody listens on: connections are refused at once.
+    let dead = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+        format!("http://{}", listener.local_addr().expect("bound"))
+    };
+    let report = burst_on_nodes(&nodes, &[&dead]).await;
+    // Every shopper was served: those whose tap went to the dead target
+    // (i mod 3 = 2) were retried on the next one, node 0.
+    assert_eq!((report.outcomes.ok, report.outcomes.sold_out), (60, 340));
+    assert_eq!(report.outcomes.errors, 0);
+    let dead_figures = &report.by_target[2];
+    assert_eq!(dead_figures.url, dead);
+    assert_eq!((dead_figures.answered, dead_figures.no_answer), (0, 133));
+    assert!(report.retries >= 133, "{}", report.retries);
+    let buys: u64 = nodes
+        .iter()
+        .map(|node| node.buys.load(std::sync::atomic::Ordering::Relaxed))
+        .sum();
+    assert_eq!(buys, 400);
+    // The check reads every target: the dead one cannot be read.
+    assert_eq!(failed(&report), ["targets agree"]);
+    let agree = report
+        .checks
+        .iter()
+        .find(|check| check.name == "targets agree")
+        .expect("compared");
+    assert!(agree.detail.contains(&dead), "{agree:?}");
+}

@@ -73,6 +73,18 @@ fn a_small_burst_against_a_spawned_server_sells_exactly_the_stock() {
     );
     assert_eq!(report["outcomes"]["sold_out"], 340);
     assert!(report["latency_ms"]["p99"].as_f64().is_some());
+    // The client's schedule and the server's answers are two rates.
+    assert_eq!(report["offered"]["basis"], "shoppers ÷ ramp");
+    let offered = report["offered"]["per_second"].as_f64().expect("offered");
+    assert!((offered - 400.0 / 0.3).abs() < 1e-6, "{offered}");
+    let answered = report["answered_per_second"].as_f64().expect("answered");
+    assert!(answered > 0.0, "{answered}");
+    assert_eq!(report["by_target"][0]["sent"], report["requests"]);
+    assert!(
+        report["client_cpu"]["cpu_seconds"]
+            .as_f64()
+            .is_some_and(|cpu| cpu > 0.0)
+    );
 }
 
 #[test]

@@ -10,6 +10,7 @@ mod epoch;
 mod failover;
 mod faults;
 mod feed;
+mod loadtest;
 mod model;
 mod node;
 mod proxy;

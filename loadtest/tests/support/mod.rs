@@ -2,6 +2,8 @@
 //! the HTTP contract (merchants, bulk shoppers, deals, registrations, buys,
 //! holds, wallets, order listing, feed) to run small bursts and steady
 //! runs, with switchable flaws that the invariant checks must catch.
+//! [`start_nodes`] starts several "nodes" over one shared state, as the
+//! nodes of one Redis-mode deployment, each with its own flaw.
 
 #![allow(dead_code)]
 
@@ -9,6 +11,7 @@ use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use std::str::FromStr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -41,6 +44,9 @@ pub enum Flaw {
     DropFirstAnswer,
     /// Takes this long over every buy: a stalled server.
     Slow(Duration),
+    /// Shows every deal as it was created (nothing sold), whatever the
+    /// shared state says: a node serving a view of its own.
+    StaleDeal,
 }
 
 struct ShopperRec {
@@ -101,13 +107,16 @@ impl State {
 struct Fake {
     admin_token: String,
     flaw: Flaw,
-    state: Mutex<State>,
+    state: Arc<Mutex<State>>,
+    buys: Arc<AtomicU64>,
 }
 
 /// A running fake gateway.
 pub struct FakeServer {
     pub url: String,
     pub admin_token: String,
+    /// Buys (`POST /v1/deals/{id}/orders`) this server was sent.
+    pub buys: Arc<AtomicU64>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -126,14 +135,32 @@ pub async fn start(flaw: Flaw) -> FakeServer {
 
 /// Starts a fake gateway on 127.0.0.1:0 that accepts `admin_token`.
 pub async fn start_with_admin(flaw: Flaw, admin_token: String) -> FakeServer {
+    serve(flaw, admin_token, Arc::default()).await
+}
+
+/// Starts one fake node per flaw, each on its own 127.0.0.1:0, all over
+/// one shared state (one deployment), accepting the admin token of
+/// [`start`].
+pub async fn start_nodes(flaws: &[Flaw]) -> Vec<FakeServer> {
+    let state: Arc<Mutex<State>> = Arc::default();
+    let mut nodes = Vec::with_capacity(flaws.len());
+    for flaw in flaws {
+        nodes.push(serve(*flaw, "fake-admin".to_owned(), state.clone()).await);
+    }
+    nodes
+}
+
+async fn serve(flaw: Flaw, admin_token: String, state: Arc<Mutex<State>>) -> FakeServer {
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind loopback");
     let url = format!("http://{}", listener.local_addr().expect("bound"));
+    let buys = Arc::new(AtomicU64::new(0));
     let fake = Arc::new(Fake {
         admin_token: admin_token.clone(),
         flaw,
-        state: Mutex::new(State::default()),
+        state,
+        buys: buys.clone(),
     });
     let (stop, mut stopped) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
@@ -160,6 +187,7 @@ pub async fn start_with_admin(flaw: Flaw, admin_token: String) -> FakeServer {
     FakeServer {
         url,
         admin_token,
+        buys,
         stop: Some(stop),
     }
 }
@@ -279,11 +307,20 @@ impl Fake {
             (Method::POST, ["v1", "admin", "shoppers"]) if is_admin => self.create_shoppers(&body),
             (Method::POST, ["v1", "deals"]) => self.create_deal(token, &body),
             (Method::GET, ["v1", "deals", id]) => match self.state.lock().deals.get(*id) {
-                Some(deal) => json_answer(StatusCode::OK, &deal_json(deal)),
+                Some(deal) => {
+                    let mut shown = deal_json(deal);
+                    if self.flaw == Flaw::StaleDeal {
+                        shown["remaining"] = json!(deal.stock);
+                        shown["held"] = json!(0);
+                        shown["sold"] = json!(0);
+                    }
+                    json_answer(StatusCode::OK, &shown)
+                }
                 None => refuse(StatusCode::NOT_FOUND, "not_found"),
             },
             (Method::POST, ["v1", "deals", id, "registrations"]) => self.register(token, id),
             (Method::POST, ["v1", "deals", id, "orders"]) => {
+                self.buys.fetch_add(1, Ordering::Relaxed);
                 if let Flaw::Slow(stall) = self.flaw {
                     tokio::time::sleep(stall).await;
                 }
