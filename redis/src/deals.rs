@@ -57,8 +57,8 @@ impl RedisStore {
             created_at: now.millis().to_string(),
         };
         self.run_done(&call).await?;
-        self.install_terms_everywhere(deal).await?;
         let entry = self.entry(deal).await?;
+        self.install_terms(&entry, 0..self.inner.shards).await?;
         Ok(entry.view(self.now()))
     }
 
@@ -106,7 +106,7 @@ impl RedisStore {
         };
         self.run_done(&call).await?;
         if change.ends_at.is_some() || change.paused.is_some() {
-            self.install_terms_everywhere(id).await?;
+            self.install_terms(&entry, 0..self.inner.shards).await?;
         }
         self.refresh(&entry).await?;
         Ok(entry.view(self.now()))
