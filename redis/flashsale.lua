@@ -160,9 +160,10 @@ end
 -- in fen, times in ms, flags 1|0), or nil when `held`, the version this
 -- shard holds (the stock hash's `v:<deal>`), is missing or not the node's:
 -- the node then reads the deal's terms afresh, installs their version here
--- (the step `terms`) and retries. A change of the terms installs its new
--- version on every shard before it is answered, so no shard decides with
--- terms older than the newest it was given.
+-- (the step `terms`) and retries: a deal's first step on a shard installs
+-- it there, and a change of the terms installs its new version on every
+-- shard before it is answered, so no shard decides with terms older than
+-- the newest it was given.
 local function terms_of(text, held)
   local version, price, limit, starts, ends, paused, registration, hold_seconds =
     string.match(text, '^(%d+):(%d+):(%d+):(%-?%d+):(%-?%d+):([01]):([01]):(%d+)$')

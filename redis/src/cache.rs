@@ -127,8 +127,8 @@ impl RedisStore {
     /// Reads the deal's terms afresh into `entry` (the newer of what it
     /// had and what Redis has) and installs their version on `shards`, all
     /// calls in flight at once: a step's `TERMS` answer on one shard, a
-    /// new deal or a change of its terms on every shard before it is
-    /// answered. Errors: the deal is gone (`not_found`), Redis.
+    /// change of the terms on every shard before it is answered. Errors:
+    /// the deal is gone (`not_found`), Redis.
     pub(crate) async fn install_terms(
         &self,
         entry: &DealEntry,
