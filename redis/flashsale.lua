@@ -49,8 +49,10 @@
 --                     request needs there: the node moves stock from the
 --                     deal's pool (sweeping the other buckets into the pool
 --                     when it is short) and retries
---   {'TERMS'}         the shard has no (or older) terms for the deal: the node
---                     installs them from the deal's slot and retries
+--   {'TERMS'}         the terms the node passed are not of the version the
+--                     shard holds (or it holds none): the node reads them
+--                     afresh from the deal's slot, installs their version on
+--                     the shard and retries
 --   {'EPOCH'}         the deployment's epoch is not the node's: the node
 --                     re-reads it and retries
 --   {'BACKLOG'}       the shard's books stream is at its bound (Postgres is
@@ -132,9 +134,9 @@ end
 local function encode_order(o)
   local hold = o.hold and (',"hold":' .. int(o.hold)) or ''
   return string.format(
-    '{"id":%s,"deal":%s,"shopper":%s,"quantity":%s,"unit_price":%s,"amount":%s,"late":%s,"created_at":%s%s}',
-    int(o.id), int(o.deal), int(o.shopper), int(o.quantity), int(o.unit_price),
-    int(o.amount), o.late and 'true' or 'false', int(o.created_at), hold)
+    '{"id":%d,"deal":%d,"shopper":%d,"quantity":%d,"unit_price":%d,"amount":%d,"late":%s,"created_at":%d%s}',
+    o.id, o.deal, o.shopper, o.quantity, o.unit_price, o.amount, o.late and 'true' or 'false',
+    o.created_at, hold)
 end
 
 local function encode_hold(h)
@@ -153,18 +155,25 @@ end
 
 -- ----- shard steps ------------------------------------------------------------
 
--- The deal's terms on this shard, or nil when missing or older than the
--- version the node knows (the node then installs them and retries).
-local function terms_of(key, version)
-  local t = redis.call('HMGET', key, 'version', 'price', 'limit', 'starts', 'ends',
-    'paused', 'registration', 'hold_seconds', 'merchant')
-  if not t[1] or num(t[1]) < version then
+-- The deal's terms as the node passes them, one argument
+-- `version:price:limit:starts:ends:paused:registration:hold_seconds` (price
+-- in fen, times in ms, flags 1|0), or nil when `held`, the version this
+-- shard holds (the stock hash's `v:<deal>`), is missing or not the node's:
+-- the node then reads the deal's terms afresh, installs their version here
+-- (the step `terms`) and retries: a deal's first step on a shard installs
+-- it there, and a change of the terms installs its new version on every
+-- shard before it is answered, so no shard decides with terms older than
+-- the newest it was given.
+local function terms_of(text, held)
+  local version, price, limit, starts, ends, paused, registration, hold_seconds =
+    string.match(text, '^(%d+):(%d+):(%d+):(%-?%d+):(%-?%d+):([01]):([01]):(%d+)$')
+  if not version or held ~= version then
     return nil
   end
   return {
-    version = num(t[1]), price = num(t[2]), limit = num(t[3]), starts = num(t[4]),
-    ends = num(t[5]), paused = t[6] == '1', registration = t[7] == '1',
-    hold_seconds = num(t[8]), merchant = t[9],
+    price = tonumber(price), limit = tonumber(limit), starts = tonumber(starts),
+    ends = tonumber(ends), paused = paused == '1', registration = registration == '1',
+    hold_seconds = tonumber(hold_seconds),
   }
 end
 
@@ -180,13 +189,15 @@ local function decide_open(window)
   return nil
 end
 
--- engine: `RecordView`: what the shopper's idempotency record (`HMGET deal
--- kind quantity outcome`) says of this request.
+-- engine: `RecordView`: what the shopper's idempotency record says of
+-- this request. A record is one string, `deal:kind:quantity:outcome`.
 local function record_view(record, deal, kind, quantity)
-  if not record[1] then return 'none' end
-  if record[1] ~= deal then return 'other_deal' end
-  if record[2] ~= kind or num(record[3]) ~= quantity then return 'other_request' end
-  return 'same_request'
+  if not record then return 'none', nil end
+  local of_deal, of_kind, of_quantity, outcome =
+    string.match(record, '^(%d+):(%a+):(%d+):(%d+)$')
+  if of_deal ~= deal then return 'other_deal', nil end
+  if of_kind ~= kind or num(of_quantity) ~= quantity then return 'other_request', nil end
+  return 'same_request', outcome
 end
 
 -- engine: `decide_reserve` (engine/src/rules/reserve.rs), check for check:
@@ -254,40 +265,42 @@ end
 
 -- reserve: a one-tap buy (kind 'order') or a hold (kind 'hold'): reads
 -- what `decide_reserve` needs, decides, then takes the stock and applies
--- the effects (engine: `reserve`, `commit_order`, `commit_hold`).
--- record: the idempotency record; terms: the shard's copy of the deal's terms;
--- deal_orders, shopper_orders: order lists; records: the deal's record set.
--- kind: 'order' or 'hold'; version: of the terms the node knows; sold_out:
--- the node's sold-out flag (1|0); retention: of the key, in s; backlog: the
--- books stream's bound (entries; 0: none). OK: kind, the record's JSON, '1'
--- when replayed.
+-- the effects (engine: `reserve`, `commit_order`, `commit_hold`), writing
+-- each hash it changes once, with the values it computed from its read.
+-- record: the idempotency record (a string, expiring); deal_orders,
+-- shopper_orders: order lists; records: the deal's record set.
+-- kind: 'order' or 'hold'; sold_out: the node's sold-out flag (1|0);
+-- retention: of the key, in s; backlog: the books stream's bound (entries;
+-- 0: none); terms: the node's copy of the deal's terms (`terms_of`). OK:
+-- kind, the record's JSON, '1' when replayed.
 --- step: reserve
---- keys: account record stock terms orders holds expiries sequences deal_orders shopper_orders records books
---- args: deal shopper kind quantity version shard sold_out retention backlog
+--- keys: account record stock orders holds expiries sequences deal_orders shopper_orders records books
+--- args: deal shopper kind quantity shard sold_out retention backlog terms
 --- replies: OK ERR REFILL TERMS BACKLOG
 --- ok: kind body replayed
 --- flags: -
 local function reserve(keys, args)
-  local account, record_key, stock, terms_key = keys[1], keys[2], keys[3], keys[4]
-  local orders, holds, expiries, sequences = keys[5], keys[6], keys[7], keys[8]
-  local deal_orders, shopper_orders, records = keys[9], keys[10], keys[11]
-  local stream = keys[12]
+  local account, record_key, stock, orders = keys[1], keys[2], keys[3], keys[4]
+  local holds, expiries, sequences = keys[5], keys[6], keys[7]
+  local deal_orders, shopper_orders, records, stream = keys[8], keys[9], keys[10], keys[11]
   local deal, shopper, kind = args[1], args[2], args[3]
-  local quantity, version, shard = num(args[4]), num(args[5]), num(args[6])
-  local sold_out, retention, backlog = args[7] == '1', num(args[8]), num(args[9])
-  -- Read: the terms (missing or older: the node installs them and
-  -- retries), the record, the bucket, the books' backlog, the wallet.
-  local terms = terms_of(terms_key, version)
+  local quantity, shard = num(args[4]), num(args[5])
+  local sold_out, retention, backlog = args[6] == '1', args[7], num(args[8])
+  -- Read: the shard's numbers of the deal with its terms' version (not
+  -- the node's: the node refreshes its terms and retries), the record, the
+  -- books' backlog, the wallet.
+  local b, h, s, n = 'b:' .. deal, 'h:' .. deal, 's:' .. deal, 'n:' .. deal
+  local counts = redis.call('HMGET', stock, 'v:' .. deal, b, s, n, 'order')
+  local terms = terms_of(args[9], counts[1])
   if not terms then return {'TERMS'} end
-  local record = redis.call('HMGET', record_key, 'deal', 'kind', 'quantity', 'outcome')
-  local wallet = redis.call('HMGET', account, 'available', 'held', 'spent',
-    'b:' .. deal, 'h:' .. deal, 'r:' .. deal)
+  local record, outcome = record_view(redis.call('GET', record_key), deal, kind, quantity)
+  local wallet = redis.call('HMGET', account, 'available', 'held', 'spent', b, h, 'r:' .. deal)
   local view = {
     kind = kind, quantity = quantity,
     window = {sold_out = sold_out, now = now_ms(), starts = terms.starts, ends = terms.ends,
       paused = terms.paused},
-    record = record_view(record, deal, kind, quantity),
-    bucket = num(redis.call('HGET', stock, 'b:' .. deal)),
+    record = record,
+    bucket = num(counts[2]),
     backlog = kind == 'order' and behind(stream, backlog),
     requires_registration = terms.registration, per_user_limit = terms.limit,
     price = terms.price, hold_seconds = terms.hold_seconds,
@@ -297,22 +310,27 @@ local function reserve(keys, args)
   -- Decide.
   local decision = decide_reserve(view)
   if decision.answer then return decision.answer end
-  if decision.replay then return replay(kind, record[4], orders, holds) end
+  if decision.replay then return replay(kind, outcome, orders, holds) end
   local r = decision.reserve
   -- Apply. engine: `deal.stock.try_take`: here the shard's bucket of the
   -- deal; short, the node refills it and retries (nothing written yet).
   if view.bucket < r.units then return {'REFILL', r.units - view.bucket, r.units} end
   -- From here on nothing can fail: commit every effect.
-  redis.call('HINCRBY', stock, 'b:' .. deal, -r.units)
-  redis.call('HINCRBY', account, 'available', int(-r.debit))
-  local outcome, body
+  local shopper_now = view.shopper
+  local id, body
   if r.kind == 'order' then
     -- engine: `commit_order`.
-    local id = compose(shard, redis.call('HINCRBY', sequences, 'order', 1) - 1)
-    redis.call('HINCRBY', account, 'spent', int(r.debit))
-    if r.new_buyer then redis.call('HINCRBY', stock, 'n:' .. deal, 1) end
-    redis.call('HINCRBY', account, 'b:' .. deal, r.units)
-    redis.call('HINCRBY', stock, 's:' .. deal, r.units)
+    local sequence = num(counts[5])
+    id = compose(shard, sequence)
+    redis.call('HSET', account, 'available', int(shopper_now.available - r.debit),
+      'spent', int(num(wallet[3]) + r.debit), b, int(shopper_now.bought + r.units))
+    local bucket, sold = int(view.bucket - r.units), int(num(counts[3]) + r.units)
+    if r.new_buyer then
+      redis.call('HSET', stock, b, bucket, s, sold, 'order', int(sequence + 1),
+        n, int(num(counts[4]) + 1))
+    else
+      redis.call('HSET', stock, b, bucket, s, sold, 'order', int(sequence + 1))
+    end
     body = encode_order({id = id, deal = num(deal), shopper = num(shopper),
       quantity = r.units, unit_price = r.unit_price, amount = r.debit, late = false,
       created_at = r.created_at})
@@ -321,23 +339,21 @@ local function reserve(keys, args)
     redis.call('RPUSH', shopper_orders, int(id))
     -- engine: the OrderSettled event, for the books.
     books(stream, 'o', body)
-    outcome = id
   else
     -- engine: `commit_hold` / `reserve_for`.
-    local id = compose(shard, redis.call('HINCRBY', sequences, 'hold', 1) - 1)
-    redis.call('HINCRBY', account, 'held', int(r.debit))
-    redis.call('HINCRBY', account, 'h:' .. deal, r.units)
-    redis.call('HINCRBY', stock, 'h:' .. deal, r.units)
+    id = compose(shard, redis.call('HINCRBY', sequences, 'hold', 1) - 1)
+    redis.call('HSET', account, 'available', int(shopper_now.available - r.debit),
+      'held', int(num(wallet[2]) + r.debit), h, int(shopper_now.held + r.units))
+    redis.call('HSET', stock, b, int(view.bucket - r.units))
+    redis.call('HINCRBY', stock, h, r.units)
     body = encode_hold({id = id, deal = num(deal), shopper = num(shopper),
       quantity = r.units, amount = r.debit, created_at = r.created_at,
       expires_at = r.expires_at, status = 'active'})
     redis.call('HSET', holds, int(id), body)
     redis.call('ZADD', expiries, int(r.expires_at), int(id))
-    outcome = id
   end
-  redis.call('HSET', record_key, 'deal', deal, 'kind', kind, 'quantity', quantity,
-    'outcome', int(outcome))
-  redis.call('EXPIRE', record_key, retention)
+  redis.call('SET', record_key, deal .. ':' .. kind .. ':' .. int(quantity) .. ':' .. int(id),
+    'EX', retention)
   redis.call('SADD', records, shopper)
   return {'OK', kind, body, '0'}
 end
@@ -405,19 +421,18 @@ end
 -- late, `decide_late_pay` on the state its expiry left. On time: held
 -- funds become spent, held stock sold. Late: the units are taken from the
 -- bucket again and the funds from available.
--- version: of the terms the node knows; backlog: the books stream's bound
--- (entries; 0: none).
+-- backlog: the books stream's bound (entries; 0: none); terms: the node's
+-- copy of the hold's deal's terms (`terms_of`).
 --- step: pay
---- keys: account stock terms orders holds expiries sequences deal_orders shopper_orders books
---- args: hold shopper version shard backlog
+--- keys: account stock orders holds expiries deal_orders shopper_orders books
+--- args: hold shopper shard backlog terms
 --- replies: OK ERR REFILL TERMS BACKLOG
 --- ok: kind body
 --- flags: -
 local function pay(keys, args)
-  local account, stock, terms_key, orders = keys[1], keys[2], keys[3], keys[4]
-  local holds, expiries, sequences = keys[5], keys[6], keys[7]
-  local deal_orders, shopper_orders, stream = keys[8], keys[9], keys[10]
-  local id, shopper, version, shard = args[1], args[2], num(args[3]), num(args[4])
+  local account, stock, orders, holds = keys[1], keys[2], keys[3], keys[4]
+  local expiries, deal_orders, shopper_orders, stream = keys[5], keys[6], keys[7], keys[8]
+  local id, shopper, shard = args[1], args[2], num(args[3])
   -- Read the hold (engine: a lookup, before the rule) and decide.
   local encoded = redis.call('HGET', holds, id)
   if not encoded then return err('not_found', 'hold') end
@@ -425,12 +440,12 @@ local function pay(keys, args)
   local now = now_ms()
   local step, refused = decide_pay(hold_view(hold, shopper, now))
   if not step then return refused end
-  -- The deal's terms (missing or older: the node installs them and
-  -- retries), and the books' backlog (Redis only: nothing changed).
-  local terms = terms_of(terms_key, version)
-  if not terms then return {'TERMS'} end
-  if behind(stream, num(args[5])) then return {'BACKLOG'} end
+  -- The deal's terms (not the shard's version: the node refreshes them
+  -- and retries), and the books' backlog (Redis only: nothing changed).
   local deal = tostring(hold.deal)
+  local terms = terms_of(args[5], redis.call('HGET', stock, 'v:' .. deal))
+  if not terms then return {'TERMS'} end
+  if behind(stream, num(args[4])) then return {'BACKLOG'} end
   local late = step ~= 'on_time'
   if step == 'expire_then_late' then
     -- engine: the expiry first (`release`, Expired), as the sweep would.
@@ -470,7 +485,7 @@ local function pay(keys, args)
   redis.call('HINCRBY', account, 'spent', int(hold.amount))
   redis.call('HINCRBY', account, 'b:' .. deal, hold.quantity)
   redis.call('HINCRBY', stock, 's:' .. deal, hold.quantity)
-  local order_id = compose(shard, redis.call('HINCRBY', sequences, 'order', 1) - 1)
+  local order_id = compose(shard, redis.call('HINCRBY', stock, 'order', 1) - 1)
   local body = encode_order({id = order_id, deal = hold.deal, shopper = hold.shopper,
     quantity = hold.quantity, unit_price = terms.price, amount = hold.amount,
     late = late, hold = hold.id, created_at = now})
@@ -625,16 +640,16 @@ end
 
 -- register: a shopper registers for a deal before it starts (engine:
 -- `register`): 'new' or 'again'.
+-- terms: the node's copy of the deal's terms (`terms_of`).
 --- step: register
---- keys: account stock terms
---- args: deal version
+--- keys: account stock
+--- args: deal terms
 --- replies: OK ERR TERMS
 --- ok: outcome
 --- flags: -
 local function register(keys, args)
-  local account, stock, terms_key = keys[1], keys[2], keys[3]
-  local deal, version = args[1], num(args[2])
-  local terms = terms_of(terms_key, version)
+  local account, stock, deal = keys[1], keys[2], args[1]
+  local terms = terms_of(args[2], redis.call('HGET', stock, 'v:' .. deal))
   if not terms then return {'TERMS'} end
   local read = redis.call('HMGET', account, 'name', 'r:' .. deal)
   local effect, refused = decide_register({now = now_ms(), starts = terms.starts,
@@ -646,20 +661,19 @@ local function register(keys, args)
   return {'OK', 'new'}
 end
 
--- terms: installs a deal's terms on a shard unless it already has these or
--- newer ones (the version only grows).
+-- terms: installs the version of a deal's terms on a shard (the stock
+-- hash's `v:<deal>`, which `terms_of` checks) unless it holds this or a
+-- newer one (the version only grows).
 --- step: terms
---- keys: terms
---- args: version price limit starts ends paused registration hold_seconds merchant
+--- keys: stock
+--- args: deal version
 --- replies: OK
 --- ok: outcome
 --- flags: -
 local function install_terms(keys, args)
-  local current = num(redis.call('HGET', keys[1], 'version'))
-  if current >= num(args[1]) then return {'OK', 'kept'} end
-  redis.call('HSET', keys[1], 'version', args[1], 'price', args[2], 'limit', args[3],
-    'starts', args[4], 'ends', args[5], 'paused', args[6], 'registration', args[7],
-    'hold_seconds', args[8], 'merchant', args[9])
+  local field = 'v:' .. args[1]
+  if num(redis.call('HGET', keys[1], field)) >= num(args[2]) then return {'OK', 'kept'} end
+  redis.call('HSET', keys[1], field, args[2])
   return {'OK', 'installed'}
 end
 

@@ -18,8 +18,16 @@
 #   8. Redis running multi-node mode's own buy step (the `reserve` function
 #      of redis/flashsale.lua, the call a node sends, printed by the binary,
 #      a fresh idempotency key per call) under redis-benchmark: the ceiling
-#      of case 6, with Redis' CPU per call; the last line prints case 6
-#      over case 8 (issue #12's goal: at least 0.8).
+#      of case 6, with Redis' CPU per call;
+#   9. Redis running a buy-sized reference script (scripts/reference-buy.lua:
+#      replay a key, check stock, limit and funds, take stock, debit, append
+#      the order to a stream, record the key) by redis-benchmark -P 16, a
+#      fresh key per call: what a hand-written buy costs Redis.
+# Cases 6 and 9 print Redis' script time per settled buy (INFO commandstats:
+# the FCALL or EVALSHA time over the orders settled) and Redis' whole CPU
+# per settled buy (INFO cpu); the last lines print case 6 over case 8, and
+# case 6 against case 9: script time per buy (goal at most 1.3 x) and
+# settled buys per second (goal at least 0.5 x).
 #
 # The HTTP cases all use the same client, wrk, with a small Lua script that
 # gives every request its own Idempotency-Key and rotates shopper tokens.
@@ -38,9 +46,12 @@
 #   COMPARE_REDIS_PORT   Redis port on 127.0.0.1               (default 6379)
 #   COMPARE_FSYNC_MODES  1: case 6 again with appendfsync always, then
 #                        everysec (CONFIG SET, restored after)  (default 0)
-#   COMPARE_CASES        all: every case; redis: only cases 6-8 (multi-node
-#                        mode against redis-benchmark), on a Redis already
-#                        running at COMPARE_REDIS_PORT          (default all)
+#   COMPARE_CASES        all: every case; redis: only cases 6-9 (multi-node
+#                        mode against redis-benchmark)          (default all)
+# When nothing answers at COMPARE_REDIS_PORT, a private redis-server
+# (no persistence) is started there for the run and stopped after; the
+# script-time figures are Redis' own and mean most on a Redis nothing else
+# uses.
 #   FLASHSALE_BIN        the binary to measure (default: build target/release/flashsale)
 #   PGPORT / PGPASSWORD  Postgres port / password              (5432 / none)
 set -euo pipefail
@@ -144,6 +155,26 @@ cpu_ticks() {
     total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat")))
   done
   echo "$total"
+}
+# Calls and microseconds so far of one command (INFO commandstats), for a
+# script command the time its scripts ran: "calls usec".
+command_stats() { # command_stats fcall|evalsha
+  redis-cli -h 127.0.0.1 -p "$REDIS_PORT" INFO commandstats | tr -d '\r' |
+    awk -F'[=,:]' -v name="cmdstat_$1" '$1 == name {calls = $3; usec = $5} END {print calls + 0, usec + 0}'
+}
+# Starts a private redis-server on REDIS_PORT when nothing answers there.
+ensure_redis() {
+  redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping >/dev/null 2>&1 && return 0
+  need redis-server redis-server || return 0
+  say "starting redis-server on 127.0.0.1:$REDIS_PORT"
+  redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save '' --appendonly no \
+    --dir "$WORK" >"$WORK/redis.log" 2>&1 &
+  PIDS+=($!)
+  local i
+  for ((i = 0; i < READY_WAIT_TENTHS; i++)); do
+    redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping >/dev/null 2>&1 && break
+    sleep 0.1
+  done
 }
 # Redis' own CPU so far (INFO cpu: used_cpu_sys + used_cpu_user), in seconds.
 redis_cpu() {
@@ -295,18 +326,7 @@ fi
 REDIS_LUA="local s = tonumber(redis.call('GET', KEYS[1])) \
 if s and s > 0 then return redis.call('DECR', KEYS[1]) end return -1"
 if need redis-benchmark redis-tools; then
-  if ! redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping >/dev/null 2>&1; then
-    if need redis-server redis-server; then
-      say "starting redis-server on 127.0.0.1:$REDIS_PORT"
-      redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save '' --appendonly no \
-        --dir "$WORK" >"$WORK/redis.log" 2>&1 &
-      PIDS+=($!)
-      for ((i = 0; i < READY_WAIT_TENTHS; i++)); do
-        redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping >/dev/null 2>&1 && break
-        sleep 0.1
-      done
-    fi
-  fi
+  ensure_redis
   if redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping >/dev/null 2>&1; then
     key="flashsale-compare:{deal}:stock"
     redis-cli -h 127.0.0.1 -p "$REDIS_PORT" SET "$key" 1000000000000 >/dev/null
@@ -326,7 +346,9 @@ else
 fi
 
 fi # single-node cases
-# --- 6, 7, 8. multi-node mode on the same Redis -------------------------------
+# --- 6, 7, 8, 9. multi-node mode on the same Redis -----------------------------
+need redis-benchmark redis-tools || true
+ensure_redis
 REDIS_UP=0
 redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping >/dev/null 2>&1 && REDIS_UP=1
 NS="compare$(date +%s)"
@@ -375,8 +397,10 @@ else
   two_nodes_settling() {
     say "wrk against two redis-mode nodes at once, settling path$1"
     local half=$((CONNECTIONS / 2)) wrks=() node rate bad sold settled ticks redis_s
+    local calls usec
     ticks=$(cpu_ticks "${NODE_PIDS[@]}")
     redis_s=$(redis_cpu)
+    read -r calls usec <<<"$(command_stats fcall)"
     for node in 0 1; do
       COMPARE_PATH="/v1/deals/$settling/orders" COMPARE_RUN="rs$node$now$2" \
         wrk -t1 -c"$half" -d"${DURATION}s" --timeout 10s --latency -s "$WORK/buy.lua" \
@@ -386,13 +410,21 @@ else
     wait "${wrks[@]}" || true
     ticks=$(($(cpu_ticks "${NODE_PIDS[@]}") - ticks))
     redis_s=$(awk -v a="$(redis_cpu)" -v b="$redis_s" 'BEGIN { print a - b }')
+    read -r calls usec <<<"$(command_stats fcall | awk -v c="$calls" -v u="$usec" '{print $1 - c, $2 - u}')"
     rate=$(awk '/^Requests\/sec:/ {sum += $2} END {print sum}' "$WORK"/redis_settling?.wrk)
     bad=$(awk '/Non-2xx or 3xx responses:/ {sum += $5} END {print sum + 0}' "$WORK"/redis_settling?.wrk)
     settled=$(awk '/ requests in / {sum += $1} END {print sum - '"$bad"'}' "$WORK"/redis_settling?.wrk)
     sold=$(api GET "/v1/deals/$settling" "$FS_TOKEN" | jq -r .sold)
+    local script_us
+    script_us=$(per_buy_us "$(awk -v u="$usec" 'BEGIN { print u / 1e6 }')" "$settled")
     result "2 redis-mode nodes, settling$1" "$rate" "$bad answers not 2xx (0 expected); $sold sold; \
 CPU per buy: nodes $(per_buy_us "$(awk -v t="$ticks" -v hz="$(getconf CLK_TCK)" 'BEGIN { print t / hz }')" "$settled") us, \
-Redis $(per_buy_us "$redis_s" "$settled") us"
+Redis $(per_buy_us "$redis_s" "$settled") us; Redis script time per buy $script_us us \
+($(awk -v c="$calls" -v n="$settled" 'BEGIN { if (n > 0) printf "%.2f", c / n; else print "-" }') script calls per buy)"
+    if [ -z "$1" ]; then
+      NODES_SCRIPT_US=$script_us
+      NODES_SETTLED_RATE=$(awk -v n="$settled" -v d="$DURATION" 'BEGIN { printf "%.0f", n / d }')
+    fi
   }
   two_nodes_settling "" ""
   if [ "$FSYNC_MODES" -eq 1 ]; then
@@ -427,25 +459,46 @@ if [ "$REDIS_UP" -eq 1 ] && command -v redis-benchmark >/dev/null 2>&1; then
   # settles; __rand_int__ makes each call's idempotency key new.
   cli() { redis-cli -h 127.0.0.1 -p "$REDIS_PORT" "$@" >/dev/null; }
   P="$NS-bench:{s:0}"
-  cli HSET "$P:terms:1" version 1 price 100 limit 1000000000000 starts 0 ends 99999999999999 \
-    paused 0 registration 0 hold_seconds 60 merchant 1
   cli HSET "$P:acct:1" name bench credited 1000000000000000 available 1000000000000000 held 0 spent 0
-  cli HSET "$P:stock" b:1 1000000000000
+  cli HSET "$P:stock" b:1 1000000000000 v:1 1
   # The library and the call come from the binary's own step definitions
   # (redis/src/steps.rs), so they cannot drift from what a node sends.
   "$BIN" redis-steps library | redis-cli -h 127.0.0.1 -p "$REDIS_PORT" -x FUNCTION LOAD REPLACE >/dev/null
   mapfile -t call < <("$BIN" redis-steps reserve-call --namespace "$NS-bench")
   say "redis-benchmark FCALL of the multi-node buy step ($REQUESTS requests)"
   redis_s=$(redis_cpu)
+  read -r _ usec <<<"$(command_stats fcall)"
   redis-benchmark -h 127.0.0.1 -p "$REDIS_PORT" -c "$CONNECTIONS" -n "$REQUESTS" -r 1000000000 \
     --threads "$THREADS" --csv "${call[@]}" >"$WORK/redis-buy.csv" 2>&1 || true
   rate=$(awk -F'","' 'NR > 1 && NF > 1 {print $2; exit}' "$WORK/redis-buy.csv")
   redis_s=$(awk -v a="$(redis_cpu)" -v b="$redis_s" 'BEGIN { print a - b }')
+  usec=$(command_stats fcall | awk -v u="$usec" '{print ($2 - u) / 1e6}')
   settled=$(redis-cli -h 127.0.0.1 -p "$REDIS_PORT" HGET "$P:acct:1" b:1)
   result "redis FCALL multi-node buy step" "$rate" "$settled settled; Redis CPU per call \
-$(per_buy_us "$redis_s" "$settled") us; the ceiling of the row two above"
+$(per_buy_us "$redis_s" "$settled") us, script time $(per_buy_us "$usec" "$settled") us; the ceiling of the row two above"
+
+  # 9. The buy-sized reference script, pipelined, a fresh record per call.
+  R="$NS-reference:{r}"
+  cli HSET "$R:stock" 1 1000000000000
+  cli HSET "$R:wallet" available 1000000000000000
+  sha=$(redis-cli -h 127.0.0.1 -p "$REDIS_PORT" SCRIPT LOAD "$(cat "$ROOT/scripts/reference-buy.lua")")
+  say "redis-benchmark -P 16 EVALSHA of the reference buy script ($REQUESTS requests)"
+  redis_s=$(redis_cpu)
+  read -r _ usec <<<"$(command_stats evalsha)"
+  redis-benchmark -h 127.0.0.1 -p "$REDIS_PORT" -c "$CONNECTIONS" -n "$REQUESTS" -r 1000000000 -P 16 \
+    --threads "$THREADS" --csv EVALSHA "$sha" 4 "$R:key:__rand_int__" "$R:stock" "$R:wallet" \
+    "$R:books" 1 100 1000000000000 86400 >"$WORK/reference.csv" 2>&1 || true
+  rate=$(awk -F'","' 'NR > 1 && NF > 1 {print $2; exit}' "$WORK/reference.csv")
+  redis_s=$(awk -v a="$(redis_cpu)" -v b="$redis_s" 'BEGIN { print a - b }')
+  usec=$(command_stats evalsha | awk -v u="$usec" '{print ($2 - u) / 1e6}')
+  settled=$(redis-cli -h 127.0.0.1 -p "$REDIS_PORT" HGET "$R:wallet" b:1)
+  REFERENCE_SCRIPT_US=$(per_buy_us "$usec" "$settled")
+  REFERENCE_RATE=$rate
+  result "redis reference buy script -P 16" "$rate" "$settled settled; Redis CPU per call \
+$(per_buy_us "$redis_s" "$settled") us, script time $REFERENCE_SCRIPT_US us"
 else
   result "redis FCALL multi-node buy step" "" "Redis or redis-benchmark not available"
+  result "redis reference buy script -P 16" "" "Redis or redis-benchmark not available"
 fi
 if [ "$REDIS_UP" -eq 1 ]; then
   redis-cli -h 127.0.0.1 -p "$REDIS_PORT" EVAL \
@@ -503,4 +556,9 @@ for i in "${!NAMES[@]}"; do
 done
 if [ -n "$nodes_rate" ] && [ -n "$step_rate" ]; then
   awk -v a="$nodes_rate" -v b="$step_rate" 'BEGIN { if (b > 0) printf "\n2 nodes settling / redis-benchmark of their step: %.2f x (goal >= 0.8)\n", a / b }'
+fi
+# Against the hand-written reference buy, on the same Redis in this run.
+if [ -n "${NODES_SCRIPT_US:-}" ] && [ -n "${REFERENCE_SCRIPT_US:-}" ]; then
+  awk -v a="$NODES_SCRIPT_US" -v b="$REFERENCE_SCRIPT_US" 'BEGIN { if (b > 0) printf "Redis script time per settled buy, 2 nodes / reference script: %s / %s us = %.2f x (goal <= 1.3)\n", a, b, a / b }'
+  awk -v a="$NODES_SETTLED_RATE" -v b="$REFERENCE_RATE" 'BEGIN { if (b > 0) printf "settled buys/s, 2 nodes / reference script -P 16: %s / %.0f = %.2f x (goal >= 0.5)\n", a, b, a / b }'
 fi

@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# What one multi-node-mode node costs Redis while idle, with no deals and
-# with DEALS live deals (default 1,000), measured on a private redis-server
+# What NODES multi-node-mode nodes (default 3) cost Redis while idle, with
+# no deals and with DEALS live deals (default 1,000), measured on a private
+# redis-server
 # (no persistence) on 127.0.0.1:${POLL_REDIS_PORT:-6394}: commands per
 # second (INFO commandstats) and Redis CPU time per second (INFO cpu,
 # used_cpu_user + used_cpu_sys), each over WINDOW seconds, side by side in
-# one run. The node's poller reads every deal's hash every 250 ms and sums
-# each deal over the shards once a second (README "Multi-node mode").
+# one run, in all and per node. A node's poller follows the epoch and the
+# newest deals' ids every 250 ms, and reads every deal's hash and sums it
+# over the shards once a second (docs/multi-node.md, "What a node costs
+# Redis").
 # Uses $FLASHSALE_BIN, else target/release/flashsale (built if missing). Bounded waits; stops what
 # it starts.
 set -euo pipefail
@@ -14,9 +17,11 @@ BIN=${FLASHSALE_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/flashsale}
 PORT=${POLL_REDIS_PORT:-6394}
 DEALS=${POLL_DEALS:-1000}
 WINDOW=${POLL_WINDOW:-10}
+NODES=${POLL_NODES:-3}
 NAME=poll
 # shellcheck source=scripts/private-node.sh
 . "$ROOT/scripts/private-node.sh"
+for _ in $(seq 2 "$NODES"); do start_node || exit 1; done
 
 # Commands run and CPU seconds used so far: "calls cpu".
 sample() {
@@ -40,15 +45,25 @@ measure() {
 sleep 2
 read -r idle_calls idle_cpu <<<"$(measure)"
 merchant=$(api POST /v1/merchants "$ADMIN" '{"name":"poll"}' | jq -r .token)
+# A deal's creation answered 503 (Redis slow to answer on a loaded
+# machine) is asked again, at most CREATE_ATTEMPTS times.
+CREATE_ATTEMPTS=5
 for i in $(seq 1 "$DEALS"); do
-  api POST /v1/deals "$merchant" "{\"title\":\"deal $i\",\"price\":\"1.00\",\"stock\":100,\
-\"starts_at\":\"2020-01-01T00:00:00Z\",\"ends_at\":\"2099-01-01T00:00:00Z\"}" >/dev/null
+  for attempt in $(seq 1 "$CREATE_ATTEMPTS"); do
+    api POST /v1/deals "$merchant" "{\"title\":\"deal $i\",\"price\":\"1.00\",\"stock\":100,\
+\"starts_at\":\"2020-01-01T00:00:00Z\",\"ends_at\":\"2099-01-01T00:00:00Z\"}" >/dev/null 2>&1 && break
+    [ "$attempt" -lt "$CREATE_ATTEMPTS" ] || { echo "deal $i not created" >&2; exit 1; }
+    sleep 1
+  done
 done
 sleep 3
 redis-cli -p "$PORT" CONFIG RESETSTAT >/dev/null
 read -r busy_calls busy_cpu <<<"$(measure)"
-echo "one node, no deals:       $idle_calls commands/s, Redis CPU $idle_cpu ms/s"
-echo "one node, $DEALS live deals: $busy_calls commands/s, Redis CPU $busy_cpu ms/s"
+per_node() { awk -v v="$1" -v n="$NODES" -v p="$2" 'BEGIN { printf "%." p "f", v / n }'; }
+echo "$NODES nodes, no deals:       $idle_calls commands/s, Redis CPU $idle_cpu ms/s \
+(per node $(per_node "$idle_calls" 0) and $(per_node "$idle_cpu" 1) ms/s)"
+echo "$NODES nodes, $DEALS live deals: $busy_calls commands/s, Redis CPU $busy_cpu ms/s \
+(per node $(per_node "$busy_calls" 0) and $(per_node "$busy_cpu" 1) ms/s)"
 echo "busiest commands with $DEALS deals (calls per second):"
 redis-cli -p "$PORT" INFO commandstats | tr -d '\r' \
   | sed -n 's/^cmdstat_\([^:]*\):calls=\([0-9]*\),.*/\2 \1/p' | sort -rn | head -5 \

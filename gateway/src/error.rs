@@ -108,10 +108,12 @@ pub enum Error {
     )]
     RedisVolatile { target: String, found: String },
     /// Redis mode: the namespace is already served by nodes of another
-    /// layout (`--redis-shards`) or another `--secret` / `--admin-token`.
+    /// layout (`--redis-shards`), another `--secret` / `--admin-token`, or
+    /// a build with another key layout (`keys=`).
     #[error(
         "the Redis namespace at {target} is served by nodes with {found}, this node has {ours}: \
-         every node of a deployment needs the same --redis-shards, --secret and --admin-token; \
+         every node of a deployment needs the same --redis-shards, --secret and --admin-token, \
+         and a build of the same key layout (keys=); \
          to start a new deployment instead, give another --redis-namespace, or delete the key \
          {key} (and the namespace's other keys) when no node serves it"
     )]

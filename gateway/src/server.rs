@@ -559,7 +559,7 @@ async fn open_redis(
         })?;
     // Every check before the first write: a node refused here leaves
     // nothing in Redis (the layout, the epoch) to refuse the next start.
-    let ours = format!("shards={} fingerprint={fingerprint}", settings.shards);
+    let ours = RedisStore::layout_for(settings.shards, fingerprint);
     let layout_refused = |found: String, ours: String| Error::RedisLayout {
         target: target.clone(),
         key: store.layout_key(),

@@ -85,6 +85,25 @@ impl DealEntry {
         }
     }
 
+    /// The deal's terms as a step takes them (the library's `terms_of`):
+    /// `version:price:limit:starts:ends:paused:registration:hold_seconds`,
+    /// price in fen, times in ms, flags 1|0. The shard checks only the
+    /// version against its own and answers `TERMS` when they differ.
+    pub(crate) fn terms_arg(&self) -> String {
+        let live = *self.live.lock();
+        format!(
+            "{}:{}:{}:{}:{}:{}:{}:{}",
+            live.version,
+            self.price.fen(),
+            self.per_user_limit,
+            self.starts_at.millis(),
+            live.ends_at.millis(),
+            u8::from(live.paused),
+            u8::from(self.requires_registration),
+            self.hold_seconds
+        )
+    }
+
     /// The lock-free refusal of the rejected majority: flagged sold out and
     /// the shopper has nothing to replay.
     pub(crate) fn sold_out_for(&self, shopper: ShopperId) -> bool {
@@ -105,35 +124,34 @@ impl RedisStore {
         Ok(self.inner.deals.write().entry(id).or_insert(entry).clone())
     }
 
-    /// Installs the deal's current terms on one shard (when missing or
-    /// older there).
-    pub(crate) async fn install_terms(&self, deal: DealId, shard: usize) -> Result<(), Error> {
+    /// Reads the deal's terms afresh into `entry` (the newer of what it
+    /// had and what Redis has) and installs their version on `shards`, all
+    /// calls in flight at once: a step's `TERMS` answer on one shard, a
+    /// change of the terms on every shard before it is answered. Errors:
+    /// the deal is gone (`not_found`), Redis.
+    pub(crate) async fn install_terms(
+        &self,
+        entry: &DealEntry,
+        shards: impl IntoIterator<Item = usize>,
+    ) -> Result<(), Error> {
         let fields: HashMap<String, String> = self
-            .query(redis::cmd("HGETALL").arg(self.keys().deal(deal)))
+            .query(redis::cmd("HGETALL").arg(self.keys().deal(entry.id)))
             .await?;
         if fields.is_empty() {
             return Err(Error::Engine(EngineError::NotFound(Entity::Deal)));
         }
-        let field = |name: &str| fields.get(name).cloned().unwrap_or_default();
-        let call = steps::Terms {
-            terms: self.keys().shard_id(shard, "terms", deal.0),
-            version: field("version"),
-            price: field("price"),
-            limit: field("limit"),
-            starts: field("starts"),
-            ends: field("ends"),
-            paused: field("paused"),
-            registration: field("registration"),
-            hold_seconds: field("hold_seconds"),
-            merchant: field("merchant"),
-        };
-        self.run_done(&call).await?;
-        Ok(())
-    }
-
-    /// Installs the deal's terms on every shard, all calls in flight at once.
-    pub(crate) async fn install_terms_everywhere(&self, deal: DealId) -> Result<(), Error> {
-        try_join_all((0..self.inner.shards).map(|shard| self.install_terms(deal, shard))).await?;
+        let fresh = live_of(&fields);
+        entry.live.lock().take_terms(&fresh);
+        let (deal, version) = (entry.id.0.to_string(), fresh.version.to_string());
+        try_join_all(shards.into_iter().map(|shard| {
+            let call = steps::Terms {
+                stock: self.keys().shard(shard, "stock"),
+                deal: deal.clone(),
+                version: version.clone(),
+            };
+            async move { self.run_done(&call).await }
+        }))
+        .await?;
         Ok(())
     }
 
@@ -260,14 +278,14 @@ impl RedisStore {
 }
 
 impl DealLive {
-    /// The sums of `before`, when this read did not sum the shards.
-    pub(crate) fn keep_sums(&mut self, before: &DealLive) {
-        self.buckets = before.buckets;
-        self.held = before.held;
-        self.sold = before.sold;
-        self.buyers = before.buyers;
-        self.registrations = before.registrations;
-        self.shares = before.shares;
+    /// The terms of `fresh` (version, end, pause) when they are at least
+    /// as new as these.
+    pub(crate) fn take_terms(&mut self, fresh: &DealLive) {
+        if fresh.version >= self.version {
+            self.version = fresh.version;
+            self.ends_at = fresh.ends_at;
+            self.paused = fresh.paused;
+        }
     }
 
     pub(crate) fn set_sums(&mut self, sum: &[u64; SUM_PARTS]) {

@@ -38,9 +38,10 @@ impl RedisStore {
         // itself, complete, with its books entry in one `create` step after
         // it. A crash between the two leaves an indexed id without a deal,
         // which every reader skips (`entry` finds no deal): the deal exists
-        // whole or not at all, and is listed as soon as it exists. Its terms
-        // reach the shards here, or on a buy's `TERMS` answer if this node
-        // stops first.
+        // whole or not at all, and is listed as soon as it exists. Its terms'
+        // version reaches a shard with the first step there that needs it
+        // (its `TERMS` answer), so a shard's stock hash holds fields only
+        // of the deals sold there.
         let deal = DealId(self.next_ids("deal", 1, true).await?);
         let call = steps::Create {
             deal: self.keys().deal(deal),
@@ -57,7 +58,6 @@ impl RedisStore {
             created_at: now.millis().to_string(),
         };
         self.run_done(&call).await?;
-        self.install_terms_everywhere(deal).await?;
         let entry = self.entry(deal).await?;
         Ok(entry.view(self.now()))
     }
@@ -106,7 +106,7 @@ impl RedisStore {
         };
         self.run_done(&call).await?;
         if change.ends_at.is_some() || change.paused.is_some() {
-            self.install_terms_everywhere(id).await?;
+            self.install_terms(&entry, 0..self.inner.shards).await?;
         }
         self.refresh(&entry).await?;
         Ok(entry.view(self.now()))

@@ -7,11 +7,18 @@ use std::sync::atomic::Ordering;
 use crate::error::Error;
 use crate::replies::{Reply, garbled, number};
 use crate::steps;
-use crate::{NO_EPOCH, RedisStore, STEP_ATTEMPTS_MAX};
+use crate::{KEY_LAYOUT_VERSION, NO_EPOCH, RedisStore, STEP_ATTEMPTS_MAX};
 
 impl RedisStore {
+    /// The layout a node with `shards` shards and the secret fingerprint
+    /// `fingerprint` keeps: `shards=N fingerprint=F keys=V`, `V` being
+    /// [`KEY_LAYOUT_VERSION`].
+    pub fn layout_for(shards: usize, fingerprint: &str) -> String {
+        format!("shards={shards} fingerprint={fingerprint} keys={KEY_LAYOUT_VERSION}")
+    }
+
     /// Checks that this node belongs to the deployment already in this
-    /// namespace: the first node keeps `shards=N fingerprint=F` in
+    /// namespace: the first node keeps [`RedisStore::layout_for`] in
     /// `ns:{g}:layout` (`SET NX GET`, one call), every later one must
     /// match it. `fingerprint` is the gateway's `Signer::fingerprint`.
     /// Returns `Err((kept, ours))`, both layouts, when they differ;
@@ -20,7 +27,7 @@ impl RedisStore {
         &self,
         fingerprint: &str,
     ) -> Result<Result<(), (String, String)>, Error> {
-        let ours = format!("shards={} fingerprint={fingerprint}", self.inner.shards);
+        let ours = Self::layout_for(self.inner.shards, fingerprint);
         let found: Option<String> = self
             .query(
                 redis::cmd("SET")

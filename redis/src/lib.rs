@@ -16,10 +16,9 @@
 //! | key (`ns` is `--redis-namespace`) | what |
 //! |---|---|
 //! | `ns:{s:K}:acct:<shopper>` | hash: name, wallet (`credited/available/held/spent`, fen), per deal `b:`/`h:` units bought/held and `r:` registered, `c:<reference>` credits |
-//! | `ns:{s:K}:key:<shopper>:<key>` | hash: an idempotency record (deal, kind, quantity, outcome), expiring after 24 h |
-//! | `ns:{s:K}:stock` | hash: per deal `b:` the shard's **stock bucket**, `h:` held, `s:` sold, `n:` buyers, `g:` registrations |
-//! | `ns:{s:K}:terms:<deal>` | hash: the deal's terms as this shard knows them, with a version |
-//! | `ns:{s:K}:orders`, `:holds`, `:exp`, `:seq` | orders and holds by id (JSON), hold expiries (sorted set), id sequences |
+//! | `ns:{s:K}:key:<shopper>:<key>` | string: an idempotency record `deal:kind:quantity:outcome`, expiring after 24 h |
+//! | `ns:{s:K}:stock` | hash: per deal `b:` the shard's **stock bucket**, `h:` held, `s:` sold, `n:` buyers, `g:` registrations, `x:` shares, `v:` the version of the deal's terms the shard's steps take (the node passes the terms themselves); `order`: the shard's order sequence |
+//! | `ns:{s:K}:orders`, `:holds`, `:exp`, `:seq` | orders and holds by id (JSON), hold expiries (sorted set), hold and sweep id sequences |
 //! | `ns:{s:K}:do:<deal>`, `:so:<shopper>`, `:rec:<deal>` | order ids per deal and per shopper; shoppers with a record on a deal |
 //! | `ns:{s:K}:xin`, `:xout` | transfer ids accepted into buckets; sweeps on their way back to a pool |
 //! | `ns:{d:D}` | hash: the deal, its undistributed stock (`pool`), `total`, the `sold_out` marker, the terms' `version` |
@@ -27,7 +26,7 @@
 //! | `ns:{s:K}:books`, `ns:{d:D}:books` | the books streams: every settled order, credit, new deal, restock and deal change of the slot, read by the consumer group `books` (see "Books") |
 //! | `ns:{g}:seq`, `:m:<id>`, `:deals`, `:deployment` | id sequences, merchants, the deals newest first, the deployment's id for Postgres |
 //! | `ns:{g}:epoch` | the deployment's epoch: a random 64-bit number, set by the first node that finds it missing |
-//! | `ns:{g}:layout` | `shards=N fingerprint=F`: the shard count and secret fingerprint every node must share (set by the first) |
+//! | `ns:{g}:layout` | `shards=N fingerprint=F keys=V`: the shard count, secret fingerprint and key layout version ([`KEY_LAYOUT_VERSION`]) every node must share (set by the first) |
 //!
 //! ## Steps
 //! Every change is one step: a function of the Redis Functions library
@@ -59,7 +58,7 @@
 //!
 //! ## The node's own state
 //! Only caches: each deal's terms and live numbers (refreshed by the poller
-//! every [`POLL_INTERVAL`], and at once on the `ns:deals` channel), and a
+//! every fourth poll, once a second, and at once on the `ns:deals` channel), and a
 //! **sold-out flag** per deal with the set of shoppers that have a record
 //! on it. A buy of a deal flagged sold out by a shopper without a record is
 //! refused here, without touching Redis; the rest go to Redis, which
@@ -159,11 +158,13 @@ pub const NO_EPOCH: u64 = 0;
 /// first in Redis is kept to this length.
 pub const FEED_DEALS_MAX: usize = 1_000;
 
-/// How often the poller refreshes deals, gathers their numbers across the
-/// shards, and checks that Redis answers.
+/// How often the poller follows the epoch and the newest deals' ids, and
+/// checks that Redis answers.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
-/// How often (in polls) the poller sums deals' numbers and merchants'
-/// ratings over the shards: the costly part of a poll.
+/// How often (in polls) the poller re-reads the newest deals and sums their
+/// numbers and merchants' ratings over the shards: the costly part of a
+/// poll (between them the deals' channel carries every change a node must
+/// see at once).
 pub(crate) const SUMS_EVERY_POLLS: u32 = 4;
 /// How often (in polls) the poller re-reads Redis' persistence settings:
 /// an operator may change them at runtime (`CONFIG SET`).
@@ -179,6 +180,11 @@ pub(crate) const TRANSFER_ABANDONED_MS: i64 = 2_000;
 pub(crate) const STEP_ATTEMPTS_MAX: usize = 4;
 /// Idempotency records are kept this long (at least 24 hours: `docs/api.md`, idempotency).
 pub(crate) const KEY_RETENTION_SECONDS: u64 = 24 * 60 * 60;
+/// The version of the key layout and the records' formats in Redis (the
+/// table above), kept in the deployment's layout: nodes of builds with
+/// another version are refused at start rather than read records they
+/// cannot parse.
+pub const KEY_LAYOUT_VERSION: u32 = 2;
 /// Largest wallet balance in Redis mode, in fen: Lua computes in doubles,
 /// exact up to 2^53.
 pub const WALLET_FEN_MAX: i64 = (1 << 53) - 1;

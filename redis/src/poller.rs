@@ -19,13 +19,14 @@ use crate::{
 
 impl RedisStore {
     /// Runs until dropped: every [`POLL_INTERVAL`] follows the deployment's
-    /// epoch and refreshes the newest deals and their numbers (the feed,
-    /// `/metrics` and the sold-out flags read them); every few polls
-    /// re-reads Redis' persistence and finishes transfers and sweeps left
-    /// half done. A failed poll marks the store not ready. Beside it,
-    /// listens on the deployment's channel and re-reads a deal at once when
-    /// a step publishes it (sold out, restocked, new terms); the poll is the
-    /// safety net for messages missed while disconnected.
+    /// epoch and the newest deals' ids; every fourth poll (once a second)
+    /// refreshes those deals and their numbers (the feed, `/metrics` and
+    /// the sold-out flags read them); every few polls re-reads Redis'
+    /// persistence and finishes transfers and sweeps left half done. A
+    /// failed poll marks the store not ready. Beside it, listens on the
+    /// deployment's channel and re-reads a deal at once when a step
+    /// publishes it (sold out, restocked, new terms); the refresh with the
+    /// sums is the safety net for messages missed while disconnected.
     pub async fn run_poller(self) {
         tokio::join!(self.poll_loop(), self.subscribe_loop());
     }
@@ -104,8 +105,9 @@ impl RedisStore {
         Ok(())
     }
 
-    /// One poll (see [`RedisStore::run_poller`]); `with_sums` also sums
-    /// the deals' numbers and the merchants' ratings over the shards.
+    /// One poll (see [`RedisStore::run_poller`]): the epoch and the newest
+    /// deals' ids; `with_sums` also reads those deals' hashes and sums
+    /// their numbers and the merchants' ratings over the shards.
     pub(crate) async fn poll(&self, with_sums: bool) -> Result<(), Error> {
         self.follow_epoch().await?;
         let ids: Vec<u64> = self
@@ -123,6 +125,14 @@ impl RedisStore {
                 entries.push(entry);
             }
         }
+        if !with_sums {
+            // Between the sums no deal's hash is read: every change a node
+            // must see at once (sold out, restock, new terms) is published
+            // on the channel, and the rest (the pool a refill moved) waits
+            // for the next sums with the numbers it goes with.
+            *self.inner.newest.write() = ids;
+            return Ok(());
+        }
         // One read per deal, all in flight at once: the deals live on
         // different Cluster slots, so no pipeline may hold two of them.
         let reads = entries.iter().map(|entry| {
@@ -134,25 +144,13 @@ impl RedisStore {
         });
         let fields = try_join_all(reads).await?;
         // The numbers summed over the shards cost one HMGET per shard of six
-        // fields per deal: every [`SUMS_EVERY_POLLS`] polls; between them a
-        // deal keeps the sums it had (its hash is still read every poll).
+        // fields per deal.
         let deal_ids: Vec<DealId> = entries.iter().map(|entry| entry.id).collect();
-        let sums = if with_sums {
-            Some(self.shard_sums(&deal_ids).await?)
-        } else {
-            None
-        };
-        for (index, (entry, fields)) in entries.iter().zip(&fields).enumerate() {
+        let sums = self.shard_sums(&deal_ids).await?;
+        for ((entry, fields), sum) in entries.iter().zip(&fields).zip(&sums) {
             let mut live = live_of(fields);
-            match sums.as_ref().and_then(|sums| sums.get(index)) {
-                Some(sum) => live.set_sums(sum),
-                None => live.keep_sums(&entry.live.lock()),
-            }
+            live.set_sums(sum);
             self.learn(entry, live).await;
-        }
-        if !with_sums {
-            *self.inner.newest.write() = ids;
-            return Ok(());
         }
         let merchants: Vec<MerchantId> = entries
             .iter()

@@ -35,7 +35,6 @@ impl RedisStore {
             account: keys.shard_id(shard, "acct", shopper.0),
             record: keys.idempotency(shard, shopper, key),
             stock: keys.shard(shard, "stock"),
-            terms: keys.shard_id(shard, "terms", deal.0),
             orders: keys.shard(shard, "orders"),
             holds: keys.shard(shard, "holds"),
             expiries: keys.shard(shard, "exp"),
@@ -48,14 +47,14 @@ impl RedisStore {
             shopper: shopper.0.to_string(),
             kind: kind.to_owned(),
             quantity: quantity.to_string(),
-            version: String::new(),
             shard: shard.to_string(),
             sold_out: String::new(),
             retention: KEY_RETENTION_SECONDS.to_string(),
             backlog: self.inner.books_backlog.clone(),
+            terms: String::new(),
         };
         for _ in 0..STEP_ATTEMPTS_MAX {
-            call.version = entry.live.lock().version.to_string();
+            call.terms = entry.terms_arg();
             call.sold_out = if entry.sold_out.load(Ordering::Acquire) {
                 "1"
             } else {
@@ -68,7 +67,7 @@ impl RedisStore {
                     return Ok((values, replayed));
                 }
                 Reply::Refused(refusal) => return Err(Error::Engine(refusal)),
-                Reply::Terms => self.install_terms(deal, shard).await?,
+                Reply::Terms => self.install_terms(&entry, [shard]).await?,
                 Reply::Backlog => return Err(Error::BooksBacklog),
                 Reply::Refill { need, total } => {
                     if !self.refill(&entry, shard, need, total).await? {
@@ -90,18 +89,17 @@ impl RedisStore {
         let mut call = steps::Register {
             account: keys.shard_id(shard, "acct", shopper.0),
             stock: keys.shard(shard, "stock"),
-            terms: keys.shard_id(shard, "terms", deal.0),
             deal: deal.0.to_string(),
-            version: String::new(),
+            terms: String::new(),
         };
         for _ in 0..STEP_ATTEMPTS_MAX {
-            call.version = entry.live.lock().version.to_string();
+            call.terms = entry.terms_arg();
             match self.run(&call, None).await? {
                 Reply::Done(values) => {
                     return Ok(values.get(1).and_then(text).as_deref() == Some("new"));
                 }
                 Reply::Refused(refusal) => return Err(Error::Engine(refusal)),
-                Reply::Terms => self.install_terms(deal, shard).await?,
+                Reply::Terms => self.install_terms(&entry, [shard]).await?,
                 Reply::Refill { .. } | Reply::Epoch | Reply::Backlog => {
                     return Err(garbled("register cannot refill or answer EPOCH or BACKLOG"));
                 }
@@ -153,22 +151,20 @@ impl RedisStore {
         let mut call = steps::Pay {
             account: keys.shard_id(shard, "acct", shopper.0),
             stock: keys.shard(shard, "stock"),
-            terms: keys.shard_id(shard, "terms", deal.0),
             orders: keys.shard(shard, "orders"),
             holds: keys.shard(shard, "holds"),
             expiries: keys.shard(shard, "exp"),
-            sequences: keys.shard(shard, "seq"),
             deal_orders: keys.shard_id(shard, "do", deal.0),
             shopper_orders: keys.shard_id(shard, "so", shopper.0),
             books: keys.shard(shard, "books"),
             hold: id.0.to_string(),
             shopper: shopper.0.to_string(),
-            version: String::new(),
             shard: shard.to_string(),
             backlog: self.inner.books_backlog.clone(),
+            terms: String::new(),
         };
         for _ in 0..STEP_ATTEMPTS_MAX {
-            call.version = entry.live.lock().version.to_string();
+            call.terms = entry.terms_arg();
             match self.run(&call, Some(id)).await? {
                 Reply::Done(values) => {
                     return order_of(&values.get(2).and_then(text).unwrap_or_default());
@@ -180,7 +176,7 @@ impl RedisStore {
                     }
                     return Err(Error::Engine(refusal));
                 }
-                Reply::Terms => self.install_terms(deal, shard).await?,
+                Reply::Terms => self.install_terms(&entry, [shard]).await?,
                 Reply::Backlog => return Err(Error::BooksBacklog),
                 Reply::Refill { need, total } => {
                     if !self.refill(&entry, shard, need, total).await? {

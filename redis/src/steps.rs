@@ -178,22 +178,22 @@ macro_rules! steps {
 
 steps! {
     /// A one-tap buy (`kind` "order") or a hold ("hold") on the shopper's
-    /// shard. `record`: the idempotency record; `terms`: the shard's copy
-    /// of the deal's terms; `records`: the deal's record set. `version`:
-    /// the terms' version the node knows; `sold_out`: the node's flag (1|0);
-    /// `retention`: the key's, in s; `backlog`: the books stream's bound.
+    /// shard. `record`: the idempotency record; `records`: the deal's
+    /// record set. `sold_out`: the node's flag (1|0); `retention`: the
+    /// key's, in s; `backlog`: the books stream's bound; `terms`: the
+    /// node's copy of the deal's terms (`DealEntry::terms_arg`).
     Reserve "reserve" writes {
-        keys: [account, record, stock, terms, orders, holds, expiries, sequences,
+        keys: [account, record, stock, orders, holds, expiries, sequences,
             deal_orders, shopper_orders, records, books];
-        args: [deal, shopper, kind, quantity, version, shard, sold_out, retention, backlog];
+        args: [deal, shopper, kind, quantity, shard, sold_out, retention, backlog, terms];
         replies: ["OK", "ERR", "REFILL", "TERMS", "BACKLOG"];
         ok: "kind body replayed";
     }
-    /// Pays a hold, in its time or late.
+    /// Pays a hold, in its time or late; `terms`: the node's copy of the
+    /// hold's deal's terms.
     Pay "pay" writes {
-        keys: [account, stock, terms, orders, holds, expiries, sequences, deal_orders,
-            shopper_orders, books];
-        args: [hold, shopper, version, shard, backlog];
+        keys: [account, stock, orders, holds, expiries, deal_orders, shopper_orders, books];
+        args: [hold, shopper, shard, backlog, terms];
         replies: ["OK", "ERR", "REFILL", "TERMS", "BACKLOG"];
         ok: "kind body";
     }
@@ -220,18 +220,19 @@ steps! {
         replies: ["OK"];
         ok: "";
     }
-    /// Registers a shopper for a deal before it starts.
+    /// Registers a shopper for a deal before it starts; `terms`: the
+    /// node's copy of the deal's terms.
     Register "register" writes {
-        keys: [account, stock, terms];
-        args: [deal, version];
+        keys: [account, stock];
+        args: [deal, terms];
         replies: ["OK", "ERR", "TERMS"];
         ok: "outcome";
     }
-    /// Installs a deal's terms on a shard unless it has these or newer.
+    /// Installs the version of a deal's terms on a shard unless it holds
+    /// this or a newer one.
     Terms "terms" writes {
-        keys: [terms];
-        args: [version, price, limit, starts, ends, paused, registration, hold_seconds,
-            merchant];
+        keys: [stock];
+        args: [deal, version];
         replies: ["OK"];
         ok: "outcome";
     }
@@ -332,10 +333,15 @@ steps! {
     }
 }
 
+/// The terms [`bench_reserve_call`] passes: version 1, price 1.00, a
+/// limit and a window no bench reaches, no pause, no registration
+/// (`version:price:limit:starts:ends:paused:registration:hold_seconds`).
+pub const BENCH_TERMS: &str = "1:100:1000000000000:0:99999999999999:0:0:60";
+
 /// The call a node makes to buy one unit of deal 1 for shopper 1 on shard
 /// 0 of `namespace`, with idempotency key `key`, as `redis-cli` words
 /// (`scripts/compare.sh` hands it to `redis-benchmark`). The bench's terms
-/// version is 1, the node's sold-out flag off, the books unbounded.
+/// are [`BENCH_TERMS`], the node's sold-out flag off, the books unbounded.
 pub fn bench_reserve_call(namespace: &str, key: &str) -> Vec<String> {
     let keys = crate::keys::Keys {
         namespace: namespace.to_owned(),
@@ -345,7 +351,6 @@ pub fn bench_reserve_call(namespace: &str, key: &str) -> Vec<String> {
         account: keys.shard_id(shard, "acct", shopper.0),
         record: keys.idempotency(shard, shopper, key),
         stock: keys.shard(shard, "stock"),
-        terms: keys.shard_id(shard, "terms", deal),
         orders: keys.shard(shard, "orders"),
         holds: keys.shard(shard, "holds"),
         expiries: keys.shard(shard, "exp"),
@@ -358,11 +363,11 @@ pub fn bench_reserve_call(namespace: &str, key: &str) -> Vec<String> {
         shopper: shopper.0.to_string(),
         kind: "order".to_owned(),
         quantity: "1".to_owned(),
-        version: "1".to_owned(),
         shard: shard.to_string(),
         sold_out: "0".to_owned(),
         retention: crate::KEY_RETENTION_SECONDS.to_string(),
         backlog: "0".to_owned(),
+        terms: BENCH_TERMS.to_owned(),
     };
     let keys = call.keys();
     let mut words = vec![
@@ -479,12 +484,12 @@ mod tests {
     fn a_call_lists_keys_then_arguments_in_order() {
         let words = bench_reserve_call("ns", "k");
         assert_eq!(words[0], "FCALL");
-        assert_eq!(words[2], "12");
+        assert_eq!(words[2], "11");
         assert_eq!(words[3], "ns:{s:0}:acct:1");
         assert_eq!(words[4], "ns:{s:0}:key:1:k");
         assert_eq!(
-            words[15..],
-            ["1", "1", "order", "1", "1", "0", "0", "86400", "0"]
+            words[14..],
+            ["1", "1", "order", "1", "0", "0", "86400", "0", BENCH_TERMS]
         );
         let audit = Audit {
             stock: "s".into(),

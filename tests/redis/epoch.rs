@@ -148,9 +148,10 @@ async fn a_deal_cut_short_by_a_crash_does_not_exist_at_all() {
 }
 
 /// A node started on a namespace already served with another
-/// `--redis-shards` or another `--secret` is refused at start, naming the
-/// flags (it would see none of its peers' shoppers, or answer their tokens
-/// with 401), and the deployment's own nodes go on serving.
+/// `--redis-shards`, another `--secret` or by a build of another key
+/// layout is refused at start, naming the flags (it would see none of its
+/// peers' shoppers, answer their tokens with 401, or misread their
+/// records), and the deployment's own nodes go on serving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_of_another_layout_or_secret_is_refused() {
     let Some(url) = flashsale_testkit::redis_url() else {
@@ -177,6 +178,16 @@ async fn a_node_of_another_layout_or_secret_is_refused() {
         "{refusal}"
     );
     other.secret = deployment.secret.clone();
+    // A build of another key layout (`keys=` in the kept layout: its
+    // records' formats differ) is refused too.
+    let kept = deployment.target.run_cli(&["GET", &key]);
+    let kept = kept.trim();
+    let older = kept.split(" keys=").next().unwrap_or_default();
+    assert_ne!(older, kept, "the layout names its key layout: {kept}");
+    deployment.target.run_cli(&["SET", &key, older]);
+    let refusal = other.refused_start(&["--allow-volatile-redis"]);
+    assert!(refusal.contains("keys="), "{refusal}");
+    deployment.target.run_cli(&["SET", &key, kept]);
     let peer = other.node();
     peer.deal(&merchant, 5, 1).await;
 }

@@ -1,0 +1,116 @@
+//! A node passes the deal's terms it has cached to every step, and the
+//! shard checks only their version: a node whose copy is older than what
+//! another node changed still decides with the newest terms. Two
+//! `RedisStore`s share one namespace on the Redis of `REDIS_URL`, neither
+//! running the poller or listening on the deals' channel, so the second
+//! one's cache stays stale until a step answers `TERMS`.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use flashsale_engine::{
+    Allocation, Answer, DealChange, EngineError, Money, NewDeal, ShopperId, Timestamp,
+};
+use flashsale_redis::{RedisSettings, RedisTarget};
+use flashsale_store::{RedisStore, StoreError};
+
+async fn store(url: &str, namespace: &str) -> RedisStore {
+    let settings = RedisSettings {
+        target: RedisTarget::Single(url.to_owned()),
+        namespace: namespace.to_owned(),
+        shards: 4,
+        response_timeout: Duration::from_secs(5),
+        connect_timeout: Duration::from_secs(5),
+        allow_volatile: true,
+        books_backlog_per_stream_max: 0,
+        clock: None,
+    };
+    RedisStore::connect(&settings)
+        .await
+        .unwrap_or_else(|error| panic!("Redis is configured but does not answer: {error}"))
+}
+
+fn refusal(result: Result<impl std::fmt::Debug, flashsale_redis::Error>) -> EngineError {
+    match result.map_err(StoreError::from) {
+        Err(StoreError::Engine(refusal)) => refusal,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+/// Node B caches the deal's terms, node A pauses the deal and B, its copy
+/// stale, is refused `deal_paused`; A resumes it and B, its copy now stale
+/// the other way (paused), settles. Each time B's step answers `TERMS`, B
+/// reads the terms afresh and retries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_stale_terms_decides_with_the_newest() {
+    let Some(url) = flashsale_testkit::redis_url() else {
+        return;
+    };
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("after 1970")
+        .as_millis();
+    let namespace = format!("terms{}x{now}", std::process::id());
+    let a = store(&url, &namespace).await;
+    let b = store(&url, &namespace).await;
+    let merchant = a.create_merchant("terms").await.expect("a merchant");
+    let price = Money::from_fen(100).expect("a price");
+    let shoppers: Vec<ShopperId> = a
+        .create_shoppers(1, Money::from_fen(1_000).expect("a credit"))
+        .await
+        .expect("a shopper");
+    let shopper = shoppers[0];
+    let now = i64::try_from(now).expect("ms fit i64");
+    let deal = a
+        .create_deal(
+            merchant.id,
+            NewDeal {
+                title: "terms".to_owned(),
+                price,
+                stock: 10,
+                per_user_limit: Some(5),
+                starts_at: Timestamp(now - 60_000),
+                ends_at: Timestamp(now + 3_600_000),
+                requires_registration: false,
+                hold_seconds: None,
+                allocation: Allocation::FirstCome,
+            },
+        )
+        .await
+        .expect("a deal")
+        .id;
+    let (_, answer) = b.buy(shopper, deal, 1, "first").await.expect("B sells");
+    assert_eq!(answer, Answer::Settled);
+
+    let pause = |paused| DealChange {
+        paused: Some(paused),
+        ..DealChange::default()
+    };
+    a.update_deal(merchant.id, deal, pause(true))
+        .await
+        .expect("A pauses the deal");
+    assert_eq!(
+        refusal(b.buy(shopper, deal, 1, "while-paused").await),
+        EngineError::DealPaused,
+        "B, its copy of the terms older than the pause, sold"
+    );
+
+    a.update_deal(merchant.id, deal, pause(false))
+        .await
+        .expect("A resumes the deal");
+    let (order, answer) = b
+        .buy(shopper, deal, 1, "resumed")
+        .await
+        .expect("B, its copy of the terms paused, refused a resumed deal");
+    assert_eq!((answer, order.quantity), (Answer::Settled, 1));
+    assert_eq!(a.deal(deal).await.expect("the deal").counts.sold, 2);
+
+    // The namespace's keys, in one script (a single Redis).
+    let client = redis::Client::open(url.as_str()).expect("a Redis URL");
+    let mut connection = client.get_connection().expect("Redis answers");
+    let _: () = redis::cmd("EVAL")
+        .arg("for _, k in ipairs(redis.call('KEYS', ARGV[1])) do redis.call('DEL', k) end")
+        .arg(0)
+        .arg(format!("{namespace}:*"))
+        .query(&mut connection)
+        .expect("the namespace's keys deleted");
+}
