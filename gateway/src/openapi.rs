@@ -201,7 +201,7 @@ mod tests {
                 endpoint.name()
             );
         }
-        assert_eq!(served.statuses(Endpoint::Readyz), [200, 503]);
+        assert_eq!(served.statuses(Endpoint::Readyz), [200, 400, 405, 501, 503]);
         assert!(served.statuses(Endpoint::Buy).contains(&409));
         assert!(!served.statuses(Endpoint::Healthz).contains(&201));
     }

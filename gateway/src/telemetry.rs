@@ -215,7 +215,10 @@ impl Telemetry {
                 let internal = (!endpoint.answers_from_process()).then_some(500);
                 // A 405 is the router's answer before any endpoint is
                 // known, so it never counts under a route.
-                let listed = openapi.statuses(endpoint).iter().filter(|&&status| status != 405);
+                let listed = openapi
+                    .statuses(endpoint)
+                    .iter()
+                    .filter(|&&status| status != 405);
                 for &status in listed.chain(&internal) {
                     let column = status_column(status);
                     cells[column].get_or_init(|| request_counter(endpoint, column));

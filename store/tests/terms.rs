@@ -23,6 +23,7 @@ async fn store(url: &str, namespace: &str) -> RedisStore {
         allow_volatile: true,
         books_backlog_per_stream_max: 0,
         clock: None,
+        replica_acks: None,
     };
     RedisStore::connect(&settings)
         .await

@@ -72,20 +72,15 @@ async fn a_hold_reserves_then_pays_once() {
         (&order["amount"], &order["late"]),
         (&json!("200.00"), &json!(false))
     );
-    let settled = pay(&t, &shopper.token, id).await;
-    settled.refused(409, "hold_settled");
-    assert_eq!(
-        settled.body["error"]["order_id"], order["id"],
-        "{}",
-        settled.text
-    );
-    let settled = release(&t, &shopper.token, id).await;
-    settled.refused(409, "hold_settled");
-    assert_eq!(
-        settled.body["error"]["order_id"], order["id"],
-        "{}",
-        settled.text
-    );
+    // Paying or releasing it again is refused, naming the order.
+    for settled in [
+        pay(&t, &shopper.token, id).await,
+        release(&t, &shopper.token, id).await,
+    ] {
+        settled.refused(409, "hold_settled");
+        let named = &settled.body["error"]["order_id"];
+        assert_eq!(named, &order["id"], "{}", settled.text);
+    }
     let wallet = t.wallet(&shopper).await;
     assert_eq!(
         (&wallet["held"], &wallet["spent"]),
