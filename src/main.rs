@@ -273,6 +273,9 @@ const CHECK_FAILED: u8 = 1;
 /// Exit code of `audit` and `verify-draw` when they could not check
 /// (the error on stderr); clap's refusals of the command line exit 2 too.
 const CANNOT_CHECK: u8 = 2;
+/// Exit code of a command line refused, by clap or by a setting's check
+/// (`serve`'s `Config::from_args`).
+const COMMAND_LINE_REFUSED: u8 = 2;
 
 /// An error of `audit` or `verify-draw`, printed; exit [`CANNOT_CHECK`].
 fn cannot_check(error: BoxError) -> Result<ExitCode, BoxError> {
@@ -292,7 +295,15 @@ async fn audit(args: flashsale_gateway::audit::AuditArgs) -> Result<ExitCode, Bo
 }
 
 async fn serve(args: ServeArgs) -> Result<ExitCode, BoxError> {
-    let config = Config::from_args(args)?;
+    let config = match Config::from_args(args) {
+        Ok(config) => config,
+        // A refused setting is a refused command line, like clap's own
+        // refusals (docs/operations.md, "Exit codes").
+        Err(error) => {
+            print_error(&error);
+            return Ok(ExitCode::from(COMMAND_LINE_REFUSED));
+        }
+    };
     let addr = config.addr;
     // Bind before opening: a taken port must not leave a new data
     // directory, secret or journal behind.

@@ -110,7 +110,9 @@ pub async fn run(args: AuditArgs) -> Result<AuditReport, Error> {
             "audit needs --redis-url or --redis-cluster".into(),
         ));
     };
-    let store = RedisStore::connect(&RedisSettings {
+    // Connected without starting: a node's start sets the deployment's
+    // epoch on an empty namespace, and the audit writes nothing.
+    let store = RedisStore::connect_unstarted(&RedisSettings {
         target,
         namespace,
         shards,

@@ -282,12 +282,15 @@ fn refused(command: &mut Command) -> String {
 #[test]
 fn a_short_admin_token_is_refused_like_a_short_secret() {
     let dir = tempfile::tempdir().unwrap();
-    let stderr = refused(
-        flashsale()
-            .args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])
-            .arg(dir.path())
-            .args(["--admin-token", "admin-secret"]),
-    );
+    let output = flashsale()
+        .args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .args(["--admin-token", "admin-secret"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    // A refused setting is a refused command line: exit 2, like clap's.
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(
         stderr.contains("--admin-token (FLASHSALE_ADMIN_TOKEN) must be at least 16 bytes"),
         "{stderr}"

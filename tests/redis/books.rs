@@ -686,6 +686,10 @@ async fn an_audit_of_an_unserved_namespace_or_other_shards_fails() {
     let (code, report) = audit(&typo, &database, false);
     assert_eq!(code, AUDIT_CANNOT_CHECK, "{report}");
     assert!(report.contains("no deployment"), "{report}");
+    // The audit only reads: it leaves no key in the namespace it read.
+    let pattern = format!("{}:*", typo.namespace);
+    let keys = typo.target.run_cli(&["--scan", "--pattern", &pattern]);
+    assert_eq!(keys.trim(), "", "the audit wrote into Redis");
     let served = Deployment::new(Target::Single(url), 64);
     let node = served.node_with(&["--database-url", &database]);
     node.merchant("Audited").await;

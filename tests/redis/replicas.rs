@@ -34,14 +34,23 @@ fn pair() -> Pair {
         "127.0.0.1",
         &port,
     ]);
-    let started = Instant::now();
-    while !(primary
-        .cli(&["INFO", "replication"])
-        .contains("connected_slaves:1")
-        && replica
+    // In sync, and the replica's append-only file holds what the sync
+    // brought: after a full sync a replica rewrites its AOF in the
+    // background, and until that ends a kill -9 restarts it empty.
+    let synced = || {
+        let persistence = replica.cli(&["INFO", "persistence"]);
+        primary
             .cli(&["INFO", "replication"])
-            .contains("master_link_status:up"))
-    {
+            .contains("connected_slaves:1")
+            && replica
+                .cli(&["INFO", "replication"])
+                .contains("master_link_status:up")
+            && !persistence.contains("aof_rewrites:0")
+            && persistence.contains("aof_rewrite_in_progress:0")
+            && persistence.contains("aof_rewrite_scheduled:0")
+    };
+    let started = Instant::now();
+    while !synced() {
         assert!(
             started.elapsed() < REPLICA_SYNC_MAX,
             "the replica did not sync within {REPLICA_SYNC_MAX:?}"
