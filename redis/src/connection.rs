@@ -122,6 +122,7 @@ impl RedisStore {
                 }),
                 allow_volatile: settings.allow_volatile,
                 volatile_refused: AtomicBool::new(false),
+                replicas_short: AtomicBool::new(false),
                 replica_acks,
             }),
         };
@@ -134,30 +135,42 @@ impl RedisStore {
     }
 
     /// Refuses to start when a primary has fewer than `required` connected
-    /// replicas (`INFO replication`, `connected_slaves`): every change
-    /// would answer `503`. Errors: [`Error::Config`] naming the primary and
-    /// the flag.
+    /// replicas: every change would answer `503`. Errors:
+    /// [`Error::Config`] naming the primary and the flag.
     async fn check_replicas(&self, required: u32) -> Result<(), Error> {
-        let mut cmd = redis::cmd("INFO");
-        cmd.arg("replication");
-        for (server, reply) in self.on_every_primary(&cmd).await? {
-            let info = reply
-                .ok()
-                .and_then(|value| text(&value))
-                .unwrap_or_default();
-            let connected = info
-                .lines()
-                .find_map(|line| line.trim().strip_prefix("connected_slaves:"))
-                .and_then(|count| count.parse::<u32>().ok())
-                .unwrap_or(0);
+        for (server, connected) in self.connected_replicas().await? {
             if connected < required {
                 return Err(Error::Config(format!(
-                    "--redis-replica-acks {required}: {server} has {connected} connected replica(s); \
+                    "--redis-replica-acks {required}: {server} has {connected} connected replica(s) online; \
                      start its replicas (redis-server --replicaof), or lower the flag"
                 )));
             }
         }
         Ok(())
+    }
+
+    /// Each primary's replicas online (`INFO replication`: the `slaveN:`
+    /// lines with `state=online`; one still in its first sync cannot
+    /// acknowledge yet). Errors: a primary did not answer.
+    pub(crate) async fn connected_replicas(&self) -> Result<Vec<(String, u32)>, Error> {
+        let mut cmd = redis::cmd("INFO");
+        cmd.arg("replication");
+        Ok(self
+            .on_every_primary(&cmd)
+            .await?
+            .into_iter()
+            .map(|(server, reply)| {
+                let info = reply
+                    .ok()
+                    .and_then(|value| text(&value))
+                    .unwrap_or_default();
+                let online = info
+                    .lines()
+                    .filter(|line| line.starts_with("slave") && line.contains("state=online"))
+                    .count();
+                (server, u32::try_from(online).unwrap_or(u32::MAX))
+            })
+            .collect())
     }
 
     /// Reads (or, on an empty namespace, sets) the deployment's epoch and

@@ -214,6 +214,26 @@ impl RedisStore {
         self.inner
             .volatile_refused
             .store(refused, Ordering::Relaxed);
+        if let Some(acks) = &self.inner.replica_acks {
+            let required = acks.required();
+            let short: Vec<(String, u32)> = self
+                .connected_replicas()
+                .await?
+                .into_iter()
+                .filter(|(_, connected)| *connected < required)
+                .collect();
+            let was_short = self
+                .inner
+                .replicas_short
+                .swap(!short.is_empty(), Ordering::Relaxed);
+            if !short.is_empty() && !was_short {
+                tracing::warn!(
+                    ?short,
+                    required,
+                    "a Redis primary lacks replicas; changes answer 503"
+                );
+            }
+        }
         let before = std::mem::replace(&mut *self.inner.durability.write(), now.clone());
         if before.mode != now.mode {
             if now.mode < before.mode {

@@ -237,6 +237,10 @@ pub(crate) struct Inner {
     /// (`not_ready`). Kept apart from `durability` so the check on every
     /// request is one relaxed load.
     pub(crate) volatile_refused: AtomicBool,
+    /// A primary has fewer connected replicas than `--redis-replica-acks`
+    /// (read with the durability, every second): changes are refused at
+    /// once (`not_ready`) instead of waiting out the acknowledgment timeout.
+    pub(crate) replicas_short: AtomicBool,
     /// `--redis-replica-acks`: the group commit every change waits on.
     pub(crate) replica_acks: Option<Arc<crate::replication::ReplicaAcks>>,
 }
@@ -249,6 +253,12 @@ impl RedisStore {
     pub fn not_ready(&self) -> Option<&'static str> {
         if !self.inner.reachable.load(Ordering::Relaxed) {
             return Some("Redis does not answer");
+        }
+        if self.inner.replicas_short.load(Ordering::Relaxed) {
+            return Some(
+                "a Redis primary has fewer connected replicas than --redis-replica-acks asks, so \
+                 no change could be acknowledged: changes answer 503 until its replicas return",
+            );
         }
         self.inner
             .volatile_refused

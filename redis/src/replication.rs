@@ -100,6 +100,11 @@ impl ReplicaAcks {
         }
     }
 
+    /// Replicas each change needs.
+    pub(crate) fn required(&self) -> u32 {
+        self.settings.required
+    }
+
     /// Returns once a round of `key`'s slot that started after this call
     /// got the required acknowledgments. `key`: any key of the step just
     /// run (all its keys share one slot). Errors:

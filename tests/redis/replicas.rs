@@ -218,3 +218,66 @@ async fn a_redis_without_replicas_is_refused_at_start_naming_the_flag() {
         "a refused node wrote into Redis"
     );
 }
+
+/// How long a node may take to see its primary's replicas change: it reads
+/// them every second with Redis' persistence; the rest is slack.
+const REPLICAS_SEEN_MAX: Duration = Duration::from_secs(15);
+
+/// Polls `/readyz` until its status is `status`, for at most
+/// [`REPLICAS_SEEN_MAX`]; its body then.
+async fn readyz_becomes(node: &Node, status: u16) -> serde_json::Value {
+    let started = Instant::now();
+    loop {
+        let answer = node.get("/readyz", None).await;
+        if answer.status == status {
+            return answer.body;
+        }
+        assert!(
+            started.elapsed() < REPLICAS_SEEN_MAX,
+            "/readyz stayed {} ({})",
+            answer.status,
+            answer.body
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_without_its_replica_refuses_changes_at_once_and_is_not_ready() {
+    if flashsale_testkit::redis_url().is_none() {
+        return;
+    }
+    let pair = pair();
+    let port = pair
+        .primary
+        .url
+        .rsplit(':')
+        .next()
+        .expect("a port")
+        .to_owned();
+    let deployment = Deployment::new(Target::Single(pair.primary.url.clone()), 4);
+    let node = node(&deployment, "1");
+    let merchant = node.merchant("Xiaomi").await;
+    let deal = node.deal(&merchant, 100, 10).await;
+    let (_, token) = node.shoppers(1, "1000").await.remove(0);
+    drop(pair.replica);
+    let why = readyz_becomes(&node, 503).await;
+    assert!(why.to_string().contains("replicas"), "{why}");
+    // Refused before the step ran (the not-ready refusal, not a WAIT that
+    // timed out): nothing changed, so the retry later is a first attempt.
+    let refused = node.buy(&token, &deal, 1, "k").await.expect("an answer");
+    assert_eq!((refused.status, refused.code()), (503, "unavailable"));
+    let message = refused.body["error"]["message"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(message.contains("fewer connected replicas"), "{message}");
+    let wallet = node.get("/v1/wallet", Some(&token)).await.ok(200);
+    assert_eq!(wallet["spent"], "0.00");
+
+    let _back = PrivateRedis::start(&["--replicaof", "127.0.0.1", &port]);
+    readyz_becomes(&node, 200).await;
+    node.buy(&token, &deal, 1, "k")
+        .await
+        .expect("an answer")
+        .ok(201);
+}
