@@ -17,11 +17,13 @@
 //!
 //! The other operations live beside this file: `reserve` (buy and hold),
 //! `holds` (pay, release, expiry), `orders` (order reads, reviews,
-//! shares), `validate` (a request's own input) and `effects` (the state
-//! changes shared with replay).
+//! shares), `links` (accounts of a platform's user ids), `validate` (a
+//! request's own input) and `effects` (the state changes shared with
+//! replay).
 
 mod effects;
 mod holds;
+mod links;
 mod orders;
 mod reserve;
 mod validate;
@@ -137,6 +139,7 @@ pub struct Engine {
     merchants: SlotTable<MerchantState>,
     shards: Box<[CachePadded<Mutex<Shard>>]>,
     next_shopper: AtomicU64,
+    links: links::Links,
 }
 
 impl Engine {
@@ -160,6 +163,7 @@ impl Engine {
                 .map(|index| CachePadded::new(Mutex::new(Shard::new(index))))
                 .collect(),
             next_shopper: AtomicU64::new(1),
+            links: links::Links::default(),
             config,
         }
     }
@@ -204,8 +208,20 @@ impl Engine {
 
     // ----- merchants and shoppers -----------------------------------------
 
+    /// A new merchant named `name` (1 to [`NAME_CHARS_MAX`] characters).
+    /// Refusals: `Invalid` name, `CapacityReached { bound: "merchants_max" }`.
     pub fn create_merchant(&self, name: &str) -> Result<Merchant, EngineError> {
         check_name(name, "name", NAME_CHARS_MAX)?;
+        self.make_merchant(name, None)
+    }
+
+    /// Makes a merchant of a checked name, linked to `external_id` if
+    /// given, and emits its event.
+    fn make_merchant(
+        &self,
+        name: &str,
+        external_id: Option<&str>,
+    ) -> Result<Merchant, EngineError> {
         let id = self
             .merchants
             .reserve()
@@ -216,11 +232,20 @@ impl Engine {
             id: MerchantId(id),
             name: name.to_owned(),
             created_at: self.now(),
+            external_id: external_id.map(str::to_owned),
         };
-        self.sink.emit(Event::MerchantCreated {
-            merchant: merchant.id,
-            name: merchant.name.clone(),
-            at: merchant.created_at,
+        self.sink.emit(match &merchant.external_id {
+            Some(external_id) => Event::MerchantLinked {
+                merchant: merchant.id,
+                external_id: external_id.clone(),
+                name: merchant.name.clone(),
+                at: merchant.created_at,
+            },
+            None => Event::MerchantCreated {
+                merchant: merchant.id,
+                name: merchant.name.clone(),
+                at: merchant.created_at,
+            },
         });
         let published = self
             .merchants
@@ -245,6 +270,7 @@ impl Engine {
             id,
             name: name.to_owned(),
             created_at: self.now(),
+            external_id: None,
         };
         self.insert_shopper(shopper.clone());
         Ok(shopper)
@@ -268,6 +294,7 @@ impl Engine {
                 id,
                 name: id.to_string(),
                 created_at: at,
+                external_id: None,
             });
             if credit > Money::ZERO {
                 self.credit_wallet(id, credit, &format!("bulk:{id}"))?;
@@ -293,10 +320,18 @@ impl Engine {
 
     fn insert_shopper(&self, shopper: Shopper) {
         let mut shard = self.lock_shopper(shopper.id);
-        self.sink.emit(Event::ShopperCreated {
-            shopper: shopper.id,
-            name: shopper.name.clone(),
-            at: shopper.created_at,
+        self.sink.emit(match &shopper.external_id {
+            Some(external_id) => Event::ShopperLinked {
+                shopper: shopper.id,
+                external_id: external_id.clone(),
+                name: shopper.name.clone(),
+                at: shopper.created_at,
+            },
+            None => Event::ShopperCreated {
+                shopper: shopper.id,
+                name: shopper.name.clone(),
+                at: shopper.created_at,
+            },
         });
         let previous = shard
             .accounts

@@ -132,6 +132,24 @@ pub enum Event {
         registrants: u64,
         registrants_hash: Digest,
     },
+    /// A merchant was made for the platform's user id `external_id`
+    /// ([`crate::Engine::link_merchant`]): [`Event::MerchantCreated`] and
+    /// the link in one fact. Journal format 4 appended it.
+    MerchantLinked {
+        merchant: MerchantId,
+        external_id: String,
+        name: String,
+        at: Timestamp,
+    },
+    /// A shopper was made for the platform's user id `external_id`
+    /// ([`crate::Engine::link_shopper`]): [`Event::ShopperCreated`] and the
+    /// link in one fact. Journal format 4 appended it.
+    ShopperLinked {
+        shopper: ShopperId,
+        external_id: String,
+        name: String,
+        at: Timestamp,
+    },
 }
 
 /// Where the engine sends its events. Called with a shard lock held: an

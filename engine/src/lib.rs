@@ -64,4 +64,5 @@ pub use records::{
     Rating, Review, Shopper, StockCounts, Wallet,
 };
 pub use replay::Snapshot;
+pub use rules::{EXTERNAL_ID_BYTES_MAX, check_external_id};
 pub use shard::IDEMPOTENCY_RETENTION_MILLIS;

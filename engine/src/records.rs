@@ -197,18 +197,32 @@ impl Wallet {
     }
 }
 
+/// A merchant's account.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Merchant {
     pub id: MerchantId,
     pub name: String,
     pub created_at: Timestamp,
+    /// The platform's user id this merchant was made for
+    /// ([`crate::Engine::link_merchant`]); `None` for a merchant the admin
+    /// made. Not part of the record's own encoding: a snapshot carries the
+    /// links apart, after everything else (journal format 4).
+    #[serde(skip)]
+    pub external_id: Option<String>,
 }
 
+/// A shopper's account.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Shopper {
     pub id: ShopperId,
     pub name: String,
     pub created_at: Timestamp,
+    /// The platform's user id this shopper was made for
+    /// ([`crate::Engine::link_shopper`]); `None` for a shopper made by
+    /// signup or in bulk. Not part of the record's own encoding: a snapshot
+    /// carries the links apart, after everything else (journal format 4).
+    #[serde(skip)]
+    pub external_id: Option<String>,
 }
 
 /// A merchant's rating: every review adds its three scores (1 to 5 each).

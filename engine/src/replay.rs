@@ -10,6 +10,7 @@
 //! exact only on an engine no request is running on (a replica that replays
 //! the journal, or an engine at clean shutdown).
 
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::clock::Timestamp;
@@ -18,7 +19,7 @@ use crate::draw::{RaffleSnapshot, Revealed};
 use crate::engine::{Engine, commit_hold, commit_order, release, settle, settle_late};
 use crate::error::EngineError;
 use crate::event::{DiscardEvents, Event};
-use crate::ids::{DealId, MerchantId};
+use crate::ids::{DealId, MerchantId, ShopperId};
 use crate::records::{DealSpec, HoldStatus, Merchant, Rating, StockCounts};
 use crate::shard::{Account, Shard};
 
@@ -29,6 +30,17 @@ pub struct Snapshot {
     merchants: Vec<(Merchant, Rating)>,
     deals: Vec<DealSnapshot>,
     next_shopper: u64,
+    /// Last, so that an encoding without it (journal format 3) is this one
+    /// cut short by its two empty lists.
+    links: SnapshotLinks,
+}
+
+/// Every external id linked to an account (the records' own encoding
+/// leaves `external_id` out).
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct SnapshotLinks {
+    shoppers: Vec<(String, ShopperId)>,
+    merchants: Vec<(String, MerchantId)>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -54,27 +66,32 @@ impl Engine {
     pub fn apply(&self, event: &Event) -> Result<(), EngineError> {
         match event {
             Event::MerchantCreated { merchant, name, at } => {
-                let record = Merchant {
-                    id: *merchant,
-                    name: name.clone(),
-                    created_at: *at,
-                };
-                let state = MerchantState::new(record, Rating::default());
-                if !self.merchant_table().publish(merchant.0, state) {
-                    return Err(inconsistent("a merchant id is taken or out of range"));
+                self.replay_merchant(*merchant, name, *at, None)?;
+            }
+            Event::MerchantLinked {
+                merchant,
+                external_id,
+                name,
+                at,
+            } => {
+                if !self.restore_merchant_link(external_id, *merchant) {
+                    return Err(inconsistent("an external id is linked twice"));
                 }
+                self.replay_merchant(*merchant, name, *at, Some(external_id))?;
             }
             Event::ShopperCreated { shopper, name, at } => {
-                let mut shard = self.lock_shopper(*shopper);
-                let account = Account::new(crate::records::Shopper {
-                    id: *shopper,
-                    name: name.clone(),
-                    created_at: *at,
-                });
-                if shard.accounts.insert(*shopper, account).is_some() {
-                    return Err(inconsistent("a shopper is created twice"));
+                self.replay_shopper(*shopper, name, *at, None)?;
+            }
+            Event::ShopperLinked {
+                shopper,
+                external_id,
+                name,
+                at,
+            } => {
+                if !self.restore_shopper_link(external_id, *shopper) {
+                    return Err(inconsistent("an external id is linked twice"));
                 }
-                self.advance_next_shopper(shopper.0 + 1);
+                self.replay_shopper(*shopper, name, *at, Some(external_id))?;
             }
             Event::WalletCredited {
                 shopper,
@@ -269,6 +286,47 @@ impl Engine {
         Ok(())
     }
 
+    fn replay_merchant(
+        &self,
+        merchant: MerchantId,
+        name: &str,
+        at: Timestamp,
+        external_id: Option<&String>,
+    ) -> Result<(), EngineError> {
+        let record = Merchant {
+            id: merchant,
+            name: name.to_owned(),
+            created_at: at,
+            external_id: external_id.cloned(),
+        };
+        let state = MerchantState::new(record, Rating::default());
+        if !self.merchant_table().publish(merchant.0, state) {
+            return Err(inconsistent("a merchant id is taken or out of range"));
+        }
+        Ok(())
+    }
+
+    fn replay_shopper(
+        &self,
+        shopper: ShopperId,
+        name: &str,
+        at: Timestamp,
+        external_id: Option<&String>,
+    ) -> Result<(), EngineError> {
+        let mut shard = self.lock_shopper(shopper);
+        let account = Account::new(crate::records::Shopper {
+            id: shopper,
+            name: name.to_owned(),
+            created_at: at,
+            external_id: external_id.cloned(),
+        });
+        if shard.accounts.insert(shopper, account).is_some() {
+            return Err(inconsistent("a shopper is created twice"));
+        }
+        self.advance_next_shopper(shopper.0 + 1);
+        Ok(())
+    }
+
     fn replay_deal(&self, deal: DealId) -> Result<&DealState, EngineError> {
         self.deal_table()
             .get(deal.0)
@@ -328,6 +386,13 @@ impl Engine {
                 .collect(),
             deals,
             next_shopper: self.next_shopper(),
+            links: {
+                let (shoppers, merchants) = self.link_copies();
+                SnapshotLinks {
+                    shoppers,
+                    merchants,
+                }
+            },
         }
     }
 
@@ -366,8 +431,20 @@ impl Engine {
                 }
             }
         }
-        for (merchant, rating) in snapshot.merchants.into_iter().rev() {
+        let merchant_links: FxHashMap<MerchantId, String> = snapshot
+            .links
+            .merchants
+            .into_iter()
+            .map(|(external, id)| (id, external))
+            .collect();
+        for (mut merchant, rating) in snapshot.merchants.into_iter().rev() {
             let id = merchant.id.0;
+            if let Some(external) = merchant_links.get(&merchant.id) {
+                if !self.restore_merchant_link(external, merchant.id) {
+                    return Err(inconsistent("an external id is linked twice"));
+                }
+                merchant.external_id = Some(external.clone());
+            }
             if !self
                 .merchant_table()
                 .publish(id, MerchantState::new(merchant, rating))
@@ -376,6 +453,19 @@ impl Engine {
             }
         }
         self.advance_next_shopper(snapshot.next_shopper);
-        self.load_shards(snapshot.shards)
+        let mut shards = snapshot.shards;
+        for (external, id) in snapshot.links.shoppers {
+            let account = shards
+                .get_mut(crate::ids::shard_of(id, self.config().shards))
+                .and_then(|shard| shard.accounts.get_mut(&id))
+                .ok_or(inconsistent(
+                    "an external id is linked to an unknown shopper",
+                ))?;
+            if !self.restore_shopper_link(&external, id) {
+                return Err(inconsistent("an external id is linked twice"));
+            }
+            account.shopper.external_id = Some(external);
+        }
+        self.load_shards(shards)
     }
 }

@@ -17,9 +17,12 @@
 //! from [`FORMAT_VERSION_OLDEST_READ`] on when the newer ones only add
 //! (format 3 appended the `DrawRun` that carries the revealed seed, so a
 //! format-2 record decodes unchanged; its old draw event is
-//! `DrawRunFormat2`), and writes [`FORMAT_VERSION`]; opening an older
-//! directory records the new format in its meta file, so an older build
-//! refuses it from then on.
+//! `DrawRunFormat2`; format 4 appended `MerchantLinked` and
+//! `ShopperLinked`, and the snapshot's external-id links after the rest of
+//! its body, which an older snapshot reads as two empty lists:
+//! [`SNAPSHOT_LINKS_NONE`]), and writes [`FORMAT_VERSION`]; opening an
+//! older directory records the new format in its meta file, so an older
+//! build refuses it from then on.
 
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -32,10 +35,17 @@ use sha2::{Digest as _, Sha256};
 use crate::error::JournalError;
 
 /// The format this build writes.
-pub(crate) const FORMAT_VERSION: u8 = 3;
-/// The oldest format this build reads: every format-2 record is a
-/// format-3 record (see the module doc).
+pub(crate) const FORMAT_VERSION: u8 = 4;
+/// The oldest format this build reads: every format-2 and format-3 record
+/// is a format-4 record (see the module doc).
 pub(crate) const FORMAT_VERSION_OLDEST_READ: u8 = 2;
+
+/// The first format whose snapshots end with the external-id links.
+const FORMAT_VERSION_SNAPSHOT_LINKS: u8 = 4;
+/// The links of a snapshot with none, as `postcard` writes them: two empty
+/// lists (shoppers', merchants'), one zero length byte each. An older
+/// snapshot's body followed by these bytes is a format-4 body.
+pub(crate) const SNAPSHOT_LINKS_NONE: [u8; 2] = [0, 0];
 
 /// Whether this build reads files of format `version`.
 pub(crate) fn is_readable(version: u8) -> bool {
@@ -481,6 +491,13 @@ pub(crate) fn read_snapshot(path: &Path, position: u64) -> Result<Snapshot, Jour
     if field(24..28) != u64::from(crc32c::crc32c(body)) {
         return Err(corrupt("checksum mismatch"));
     }
+    let extended;
+    let body = if bytes[4] < FORMAT_VERSION_SNAPSHOT_LINKS {
+        extended = [body, &SNAPSHOT_LINKS_NONE[..]].concat();
+        &extended[..]
+    } else {
+        body
+    };
     postcard::from_bytes(body).map_err(|source| JournalError::Decode {
         file: path.to_owned(),
         offset: SNAPSHOT_HEADER_BYTES as u64,
@@ -501,6 +518,54 @@ mod tests {
             Some(7)
         );
         assert_eq!(parse_number("42.wal", "", ".wal"), None);
+    }
+
+    /// A format-3 snapshot (the same body without the links at its end)
+    /// reads as a format-4 one without links; a format-4 one keeps them.
+    #[test]
+    fn a_format_3_snapshot_reads_without_links_and_a_format_4_one_with() {
+        use flashsale_engine::{DiscardEvents, Engine, EngineConfig, ManualClock};
+        let engine = Engine::new(
+            EngineConfig::default(),
+            std::sync::Arc::new(ManualClock::new(Timestamp(5))),
+            std::sync::Arc::new(DiscardEvents),
+        );
+        engine.create_shopper("plain").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_snapshot(dir.path(), 1, &engine.snapshot()).unwrap();
+        let mut bytes = fs::read(&path).unwrap();
+        assert!(bytes.ends_with(&SNAPSHOT_LINKS_NONE));
+        bytes.truncate(bytes.len() - SNAPSHOT_LINKS_NONE.len());
+        let body_bytes = (bytes.len() - SNAPSHOT_HEADER_BYTES) as u64;
+        let crc = crc32c::crc32c(&bytes[SNAPSHOT_HEADER_BYTES..]);
+        bytes[4] = 3;
+        bytes[16..24].copy_from_slice(&body_bytes.to_le_bytes());
+        bytes[24..28].copy_from_slice(&crc.to_le_bytes());
+        fs::write(&path, &bytes).unwrap();
+        let restored = |snapshot| {
+            let engine = Engine::new(
+                EngineConfig::default(),
+                std::sync::Arc::new(ManualClock::new(Timestamp(5))),
+                std::sync::Arc::new(DiscardEvents),
+            );
+            engine.restore(snapshot).unwrap();
+            engine
+        };
+        let old = restored(read_snapshot(&path, 1).unwrap());
+        assert_eq!(
+            old.shopper(flashsale_engine::ShopperId(1)).unwrap().name,
+            "plain"
+        );
+
+        engine.link_shopper("auth0|1", "linked").unwrap();
+        let path = write_snapshot(dir.path(), 2, &engine.snapshot()).unwrap();
+        let new = restored(read_snapshot(&path, 2).unwrap());
+        let shopper = new.shopper(flashsale_engine::ShopperId(2)).unwrap();
+        assert_eq!(shopper.external_id.as_deref(), Some("auth0|1"));
+        assert_eq!(
+            new.link_shopper("auth0|1", "again").unwrap(),
+            (shopper, false)
+        );
     }
 
     #[test]

@@ -597,19 +597,26 @@ fn set_format(dir: &Path, version: u8) {
     fs::write(&meta, format!("flashsale-journal format {version}\n{rest}")).unwrap();
 }
 
-/// Format 3 only appended an event, so a format-2 directory replays; it is
-/// format 3 from then on (an older build refuses it). Format 1 is refused.
+/// Formats 3 and 4 only appended (events, and the snapshot's links), so a
+/// format-2 or format-3 directory replays; it is format 4 from then on (an
+/// older build refuses it). Format 1 is refused.
 #[test]
-fn a_format_2_directory_replays_and_becomes_format_3() {
+fn a_format_2_or_3_directory_replays_and_becomes_format_4() {
+    for version in [2, 3] {
+        older_directory_replays(version);
+    }
+}
+
+fn older_directory_replays(version: u8) {
     let clock = clock();
     let dir = tempfile::tempdir().unwrap();
     let written = small_journal(dir.path(), &clock, 3);
-    set_format(dir.path(), 2);
+    set_format(dir.path(), version);
     let (journal, engine) = open(dir.path(), &clock);
     assert_eq!(journal.written(), written);
     assert!(engine.shopper(ShopperId(3)).is_some());
     let meta = fs::read_to_string(dir.path().join("journal.meta")).unwrap();
-    assert!(meta.starts_with("flashsale-journal format 3\n"), "{meta}");
+    assert!(meta.starts_with("flashsale-journal format 4\n"), "{meta}");
     engine.create_shopper("after").unwrap();
     journal.wait_durable(journal.written()).unwrap();
     drop(engine);
@@ -627,13 +634,13 @@ fn a_format_2_directory_replays_and_becomes_format_3() {
     ));
     let meta = dir.path().join("journal.meta");
     let text = fs::read_to_string(&meta).unwrap();
-    fs::write(&meta, text.replacen("format 1", "format 3", 1)).unwrap();
+    fs::write(&meta, text.replacen("format 1", "format 4", 1)).unwrap();
     assert!(matches!(
         open_with(config(dir.path()), &clock),
         Err(JournalError::UnsupportedFormat {
             found: 1,
             oldest: 2,
-            newest: 3,
+            newest: 4,
             ..
         })
     ));
@@ -750,4 +757,52 @@ fn journal_files_are_readable_by_their_owner_only() {
     for (name, mode) in modes(dir.path()) {
         assert_eq!(mode, 0o600, "{name} after a reopen");
     }
+}
+
+/// An external id's account survives a crash-like stop (replay of
+/// `ShopperLinked`/`MerchantLinked`) and a snapshot (its links): after
+/// each reopen, the same external id finds the same account.
+#[test]
+fn linked_accounts_survive_restarts_by_replay_and_by_snapshot() {
+    let clock = clock();
+    let dir = tempfile::tempdir().unwrap();
+    let (journal, engine) = open(dir.path(), &clock);
+    let (shopper, made) = engine.link_shopper("auth0|1", "Ann").unwrap();
+    assert!(made);
+    let (merchant, _) = engine.link_merchant("auth0|m", "Shop").unwrap();
+    journal.wait_durable(journal.written()).unwrap();
+    // A crash-like stop: no final snapshot, recovery replays the records.
+    drop(engine);
+    drop(journal);
+    let (journal, engine) = open(dir.path(), &clock);
+    assert_eq!(
+        engine.link_shopper("auth0|1", "other").unwrap(),
+        (shopper.clone(), false)
+    );
+    assert_eq!(
+        engine.link_merchant("auth0|m", "other").unwrap(),
+        (merchant.clone(), false)
+    );
+    journal.snapshot_now().unwrap();
+    let (second, made) = engine.link_shopper("auth0|2", "Bob").unwrap();
+    assert!(made);
+    journal.wait_durable(journal.written()).unwrap();
+    drop(engine);
+    drop(journal);
+    // The snapshot holds the first links, the records after it the second.
+    let (_journal, engine) = open(dir.path(), &clock);
+    assert!(_journal.stats().snapshot_position > 0);
+    assert_eq!(engine.shopper(shopper.id), Some(shopper.clone()));
+    assert_eq!(
+        engine.link_shopper("auth0|1", "x").unwrap(),
+        (shopper, false)
+    );
+    assert_eq!(
+        engine.link_shopper("auth0|2", "x").unwrap(),
+        (second, false)
+    );
+    assert_eq!(
+        engine.link_merchant("auth0|m", "x").unwrap(),
+        (merchant, false)
+    );
 }

@@ -1,10 +1,36 @@
 //! A shopper's own changes that take no stock: crediting the wallet,
 //! registering for a deal, reviewing and sharing an order (docs/api.md
-//! "Endpoints", "Registrations").
+//! "Endpoints", "Registrations"); and what a platform's user id (an
+//! account's external id) may be.
 
 use crate::clock::Timestamp;
 use crate::error::{EngineError, Entity};
 use crate::money::Money;
+
+/// The longest external id, in bytes of UTF-8.
+pub const EXTERNAL_ID_BYTES_MAX: usize = 255;
+
+/// Checks a platform's user id (a token's `sub`, docs/api.md "External
+/// ids"): 1 to [`EXTERNAL_ID_BYTES_MAX`] bytes of UTF-8 without a control
+/// character (Unicode class Cc: U+0000–U+001F, U+007F–U+009F), since it is
+/// stored as text and shown in answers. Anything else is kept as given
+/// (`auth0|123`, `google-oauth2|…`: case and spaces count). Refusal:
+/// `Invalid { field: "external_id", .. }`.
+pub fn check_external_id(external_id: &str) -> Result<(), EngineError> {
+    if external_id.is_empty() || external_id.len() > EXTERNAL_ID_BYTES_MAX {
+        return Err(EngineError::Invalid {
+            field: "external_id",
+            reason: "must be 1 to 255 bytes",
+        });
+    }
+    if external_id.chars().any(char::is_control) {
+        return Err(EngineError::Invalid {
+            field: "external_id",
+            reason: "must not contain control characters (U+0000 to U+001F, U+007F to U+009F)",
+        });
+    }
+    Ok(())
+}
 
 /// What a credit reads of the shopper's account.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -216,6 +242,30 @@ mod tests {
                 credited: fen(1_000),
                 available: fen(400),
             }),
+        }
+    }
+
+    #[test]
+    fn external_ids_are_1_to_255_bytes_without_control_characters() {
+        let length = Err(EngineError::Invalid {
+            field: "external_id",
+            reason: "must be 1 to 255 bytes",
+        });
+        let control = Err(EngineError::Invalid {
+            field: "external_id",
+            reason: "must not contain control characters (U+0000 to U+001F, U+007F to U+009F)",
+        });
+        for accepted in ["a", "auth0|123", "google-oauth2|1098", "  spaced  ", "用户"] {
+            assert_eq!(check_external_id(accepted), Ok(()), "{accepted:?}");
+        }
+        assert_eq!(check_external_id(&"x".repeat(255)), Ok(()));
+        // 85 three-byte characters are 255 bytes; one more byte is too many.
+        assert_eq!(check_external_id(&"用".repeat(85)), Ok(()));
+        assert_eq!(check_external_id(&format!("{}x", "用".repeat(85))), length);
+        assert_eq!(check_external_id(""), length);
+        assert_eq!(check_external_id(&"x".repeat(256)), length);
+        for refused in ["a\0b", "tab\there", "line\n", "del\u{7f}", "c1\u{85}"] {
+            assert_eq!(check_external_id(refused), control, "{refused:?}");
         }
     }
 

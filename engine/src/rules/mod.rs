@@ -26,7 +26,8 @@
 //!   offer to one rank.
 //! - [`holds`](mod@holds): paying, releasing and expiring a hold.
 //! - [`account`](mod@account): crediting a wallet, registering, reviewing
-//!   and sharing an order.
+//!   and sharing an order; what an external id (a platform's user id) may
+//!   be.
 //! - [`deal`](mod@deal): a merchant's change to its deal.
 
 pub mod account;
@@ -35,9 +36,9 @@ pub mod holds;
 pub mod reserve;
 
 pub use account::{
-    CreditAccount, CreditEffects, CreditView, RegisterEffects, RegisterShopper, RegisterView,
-    ReviewEffects, ReviewView, ShareEffects, ShareView, decide_credit, decide_register,
-    decide_review, decide_share,
+    CreditAccount, CreditEffects, CreditView, EXTERNAL_ID_BYTES_MAX, RegisterEffects,
+    RegisterShopper, RegisterView, ReviewEffects, ReviewView, ShareEffects, ShareView,
+    check_external_id, decide_credit, decide_register, decide_review, decide_share,
 };
 pub use deal::{DealChangeEffects, DealChangeView, DealTerms, decide_deal_change};
 pub use holds::{
