@@ -15,11 +15,11 @@
 -- else) and touches only the keys the caller passed, all under one hash
 -- tag, so it runs on one Cluster slot:
 --
---   shard steps, tag {s:K}: reserve, pay, release, credit, accounts,
+--   shard steps, tag {s:K}: reserve, pay, release, credit, accounts, link,
 --                           register, terms, accept, sweep_out, sweep_done,
 --                           review, share, audit (read only)
 --   deal steps,  tag {d:D}: create, refill, confirm, sweep_in, sold_out, update
---   global step, tag {g}:   ids
+--   global steps, tag {g}:  ids, merchant
 --
 -- Each step states its call in one machine-readable block of `---` lines
 -- just above it, which redis/src/steps.rs defines again in Rust for the
@@ -625,6 +625,38 @@ local function accounts(keys, args)
   return {'OK'}
 end
 
+-- link: the account of a platform's user id (engine: `link_shopper`) on
+-- the shard of the shopper id that `ns:{g}:ext:shoppers` links it to (the
+-- node set the link first, with HSETNX): made with its name, external id
+-- and signup credit unless it exists, so whoever finds the link runs this
+-- step, a crash between the link and this step is repaired by the next
+-- request, and the credit lands once. created_at in ms, credit in fen.
+-- OK: 1 when this call made the account (else 0), then its name,
+-- created_at and external id.
+--- step: link
+--- keys: books account
+--- args: created_at credit shopper name reference external
+--- replies: OK
+--- ok: made name created_at external
+--- flags: -
+local function link(keys, args)
+  local stream, account = keys[1], keys[2]
+  local made = 0
+  if redis.call('EXISTS', account) == 0 then
+    local created, amount, reference = args[1], num(args[2]), args[5]
+    redis.call('HSET', account, 'name', args[4], 'created_at', created, 'ext', args[6],
+      'credited', int(amount), 'available', int(amount), 'held', 0, 'spent', 0)
+    if amount > 0 then
+      redis.call('HSET', account, 'c:' .. reference, int(amount))
+      -- engine: the signup credit's WalletCredited.
+      books(stream, 'c', args[3], 'a', int(amount), 'r', reference, 't', created)
+    end
+    made = 1
+  end
+  local read = redis.call('HMGET', account, 'name', 'created_at', 'ext')
+  return {'OK', made, read[1], read[2], read[3]}
+end
+
 -- engine: `decide_register` (engine/src/rules/account.rs): no such
 -- shopper: not_found; registered already: 'already' (even after the
 -- start); now >= starts: registration_closed; (the engine's
@@ -1041,6 +1073,26 @@ local function ids(keys, args)
   return {'OK', last}
 end
 
+-- merchant: the merchant of a platform's user id (engine: `link_merchant`)
+-- under the id that `ns:{g}:ext:merchants` links it to: made with its name
+-- and external id unless it exists (as `link`). created_at in ms. OK: 1
+-- when this call made it (else 0), then its name and created_at.
+--- step: merchant
+--- keys: merchant
+--- args: name created_at external
+--- replies: OK
+--- ok: made name created_at
+--- flags: -
+local function merchant(keys, args)
+  local made = 0
+  if redis.call('EXISTS', keys[1]) == 0 then
+    redis.call('HSET', keys[1], 'name', args[1], 'created_at', args[2], 'ext', args[3])
+    made = 1
+  end
+  local read = redis.call('HMGET', keys[1], 'name', 'created_at')
+  return {'OK', made, read[1], read[2]}
+end
+
 -- ----- registration -------------------------------------------------------------
 
 -- Every step, with its flags (`no-writes`: read only, called with FCALL_RO).
@@ -1050,6 +1102,7 @@ local steps = {
   {'release', release, {}},
   {'credit', credit, {}},
   {'accounts', accounts, {}},
+  {'link', link, {}},
   {'register', register, {}},
   {'terms', install_terms, {}},
   {'accept', accept, {}},
@@ -1065,6 +1118,7 @@ local steps = {
   {'sold_out', sold_out, {}},
   {'update', update, {}},
   {'ids', ids, {}},
+  {'merchant', merchant, {}},
 }
 for index = 1, #steps do
   local step = steps[index]

@@ -24,6 +24,7 @@ impl RedisStore {
             id: MerchantId(id),
             name: name.to_owned(),
             created_at: self.now(),
+            external_id: None,
         };
         let key = self.keys().merchant(MerchantId(id));
         self.query::<()>(
@@ -38,15 +39,45 @@ impl RedisStore {
         Ok(merchant)
     }
 
+    /// A merchant with its external id, if it has one; `None`: no such
+    /// merchant.
     pub async fn merchant(&self, id: MerchantId) -> Result<Option<Merchant>, Error> {
         let key = self.keys().merchant(id);
-        let (name, created_at): (Option<String>, Option<i64>) = self
-            .query(redis::cmd("HMGET").arg(key).arg("name").arg("created_at"))
+        let (name, created_at, external_id): (Option<String>, Option<i64>, Option<String>) = self
+            .query(
+                redis::cmd("HMGET")
+                    .arg(key)
+                    .arg("name")
+                    .arg("created_at")
+                    .arg("ext"),
+            )
             .await?;
         Ok(name.map(|name| Merchant {
             id,
             name,
             created_at: Timestamp(created_at.unwrap_or(0)),
+            external_id,
+        }))
+    }
+
+    /// A shopper with its external id, if it has one; `None`: no such
+    /// shopper.
+    pub async fn shopper(&self, id: ShopperId) -> Result<Option<Shopper>, Error> {
+        let key = self.keys().shard_id(self.shard_of(id), "acct", id.0);
+        let (name, created_at, external_id): (Option<String>, Option<i64>, Option<String>) = self
+            .query(
+                redis::cmd("HMGET")
+                    .arg(key)
+                    .arg("name")
+                    .arg("created_at")
+                    .arg("ext"),
+            )
+            .await?;
+        Ok(name.map(|name| Shopper {
+            id,
+            name,
+            created_at: Timestamp(created_at.unwrap_or(0)),
+            external_id,
         }))
     }
 
@@ -101,6 +132,7 @@ impl RedisStore {
             id,
             name: name.to_owned(),
             created_at: self.now(),
+            external_id: None,
         };
         self.create_accounts(
             &[(id, name.to_owned(), reference.to_owned())],

@@ -24,7 +24,8 @@
 //! | `ns:{d:D}` | hash: the deal, its undistributed stock (`pool`), `total`, the `sold_out` marker, the terms' `version` |
 //! | `ns:{d:D}:tx`, `:swept` | transfers on their way from the pool to a bucket; sweeps accepted into the pool |
 //! | `ns:{s:K}:books`, `ns:{d:D}:books` | the books streams: every settled order, credit, new deal, restock and deal change of the slot, read by the consumer group `books` (see "Books") |
-//! | `ns:{g}:seq`, `:m:<id>`, `:deals`, `:deployment` | id sequences, merchants, the deals newest first, the deployment's id for Postgres |
+//! | `ns:{g}:seq`, `:m:<id>`, `:deals`, `:deployment` | id sequences, merchants (hash: name, created_at, `ext` its external id), the deals newest first, the deployment's id for Postgres |
+//! | `ns:{g}:ext:shoppers`, `ns:{g}:ext:merchants` | hashes: external id → shopper or merchant id, set once by `HSETNX` (`links`); a shopper's `acct` hash holds its external id as `ext` |
 //! | `ns:{g}:epoch` | the deployment's epoch: a random 64-bit number, set by the first node that finds it missing |
 //! | `ns:{g}:layout` | `shards=N fingerprint=F keys=V`: the shard count, secret fingerprint and key layout version ([`KEY_LAYOUT_VERSION`]) every node must share (set by the first) |
 //!
@@ -109,6 +110,8 @@
 //! - `cache`: the node's deal cache and the feed's view of it.
 //! - `transfer`: stock buckets, refills and sweeps.
 //! - `reserve`: buy, hold, payment, release, expiry, registration.
+//! - `links`: accounts of a platform's user ids (external ids), made once
+//!   across nodes.
 //! - `accounts`, `deals`, `orders`: the rest of the store's methods.
 //! - `books`: the books streams, read by the Postgres sink.
 //! - `audit`: the auditor's snapshot; `poller`: the background poll.
@@ -142,6 +145,7 @@ mod durability;
 mod epoch;
 mod error;
 mod keys;
+mod links;
 mod orders;
 mod poller;
 mod replication;

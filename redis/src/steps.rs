@@ -220,6 +220,14 @@ steps! {
         replies: ["OK"];
         ok: "";
     }
+    /// Makes the account of a platform's user id on its shard unless it
+    /// exists, crediting `credit` under `reference` when it makes it.
+    Link "link" writes {
+        keys: [books, account];
+        args: [created_at, credit, shopper, name, reference, external];
+        replies: ["OK"];
+        ok: "made name created_at external";
+    }
     /// Registers a shopper for a deal before it starts; `terms`: the
     /// node's copy of the deal's terms.
     Register "register" writes {
@@ -330,6 +338,13 @@ steps! {
         args: [kind, count, node_epoch];
         replies: ["OK", "EPOCH"];
         ok: "last";
+    }
+    /// Makes the merchant of a platform's user id unless it exists.
+    Merchant "merchant" writes {
+        keys: [merchant];
+        args: [name, created_at, external];
+        replies: ["OK"];
+        ok: "made name created_at";
     }
 }
 

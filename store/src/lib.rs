@@ -130,6 +130,46 @@ impl Store {
         dispatch_result!(self, store => store.create_shopper(name, credit, reference).await)
     }
 
+    /// The shopper of the platform's user id `external_id`, made with
+    /// `name` if none exists yet, its wallet then credited `credit` (zero:
+    /// none) under `reference` in the same acknowledgement; `true` when
+    /// this call made it. Of any number of racing calls, on one node or
+    /// many, one makes the shopper and its credit lands once (engine:
+    /// `link_shopper`; Redis: `links`). Refusals: `Invalid` external id
+    /// (`check_external_id`), name or credit; `CapacityReached`.
+    pub async fn link_shopper(
+        &self,
+        external_id: &str,
+        name: &str,
+        credit: Money,
+        reference: &str,
+    ) -> Result<(Shopper, bool), Error> {
+        dispatch_result!(self, store => store.link_shopper(external_id, name, credit, reference).await)
+    }
+
+    /// The merchant of the platform's user id `external_id`, made with
+    /// `name` if none exists yet; `true` when this call made it (engine:
+    /// `link_merchant`). Refusals: `Invalid` external id or name;
+    /// `CapacityReached`.
+    pub async fn link_merchant(
+        &self,
+        external_id: &str,
+        name: &str,
+    ) -> Result<(Merchant, bool), Error> {
+        dispatch_result!(self, store => store.link_merchant(external_id, name).await)
+    }
+
+    /// The shopper linked to `external_id`, if any.
+    pub async fn shopper_of_external(&self, external_id: &str) -> Result<Option<ShopperId>, Error> {
+        dispatch_result!(self, store => store.shopper_of_external(external_id).await)
+    }
+
+    /// A shopper's account (with its external id, if linked); `None`: no
+    /// such shopper.
+    pub async fn shopper(&self, id: ShopperId) -> Result<Option<Shopper>, Error> {
+        dispatch_result!(self, store => store.shopper(id).await)
+    }
+
     /// `count` shoppers (1 to 10,000), each credited `credit`.
     pub async fn create_shoppers(
         &self,

@@ -95,6 +95,52 @@ impl MemoryStore {
         Ok(shopper)
     }
 
+    /// The engine's `link_shopper`, and the signup credit when it made
+    /// the shopper (refused credits are logged, as in `create_shopper`).
+    pub async fn link_shopper(
+        &self,
+        external_id: &str,
+        name: &str,
+        credit: Money,
+        reference: &str,
+    ) -> Result<(Shopper, bool), Error> {
+        if credit != Money::ZERO {
+            flashsale_engine::check_credit(credit, reference)?;
+        }
+        let (shopper, made) = self.engine.link_shopper(external_id, name)?;
+        if made
+            && credit != Money::ZERO
+            && let Err(error) = self.engine.credit_wallet(shopper.id, credit, reference)
+        {
+            tracing::warn!(
+                shopper = %shopper.id,
+                error = &error as &dyn std::error::Error,
+                "the signup credit was refused"
+            );
+        }
+        // A found shopper may still be on its way to the disk (made by a
+        // racing request an instant ago): wait for it too.
+        self.commit().await?;
+        Ok((shopper, made))
+    }
+
+    pub async fn link_merchant(
+        &self,
+        external_id: &str,
+        name: &str,
+    ) -> Result<(Merchant, bool), Error> {
+        self.committed(self.engine.link_merchant(external_id, name))
+            .await
+    }
+
+    pub async fn shopper_of_external(&self, external_id: &str) -> Result<Option<ShopperId>, Error> {
+        Ok(self.engine.shopper_of_external(external_id))
+    }
+
+    pub async fn shopper(&self, id: ShopperId) -> Result<Option<Shopper>, Error> {
+        Ok(self.engine.shopper(id))
+    }
+
     pub async fn create_shoppers(
         &self,
         count: u32,

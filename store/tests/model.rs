@@ -2,7 +2,8 @@
 //! every store operation (shoppers, merchants and first-come deals created
 //! on the way, credits with replayed references, buys, holds, payments,
 //! releases, clock advances and expiry sweeps, restocks, pauses, new ends,
-//! registrations, reviews, shares, and retries of one idempotency key), run
+//! registrations, reviews, shares, retries of one idempotency key, and the
+//! accounts of external ids, made on the first request and found after), run
 //! through [`flashsale_store::Store`] against the shared reference model
 //! (`engine/tests/reference/mod.rs`) on three backends:
 //!
@@ -65,6 +66,9 @@ const DAY_MILLIS: i64 = 24 * 60 * 60 * 1000;
 /// that retries with the same key or reference are frequent.
 const KEYS: usize = 3;
 const REFERENCES: usize = 3;
+/// External ids a sequence draws from: few, so that most links find
+/// their account.
+const EXTERNALS: usize = 3;
 /// The reference of the credit given with a new shopper.
 const SIGNUP: usize = 99;
 /// As the caller of a payment, release, review or share: the shopper who
@@ -145,6 +149,15 @@ enum Op {
         shopper: usize,
         order: usize,
     },
+    /// The account of one of a few external ids of the sequence, made on
+    /// its first request (a shopper with its signup credit, or a merchant),
+    /// found again afterwards; `bad` asks with an id the rule refuses.
+    Link {
+        external: usize,
+        credit: i64,
+        merchant: bool,
+        bad: bool,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -172,6 +185,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (caller(), index.clone(), prop_oneof![4 => (1..=5u8, 1..=5u8, 1..=5u8), 1 => (0..7u8, 0..7u8, 0..7u8)])
             .prop_map(|(shopper, order, (a, b, c))| Op::Review { shopper, order, scores: [a, b, c] }),
         1 => (caller(), index).prop_map(|(shopper, order)| Op::Share { shopper, order }),
+        2 => (0..EXTERNALS, prop_oneof![Just(0i64), 1..5_000i64], prop::bool::weighted(0.25), prop::bool::weighted(0.1))
+            .prop_map(|(external, credit, merchant, bad)| Op::Link { external, credit, merchant, bad }),
     ]
 }
 
@@ -302,6 +317,11 @@ struct Run<'a> {
     hold_seen: HashSet<u64>,
     /// The last buy or hold, for [`Op::Retry`].
     last_reserve: Option<Op>,
+    /// This sequence's own external ids: a prefix no other sequence uses.
+    external_prefix: String,
+    /// External id index → the shopper's model index, or the merchant.
+    linked_shoppers: HashMap<usize, usize>,
+    linked_merchants: HashMap<usize, MerchantId>,
 }
 
 type Checked = Result<(), TestCaseError>;
@@ -365,6 +385,9 @@ impl<'a> Run<'a> {
             seen: HashSet::new(),
             hold_seen: HashSet::new(),
             last_reserve: None,
+            external_prefix: format!("auth0|{}", fresh_namespace()),
+            linked_shoppers: HashMap::new(),
+            linked_merchants: HashMap::new(),
         };
         for _ in 0..2 {
             let merchant = run
@@ -673,6 +696,7 @@ impl<'a> Run<'a> {
         let (deals, shoppers) = (self.deals.len().max(1), self.shoppers.len().max(1));
         match *op {
             Op::NewShopper { .. }
+            | Op::Link { .. }
             | Op::NewDeal { .. }
             | Op::Advance { .. }
             | Op::Retry
@@ -740,6 +764,12 @@ impl<'a> Run<'a> {
                 }
                 self.shoppers.push(shopper.id);
             }
+            Op::Link {
+                external,
+                credit,
+                merchant,
+                bad,
+            } => self.link(what, external, credit, merchant, bad).await?,
             Op::NewDeal {
                 merchant,
                 price,
@@ -1050,6 +1080,100 @@ impl<'a> Run<'a> {
 
     /// The store's numbers are the model's, and the invariants hold, as the
     /// store's read API shows them.
+    /// [`Op::Link`]: the first request of an external id makes its account
+    /// (`true`, a new model shopper with its signup credit, or merchant),
+    /// every later one gets the same (`false`); a bad id is `Invalid` and
+    /// changes nothing.
+    async fn link(
+        &mut self,
+        what: &str,
+        external: usize,
+        credit: i64,
+        merchant: bool,
+        bad: bool,
+    ) -> Checked {
+        let external_id = if bad {
+            format!("{}\n{external}", self.external_prefix)
+        } else {
+            format!("{}|{external}", self.external_prefix)
+        };
+        let reference = format!("ref-{SIGNUP}");
+        let store = self.store();
+        let answer = if merchant {
+            store
+                .link_merchant(&external_id, "linked")
+                .await
+                .map(|(merchant, made)| (merchant.id.0, made, merchant.external_id))
+        } else {
+            store
+                .link_shopper(
+                    &external_id,
+                    "linked",
+                    Money::from_fen(credit).unwrap(),
+                    &reference,
+                )
+                .await
+                .map(|(shopper, made)| (shopper.id.0, made, shopper.external_id))
+        };
+        if bad {
+            let refusal = match answer {
+                Ok(made) => return Err(TestCaseError::fail(format!("{what}: made {made:?}"))),
+                Err(error) => engine_error(error)?,
+            };
+            self.saw_refusal(&refusal);
+            if !matches!(
+                refusal,
+                EngineError::Invalid {
+                    field: "external_id",
+                    ..
+                }
+            ) {
+                return Err(TestCaseError::fail(format!("{what}: {refusal:?}")));
+            }
+            return Ok(());
+        }
+        let (id, made, linked) =
+            answer.map_err(|error| TestCaseError::fail(format!("{what}: {error}")))?;
+        check_eq!(linked, Some(external_id.clone()), "{what}: the external id");
+        let known = if merchant {
+            self.linked_merchants.get(&external).map(|id| id.0)
+        } else {
+            self.linked_shoppers
+                .get(&external)
+                .map(|&index| self.shoppers[index].0)
+        };
+        check_eq!(made, known.is_none(), "{what}: made now");
+        if let Some(known) = known {
+            check_eq!(id, known, "{what}: the account of the external id");
+            self.saw("link found");
+            return Ok(());
+        }
+        self.saw("link made");
+        if merchant {
+            self.linked_merchants.insert(external, MerchantId(id));
+            self.merchants.push(MerchantId(id));
+            self.model.add_merchant();
+        } else {
+            let index = self.model.add_shopper();
+            if credit > 0 {
+                self.model.credit(index, credit, SIGNUP);
+            }
+            self.shoppers.push(ShopperId(id));
+            self.linked_shoppers.insert(external, index);
+            let read = self
+                .store()
+                .shopper(ShopperId(id))
+                .await
+                .map_err(|error| TestCaseError::fail(format!("{what}: {error}")))?;
+            check_eq!(
+                read.and_then(|shopper| shopper.external_id),
+                Some(external_id),
+                "{what}: the shopper read back"
+            );
+        }
+        Ok(())
+    }
+
     async fn compare(&self, op: &Op, deals: &[usize], shoppers: &[usize]) -> Checked {
         let fail = |error: StoreError| TestCaseError::fail(format!("after {op:?}: {error}"));
         for &index in deals {
@@ -1245,6 +1369,8 @@ const COVERED: &[&str] = &[
     "IdempotencyKeyReused",
     "Forbidden",
     "Invalid",
+    "link made",
+    "link found",
 ];
 
 #[test]
