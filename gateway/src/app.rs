@@ -190,6 +190,9 @@ impl App {
                 handlers::create_shoppers_bulk(self, parts, &body).await
             }
             Endpoint::CreditWallet => handlers::credit_wallet(self, parts, id, &body).await,
+            Endpoint::CreditExternalWallet => {
+                handlers::credit_external_wallet(self, parts, id, &body).await
+            }
             Endpoint::CreateDeal => handlers::create_deal(self, parts, &body).await,
             Endpoint::PatchDeal => handlers::patch_deal(self, parts, id, &body).await,
             Endpoint::Review => handlers::review(self, parts, id, &body).await,

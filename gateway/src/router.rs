@@ -16,6 +16,7 @@ pub(crate) enum Endpoint {
     CreateShopper,
     CreateShoppersBulk,
     CreditWallet,
+    CreditExternalWallet,
     GetWallet,
     CreateDeal,
     GetDeal,
@@ -46,11 +47,12 @@ pub(crate) enum Endpoint {
 }
 
 impl Endpoint {
-    pub(crate) const ALL: [Endpoint; 31] = [
+    pub(crate) const ALL: [Endpoint; 32] = [
         Endpoint::CreateMerchant,
         Endpoint::CreateShopper,
         Endpoint::CreateShoppersBulk,
         Endpoint::CreditWallet,
+        Endpoint::CreditExternalWallet,
         Endpoint::GetWallet,
         Endpoint::CreateDeal,
         Endpoint::GetDeal,
@@ -87,6 +89,7 @@ impl Endpoint {
             Endpoint::CreateShopper => "POST /v1/shoppers",
             Endpoint::CreateShoppersBulk => "POST /v1/admin/shoppers",
             Endpoint::CreditWallet => "POST /v1/wallets/{id}/credits",
+            Endpoint::CreditExternalWallet => "POST /v1/wallets/external/{id}/credits",
             Endpoint::GetWallet => "GET /v1/wallet",
             Endpoint::CreateDeal => "POST /v1/deals",
             Endpoint::GetDeal => "GET /v1/deals/{id}",
@@ -187,6 +190,7 @@ impl Endpoint {
                 | Endpoint::CreateShopper
                 | Endpoint::CreateShoppersBulk
                 | Endpoint::CreditWallet
+                | Endpoint::CreditExternalWallet
                 | Endpoint::CreateDeal
                 | Endpoint::PatchDeal
                 | Endpoint::Register
@@ -230,7 +234,7 @@ pub(crate) struct Matched<'p> {
 
 impl Router {
     pub(crate) fn new() -> Router {
-        let table: [(&str, PathRoutes); 27] = [
+        let table: [(&str, PathRoutes); 28] = [
             (
                 "/v1/merchants",
                 PathRoutes {
@@ -259,6 +263,16 @@ impl Router {
                 "/v1/wallets/{id}/credits",
                 PathRoutes {
                     post: Some(Endpoint::CreditWallet),
+                    allow: "POST",
+                    ..NONE
+                },
+            ),
+            (
+                // A static segment wins over `{id}`, and no shopper id is
+                // `external`.
+                "/v1/wallets/external/{id}/credits",
+                PathRoutes {
+                    post: Some(Endpoint::CreditExternalWallet),
                     allow: "POST",
                     ..NONE
                 },
@@ -509,6 +523,26 @@ mod tests {
             let method: Method = method.parse().unwrap();
             assert_eq!(router.route(&method, &path).unwrap().endpoint, endpoint);
         }
+    }
+
+    #[test]
+    fn a_credit_by_external_id_and_by_shopper_id_route_apart() {
+        let router = Router::new();
+        let matched = router
+            .route(&Method::POST, "/v1/wallets/external/auth0%7C1/credits")
+            .unwrap();
+        assert_eq!(
+            (matched.endpoint, matched.id),
+            (Endpoint::CreditExternalWallet, "auth0%7C1")
+        );
+        let matched = router
+            .route(&Method::POST, "/v1/wallets/s_1/credits")
+            .unwrap();
+        assert_eq!((matched.endpoint, matched.id), (Endpoint::CreditWallet, "s_1"));
+        assert!(matches!(
+            router.route(&Method::GET, "/v1/wallets/external/x/credits"),
+            Err(Error::MethodNotAllowed { allow: "POST" })
+        ));
     }
 
     #[test]

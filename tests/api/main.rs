@@ -12,6 +12,7 @@ mod deals;
 mod docs;
 mod draw;
 mod edge;
+mod external;
 mod feed_stream;
 mod fuzz;
 mod helpers;

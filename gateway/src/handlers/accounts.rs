@@ -1,6 +1,8 @@
-//! Accounts and wallets: merchants, shoppers (one and in bulk), credits.
+//! Accounts and wallets: merchants, shoppers (one and in bulk), credits
+//! by shopper id and by the platform's user id (external id).
 
-use flashsale_engine::{Entity, ShopperId};
+use flashsale_engine::engine::NAME_CHARS_MAX;
+use flashsale_engine::{EngineError, Entity, Money, ShopperId, check_credit, check_external_id};
 use hyper::StatusCode;
 use hyper::http::request::Parts;
 use serde::Serialize;
@@ -102,15 +104,87 @@ pub(crate) async fn credit_wallet(
     let CreditBody { amount, reference } = parse_json(body)?;
     let amount = parse_money(&amount, "amount")?;
     let wallet = app.store.credit_wallet(shopper, amount, &reference).await?;
+    let external_id = external_id_of(app, shopper).await?;
     Ok(json(
         StatusCode::CREATED,
-        &WalletJson::new(shopper, &wallet),
+        &WalletJson::new(shopper, external_id.as_deref(), &wallet),
     ))
+}
+
+/// `POST /v1/wallets/external/{external_id}/credits` (admin, the payment
+/// provider): credits the wallet of the shopper of the platform's user id
+/// `external_id` (percent-decoded from the path), making that shopper
+/// first if it has none, named after its external id. Checked before
+/// anything changes: the external id (`check_external_id`), the body and
+/// the credit (`check_credit`), so a refused request makes no shopper.
+pub(crate) async fn credit_external_wallet(
+    app: &App,
+    parts: &Parts,
+    external: &str,
+    body: &[u8],
+) -> Result<HttpResponse, Error> {
+    app.admin(parts)?;
+    let external_id = decode_external_id(external)?;
+    let CreditBody { amount, reference } = parse_json(body)?;
+    let amount = parse_money(&amount, "amount")?;
+    check_credit(amount, &reference)?;
+    let (shopper, _) = app
+        .store
+        .link_shopper(&external_id, &name_of(&external_id), Money::ZERO, "")
+        .await?;
+    let wallet = app
+        .store
+        .credit_wallet(shopper.id, amount, &reference)
+        .await?;
+    Ok(json(
+        StatusCode::CREATED,
+        &WalletJson::new(shopper.id, Some(&external_id), &wallet),
+    ))
+}
+
+/// The external id of a path segment: percent-decoded (`auth0%7C123` is
+/// `auth0|123`), then held to the one rule (`check_external_id`).
+/// Refusal: `422 invalid` naming `external_id`.
+fn decode_external_id(segment: &str) -> Result<String, Error> {
+    let decoded = percent_encoding::percent_decode_str(segment)
+        .decode_utf8()
+        .map_err(|_| {
+            Error::Engine(EngineError::Invalid {
+                field: "external_id",
+                reason: "must be UTF-8 once percent-decoded",
+            })
+        })?;
+    check_external_id(&decoded)?;
+    Ok(decoded.into_owned())
+}
+
+/// The name a shopper made for its external id gets: the external id's
+/// first [`NAME_CHARS_MAX`] characters, or `shopper` when they are blank.
+fn name_of(external_id: &str) -> String {
+    let name: String = external_id.chars().take(NAME_CHARS_MAX).collect();
+    if name.trim().is_empty() {
+        "shopper".to_owned()
+    } else {
+        name
+    }
+}
+
+/// The external id of `shopper`, if it has one.
+async fn external_id_of(app: &App, shopper: ShopperId) -> Result<Option<String>, Error> {
+    Ok(app
+        .store
+        .shopper(shopper)
+        .await?
+        .and_then(|shopper| shopper.external_id))
 }
 
 /// `GET /v1/wallet` (shopper).
 pub(crate) async fn get_wallet(app: &App, parts: &Parts) -> Result<HttpResponse, Error> {
     let shopper = app.shopper(parts)?;
     let wallet = app.store.wallet(shopper).await?;
-    Ok(json(StatusCode::OK, &WalletJson::new(shopper, &wallet)))
+    let external_id = external_id_of(app, shopper).await?;
+    Ok(json(
+        StatusCode::OK,
+        &WalletJson::new(shopper, external_id.as_deref(), &wallet),
+    ))
 }

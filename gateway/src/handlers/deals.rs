@@ -358,6 +358,7 @@ pub(crate) async fn merchant_me(app: &App, parts: &Parts) -> Result<HttpResponse
         &MerchantJson {
             id: Text(merchant.id),
             name: &merchant.name,
+            external_id: merchant.external_id.as_deref(),
             rating: RatingJson::new(app.store.rating(id).await?),
         },
     ))

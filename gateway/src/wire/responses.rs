@@ -392,6 +392,9 @@ impl RatingJson {
 pub(crate) struct MerchantJson<'a> {
     pub id: Text<flashsale_engine::MerchantId>,
     pub name: &'a str,
+    /// The platform's user id of the merchant; left out when it has none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub external_id: Option<&'a str>,
     pub rating: RatingJson,
 }
 
@@ -465,18 +468,27 @@ impl<'a> CardJson<'a> {
 }
 
 #[derive(Serialize)]
-pub(crate) struct WalletJson {
+pub(crate) struct WalletJson<'a> {
     pub(crate) shopper_id: Text<ShopperId>,
+    /// The platform's user id of the shopper; left out when it has none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) external_id: Option<&'a str>,
     pub(crate) available: Text<Money>,
     pub(crate) held: Text<Money>,
     pub(crate) spent: Text<Money>,
     pub(crate) credited: Text<Money>,
 }
 
-impl WalletJson {
-    pub(crate) fn new(shopper: ShopperId, wallet: &Wallet) -> WalletJson {
+impl<'a> WalletJson<'a> {
+    /// The wallet of `shopper`, whose external id is `external_id`.
+    pub(crate) fn new(
+        shopper: ShopperId,
+        external_id: Option<&'a str>,
+        wallet: &Wallet,
+    ) -> WalletJson<'a> {
         WalletJson {
             shopper_id: Text(shopper),
+            external_id,
             available: Text(wallet.available),
             held: Text(wallet.held),
             spent: Text(wallet.spent),
