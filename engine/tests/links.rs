@@ -11,7 +11,7 @@ use std::thread;
 use flashsale_engine::{
     Clock, Engine, EngineConfig, EngineError, Event, MerchantId, RecordEvents, ShopperId,
 };
-use support::World;
+use support::{World, money};
 
 const RACERS: usize = 50;
 
@@ -34,8 +34,10 @@ fn racing_first_requests_of_one_external_id_make_one_shopper_and_one_merchant() 
             thread::spawn(move || {
                 barrier.wait();
                 let name = format!("racer {racer}");
-                let (shopper, shopper_made) =
-                    world.engine.link_shopper("auth0|race", &name).unwrap();
+                let (shopper, shopper_made) = world
+                    .engine
+                    .link_shopper_credited("auth0|race", &name, money("10.00"), "signup")
+                    .unwrap();
                 let (merchant, merchant_made) =
                     world.engine.link_merchant("auth0|race", &name).unwrap();
                 (shopper, shopper_made, merchant, merchant_made)
@@ -60,6 +62,12 @@ fn racing_first_requests_of_one_external_id_make_one_shopper_and_one_merchant() 
     assert_eq!(shopper.external_id.as_deref(), Some("auth0|race"));
     assert_eq!(merchant.external_id.as_deref(), Some("auth0|race"));
     assert_eq!(world.engine.shopper(shopper.id), Some(shopper.clone()));
+    let wallet = world.engine.wallet(shopper.id).unwrap();
+    assert_eq!(
+        wallet.credited,
+        money("10.00"),
+        "the signup credit landed once"
+    );
     assert_eq!(world.engine.merchant(merchant.id), Some(merchant.clone()));
     let events = events.take();
     let linked = |event: &&Event| {
@@ -69,6 +77,11 @@ fn racing_first_requests_of_one_external_id_make_one_shopper_and_one_merchant() 
         )
     };
     assert_eq!(events.iter().filter(linked).count(), 1, "one shopper event");
+    let credits = events
+        .iter()
+        .filter(|event| matches!(event, Event::WalletCredited { .. }))
+        .count();
+    assert_eq!(credits, 1, "one credit event");
     assert_eq!(
         events
             .iter()
@@ -151,6 +164,16 @@ fn a_bad_external_id_or_name_is_refused_and_changes_nothing() {
     assert!(matches!(
         world.engine.link_shopper("auth0|ok", " "),
         Err(EngineError::Invalid { field: "name", .. })
+    ));
+    // A refused signup credit makes no shopper either.
+    assert!(matches!(
+        world
+            .engine
+            .link_shopper_credited("auth0|ok", "Ann", money("1.00"), ""),
+        Err(EngineError::Invalid {
+            field: "reference",
+            ..
+        })
     ));
     assert!(events.take().is_empty(), "a refusal emits nothing");
     assert_eq!(world.engine.shopper_of_external("auth0|ok"), None);

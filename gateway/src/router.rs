@@ -538,7 +538,10 @@ mod tests {
         let matched = router
             .route(&Method::POST, "/v1/wallets/s_1/credits")
             .unwrap();
-        assert_eq!((matched.endpoint, matched.id), (Endpoint::CreditWallet, "s_1"));
+        assert_eq!(
+            (matched.endpoint, matched.id),
+            (Endpoint::CreditWallet, "s_1")
+        );
         assert!(matches!(
             router.route(&Method::GET, "/v1/wallets/external/x/credits"),
             Err(Error::MethodNotAllowed { allow: "POST" })

@@ -95,8 +95,8 @@ impl MemoryStore {
         Ok(shopper)
     }
 
-    /// The engine's `link_shopper`, and the signup credit when it made
-    /// the shopper (refused credits are logged, as in `create_shopper`).
+    /// The engine's `link_shopper_credited`: the signup credit lands with
+    /// the new shopper, under the engine's link map.
     pub async fn link_shopper(
         &self,
         external_id: &str,
@@ -104,24 +104,13 @@ impl MemoryStore {
         credit: Money,
         reference: &str,
     ) -> Result<(Shopper, bool), Error> {
-        if credit != Money::ZERO {
-            flashsale_engine::check_credit(credit, reference)?;
-        }
-        let (shopper, made) = self.engine.link_shopper(external_id, name)?;
-        if made
-            && credit != Money::ZERO
-            && let Err(error) = self.engine.credit_wallet(shopper.id, credit, reference)
-        {
-            tracing::warn!(
-                shopper = %shopper.id,
-                error = &error as &dyn std::error::Error,
-                "the signup credit was refused"
-            );
-        }
         // A found shopper may still be on its way to the disk (made by a
-        // racing request an instant ago): wait for it too.
-        self.commit().await?;
-        Ok((shopper, made))
+        // racing request an instant ago): its answer waits for it too.
+        self.committed(
+            self.engine
+                .link_shopper_credited(external_id, name, credit, reference),
+        )
+        .await
     }
 
     pub async fn link_merchant(

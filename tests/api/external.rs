@@ -37,7 +37,10 @@ async fn a_credit_by_external_id_makes_the_shopper_once_then_credits_it() {
     let second = credit_external(&t, "auth0%7C123", "5.50", "pay-2")
         .await
         .ok(201);
-    assert_eq!(second["shopper_id"], first["shopper_id"], "the same shopper");
+    assert_eq!(
+        second["shopper_id"], first["shopper_id"],
+        "the same shopper"
+    );
     assert_eq!(second["available"], "15.50");
     // The same reference again changes nothing; with another amount it is
     // refused, as for a credit by shopper id.
@@ -68,7 +71,10 @@ async fn a_credit_by_external_id_makes_the_shopper_once_then_credits_it() {
     assert_eq!(wallet["available"], "16.50");
     let by_id = t
         .post(
-            &format!("/v1/wallets/{}/credits", first["shopper_id"].as_str().unwrap()),
+            &format!(
+                "/v1/wallets/{}/credits",
+                first["shopper_id"].as_str().unwrap()
+            ),
             Some(ADMIN),
             &json!({ "amount": "1.00", "reference": "pay-4" }),
         )

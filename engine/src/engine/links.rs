@@ -13,9 +13,10 @@
 use parking_lot::Mutex;
 use rustc_hash::FxHashMap;
 
-use super::{Engine, NAME_CHARS_MAX, check_name};
+use super::{Engine, NAME_CHARS_MAX, check_credit, check_name};
 use crate::error::EngineError;
 use crate::ids::{MerchantId, ShopperId};
+use crate::money::Money;
 use crate::records::{Merchant, Shopper};
 use crate::rules::check_external_id;
 
@@ -41,8 +42,27 @@ impl Engine {
         external_id: &str,
         name: &str,
     ) -> Result<(Shopper, bool), EngineError> {
+        self.link_shopper_credited(external_id, name, Money::ZERO, "")
+    }
+
+    /// [`Engine::link_shopper`], and when this call makes the shopper, its
+    /// wallet credited `credit` (zero: none) under `reference` (a signup
+    /// credit) before the link map is let go: a racing request finds the
+    /// shopper credited, and its events follow each other in the journal.
+    /// Refusals: those of [`Engine::link_shopper`], and `Invalid` credit
+    /// ([`check_credit`]) before anything changes.
+    pub fn link_shopper_credited(
+        &self,
+        external_id: &str,
+        name: &str,
+        credit: Money,
+        reference: &str,
+    ) -> Result<(Shopper, bool), EngineError> {
         check_external_id(external_id)?;
         check_name(name, "name", NAME_CHARS_MAX)?;
+        if credit != Money::ZERO {
+            check_credit(credit, reference)?;
+        }
         let mut links = self.links.shoppers.lock();
         if let Some(&id) = links.get(external_id) {
             drop(links);
@@ -60,6 +80,13 @@ impl Engine {
         };
         self.insert_shopper(shopper.clone());
         links.insert(external_id.to_owned(), id);
+        if credit != Money::ZERO {
+            // Not refused: the wallet is empty, `credit` is at most
+            // `MONEY_MAX` and its reference the wallet's first (only
+            // `credits_per_shopper_max` = 0 could refuse it, and then the
+            // shopper stands uncredited, as `create_shopper` leaves it).
+            let _ = self.credit_wallet(id, credit, reference);
+        }
         Ok((shopper, true))
     }
 
