@@ -7,6 +7,7 @@ mod books_order;
 mod burst;
 mod durability;
 mod epoch;
+mod external;
 mod failover;
 mod faults;
 mod feed;
