@@ -42,6 +42,20 @@ use crate::telemetry::{Checkout, Telemetry};
 use crate::wire;
 use flashsale_store::Store;
 
+/// The token of the request's one `Authorization: Bearer` header. Errors:
+/// `400` for two headers, `401` for none or another scheme.
+fn bearer_token(parts: &Parts) -> Result<&str, Error> {
+    let header = single_header(&parts.headers, &AUTHORIZATION, "Authorization")?
+        .ok_or(Error::Unauthorized("a bearer token is required"))?;
+    header
+        .to_str()
+        .ok()
+        .and_then(bearer)
+        .ok_or(Error::Unauthorized(
+            "the Authorization header must be `Bearer <token>`",
+        ))
+}
+
 /// The answer of a handler: one buffer.
 pub(crate) type HttpResponse = Response<Full<Bytes>>;
 /// The body of every answer: one buffer, or the feed's stream.
@@ -76,6 +90,9 @@ pub(crate) struct App {
     pub books: Option<Arc<crate::order_sink::BooksLookup>>,
     /// `--trusted-proxies`: whose forwarding headers name the client.
     pub proxies: crate::proxies::TrustedProxies,
+    /// `--idp-jwks`: the platform's identity provider, whose JWTs name
+    /// shoppers and merchants by the platform's user ids.
+    pub idp: Option<Arc<crate::idp::Idp>>,
 }
 
 impl App {
@@ -198,6 +215,7 @@ impl App {
             Endpoint::Review => handlers::review(self, parts, id, &body).await,
             Endpoint::Share => handlers::share(self, parts, id, &body).await,
             Endpoint::MerchantMe => handlers::merchant_me(self, parts).await,
+            Endpoint::ExchangeToken => handlers::exchange_token(self, parts, &body).await,
             Endpoint::OpenApi => Ok(self.openapi.response()),
             Endpoint::Storefront => Ok(self.pages.storefront.response()),
             Endpoint::MerchantPage => Ok(self.pages.merchant.response()),
@@ -212,40 +230,104 @@ impl App {
 
     /// The verified caller, within its rate limit. Two `Authorization`
     /// headers are `400 bad_request`: which one counts is not the server's
-    /// guess to make.
-    pub(crate) fn caller(&self, parts: &Parts) -> Result<Caller, Error> {
-        let header = single_header(&parts.headers, &AUTHORIZATION, "Authorization")?
-            .ok_or(Error::Unauthorized("a bearer token is required"))?;
-        let token = header
-            .to_str()
-            .ok()
-            .and_then(bearer)
-            .ok_or(Error::Unauthorized(
-                "the Authorization header must be `Bearer <token>`",
-            ))?;
-        let caller = self
-            .signer
-            .verify(token, self.now_seconds(), self.store.epoch())?;
+    /// guess to make. A JWT goes to the identity provider when one is
+    /// configured (`crate::idp`); any other token is the engine's own.
+    pub(crate) async fn caller(&self, parts: &Parts) -> Result<Caller, Error> {
+        let token = bearer_token(parts)?;
+        let caller = match &self.idp {
+            Some(idp) if crate::idp::is_jwt(token) => self.platform_caller(idp, token).await?.0,
+            _ => self
+                .signer
+                .verify(token, self.now_seconds(), self.store.epoch())?,
+        };
         self.admission.check_caller(caller)?;
         Ok(caller)
     }
 
-    pub(crate) fn shopper(&self, parts: &Parts) -> Result<ShopperId, Error> {
-        match self.caller(parts)? {
+    /// The account of a platform token and the token's `exp` (Unix
+    /// seconds), within its rate limit; for the token exchange. Errors:
+    /// `501` without `--idp-jwks`; `401` for a token that is not a valid
+    /// platform JWT.
+    pub(crate) async fn platform_account(&self, parts: &Parts) -> Result<(Caller, i64), Error> {
+        let Some(idp) = &self.idp else {
+            return Err(Error::NotImplemented(
+                "this deployment trusts no identity provider (--idp-jwks)".to_owned(),
+            ));
+        };
+        let token = Some(bearer_token(parts)?)
+            .filter(|token| crate::idp::is_jwt(token))
+            .ok_or(Error::Unauthorized(
+                "the Authorization header must be `Bearer <the platform's JWT>`",
+            ))?;
+        let (caller, expires_at) = self.platform_caller(idp, token).await?;
+        self.admission.check_caller(caller)?;
+        Ok((caller, expires_at))
+    }
+
+    /// The account of a platform token and the token's `exp`: remembered
+    /// if this token was verified before, else verified and its `sub`'s
+    /// account looked up, made at its first use (a new shopper gets
+    /// `--signup-credit` like a signup).
+    async fn platform_caller(
+        &self,
+        idp: &crate::idp::Idp,
+        token: &str,
+    ) -> Result<(Caller, i64), Error> {
+        let now = self.now_seconds();
+        let epoch = self.store.epoch();
+        if let Some(remembered) = idp.remembered(token, now, epoch) {
+            return Ok(remembered);
+        }
+        let identity = idp.verify(token, now).await?;
+        let name = identity
+            .name
+            .as_deref()
+            .filter(|name| {
+                flashsale_engine::check_name(name, "name", flashsale_engine::engine::NAME_CHARS_MAX)
+                    .is_ok()
+            })
+            .unwrap_or(&identity.external_id);
+        let caller = match identity.role {
+            crate::idp::Role::Shopper => {
+                let (shopper, _made) = self
+                    .store
+                    .link_shopper(
+                        &identity.external_id,
+                        name,
+                        self.signup_credit,
+                        handlers::SIGNUP_CREDIT_REFERENCE,
+                    )
+                    .await?;
+                Caller::Shopper(shopper.id)
+            }
+            crate::idp::Role::Merchant => {
+                let (merchant, _made) = self
+                    .store
+                    .link_merchant(&identity.external_id, name)
+                    .await?;
+                Caller::Merchant(merchant.id)
+            }
+        };
+        idp.remember(token, &identity, caller, epoch);
+        Ok((caller, identity.expires_at))
+    }
+
+    pub(crate) async fn shopper(&self, parts: &Parts) -> Result<ShopperId, Error> {
+        match self.caller(parts).await? {
             Caller::Shopper(id) => Ok(id),
             _ => Err(Error::Forbidden("only a shopper may do this")),
         }
     }
 
-    pub(crate) fn merchant(&self, parts: &Parts) -> Result<MerchantId, Error> {
-        match self.caller(parts)? {
+    pub(crate) async fn merchant(&self, parts: &Parts) -> Result<MerchantId, Error> {
+        match self.caller(parts).await? {
             Caller::Merchant(id) => Ok(id),
             _ => Err(Error::Forbidden("only a merchant may do this")),
         }
     }
 
-    pub(crate) fn admin(&self, parts: &Parts) -> Result<(), Error> {
-        match self.caller(parts)? {
+    pub(crate) async fn admin(&self, parts: &Parts) -> Result<(), Error> {
+        match self.caller(parts).await? {
             Caller::Admin => Ok(()),
             _ => Err(Error::Forbidden("only the admin may do this")),
         }
@@ -253,10 +335,16 @@ impl App {
 
     /// A fresh token for a new account.
     pub(crate) fn issue(&self, caller: Caller) -> String {
-        self.signer.issue(
-            caller,
-            self.now_seconds().saturating_add(self.token_ttl_seconds),
-            self.store.epoch(),
+        self.issue_until(caller, i64::MAX).0
+    }
+
+    /// A fresh token valid for `--token-ttl-hours` but not past
+    /// `expires_at` (Unix seconds), and when it expires.
+    pub(crate) fn issue_until(&self, caller: Caller, expires_at: i64) -> (String, i64) {
+        let expires_at = expires_at.min(self.now_seconds().saturating_add(self.token_ttl_seconds));
+        (
+            self.signer.issue(caller, expires_at, self.store.epoch()),
+            expires_at,
         )
     }
 

@@ -17,6 +17,7 @@ use flashsale_journal::Durability;
 use url::Url;
 
 use crate::error::Error;
+pub use crate::idp::{IdpSettings, JwksSource};
 pub use flashsale_redis::{RedisArgs, RedisSettings, RedisTarget, ReplicaAckSettings};
 
 /// Shortest `--secret` accepted, in bytes: shorter keys are guessable.
@@ -246,6 +247,33 @@ pub struct ServeArgs {
     /// 8 characters, no control character), e.g. € or US$.
     #[arg(long, env = "FLASHSALE_CURRENCY_SYMBOL", default_value = CURRENCY_SYMBOL_DEFAULT)]
     pub currency_symbol: String,
+
+    /// The platform's identity provider: its signing keys as a JWKS (RFC
+    /// 7517), a file or an http(s):// URL. With it (and --idp-issuer,
+    /// --idp-audience) bearer tokens may be the platform's JWTs: `sub` is
+    /// the platform's user id, whose shopper or merchant is made at its
+    /// first request and is the same account ever after. Unset: only the
+    /// engine's own tokens.
+    #[arg(long, env = "FLASHSALE_IDP_JWKS", value_name = "FILE_OR_URL")]
+    pub idp_jwks: Option<String>,
+
+    /// The `iss` every platform token must carry (with --idp-jwks).
+    #[arg(long, env = "FLASHSALE_IDP_ISSUER", value_name = "ISS")]
+    pub idp_issuer: Option<String>,
+
+    /// An `aud` every platform token must carry (with --idp-jwks).
+    #[arg(long, env = "FLASHSALE_IDP_AUDIENCE", value_name = "AUD")]
+    pub idp_audience: Option<String>,
+
+    /// The claim of a platform token that says `shopper` or `merchant`; a
+    /// token without it is a shopper's.
+    #[arg(long, env = "FLASHSALE_IDP_ROLE_CLAIM", default_value = crate::idp::ROLE_CLAIM_DEFAULT)]
+    pub idp_role_claim: String,
+
+    /// Clock skew allowed on a platform token's `exp` and `nbf`, in
+    /// seconds (at most 300).
+    #[arg(long, env = "FLASHSALE_IDP_LEEWAY_SECONDS", default_value_t = 30)]
+    pub idp_leeway_seconds: u64,
 }
 
 /// The validated configuration of one server.
@@ -296,6 +324,9 @@ pub struct Config {
     pub public_url: Option<Url>,
     /// Printed before every amount on the pages.
     pub currency_symbol: String,
+    /// The platform's identity provider, whose JWTs are accepted; `None`:
+    /// only the engine's own tokens.
+    pub idp: Option<IdpSettings>,
 }
 
 impl Config {
@@ -330,6 +361,7 @@ impl Config {
             cors_origins: Vec::new(),
             public_url: None,
             currency_symbol: CURRENCY_SYMBOL_DEFAULT.to_owned(),
+            idp: None,
         }
     }
 
@@ -349,6 +381,7 @@ impl Config {
         };
         let mut config = Config::new(args.data_dir.clone());
         config.redis = redis_settings(&args)?;
+        config.idp = idp_settings(&args)?;
         config.addr = args.addr;
         if let Some(token) = args.admin_token {
             if token.trim().len() < ADMIN_TOKEN_BYTES_MIN {
@@ -486,6 +519,55 @@ fn parse_currency_symbol(text: &str) -> Result<String, Error> {
         )));
     }
     Ok(text.to_owned())
+}
+
+/// Longest `--idp-leeway-seconds` accepted: more would keep expired tokens
+/// alive for minutes.
+pub const IDP_LEEWAY_SECONDS_MAX: u64 = 300;
+
+/// The identity provider's settings: `--idp-jwks`, `--idp-issuer` and
+/// `--idp-audience` all or none.
+fn idp_settings(args: &ServeArgs) -> Result<Option<IdpSettings>, Error> {
+    fn given(value: &Option<String>) -> Option<&str> {
+        value.as_deref().filter(|text| !text.is_empty())
+    }
+    let (jwks, issuer, audience) = (
+        given(&args.idp_jwks),
+        given(&args.idp_issuer),
+        given(&args.idp_audience),
+    );
+    let (Some(jwks), Some(issuer), Some(audience)) = (jwks, issuer, audience) else {
+        if jwks.is_some() || issuer.is_some() || audience.is_some() {
+            return Err(Error::Config(format!(
+                "{}, {} and {} go together: a platform token is checked against all three",
+                setting("idp-jwks"),
+                setting("idp-issuer"),
+                setting("idp-audience")
+            )));
+        }
+        return Ok(None);
+    };
+    let jwks = JwksSource::parse(jwks)
+        .map_err(|why| Error::Config(format!("{} {why}, not {jwks:?}", setting("idp-jwks"))))?;
+    if args.idp_role_claim.is_empty() {
+        return Err(Error::Config(format!(
+            "{} must name a claim",
+            setting("idp-role-claim")
+        )));
+    }
+    if args.idp_leeway_seconds > IDP_LEEWAY_SECONDS_MAX {
+        return Err(Error::Config(format!(
+            "{} must be at most {IDP_LEEWAY_SECONDS_MAX}",
+            setting("idp-leeway-seconds")
+        )));
+    }
+    Ok(Some(IdpSettings {
+        jwks,
+        issuer: issuer.to_owned(),
+        audience: audience.to_owned(),
+        role_claim: args.idp_role_claim.clone(),
+        leeway_seconds: args.idp_leeway_seconds,
+    }))
 }
 
 /// Multi-node mode's settings from `--redis-url` or `--redis-cluster`.
@@ -689,7 +771,59 @@ mod tests {
             cors_origins: Vec::new(),
             public_url: None,
             currency_symbol: CURRENCY_SYMBOL_DEFAULT.to_owned(),
+            idp_jwks: None,
+            idp_issuer: None,
+            idp_audience: None,
+            idp_role_claim: crate::idp::ROLE_CLAIM_DEFAULT.to_owned(),
+            idp_leeway_seconds: 30,
         }
+    }
+
+    #[test]
+    fn the_identity_provider_takes_jwks_issuer_and_audience_together() {
+        let with = |jwks: Option<&str>, issuer: Option<&str>, audience: Option<&str>| {
+            Config::from_args(ServeArgs {
+                idp_jwks: jwks.map(str::to_owned),
+                idp_issuer: issuer.map(str::to_owned),
+                idp_audience: audience.map(str::to_owned),
+                ..args()
+            })
+        };
+        assert!(with(None, None, None).unwrap().idp.is_none());
+        let idp = with(Some("keys.json"), Some("https://id.test"), Some("shop"))
+            .unwrap()
+            .idp
+            .unwrap();
+        assert_eq!(idp.jwks, JwksSource::File(PathBuf::from("keys.json")));
+        assert_eq!(idp.role_claim, "flashsale_role");
+        for partial in [
+            with(Some("keys.json"), None, None),
+            with(None, Some("https://id.test"), Some("shop")),
+            with(Some("keys.json"), Some("https://id.test"), None),
+        ] {
+            let Err(Error::Config(message)) = partial else {
+                panic!("a partial identity provider is refused");
+            };
+            assert!(
+                message.contains("--idp-jwks (FLASHSALE_IDP_JWKS)"),
+                "{message}"
+            );
+        }
+        let Err(Error::Config(message)) = with(Some("ftp://id.test/keys"), Some("i"), Some("a"))
+        else {
+            panic!("an ftp JWKS is refused");
+        };
+        assert!(message.contains("http(s)"), "{message}");
+        let Err(Error::Config(message)) = Config::from_args(ServeArgs {
+            idp_leeway_seconds: 3_600,
+            idp_jwks: Some("keys.json".into()),
+            idp_issuer: Some("https://id.test".into()),
+            idp_audience: Some("shop".into()),
+            ..args()
+        }) else {
+            panic!("an hour of leeway is refused");
+        };
+        assert!(message.contains("--idp-leeway-seconds"), "{message}");
     }
 
     #[test]

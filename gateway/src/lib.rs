@@ -76,6 +76,7 @@ mod cors;
 pub mod error;
 mod feed;
 mod handlers;
+pub mod idp;
 mod openapi;
 mod pages;
 mod proxies;

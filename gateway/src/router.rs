@@ -38,6 +38,7 @@ pub(crate) enum Endpoint {
     Review,
     Share,
     MerchantMe,
+    ExchangeToken,
     Storefront,
     MerchantPage,
     Healthz,
@@ -47,7 +48,7 @@ pub(crate) enum Endpoint {
 }
 
 impl Endpoint {
-    pub(crate) const ALL: [Endpoint; 32] = [
+    pub(crate) const ALL: [Endpoint; 33] = [
         Endpoint::CreateMerchant,
         Endpoint::CreateShopper,
         Endpoint::CreateShoppersBulk,
@@ -74,6 +75,7 @@ impl Endpoint {
         Endpoint::Review,
         Endpoint::Share,
         Endpoint::MerchantMe,
+        Endpoint::ExchangeToken,
         Endpoint::Storefront,
         Endpoint::MerchantPage,
         Endpoint::Healthz,
@@ -111,6 +113,7 @@ impl Endpoint {
             Endpoint::Review => "POST /v1/orders/{id}/review",
             Endpoint::Share => "POST /v1/orders/{id}/share",
             Endpoint::MerchantMe => "GET /v1/merchants/me",
+            Endpoint::ExchangeToken => "POST /v1/tokens/exchange",
             Endpoint::Storefront => "GET /",
             Endpoint::MerchantPage => "GET /merchant",
             Endpoint::Healthz => "GET /healthz",
@@ -200,6 +203,7 @@ impl Endpoint {
                 | Endpoint::ReleaseHold
                 | Endpoint::Review
                 | Endpoint::Share
+                | Endpoint::ExchangeToken
         )
     }
 }
@@ -234,7 +238,7 @@ pub(crate) struct Matched<'p> {
 
 impl Router {
     pub(crate) fn new() -> Router {
-        let table: [(&str, PathRoutes); 28] = [
+        let table: [(&str, PathRoutes); 29] = [
             (
                 "/v1/merchants",
                 PathRoutes {
@@ -331,6 +335,14 @@ impl Router {
                 PathRoutes {
                     get: Some(Endpoint::FeedStream),
                     allow: "GET",
+                    ..NONE
+                },
+            ),
+            (
+                "/v1/tokens/exchange",
+                PathRoutes {
+                    post: Some(Endpoint::ExchangeToken),
+                    allow: "POST",
                     ..NONE
                 },
             ),

@@ -151,6 +151,12 @@ impl Gateway {
             .map_err(Error::Task)??
         };
         let signer = Signer::new(&secret, &admin_token.value);
+        let idp = match &config.idp {
+            Some(settings) => Some(Arc::new(
+                crate::idp::Idp::start(settings.clone(), unix_seconds()).await?,
+            )),
+            None => None,
+        };
         let (sink_stop, sink_stopped) = oneshot::channel::<()>();
         let (store, order_sink, dir_lock) = match &config.redis {
             Some(settings) => {
@@ -196,6 +202,7 @@ impl Gateway {
             books: order_sink.as_ref().map(OrderSinkHandle::books),
             order_sink: std::sync::Mutex::new(order_sink),
             proxies: TrustedProxies::new(config.trusted_proxies.clone()),
+            idp,
         };
         Ok(Gateway {
             config,
@@ -260,6 +267,7 @@ impl Gateway {
             Store::Redis(redis) => Some(tokio::spawn(redis.clone().run_poller())),
             Store::Memory(_) => None,
         };
+        let idp_refresh = app.idp.clone().map(|idp| tokio::spawn(refresh_keys(idp)));
         tokio::pin!(shutdown);
         loop {
             let permit = tokio::select! {
@@ -317,9 +325,9 @@ impl Gateway {
         housekeeping.abort();
         let _ = housekeeping.await;
         let _ = sampler.await;
-        if let Some(poller) = poller {
-            poller.abort();
-            let _ = poller.await;
+        for task in [poller, idp_refresh].into_iter().flatten() {
+            task.abort();
+            let _ = task.await;
         }
         if let Store::Memory(memory) = &*app.store {
             let engine = memory.engine.clone();
@@ -451,6 +459,25 @@ fn spawn_connection<S, B>(
 
 /// Expires holds on the real clock; runs due draws and refills raffles;
 /// trims limiter maps; drains metrics.
+/// Reads the identity provider's keys again every
+/// [`JWKS_REFRESH_INTERVAL`](crate::idp::JWKS_REFRESH_INTERVAL); a failed
+/// read keeps the keys last read (`Idp::refresh`).
+async fn refresh_keys(idp: Arc<crate::idp::Idp>) {
+    let mut ticker = tokio::time::interval(crate::idp::JWKS_REFRESH_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await;
+    loop {
+        ticker.tick().await;
+        idp.refresh(unix_seconds()).await;
+    }
+}
+
+/// Now in Unix seconds, by the system clock.
+fn unix_seconds() -> i64 {
+    use flashsale_engine::Clock as _;
+    SystemClock.now().millis().div_euclid(1000)
+}
+
 async fn housekeeping(app: Arc<App>, expiry_interval: Duration) {
     let mut ticker = tokio::time::interval(expiry_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -114,6 +114,9 @@ pub struct RunArgs {
     /// Postgres of the order sink: check every acknowledged order is there.
     #[arg(long, env = "FLASHSALE_LOADTEST_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
+
+    #[command(flatten)]
+    pub platform: crate::platform::PlatformArgs,
 }
 
 /// What to run.

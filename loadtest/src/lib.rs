@@ -70,6 +70,7 @@ mod cpu;
 mod error;
 mod hello;
 mod open_loop;
+mod platform;
 mod plot;
 mod progress;
 mod raffle;
@@ -152,8 +153,14 @@ async fn run_on_load_runtime(
                 source,
             })?,
         };
-        let server =
-            SpawnedServer::start(&program, run.durability, run.database_url.as_deref()).await?;
+        let platform = platform::Platform::load(&run.platform)?;
+        let server = SpawnedServer::start(
+            &program,
+            run.durability,
+            run.database_url.as_deref(),
+            platform.as_ref(),
+        )
+        .await?;
         progress.phase(format!(
             "started {} serve at {}",
             program.display(),
@@ -205,6 +212,7 @@ async fn run_against(
         progress,
         database_url: run.database_url.clone(),
         meter,
+        platform: platform::Platform::load(&run.platform)?.map(Arc::new),
     };
     match &args.command {
         Scenario::Burst(burst) => burst::run(&context, burst).await,
@@ -247,6 +255,7 @@ pub async fn demo(target: String, admin_token: String) -> Result<Report, Loadtes
                 json: None,
                 plot: None,
                 database_url: None,
+                platform: crate::platform::PlatformArgs::none(),
             },
         }),
     };
@@ -274,6 +283,7 @@ mod tests {
             json: None,
             plot: None,
             database_url: None,
+            platform: crate::platform::PlatformArgs::none(),
         }
     }
 

@@ -50,6 +50,8 @@ pub struct Context {
     pub progress: Progress,
     pub database_url: Option<String>,
     pub meter: Arc<CpuMeter>,
+    /// `--platform-key`: shoppers are the platform's users.
+    pub platform: Option<Arc<crate::platform::Platform>>,
 }
 
 /// Accounts and the deal made for one run.
@@ -116,14 +118,30 @@ impl Context {
             crate::report::grouped(plan.shoppers as u64),
             api::money_text(plan.credit)
         ));
-        let shoppers = api::create_shoppers(
-            &self.target,
-            self.timeout,
-            &self.admin,
-            plan.shoppers,
-            plan.credit,
-        )
-        .await?;
+        let shoppers = match &self.platform {
+            None => {
+                api::create_shoppers(
+                    &self.target,
+                    self.timeout,
+                    &self.admin,
+                    plan.shoppers,
+                    plan.credit,
+                )
+                .await?
+            }
+            Some(platform) => {
+                crate::platform::create_shoppers(
+                    &self.target,
+                    self.timeout,
+                    &self.admin,
+                    platform,
+                    run_id,
+                    plan.shoppers,
+                    plan.credit,
+                )
+                .await?
+            }
+        };
         self.progress.phase(format!(
             "shoppers ready in {:.1} s",
             started.elapsed().as_secs_f64()

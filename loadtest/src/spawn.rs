@@ -49,6 +49,7 @@ impl SpawnedServer {
         program: &Path,
         durability: Durability,
         database_url: Option<&str>,
+        platform: Option<&crate::platform::Platform>,
     ) -> Result<SpawnedServer, LoadtestError> {
         let dir = tempfile::Builder::new()
             .prefix("flashsale-loadtest-")
@@ -75,6 +76,17 @@ impl SpawnedServer {
         command.arg("serve");
         if let Some(url) = database_url {
             command.arg("--database-url").arg(url);
+        }
+        if let Some(platform) = platform {
+            let jwks = dir.path().join("jwks.json");
+            std::fs::write(&jwks, platform.jwks()).map_err(file_error("write", &jwks))?;
+            command
+                .arg("--idp-jwks")
+                .arg(&jwks)
+                .arg("--idp-issuer")
+                .arg(&platform.issuer)
+                .arg("--idp-audience")
+                .arg(&platform.audience);
         }
         let child = command
             .env_remove("REDIS_URL")
@@ -210,7 +222,7 @@ mod tests {
     async fn a_server_that_never_says_it_listens_is_reported() {
         // `true` exits at once without printing anything.
         let Ok(program) = which("true") else { return };
-        let error = SpawnedServer::start(&program, Durability::Sync, None)
+        let error = SpawnedServer::start(&program, Durability::Sync, None, None)
             .await
             .expect_err("`true` never listens");
         assert!(

@@ -21,6 +21,8 @@
 //!   [`process::ServeProcess`]);
 //! - [`client`]: HTTP API v1 as a test uses it ([`client::Api`]: merchant,
 //!   deal, shoppers, credit, buy; [`client::Reply`], [`client::Account`]);
+//! - [`platform`]: a made-up platform's identity provider: test keys, its
+//!   JWKS and the JWTs it signs;
 //! - [`qr`]: QR codes read back from a PNG (the deals' codes, a browser's
 //!   screenshot) with a decoder independent of the server's encoder.
 //!
@@ -43,6 +45,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 pub mod client;
+pub mod platform;
 pub mod process;
 pub mod qr;
 pub mod server;
@@ -62,10 +65,13 @@ pub enum Service {
     Redis,
     /// A Redis Cluster whose seeds `REDIS_CLUSTER_URLS` names.
     RedisCluster,
+    /// `openapi-python-client` (PyPI), which generates a client from the
+    /// served OpenAPI document.
+    GeneratedClient,
 }
 
 /// How many [`Service`] variants there are: the bound of [`PRINTED`].
-const SERVICES: usize = 6;
+const SERVICES: usize = 7;
 
 /// Whether a service's skip line was already printed by this process.
 static PRINTED: [AtomicBool; SERVICES] = [const { AtomicBool::new(false) }; SERVICES];
@@ -84,6 +90,7 @@ impl Service {
             Service::Curl => "README walkthrough test",
             Service::Redis => "multi-node (Redis) tests",
             Service::RedisCluster => "multi-node tests on a Redis Cluster",
+            Service::GeneratedClient => "generated-client test",
         }
     }
 
@@ -108,6 +115,10 @@ impl Service {
             Service::RedisCluster => {
                 "set REDIS_CLUSTER_URLS=redis://127.0.0.1:7001,redis://127.0.0.1:7002,redis://127.0.0.1:7003 \
                  to run; `bash scripts/redis-cluster.sh` starts one"
+            }
+            Service::GeneratedClient => {
+                "install openapi-python-client to run: `pip install openapi-python-client` \
+                 (.ci/run pins the version)"
             }
         }
     }

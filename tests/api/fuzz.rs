@@ -121,6 +121,7 @@ async fn schemathesis_finds_no_server_error_and_no_answer_off_the_contract() {
         Path::new(env!("CARGO_BIN_EXE_flashsale")),
         Durability::Sync,
         None,
+        None,
     )
     .await
     .expect("flashsale serve starts");

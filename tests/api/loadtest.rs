@@ -87,6 +87,35 @@ fn a_small_burst_against_a_spawned_server_sells_exactly_the_stock() {
     );
 }
 
+/// A burst of a platform's users: each shopper's JWT is signed by the
+/// load generator with a test key, which the spawned server trusts
+/// (`--idp-jwks`); setup exchanges each JWT once, and the taps carry the
+/// engine's token or the JWT itself.
+#[test]
+fn a_burst_of_platform_users_sells_exactly_the_stock_either_way_they_authenticate() {
+    let key = concat!(env!("CARGO_MANIFEST_DIR"), "/testkit/keys/es256-1.pem");
+    for auth in ["exchange", "jwt"] {
+        let report = run_scenario(&[
+            "burst",
+            "--shoppers",
+            "120",
+            "--stock",
+            "30",
+            "--ramp",
+            "200ms",
+            "--seed",
+            "11",
+            "--platform-key",
+            key,
+            "--platform-auth",
+            auth,
+        ]);
+        assert_checks_pass(&report);
+        assert_eq!(report["outcomes"]["ok"], 30, "{auth}");
+        assert_eq!(report["outcomes"]["sold_out"], 90, "{auth}");
+    }
+}
+
 #[test]
 fn a_short_steady_run_against_a_spawned_server_keeps_the_invariants() {
     let report = run_scenario(&[

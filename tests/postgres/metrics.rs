@@ -22,6 +22,7 @@ async fn a_sink_lists_its_counters_at_zero_from_the_start_then_counts() {
         Path::new(env!("CARGO_BIN_EXE_flashsale")),
         flashsale_loadtest::Durability::Sync,
         Some(&db.url),
+        None,
     )
     .await
     .expect("flashsale serve starts");

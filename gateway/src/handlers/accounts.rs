@@ -11,8 +11,8 @@ use crate::app::{App, HttpResponse};
 use crate::auth::Caller;
 use crate::error::Error;
 use crate::wire::{
-    AccountJson, BulkShoppersBody, CreditBody, NameBody, Text, WalletJson, json, parse_id,
-    parse_json, parse_money,
+    AccountJson, BulkShoppersBody, CreditBody, NameBody, Rfc3339Utc, Text, WalletJson, json,
+    parse_id, parse_json, parse_money, parse_no_fields,
 };
 
 /// `POST /v1/merchants` (admin).
@@ -21,7 +21,7 @@ pub(crate) async fn create_merchant(
     parts: &Parts,
     body: &[u8],
 ) -> Result<HttpResponse, Error> {
-    app.admin(parts)?;
+    app.admin(parts).await?;
     let NameBody { name } = parse_json(body)?;
     let merchant = app.store.create_merchant(&name).await?;
     let token = app.issue(Caller::Merchant(merchant.id));
@@ -69,7 +69,7 @@ pub(crate) async fn create_shoppers_bulk(
     parts: &Parts,
     body: &[u8],
 ) -> Result<HttpResponse, Error> {
-    app.admin(parts)?;
+    app.admin(parts).await?;
     let BulkShoppersBody { count, credit } = parse_json(body)?;
     let credit = parse_money(&credit, "credit")?;
     let ids = app.store.create_shoppers(count, credit).await?;
@@ -99,7 +99,7 @@ pub(crate) async fn credit_wallet(
     shopper: &str,
     body: &[u8],
 ) -> Result<HttpResponse, Error> {
-    app.admin(parts)?;
+    app.admin(parts).await?;
     let shopper: ShopperId = parse_id(shopper, Entity::Shopper)?;
     let CreditBody { amount, reference } = parse_json(body)?;
     let amount = parse_money(&amount, "amount")?;
@@ -123,7 +123,7 @@ pub(crate) async fn credit_external_wallet(
     external: &str,
     body: &[u8],
 ) -> Result<HttpResponse, Error> {
-    app.admin(parts)?;
+    app.admin(parts).await?;
     let external_id = decode_external_id(external)?;
     let CreditBody { amount, reference } = parse_json(body)?;
     let amount = parse_money(&amount, "amount")?;
@@ -180,11 +180,48 @@ async fn external_id_of(app: &App, shopper: ShopperId) -> Result<Option<String>,
 
 /// `GET /v1/wallet` (shopper).
 pub(crate) async fn get_wallet(app: &App, parts: &Parts) -> Result<HttpResponse, Error> {
-    let shopper = app.shopper(parts)?;
+    let shopper = app.shopper(parts).await?;
     let wallet = app.store.wallet(shopper).await?;
     let external_id = external_id_of(app, shopper).await?;
     Ok(json(
         StatusCode::OK,
         &WalletJson::new(shopper, external_id.as_deref(), &wallet),
+    ))
+}
+
+/// `POST /v1/tokens/exchange` (a platform JWT, with `--idp-jwks`): the
+/// engine's own token for the account the JWT names, made at its first use
+/// (the token exchange of RFC 8693, in the API's JSON). The token expires
+/// with the JWT at the latest. A storefront exchanges once, before a sale,
+/// so that the sale's requests carry a token the node checks with one HMAC
+/// instead of a signature (docs/platform-identity.md).
+pub(crate) async fn exchange_token(
+    app: &App,
+    parts: &Parts,
+    body: &[u8],
+) -> Result<HttpResponse, Error> {
+    parse_no_fields(body)?;
+    let (caller, jwt_expires_at) = app.platform_account(parts).await?;
+    let (token, expires_at) = app.issue_until(caller, jwt_expires_at);
+    #[derive(Serialize)]
+    struct Exchanged {
+        id: String,
+        role: &'static str,
+        token: String,
+        expires_at: Rfc3339Utc,
+    }
+    let (id, role) = match caller {
+        Caller::Shopper(id) => (id.to_string(), "shopper"),
+        Caller::Merchant(id) => (id.to_string(), "merchant"),
+        Caller::Admin => return Err(Error::Forbidden("the admin token is not exchanged")),
+    };
+    Ok(json(
+        StatusCode::CREATED,
+        &Exchanged {
+            id,
+            role,
+            token,
+            expires_at: Rfc3339Utc(flashsale_engine::Timestamp(expires_at.saturating_mul(1000))),
+        },
     ))
 }

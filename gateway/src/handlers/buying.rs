@@ -26,7 +26,7 @@ pub(crate) async fn buy(
     deal: &str,
     body: &[u8],
 ) -> Result<(HttpResponse, Answer), Error> {
-    let shopper = app.shopper(parts)?;
+    let shopper = app.shopper(parts).await?;
     let key = idempotency_key(parts)?;
     let deal: DealId = parse_id(deal, Entity::Deal)?;
     let QuantityBody { quantity } = parse_json(body)?;
@@ -41,7 +41,7 @@ pub(crate) async fn create_hold(
     deal: &str,
     body: &[u8],
 ) -> Result<HttpResponse, Error> {
-    let shopper = app.shopper(parts)?;
+    let shopper = app.shopper(parts).await?;
     let key = idempotency_key(parts)?;
     let deal: DealId = parse_id(deal, Entity::Deal)?;
     let QuantityBody { quantity } = parse_json(body)?;
@@ -56,7 +56,7 @@ pub(crate) async fn pay_hold(
     hold: &str,
     body: &[u8],
 ) -> Result<HttpResponse, Error> {
-    let shopper = app.shopper(parts)?;
+    let shopper = app.shopper(parts).await?;
     let hold: HoldId = parse_id(hold, Entity::Hold)?;
     parse_no_fields(body)?;
     let order = app.store.pay_hold(shopper, hold).await?;
@@ -70,7 +70,7 @@ pub(crate) async fn release_hold(
     hold: &str,
     body: &[u8],
 ) -> Result<HttpResponse, Error> {
-    let shopper = app.shopper(parts)?;
+    let shopper = app.shopper(parts).await?;
     let hold: HoldId = parse_id(hold, Entity::Hold)?;
     parse_no_fields(body)?;
     let hold = app.store.release_hold(shopper, hold).await?;
@@ -143,7 +143,7 @@ pub(crate) async fn get_draw_me(
     parts: &Parts,
     deal: &str,
 ) -> Result<HttpResponse, Error> {
-    let shopper = app.shopper(parts)?;
+    let shopper = app.shopper(parts).await?;
     let deal: DealId = parse_id(deal, Entity::Deal)?;
     let standing = app.store.draw_standing(shopper, deal).await?;
     Ok(json(
@@ -160,7 +160,7 @@ pub(crate) async fn register(
     deal: &str,
     body: &[u8],
 ) -> Result<HttpResponse, Error> {
-    let shopper = app.shopper(parts)?;
+    let shopper = app.shopper(parts).await?;
     let deal: DealId = parse_id(deal, Entity::Deal)?;
     parse_no_fields(body)?;
     let created = app.store.register(shopper, deal).await?;

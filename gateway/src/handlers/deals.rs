@@ -34,7 +34,7 @@ pub(crate) async fn create_deal(
     parts: &Parts,
     body: &[u8],
 ) -> Result<HttpResponse, Error> {
-    let merchant = app.merchant(parts)?;
+    let merchant = app.merchant(parts).await?;
     let deal: NewDealBody = parse_json(body)?;
     let allocation = deal.allocation.as_deref().map(AllocationName::parse);
     let raffle = allocation.transpose()? == Some(AllocationName::Raffle);
@@ -76,7 +76,7 @@ pub(crate) async fn patch_deal(
     deal: &str,
     body: &[u8],
 ) -> Result<HttpResponse, Error> {
-    let merchant = app.merchant(parts)?;
+    let merchant = app.merchant(parts).await?;
     let deal: DealId = parse_id(deal, Entity::Deal)?;
     let change: DealChangeBody = parse_json(body)?;
     if let Some(asked) = change.allocation.as_deref() {
@@ -347,7 +347,7 @@ pub(crate) fn feed_stream(app: &App, parts: &Parts) -> Result<hyper::Response<Fe
 
 /// `GET /v1/merchants/me` (merchant): who the token names, and its rating.
 pub(crate) async fn merchant_me(app: &App, parts: &Parts) -> Result<HttpResponse, Error> {
-    let id = app.merchant(parts)?;
+    let id = app.merchant(parts).await?;
     let merchant = app
         .store
         .merchant(id)

@@ -19,12 +19,17 @@ pub(crate) fn healthz() -> HttpResponse {
 /// events the sink had to set aside, if any.
 /// In multi-node mode `redis_durability` says what a `201` is worth now:
 /// `{mode: always|everysec|volatile, found, waitaof}` (README, "What a
-/// `201` promises").
+/// `201` promises"). With `--idp-jwks`, `identity_provider` says how many
+/// keys were last read and when, and why the newest read failed if it did
+/// (the keys last read stay in use).
 pub(crate) fn readyz(app: &App) -> HttpResponse {
     match app.not_ready() {
         None => {
             let mut body =
                 serde_json::json!({ "status": "ready", "order_sink_set_aside": app.set_aside() });
+            if let Some(idp) = &app.idp {
+                body["identity_provider"] = idp.status();
+            }
             if let Some(durability) = app.store.redis_durability() {
                 body["redis_durability"] = serde_json::json!({
                     "mode": durability.mode.name(),

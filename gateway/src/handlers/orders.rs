@@ -28,7 +28,7 @@ pub(crate) async fn review(
     order: &str,
     body: &[u8],
 ) -> Result<HttpResponse, Error> {
-    let shopper = app.shopper(parts)?;
+    let shopper = app.shopper(parts).await?;
     let order: OrderId = parse_id(order, Entity::Order)?;
     let review: ReviewBody = parse_json(body)?;
     let review = app
@@ -48,7 +48,7 @@ pub(crate) async fn share(
     order: &str,
     body: &[u8],
 ) -> Result<HttpResponse, Error> {
-    let shopper = app.shopper(parts)?;
+    let shopper = app.shopper(parts).await?;
     let order: OrderId = parse_id(order, Entity::Order)?;
     parse_no_fields(body)?;
     let first = app.store.share(shopper, order).await?;
@@ -77,7 +77,7 @@ pub(crate) async fn get_order(
     parts: &Parts,
     order: &str,
 ) -> Result<HttpResponse, Error> {
-    let caller = app.caller(parts)?;
+    let caller = app.caller(parts).await?;
     let order: OrderId = parse_id(order, Entity::Order)?;
     let order = app.store.order(order).await?;
     let allowed = match caller {
@@ -100,7 +100,7 @@ pub(crate) async fn get_order(
 /// `GET /v1/orders?deal_id=&cursor=&limit=`: a merchant lists one of its
 /// deals' orders (`deal_id` required); a shopper lists its own.
 pub(crate) async fn list_orders(app: &App, parts: &Parts) -> Result<HttpResponse, Error> {
-    let caller = app.caller(parts)?;
+    let caller = app.caller(parts).await?;
     let mut deal: Option<DealId> = None;
     let mut cursor = OrderCursor::default();
     let mut limit = ORDERS_LIMIT_DEFAULT;

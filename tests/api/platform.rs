@@ -1,0 +1,156 @@
+//! The platform's shoppers and merchants (`--idp-jwks`): JWTs of the
+//! platform's identity provider name accounts by the platform's user ids,
+//! made at their first use and the same ever after; bad tokens are `401`
+//! and change nothing; the token exchange gives the engine's own token.
+
+use flashsale_testkit::client::Account;
+use flashsale_testkit::platform::{self, TestKey, claims, hs256_with_public_key, unsigned};
+use flashsale_testkit::server::{TestServer, start_with};
+use serde_json::json;
+
+/// A server trusting the test provider's RSA and EC keys (a JWKS file in
+/// its data directory), crediting every new wallet 5000.
+async fn platform_server() -> TestServer {
+    start_with(|config| {
+        platform::trust(config, &[TestKey::Rsa1, TestKey::Es256]);
+        config.signup_credit = flashsale_engine::Money::parse("5000", "credit").unwrap();
+    })
+    .await
+}
+
+/// An account as a bearer of `token` (its id is learnt from answers).
+fn bearer(token: String) -> Account {
+    Account {
+        id: String::new(),
+        token,
+    }
+}
+
+/// A JWT for `sub` signed by `key`, unique per call (`jti`), so each is a
+/// token never seen before.
+fn jwt(key: TestKey, sub: &str, role: Option<&str>) -> String {
+    let mut claims = claims(sub, role);
+    claims["jti"] = json!(format!("{:x}", rand_u64()));
+    key.sign(&claims)
+}
+
+fn rand_u64() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_platform_user_is_one_account_whatever_token_carries_it() {
+    let server = platform_server().await;
+    let api = server.api();
+    let merchant = bearer(jwt(TestKey::Es256, "shop-1", Some("merchant")));
+    let deal = api.deal(&merchant, "999.00", 10, 2).await;
+    let me = api
+        .get("/v1/merchants/me", Some(&merchant.token))
+        .await
+        .ok(200);
+    let again = bearer(jwt(TestKey::Rsa1, "shop-1", Some("merchant")));
+    assert_eq!(
+        api.get("/v1/merchants/me", Some(&again.token))
+            .await
+            .ok(200)["id"],
+        me["id"],
+        "another token of the same merchant"
+    );
+
+    let first = bearer(jwt(TestKey::Rsa1, "auth0|alice", None));
+    let order = api.buy(&first, &deal, 1, "alice-1").await.ok(201);
+    let second = bearer(jwt(TestKey::Es256, "auth0|alice", Some("shopper")));
+    let wallet = api.wallet(&second).await;
+    assert_eq!(
+        wallet["shopper_id"], order["shopper_id"],
+        "the same shopper"
+    );
+    assert_eq!(wallet["credited"], "5000.00", "the signup credit came once");
+    assert_eq!(wallet["spent"], "999.00");
+    // The retry of the buy under another token of the same user is a replay.
+    let replay = api.buy(&second, &deal, 1, "alice-1").await.ok(201);
+    assert_eq!(replay["id"], order["id"]);
+    // The per-user limit counts the platform user, not the token.
+    api.buy(&second, &deal, 1, "alice-2").await.ok(201);
+    api.buy(&first, &deal, 1, "alice-3")
+        .await
+        .refused(409, "purchase_limit_reached");
+
+    let other = bearer(jwt(TestKey::Rsa1, "auth0|bob", None));
+    assert_ne!(api.wallet(&other).await["shopper_id"], wallet["shopper_id"]);
+
+    // The token exchange: the engine's own token for the same shopper.
+    let exchanged = api
+        .post("/v1/tokens/exchange", Some(&first.token), &json!({}))
+        .await
+        .ok(201);
+    assert_eq!(exchanged["role"], "shopper");
+    assert_eq!(exchanged["id"], wallet["shopper_id"]);
+    let own = bearer(exchanged["token"].as_str().unwrap().to_owned());
+    assert!(!own.token.starts_with("eyJ"), "the engine's own token");
+    assert_eq!(api.wallet(&own).await["shopper_id"], wallet["shopper_id"]);
+    server.check_invariants();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_platform_tokens_are_401_and_change_nothing() {
+    let server = platform_server().await;
+    let api = server.api();
+    let merchant = api.merchant("Phones").await;
+    let deal = api.deal(&merchant, "10.00", 5, 5).await;
+    let with = |field: &str, value: serde_json::Value| {
+        let mut claims = claims("mallory", None);
+        claims[field] = value;
+        TestKey::Rsa1.sign(&claims)
+    };
+    let now = platform::unix_now();
+    let bad = [
+        ("expired", with("exp", json!(now - 600))),
+        ("other audience", with("aud", json!("another-app"))),
+        ("other issuer", with("iss", json!("https://evil.test"))),
+        (
+            "alg none",
+            unsigned(&claims("mallory", None), TestKey::Rsa1.kid()),
+        ),
+        (
+            "HS256 with the public key",
+            hs256_with_public_key(&claims("mallory", None)),
+        ),
+        ("unknown kid", TestKey::Rsa2.sign(&claims("mallory", None))),
+        ("oversized", format!("eyJ{}.a.b", "x".repeat(9_000))),
+        ("malformed", "eyJhbGciOi.not.base64!".to_owned()),
+    ];
+    for (what, token) in bad {
+        let reply = api.buy(&bearer(token.clone()), &deal, 1, what).await;
+        assert_eq!(reply.status, 401, "{what}: {}", reply.text);
+        reply.refused(401, "unauthorized");
+        api.post("/v1/tokens/exchange", Some(&token), &json!({}))
+            .await
+            .refused(401, "unauthorized");
+    }
+    let after = api.get_deal(&deal).await;
+    assert_eq!(after["sold"], 0, "nothing sold: {after}");
+    // The engine's own tokens keep working beside the platform's, and are
+    // not exchanged.
+    let shopper = api.shopper("Ann", "100").await;
+    api.buy(&shopper, &deal, 1, "ann-1").await.ok(201);
+    api.post("/v1/tokens/exchange", Some(&shopper.token), &json!({}))
+        .await
+        .refused(401, "unauthorized");
+    server.check_invariants();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_an_identity_provider_the_exchange_is_501_and_jwts_are_401() {
+    let server = start_with(|_| {}).await;
+    let api = server.api();
+    let token = jwt(TestKey::Rsa1, "alice", None);
+    api.post("/v1/tokens/exchange", Some(&token), &json!({}))
+        .await
+        .refused(501, "not_implemented");
+    api.get("/v1/wallet", Some(&token))
+        .await
+        .refused(401, "unauthorized");
+}
