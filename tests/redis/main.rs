@@ -14,6 +14,7 @@ mod feed;
 mod loadtest;
 mod model;
 mod node;
+mod platform;
 mod proxy;
 mod raffle;
 mod replicas;
