@@ -207,14 +207,9 @@ async fn racing_links_on_redis_make_one_shopper_credited_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn racing_links_on_a_cluster_make_one_shopper_credited_once() {
-    let Some(urls) = flashsale_testkit::redis_cluster_urls() else {
+    let Some(urls) = flashsale_testkit::redis_cluster_seeds() else {
         return;
     };
-    let urls: Vec<String> = urls
-        .split(',')
-        .map(|url| url.trim().to_owned())
-        .filter(|url| !url.is_empty())
-        .collect();
     let namespace = namespace();
     let mut stores = Vec::new();
     for _ in 0..NODES {

@@ -1396,14 +1396,9 @@ fn redis_store_matches_the_model() {
 
 #[test]
 fn redis_cluster_store_matches_the_model() {
-    let Some(urls) = flashsale_testkit::redis_cluster_urls() else {
+    let Some(urls) = flashsale_testkit::redis_cluster_seeds() else {
         return;
     };
-    let urls: Vec<String> = urls
-        .split(',')
-        .map(|url| url.trim().to_owned())
-        .filter(|url| !url.is_empty())
-        .collect();
     let namespace = fresh_namespace();
     let target = RedisTarget::Cluster(urls.clone());
     let outcome = std::panic::catch_unwind(|| {

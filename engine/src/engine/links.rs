@@ -27,6 +27,9 @@ pub(crate) struct Links {
     pub(crate) merchants: Mutex<FxHashMap<String, MerchantId>>,
 }
 
+/// Every link of each kind, as a snapshot holds them: shoppers', merchants'.
+pub(crate) type LinkCopies = (Vec<(String, ShopperId)>, Vec<(String, MerchantId)>);
+
 fn missing(reason: &'static str) -> EngineError {
     EngineError::Inconsistent { reason }
 }
@@ -145,7 +148,7 @@ impl Engine {
     }
 
     /// Every link, for a snapshot: shoppers', then merchants'.
-    pub(crate) fn link_copies(&self) -> (Vec<(String, ShopperId)>, Vec<(String, MerchantId)>) {
+    pub(crate) fn link_copies(&self) -> LinkCopies {
         let shoppers = self
             .links
             .shoppers
