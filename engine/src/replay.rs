@@ -431,7 +431,7 @@ impl Engine {
                 }
             }
         }
-        let merchant_links: FxHashMap<MerchantId, String> = snapshot
+        let mut merchant_links: FxHashMap<MerchantId, String> = snapshot
             .links
             .merchants
             .into_iter()
@@ -439,11 +439,11 @@ impl Engine {
             .collect();
         for (mut merchant, rating) in snapshot.merchants.into_iter().rev() {
             let id = merchant.id.0;
-            if let Some(external) = merchant_links.get(&merchant.id) {
-                if !self.restore_merchant_link(external, merchant.id) {
+            if let Some(external) = merchant_links.remove(&merchant.id) {
+                if !self.restore_merchant_link(&external, merchant.id) {
                     return Err(inconsistent("an external id is linked twice"));
                 }
-                merchant.external_id = Some(external.clone());
+                merchant.external_id = Some(external);
             }
             if !self
                 .merchant_table()
@@ -451,6 +451,11 @@ impl Engine {
             {
                 return Err(inconsistent("a merchant id is taken or out of range"));
             }
+        }
+        if !merchant_links.is_empty() {
+            return Err(inconsistent(
+                "an external id is linked to an unknown merchant",
+            ));
         }
         self.advance_next_shopper(snapshot.next_shopper);
         let mut shards = snapshot.shards;

@@ -138,28 +138,22 @@ fn a_bad_external_id_or_name_is_refused_and_changes_nothing() {
     events.take();
     let long = "x".repeat(256);
     for bad in ["", long.as_str(), "a\0b", "line\nbreak", "del\u{7f}"] {
-        let refusal = world.engine.link_shopper(bad, "Ann").unwrap_err();
-        assert!(
-            matches!(
-                refusal,
-                EngineError::Invalid {
-                    field: "external_id",
-                    ..
-                }
-            ),
-            "{bad:?}: {refusal:?}"
-        );
-        let refusal = world.engine.link_merchant(bad, "Ann").unwrap_err();
-        assert!(
-            matches!(
-                refusal,
-                EngineError::Invalid {
-                    field: "external_id",
-                    ..
-                }
-            ),
-            "{bad:?}: {refusal:?}"
-        );
+        let refusals = [
+            world.engine.link_shopper(bad, "Ann").map(|_| ()),
+            world.engine.link_merchant(bad, "Ann").map(|_| ()),
+        ];
+        for refusal in refusals {
+            assert!(
+                matches!(
+                    refusal,
+                    Err(EngineError::Invalid {
+                        field: "external_id",
+                        ..
+                    })
+                ),
+                "{bad:?}: {refusal:?}"
+            );
+        }
     }
     assert!(matches!(
         world.engine.link_shopper("auth0|ok", " "),
@@ -199,7 +193,7 @@ fn shoppers_max_bounds_linked_shoppers() {
         })
     );
     // Known ids are still found at the bound.
-    assert_eq!(world.engine.link_shopper("a", "A").unwrap().1, false);
+    assert!(!world.engine.link_shopper("a", "A").unwrap().1);
     world.engine.link_merchant("a", "A").unwrap();
     assert_eq!(
         world.engine.link_merchant("b", "B"),

@@ -42,20 +42,11 @@ impl RedisStore {
     /// A merchant with its external id, if it has one; `None`: no such
     /// merchant.
     pub async fn merchant(&self, id: MerchantId) -> Result<Option<Merchant>, Error> {
-        let key = self.keys().merchant(id);
-        let (name, created_at, external_id): (Option<String>, Option<i64>, Option<String>) = self
-            .query(
-                redis::cmd("HMGET")
-                    .arg(key)
-                    .arg("name")
-                    .arg("created_at")
-                    .arg("ext"),
-            )
-            .await?;
-        Ok(name.map(|name| Merchant {
+        let record = self.account_record(self.keys().merchant(id)).await?;
+        Ok(record.map(|(name, created_at, external_id)| Merchant {
             id,
             name,
-            created_at: Timestamp(created_at.unwrap_or(0)),
+            created_at,
             external_id,
         }))
     }
@@ -64,6 +55,21 @@ impl RedisStore {
     /// shopper.
     pub async fn shopper(&self, id: ShopperId) -> Result<Option<Shopper>, Error> {
         let key = self.keys().shard_id(self.shard_of(id), "acct", id.0);
+        let record = self.account_record(key).await?;
+        Ok(record.map(|(name, created_at, external_id)| Shopper {
+            id,
+            name,
+            created_at,
+            external_id,
+        }))
+    }
+
+    /// An account hash's name, creation time and external id; `None`
+    /// when there is no such account.
+    async fn account_record(
+        &self,
+        key: String,
+    ) -> Result<Option<(String, Timestamp, Option<String>)>, Error> {
         let (name, created_at, external_id): (Option<String>, Option<i64>, Option<String>) = self
             .query(
                 redis::cmd("HMGET")
@@ -73,12 +79,7 @@ impl RedisStore {
                     .arg("ext"),
             )
             .await?;
-        Ok(name.map(|name| Shopper {
-            id,
-            name,
-            created_at: Timestamp(created_at.unwrap_or(0)),
-            external_id,
-        }))
+        Ok(name.map(|name| (name, Timestamp(created_at.unwrap_or(0)), external_id)))
     }
 
     pub async fn rating(&self, id: MerchantId) -> Result<Option<Rating>, Error> {

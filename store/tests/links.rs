@@ -7,12 +7,14 @@
 //! request.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+mod support;
+
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use flashsale_engine::{Clock, EngineConfig, Money, ShopperId, SystemClock};
 use flashsale_journal::{Durability, Journal, JournalConfig};
-use flashsale_redis::{RedisSettings, RedisTarget};
-use flashsale_store::{MemoryStore, RedisStore, Store};
+use flashsale_redis::RedisTarget;
+use flashsale_store::{MemoryStore, Store};
 
 const RACERS: usize = 50;
 const NODES: usize = 3;
@@ -27,22 +29,7 @@ fn namespace() -> String {
 }
 
 async fn node(target: RedisTarget, namespace: &str) -> Store {
-    let settings = RedisSettings {
-        target,
-        namespace: namespace.to_owned(),
-        shards: 4,
-        response_timeout: Duration::from_secs(5),
-        connect_timeout: Duration::from_secs(5),
-        allow_volatile: true,
-        books_backlog_per_stream_max: 0,
-        clock: None,
-        replica_acks: None,
-    };
-    Store::Redis(
-        RedisStore::connect(&settings)
-            .await
-            .unwrap_or_else(|error| panic!("Redis is configured but does not answer: {error}")),
-    )
+    Store::Redis(support::connect(target, namespace, None).await)
 }
 
 /// `RACERS` concurrent first requests of one external id, spread over
@@ -207,14 +194,9 @@ async fn racing_links_on_redis_make_one_shopper_credited_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn racing_links_on_a_cluster_make_one_shopper_credited_once() {
-    let Some(urls) = flashsale_testkit::redis_cluster_urls() else {
+    let Some(urls) = flashsale_testkit::redis_cluster_seeds() else {
         return;
     };
-    let urls: Vec<String> = urls
-        .split(',')
-        .map(|url| url.trim().to_owned())
-        .filter(|url| !url.is_empty())
-        .collect();
     let namespace = namespace();
     let mut stores = Vec::new();
     for _ in 0..NODES {

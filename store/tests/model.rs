@@ -41,10 +41,11 @@
 
 #[path = "../../engine/tests/reference/mod.rs"]
 mod reference;
+mod support;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use flashsale_engine::{
     Allocation, Answer, Clock, DealChange, DealId, EngineConfig, EngineError, Hold, HoldId,
@@ -52,8 +53,8 @@ use flashsale_engine::{
     Timestamp,
 };
 use flashsale_journal::{Durability, Journal, JournalConfig};
-use flashsale_redis::{RedisSettings, RedisTarget, StepClock};
-use flashsale_store::{MemoryStore, RedisStore, Store, StoreError};
+use flashsale_redis::{RedisTarget, StepClock};
+use flashsale_store::{MemoryStore, Store, StoreError};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, FileFailurePersistence, TestCaseError, TestRunner};
 use reference::{MStatus, MWallet, Made, Model, Outcome, Refusal};
@@ -246,20 +247,12 @@ fn fresh_namespace() -> String {
 
 async fn redis_backend(target: RedisTarget, namespace: String) -> Backend {
     let clock = Arc::new(ManualClock::new(NOON));
-    let settings = RedisSettings {
+    let store = support::connect(
         target,
-        namespace: namespace.clone(),
-        shards: 4,
-        response_timeout: Duration::from_secs(5),
-        connect_timeout: Duration::from_secs(5),
-        allow_volatile: true,
-        books_backlog_per_stream_max: 0,
-        clock: Some(StepClock(clock.clone() as Arc<dyn Clock>)),
-        replica_acks: None,
-    };
-    let store = RedisStore::connect(&settings)
-        .await
-        .unwrap_or_else(|error| panic!("Redis is configured but does not answer: {error}"));
+        &namespace,
+        Some(StepClock(clock.clone() as Arc<dyn Clock>)),
+    )
+    .await;
     Backend {
         store: Store::Redis(store),
         clock,
@@ -1396,14 +1389,9 @@ fn redis_store_matches_the_model() {
 
 #[test]
 fn redis_cluster_store_matches_the_model() {
-    let Some(urls) = flashsale_testkit::redis_cluster_urls() else {
+    let Some(urls) = flashsale_testkit::redis_cluster_seeds() else {
         return;
     };
-    let urls: Vec<String> = urls
-        .split(',')
-        .map(|url| url.trim().to_owned())
-        .filter(|url| !url.is_empty())
-        .collect();
     let namespace = fresh_namespace();
     let target = RedisTarget::Cluster(urls.clone());
     let outcome = std::panic::catch_unwind(|| {

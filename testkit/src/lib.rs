@@ -191,6 +191,21 @@ pub fn redis_cluster_urls() -> Option<String> {
     variable_or_missing("REDIS_CLUSTER_URLS", Service::RedisCluster)
 }
 
+/// [`redis_cluster_urls`], split into its seeds (blanks dropped).
+///
+/// # Panics
+/// As [`redis_cluster_urls`].
+#[track_caller]
+pub fn redis_cluster_seeds() -> Option<Vec<String>> {
+    let urls = redis_cluster_urls()?;
+    Some(
+        urls.split(',')
+            .map(|url| url.trim().to_owned())
+            .filter(|url| !url.is_empty())
+            .collect(),
+    )
+}
+
 #[track_caller]
 fn variable_or_missing(variable: &str, service: Service) -> Option<String> {
     match std::env::var(variable) {

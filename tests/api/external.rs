@@ -82,6 +82,15 @@ async fn a_credit_by_external_id_makes_the_shopper_once_then_credits_it() {
         .ok(201);
     assert_eq!(by_id["external_id"], "auth0|123");
     assert_eq!(by_id["available"], "17.50");
+
+    // The request counters have the route: five answered 201, one 422.
+    let metrics = t.get("/metrics", None).await.text;
+    let route = r#"route="POST /v1/wallets/external/{id}/credits""#;
+    for (status, count) in [("201", 5), ("422", 1)] {
+        let series =
+            format!("flashsale_http_requests_total{{{route},status=\"{status}\"}} {count}\n");
+        assert!(metrics.contains(&series), "{series} in {metrics}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

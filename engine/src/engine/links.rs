@@ -3,14 +3,18 @@
 //! shopper or merchant, once, however many race; every later one finds
 //! that same account.
 //!
-//! Each kind has one map from external id to account id behind its own
-//! lock, taken before the shard lock of the shopper it makes (lock order:
+//! Each kind has one map from external id to account id, in stripes each
+//! behind its own lock ([`LINK_STRIPES`]); the stripe of an external id
+//! is taken before the shard lock of the shopper it makes (lock order:
 //! link map → shard → event sink), so the check, the new account and its
 //! event are one step: no second request of the same external id can
-//! find the map without the account. The maps hold one entry per linked
-//! account, so `shoppers_max` and `merchants_max` bound them.
+//! find the map without the account. A request of a known external id
+//! lets the stripe go before it reads the account. The maps hold one
+//! entry per linked account, so `shoppers_max` and `merchants_max` bound
+//! them.
 
-use parking_lot::Mutex;
+use crossbeam_utils::CachePadded;
+use parking_lot::{Mutex, MutexGuard};
 use rustc_hash::FxHashMap;
 
 use super::{Engine, NAME_CHARS_MAX, check_credit, check_name};
@@ -20,12 +24,80 @@ use crate::money::Money;
 use crate::records::{Merchant, Shopper};
 use crate::rules::check_external_id;
 
-/// The external ids linked so far, each to its account.
-#[derive(Debug, Default)]
-pub(crate) struct Links {
-    pub(crate) shoppers: Mutex<FxHashMap<String, ShopperId>>,
-    pub(crate) merchants: Mutex<FxHashMap<String, MerchantId>>,
+/// Stripes of each link map: a lookup locks one, chosen by a hash of the
+/// external id, so requests of different external ids seldom wait on
+/// each other.
+const LINK_STRIPES: usize = 64;
+
+/// One stripe: external id → account id.
+type Stripe<Id> = CachePadded<Mutex<FxHashMap<String, Id>>>;
+
+/// One kind's map from external id to account id, in stripes.
+#[derive(Debug)]
+pub(crate) struct LinkMap<Id> {
+    stripes: Box<[Stripe<Id>]>,
 }
+
+impl<Id: Copy> LinkMap<Id> {
+    fn new() -> LinkMap<Id> {
+        LinkMap {
+            stripes: (0..LINK_STRIPES)
+                .map(|_| CachePadded::new(Mutex::new(FxHashMap::default())))
+                .collect(),
+        }
+    }
+
+    /// The stripe that holds `external_id`, locked.
+    fn lock(&self, external_id: &str) -> MutexGuard<'_, FxHashMap<String, Id>> {
+        let hash = xxhash_rust::xxh3::xxh3_64(external_id.as_bytes());
+        // invariant: LINK_STRIPES is a power of two, so the index is in range.
+        self.stripes[(hash as usize) & (LINK_STRIPES - 1)].lock()
+    }
+
+    fn get(&self, external_id: &str) -> Option<Id> {
+        self.lock(external_id).get(external_id).copied()
+    }
+
+    /// Records a link; `false` when the external id is linked already.
+    fn insert(&self, external_id: &str, id: Id) -> bool {
+        self.lock(external_id)
+            .insert(external_id.to_owned(), id)
+            .is_none()
+    }
+
+    /// Every link, one stripe at a time.
+    fn copies(&self) -> Vec<(String, Id)> {
+        self.stripes
+            .iter()
+            .flat_map(|stripe| {
+                stripe
+                    .lock()
+                    .iter()
+                    .map(|(external, &id)| (external.clone(), id))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+}
+
+/// The external ids linked so far, each to its account.
+#[derive(Debug)]
+pub(crate) struct Links {
+    shoppers: LinkMap<ShopperId>,
+    merchants: LinkMap<MerchantId>,
+}
+
+impl Default for Links {
+    fn default() -> Links {
+        Links {
+            shoppers: LinkMap::new(),
+            merchants: LinkMap::new(),
+        }
+    }
+}
+
+/// Every link of each kind, as a snapshot holds them: shoppers', merchants'.
+pub(crate) type LinkCopies = (Vec<(String, ShopperId)>, Vec<(String, MerchantId)>);
 
 fn missing(reason: &'static str) -> EngineError {
     EngineError::Inconsistent { reason }
@@ -63,7 +135,7 @@ impl Engine {
         if credit != Money::ZERO {
             check_credit(credit, reference)?;
         }
-        let mut links = self.links.shoppers.lock();
+        let mut links = self.links.shoppers.lock(external_id);
         if let Some(&id) = links.get(external_id) {
             drop(links);
             let shopper = self
@@ -102,7 +174,7 @@ impl Engine {
     ) -> Result<(Merchant, bool), EngineError> {
         check_external_id(external_id)?;
         check_name(name, "name", NAME_CHARS_MAX)?;
-        let mut links = self.links.merchants.lock();
+        let mut links = self.links.merchants.lock(external_id);
         if let Some(&id) = links.get(external_id) {
             drop(links);
             let merchant = self
@@ -117,49 +189,27 @@ impl Engine {
 
     /// The shopper linked to `external_id`, if any.
     pub fn shopper_of_external(&self, external_id: &str) -> Option<ShopperId> {
-        self.links.shoppers.lock().get(external_id).copied()
+        self.links.shoppers.get(external_id)
     }
 
     /// The merchant linked to `external_id`, if any.
     pub fn merchant_of_external(&self, external_id: &str) -> Option<MerchantId> {
-        self.links.merchants.lock().get(external_id).copied()
+        self.links.merchants.get(external_id)
     }
 
     /// Replay and restore: records a link; `false` when the external id is
     /// linked already (a damaged journal).
     pub(crate) fn restore_shopper_link(&self, external_id: &str, id: ShopperId) -> bool {
-        self.links
-            .shoppers
-            .lock()
-            .insert(external_id.to_owned(), id)
-            .is_none()
+        self.links.shoppers.insert(external_id, id)
     }
 
     /// [`Engine::restore_shopper_link`] for a merchant.
     pub(crate) fn restore_merchant_link(&self, external_id: &str, id: MerchantId) -> bool {
-        self.links
-            .merchants
-            .lock()
-            .insert(external_id.to_owned(), id)
-            .is_none()
+        self.links.merchants.insert(external_id, id)
     }
 
     /// Every link, for a snapshot: shoppers', then merchants'.
-    pub(crate) fn link_copies(&self) -> (Vec<(String, ShopperId)>, Vec<(String, MerchantId)>) {
-        let shoppers = self
-            .links
-            .shoppers
-            .lock()
-            .iter()
-            .map(|(external, &id)| (external.clone(), id))
-            .collect();
-        let merchants = self
-            .links
-            .merchants
-            .lock()
-            .iter()
-            .map(|(external, &id)| (external.clone(), id))
-            .collect();
-        (shoppers, merchants)
+    pub(crate) fn link_copies(&self) -> LinkCopies {
+        (self.links.shoppers.copies(), self.links.merchants.copies())
     }
 }
