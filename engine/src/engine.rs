@@ -24,6 +24,7 @@ mod effects;
 mod holds;
 mod orders;
 mod reserve;
+mod tokens;
 mod validate;
 
 pub(crate) use effects::{commit_hold, commit_order, place_hold, release, settle, settle_late};
@@ -137,6 +138,8 @@ pub struct Engine {
     merchants: SlotTable<MerchantState>,
     shards: Box<[CachePadded<Mutex<Shard>>]>,
     next_shopper: AtomicU64,
+    /// Each account's token not-before time (`engine/tokens.rs`).
+    revocations: crate::tokens::TokenRevocations,
 }
 
 impl Engine {
@@ -160,6 +163,7 @@ impl Engine {
                 .map(|index| CachePadded::new(Mutex::new(Shard::new(index))))
                 .collect(),
             next_shopper: AtomicU64::new(1),
+            revocations: crate::tokens::TokenRevocations::new(),
             config,
         }
     }

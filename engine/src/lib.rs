@@ -21,6 +21,8 @@
 //! - `shard` (private): per-shopper state behind one lock.
 //! - [`draw`]: raffle deals: the ranking rule, the draw, the waitlist.
 //! - [`replay`]: rebuilding state from a [`Snapshot`] and events.
+//! - [`tokens`]: each account's token not-before time
+//!   ([`TokenRevocations`]).
 //! - [`event`], [`records`], [`money`], [`ids`], [`clock`], [`error`]: the
 //!   vocabulary.
 //!
@@ -43,6 +45,7 @@ pub mod records;
 pub mod replay;
 pub mod rules;
 mod shard;
+pub mod tokens;
 
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
 pub use draw::{
@@ -63,5 +66,6 @@ pub use records::{
     Allocation, DealSpec, DealStatus, DealView, Hold, HoldStatus, Merchant, Order, RaffleView,
     Rating, Review, Shopper, StockCounts, Wallet,
 };
-pub use replay::Snapshot;
+pub use replay::{Snapshot, SnapshotFormat3};
 pub use shard::IDEMPOTENCY_RETENTION_MILLIS;
+pub use tokens::{Account, TOKEN_REVOCATIONS_MAX, TokenRevocations};

@@ -29,6 +29,30 @@ pub struct Snapshot {
     merchants: Vec<(Merchant, Rating)>,
     deals: Vec<DealSnapshot>,
     next_shopper: u64,
+    /// Each revoked account's token not-before time (format 4 on).
+    revocations: Vec<(crate::tokens::Account, Timestamp)>,
+}
+
+/// A snapshot as journal format 3 wrote it: no revocations (none could be
+/// made). Decode one with this and convert it.
+#[derive(Debug, Deserialize)]
+pub struct SnapshotFormat3 {
+    shards: Vec<Shard>,
+    merchants: Vec<(Merchant, Rating)>,
+    deals: Vec<DealSnapshot>,
+    next_shopper: u64,
+}
+
+impl From<SnapshotFormat3> for Snapshot {
+    fn from(old: SnapshotFormat3) -> Snapshot {
+        Snapshot {
+            shards: old.shards,
+            merchants: old.merchants,
+            deals: old.deals,
+            next_shopper: old.next_shopper,
+            revocations: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -265,6 +289,11 @@ impl Engine {
                 }
                 deal.add_share();
             }
+            Event::TokensRevoked {
+                account,
+                not_before,
+                ..
+            } => self.restore_revocation(*account, *not_before)?,
         }
         Ok(())
     }
@@ -328,6 +357,7 @@ impl Engine {
                 .collect(),
             deals,
             next_shopper: self.next_shopper(),
+            revocations: self.revocation_entries(),
         }
     }
 
@@ -376,6 +406,9 @@ impl Engine {
             }
         }
         self.advance_next_shopper(snapshot.next_shopper);
+        for (account, not_before) in snapshot.revocations {
+            self.restore_revocation(account, not_before)?;
+        }
         self.load_shards(snapshot.shards)
     }
 }

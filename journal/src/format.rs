@@ -17,7 +17,9 @@
 //! from [`FORMAT_VERSION_OLDEST_READ`] on when the newer ones only add
 //! (format 3 appended the `DrawRun` that carries the revealed seed, so a
 //! format-2 record decodes unchanged; its old draw event is
-//! `DrawRunFormat2`), and writes [`FORMAT_VERSION`]; opening an older
+//! `DrawRunFormat2`; format 4 appended `TokensRevoked` and gave the
+//! snapshot its accounts' token not-before times, so an older snapshot is
+//! read as `SnapshotFormat3`, with none), and writes [`FORMAT_VERSION`]; opening an older
 //! directory records the new format in its meta file, so an older build
 //! refuses it from then on.
 
@@ -26,15 +28,15 @@ use std::io::{self, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use flashsale_engine::{Digest, Event, Snapshot};
+use flashsale_engine::{Digest, Event, Snapshot, SnapshotFormat3};
 use sha2::{Digest as _, Sha256};
 
 use crate::error::JournalError;
 
 /// The format this build writes.
-pub(crate) const FORMAT_VERSION: u8 = 3;
-/// The oldest format this build reads: every format-2 record is a
-/// format-3 record (see the module doc).
+pub(crate) const FORMAT_VERSION: u8 = 4;
+/// The oldest format this build reads: every format-2 or format-3 record
+/// is a format-4 record (see the module doc).
 pub(crate) const FORMAT_VERSION_OLDEST_READ: u8 = 2;
 
 /// Whether this build reads files of format `version`.
@@ -481,12 +483,21 @@ pub(crate) fn read_snapshot(path: &Path, position: u64) -> Result<Snapshot, Jour
     if field(24..28) != u64::from(crc32c::crc32c(body)) {
         return Err(corrupt("checksum mismatch"));
     }
-    postcard::from_bytes(body).map_err(|source| JournalError::Decode {
+    let decode_error = |source| JournalError::Decode {
         file: path.to_owned(),
         offset: SNAPSHOT_HEADER_BYTES as u64,
         source,
-    })
+    };
+    if bytes[4] < SNAPSHOT_REVOCATIONS_FORMAT {
+        return postcard::from_bytes::<SnapshotFormat3>(body)
+            .map(Snapshot::from)
+            .map_err(decode_error);
+    }
+    postcard::from_bytes(body).map_err(decode_error)
 }
+
+/// The first format whose snapshot carries the token not-before times.
+const SNAPSHOT_REVOCATIONS_FORMAT: u8 = 4;
 
 #[cfg(test)]
 mod tests {

@@ -28,11 +28,13 @@
 //! - [`account`](mod@account): crediting a wallet, registering, reviewing
 //!   and sharing an order.
 //! - [`deal`](mod@deal): a merchant's change to its deal.
+//! - [`tokens`](mod@tokens): which tokens a revocation refuses.
 
 pub mod account;
 pub mod deal;
 pub mod holds;
 pub mod reserve;
+pub mod tokens;
 
 pub use account::{
     CreditAccount, CreditEffects, CreditView, RegisterEffects, RegisterShopper, RegisterView,
@@ -49,3 +51,4 @@ pub use reserve::{
     ReserveView, ShopperView, counts_new_buyer, decide_offer, decide_open, decide_reserve,
     hold_expiry, raffle_refusal, within_limit,
 };
+pub use tokens::{revocation_not_before, token_in_force};
