@@ -129,6 +129,12 @@ impl TokenRevocations {
             .collect()
     }
 
+    /// Forgets every account (a Redis-mode node whose deployment's Redis
+    /// lost its data: every token of the old epoch is refused anyway).
+    pub fn clear(&self) {
+        self.map.write().clear();
+    }
+
     /// How many accounts have a not-before time.
     pub fn len(&self) -> usize {
         self.map.read().len()

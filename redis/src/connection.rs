@@ -124,6 +124,7 @@ impl RedisStore {
                 volatile_refused: AtomicBool::new(false),
                 replicas_short: AtomicBool::new(false),
                 replica_acks,
+                revocations: crate::tokens::Revocations::new(),
             }),
         };
         store.load_library().await?;

@@ -86,11 +86,17 @@ impl RedisStore {
             .subscribe(self.keys().channel())
             .await
             .map_err(Error::Redis)?;
+        let revocations = self.keys().global("revocations");
         let mut messages = pubsub.on_message();
         while let Some(message) = messages.next().await {
             let Ok(key) = message.get_payload::<String>() else {
                 continue;
             };
+            if key == revocations {
+                // A failure here is the poll's to repair.
+                let _ = self.sync_revocations().await;
+                continue;
+            }
             let id = key
                 .split_once("{d:")
                 .and_then(|(_, rest)| rest.split_once('}'))
@@ -105,11 +111,13 @@ impl RedisStore {
         Ok(())
     }
 
-    /// One poll (see [`RedisStore::run_poller`]): the epoch and the newest
+    /// One poll (see [`RedisStore::run_poller`]): the epoch, the token
+    /// revocations made since the last poll (`tokens`), and the newest
     /// deals' ids; `with_sums` also reads those deals' hashes and sums
     /// their numbers and the merchants' ratings over the shards.
     pub(crate) async fn poll(&self, with_sums: bool) -> Result<(), Error> {
         self.follow_epoch().await?;
+        self.sync_revocations().await?;
         let ids: Vec<u64> = self
             .query(
                 redis::cmd("ZREVRANGE")
