@@ -30,10 +30,11 @@ use hyper::http::request::Parts;
 use hyper::{Request, Response};
 
 use crate::admission::Admission;
-use crate::auth::{Caller, Signer, bearer};
+use crate::auth::{Caller, Signer, Verified, bearer};
+use flashsale_engine::rules::token_in_force;
 use crate::error::Error;
 use crate::feed::{FeedBody, FeedHub};
-use crate::handlers;
+use crate::handlers::{self, Holder};
 use crate::openapi::OpenApi;
 use crate::order_sink::OrderSinkHandle;
 use crate::pages::Pages;
@@ -190,6 +191,18 @@ impl App {
                 handlers::create_shoppers_bulk(self, parts, &body).await
             }
             Endpoint::CreditWallet => handlers::credit_wallet(self, parts, id, &body).await,
+            Endpoint::IssueMerchantToken => {
+                handlers::issue_token(self, parts, Holder::Merchant, id, &body).await
+            }
+            Endpoint::IssueShopperToken => {
+                handlers::issue_token(self, parts, Holder::Shopper, id, &body).await
+            }
+            Endpoint::RevokeMerchantTokens => {
+                handlers::revoke_tokens(self, parts, Holder::Merchant, id, &body).await
+            }
+            Endpoint::RevokeShopperTokens => {
+                handlers::revoke_tokens(self, parts, Holder::Shopper, id, &body).await
+            }
             Endpoint::CreateDeal => handlers::create_deal(self, parts, &body).await,
             Endpoint::PatchDeal => handlers::patch_deal(self, parts, id, &body).await,
             Endpoint::Review => handlers::review(self, parts, id, &body).await,
@@ -220,9 +233,10 @@ impl App {
             .ok_or(Error::Unauthorized(
                 "the Authorization header must be `Bearer <token>`",
             ))?;
-        let caller = self
+        let verified = self
             .signer
             .verify(token, self.now_seconds(), self.store.epoch())?;
+        let caller = self.not_revoked(verified)?;
         self.admission.check_caller(caller)?;
         Ok(caller)
     }
@@ -248,13 +262,42 @@ impl App {
         }
     }
 
-    /// A fresh token for a new account.
+    /// The caller of a verified token, unless its account revoked it: a
+    /// token issued before the account's not-before time as this node
+    /// knows it (`rules::token_in_force`; no I/O, one relaxed load while
+    /// no account was ever revoked) is `401`. In Redis mode a node whose
+    /// copy of the times is stale answers `503` instead.
+    fn not_revoked(&self, verified: Verified) -> Result<Caller, Error> {
+        let Some(account) = verified.caller.account() else {
+            return Ok(verified.caller);
+        };
+        let not_before = self.store.tokens_not_before(account)?;
+        if token_in_force(verified.issued_at, not_before) {
+            Ok(verified.caller)
+        } else {
+            Err(Error::Unauthorized(
+                "the token was revoked; the admin can issue a new one",
+            ))
+        }
+    }
+
+    /// A fresh token for a new account, valid for `--token-ttl-hours`.
     pub(crate) fn issue(&self, caller: Caller) -> String {
-        self.signer.issue(
-            caller,
-            self.now_seconds().saturating_add(self.token_ttl_seconds),
-            self.store.epoch(),
-        )
+        self.issue_for(caller, self.token_ttl_seconds).0
+    }
+
+    /// A fresh token for `caller`, issued now and valid for `ttl_seconds`;
+    /// with its expiry (Unix seconds).
+    pub(crate) fn issue_for(&self, caller: Caller, ttl_seconds: i64) -> (String, i64) {
+        let now = self.store.now();
+        let expires_at = now
+            .millis()
+            .div_euclid(1000)
+            .saturating_add(ttl_seconds);
+        let token = self
+            .signer
+            .issue(caller, now, expires_at, self.store.epoch());
+        (token, expires_at)
     }
 
     fn now_seconds(&self) -> i64 {

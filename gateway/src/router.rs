@@ -16,6 +16,10 @@ pub(crate) enum Endpoint {
     CreateShopper,
     CreateShoppersBulk,
     CreditWallet,
+    IssueMerchantToken,
+    RevokeMerchantTokens,
+    IssueShopperToken,
+    RevokeShopperTokens,
     GetWallet,
     CreateDeal,
     GetDeal,
@@ -46,11 +50,15 @@ pub(crate) enum Endpoint {
 }
 
 impl Endpoint {
-    pub(crate) const ALL: [Endpoint; 31] = [
+    pub(crate) const ALL: [Endpoint; 35] = [
         Endpoint::CreateMerchant,
         Endpoint::CreateShopper,
         Endpoint::CreateShoppersBulk,
         Endpoint::CreditWallet,
+        Endpoint::IssueMerchantToken,
+        Endpoint::RevokeMerchantTokens,
+        Endpoint::IssueShopperToken,
+        Endpoint::RevokeShopperTokens,
         Endpoint::GetWallet,
         Endpoint::CreateDeal,
         Endpoint::GetDeal,
@@ -87,6 +95,10 @@ impl Endpoint {
             Endpoint::CreateShopper => "POST /v1/shoppers",
             Endpoint::CreateShoppersBulk => "POST /v1/admin/shoppers",
             Endpoint::CreditWallet => "POST /v1/wallets/{id}/credits",
+            Endpoint::IssueMerchantToken => "POST /v1/merchants/{id}/tokens",
+            Endpoint::RevokeMerchantTokens => "DELETE /v1/merchants/{id}/tokens",
+            Endpoint::IssueShopperToken => "POST /v1/shoppers/{id}/tokens",
+            Endpoint::RevokeShopperTokens => "DELETE /v1/shoppers/{id}/tokens",
             Endpoint::GetWallet => "GET /v1/wallet",
             Endpoint::CreateDeal => "POST /v1/deals",
             Endpoint::GetDeal => "GET /v1/deals/{id}",
@@ -187,6 +199,10 @@ impl Endpoint {
                 | Endpoint::CreateShopper
                 | Endpoint::CreateShoppersBulk
                 | Endpoint::CreditWallet
+                | Endpoint::IssueMerchantToken
+                | Endpoint::RevokeMerchantTokens
+                | Endpoint::IssueShopperToken
+                | Endpoint::RevokeShopperTokens
                 | Endpoint::CreateDeal
                 | Endpoint::PatchDeal
                 | Endpoint::Register
@@ -230,7 +246,7 @@ pub(crate) struct Matched<'p> {
 
 impl Router {
     pub(crate) fn new() -> Router {
-        let table: [(&str, PathRoutes); 27] = [
+        let table: [(&str, PathRoutes); 29] = [
             (
                 "/v1/merchants",
                 PathRoutes {
@@ -252,6 +268,24 @@ impl Router {
                 PathRoutes {
                     post: Some(Endpoint::CreateShoppersBulk),
                     allow: "POST",
+                    ..NONE
+                },
+            ),
+            (
+                "/v1/merchants/{id}/tokens",
+                PathRoutes {
+                    post: Some(Endpoint::IssueMerchantToken),
+                    delete: Some(Endpoint::RevokeMerchantTokens),
+                    allow: "POST, DELETE",
+                    ..NONE
+                },
+            ),
+            (
+                "/v1/shoppers/{id}/tokens",
+                PathRoutes {
+                    post: Some(Endpoint::IssueShopperToken),
+                    delete: Some(Endpoint::RevokeShopperTokens),
+                    allow: "POST, DELETE",
                     ..NONE
                 },
             ),
