@@ -31,7 +31,6 @@ use hyper::{Request, Response};
 
 use crate::admission::Admission;
 use crate::auth::{Caller, Signer, Verified, bearer};
-use flashsale_engine::rules::token_in_force;
 use crate::error::Error;
 use crate::feed::{FeedBody, FeedHub};
 use crate::handlers::{self, Holder};
@@ -41,6 +40,7 @@ use crate::pages::Pages;
 use crate::router::{Endpoint, Matched, Router};
 use crate::telemetry::{Checkout, Telemetry};
 use crate::wire;
+use flashsale_engine::rules::token_in_force;
 use flashsale_store::Store;
 
 /// The answer of a handler: one buffer.
@@ -290,10 +290,7 @@ impl App {
     /// with its expiry (Unix seconds).
     pub(crate) fn issue_for(&self, caller: Caller, ttl_seconds: i64) -> (String, i64) {
         let now = self.store.now();
-        let expires_at = now
-            .millis()
-            .div_euclid(1000)
-            .saturating_add(ttl_seconds);
+        let expires_at = now.millis().div_euclid(1000).saturating_add(ttl_seconds);
         let token = self
             .signer
             .issue(caller, now, expires_at, self.store.epoch());

@@ -131,7 +131,13 @@ impl Signer {
     /// and valid until `expires_at` (Unix seconds) in the deployment's
     /// `epoch` (0: none, one node). Admin tokens are configured, never
     /// issued.
-    pub fn issue(&self, caller: Caller, issued_at: Timestamp, expires_at: i64, epoch: u64) -> String {
+    pub fn issue(
+        &self,
+        caller: Caller,
+        issued_at: Timestamp,
+        expires_at: i64,
+        epoch: u64,
+    ) -> String {
         let mut payload = match caller {
             Caller::Merchant(id) => format!("{TOKEN_VERSION}.{id}"),
             Caller::Shopper(id) => format!("{TOKEN_VERSION}.{id}"),
@@ -215,11 +221,11 @@ impl Signer {
         let expiry: i64 = expiry.parse().map_err(|_| forged)?;
         let issued_at = match issued {
             None => None,
-            Some(millis) => Some(Timestamp(
-                millis
-                    .parse()
-                    .map_err(|_| Error::Unauthorized("the token is not valid"))?,
-            )),
+            Some(millis) => {
+                Some(Timestamp(millis.parse().map_err(|_| {
+                    Error::Unauthorized("the token is not valid")
+                })?))
+            }
         };
         let token_epoch = match token_epoch {
             None => NO_EPOCH,
@@ -272,14 +278,20 @@ mod tests {
         let signer = signer();
         let shopper = Caller::Shopper(ShopperId(42));
         let token = signer.issue(shopper, ISSUED, NOW + 60, NO_EPOCH);
-        assert_eq!(signer.verify(&token, NOW, NO_EPOCH).unwrap().caller, shopper);
+        assert_eq!(
+            signer.verify(&token, NOW, NO_EPOCH).unwrap().caller,
+            shopper
+        );
         assert!(matches!(
             signer.verify(&token, NOW + 60, NO_EPOCH),
             Err(Error::Unauthorized("the token has expired"))
         ));
         let merchant = Caller::Merchant(MerchantId(7));
         let token = signer.issue(merchant, ISSUED, NOW + 60, NO_EPOCH);
-        assert_eq!(signer.verify(&token, NOW, NO_EPOCH).unwrap().caller, merchant);
+        assert_eq!(
+            signer.verify(&token, NOW, NO_EPOCH).unwrap().caller,
+            merchant
+        );
     }
 
     #[test]
@@ -296,7 +308,16 @@ mod tests {
         let other = Signer::new(b"another secret of enough bytes!!", "the-admin");
         let token = other.issue(Caller::Shopper(ShopperId(42)), ISSUED, NOW + 60, NO_EPOCH);
         assert!(signer.verify(&token, NOW, NO_EPOCH).is_err());
-        for junk in ["", "v1", "v1.s_1.1.", "v2.s_1.1.", "v2.s_1.1.1.", "x.y.z.w", "the-admi", "the-admin "] {
+        for junk in [
+            "",
+            "v1",
+            "v1.s_1.1.",
+            "v2.s_1.1.",
+            "v2.s_1.1.1.",
+            "x.y.z.w",
+            "the-admi",
+            "the-admin ",
+        ] {
             assert!(
                 signer.verify(junk, NOW, NO_EPOCH).is_err(),
                 "{junk:?} accepted"

@@ -20,9 +20,9 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use flashsale_engine::TokenRevocations;
 use flashsale_engine::rules::revocation_not_before;
 use flashsale_engine::{Account, EngineError, Entity, TOKEN_REVOCATIONS_MAX, Timestamp};
-use flashsale_engine::TokenRevocations;
 
 use crate::RedisStore;
 use crate::error::Error;
@@ -204,9 +204,7 @@ impl RedisStore {
                     [a, account, n, millis] if a == "a" && n == "n" => (account, millis),
                     _ => return Err(garbled("a revocation entry")),
                 };
-                let millis = millis
-                    .parse()
-                    .map_err(|_| garbled("a revocation's time"))?;
+                let millis = millis.parse().map_err(|_| garbled("a revocation's time"))?;
                 self.learn_revocation(account, millis)?;
                 from = id;
             }
@@ -217,9 +215,7 @@ impl RedisStore {
     }
 
     fn learn_revocation(&self, account: &str, millis: i64) -> Result<(), Error> {
-        let account: Account = account
-            .parse()
-            .map_err(|()| garbled("a revoked account"))?;
+        let account: Account = account.parse().map_err(|()| garbled("a revoked account"))?;
         self.inner
             .revocations
             .times

@@ -28,9 +28,9 @@ mod feed;
 mod memory;
 
 use flashsale_engine::{
-    Account, Answer, DealChange, DealId, DealView, DrawRecord, DrawStanding, HoldId, Merchant, MerchantId,
-    Money, NewDeal, Order, OrderCursor, OrderId, OrderPage, Rating, Review, Shopper, ShopperId,
-    Timestamp, Wallet,
+    Account, Answer, DealChange, DealId, DealView, DrawRecord, DrawStanding, HoldId, Merchant,
+    MerchantId, Money, NewDeal, Order, OrderCursor, OrderId, OrderPage, Rating, Review, Shopper,
+    ShopperId, Timestamp, Wallet,
 };
 
 pub use self::error::StoreError;

@@ -11,9 +11,9 @@
 use std::sync::Arc;
 
 use flashsale_engine::{
-    Account, Answer, DealChange, DealId, DealView, DrawRecord, DrawStanding, Engine, Hold, HoldId, Merchant,
-    MerchantId, Money, NewDeal, Order, OrderCursor, OrderId, OrderPage, Rating, Review, Shopper,
-    ShopperId, Timestamp, Wallet,
+    Account, Answer, DealChange, DealId, DealView, DrawRecord, DrawStanding, Engine, Hold, HoldId,
+    Merchant, MerchantId, Money, NewDeal, Order, OrderCursor, OrderId, OrderPage, Rating, Review,
+    Shopper, ShopperId, Timestamp, Wallet,
 };
 use flashsale_journal::Journal;
 

@@ -23,3 +23,4 @@ mod reviews;
 mod shutdown;
 mod stalled_bodies;
 mod strict_input;
+mod tokens;

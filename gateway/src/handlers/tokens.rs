@@ -2,7 +2,7 @@
 //! admin issues a fresh token for an existing merchant or shopper, and
 //! revokes every token of one issued so far.
 
-use flashsale_engine::{Account, Entity, EngineError, MerchantId, ShopperId};
+use flashsale_engine::{Account, EngineError, Entity, MerchantId, ShopperId};
 use hyper::StatusCode;
 use hyper::http::request::Parts;
 
@@ -78,9 +78,7 @@ pub(crate) async fn issue_token(
         &TokenJson {
             id: Text(account),
             token: &token,
-            expires_at: Rfc3339Utc(flashsale_engine::Timestamp(
-                expires_at.saturating_mul(1000),
-            )),
+            expires_at: Rfc3339Utc(flashsale_engine::Timestamp(expires_at.saturating_mul(1000))),
         },
     ))
 }
