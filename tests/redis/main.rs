@@ -16,3 +16,4 @@ mod node;
 mod proxy;
 mod raffle;
 mod replicas;
+mod tokens;
