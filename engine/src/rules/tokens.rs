@@ -15,7 +15,7 @@
 //! token and the not-before map (no counter to read or to carry in every
 //! token), and a token issued on one node and a revocation decided on
 //! another compare on their clocks, whose skew the revocation's answer
-//! waits out (ARCHITECTURE.md "Revoking tokens").
+//! waits out (docs/decisions/token-revocation.md).
 
 use crate::clock::Timestamp;
 
