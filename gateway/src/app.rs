@@ -33,7 +33,7 @@ use crate::admission::Admission;
 use crate::auth::{Caller, Signer, Verified, bearer};
 use crate::error::Error;
 use crate::feed::{FeedBody, FeedHub};
-use crate::handlers::{self, Holder};
+use crate::handlers;
 use crate::openapi::OpenApi;
 use crate::order_sink::OrderSinkHandle;
 use crate::pages::Pages;
@@ -191,17 +191,11 @@ impl App {
                 handlers::create_shoppers_bulk(self, parts, &body).await
             }
             Endpoint::CreditWallet => handlers::credit_wallet(self, parts, id, &body).await,
-            Endpoint::IssueMerchantToken => {
-                handlers::issue_token(self, parts, Holder::Merchant, id, &body).await
-            }
-            Endpoint::IssueShopperToken => {
-                handlers::issue_token(self, parts, Holder::Shopper, id, &body).await
-            }
-            Endpoint::RevokeMerchantTokens => {
-                handlers::revoke_tokens(self, parts, Holder::Merchant, id, &body).await
-            }
-            Endpoint::RevokeShopperTokens => {
-                handlers::revoke_tokens(self, parts, Holder::Shopper, id, &body).await
+            Endpoint::IssueMerchantToken
+            | Endpoint::IssueShopperToken
+            | Endpoint::RevokeMerchantTokens
+            | Endpoint::RevokeShopperTokens => {
+                handlers::account_tokens(self, parts, endpoint, id, &body).await
             }
             Endpoint::CreateDeal => handlers::create_deal(self, parts, &body).await,
             Endpoint::PatchDeal => handlers::patch_deal(self, parts, id, &body).await,

@@ -73,7 +73,7 @@ impl MemoryStore {
 
     /// Revokes the account's tokens ([`Engine::revoke_tokens`]), durably,
     /// and answers once the engine's clock has reached the not-before time
-    /// (at most [`CLOCK_WAIT_MAX`] more), so a token issued after the
+    /// (at most `CLOCK_WAIT_MAX`, 50 ms, more), so a token issued after the
     /// answer is on the right side of it.
     pub async fn revoke_tokens(&self, account: Account) -> Result<Timestamp, Error> {
         let not_before = self.committed(self.engine.revoke_tokens(account)).await?;

@@ -17,8 +17,10 @@ use flashsale_engine::{
     Timestamp,
 };
 use flashsale_journal::{Durability, Journal, JournalConfig};
-use flashsale_redis::{REVOCATION_PROPAGATION, RedisSettings, RedisTarget, StepClock};
+use flashsale_redis::REVOCATION_PROPAGATION;
 use flashsale_store::{MemoryStore, RedisStore, Store, StoreError};
+
+mod support;
 
 const NOON: Timestamp = Timestamp(1_750_000_000_000);
 
@@ -31,20 +33,7 @@ fn namespace(what: &str) -> String {
 }
 
 async fn redis(url: &str, namespace: &str, clock: Option<Arc<ManualClock>>) -> RedisStore {
-    let settings = RedisSettings {
-        target: RedisTarget::Single(url.to_owned()),
-        namespace: namespace.to_owned(),
-        shards: 4,
-        response_timeout: Duration::from_secs(5),
-        connect_timeout: Duration::from_secs(5),
-        allow_volatile: true,
-        books_backlog_per_stream_max: 0,
-        clock: clock.map(|clock| StepClock(clock as Arc<dyn Clock>)),
-        replica_acks: None,
-    };
-    RedisStore::connect(&settings)
-        .await
-        .unwrap_or_else(|error| panic!("Redis is configured but does not answer: {error}"))
+    support::redis_node(url, namespace, clock.map(|clock| clock as Arc<dyn Clock>)).await
 }
 
 fn not_found(result: Result<Timestamp, StoreError>) -> Entity {

@@ -5,29 +5,17 @@
 //! running the poller or listening on the deals' channel, so the second
 //! one's cache stays stale until a step answers `TERMS`.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use flashsale_engine::{
     Allocation, Answer, DealChange, EngineError, Money, NewDeal, ShopperId, Timestamp,
 };
-use flashsale_redis::{RedisSettings, RedisTarget};
 use flashsale_store::{RedisStore, StoreError};
 
+mod support;
+
 async fn store(url: &str, namespace: &str) -> RedisStore {
-    let settings = RedisSettings {
-        target: RedisTarget::Single(url.to_owned()),
-        namespace: namespace.to_owned(),
-        shards: 4,
-        response_timeout: Duration::from_secs(5),
-        connect_timeout: Duration::from_secs(5),
-        allow_volatile: true,
-        books_backlog_per_stream_max: 0,
-        clock: None,
-        replica_acks: None,
-    };
-    RedisStore::connect(&settings)
-        .await
-        .unwrap_or_else(|error| panic!("Redis is configured but does not answer: {error}"))
+    support::redis_node(url, namespace, None).await
 }
 
 fn refusal(result: Result<impl std::fmt::Debug, flashsale_redis::Error>) -> EngineError {

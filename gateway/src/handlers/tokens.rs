@@ -9,26 +9,33 @@ use hyper::http::request::Parts;
 use crate::app::{App, HttpResponse};
 use crate::auth::Caller;
 use crate::error::Error;
+use crate::router::Endpoint;
 use crate::wire::{
     Rfc3339Utc, TTL_SECONDS_ACCEPTS, Text, TokenBody, TokenJson, is_json_whitespace, json,
     parse_id, parse_json, parse_no_fields,
 };
 
-/// Whose tokens a path names.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Holder {
-    Merchant,
-    Shopper,
-}
-
-impl Holder {
-    /// The account of the path's `{id}`; `404 not_found` when it is not
-    /// an id of this kind.
-    fn account(self, id: &str) -> Result<Account, Error> {
-        Ok(match self {
-            Holder::Merchant => Account::Merchant(parse_id::<MerchantId>(id, Entity::Merchant)?),
-            Holder::Shopper => Account::Shopper(parse_id::<ShopperId>(id, Entity::Shopper)?),
-        })
+/// `POST` and `DELETE /v1/{merchants|shoppers}/{id}/tokens` (admin), by
+/// `endpoint`: [`issue_token`] or [`revoke_tokens`] for the account the
+/// path's `{id}` names (`404 not_found` when it is not an id of the
+/// path's kind).
+pub(crate) async fn account_tokens(
+    app: &App,
+    parts: &Parts,
+    endpoint: Endpoint,
+    id: &str,
+    body: &[u8],
+) -> Result<HttpResponse, Error> {
+    app.admin(parts)?;
+    let merchant = || parse_id::<MerchantId>(id, Entity::Merchant).map(Account::Merchant);
+    let shopper = || parse_id::<ShopperId>(id, Entity::Shopper).map(Account::Shopper);
+    match endpoint {
+        Endpoint::IssueMerchantToken => issue_token(app, merchant()?, body).await,
+        Endpoint::IssueShopperToken => issue_token(app, shopper()?, body).await,
+        Endpoint::RevokeMerchantTokens => revoke_tokens(app, merchant()?, body).await,
+        Endpoint::RevokeShopperTokens => revoke_tokens(app, shopper()?, body).await,
+        // Routed here only for the four above.
+        _ => Err(Error::NotFound("path")),
     }
 }
 
@@ -37,15 +44,7 @@ impl Holder {
 /// `ttl_seconds` (1 to `--token-ttl-hours` in seconds; absent: the
 /// latter). Earlier tokens stay valid. Errors: `404` for an unknown
 /// account, `422 invalid` for a `ttl_seconds` out of range.
-pub(crate) async fn issue_token(
-    app: &App,
-    parts: &Parts,
-    holder: Holder,
-    id: &str,
-    body: &[u8],
-) -> Result<HttpResponse, Error> {
-    app.admin(parts)?;
-    let account = holder.account(id)?;
+async fn issue_token(app: &App, account: Account, body: &[u8]) -> Result<HttpResponse, Error> {
     let ttl_seconds = if body.iter().all(is_json_whitespace) {
         app.token_ttl_seconds
     } else {
@@ -89,15 +88,7 @@ pub(crate) async fn issue_token(
 /// the answer is valid. Errors: `404` for an unknown account, `503
 /// unavailable` when [`flashsale_engine::TOKEN_REVOCATIONS_MAX`] other
 /// accounts are revoked.
-pub(crate) async fn revoke_tokens(
-    app: &App,
-    parts: &Parts,
-    holder: Holder,
-    id: &str,
-    body: &[u8],
-) -> Result<HttpResponse, Error> {
-    app.admin(parts)?;
-    let account = holder.account(id)?;
+async fn revoke_tokens(app: &App, account: Account, body: &[u8]) -> Result<HttpResponse, Error> {
     parse_no_fields(body)?;
     let not_before = app.store.revoke_tokens(account).await?;
     #[derive(serde::Serialize)]
