@@ -28,7 +28,29 @@ impl RedisStore {
     /// publishes it (sold out, restocked, new terms); the refresh with the
     /// sums is the safety net for messages missed while disconnected.
     pub async fn run_poller(self) {
-        tokio::join!(self.poll_loop(), self.subscribe_loop());
+        tokio::join!(
+            self.poll_loop(),
+            self.subscribe_loop(),
+            self.revocations_loop()
+        );
+    }
+
+    /// Reads the token revocations made since the last read every
+    /// [`POLL_INTERVAL`], apart from the poll, so a slow refresh of the
+    /// deals never lets the node's copy go stale (`tokens`). A failed read
+    /// is retried at the next tick; the poll reports Redis unreachable.
+    pub(crate) async fn revocations_loop(&self) {
+        let mut ticker = tokio::time::interval(POLL_INTERVAL);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            if let Err(error) = self.sync_revocations().await {
+                tracing::debug!(
+                    error = &error as &dyn std::error::Error,
+                    "the token revocations could not be read; reading them again shortly"
+                );
+            }
+        }
     }
 
     pub(crate) async fn poll_loop(&self) {
@@ -111,13 +133,11 @@ impl RedisStore {
         Ok(())
     }
 
-    /// One poll (see [`RedisStore::run_poller`]): the epoch, the token
-    /// revocations made since the last poll (`tokens`), and the newest
+    /// One poll (see [`RedisStore::run_poller`]): the epoch and the newest
     /// deals' ids; `with_sums` also reads those deals' hashes and sums
     /// their numbers and the merchants' ratings over the shards.
     pub(crate) async fn poll(&self, with_sums: bool) -> Result<(), Error> {
         self.follow_epoch().await?;
-        self.sync_revocations().await?;
         let ids: Vec<u64> = self
             .query(
                 redis::cmd("ZREVRANGE")

@@ -5,8 +5,9 @@
 //! request after a token's signature, with no call to Redis.
 //!
 //! A node reads what is new in the stream since its last read (`XRANGE`
-//! from the last id it read) on every poll ([`crate::POLL_INTERVAL`]) and
-//! at once when the `revoke` step publishes the stream's key on the
+//! from the last id it read) every [`crate::POLL_INTERVAL`], on a ticker
+//! apart from the deals' poll, and at once when the `revoke` step
+//! publishes the stream's key on the
 //! deployment's channel; at start, after a failed read and after a new
 //! epoch, it reads the whole hash instead. Its copy counts as fresh for
 //! [`REVOCATION_PROPAGATION`] after the start of its last successful read;
