@@ -12,6 +12,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use flashsale_engine::TOKEN_REVOCATIONS_MAX;
 use flashsale_engine::{
     Account, Clock, EngineConfig, EngineError, Entity, ManualClock, MerchantId, Money, ShopperId,
     Timestamp,
@@ -156,4 +157,56 @@ async fn a_node_learns_revocations_by_reading_and_goes_stale_without() {
     }
     poller.abort();
     a_poller.abort();
+}
+
+/// Redis holds at most `TOKEN_REVOCATIONS_MAX` revoked accounts: one more
+/// is refused (`CapacityReached`, `503`) and changes nothing, while an
+/// account already there may be revoked again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_refuses_a_revocation_past_the_bound() {
+    let Some(url) = flashsale_testkit::redis_url() else {
+        return;
+    };
+    let namespace = namespace("revokebound");
+    let node = redis(&url, &namespace, None).await;
+    let poller = tokio::spawn(node.clone().run_poller());
+    let shoppers = node
+        .create_shoppers(2, Money::ZERO)
+        .await
+        .expect("two shoppers");
+    let (first, second) = (Account::Shopper(shoppers[0]), Account::Shopper(shoppers[1]));
+    // All but one place taken by other accounts (merchants that need not
+    // exist: the step counts entries), written straight into the hash.
+    let fill = "for i = 1, tonumber(ARGV[1]) do \
+                redis.call('HSET', KEYS[1], string.format('m_%x', i), '1') end";
+    let client = redis::Client::open(url.as_str()).expect("a Redis URL");
+    let mut connection = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("Redis answers");
+    let _: () = redis::cmd("EVAL")
+        .arg(fill)
+        .arg(1)
+        .arg(format!("{namespace}:{{g}}:not-before"))
+        .arg(TOKEN_REVOCATIONS_MAX - 1)
+        .query_async(&mut connection)
+        .await
+        .expect("the hash fills");
+    let line = node.revoke_tokens(first).await.expect("the last place");
+    assert!(matches!(
+        node.revoke_tokens(second).await,
+        Err(flashsale_redis::Error::Engine(
+            EngineError::CapacityReached {
+                bound: "token_revocations_max"
+            }
+        ))
+    ));
+    assert_eq!(node.tokens_not_before(second).unwrap(), None);
+    assert!(node.revoke_tokens(first).await.unwrap() >= line);
+    let _: () = redis::cmd("DEL")
+        .arg(format!("{namespace}:{{g}}:not-before"))
+        .query_async(&mut connection)
+        .await
+        .expect("the hash goes");
+    poller.abort();
 }
