@@ -15,7 +15,8 @@
 //!   wallets, deals and registrations; beside it (private) `reserve` (buy
 //!   and hold), `holds` (pay, release, expiry), `orders` (order reads,
 //!   reviews, shares), `validate` (a request's own input, re-exported from
-//!   [`engine`]) and `effects` (the state changes, shared with replay).
+//!   [`engine`]), `tokens` (revoking an account's tokens) and `effects`
+//!   (the state changes, shared with replay).
 //! - `deal` (private): the lock-free deal table, stock
 //!   counters and sold-out flag.
 //! - `shard` (private): per-shopper state behind one lock.
