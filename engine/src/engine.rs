@@ -14,8 +14,9 @@
 //!
 //! **A request takes at most one lock at a time** (one shard, or the
 //! merchant list, or one deal's change lock, or the revocation map), so
-//! no lock order exists and no deadlock is possible. The event sink's own lock is a leaf below them.
-//! Nothing here blocks, sleeps or does I/O while holding a lock.
+//! no lock order exists and no deadlock is possible. The event sink's own
+//! lock is a leaf below them. Nothing here blocks, sleeps or does I/O
+//! while holding a lock.
 //!
 //! The other operations live beside this file: `reserve` (buy and hold),
 //! `holds` (pay, release, expiry), `orders` (order reads, reviews,
