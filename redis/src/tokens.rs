@@ -145,9 +145,10 @@ impl RedisStore {
         };
         let last = result?;
         *cursor = Some(last);
-        revocations.synced.store(
+        // Never backwards: a read that began earlier says less.
+        revocations.synced.fetch_max(
             revocations.millis_since_origin(started).saturating_add(1),
-            Ordering::Release,
+            Ordering::AcqRel,
         );
         Ok(())
     }
