@@ -132,6 +132,10 @@ async fn the_docs_walkthrough_runs_as_written() {
         r#""merchant_rating":{"average":"4.33","reviews":1}"#,
         r#""shared":true"#,
         r#""name":"Xiaomi","rating":{"average":"4.33","reviews":1}"#,
+        r#"{"id":"s_1","not_before":""#,
+        r#"{"error":{"code":"unauthorized","message":"the token was revoked"#,
+        r#"{"id":"s_1","token":"v2.s_1."#,
+        r#""available":"501.00","held":"0.00","spent":"999.00""#,
     ];
     let walkthrough = include_str!("../../docs/walkthrough.md");
     runs_as_written(
