@@ -115,7 +115,7 @@ impl RedisStore {
                 continue;
             };
             if key == revocations {
-                // A failure here is the poll's to repair.
+                // A failure here is the revocations loop's to repair.
                 let _ = self.sync_revocations().await;
                 continue;
             }
