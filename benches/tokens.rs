@@ -44,7 +44,12 @@ fn main() {
         .expect("the identity provider");
     let signer = Signer::new(b"0123456789abcdef0123456789abcdef", "an-admin-token-of-16");
     let shopper = Caller::Shopper(ShopperId(123_456));
-    let own = signer.issue(shopper, now + 3600, NO_EPOCH);
+    let own = signer.issue(
+        shopper,
+        flashsale_engine::Timestamp(now * 1000),
+        now + 3600,
+        NO_EPOCH,
+    );
     let rs256 = TestKey::Rsa1.sign(&claims("auth0|4711", None));
     let es256 = TestKey::Es256.sign(&claims("auth0|4711", None));
     let identity = runtime.block_on(idp.verify(&es256, now)).expect("verifies");

@@ -19,7 +19,7 @@
 --                           register, terms, accept, sweep_out, sweep_done,
 --                           review, share, audit (read only)
 --   deal steps,  tag {d:D}: create, refill, confirm, sweep_in, sold_out, update
---   global steps, tag {g}:  ids, merchant
+--   global steps, tag {g}:  ids, merchant, revoke
 --
 -- Each step states its call in one machine-readable block of `---` lines
 -- just above it, which redis/src/steps.rs defines again in Rust for the
@@ -1093,6 +1093,37 @@ local function merchant(keys, args)
   return {'OK', made, read[1], read[2]}
 end
 
+-- ----- tokens -------------------------------------------------------------------
+
+-- Revokes an account's tokens: its not-before time becomes `not_before` (the
+-- node's clock + 1 ms, engine/src/rules/tokens.rs) or stays a later one. The
+-- time in force is appended to the revocations stream, which every node reads
+-- on from where it left off (redis/src/tokens.rs), and the stream's key is
+-- published on the channel so nodes read it at once. keys: the not-before
+-- hash (account -> ms), the revocations stream; args: the account as the API
+-- spells it (`s_2a`, `m_1`), the time, the bound on revoked accounts, the
+-- channel. OK: the time in force. Refused `capacity_reached` when the account
+-- is new and `bound` accounts have a time (TOKEN_REVOCATIONS_MAX).
+--- step: revoke
+--- keys: times revocations
+--- args: account not_before bound channel
+--- replies: OK ERR
+--- ok: in_force
+--- flags: -
+local function revoke(keys, args)
+  local earlier = redis.call('HGET', keys[1], args[1])
+  local in_force = num(args[2])
+  if earlier then
+    in_force = math.max(num(earlier), in_force)
+  elseif redis.call('HLEN', keys[1]) >= num(args[3]) then
+    return err('capacity_reached', 'token_revocations_max')
+  end
+  redis.call('HSET', keys[1], args[1], int(in_force))
+  redis.call('XADD', keys[2], 'MAXLEN', '~', args[3], '*', 'a', args[1], 'n', int(in_force))
+  redis.call('PUBLISH', args[4], keys[2])
+  return {'OK', int(in_force)}
+end
+
 -- ----- registration -------------------------------------------------------------
 
 -- Every step, with its flags (`no-writes`: read only, called with FCALL_RO).
@@ -1119,6 +1150,7 @@ local steps = {
   {'update', update, {}},
   {'ids', ids, {}},
   {'merchant', merchant, {}},
+  {'revoke', revoke, {}},
 }
 for index = 1, #steps do
   local step = steps[index]

@@ -9,23 +9,27 @@
 //! - everything a shopper owns (wallet, units per deal, registrations,
 //!   holds, orders, idempotency records) lives in one `Shard`, chosen by a
 //!   multiplicative hash of the shopper id, behind a `parking_lot::Mutex`;
+//! - each revoked account's token not-before time lives in one bounded
+//!   map behind a `parking_lot::RwLock` ([`crate::tokens`]);
 //!
 //! **A request takes at most one lock at a time** (one shard, or the
-//! merchant list, or one deal's change lock), so no lock order exists and no
-//! deadlock is possible. The event sink's own lock is a leaf below them.
-//! Nothing here blocks, sleeps or does I/O while holding a lock.
+//! merchant list, or one deal's change lock, or the revocation map), so
+//! no lock order exists and no deadlock is possible. The event sink's own
+//! lock is a leaf below them. Nothing here blocks, sleeps or does I/O
+//! while holding a lock.
 //!
 //! The other operations live beside this file: `reserve` (buy and hold),
 //! `holds` (pay, release, expiry), `orders` (order reads, reviews,
 //! shares), `links` (accounts of a platform's user ids), `validate` (a
-//! request's own input) and `effects` (the state changes shared with
-//! replay).
+//! request's own input), `tokens` (revoking an account's tokens) and
+//! `effects` (the state changes shared with replay).
 
 mod effects;
 mod holds;
 mod links;
 mod orders;
 mod reserve;
+mod tokens;
 mod validate;
 
 pub(crate) use effects::{commit_hold, commit_order, place_hold, release, settle, settle_late};
@@ -140,6 +144,8 @@ pub struct Engine {
     shards: Box<[CachePadded<Mutex<Shard>>]>,
     next_shopper: AtomicU64,
     links: links::Links,
+    /// Each account's token not-before time (`engine/tokens.rs`).
+    revocations: crate::tokens::TokenRevocations,
 }
 
 impl Engine {
@@ -164,6 +170,7 @@ impl Engine {
                 .collect(),
             next_shopper: AtomicU64::new(1),
             links: links::Links::default(),
+            revocations: crate::tokens::TokenRevocations::new(),
             config,
         }
     }

@@ -17,6 +17,7 @@ use crate::draw::{Digest, DrawSeed};
 use crate::ids::{DealId, HoldId, MerchantId, OrderId, ShopperId};
 use crate::money::Money;
 use crate::records::{DealSpec, Hold, Order, Review};
+use crate::tokens::Account;
 
 /// A 128-bit digest of a client-chosen string (an idempotency key, a credit
 /// reference). The engine keeps digests, not strings: fixed size, no
@@ -148,6 +149,15 @@ pub enum Event {
         shopper: ShopperId,
         external_id: String,
         name: String,
+        at: Timestamp,
+    },
+    /// Every token of `account` issued before `not_before` is revoked
+    /// (`crate::rules::tokens`): the time in force after the revocation
+    /// decided `at`. Journal format 4 appended it last, so every format-3
+    /// record decodes as before.
+    TokensRevoked {
+        account: Account,
+        not_before: Timestamp,
         at: Timestamp,
     },
 }

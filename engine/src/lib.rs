@@ -15,12 +15,15 @@
 //!   wallets, deals and registrations; beside it (private) `reserve` (buy
 //!   and hold), `holds` (pay, release, expiry), `orders` (order reads,
 //!   reviews, shares), `validate` (a request's own input, re-exported from
-//!   [`engine`]) and `effects` (the state changes, shared with replay).
+//!   [`engine`]), `tokens` (revoking an account's tokens) and `effects`
+//!   (the state changes, shared with replay).
 //! - `deal` (private): the lock-free deal table, stock
 //!   counters and sold-out flag.
 //! - `shard` (private): per-shopper state behind one lock.
 //! - [`draw`]: raffle deals: the ranking rule, the draw, the waitlist.
 //! - [`replay`]: rebuilding state from a [`Snapshot`] and events.
+//! - [`tokens`]: each account's token not-before time
+//!   ([`TokenRevocations`]).
 //! - [`event`], [`records`], [`money`], [`ids`], [`clock`], [`error`]: the
 //!   vocabulary.
 //!
@@ -43,6 +46,7 @@ pub mod records;
 pub mod replay;
 pub mod rules;
 mod shard;
+pub mod tokens;
 
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
 pub use draw::{
@@ -66,3 +70,4 @@ pub use records::{
 pub use replay::Snapshot;
 pub use rules::{EXTERNAL_ID_BYTES_MAX, check_external_id};
 pub use shard::IDEMPOTENCY_RETENTION_MILLIS;
+pub use tokens::{Account, TOKEN_REVOCATIONS_MAX, TokenRevocations};

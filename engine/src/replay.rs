@@ -30,9 +30,11 @@ pub struct Snapshot {
     merchants: Vec<(Merchant, Rating)>,
     deals: Vec<DealSnapshot>,
     next_shopper: u64,
-    /// Last, so that an encoding without it (journal format 3) is this one
-    /// cut short by its two empty lists.
+    /// Last but one, so that an encoding without it and `revocations`
+    /// (journal format 3) is this one cut short by three empty lists.
     links: SnapshotLinks,
+    /// Each revoked account's token not-before time (format 4 on).
+    revocations: Vec<(crate::tokens::Account, Timestamp)>,
 }
 
 /// Every external id linked to an account (the records' own encoding
@@ -282,6 +284,11 @@ impl Engine {
                 }
                 deal.add_share();
             }
+            Event::TokensRevoked {
+                account,
+                not_before,
+                ..
+            } => self.restore_revocation(*account, *not_before)?,
         }
         Ok(())
     }
@@ -393,6 +400,7 @@ impl Engine {
                     merchants,
                 }
             },
+            revocations: self.revocation_entries(),
         }
     }
 
@@ -458,6 +466,9 @@ impl Engine {
             ));
         }
         self.advance_next_shopper(snapshot.next_shopper);
+        for (account, not_before) in snapshot.revocations {
+            self.restore_revocation(account, not_before)?;
+        }
         let mut shards = snapshot.shards;
         for (external, id) in snapshot.links.shoppers {
             let account = shards

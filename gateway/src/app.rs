@@ -30,7 +30,7 @@ use hyper::http::request::Parts;
 use hyper::{Request, Response};
 
 use crate::admission::Admission;
-use crate::auth::{Caller, Signer, bearer};
+use crate::auth::{Caller, Signer, Verified, bearer};
 use crate::error::Error;
 use crate::feed::{FeedBody, FeedHub};
 use crate::handlers;
@@ -40,6 +40,7 @@ use crate::pages::Pages;
 use crate::router::{Endpoint, Matched, Router};
 use crate::telemetry::{Checkout, Telemetry};
 use crate::wire;
+use flashsale_engine::rules::token_in_force;
 use flashsale_store::Store;
 
 /// The token of the request's one `Authorization: Bearer` header. Errors:
@@ -210,6 +211,12 @@ impl App {
             Endpoint::CreditExternalWallet => {
                 handlers::credit_external_wallet(self, parts, id, &body).await
             }
+            Endpoint::IssueMerchantToken
+            | Endpoint::IssueShopperToken
+            | Endpoint::RevokeMerchantTokens
+            | Endpoint::RevokeShopperTokens => {
+                handlers::account_tokens(self, parts, endpoint, id, &body).await
+            }
             Endpoint::CreateDeal => handlers::create_deal(self, parts, &body).await,
             Endpoint::PatchDeal => handlers::patch_deal(self, parts, id, &body).await,
             Endpoint::Review => handlers::review(self, parts, id, &body).await,
@@ -231,14 +238,17 @@ impl App {
     /// The verified caller, within its rate limit. Two `Authorization`
     /// headers are `400 bad_request`: which one counts is not the server's
     /// guess to make. A JWT goes to the identity provider when one is
-    /// configured (`crate::idp`); any other token is the engine's own.
+    /// configured (`crate::idp`); any other token is the engine's own,
+    /// refused when its account revoked it.
     pub(crate) async fn caller(&self, parts: &Parts) -> Result<Caller, Error> {
         let token = bearer_token(parts)?;
         let caller = match &self.idp {
             Some(idp) if crate::idp::is_jwt(token) => self.platform_caller(idp, token).await?.0,
-            _ => self
-                .signer
-                .verify(token, self.now_seconds(), self.store.epoch())?,
+            _ => self.not_revoked(self.signer.verify(
+                token,
+                self.now_seconds(),
+                self.store.epoch(),
+            )?)?,
         };
         self.admission.check_caller(caller)?;
         Ok(caller)
@@ -333,19 +343,48 @@ impl App {
         }
     }
 
-    /// A fresh token for a new account.
+    /// The caller of a verified token, unless its account revoked it: a
+    /// token issued before the account's not-before time as this node
+    /// knows it (`rules::token_in_force`; no I/O, one relaxed load while
+    /// no account was ever revoked) is `401`. In Redis mode a node whose
+    /// copy of the times is stale answers `503` instead.
+    fn not_revoked(&self, verified: Verified) -> Result<Caller, Error> {
+        let Some(account) = verified.caller.account() else {
+            return Ok(verified.caller);
+        };
+        let not_before = self.store.tokens_not_before(account)?;
+        if token_in_force(verified.issued_at, not_before) {
+            Ok(verified.caller)
+        } else {
+            Err(Error::Unauthorized(
+                "the token was revoked; the admin can issue a new one",
+            ))
+        }
+    }
+
+    /// A fresh token for a new account, valid for `--token-ttl-hours`.
     pub(crate) fn issue(&self, caller: Caller) -> String {
-        self.issue_until(caller, i64::MAX).0
+        self.issue_for(caller, self.token_ttl_seconds).0
+    }
+
+    /// A fresh token for `caller`, issued now and valid for `ttl_seconds`;
+    /// with its expiry (Unix seconds).
+    pub(crate) fn issue_for(&self, caller: Caller, ttl_seconds: i64) -> (String, i64) {
+        let now = self.store.now();
+        let expires_at = now.millis().div_euclid(1000).saturating_add(ttl_seconds);
+        let token = self
+            .signer
+            .issue(caller, now, expires_at, self.store.epoch());
+        (token, expires_at)
     }
 
     /// A fresh token valid for `--token-ttl-hours` but not past
     /// `expires_at` (Unix seconds), and when it expires.
     pub(crate) fn issue_until(&self, caller: Caller, expires_at: i64) -> (String, i64) {
-        let expires_at = expires_at.min(self.now_seconds().saturating_add(self.token_ttl_seconds));
-        (
-            self.signer.issue(caller, expires_at, self.store.epoch()),
-            expires_at,
-        )
+        let ttl_seconds = expires_at
+            .saturating_sub(self.now_seconds())
+            .min(self.token_ttl_seconds);
+        self.issue_for(caller, ttl_seconds)
     }
 
     fn now_seconds(&self) -> i64 {

@@ -1,19 +1,26 @@
 //! Bearer tokens.
 //!
 //! Merchants' and shoppers' tokens are signed by the server, so checking
-//! one is a pure computation (no lookup, no lock): `v1.<id>.<expiry>.<mac>`
-//! where `<id>` is the account id as the API spells it (`m_1`, `s_2a`, so
-//! the prefix carries the role), `<expiry>` is Unix seconds and `<mac>` is
-//! HMAC-SHA256 over `v1.<id>.<expiry>` with the deployment's secret, in
-//! URL-safe base64. Every node that shares the secret accepts the token.
+//! one is a pure computation (no lookup, no lock):
+//! `v2.<id>.<issued>.<expiry>.<mac>` where `<id>` is the account id as the
+//! API spells it (`m_1`, `s_2a`, so the prefix carries the role),
+//! `<issued>` is when it was issued in Unix milliseconds, `<expiry>` is
+//! Unix seconds and `<mac>` is HMAC-SHA256 over everything before it with
+//! the deployment's secret, in URL-safe base64. Every node that shares the
+//! secret accepts the token. The issue time lets an account's tokens be
+//! revoked without a list of them: the gateway refuses a token issued
+//! before the account's not-before time (`flashsale_engine::rules::tokens`,
+//! checked in `App::caller`). Tokens of the earlier form
+//! `v1.<id>.<expiry>.<mac>` still verify, with no issue time: older than
+//! any revocation.
 //!
 //! In multi-node mode ids are numbered by Redis, which may lose its data
 //! and number from 1 again; so a token there also names the deployment's
 //! **epoch** (a random 64-bit number kept in Redis, new whenever Redis
-//! starts empty): `v1.<id>.<expiry>.<epoch in hex>.<mac>`, the MAC covering
-//! the epoch too. A token of another epoch is refused (`401`): its id may
-//! now name someone else (issue #12). One node has no epoch (0), and its
-//! tokens keep the shorter form.
+//! starts empty): `v2.<id>.<issued>.<expiry>.<epoch in hex>.<mac>`, the
+//! MAC covering the epoch too. A token of another epoch is refused
+//! (`401`): its id may now name someone else. One node has no epoch (0),
+//! and its tokens keep the shorter form.
 //!
 //! The admin token comes from configuration. It is compared in constant
 //! time by comparing MACs: the presented token's MAC against the configured
@@ -22,7 +29,7 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use flashsale_engine::{MerchantId, ShopperId};
+use flashsale_engine::{Account, MerchantId, ShopperId, Timestamp};
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
@@ -30,7 +37,10 @@ use crate::error::Error;
 
 type HmacSha256 = Hmac<Sha256>;
 
-const TOKEN_VERSION: &str = "v1";
+/// The version this build issues: with the issue time.
+const TOKEN_VERSION: &str = "v2";
+/// The version before it, still verified: without the issue time.
+const TOKEN_VERSION_1: &str = "v1";
 /// Bytes of an HMAC-SHA256 tag.
 const MAC_BYTES: usize = 32;
 /// Longest token text looked at; longer ones are refused unread.
@@ -48,6 +58,26 @@ pub enum Caller {
     Admin,
     Merchant(MerchantId),
     Shopper(ShopperId),
+}
+
+impl Caller {
+    /// The account whose token this is; `None` for the admin.
+    pub fn account(self) -> Option<Account> {
+        match self {
+            Caller::Admin => None,
+            Caller::Merchant(id) => Some(Account::Merchant(id)),
+            Caller::Shopper(id) => Some(Account::Shopper(id)),
+        }
+    }
+}
+
+/// What a verified token says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verified {
+    pub caller: Caller,
+    /// When a signed token was issued (Unix ms); `None` for a `v1` token
+    /// and for the admin token (which no revocation concerns).
+    pub issued_at: Option<Timestamp>,
 }
 
 /// Issues and checks tokens with one secret.
@@ -97,15 +127,23 @@ impl Signer {
             .collect()
     }
 
-    /// A token for a merchant or shopper, valid until `expires_at` (Unix
-    /// seconds) in the deployment's `epoch` (0: none, one node). Admin
-    /// tokens are configured, never issued.
-    pub fn issue(&self, caller: Caller, expires_at: i64, epoch: u64) -> String {
+    /// A token for a merchant or shopper, issued at `issued_at` (Unix ms)
+    /// and valid until `expires_at` (Unix seconds) in the deployment's
+    /// `epoch` (0: none, one node). Admin tokens are configured, never
+    /// issued.
+    pub fn issue(
+        &self,
+        caller: Caller,
+        issued_at: Timestamp,
+        expires_at: i64,
+        epoch: u64,
+    ) -> String {
         let mut payload = match caller {
-            Caller::Merchant(id) => format!("{TOKEN_VERSION}.{id}.{expires_at}"),
-            Caller::Shopper(id) => format!("{TOKEN_VERSION}.{id}.{expires_at}"),
+            Caller::Merchant(id) => format!("{TOKEN_VERSION}.{id}"),
+            Caller::Shopper(id) => format!("{TOKEN_VERSION}.{id}"),
             Caller::Admin => unreachable!("admin tokens are configured, not issued"),
         };
+        payload.push_str(&format!(".{}.{expires_at}", issued_at.millis()));
         if epoch != NO_EPOCH {
             payload.push_str(&format!(".{epoch:016x}"));
         }
@@ -122,14 +160,16 @@ impl Signer {
     }
 
     /// Checks a presented token at `now` (Unix seconds) in the
-    /// deployment's `epoch` (0: none). Errors: [`Error::Unauthorized`] for
-    /// a token that is forged, expired, or of another epoch.
-    pub fn verify(&self, token: &str, now: i64, epoch: u64) -> Result<Caller, Error> {
+    /// deployment's `epoch` (0: none): who it is for and when it was
+    /// issued. Whether the account revoked it is the caller's check.
+    /// Errors: [`Error::Unauthorized`] for a token that is forged,
+    /// expired, or of another epoch.
+    pub fn verify(&self, token: &str, now: i64, epoch: u64) -> Result<Verified, Error> {
         if token.len() > TOKEN_BYTES_MAX {
             return Err(Error::Unauthorized("the token is not valid"));
         }
-        if let Some(caller) = self.verify_signed(token, now, epoch)? {
-            return Ok(caller);
+        if let Some(verified) = self.verify_signed(token, now, epoch)? {
+            return Ok(verified);
         }
         let admin = self
             .keyed
@@ -137,27 +177,35 @@ impl Signer {
             .chain_update(ADMIN_CONTEXT)
             .chain_update(token.as_bytes());
         match admin.verify_slice(&self.admin_mac) {
-            Ok(()) => Ok(Caller::Admin),
+            Ok(()) => Ok(Verified {
+                caller: Caller::Admin,
+                issued_at: None,
+            }),
             Err(_) => Err(Error::Unauthorized("the token is not valid")),
         }
     }
 
     /// `Ok(None)` when the text is not shaped like a signed token (it may
     /// be the admin token); an error when it is but does not verify.
-    fn verify_signed(&self, token: &str, now: i64, epoch: u64) -> Result<Option<Caller>, Error> {
+    fn verify_signed(&self, token: &str, now: i64, epoch: u64) -> Result<Option<Verified>, Error> {
         let Some((payload, mac_text)) = token.rsplit_once('.') else {
             return Ok(None);
         };
         let mut parts = payload.split('.');
-        let (Some(TOKEN_VERSION), Some(id), Some(expiry), token_epoch, None) = (
-            parts.next(),
-            parts.next(),
-            parts.next(),
-            parts.next(),
-            parts.next(),
-        ) else {
+        let (Some(version), Some(id)) = (parts.next(), parts.next()) else {
             return Ok(None);
         };
+        let issued = match version {
+            TOKEN_VERSION => parts.next(),
+            TOKEN_VERSION_1 => None,
+            _ => return Ok(None),
+        };
+        let (Some(expiry), token_epoch, None) = (parts.next(), parts.next(), parts.next()) else {
+            return Ok(None);
+        };
+        if version == TOKEN_VERSION && issued.is_none() {
+            return Ok(None);
+        }
         let forged = Error::Unauthorized("the token is not valid");
         let mut mac = [0u8; MAC_BYTES];
         match URL_SAFE_NO_PAD.decode_slice(mac_text, &mut mac) {
@@ -171,6 +219,14 @@ impl Signer {
             .map_err(|_| Error::Unauthorized("the token is not valid"))?;
         // Signed by us: what follows parses unless the secret leaked.
         let expiry: i64 = expiry.parse().map_err(|_| forged)?;
+        let issued_at = match issued {
+            None => None,
+            Some(millis) => {
+                Some(Timestamp(millis.parse().map_err(|_| {
+                    Error::Unauthorized("the token is not valid")
+                })?))
+            }
+        };
         let token_epoch = match token_epoch {
             None => NO_EPOCH,
             Some(hex) => u64::from_str_radix(hex, 16)
@@ -192,7 +248,7 @@ impl Signer {
         } else {
             return Err(Error::Unauthorized("the token is not valid"));
         };
-        Ok(Some(caller))
+        Ok(Some(Verified { caller, issued_at }))
     }
 }
 
@@ -210,6 +266,8 @@ mod tests {
     use super::*;
 
     const NOW: i64 = 1_750_000_000;
+    /// A token's issue time in these tests, in ms: a second before `NOW`.
+    const ISSUED: Timestamp = Timestamp((NOW - 1) * 1000);
 
     fn signer() -> Signer {
         Signer::new(b"0123456789abcdef0123456789abcdef", "the-admin")
@@ -219,21 +277,27 @@ mod tests {
     fn issued_tokens_verify_until_they_expire() {
         let signer = signer();
         let shopper = Caller::Shopper(ShopperId(42));
-        let token = signer.issue(shopper, NOW + 60, NO_EPOCH);
-        assert_eq!(signer.verify(&token, NOW, NO_EPOCH).unwrap(), shopper);
+        let token = signer.issue(shopper, ISSUED, NOW + 60, NO_EPOCH);
+        assert_eq!(
+            signer.verify(&token, NOW, NO_EPOCH).unwrap().caller,
+            shopper
+        );
         assert!(matches!(
             signer.verify(&token, NOW + 60, NO_EPOCH),
             Err(Error::Unauthorized("the token has expired"))
         ));
         let merchant = Caller::Merchant(MerchantId(7));
-        let token = signer.issue(merchant, NOW + 60, NO_EPOCH);
-        assert_eq!(signer.verify(&token, NOW, NO_EPOCH).unwrap(), merchant);
+        let token = signer.issue(merchant, ISSUED, NOW + 60, NO_EPOCH);
+        assert_eq!(
+            signer.verify(&token, NOW, NO_EPOCH).unwrap().caller,
+            merchant
+        );
     }
 
     #[test]
     fn forged_tokens_are_refused() {
         let signer = signer();
-        let token = signer.issue(Caller::Shopper(ShopperId(42)), NOW + 60, NO_EPOCH);
+        let token = signer.issue(Caller::Shopper(ShopperId(42)), ISSUED, NOW + 60, NO_EPOCH);
         // Claim another shopper with the same MAC.
         let forged = token.replacen("s_2a", "s_2b", 1);
         assert!(signer.verify(&forged, NOW, NO_EPOCH).is_err());
@@ -242,9 +306,18 @@ mod tests {
         assert!(signer.verify(&forged, NOW, NO_EPOCH).is_err());
         // Another secret's token.
         let other = Signer::new(b"another secret of enough bytes!!", "the-admin");
-        let token = other.issue(Caller::Shopper(ShopperId(42)), NOW + 60, NO_EPOCH);
+        let token = other.issue(Caller::Shopper(ShopperId(42)), ISSUED, NOW + 60, NO_EPOCH);
         assert!(signer.verify(&token, NOW, NO_EPOCH).is_err());
-        for junk in ["", "v1", "v1.s_1.1.", "x.y.z.w", "the-admi", "the-admin "] {
+        for junk in [
+            "",
+            "v1",
+            "v1.s_1.1.",
+            "v2.s_1.1.",
+            "v2.s_1.1.1.",
+            "x.y.z.w",
+            "the-admi",
+            "the-admin ",
+        ] {
             assert!(
                 signer.verify(junk, NOW, NO_EPOCH).is_err(),
                 "{junk:?} accepted"
@@ -252,14 +325,14 @@ mod tests {
         }
     }
 
-    /// Issue #12: after Redis lost its data, ids start again from 1; a
-    /// token of the old epoch must not act for the new owner of its id.
+    /// After Redis lost its data, ids start again from 1; a token of the
+    /// old epoch must not act for the new owner of its id.
     #[test]
     fn a_token_of_another_epoch_is_refused() {
         let signer = signer();
         let shopper = Caller::Shopper(ShopperId(1));
-        let old = signer.issue(shopper, NOW + 60, 0x1234);
-        assert_eq!(signer.verify(&old, NOW, 0x1234).unwrap(), shopper);
+        let old = signer.issue(shopper, ISSUED, NOW + 60, 0x1234);
+        assert_eq!(signer.verify(&old, NOW, 0x1234).unwrap().caller, shopper);
         let Err(Error::Unauthorized(message)) = signer.verify(&old, NOW, 0x5678) else {
             panic!("a token of another epoch is refused");
         };
@@ -268,10 +341,10 @@ mod tests {
             signer.verify(&old, NOW, NO_EPOCH).is_err(),
             "nor taken by a deployment without one"
         );
-        let plain = signer.issue(shopper, NOW + 60, NO_EPOCH);
+        let plain = signer.issue(shopper, ISSUED, NOW + 60, NO_EPOCH);
         assert_eq!(
             plain.split('.').count(),
-            4,
+            5,
             "one node's tokens keep their form"
         );
         assert!(signer.verify(&plain, NOW, 0x5678).is_err());
@@ -284,10 +357,84 @@ mod tests {
     }
 
     #[test]
+    fn a_token_carries_its_issue_time_signed() {
+        let signer = signer();
+        let shopper = Caller::Shopper(ShopperId(42));
+        let token = signer.issue(shopper, Timestamp(1_749_999_999_123), NOW + 60, NO_EPOCH);
+        assert!(token.starts_with("v2.s_2a.1749999999123."), "{token}");
+        assert_eq!(
+            signer.verify(&token, NOW, NO_EPOCH).unwrap(),
+            Verified {
+                caller: shopper,
+                issued_at: Some(Timestamp(1_749_999_999_123))
+            }
+        );
+        // A later issue time cannot be written in to outlive a revocation.
+        let moved = token.replacen("1749999999123", "1749999999999", 1);
+        assert!(signer.verify(&moved, NOW, NO_EPOCH).is_err());
+        // Nor can the token pass for a v1 one by dropping it.
+        let dropped = token.replacen("v2.s_2a.1749999999123.", "v1.s_2a.", 1);
+        assert!(signer.verify(&dropped, NOW, NO_EPOCH).is_err());
+        // With an epoch: the issue time still comes before the expiry.
+        let epoch = signer.issue(shopper, ISSUED, NOW + 60, 0xabc);
+        assert_eq!(epoch.split('.').count(), 6, "{epoch}");
+        assert_eq!(
+            signer.verify(&epoch, NOW, 0xabc).unwrap().issued_at,
+            Some(ISSUED)
+        );
+    }
+
+    /// Tokens issued before the issue time was carried (`v1`) still verify,
+    /// with no issue time: a revocation refuses them
+    /// (`flashsale_engine::rules::token_in_force`).
+    #[test]
+    fn a_v1_token_still_verifies_without_an_issue_time() {
+        let signer = signer();
+        let v1 = |payload: &str| {
+            let mac = signer
+                .keyed
+                .clone()
+                .chain_update(payload.as_bytes())
+                .finalize()
+                .into_bytes();
+            format!("{payload}.{}", URL_SAFE_NO_PAD.encode(mac))
+        };
+        let shopper = Caller::Shopper(ShopperId(42));
+        let token = v1(&format!("v1.s_2a.{}", NOW + 60));
+        assert_eq!(
+            signer.verify(&token, NOW, NO_EPOCH).unwrap(),
+            Verified {
+                caller: shopper,
+                issued_at: None
+            }
+        );
+        assert!(matches!(
+            signer.verify(&token, NOW + 60, NO_EPOCH),
+            Err(Error::Unauthorized("the token has expired"))
+        ));
+        let with_epoch = v1(&format!("v1.m_7.{}.0000000000001234", NOW + 60));
+        assert_eq!(
+            signer.verify(&with_epoch, NOW, 0x1234).unwrap(),
+            Verified {
+                caller: Caller::Merchant(MerchantId(7)),
+                issued_at: None
+            }
+        );
+        assert!(flashsale_engine::rules::token_in_force(None, None));
+        assert!(!flashsale_engine::rules::token_in_force(
+            None,
+            Some(Timestamp(1))
+        ));
+    }
+
+    #[test]
     fn the_admin_token_is_recognised() {
         assert_eq!(
             signer().verify("the-admin", NOW, NO_EPOCH).unwrap(),
-            Caller::Admin
+            Verified {
+                caller: Caller::Admin,
+                issued_at: None
+            }
         );
     }
 

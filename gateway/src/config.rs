@@ -435,6 +435,16 @@ impl Config {
             args.request_timeout_ms,
             "--request-timeout-ms",
         )?);
+        let revocation_wait = flashsale_redis::REVOCATION_PROPAGATION
+            .saturating_add(flashsale_redis::REVOCATION_MARGIN);
+        if config.redis.is_some() && config.request_timeout <= revocation_wait {
+            return Err(Error::Config(format!(
+                "{} must be above {} in multi-node mode: revoking a token answers only once \
+                 every node refuses it, that long after Redis has the revocation",
+                setting("request-timeout-ms"),
+                revocation_wait.as_millis()
+            )));
+        }
         config.rate_limit_shopper = args.rate_limit_shopper;
         config.rate_limit_address = args.rate_limit_address;
         config.in_flight_max = at_least_one(args.in_flight_max, "in-flight-max")?;
@@ -902,6 +912,16 @@ mod tests {
             RedisTarget::Single("redis://127.0.0.1".into())
         );
         assert_eq!(settings.shards, 64);
+        // A token revocation waits out the propagation bound.
+        let timeout = |request_timeout_ms| ServeArgs {
+            request_timeout_ms,
+            ..shared()
+        };
+        assert!(matches!(
+            Config::from_args(timeout(1_050)),
+            Err(Error::Config(message)) if message.contains("request-timeout-ms")
+        ));
+        Config::from_args(timeout(1_051)).unwrap();
         for bad in [
             ServeArgs {
                 redis: RedisArgs {

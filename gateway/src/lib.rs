@@ -86,11 +86,13 @@ pub mod server;
 mod telemetry;
 mod wire;
 
-pub use auth::{Caller, NO_EPOCH, Signer};
+pub use auth::{Caller, NO_EPOCH, Signer, Verified};
 pub use config::{Config, ServeArgs};
 pub use error::Error;
 /// The books (`flashsale-books`): the order sink, as the gateway starts it.
 pub use flashsale_books as order_sink;
 /// `flashsale audit` (`flashsale-books`).
 pub use flashsale_books::audit;
+/// The engine's time (Unix ms), as [`Signer::issue`] takes a token's issue time.
+pub use flashsale_engine::Timestamp;
 pub use server::{Gateway, RunningServer, run, spawn};

@@ -17,6 +17,10 @@ pub(crate) enum Endpoint {
     CreateShoppersBulk,
     CreditWallet,
     CreditExternalWallet,
+    IssueMerchantToken,
+    RevokeMerchantTokens,
+    IssueShopperToken,
+    RevokeShopperTokens,
     GetWallet,
     CreateDeal,
     GetDeal,
@@ -48,12 +52,16 @@ pub(crate) enum Endpoint {
 }
 
 impl Endpoint {
-    pub(crate) const ALL: [Endpoint; 33] = [
+    pub(crate) const ALL: [Endpoint; 37] = [
         Endpoint::CreateMerchant,
         Endpoint::CreateShopper,
         Endpoint::CreateShoppersBulk,
         Endpoint::CreditWallet,
         Endpoint::CreditExternalWallet,
+        Endpoint::IssueMerchantToken,
+        Endpoint::RevokeMerchantTokens,
+        Endpoint::IssueShopperToken,
+        Endpoint::RevokeShopperTokens,
         Endpoint::GetWallet,
         Endpoint::CreateDeal,
         Endpoint::GetDeal,
@@ -92,6 +100,10 @@ impl Endpoint {
             Endpoint::CreateShoppersBulk => "POST /v1/admin/shoppers",
             Endpoint::CreditWallet => "POST /v1/wallets/{id}/credits",
             Endpoint::CreditExternalWallet => "POST /v1/wallets/external/{id}/credits",
+            Endpoint::IssueMerchantToken => "POST /v1/merchants/{id}/tokens",
+            Endpoint::RevokeMerchantTokens => "DELETE /v1/merchants/{id}/tokens",
+            Endpoint::IssueShopperToken => "POST /v1/shoppers/{id}/tokens",
+            Endpoint::RevokeShopperTokens => "DELETE /v1/shoppers/{id}/tokens",
             Endpoint::GetWallet => "GET /v1/wallet",
             Endpoint::CreateDeal => "POST /v1/deals",
             Endpoint::GetDeal => "GET /v1/deals/{id}",
@@ -194,6 +206,10 @@ impl Endpoint {
                 | Endpoint::CreateShoppersBulk
                 | Endpoint::CreditWallet
                 | Endpoint::CreditExternalWallet
+                | Endpoint::IssueMerchantToken
+                | Endpoint::RevokeMerchantTokens
+                | Endpoint::IssueShopperToken
+                | Endpoint::RevokeShopperTokens
                 | Endpoint::CreateDeal
                 | Endpoint::PatchDeal
                 | Endpoint::Register
@@ -238,7 +254,7 @@ pub(crate) struct Matched<'p> {
 
 impl Router {
     pub(crate) fn new() -> Router {
-        let table: [(&str, PathRoutes); 29] = [
+        let table: [(&str, PathRoutes); 31] = [
             (
                 "/v1/merchants",
                 PathRoutes {
@@ -260,6 +276,24 @@ impl Router {
                 PathRoutes {
                     post: Some(Endpoint::CreateShoppersBulk),
                     allow: "POST",
+                    ..NONE
+                },
+            ),
+            (
+                "/v1/merchants/{id}/tokens",
+                PathRoutes {
+                    post: Some(Endpoint::IssueMerchantToken),
+                    delete: Some(Endpoint::RevokeMerchantTokens),
+                    allow: "POST, DELETE",
+                    ..NONE
+                },
+            ),
+            (
+                "/v1/shoppers/{id}/tokens",
+                PathRoutes {
+                    post: Some(Endpoint::IssueShopperToken),
+                    delete: Some(Endpoint::RevokeShopperTokens),
+                    allow: "POST, DELETE",
                     ..NONE
                 },
             ),

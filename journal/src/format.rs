@@ -17,12 +17,12 @@
 //! from [`FORMAT_VERSION_OLDEST_READ`] on when the newer ones only add
 //! (format 3 appended the `DrawRun` that carries the revealed seed, so a
 //! format-2 record decodes unchanged; its old draw event is
-//! `DrawRunFormat2`; format 4 appended `MerchantLinked` and
-//! `ShopperLinked`, and the snapshot's external-id links after the rest of
-//! its body, which an older snapshot reads as two empty lists:
-//! [`SNAPSHOT_LINKS_NONE`]), and writes [`FORMAT_VERSION`]; opening an
-//! older directory records the new format in its meta file, so an older
-//! build refuses it from then on.
+//! `DrawRunFormat2`; format 4 appended `MerchantLinked`, `ShopperLinked`
+//! and `TokensRevoked`, and the snapshot's external-id links and token
+//! not-before times after the rest of its body, which an older snapshot
+//! reads as three empty lists: [`SNAPSHOT_FORMAT_3_TAIL`]), and writes
+//! [`FORMAT_VERSION`]; opening an older directory records the new format
+//! in its meta file, so an older build refuses it from then on.
 
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -40,12 +40,14 @@ pub(crate) const FORMAT_VERSION: u8 = 4;
 /// is a format-4 record (see the module doc).
 pub(crate) const FORMAT_VERSION_OLDEST_READ: u8 = 2;
 
-/// The first format whose snapshots end with the external-id links.
-const FORMAT_VERSION_SNAPSHOT_LINKS: u8 = 4;
-/// The links of a snapshot with none, as `postcard` writes them: two empty
-/// lists (shoppers', merchants'), one zero length byte each. An older
-/// snapshot's body followed by these bytes is a format-4 body.
-pub(crate) const SNAPSHOT_LINKS_NONE: [u8; 2] = [0, 0];
+/// The first format whose snapshots end with the external-id links and
+/// the token not-before times.
+const FORMAT_VERSION_SNAPSHOT_TAIL: u8 = 4;
+/// The end of a snapshot with no links and no revocations, as `postcard`
+/// writes it: three empty lists (shoppers' links, merchants' links,
+/// revocations), one zero length byte each. An older snapshot's body
+/// followed by these bytes is a format-4 body.
+pub(crate) const SNAPSHOT_FORMAT_3_TAIL: [u8; 3] = [0, 0, 0];
 
 /// Whether this build reads files of format `version`.
 pub(crate) fn is_readable(version: u8) -> bool {
@@ -492,8 +494,8 @@ pub(crate) fn read_snapshot(path: &Path, position: u64) -> Result<Snapshot, Jour
         return Err(corrupt("checksum mismatch"));
     }
     let extended;
-    let body = if bytes[4] < FORMAT_VERSION_SNAPSHOT_LINKS {
-        extended = [body, &SNAPSHOT_LINKS_NONE[..]].concat();
+    let body = if bytes[4] < FORMAT_VERSION_SNAPSHOT_TAIL {
+        extended = [body, &SNAPSHOT_FORMAT_3_TAIL[..]].concat();
         &extended[..]
     } else {
         body
@@ -534,8 +536,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = write_snapshot(dir.path(), 1, &engine.snapshot()).unwrap();
         let mut bytes = fs::read(&path).unwrap();
-        assert!(bytes.ends_with(&SNAPSHOT_LINKS_NONE));
-        bytes.truncate(bytes.len() - SNAPSHOT_LINKS_NONE.len());
+        assert!(bytes.ends_with(&SNAPSHOT_FORMAT_3_TAIL));
+        bytes.truncate(bytes.len() - SNAPSHOT_FORMAT_3_TAIL.len());
         let body_bytes = (bytes.len() - SNAPSHOT_HEADER_BYTES) as u64;
         let crc = crc32c::crc32c(&bytes[SNAPSHOT_HEADER_BYTES..]);
         bytes[4] = 3;

@@ -8,8 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flashsale_engine::{
-    Clock, DealChange, DealId, DealView, Engine, EngineConfig, EngineError, Event, Hold, HoldId,
-    ManualClock, MerchantId, Money, NewDeal, Order, OrderCursor, ShopperId, Timestamp, Wallet,
+    Account, Clock, DealChange, DealId, DealView, Engine, EngineConfig, EngineError, Event, Hold,
+    HoldId, ManualClock, MerchantId, Money, NewDeal, Order, OrderCursor, ShopperId, Timestamp,
+    Wallet,
 };
 use flashsale_journal::{Durability, Journal, JournalConfig, JournalError, JournalReader};
 
@@ -597,9 +598,9 @@ fn set_format(dir: &Path, version: u8) {
     fs::write(&meta, format!("flashsale-journal format {version}\n{rest}")).unwrap();
 }
 
-/// Formats 3 and 4 only appended (events, and the snapshot's links), so a
-/// format-2 or format-3 directory replays; it is format 4 from then on (an
-/// older build refuses it). Format 1 is refused.
+/// Formats 3 and 4 only appended (events, and the snapshot's links and
+/// revocations), so a format-2 or format-3 directory replays; it is format
+/// 4 from then on (an older build refuses it). Format 1 is refused.
 #[test]
 fn a_format_2_or_3_directory_replays_and_becomes_format_4() {
     for version in [2, 3] {
@@ -644,6 +645,72 @@ fn older_directory_replays(version: u8) {
             ..
         })
     ));
+}
+
+/// A revocation is journalled: it survives a restart, from the segments
+/// and from a snapshot, and a snapshot of journal format 3 (which has no
+/// revocations) still loads.
+#[test]
+fn a_revocation_survives_restarts_from_segments_and_snapshots() {
+    let clock = clock();
+    let dir = tempfile::tempdir().unwrap();
+    let (journal, engine) = open(dir.path(), &clock);
+    let shopper = engine.create_shopper("ann").unwrap().id;
+    let merchant = engine.create_merchant("shop").unwrap().id;
+    let line = engine.revoke_tokens(Account::Shopper(shopper)).unwrap();
+    journal.wait_durable(journal.written()).unwrap();
+    drop(engine);
+    drop(journal);
+
+    let (journal, engine) = open(dir.path(), &clock);
+    assert_eq!(
+        engine.tokens_not_before(Account::Shopper(shopper)),
+        Some(line)
+    );
+    assert_eq!(engine.tokens_not_before(Account::Merchant(merchant)), None);
+    journal.snapshot_now().unwrap();
+    clock.advance_millis(7);
+    let merchant_line = engine.revoke_tokens(Account::Merchant(merchant)).unwrap();
+    journal.wait_durable(journal.written()).unwrap();
+    drop(engine);
+    drop(journal);
+
+    let (journal, engine) = open(dir.path(), &clock);
+    assert!(journal.stats().snapshot_position > 0);
+    assert_eq!(
+        engine.tokens_not_before(Account::Shopper(shopper)),
+        Some(line)
+    );
+    assert_eq!(
+        engine.tokens_not_before(Account::Merchant(merchant)),
+        Some(merchant_line)
+    );
+    drop(engine);
+    drop(journal);
+
+    // A format-3 snapshot is a format-4 one without the links' and the
+    // revocations' lists.
+    let dir = tempfile::tempdir().unwrap();
+    let written = small_journal(dir.path(), &clock, 2);
+    let (journal, engine) = open(dir.path(), &clock);
+    let position = journal.snapshot_now().unwrap();
+    drop(engine);
+    drop(journal);
+    let snapshot = dir.path().join(format!("snapshot-{position:020}.snap"));
+    let mut bytes = fs::read(&snapshot).unwrap();
+    for _list in 0..3 {
+        assert_eq!(bytes.pop(), Some(0), "an empty list is one zero byte");
+    }
+    bytes[4] = 3;
+    let body = bytes.len() as u64 - 32;
+    bytes[16..24].copy_from_slice(&body.to_le_bytes());
+    let crc = crc32c::crc32c(&bytes[32..]);
+    bytes[24..28].copy_from_slice(&crc.to_le_bytes());
+    fs::write(&snapshot, bytes).unwrap();
+    let (journal, engine) = open(dir.path(), &clock);
+    assert_eq!(journal.stats().snapshot_position, position);
+    assert_eq!(journal.written(), written);
+    assert!(engine.shopper(ShopperId(2)).is_some());
 }
 
 #[test]

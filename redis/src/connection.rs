@@ -124,6 +124,7 @@ impl RedisStore {
                 volatile_refused: AtomicBool::new(false),
                 replicas_short: AtomicBool::new(false),
                 replica_acks,
+                revocations: crate::tokens::Revocations::new(),
             }),
         };
         store.load_library().await?;
@@ -173,10 +174,12 @@ impl RedisStore {
             .collect())
     }
 
-    /// Reads (or, on an empty namespace, sets) the deployment's epoch and
-    /// polls the deals once: the first writes of a node into Redis.
+    /// Reads (or, on an empty namespace, sets) the deployment's epoch, the
+    /// token revocations, and polls the deals once: the first writes of a
+    /// node into Redis.
     pub async fn start(&self) -> Result<(), Error> {
         self.follow_epoch().await?;
+        self.sync_revocations().await?;
         self.poll(true).await
     }
 

@@ -97,6 +97,7 @@ impl RedisStore {
             self.inner.deals.write().clear();
             self.inner.merchants.write().clear();
             self.inner.newest.write().clear();
+            self.forget_revocations().await;
         }
         Ok(epoch)
     }

@@ -35,6 +35,11 @@ pub enum Error {
         "{acknowledged} of the {required} Redis replicas required acknowledged the change in time; retry with the same Idempotency-Key"
     )]
     ReplicasBehind { acknowledged: u32, required: u32 },
+    /// This node has not read the deployment's token revocations within
+    /// `REVOCATION_PROPAGATION`, so it cannot tell whether a token is
+    /// revoked: signed tokens are refused until it reads them again.
+    #[error("this node cannot read the token revocations from Redis; retry shortly")]
+    RevocationsStale,
     /// A setting that cannot work, naming the flag.
     #[error("invalid configuration: {0}")]
     Config(String),

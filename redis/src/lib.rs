@@ -26,6 +26,7 @@
 //! | `ns:{s:K}:books`, `ns:{d:D}:books` | the books streams: every settled order, credit, new deal, restock and deal change of the slot, read by the consumer group `books` (see "Books") |
 //! | `ns:{g}:seq`, `:m:<id>`, `:deals`, `:deployment` | id sequences, merchants (hash: name, created_at, `ext` its external id), the deals newest first, the deployment's id for Postgres |
 //! | `ns:{g}:ext:shoppers`, `ns:{g}:ext:merchants` | hashes: external id → shopper or merchant id, set once by `HSETNX` (`links`); a shopper's `acct` hash holds its external id as `ext` |
+//! | `ns:{g}:not-before`, `:revocations` | each revoked account's token not-before time (hash, ms), and the stream of revocations the nodes read on from where they left off (`tokens`) |
 //! | `ns:{g}:epoch` | the deployment's epoch: a random 64-bit number, set by the first node that finds it missing |
 //! | `ns:{g}:layout` | `shards=N fingerprint=F keys=V`: the shard count, secret fingerprint and key layout version ([`KEY_LAYOUT_VERSION`]) every node must share (set by the first) |
 //!
@@ -153,11 +154,13 @@ mod replies;
 mod reserve;
 mod settings;
 pub mod steps;
+mod tokens;
 mod transfer;
 
 /// The epoch of a store that has none (one node), and of a Redis node
 /// before its first read: tokens carry it ([`RedisStore::epoch`]).
 pub const NO_EPOCH: u64 = 0;
+pub use tokens::{REVOCATION_MARGIN, REVOCATION_PROPAGATION};
 /// The newest deals the feed shows at most; the list of deals newest
 /// first in Redis is kept to this length.
 pub const FEED_DEALS_MAX: usize = 1_000;
@@ -247,6 +250,9 @@ pub(crate) struct Inner {
     pub(crate) replicas_short: AtomicBool,
     /// `--redis-replica-acks`: the group commit every change waits on.
     pub(crate) replica_acks: Option<Arc<crate::replication::ReplicaAcks>>,
+    /// The deployment's token not-before times as this node last read
+    /// them (`tokens`).
+    pub(crate) revocations: crate::tokens::Revocations,
 }
 
 impl RedisStore {

@@ -28,7 +28,29 @@ impl RedisStore {
     /// publishes it (sold out, restocked, new terms); the refresh with the
     /// sums is the safety net for messages missed while disconnected.
     pub async fn run_poller(self) {
-        tokio::join!(self.poll_loop(), self.subscribe_loop());
+        tokio::join!(
+            self.poll_loop(),
+            self.subscribe_loop(),
+            self.revocations_loop()
+        );
+    }
+
+    /// Reads the token revocations made since the last read every
+    /// [`POLL_INTERVAL`], apart from the poll, so a slow refresh of the
+    /// deals never lets the node's copy go stale (`tokens`). A failed read
+    /// is retried at the next tick; the poll reports Redis unreachable.
+    pub(crate) async fn revocations_loop(&self) {
+        let mut ticker = tokio::time::interval(POLL_INTERVAL);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            if let Err(error) = self.sync_revocations().await {
+                tracing::debug!(
+                    error = &error as &dyn std::error::Error,
+                    "the token revocations could not be read; reading them again shortly"
+                );
+            }
+        }
     }
 
     pub(crate) async fn poll_loop(&self) {
@@ -86,11 +108,17 @@ impl RedisStore {
             .subscribe(self.keys().channel())
             .await
             .map_err(Error::Redis)?;
+        let revocations = self.keys().global("revocations");
         let mut messages = pubsub.on_message();
         while let Some(message) = messages.next().await {
             let Ok(key) = message.get_payload::<String>() else {
                 continue;
             };
+            if key == revocations {
+                // A failure here is the revocations loop's to repair.
+                let _ = self.sync_revocations().await;
+                continue;
+            }
             let id = key
                 .split_once("{d:")
                 .and_then(|(_, rest)| rest.split_once('}'))

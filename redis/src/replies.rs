@@ -165,6 +165,9 @@ pub(crate) fn refusal(code: &str, arg: &str, hold: Option<HoldId>) -> Result<Eng
             order: OrderId(arg.parse().map_err(|_| garbled("an order id"))?),
         },
         "not_found" => EngineError::NotFound(entity(arg)),
+        "capacity_reached" => EngineError::CapacityReached {
+            bound: "token_revocations_max",
+        },
         "forbidden" => EngineError::Forbidden(entity(arg)),
         "invalid" => match arg {
             "amount" => EngineError::Invalid {

@@ -346,6 +346,16 @@ steps! {
         replies: ["OK"];
         ok: "made name created_at";
     }
+    /// Revokes an account's tokens (`account` as the API spells it): its
+    /// time in `times` becomes `not_before` (ms) or stays a later one, the
+    /// time in force is appended to `revocations` and announced on
+    /// `channel`; `bound` is [`flashsale_engine::TOKEN_REVOCATIONS_MAX`].
+    Revoke "revoke" writes {
+        keys: [times, revocations];
+        args: [account, not_before, bound, channel];
+        replies: ["OK", "ERR"];
+        ok: "in_force";
+    }
 }
 
 /// The terms [`bench_reserve_call`] passes: version 1, price 1.00, a

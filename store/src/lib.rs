@@ -28,9 +28,9 @@ mod feed;
 mod memory;
 
 use flashsale_engine::{
-    Answer, DealChange, DealId, DealView, DrawRecord, DrawStanding, HoldId, Merchant, MerchantId,
-    Money, NewDeal, Order, OrderCursor, OrderId, OrderPage, Rating, Review, Shopper, ShopperId,
-    Timestamp, Wallet,
+    Account, Answer, DealChange, DealId, DealView, DrawRecord, DrawStanding, HoldId, Merchant,
+    MerchantId, Money, NewDeal, Order, OrderCursor, OrderId, OrderPage, Rating, Review, Shopper,
+    ShopperId, Timestamp, Wallet,
 };
 
 pub use self::error::StoreError;
@@ -109,6 +109,29 @@ impl Store {
 
     pub async fn create_merchant(&self, name: &str) -> Result<Merchant, Error> {
         dispatch_result!(self, store => store.create_merchant(name).await)
+    }
+
+    /// Revokes every token of `account` issued up to now (its not-before
+    /// time, `flashsale_engine::rules::tokens`) and returns that time (Unix
+    /// ms). Answers once every node refuses those tokens: on one node once
+    /// the revocation is durable; in Redis mode once the propagation bound
+    /// has passed (`flashsale_redis::REVOCATION_PROPAGATION`). Errors:
+    /// `NotFound` for an unknown account, `CapacityReached` past
+    /// [`flashsale_engine::TOKEN_REVOCATIONS_MAX`], the backend's failures.
+    pub async fn revoke_tokens(&self, account: Account) -> Result<Timestamp, Error> {
+        dispatch_result!(self, store => store.revoke_tokens(account).await)
+    }
+
+    /// The account's token not-before time as this node knows it (`None`:
+    /// never revoked), without any I/O: the engine's map on one node, the
+    /// node's copy in Redis mode, which is an error (`Redis`, `503`) when
+    /// older than the propagation bound, so a node that cannot hear of
+    /// revocations refuses rather than take a revoked token.
+    pub fn tokens_not_before(&self, account: Account) -> Result<Option<Timestamp>, Error> {
+        match self {
+            Store::Memory(memory) => Ok(memory.tokens_not_before(account)),
+            Store::Redis(redis) => Ok(redis.tokens_not_before(account)?),
+        }
     }
 
     pub async fn merchant(&self, id: MerchantId) -> Result<Option<Merchant>, Error> {

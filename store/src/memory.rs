@@ -11,14 +11,19 @@
 use std::sync::Arc;
 
 use flashsale_engine::{
-    Answer, DealChange, DealId, DealView, DrawRecord, DrawStanding, Engine, Hold, HoldId, Merchant,
-    MerchantId, Money, NewDeal, Order, OrderCursor, OrderId, OrderPage, Rating, Review, Shopper,
-    ShopperId, Timestamp, Wallet,
+    Account, Answer, DealChange, DealId, DealView, DrawRecord, DrawStanding, Engine, Hold, HoldId,
+    Merchant, MerchantId, Money, NewDeal, Order, OrderCursor, OrderId, OrderPage, Rating, Review,
+    Shopper, ShopperId, Timestamp, Wallet,
 };
 use flashsale_journal::Journal;
 
 use crate::error::StoreError as Error;
 use crate::feed::FeedSource;
+
+/// How long a revocation's answer waits at most for the clock to reach its
+/// not-before time (one millisecond ahead; a clock stepped back waits no
+/// longer than this).
+const CLOCK_WAIT_MAX: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// The embedded store: the engine and the journal its events go to.
 pub struct MemoryStore {
@@ -64,6 +69,24 @@ impl MemoryStore {
 
     pub async fn create_merchant(&self, name: &str) -> Result<Merchant, Error> {
         self.committed(self.engine.create_merchant(name)).await
+    }
+
+    /// Revokes the account's tokens ([`Engine::revoke_tokens`]), durably,
+    /// and answers once the engine's clock has reached the not-before time
+    /// (at most `CLOCK_WAIT_MAX`, 50 ms, more), so a token issued after the
+    /// answer is on the right side of it.
+    pub async fn revoke_tokens(&self, account: Account) -> Result<Timestamp, Error> {
+        let not_before = self.committed(self.engine.revoke_tokens(account)).await?;
+        let deadline = tokio::time::Instant::now() + CLOCK_WAIT_MAX;
+        while self.engine.now() < not_before && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        Ok(not_before)
+    }
+
+    /// The account's token not-before time ([`Engine::tokens_not_before`]).
+    pub fn tokens_not_before(&self, account: Account) -> Option<Timestamp> {
+        self.engine.tokens_not_before(account)
     }
 
     pub async fn merchant(&self, id: MerchantId) -> Result<Option<Merchant>, Error> {

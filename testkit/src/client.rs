@@ -281,6 +281,21 @@ impl Api {
         .await
     }
 
+    /// `POST /v1/{merchants|shoppers}/{id}/tokens` as the admin (the
+    /// collection from the id's prefix), with `body` if given.
+    pub async fn issue_token(&self, id: &str, body: Option<&Value>) -> Reply {
+        let path = format!("{}/tokens", account_path(id));
+        self.call(Method::POST, &path, Some(&self.admin), body, None)
+            .await
+    }
+
+    /// `DELETE /v1/{merchants|shoppers}/{id}/tokens` as the admin.
+    pub async fn revoke_tokens(&self, id: &str) -> Reply {
+        let path = format!("{}/tokens", account_path(id));
+        self.call(Method::DELETE, &path, Some(&self.admin), None, None)
+            .await
+    }
+
     /// `shopper`'s wallet.
     pub async fn wallet(&self, shopper: &Account) -> Value {
         self.get("/v1/wallet", Some(&shopper.token)).await.ok(200)
@@ -289,5 +304,14 @@ impl Api {
     /// A deal as anyone sees it.
     pub async fn get_deal(&self, deal: &str) -> Value {
         self.get(&format!("/v1/deals/{deal}"), None).await.ok(200)
+    }
+}
+
+/// `/v1/merchants/{id}` for a merchant's id (`m_…`), else `/v1/shoppers/{id}`.
+fn account_path(id: &str) -> String {
+    if id.starts_with("m_") {
+        format!("/v1/merchants/{id}")
+    } else {
+        format!("/v1/shoppers/{id}")
     }
 }

@@ -115,7 +115,8 @@ pub fn now_seconds() -> i64 {
 
 /// A token for `caller` that expired a minute ago.
 pub fn expired_token(caller: Caller) -> String {
-    signer().issue(caller, now_seconds() - 60, NO_EPOCH)
+    let issued = flashsale_gateway::Timestamp((now_seconds() - 120) * 1000);
+    signer().issue(caller, issued, now_seconds() - 60, NO_EPOCH)
 }
 
 impl TestServer {

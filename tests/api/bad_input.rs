@@ -112,11 +112,13 @@ async fn missing_forged_expired_and_wrong_role_tokens() {
     let id: ShopperId = shopper.id.parse().unwrap();
 
     let forger = Signer::new(b"not the server's secret at all!!", ADMIN);
-    let forged = forger.issue(Caller::Shopper(id), now_seconds() + 3600, NO_EPOCH);
+    let issued = flashsale_gateway::Timestamp(now_seconds() * 1000);
+    let forged = forger.issue(Caller::Shopper(id), issued, now_seconds() + 3600, NO_EPOCH);
     let tampered = {
         // A valid token for another shopper with this shopper's MAC.
         let other = crate::helpers::signer().issue(
             Caller::Shopper(ShopperId(id.0 + 1)),
+            issued,
             now_seconds() + 3600,
             NO_EPOCH,
         );

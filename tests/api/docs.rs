@@ -99,10 +99,10 @@ async fn runs_as_written(name: &str, doc: &str, heading: &str, expected: &[&str]
 async fn the_readme_curl_sale_runs_as_written() {
     // The key answers, in the order the README shows them.
     let expected = [
-        r#""name":"Xiaomi","token":"v1."#,
+        r#""name":"Xiaomi","token":"v2."#,
         r#""title":"Mi 15, 12 GB","price":"999.00","stock":500,"remaining":500"#,
         r#""status":"live""#,
-        r#""name":"Li Lei","token":"v1."#,
+        r#""name":"Li Lei","token":"v2."#,
         r#""available":"1500.00","held":"0.00","spent":"0.00","credited":"1500.00""#,
         r#""quantity":1,"unit_price":"999.00","amount":"999.00","status":"paid","late":false"#,
         r#""available":"501.00","held":"0.00","spent":"999.00","credited":"1500.00""#,
@@ -116,10 +116,10 @@ async fn the_readme_curl_sale_runs_as_written() {
 async fn the_docs_walkthrough_runs_as_written() {
     // The key answers, in the order docs/walkthrough.md shows them.
     let expected = [
-        r#""name":"Xiaomi","token":"v1."#,
+        r#""name":"Xiaomi","token":"v2."#,
         r#""title":"Mi 15, 12 GB","price":"999.00","stock":500,"remaining":500"#,
         r#""status":"live""#,
-        r#""name":"Li Lei","token":"v1."#,
+        r#""name":"Li Lei","token":"v2."#,
         r#""available":"1500.00","held":"0.00","spent":"0.00","credited":"1500.00""#,
         r#""quantity":1,"unit_price":"999.00","amount":"999.00","status":"paid","late":false"#,
         r#"{"error":{"code":"purchase_limit_reached""#,
@@ -132,6 +132,10 @@ async fn the_docs_walkthrough_runs_as_written() {
         r#""merchant_rating":{"average":"4.33","reviews":1}"#,
         r#""shared":true"#,
         r#""name":"Xiaomi","rating":{"average":"4.33","reviews":1}"#,
+        r#"{"id":"s_1","not_before":""#,
+        r#"{"error":{"code":"unauthorized","message":"the token was revoked"#,
+        r#"{"id":"s_1","token":"v2.s_1."#,
+        r#""available":"501.00","held":"0.00","spent":"999.00""#,
     ];
     let walkthrough = include_str!("../../docs/walkthrough.md");
     runs_as_written(

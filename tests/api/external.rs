@@ -65,7 +65,8 @@ async fn a_credit_by_external_id_makes_the_shopper_once_then_credits_it() {
     // The shopper's own wallet says its external id; the credit by shopper
     // id too.
     let id: ShopperId = first["shopper_id"].as_str().unwrap().parse().unwrap();
-    let token = signer().issue(Caller::Shopper(id), now_seconds() + 3600, NO_EPOCH);
+    let issued = flashsale_gateway::Timestamp(now_seconds() * 1000);
+    let token = signer().issue(Caller::Shopper(id), issued, now_seconds() + 3600, NO_EPOCH);
     let wallet = t.get("/v1/wallet", Some(&token)).await.ok(200);
     assert_eq!(wallet["external_id"], "auth0|123");
     assert_eq!(wallet["available"], "16.50");

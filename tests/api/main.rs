@@ -26,3 +26,4 @@ mod reviews;
 mod shutdown;
 mod stalled_bodies;
 mod strict_input;
+mod tokens;

@@ -18,3 +18,4 @@ mod platform;
 mod proxy;
 mod raffle;
 mod replicas;
+mod tokens;

@@ -29,11 +29,13 @@
 //!   and sharing an order; what an external id (a platform's user id) may
 //!   be.
 //! - [`deal`](mod@deal): a merchant's change to its deal.
+//! - [`tokens`](mod@tokens): which tokens a revocation refuses.
 
 pub mod account;
 pub mod deal;
 pub mod holds;
 pub mod reserve;
+pub mod tokens;
 
 pub use account::{
     CreditAccount, CreditEffects, CreditView, EXTERNAL_ID_BYTES_MAX, RegisterEffects,
@@ -50,3 +52,4 @@ pub use reserve::{
     ReserveView, ShopperView, counts_new_buyer, decide_offer, decide_open, decide_reserve,
     hold_expiry, raffle_refusal, within_limit,
 };
+pub use tokens::{revocation_not_before, token_in_force};

@@ -30,12 +30,14 @@ mod buying;
 mod deals;
 mod ops;
 mod orders;
+mod tokens;
 
 pub(crate) use self::accounts::*;
 pub(crate) use self::buying::*;
 pub(crate) use self::deals::*;
 pub(crate) use self::ops::*;
 pub(crate) use self::orders::*;
+pub(crate) use self::tokens::*;
 
 /// Longest `Idempotency-Key` accepted, in bytes.
 pub(crate) const IDEMPOTENCY_KEY_BYTES_MAX: usize = 255;

@@ -26,6 +26,25 @@ impl RequestBody<'_> for NameBody {
     }];
 }
 
+/// `{ttl_seconds?}`: a token issued by the admin for an existing account.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TokenBody {
+    #[serde(default, deserialize_with = "present")]
+    pub ttl_seconds: Option<u64>,
+}
+
+/// What `ttl_seconds` accepts (the upper bound is `--token-ttl-hours`).
+pub(crate) const TTL_SECONDS_ACCEPTS: &str =
+    "must be a whole number of seconds from 1 to the server's --token-ttl-hours in seconds";
+
+impl RequestBody<'_> for TokenBody {
+    const FIELDS: &'static [Field] = &[Field {
+        name: "ttl_seconds",
+        accepts: TTL_SECONDS_ACCEPTS,
+    }];
+}
+
 /// `{count, credit}`: bulk shoppers.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -505,6 +505,14 @@ pub(crate) struct AccountJson<'a, Id: Display> {
     pub token: &'a str,
 }
 
+/// `201 {id, token, expires_at}`: a token issued for an existing account.
+#[derive(Serialize)]
+pub(crate) struct TokenJson<'a> {
+    pub id: Text<flashsale_engine::Account>,
+    pub token: &'a str,
+    pub expires_at: Rfc3339Utc,
+}
+
 /// A JSON response; serialization of these plain values cannot fail.
 pub(crate) fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Full<Bytes>> {
     let mut body = Vec::with_capacity(256);

@@ -199,4 +199,5 @@ fn field_tables_match_their_bodies() {
     check::<QuantityBody>();
     check::<ReviewBody>();
     check::<NoFieldsBody>();
+    check::<TokenBody>();
 }
