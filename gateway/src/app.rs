@@ -256,15 +256,17 @@ impl App {
 
     /// The account of a platform token and the token's `exp` (Unix
     /// seconds), within its rate limit; for the token exchange. Errors:
-    /// `501` without `--idp-jwks`; `401` for a token that is not a valid
-    /// platform JWT.
+    /// `401` for a token that is not a valid platform JWT, and for every
+    /// token without `--idp-jwks` (no platform token is accepted then).
     pub(crate) async fn platform_account(&self, parts: &Parts) -> Result<(Caller, i64), Error> {
+        let token = bearer_token(parts)?;
         let Some(idp) = &self.idp else {
-            return Err(Error::NotImplemented(
-                "this deployment trusts no identity provider (--idp-jwks)".to_owned(),
+            return Err(Error::Unauthorized(
+                "this deployment trusts no identity provider (--idp-jwks): \
+                 no platform token is accepted",
             ));
         };
-        let token = Some(bearer_token(parts)?)
+        let token = Some(token)
             .filter(|token| crate::idp::is_jwt(token))
             .ok_or(Error::Unauthorized(
                 "the Authorization header must be `Bearer <the platform's JWT>`",

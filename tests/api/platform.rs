@@ -143,13 +143,13 @@ async fn bad_platform_tokens_are_401_and_change_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_an_identity_provider_the_exchange_is_501_and_jwts_are_401() {
+async fn without_an_identity_provider_jwts_are_401_and_not_exchanged() {
     let server = start_with(|_| {}).await;
     let api = server.api();
     let token = jwt(TestKey::Rsa1, "alice", None);
     api.post("/v1/tokens/exchange", Some(&token), &json!({}))
         .await
-        .refused(501, "not_implemented");
+        .refused(401, "unauthorized");
     api.get("/v1/wallet", Some(&token))
         .await
         .refused(401, "unauthorized");
