@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use flashsale_engine::{EngineError, HoldId, SystemClock};
@@ -272,6 +272,13 @@ impl RedisStore {
         } else {
             call.command()
         };
+        // A change on a primary short of replicas could not be
+        // acknowledged: refused before it runs, so nothing changes.
+        if let (Some(acks), false) = (&self.inner.replica_acks, C::STEP.read_only)
+            && self.inner.replicas_short.load(Ordering::Relaxed)
+        {
+            acks.check_primary(call.keys().first().copied().unwrap_or_default())?;
+        }
         let mut connection = self.connection();
         let values: Vec<Value> = match cmd.query_async(&mut connection).await {
             Err(error) if is_missing_function(&error) => {

@@ -130,6 +130,7 @@ pub use crate::audit::{AUDIT_ACCOUNTS_PER_SHARD_MAX, DealSnapshot, RedisSnapshot
 pub use crate::books::{BOOKS_DEALS_MAX, BooksBacklog, BooksEntry, entry_millis};
 pub use crate::durability::{Durability, DurabilityMode};
 pub use crate::error::Error;
+pub use crate::replication::{PrimaryReplicas, REPLICA_ACK_SECONDS, Replicas};
 pub use crate::settings::{RedisArgs, RedisSettings, RedisTarget, ReplicaAckSettings, StepClock};
 
 mod accounts;
@@ -238,8 +239,10 @@ pub(crate) struct Inner {
     /// request is one relaxed load.
     pub(crate) volatile_refused: AtomicBool,
     /// A primary has fewer connected replicas than `--redis-replica-acks`
-    /// (read with the durability, every second): changes are refused at
-    /// once (`not_ready`) instead of waiting out the acknowledgment timeout.
+    /// (read with the durability, every second): changes on its slots are
+    /// refused at once instead of waiting out the acknowledgment timeout
+    /// (`replication`), and when no primary can acknowledge, the node is
+    /// not ready. One relaxed load on every change while none is short.
     pub(crate) replicas_short: AtomicBool,
     /// `--redis-replica-acks`: the group commit every change waits on.
     pub(crate) replica_acks: Option<Arc<crate::replication::ReplicaAcks>>,
@@ -250,14 +253,26 @@ impl RedisStore {
         self.inner.clock.now()
     }
 
+    /// Each primary's replicas online as last read (every second), with
+    /// `--redis-replica-acks`; `None` without it.
+    pub fn replicas(&self) -> Option<Replicas> {
+        self.inner.replica_acks.as_ref().map(|acks| acks.replicas())
+    }
+
     pub fn not_ready(&self) -> Option<&'static str> {
         if !self.inner.reachable.load(Ordering::Relaxed) {
             return Some("Redis does not answer");
         }
-        if self.inner.replicas_short.load(Ordering::Relaxed) {
+        if self.inner.replicas_short.load(Ordering::Relaxed)
+            && self
+                .inner
+                .replica_acks
+                .as_ref()
+                .is_some_and(|acks| acks.none_can_acknowledge())
+        {
             return Some(
-                "a Redis primary has fewer connected replicas than --redis-replica-acks asks, so \
-                 no change could be acknowledged: changes answer 503 until its replicas return",
+                "every Redis primary has fewer connected replicas than --redis-replica-acks asks, \
+                 so no change could be acknowledged: changes answer 503 until their replicas return",
             );
         }
         self.inner
