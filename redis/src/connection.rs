@@ -82,18 +82,15 @@ impl RedisStore {
         let replica_acks = match settings.replica_acks {
             Some(acks) => {
                 // Its own connection: a `WAIT` blocks the one it is sent on.
-                let waits = open(
-                    settings,
-                    settings.response_timeout.saturating_add(acks.timeout),
-                )
-                .await?;
+                let waits = open_for_waits(settings, acks.timeout).await?;
                 Some(Arc::new(ReplicaAcks::new(acks, waits)))
             }
             None => None,
         };
         let store = RedisStore {
             inner: Arc::new(Inner {
-                connection,
+                connection: RwLock::new(connection),
+                settings: settings.clone(),
                 subscribe_url: match &settings.target {
                     RedisTarget::Single(url) => url.clone(),
                     RedisTarget::Cluster(urls) => urls.first().cloned().unwrap_or_default(),
@@ -181,7 +178,20 @@ impl RedisStore {
     }
 
     pub(crate) fn connection(&self) -> Connection {
-        self.inner.connection.clone()
+        self.inner.connection.read().clone()
+    }
+
+    /// Opens the node's connections afresh and puts them in place of the
+    /// old ones (calls under way finish on the old). Errors: Redis did
+    /// not accept a connection in time; the old ones stay.
+    pub(crate) async fn reconnect(&self) -> Result<(), Error> {
+        let settings = &self.inner.settings;
+        let connection = open(settings, settings.response_timeout).await?;
+        if let Some(acks) = &self.inner.replica_acks {
+            acks.replace_connection(open_for_waits(settings, acks.timeout()).await?);
+        }
+        *self.inner.connection.write() = connection;
+        Ok(())
     }
 
     pub(crate) fn keys(&self) -> &Keys {
@@ -198,9 +208,9 @@ impl RedisStore {
         &self,
         cmd: &Cmd,
     ) -> Result<Vec<(String, ServerReply)>, Error> {
-        match &self.inner.connection {
-            Connection::Single(connection) => {
-                let reply = match cmd.query_async::<Value>(&mut connection.clone()).await {
+        match self.connection() {
+            Connection::Single(mut connection) => {
+                let reply = match cmd.query_async::<Value>(&mut connection).await {
                     Ok(Value::ServerError(refusal)) => Err(refusal.to_string()),
                     Ok(value) => Ok(value),
                     Err(error) if is_refusal(&error) => Err(error.to_string()),
@@ -208,10 +218,9 @@ impl RedisStore {
                 };
                 Ok(vec![("the Redis".to_owned(), reply)])
             }
-            Connection::Cluster(connection) => {
+            Connection::Cluster(mut connection) => {
                 let routing = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None));
                 let reply = connection
-                    .clone()
                     .route_command(cmd.clone(), routing)
                     .await
                     .map_err(Error::Redis)?;
@@ -358,6 +367,19 @@ async fn open(settings: &RedisSettings, response_timeout: Duration) -> Result<Co
             Connection::Cluster(connection)
         }
     })
+}
+
+/// The acknowledgments' own connection: its calls may block for a `WAIT`
+/// of up to `ack_timeout` on top of the response timeout.
+async fn open_for_waits(
+    settings: &RedisSettings,
+    ack_timeout: Duration,
+) -> Result<Connection, Error> {
+    open(
+        settings,
+        settings.response_timeout.saturating_add(ack_timeout),
+    )
+    .await
 }
 
 /// Whether Redis answered that the called function does not exist.

@@ -97,6 +97,11 @@
 //! answered `503 unavailable` with `Retry-After`, and the client's retry with
 //! the same `Idempotency-Key` gets the original outcome (the steps are
 //! idempotent, which also makes the Cluster client's own retries safe).
+//! After [`RECONNECT_AFTER_FAILED_POLLS`] failed polls in a row on a
+//! Cluster, the poller replaces the node's connections with new ones made
+//! from the seeds: the Cluster client re-reads its slot map only on a
+//! redirection, so one whose primary died for good and whose calls time
+//! out retrying that address finds the promoted replica no other way.
 //!
 //! ## Files
 //! - `settings`: [`RedisArgs`] (the flags `serve` and `audit` share) and
@@ -170,6 +175,12 @@ pub(crate) const SUMS_EVERY_POLLS: u32 = 4;
 /// How often (in polls) the poller re-reads Redis' persistence settings:
 /// an operator may change them at runtime (`CONFIG SET`).
 pub(crate) const DURABILITY_EVERY_POLLS: u32 = 4;
+/// Failed polls in a row (2 s) after which the node drops its Redis
+/// Cluster client (and the acknowledgments' one) and connects afresh: a
+/// client whose view of the Cluster went stale through failovers (a
+/// primary lost for good, its replacement elsewhere) can keep timing out
+/// without finding the new primaries on its own.
+pub(crate) const RECONNECT_AFTER_FAILED_POLLS: u32 = 8;
 /// How often the poller finishes transfers and sweeps left half done.
 pub(crate) const RECONCILE_EVERY_POLLS: u32 = 8;
 /// A transfer pending longer than this is taken to be abandoned by a
@@ -206,7 +217,11 @@ pub struct RedisStore {
 }
 
 pub(crate) struct Inner {
-    pub(crate) connection: Connection,
+    /// Replaced whole when a Cluster client stays broken
+    /// ([`RECONNECT_AFTER_FAILED_POLLS`]); each call clones it.
+    pub(crate) connection: RwLock<Connection>,
+    /// What the connections were opened with, to open them afresh.
+    pub(crate) settings: crate::settings::RedisSettings,
     /// The server whose channel this node listens on: the Redis, or the
     /// first seed of a Cluster (a Cluster passes every publish to every
     /// node).

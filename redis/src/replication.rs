@@ -121,8 +121,9 @@ pub struct ReplicaAckSettings {
 /// group per slot.
 pub(crate) struct ReplicaAcks {
     settings: ReplicaAckSettings,
-    /// Carries only markers and `WAIT`s: a `WAIT` blocks it.
-    connection: Connection,
+    /// Carries only markers and `WAIT`s: a `WAIT` blocks it. Replaced
+    /// with the store's when a Cluster client stays broken.
+    connection: parking_lot::RwLock<Connection>,
     groups: Mutex<HashMap<Slot, Arc<Group>>>,
     /// [`REPLICA_ACK_SECONDS`].
     seconds: Histogram,
@@ -171,7 +172,7 @@ impl ReplicaAcks {
         );
         ReplicaAcks {
             settings,
-            connection,
+            connection: parking_lot::RwLock::new(connection),
             groups: Mutex::new(HashMap::new()),
             seconds: metrics::histogram!(REPLICA_ACK_SECONDS),
             replicas: Mutex::new((
@@ -218,6 +219,17 @@ impl ReplicaAcks {
         self.settings.required
     }
 
+    /// How long a round's `WAIT` may block.
+    pub(crate) fn timeout(&self) -> Duration {
+        self.settings.timeout
+    }
+
+    /// Puts `connection` in place of the rounds' connection (a round under
+    /// way finishes on the old one).
+    pub(crate) fn replace_connection(&self, connection: Connection) {
+        *self.connection.write() = connection;
+    }
+
     /// Returns once a round of `key`'s slot that started after this call
     /// got the required acknowledgments. `key`: any key of the step just
     /// run (all its keys share one slot). Errors:
@@ -255,7 +267,7 @@ impl ReplicaAcks {
     /// The group of `key`'s slot, made on first use.
     fn group(&self, key: &str) -> Arc<Group> {
         // The Redis Cluster specification: CRC16 of the key's hash tag.
-        let slot = match self.connection {
+        let slot = match *self.connection.read() {
             Connection::Single(_) => Slot::for_key(""),
             Connection::Cluster(_) => Slot::for_key(key),
         };
@@ -315,11 +327,11 @@ impl ReplicaAcks {
             .arg(self.settings.required)
             .arg(u64::try_from(self.settings.timeout.as_millis()).unwrap_or(u64::MAX));
         let started = Instant::now();
-        let replies: Result<Vec<Value>, redis::RedisError> = match &self.connection {
-            Connection::Single(connection) => pipeline.query_async(&mut connection.clone()).await,
-            Connection::Cluster(connection) => {
+        let connection = self.connection.read().clone();
+        let replies: Result<Vec<Value>, redis::RedisError> = match connection {
+            Connection::Single(mut connection) => pipeline.query_async(&mut connection).await,
+            Connection::Cluster(mut connection) => {
                 connection
-                    .clone()
                     .route_pipeline(pipeline, 0, 2, group.route.clone())
                     .await
             }
@@ -365,7 +377,7 @@ impl RedisStore {
         };
         let mut short = ShortSlots::default();
         if read.short().next().is_some() {
-            match &self.inner.connection {
+            match self.connection() {
                 Connection::Single(_) => short.all = Some(0),
                 Connection::Cluster(_) => {
                     let nodes = self
