@@ -18,7 +18,7 @@ use redis::{Cmd, Pipeline, RedisFuture, Value};
 use crate::durability::{Durability, DurabilityMode, ServerReply};
 use crate::error::Error;
 use crate::keys::Keys;
-use crate::replication::ReplicaAcks;
+use crate::replication::{REPLICA_ACK_CONNECTIONS, ReplicaAcks};
 use crate::replies::{Reply, garbled, is_refusal, reply_of, text};
 use crate::settings::{RedisSettings, RedisTarget};
 use crate::steps::{Call, library_code, library_name};
@@ -188,7 +188,7 @@ impl RedisStore {
         let settings = &self.inner.settings;
         let connection = open(settings, settings.response_timeout).await?;
         if let Some(acks) = &self.inner.replica_acks {
-            acks.replace_connection(open_for_waits(settings, acks.timeout()).await?);
+            acks.replace_connections(open_for_waits(settings, acks.timeout()).await?);
         }
         *self.inner.connection.write() = connection;
         Ok(())
@@ -369,17 +369,29 @@ async fn open(settings: &RedisSettings, response_timeout: Duration) -> Result<Co
     })
 }
 
-/// The acknowledgments' own connection: its calls may block for a `WAIT`
-/// of up to `ack_timeout` on top of the response timeout.
+/// The acknowledgments' own connections (one on a single Redis, where
+/// one group serves every change; [`REPLICA_ACK_CONNECTIONS`] on a
+/// Cluster): their calls may block for a `WAIT` of up to `ack_timeout` on
+/// top of the response timeout.
 async fn open_for_waits(
     settings: &RedisSettings,
     ack_timeout: Duration,
-) -> Result<Connection, Error> {
-    open(
-        settings,
-        settings.response_timeout.saturating_add(ack_timeout),
-    )
-    .await
+) -> Result<Vec<Connection>, Error> {
+    let count = match settings.target {
+        RedisTarget::Single(_) => 1,
+        RedisTarget::Cluster(_) => REPLICA_ACK_CONNECTIONS,
+    };
+    let mut connections = Vec::with_capacity(count);
+    for _ in 0..count {
+        connections.push(
+            open(
+                settings,
+                settings.response_timeout.saturating_add(ack_timeout),
+            )
+            .await?,
+        );
+    }
+    Ok(connections)
 }
 
 /// Whether Redis answered that the called function does not exist.

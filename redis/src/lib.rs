@@ -97,7 +97,7 @@
 //! answered `503 unavailable` with `Retry-After`, and the client's retry with
 //! the same `Idempotency-Key` gets the original outcome (the steps are
 //! idempotent, which also makes the Cluster client's own retries safe).
-//! After [`RECONNECT_AFTER_FAILED_POLLS`] failed polls in a row on a
+//! After `RECONNECT_AFTER_FAILED_POLLS` (8) failed polls in a row on a
 //! Cluster, the poller replaces the node's connections with new ones made
 //! from the seeds: the Cluster client re-reads its slot map only on a
 //! redirection, so one whose primary died for good and whose calls time

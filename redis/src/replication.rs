@@ -27,6 +27,11 @@
 //! earlier writes too, so a waiter is satisfied by any successful round
 //! that started after its reply.
 //!
+//! On a Cluster the groups are spread over [`REPLICA_ACK_CONNECTIONS`]
+//! connections: a `WAIT` holds its connection, so slots sharing one take
+//! turns, and with one connection a primary's slots would wait one
+//! `WAIT` at a time.
+//!
 //! Bounds: one group per Cluster slot (16,384 at most), one round in
 //! flight per group, each round bounded by the timeout. Each round's time
 //! (its marker and `WAIT`) goes into the histogram [`REPLICA_ACK_SECONDS`].
@@ -60,6 +65,11 @@ use crate::replies::text;
 /// The histogram of a replica acknowledgment round's seconds: its marker
 /// and `WAIT`, from sending to the reply (or the timeout).
 pub const REPLICA_ACK_SECONDS: &str = "flashsale_redis_replica_ack_seconds";
+/// Connections a node keeps for the rounds on a Cluster. A `WAIT` blocks
+/// the connection it is sent on, so the rounds of slots that share one
+/// run one after another; groups are spread over these lanes as they are
+/// made, so this many rounds (of different slots) can be out at once.
+pub(crate) const REPLICA_ACK_CONNECTIONS: usize = 8;
 /// Slots of a Redis Cluster (the specification: CRC16 of the key modulo
 /// 16,384); bounds the set of slots refused at once.
 const CLUSTER_SLOTS: u16 = 16_384;
@@ -121,9 +131,10 @@ pub struct ReplicaAckSettings {
 /// group per slot.
 pub(crate) struct ReplicaAcks {
     settings: ReplicaAckSettings,
-    /// Carries only markers and `WAIT`s: a `WAIT` blocks it. Replaced
-    /// with the store's when a Cluster client stays broken.
-    connection: parking_lot::RwLock<Connection>,
+    /// Carry only markers and `WAIT`s (a `WAIT` blocks its connection):
+    /// one on a single Redis, [`REPLICA_ACK_CONNECTIONS`] on a Cluster.
+    /// Replaced with the store's when a Cluster client stays broken.
+    connections: parking_lot::RwLock<Vec<Connection>>,
     groups: Mutex<HashMap<Slot, Arc<Group>>>,
     /// [`REPLICA_ACK_SECONDS`].
     seconds: Histogram,
@@ -136,6 +147,8 @@ pub(crate) struct ReplicaAcks {
 struct Group {
     /// A key in the slot, written before each `WAIT`.
     marker: String,
+    /// Which of the rounds' connections carries this group's rounds.
+    lane: usize,
     route: SingleNodeRoutingInfo,
     state: Mutex<Rounds>,
     done: watch::Sender<Done>,
@@ -164,7 +177,8 @@ struct Done {
 }
 
 impl ReplicaAcks {
-    pub(crate) fn new(settings: ReplicaAckSettings, connection: Connection) -> ReplicaAcks {
+    /// `connections`: at least one (see [`REPLICA_ACK_CONNECTIONS`]).
+    pub(crate) fn new(settings: ReplicaAckSettings, connections: Vec<Connection>) -> ReplicaAcks {
         metrics::describe_histogram!(
             REPLICA_ACK_SECONDS,
             metrics::Unit::Seconds,
@@ -172,7 +186,7 @@ impl ReplicaAcks {
         );
         ReplicaAcks {
             settings,
-            connection: parking_lot::RwLock::new(connection),
+            connections: parking_lot::RwLock::new(connections),
             groups: Mutex::new(HashMap::new()),
             seconds: metrics::histogram!(REPLICA_ACK_SECONDS),
             replicas: Mutex::new((
@@ -224,10 +238,10 @@ impl ReplicaAcks {
         self.settings.timeout
     }
 
-    /// Puts `connection` in place of the rounds' connection (a round under
-    /// way finishes on the old one).
-    pub(crate) fn replace_connection(&self, connection: Connection) {
-        *self.connection.write() = connection;
+    /// Puts `connections` in place of the rounds' connections (a round
+    /// under way finishes on its old one).
+    pub(crate) fn replace_connections(&self, connections: Vec<Connection>) {
+        *self.connections.write() = connections;
     }
 
     /// Returns once a round of `key`'s slot that started after this call
@@ -267,16 +281,20 @@ impl ReplicaAcks {
     /// The group of `key`'s slot, made on first use.
     fn group(&self, key: &str) -> Arc<Group> {
         // The Redis Cluster specification: CRC16 of the key's hash tag.
-        let slot = match *self.connection.read() {
-            Connection::Single(_) => Slot::for_key(""),
-            Connection::Cluster(_) => Slot::for_key(key),
+        let single = matches!(self.connections.read().first(), Some(Connection::Single(_)));
+        let slot = if single {
+            Slot::for_key("")
+        } else {
+            Slot::for_key(key)
         };
         let mut groups = self.groups.lock();
+        let lane = groups.len();
         groups
             .entry(slot)
             .or_insert_with(|| {
                 Arc::new(Group {
                     marker: format!("{}:ack", hash_tagged(key)),
+                    lane,
                     route: SingleNodeRoutingInfo::SpecificNode(Route::with_slot(
                         slot,
                         SlotAddr::Master,
@@ -327,7 +345,12 @@ impl ReplicaAcks {
             .arg(self.settings.required)
             .arg(u64::try_from(self.settings.timeout.as_millis()).unwrap_or(u64::MAX));
         let started = Instant::now();
-        let connection = self.connection.read().clone();
+        let connection = {
+            let connections = self.connections.read();
+            connections
+                .get(group.lane % connections.len().max(1))
+                .cloned()
+        }?;
         let replies: Result<Vec<Value>, redis::RedisError> = match connection {
             Connection::Single(mut connection) => pipeline.query_async(&mut connection).await,
             Connection::Cluster(mut connection) => {

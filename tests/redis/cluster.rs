@@ -81,25 +81,12 @@ pub fn script_calls(port: u16) -> u64 {
         .unwrap_or(0)
 }
 
-/// The slots the server at `port` serves (its `myself` line of `CLUSTER
-/// NODES`; ranges `a-b` and single slots).
-pub fn slots_of(port: u16) -> Vec<u16> {
-    let nodes = cli(port, &["CLUSTER", "NODES"]);
-    let Some(line) = nodes.lines().find(|line| line.contains("myself")) else {
-        return Vec::new();
-    };
-    let mut slots = Vec::new();
-    for range in line
-        .split(' ')
-        .skip(8)
-        .filter(|range| !range.starts_with('['))
-    {
-        let (first, last) = range.split_once('-').unwrap_or((range, range));
-        if let (Ok(first), Ok(last)) = (first.parse::<u16>(), last.parse::<u16>()) {
-            slots.extend(first..=last);
-        }
-    }
-    slots
+/// Which of the virtual shards `0..shards` (hash tags `{s:K}`) the server
+/// at `port` serves: it answers a read of any other with a redirection.
+pub fn shards_on(port: u16, shards: u32) -> std::collections::HashSet<usize> {
+    (0..shards as usize)
+        .filter(|shard| !cli(port, &["EXISTS", &format!("{{s:{shard}}}")]).contains("MOVED"))
+        .collect()
 }
 
 impl PrivateCluster {

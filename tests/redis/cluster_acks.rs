@@ -26,7 +26,8 @@ use rand::{Rng, SeedableRng};
 use serde_json::Value;
 
 use crate::burst::{Attempt, burst, fen, resolve_unknowns};
-use crate::cluster::{Persistence, PrivateCluster, cli, role, slots_of, wait_until};
+use crate::cluster::{Persistence, PrivateCluster, cli, role, shards_on, wait_until};
+use crate::durability::readyz_until;
 use crate::node::{Deployment, Node, Target};
 
 /// Virtual shards of the test deployments.
@@ -34,9 +35,6 @@ const SHARDS: u32 = 64;
 /// How long a change waits for its replica's acknowledgment (the default):
 /// on a loaded 2-core machine shorter bounds turn slow answers into 503s.
 const ACK_TIMEOUT_MS: &str = "1000";
-/// How long a node may take to see a primary's replicas change (read
-/// every second), with slack for a loaded machine.
-const REPLICAS_SEEN_MAX: Duration = Duration::from_secs(15);
 
 /// A node asking one replica's acknowledgment of every change.
 fn acked_node(deployment: &Deployment, extra: &[&str]) -> Node {
@@ -50,43 +48,16 @@ fn acked_node(deployment: &Deployment, extra: &[&str]) -> Node {
     deployment.node_strict(&args)
 }
 
-/// The Cluster slot of each shopper's shard (`{s:K}`, the hash tag of
-/// every key the shopper's buys touch), by shopper index.
-fn shopper_slots(port: u16, shoppers: &[(String, String)]) -> Vec<u16> {
-    let slot_of_shard: Vec<u16> = (0..SHARDS)
-        .map(|shard| {
-            cli(port, &["CLUSTER", "KEYSLOT", &format!("{{s:{shard}}}")])
-                .trim()
-                .parse()
-                .expect("a slot")
-        })
-        .collect();
+/// Each shopper's virtual shard (`{s:K}`, the hash tag of every key the
+/// shopper's buys touch), by shopper index.
+fn shopper_shards(shoppers: &[(String, String)]) -> Vec<usize> {
     shoppers
         .iter()
         .map(|(id, _)| {
             let id: ShopperId = id.parse().expect("a shopper id");
-            slot_of_shard[shard_of(id, SHARDS as usize)]
+            shard_of(id, SHARDS as usize)
         })
         .collect()
-}
-
-/// Polls `/readyz` until `done` holds of its status and body, for at most
-/// [`REPLICAS_SEEN_MAX`]; the body then.
-async fn readyz_until(node: &Node, what: &str, done: impl Fn(u16, &Value) -> bool) -> Value {
-    let started = Instant::now();
-    loop {
-        let answer = node.get("/readyz", None).await;
-        if done(answer.status, &answer.body) {
-            return answer.body;
-        }
-        assert!(
-            started.elapsed() < REPLICAS_SEEN_MAX,
-            "/readyz never {what}: {} {}",
-            answer.status,
-            answer.body
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// The value of the sample `series` (name and labels) in `node`'s `/metrics`.
@@ -111,15 +82,15 @@ async fn a_primary_short_of_replicas_refuses_only_its_slots_and_the_node_stays_r
     let deal = node.deal(&merchant, 1_000, 10).await;
     let shoppers = node.shoppers(64, "1000.00").await;
     let (primary, replica) = cluster.replica_pairs()[0];
-    let short_slots: HashSet<u16> = slots_of(primary).into_iter().collect();
-    let slots = shopper_slots(primary, &shoppers);
-    let on_short = slots
+    let short_shards = shards_on(primary, SHARDS);
+    let shards = shopper_shards(&shoppers);
+    let on_short = shards
         .iter()
-        .position(|slot| short_slots.contains(slot))
+        .position(|shard| short_shards.contains(shard))
         .expect("a shopper on the primary that loses its replica");
-    let elsewhere = slots
+    let elsewhere = shards
         .iter()
-        .position(|slot| !short_slots.contains(slot))
+        .position(|shard| !short_shards.contains(shard))
         .expect("a shopper on another primary");
     node.buy(&shoppers[elsewhere].1, &deal, 1, "before")
         .await
@@ -135,10 +106,11 @@ async fn a_primary_short_of_replicas_refuses_only_its_slots_and_the_node_stays_r
 
     let lost_id = cli(replica, &["CLUSTER", "MYID"]).trim().to_owned();
     cluster.lose_with_disk(replica);
-    let body = readyz_until(&node, "degraded", |status, body| {
-        status == 200 && body["status"] == "degraded"
+    let body = readyz_until(&node, "degraded", |answer| {
+        answer.status == 200 && answer.body["status"] == "degraded"
     })
-    .await;
+    .await
+    .body;
     assert_eq!(
         body["redis_replicas"],
         serde_json::json!({ "required": 1, "short": [{ "primary": address, "online": 0 }] }),
@@ -172,8 +144,8 @@ async fn a_primary_short_of_replicas_refuses_only_its_slots_and_the_node_stays_r
 
     // A fresh replica: ready again, and the refused key now buys.
     cluster.rejoin_as_replica(replica, &lost_id, primary);
-    readyz_until(&node, "ready again", |status, body| {
-        status == 200 && body["status"] == "ready"
+    readyz_until(&node, "ready again", |answer| {
+        answer.status == 200 && answer.body["status"] == "ready"
     })
     .await;
     node.buy(&shoppers[on_short].1, &deal, 1, "k")
@@ -201,7 +173,8 @@ struct Round {
     promoted: u16,
     /// The fresh server that replaced the lost one, as a replica.
     fresh: u16,
-    slots: HashSet<u16>,
+    /// The virtual shards the lost primary served.
+    shards: HashSet<usize>,
     killed_at: Instant,
     promoted_after: Duration,
     rejoined_after: Duration,
@@ -218,7 +191,7 @@ fn failover_rounds(cluster: &mut PrivateCluster, rounds: usize, seed: u64) -> Ve
         let pairs = cluster.replica_pairs();
         assert_eq!(pairs.len(), 3, "3 primaries with a replica each");
         let (lost, promoted) = pairs[random.random_range(0..pairs.len())];
-        let slots: HashSet<u16> = slots_of(lost).into_iter().collect();
+        let shards = shards_on(lost, SHARDS);
         let lost_id = cli(lost, &["CLUSTER", "MYID"]).trim().to_owned();
         let killed_at = Instant::now();
         cluster.lose_with_disk(lost);
@@ -237,7 +210,7 @@ fn failover_rounds(cluster: &mut PrivateCluster, rounds: usize, seed: u64) -> Ve
             lost,
             promoted,
             fresh,
-            slots,
+            shards,
             killed_at,
             promoted_after,
             rejoined_after: killed_at.elapsed(),
@@ -246,11 +219,11 @@ fn failover_rounds(cluster: &mut PrivateCluster, rounds: usize, seed: u64) -> Ve
     done
 }
 
-/// Longest time the shoppers on `round`'s slots sold nothing: the last
+/// How long the shoppers on `round`'s shards sold nothing: the last
 /// `201` among them answered before the kill to the first after.
-fn interruption(round: &Round, slots: &[u16], attempts: &[Attempt]) -> Option<Duration> {
+fn interruption(round: &Round, shards: &[usize], attempts: &[Attempt]) -> Option<Duration> {
     let sold = |attempt: &&Attempt| {
-        round.slots.contains(&slots[attempt.shopper])
+        round.shards.contains(&shards[attempt.shopper])
             && attempt
                 .answer
                 .as_ref()
@@ -298,7 +271,7 @@ async fn failovers_with_the_disk_gone_keep_every_replica_acknowledged_order() {
     let merchant = nodes[0].merchant("Failover").await;
     let deal = nodes[1].deal(&merchant, STOCK, PER_SHOPPER_MAX).await;
     let shoppers = nodes[2].shoppers(SHOPPERS, "10000.00").await;
-    let slots = shopper_slots(cluster.replica_pairs()[0].0, &shoppers);
+    let shards = shopper_shards(&shoppers);
 
     // The burst runs in chunks until the rounds are over.
     let over = Arc::new(AtomicBool::new(false));
@@ -406,7 +379,7 @@ async fn failovers_with_the_disk_gone_keep_every_replica_acknowledged_order() {
     );
     let mut interruptions = Vec::new();
     for round in &rounds {
-        let gap = interruption(round, &slots, &attempts);
+        let gap = interruption(round, &shards, &attempts);
         eprintln!(
             "  primary {} lost with its disk, replica {} promoted after {:?}, fresh replica {} in \
              sync after {:?}; its shards sold nothing for {gap:?}",
