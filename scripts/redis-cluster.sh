@@ -1,33 +1,44 @@
 #!/usr/bin/env bash
 # A 3-primary Redis Cluster on loopback: ports FIRST, FIRST+1 and FIRST+2
 # (each also listens on port + 10000 for the cluster bus), joined by
-# `redis-cli --cluster create`.
+# `redis-cli --cluster create`; with --replicas, 3 primaries with one
+# replica each on ports FIRST..FIRST+5 (6 processes).
 #
-#   scripts/redis-cluster.sh [--persistent] [FIRST]   start it, unless it
-#                        already answers with cluster_state:ok (idempotent)
-#   scripts/redis-cluster.sh stop [FIRST]              stop the servers by
-#                        their pid files
+#   scripts/redis-cluster.sh [--persistent] [--replicas] [FIRST]   start
+#                        it, unless it already answers with
+#                        cluster_state:ok (idempotent)
+#   scripts/redis-cluster.sh stop [--replicas] [FIRST]              stop
+#                        the servers by their pid files (all six ports
+#                        are tried either way)
 #
 # FIRST defaults to ${REDIS_CLUSTER_PORT:-7001}. Without --persistent the
 # Cluster persists nothing and is disposable: it is the tests' (.ci/run
 # starts it on 7001-7003); nodes serve on it only with
-# --allow-volatile-redis. With --persistent every primary keeps an
+# --allow-volatile-redis. With --persistent every server keeps an
 # append-only file fsynced before every reply (appendonly yes, appendfsync
 # always), as multi-node nodes require, under
 # ${FLASHSALE_REDIS_CLUSTER_DIR:-./.data/redis-cluster-FIRST}; started
-# again after a stop, it comes back with its data and its slots. Exit 0
-# once the Cluster answers cluster_state:ok (with --persistent: and every
-# primary persists); waits are bounded; prints the REDIS_CLUSTER_URLS to use.
+# again after a stop, it comes back with its data and its slots. With
+# --replicas the script also waits until every replica holds its primary's
+# copy (what `serve --redis-replica-acks 1` needs at start).
+# ${REDIS_CLUSTER_NODE_TIMEOUT_MS:-2000} is each server's
+# cluster-node-timeout: how long a primary may be silent before its
+# replica is promoted. Exit 0 once the Cluster answers cluster_state:ok
+# (with --persistent: and every server persists); every wait is bounded
+# (10 s for the servers and the Cluster, 30 s for the replicas' copies);
+# prints the REDIS_CLUSTER_URLS to use.
 set -euo pipefail
 
 command=start
 persistent=no
+replicas=no
 while [ $# -gt 0 ]; do
     case "$1" in
         stop) command=stop ;;
         --persistent) persistent=yes ;;
+        --replicas) replicas=yes ;;
         '' | *[!0-9]*)
-            echo "usage: scripts/redis-cluster.sh [--persistent] [FIRST_PORT] | stop [FIRST_PORT]: $1?" >&2
+            echo "usage: scripts/redis-cluster.sh [--persistent] [--replicas] [FIRST_PORT] | stop [FIRST_PORT]: $1?" >&2
             exit 2
             ;;
         *) first_arg="$1" ;;
@@ -36,29 +47,42 @@ while [ $# -gt 0 ]; do
 done
 first="${first_arg:-${REDIS_CLUSTER_PORT:-7001}}"
 ports=("$first" "$((first + 1))" "$((first + 2))")
+if [ "$replicas" = yes ]; then
+    ports+=("$((first + 3))" "$((first + 4))" "$((first + 5))")
+fi
+node_timeout_ms="${REDIS_CLUSTER_NODE_TIMEOUT_MS:-2000}"
+case "$node_timeout_ms" in
+    '' | *[!0-9]*)
+        echo "REDIS_CLUSTER_NODE_TIMEOUT_MS=$node_timeout_ms is not a number of milliseconds" >&2
+        exit 2
+        ;;
+esac
 if [ "$persistent" = yes ]; then
     dir="${FLASHSALE_REDIS_CLUSTER_DIR:-$(pwd)/.data/redis-cluster-$first}"
 else
     dir="${FLASHSALE_REDIS_CLUSTER_DIR:-${TMPDIR:-/tmp}/flashsale-redis-cluster-$first}"
 fi
-urls="redis://127.0.0.1:${ports[0]},redis://127.0.0.1:${ports[1]},redis://127.0.0.1:${ports[2]}"
+urls=$(printf 'redis://127.0.0.1:%s,' "${ports[@]}")
+urls="${urls%,}"
 
 if [ "$command" = stop ]; then
     . "$(dirname "$0")/stop-by-pidfile.sh"
     # Either mode's directory: stop what this script started on these ports.
     for base in "${FLASHSALE_REDIS_CLUSTER_DIR:-}" "$(pwd)/.data/redis-cluster-$first" \
         "${TMPDIR:-/tmp}/flashsale-redis-cluster-$first"; do
-        for port in "${ports[@]}"; do
+        # All six ports: a Cluster started with --replicas is stopped
+        # whole even when `stop` is not told so.
+        for port in $(seq "$first" "$((first + 5))"); do
             [ -n "$base" ] && stop_by_pidfile "$base/$port/redis.pid" || true
         done
     done
-    echo "stopped the Redis Cluster on ports ${ports[*]}"
+    echo "stopped the Redis Cluster on ports $first-$((first + 5))"
     exit 0
 fi
 
 state() { redis-cli -h 127.0.0.1 -p "${ports[0]}" cluster info 2>/dev/null | tr -d '\r' | grep '^cluster_state:' || true; }
 
-# With --persistent, refuses (exit 1) a Cluster of which a primary persists nothing.
+# With --persistent, refuses (exit 1) a Cluster of which a server persists nothing.
 check_persistence() {
     [ "$persistent" = yes ] || return 0
     for port in "${ports[@]}"; do
@@ -98,7 +122,7 @@ for port in "${ports[@]}"; do
         fi
         redis-server --daemonize yes --bind 127.0.0.1 --port "$port" \
             --cluster-enabled yes --cluster-config-file "$dir/$port/nodes.conf" \
-            --cluster-node-timeout 2000 \
+            --cluster-node-timeout "$node_timeout_ms" \
             --dir "$dir/$port" --pidfile "$dir/$port/redis.pid" --logfile "$dir/$port/redis.log" \
             "${persistence[@]}"
     fi
@@ -115,8 +139,11 @@ done
 # find their slots on their own; only nodes that know no one are joined.
 known() { redis-cli -h 127.0.0.1 -p "$1" cluster info | tr -d '\r' | sed -n 's/^cluster_known_nodes://p'; }
 if [ "$(known "${ports[0]}")" = 1 ]; then
-    redis-cli --cluster create "127.0.0.1:${ports[0]}" "127.0.0.1:${ports[1]}" "127.0.0.1:${ports[2]}" \
-        --cluster-replicas 0 --cluster-yes >/dev/null
+    addresses=()
+    for port in "${ports[@]}"; do addresses+=("127.0.0.1:$port"); done
+    per_primary=0
+    [ "$replicas" = yes ] && per_primary=1
+    redis-cli --cluster create "${addresses[@]}" --cluster-replicas "$per_primary" --cluster-yes >/dev/null
 fi
 for _ in $(seq 1 100); do
     [ "$(state)" = "cluster_state:ok" ] && break
@@ -127,9 +154,33 @@ if [ "$(state)" != "cluster_state:ok" ]; then
     exit 1
 fi
 check_persistence
+# Every replica connected to its primary and done with its first copy:
+# until then its primary counts no replica online.
+in_sync() {
+    [ "$replicas" = yes ] || return 0
+    local replicas_in_sync=0 port info
+    for port in "${ports[@]}"; do
+        info=$(redis-cli -h 127.0.0.1 -p "$port" info replication 2>/dev/null | tr -d '\r')
+        if echo "$info" | grep -q '^role:slave' && echo "$info" | grep -q '^master_link_status:up' &&
+            echo "$info" | grep -q '^master_sync_in_progress:0'; then
+            replicas_in_sync=$((replicas_in_sync + 1))
+        fi
+    done
+    [ "$replicas_in_sync" = 3 ]
+}
+for _ in $(seq 1 300); do
+    in_sync && break
+    sleep 0.1
+done
+if ! in_sync; then
+    echo "the replicas did not finish their first copy within 30 s; logs in $dir" >&2
+    exit 1
+fi
+shape="3 primaries"
+[ "$replicas" = yes ] && shape="3 primaries with one replica each"
 if [ "$persistent" = yes ]; then
-    echo "Redis Cluster of 3 primaries on ports ${ports[*]} (appendonly yes, appendfsync always), data in $dir"
+    echo "Redis Cluster of $shape on ports ${ports[*]} (appendonly yes, appendfsync always), data in $dir"
 else
-    echo "Redis Cluster of 3 primaries on ports ${ports[*]} (no persistence: for tests)"
+    echo "Redis Cluster of $shape on ports ${ports[*]} (no persistence: for tests)"
 fi
 echo "REDIS_CLUSTER_URLS=$urls"

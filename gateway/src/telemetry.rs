@@ -37,6 +37,7 @@ use metrics_process::Collector;
 
 use flashsale_engine::Answer;
 use flashsale_journal::FDATASYNC_SECONDS;
+use flashsale_redis::REPLICA_ACK_SECONDS;
 
 use crate::error::Error;
 use crate::openapi::OpenApi;
@@ -151,7 +152,13 @@ fn process() -> &'static Process {
                     &FDATASYNC_BUCKETS,
                 )
             })
-            // invariant: both bucket lists above are not empty.
+            .and_then(|builder| {
+                builder.set_buckets_for_metric(
+                    Matcher::Full(REPLICA_ACK_SECONDS.to_owned()),
+                    &DURATION_BUCKETS,
+                )
+            })
+            // invariant: the bucket lists above are not empty.
             .expect("bucket lists are not empty");
         let recorder = builder.build_recorder();
         let handle = recorder.handle();

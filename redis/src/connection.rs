@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use flashsale_engine::{EngineError, HoldId, SystemClock};
@@ -18,7 +18,7 @@ use redis::{Cmd, Pipeline, RedisFuture, Value};
 use crate::durability::{Durability, DurabilityMode, ServerReply};
 use crate::error::Error;
 use crate::keys::Keys;
-use crate::replication::ReplicaAcks;
+use crate::replication::{REPLICA_ACK_CONNECTIONS, ReplicaAcks};
 use crate::replies::{Reply, garbled, is_refusal, reply_of, text};
 use crate::settings::{RedisSettings, RedisTarget};
 use crate::steps::{Call, library_code, library_name};
@@ -82,18 +82,15 @@ impl RedisStore {
         let replica_acks = match settings.replica_acks {
             Some(acks) => {
                 // Its own connection: a `WAIT` blocks the one it is sent on.
-                let waits = open(
-                    settings,
-                    settings.response_timeout.saturating_add(acks.timeout),
-                )
-                .await?;
+                let waits = open_for_waits(settings, acks.timeout).await?;
                 Some(Arc::new(ReplicaAcks::new(acks, waits)))
             }
             None => None,
         };
         let store = RedisStore {
             inner: Arc::new(Inner {
-                connection,
+                connection: RwLock::new(connection),
+                settings: settings.clone(),
                 subscribe_url: match &settings.target {
                     RedisTarget::Single(url) => url.clone(),
                     RedisTarget::Cluster(urls) => urls.first().cloned().unwrap_or_default(),
@@ -184,7 +181,20 @@ impl RedisStore {
     }
 
     pub(crate) fn connection(&self) -> Connection {
-        self.inner.connection.clone()
+        self.inner.connection.read().clone()
+    }
+
+    /// Opens the node's connections afresh and puts them in place of the
+    /// old ones (calls under way finish on the old). Errors: Redis did
+    /// not accept a connection in time; the old ones stay.
+    pub(crate) async fn reconnect(&self) -> Result<(), Error> {
+        let settings = &self.inner.settings;
+        let connection = open(settings, settings.response_timeout).await?;
+        if let Some(acks) = &self.inner.replica_acks {
+            acks.replace_connections(open_for_waits(settings, acks.timeout()).await?);
+        }
+        *self.inner.connection.write() = connection;
+        Ok(())
     }
 
     pub(crate) fn keys(&self) -> &Keys {
@@ -201,9 +211,9 @@ impl RedisStore {
         &self,
         cmd: &Cmd,
     ) -> Result<Vec<(String, ServerReply)>, Error> {
-        match &self.inner.connection {
-            Connection::Single(connection) => {
-                let reply = match cmd.query_async::<Value>(&mut connection.clone()).await {
+        match self.connection() {
+            Connection::Single(mut connection) => {
+                let reply = match cmd.query_async::<Value>(&mut connection).await {
                     Ok(Value::ServerError(refusal)) => Err(refusal.to_string()),
                     Ok(value) => Ok(value),
                     Err(error) if is_refusal(&error) => Err(error.to_string()),
@@ -211,10 +221,9 @@ impl RedisStore {
                 };
                 Ok(vec![("the Redis".to_owned(), reply)])
             }
-            Connection::Cluster(connection) => {
+            Connection::Cluster(mut connection) => {
                 let routing = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None));
                 let reply = connection
-                    .clone()
                     .route_command(cmd.clone(), routing)
                     .await
                     .map_err(Error::Redis)?;
@@ -275,6 +284,13 @@ impl RedisStore {
         } else {
             call.command()
         };
+        // A change on a primary short of replicas could not be
+        // acknowledged: refused before it runs, so nothing changes.
+        if let (Some(acks), false) = (&self.inner.replica_acks, C::STEP.read_only)
+            && self.inner.replicas_short.load(Ordering::Relaxed)
+        {
+            acks.check_primary(call.keys().first().copied().unwrap_or_default())?;
+        }
         let mut connection = self.connection();
         let values: Vec<Value> = match cmd.query_async(&mut connection).await {
             Err(error) if is_missing_function(&error) => {
@@ -354,6 +370,31 @@ async fn open(settings: &RedisSettings, response_timeout: Duration) -> Result<Co
             Connection::Cluster(connection)
         }
     })
+}
+
+/// The acknowledgments' own connections (one on a single Redis, where
+/// one group serves every change; [`REPLICA_ACK_CONNECTIONS`] on a
+/// Cluster): their calls may block for a `WAIT` of up to `ack_timeout` on
+/// top of the response timeout.
+async fn open_for_waits(
+    settings: &RedisSettings,
+    ack_timeout: Duration,
+) -> Result<Vec<Connection>, Error> {
+    let count = match settings.target {
+        RedisTarget::Single(_) => 1,
+        RedisTarget::Cluster(_) => REPLICA_ACK_CONNECTIONS,
+    };
+    let mut connections = Vec::with_capacity(count);
+    for _ in 0..count {
+        connections.push(
+            open(
+                settings,
+                settings.response_timeout.saturating_add(ack_timeout),
+            )
+            .await?,
+        );
+    }
+    Ok(connections)
 }
 
 /// Whether Redis answered that the called function does not exist.

@@ -215,24 +215,7 @@ impl RedisStore {
             .volatile_refused
             .store(refused, Ordering::Relaxed);
         if let Some(acks) = &self.inner.replica_acks {
-            let required = acks.required();
-            let short: Vec<(String, u32)> = self
-                .connected_replicas()
-                .await?
-                .into_iter()
-                .filter(|(_, connected)| *connected < required)
-                .collect();
-            let was_short = self
-                .inner
-                .replicas_short
-                .swap(!short.is_empty(), Ordering::Relaxed);
-            if !short.is_empty() && !was_short {
-                tracing::warn!(
-                    ?short,
-                    required,
-                    "a Redis primary lacks replicas; changes answer 503"
-                );
-            }
+            self.check_replicas_online(acks).await?;
         }
         let before = std::mem::replace(&mut *self.inner.durability.write(), now.clone());
         if before.mode != now.mode {

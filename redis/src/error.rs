@@ -40,6 +40,17 @@ pub enum Error {
     /// revoked: signed tokens are refused until it reads them again.
     #[error("this node cannot read the token revocations from Redis; retry shortly")]
     RevocationsStale,
+    /// The primary holding the change's slot had fewer replicas online
+    /// than `--redis-replica-acks` asks at the last read (every second),
+    /// so the change was refused before it ran: nothing changed.
+    #[error(
+        "the Redis primary {primary} holding this change has {online} of the {required} replicas required online, so no change there could be acknowledged; retry shortly"
+    )]
+    ReplicasShort {
+        primary: String,
+        online: u32,
+        required: u32,
+    },
     /// A setting that cannot work, naming the flag.
     #[error("invalid configuration: {0}")]
     Config(String),

@@ -99,6 +99,11 @@
 //! answered `503 unavailable` with `Retry-After`, and the client's retry with
 //! the same `Idempotency-Key` gets the original outcome (the steps are
 //! idempotent, which also makes the Cluster client's own retries safe).
+//! After `RECONNECT_AFTER_FAILED_POLLS` (8) failed polls in a row on a
+//! Cluster, the poller replaces the node's connections with new ones made
+//! from the seeds: the Cluster client re-reads its slot map only on a
+//! redirection, so one whose primary died for good and whose calls time
+//! out retrying that address finds the promoted replica no other way.
 //!
 //! ## Files
 //! - `settings`: [`RedisArgs`] (the flags `serve` and `audit` share) and
@@ -134,6 +139,7 @@ pub use crate::audit::{AUDIT_ACCOUNTS_PER_SHARD_MAX, DealSnapshot, RedisSnapshot
 pub use crate::books::{BOOKS_DEALS_MAX, BooksBacklog, BooksEntry, entry_millis};
 pub use crate::durability::{Durability, DurabilityMode};
 pub use crate::error::Error;
+pub use crate::replication::{PrimaryReplicas, REPLICA_ACK_SECONDS, Replicas};
 pub use crate::settings::{RedisArgs, RedisSettings, RedisTarget, ReplicaAckSettings, StepClock};
 
 mod accounts;
@@ -176,6 +182,12 @@ pub(crate) const SUMS_EVERY_POLLS: u32 = 4;
 /// How often (in polls) the poller re-reads Redis' persistence settings:
 /// an operator may change them at runtime (`CONFIG SET`).
 pub(crate) const DURABILITY_EVERY_POLLS: u32 = 4;
+/// Failed polls in a row (2 s) after which the node drops its Redis
+/// Cluster client (and the acknowledgments' one) and connects afresh: a
+/// client whose view of the Cluster went stale through failovers (a
+/// primary lost for good, its replacement elsewhere) can keep timing out
+/// without finding the new primaries on its own.
+pub(crate) const RECONNECT_AFTER_FAILED_POLLS: u32 = 8;
 /// How often the poller finishes transfers and sweeps left half done.
 pub(crate) const RECONCILE_EVERY_POLLS: u32 = 8;
 /// A transfer pending longer than this is taken to be abandoned by a
@@ -212,7 +224,11 @@ pub struct RedisStore {
 }
 
 pub(crate) struct Inner {
-    pub(crate) connection: Connection,
+    /// Replaced whole when a Cluster client stays broken
+    /// ([`RECONNECT_AFTER_FAILED_POLLS`]); each call clones it.
+    pub(crate) connection: RwLock<Connection>,
+    /// What the connections were opened with, to open them afresh.
+    pub(crate) settings: crate::settings::RedisSettings,
     /// The server whose channel this node listens on: the Redis, or the
     /// first seed of a Cluster (a Cluster passes every publish to every
     /// node).
@@ -245,8 +261,10 @@ pub(crate) struct Inner {
     /// request is one relaxed load.
     pub(crate) volatile_refused: AtomicBool,
     /// A primary has fewer connected replicas than `--redis-replica-acks`
-    /// (read with the durability, every second): changes are refused at
-    /// once (`not_ready`) instead of waiting out the acknowledgment timeout.
+    /// (read with the durability, every second): changes on its slots are
+    /// refused at once instead of waiting out the acknowledgment timeout
+    /// (`replication`), and when no primary can acknowledge, the node is
+    /// not ready. One relaxed load on every change while none is short.
     pub(crate) replicas_short: AtomicBool,
     /// `--redis-replica-acks`: the group commit every change waits on.
     pub(crate) replica_acks: Option<Arc<crate::replication::ReplicaAcks>>,
@@ -260,14 +278,26 @@ impl RedisStore {
         self.inner.clock.now()
     }
 
+    /// Each primary's replicas online as last read (every second), with
+    /// `--redis-replica-acks`; `None` without it.
+    pub fn replicas(&self) -> Option<Replicas> {
+        self.inner.replica_acks.as_ref().map(|acks| acks.replicas())
+    }
+
     pub fn not_ready(&self) -> Option<&'static str> {
         if !self.inner.reachable.load(Ordering::Relaxed) {
             return Some("Redis does not answer");
         }
-        if self.inner.replicas_short.load(Ordering::Relaxed) {
+        if self.inner.replicas_short.load(Ordering::Relaxed)
+            && self
+                .inner
+                .replica_acks
+                .as_ref()
+                .is_some_and(|acks| acks.none_can_acknowledge())
+        {
             return Some(
-                "a Redis primary has fewer connected replicas than --redis-replica-acks asks, so \
-                 no change could be acknowledged: changes answer 503 until its replicas return",
+                "every Redis primary has fewer connected replicas than --redis-replica-acks asks, \
+                 so no change could be acknowledged: changes answer 503 until their replicas return",
             );
         }
         self.inner

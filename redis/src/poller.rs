@@ -10,11 +10,12 @@ use flashsale_engine::{DealId, MerchantId};
 use futures_util::future::try_join_all;
 
 use crate::cache::DealEntry;
+use crate::connection::Connection;
 use crate::error::Error;
 use crate::replies::live_of;
 use crate::{
-    DURABILITY_EVERY_POLLS, FEED_DEALS_MAX, POLL_INTERVAL, RECONCILE_EVERY_POLLS, RedisStore,
-    SUMS_EVERY_POLLS, TRANSFER_ABANDONED_MS,
+    DURABILITY_EVERY_POLLS, FEED_DEALS_MAX, POLL_INTERVAL, RECONCILE_EVERY_POLLS,
+    RECONNECT_AFTER_FAILED_POLLS, RedisStore, SUMS_EVERY_POLLS, TRANSFER_ABANDONED_MS,
 };
 
 impl RedisStore {
@@ -57,6 +58,7 @@ impl RedisStore {
         let mut ticker = tokio::time::interval(POLL_INTERVAL);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut polls: u32 = 0;
+        let mut failed_in_a_row: u32 = 0;
         loop {
             ticker.tick().await;
             polls = polls.wrapping_add(1);
@@ -69,6 +71,22 @@ impl RedisStore {
                 result = self.reconcile().await;
             }
             let reachable = result.is_ok();
+            failed_in_a_row = if reachable { 0 } else { failed_in_a_row + 1 };
+            if failed_in_a_row >= RECONNECT_AFTER_FAILED_POLLS
+                && matches!(self.connection(), Connection::Cluster(_))
+            {
+                failed_in_a_row = 0;
+                match self.reconnect().await {
+                    Ok(()) => tracing::warn!(
+                        failed_polls = RECONNECT_AFTER_FAILED_POLLS,
+                        "the Redis Cluster client kept failing; connected afresh"
+                    ),
+                    Err(error) => tracing::warn!(
+                        error = &error as &dyn std::error::Error,
+                        "the Redis Cluster client kept failing, and connecting afresh failed too"
+                    ),
+                }
+            }
             if self.inner.reachable.swap(reachable, Ordering::Relaxed) != reachable {
                 match &result {
                     Ok(()) => tracing::info!("Redis answers again"),

@@ -27,20 +27,96 @@
 //! earlier writes too, so a waiter is satisfied by any successful round
 //! that started after its reply.
 //!
+//! On a Cluster the groups are spread over [`REPLICA_ACK_CONNECTIONS`]
+//! connections: a `WAIT` holds its connection, so slots sharing one take
+//! turns, and with one connection a primary's slots would wait one
+//! `WAIT` at a time.
+//!
 //! Bounds: one group per Cluster slot (16,384 at most), one round in
-//! flight per group, each round bounded by the timeout.
+//! flight per group, each round bounded by the timeout. Each round's time
+//! (its marker and `WAIT`) goes into the histogram [`REPLICA_ACK_SECONDS`].
+//!
+//! **Per primary.** The store reads each primary's replicas online every
+//! second ([`RedisStore::check_replicas_online`], with the durability). A
+//! primary with fewer than N makes the changes on *its* slots answer
+//! `503` at once ([`Error::ReplicasShort`], before the step runs, so
+//! nothing changed), while changes on the other primaries' slots go on:
+//! one failed replica stops a third of a 3-primary Cluster's sales, not
+//! all of them. The node stays ready while some primary can acknowledge
+//! (`/readyz` says `degraded` and names the short primaries); it is not
+//! ready when none can (a single Redis whose replica is gone).
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
+use metrics::Histogram;
 use parking_lot::Mutex;
 use redis::Value;
 use redis::cluster_routing::{Route, SingleNodeRoutingInfo, Slot, SlotAddr};
 use tokio::sync::watch;
 
+use crate::RedisStore;
 use crate::connection::Connection;
 use crate::error::Error;
+use crate::replies::text;
+
+/// The histogram of a replica acknowledgment round's seconds: its marker
+/// and `WAIT`, from sending to the reply (or the timeout).
+pub const REPLICA_ACK_SECONDS: &str = "flashsale_redis_replica_ack_seconds";
+/// Connections a node keeps for the rounds on a Cluster. A `WAIT` blocks
+/// the connection it is sent on, so the rounds of slots that share one
+/// run one after another; groups are spread over these lanes as they are
+/// made, so this many rounds (of different slots) can be out at once.
+pub(crate) const REPLICA_ACK_CONNECTIONS: usize = 8;
+/// Slots of a Redis Cluster (the specification: CRC16 of the key modulo
+/// 16,384); bounds the set of slots refused at once.
+const CLUSTER_SLOTS: u16 = 16_384;
+
+/// One primary's replicas online, as last read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrimaryReplicas {
+    /// The primary's address (`host:port`; `the Redis` for a single Redis).
+    pub primary: String,
+    /// Its replicas online (`INFO replication`, `state=online`).
+    pub online: u32,
+}
+
+/// What the last read of every primary's replicas found, for
+/// `--redis-replica-acks`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Replicas {
+    /// Replicas each change needs (`--redis-replica-acks`).
+    pub required: u32,
+    /// Every primary, in the order read.
+    pub primaries: Vec<PrimaryReplicas>,
+}
+
+impl Replicas {
+    /// The primaries with fewer than `required` replicas online.
+    pub fn short(&self) -> impl Iterator<Item = &PrimaryReplicas> {
+        self.primaries
+            .iter()
+            .filter(|primary| primary.online < self.required)
+    }
+
+    /// No primary can acknowledge a change: there is at least one, and
+    /// every one is short.
+    pub fn none_can_acknowledge(&self) -> bool {
+        !self.primaries.is_empty() && self.short().count() == self.primaries.len()
+    }
+}
+
+/// The slots of the short primaries, for the check before each change.
+#[derive(Debug, Default)]
+pub(crate) struct ShortSlots {
+    /// Slot to the index of its primary in [`Replicas::primaries`]; at
+    /// most [`CLUSTER_SLOTS`] entries. On a single Redis, empty: `all`.
+    slots: HashMap<Slot, usize>,
+    /// A single Redis whose one primary is short: every change refused.
+    all: Option<usize>,
+}
 
 /// What a node asks of the replicas of the primary that ran a change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,15 +131,24 @@ pub struct ReplicaAckSettings {
 /// group per slot.
 pub(crate) struct ReplicaAcks {
     settings: ReplicaAckSettings,
-    /// Carries only markers and `WAIT`s: a `WAIT` blocks it.
-    connection: Connection,
+    /// Carry only markers and `WAIT`s (a `WAIT` blocks its connection):
+    /// one on a single Redis, [`REPLICA_ACK_CONNECTIONS`] on a Cluster.
+    /// Replaced with the store's when a Cluster client stays broken.
+    connections: parking_lot::RwLock<Vec<Connection>>,
     groups: Mutex<HashMap<Slot, Arc<Group>>>,
+    /// [`REPLICA_ACK_SECONDS`].
+    seconds: Histogram,
+    /// The primaries' replicas as last read, and the slots of the short
+    /// ones (`RedisStore::replicas_short` says whether any is).
+    replicas: Mutex<(Replicas, ShortSlots)>,
 }
 
 /// The rounds of one slot.
 struct Group {
     /// A key in the slot, written before each `WAIT`.
     marker: String,
+    /// Which of the rounds' connections carries this group's rounds.
+    lane: usize,
     route: SingleNodeRoutingInfo,
     state: Mutex<Rounds>,
     done: watch::Sender<Done>,
@@ -92,17 +177,71 @@ struct Done {
 }
 
 impl ReplicaAcks {
-    pub(crate) fn new(settings: ReplicaAckSettings, connection: Connection) -> ReplicaAcks {
+    /// `connections`: at least one (see [`REPLICA_ACK_CONNECTIONS`]).
+    pub(crate) fn new(settings: ReplicaAckSettings, connections: Vec<Connection>) -> ReplicaAcks {
+        metrics::describe_histogram!(
+            REPLICA_ACK_SECONDS,
+            metrics::Unit::Seconds,
+            "Time of a replica acknowledgment round (a marker and WAIT on one slot's primary)"
+        );
         ReplicaAcks {
             settings,
-            connection,
+            connections: parking_lot::RwLock::new(connections),
             groups: Mutex::new(HashMap::new()),
+            seconds: metrics::histogram!(REPLICA_ACK_SECONDS),
+            replicas: Mutex::new((
+                Replicas {
+                    required: settings.required,
+                    primaries: Vec::new(),
+                },
+                ShortSlots::default(),
+            )),
+        }
+    }
+
+    /// The primaries' replicas as last read.
+    pub(crate) fn replicas(&self) -> Replicas {
+        self.replicas.lock().0.clone()
+    }
+
+    /// No primary could acknowledge a change at the last read.
+    pub(crate) fn none_can_acknowledge(&self) -> bool {
+        self.replicas.lock().0.none_can_acknowledge()
+    }
+
+    /// Refuses a change on `key`'s slot when its primary was short at the
+    /// last read. Errors: [`Error::ReplicasShort`] naming the primary.
+    pub(crate) fn check_primary(&self, key: &str) -> Result<(), Error> {
+        let replicas = self.replicas.lock();
+        let (read, short) = &*replicas;
+        let index = match short.all {
+            Some(index) => Some(index),
+            None => short.slots.get(&Slot::for_key(key)).copied(),
+        };
+        match index.and_then(|index| read.primaries.get(index)) {
+            Some(primary) => Err(Error::ReplicasShort {
+                primary: primary.primary.clone(),
+                online: primary.online,
+                required: read.required,
+            }),
+            None => Ok(()),
         }
     }
 
     /// Replicas each change needs.
     pub(crate) fn required(&self) -> u32 {
         self.settings.required
+    }
+
+    /// How long a round's `WAIT` may block.
+    pub(crate) fn timeout(&self) -> Duration {
+        self.settings.timeout
+    }
+
+    /// Puts `connections` in place of the rounds' connections (a round
+    /// under way finishes on its old one).
+    pub(crate) fn replace_connections(&self, connections: Vec<Connection>) {
+        *self.connections.write() = connections;
     }
 
     /// Returns once a round of `key`'s slot that started after this call
@@ -142,16 +281,20 @@ impl ReplicaAcks {
     /// The group of `key`'s slot, made on first use.
     fn group(&self, key: &str) -> Arc<Group> {
         // The Redis Cluster specification: CRC16 of the key's hash tag.
-        let slot = match self.connection {
-            Connection::Single(_) => Slot::for_key(""),
-            Connection::Cluster(_) => Slot::for_key(key),
+        let single = matches!(self.connections.read().first(), Some(Connection::Single(_)));
+        let slot = if single {
+            Slot::for_key("")
+        } else {
+            Slot::for_key(key)
         };
         let mut groups = self.groups.lock();
+        let lane = groups.len();
         groups
             .entry(slot)
             .or_insert_with(|| {
                 Arc::new(Group {
                     marker: format!("{}:ack", hash_tagged(key)),
+                    lane,
                     route: SingleNodeRoutingInfo::SpecificNode(Route::with_slot(
                         slot,
                         SlotAddr::Master,
@@ -201,15 +344,22 @@ impl ReplicaAcks {
             .cmd("WAIT")
             .arg(self.settings.required)
             .arg(u64::try_from(self.settings.timeout.as_millis()).unwrap_or(u64::MAX));
-        let replies: Result<Vec<Value>, redis::RedisError> = match &self.connection {
-            Connection::Single(connection) => pipeline.query_async(&mut connection.clone()).await,
-            Connection::Cluster(connection) => {
+        let started = Instant::now();
+        let connection = {
+            let connections = self.connections.read();
+            connections
+                .get(group.lane % connections.len().max(1))
+                .cloned()
+        }?;
+        let replies: Result<Vec<Value>, redis::RedisError> = match connection {
+            Connection::Single(mut connection) => pipeline.query_async(&mut connection).await,
+            Connection::Cluster(mut connection) => {
                 connection
-                    .clone()
                     .route_pipeline(pipeline, 0, 2, group.route.clone())
                     .await
             }
         };
+        self.seconds.record(started.elapsed().as_secs_f64());
         match replies {
             Ok(values) => match values.get(1) {
                 Some(Value::Int(count)) => u32::try_from(*count).ok(),
@@ -228,5 +378,133 @@ fn hash_tagged(key: &str) -> &str {
     match key.find('}') {
         Some(end) => &key[..=end],
         None => key,
+    }
+}
+
+impl RedisStore {
+    /// Reads each primary's replicas online and, when some primary is
+    /// short, the slots it serves (`CLUSTER NODES` on that primary, its
+    /// `myself` line); keeps both for [`ReplicaAcks::check_primary`] and
+    /// sets `replicas_short`. Errors: a primary did not answer.
+    pub(crate) async fn check_replicas_online(&self, acks: &ReplicaAcks) -> Result<(), Error> {
+        let required = acks.required();
+        let primaries: Vec<PrimaryReplicas> = self
+            .connected_replicas()
+            .await?
+            .into_iter()
+            .map(|(primary, online)| PrimaryReplicas { primary, online })
+            .collect();
+        let read = Replicas {
+            required,
+            primaries,
+        };
+        let mut short = ShortSlots::default();
+        if read.short().next().is_some() {
+            match self.connection() {
+                Connection::Single(_) => short.all = Some(0),
+                Connection::Cluster(_) => {
+                    let nodes = self
+                        .on_every_primary(redis::cmd("CLUSTER").arg("NODES"))
+                        .await?;
+                    for (index, primary) in read.primaries.iter().enumerate() {
+                        if primary.online >= required {
+                            continue;
+                        }
+                        let listing = nodes
+                            .iter()
+                            .find(|(address, _)| *address == primary.primary)
+                            .and_then(|(_, reply)| reply.as_ref().ok())
+                            .and_then(text)
+                            .unwrap_or_default();
+                        for slot in own_slots(&listing) {
+                            short.slots.insert(slot, index);
+                        }
+                    }
+                }
+            }
+        }
+        let now_short: Vec<PrimaryReplicas> = read.short().cloned().collect();
+        let was_short = self
+            .inner
+            .replicas_short
+            .swap(!now_short.is_empty(), Ordering::Relaxed);
+        if !now_short.is_empty() && !was_short {
+            tracing::warn!(
+                short = ?now_short,
+                required,
+                "a Redis primary lacks replicas; changes on its slots answer 503"
+            );
+        }
+        *acks.replicas.lock() = (read, short);
+        Ok(())
+    }
+}
+
+/// The slots a `CLUSTER NODES` listing's `myself` line says the node
+/// serves (`0-5460`, `5461`; slots being imported or migrated, `[…]`, are
+/// left out). At most [`CLUSTER_SLOTS`].
+fn own_slots(listing: &str) -> Vec<Slot> {
+    let Some(line) = listing.lines().find(|line| {
+        line.split(' ')
+            .nth(2)
+            .is_some_and(|flags| flags.split(',').any(|flag| flag == "myself"))
+    }) else {
+        return Vec::new();
+    };
+    let mut slots = Vec::new();
+    for range in line
+        .split(' ')
+        .skip(8)
+        .filter(|range| !range.starts_with('['))
+    {
+        let (first, last) = range.split_once('-').unwrap_or((range, range));
+        let (Ok(first), Ok(last)) = (first.trim().parse::<u16>(), last.trim().parse::<u16>())
+        else {
+            continue;
+        };
+        slots.extend((first..=last.min(CLUSTER_SLOTS - 1)).filter_map(Slot::new));
+    }
+    slots
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_slots_are_the_myself_lines_ranges_and_single_slots() {
+        let listing = "a1 127.0.0.1:7002@17002 master - 0 0 2 connected 5461-10922\n\
+                       b2 127.0.0.1:7001@17001 myself,master - 0 0 1 connected 0-2 7 \
+                       [9->-a1] 16383\n";
+        let slots = own_slots(listing);
+        let expected: Vec<Slot> = [0, 1, 2, 7, 16_383]
+            .into_iter()
+            .filter_map(Slot::new)
+            .collect();
+        assert_eq!(slots, expected);
+        assert!(own_slots("a1 127.0.0.1:7002@17002 master - 0 0 2 connected 1-5").is_empty());
+    }
+
+    #[test]
+    fn short_primaries_and_whether_any_can_acknowledge() {
+        let primary = |online| PrimaryReplicas {
+            primary: format!("p{online}"),
+            online,
+        };
+        let replicas = Replicas {
+            required: 1,
+            primaries: vec![primary(1), primary(0)],
+        };
+        assert_eq!(replicas.short().collect::<Vec<_>>(), [&primary(0)]);
+        assert!(!replicas.none_can_acknowledge());
+        let alone = Replicas {
+            required: 1,
+            primaries: vec![primary(0)],
+        };
+        assert!(alone.none_can_acknowledge());
+        assert!(
+            !Replicas::default().none_can_acknowledge(),
+            "nothing read yet"
+        );
     }
 }

@@ -36,7 +36,7 @@ use flashsale_engine::{
 pub use self::error::StoreError;
 pub use self::feed::{FEED_DEALS_MAX, FeedSource};
 pub use self::memory::MemoryStore;
-pub use flashsale_redis::{Durability, NO_EPOCH, RedisStore};
+pub use flashsale_redis::{Durability, NO_EPOCH, RedisStore, Replicas};
 
 use self::error::StoreError as Error;
 
@@ -96,6 +96,15 @@ impl Store {
         match self {
             Store::Memory(_) => None,
             Store::Redis(redis) => Some(redis.durability()),
+        }
+    }
+
+    /// Each Redis primary's replicas online as last read, in Redis mode
+    /// with `--redis-replica-acks`; `None` otherwise.
+    pub fn redis_replicas(&self) -> Option<Replicas> {
+        match self {
+            Store::Memory(_) => None,
+            Store::Redis(redis) => redis.replicas(),
         }
     }
 

@@ -26,6 +26,8 @@ pub struct Attempt {
     pub shopper: usize,
     pub key: String,
     pub answer: Option<crate::node::Answer>,
+    /// When the answer (or the failed call) came back.
+    pub at: std::time::Instant,
 }
 
 /// `attempts` buys of 1 unit, `(shopper, key)` each, sent round-robin over
@@ -57,6 +59,7 @@ pub async fn burst(
                         shopper: *shopper,
                         key: key.clone(),
                         answer,
+                        at: std::time::Instant::now(),
                     });
             }
         }
@@ -77,12 +80,16 @@ const RESOLVE_MAX: std::time::Duration = std::time::Duration::from_secs(60);
 pub async fn resolve(node: &Node, token: &str, deal: &str, key: &str) -> crate::node::Answer {
     let started = std::time::Instant::now();
     loop {
-        if let Some(answer) = node.buy(token, deal, 1, key).await
+        let answer = node.buy(token, deal, 1, key).await;
+        if let Some(answer) = answer.as_ref()
             && answer.status != 503
         {
-            return answer;
+            return answer.clone();
         }
-        assert!(started.elapsed() < RESOLVE_MAX, "key {key} never resolved");
+        assert!(
+            started.elapsed() < RESOLVE_MAX,
+            "key {key} never resolved; the last answer: {answer:?}"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
@@ -113,6 +120,7 @@ pub async fn resolve_unknowns(
             shopper: *shopper,
             key: key.clone(),
             answer: Some(answer),
+            at: std::time::Instant::now(),
         });
     }
     unknown.len()

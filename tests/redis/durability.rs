@@ -37,7 +37,7 @@ async fn ready(node: &Node) -> Value {
 
 /// Polls `/readyz` until `done` holds of its answer, for at most
 /// [`SETTING_SEEN_MAX`].
-async fn readyz_until(node: &Node, what: &str, done: impl Fn(&Answer) -> bool) -> Answer {
+pub async fn readyz_until(node: &Node, what: &str, done: impl Fn(&Answer) -> bool) -> Answer {
     let started = Instant::now();
     loop {
         let answer = node.get("/readyz", None).await;

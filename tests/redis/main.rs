@@ -5,6 +5,8 @@
 mod books;
 mod books_order;
 mod burst;
+mod cluster;
+mod cluster_acks;
 mod durability;
 mod epoch;
 mod external;

@@ -19,9 +19,14 @@ pub(crate) fn healthz() -> HttpResponse {
 /// events the sink had to set aside, if any.
 /// In multi-node mode `redis_durability` says what a `201` is worth now:
 /// `{mode: always|everysec|volatile, found, waitaof}` (README, "What a
-/// `201` promises"). With `--idp-jwks`, `identity_provider` says how many
-/// keys were last read and when, and why the newest read failed if it did
-/// (the keys last read stay in use).
+/// `201` promises"). With `--redis-replica-acks`, `redis_replicas` is
+/// `{required, short: [{primary, online}]}`, and the status is `degraded`
+/// (still `200`) while some primaries are short: changes on their slots
+/// answer `503`, the others' sell on, so a load balancer keeps the node
+/// (`docs/multi-node.md`). With every primary short the node is not ready.
+/// With `--idp-jwks`, `identity_provider` says how many keys were last
+/// read and when, and why the newest read failed if it did (the keys last
+/// read stay in use).
 pub(crate) fn readyz(app: &App) -> HttpResponse {
     match app.not_ready() {
         None => {
@@ -36,6 +41,19 @@ pub(crate) fn readyz(app: &App) -> HttpResponse {
                     "found": durability.found,
                     "waitaof": durability.waitaof,
                 });
+            }
+            if let Some(replicas) = app.store.redis_replicas() {
+                let short: Vec<serde_json::Value> = replicas
+                    .short()
+                    .map(|primary| {
+                        serde_json::json!({ "primary": primary.primary, "online": primary.online })
+                    })
+                    .collect();
+                if !short.is_empty() {
+                    body["status"] = serde_json::json!("degraded");
+                }
+                body["redis_replicas"] =
+                    serde_json::json!({ "required": replicas.required, "short": short });
             }
             json(StatusCode::OK, &body)
         }
@@ -135,9 +153,31 @@ pub(crate) fn metrics(app: &App) -> HttpResponse {
             );
         }
     }
+    if let Some(replicas) = app.store.redis_replicas() {
+        body.push_str(
+            "# HELP flashsale_redis_replicas_online Replicas online of each Redis primary as last read (every second), with --redis-replica-acks\n",
+        );
+        body.push_str("# TYPE flashsale_redis_replicas_online gauge\n");
+        for primary in &replicas.primaries {
+            let _ = writeln!(
+                body,
+                "flashsale_redis_replicas_online{{primary=\"{}\"}} {}",
+                label_value(&primary.primary),
+                primary.online
+            );
+        }
+    }
     text(
         StatusCode::OK,
         "text/plain; version=0.0.4; charset=utf-8",
         body,
     )
+}
+
+/// `value` escaped as a Prometheus label value (`\\`, `\"` and `\n`).
+fn label_value(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
