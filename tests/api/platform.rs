@@ -78,6 +78,43 @@ async fn a_platform_user_is_one_account_whatever_token_carries_it() {
         .await
         .refused(409, "purchase_limit_reached");
 
+    // The rest of a sale under yet another token of the same user: a hold
+    // paid, a review and a share, and the merchant sees the orders.
+    let third = bearer(jwt(TestKey::Rsa1, "auth0|alice", None));
+    let hold_deal = api.deal(&merchant, "5.00", 3, 1).await;
+    let hold = api.hold(&third, &hold_deal, 1, "alice-hold").await.ok(201);
+    let paid = api
+        .post(
+            &format!("/v1/holds/{}/payment", hold["id"].as_str().unwrap()),
+            Some(&second.token),
+            &json!({}),
+        )
+        .await
+        .ok(201);
+    assert_eq!(paid["shopper_id"], wallet["shopper_id"]);
+    let order_id = order["id"].as_str().unwrap();
+    api.post(
+        &format!("/v1/orders/{order_id}/review"),
+        Some(&third.token),
+        &json!({ "description": 5, "delivery": 4, "service": 5 }),
+    )
+    .await
+    .ok(201);
+    api.post(
+        &format!("/v1/orders/{order_id}/share"),
+        Some(&first.token),
+        &json!({}),
+    )
+    .await
+    .ok(201);
+    let listed = api
+        .get(&format!("/v1/orders?deal_id={deal}"), Some(&again.token))
+        .await
+        .ok(200);
+    assert_eq!(listed["orders"].as_array().unwrap().len(), 2);
+    let mine = api.get("/v1/orders", Some(&third.token)).await.ok(200);
+    assert_eq!(mine["orders"].as_array().unwrap().len(), 3);
+
     let other = bearer(jwt(TestKey::Rsa1, "auth0|bob", None));
     assert_ne!(api.wallet(&other).await["shopper_id"], wallet["shopper_id"]);
 
