@@ -215,6 +215,7 @@ impl RedisStore {
             .volatile_refused
             .store(refused, Ordering::Relaxed);
         if let Some(acks) = &self.inner.replica_acks {
+            acks.prefer_waitaof(now.waitaof);
             self.check_replicas_online(acks).await?;
         }
         let before = std::mem::replace(&mut *self.inner.durability.write(), now.clone());

@@ -141,6 +141,48 @@ pub(crate) struct ReplicaAcks {
     /// The primaries' replicas as last read, and the slots of the short
     /// ones (`RedisStore::replicas_short` says whether any is).
     replicas: Mutex<(Replicas, ShortSlots)>,
+    /// Every primary offers `WAITAOF` (read with the durability, every
+    /// second): rounds then ask for the replicas' fsync ([`AckCommand`]).
+    waitaof: std::sync::atomic::AtomicBool,
+}
+
+/// The command a round waits with: `WAIT numreplicas timeout` counts
+/// replicas that have the write in memory; `WAITAOF numlocal numreplicas
+/// timeout` (Redis 7.2 and later, Valkey) counts replicas that fsynced it
+/// to their append-only file, which a replica's machine loss cannot undo.
+/// `numlocal` is 0: the primary's own fsync is what its `appendfsync`
+/// promises already (the durability check). A replica without an
+/// append-only file never acknowledges `WAITAOF`, so with it the node
+/// needs replicas that persist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AckCommand {
+    Wait,
+    WaitAof,
+}
+
+impl AckCommand {
+    /// Appends the command asking for `required` replicas within
+    /// `timeout_ms` to `pipeline`.
+    fn append(self, pipeline: &mut redis::Pipeline, required: u32, timeout_ms: u64) {
+        match self {
+            AckCommand::Wait => pipeline.cmd("WAIT").arg(required).arg(timeout_ms),
+            AckCommand::WaitAof => pipeline.cmd("WAITAOF").arg(0).arg(required).arg(timeout_ms),
+        };
+    }
+
+    /// The replicas that acknowledged, from the command's reply: `WAIT`
+    /// answers their count, `WAITAOF` the pair (local fsyncs, replicas).
+    fn replicas(self, reply: &Value) -> Option<u32> {
+        let count = match (self, reply) {
+            (AckCommand::Wait, Value::Int(count)) => *count,
+            (AckCommand::WaitAof, Value::Array(pair)) => match pair.get(1) {
+                Some(Value::Int(count)) => *count,
+                _ => return None,
+            },
+            _ => return None,
+        };
+        u32::try_from(count).ok()
+    }
 }
 
 /// The rounds of one slot.
@@ -196,6 +238,7 @@ impl ReplicaAcks {
                 },
                 ShortSlots::default(),
             )),
+            waitaof: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -236,6 +279,21 @@ impl ReplicaAcks {
     /// How long a round's `WAIT` may block.
     pub(crate) fn timeout(&self) -> Duration {
         self.settings.timeout
+    }
+
+    /// Whether rounds use `WAITAOF` from now on: `true` when every primary
+    /// offers it ([`AckCommand`]).
+    pub(crate) fn prefer_waitaof(&self, offered: bool) {
+        self.waitaof.store(offered, Ordering::Relaxed);
+    }
+
+    /// The command rounds wait with now.
+    fn ack_command(&self) -> AckCommand {
+        if self.waitaof.load(Ordering::Relaxed) {
+            AckCommand::WaitAof
+        } else {
+            AckCommand::Wait
+        }
     }
 
     /// Puts `connections` in place of the rounds' connections (a round
@@ -337,13 +395,14 @@ impl ReplicaAcks {
     /// One marker and one `WAIT`: the replicas that acknowledged, or
     /// `None` when the connection failed.
     async fn round(&self, group: &Group) -> Option<u32> {
+        let command = self.ack_command();
         let mut pipeline = redis::pipe();
-        pipeline
-            .cmd("INCR")
-            .arg(&group.marker)
-            .cmd("WAIT")
-            .arg(self.settings.required)
-            .arg(u64::try_from(self.settings.timeout.as_millis()).unwrap_or(u64::MAX));
+        pipeline.cmd("INCR").arg(&group.marker);
+        command.append(
+            &mut pipeline,
+            self.settings.required,
+            u64::try_from(self.settings.timeout.as_millis()).unwrap_or(u64::MAX),
+        );
         let started = Instant::now();
         let connection = {
             let connections = self.connections.read();
@@ -361,10 +420,7 @@ impl ReplicaAcks {
         };
         self.seconds.record(started.elapsed().as_secs_f64());
         match replies {
-            Ok(values) => match values.get(1) {
-                Some(Value::Int(count)) => u32::try_from(*count).ok(),
-                _ => None,
-            },
+            Ok(values) => values.get(1).and_then(|reply| command.replicas(reply)),
             Err(error) => {
                 tracing::warn!(%error, "a replica acknowledgment round failed");
                 None
@@ -470,6 +526,25 @@ fn own_slots(listing: &str) -> Vec<Slot> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `WAIT` counts replicas with the write; `WAITAOF 0 N t` answers
+    /// (local fsyncs, replica fsyncs) and the replicas are the second.
+    #[test]
+    fn a_round_asks_with_wait_or_waitaof_and_reads_the_replicas_of_its_reply() {
+        let packed = |command: AckCommand| {
+            let mut pipeline = redis::pipe();
+            command.append(&mut pipeline, 2, 750);
+            String::from_utf8_lossy(&pipeline.get_packed_pipeline()).into_owned()
+        };
+        assert!(packed(AckCommand::Wait).contains("WAIT\r\n$1\r\n2\r\n$3\r\n750"));
+        assert!(packed(AckCommand::WaitAof).contains("WAITAOF\r\n$1\r\n0\r\n$1\r\n2\r\n$3\r\n750"));
+        assert_eq!(AckCommand::Wait.replicas(&Value::Int(2)), Some(2));
+        let pair = Value::Array(vec![Value::Int(1), Value::Int(1)]);
+        assert_eq!(AckCommand::WaitAof.replicas(&pair), Some(1));
+        assert_eq!(AckCommand::Wait.replicas(&pair), None);
+        assert_eq!(AckCommand::WaitAof.replicas(&Value::Int(2)), None);
+        assert_eq!(AckCommand::Wait.replicas(&Value::Int(-1)), None);
+    }
 
     #[test]
     fn own_slots_are_the_myself_lines_ranges_and_single_slots() {
