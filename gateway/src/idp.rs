@@ -392,9 +392,12 @@ fn algorithm_of(jwk: &jsonwebtoken::jwk::Jwk) -> Option<Algorithm> {
         Some(_) => return None,
     };
     let implied = match &jwk.algorithm {
+        // An RSA key declaring a non-RSA `alg` is misdeclared: ignored,
+        // like an EC key declaring another curve's algorithm.
         AlgorithmParameters::RSA(_) => {
-            return declared
-                .filter(|alg| {
+            return match declared {
+                None => Some(Algorithm::RS256),
+                Some(alg) => Some(alg).filter(|alg| {
                     matches!(
                         alg,
                         Algorithm::RS256
@@ -404,8 +407,8 @@ fn algorithm_of(jwk: &jsonwebtoken::jwk::Jwk) -> Option<Algorithm> {
                             | Algorithm::PS384
                             | Algorithm::PS512
                     )
-                })
-                .or(Some(Algorithm::RS256));
+                }),
+            };
         }
         AlgorithmParameters::EllipticCurve(params) => match params.curve {
             EllipticCurve::P256 => Algorithm::ES256,
@@ -814,6 +817,31 @@ mod tests {
             None,
             "its key left the JWKS"
         );
+    }
+
+    #[test]
+    fn a_key_verifies_its_declared_algorithm_or_none() {
+        let with_alg = |key: TestKey, alg: Option<KeyAlgorithm>| {
+            let mut jwk = key.jwk();
+            jwk.common.key_algorithm = alg;
+            algorithm_of(&jwk)
+        };
+        assert_eq!(with_alg(TestKey::Rsa1, None), Some(Algorithm::RS256));
+        assert_eq!(
+            with_alg(TestKey::Rsa1, Some(KeyAlgorithm::PS384)),
+            Some(Algorithm::PS384)
+        );
+        assert_eq!(with_alg(TestKey::Es256, None), Some(Algorithm::ES256));
+        // A key whose declared algorithm is not of its type verifies nothing.
+        for (key, alg) in [
+            (TestKey::Rsa1, KeyAlgorithm::ES256),
+            (TestKey::Rsa1, KeyAlgorithm::EdDSA),
+            (TestKey::Rsa1, KeyAlgorithm::HS256),
+            (TestKey::Es256, KeyAlgorithm::RS256),
+            (TestKey::Es256, KeyAlgorithm::ES384),
+        ] {
+            assert_eq!(with_alg(key, Some(alg)), None, "{key:?} declaring {alg:?}");
+        }
     }
 
     #[test]
