@@ -235,7 +235,13 @@ impl Idp {
             }
             Err(error) => {
                 tracing::warn!(%error, "keeping the identity provider's keys last read");
-                *self.read_error.lock() = Some(error.to_string());
+                // The reason alone: at runtime the provider failed, not the
+                // configuration the error's own text would blame.
+                let reason = match error {
+                    Error::Config(reason) => reason,
+                    other => other.to_string(),
+                };
+                *self.read_error.lock() = Some(reason);
             }
         }
     }
@@ -769,9 +775,11 @@ mod tests {
         let status = idp.status();
         assert_eq!(status["keys"], 1);
         assert_eq!(status["read_at"], 7, "the keys of the last good read");
+        let read_error = status["read_error"].as_str().unwrap();
+        assert!(read_error.contains("500"), "{status}");
         assert!(
-            status["read_error"].as_str().unwrap().contains("500"),
-            "{status}"
+            read_error.starts_with("--idp-jwks "),
+            "the reason, not an invalid configuration: {status}"
         );
         let token = TestKey::Es256.sign(&claims("alice", None));
         assert!(idp.verify(&token, platform::unix_now()).await.is_ok());
