@@ -298,6 +298,13 @@ impl Idp {
         }
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| Error::Unauthorized("the token is not a valid JWT"))?;
+        // `crit` lists header extensions the recipient must understand or
+        // refuse the token (RFC 7515 §4.1.11); this server understands none.
+        if header.crit.is_some() {
+            return Err(Error::Unauthorized(
+                "the token's header names extensions this server does not understand (crit)",
+            ));
+        }
         let kid: Arc<str> = Arc::from(header.kid.as_deref().unwrap_or(""));
         if !self.keys.read().keys.contains_key(&kid) {
             self.reread_for_unknown_kid(now).await;
@@ -656,6 +663,18 @@ mod tests {
         refused(idp.verify(&forged, now).await);
         let huge = format!("eyJ{}", "a".repeat(JWT_BYTES_MAX));
         assert!(refused(idp.verify(&huge, now).await).contains("too long"));
+    }
+
+    #[tokio::test]
+    async fn a_token_with_critical_header_extensions_is_refused() {
+        let (idp, _dir) = from_file(&[TestKey::Es256]).await;
+        let mut header = jsonwebtoken::Header::new(Algorithm::ES256);
+        header.kid = Some(TestKey::Es256.kid().to_owned());
+        header.crit = Some(vec!["https://id.platform.test/step-up".to_owned()]);
+        let key = jsonwebtoken::EncodingKey::from_ec_pem(TestKey::Es256.private_pem()).unwrap();
+        let token = jsonwebtoken::encode(&header, &claims("alice", None), &key).unwrap();
+        let message = refused(idp.verify(&token, platform::unix_now()).await);
+        assert!(message.contains("crit"), "{message}");
     }
 
     #[tokio::test]
