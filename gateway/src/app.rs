@@ -291,21 +291,25 @@ impl App {
             return Ok(remembered);
         }
         let identity = idp.verify(token, now).await?;
+        let blank = match identity.role {
+            crate::idp::Role::Shopper => "shopper",
+            crate::idp::Role::Merchant => "merchant",
+        };
         let name = identity
             .name
-            .as_deref()
+            .clone()
             .filter(|name| {
                 flashsale_engine::check_name(name, "name", flashsale_engine::engine::NAME_CHARS_MAX)
                     .is_ok()
             })
-            .unwrap_or(&identity.external_id);
+            .unwrap_or_else(|| handlers::name_of(&identity.external_id, blank));
         let caller = match identity.role {
             crate::idp::Role::Shopper => {
                 let (shopper, _made) = self
                     .store
                     .link_shopper(
                         &identity.external_id,
-                        name,
+                        &name,
                         self.signup_credit,
                         handlers::SIGNUP_CREDIT_REFERENCE,
                     )
@@ -315,7 +319,7 @@ impl App {
             crate::idp::Role::Merchant => {
                 let (merchant, _made) = self
                     .store
-                    .link_merchant(&identity.external_id, name)
+                    .link_merchant(&identity.external_id, &name)
                     .await?;
                 Caller::Merchant(merchant.id)
             }

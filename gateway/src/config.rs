@@ -49,7 +49,8 @@ pub struct ServeArgs {
     #[arg(long, env = "FLASHSALE_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
 
-    /// The admin bearer token (at least 16 bytes). If unset: generated
+    /// The admin bearer token (at least 16 bytes; with --idp-jwks not
+    /// shaped like a JWT, `eyJ…` with two dots). If unset: generated
     /// once into `<data-dir>/admin-token` (mode 0600), printed when made, and
     /// read from there at every later start.
     #[arg(long, env = "FLASHSALE_ADMIN_TOKEN", hide_env_values = true)]
@@ -388,6 +389,15 @@ impl Config {
                 return Err(Error::Config(format!(
                     "{} must be at least {ADMIN_TOKEN_BYTES_MIN} bytes",
                     setting("admin-token")
+                )));
+            }
+            if config.idp.is_some() && crate::idp::is_jwt(&token) {
+                return Err(Error::Config(format!(
+                    "{} must not look like a JWT (`eyJ…` with two dots) with {}: \
+                     such a bearer token is checked as the platform's, and the admin \
+                     would be refused",
+                    setting("admin-token"),
+                    setting("idp-jwks")
                 )));
             }
             config.admin_token = Some(token);
@@ -787,6 +797,28 @@ mod tests {
             idp_role_claim: crate::idp::ROLE_CLAIM_DEFAULT.to_owned(),
             idp_leeway_seconds: 30,
         }
+    }
+
+    #[test]
+    fn an_admin_token_shaped_like_a_jwt_is_refused_beside_an_identity_provider() {
+        let jwt_shaped = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhZG1pbiJ9.c2lnbmF0dXJl";
+        let with = |jwks: Option<&str>| {
+            Config::from_args(ServeArgs {
+                admin_token: Some(jwt_shaped.to_owned()),
+                idp_jwks: jwks.map(str::to_owned),
+                idp_issuer: jwks.map(|_| "https://id.test".to_owned()),
+                idp_audience: jwks.map(|_| "shop".to_owned()),
+                ..args()
+            })
+        };
+        assert!(with(None).is_ok(), "without a provider it is only a token");
+        let Err(Error::Config(message)) = with(Some("keys.json")) else {
+            panic!("a JWT-shaped admin token beside --idp-jwks is refused");
+        };
+        assert!(
+            message.starts_with("--admin-token (FLASHSALE_ADMIN_TOKEN) must not look like a JWT"),
+            "{message}"
+        );
     }
 
     #[test]

@@ -235,7 +235,13 @@ impl Idp {
             }
             Err(error) => {
                 tracing::warn!(%error, "keeping the identity provider's keys last read");
-                *self.read_error.lock() = Some(error.to_string());
+                // The reason alone: at runtime the provider failed, not the
+                // configuration the error's own text would blame.
+                let reason = match error {
+                    Error::Config(reason) => reason,
+                    other => other.to_string(),
+                };
+                *self.read_error.lock() = Some(reason);
             }
         }
     }
@@ -292,6 +298,13 @@ impl Idp {
         }
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| Error::Unauthorized("the token is not a valid JWT"))?;
+        // `crit` lists header extensions the recipient must understand or
+        // refuse the token (RFC 7515 §4.1.11); this server understands none.
+        if header.crit.is_some() {
+            return Err(Error::Unauthorized(
+                "the token's header names extensions this server does not understand (crit)",
+            ));
+        }
         let kid: Arc<str> = Arc::from(header.kid.as_deref().unwrap_or(""));
         if !self.keys.read().keys.contains_key(&kid) {
             self.reread_for_unknown_kid(now).await;
@@ -392,9 +405,12 @@ fn algorithm_of(jwk: &jsonwebtoken::jwk::Jwk) -> Option<Algorithm> {
         Some(_) => return None,
     };
     let implied = match &jwk.algorithm {
+        // An RSA key declaring a non-RSA `alg` is misdeclared: ignored,
+        // like an EC key declaring another curve's algorithm.
         AlgorithmParameters::RSA(_) => {
-            return declared
-                .filter(|alg| {
+            return match declared {
+                None => Some(Algorithm::RS256),
+                Some(alg) => Some(alg).filter(|alg| {
                     matches!(
                         alg,
                         Algorithm::RS256
@@ -404,8 +420,8 @@ fn algorithm_of(jwk: &jsonwebtoken::jwk::Jwk) -> Option<Algorithm> {
                             | Algorithm::PS384
                             | Algorithm::PS512
                     )
-                })
-                .or(Some(Algorithm::RS256));
+                }),
+            };
         }
         AlgorithmParameters::EllipticCurve(params) => match params.curve {
             EllipticCurve::P256 => Algorithm::ES256,
@@ -650,6 +666,18 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_token_with_critical_header_extensions_is_refused() {
+        let (idp, _dir) = from_file(&[TestKey::Es256]).await;
+        let mut header = jsonwebtoken::Header::new(Algorithm::ES256);
+        header.kid = Some(TestKey::Es256.kid().to_owned());
+        header.crit = Some(vec!["https://id.platform.test/step-up".to_owned()]);
+        let key = jsonwebtoken::EncodingKey::from_ec_pem(TestKey::Es256.private_pem()).unwrap();
+        let token = jsonwebtoken::encode(&header, &claims("alice", None), &key).unwrap();
+        let message = refused(idp.verify(&token, platform::unix_now()).await);
+        assert!(message.contains("crit"), "{message}");
+    }
+
+    #[tokio::test]
     async fn a_token_of_an_unknown_key_is_refused() {
         let (idp, _dir) = from_file(&[TestKey::Rsa1]).await;
         let token = TestKey::Rsa2.sign(&claims("alice", None));
@@ -766,9 +794,11 @@ mod tests {
         let status = idp.status();
         assert_eq!(status["keys"], 1);
         assert_eq!(status["read_at"], 7, "the keys of the last good read");
+        let read_error = status["read_error"].as_str().unwrap();
+        assert!(read_error.contains("500"), "{status}");
         assert!(
-            status["read_error"].as_str().unwrap().contains("500"),
-            "{status}"
+            read_error.starts_with("--idp-jwks "),
+            "the reason, not an invalid configuration: {status}"
         );
         let token = TestKey::Es256.sign(&claims("alice", None));
         assert!(idp.verify(&token, platform::unix_now()).await.is_ok());
@@ -814,6 +844,31 @@ mod tests {
             None,
             "its key left the JWKS"
         );
+    }
+
+    #[test]
+    fn a_key_verifies_its_declared_algorithm_or_none() {
+        let with_alg = |key: TestKey, alg: Option<KeyAlgorithm>| {
+            let mut jwk = key.jwk();
+            jwk.common.key_algorithm = alg;
+            algorithm_of(&jwk)
+        };
+        assert_eq!(with_alg(TestKey::Rsa1, None), Some(Algorithm::RS256));
+        assert_eq!(
+            with_alg(TestKey::Rsa1, Some(KeyAlgorithm::PS384)),
+            Some(Algorithm::PS384)
+        );
+        assert_eq!(with_alg(TestKey::Es256, None), Some(Algorithm::ES256));
+        // A key whose declared algorithm is not of its type verifies nothing.
+        for (key, alg) in [
+            (TestKey::Rsa1, KeyAlgorithm::ES256),
+            (TestKey::Rsa1, KeyAlgorithm::EdDSA),
+            (TestKey::Rsa1, KeyAlgorithm::HS256),
+            (TestKey::Es256, KeyAlgorithm::RS256),
+            (TestKey::Es256, KeyAlgorithm::ES384),
+        ] {
+            assert_eq!(with_alg(key, Some(alg)), None, "{key:?} declaring {alg:?}");
+        }
     }
 
     #[test]

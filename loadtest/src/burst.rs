@@ -281,7 +281,7 @@ pub async fn run(context: &Context, args: &BurstArgs) -> Result<Report, Loadtest
     let checks = context
         .verify(&setup, &measured.tally.acknowledged, Some(1))
         .await?;
-    let settings = BTreeMap::from([
+    let mut settings = BTreeMap::from([
         ("shoppers".to_owned(), json!(shopper_count)),
         ("stock".to_owned(), json!(stock)),
         ("per_user_limit".to_owned(), json!(args.per_user_limit)),
@@ -294,6 +294,7 @@ pub async fn run(context: &Context, args: &BurstArgs) -> Result<Report, Loadtest
         ("seed".to_owned(), json!(seed)),
         ("deal".to_owned(), json!(setup.deal.id)),
     ]);
+    settings.extend(context.platform_setting());
     let mut report = scenario::report(
         "burst",
         &context.targets,

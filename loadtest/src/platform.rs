@@ -50,34 +50,40 @@ pub struct PlatformArgs {
     #[arg(long, env = "FLASHSALE_LOADTEST_PLATFORM_KEY", value_name = "PEM")]
     pub platform_key: Option<PathBuf>,
 
-    /// The `kid` the JWTs name (the key's id in the server's JWKS).
+    /// The `kid` the JWTs name (the key's id in the server's JWKS); with
+    /// --platform-key.
     #[arg(
         long,
         env = "FLASHSALE_LOADTEST_PLATFORM_KID",
+        requires = "platform_key",
         default_value = "loadtest"
     )]
     pub platform_kid: String,
 
-    /// The JWTs' `iss` (serve --idp-issuer).
+    /// The JWTs' `iss` (serve --idp-issuer); with --platform-key.
     #[arg(
         long,
         env = "FLASHSALE_LOADTEST_PLATFORM_ISSUER",
+        requires = "platform_key",
         default_value = "https://id.platform.invalid"
     )]
     pub platform_issuer: String,
 
-    /// The JWTs' `aud` (serve --idp-audience).
+    /// The JWTs' `aud` (serve --idp-audience); with --platform-key.
     #[arg(
         long,
         env = "FLASHSALE_LOADTEST_PLATFORM_AUDIENCE",
+        requires = "platform_key",
         default_value = "flashsale"
     )]
     pub platform_audience: String,
 
-    /// What each tap carries: the exchanged engine token, or the JWT.
+    /// What each tap carries: the exchanged engine token, or the JWT; with
+    /// --platform-key.
     #[arg(
         long,
         env = "FLASHSALE_LOADTEST_PLATFORM_AUTH",
+        requires = "platform_key",
         value_enum,
         default_value_t = PlatformAuth::Exchange
     )]

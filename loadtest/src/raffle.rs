@@ -483,7 +483,7 @@ pub async fn run(context: &Context, args: &RaffleArgs) -> Result<Report, Loadtes
         orders: &orders,
     }));
 
-    let settings = BTreeMap::from([
+    let mut settings = BTreeMap::from([
         ("registrants".to_owned(), json!(args.registrants)),
         ("stock".to_owned(), json!(args.stock)),
         ("hold_seconds".to_owned(), json!(args.hold_seconds)),
@@ -494,6 +494,7 @@ pub async fn run(context: &Context, args: &RaffleArgs) -> Result<Report, Loadtes
         ("seed".to_owned(), json!(seed)),
         ("deal".to_owned(), json!(setup.deal.id)),
     ]);
+    settings.extend(context.platform_setting());
     let mut report = scenario::report(
         "raffle",
         &context.targets,

@@ -70,6 +70,19 @@ pub struct SetupPlan {
 }
 
 impl Context {
+    /// The report's setting naming what the taps carry when the shoppers
+    /// are a platform's users (`platform_auth`: `exchange` or `jwt`), so
+    /// that two runs' reports say which each measured; `None` for the
+    /// admin's bulk shoppers.
+    pub fn platform_setting(&self) -> Option<(String, serde_json::Value)> {
+        let platform = self.platform.as_ref()?;
+        let auth = match platform.auth {
+            crate::platform::PlatformAuth::Exchange => "exchange",
+            crate::platform::PlatformAuth::Jwt => "jwt",
+        };
+        Some(("platform_auth".to_owned(), serde_json::json!(auth)))
+    }
+
     /// A connection to the first target, for setup and check calls.
     pub fn connection(&self) -> Connection {
         Connection::new(self.target.clone(), self.timeout)

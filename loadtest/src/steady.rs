@@ -393,7 +393,7 @@ pub async fn run(context: &Context, args: &SteadyArgs) -> Result<Report, Loadtes
         .map(|(kind, count)| ((*kind).to_owned(), count.load(Ordering::Relaxed)))
         .filter(|(_, count)| *count > 0)
         .collect();
-    let settings = BTreeMap::from([
+    let mut settings = BTreeMap::from([
         ("rate".to_owned(), json!(args.rate)),
         (
             "duration_seconds".to_owned(),
@@ -417,6 +417,7 @@ pub async fn run(context: &Context, args: &SteadyArgs) -> Result<Report, Loadtes
         ("seed".to_owned(), json!(seed)),
         ("deal".to_owned(), json!(setup.deal.id)),
     ]);
+    settings.extend(context.platform_setting());
     let mut report = scenario::report(
         "steady",
         &context.targets,

@@ -460,6 +460,21 @@ fn loadtest_refuses_what_it_would_ignore() {
         stderr.contains("unexpected argument '--connections'"),
         "{stderr}"
     );
+    // The platform's flags mean nothing without its key.
+    for flag in [
+        "--platform-auth=jwt",
+        "--platform-kid=k",
+        "--platform-issuer=https://id.test",
+        "--platform-audience=a",
+    ] {
+        let output = flashsale()
+            .args(["loadtest", "burst", flag])
+            .output()
+            .unwrap();
+        assert!(!output.status.success(), "{flag}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("--platform-key"), "{flag}: {stderr}");
+    }
     let output = flashsale()
         .args(["loadtest", "burst"])
         .env("FLASHSALE_LOADTEST_CONNECTIONS", "many")

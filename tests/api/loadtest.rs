@@ -113,6 +113,10 @@ fn a_burst_of_platform_users_sells_exactly_the_stock_either_way_they_authenticat
         assert_checks_pass(&report);
         assert_eq!(report["outcomes"]["ok"], 30, "{auth}");
         assert_eq!(report["outcomes"]["sold_out"], 90, "{auth}");
+        assert_eq!(
+            report["settings"]["platform_auth"], auth,
+            "the report says which"
+        );
     }
 }
 

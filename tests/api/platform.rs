@@ -191,3 +191,36 @@ async fn without_an_identity_provider_jwts_are_401_and_not_exchanged() {
         .await
         .refused(401, "unauthorized");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_usable_sub_makes_an_account_named_after_it() {
+    let server = platform_server().await;
+    let api = server.api();
+    // A `sub` may be 255 bytes, a name only 100 characters; a blank `sub`
+    // is a usable user id but no name.
+    let long = "g".repeat(255);
+    let shopper = bearer(jwt(TestKey::Es256, &long, None));
+    let wallet = api.wallet(&shopper).await;
+    assert_eq!(wallet["external_id"], long.as_str(), "{wallet}");
+    let merchant = bearer(jwt(TestKey::Es256, &long, Some("merchant")));
+    let me = api
+        .get("/v1/merchants/me", Some(&merchant.token))
+        .await
+        .ok(200);
+    assert_eq!(me["external_id"], long.as_str());
+    assert_eq!(
+        me["name"],
+        "g".repeat(100).as_str(),
+        "its first 100 characters"
+    );
+    let blank = bearer(jwt(TestKey::Es256, "   ", Some("merchant")));
+    let me = api
+        .get("/v1/merchants/me", Some(&blank.token))
+        .await
+        .ok(200);
+    assert_eq!(me["external_id"], "   ");
+    assert_eq!(me["name"], "merchant");
+    let blank = bearer(jwt(TestKey::Rsa1, "   ", None));
+    assert_eq!(api.wallet(&blank).await["external_id"], "   ");
+    server.check_invariants();
+}

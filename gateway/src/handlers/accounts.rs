@@ -130,7 +130,12 @@ pub(crate) async fn credit_external_wallet(
     check_credit(amount, &reference)?;
     let (shopper, _) = app
         .store
-        .link_shopper(&external_id, &name_of(&external_id), Money::ZERO, "")
+        .link_shopper(
+            &external_id,
+            &name_of(&external_id, "shopper"),
+            Money::ZERO,
+            "",
+        )
         .await?;
     let wallet = app
         .store
@@ -158,12 +163,15 @@ fn decode_external_id(segment: &str) -> Result<String, Error> {
     Ok(decoded.into_owned())
 }
 
-/// The name a shopper made for its external id gets: the external id's
-/// first [`NAME_CHARS_MAX`] characters, or `shopper` when they are blank.
-fn name_of(external_id: &str) -> String {
+/// The name an account made for its external id gets when nothing else
+/// names it: the external id's first [`NAME_CHARS_MAX`] characters, or
+/// `blank` (such as `shopper`) when they are blank. An external id is up
+/// to 255 bytes, a name up to [`NAME_CHARS_MAX`] characters: the external
+/// id itself would not always do.
+pub(crate) fn name_of(external_id: &str, blank: &str) -> String {
     let name: String = external_id.chars().take(NAME_CHARS_MAX).collect();
     if name.trim().is_empty() {
-        "shopper".to_owned()
+        blank.to_owned()
     } else {
         name
     }
