@@ -165,6 +165,9 @@ impl RedisStore {
         }
         let created = at.millis().to_string();
         let credit_text = credit.fen().to_string();
+        // The epoch the ids were handed out under (the `ids` step), or a
+        // newer one: each account keeps it (`other_epoch` in the Lua).
+        let epoch = self.epoch().to_string();
         let calls = by_shard.into_iter().map(|(shard, accounts)| {
             let keys = self.keys();
             let call = steps::Accounts {
@@ -175,6 +178,7 @@ impl RedisStore {
                     .collect(),
                 created_at: created.clone(),
                 credit: credit_text.clone(),
+                epoch: epoch.clone(),
                 each: accounts
                     .iter()
                     .flat_map(|(id, name, reference)| {

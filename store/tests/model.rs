@@ -868,6 +868,7 @@ impl<'a> Run<'a> {
                         self.deals[deal],
                         quantity,
                         &format!("key-{key}"),
+                        self.store().epoch(),
                     )
                     .await;
                 let expected = self.model.reserve(shopper, deal, quantity, key, false);
@@ -888,6 +889,7 @@ impl<'a> Run<'a> {
                         self.deals[deal],
                         quantity,
                         &format!("key-{key}"),
+                        self.store().epoch(),
                     )
                     .await;
                 let expected = self.model.reserve(shopper, deal, quantity, key, true);
@@ -902,7 +904,11 @@ impl<'a> Run<'a> {
                 let shopper = self.caller(shopper, self.model.holds[hold].shopper);
                 let got = self
                     .store()
-                    .pay_hold(self.shoppers[shopper], self.holds[hold])
+                    .pay_hold(
+                        self.shoppers[shopper],
+                        self.holds[hold],
+                        self.store().epoch(),
+                    )
                     .await
                     .map(|order| (order, Answer::Settled));
                 let expected = self.model.pay(shopper, hold);
@@ -917,7 +923,11 @@ impl<'a> Run<'a> {
                 let shopper = self.caller(shopper, self.model.holds[hold].shopper);
                 let got = self
                     .store()
-                    .release_hold(self.shoppers[shopper], self.holds[hold])
+                    .release_hold(
+                        self.shoppers[shopper],
+                        self.holds[hold],
+                        self.store().epoch(),
+                    )
                     .await;
                 let expected = self.model.release_by(shopper, hold);
                 self.saw_outcome(&expected);
@@ -927,7 +937,11 @@ impl<'a> Run<'a> {
                 let (shopper, deal) = (shopper_of(shopper), deal_of(deal));
                 let got = self
                     .store()
-                    .register(self.shoppers[shopper], self.deals[deal])
+                    .register(
+                        self.shoppers[shopper],
+                        self.deals[deal],
+                        self.store().epoch(),
+                    )
                     .await;
                 let got = match got {
                     Ok(new) => Ok(new),

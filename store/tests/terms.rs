@@ -68,7 +68,10 @@ async fn a_node_with_stale_terms_decides_with_the_newest() {
         .await
         .expect("a deal")
         .id;
-    let (_, answer) = b.buy(shopper, deal, 1, "first").await.expect("B sells");
+    let (_, answer) = b
+        .buy(shopper, deal, 1, "first", b.epoch())
+        .await
+        .expect("B sells");
     assert_eq!(answer, Answer::Settled);
 
     let pause = |paused| DealChange {
@@ -79,7 +82,7 @@ async fn a_node_with_stale_terms_decides_with_the_newest() {
         .await
         .expect("A pauses the deal");
     assert_eq!(
-        refusal(b.buy(shopper, deal, 1, "while-paused").await),
+        refusal(b.buy(shopper, deal, 1, "while-paused", b.epoch()).await),
         EngineError::DealPaused,
         "B, its copy of the terms older than the pause, sold"
     );
@@ -88,7 +91,7 @@ async fn a_node_with_stale_terms_decides_with_the_newest() {
         .await
         .expect("A resumes the deal");
     let (order, answer) = b
-        .buy(shopper, deal, 1, "resumed")
+        .buy(shopper, deal, 1, "resumed", b.epoch())
         .await
         .expect("B, its copy of the terms paused, refused a resumed deal");
     assert_eq!((answer, order.quantity), (Answer::Settled, 1));
