@@ -7,27 +7,12 @@
 
 mod support;
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
-use flashsale_engine::{Allocation, Money, NewDeal, OrderCursor, ShopperId, Timestamp, Wallet};
+use flashsale_engine::{Money, OrderCursor, ShopperId, Wallet};
 use flashsale_redis::RedisTarget;
 use flashsale_store::RedisStore;
 
 async fn store(url: &str, namespace: &str) -> RedisStore {
     support::connect(RedisTarget::Single(url.to_owned()), namespace, None).await
-}
-
-/// Deletes every key of `namespace` in one script (a single Redis): the
-/// loss of this test's data, leaving other tests' keys alone.
-fn forget(url: &str, namespace: &str) {
-    let client = redis::Client::open(url).expect("a Redis URL");
-    let mut connection = client.get_connection().expect("Redis answers");
-    let _: () = redis::cmd("EVAL")
-        .arg("for _, k in ipairs(redis.call('KEYS', ARGV[1])) do redis.call('DEL', k) end")
-        .arg(0)
-        .arg(format!("{namespace}:*"))
-        .query(&mut connection)
-        .expect("the namespace's keys deleted");
 }
 
 /// The field `field` of the account hash of `shopper` (its only key
@@ -80,17 +65,13 @@ async fn an_account_of_a_newer_epoch_refuses_a_node_in_the_old_one() {
     let Some(url) = flashsale_testkit::redis_url() else {
         return;
     };
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("after 1970")
-        .as_millis();
-    let namespace = format!("epochacct{}x{now}", std::process::id());
+    let namespace = support::namespace("epochacct");
     let credit = Money::from_fen(1_000).expect("a credit");
     let old = store(&url, &namespace).await;
     let before = old.create_shoppers(1, credit).await.expect("a shopper")[0];
     let old_epoch = old.epoch();
 
-    forget(&url, &namespace);
+    support::delete_namespace(std::slice::from_ref(&url), &namespace);
     let new = store(&url, &namespace).await;
     assert_ne!(new.epoch(), old_epoch, "an empty Redis has a new epoch");
     let shopper = new.create_shoppers(1, credit).await.expect("a shopper")[0];
@@ -101,22 +82,8 @@ async fn an_account_of_a_newer_epoch_refuses_a_node_in_the_old_one() {
         "the account keeps the epoch it was made in"
     );
     let merchant = new.create_merchant("epoch").await.expect("a merchant");
-    let now = i64::try_from(now).expect("ms fit i64");
     let deal = new
-        .create_deal(
-            merchant.id,
-            NewDeal {
-                title: "epoch".to_owned(),
-                price: Money::from_fen(100).expect("a price"),
-                stock: 10,
-                per_user_limit: Some(5),
-                starts_at: Timestamp(now - 60_000),
-                ends_at: Timestamp(now + 3_600_000),
-                requires_registration: false,
-                hold_seconds: None,
-                allocation: Allocation::FirstCome,
-            },
-        )
+        .create_deal(merchant.id, support::open_deal("epoch", new.now()))
         .await
         .expect("a deal")
         .id;
@@ -184,5 +151,5 @@ async fn an_account_of_a_newer_epoch_refuses_a_node_in_the_old_one() {
         "a linked account keeps the epoch it was made in"
     );
 
-    forget(&url, &namespace);
+    support::delete_namespace(&[url], &namespace);
 }
