@@ -817,15 +817,18 @@ end
 
 -- review: the order's shopper reviews it once (engine: `review`); the
 -- merchant's rating sums on this shard count it in the same step.
+-- account: the caller's on the order's shard; epoch: the caller's token's
+-- (`other_epoch`: else 'EPOCH').
 --- step: review
---- keys: orders reviews ratings
---- args: order shopper merchant description delivery service text created_at
---- replies: OK ERR
+--- keys: orders reviews ratings account
+--- args: order shopper merchant description delivery service text created_at epoch
+--- replies: OK ERR EPOCH
 --- ok: deal
 --- flags: -
 local function review(keys, args)
   local orders, reviews, ratings = keys[1], keys[2], keys[3]
   local id, shopper, merchant = args[1], args[2], args[3]
+  if other_epoch(keys[4], args[9]) then return {'EPOCH'} end
   local order, missing = order_of(orders, id)
   if not order then return missing end
   local scores = {num(args[4]), num(args[5]), num(args[6])}
@@ -850,15 +853,17 @@ local function decide_share(view)
 end
 
 -- share: counts a shared order toward its deal's popularity once (engine:
--- `share`): 'new' or 'again'.
+-- `share`): 'new' or 'again'. account: the caller's on the order's
+-- shard; epoch: the caller's token's (`other_epoch`: else 'EPOCH').
 --- step: share
---- keys: orders shared stock
---- args: order shopper
---- replies: OK ERR
+--- keys: orders shared stock account
+--- args: order shopper epoch
+--- replies: OK ERR EPOCH
 --- ok: outcome
 --- flags: -
 local function share(keys, args)
   local orders, shared, stock = keys[1], keys[2], keys[3]
+  if other_epoch(keys[4], args[3]) then return {'EPOCH'} end
   local order, missing = order_of(orders, args[1])
   if not order then return missing end
   local effect, refused = decide_share({own = tostring(order.shopper) == args[2],

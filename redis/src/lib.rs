@@ -77,9 +77,10 @@
 //! tokens of the old epoch are `401`. Until that poll a node still takes
 //! the old epoch's tokens, so each shopper's account keeps the epoch it was
 //! made in (`e`), and the steps acting for a token (`reserve`, `pay`,
-//! `release`, `register`) take the epoch the node verified it under and
-//! answer `EPOCH`, changing nothing, for an account of another
-//! ([`Error::EarlierEpoch`], `401` like the token's own refusal).
+//! `release`, `register`, `review`, `share`) take the epoch the node
+//! verified it under and answer `EPOCH`, changing nothing, for an account
+//! of another ([`Error::EarlierEpoch`], `401` like the token's own
+//! refusal).
 //!
 //! ## Durability
 //! What an acknowledged change is worth is what Redis promises for it: the

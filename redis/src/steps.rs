@@ -274,18 +274,23 @@ steps! {
         replies: ["OK"];
         ok: "";
     }
-    /// The order's shopper reviews it once; the shard's rating sums count it.
+    /// The order's shopper reviews it once; the shard's rating sums count
+    /// it. `account`: the caller's on the order's shard; `epoch`: the
+    /// caller's token's, `EPOCH` when the account was made in another.
     Review "review" writes {
-        keys: [orders, reviews, ratings];
-        args: [order, shopper, merchant, description, delivery, service, text, created_at];
-        replies: ["OK", "ERR"];
+        keys: [orders, reviews, ratings, account];
+        args: [order, shopper, merchant, description, delivery, service, text, created_at,
+            epoch];
+        replies: ["OK", "ERR", "EPOCH"];
         ok: "deal";
     }
     /// Counts a shared order toward its deal's popularity once.
+    /// `account`: the caller's on the order's shard; `epoch`: the caller's
+    /// token's, `EPOCH` when the account was made in another.
     Share "share" writes {
-        keys: [orders, shared, stock];
-        args: [order, shopper];
-        replies: ["OK", "ERR"];
+        keys: [orders, shared, stock, account];
+        args: [order, shopper, epoch];
+        replies: ["OK", "ERR", "EPOCH"];
         ok: "outcome";
     }
     /// A read-only snapshot of one shard for `flashsale audit`.

@@ -372,19 +372,33 @@ impl Store {
         dispatch_result!(self, store => store.expire_holds().await)
     }
 
+    /// The order's shopper reviews it once; `epoch`: the caller's token's.
     pub async fn review(
         &self,
         shopper: ShopperId,
         order: OrderId,
         scores: [u8; 3],
         text: &str,
+        epoch: u64,
     ) -> Result<Review, Error> {
-        dispatch_result!(self, store => store.review(shopper, order, scores, text).await)
+        match self {
+            Store::Memory(store) => store.review(shopper, order, scores, text).await,
+            Store::Redis(store) => Ok(store.review(shopper, order, scores, text, epoch).await?),
+        }
     }
 
-    /// `true` the first time an order is shared.
-    pub async fn share(&self, shopper: ShopperId, order: OrderId) -> Result<bool, Error> {
-        dispatch_result!(self, store => store.share(shopper, order).await)
+    /// `true` the first time an order is shared; `epoch`: the caller's
+    /// token's.
+    pub async fn share(
+        &self,
+        shopper: ShopperId,
+        order: OrderId,
+        epoch: u64,
+    ) -> Result<bool, Error> {
+        match self {
+            Store::Memory(store) => store.share(shopper, order).await,
+            Store::Redis(store) => Ok(store.share(shopper, order, epoch).await?),
+        }
     }
 
     pub async fn order(&self, id: OrderId) -> Result<Order, Error> {

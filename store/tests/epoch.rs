@@ -56,9 +56,10 @@ fn earlier_epoch<T: std::fmt::Debug>(result: Result<T, flashsale_redis::Error>, 
 /// A shopper made before the loss through node `old`; Redis loses the
 /// namespace; node `new` makes a new shopper that gets the same id (and
 /// a deal, and a hold of that shopper). `old`, still in the old epoch,
-/// acts for the old token's id: buy, hold, pay and release of the hold
-/// and registration are each refused, and the new shopper's wallet, the
-/// deal's stock and the hold are as they were. An account without an
+/// acts for the old token's id: buy, hold, pay and release of the hold,
+/// registration, and review and share of the new shopper's order are
+/// each refused, and the new shopper's wallet, the deal's stock, the hold
+/// and the order are as they were. An account without an
 /// epoch (an older build's) is taken, and `link` keeps the epoch too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_account_of_a_newer_epoch_refuses_a_node_in_the_old_one() {
@@ -128,9 +129,28 @@ async fn an_account_of_a_newer_epoch_refuses_a_node_in_the_old_one() {
     );
 
     // A node of the account's epoch acts for it.
-    new.buy(shopper, deal, 1, "new-buy", new.epoch())
+    let (order, _) = new
+        .buy(shopper, deal, 1, "new-buy", new.epoch())
         .await
         .expect("the new epoch's node buys");
+
+    // Reviewing and sharing the new shopper's order: refused the same, so
+    // the new shopper's own review and share are still the first.
+    earlier_epoch(
+        old.review(shopper, order.id, [5, 5, 5], "old", old_epoch)
+            .await,
+        "review",
+    );
+    earlier_epoch(old.share(shopper, order.id, old_epoch).await, "share");
+    new.review(shopper, order.id, [4, 4, 4], "new", new.epoch())
+        .await
+        .expect("the order's first review");
+    assert!(
+        new.share(shopper, order.id, new.epoch())
+            .await
+            .expect("a share"),
+        "the order's first share"
+    );
 
     // An account without an epoch (made by an older build) has none to
     // compare: taken.

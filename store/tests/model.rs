@@ -987,7 +987,13 @@ impl<'a> Run<'a> {
                 let shopper = self.caller(shopper, self.model.orders[order].shopper);
                 let got = self
                     .store()
-                    .review(self.shoppers[shopper], self.orders[order], scores, "fine")
+                    .review(
+                        self.shoppers[shopper],
+                        self.orders[order],
+                        scores,
+                        "fine",
+                        self.store().epoch(),
+                    )
                     .await;
                 let got = match got {
                     Ok(review) => Ok(review.order),
@@ -1024,7 +1030,11 @@ impl<'a> Run<'a> {
                 let shopper = self.caller(shopper, self.model.orders[order].shopper);
                 let got = self
                     .store()
-                    .share(self.shoppers[shopper], self.orders[order])
+                    .share(
+                        self.shoppers[shopper],
+                        self.orders[order],
+                        self.store().epoch(),
+                    )
                     .await;
                 let got = match got {
                     Ok(first) => Ok(first),
