@@ -125,8 +125,6 @@ local function err(code, arg)
   return {'ERR', code, arg or ''}
 end
 
--- Integers as exact decimal text: Lua's own number-to-text conversion keeps
--- only 14 significant digits, too few for money near 2^53 fen.
 -- An account made in another epoch than the caller's token (`epoch`, the
 -- epoch the node verified the token under): Redis lost its data and the
 -- token's id now names an account made since (ids start from 1 again),
@@ -140,6 +138,8 @@ local function other_epoch(account, epoch)
   return made ~= false and made ~= epoch
 end
 
+-- Integers as exact decimal text: Lua's own number-to-text conversion keeps
+-- only 14 significant digits, too few for money near 2^53 fen.
 local function int(n)
   return string.format('%d', n)
 end
