@@ -53,8 +53,11 @@
 --                     shard holds (or it holds none): the node reads them
 --                     afresh from the deal's slot, installs their version on
 --                     the shard and retries
---   {'EPOCH'}         the deployment's epoch is not the node's: the node
---                     re-reads it and retries
+--   {'EPOCH'}         `ids`: the deployment's epoch is not the node's: the
+--                     node re-reads it and retries. A step acting for a
+--                     shopper's token: the shopper's account was made in
+--                     another epoch than the token's (`other_epoch`):
+--                     nothing changed, the node refuses the token
 --   {'BACKLOG'}       the shard's books stream is at its bound (Postgres is
 --                     behind): nothing changed, the node answers 503
 --
@@ -120,6 +123,19 @@ end
 
 local function err(code, arg)
   return {'ERR', code, arg or ''}
+end
+
+-- An account made in another epoch than the caller's token (`epoch`, the
+-- epoch the node verified the token under): Redis lost its data and the
+-- token's id now names an account made since (ids start from 1 again),
+-- which the token must not act for (the node learns a new epoch within a
+-- poll, so it may still take the old one's tokens until then). Every step
+-- that makes an account writes its epoch as `e`; an account without one
+-- (an older build's) and a call without an epoch ('') pass.
+local function other_epoch(account, epoch)
+  if epoch == '' then return false end
+  local made = redis.call('HGET', account, 'e')
+  return made ~= false and made ~= epoch
 end
 
 -- Integers as exact decimal text: Lua's own number-to-text conversion keeps
@@ -271,12 +287,13 @@ end
 -- shopper_orders: order lists; records: the deal's record set.
 -- kind: 'order' or 'hold'; sold_out: the node's sold-out flag (1|0);
 -- retention: of the key, in s; backlog: the books stream's bound (entries;
--- 0: none); terms: the node's copy of the deal's terms (`terms_of`). OK:
--- kind, the record's JSON, '1' when replayed.
+-- 0: none); terms: the node's copy of the deal's terms (`terms_of`);
+-- epoch: the caller's token's (`other_epoch`: else 'EPOCH'). OK: kind,
+-- the record's JSON, '1' when replayed.
 --- step: reserve
 --- keys: account record stock orders holds expiries sequences deal_orders shopper_orders records books
---- args: deal shopper kind quantity shard sold_out retention backlog terms
---- replies: OK ERR REFILL TERMS BACKLOG
+--- args: deal shopper kind quantity shard sold_out retention backlog terms epoch
+--- replies: OK ERR REFILL TERMS EPOCH BACKLOG
 --- ok: kind body replayed
 --- flags: -
 local function reserve(keys, args)
@@ -286,6 +303,7 @@ local function reserve(keys, args)
   local deal, shopper, kind = args[1], args[2], args[3]
   local quantity, shard = num(args[4]), num(args[5])
   local sold_out, retention, backlog = args[6] == '1', args[7], num(args[8])
+  if other_epoch(account, args[10]) then return {'EPOCH'} end
   -- Read: the shard's numbers of the deal with its terms' version (not
   -- the node's: the node refreshes its terms and retries), the record, the
   -- books' backlog, the wallet.
@@ -422,17 +440,19 @@ end
 -- funds become spent, held stock sold. Late: the units are taken from the
 -- bucket again and the funds from available.
 -- backlog: the books stream's bound (entries; 0: none); terms: the node's
--- copy of the hold's deal's terms (`terms_of`).
+-- copy of the hold's deal's terms (`terms_of`); epoch: the caller's
+-- token's (`other_epoch`: else 'EPOCH').
 --- step: pay
 --- keys: account stock orders holds expiries deal_orders shopper_orders books
---- args: hold shopper shard backlog terms
---- replies: OK ERR REFILL TERMS BACKLOG
+--- args: hold shopper shard backlog terms epoch
+--- replies: OK ERR REFILL TERMS EPOCH BACKLOG
 --- ok: kind body
 --- flags: -
 local function pay(keys, args)
   local account, stock, orders, holds = keys[1], keys[2], keys[3], keys[4]
   local expiries, deal_orders, shopper_orders, stream = keys[5], keys[6], keys[7], keys[8]
   local id, shopper, shard = args[1], args[2], num(args[3])
+  if other_epoch(account, args[6]) then return {'EPOCH'} end
   -- Read the hold (engine: a lookup, before the rule) and decide.
   local encoded = redis.call('HGET', holds, id)
   if not encoded then return err('not_found', 'hold') end
@@ -522,16 +542,19 @@ end
 -- release: DELETE /v1/holds/{id} (engine: `release_hold`), or, with
 -- shopper '*', the expiry sweep of one hold whose time is up (engine:
 -- `expire_holds`). Releasing a released or expired hold changes nothing.
--- account: of the hold's shopper; shopper: the caller, or '*' for the sweep.
+-- account: of the hold's shopper; shopper: the caller, or '*' for the sweep;
+-- epoch: the caller's token's (`other_epoch`: else 'EPOCH'; '' for the
+-- sweep).
 --- step: release
 --- keys: account stock holds expiries
---- args: hold shopper
---- replies: OK ERR
+--- args: hold shopper epoch
+--- replies: OK ERR EPOCH
 --- ok: kind body
 --- flags: -
 local function release(keys, args)
   local account, stock, holds, expiries = keys[1], keys[2], keys[3], keys[4]
   local id, shopper = args[1], args[2]
+  if other_epoch(account, args[3]) then return {'EPOCH'} end
   local encoded = redis.call('HGET', holds, id)
   if not encoded then return err('not_found', 'hold') end
   local hold = cjson.decode(encoded)
@@ -598,22 +621,23 @@ end
 -- accounts: creates shoppers of this shard, each wallet credited `credit`
 -- fen under its own reference (engine: `create_shoppers`). Creating an
 -- existing account again changes nothing (a retried call).
--- created_at in ms, credit in fen; then for each account its shopper id, its
--- name and its credit reference.
+-- created_at in ms, credit in fen, epoch: the deployment's, which the
+-- account keeps as `e` (`other_epoch`); then for each account its shopper
+-- id, its name and its credit reference.
 --- step: accounts
 --- keys: books account...
---- args: created_at credit (shopper name reference)...
+--- args: created_at credit epoch (shopper name reference)...
 --- replies: OK
 --- ok:
 --- flags: -
 local function accounts(keys, args)
-  local created, amount = args[1], num(args[2])
+  local created, amount, epoch = args[1], num(args[2]), args[3]
   for index = 2, #keys do
     local account = keys[index]
     if redis.call('EXISTS', account) == 0 then
-      local at = (index - 1) * 3
+      local at = (index - 1) * 3 + 1
       local shopper, name, reference = args[at], args[at + 1], args[at + 2]
-      redis.call('HSET', account, 'name', name, 'created_at', created,
+      redis.call('HSET', account, 'name', name, 'created_at', created, 'e', epoch,
         'credited', int(amount), 'available', int(amount), 'held', 0, 'spent', 0)
       if amount > 0 then
         redis.call('HSET', account, 'c:' .. reference, int(amount))
@@ -630,12 +654,13 @@ end
 -- node set the link first, with HSETNX): made with its name, external id
 -- and signup credit unless it exists, so whoever finds the link runs this
 -- step, a crash between the link and this step is repaired by the next
--- request, and the credit lands once. created_at in ms, credit in fen.
--- OK: 1 when this call made the account (else 0), then its name,
--- created_at and external id.
+-- request, and the credit lands once. created_at in ms, credit in fen,
+-- epoch: the deployment's, kept as `e` (`other_epoch`). OK: 1 when this
+-- call made the account (else 0), then its name, created_at and external
+-- id.
 --- step: link
 --- keys: books account
---- args: created_at credit shopper name reference external
+--- args: created_at credit shopper name reference external epoch
 --- replies: OK
 --- ok: made name created_at external
 --- flags: -
@@ -645,7 +670,7 @@ local function link(keys, args)
   if redis.call('EXISTS', account) == 0 then
     local created, amount, reference = args[1], num(args[2]), args[5]
     redis.call('HSET', account, 'name', args[4], 'created_at', created, 'ext', args[6],
-      'credited', int(amount), 'available', int(amount), 'held', 0, 'spent', 0)
+      'e', args[7], 'credited', int(amount), 'available', int(amount), 'held', 0, 'spent', 0)
     if amount > 0 then
       redis.call('HSET', account, 'c:' .. reference, int(amount))
       -- engine: the signup credit's WalletCredited.
@@ -672,15 +697,17 @@ end
 
 -- register: a shopper registers for a deal before it starts (engine:
 -- `register`): 'new' or 'again'.
--- terms: the node's copy of the deal's terms (`terms_of`).
+-- terms: the node's copy of the deal's terms (`terms_of`); epoch: the
+-- caller's token's (`other_epoch`: else 'EPOCH').
 --- step: register
 --- keys: account stock
---- args: deal terms
---- replies: OK ERR TERMS
+--- args: deal terms epoch
+--- replies: OK ERR TERMS EPOCH
 --- ok: outcome
 --- flags: -
 local function register(keys, args)
   local account, stock, deal = keys[1], keys[2], args[1]
+  if other_epoch(account, args[3]) then return {'EPOCH'} end
   local terms = terms_of(args[2], redis.call('HGET', stock, 'v:' .. deal))
   if not terms then return {'TERMS'} end
   local read = redis.call('HMGET', account, 'name', 'r:' .. deal)
@@ -790,15 +817,18 @@ end
 
 -- review: the order's shopper reviews it once (engine: `review`); the
 -- merchant's rating sums on this shard count it in the same step.
+-- account: the caller's on the order's shard; epoch: the caller's token's
+-- (`other_epoch`: else 'EPOCH').
 --- step: review
---- keys: orders reviews ratings
---- args: order shopper merchant description delivery service text created_at
---- replies: OK ERR
+--- keys: orders reviews ratings account
+--- args: order shopper merchant description delivery service text created_at epoch
+--- replies: OK ERR EPOCH
 --- ok: deal
 --- flags: -
 local function review(keys, args)
   local orders, reviews, ratings = keys[1], keys[2], keys[3]
   local id, shopper, merchant = args[1], args[2], args[3]
+  if other_epoch(keys[4], args[9]) then return {'EPOCH'} end
   local order, missing = order_of(orders, id)
   if not order then return missing end
   local scores = {num(args[4]), num(args[5]), num(args[6])}
@@ -823,15 +853,17 @@ local function decide_share(view)
 end
 
 -- share: counts a shared order toward its deal's popularity once (engine:
--- `share`): 'new' or 'again'.
+-- `share`): 'new' or 'again'. account: the caller's on the order's
+-- shard; epoch: the caller's token's (`other_epoch`: else 'EPOCH').
 --- step: share
---- keys: orders shared stock
---- args: order shopper
---- replies: OK ERR
+--- keys: orders shared stock account
+--- args: order shopper epoch
+--- replies: OK ERR EPOCH
 --- ok: outcome
 --- flags: -
 local function share(keys, args)
   local orders, shared, stock = keys[1], keys[2], keys[3]
+  if other_epoch(keys[4], args[3]) then return {'EPOCH'} end
   local order, missing = order_of(orders, args[1])
   if not order then return missing end
   local effect, refused = decide_share({own = tostring(order.shopper) == args[2],

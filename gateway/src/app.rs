@@ -241,17 +241,24 @@ impl App {
     /// configured (`crate::idp`); any other token is the engine's own,
     /// refused when its account revoked it.
     pub(crate) async fn caller(&self, parts: &Parts) -> Result<Caller, Error> {
+        Ok(self.caller_in_epoch(parts).await?.0)
+    }
+
+    /// [`App::caller`] and the epoch its token was verified under (the
+    /// store's then), which the store's steps acting for a shopper check
+    /// the account against (a node learns a new epoch only at its next
+    /// poll).
+    async fn caller_in_epoch(&self, parts: &Parts) -> Result<(Caller, u64), Error> {
         let token = bearer_token(parts)?;
+        let epoch = self.store.epoch();
         let caller = match &self.idp {
-            Some(idp) if crate::idp::is_jwt(token) => self.platform_caller(idp, token).await?.0,
-            _ => self.not_revoked(self.signer.verify(
-                token,
-                self.now_seconds(),
-                self.store.epoch(),
-            )?)?,
+            Some(idp) if crate::idp::is_jwt(token) => {
+                self.platform_caller(idp, token, epoch).await?.0
+            }
+            _ => self.not_revoked(self.signer.verify(token, self.now_seconds(), epoch)?)?,
         };
         self.admission.check_caller(caller)?;
-        Ok(caller)
+        Ok((caller, epoch))
     }
 
     /// The account of a platform token and the token's `exp` (Unix
@@ -271,7 +278,7 @@ impl App {
             .ok_or(Error::Unauthorized(
                 "the Authorization header must be `Bearer <the platform's JWT>`",
             ))?;
-        let (caller, expires_at) = self.platform_caller(idp, token).await?;
+        let (caller, expires_at) = self.platform_caller(idp, token, self.store.epoch()).await?;
         self.admission.check_caller(caller)?;
         Ok((caller, expires_at))
     }
@@ -279,14 +286,15 @@ impl App {
     /// The account of a platform token and the token's `exp`: remembered
     /// if this token was verified before, else verified and its `sub`'s
     /// account looked up, made at its first use (a new shopper gets
-    /// `--signup-credit` like a signup).
+    /// `--signup-credit` like a signup); `epoch`: the store's, read by the
+    /// caller.
     async fn platform_caller(
         &self,
         idp: &crate::idp::Idp,
         token: &str,
+        epoch: u64,
     ) -> Result<(Caller, i64), Error> {
         let now = self.now_seconds();
-        let epoch = self.store.epoch();
         if let Some(remembered) = idp.remembered(token, now, epoch) {
             return Ok(remembered);
         }
@@ -329,8 +337,14 @@ impl App {
     }
 
     pub(crate) async fn shopper(&self, parts: &Parts) -> Result<ShopperId, Error> {
-        match self.caller(parts).await? {
-            Caller::Shopper(id) => Ok(id),
+        Ok(self.shopper_in_epoch(parts).await?.0)
+    }
+
+    /// [`App::shopper`] and the epoch its token was verified under, for
+    /// the store's calls that act for the shopper.
+    pub(crate) async fn shopper_in_epoch(&self, parts: &Parts) -> Result<(ShopperId, u64), Error> {
+        match self.caller_in_epoch(parts).await? {
+            (Caller::Shopper(id), epoch) => Ok((id, epoch)),
             _ => Err(Error::Forbidden("only a shopper may do this")),
         }
     }

@@ -45,6 +45,12 @@ const TOKEN_VERSION_1: &str = "v1";
 const MAC_BYTES: usize = 32;
 /// Longest token text looked at; longer ones are refused unread.
 const TOKEN_BYTES_MAX: usize = 256;
+/// Why a token of another epoch than the deployment's is refused (`401`),
+/// here and when a store step finds the token's account made in another
+/// epoch (`flashsale_redis::Error::EarlierEpoch`, mapped in `crate::error`).
+pub(crate) const EARLIER_EPOCH: &str = "the token is of an earlier epoch of this deployment (its \
+     Redis lost its data, and the token's id may name someone else now); get a new token";
+
 /// The epoch of a deployment without one (one node): its tokens carry none.
 pub use flashsale_redis::NO_EPOCH;
 /// Domain separation between the admin comparison and signed tokens.
@@ -233,10 +239,7 @@ impl Signer {
                 .map_err(|_| Error::Unauthorized("the token is not valid"))?,
         };
         if token_epoch != epoch {
-            return Err(Error::Unauthorized(
-                "the token is of an earlier epoch of this deployment (its Redis lost its data, \
-                 and the token's id may name someone else now); get a new token",
-            ));
+            return Err(Error::Unauthorized(EARLIER_EPOCH));
         }
         if expiry <= now {
             return Err(Error::Unauthorized("the token has expired"));

@@ -185,6 +185,7 @@ impl From<flashsale_redis::Error> for Error {
             Redis::Engine(refusal) => Error::Engine(refusal),
             Redis::Config(message) => Error::Config(message),
             Redis::Random(error) => Error::Random(error),
+            Redis::EarlierEpoch => Error::Unauthorized(crate::auth::EARLIER_EPOCH),
             other => Error::Redis(other),
         }
     }
@@ -461,6 +462,19 @@ mod tests {
             let http = Error::Engine(engine).http();
             assert_eq!((http.status.as_u16(), http.code), (status, code));
         }
+    }
+
+    /// A step that finds the shopper's account made in another epoch
+    /// than the token refuses the token as `auth` refuses a token of an
+    /// earlier epoch: the same status, code and message.
+    #[test]
+    fn an_account_of_another_epoch_is_the_tokens_epoch_refusal() {
+        let error = Error::from(flashsale_store::StoreError::from(
+            flashsale_redis::Error::EarlierEpoch,
+        ));
+        let http = error.http();
+        assert_eq!((http.status.as_u16(), http.code), (401, "unauthorized"));
+        assert_eq!(error.to_string(), crate::auth::EARLIER_EPOCH);
     }
 
     #[test]

@@ -165,6 +165,9 @@ impl RedisStore {
         }
         let created = at.millis().to_string();
         let credit_text = credit.fen().to_string();
+        // The epoch the ids were handed out under (the `ids` step), or a
+        // newer one: each account keeps it (`other_epoch` in the Lua).
+        let epoch = self.epoch().to_string();
         let calls = by_shard.into_iter().map(|(shard, accounts)| {
             let keys = self.keys();
             let call = steps::Accounts {
@@ -175,6 +178,7 @@ impl RedisStore {
                     .collect(),
                 created_at: created.clone(),
                 credit: credit_text.clone(),
+                epoch: epoch.clone(),
                 each: accounts
                     .iter()
                     .flat_map(|(id, name, reference)| {
@@ -260,6 +264,7 @@ impl RedisStore {
         order: OrderId,
         scores: [u8; 3],
         text: &str,
+        epoch: u64,
     ) -> Result<Review, Error> {
         flashsale_engine::check_review(scores, text)?;
         let settled = self.order(order).await?;
@@ -275,6 +280,7 @@ impl RedisStore {
             orders: keys.shard(shard, "orders"),
             reviews: keys.shard(shard, "reviews"),
             ratings: keys.shard(shard, "ratings"),
+            account: keys.shard_id(shard, "acct", shopper.0),
             order: order.0.to_string(),
             shopper: shopper.0.to_string(),
             merchant: merchant.0.to_string(),
@@ -283,6 +289,7 @@ impl RedisStore {
             service,
             text: text.to_owned(),
             created_at: created_at.millis().to_string(),
+            epoch: epoch.to_string(),
         };
         self.run_done(&call).await?;
         let [description, delivery, service] = scores;
@@ -299,7 +306,12 @@ impl RedisStore {
         })
     }
 
-    pub async fn share(&self, shopper: ShopperId, order: OrderId) -> Result<bool, Error> {
+    pub async fn share(
+        &self,
+        shopper: ShopperId,
+        order: OrderId,
+        epoch: u64,
+    ) -> Result<bool, Error> {
         let (shard, _) = decompose(order.0);
         if shard >= self.inner.shards {
             return Err(Error::Engine(EngineError::NotFound(Entity::Order)));
@@ -309,8 +321,10 @@ impl RedisStore {
             orders: keys.shard(shard, "orders"),
             shared: keys.shard(shard, "shared"),
             stock: keys.shard(shard, "stock"),
+            account: keys.shard_id(shard, "acct", shopper.0),
             order: order.0.to_string(),
             shopper: shopper.0.to_string(),
+            epoch: epoch.to_string(),
         };
         let values = self.run_done(&call).await?;
         Ok(values.get(1).and_then(text).as_deref() == Some("new"))

@@ -327,7 +327,9 @@ impl RedisStore {
         match self.run(call, None).await? {
             Reply::Done(values) => Ok(values),
             Reply::Refused(refusal) => Err(Error::Engine(refusal)),
-            Reply::Refill { .. } | Reply::Terms | Reply::Epoch | Reply::Backlog => {
+            // Only the steps acting for a token answer it (`ids` runs apart).
+            Reply::Epoch => Err(Error::EarlierEpoch),
+            Reply::Refill { .. } | Reply::Terms | Reply::Backlog => {
                 Err(garbled("a step that can only be done or refused"))
             }
         }

@@ -51,6 +51,13 @@ pub enum Error {
         online: u32,
         required: u32,
     },
+    /// The shopper's account was made in another epoch than the caller's
+    /// token (the `EPOCH` reply of a step acting for a shopper): Redis
+    /// lost its data and the token's id names an account made since, by a
+    /// node that saw the new epoch before this one did. Nothing changed;
+    /// the gateway refuses the token as it refuses one of an earlier epoch.
+    #[error("the token is of an earlier epoch of this deployment")]
+    EarlierEpoch,
     /// A setting that cannot work, naming the flag.
     #[error("invalid configuration: {0}")]
     Config(String),

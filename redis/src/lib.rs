@@ -15,7 +15,7 @@
 //!
 //! | key (`ns` is `--redis-namespace`) | what |
 //! |---|---|
-//! | `ns:{s:K}:acct:<shopper>` | hash: name, wallet (`credited/available/held/spent`, fen), per deal `b:`/`h:` units bought/held and `r:` registered, `c:<reference>` credits |
+//! | `ns:{s:K}:acct:<shopper>` | hash: name, `e` the epoch it was made in, wallet (`credited/available/held/spent`, fen), per deal `b:`/`h:` units bought/held and `r:` registered, `c:<reference>` credits |
 //! | `ns:{s:K}:key:<shopper>:<key>` | string: an idempotency record `deal:kind:quantity:outcome`, expiring after 24 h |
 //! | `ns:{s:K}:stock` | hash: per deal `b:` the shard's **stock bucket**, `h:` held, `s:` sold, `n:` buyers, `g:` registrations, `x:` shares, `v:` the version of the deal's terms the shard's steps take (the node passes the terms themselves); `order`: the shard's order sequence |
 //! | `ns:{s:K}:orders`, `:holds`, `:exp`, `:seq` | orders and holds by id (JSON), hold expiries (sorted set), hold and sweep id sequences |
@@ -74,7 +74,13 @@
 //! epoch the node knows (the `ids` step checks it in the same call), and
 //! the poller re-reads it every poll: a new epoch (Redis lost its data)
 //! drops every cached deal, sold-out flag and merchant, and from then on
-//! tokens of the old epoch are `401`.
+//! tokens of the old epoch are `401`. Until that poll a node still takes
+//! the old epoch's tokens, so each shopper's account keeps the epoch it was
+//! made in (`e`), and the steps acting for a token (`reserve`, `pay`,
+//! `release`, `register`, `review`, `share`) take the epoch the node
+//! verified it under and answer `EPOCH`, changing nothing, for an account
+//! of another ([`Error::EarlierEpoch`], `401` like the token's own
+//! refusal).
 //!
 //! ## Durability
 //! What an acknowledged change is worth is what Redis promises for it: the

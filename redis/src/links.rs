@@ -68,6 +68,7 @@ impl RedisStore {
             name: name.to_owned(),
             reference: reference.to_owned(),
             external: external_id.to_owned(),
+            epoch: self.epoch().to_string(),
         };
         let values = self.run_done(&call).await?;
         let shopper = Shopper {

@@ -15,7 +15,9 @@ use crate::steps;
 use crate::{EXPIRY_BATCH_MAX, KEY_RETENTION_SECONDS, RedisStore, STEP_ATTEMPTS_MAX};
 
 impl RedisStore {
-    /// The shared path of buy and hold (engine: `reserve`).
+    /// The shared path of buy and hold (engine: `reserve`); `epoch`: the
+    /// caller's token's ([`Error::EarlierEpoch`] when the account is of
+    /// another).
     pub(crate) async fn reserve(
         &self,
         shopper: ShopperId,
@@ -23,6 +25,7 @@ impl RedisStore {
         quantity: u32,
         key: &str,
         kind: &str,
+        epoch: u64,
     ) -> Result<(Vec<Value>, bool), Error> {
         flashsale_engine::check_reservation(quantity, key)?;
         let entry = self.entry(deal).await?;
@@ -52,6 +55,7 @@ impl RedisStore {
             retention: KEY_RETENTION_SECONDS.to_string(),
             backlog: self.inner.books_backlog.clone(),
             terms: String::new(),
+            epoch: epoch.to_string(),
         };
         for _ in 0..STEP_ATTEMPTS_MAX {
             call.terms = entry.terms_arg();
@@ -74,7 +78,7 @@ impl RedisStore {
                         return Err(Error::Engine(EngineError::SoldOut));
                     }
                 }
-                Reply::Epoch => return Err(garbled("reserve cannot answer EPOCH")),
+                Reply::Epoch => return Err(Error::EarlierEpoch),
             }
         }
         Err(Error::RedisBusy)
@@ -82,7 +86,12 @@ impl RedisStore {
 }
 
 impl RedisStore {
-    pub async fn register(&self, shopper: ShopperId, deal: DealId) -> Result<bool, Error> {
+    pub async fn register(
+        &self,
+        shopper: ShopperId,
+        deal: DealId,
+        epoch: u64,
+    ) -> Result<bool, Error> {
         let entry = self.entry(deal).await?;
         let shard = self.shard_of(shopper);
         let keys = self.keys();
@@ -91,6 +100,7 @@ impl RedisStore {
             stock: keys.shard(shard, "stock"),
             deal: deal.0.to_string(),
             terms: String::new(),
+            epoch: epoch.to_string(),
         };
         for _ in 0..STEP_ATTEMPTS_MAX {
             call.terms = entry.terms_arg();
@@ -100,8 +110,9 @@ impl RedisStore {
                 }
                 Reply::Refused(refusal) => return Err(Error::Engine(refusal)),
                 Reply::Terms => self.install_terms(&entry, [shard]).await?,
-                Reply::Refill { .. } | Reply::Epoch | Reply::Backlog => {
-                    return Err(garbled("register cannot refill or answer EPOCH or BACKLOG"));
+                Reply::Epoch => return Err(Error::EarlierEpoch),
+                Reply::Refill { .. } | Reply::Backlog => {
+                    return Err(garbled("register cannot refill or answer BACKLOG"));
                 }
             }
         }
@@ -114,8 +125,11 @@ impl RedisStore {
         deal: DealId,
         quantity: u32,
         key: &str,
+        epoch: u64,
     ) -> Result<(Order, Answer), Error> {
-        let (values, replayed) = self.reserve(shopper, deal, quantity, key, "order").await?;
+        let (values, replayed) = self
+            .reserve(shopper, deal, quantity, key, "order", epoch)
+            .await?;
         let answer = if replayed {
             Answer::Replayed
         } else {
@@ -133,14 +147,22 @@ impl RedisStore {
         deal: DealId,
         quantity: u32,
         key: &str,
+        epoch: u64,
     ) -> Result<Hold, Error> {
-        let (values, _replayed) = self.reserve(shopper, deal, quantity, key, "hold").await?;
+        let (values, _replayed) = self
+            .reserve(shopper, deal, quantity, key, "hold", epoch)
+            .await?;
         hold_of(&values.get(2).and_then(text).unwrap_or_default())
     }
 }
 
 impl RedisStore {
-    pub async fn pay_hold(&self, shopper: ShopperId, id: HoldId) -> Result<Order, Error> {
+    pub async fn pay_hold(
+        &self,
+        shopper: ShopperId,
+        id: HoldId,
+        epoch: u64,
+    ) -> Result<Order, Error> {
         let (hold, shard) = self.hold_record(id).await?;
         if hold.shopper != shopper {
             return Err(Error::Engine(EngineError::Forbidden(Entity::Hold)));
@@ -162,6 +184,7 @@ impl RedisStore {
             shard: shard.to_string(),
             backlog: self.inner.books_backlog.clone(),
             terms: String::new(),
+            epoch: epoch.to_string(),
         };
         for _ in 0..STEP_ATTEMPTS_MAX {
             call.terms = entry.terms_arg();
@@ -183,26 +206,39 @@ impl RedisStore {
                         return Err(Error::Engine(EngineError::HoldExpired { hold: id }));
                     }
                 }
-                Reply::Epoch => return Err(garbled("pay cannot answer EPOCH")),
+                Reply::Epoch => return Err(Error::EarlierEpoch),
             }
         }
         Err(Error::RedisBusy)
     }
 
-    pub async fn release_hold(&self, shopper: ShopperId, id: HoldId) -> Result<Hold, Error> {
+    pub async fn release_hold(
+        &self,
+        shopper: ShopperId,
+        id: HoldId,
+        epoch: u64,
+    ) -> Result<Hold, Error> {
         let (_, shard) = self.hold_record(id).await?;
-        self.release(id, shard, shopper, &shopper.0.to_string())
-            .await
+        self.release(
+            id,
+            shard,
+            shopper,
+            &shopper.0.to_string(),
+            &epoch.to_string(),
+        )
+        .await
     }
 
-    /// The `release` step for the caller (`who` its id) or the expiry sweep
-    /// (`who` is `*`, `shopper` the hold's own).
+    /// The `release` step for the caller (`who` its id, `epoch` its
+    /// token's) or the expiry sweep (`who` is `*`, `shopper` the hold's
+    /// own, `epoch` empty).
     pub(crate) async fn release(
         &self,
         id: HoldId,
         shard: usize,
         shopper: ShopperId,
         who: &str,
+        epoch: &str,
     ) -> Result<Hold, Error> {
         let keys = self.keys();
         let call = steps::Release {
@@ -212,12 +248,14 @@ impl RedisStore {
             expiries: keys.shard(shard, "exp"),
             hold: id.0.to_string(),
             shopper: who.to_owned(),
+            epoch: epoch.to_owned(),
         };
         let values = match self.run(&call, Some(id)).await? {
             Reply::Done(values) => values,
             Reply::Refused(refusal) => return Err(Error::Engine(refusal)),
-            Reply::Refill { .. } | Reply::Terms | Reply::Epoch | Reply::Backlog => {
-                return Err(garbled("release cannot refill or answer EPOCH or BACKLOG"));
+            Reply::Epoch => return Err(Error::EarlierEpoch),
+            Reply::Refill { .. } | Reply::Terms | Reply::Backlog => {
+                return Err(garbled("release cannot refill or answer TERMS or BACKLOG"));
             }
         };
         let hold = hold_of(&values.get(2).and_then(text).unwrap_or_default())?;
@@ -244,7 +282,8 @@ impl RedisStore {
                 .await?;
             for id in due {
                 let (hold, _) = self.hold_record(HoldId(id)).await?;
-                self.release(HoldId(id), shard, hold.shopper, "*").await?;
+                self.release(HoldId(id), shard, hold.shopper, "*", "")
+                    .await?;
                 expired += 1;
             }
         }

@@ -181,28 +181,33 @@ steps! {
     /// shard. `record`: the idempotency record; `records`: the deal's
     /// record set. `sold_out`: the node's flag (1|0); `retention`: the
     /// key's, in s; `backlog`: the books stream's bound; `terms`: the
-    /// node's copy of the deal's terms (`DealEntry::terms_arg`).
+    /// node's copy of the deal's terms (`DealEntry::terms_arg`); `epoch`:
+    /// the caller's token's, `EPOCH` when the account was made in another.
     Reserve "reserve" writes {
         keys: [account, record, stock, orders, holds, expiries, sequences,
             deal_orders, shopper_orders, records, books];
-        args: [deal, shopper, kind, quantity, shard, sold_out, retention, backlog, terms];
-        replies: ["OK", "ERR", "REFILL", "TERMS", "BACKLOG"];
+        args: [deal, shopper, kind, quantity, shard, sold_out, retention, backlog, terms,
+            epoch];
+        replies: ["OK", "ERR", "REFILL", "TERMS", "EPOCH", "BACKLOG"];
         ok: "kind body replayed";
     }
     /// Pays a hold, in its time or late; `terms`: the node's copy of the
-    /// hold's deal's terms.
+    /// hold's deal's terms; `epoch`: the caller's token's, `EPOCH` when
+    /// the account was made in another.
     Pay "pay" writes {
         keys: [account, stock, orders, holds, expiries, deal_orders, shopper_orders, books];
-        args: [hold, shopper, shard, backlog, terms];
-        replies: ["OK", "ERR", "REFILL", "TERMS", "BACKLOG"];
+        args: [hold, shopper, shard, backlog, terms, epoch];
+        replies: ["OK", "ERR", "REFILL", "TERMS", "EPOCH", "BACKLOG"];
         ok: "kind body";
     }
     /// Releases a hold (`shopper` the caller), or expires it (`shopper`
-    /// `*`, the sweep); `account` is the hold's shopper's.
+    /// `*`, the sweep); `account` is the hold's shopper's; `epoch`: the
+    /// caller's token's (empty for the sweep), `EPOCH` when the account
+    /// was made in another.
     Release "release" writes {
         keys: [account, stock, holds, expiries];
-        args: [hold, shopper];
-        replies: ["OK", "ERR"];
+        args: [hold, shopper, epoch];
+        replies: ["OK", "ERR", "EPOCH"];
         ok: "kind body";
     }
     /// Credits a wallet once per reference; `bound` is the largest wallet.
@@ -213,27 +218,30 @@ steps! {
         ok: "credited available held spent";
     }
     /// Creates the accounts of one shard; `each` holds, per account, its
-    /// shopper id, name and credit reference.
+    /// shopper id, name and credit reference; `epoch`: the deployment's,
+    /// which each account keeps.
     Accounts "accounts" writes {
         keys: [books] + accounts "account...";
-        args: [created_at, credit] + each "(shopper name reference)...";
+        args: [created_at, credit, epoch] + each "(shopper name reference)...";
         replies: ["OK"];
         ok: "";
     }
     /// Makes the account of a platform's user id on its shard unless it
-    /// exists, crediting `credit` under `reference` when it makes it.
+    /// exists, crediting `credit` under `reference` when it makes it;
+    /// `epoch`: the deployment's, which the account keeps.
     Link "link" writes {
         keys: [books, account];
-        args: [created_at, credit, shopper, name, reference, external];
+        args: [created_at, credit, shopper, name, reference, external, epoch];
         replies: ["OK"];
         ok: "made name created_at external";
     }
     /// Registers a shopper for a deal before it starts; `terms`: the
-    /// node's copy of the deal's terms.
+    /// node's copy of the deal's terms; `epoch`: the caller's token's,
+    /// `EPOCH` when the account was made in another.
     Register "register" writes {
         keys: [account, stock];
-        args: [deal, terms];
-        replies: ["OK", "ERR", "TERMS"];
+        args: [deal, terms, epoch];
+        replies: ["OK", "ERR", "TERMS", "EPOCH"];
         ok: "outcome";
     }
     /// Installs the version of a deal's terms on a shard unless it holds
@@ -266,18 +274,23 @@ steps! {
         replies: ["OK"];
         ok: "";
     }
-    /// The order's shopper reviews it once; the shard's rating sums count it.
+    /// The order's shopper reviews it once; the shard's rating sums count
+    /// it. `account`: the caller's on the order's shard; `epoch`: the
+    /// caller's token's, `EPOCH` when the account was made in another.
     Review "review" writes {
-        keys: [orders, reviews, ratings];
-        args: [order, shopper, merchant, description, delivery, service, text, created_at];
-        replies: ["OK", "ERR"];
+        keys: [orders, reviews, ratings, account];
+        args: [order, shopper, merchant, description, delivery, service, text, created_at,
+            epoch];
+        replies: ["OK", "ERR", "EPOCH"];
         ok: "deal";
     }
     /// Counts a shared order toward its deal's popularity once.
+    /// `account`: the caller's on the order's shard; `epoch`: the caller's
+    /// token's, `EPOCH` when the account was made in another.
     Share "share" writes {
-        keys: [orders, shared, stock];
-        args: [order, shopper];
-        replies: ["OK", "ERR"];
+        keys: [orders, shared, stock, account];
+        args: [order, shopper, epoch];
+        replies: ["OK", "ERR", "EPOCH"];
         ok: "outcome";
     }
     /// A read-only snapshot of one shard for `flashsale audit`.
@@ -366,7 +379,9 @@ pub const BENCH_TERMS: &str = "1:100:1000000000000:0:99999999999999:0:0:60";
 /// The call a node makes to buy one unit of deal 1 for shopper 1 on shard
 /// 0 of `namespace`, with idempotency key `key`, as `redis-cli` words
 /// (`scripts/compare.sh` hands it to `redis-benchmark`). The bench's terms
-/// are [`BENCH_TERMS`], the node's sold-out flag off, the books unbounded.
+/// are [`BENCH_TERMS`], the node's sold-out flag off, the books unbounded,
+/// the token's epoch 1 (the bench's account keeps none, so the step reads
+/// its `e` and passes).
 pub fn bench_reserve_call(namespace: &str, key: &str) -> Vec<String> {
     let keys = crate::keys::Keys {
         namespace: namespace.to_owned(),
@@ -393,6 +408,7 @@ pub fn bench_reserve_call(namespace: &str, key: &str) -> Vec<String> {
         retention: crate::KEY_RETENTION_SECONDS.to_string(),
         backlog: "0".to_owned(),
         terms: BENCH_TERMS.to_owned(),
+        epoch: "1".to_owned(),
     };
     let keys = call.keys();
     let mut words = vec![
@@ -514,7 +530,18 @@ mod tests {
         assert_eq!(words[4], "ns:{s:0}:key:1:k");
         assert_eq!(
             words[14..],
-            ["1", "1", "order", "1", "0", "0", "86400", "0", BENCH_TERMS]
+            [
+                "1",
+                "1",
+                "order",
+                "1",
+                "0",
+                "0",
+                "86400",
+                "0",
+                BENCH_TERMS,
+                "1"
+            ]
         );
         let audit = Audit {
             stock: "s".into(),

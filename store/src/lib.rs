@@ -288,43 +288,82 @@ impl Store {
         dispatch_result!(self, store => store.run_draws().await)
     }
 
-    /// `true` when newly registered, `false` when already.
-    pub async fn register(&self, shopper: ShopperId, deal: DealId) -> Result<bool, Error> {
-        dispatch_result!(self, store => store.register(shopper, deal).await)
+    // The calls acting for a shopper's token take `epoch`, the epoch the
+    // token was verified under ([`Store::epoch`] then): in Redis mode the
+    // step refuses, [`flashsale_redis::Error::EarlierEpoch`], when the
+    // shopper's account was made in another (Redis lost its data and the
+    // id names a newer account); one node has no epoch and ignores it.
+
+    /// `true` when newly registered, `false` when already; `epoch`: the
+    /// caller's token's.
+    pub async fn register(
+        &self,
+        shopper: ShopperId,
+        deal: DealId,
+        epoch: u64,
+    ) -> Result<bool, Error> {
+        match self {
+            Store::Memory(store) => store.register(shopper, deal).await,
+            Store::Redis(store) => Ok(store.register(shopper, deal, epoch).await?),
+        }
     }
 
     /// One-tap buy; the same `key` and request again gets the same order,
-    /// [`Answer::Replayed`] (engine: `buy_answer`).
+    /// [`Answer::Replayed`] (engine: `buy_answer`); `epoch`: the caller's
+    /// token's.
     pub async fn buy(
         &self,
         shopper: ShopperId,
         deal: DealId,
         quantity: u32,
         key: &str,
+        epoch: u64,
     ) -> Result<(Order, Answer), Error> {
-        dispatch_result!(self, store => store.buy(shopper, deal, quantity, key).await)
+        match self {
+            Store::Memory(store) => store.buy(shopper, deal, quantity, key).await,
+            Store::Redis(store) => Ok(store.buy(shopper, deal, quantity, key, epoch).await?),
+        }
     }
 
+    /// A hold of stock and funds; `epoch`: the caller's token's.
     pub async fn hold(
         &self,
         shopper: ShopperId,
         deal: DealId,
         quantity: u32,
         key: &str,
+        epoch: u64,
     ) -> Result<flashsale_engine::Hold, Error> {
-        dispatch_result!(self, store => store.hold(shopper, deal, quantity, key).await)
+        match self {
+            Store::Memory(store) => store.hold(shopper, deal, quantity, key).await,
+            Store::Redis(store) => Ok(store.hold(shopper, deal, quantity, key, epoch).await?),
+        }
     }
 
-    pub async fn pay_hold(&self, shopper: ShopperId, hold: HoldId) -> Result<Order, Error> {
-        dispatch_result!(self, store => store.pay_hold(shopper, hold).await)
+    /// Pays the caller's hold; `epoch`: the caller's token's.
+    pub async fn pay_hold(
+        &self,
+        shopper: ShopperId,
+        hold: HoldId,
+        epoch: u64,
+    ) -> Result<Order, Error> {
+        match self {
+            Store::Memory(store) => store.pay_hold(shopper, hold).await,
+            Store::Redis(store) => Ok(store.pay_hold(shopper, hold, epoch).await?),
+        }
     }
 
+    /// Releases the caller's hold; `epoch`: the caller's token's.
     pub async fn release_hold(
         &self,
         shopper: ShopperId,
         hold: HoldId,
+        epoch: u64,
     ) -> Result<flashsale_engine::Hold, Error> {
-        dispatch_result!(self, store => store.release_hold(shopper, hold).await)
+        match self {
+            Store::Memory(store) => store.release_hold(shopper, hold).await,
+            Store::Redis(store) => Ok(store.release_hold(shopper, hold, epoch).await?),
+        }
     }
 
     /// Expires holds whose time is up; how many, a full batch meaning
@@ -333,19 +372,33 @@ impl Store {
         dispatch_result!(self, store => store.expire_holds().await)
     }
 
+    /// The order's shopper reviews it once; `epoch`: the caller's token's.
     pub async fn review(
         &self,
         shopper: ShopperId,
         order: OrderId,
         scores: [u8; 3],
         text: &str,
+        epoch: u64,
     ) -> Result<Review, Error> {
-        dispatch_result!(self, store => store.review(shopper, order, scores, text).await)
+        match self {
+            Store::Memory(store) => store.review(shopper, order, scores, text).await,
+            Store::Redis(store) => Ok(store.review(shopper, order, scores, text, epoch).await?),
+        }
     }
 
-    /// `true` the first time an order is shared.
-    pub async fn share(&self, shopper: ShopperId, order: OrderId) -> Result<bool, Error> {
-        dispatch_result!(self, store => store.share(shopper, order).await)
+    /// `true` the first time an order is shared; `epoch`: the caller's
+    /// token's.
+    pub async fn share(
+        &self,
+        shopper: ShopperId,
+        order: OrderId,
+        epoch: u64,
+    ) -> Result<bool, Error> {
+        match self {
+            Store::Memory(store) => store.share(shopper, order).await,
+            Store::Redis(store) => Ok(store.share(shopper, order, epoch).await?),
+        }
     }
 
     pub async fn order(&self, id: OrderId) -> Result<Order, Error> {

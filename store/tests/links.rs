@@ -9,8 +9,6 @@
 use std::sync::Arc;
 mod support;
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use flashsale_engine::{Clock, EngineConfig, Money, ShopperId, SystemClock};
 use flashsale_journal::{Durability, Journal, JournalConfig};
 use flashsale_redis::RedisTarget;
@@ -19,14 +17,6 @@ use flashsale_store::{MemoryStore, Store};
 const RACERS: usize = 50;
 const NODES: usize = 3;
 const SIGNUP_FEN: i64 = 1_000;
-
-fn namespace() -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("after 1970")
-        .as_nanos();
-    format!("links{}x{now}", std::process::id())
-}
 
 async fn node(target: RedisTarget, namespace: &str) -> Store {
     Store::Redis(support::connect(target, namespace, None).await)
@@ -157,29 +147,12 @@ fn offered(url: &str, namespace: &str) {
     eprintln!("racing links reserved {reserved:?} shopper ids for one shopper");
 }
 
-fn delete_namespace(urls: &[String], namespace: &str) {
-    for url in urls {
-        let client = redis::Client::open(url.as_str()).expect("a Redis URL");
-        let mut connection = client.get_connection().expect("Redis answers");
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("{namespace}:*"))
-            .query(&mut connection)
-            .expect("KEYS");
-        for key in keys {
-            let _: i64 = redis::cmd("UNLINK")
-                .arg(&key)
-                .query(&mut connection)
-                .expect("UNLINK");
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn racing_links_on_redis_make_one_shopper_credited_once() {
     let Some(url) = flashsale_testkit::redis_url() else {
         return;
     };
-    let namespace = namespace();
+    let namespace = support::namespace("links");
     let mut stores = Vec::new();
     for _ in 0..NODES {
         stores.push(Arc::new(
@@ -189,7 +162,7 @@ async fn racing_links_on_redis_make_one_shopper_credited_once() {
     race(stores.clone()).await;
     offered(&url, &namespace);
     repair(&RedisTarget::Single(url.clone()), &namespace, &stores[0]).await;
-    delete_namespace(&[url], &namespace);
+    support::delete_namespace(&[url], &namespace);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -197,7 +170,7 @@ async fn racing_links_on_a_cluster_make_one_shopper_credited_once() {
     let Some(urls) = flashsale_testkit::redis_cluster_seeds() else {
         return;
     };
-    let namespace = namespace();
+    let namespace = support::namespace("links");
     let mut stores = Vec::new();
     for _ in 0..NODES {
         stores.push(Arc::new(
@@ -206,7 +179,7 @@ async fn racing_links_on_a_cluster_make_one_shopper_credited_once() {
     }
     race(stores.clone()).await;
     repair(&RedisTarget::Cluster(urls.clone()), &namespace, &stores[0]).await;
-    delete_namespace(&urls, &namespace);
+    support::delete_namespace(&urls, &namespace);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

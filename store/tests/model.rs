@@ -233,18 +233,6 @@ async fn memory_backend() -> Backend {
     }
 }
 
-/// A key namespace no other test (nor an earlier run) uses.
-fn fresh_namespace() -> String {
-    format!(
-        "model{}x{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    )
-}
-
 async fn redis_backend(target: RedisTarget, namespace: String) -> Backend {
     let clock = Arc::new(ManualClock::new(NOON));
     let store = support::connect(
@@ -258,37 +246,6 @@ async fn redis_backend(target: RedisTarget, namespace: String) -> Backend {
         clock,
         coverage: Mutex::default(),
         _dir: None,
-    }
-}
-
-/// Deletes every key of `namespace` on every server of `urls` (SCAN and
-/// UNLINK; never FLUSHALL: other tests share these servers).
-fn delete_namespace(urls: &[String], namespace: &str) {
-    for url in urls {
-        let client = redis::Client::open(url.as_str()).expect("a Redis URL");
-        let mut connection = client.get_connection().expect("Redis answers");
-        let mut cursor: u64 = 0;
-        loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(format!("{namespace}:*"))
-                .arg("COUNT")
-                .arg(1000)
-                .query(&mut connection)
-                .expect("SCAN");
-            for key in keys {
-                // One key per call: a Cluster refuses keys of several slots.
-                let _: i64 = redis::cmd("UNLINK")
-                    .arg(&key)
-                    .query(&mut connection)
-                    .expect("UNLINK");
-            }
-            if next == 0 {
-                break;
-            }
-            cursor = next;
-        }
     }
 }
 
@@ -378,7 +335,7 @@ impl<'a> Run<'a> {
             seen: HashSet::new(),
             hold_seen: HashSet::new(),
             last_reserve: None,
-            external_prefix: format!("auth0|{}", fresh_namespace()),
+            external_prefix: format!("auth0|{}", support::namespace("model")),
             linked_shoppers: HashMap::new(),
             linked_merchants: HashMap::new(),
         };
@@ -868,6 +825,7 @@ impl<'a> Run<'a> {
                         self.deals[deal],
                         quantity,
                         &format!("key-{key}"),
+                        self.store().epoch(),
                     )
                     .await;
                 let expected = self.model.reserve(shopper, deal, quantity, key, false);
@@ -888,6 +846,7 @@ impl<'a> Run<'a> {
                         self.deals[deal],
                         quantity,
                         &format!("key-{key}"),
+                        self.store().epoch(),
                     )
                     .await;
                 let expected = self.model.reserve(shopper, deal, quantity, key, true);
@@ -902,7 +861,11 @@ impl<'a> Run<'a> {
                 let shopper = self.caller(shopper, self.model.holds[hold].shopper);
                 let got = self
                     .store()
-                    .pay_hold(self.shoppers[shopper], self.holds[hold])
+                    .pay_hold(
+                        self.shoppers[shopper],
+                        self.holds[hold],
+                        self.store().epoch(),
+                    )
                     .await
                     .map(|order| (order, Answer::Settled));
                 let expected = self.model.pay(shopper, hold);
@@ -917,7 +880,11 @@ impl<'a> Run<'a> {
                 let shopper = self.caller(shopper, self.model.holds[hold].shopper);
                 let got = self
                     .store()
-                    .release_hold(self.shoppers[shopper], self.holds[hold])
+                    .release_hold(
+                        self.shoppers[shopper],
+                        self.holds[hold],
+                        self.store().epoch(),
+                    )
                     .await;
                 let expected = self.model.release_by(shopper, hold);
                 self.saw_outcome(&expected);
@@ -927,7 +894,11 @@ impl<'a> Run<'a> {
                 let (shopper, deal) = (shopper_of(shopper), deal_of(deal));
                 let got = self
                     .store()
-                    .register(self.shoppers[shopper], self.deals[deal])
+                    .register(
+                        self.shoppers[shopper],
+                        self.deals[deal],
+                        self.store().epoch(),
+                    )
                     .await;
                 let got = match got {
                     Ok(new) => Ok(new),
@@ -1016,7 +987,13 @@ impl<'a> Run<'a> {
                 let shopper = self.caller(shopper, self.model.orders[order].shopper);
                 let got = self
                     .store()
-                    .review(self.shoppers[shopper], self.orders[order], scores, "fine")
+                    .review(
+                        self.shoppers[shopper],
+                        self.orders[order],
+                        scores,
+                        "fine",
+                        self.store().epoch(),
+                    )
                     .await;
                 let got = match got {
                     Ok(review) => Ok(review.order),
@@ -1053,7 +1030,11 @@ impl<'a> Run<'a> {
                 let shopper = self.caller(shopper, self.model.orders[order].shopper);
                 let got = self
                     .store()
-                    .share(self.shoppers[shopper], self.orders[order])
+                    .share(
+                        self.shoppers[shopper],
+                        self.orders[order],
+                        self.store().epoch(),
+                    )
                     .await;
                 let got = match got {
                     Ok(first) => Ok(first),
@@ -1376,12 +1357,12 @@ fn redis_store_matches_the_model() {
     let Some(url) = flashsale_testkit::redis_url() else {
         return;
     };
-    let namespace = fresh_namespace();
+    let namespace = support::namespace("model");
     let target = RedisTarget::Single(url.clone());
     let outcome = std::panic::catch_unwind(|| {
         run_model("redis", || redis_backend(target, namespace.clone()));
     });
-    delete_namespace(&[url], &namespace);
+    support::delete_namespace(&[url], &namespace);
     if let Err(panic) = outcome {
         std::panic::resume_unwind(panic);
     }
@@ -1392,13 +1373,13 @@ fn redis_cluster_store_matches_the_model() {
     let Some(urls) = flashsale_testkit::redis_cluster_seeds() else {
         return;
     };
-    let namespace = fresh_namespace();
+    let namespace = support::namespace("model");
     let target = RedisTarget::Cluster(urls.clone());
     let outcome = std::panic::catch_unwind(|| {
         run_model("redis cluster", || redis_backend(target, namespace.clone()));
     });
     // Every primary's keys: the seeds are the Cluster's primaries.
-    delete_namespace(&urls, &namespace);
+    support::delete_namespace(&urls, &namespace);
     if let Err(panic) = outcome {
         std::panic::resume_unwind(panic);
     }

@@ -10,7 +10,7 @@
 //! stale (an error, `503`) once the propagation bound passes unread.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use flashsale_engine::TOKEN_REVOCATIONS_MAX;
 use flashsale_engine::{
@@ -24,14 +24,6 @@ use flashsale_store::{MemoryStore, RedisStore, Store, StoreError};
 mod support;
 
 const NOON: Timestamp = Timestamp(1_750_000_000_000);
-
-fn namespace(what: &str) -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("after 1970")
-        .as_nanos();
-    format!("{what}{}x{nanos}", std::process::id())
-}
 
 async fn redis(url: &str, namespace: &str, clock: Option<Arc<ManualClock>>) -> RedisStore {
     support::connect(
@@ -66,7 +58,7 @@ async fn both_stores_revoke_alike() {
     )
     .expect("the journal opens");
     let redis_clock = Arc::new(ManualClock::new(NOON));
-    let namespace = namespace("revoke");
+    let namespace = support::namespace("revoke");
     let node = redis(&url, &namespace, Some(redis_clock.clone())).await;
     // Its poller keeps its copy of the revocations fresh.
     let poller = tokio::spawn(node.clone().run_poller());
@@ -122,6 +114,7 @@ async fn both_stores_revoke_alike() {
         behind.revoke_tokens(revoked[1]).await.unwrap(),
         Timestamp(NOON.0 + 6)
     );
+    support::delete_namespace(&[url], &namespace);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -129,7 +122,7 @@ async fn a_node_learns_revocations_by_reading_and_goes_stale_without() {
     let Some(url) = flashsale_testkit::redis_url() else {
         return;
     };
-    let namespace = namespace("revokenodes");
+    let namespace = support::namespace("revokenodes");
     let a = redis(&url, &namespace, None).await;
     let b = redis(&url, &namespace, None).await;
     let shopper = a.create_shoppers(1, Money::ZERO).await.expect("a shopper")[0];
@@ -162,6 +155,7 @@ async fn a_node_learns_revocations_by_reading_and_goes_stale_without() {
     }
     poller.abort();
     a_poller.abort();
+    support::delete_namespace(&[url], &namespace);
 }
 
 /// Redis holds at most `TOKEN_REVOCATIONS_MAX` revoked accounts: one more
@@ -172,7 +166,7 @@ async fn redis_refuses_a_revocation_past_the_bound() {
     let Some(url) = flashsale_testkit::redis_url() else {
         return;
     };
-    let namespace = namespace("revokebound");
+    let namespace = support::namespace("revokebound");
     let node = redis(&url, &namespace, None).await;
     let poller = tokio::spawn(node.clone().run_poller());
     let shoppers = node
@@ -208,10 +202,6 @@ async fn redis_refuses_a_revocation_past_the_bound() {
     ));
     assert_eq!(node.tokens_not_before(second).unwrap(), None);
     assert!(node.revoke_tokens(first).await.unwrap() >= line);
-    let _: () = redis::cmd("DEL")
-        .arg(format!("{namespace}:{{g}}:not-before"))
-        .query_async(&mut connection)
-        .await
-        .expect("the hash goes");
     poller.abort();
+    support::delete_namespace(&[url], &namespace);
 }

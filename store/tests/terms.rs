@@ -7,11 +7,7 @@
 
 mod support;
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
-use flashsale_engine::{
-    Allocation, Answer, DealChange, EngineError, Money, NewDeal, ShopperId, Timestamp,
-};
+use flashsale_engine::{Answer, DealChange, EngineError, Money, ShopperId};
 use flashsale_redis::RedisTarget;
 use flashsale_store::{RedisStore, StoreError};
 
@@ -35,40 +31,24 @@ async fn a_node_with_stale_terms_decides_with_the_newest() {
     let Some(url) = flashsale_testkit::redis_url() else {
         return;
     };
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("after 1970")
-        .as_millis();
-    let namespace = format!("terms{}x{now}", std::process::id());
+    let namespace = support::namespace("terms");
     let a = store(&url, &namespace).await;
     let b = store(&url, &namespace).await;
     let merchant = a.create_merchant("terms").await.expect("a merchant");
-    let price = Money::from_fen(100).expect("a price");
     let shoppers: Vec<ShopperId> = a
         .create_shoppers(1, Money::from_fen(1_000).expect("a credit"))
         .await
         .expect("a shopper");
     let shopper = shoppers[0];
-    let now = i64::try_from(now).expect("ms fit i64");
     let deal = a
-        .create_deal(
-            merchant.id,
-            NewDeal {
-                title: "terms".to_owned(),
-                price,
-                stock: 10,
-                per_user_limit: Some(5),
-                starts_at: Timestamp(now - 60_000),
-                ends_at: Timestamp(now + 3_600_000),
-                requires_registration: false,
-                hold_seconds: None,
-                allocation: Allocation::FirstCome,
-            },
-        )
+        .create_deal(merchant.id, support::open_deal("terms", a.now()))
         .await
         .expect("a deal")
         .id;
-    let (_, answer) = b.buy(shopper, deal, 1, "first").await.expect("B sells");
+    let (_, answer) = b
+        .buy(shopper, deal, 1, "first", b.epoch())
+        .await
+        .expect("B sells");
     assert_eq!(answer, Answer::Settled);
 
     let pause = |paused| DealChange {
@@ -79,7 +59,7 @@ async fn a_node_with_stale_terms_decides_with_the_newest() {
         .await
         .expect("A pauses the deal");
     assert_eq!(
-        refusal(b.buy(shopper, deal, 1, "while-paused").await),
+        refusal(b.buy(shopper, deal, 1, "while-paused", b.epoch()).await),
         EngineError::DealPaused,
         "B, its copy of the terms older than the pause, sold"
     );
@@ -88,19 +68,11 @@ async fn a_node_with_stale_terms_decides_with_the_newest() {
         .await
         .expect("A resumes the deal");
     let (order, answer) = b
-        .buy(shopper, deal, 1, "resumed")
+        .buy(shopper, deal, 1, "resumed", b.epoch())
         .await
         .expect("B, its copy of the terms paused, refused a resumed deal");
     assert_eq!((answer, order.quantity), (Answer::Settled, 1));
     assert_eq!(a.deal(deal).await.expect("the deal").counts.sold, 2);
 
-    // The namespace's keys, in one script (a single Redis).
-    let client = redis::Client::open(url.as_str()).expect("a Redis URL");
-    let mut connection = client.get_connection().expect("Redis answers");
-    let _: () = redis::cmd("EVAL")
-        .arg("for _, k in ipairs(redis.call('KEYS', ARGV[1])) do redis.call('DEL', k) end")
-        .arg(0)
-        .arg(format!("{namespace}:*"))
-        .query(&mut connection)
-        .expect("the namespace's keys deleted");
+    support::delete_namespace(&[url], &namespace);
 }

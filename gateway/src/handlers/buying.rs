@@ -26,11 +26,11 @@ pub(crate) async fn buy(
     deal: &str,
     body: &[u8],
 ) -> Result<(HttpResponse, Answer), Error> {
-    let shopper = app.shopper(parts).await?;
+    let (shopper, epoch) = app.shopper_in_epoch(parts).await?;
     let key = idempotency_key(parts)?;
     let deal: DealId = parse_id(deal, Entity::Deal)?;
     let QuantityBody { quantity } = parse_json(body)?;
-    let (order, answer) = app.store.buy(shopper, deal, quantity, key).await?;
+    let (order, answer) = app.store.buy(shopper, deal, quantity, key, epoch).await?;
     Ok((json(StatusCode::CREATED, &OrderJson::from(&order)), answer))
 }
 
@@ -41,11 +41,11 @@ pub(crate) async fn create_hold(
     deal: &str,
     body: &[u8],
 ) -> Result<HttpResponse, Error> {
-    let shopper = app.shopper(parts).await?;
+    let (shopper, epoch) = app.shopper_in_epoch(parts).await?;
     let key = idempotency_key(parts)?;
     let deal: DealId = parse_id(deal, Entity::Deal)?;
     let QuantityBody { quantity } = parse_json(body)?;
-    let hold = app.store.hold(shopper, deal, quantity, key).await?;
+    let hold = app.store.hold(shopper, deal, quantity, key, epoch).await?;
     Ok(json(StatusCode::CREATED, &HoldJson::from(&hold)))
 }
 
@@ -56,10 +56,10 @@ pub(crate) async fn pay_hold(
     hold: &str,
     body: &[u8],
 ) -> Result<HttpResponse, Error> {
-    let shopper = app.shopper(parts).await?;
+    let (shopper, epoch) = app.shopper_in_epoch(parts).await?;
     let hold: HoldId = parse_id(hold, Entity::Hold)?;
     parse_no_fields(body)?;
-    let order = app.store.pay_hold(shopper, hold).await?;
+    let order = app.store.pay_hold(shopper, hold, epoch).await?;
     Ok(json(StatusCode::CREATED, &OrderJson::from(&order)))
 }
 
@@ -70,10 +70,10 @@ pub(crate) async fn release_hold(
     hold: &str,
     body: &[u8],
 ) -> Result<HttpResponse, Error> {
-    let shopper = app.shopper(parts).await?;
+    let (shopper, epoch) = app.shopper_in_epoch(parts).await?;
     let hold: HoldId = parse_id(hold, Entity::Hold)?;
     parse_no_fields(body)?;
-    let hold = app.store.release_hold(shopper, hold).await?;
+    let hold = app.store.release_hold(shopper, hold, epoch).await?;
     Ok(json(StatusCode::OK, &HoldJson::from(&hold)))
 }
 
@@ -160,10 +160,10 @@ pub(crate) async fn register(
     deal: &str,
     body: &[u8],
 ) -> Result<HttpResponse, Error> {
-    let shopper = app.shopper(parts).await?;
+    let (shopper, epoch) = app.shopper_in_epoch(parts).await?;
     let deal: DealId = parse_id(deal, Entity::Deal)?;
     parse_no_fields(body)?;
-    let created = app.store.register(shopper, deal).await?;
+    let created = app.store.register(shopper, deal, epoch).await?;
     #[derive(Serialize)]
     struct Registration {
         deal_id: Text<DealId>,

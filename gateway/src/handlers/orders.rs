@@ -28,12 +28,12 @@ pub(crate) async fn review(
     order: &str,
     body: &[u8],
 ) -> Result<HttpResponse, Error> {
-    let shopper = app.shopper(parts).await?;
+    let (shopper, epoch) = app.shopper_in_epoch(parts).await?;
     let order: OrderId = parse_id(order, Entity::Order)?;
     let review: ReviewBody = parse_json(body)?;
     let review = app
         .store
-        .review(shopper, order, review.scores()?, &review.text)
+        .review(shopper, order, review.scores()?, &review.text, epoch)
         .await?;
     let rating = app.store.rating(review.merchant).await?;
     Ok(json(StatusCode::CREATED, &ReviewJson::new(&review, rating)))
@@ -48,10 +48,10 @@ pub(crate) async fn share(
     order: &str,
     body: &[u8],
 ) -> Result<HttpResponse, Error> {
-    let shopper = app.shopper(parts).await?;
+    let (shopper, epoch) = app.shopper_in_epoch(parts).await?;
     let order: OrderId = parse_id(order, Entity::Order)?;
     parse_no_fields(body)?;
-    let first = app.store.share(shopper, order).await?;
+    let first = app.store.share(shopper, order, epoch).await?;
     #[derive(Serialize)]
     struct Shared {
         order_id: Text<OrderId>,

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use flashsale_engine::{Allocation, Money, NewDeal, Timestamp};
 use flashsale_redis::{RedisSettings, RedisTarget, StepClock};
 use flashsale_store::RedisStore;
 
@@ -24,4 +25,66 @@ pub async fn connect(target: RedisTarget, namespace: &str, clock: Option<StepClo
     RedisStore::connect(&settings)
         .await
         .unwrap_or_else(|error| panic!("Redis is configured but does not answer: {error}"))
+}
+
+/// A key namespace starting with `what` that no other test (nor an
+/// earlier run) uses.
+pub fn namespace(what: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_nanos();
+    format!("{what}{}x{nanos}", std::process::id())
+}
+
+/// Deletes every key of `namespace` on every server of `urls` (SCAN and
+/// UNLINK; never FLUSHALL: other tests share these servers).
+pub fn delete_namespace(urls: &[String], namespace: &str) {
+    for url in urls {
+        let client = redis::Client::open(url.as_str()).expect("a Redis URL");
+        let mut connection = client.get_connection().expect("Redis answers");
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(format!("{namespace}:*"))
+                .arg("COUNT")
+                .arg(1000)
+                .query(&mut connection)
+                .expect("SCAN");
+            for key in keys {
+                // One key per call: a Cluster refuses keys of several slots.
+                let _: i64 = redis::cmd("UNLINK")
+                    .arg(&key)
+                    .query(&mut connection)
+                    .expect("UNLINK");
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+    }
+}
+
+/// A first-come deal titled `title` on sale from a minute before `now`
+/// to an hour after it: 10 units at 1.00, at most 5 per shopper, no
+/// registration, the default hold time.
+#[allow(
+    dead_code,
+    reason = "every test binary includes this module; not every one makes a deal"
+)]
+pub fn open_deal(title: &str, now: Timestamp) -> NewDeal {
+    NewDeal {
+        title: title.to_owned(),
+        price: Money::from_fen(100).expect("a price"),
+        stock: 10,
+        per_user_limit: Some(5),
+        starts_at: Timestamp(now.0 - 60_000),
+        ends_at: Timestamp(now.0 + 3_600_000),
+        requires_registration: false,
+        hold_seconds: None,
+        allocation: Allocation::FirstCome,
+    }
 }
