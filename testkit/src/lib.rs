@@ -243,6 +243,7 @@ mod tests {
             Service::Curl,
             Service::Redis,
             Service::RedisCluster,
+            Service::GeneratedClient,
         ];
         assert_eq!(all.len(), SERVICES);
         for (index, service) in all.into_iter().enumerate() {
