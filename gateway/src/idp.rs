@@ -64,6 +64,53 @@ pub const JWT_BYTES_MAX: usize = 8 * 1024;
 pub const VERIFIED_TOKENS_MAX: usize = 262_144;
 /// The role claim's default name.
 pub const ROLE_CLAIM_DEFAULT: &str = "flashsale_role";
+/// `/metrics`: the signature keys in use (gauge).
+pub const KEYS_METRIC: &str = "flashsale_identity_provider_keys";
+/// `/metrics`: reads of the JWKS that failed after the start, the keys last
+/// read staying in use (counter).
+pub const READ_FAILURES_METRIC: &str = "flashsale_identity_provider_read_failures_total";
+/// `/metrics`: platform tokens presented, by `outcome`: `verified` (a
+/// signature checked), `remembered` (found in the cache), `refused`.
+pub const TOKENS_METRIC: &str = "flashsale_platform_tokens_total";
+
+/// This node's series of the identity provider ([`KEYS_METRIC`],
+/// [`READ_FAILURES_METRIC`], [`TOKENS_METRIC`]), registered at start so
+/// that alerts have them before the first event.
+struct IdpMetrics {
+    keys: metrics::Gauge,
+    read_failures: metrics::Counter,
+    verified: metrics::Counter,
+    remembered: metrics::Counter,
+    refused: metrics::Counter,
+}
+
+impl IdpMetrics {
+    fn register() -> IdpMetrics {
+        metrics::describe_gauge!(
+            KEYS_METRIC,
+            "Signature keys of the identity provider in use"
+        );
+        metrics::describe_counter!(
+            READ_FAILURES_METRIC,
+            "Reads of the identity provider's JWKS that failed after the start (the keys last read stay in use)"
+        );
+        metrics::describe_counter!(TOKENS_METRIC, "Platform tokens presented, by outcome");
+        let tokens = |outcome: &'static str| {
+            let counter = metrics::counter!(TOKENS_METRIC, "outcome" => outcome);
+            counter.increment(0);
+            counter
+        };
+        let read_failures = metrics::counter!(READ_FAILURES_METRIC);
+        read_failures.increment(0);
+        IdpMetrics {
+            keys: metrics::gauge!(KEYS_METRIC),
+            read_failures,
+            verified: tokens("verified"),
+            remembered: tokens("remembered"),
+            refused: tokens("refused"),
+        }
+    }
+}
 
 /// Where the platform publishes its keys.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -194,6 +241,7 @@ pub struct Idp {
     reread: tokio::sync::Mutex<Option<Instant>>,
     verified: quick_cache::sync::Cache<[u8; 32], Verified>,
     http: HttpClient,
+    metrics: IdpMetrics,
 }
 
 impl std::fmt::Debug for Idp {
@@ -215,6 +263,8 @@ impl Idp {
     pub async fn start(settings: IdpSettings, now: i64) -> Result<Idp, Error> {
         let http = http_client()?;
         let keys = read_keys(&settings, &http, now).await?;
+        let metrics = IdpMetrics::register();
+        metrics.keys.set(keys.keys.len() as f64);
         Ok(Idp {
             settings,
             keys: RwLock::new(Arc::new(keys)),
@@ -222,6 +272,7 @@ impl Idp {
             reread: tokio::sync::Mutex::new(None),
             verified: quick_cache::sync::Cache::new(VERIFIED_TOKENS_MAX),
             http,
+            metrics,
         })
     }
 
@@ -230,10 +281,12 @@ impl Idp {
     pub async fn refresh(&self, now: i64) {
         match read_keys(&self.settings, &self.http, now).await {
             Ok(keys) => {
+                self.metrics.keys.set(keys.keys.len() as f64);
                 *self.keys.write() = Arc::new(keys);
                 *self.read_error.lock() = None;
             }
             Err(error) => {
+                self.metrics.read_failures.increment(1);
                 tracing::warn!(%error, "keeping the identity provider's keys last read");
                 // The reason alone: at runtime the provider failed, not the
                 // configuration the error's own text would blame.
@@ -268,6 +321,9 @@ impl Idp {
         let fresh = verified.expires_at > now
             && verified.epoch == epoch
             && self.keys.read().keys.contains_key(&verified.kid);
+        if fresh {
+            self.metrics.remembered.increment(1);
+        }
         fresh.then_some((verified.caller, verified.expires_at))
     }
 
@@ -293,6 +349,16 @@ impl Idp {
     /// wrongly signed, expired, not yet valid, of another issuer or
     /// audience, or with an unusable `sub` or role.
     pub async fn verify(&self, token: &str, now: i64) -> Result<Identity, Error> {
+        let verified = self.check(token, now).await;
+        match &verified {
+            Ok(_) => self.metrics.verified.increment(1),
+            Err(_) => self.metrics.refused.increment(1),
+        }
+        verified
+    }
+
+    /// [`Idp::verify`] without the counting.
+    async fn check(&self, token: &str, now: i64) -> Result<Identity, Error> {
         if token.len() > JWT_BYTES_MAX {
             return Err(Error::Unauthorized("the token is too long"));
         }

@@ -169,6 +169,23 @@ async fn bad_platform_tokens_are_401_and_change_nothing() {
     }
     let after = api.get_deal(&deal).await;
     assert_eq!(after["sold"], 0, "nothing sold: {after}");
+    // The refusals are counted (the recorder is the process's, shared by
+    // this binary's servers: at least these).
+    let metrics = api.get("/metrics", None).await.text;
+    let refused = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("flashsale_platform_tokens_total{outcome=\"refused\"} "))
+        .and_then(|count| count.parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(refused >= 16, "two refusals per bad token: {refused}");
+    assert!(
+        metrics.contains("flashsale_identity_provider_keys "),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("flashsale_identity_provider_read_failures_total 0"),
+        "{metrics}"
+    );
     // The engine's own tokens keep working beside the platform's, and are
     // not exchanged.
     let shopper = api.shopper("Ann", "100").await;
