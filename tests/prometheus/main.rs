@@ -279,6 +279,8 @@ enum Needs {
     Postgres,
     /// A server in Redis mode.
     Redis,
+    /// A server trusting an identity provider (`--idp-jwks`).
+    IdentityProvider,
     /// Prometheus itself (`up`).
     Prometheus,
 }
@@ -290,6 +292,8 @@ fn needs(name: &str) -> Needs {
         Needs::Postgres
     } else if name.starts_with("flashsale_redis_") {
         Needs::Redis
+    } else if name.starts_with("flashsale_identity_provider_") {
+        Needs::IdentityProvider
     } else {
         Needs::Nothing
     }
@@ -452,6 +456,31 @@ fn the_order_sink_series_the_rules_read_are_exported_with_a_database_url() {
         missing.is_empty(),
         "{RULES} reads series a server with --database-url does not export \
          (before it reaches Postgres): {missing:?}"
+    );
+}
+
+/// The identity provider's series are listed from the start, before any
+/// read fails, so its alert has a series from the first scrape.
+#[test]
+fn the_identity_provider_series_the_rules_read_are_exported_with_idp_jwks() {
+    use flashsale_testkit::platform::{self, AUDIENCE, ISSUER, TestKey};
+    let names = rule_metrics(Needs::IdentityProvider);
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let jwks = dir.path().join("jwks.json");
+    std::fs::write(&jwks, platform::jwks(&[TestKey::Es256])).expect("the JWKS");
+    let jwks = jwks.to_str().expect("a UTF-8 path");
+    let server = Server::start(&[
+        "--idp-jwks",
+        jwks,
+        "--idp-issuer",
+        ISSUER,
+        "--idp-audience",
+        AUDIENCE,
+    ]);
+    let missing = server.missing(&names);
+    assert!(
+        missing.is_empty(),
+        "{RULES} reads series a server with --idp-jwks does not export: {missing:?}"
     );
 }
 
