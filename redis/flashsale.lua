@@ -131,11 +131,15 @@ end
 -- which the token must not act for (the node learns a new epoch within a
 -- poll, so it may still take the old one's tokens until then). Every step
 -- that makes an account writes its epoch as `e`; an account without one
--- (an older build's) and a call without an epoch ('') pass.
+-- (an older build's) and a call without an epoch ('') pass. `made`: the
+-- account's `e` as read (false when it has none); `other_epoch` reads it.
+local function of_other_epoch(made, epoch)
+  return epoch ~= '' and made ~= false and made ~= nil and made ~= epoch
+end
+
 local function other_epoch(account, epoch)
   if epoch == '' then return false end
-  local made = redis.call('HGET', account, 'e')
-  return made ~= false and made ~= epoch
+  return of_other_epoch(redis.call('HGET', account, 'e'), epoch)
 end
 
 -- Integers as exact decimal text: Lua's own number-to-text conversion keeps
@@ -147,12 +151,14 @@ end
 -- Records are JSON objects written here with exact integers (cjson's
 -- encoder also keeps only 14 digits) and read back by cjson.decode and by
 -- the gateway (store/redis.rs `RecordJson`).
+-- An order's fields are decimal text (`int`, or a caller's argument the
+-- node wrote), joined without a format: the buy's hot path.
 local function encode_order(o)
-  local hold = o.hold and (',"hold":' .. int(o.hold)) or ''
-  return string.format(
-    '{"id":%d,"deal":%d,"shopper":%d,"quantity":%d,"unit_price":%d,"amount":%d,"late":%s,"created_at":%d%s}',
-    o.id, o.deal, o.shopper, o.quantity, o.unit_price, o.amount, o.late and 'true' or 'false',
-    o.created_at, hold)
+  local hold = o.hold and (',"hold":' .. o.hold) or ''
+  return '{"id":' .. o.id .. ',"deal":' .. o.deal .. ',"shopper":' .. o.shopper
+    .. ',"quantity":' .. o.quantity .. ',"unit_price":' .. o.unit_price .. ',"amount":'
+    .. o.amount .. ',"late":' .. (o.late and 'true' or 'false') .. ',"created_at":'
+    .. o.created_at .. hold .. '}'
 end
 
 local function encode_hold(h)
@@ -187,7 +193,7 @@ local function terms_of(text, held)
     return nil
   end
   return {
-    price = tonumber(price), limit = tonumber(limit), starts = tonumber(starts),
+    price = tonumber(price), price_text = price, limit = tonumber(limit), starts = tonumber(starts),
     ends = tonumber(ends), paused = paused == '1', registration = registration == '1',
     hold_seconds = tonumber(hold_seconds),
   }
@@ -272,108 +278,173 @@ local function decide_reserve(view)
   }}
 end
 
-local function replay(kind, outcome, orders, holds)
+-- The record of a replayed request: an order written earlier in the same
+-- call is still in `written` (the call writes its orders' hash once, at
+-- its end).
+local function replay(kind, outcome, orders, holds, written)
   if kind == 'order' then
-    return {'OK', 'order', redis.call('HGET', orders, outcome), '1'}
+    return {'OK', 'order', written[outcome] or redis.call('HGET', orders, outcome), '1'}
   end
   return {'OK', 'hold', redis.call('HGET', holds, outcome), '1'}
 end
 
--- reserve: a one-tap buy (kind 'order') or a hold (kind 'hold'): reads
--- what `decide_reserve` needs, decides, then takes the stock and applies
--- the effects (engine: `reserve`, `commit_order`, `commit_hold`), writing
--- each hash it changes once, with the values it computed from its read.
--- record: the idempotency record (a string, expiring); deal_orders,
--- shopper_orders: order lists; records: the deal's record set.
--- kind: 'order' or 'hold'; sold_out: the node's sold-out flag (1|0);
--- retention: of the key, in s; backlog: the books stream's bound (entries;
--- 0: none); terms: the node's copy of the deal's terms (`terms_of`);
--- epoch: the caller's token's (`other_epoch`: else 'EPOCH'). OK: kind,
--- the record's JSON, '1' when replayed.
+-- Keys and arguments of `reserve` before its requests, and per request.
+local RESERVE_KEYS, RESERVE_ARGS, REQUEST_KEYS, REQUEST_ARGS = 8, 6, 3, 4
+
+-- reserve: one-tap buys (kind 'order') and holds (kind 'hold') of one deal
+-- on one shard, any number of them, each with its own outcome, decided in
+-- order as if each were a call of its own: the node sends together the
+-- requests of a shard and deal that arrive while its previous call for
+-- them is in flight (redis/src/batch.rs). For each request: reads what
+-- `decide_reserve` needs, decides, then takes the stock and applies the
+-- effects (engine: `reserve`, `commit_order`, `commit_hold`). The shard's
+-- numbers of the deal, the clock and the books' backlog are read once per
+-- call, and the shard's stock hash, orders hash, deal order list and
+-- record set written once at its end; each request's wallet, record,
+-- shopper order list and books entry are its own.
+-- Keys: the shard's stock, orders, holds, expiries, sequences; the deal's
+-- order list and record set on the shard; the books stream; then per
+-- request the account, its idempotency record (a string, expiring) and
+-- the shopper's order list. Args: sold_out: the node's flag (1|0);
+-- retention: of the records, in s; backlog: the books stream's bound
+-- (entries; 0: none); terms: the node's copy of the deal's terms
+-- (`terms_of`); then per request the shopper, kind ('order' or 'hold'),
+-- quantity and epoch: the caller's token's (`other_epoch`). OK: per
+-- request one outcome, a reply of its own: {'OK', kind, the record's
+-- JSON, '1' when replayed}, {'ERR', ...}, {'REFILL', ...}, {'EPOCH'} or
+-- {'BACKLOG'}; TERMS for the whole call.
 --- step: reserve
---- keys: account record stock orders holds expiries sequences deal_orders shopper_orders records books
---- args: deal shopper kind quantity shard sold_out retention backlog terms epoch
---- replies: OK ERR REFILL TERMS EPOCH BACKLOG
---- ok: kind body replayed
+--- keys: stock orders holds expiries sequences deal_orders records books (account record shopper_orders)...
+--- args: deal shard sold_out retention backlog terms (shopper kind quantity epoch)...
+--- replies: OK TERMS
+--- ok: (outcome)...
 --- flags: -
 local function reserve(keys, args)
-  local account, record_key, stock, orders = keys[1], keys[2], keys[3], keys[4]
-  local holds, expiries, sequences = keys[5], keys[6], keys[7]
-  local deal_orders, shopper_orders, records, stream = keys[8], keys[9], keys[10], keys[11]
-  local deal, shopper, kind = args[1], args[2], args[3]
-  local quantity, shard = num(args[4]), num(args[5])
-  local sold_out, retention, backlog = args[6] == '1', args[7], num(args[8])
-  if other_epoch(account, args[10]) then return {'EPOCH'} end
-  -- Read: the shard's numbers of the deal with its terms' version (not
-  -- the node's: the node refreshes its terms and retries), the record, the
-  -- books' backlog, the wallet.
-  local b, h, s, n = 'b:' .. deal, 'h:' .. deal, 's:' .. deal, 'n:' .. deal
-  local counts = redis.call('HMGET', stock, 'v:' .. deal, b, s, n, 'order')
-  local terms = terms_of(args[9], counts[1])
+  local stock, orders, holds, expiries, sequences = keys[1], keys[2], keys[3], keys[4], keys[5]
+  local deal_orders, records, stream = keys[6], keys[7], keys[8]
+  local deal, shard = args[1], num(args[2])
+  local sold_out, retention, bound = args[3] == '1', args[4], num(args[5])
+  -- Read once: the shard's numbers of the deal with its terms' version
+  -- (not the node's: the node refreshes its terms and retries), the clock.
+  local b, h, s, n, r = 'b:' .. deal, 'h:' .. deal, 's:' .. deal, 'n:' .. deal, 'r:' .. deal
+  local counts = redis.call('HMGET', stock, 'v:' .. deal, b, h, s, n, 'order')
+  local terms = terms_of(args[6], counts[1])
   if not terms then return {'TERMS'} end
-  local record, outcome = record_view(redis.call('GET', record_key), deal, kind, quantity)
-  local wallet = redis.call('HMGET', account, 'available', 'held', 'spent', b, h, 'r:' .. deal)
+  -- The shard's numbers as this call's requests change them.
+  local shard_now = {bucket = num(counts[2]), held = num(counts[3]), sold = num(counts[4]),
+    buyers = num(counts[5]), sequence = num(counts[6])}
+  -- The books stream's length: read at the first order that asks, then
+  -- counted on as this call appends.
+  local length = nil
+  local function backlogged()
+    if bound <= 0 then return false end
+    length = length or redis.call('XLEN', stream)
+    return length >= bound
+  end
+  local now = now_ms()
+  local now_text = int(now)
+  -- One view, its request's fields set afresh for each request.
   local view = {
-    kind = kind, quantity = quantity,
-    window = {sold_out = sold_out, now = now_ms(), starts = terms.starts, ends = terms.ends,
+    window = {sold_out = sold_out, now = now, starts = terms.starts, ends = terms.ends,
       paused = terms.paused},
-    record = record,
-    bucket = num(counts[2]),
-    backlog = kind == 'order' and behind(stream, backlog),
     requires_registration = terms.registration, per_user_limit = terms.limit,
     price = terms.price, hold_seconds = terms.hold_seconds,
-    shopper = wallet[1] and {available = num(wallet[1]), bought = num(wallet[4]),
-      held = num(wallet[5]), registered = wallet[6] == '1'} or nil,
+    kind = nil, quantity = nil, record = nil, bucket = nil, backlog = nil, shopper = nil,
   }
-  -- Decide.
-  local decision = decide_reserve(view)
-  if decision.answer then return decision.answer end
-  if decision.replay then return replay(kind, outcome, orders, holds) end
-  local r = decision.reserve
-  -- Apply. engine: `deal.stock.try_take`: here the shard's bucket of the
-  -- deal; short, the node refills it and retries (nothing written yet).
-  if view.bucket < r.units then return {'REFILL', r.units - view.bucket, r.units} end
-  -- From here on nothing can fail: commit every effect.
-  local shopper_now = view.shopper
-  local id, body
-  if r.kind == 'order' then
-    -- engine: `commit_order`.
-    local sequence = num(counts[5])
-    id = compose(shard, sequence)
-    redis.call('HSET', account, 'available', int(shopper_now.available - r.debit),
-      'spent', int(num(wallet[3]) + r.debit), b, int(shopper_now.bought + r.units))
-    local bucket, sold = int(view.bucket - r.units), int(num(counts[3]) + r.units)
-    if r.new_buyer then
-      redis.call('HSET', stock, b, bucket, s, sold, 'order', int(sequence + 1),
-        n, int(num(counts[4]) + 1))
+  local shopper_view = {available = 0, bought = 0, held = 0, registered = false}
+  local outcomes = {'OK'}
+  local order_fields, order_ids, recorded, written = {}, {}, {}, {}
+  local committed = false
+  for first = RESERVE_KEYS + 1, #keys, REQUEST_KEYS do
+    local index = (first - RESERVE_KEYS - 1) / REQUEST_KEYS
+    local account, record_key, shopper_orders = keys[first], keys[first + 1], keys[first + 2]
+    local at = RESERVE_ARGS + 1 + index * REQUEST_ARGS
+    local shopper, kind, quantity, epoch = args[at], args[at + 1], num(args[at + 2]), args[at + 3]
+    -- Read: the wallet with the epoch it was made in, the record.
+    local wallet = redis.call('HMGET', account, 'available', 'held', 'spent', b, h, r, 'e')
+    local outcome_of
+    if of_other_epoch(wallet[7], epoch) then
+      outcome_of = {'EPOCH'}
     else
-      redis.call('HSET', stock, b, bucket, s, sold, 'order', int(sequence + 1))
+      local record, outcome = record_view(redis.call('GET', record_key), deal, kind, quantity)
+      view.kind, view.quantity, view.record = kind, quantity, record
+      view.bucket, view.backlog = shard_now.bucket, kind == 'order' and backlogged()
+      view.shopper = nil
+      if wallet[1] then
+        shopper_view.available, shopper_view.bought = num(wallet[1]), num(wallet[4])
+        shopper_view.held, shopper_view.registered = num(wallet[5]), wallet[6] == '1'
+        view.shopper = shopper_view
+      end
+      -- Decide.
+      local decision = decide_reserve(view)
+      local reservation = decision.reserve
+      if decision.answer then
+        outcome_of = decision.answer
+      elseif decision.replay then
+        outcome_of = replay(kind, outcome, orders, holds, written)
+      elseif view.bucket < reservation.units then
+        -- engine: `deal.stock.try_take`: here the shard's bucket of the
+        -- deal; short, the node refills it and retries (nothing written).
+        outcome_of = {'REFILL', reservation.units - view.bucket, reservation.units}
+      else
+        -- Apply: from here on nothing can fail.
+        local shopper_now, units, debit = view.shopper, reservation.units, reservation.debit
+        local id, id_text, body
+        if reservation.kind == 'order' then
+          -- engine: `commit_order`.
+          id = compose(shard, shard_now.sequence)
+          id_text = int(id)
+          shard_now.sequence = shard_now.sequence + 1
+          redis.call('HSET', account, 'available', int(shopper_now.available - debit),
+            'spent', int(num(wallet[3]) + debit), b, int(shopper_now.bought + units))
+          shard_now.bucket = shard_now.bucket - units
+          shard_now.sold = shard_now.sold + units
+          if reservation.new_buyer then shard_now.buyers = shard_now.buyers + 1 end
+          body = encode_order({id = id_text, deal = deal, shopper = shopper,
+            quantity = args[at + 2], unit_price = terms.price_text, amount = int(debit),
+            late = false, created_at = now_text})
+          written[id_text] = body
+          order_fields[#order_fields + 1] = id_text
+          order_fields[#order_fields + 1] = body
+          order_ids[#order_ids + 1] = id_text
+          redis.call('RPUSH', shopper_orders, id_text)
+          -- engine: the OrderSettled event, for the books.
+          books(stream, 'o', body)
+          if length then length = length + 1 end
+        else
+          -- engine: `commit_hold` / `reserve_for`.
+          id = compose(shard, redis.call('HINCRBY', sequences, 'hold', 1) - 1)
+          id_text = int(id)
+          redis.call('HSET', account, 'available', int(shopper_now.available - debit),
+            'held', int(num(wallet[2]) + debit), h, int(shopper_now.held + units))
+          shard_now.bucket = shard_now.bucket - units
+          shard_now.held = shard_now.held + units
+          body = encode_hold({id = id, deal = num(deal), shopper = num(shopper),
+            quantity = units, amount = debit, created_at = reservation.created_at,
+            expires_at = reservation.expires_at, status = 'active'})
+          redis.call('HSET', holds, id_text, body)
+          redis.call('ZADD', expiries, int(reservation.expires_at), id_text)
+        end
+        redis.call('SET', record_key, deal .. ':' .. kind .. ':' .. args[at + 2] .. ':' .. id_text,
+          'EX', retention)
+        recorded[#recorded + 1] = shopper
+        committed = true
+        outcome_of = {'OK', kind, body, '0'}
+      end
     end
-    body = encode_order({id = id, deal = num(deal), shopper = num(shopper),
-      quantity = r.units, unit_price = r.unit_price, amount = r.debit, late = false,
-      created_at = r.created_at})
-    redis.call('HSET', orders, int(id), body)
-    redis.call('RPUSH', deal_orders, int(id))
-    redis.call('RPUSH', shopper_orders, int(id))
-    -- engine: the OrderSettled event, for the books.
-    books(stream, 'o', body)
-  else
-    -- engine: `commit_hold` / `reserve_for`.
-    id = compose(shard, redis.call('HINCRBY', sequences, 'hold', 1) - 1)
-    redis.call('HSET', account, 'available', int(shopper_now.available - r.debit),
-      'held', int(num(wallet[2]) + r.debit), h, int(shopper_now.held + r.units))
-    redis.call('HSET', stock, b, int(view.bucket - r.units))
-    redis.call('HINCRBY', stock, h, r.units)
-    body = encode_hold({id = id, deal = num(deal), shopper = num(shopper),
-      quantity = r.units, amount = r.debit, created_at = r.created_at,
-      expires_at = r.expires_at, status = 'active'})
-    redis.call('HSET', holds, int(id), body)
-    redis.call('ZADD', expiries, int(r.expires_at), int(id))
+    outcomes[#outcomes + 1] = outcome_of
   end
-  redis.call('SET', record_key, deal .. ':' .. kind .. ':' .. int(quantity) .. ':' .. int(id),
-    'EX', retention)
-  redis.call('SADD', records, shopper)
-  return {'OK', kind, body, '0'}
+  -- Write once what the requests changed of the shard.
+  if committed then
+    redis.call('HSET', stock, b, int(shard_now.bucket), h, int(shard_now.held),
+      s, int(shard_now.sold), n, int(shard_now.buyers), 'order', int(shard_now.sequence))
+    redis.call('SADD', records, unpack(recorded))
+  end
+  if #order_ids > 0 then
+    redis.call('HSET', orders, unpack(order_fields))
+    redis.call('RPUSH', deal_orders, unpack(order_ids))
+  end
+  return outcomes
 end
 
 -- Gives an active hold's stock and funds back (engine: `release`); its units
@@ -506,9 +577,9 @@ local function pay(keys, args)
   redis.call('HINCRBY', account, 'b:' .. deal, hold.quantity)
   redis.call('HINCRBY', stock, 's:' .. deal, hold.quantity)
   local order_id = compose(shard, redis.call('HINCRBY', stock, 'order', 1) - 1)
-  local body = encode_order({id = order_id, deal = hold.deal, shopper = hold.shopper,
-    quantity = hold.quantity, unit_price = terms.price, amount = hold.amount,
-    late = late, hold = hold.id, created_at = now})
+  local body = encode_order({id = int(order_id), deal = int(hold.deal),
+    shopper = int(hold.shopper), quantity = int(hold.quantity), unit_price = int(terms.price),
+    amount = int(hold.amount), late = late, hold = int(hold.id), created_at = int(now)})
   redis.call('HSET', orders, int(order_id), body)
   redis.call('RPUSH', deal_orders, int(order_id))
   redis.call('RPUSH', shopper_orders, int(order_id))
@@ -1193,7 +1264,7 @@ for index = 1, #steps do
       -- A first argument `@ms` is a test's time (now_ms), not the step's.
       given_ms = nil
       local first = args[1]
-      if first and string.sub(first, 1, 1) == '@' then
+      if first and string.byte(first, 1) == 64 then -- '@'
         given_ms = tonumber(string.sub(first, 2))
         table.remove(args, 1)
       end

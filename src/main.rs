@@ -89,7 +89,7 @@ enum Command {
 enum StepsPrint {
     /// The library, as `FUNCTION LOAD` takes it (its first line names it).
     Library,
-    /// The `FCALL` of a buy of one unit of deal 1 by shopper 1 on shard 0,
+    /// The `FCALL` of buys of one unit of deal 1 by shopper 1 on shard 0,
     /// one word a line, as a node sends it.
     ReserveCall {
         /// The deployment's `--redis-namespace`.
@@ -99,6 +99,10 @@ enum StepsPrint {
         /// call's key new).
         #[arg(long, default_value = "__rand_int__")]
         key: String,
+        /// Buys in the one call, as a node sends a shard's buys that
+        /// arrived together (1 to `RESERVE_BATCH_MAX`).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=flashsale_redis::RESERVE_BATCH_MAX as i64))]
+        requests: u16,
     },
 }
 
@@ -124,8 +128,16 @@ fn main() -> ExitCode {
             Command::RedisSteps { print } => {
                 match print {
                     StepsPrint::Library => print!("{}", flashsale_redis::steps::library_code()),
-                    StepsPrint::ReserveCall { namespace, key } => {
-                        for word in flashsale_redis::steps::bench_reserve_call(&namespace, &key) {
+                    StepsPrint::ReserveCall {
+                        namespace,
+                        key,
+                        requests,
+                    } => {
+                        for word in flashsale_redis::steps::bench_reserve_call(
+                            &namespace,
+                            &key,
+                            usize::from(requests),
+                        ) {
                             println!("{word}");
                         }
                     }

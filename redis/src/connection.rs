@@ -108,6 +108,7 @@ impl RedisStore {
                 },
                 clock_to_steps: settings.clock.is_some(),
                 deals: RwLock::new(HashMap::new()),
+                lanes: crate::batch::Lanes::new(settings.shards),
                 merchants: RwLock::new(HashMap::new()),
                 newest: RwLock::new(Vec::new()),
                 reachable: AtomicBool::new(true),
@@ -271,14 +272,30 @@ impl RedisStore {
 
     /// Runs one step; when Redis answers that its function does not exist
     /// (a Redis restarted empty, a new primary), loads the library and
-    /// tries once more. A reply tag the step does not give is garbled.
-    /// With a test's clock ([`RedisSettings::clock`]) the call carries its
-    /// time, which the step reads in place of `TIME`.
+    /// tries once more. A reply tag the step does not give is garbled. A
+    /// change done (or replayed) is answered once `--redis-replica-acks`
+    /// replicas have it ([`RedisStore::acknowledge`]).
     pub(crate) async fn run<C: Call>(
         &self,
         call: &C,
         hold: Option<HoldId>,
     ) -> Result<Reply, Error> {
+        let reply = reply_of(self.send(call).await?, hold)?;
+        // A refusal or a retry tag changed nothing; a replay waits too: its
+        // first answer may have been a 503.
+        if let Reply::Done(_) = reply {
+            self.acknowledge(call).await?;
+        }
+        Ok(reply)
+    }
+
+    /// Sends one step and checks its reply tag, as [`RedisStore::run`]
+    /// does, without waiting for replicas. With a test's clock
+    /// ([`RedisSettings::clock`]) the call carries its time, which the
+    /// step reads in place of `TIME`. Errors: a change on a primary short
+    /// of replicas ([`Error::ReplicasShort`], nothing sent); Redis did not
+    /// answer ([`Error::Redis`]); a tag the step does not give (garbled).
+    pub(crate) async fn send<C: Call>(&self, call: &C) -> Result<Vec<Value>, Error> {
         let cmd = if self.inner.clock_to_steps {
             call.command_at(self.now().millis())
         } else {
@@ -309,17 +326,19 @@ impl RedisStore {
                 reason: "a reply tag the step does not give",
             }));
         }
-        let reply = reply_of(values, hold)?;
-        // A change is answered once enough replicas have it (a refusal or
-        // a retry tag changed nothing; a replay waits too: its first
-        // answer may have been a 503).
-        if let (Reply::Done(_), Some(acks), false) =
-            (&reply, &self.inner.replica_acks, C::STEP.read_only)
-        {
+        Ok(values)
+    }
+
+    /// Waits until `--redis-replica-acks` replicas have every write the
+    /// primary of `call`'s slot applied so far (a group commit,
+    /// `replication`); at once without the flag or for a read-only step.
+    /// Errors: [`Error::ReplicasBehind`] and the acknowledgments' own.
+    pub(crate) async fn acknowledge<C: Call>(&self, call: &C) -> Result<(), Error> {
+        if let (Some(acks), false) = (&self.inner.replica_acks, C::STEP.read_only) {
             acks.acknowledged(call.keys().first().copied().unwrap_or_default())
                 .await?;
         }
-        Ok(reply)
+        Ok(())
     }
 
     /// A step that can only be done or refused.

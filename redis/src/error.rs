@@ -4,8 +4,9 @@
 use flashsale_engine::EngineError;
 
 /// What a Redis-mode call can fail with. The gateway maps each variant to
-/// the contract's status and code in one place.
-#[derive(Debug, thiserror::Error)]
+/// the contract's status and code in one place. `Clone`: one failure of
+/// a batched call is each of its requests' answer (`batch`).
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     /// A refusal of a step, in the engine's terms (sold out, limit, funds…).
     #[error(transparent)]
@@ -23,6 +24,16 @@ pub enum Error {
     /// A buy kept meeting moving stock (refills) past its bounded attempts.
     #[error("the deal's stock is being moved; retry with the same Idempotency-Key")]
     RedisBusy,
+    /// [`crate::REQUESTS_WAITING_MAX`] requests for the same deal on the
+    /// same shard already wait for their call to Redis on this node:
+    /// refused before it was sent, nothing changed.
+    #[error("too many requests for this deal wait for Redis on this node; retry shortly")]
+    RequestsWaiting,
+    /// The node stopped (its runtime shut down) before the call holding
+    /// this request answered: its outcome is unknown until the client
+    /// retries with the same `Idempotency-Key`.
+    #[error("the node stopped before Redis answered; retry with the same Idempotency-Key")]
+    Abandoned,
     /// The shard's books stream holds `--books-backlog-max`'s share of
     /// entries not yet in Postgres (Postgres down or behind), so no order
     /// is settled until the backlog drains; nothing changed.

@@ -142,6 +142,7 @@ use crate::connection::Connection;
 use crate::keys::Keys;
 
 pub use crate::audit::{AUDIT_ACCOUNTS_PER_SHARD_MAX, DealSnapshot, RedisSnapshot, ShardSnapshot};
+pub use crate::batch::{REQUESTS_WAITING_MAX, RESERVE_BATCH_MAX, ReserveCalls};
 pub use crate::books::{BOOKS_DEALS_MAX, BooksBacklog, BooksEntry, entry_millis};
 pub use crate::durability::{Durability, DurabilityMode};
 pub use crate::error::Error;
@@ -150,6 +151,7 @@ pub use crate::settings::{RedisArgs, RedisSettings, RedisTarget, ReplicaAckSetti
 
 mod accounts;
 mod audit;
+mod batch;
 mod books;
 mod cache;
 mod connection;
@@ -252,6 +254,8 @@ pub(crate) struct Inner {
     /// `clock` is a test's: every step gets its time as a first argument `@ms`.
     pub(crate) clock_to_steps: bool,
     pub(crate) deals: RwLock<HashMap<DealId, Arc<DealEntry>>>,
+    /// Buys and holds waiting for their shard's next `reserve` call (`batch`).
+    pub(crate) lanes: crate::batch::Lanes,
     pub(crate) merchants: RwLock<HashMap<MerchantId, (String, Rating)>>,
     /// Newest deals, newest first, as of the last poll.
     pub(crate) newest: RwLock<Vec<DealId>>,

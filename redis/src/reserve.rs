@@ -2,20 +2,20 @@
 //! registration, each one step on the shopper's shard (with a refill and a
 //! retry when the shard's bucket is short).
 
-use std::sync::atomic::Ordering;
-
 use flashsale_engine::{
     Answer, DealId, EngineError, Entity, Hold, HoldId, HoldStatus, Order, ShopperId,
 };
 use redis::Value;
 
+use crate::batch::Request;
 use crate::error::Error;
 use crate::replies::{Reply, garbled, hold_of, order_of, text};
 use crate::steps;
-use crate::{EXPIRY_BATCH_MAX, KEY_RETENTION_SECONDS, RedisStore, STEP_ATTEMPTS_MAX};
+use crate::{EXPIRY_BATCH_MAX, RedisStore, STEP_ATTEMPTS_MAX};
 
 impl RedisStore {
-    /// The shared path of buy and hold (engine: `reserve`); `epoch`: the
+    /// The shared path of buy and hold (engine: `reserve`), one run of
+    /// the step per attempt in its lane's batch (`batch`); `epoch`: the
     /// caller's token's ([`Error::EarlierEpoch`] when the account is of
     /// another).
     pub(crate) async fn reserve(
@@ -24,7 +24,7 @@ impl RedisStore {
         deal: DealId,
         quantity: u32,
         key: &str,
-        kind: &str,
+        kind: &'static str,
         epoch: u64,
     ) -> Result<(Vec<Value>, bool), Error> {
         flashsale_engine::check_reservation(quantity, key)?;
@@ -33,39 +33,15 @@ impl RedisStore {
             return Err(Error::Engine(EngineError::SoldOut));
         }
         let shard = self.shard_of(shopper);
-        let keys = self.keys();
-        let mut call = steps::Reserve {
-            account: keys.shard_id(shard, "acct", shopper.0),
-            record: keys.idempotency(shard, shopper, key),
-            stock: keys.shard(shard, "stock"),
-            orders: keys.shard(shard, "orders"),
-            holds: keys.shard(shard, "holds"),
-            expiries: keys.shard(shard, "exp"),
-            sequences: keys.shard(shard, "seq"),
-            deal_orders: keys.shard_id(shard, "do", deal.0),
-            shopper_orders: keys.shard_id(shard, "so", shopper.0),
-            records: keys.shard_id(shard, "rec", deal.0),
-            books: keys.shard(shard, "books"),
-            deal: deal.0.to_string(),
-            shopper: shopper.0.to_string(),
-            kind: kind.to_owned(),
-            quantity: quantity.to_string(),
-            shard: shard.to_string(),
-            sold_out: String::new(),
-            retention: KEY_RETENTION_SECONDS.to_string(),
-            backlog: self.inner.books_backlog.clone(),
-            terms: String::new(),
-            epoch: epoch.to_string(),
+        let request = Request {
+            shopper,
+            kind,
+            quantity,
+            key: key.to_owned(),
+            epoch,
         };
         for _ in 0..STEP_ATTEMPTS_MAX {
-            call.terms = entry.terms_arg();
-            call.sold_out = if entry.sold_out.load(Ordering::Acquire) {
-                "1"
-            } else {
-                "0"
-            }
-            .to_owned();
-            match self.run(&call, None).await? {
+            match self.reserve_step(&entry, shard, request.clone()).await? {
                 Reply::Done(values) => {
                     let replayed = values.get(3).and_then(text).as_deref() == Some("1");
                     return Ok((values, replayed));

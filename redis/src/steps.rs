@@ -177,19 +177,24 @@ macro_rules! steps {
 }
 
 steps! {
-    /// A one-tap buy (`kind` "order") or a hold ("hold") on the shopper's
-    /// shard. `record`: the idempotency record; `records`: the deal's
-    /// record set. `sold_out`: the node's flag (1|0); `retention`: the
-    /// key's, in s; `backlog`: the books stream's bound; `terms`: the
-    /// node's copy of the deal's terms (`DealEntry::terms_arg`); `epoch`:
-    /// the caller's token's, `EPOCH` when the account was made in another.
+    /// One-tap buys (`kind` "order") and holds ("hold") of one deal on one
+    /// shard, any number of them, each with its own outcome (`batch`):
+    /// `deal_orders`, `records`: the deal's order list and record set on
+    /// the shard; per request its `account`, idempotency `record` and
+    /// `shopper_orders`. `sold_out`: the node's flag (1|0); `retention`:
+    /// the records', in s; `backlog`: the books stream's bound; `terms`:
+    /// the node's copy of the deal's terms (`DealEntry::terms_arg`); per
+    /// request its `shopper`, `kind`, `quantity` and `epoch` (the caller's
+    /// token's: `EPOCH` when the account was made in another). `OK` is
+    /// followed by one outcome per request, a reply of its own
+    /// ([`RESERVE_OUTCOMES`]).
     Reserve "reserve" writes {
-        keys: [account, record, stock, orders, holds, expiries, sequences,
-            deal_orders, shopper_orders, records, books];
-        args: [deal, shopper, kind, quantity, shard, sold_out, retention, backlog, terms,
-            epoch];
-        replies: ["OK", "ERR", "REFILL", "TERMS", "EPOCH", "BACKLOG"];
-        ok: "kind body replayed";
+        keys: [stock, orders, holds, expiries, sequences, deal_orders, records, books]
+            + requests "(account record shopper_orders)...";
+        args: [deal, shard, sold_out, retention, backlog, terms]
+            + each "(shopper kind quantity epoch)...";
+        replies: ["OK", "TERMS"];
+        ok: "(outcome)...";
     }
     /// Pays a hold, in its time or late; `terms`: the node's copy of the
     /// hold's deal's terms; `epoch`: the caller's token's, `EPOCH` when
@@ -376,40 +381,54 @@ steps! {
 /// (`version:price:limit:starts:ends:paused:registration:hold_seconds`).
 pub const BENCH_TERMS: &str = "1:100:1000000000000:0:99999999999999:0:0:60";
 
+/// The reply tags of one request's outcome in a `reserve` reply (the
+/// script header's reply shapes).
+pub(crate) const RESERVE_OUTCOMES: &[&str] = &["OK", "ERR", "REFILL", "EPOCH", "BACKLOG"];
+
 /// The call a node makes to buy one unit of deal 1 for shopper 1 on shard
-/// 0 of `namespace`, with idempotency key `key`, as `redis-cli` words
-/// (`scripts/compare.sh` hands it to `redis-benchmark`). The bench's terms
-/// are [`BENCH_TERMS`], the node's sold-out flag off, the books unbounded,
-/// the token's epoch 1 (the bench's account keeps none, so the step reads
-/// its `e` and passes).
-pub fn bench_reserve_call(namespace: &str, key: &str) -> Vec<String> {
+/// 0 of `namespace`, `requests` times in one call (at least once), each
+/// with idempotency key `key` (with `__rand_int__`, `redis-benchmark`
+/// makes each one new), as `redis-cli` words (`scripts/compare.sh` hands
+/// it to `redis-benchmark`). The bench's terms are [`BENCH_TERMS`], the
+/// node's sold-out flag off, the books unbounded, the token's epoch 1
+/// (the bench's account keeps none, so the step reads its `e` and
+/// passes).
+pub fn bench_reserve_call(namespace: &str, key: &str, requests: usize) -> Vec<String> {
     let keys = crate::keys::Keys {
         namespace: namespace.to_owned(),
     };
     let (shard, shopper, deal) = (0, flashsale_engine::ShopperId(1), 1);
-    let call = Reserve {
-        account: keys.shard_id(shard, "acct", shopper.0),
-        record: keys.idempotency(shard, shopper, key),
+    let mut call = Reserve {
         stock: keys.shard(shard, "stock"),
         orders: keys.shard(shard, "orders"),
         holds: keys.shard(shard, "holds"),
         expiries: keys.shard(shard, "exp"),
         sequences: keys.shard(shard, "seq"),
         deal_orders: keys.shard_id(shard, "do", deal),
-        shopper_orders: keys.shard_id(shard, "so", shopper.0),
         records: keys.shard_id(shard, "rec", deal),
         books: keys.shard(shard, "books"),
+        requests: Vec::new(),
         deal: deal.to_string(),
-        shopper: shopper.0.to_string(),
-        kind: "order".to_owned(),
-        quantity: "1".to_owned(),
         shard: shard.to_string(),
         sold_out: "0".to_owned(),
         retention: crate::KEY_RETENTION_SECONDS.to_string(),
         backlog: "0".to_owned(),
         terms: BENCH_TERMS.to_owned(),
-        epoch: "1".to_owned(),
+        each: Vec::new(),
     };
+    for _ in 0..requests.max(1) {
+        call.requests.extend([
+            keys.shard_id(shard, "acct", shopper.0),
+            keys.idempotency(shard, shopper, key),
+            keys.shard_id(shard, "so", shopper.0),
+        ]);
+        call.each.extend([
+            shopper.0.to_string(),
+            "order".to_owned(),
+            "1".to_owned(),
+            "1".to_owned(),
+        ]);
+    }
     let keys = call.keys();
     let mut words = vec![
         Reserve::STEP.command().to_owned(),
@@ -523,23 +542,30 @@ mod tests {
 
     #[test]
     fn a_call_lists_keys_then_arguments_in_order() {
-        let words = bench_reserve_call("ns", "k");
+        let words = bench_reserve_call("ns", "k", 2);
         assert_eq!(words[0], "FCALL");
-        assert_eq!(words[2], "11");
-        assert_eq!(words[3], "ns:{s:0}:acct:1");
-        assert_eq!(words[4], "ns:{s:0}:key:1:k");
+        assert_eq!(words[2], "14");
+        assert_eq!(words[3], "ns:{s:0}:stock");
         assert_eq!(
-            words[14..],
+            words[11..17],
+            ["ns:{s:0}:acct:1", "ns:{s:0}:key:1:k", "ns:{s:0}:so:1"].repeat(2)
+        );
+        assert_eq!(
+            words[17..],
             [
-                "1",
-                "1",
-                "order",
                 "1",
                 "0",
                 "0",
                 "86400",
                 "0",
                 BENCH_TERMS,
+                "1",
+                "order",
+                "1",
+                "1",
+                "1",
+                "order",
+                "1",
                 "1"
             ]
         );

@@ -1,0 +1,273 @@
+//! The per-shard batcher: a node's buys and holds of one deal on one
+//! shard that arrive while its previous `reserve` call for them is in
+//! flight go together in the next call, each with its own outcome (a
+//! group commit, as a database's log writer gathers the commits that
+//! arrive during a flush).
+//!
+//! A request finding its lane (deal, shard) idle is sent at once, alone,
+//! so batching adds no wait; while a call is in flight the lane gathers
+//! what arrives and sends it, up to [`RESERVE_BATCH_MAX`] requests, as soon
+//! as that call answers. So the busier Redis is, the more requests share
+//! each call and the less Redis spends per buy (the call's fixed part, the
+//! shard's numbers read and written once: `redis/flashsale.lua`,
+//! `reserve`). Every request keeps its own idempotency record, wallet and
+//! outcome; the step decides them in order as it would separate calls.
+//! One lane has at most one call in flight; lanes are independent, so
+//! every shard of a deal still has its own call in flight at once.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use flashsale_engine::{DealId, ShopperId};
+use parking_lot::Mutex;
+use redis::Value;
+use tokio::sync::oneshot;
+
+use crate::cache::DealEntry;
+use crate::error::Error;
+use crate::replies::{Reply, garbled, reply_of, text};
+use crate::steps::{self, RESERVE_OUTCOMES};
+use crate::{KEY_RETENTION_SECONDS, RedisStore};
+
+/// Requests in one `reserve` call at most: bounds one call's time in
+/// Redis (a few hundred µs), which holds up every other client of that
+/// primary while it runs.
+pub const RESERVE_BATCH_MAX: usize = 64;
+/// Requests of one lane (deal, shard) waiting on this node at most,
+/// beyond the call in flight; past it a request is refused at once
+/// ([`Error::RequestsWaiting`], `503`). It is far above what one lane
+/// gathers while its call is in flight under the gateway's own bound on
+/// requests in progress.
+pub const REQUESTS_WAITING_MAX: usize = 4_096;
+
+/// The `reserve` calls a node sent and the requests they held, since it
+/// connected: `requests / calls` is the mean batch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReserveCalls {
+    pub calls: u64,
+    pub requests: u64,
+}
+
+/// One buy or hold, as the step takes it.
+#[derive(Clone)]
+pub(crate) struct Request {
+    pub(crate) shopper: ShopperId,
+    /// `order` or `hold`.
+    pub(crate) kind: &'static str,
+    pub(crate) quantity: u32,
+    pub(crate) key: String,
+    /// The caller's token's epoch.
+    pub(crate) epoch: u64,
+}
+
+/// A request waiting in its lane, with where its outcome goes.
+struct Waiting {
+    request: Request,
+    answer: oneshot::Sender<Result<Reply, Error>>,
+}
+
+/// One deal's requests on one shard waiting for a call. A lane exists
+/// while its calls go on: from a request that finds none until no request
+/// waits after a call.
+struct Lane {
+    waiting: VecDeque<Waiting>,
+}
+
+/// Every lane of the node: per shard, by deal; and its counts.
+pub(crate) struct Lanes {
+    shards: Vec<Mutex<HashMap<DealId, Lane>>>,
+    calls: AtomicU64,
+    requests: AtomicU64,
+}
+
+impl Lanes {
+    pub(crate) fn new(shards: usize) -> Lanes {
+        Lanes {
+            shards: (0..shards).map(|_| Mutex::new(HashMap::new())).collect(),
+            calls: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+        }
+    }
+}
+
+impl RedisStore {
+    /// The `reserve` calls this node sent and the requests they held.
+    pub fn reserve_calls(&self) -> ReserveCalls {
+        let lanes = &self.inner.lanes;
+        ReserveCalls {
+            calls: lanes.calls.load(Ordering::Relaxed),
+            requests: lanes.requests.load(Ordering::Relaxed),
+        }
+    }
+
+    /// One run of the `reserve` step for `request` on `shard`, in a call
+    /// shared with the lane's other requests: its own outcome, as
+    /// [`RedisStore::run`] would give it alone (a done or replayed
+    /// request answered once its replicas have it). Errors: a full lane
+    /// ([`Error::RequestsWaiting`]), and the call's own, for each request
+    /// it held.
+    pub(crate) async fn reserve_step(
+        &self,
+        entry: &Arc<DealEntry>,
+        shard: usize,
+        request: Request,
+    ) -> Result<Reply, Error> {
+        let (answer, outcome) = oneshot::channel();
+        let idle = {
+            let Some(lanes) = self.inner.lanes.shards.get(shard) else {
+                return Err(garbled("a shard past the shard count"));
+            };
+            let mut lanes = lanes.lock();
+            match lanes.get_mut(&entry.id) {
+                Some(lane) if lane.waiting.len() >= REQUESTS_WAITING_MAX => {
+                    return Err(Error::RequestsWaiting);
+                }
+                Some(lane) => {
+                    lane.waiting.push_back(Waiting { request, answer });
+                    false
+                }
+                None => {
+                    lanes.insert(
+                        entry.id,
+                        Lane {
+                            waiting: VecDeque::from([Waiting { request, answer }]),
+                        },
+                    );
+                    true
+                }
+            }
+        };
+        if idle {
+            // Its own task: the lane's calls go on for the requests that
+            // wait, whether or not this one's caller still does.
+            tokio::spawn(self.clone().drain(entry.clone(), shard));
+        }
+        outcome.await.unwrap_or(Err(Error::Abandoned))
+    }
+
+    /// Sends the lane's waiting requests, [`RESERVE_BATCH_MAX`] a call,
+    /// one call at a time, until none waits; then the lane ends.
+    async fn drain(self, entry: Arc<DealEntry>, shard: usize) {
+        let Some(lanes) = self.inner.lanes.shards.get(shard) else {
+            return;
+        };
+        loop {
+            let batch: Vec<Waiting> = {
+                let mut lanes = lanes.lock();
+                let Some(lane) = lanes.get_mut(&entry.id) else {
+                    return;
+                };
+                if lane.waiting.is_empty() {
+                    lanes.remove(&entry.id);
+                    return;
+                }
+                let count = lane.waiting.len().min(RESERVE_BATCH_MAX);
+                lane.waiting.drain(..count).collect()
+            };
+            let (requests, answers): (Vec<Request>, Vec<_>) = batch
+                .into_iter()
+                .map(|waiting| (waiting.request, waiting.answer))
+                .unzip();
+            let outcomes = self.reserve_call(&entry, shard, &requests).await;
+            for (answer, outcome) in answers.into_iter().zip(outcomes) {
+                // A caller gone (its client hung up) needs no answer.
+                let _ = answer.send(outcome);
+            }
+        }
+    }
+
+    /// One `reserve` call for `requests` (at least one): an outcome per
+    /// request, in order.
+    async fn reserve_call(
+        &self,
+        entry: &DealEntry,
+        shard: usize,
+        requests: &[Request],
+    ) -> Vec<Result<Reply, Error>> {
+        let keys = self.keys();
+        let mut call = steps::Reserve {
+            stock: keys.shard(shard, "stock"),
+            orders: keys.shard(shard, "orders"),
+            holds: keys.shard(shard, "holds"),
+            expiries: keys.shard(shard, "exp"),
+            sequences: keys.shard(shard, "seq"),
+            deal_orders: keys.shard_id(shard, "do", entry.id.0),
+            records: keys.shard_id(shard, "rec", entry.id.0),
+            books: keys.shard(shard, "books"),
+            requests: Vec::with_capacity(requests.len() * 3),
+            deal: entry.id.0.to_string(),
+            shard: shard.to_string(),
+            sold_out: if entry.sold_out.load(Ordering::Acquire) {
+                "1"
+            } else {
+                "0"
+            }
+            .to_owned(),
+            retention: KEY_RETENTION_SECONDS.to_string(),
+            backlog: self.inner.books_backlog.clone(),
+            terms: entry.terms_arg(),
+            each: Vec::with_capacity(requests.len() * 4),
+        };
+        for request in requests {
+            call.requests.extend([
+                keys.shard_id(shard, "acct", request.shopper.0),
+                keys.idempotency(shard, request.shopper, &request.key),
+                keys.shard_id(shard, "so", request.shopper.0),
+            ]);
+            call.each.extend([
+                request.shopper.0.to_string(),
+                request.kind.to_owned(),
+                request.quantity.to_string(),
+                request.epoch.to_string(),
+            ]);
+        }
+        let lanes = &self.inner.lanes;
+        lanes.calls.fetch_add(1, Ordering::Relaxed);
+        lanes
+            .requests
+            .fetch_add(requests.len() as u64, Ordering::Relaxed);
+        let every = |error: Error| requests.iter().map(|_| Err(error.clone())).collect();
+        let values = match self.send(&call).await {
+            Ok(values) => values,
+            Err(error) => return every(error),
+        };
+        if values.first().and_then(text).as_deref() == Some("TERMS") {
+            return requests.iter().map(|_| Ok(Reply::Terms)).collect();
+        }
+        let mut outcomes: Vec<Result<Reply, Error>> = values
+            .into_iter()
+            .skip(1)
+            .map(outcome_of)
+            .chain(std::iter::repeat_with(|| {
+                Err(garbled("fewer outcomes than requests"))
+            }))
+            .take(requests.len())
+            .collect();
+        // Done or replayed requests are answered once replicas have them.
+        if outcomes
+            .iter()
+            .any(|outcome| matches!(outcome, Ok(Reply::Done(_))))
+            && let Err(error) = self.acknowledge(&call).await
+        {
+            for outcome in &mut outcomes {
+                if matches!(outcome, Ok(Reply::Done(_))) {
+                    *outcome = Err(error.clone());
+                }
+            }
+        }
+        outcomes
+    }
+}
+
+/// One request's outcome in a `reserve` reply: a reply of its own.
+fn outcome_of(value: Value) -> Result<Reply, Error> {
+    let Value::Array(values) = value else {
+        return Err(garbled("a reserve outcome"));
+    };
+    let tag = values.first().and_then(text).unwrap_or_default();
+    if !RESERVE_OUTCOMES.contains(&tag.as_str()) {
+        return Err(garbled("a reserve outcome's tag"));
+    }
+    reply_of(values, None)
+}

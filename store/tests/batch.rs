@@ -1,0 +1,272 @@
+//! A node sends the buys and holds of one deal on one shard that arrive
+//! while its previous call for them is in flight together, in one
+//! `reserve` call (`redis/src/batch.rs`). This property test holds such a
+//! call to the same requests sent one at a time: a burst goes at once
+//! through one node, and the same requests one after another through a
+//! second node on a twin namespace of the Redis of `REDIS_URL`. Each
+//! request's answer, and afterwards every wallet, the deal's numbers and
+//! its orders, must be the same on both.
+//!
+//! Bursts mix buys and holds by the shoppers of one shard, with keys drawn
+//! from a few (replays, a key reused for another request, the same key
+//! twice in one call), quantities past the per-shopper limit, and wallets
+//! that run dry within the burst. The shard's bucket holds the deal's
+//! stock before the burst (a first buy refilled it), so no request waits
+//! on a refill, whose retries would come back in another order. On a
+//! current-thread runtime every request of a burst joins its lane before
+//! the lane's first call is sent, so each burst is one call; the node's
+//! counts check it.
+//!
+//! The one-at-a-time side is itself held to the engine by the model test
+//! (`model.rs`). Cases: `FLASHSALE_BATCH_CASES` (default 200).
+
+mod support;
+
+use std::sync::Arc;
+
+use flashsale_engine::ids::shard_of;
+use flashsale_engine::{
+    Allocation, Clock, ManualClock, Money, NewDeal, OrderCursor, ShopperId, Timestamp,
+};
+use flashsale_redis::{RedisTarget, StepClock};
+use flashsale_store::{RedisStore, StoreError};
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestCaseError, TestRunner};
+
+/// The shards of [`support::connect`]'s stores.
+const SHARDS: usize = 4;
+/// Shoppers made per case; those on shard 0 buy.
+const SHOPPERS: u32 = 16;
+/// 2026-11-21T12:00:00Z: both nodes' steps run at this time.
+const NOON: Timestamp = Timestamp(1_795_262_400_000);
+
+#[derive(Debug, Clone)]
+struct Request {
+    /// Index among the case's shoppers on shard 0.
+    shopper: usize,
+    hold: bool,
+    quantity: u32,
+    key: usize,
+}
+
+#[derive(Debug, Clone)]
+struct Case {
+    price: i64,
+    limit: u32,
+    credit: i64,
+    requests: Vec<Request>,
+}
+
+fn case() -> impl Strategy<Value = Case> {
+    let request = (0..4usize, proptest::bool::weighted(0.3), 0..4u32, 0..3usize).prop_map(
+        |(shopper, hold, quantity, key)| Request {
+            shopper,
+            hold,
+            quantity,
+            key,
+        },
+    );
+    (
+        1..400i64,
+        1..5u32,
+        0..1_500i64,
+        proptest::collection::vec(request, 2..24),
+    )
+        .prop_map(|(price, limit, credit, requests)| Case {
+            price,
+            limit,
+            credit,
+            requests,
+        })
+}
+
+/// One node and the namespace it works in.
+struct Node {
+    store: RedisStore,
+}
+
+impl Node {
+    async fn connect(url: &str, namespace: &str, clock: &Arc<ManualClock>) -> Node {
+        let store = support::connect(
+            RedisTarget::Single(url.to_owned()),
+            namespace,
+            Some(StepClock(clock.clone() as Arc<dyn Clock>)),
+        )
+        .await;
+        Node { store }
+    }
+
+    /// The case's deal and shoppers on shard 0, with the shard's bucket
+    /// filled by a first buy of one unit.
+    async fn set_up(&self, case: &Case) -> (flashsale_engine::DealId, Vec<ShopperId>) {
+        let store = &self.store;
+        let merchant = store.create_merchant("batch").await.expect("a merchant");
+        let shoppers: Vec<ShopperId> = store
+            .create_shoppers(SHOPPERS, Money::from_fen(case.credit).expect("a credit"))
+            .await
+            .expect("shoppers")
+            .into_iter()
+            .filter(|shopper| shard_of(*shopper, SHARDS) == 0)
+            .collect();
+        let deal = store
+            .create_deal(
+                merchant.id,
+                NewDeal {
+                    title: "batch".to_owned(),
+                    price: Money::from_fen(case.price).expect("a price"),
+                    stock: 1_000,
+                    per_user_limit: Some(case.limit),
+                    starts_at: Timestamp(NOON.0 - 60_000),
+                    ends_at: Timestamp(NOON.0 + 3_600_000),
+                    requires_registration: false,
+                    hold_seconds: None,
+                    allocation: Allocation::FirstCome,
+                },
+            )
+            .await
+            .expect("a deal")
+            .id;
+        // A shopper of shard 0 made only to fill the bucket.
+        let filler = store
+            .create_shoppers(SHOPPERS, Money::from_fen(100_000).expect("a credit"))
+            .await
+            .expect("shoppers")
+            .into_iter()
+            .find(|shopper| shard_of(*shopper, SHARDS) == 0)
+            .expect("a shopper on shard 0");
+        store
+            .buy(filler, deal, 1, "fill", store.epoch())
+            .await
+            .expect("the first buy refills the bucket");
+        (deal, shoppers)
+    }
+
+    /// One request's answer, as text to compare.
+    async fn send(
+        &self,
+        deal: flashsale_engine::DealId,
+        shoppers: &[ShopperId],
+        request: &Request,
+    ) -> String {
+        let store = &self.store;
+        let shopper = shoppers[request.shopper % shoppers.len()];
+        let key = format!("k{}", request.key);
+        let answer = if request.hold {
+            store
+                .hold(shopper, deal, request.quantity, &key, store.epoch())
+                .await
+                .map(|hold| format!("{hold:?}"))
+        } else {
+            store
+                .buy(shopper, deal, request.quantity, &key, store.epoch())
+                .await
+                .map(|(order, answer)| format!("{order:?} {answer:?}"))
+        };
+        match answer.map_err(StoreError::from) {
+            Ok(text) => text,
+            Err(StoreError::Engine(refusal)) => format!("refused: {refusal:?}"),
+            Err(other) => panic!("the store failed rather than answer: {other}"),
+        }
+    }
+
+    /// What a case leaves: each shopper's wallet and orders, the deal's
+    /// numbers and orders.
+    async fn state(&self, deal: flashsale_engine::DealId, shoppers: &[ShopperId]) -> String {
+        let store = &self.store;
+        let mut state = format!("{:?}\n", store.deal(deal).await.expect("the deal"));
+        for shopper in shoppers {
+            state += &format!(
+                "{:?} {:?}\n",
+                store.wallet(*shopper).await.expect("a wallet"),
+                store
+                    .orders_of_shopper(*shopper, None, OrderCursor::default(), 100)
+                    .await
+                    .expect("orders")
+            );
+        }
+        state += &format!(
+            "{:?}",
+            store
+                .orders_of_deal(deal, OrderCursor::default(), 100)
+                .await
+                .expect("orders")
+        );
+        state
+    }
+}
+
+#[test]
+fn a_batched_call_answers_as_calls_one_at_a_time() {
+    let Some(url) = flashsale_testkit::redis_url() else {
+        return;
+    };
+    // One thread: a burst's requests all join their lane before its call.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let cases = std::env::var("FLASHSALE_BATCH_CASES")
+        .ok()
+        .and_then(|cases| cases.trim().parse().ok())
+        .unwrap_or(200);
+    let mut runner = TestRunner::new(Config {
+        cases,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let batched_requests = std::cell::Cell::new(0u64);
+    let result = runner.run(&case(), |case| {
+        // Twin namespaces of their own: a failed case (while shrinking)
+        // leaves nothing the next one meets.
+        let (batched, single) = (support::namespace("batch"), support::namespace("single"));
+        let outcome = runtime.block_on(run(&url, &batched, &single, &case));
+        support::delete_namespace(std::slice::from_ref(&url), &batched);
+        support::delete_namespace(std::slice::from_ref(&url), &single);
+        batched_requests.set(batched_requests.get() + outcome?);
+        Ok(())
+    });
+    if let Err(error) = result {
+        panic!("{error}");
+    }
+    eprintln!(
+        "{cases} bursts, {} requests in batched calls",
+        batched_requests.get()
+    );
+}
+
+/// One case: the burst on the `batched` namespace, the same requests one
+/// at a time on `single`; the requests that were batched.
+async fn run(url: &str, batched: &str, single: &str, case: &Case) -> Result<u64, TestCaseError> {
+    let clock = Arc::new(ManualClock::new(NOON));
+    let burst = Node::connect(url, batched, &clock).await;
+    let one_by_one = Node::connect(url, single, &clock).await;
+    let (deal, shoppers) = burst.set_up(case).await;
+    let (twin_deal, twin_shoppers) = one_by_one.set_up(case).await;
+    prop_assert_eq!(deal, twin_deal, "the twins number alike");
+    prop_assert_eq!(&shoppers, &twin_shoppers, "the twins number alike");
+    let before = burst.store.reserve_calls();
+    let answers = futures_util::future::join_all(
+        case.requests
+            .iter()
+            .map(|request| burst.send(deal, &shoppers, request)),
+    )
+    .await;
+    let after = burst.store.reserve_calls();
+    // Quantity 0 is refused before it joins a lane.
+    let sent = case
+        .requests
+        .iter()
+        .filter(|request| request.quantity > 0)
+        .count() as u64;
+    prop_assert_eq!(after.requests - before.requests, sent);
+    prop_assert_eq!(after.calls - before.calls, u64::from(sent > 0), "one call");
+    for (request, answer) in case.requests.iter().zip(&answers) {
+        let alone = one_by_one.send(deal, &shoppers, request).await;
+        prop_assert_eq!(answer, &alone, "{:?}", request);
+    }
+    prop_assert_eq!(
+        burst.state(deal, &shoppers).await,
+        one_by_one.state(deal, &shoppers).await
+    );
+    Ok(sent)
+}
