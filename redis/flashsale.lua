@@ -186,17 +186,32 @@ end
 -- it there, and a change of the terms installs its new version on every
 -- shard before it is answered, so no shard decides with terms older than
 -- the newest it was given.
+-- Terms parsed, by their text: a node sends the same text on every call
+-- until the terms change, so each is parsed once. A pure function of the
+-- text (what a call writes does not depend on it), emptied whenever it
+-- holds TERMS_PARSED_MAX texts.
+local TERMS_PARSED_MAX = 1024
+local terms_parsed, terms_parsed_count = {}, 0
+
 local function terms_of(text, held)
-  local version, price, limit, starts, ends, paused, registration, hold_seconds =
-    string.match(text, '^(%d+):(%d+):(%d+):(%-?%d+):(%-?%d+):([01]):([01]):(%d+)$')
-  if not version or held ~= version then
-    return nil
+  local terms = terms_parsed[text]
+  if not terms then
+    local version, price, limit, starts, ends, paused, registration, hold_seconds =
+      string.match(text, '^(%d+):(%d+):(%d+):(%-?%d+):(%-?%d+):([01]):([01]):(%d+)$')
+    if not version then return nil end
+    terms = {
+      version = version, price = tonumber(price), price_text = price, limit = tonumber(limit),
+      starts = tonumber(starts), ends = tonumber(ends), paused = paused == '1',
+      registration = registration == '1', hold_seconds = tonumber(hold_seconds),
+    }
+    if terms_parsed_count >= TERMS_PARSED_MAX then
+      terms_parsed, terms_parsed_count = {}, 0
+    end
+    terms_parsed[text] = terms
+    terms_parsed_count = terms_parsed_count + 1
   end
-  return {
-    price = tonumber(price), price_text = price, limit = tonumber(limit), starts = tonumber(starts),
-    ends = tonumber(ends), paused = paused == '1', registration = registration == '1',
-    hold_seconds = tonumber(hold_seconds),
-  }
+  if held ~= terms.version then return nil end
+  return terms
 end
 
 -- engine: `decide_open` (engine/src/rules/reserve.rs): whether a deal sells
@@ -289,7 +304,7 @@ local function replay(kind, outcome, orders, holds, written)
 end
 
 -- Keys and arguments of `reserve` before its requests, and per request.
-local RESERVE_KEYS, RESERVE_ARGS, REQUEST_KEYS, REQUEST_ARGS = 8, 6, 3, 4
+local RESERVE_KEYS, RESERVE_ARGS, REQUEST_KEYS, REQUEST_ARGS = 8, 5, 1, 5
 
 -- reserve: one-tap buys (kind 'order') and holds (kind 'hold') of one deal
 -- on one shard, any number of them, each with its own outcome, decided in
@@ -300,22 +315,24 @@ local RESERVE_KEYS, RESERVE_ARGS, REQUEST_KEYS, REQUEST_ARGS = 8, 6, 3, 4
 -- effects (engine: `reserve`, `commit_order`, `commit_hold`). The shard's
 -- numbers of the deal, the clock and the books' backlog are read once per
 -- call, and the shard's stock hash, orders hash, deal order list and
--- record set written once at its end; each request's wallet, record,
--- shopper order list and books entry are its own.
+-- record set written once at its end; each request reads its account
+-- once (wallet, epoch, idempotency record) and writes it once (wallet,
+-- record, the order's id), and appends its own books entry.
 -- Keys: the shard's stock, orders, holds, expiries, sequences; the deal's
 -- order list and record set on the shard; the books stream; then per
--- request the account, its idempotency record (a string, expiring) and
--- the shopper's order list. Args: sold_out: the node's flag (1|0);
--- retention: of the records, in s; backlog: the books stream's bound
+-- request the account, which keeps the request's idempotency record as
+-- `k:<key>` and its orders' ids as `o:<id>` (value: the deal). Args:
+-- sold_out: the node's flag (1|0); backlog: the books stream's bound
 -- (entries; 0: none); terms: the node's copy of the deal's terms
 -- (`terms_of`); then per request the shopper, kind ('order' or 'hold'),
--- quantity and epoch: the caller's token's (`other_epoch`). OK: per
+-- quantity, epoch (the caller's token's: `other_epoch`) and idempotency
+-- key. OK: per
 -- request one outcome, a reply of its own: {'OK', kind, the record's
 -- JSON, '1' when replayed}, {'ERR', ...}, {'REFILL', ...}, {'EPOCH'} or
 -- {'BACKLOG'}; TERMS for the whole call.
 --- step: reserve
---- keys: stock orders holds expiries sequences deal_orders records books (account record shopper_orders)...
---- args: deal shard sold_out retention backlog terms (shopper kind quantity epoch)...
+--- keys: stock orders holds expiries sequences deal_orders records books account...
+--- args: deal shard sold_out backlog terms (shopper kind quantity epoch key)...
 --- replies: OK TERMS
 --- ok: (outcome)...
 --- flags: -
@@ -323,16 +340,16 @@ local function reserve(keys, args)
   local stock, orders, holds, expiries, sequences = keys[1], keys[2], keys[3], keys[4], keys[5]
   local deal_orders, records, stream = keys[6], keys[7], keys[8]
   local deal, shard = args[1], num(args[2])
-  local sold_out, retention, bound = args[3] == '1', args[4], num(args[5])
+  local sold_out, bound = args[3] == '1', num(args[4])
   -- Read once: the shard's numbers of the deal with its terms' version
   -- (not the node's: the node refreshes its terms and retries), the clock.
   local b, h, s, n, r = 'b:' .. deal, 'h:' .. deal, 's:' .. deal, 'n:' .. deal, 'r:' .. deal
   local counts = redis.call('HMGET', stock, 'v:' .. deal, b, h, s, n, 'order')
-  local terms = terms_of(args[6], counts[1])
+  local terms = terms_of(args[5], counts[1])
   if not terms then return {'TERMS'} end
   -- The shard's numbers as this call's requests change them.
-  local shard_now = {bucket = num(counts[2]), held = num(counts[3]), sold = num(counts[4]),
-    buyers = num(counts[5]), sequence = num(counts[6])}
+  local bucket, held, sold = num(counts[2]), num(counts[3]), num(counts[4])
+  local buyers, sequence = num(counts[5]), num(counts[6])
   -- The books stream's length: read at the first order that asks, then
   -- counted on as this call appends.
   local length = nil
@@ -357,18 +374,20 @@ local function reserve(keys, args)
   local committed = false
   for first = RESERVE_KEYS + 1, #keys, REQUEST_KEYS do
     local index = (first - RESERVE_KEYS - 1) / REQUEST_KEYS
-    local account, record_key, shopper_orders = keys[first], keys[first + 1], keys[first + 2]
+    local account = keys[first]
     local at = RESERVE_ARGS + 1 + index * REQUEST_ARGS
     local shopper, kind, quantity, epoch = args[at], args[at + 1], num(args[at + 2]), args[at + 3]
+    local record_field = 'k:' .. args[at + 4]
     -- Read: the wallet with the epoch it was made in, the record.
-    local wallet = redis.call('HMGET', account, 'available', 'held', 'spent', b, h, r, 'e')
+    local wallet = redis.call('HMGET', account, 'available', 'held', 'spent', b, h, r, 'e',
+      record_field)
     local outcome_of
     if of_other_epoch(wallet[7], epoch) then
       outcome_of = {'EPOCH'}
     else
-      local record, outcome = record_view(redis.call('GET', record_key), deal, kind, quantity)
+      local record, outcome = record_view(wallet[8], deal, kind, quantity)
       view.kind, view.quantity, view.record = kind, quantity, record
-      view.bucket, view.backlog = shard_now.bucket, kind == 'order' and backlogged()
+      view.bucket, view.backlog = bucket, kind == 'order' and backlogged()
       view.shopper = nil
       if wallet[1] then
         shopper_view.available, shopper_view.bought = num(wallet[1]), num(wallet[4])
@@ -392,14 +411,16 @@ local function reserve(keys, args)
         local id, id_text, body
         if reservation.kind == 'order' then
           -- engine: `commit_order`.
-          id = compose(shard, shard_now.sequence)
+          id = compose(shard, sequence)
           id_text = int(id)
-          shard_now.sequence = shard_now.sequence + 1
+          sequence = sequence + 1
           redis.call('HSET', account, 'available', int(shopper_now.available - debit),
-            'spent', int(num(wallet[3]) + debit), b, int(shopper_now.bought + units))
-          shard_now.bucket = shard_now.bucket - units
-          shard_now.sold = shard_now.sold + units
-          if reservation.new_buyer then shard_now.buyers = shard_now.buyers + 1 end
+            'spent', int(num(wallet[3]) + debit), b, int(shopper_now.bought + units),
+            record_field, deal .. ':' .. kind .. ':' .. args[at + 2] .. ':' .. id_text,
+            'o:' .. id_text, deal)
+          bucket = bucket - units
+          sold = sold + units
+          if reservation.new_buyer then buyers = buyers + 1 end
           body = encode_order({id = id_text, deal = deal, shopper = shopper,
             quantity = args[at + 2], unit_price = terms.price_text, amount = int(debit),
             late = false, created_at = now_text})
@@ -407,7 +428,6 @@ local function reserve(keys, args)
           order_fields[#order_fields + 1] = id_text
           order_fields[#order_fields + 1] = body
           order_ids[#order_ids + 1] = id_text
-          redis.call('RPUSH', shopper_orders, id_text)
           -- engine: the OrderSettled event, for the books.
           books(stream, 'o', body)
           if length then length = length + 1 end
@@ -416,17 +436,16 @@ local function reserve(keys, args)
           id = compose(shard, redis.call('HINCRBY', sequences, 'hold', 1) - 1)
           id_text = int(id)
           redis.call('HSET', account, 'available', int(shopper_now.available - debit),
-            'held', int(num(wallet[2]) + debit), h, int(shopper_now.held + units))
-          shard_now.bucket = shard_now.bucket - units
-          shard_now.held = shard_now.held + units
+            'held', int(num(wallet[2]) + debit), h, int(shopper_now.held + units),
+            record_field, deal .. ':' .. kind .. ':' .. args[at + 2] .. ':' .. id_text)
+          bucket = bucket - units
+          held = held + units
           body = encode_hold({id = id, deal = num(deal), shopper = num(shopper),
             quantity = units, amount = debit, created_at = reservation.created_at,
             expires_at = reservation.expires_at, status = 'active'})
           redis.call('HSET', holds, id_text, body)
           redis.call('ZADD', expiries, int(reservation.expires_at), id_text)
         end
-        redis.call('SET', record_key, deal .. ':' .. kind .. ':' .. args[at + 2] .. ':' .. id_text,
-          'EX', retention)
         recorded[#recorded + 1] = shopper
         committed = true
         outcome_of = {'OK', kind, body, '0'}
@@ -436,8 +455,8 @@ local function reserve(keys, args)
   end
   -- Write once what the requests changed of the shard.
   if committed then
-    redis.call('HSET', stock, b, int(shard_now.bucket), h, int(shard_now.held),
-      s, int(shard_now.sold), n, int(shard_now.buyers), 'order', int(shard_now.sequence))
+    redis.call('HSET', stock, b, int(bucket), h, int(held),
+      s, int(sold), n, int(buyers), 'order', int(sequence))
     redis.call('SADD', records, unpack(recorded))
   end
   if #order_ids > 0 then
@@ -514,14 +533,14 @@ end
 -- copy of the hold's deal's terms (`terms_of`); epoch: the caller's
 -- token's (`other_epoch`: else 'EPOCH').
 --- step: pay
---- keys: account stock orders holds expiries deal_orders shopper_orders books
+--- keys: account stock orders holds expiries deal_orders books
 --- args: hold shopper shard backlog terms epoch
 --- replies: OK ERR REFILL TERMS EPOCH BACKLOG
 --- ok: kind body
 --- flags: -
 local function pay(keys, args)
   local account, stock, orders, holds = keys[1], keys[2], keys[3], keys[4]
-  local expiries, deal_orders, shopper_orders, stream = keys[5], keys[6], keys[7], keys[8]
+  local expiries, deal_orders, stream = keys[5], keys[6], keys[7]
   local id, shopper, shard = args[1], args[2], num(args[3])
   if other_epoch(account, args[6]) then return {'EPOCH'} end
   -- Read the hold (engine: a lookup, before the rule) and decide.
@@ -582,7 +601,7 @@ local function pay(keys, args)
     amount = int(hold.amount), late = late, hold = int(hold.id), created_at = int(now)})
   redis.call('HSET', orders, int(order_id), body)
   redis.call('RPUSH', deal_orders, int(order_id))
-  redis.call('RPUSH', shopper_orders, int(order_id))
+  redis.call('HSET', account, 'o:' .. int(order_id), deal)
   -- engine: the OrderSettled event, for the books (once: a settled hold is
   -- refused hold_settled above).
   books(stream, 'o', body)

@@ -11,14 +11,17 @@
 #   5. Postgres running `UPDATE ... SET stock = stock - 1 WHERE id = $1 AND
 #      stock > 0` (pgbench -f, database `test`, user postgres, host 127.0.0.1);
 #   6. multi-node mode: two flashsale nodes on that Redis, settling path,
-#      wrk against both at once (half the connections each), with the CPU
-#      per settled buy of the nodes (/proc/PID/stat) and of Redis (INFO cpu);
+#      wrk against both at once (half of COMPARE_NODE_CONNECTIONS each), with
+#      the CPU per settled buy of the nodes (/proc/PID/stat) and of Redis
+#      (INFO cpu), and the script calls per buy (a node sends a shard's buys
+#      that arrive while its previous call is in flight in one call);
 #   7. multi-node mode: one node's sold-out path (answered from the node's
 #      sold-out flag, Redis untouched);
 #   8. Redis running multi-node mode's own buy step (the `reserve` function
 #      of redis/flashsale.lua, the call a node sends, printed by the binary,
-#      a fresh idempotency key per call) under redis-benchmark: the ceiling
-#      of case 6, with Redis' CPU per call;
+#      a fresh idempotency key per buy) under redis-benchmark -P 16, with one
+#      buy a call and with 8 (as a node batches a busy shard's buys): the
+#      ceiling of case 6, with Redis' CPU and script time per buy;
 #   9. Redis running a buy-sized reference script (scripts/reference-buy.lua:
 #      replay a key, check stock, limit and funds, take stock, debit, append
 #      the order to a stream, record the key) by redis-benchmark -P 16, a
@@ -26,8 +29,10 @@
 # Cases 6 and 9 print Redis' script time per settled buy (INFO commandstats:
 # the FCALL or EVALSHA time over the orders settled) and Redis' whole CPU
 # per settled buy (INFO cpu); the last lines print case 6 over case 8, and
-# case 6 against case 9: script time per buy (goal at most 1.3 x) and
-# settled buys per second (goal at least 0.5 x).
+# case 6 against case 9: script time and Redis CPU per buy (goal at most
+# 1.3 x) and settled buys per second (goal at least 0.5 x). Case 6 offers
+# as many requests at once as case 9 keeps in flight (64 clients x 16
+# pipelined), each with its own idempotency key.
 #
 # The HTTP cases all use the same client, wrk, with a small Lua script that
 # gives every request its own Idempotency-Key and rotates shopper tokens.
@@ -40,9 +45,14 @@
 #
 #   COMPARE_DURATION     seconds per wrk / pgbench run         (default 10)
 #   COMPARE_CONNECTIONS  concurrent connections / clients      (default 64)
+#   COMPARE_NODE_CONNECTIONS  case 6's connections over both nodes
+#                        (default COMPARE_CONNECTIONS x 16: case 9's
+#                        requests in flight)
 #   COMPARE_THREADS      client threads                        (default 2)
 #   COMPARE_REQUESTS     redis-benchmark requests              (default 500000)
 #   COMPARE_DURABILITY   flashsale --durability (sync|async)   (default sync)
+#   COMPARE_REDIS_SHARDS case 6's --redis-shards: fewer shards, fuller
+#                        batches (default 64, the node's default)
 #   COMPARE_REDIS_PORT   Redis port on 127.0.0.1               (default 6379)
 #   COMPARE_FSYNC_MODES  1: case 6 again with appendfsync always, then
 #                        everysec (CONFIG SET, restored after)  (default 0)
@@ -58,9 +68,11 @@ set -euo pipefail
 
 DURATION=${COMPARE_DURATION:-10}
 CONNECTIONS=${COMPARE_CONNECTIONS:-64}
+NODE_CONNECTIONS=${COMPARE_NODE_CONNECTIONS:-$((CONNECTIONS * 16))}
 THREADS=${COMPARE_THREADS:-2}
 REQUESTS=${COMPARE_REQUESTS:-500000}
 DURABILITY=${COMPARE_DURABILITY:-sync}
+REDIS_SHARDS=${COMPARE_REDIS_SHARDS:-64}
 REDIS_PORT=${COMPARE_REDIS_PORT:-6379}
 FSYNC_MODES=${COMPARE_FSYNC_MODES:-0}
 CASES=${COMPARE_CASES:-all}
@@ -364,6 +376,7 @@ else
       "$BIN" serve --addr 127.0.0.1:0 --data-dir "$WORK/redis-node-$node" \
       --admin-token "$FS_TOKEN" --secret "$SECRET" \
       --redis-url "redis://127.0.0.1:$REDIS_PORT" --redis-namespace "$NS" --allow-volatile-redis \
+      --redis-shards "$REDIS_SHARDS" \
       >"$WORK/node$node.out" 2>"$WORK/node$node.log" &
     PIDS+=($!)
     NODE_PIDS+=($!)
@@ -396,7 +409,7 @@ else
   # path; records the result as "2 redis-mode nodes, settling$1".
   two_nodes_settling() {
     say "wrk against two redis-mode nodes at once, settling path$1"
-    local half=$((CONNECTIONS / 2)) wrks=() node rate bad sold settled ticks redis_s
+    local half=$((NODE_CONNECTIONS / 2)) wrks=() node rate bad sold settled ticks redis_s
     local calls usec
     ticks=$(cpu_ticks "${NODE_PIDS[@]}")
     redis_s=$(redis_cpu)
@@ -423,6 +436,7 @@ Redis $(per_buy_us "$redis_s" "$settled") us; Redis script time per buy $script_
 ($(awk -v c="$calls" -v n="$settled" 'BEGIN { if (n > 0) printf "%.2f", c / n; else print "-" }') script calls per buy)"
     if [ -z "$1" ]; then
       NODES_SCRIPT_US=$script_us
+      NODES_REDIS_US=$(per_buy_us "$redis_s" "$settled")
       NODES_SETTLED_RATE=$(awk -v n="$settled" -v d="$DURATION" 'BEGIN { printf "%.0f", n / d }')
     fi
   }
@@ -456,26 +470,36 @@ fi
 if [ "$REDIS_UP" -eq 1 ] && command -v redis-benchmark >/dev/null 2>&1; then
   # The keys and arguments a node sends for shopper 1 on shard 0 (the
   # gateway's Keys), with the terms, wallet and bucket set up so every call
-  # settles; __rand_int__ makes each call's idempotency key new.
+  # settles; __rand_int__ makes each buy's idempotency key new.
   cli() { redis-cli -h 127.0.0.1 -p "$REDIS_PORT" "$@" >/dev/null; }
   P="$NS-bench:{s:0}"
-  cli HSET "$P:acct:1" name bench credited 1000000000000000 available 1000000000000000 held 0 spent 0
-  cli HSET "$P:stock" b:1 1000000000000 v:1 1
   # The library and the call come from the binary's own step definitions
   # (redis/src/steps.rs), so they cannot drift from what a node sends.
   "$BIN" redis-steps library | redis-cli -h 127.0.0.1 -p "$REDIS_PORT" -x FUNCTION LOAD REPLACE >/dev/null
-  mapfile -t call < <("$BIN" redis-steps reserve-call --namespace "$NS-bench")
-  say "redis-benchmark FCALL of the multi-node buy step ($REQUESTS requests)"
-  redis_s=$(redis_cpu)
-  read -r _ usec <<<"$(command_stats fcall)"
-  redis-benchmark -h 127.0.0.1 -p "$REDIS_PORT" -c "$CONNECTIONS" -n "$REQUESTS" -r 1000000000 \
-    --threads "$THREADS" --csv "${call[@]}" >"$WORK/redis-buy.csv" 2>&1 || true
-  rate=$(awk -F'","' 'NR > 1 && NF > 1 {print $2; exit}' "$WORK/redis-buy.csv")
-  redis_s=$(awk -v a="$(redis_cpu)" -v b="$redis_s" 'BEGIN { print a - b }')
-  usec=$(command_stats fcall | awk -v u="$usec" '{print ($2 - u) / 1e6}')
-  settled=$(redis-cli -h 127.0.0.1 -p "$REDIS_PORT" HGET "$P:acct:1" b:1)
-  result "redis FCALL multi-node buy step" "$rate" "$settled settled; Redis CPU per call \
-$(per_buy_us "$redis_s" "$settled") us, script time $(per_buy_us "$usec" "$settled") us; the ceiling of the row two above"
+  for per_call in 1 8; do
+    cli DEL "$P:stock" "$P:acct:1" "$P:orders" "$P:do:1" "$P:rec:1" "$P:books"
+    cli HSET "$P:acct:1" name bench credited 1000000000000000 available 1000000000000000 held 0 spent 0
+    cli HSET "$P:stock" b:1 1000000000000 v:1 1
+    name="redis FCALL buy step, $per_call a call"
+    [ "$per_call" -eq 1 ] && name="redis FCALL multi-node buy step"
+    mapfile -t call < <("$BIN" redis-steps reserve-call --namespace "$NS-bench" --requests "$per_call" 2>/dev/null ||
+      { [ "$per_call" -eq 1 ] && "$BIN" redis-steps reserve-call --namespace "$NS-bench"; })
+    if [ "${#call[@]}" -eq 0 ]; then
+      result "$name" "" "this binary cannot print a call of $per_call buys"
+      continue
+    fi
+    say "redis-benchmark -P 16 FCALL of the multi-node buy step, $per_call a call ($REQUESTS buys)"
+    redis_s=$(redis_cpu)
+    read -r _ usec <<<"$(command_stats fcall)"
+    redis-benchmark -h 127.0.0.1 -p "$REDIS_PORT" -c "$CONNECTIONS" -n $((REQUESTS / per_call)) -r 1000000000 -P 16 \
+      --threads "$THREADS" --csv "${call[@]}" >"$WORK/redis-buy.csv" 2>&1 || true
+    rate=$(awk -F'","' -v n="$per_call" 'NR > 1 && NF > 1 {print $2 * n; exit}' "$WORK/redis-buy.csv")
+    redis_s=$(awk -v a="$(redis_cpu)" -v b="$redis_s" 'BEGIN { print a - b }')
+    usec=$(command_stats fcall | awk -v u="$usec" '{print ($2 - u) / 1e6}')
+    settled=$(redis-cli -h 127.0.0.1 -p "$REDIS_PORT" HGET "$P:acct:1" b:1)
+    result "$name" "$rate" "buys/s; $settled settled; Redis CPU per buy \
+$(per_buy_us "$redis_s" "$settled") us, script time $(per_buy_us "$usec" "$settled") us"
+  done
 
   # 9. The buy-sized reference script, pipelined, a fresh record per call.
   R="$NS-reference:{r}"
@@ -493,6 +517,7 @@ $(per_buy_us "$redis_s" "$settled") us, script time $(per_buy_us "$usec" "$settl
   usec=$(command_stats evalsha | awk -v u="$usec" '{print ($2 - u) / 1e6}')
   settled=$(redis-cli -h 127.0.0.1 -p "$REDIS_PORT" HGET "$R:wallet" b:1)
   REFERENCE_SCRIPT_US=$(per_buy_us "$usec" "$settled")
+  REFERENCE_REDIS_US=$(per_buy_us "$redis_s" "$settled")
   REFERENCE_RATE=$rate
   result "redis reference buy script -P 16" "$rate" "$settled settled; Redis CPU per call \
 $(per_buy_us "$redis_s" "$settled") us, script time $REFERENCE_SCRIPT_US us"
@@ -560,5 +585,6 @@ fi
 # Against the hand-written reference buy, on the same Redis in this run.
 if [ -n "${NODES_SCRIPT_US:-}" ] && [ -n "${REFERENCE_SCRIPT_US:-}" ]; then
   awk -v a="$NODES_SCRIPT_US" -v b="$REFERENCE_SCRIPT_US" 'BEGIN { if (b > 0) printf "Redis script time per settled buy, 2 nodes / reference script: %s / %s us = %.2f x (goal <= 1.3)\n", a, b, a / b }'
+  awk -v a="$NODES_REDIS_US" -v b="$REFERENCE_REDIS_US" 'BEGIN { if (b > 0) printf "Redis CPU per settled buy (INFO cpu), 2 nodes / reference script: %s / %s us = %.2f x (goal <= 1.3)\n", a, b, a / b }'
   awk -v a="$NODES_SETTLED_RATE" -v b="$REFERENCE_RATE" 'BEGIN { if (b > 0) printf "settled buys/s, 2 nodes / reference script -P 16: %s / %.0f = %.2f x (goal >= 0.5)\n", a, b, a / b }'
 fi

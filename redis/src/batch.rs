@@ -24,11 +24,11 @@ use parking_lot::Mutex;
 use redis::Value;
 use tokio::sync::oneshot;
 
+use crate::RedisStore;
 use crate::cache::DealEntry;
 use crate::error::Error;
 use crate::replies::{Reply, garbled, reply_of, text};
 use crate::steps::{self, RESERVE_OUTCOMES};
-use crate::{KEY_RETENTION_SECONDS, RedisStore};
 
 /// Requests in one `reserve` call at most: bounds one call's time in
 /// Redis (a few hundred µs), which holds up every other client of that
@@ -195,7 +195,7 @@ impl RedisStore {
             deal_orders: keys.shard_id(shard, "do", entry.id.0),
             records: keys.shard_id(shard, "rec", entry.id.0),
             books: keys.shard(shard, "books"),
-            requests: Vec::with_capacity(requests.len() * 3),
+            accounts: Vec::with_capacity(requests.len()),
             deal: entry.id.0.to_string(),
             shard: shard.to_string(),
             sold_out: if entry.sold_out.load(Ordering::Acquire) {
@@ -204,22 +204,19 @@ impl RedisStore {
                 "0"
             }
             .to_owned(),
-            retention: KEY_RETENTION_SECONDS.to_string(),
             backlog: self.inner.books_backlog.clone(),
             terms: entry.terms_arg(),
-            each: Vec::with_capacity(requests.len() * 4),
+            each: Vec::with_capacity(requests.len() * 5),
         };
         for request in requests {
-            call.requests.extend([
-                keys.shard_id(shard, "acct", request.shopper.0),
-                keys.idempotency(shard, request.shopper, &request.key),
-                keys.shard_id(shard, "so", request.shopper.0),
-            ]);
+            call.accounts
+                .push(keys.shard_id(shard, "acct", request.shopper.0));
             call.each.extend([
                 request.shopper.0.to_string(),
                 request.kind.to_owned(),
                 request.quantity.to_string(),
                 request.epoch.to_string(),
+                request.key.clone(),
             ]);
         }
         let lanes = &self.inner.lanes;

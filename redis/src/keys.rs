@@ -20,10 +20,6 @@ impl Keys {
     pub(crate) fn shard_id(&self, shard: usize, part: &str, id: u64) -> String {
         format!("{}:{{s:{shard}}}:{part}:{id}", self.namespace)
     }
-    /// `ns:{s:K}:key:<shopper>:<idempotency key>`.
-    pub(crate) fn idempotency(&self, shard: usize, shopper: ShopperId, key: &str) -> String {
-        format!("{}:{{s:{shard}}}:key:{}:{key}", self.namespace, shopper.0)
-    }
     pub(crate) fn deal(&self, deal: DealId) -> String {
         format!("{}:{{d:{}}}", self.namespace, deal.0)
     }

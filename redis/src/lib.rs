@@ -15,11 +15,10 @@
 //!
 //! | key (`ns` is `--redis-namespace`) | what |
 //! |---|---|
-//! | `ns:{s:K}:acct:<shopper>` | hash: name, `e` the epoch it was made in, wallet (`credited/available/held/spent`, fen), per deal `b:`/`h:` units bought/held and `r:` registered, `c:<reference>` credits |
-//! | `ns:{s:K}:key:<shopper>:<key>` | string: an idempotency record `deal:kind:quantity:outcome`, expiring after 24 h |
+//! | `ns:{s:K}:acct:<shopper>` | hash: name, `e` the epoch it was made in, wallet (`credited/available/held/spent`, fen), per deal `b:`/`h:` units bought/held and `r:` registered, `c:<reference>` credits, `k:<idempotency key>` a record `deal:kind:quantity:outcome` (kept with the account), `o:<order>` the deal of each order |
 //! | `ns:{s:K}:stock` | hash: per deal `b:` the shard's **stock bucket**, `h:` held, `s:` sold, `n:` buyers, `g:` registrations, `x:` shares, `v:` the version of the deal's terms the shard's steps take (the node passes the terms themselves); `order`: the shard's order sequence |
 //! | `ns:{s:K}:orders`, `:holds`, `:exp`, `:seq` | orders and holds by id (JSON), hold expiries (sorted set), hold and sweep id sequences |
-//! | `ns:{s:K}:do:<deal>`, `:so:<shopper>`, `:rec:<deal>` | order ids per deal and per shopper; shoppers with a record on a deal |
+//! | `ns:{s:K}:do:<deal>`, `:rec:<deal>` | order ids per deal; shoppers with a record on a deal |
 //! | `ns:{s:K}:xin`, `:xout` | transfer ids accepted into buckets; sweeps on their way back to a pool |
 //! | `ns:{d:D}` | hash: the deal, its undistributed stock (`pool`), `total`, the `sold_out` marker, the terms' `version` |
 //! | `ns:{d:D}:tx`, `:swept` | transfers on their way from the pool to a bucket; sweeps accepted into the pool |
@@ -205,13 +204,11 @@ pub(crate) const TRANSFER_ABANDONED_MS: i64 = 2_000;
 /// Tries of one buy, hold or payment while its bucket is being refilled or
 /// its shard's terms installed; past it the answer is `503 unavailable`.
 pub(crate) const STEP_ATTEMPTS_MAX: usize = 4;
-/// Idempotency records are kept this long (at least 24 hours: `docs/api.md`, idempotency).
-pub(crate) const KEY_RETENTION_SECONDS: u64 = 24 * 60 * 60;
 /// The version of the key layout and the records' formats in Redis (the
 /// table above), kept in the deployment's layout: nodes of builds with
 /// another version are refused at start rather than read records they
 /// cannot parse.
-pub const KEY_LAYOUT_VERSION: u32 = 2;
+pub const KEY_LAYOUT_VERSION: u32 = 3;
 /// Largest wallet balance in Redis mode, in fen: Lua computes in doubles,
 /// exact up to 2^53.
 pub const WALLET_FEN_MAX: i64 = (1 << 53) - 1;

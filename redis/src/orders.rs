@@ -97,6 +97,9 @@ impl RedisStore {
         Ok(OrderPage { orders, next })
     }
 
+    /// The shopper's orders, oldest first, from its account's `o:<order>`
+    /// fields (their ids grow with the shard's order sequence); `deal`
+    /// keeps one deal's.
     pub async fn orders_of_shopper(
         &self,
         shopper: ShopperId,
@@ -105,14 +108,15 @@ impl RedisStore {
         limit: usize,
     ) -> Result<OrderPage, Error> {
         let shard = self.shard_of(shopper);
-        let ids: Vec<u64> = self
-            .query(
-                redis::cmd("LRANGE")
-                    .arg(self.keys().shard_id(shard, "so", shopper.0))
-                    .arg(from.position)
-                    .arg(-1),
-            )
+        let fields: Vec<String> = self
+            .query(redis::cmd("HKEYS").arg(self.keys().shard_id(shard, "acct", shopper.0)))
             .await?;
+        let mut ids: Vec<u64> = fields
+            .iter()
+            .filter_map(|field| field.strip_prefix("o:")?.parse().ok())
+            .collect();
+        ids.sort_unstable();
+        let ids = ids.get(from.position as usize..).unwrap_or_default();
         let mut orders = Vec::new();
         let mut position = from.position as usize;
         for chunk in ids.chunks(ORDERS_PAGE_READ_MAX) {

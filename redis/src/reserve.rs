@@ -153,7 +153,6 @@ impl RedisStore {
             holds: keys.shard(shard, "holds"),
             expiries: keys.shard(shard, "exp"),
             deal_orders: keys.shard_id(shard, "do", deal.0),
-            shopper_orders: keys.shard_id(shard, "so", shopper.0),
             books: keys.shard(shard, "books"),
             hold: id.0.to_string(),
             shopper: shopper.0.to_string(),

@@ -180,19 +180,19 @@ steps! {
     /// One-tap buys (`kind` "order") and holds ("hold") of one deal on one
     /// shard, any number of them, each with its own outcome (`batch`):
     /// `deal_orders`, `records`: the deal's order list and record set on
-    /// the shard; per request its `account`, idempotency `record` and
-    /// `shopper_orders`. `sold_out`: the node's flag (1|0); `retention`:
-    /// the records', in s; `backlog`: the books stream's bound; `terms`:
-    /// the node's copy of the deal's terms (`DealEntry::terms_arg`); per
-    /// request its `shopper`, `kind`, `quantity` and `epoch` (the caller's
-    /// token's: `EPOCH` when the account was made in another). `OK` is
-    /// followed by one outcome per request, a reply of its own
-    /// ([`RESERVE_OUTCOMES`]).
+    /// the shard; per request its shopper's `account`, which keeps the
+    /// idempotency record and the order ids. `sold_out`: the node's flag
+    /// (1|0); `backlog`: the books stream's bound; `terms`: the node's copy
+    /// of the deal's terms (`DealEntry::terms_arg`); per request its
+    /// `shopper`, `kind`, `quantity`, `epoch` (the caller's token's:
+    /// `EPOCH` when the account was made in another) and idempotency
+    /// `key`. `OK` is followed by one outcome per request, a reply of its
+    /// own ([`RESERVE_OUTCOMES`]).
     Reserve "reserve" writes {
         keys: [stock, orders, holds, expiries, sequences, deal_orders, records, books]
-            + requests "(account record shopper_orders)...";
-        args: [deal, shard, sold_out, retention, backlog, terms]
-            + each "(shopper kind quantity epoch)...";
+            + accounts "account...";
+        args: [deal, shard, sold_out, backlog, terms]
+            + each "(shopper kind quantity epoch key)...";
         replies: ["OK", "TERMS"];
         ok: "(outcome)...";
     }
@@ -200,7 +200,7 @@ steps! {
     /// hold's deal's terms; `epoch`: the caller's token's, `EPOCH` when
     /// the account was made in another.
     Pay "pay" writes {
-        keys: [account, stock, orders, holds, expiries, deal_orders, shopper_orders, books];
+        keys: [account, stock, orders, holds, expiries, deal_orders, books];
         args: [hold, shopper, shard, backlog, terms, epoch];
         replies: ["OK", "ERR", "REFILL", "TERMS", "EPOCH", "BACKLOG"];
         ok: "kind body";
@@ -407,26 +407,22 @@ pub fn bench_reserve_call(namespace: &str, key: &str, requests: usize) -> Vec<St
         deal_orders: keys.shard_id(shard, "do", deal),
         records: keys.shard_id(shard, "rec", deal),
         books: keys.shard(shard, "books"),
-        requests: Vec::new(),
+        accounts: Vec::new(),
         deal: deal.to_string(),
         shard: shard.to_string(),
         sold_out: "0".to_owned(),
-        retention: crate::KEY_RETENTION_SECONDS.to_string(),
         backlog: "0".to_owned(),
         terms: BENCH_TERMS.to_owned(),
         each: Vec::new(),
     };
     for _ in 0..requests.max(1) {
-        call.requests.extend([
-            keys.shard_id(shard, "acct", shopper.0),
-            keys.idempotency(shard, shopper, key),
-            keys.shard_id(shard, "so", shopper.0),
-        ]);
+        call.accounts.push(keys.shard_id(shard, "acct", shopper.0));
         call.each.extend([
             shopper.0.to_string(),
             "order".to_owned(),
             "1".to_owned(),
             "1".to_owned(),
+            key.to_owned(),
         ]);
     }
     let keys = call.keys();
@@ -544,29 +540,27 @@ mod tests {
     fn a_call_lists_keys_then_arguments_in_order() {
         let words = bench_reserve_call("ns", "k", 2);
         assert_eq!(words[0], "FCALL");
-        assert_eq!(words[2], "14");
+        assert_eq!(words[2], "10");
         assert_eq!(words[3], "ns:{s:0}:stock");
+        assert_eq!(words[11..13], ["ns:{s:0}:acct:1", "ns:{s:0}:acct:1"]);
         assert_eq!(
-            words[11..17],
-            ["ns:{s:0}:acct:1", "ns:{s:0}:key:1:k", "ns:{s:0}:so:1"].repeat(2)
-        );
-        assert_eq!(
-            words[17..],
+            words[13..],
             [
                 "1",
                 "0",
                 "0",
-                "86400",
                 "0",
                 BENCH_TERMS,
                 "1",
                 "order",
                 "1",
                 "1",
+                "k",
                 "1",
                 "order",
                 "1",
-                "1"
+                "1",
+                "k"
             ]
         );
         let audit = Audit {
