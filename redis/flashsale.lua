@@ -151,14 +151,14 @@ end
 -- Records are JSON objects written here with exact integers (cjson's
 -- encoder also keeps only 14 digits) and read back by cjson.decode and by
 -- the gateway (store/redis.rs `RecordJson`).
--- An order's fields are decimal text (`int`, or a caller's argument the
--- node wrote), joined without a format: the buy's hot path.
-local function encode_order(o)
-  local hold = o.hold and (',"hold":' .. o.hold) or ''
-  return '{"id":' .. o.id .. ',"deal":' .. o.deal .. ',"shopper":' .. o.shopper
-    .. ',"quantity":' .. o.quantity .. ',"unit_price":' .. o.unit_price .. ',"amount":'
-    .. o.amount .. ',"late":' .. (o.late and 'true' or 'false') .. ',"created_at":'
-    .. o.created_at .. hold .. '}'
+-- An order as JSON, its fields given as decimal text (`int`, or a
+-- caller's argument the node wrote) and joined without a format: the
+-- buy's hot path. `hold`: the paid hold's id, or nil.
+local function encode_order(id, deal, shopper, quantity, unit_price, amount, late, created_at, hold)
+  return '{"id":' .. id .. ',"deal":' .. deal .. ',"shopper":' .. shopper
+    .. ',"quantity":' .. quantity .. ',"unit_price":' .. unit_price .. ',"amount":'
+    .. amount .. ',"late":' .. (late and 'true' or 'false') .. ',"created_at":'
+    .. created_at .. (hold and (',"hold":' .. hold) or '') .. '}'
 end
 
 local function encode_hold(h)
@@ -421,9 +421,9 @@ local function reserve(keys, args)
           bucket = bucket - units
           sold = sold + units
           if reservation.new_buyer then buyers = buyers + 1 end
-          body = encode_order({id = id_text, deal = deal, shopper = shopper,
-            quantity = args[at + 2], unit_price = terms.price_text, amount = int(debit),
-            late = false, created_at = now_text})
+          -- One unit's amount is the price, already text.
+          body = encode_order(id_text, deal, shopper, args[at + 2], terms.price_text,
+            units == 1 and terms.price_text or int(debit), false, now_text, nil)
           written[id_text] = body
           order_fields[#order_fields + 1] = id_text
           order_fields[#order_fields + 1] = body
@@ -596,9 +596,8 @@ local function pay(keys, args)
   redis.call('HINCRBY', account, 'b:' .. deal, hold.quantity)
   redis.call('HINCRBY', stock, 's:' .. deal, hold.quantity)
   local order_id = compose(shard, redis.call('HINCRBY', stock, 'order', 1) - 1)
-  local body = encode_order({id = int(order_id), deal = int(hold.deal),
-    shopper = int(hold.shopper), quantity = int(hold.quantity), unit_price = int(terms.price),
-    amount = int(hold.amount), late = late, hold = int(hold.id), created_at = int(now)})
+  local body = encode_order(int(order_id), int(hold.deal), int(hold.shopper),
+    int(hold.quantity), int(terms.price), int(hold.amount), late, int(now), int(hold.id))
   redis.call('HSET', orders, int(order_id), body)
   redis.call('RPUSH', deal_orders, int(order_id))
   redis.call('HSET', account, 'o:' .. int(order_id), deal)

@@ -2,8 +2,9 @@
 # Redis memory per shopper and per order in multi-node mode, measured on a
 # private redis-server (no persistence) on 127.0.0.1:${MEMORY_REDIS_PORT:-6393}:
 # used_memory before, after SHOPPERS bulk shoppers, and after each of them
-# buys one unit (a one-tap order, with its idempotency record, list entries
-# and record-set entry). Uses $FLASHSALE_BIN, else target/release/flashsale
+# buys one unit (a one-tap order, with its idempotency record and order id
+# in the account, the deal's order list entry, the record-set entry and the
+# books stream entries). Uses $FLASHSALE_BIN, else target/release/flashsale
 # (built if missing).
 # Bounded waits; stops what it starts.
 set -euo pipefail

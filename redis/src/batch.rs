@@ -74,9 +74,19 @@ struct Lane {
     waiting: VecDeque<Waiting>,
 }
 
+/// A lane's deal: its id, and which cached entry of it (the entry's
+/// address, alive while its lane is): a deal read afresh after a new
+/// epoch, whose id may name another deal, never shares a lane with the
+/// old entry's requests.
+type LaneKey = (DealId, usize);
+
+fn lane_key(entry: &Arc<DealEntry>) -> LaneKey {
+    (entry.id, Arc::as_ptr(entry) as usize)
+}
+
 /// Every lane of the node: per shard, by deal; and its counts.
 pub(crate) struct Lanes {
-    shards: Vec<Mutex<HashMap<DealId, Lane>>>,
+    shards: Vec<Mutex<HashMap<LaneKey, Lane>>>,
     calls: AtomicU64,
     requests: AtomicU64,
 }
@@ -119,7 +129,7 @@ impl RedisStore {
                 return Err(garbled("a shard past the shard count"));
             };
             let mut lanes = lanes.lock();
-            match lanes.get_mut(&entry.id) {
+            match lanes.get_mut(&lane_key(entry)) {
                 Some(lane) if lane.waiting.len() >= REQUESTS_WAITING_MAX => {
                     return Err(Error::RequestsWaiting);
                 }
@@ -129,7 +139,7 @@ impl RedisStore {
                 }
                 None => {
                     lanes.insert(
-                        entry.id,
+                        lane_key(entry),
                         Lane {
                             waiting: VecDeque::from([Waiting { request, answer }]),
                         },
@@ -155,11 +165,11 @@ impl RedisStore {
         loop {
             let batch: Vec<Waiting> = {
                 let mut lanes = lanes.lock();
-                let Some(lane) = lanes.get_mut(&entry.id) else {
+                let Some(lane) = lanes.get_mut(&lane_key(&entry)) else {
                     return;
                 };
                 if lane.waiting.is_empty() {
-                    lanes.remove(&entry.id);
+                    lanes.remove(&lane_key(&entry));
                     return;
                 }
                 let count = lane.waiting.len().min(RESERVE_BATCH_MAX);

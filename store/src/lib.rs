@@ -36,7 +36,7 @@ use flashsale_engine::{
 pub use self::error::StoreError;
 pub use self::feed::{FEED_DEALS_MAX, FeedSource};
 pub use self::memory::MemoryStore;
-pub use flashsale_redis::{Durability, NO_EPOCH, RedisStore, Replicas};
+pub use flashsale_redis::{Durability, NO_EPOCH, RedisStore, Replicas, ReserveCalls};
 
 use self::error::StoreError as Error;
 
@@ -96,6 +96,15 @@ impl Store {
         match self {
             Store::Memory(_) => None,
             Store::Redis(redis) => Some(redis.durability()),
+        }
+    }
+
+    /// The `reserve` calls this node sent to Redis and the buys and holds
+    /// they held, in Redis mode; `None` on one node.
+    pub fn redis_reserve_calls(&self) -> Option<ReserveCalls> {
+        match self {
+            Store::Memory(_) => None,
+            Store::Redis(redis) => Some(redis.reserve_calls()),
         }
     }
 

@@ -153,6 +153,22 @@ pub(crate) fn metrics(app: &App) -> HttpResponse {
             );
         }
     }
+    if let Some(calls) = app.store.redis_reserve_calls() {
+        body.push_str(
+            "# HELP flashsale_redis_reserve_calls_total Calls of the reserve step this node sent to Redis (the buys and holds of one deal on one shard that arrived together)\n",
+        );
+        body.push_str("# TYPE flashsale_redis_reserve_calls_total counter\n");
+        let _ = writeln!(body, "flashsale_redis_reserve_calls_total {}", calls.calls);
+        body.push_str(
+            "# HELP flashsale_redis_reserve_requests_total Buys and holds the reserve calls held\n",
+        );
+        body.push_str("# TYPE flashsale_redis_reserve_requests_total counter\n");
+        let _ = writeln!(
+            body,
+            "flashsale_redis_reserve_requests_total {}",
+            calls.requests
+        );
+    }
     if let Some(replicas) = app.store.redis_replicas() {
         body.push_str(
             "# HELP flashsale_redis_replicas_online Replicas online of each Redis primary as last read (every second), with --redis-replica-acks\n",
