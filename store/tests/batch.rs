@@ -18,7 +18,8 @@
 //! counts check it.
 //!
 //! The one-at-a-time side is itself held to the engine by the model test
-//! (`model.rs`). Cases: `FLASHSALE_BATCH_CASES` (default 200).
+//! (`model.rs`). Cases: `FLASHSALE_BATCH_CASES` (default 200). A second
+//! test fills one lane past its bound on requests waiting.
 
 mod support;
 
@@ -269,4 +270,63 @@ async fn run(url: &str, batched: &str, single: &str, case: &Case) -> Result<u64,
         one_by_one.state(deal, &shoppers).await
     );
     Ok(sent)
+}
+
+/// A lane holds at most `REQUESTS_WAITING_MAX` requests waiting on one
+/// node: one more is refused at once (`503 unavailable` in the API) and
+/// never sent, while the others are answered by Redis.
+#[test]
+fn a_full_lane_refuses_the_next_request_without_sending_it() {
+    let Some(url) = flashsale_testkit::redis_url() else {
+        return;
+    };
+    let namespace = support::namespace("lane");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let outcome = std::panic::catch_unwind(|| {
+        runtime.block_on(async {
+            let clock = Arc::new(ManualClock::new(NOON));
+            let node = Node::connect(&url, &namespace, &clock).await;
+            let case = Case {
+                price: 1,
+                limit: 1,
+                credit: 100,
+                requests: Vec::new(),
+            };
+            let (deal, shoppers) = node.set_up(&case).await;
+            let store = &node.store;
+            let shopper = shoppers[0];
+            let wallet = store.wallet(shopper).await.expect("a wallet");
+            let before = store.reserve_calls();
+            let requests = flashsale_redis::REQUESTS_WAITING_MAX + 1;
+            let keys: Vec<String> = (0..requests).map(|index| format!("lane-{index}")).collect();
+            // Every request joins the lane before its first call is sent.
+            let answers = futures_util::future::join_all(
+                keys.iter()
+                    .map(|key| store.buy(shopper, deal, 1, key, store.epoch())),
+            )
+            .await;
+            let sent = store.reserve_calls().requests - before.requests;
+            assert_eq!(sent, flashsale_redis::REQUESTS_WAITING_MAX as u64);
+            let waiting: Vec<usize> = answers
+                .iter()
+                .enumerate()
+                .filter(|(_, answer)| {
+                    matches!(answer, Err(flashsale_redis::Error::RequestsWaiting))
+                })
+                .map(|(index, _)| index)
+                .collect();
+            assert_eq!(waiting, [requests - 1], "only the request past the bound");
+            let settled = answers.iter().filter(|answer| answer.is_ok()).count();
+            assert_eq!(settled, 1, "one unit per shopper");
+            let after = store.wallet(shopper).await.expect("a wallet");
+            assert_eq!(after.spent.fen(), wallet.spent.fen() + 1);
+        })
+    });
+    support::delete_namespace(std::slice::from_ref(&url), &namespace);
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
 }
