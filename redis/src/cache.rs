@@ -40,6 +40,8 @@ pub(crate) struct DealEntry {
 
 #[derive(Clone, Copy, Default)]
 pub(crate) struct DealLive {
+    /// The deal hash's change count (`c`) when these fields were read.
+    pub(crate) changes: u64,
     pub(crate) version: u64,
     pub(crate) ends_at: Timestamp,
     pub(crate) paused: bool,
