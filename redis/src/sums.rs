@@ -3,11 +3,12 @@
 //! deals' hashes and summing their numbers over the shards, writing them
 //! to `ns:{g}:sums`, and the other nodes taking them from there.
 //!
-//! Reading the sums costs a read of every newest deal's hash and one
-//! `HMGET` per shard of six fields per deal: the same for every node, so
-//! one node does it for all. Every [`SUMS_EVERY_POLLS`] polls each node
-//! asks for the turn (`SET NX PX` [`SUMS_LEASE_MS`]); the one that gets it
-//! reads and writes the sums in one hash under the global tag (written
+//! Reading the sums costs a read of every newest deal's hash and a read of
+//! every shard's numbers of those deals (`shard_sums`): the same for every
+//! node, so one node does it for all. Every
+//! [`SUMS_EVERY_POLLS`](crate::SUMS_EVERY_POLLS) polls each node asks for
+//! the turn (`SET NX PX` [`SUMS_LEASE_MS`] ms); the one that gets it reads
+//! and writes the sums in one hash under the global tag (written
 //! whole under a key of its own, then renamed into place, so no node reads
 //! a half-written one), stamped with a new `at`. Every poll, the other
 //! nodes read that stamp and take the hash when it is new. A node that
