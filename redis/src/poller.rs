@@ -2,7 +2,7 @@
 //! numbers, re-reads durability, finishes transfers and sweeps, and
 //! listens on the deployment's channel for deals to re-read at once.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -183,13 +183,19 @@ impl RedisStore {
 
     /// Finishes transfers pending past [`TRANSFER_ABANDONED_MS`], every
     /// sweep still on its way back to a pool, and sweeps the buckets of any
-    /// deal marked sold out that still has units in a bucket.
+    /// deal marked sold out that still has units in a bucket. A transfer's
+    /// units have left the deal's pool, so a newest deal whose pool holds
+    /// its whole stock as of the last sums (at most a second old, newer
+    /// than any transfer abandoned) has none pending and is not read.
     pub(crate) async fn reconcile(&self) -> Result<(), Error> {
         let entries: Vec<Arc<DealEntry>> = self.inner.deals.read().values().cloned().collect();
+        let newest: HashSet<DealId> = self.inner.newest.read().iter().copied().collect();
         for entry in &entries {
-            self.finish_transfers(entry.id, TRANSFER_ABANDONED_MS)
-                .await?;
             let live = *entry.live.lock();
+            if !(newest.contains(&entry.id) && live.pool == live.total) {
+                self.finish_transfers(entry.id, TRANSFER_ABANDONED_MS)
+                    .await?;
+            }
             if live.marked_sold_out && live.buckets > 0 {
                 let _one_at_a_time = entry.refill.lock().await;
                 self.sweep(entry.id).await?;
