@@ -64,6 +64,9 @@
 -- Steps that change what every node caches of a deal (its sold-out marker,
 -- its pool after a restock, its terms) publish the deal's key on the
 -- deployment's channel; nodes re-read that deal at once (redis/src/poller.rs).
+-- Every deal step that changes the deal's hash (refill, sweep_in, sold_out,
+-- update) counts the change in its field `c`, so a node never takes an
+-- older copy of the hash over a newer one (redis/src/sums.rs).
 --
 -- Money is whole fen; every amount stays below 2^53 so Lua's doubles are
 -- exact (the node refuses larger wallets: WALLET_FEN_MAX in redis/src/lib.rs).
@@ -1037,6 +1040,7 @@ local function refill(keys, args)
   units = math.min(units, pool)
   local id = redis.call('HINCRBY', deal, 'transfers', 1)
   redis.call('HINCRBY', deal, 'pool', -units)
+  redis.call('HINCRBY', deal, 'c', 1)
   redis.call('HSET', pending, id, shard .. ':' .. int(units) .. ':' .. int(now_ms()))
   return {'OK', int(id), units, pool - units}
 end
@@ -1065,6 +1069,7 @@ local function sweep_in(keys, args)
   local deal, accepted = keys[1], keys[2]
   if redis.call('SADD', accepted, args[1]) == 1 then
     redis.call('HINCRBY', deal, 'pool', num(args[2]))
+    redis.call('HINCRBY', deal, 'c', 1)
     if redis.call('HGET', deal, 'sold_out') == '1' then
       redis.call('HSET', deal, 'sold_out', 0)
       redis.call('PUBLISH', args[3], keys[1])
@@ -1087,6 +1092,7 @@ local function sold_out(keys, args)
   end
   if redis.call('HGET', keys[1], 'sold_out') ~= '1' then
     redis.call('HSET', keys[1], 'sold_out', 1)
+    redis.call('HINCRBY', keys[1], 'c', 1)
     redis.call('PUBLISH', args[1], keys[1])
   end
   return {'OK', 1}
@@ -1147,6 +1153,7 @@ local function update(keys, args)
     ends = current[4], paused = current[5], now = now_ms(),
   })
   if not effects then return refused end
+  redis.call('HINCRBY', deal, 'c', 1)
   -- engine: the restock first, so no buy takes a unit before its entry.
   if effects.restock then
     redis.call('HINCRBY', deal, 'total', num(effects.restock))

@@ -5,10 +5,11 @@
 # (no persistence) on 127.0.0.1:${POLL_REDIS_PORT:-6394}: commands per
 # second (INFO commandstats) and Redis CPU time per second (INFO cpu,
 # used_cpu_user + used_cpu_sys), each over WINDOW seconds, side by side in
-# one run, in all and per node. A node's poller follows the epoch and the
-# newest deals' ids every 250 ms, and reads every deal's hash and sums it
-# over the shards once a second (docs/multi-node.md, "What a node costs
-# Redis").
+# one run, in all and per node. A node's poller follows the epoch, the
+# newest deals' ids and the stamp of their shared numbers every 250 ms;
+# once a second one node reads every deal's hash and sums it over the
+# shards for all, and the others take what it wrote (docs/multi-node.md,
+# "What a node costs Redis").
 # Uses $FLASHSALE_BIN, else target/release/flashsale (built if missing). Bounded waits; stops what
 # it starts.
 set -euo pipefail

@@ -40,6 +40,8 @@ pub(crate) struct DealEntry {
 
 #[derive(Clone, Copy, Default)]
 pub(crate) struct DealLive {
+    /// The deal hash's change count (`c`) when these fields were read.
+    pub(crate) changes: u64,
     pub(crate) version: u64,
     pub(crate) ends_at: Timestamp,
     pub(crate) paused: bool,
@@ -174,8 +176,12 @@ impl RedisStore {
         Ok(())
     }
 
-    /// Per deal, the sums over every shard of [`SUM_FIELDS`]: one `HMGET`
-    /// per shard, all in flight at once.
+    /// Per deal, the sums over every shard of [`SUM_FIELDS`], all shards
+    /// in flight at once. A shard's stock hash holds fields only of the
+    /// deals sold there, so for many deals the shard's whole hash is often
+    /// the smaller read: its length first (`HLEN`), then `HGETALL` when it
+    /// has at most the fields asked for, else one `HMGET` of six fields per
+    /// deal (one deal: the `HMGET` alone).
     pub(crate) async fn shard_sums(
         &self,
         deals: &[DealId],
@@ -184,15 +190,33 @@ impl RedisStore {
         if deals.is_empty() {
             return Ok(sums);
         }
+        let index: HashMap<u64, usize> = deals
+            .iter()
+            .enumerate()
+            .map(|(at, deal)| (deal.0, at))
+            .collect();
+        let asked = deals.len() * SUM_PARTS;
         let reads = (0..self.inner.shards).map(|shard| {
-            let mut cmd = redis::cmd("HMGET");
-            cmd.arg(self.keys().shard(shard, "stock"));
-            for deal in deals {
-                for part in SUM_FIELDS {
-                    cmd.arg(format!("{part}:{}", deal.0));
+            let key = self.keys().shard(shard, "stock");
+            let index = &index;
+            async move {
+                if deals.len() > 1 {
+                    let length: usize = self.query(redis::cmd("HLEN").arg(&key)).await?;
+                    if length <= asked {
+                        let all: HashMap<String, String> =
+                            self.query(redis::cmd("HGETALL").arg(&key)).await?;
+                        return Ok::<_, Error>(values_of_hash(&all, index, deals.len()));
+                    }
                 }
+                let mut cmd = redis::cmd("HMGET");
+                cmd.arg(&key);
+                for deal in deals {
+                    for part in SUM_FIELDS {
+                        cmd.arg(format!("{part}:{}", deal.0));
+                    }
+                }
+                self.query::<Vec<Option<i64>>>(&cmd).await
             }
-            async move { self.query::<Vec<Option<i64>>>(&cmd).await }
         });
         for values in try_join_all(reads).await? {
             for (index, sum) in sums.iter_mut().enumerate() {
@@ -277,6 +301,32 @@ impl RedisStore {
     }
 }
 
+/// The values an `HMGET` of [`SUM_FIELDS`] per deal would answer, out of
+/// a shard's whole stock hash `all`: `index` gives each deal's place among
+/// `deals` of them.
+fn values_of_hash(
+    all: &HashMap<String, String>,
+    index: &HashMap<u64, usize>,
+    deals: usize,
+) -> Vec<Option<i64>> {
+    let mut values = vec![None; deals * SUM_PARTS];
+    for (name, value) in all {
+        let Some((part, deal)) = name.split_once(':') else {
+            continue;
+        };
+        let (Some(part), Some(&at)) = (
+            SUM_FIELDS.iter().position(|field| *field == part),
+            deal.parse::<u64>().ok().and_then(|deal| index.get(&deal)),
+        ) else {
+            continue;
+        };
+        if let Some(slot) = values.get_mut(at * SUM_PARTS + part) {
+            *slot = value.parse().ok();
+        }
+    }
+    values
+}
+
 impl DealLive {
     /// The terms of `fresh` (version, end, pause) when they are at least
     /// as new as these.
@@ -296,5 +346,43 @@ impl DealLive {
         self.sold = sold;
         self.buyers = buyers;
         self.registrations = registrations;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_whole_stock_hash_answers_as_the_hmget_would() {
+        let all: HashMap<String, String> = [
+            ("b:7", "4"),
+            ("s:7", "6"),
+            ("v:7", "2"),
+            ("x:9", "1"),
+            ("b:8", "5"),
+            ("order", "12"),
+        ]
+        .into_iter()
+        .map(|(name, value)| (name.to_owned(), value.to_owned()))
+        .collect();
+        let index: HashMap<u64, usize> = [(7, 0), (9, 1)].into_iter().collect();
+        let values = values_of_hash(&all, &index, 2);
+        // Deal 7: b h s n g x; then deal 9.
+        let expected = [
+            Some(4),
+            None,
+            Some(6),
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            Some(1),
+        ];
+        assert_eq!(values, expected);
     }
 }

@@ -111,6 +111,10 @@ impl RedisStore {
                 lanes: crate::batch::Lanes::new(settings.shards),
                 merchants: RwLock::new(HashMap::new()),
                 newest: RwLock::new(Vec::new()),
+                node_token: node_token()?,
+                sums_seen: parking_lot::Mutex::new(String::new()),
+                sums_read: AtomicU64::new(0),
+                sums_taken: AtomicU64::new(0),
                 reachable: AtomicBool::new(true),
                 epoch: AtomicU64::new(NO_EPOCH),
                 durability: RwLock::new(Durability {
@@ -424,4 +428,13 @@ fn is_missing_function(error: &redis::RedisError) -> bool {
         .detail()
         .is_some_and(|detail| detail.starts_with("Function not found"))
         || error.to_string().contains("Function not found")
+}
+
+/// A random name for this node (16 hex digits): its value in the sums'
+/// lease and the name of its next-sums key (`sums`). Errors: the system
+/// gave no randomness.
+fn node_token() -> Result<String, Error> {
+    let mut bytes = [0u8; 8];
+    getrandom::fill(&mut bytes).map_err(Error::Random)?;
+    Ok(format!("{:016x}", u64::from_le_bytes(bytes)))
 }

@@ -20,12 +20,14 @@
 //! | `ns:{s:K}:orders`, `:holds`, `:exp`, `:seq` | orders and holds by id (JSON), hold expiries (sorted set), hold and sweep id sequences |
 //! | `ns:{s:K}:do:<deal>`, `:rec:<deal>` | order ids per deal; shoppers with a record on a deal |
 //! | `ns:{s:K}:xin`, `:xout` | transfer ids accepted into buckets; sweeps on their way back to a pool |
-//! | `ns:{d:D}` | hash: the deal, its undistributed stock (`pool`), `total`, the `sold_out` marker, the terms' `version` |
+//! | `ns:{d:D}` | hash: the deal, its undistributed stock (`pool`), `total`, the `sold_out` marker, the terms' `version`, `c` the count of changes to it since its creation |
 //! | `ns:{d:D}:tx`, `:swept` | transfers on their way from the pool to a bucket; sweeps accepted into the pool |
 //! | `ns:{s:K}:books`, `ns:{d:D}:books` | the books streams: every settled order, credit, new deal, restock and deal change of the slot, read by the consumer group `books` (see "Books") |
 //! | `ns:{g}:seq`, `:m:<id>`, `:deals`, `:deployment` | id sequences, merchants (hash: name, created_at, `ext` its external id), the deals newest first, the deployment's id for Postgres |
 //! | `ns:{g}:ext:shoppers`, `ns:{g}:ext:merchants` | hashes: external id → shopper or merchant id, set once by `HSETNX` (`links`); a shopper's `acct` hash holds its external id as `ext` |
 //! | `ns:{g}:not-before`, `:revocations` | each revoked account's token not-before time (hash, ms), and the stream of revocations the nodes read on from where they left off (`tokens`) |
+//! | `ns:{g}:sums` | hash: the newest deals' numbers summed over the shards and the merchants' ratings, as one node last read them for all (`sums`): `at` the read's stamp, per deal `<deal>`, per merchant `m:<merchant>` |
+//! | `ns:{g}:sums:lease`, `:sums:next:<node>` | string: the node reading the sums for all this second (expires); the next `sums` being written by a node, renamed into place |
 //! | `ns:{g}:epoch` | the deployment's epoch: a random 64-bit number, set by the first node that finds it missing |
 //! | `ns:{g}:layout` | `shards=N fingerprint=F keys=V`: the shard count, secret fingerprint and key layout version ([`KEY_LAYOUT_VERSION`]) every node must share (set by the first) |
 //!
@@ -58,8 +60,9 @@
 //! finishes transfers and sweeps that a crashed node left half done.
 //!
 //! ## The node's own state
-//! Only caches: each deal's terms and live numbers (refreshed by the poller
-//! every fourth poll, once a second, and at once on the `ns:deals` channel), and a
+//! Only caches: each deal's terms and live numbers (refreshed at once on
+//! the `ns:deals` channel, and once a second from the numbers one node
+//! reads for all: see `sums`), and a
 //! **sold-out flag** per deal with the set of shoppers that have a record
 //! on it. A buy of a deal flagged sold out by a shopper without a record is
 //! refused here, without touching Redis; the rest go to Redis, which
@@ -125,7 +128,8 @@
 //!   across nodes.
 //! - `accounts`, `deals`, `orders`: the rest of the store's methods.
 //! - `books`: the books streams, read by the Postgres sink.
-//! - `audit`: the auditor's snapshot; `poller`: the background poll.
+//! - `audit`: the auditor's snapshot; `poller`: the background poll;
+//!   `sums`: the deals' numbers one node reads for all each second.
 //! - `error`: [`Error`], the crate's one error type.
 
 use std::collections::HashMap;
@@ -167,6 +171,7 @@ mod replies;
 mod reserve;
 mod settings;
 pub mod steps;
+mod sums;
 mod tokens;
 mod transfer;
 
@@ -181,11 +186,18 @@ pub const FEED_DEALS_MAX: usize = 1_000;
 /// How often the poller follows the epoch and the newest deals' ids, and
 /// checks that Redis answers.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
-/// How often (in polls) the poller re-reads the newest deals and sums their
-/// numbers and merchants' ratings over the shards: the costly part of a
-/// poll (between them the deals' channel carries every change a node must
-/// see at once).
+/// How often (in polls) a node asks to read the newest deals and sum their
+/// numbers and merchants' ratings over the shards for every node: the
+/// costly part of a poll, done by one node of the deployment a second
+/// (`sums`; between them the deals' channel carries every change a node
+/// must see at once).
 pub(crate) const SUMS_EVERY_POLLS: u32 = 4;
+/// How long the node that reads the sums for all holds that turn, in ms
+/// (`ns:{g}:sums:lease`): a little under the [`SUMS_EVERY_POLLS`] polls
+/// between two asks, so the deployment reads the sums once a second
+/// whichever nodes live, and at most a poll later when the node that had
+/// the turn is gone.
+pub(crate) const SUMS_LEASE_MS: u64 = 900;
 /// How often (in polls) the poller re-reads Redis' persistence settings:
 /// an operator may change them at runtime (`CONFIG SET`).
 pub(crate) const DURABILITY_EVERY_POLLS: u32 = 4;
@@ -256,6 +268,16 @@ pub(crate) struct Inner {
     pub(crate) merchants: RwLock<HashMap<MerchantId, (String, Rating)>>,
     /// Newest deals, newest first, as of the last poll.
     pub(crate) newest: RwLock<Vec<DealId>>,
+    /// This node's name in the sums' lease and its next-sums key: random,
+    /// made at connect.
+    pub(crate) node_token: String,
+    /// The stamp (`at`) of the shared sums this node last took or wrote
+    /// (`sums`); empty before the first.
+    pub(crate) sums_seen: parking_lot::Mutex<String>,
+    /// Sums this node read from the shards for all, and shared sums it
+    /// took from another node, since it started ([`RedisStore::sums_read`]).
+    pub(crate) sums_read: AtomicU64,
+    pub(crate) sums_taken: AtomicU64,
     pub(crate) reachable: AtomicBool,
     /// The deployment's epoch as this node last read it (0 before the
     /// first read).

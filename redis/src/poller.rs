@@ -6,13 +6,11 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use flashsale_engine::{DealId, MerchantId};
-use futures_util::future::try_join_all;
+use flashsale_engine::DealId;
 
 use crate::cache::DealEntry;
 use crate::connection::Connection;
 use crate::error::Error;
-use crate::replies::live_of;
 use crate::{
     DURABILITY_EVERY_POLLS, FEED_DEALS_MAX, POLL_INTERVAL, RECONCILE_EVERY_POLLS,
     RECONNECT_AFTER_FAILED_POLLS, RedisStore, SUMS_EVERY_POLLS, TRANSFER_ABANDONED_MS,
@@ -20,9 +18,10 @@ use crate::{
 
 impl RedisStore {
     /// Runs until dropped: every [`POLL_INTERVAL`] follows the deployment's
-    /// epoch and the newest deals' ids; every fourth poll (once a second)
-    /// refreshes those deals and their numbers (the feed, `/metrics` and
-    /// the sold-out flags read them); every few polls re-reads Redis'
+    /// epoch and the newest deals' ids and takes the deals' numbers one
+    /// node read for all when they are new; every fourth poll (once a
+    /// second) asks for the turn to read them (`sums`: the feed, `/metrics`
+    /// and the sold-out flags read them); every few polls re-reads Redis'
     /// persistence and finishes transfers and sweeps left half done. A
     /// failed poll marks the store not ready. Beside it, listens on the
     /// deployment's channel and re-reads a deal at once when a step
@@ -152,8 +151,10 @@ impl RedisStore {
     }
 
     /// One poll (see [`RedisStore::run_poller`]): the epoch and the newest
-    /// deals' ids; `with_sums` also reads those deals' hashes and sums
-    /// their numbers and the merchants' ratings over the shards.
+    /// deals' ids, and the shared sums (`sums`): `with_sums`, the node asks
+    /// for the turn to read them from the shards for all; otherwise, or
+    /// when another node has the turn, it takes the ones last written
+    /// when they are new.
     pub(crate) async fn poll(&self, with_sums: bool) -> Result<(), Error> {
         self.follow_epoch().await?;
         let ids: Vec<u64> = self
@@ -171,72 +172,30 @@ impl RedisStore {
                 entries.push(entry);
             }
         }
-        if !with_sums {
-            // Between the sums no deal's hash is read: every change a node
-            // must see at once (sold out, restock, new terms) is published
-            // on the channel, and the rest (the pool a refill moved) waits
-            // for the next sums with the numbers it goes with.
-            *self.inner.newest.write() = ids;
-            return Ok(());
-        }
-        // One read per deal, all in flight at once: the deals live on
-        // different Cluster slots, so no pipeline may hold two of them.
-        let reads = entries.iter().map(|entry| {
-            let key = self.keys().deal(entry.id);
-            async move {
-                self.query::<HashMap<String, String>>(redis::cmd("HGETALL").arg(key))
-                    .await
-            }
-        });
-        let fields = try_join_all(reads).await?;
-        // The numbers summed over the shards cost one HMGET per shard of six
-        // fields per deal.
-        let deal_ids: Vec<DealId> = entries.iter().map(|entry| entry.id).collect();
-        let sums = self.shard_sums(&deal_ids).await?;
-        for ((entry, fields), sum) in entries.iter().zip(&fields).zip(&sums) {
-            let mut live = live_of(fields);
-            live.set_sums(sum);
-            self.learn(entry, live).await;
-        }
-        let merchants: Vec<MerchantId> = entries
-            .iter()
-            .map(|entry| entry.merchant)
-            .collect::<HashSet<_>>()
-            .into_iter()
-            .collect();
-        let ratings = self.ratings(&merchants).await?;
-        for (merchant, rating) in merchants.into_iter().zip(ratings) {
-            let known = self
-                .inner
-                .merchants
-                .read()
-                .get(&merchant)
-                .map(|(name, _)| name.clone());
-            let name = match known {
-                Some(name) => name,
-                None => match self.merchant(merchant).await? {
-                    Some(found) => found.name,
-                    None => continue,
-                },
-            };
-            self.inner
-                .merchants
-                .write()
-                .insert(merchant, (name, rating));
-        }
+        // Between the sums no deal's hash is read: every change a node
+        // must see at once (sold out, restock, new terms) is published on
+        // the channel, and the rest (the pool a refill moved) waits for the
+        // next sums with the numbers it goes with.
+        self.sums(&entries, with_sums).await?;
         *self.inner.newest.write() = ids;
         Ok(())
     }
 
     /// Finishes transfers pending past [`TRANSFER_ABANDONED_MS`], every
     /// sweep still on its way back to a pool, and sweeps the buckets of any
-    /// deal marked sold out that still has units in a bucket.
+    /// deal marked sold out that still has units in a bucket. A transfer's
+    /// units have left the deal's pool, so a newest deal whose pool holds
+    /// its whole stock as of the last sums (at most a second old, newer
+    /// than any transfer abandoned) has none pending and is not read.
     pub(crate) async fn reconcile(&self) -> Result<(), Error> {
         let entries: Vec<Arc<DealEntry>> = self.inner.deals.read().values().cloned().collect();
+        let newest: HashSet<DealId> = self.inner.newest.read().iter().copied().collect();
         for entry in &entries {
-            self.finish_transfers(entry.id, TRANSFER_ABANDONED_MS)
-                .await?;
             let live = *entry.live.lock();
+            if !(newest.contains(&entry.id) && live.pool == live.total) {
+                self.finish_transfers(entry.id, TRANSFER_ABANDONED_MS)
+                    .await?;
+            }
             if live.marked_sold_out && live.buckets > 0 {
                 let _one_at_a_time = entry.refill.lock().await;
                 self.sweep(entry.id).await?;

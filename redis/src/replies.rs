@@ -221,6 +221,7 @@ pub(crate) fn field<T: std::str::FromStr>(
 
 pub(crate) fn live_of(fields: &HashMap<String, String>) -> DealLive {
     DealLive {
+        changes: field(fields, "c").unwrap_or(0),
         version: field(fields, "version").unwrap_or(0),
         ends_at: Timestamp(field(fields, "ends").unwrap_or(0)),
         paused: fields.get("paused").is_some_and(|paused| paused == "1"),
