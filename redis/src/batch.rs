@@ -5,8 +5,9 @@
 //! arrive during a flush).
 //!
 //! A request finding its lane (deal, shard) idle is sent at once, alone,
-//! so batching adds no wait; while a call is in flight the lane gathers
-//! what arrives and sends it, up to [`RESERVE_BATCH_MAX`] requests, as soon
+//! from its own task, so batching adds no wait and no hop between tasks;
+//! while a call is in flight the lane gathers what arrives and a task of
+//! its own sends it, up to [`RESERVE_BATCH_MAX`] requests a call, as soon
 //! as that call answers. So the busier Redis is, the more requests share
 //! each call and the less Redis spends per buy (the call's fixed part, the
 //! shard's numbers read and written once: `redis/flashsale.lua`,
@@ -101,6 +102,46 @@ impl Lanes {
     }
 }
 
+/// How a request joined its lane: behind a call in flight, or first.
+enum Joined {
+    Waiting(oneshot::Receiver<Result<Reply, Error>>),
+    First(Request),
+}
+
+/// Ends an idle lane's first call: drops the lane when nothing waits, or
+/// hands the waiting requests to a [`RedisStore::drain`] task. On drop, so
+/// a caller that stops waiting mid-call never leaves its lane stuck.
+struct Handoff<'a> {
+    store: &'a RedisStore,
+    entry: &'a Arc<DealEntry>,
+    shard: usize,
+}
+
+impl Drop for Handoff<'_> {
+    fn drop(&mut self) {
+        let Some(lanes) = self.store.inner.lanes.shards.get(self.shard) else {
+            return;
+        };
+        let mut lanes = lanes.lock();
+        let key = lane_key(self.entry);
+        if lanes.get(&key).is_none_or(|lane| lane.waiting.is_empty()) {
+            lanes.remove(&key);
+            return;
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                drop(lanes);
+                runtime.spawn(self.store.clone().drain(self.entry.clone(), self.shard));
+            }
+            // No runtime (the node is stopping): the waiting requests'
+            // callers get `Abandoned`.
+            Err(_) => {
+                lanes.remove(&key);
+            }
+        }
+    }
+}
+
 impl RedisStore {
     /// The `reserve` calls this node sent and the requests they held.
     pub fn reserve_calls(&self) -> ReserveCalls {
@@ -123,41 +164,53 @@ impl RedisStore {
         shard: usize,
         request: Request,
     ) -> Result<Reply, Error> {
-        let (answer, outcome) = oneshot::channel();
-        let idle = {
-            let Some(lanes) = self.inner.lanes.shards.get(shard) else {
-                return Err(garbled("a shard past the shard count"));
-            };
+        let Some(lanes) = self.inner.lanes.shards.get(shard) else {
+            return Err(garbled("a shard past the shard count"));
+        };
+        let joined = {
             let mut lanes = lanes.lock();
             match lanes.get_mut(&lane_key(entry)) {
                 Some(lane) if lane.waiting.len() >= REQUESTS_WAITING_MAX => {
                     return Err(Error::RequestsWaiting);
                 }
                 Some(lane) => {
+                    let (answer, outcome) = oneshot::channel();
                     lane.waiting.push_back(Waiting { request, answer });
-                    false
+                    Joined::Waiting(outcome)
                 }
                 None => {
                     lanes.insert(
                         lane_key(entry),
                         Lane {
-                            waiting: VecDeque::from([Waiting { request, answer }]),
+                            waiting: VecDeque::new(),
                         },
                     );
-                    true
+                    Joined::First(request)
                 }
             }
         };
-        if idle {
-            // Its own task: the lane's calls go on for the requests that
-            // wait, whether or not this one's caller still does.
-            tokio::spawn(self.clone().drain(entry.clone(), shard));
-        }
-        outcome.await.unwrap_or(Err(Error::Abandoned))
+        let request = match joined {
+            Joined::Waiting(outcome) => return outcome.await.unwrap_or(Err(Error::Abandoned)),
+            Joined::First(request) => request,
+        };
+        // The lane was idle: this request's call goes alone, from its own
+        // task. The guard hands what arrives meanwhile to a task of the
+        // lane's own when the call answers, or when the caller stops
+        // waiting (its client hung up) and drops this future.
+        let _handoff = Handoff {
+            store: self,
+            entry,
+            shard,
+        };
+        self.reserve_call(entry, shard, std::slice::from_ref(&request))
+            .await
+            .pop()
+            .unwrap_or_else(|| Err(garbled("no outcome for a request")))
     }
 
     /// Sends the lane's waiting requests, [`RESERVE_BATCH_MAX`] a call,
-    /// one call at a time, until none waits; then the lane ends.
+    /// one call at a time, until none waits; then the lane ends. Its own
+    /// task: the calls go on whether or not their callers still wait.
     async fn drain(self, entry: Arc<DealEntry>, shard: usize) {
         let Some(lanes) = self.inner.lanes.shards.get(shard) else {
             return;

@@ -14,12 +14,13 @@
 //! stock before the burst (a first buy refilled it), so no request waits
 //! on a refill, whose retries would come back in another order. On a
 //! current-thread runtime every request of a burst joins its lane before
-//! the lane's first call is sent, so each burst is one call; the node's
-//! counts check it.
+//! the lane's first call answers: the first request goes alone and the
+//! rest in one call; the node's counts check it.
 //!
 //! The one-at-a-time side is itself held to the engine by the model test
 //! (`model.rs`). Cases: `FLASHSALE_BATCH_CASES` (default 200). A second
-//! test fills one lane past its bound on requests waiting.
+//! test fills one lane past its bound on requests waiting; a third drops a
+//! lane's first request mid-call.
 
 mod support;
 
@@ -201,7 +202,7 @@ fn a_batched_call_answers_as_calls_one_at_a_time() {
     let Some(url) = flashsale_testkit::redis_url() else {
         return;
     };
-    // One thread: a burst's requests all join their lane before its call.
+    // One thread: a burst's requests all join their lane before its first call answers.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -260,7 +261,12 @@ async fn run(url: &str, batched: &str, single: &str, case: &Case) -> Result<u64,
         .filter(|request| request.quantity > 0)
         .count() as u64;
     prop_assert_eq!(after.requests - before.requests, sent);
-    prop_assert_eq!(after.calls - before.calls, u64::from(sent > 0), "one call");
+    // The first goes alone; the rest, waiting behind it, in one call.
+    prop_assert_eq!(
+        after.calls - before.calls,
+        sent.min(2),
+        "the first alone, then one call"
+    );
     for (request, answer) in case.requests.iter().zip(&answers) {
         let alone = one_by_one.send(deal, &shoppers, request).await;
         prop_assert_eq!(answer, &alone, "{:?}", request);
@@ -300,16 +306,17 @@ fn a_full_lane_refuses_the_next_request_without_sending_it() {
             let shopper = shoppers[0];
             let wallet = store.wallet(shopper).await.expect("a wallet");
             let before = store.reserve_calls();
-            let requests = flashsale_redis::REQUESTS_WAITING_MAX + 1;
+            // The first goes alone; the bound counts those behind it.
+            let requests = flashsale_redis::REQUESTS_WAITING_MAX + 2;
             let keys: Vec<String> = (0..requests).map(|index| format!("lane-{index}")).collect();
-            // Every request joins the lane before its first call is sent.
+            // Every request joins the lane before its first call answers.
             let answers = futures_util::future::join_all(
                 keys.iter()
                     .map(|key| store.buy(shopper, deal, 1, key, store.epoch())),
             )
             .await;
             let sent = store.reserve_calls().requests - before.requests;
-            assert_eq!(sent, flashsale_redis::REQUESTS_WAITING_MAX as u64);
+            assert_eq!(sent, flashsale_redis::REQUESTS_WAITING_MAX as u64 + 1);
             let waiting: Vec<usize> = answers
                 .iter()
                 .enumerate()
@@ -323,6 +330,64 @@ fn a_full_lane_refuses_the_next_request_without_sending_it() {
             assert_eq!(settled, 1, "one unit per shopper");
             let after = store.wallet(shopper).await.expect("a wallet");
             assert_eq!(after.spent.fen(), wallet.spent.fen() + 1);
+        })
+    });
+    support::delete_namespace(std::slice::from_ref(&url), &namespace);
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+/// The first request of an idle lane sends its call from its own task; a
+/// caller that stops waiting mid-call (its client hung up) still hands
+/// the requests waiting behind it to the lane, which answers them.
+#[test]
+fn a_first_request_dropped_mid_call_leaves_its_lane_answering() {
+    use futures_util::FutureExt;
+    let Some(url) = flashsale_testkit::redis_url() else {
+        return;
+    };
+    let namespace = support::namespace("handoff");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let outcome = std::panic::catch_unwind(|| {
+        runtime.block_on(async {
+            let clock = Arc::new(ManualClock::new(NOON));
+            let node = Node::connect(&url, &namespace, &clock).await;
+            let case = Case {
+                price: 1,
+                limit: 2,
+                credit: 100,
+                requests: Vec::new(),
+            };
+            let (deal, shoppers) = node.set_up(&case).await;
+            let store = &node.store;
+            let mut first = Box::pin(store.buy(shoppers[0], deal, 1, "first", store.epoch()));
+            assert!(
+                (&mut first).now_or_never().is_none(),
+                "the first request's call is in flight"
+            );
+            let mut second = Box::pin(store.buy(shoppers[0], deal, 1, "second", store.epoch()));
+            assert!(
+                (&mut second).now_or_never().is_none(),
+                "the second waits behind it"
+            );
+            drop(first);
+            // Polled between the runtime's other tasks, for 10 s at most.
+            let started = std::time::Instant::now();
+            let answer = loop {
+                if let Some(answer) = (&mut second).now_or_never() {
+                    break answer;
+                }
+                assert!(
+                    started.elapsed() < std::time::Duration::from_secs(10),
+                    "the request waiting behind the dropped one is never answered"
+                );
+                tokio::task::yield_now().await;
+            };
+            assert!(answer.is_ok(), "{answer:?}");
         })
     });
     support::delete_namespace(std::slice::from_ref(&url), &namespace);
