@@ -124,6 +124,8 @@
 //! - `cache`: the node's deal cache and the feed's view of it.
 //! - `transfer`: stock buckets, refills and sweeps.
 //! - `reserve`: buy, hold, payment, release, expiry, registration.
+//! - `batch`: the lanes that send a shard's buys and holds of one deal
+//!   that arrive together in one `reserve` call.
 //! - `links`: accounts of a platform's user ids (external ids), made once
 //!   across nodes.
 //! - `accounts`, `deals`, `orders`: the rest of the store's methods.
