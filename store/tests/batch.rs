@@ -278,64 +278,91 @@ async fn run(url: &str, batched: &str, single: &str, case: &Case) -> Result<u64,
     Ok(sent)
 }
 
+/// A node on a namespace of its own (deleted when this is dropped, pass or
+/// fail) on a current-thread runtime, so requests made at once join their
+/// lane before its first call answers, with `case`'s deal set up.
+struct Fresh {
+    runtime: tokio::runtime::Runtime,
+    node: Node,
+    deal: flashsale_engine::DealId,
+    shoppers: Vec<ShopperId>,
+    url: String,
+    namespace: String,
+}
+
+impl Fresh {
+    /// `None` (the test says it is skipped) without `REDIS_URL`.
+    fn new(what: &str, case: &Case) -> Option<Fresh> {
+        let url = flashsale_testkit::redis_url()?;
+        let namespace = support::namespace(what);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        let (node, deal, shoppers) = runtime.block_on(async {
+            let clock = Arc::new(ManualClock::new(NOON));
+            let node = Node::connect(&url, &namespace, &clock).await;
+            let (deal, shoppers) = node.set_up(case).await;
+            (node, deal, shoppers)
+        });
+        Some(Fresh {
+            runtime,
+            node,
+            deal,
+            shoppers,
+            url,
+            namespace,
+        })
+    }
+}
+
+impl Drop for Fresh {
+    fn drop(&mut self) {
+        support::delete_namespace(std::slice::from_ref(&self.url), &self.namespace);
+    }
+}
+
 /// A lane holds at most `REQUESTS_WAITING_MAX` requests waiting on one
 /// node: one more is refused at once (`503 unavailable` in the API) and
 /// never sent, while the others are answered by Redis.
 #[test]
 fn a_full_lane_refuses_the_next_request_without_sending_it() {
-    let Some(url) = flashsale_testkit::redis_url() else {
+    let case = Case {
+        price: 1,
+        limit: 1,
+        credit: 100,
+        requests: Vec::new(),
+    };
+    let Some(fresh) = Fresh::new("lane", &case) else {
         return;
     };
-    let namespace = support::namespace("lane");
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a runtime");
-    let outcome = std::panic::catch_unwind(|| {
-        runtime.block_on(async {
-            let clock = Arc::new(ManualClock::new(NOON));
-            let node = Node::connect(&url, &namespace, &clock).await;
-            let case = Case {
-                price: 1,
-                limit: 1,
-                credit: 100,
-                requests: Vec::new(),
-            };
-            let (deal, shoppers) = node.set_up(&case).await;
-            let store = &node.store;
-            let shopper = shoppers[0];
-            let wallet = store.wallet(shopper).await.expect("a wallet");
-            let before = store.reserve_calls();
-            // The first goes alone; the bound counts those behind it.
-            let requests = flashsale_redis::REQUESTS_WAITING_MAX + 2;
-            let keys: Vec<String> = (0..requests).map(|index| format!("lane-{index}")).collect();
-            // Every request joins the lane before its first call answers.
-            let answers = futures_util::future::join_all(
-                keys.iter()
-                    .map(|key| store.buy(shopper, deal, 1, key, store.epoch())),
-            )
-            .await;
-            let sent = store.reserve_calls().requests - before.requests;
-            assert_eq!(sent, flashsale_redis::REQUESTS_WAITING_MAX as u64 + 1);
-            let waiting: Vec<usize> = answers
-                .iter()
-                .enumerate()
-                .filter(|(_, answer)| {
-                    matches!(answer, Err(flashsale_redis::Error::RequestsWaiting))
-                })
-                .map(|(index, _)| index)
-                .collect();
-            assert_eq!(waiting, [requests - 1], "only the request past the bound");
-            let settled = answers.iter().filter(|answer| answer.is_ok()).count();
-            assert_eq!(settled, 1, "one unit per shopper");
-            let after = store.wallet(shopper).await.expect("a wallet");
-            assert_eq!(after.spent.fen(), wallet.spent.fen() + 1);
-        })
+    let (store, deal, shopper) = (&fresh.node.store, fresh.deal, fresh.shoppers[0]);
+    fresh.runtime.block_on(async {
+        let wallet = store.wallet(shopper).await.expect("a wallet");
+        let before = store.reserve_calls();
+        // The first goes alone; the bound counts those behind it.
+        let requests = flashsale_redis::REQUESTS_WAITING_MAX + 2;
+        let keys: Vec<String> = (0..requests).map(|index| format!("lane-{index}")).collect();
+        // Every request joins the lane before its first call answers.
+        let answers = futures_util::future::join_all(
+            keys.iter()
+                .map(|key| store.buy(shopper, deal, 1, key, store.epoch())),
+        )
+        .await;
+        let sent = store.reserve_calls().requests - before.requests;
+        assert_eq!(sent, flashsale_redis::REQUESTS_WAITING_MAX as u64 + 1);
+        let waiting: Vec<usize> = answers
+            .iter()
+            .enumerate()
+            .filter(|(_, answer)| matches!(answer, Err(flashsale_redis::Error::RequestsWaiting)))
+            .map(|(index, _)| index)
+            .collect();
+        assert_eq!(waiting, [requests - 1], "only the request past the bound");
+        let settled = answers.iter().filter(|answer| answer.is_ok()).count();
+        assert_eq!(settled, 1, "one unit per shopper");
+        let after = store.wallet(shopper).await.expect("a wallet");
+        assert_eq!(after.spent.fen(), wallet.spent.fen() + 1);
     });
-    support::delete_namespace(std::slice::from_ref(&url), &namespace);
-    if let Err(panic) = outcome {
-        std::panic::resume_unwind(panic);
-    }
 }
 
 /// The first request of an idle lane sends its call from its own task; a
@@ -344,54 +371,40 @@ fn a_full_lane_refuses_the_next_request_without_sending_it() {
 #[test]
 fn a_first_request_dropped_mid_call_leaves_its_lane_answering() {
     use futures_util::FutureExt;
-    let Some(url) = flashsale_testkit::redis_url() else {
+    let case = Case {
+        price: 1,
+        limit: 2,
+        credit: 100,
+        requests: Vec::new(),
+    };
+    let Some(fresh) = Fresh::new("handoff", &case) else {
         return;
     };
-    let namespace = support::namespace("handoff");
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a runtime");
-    let outcome = std::panic::catch_unwind(|| {
-        runtime.block_on(async {
-            let clock = Arc::new(ManualClock::new(NOON));
-            let node = Node::connect(&url, &namespace, &clock).await;
-            let case = Case {
-                price: 1,
-                limit: 2,
-                credit: 100,
-                requests: Vec::new(),
-            };
-            let (deal, shoppers) = node.set_up(&case).await;
-            let store = &node.store;
-            let mut first = Box::pin(store.buy(shoppers[0], deal, 1, "first", store.epoch()));
+    let (store, deal, shopper) = (&fresh.node.store, fresh.deal, fresh.shoppers[0]);
+    fresh.runtime.block_on(async {
+        let mut first = Box::pin(store.buy(shopper, deal, 1, "first", store.epoch()));
+        assert!(
+            (&mut first).now_or_never().is_none(),
+            "the first request's call is in flight"
+        );
+        let mut second = Box::pin(store.buy(shopper, deal, 1, "second", store.epoch()));
+        assert!(
+            (&mut second).now_or_never().is_none(),
+            "the second waits behind it"
+        );
+        drop(first);
+        // Polled between the runtime's other tasks, for 10 s at most.
+        let started = std::time::Instant::now();
+        let answer = loop {
+            if let Some(answer) = (&mut second).now_or_never() {
+                break answer;
+            }
             assert!(
-                (&mut first).now_or_never().is_none(),
-                "the first request's call is in flight"
+                started.elapsed() < std::time::Duration::from_secs(10),
+                "the request waiting behind the dropped one is never answered"
             );
-            let mut second = Box::pin(store.buy(shoppers[0], deal, 1, "second", store.epoch()));
-            assert!(
-                (&mut second).now_or_never().is_none(),
-                "the second waits behind it"
-            );
-            drop(first);
-            // Polled between the runtime's other tasks, for 10 s at most.
-            let started = std::time::Instant::now();
-            let answer = loop {
-                if let Some(answer) = (&mut second).now_or_never() {
-                    break answer;
-                }
-                assert!(
-                    started.elapsed() < std::time::Duration::from_secs(10),
-                    "the request waiting behind the dropped one is never answered"
-                );
-                tokio::task::yield_now().await;
-            };
-            assert!(answer.is_ok(), "{answer:?}");
-        })
+            tokio::task::yield_now().await;
+        };
+        assert!(answer.is_ok(), "{answer:?}");
     });
-    support::delete_namespace(std::slice::from_ref(&url), &namespace);
-    if let Err(panic) = outcome {
-        std::panic::resume_unwind(panic);
-    }
 }
