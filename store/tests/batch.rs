@@ -3,7 +3,8 @@
 //! `reserve` call (`redis/src/batch.rs`). This property test holds such a
 //! call to the same requests sent one at a time: a burst goes at once
 //! through one node, and the same requests one after another through a
-//! second node on a twin namespace of the Redis of `REDIS_URL`. Each
+//! second node on a twin namespace, on the Redis of `REDIS_URL` and on the
+//! Cluster of `REDIS_CLUSTER_URLS` (a call's keys share one slot). Each
 //! request's answer, and afterwards every wallet, the deal's numbers and
 //! its orders, must be the same on both.
 //!
@@ -88,9 +89,9 @@ struct Node {
 }
 
 impl Node {
-    async fn connect(url: &str, namespace: &str, clock: &Arc<ManualClock>) -> Node {
+    async fn connect(target: &RedisTarget, namespace: &str, clock: &Arc<ManualClock>) -> Node {
         let store = support::connect(
-            RedisTarget::Single(url.to_owned()),
+            target.clone(),
             namespace,
             Some(StepClock(clock.clone() as Arc<dyn Clock>)),
         )
@@ -202,6 +203,20 @@ fn a_batched_call_answers_as_calls_one_at_a_time() {
     let Some(url) = flashsale_testkit::redis_url() else {
         return;
     };
+    batched_against_one_at_a_time(RedisTarget::Single(url.clone()), &[url]);
+}
+
+#[test]
+fn a_batched_call_answers_as_calls_one_at_a_time_on_a_cluster() {
+    let Some(urls) = flashsale_testkit::redis_cluster_seeds() else {
+        return;
+    };
+    // The seeds are the Cluster's primaries: every key is on one of them.
+    batched_against_one_at_a_time(RedisTarget::Cluster(urls.clone()), &urls);
+}
+
+/// The property on `target`, whose keys live on the servers of `urls`.
+fn batched_against_one_at_a_time(target: RedisTarget, urls: &[String]) {
     // One thread: a burst's requests all join their lane before its first call answers.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -221,9 +236,9 @@ fn a_batched_call_answers_as_calls_one_at_a_time() {
         // Twin namespaces of their own: a failed case (while shrinking)
         // leaves nothing the next one meets.
         let (batched, single) = (support::namespace("batch"), support::namespace("single"));
-        let outcome = runtime.block_on(run(&url, &batched, &single, &case));
-        support::delete_namespace(std::slice::from_ref(&url), &batched);
-        support::delete_namespace(std::slice::from_ref(&url), &single);
+        let outcome = runtime.block_on(run(&target, &batched, &single, &case));
+        support::delete_namespace(urls, &batched);
+        support::delete_namespace(urls, &single);
         batched_requests.set(batched_requests.get() + outcome?);
         Ok(())
     });
@@ -238,10 +253,15 @@ fn a_batched_call_answers_as_calls_one_at_a_time() {
 
 /// One case: the burst on the `batched` namespace, the same requests one
 /// at a time on `single`; the requests that were batched.
-async fn run(url: &str, batched: &str, single: &str, case: &Case) -> Result<u64, TestCaseError> {
+async fn run(
+    target: &RedisTarget,
+    batched: &str,
+    single: &str,
+    case: &Case,
+) -> Result<u64, TestCaseError> {
     let clock = Arc::new(ManualClock::new(NOON));
-    let burst = Node::connect(url, batched, &clock).await;
-    let one_by_one = Node::connect(url, single, &clock).await;
+    let burst = Node::connect(target, batched, &clock).await;
+    let one_by_one = Node::connect(target, single, &clock).await;
     let (deal, shoppers) = burst.set_up(case).await;
     let (twin_deal, twin_shoppers) = one_by_one.set_up(case).await;
     prop_assert_eq!(deal, twin_deal, "the twins number alike");
@@ -301,7 +321,7 @@ impl Fresh {
             .expect("a runtime");
         let (node, deal, shoppers) = runtime.block_on(async {
             let clock = Arc::new(ManualClock::new(NOON));
-            let node = Node::connect(&url, &namespace, &clock).await;
+            let node = Node::connect(&RedisTarget::Single(url.clone()), &namespace, &clock).await;
             let (deal, shoppers) = node.set_up(case).await;
             (node, deal, shoppers)
         });
