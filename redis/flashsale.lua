@@ -108,8 +108,19 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
+-- The texts of the integers 0 to SMALL_MAX and back, made once: most
+-- quantities, counts and shard numbers are small, and a table lookup
+-- costs a fraction of tonumber's and string.format's conversions.
+local SMALL_MAX = 1023
+local small_text, small_number = {}, {}
+for n = 0, SMALL_MAX do
+  local text = '' .. n -- exact below 10^14; `string` is not reachable while loading
+  small_text[n], small_number[text] = text, n
+end
+
+-- A reply's or argument's decimal text as a number (0 for none).
 local function num(value)
-  return tonumber(value) or 0
+  return small_number[value] or tonumber(value) or 0
 end
 
 -- Appends one entry to a books stream (the header's layout).
@@ -148,7 +159,7 @@ end
 -- Integers as exact decimal text: Lua's own number-to-text conversion keeps
 -- only 14 significant digits, too few for money near 2^53 fen.
 local function int(n)
-  return string.format('%d', n)
+  return small_text[n] or string.format('%d', n)
 end
 
 -- Records are JSON objects written here with exact integers (cjson's
@@ -262,49 +273,73 @@ end
 --   9. price x quantity past MONEY_MAX: cannot happen (a deal's price x
 --      limit is at most WALLET_FEN_MAX, checked when it is created);
 --   10. available funds below price x quantity: insufficient_funds.
--- Returns {answer = a reply} (a refusal or a request to the node),
--- {replay = true}, or {reserve = the reservation}. The stock is taken when
--- the effects are applied.
+-- `view` holds the deal's side (the window, its terms, the bucket) and
+-- the request's (kind, quantity, record, backlog, shopper: nil or its
+-- wallet's numbers). Returns a reply (a refusal or a request to the
+-- node), or nil and the debit when the request may take its stock
+-- (taken when the effects are applied); a replay is the caller's, which
+-- checks its record first.
 local function decide_reserve(view)
-  if view.record == 'same_request' then return {replay = true} end
-  if view.record == 'other_request' then
-    return {answer = err('idempotency_key_reused')}
-  end
-  if view.bucket == 0 and not view.window.sold_out then return {answer = {'REFILL', 1, 1}} end
+  if view.record == 'other_request' then return err('idempotency_key_reused') end
+  if view.bucket == 0 and not view.window.sold_out then return {'REFILL', 1, 1} end
   local refused = decide_open(view.window)
-  if refused then return {answer = err(refused)} end
-  if view.record == 'other_deal' then return {answer = err('idempotency_key_reused')} end
-  if view.backlog then return {answer = {'BACKLOG'}} end
+  if refused then return err(refused) end
+  if view.record == 'other_deal' then return err('idempotency_key_reused') end
+  if view.backlog then return {'BACKLOG'} end
   local shopper = view.shopper
-  if not shopper then return {answer = err('not_found', 'shopper')} end
+  if not shopper then return err('not_found', 'shopper') end
   if view.requires_registration and not shopper.registered then
-    return {answer = err('not_registered')}
+    return err('not_registered')
   end
   if shopper.held + shopper.bought + view.quantity > view.per_user_limit then
-    return {answer = err('purchase_limit_reached', view.per_user_limit)}
+    return err('purchase_limit_reached', view.per_user_limit)
   end
   local debit = view.price * view.quantity
-  if shopper.available < debit then return {answer = err('insufficient_funds')} end
-  local now = view.window.now
-  return {reserve = {
-    kind = view.kind, units = view.quantity, unit_price = view.price, debit = debit,
-    created_at = now,
-    -- engine: `hold_expiry`.
-    expires_at = view.kind == 'hold' and now + view.hold_seconds * 1000 or nil,
-    -- engine: `counts_new_buyer`.
-    new_buyer = view.kind == 'order' and shopper.bought == 0,
-  }}
+  if shopper.available < debit then return err('insufficient_funds') end
+  return nil, debit
 end
 
--- The record of a replayed request: an order written earlier in the same
--- call is still in `written` (the call writes its orders' hash once, at
--- its end).
-local function replay(kind, outcome, orders, holds, written)
-  if kind == 'order' then
-    return {'OK', 'order', written[outcome] or redis.call('HGET', orders, outcome), '1'}
+-- Appends to `reply` one request's outcome (a reply of its own, as flat
+-- words: the tag, then its fields, `RESERVE_OUTCOME_WORDS` of them in all).
+local RESERVE_OUTCOME_WORDS = {OK = 4, ERR = 3, REFILL = 3, EPOCH = 1, BACKLOG = 1}
+local function append_outcome(reply, outcome)
+  local at = #reply
+  for index = 1, RESERVE_OUTCOME_WORDS[outcome[1]] do
+    reply[at + index] = outcome[index] or ''
   end
-  return {'OK', 'hold', redis.call('HGET', holds, outcome), '1'}
 end
+
+-- The stock hash's fields of a deal, by the deal's id as text (a pure
+-- function of it, made once per deal): b bucket, h held, s sold, n
+-- buyers, r registered (an account's field), v terms' version. Emptied
+-- whenever it holds DEAL_FIELDS_MAX deals.
+local DEAL_FIELDS_MAX = 1024
+local deal_fields, deal_fields_count = {}, 0
+
+local function fields_of(deal)
+  local fields = deal_fields[deal]
+  if not fields then
+    fields = {b = 'b:' .. deal, h = 'h:' .. deal, s = 's:' .. deal, n = 'n:' .. deal,
+      r = 'r:' .. deal, v = 'v:' .. deal}
+    if deal_fields_count >= DEAL_FIELDS_MAX then
+      deal_fields, deal_fields_count = {}, 0
+    end
+    deal_fields[deal] = fields
+    deal_fields_count = deal_fields_count + 1
+  end
+  return fields
+end
+
+-- The one view every `reserve` call fills in (`decide_reserve`'s; a
+-- call runs alone, to its end, so none sees another's): its window and
+-- the shopper's wallet numbers (`shopper_of`, set as `shopper` when the
+-- account exists).
+local reserve_view = {
+  window = {sold_out = false, now = 0, starts = 0, ends = 0, paused = false},
+  requires_registration = false, per_user_limit = 0, price = 0,
+  kind = nil, quantity = nil, record = nil, bucket = nil, backlog = nil, shopper = nil,
+  shopper_of = {available = 0, bought = 0, held = 0, registered = false},
+}
 
 -- Keys and arguments of `reserve` before its requests, and per request.
 local RESERVE_KEYS, RESERVE_ARGS, REQUEST_KEYS, REQUEST_ARGS = 8, 5, 1, 5
@@ -316,11 +351,13 @@ local RESERVE_KEYS, RESERVE_ARGS, REQUEST_KEYS, REQUEST_ARGS = 8, 5, 1, 5
 -- them is in flight (redis/src/batch.rs). For each request: reads what
 -- `decide_reserve` needs, decides, then takes the stock and applies the
 -- effects (engine: `reserve`, `commit_order`, `commit_hold`). The shard's
--- numbers of the deal, the clock and the books' backlog are read once per
--- call, and the shard's stock hash, orders hash, deal order list and
--- record set written once at its end; each request reads its account
--- once (wallet, epoch, idempotency record) and writes it once (wallet,
--- record, the order's id), and appends its own books entry.
+-- numbers of the deal (its held units only when the call holds), the
+-- clock and the books' backlog are read once per call, and the shard's
+-- stock hash, orders hash, deal order list and record set written once at
+-- its end; each request reads its account once (the wallet numbers its
+-- kind changes, the epoch, the record, the registration only when the
+-- deal requires one) and writes it once (wallet, record, the order's id),
+-- and appends its own books entry.
 -- Keys: the shard's stock, orders, holds, expiries, sequences; the deal's
 -- order list and record set on the shard; the books stream; then per
 -- request the account, which keeps the request's idempotency record as
@@ -329,10 +366,10 @@ local RESERVE_KEYS, RESERVE_ARGS, REQUEST_KEYS, REQUEST_ARGS = 8, 5, 1, 5
 -- (entries; 0: none); terms: the node's copy of the deal's terms
 -- (`terms_of`); then per request the shopper, kind ('order' or 'hold'),
 -- quantity, epoch (the caller's token's: `other_epoch`) and idempotency
--- key. OK: per
--- request one outcome, a reply of its own: {'OK', kind, the record's
--- JSON, '1' when replayed}, {'ERR', ...}, {'REFILL', ...}, {'EPOCH'} or
--- {'BACKLOG'}; TERMS for the whole call.
+-- key. OK: per request one outcome, a reply of its own as flat words
+-- (`append_outcome`): OK kind <the record's JSON> <1 when replayed, else
+-- 0>, ERR code arg, REFILL need total, EPOCH or BACKLOG; TERMS for the
+-- whole call.
 --- step: reserve
 --- keys: stock orders holds expiries sequences deal_orders records books account...
 --- args: deal shard sold_out backlog terms (shopper kind quantity epoch key)...
@@ -340,93 +377,115 @@ local RESERVE_KEYS, RESERVE_ARGS, REQUEST_KEYS, REQUEST_ARGS = 8, 5, 1, 5
 --- ok: (outcome)...
 --- flags: -
 local function reserve(keys, args)
-  local stock, orders, holds, expiries, sequences = keys[1], keys[2], keys[3], keys[4], keys[5]
-  local deal_orders, records, stream = keys[6], keys[7], keys[8]
+  local call = redis.call
+  local stock, orders, stream = keys[1], keys[2], keys[8]
   local deal, shard = args[1], num(args[2])
-  local sold_out, bound = args[3] == '1', num(args[4])
+  local bound = num(args[4])
+  local f = fields_of(deal)
+  local b, h = f.b, f.h
+  -- Whether the call holds: only then are the held units read and written.
+  local holding = false
+  for at = RESERVE_ARGS + 2, #args, REQUEST_ARGS do
+    if args[at] == 'hold' then holding = true end
+  end
   -- Read once: the shard's numbers of the deal with its terms' version
   -- (not the node's: the node refreshes its terms and retries), the clock.
-  local b, h, s, n, r = 'b:' .. deal, 'h:' .. deal, 's:' .. deal, 'n:' .. deal, 'r:' .. deal
-  local counts = redis.call('HMGET', stock, 'v:' .. deal, b, h, s, n, 'order')
+  local counts
+  if holding then
+    counts = call('HMGET', stock, f.v, b, f.s, f.n, 'order', h)
+  else
+    counts = call('HMGET', stock, f.v, b, f.s, f.n, 'order')
+  end
   local terms = terms_of(args[5], counts[1])
   if not terms then return {'TERMS'} end
   -- The shard's numbers as this call's requests change them.
-  local bucket, held, sold = num(counts[2]), num(counts[3]), num(counts[4])
-  local buyers, sequence = num(counts[5]), num(counts[6])
+  local bucket, sold, buyers = num(counts[2]), num(counts[3]), num(counts[4])
+  local sequence, held = num(counts[5]), num(counts[6])
   -- The books stream's length: read at the first order that asks, then
   -- counted on as this call appends.
   local length = nil
-  local function backlogged()
-    if bound <= 0 then return false end
-    length = length or redis.call('XLEN', stream)
-    return length >= bound
-  end
   local now = now_ms()
   local now_text = int(now)
-  -- One view, its request's fields set afresh for each request.
-  local view = {
-    window = {sold_out = sold_out, now = now, starts = terms.starts, ends = terms.ends,
-      paused = terms.paused},
-    requires_registration = terms.registration, per_user_limit = terms.limit,
-    price = terms.price, hold_seconds = terms.hold_seconds,
-    kind = nil, quantity = nil, record = nil, bucket = nil, backlog = nil, shopper = nil,
-  }
-  local shopper_view = {available = 0, bought = 0, held = 0, registered = false}
-  local outcomes = {'OK'}
-  local order_fields, order_ids, recorded, written = {}, {}, {}, {}
-  local committed = false
+  local price_text, registration = terms.price_text, terms.registration
+  -- The view `decide_reserve` reads: the deal's side set for the call,
+  -- the request's afresh for each request.
+  local view, window, shopper_view = reserve_view, reserve_view.window, reserve_view.shopper_of
+  window.sold_out, window.now, window.starts = args[3] == '1', now, terms.starts
+  window.ends, window.paused = terms.ends, terms.paused
+  view.requires_registration, view.per_user_limit = registration, terms.limit
+  view.price = terms.price
+  local reply = {'OK'}
+  local order_fields, order_ids, recorded, written = {}, {}, {}, nil
   for first = RESERVE_KEYS + 1, #keys, REQUEST_KEYS do
-    local index = (first - RESERVE_KEYS - 1) / REQUEST_KEYS
     local account = keys[first]
-    local at = RESERVE_ARGS + 1 + index * REQUEST_ARGS
-    local shopper, kind, quantity, epoch = args[at], args[at + 1], num(args[at + 2]), args[at + 3]
+    local at = RESERVE_ARGS + 1 + (first - RESERVE_KEYS - 1) * REQUEST_ARGS
+    local shopper, kind, quantity_text = args[at], args[at + 1], args[at + 2]
+    local quantity = num(quantity_text)
     local record_field = 'k:' .. args[at + 4]
-    -- Read: the wallet with the epoch it was made in, the record.
-    local wallet = redis.call('HMGET', account, 'available', 'held', 'spent', b, h, r, 'e',
-      record_field)
-    local outcome_of
-    if of_other_epoch(wallet[7], epoch) then
-      outcome_of = {'EPOCH'}
+    -- Read: the wallet numbers this kind changes with the epoch the
+    -- account was made in, the record, the registration when required.
+    local spent_or_held = kind == 'order' and 'spent' or 'held'
+    local wallet
+    if registration then
+      wallet = call('HMGET', account, 'available', spent_or_held, b, h, 'e', record_field, f.r)
     else
-      local record, outcome = record_view(wallet[8], deal, kind, quantity)
+      wallet = call('HMGET', account, 'available', spent_or_held, b, h, 'e', record_field)
+    end
+    local record, outcome = 'none', nil
+    if wallet[6] then record, outcome = record_view(wallet[6], deal, kind, quantity) end
+    local refused, debit
+    if of_other_epoch(wallet[5], args[at + 3]) then
+      reply[#reply + 1] = 'EPOCH'
+    elseif record == 'same_request' then
+      -- The replayed record: an order written earlier in this call is
+      -- still in `written` (the orders hash is written at the call's end).
+      local body
+      if kind == 'order' then
+        body = written and written[outcome] or call('HGET', orders, outcome)
+      else
+        body = call('HGET', keys[3], outcome)
+      end
+      append_outcome(reply, {'OK', kind, body, '1'})
+    else
+      if kind == 'order' and bound > 0 and not length then length = call('XLEN', stream) end
       view.kind, view.quantity, view.record = kind, quantity, record
-      view.bucket, view.backlog = bucket, kind == 'order' and backlogged()
+      view.bucket, view.backlog = bucket, kind == 'order' and length ~= nil and length >= bound
       view.shopper = nil
       if wallet[1] then
-        shopper_view.available, shopper_view.bought = num(wallet[1]), num(wallet[4])
-        shopper_view.held, shopper_view.registered = num(wallet[5]), wallet[6] == '1'
+        shopper_view.available, shopper_view.bought = num(wallet[1]), num(wallet[3])
+        shopper_view.held, shopper_view.registered = num(wallet[4]), wallet[7] == '1'
         view.shopper = shopper_view
       end
       -- Decide.
-      local decision = decide_reserve(view)
-      local reservation = decision.reserve
-      if decision.answer then
-        outcome_of = decision.answer
-      elseif decision.replay then
-        outcome_of = replay(kind, outcome, orders, holds, written)
-      elseif view.bucket < reservation.units then
+      refused, debit = decide_reserve(view)
+      if not refused and bucket < quantity then
         -- engine: `deal.stock.try_take`: here the shard's bucket of the
         -- deal; short, the node refills it and retries (nothing written).
-        outcome_of = {'REFILL', reservation.units - view.bucket, reservation.units}
+        refused = {'REFILL', quantity - bucket, quantity}
+      end
+      if refused then
+        append_outcome(reply, refused)
       else
         -- Apply: from here on nothing can fail.
-        local shopper_now, units, debit = view.shopper, reservation.units, reservation.debit
-        local id, id_text, body
-        if reservation.kind == 'order' then
+        local id_text, body
+        local available = int(shopper_view.available - debit)
+        local total = int(num(wallet[2]) + debit)
+        bucket = bucket - quantity
+        if kind == 'order' then
           -- engine: `commit_order`.
-          id = compose(shard, sequence)
-          id_text = int(id)
+          id_text = int(compose(shard, sequence))
           sequence = sequence + 1
-          redis.call('HSET', account, 'available', int(shopper_now.available - debit),
-            'spent', int(num(wallet[3]) + debit), b, int(shopper_now.bought + units),
-            record_field, deal .. ':' .. kind .. ':' .. args[at + 2] .. ':' .. id_text,
+          call('HSET', account, 'available', available, 'spent', total,
+            b, int(shopper_view.bought + quantity),
+            record_field, deal .. ':order:' .. quantity_text .. ':' .. id_text,
             'o:' .. id_text, deal)
-          bucket = bucket - units
-          sold = sold + units
-          if reservation.new_buyer then buyers = buyers + 1 end
+          sold = sold + quantity
+          -- engine: `counts_new_buyer`.
+          if shopper_view.bought == 0 then buyers = buyers + 1 end
           -- One unit's amount is the price, already text.
-          body = encode_order(id_text, deal, shopper, args[at + 2], terms.price_text,
-            units == 1 and terms.price_text or int(debit), false, now_text, nil)
+          body = encode_order(id_text, deal, shopper, quantity_text, price_text,
+            quantity == 1 and price_text or int(debit), false, now_text, nil)
+          written = written or {}
           written[id_text] = body
           order_fields[#order_fields + 1] = id_text
           order_fields[#order_fields + 1] = body
@@ -435,38 +494,42 @@ local function reserve(keys, args)
           books(stream, 'o', body)
           if length then length = length + 1 end
         else
-          -- engine: `commit_hold` / `reserve_for`.
-          id = compose(shard, redis.call('HINCRBY', sequences, 'hold', 1) - 1)
+          -- engine: `commit_hold` / `reserve_for`; `hold_expiry`.
+          local id = compose(shard, call('HINCRBY', keys[5], 'hold', 1) - 1)
+          local expires_at = now + terms.hold_seconds * 1000
           id_text = int(id)
-          redis.call('HSET', account, 'available', int(shopper_now.available - debit),
-            'held', int(num(wallet[2]) + debit), h, int(shopper_now.held + units),
-            record_field, deal .. ':' .. kind .. ':' .. args[at + 2] .. ':' .. id_text)
-          bucket = bucket - units
-          held = held + units
+          call('HSET', account, 'available', available, 'held', total,
+            h, int(shopper_view.held + quantity),
+            record_field, deal .. ':hold:' .. quantity_text .. ':' .. id_text)
+          held = held + quantity
           body = encode_hold({id = id, deal = num(deal), shopper = num(shopper),
-            quantity = units, amount = debit, created_at = reservation.created_at,
-            expires_at = reservation.expires_at, status = 'active'})
-          redis.call('HSET', holds, id_text, body)
-          redis.call('ZADD', expiries, int(reservation.expires_at), id_text)
+            quantity = quantity, amount = debit, created_at = now,
+            expires_at = expires_at, status = 'active'})
+          call('HSET', keys[3], id_text, body)
+          call('ZADD', keys[4], int(expires_at), id_text)
         end
         recorded[#recorded + 1] = shopper
-        committed = true
-        outcome_of = {'OK', kind, body, '0'}
+        local last = #reply
+        reply[last + 1], reply[last + 2], reply[last + 3], reply[last + 4] = 'OK', kind, body, '0'
       end
     end
-    outcomes[#outcomes + 1] = outcome_of
   end
   -- Write once what the requests changed of the shard.
-  if committed then
-    redis.call('HSET', stock, b, int(bucket), h, int(held),
-      s, int(sold), n, int(buyers), 'order', int(sequence))
-    redis.call('SADD', records, unpack(recorded))
+  if #recorded > 0 then
+    if holding then
+      call('HSET', stock, b, int(bucket), f.s, int(sold), f.n, int(buyers),
+        'order', int(sequence), h, int(held))
+    else
+      call('HSET', stock, b, int(bucket), f.s, int(sold), f.n, int(buyers),
+        'order', int(sequence))
+    end
+    call('SADD', keys[7], unpack(recorded))
   end
   if #order_ids > 0 then
-    redis.call('HSET', orders, unpack(order_fields))
-    redis.call('RPUSH', deal_orders, unpack(order_ids))
+    call('HSET', orders, unpack(order_fields))
+    call('RPUSH', keys[6], unpack(order_ids))
   end
-  return outcomes
+  return reply
 end
 
 -- Gives an active hold's stock and funds back (engine: `release`); its units

@@ -295,15 +295,7 @@ impl RedisStore {
         if values.first().and_then(text).as_deref() == Some("TERMS") {
             return requests.iter().map(|_| Ok(Reply::Terms)).collect();
         }
-        let mut outcomes: Vec<Result<Reply, Error>> = values
-            .into_iter()
-            .skip(1)
-            .map(outcome_of)
-            .chain(std::iter::repeat_with(|| {
-                Err(garbled("fewer outcomes than requests"))
-            }))
-            .take(requests.len())
-            .collect();
+        let mut outcomes = outcomes_of(values, requests.len());
         // Done or replayed requests are answered once replicas have them.
         if outcomes
             .iter()
@@ -320,14 +312,33 @@ impl RedisStore {
     }
 }
 
-/// One request's outcome in a `reserve` reply: a reply of its own.
-fn outcome_of(value: Value) -> Result<Reply, Error> {
-    let Value::Array(values) = value else {
-        return Err(garbled("a reserve outcome"));
-    };
-    let tag = values.first().and_then(text).unwrap_or_default();
-    if !RESERVE_OUTCOMES.contains(&tag.as_str()) {
-        return Err(garbled("a reserve outcome's tag"));
+/// The outcomes of a `reserve` reply (`OK`, then each request's outcome
+/// laid out flat: its tag and that tag's fields, [`RESERVE_OUTCOMES`]),
+/// `requests` of them: a reply of its own each, and an error for each
+/// one the reply lacks or garbles (with every one after it).
+fn outcomes_of(values: Vec<Value>, requests: usize) -> Vec<Result<Reply, Error>> {
+    let mut outcomes = Vec::with_capacity(requests);
+    let mut words = values.into_iter().skip(1);
+    while outcomes.len() < requests {
+        let Some(first) = words.next() else {
+            break;
+        };
+        let tag = text(&first).unwrap_or_default();
+        let Some(&(_, count)) = RESERVE_OUTCOMES.iter().find(|(known, _)| *known == tag) else {
+            outcomes.push(Err(garbled("a reserve outcome's tag")));
+            break;
+        };
+        let mut outcome = Vec::with_capacity(count);
+        outcome.push(first);
+        outcome.extend(words.by_ref().take(count - 1));
+        if outcome.len() < count {
+            outcomes.push(Err(garbled("a reserve outcome")));
+            break;
+        }
+        outcomes.push(reply_of(outcome, None));
     }
-    reply_of(values, None)
+    while outcomes.len() < requests {
+        outcomes.push(Err(garbled("fewer outcomes than requests")));
+    }
+    outcomes
 }

@@ -187,7 +187,7 @@ steps! {
     /// `shopper`, `kind`, `quantity`, `epoch` (the caller's token's:
     /// `EPOCH` when the account was made in another) and idempotency
     /// `key`. `OK` is followed by one outcome per request, a reply of its
-    /// own ([`RESERVE_OUTCOMES`]).
+    /// own laid out flat, its tag then its fields ([`RESERVE_OUTCOMES`]).
     Reserve "reserve" writes {
         keys: [stock, orders, holds, expiries, sequences, deal_orders, records, books]
             + accounts "account...";
@@ -382,8 +382,15 @@ steps! {
 pub const BENCH_TERMS: &str = "1:100:1000000000000:0:99999999999999:0:0:60";
 
 /// The reply tags of one request's outcome in a `reserve` reply (the
-/// script header's reply shapes).
-pub(crate) const RESERVE_OUTCOMES: &[&str] = &["OK", "ERR", "REFILL", "EPOCH", "BACKLOG"];
+/// script header's reply shapes), each with its words in the flat reply:
+/// the tag and its fields (`RESERVE_OUTCOME_WORDS` in the script).
+pub(crate) const RESERVE_OUTCOMES: &[(&str, usize)] = &[
+    ("OK", 4),
+    ("ERR", 3),
+    ("REFILL", 3),
+    ("EPOCH", 1),
+    ("BACKLOG", 1),
+];
 
 /// The call a node makes to buy one unit of deal 1 for shopper 1 on shard
 /// 0 of `namespace`, `requests` times in one call (at least once), each
