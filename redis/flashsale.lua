@@ -111,7 +111,7 @@ end
 -- The texts of the integers 0 to SMALL_MAX and back, made once: most
 -- quantities, counts and shard numbers are small, and a table lookup
 -- costs a fraction of tonumber's and string.format's conversions.
-local SMALL_MAX = 1023
+local SMALL_MAX = 127
 local small_text, small_number = {}, {}
 for n = 0, SMALL_MAX do
   local text = '' .. n -- exact below 10^14; `string` is not reachable while loading
