@@ -4,11 +4,13 @@
 //! group commit, as a database's log writer gathers the commits that
 //! arrive during a flush).
 //!
-//! A request finding its lane (deal, shard) idle is sent at once, alone,
-//! from its own task, so batching adds no wait and no hop between tasks;
-//! while a call is in flight the lane gathers what arrives and a task of
-//! its own sends it, up to [`RESERVE_BATCH_MAX`] requests a call, as soon
-//! as that call answers. So the busier Redis is, the more requests share
+//! A request finding its lane (deal, shard) idle lets the runtime take
+//! one turn (`yield_now`), so the requests for the lane that are ready in
+//! the same turn join it; alone, it is sent from its own task (no hop
+//! between tasks), and with company a task of the lane's own sends them
+//! all in one call. While a call is in flight the lane gathers what
+//! arrives and its task sends it, up to [`RESERVE_BATCH_MAX`] requests a
+//! call, as soon as that call answers. So the busier Redis is, the more requests share
 //! each call and the less Redis spends per buy (the call's fixed part, the
 //! shard's numbers read and written once: `redis/flashsale.lua`,
 //! `reserve`). Every request keeps its own idempotency record, wallet and
@@ -193,14 +195,37 @@ impl RedisStore {
             Joined::Waiting(outcome) => return outcome.await.unwrap_or(Err(Error::Abandoned)),
             Joined::First(request) => request,
         };
-        // The lane was idle: this request's call goes alone, from its own
-        // task. The guard hands what arrives meanwhile to a task of the
-        // lane's own when the call answers, or when the caller stops
-        // waiting (its client hung up) and drops this future.
-        let _handoff = Handoff {
+        // The lane was idle. The guard hands what arrives from here on to
+        // a task of the lane's own when this request's call answers, or
+        // when the caller stops waiting (its client hung up) and drops
+        // this future.
+        let handoff = Handoff {
             store: self,
             entry,
             shard,
+        };
+        // One turn of the runtime first: the requests for the lane that
+        // are ready in the same turn (read from other connections) join it
+        // and go in the same call, which the lane's task sends. Alone, the
+        // request's call goes from its own task.
+        tokio::task::yield_now().await;
+        let joined = {
+            let mut lanes = lanes.lock();
+            match lanes.get_mut(&lane_key(entry)) {
+                Some(lane) if !lane.waiting.is_empty() => {
+                    let (answer, outcome) = oneshot::channel();
+                    lane.waiting.push_front(Waiting { request, answer });
+                    Joined::Waiting(outcome)
+                }
+                _ => Joined::First(request),
+            }
+        };
+        let request = match joined {
+            Joined::Waiting(outcome) => {
+                drop(handoff);
+                return outcome.await.unwrap_or(Err(Error::Abandoned));
+            }
+            Joined::First(request) => request,
         };
         self.reserve_call(entry, shard, std::slice::from_ref(&request))
             .await
