@@ -4,13 +4,11 @@
 //! group commit, as a database's log writer gathers the commits that
 //! arrive during a flush).
 //!
-//! A request finding its lane (deal, shard) idle lets the runtime take
-//! one turn (`yield_now`), so the requests for the lane that are ready in
-//! the same turn join it; alone, it is sent from its own task (no hop
-//! between tasks), and with company a task of the lane's own sends them
-//! all in one call. While a call is in flight the lane gathers what
-//! arrives and its task sends it, up to [`RESERVE_BATCH_MAX`] requests a
-//! call, as soon as that call answers. So the busier Redis is, the more requests share
+//! A request finding its lane (deal, shard) idle is sent at once, alone,
+//! from its own task, so batching adds no wait and no hop between tasks;
+//! while a call is in flight the lane gathers what arrives and a task of
+//! its own sends it, up to [`RESERVE_BATCH_MAX`] requests a call, as soon
+//! as that call answers. So the busier Redis is, the more requests share
 //! each call and the less Redis spends per buy (the call's fixed part, the
 //! shard's numbers read and written once: `redis/flashsale.lua`,
 //! `reserve`). Every request keeps its own idempotency record, wallet and
@@ -195,37 +193,14 @@ impl RedisStore {
             Joined::Waiting(outcome) => return outcome.await.unwrap_or(Err(Error::Abandoned)),
             Joined::First(request) => request,
         };
-        // The lane was idle. The guard hands what arrives from here on to
-        // a task of the lane's own when this request's call answers, or
-        // when the caller stops waiting (its client hung up) and drops
-        // this future.
-        let handoff = Handoff {
+        // The lane was idle: this request's call goes alone, from its own
+        // task. The guard hands what arrives meanwhile to a task of the
+        // lane's own when the call answers, or when the caller stops
+        // waiting (its client hung up) and drops this future.
+        let _handoff = Handoff {
             store: self,
             entry,
             shard,
-        };
-        // One turn of the runtime first: the requests for the lane that
-        // are ready in the same turn (read from other connections) join it
-        // and go in the same call, which the lane's task sends. Alone, the
-        // request's call goes from its own task.
-        tokio::task::yield_now().await;
-        let joined = {
-            let mut lanes = lanes.lock();
-            match lanes.get_mut(&lane_key(entry)) {
-                Some(lane) if !lane.waiting.is_empty() => {
-                    let (answer, outcome) = oneshot::channel();
-                    lane.waiting.push_front(Waiting { request, answer });
-                    Joined::Waiting(outcome)
-                }
-                _ => Joined::First(request),
-            }
-        };
-        let request = match joined {
-            Joined::Waiting(outcome) => {
-                drop(handoff);
-                return outcome.await.unwrap_or(Err(Error::Abandoned));
-            }
-            Joined::First(request) => request,
         };
         self.reserve_call(entry, shard, std::slice::from_ref(&request))
             .await
@@ -366,4 +341,112 @@ fn outcomes_of(values: Vec<Value>, requests: usize) -> Vec<Result<Reply, Error>>
         outcomes.push(Err(garbled("fewer outcomes than requests")));
     }
     outcomes
+}
+
+#[cfg(test)]
+mod tests {
+    use flashsale_engine::EngineError;
+    use redis::Value;
+
+    use super::outcomes_of;
+    use crate::error::Error;
+    use crate::replies::Reply;
+    use crate::steps::{LIBRARY_SOURCE, RESERVE_OUTCOMES};
+
+    fn word(text: &str) -> Value {
+        Value::BulkString(text.as_bytes().to_vec())
+    }
+
+    fn reply(words: &[Value]) -> Vec<Value> {
+        let mut values = vec![word("OK")];
+        values.extend_from_slice(words);
+        values
+    }
+
+    fn is_garbled(outcome: &Result<Reply, Error>) -> bool {
+        matches!(
+            outcome,
+            Err(Error::Engine(EngineError::Inconsistent { .. }))
+        )
+    }
+
+    /// The script's `RESERVE_OUTCOME_WORDS` and [`RESERVE_OUTCOMES`] say
+    /// the same: a tag the two count apart would shift every outcome
+    /// after it.
+    #[test]
+    fn the_script_and_the_node_count_an_outcome_s_words_alike() {
+        let line = LIBRARY_SOURCE
+            .lines()
+            .find_map(|line| line.strip_prefix("local RESERVE_OUTCOME_WORDS = {"))
+            .expect("the script's RESERVE_OUTCOME_WORDS");
+        let mut stated: Vec<(String, usize)> = line
+            .trim_end_matches('}')
+            .split(',')
+            .map(|pair| {
+                let (tag, words) = pair.split_once('=').expect("tag = words");
+                (
+                    tag.trim().to_owned(),
+                    words.trim().parse().expect("a count"),
+                )
+            })
+            .collect();
+        let mut known: Vec<(String, usize)> = RESERVE_OUTCOMES
+            .iter()
+            .map(|(tag, words)| ((*tag).to_owned(), *words))
+            .collect();
+        stated.sort();
+        known.sort();
+        assert_eq!(stated, known);
+    }
+
+    /// Each outcome is read by its tag's count of words, whatever its
+    /// words hold (an empty argument, integers).
+    #[test]
+    fn outcomes_are_read_by_their_tags_count_of_words() {
+        let values = reply(&[
+            word("OK"),
+            word("order"),
+            word("{}"),
+            word("0"),
+            word("ERR"),
+            word("insufficient_funds"),
+            word(""),
+            word("REFILL"),
+            Value::Int(2),
+            Value::Int(3),
+            word("EPOCH"),
+            word("BACKLOG"),
+        ]);
+        let outcomes = outcomes_of(values, 5);
+        assert!(matches!(&outcomes[0], Ok(Reply::Done(words)) if words.len() == 4));
+        assert!(matches!(
+            outcomes[1],
+            Ok(Reply::Refused(EngineError::InsufficientFunds))
+        ));
+        assert!(matches!(
+            outcomes[2],
+            Ok(Reply::Refill { need: 2, total: 3 })
+        ));
+        assert!(matches!(outcomes[3], Ok(Reply::Epoch)));
+        assert!(matches!(outcomes[4], Ok(Reply::Backlog)));
+    }
+
+    /// A short, unknown or missing outcome fails its request and every
+    /// one after it (their words can no longer be told apart), never
+    /// another request's answer.
+    #[test]
+    fn a_garbled_outcome_fails_it_and_those_after_it() {
+        let short = reply(&[word("EPOCH"), word("OK"), word("order")]);
+        let outcomes = outcomes_of(short, 3);
+        assert!(matches!(outcomes[0], Ok(Reply::Epoch)));
+        assert!(is_garbled(&outcomes[1]) && is_garbled(&outcomes[2]));
+
+        let unknown = reply(&[word("MAYBE"), word("EPOCH")]);
+        let outcomes = outcomes_of(unknown, 2);
+        assert!(outcomes.iter().all(is_garbled));
+
+        let missing = outcomes_of(reply(&[word("BACKLOG")]), 2);
+        assert!(matches!(missing[0], Ok(Reply::Backlog)));
+        assert!(is_garbled(&missing[1]));
+    }
 }
