@@ -150,7 +150,7 @@ fn hot_deal_threads(c: &mut Criterion) {
     group.finish();
 }
 
-/// Issue #14's figure: a raffle of 1,000,000 registrants for 100,000
+/// The raffle figure to hold: a raffle of 1,000,000 registrants for 100,000
 /// units must draw in under 2 s. Timed: `run_draws` until it has nothing
 /// left to do: closing the list, one HMAC per registrant, the sort, and
 /// 100,000 winners' holds (in steps of `DRAW_OFFERS_PER_STEP`).

@@ -383,10 +383,11 @@ local function reserve(keys, args)
   local bound = num(args[4])
   local f = fields_of(deal)
   local b, h = f.b, f.h
-  -- Whether the call holds: only then are the held units read and written.
+  -- Whether the call holds (a kind other than 'order' is a hold, as
+  -- below): only then are the held units read and written.
   local holding = false
   for at = RESERVE_ARGS + 2, #args, REQUEST_ARGS do
-    if args[at] == 'hold' then holding = true end
+    if args[at] ~= 'order' then holding = true end
   end
   -- Read once: the shard's numbers of the deal with its terms' version
   -- (not the node's: the node refreshes its terms and retries), the clock.
@@ -418,7 +419,7 @@ local function reserve(keys, args)
   local order_fields, order_ids, recorded, written = {}, {}, {}, nil
   for first = RESERVE_KEYS + 1, #keys, REQUEST_KEYS do
     local account = keys[first]
-    local at = RESERVE_ARGS + 1 + (first - RESERVE_KEYS - 1) * REQUEST_ARGS
+    local at = RESERVE_ARGS + 1 + (first - RESERVE_KEYS - 1) / REQUEST_KEYS * REQUEST_ARGS
     local shopper, kind, quantity_text = args[at], args[at + 1], args[at + 2]
     local quantity = num(quantity_text)
     local record_field = 'k:' .. args[at + 4]
@@ -1242,8 +1243,8 @@ end
 -- ----- global steps -------------------------------------------------------------
 
 -- ids: hands out `count` new ids of a kind (merchant, shopper, deal) from the
--- deployment's sequences, only under the epoch the node knows (issue #12:
--- after Redis lost its data the sequences start again from 1, and a node
+-- deployment's sequences, only under the epoch the node knows (after
+-- Redis lost its data the sequences start again from 1, and a node
 -- that has not seen the new epoch must not number or sign an account as if
 -- nothing happened; it gets 'EPOCH', learns the epoch, and asks again). A
 -- deal's id goes into the deal index (keys[3]) in the same step, before the

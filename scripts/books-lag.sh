@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Redis mode's books under a burst: how fast settled orders reach Postgres
 # from three nodes' books streams, against how fast they settle, and the lag
-# of each order (issue #13, "Numbers").
+# of each order.
 #
 # Starts three `flashsale serve` nodes on one Redis, each with
 # --database-url (so three sinks share the streams), runs one

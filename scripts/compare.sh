@@ -442,7 +442,7 @@ Redis $(per_buy_us "$redis_s" "$settled") us; Redis script time per buy $script_
   }
   two_nodes_settling "" ""
   if [ "$FSYNC_MODES" -eq 1 ]; then
-    # Issue #13: the same two nodes and deal with Redis' AOF fsync before
+    # The same two nodes and deal with Redis' AOF fsync before
     # every reply, then once a second; Redis' own settings are put back.
     rcli() { redis-cli -h 127.0.0.1 -p "$REDIS_PORT" "$@"; }
     was_aof=$(rcli CONFIG GET appendonly | sed -n 2p)
@@ -571,7 +571,7 @@ for i in "${!NAMES[@]}"; do
   [ -n "$HELLO_RATE" ] && ratio=$(awk -v a="$rate" -v b="$HELLO_RATE" 'BEGIN { if (b > 0) printf "%.3f", a / b; else print "-" }')
   printf '%-34s %12.0f %9s  %s\n' "${NAMES[$i]}" "$rate" "$ratio" "${NOTES[$i]}"
 done
-# Issue #12's ratio: two nodes settling against Redis alone running their step.
+# The ratio of two nodes settling against Redis alone running their step.
 nodes_rate="" step_rate=""
 for i in "${!NAMES[@]}"; do
   case "${NAMES[$i]}" in

@@ -373,7 +373,7 @@ async fn acknowledged_orders_survive_kill_9() {
     drop(server);
 }
 
-/// Issue #14: a raffle's draw is deterministic from its seed, so a server
+/// A raffle's draw is deterministic from its seed, so a server
 /// killed with SIGKILL as its draw runs (events not yet flushed may be
 /// lost) and restarted finishes it exactly: every offer a client saw
 /// before the kill is the same offer after, and the record still matches

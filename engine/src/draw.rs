@@ -1,4 +1,4 @@
-//! Raffle deals (issue #14): the ranking rule, a raffle's registrant list
+//! Raffle deals: the ranking rule, a raffle's registrant list
 //! and draw state, and the engine steps that run the draw and walk the
 //! ranking, offering holds.
 //!

@@ -23,7 +23,7 @@ pub struct DealSpec {
     pub allocation: Allocation,
 }
 
-/// How a deal's stock goes to shoppers (issue #14): `first_come` (buys and
+/// How a deal's stock goes to shoppers: `first_come` (buys and
 /// holds, first come first served) or `raffle` (registered shoppers are
 /// ranked by the draw at `starts_at`, the first ranks get holds; see
 /// [`crate::draw`]). The raffle carries its seed, chosen by the gateway from

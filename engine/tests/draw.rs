@@ -1,4 +1,4 @@
-//! Raffle deals (issue #14): the draw, the waitlist and replay, through the
+//! Raffle deals: the draw, the waitlist and replay, through the
 //! engine's public API; and a property test against a small reference model
 //! that ranks with the `hmac` crate directly.
 

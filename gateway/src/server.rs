@@ -497,7 +497,7 @@ async fn housekeeping(app: Arc<App>, expiry_interval: Duration) {
                 }
             }
         }
-        // Raffles (issue #14): due draws, then units left to the next ranks,
+        // Raffles: due draws, then units left to the next ranks,
         // one bounded step at a time so other deals' buys never wait long.
         for _ in 0..DRAW_STEPS_PER_TICK_MAX {
             match app.store.run_draws().await {

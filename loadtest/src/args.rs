@@ -298,7 +298,7 @@ pub struct SteadyArgs {
     pub run: RunArgs,
 }
 
-/// `flashsale loadtest raffle` (issue #14).
+/// `flashsale loadtest raffle`.
 #[derive(Debug, Clone, clap::Args)]
 #[command(next_help_heading = "Raffle options")]
 pub struct RaffleArgs {

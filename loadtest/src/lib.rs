@@ -17,7 +17,7 @@
 //! node.
 //! - **steady**: a constant open-loop arrival rate of buys, holds, pays,
 //!   releases and feed reads for a fixed time.
-//! - **raffle**: a raffle deal (issue #14): a registration wave, the
+//! - **raffle**: a raffle deal: a registration wave, the
 //!   draw, winners paying (`--pay-fraction`) or letting their holds
 //!   expire, the waitlist refilling; checked against the published draw.
 //! - **hello**: a bare hyper hello-world server, the ceiling baseline for

@@ -1,4 +1,4 @@
-//! The raffle (issue #14, README "Fair draws"): a registration wave, the
+//! The raffle (docs/fair-draws.md): a registration wave, the
 //! draw at `starts_at`, winners paying or letting their holds expire, and
 //! the waitlist refilling until the stock is paid.
 //!

@@ -70,7 +70,7 @@ pub struct Report {
     pub checks: Vec<Check>,
 }
 
-/// What a raffle run saw of its draw and its waitlist (issue #14).
+/// What a raffle run saw of its draw and its waitlist.
 #[derive(Debug, Clone, Copy, Default, Serialize, PartialEq)]
 pub struct RaffleFigures {
     /// Shoppers registered for the draw.

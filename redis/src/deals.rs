@@ -13,7 +13,7 @@ impl RedisStore {
     pub async fn create_deal(&self, merchant: MerchantId, new: NewDeal) -> Result<DealView, Error> {
         let now = self.now();
         if new.allocation != Allocation::FirstCome {
-            // Issue #14: raffles run on one node only, for now (README).
+            // Raffles run on one node only (README).
             return Err(Error::Engine(EngineError::Invalid {
                 field: "allocation",
                 reason: "raffle is not available in Redis mode; run one node without --redis-url",

@@ -1,4 +1,4 @@
-//! Raffle deals (issue #14) over HTTP: a few hundred registrants, the draw
+//! Raffle deals over HTTP: a few hundred registrants, the draw
 //! at `starts_at`, winners who pay and winners who let go, the waitlist
 //! refilling, and the public record recomputed from the seed.
 

@@ -380,7 +380,7 @@ async fn a_rate_limited_signup_says_how_long_to_wait() {
     browser.close().await;
 }
 
-/// Issue #14: a raffle's card lets a linked shopper register before the
+/// A raffle's card lets a linked shopper register before the
 /// start, then shows their result when the draw runs ("You won: pay within
 /// …"), and pays the won hold with one tap.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

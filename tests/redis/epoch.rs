@@ -1,4 +1,4 @@
-//! Ids are never reused across Redis losing its data (issue #12): a Redis
+//! Ids are never reused across Redis losing its data: a Redis
 //! that restarts empty numbers accounts from 1 again, so tokens carry the
 //! deployment's epoch and a node drops what it cached of the old data.
 

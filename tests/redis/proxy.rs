@@ -4,7 +4,7 @@
 //! lost packet or a crashed load balancer makes). The node must answer
 //! `503 unavailable` (an unknown outcome), and the client's retry with the
 //! same Idempotency-Key must get the original order, never a second one
-//! (docs/api.md "Idempotency"; issue #13's fault suite, Jepsen's method:
+//! (docs/api.md "Idempotency"; a fault suite by Jepsen's method:
 //! record ok / fail / unknown, then check).
 
 use std::sync::Arc;

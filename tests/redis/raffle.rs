@@ -1,4 +1,4 @@
-//! Raffles (issue #14) are one-node only for now: Redis mode refuses
+//! Raffles are one-node only: Redis mode refuses
 //! `allocation: "raffle"` with `422 invalid` naming the field, creates
 //! nothing, and a first-come deal there has no draw.
 

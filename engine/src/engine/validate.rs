@@ -133,7 +133,7 @@ pub fn validate_deal(new: NewDeal, now: Timestamp) -> Result<DealSpec, EngineErr
     if hold_seconds == 0 || hold_seconds > HOLD_SECONDS_MAX {
         return Err(invalid("hold_seconds", "must be from 1 to 86400"));
     }
-    // Issue #14: a raffle ranks its registrants, so it needs them.
+    // A raffle ranks its registrants, so it needs them.
     if matches!(new.allocation, Allocation::Raffle(_)) && !new.requires_registration {
         return Err(invalid(
             "requires_registration",

@@ -39,7 +39,7 @@ pub(crate) async fn create_deal(
     let allocation = deal.allocation.as_deref().map(AllocationName::parse);
     let raffle = allocation.transpose()? == Some(AllocationName::Raffle);
     let allocation = if raffle {
-        // Issue #14: the seed is the gateway's, from the OS RNG; the engine
+        // The seed is the gateway's, from the OS RNG; the engine
         // draws no randomness. Only its commitment is public until the draw.
         let mut seed = [0; 32];
         getrandom::fill(&mut seed).map_err(Error::Random)?;
@@ -81,7 +81,7 @@ pub(crate) async fn patch_deal(
     let change: DealChangeBody = parse_json(body)?;
     if let Some(asked) = change.allocation.as_deref() {
         let asked = AllocationName::parse(asked)?;
-        // Issue #14: registrations open when a deal is posted, and a draw
+        // Registrations open when a deal is posted, and a draw
         // ranks exactly those registrants, so the allocation never changes.
         let current = app.store.deal(deal).await?;
         if current.merchant != merchant {

@@ -118,7 +118,7 @@ where
     T::deserialize(deserializer).map(Some)
 }
 
-/// `allocation` as the API spells it (issue #14).
+/// `allocation` as the API spells it (docs/api.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum AllocationName {
     FirstCome,
