@@ -108,6 +108,16 @@ impl Store {
         }
     }
 
+    /// Times this node read the deals' shared numbers from the shards for
+    /// every node and times it took the ones another node read
+    /// (`RedisStore::sums_read`), in Redis mode; `None` on one node.
+    pub fn redis_sums_read(&self) -> Option<(u64, u64)> {
+        match self {
+            Store::Memory(_) => None,
+            Store::Redis(redis) => Some(redis.sums_read()),
+        }
+    }
+
     /// Each Redis primary's replicas online as last read, in Redis mode
     /// with `--redis-replica-acks`; `None` otherwise.
     pub fn redis_replicas(&self) -> Option<Replicas> {

@@ -1,6 +1,7 @@
 //! `GET /v1/feed?order=top` on one node and on a Redis node alike: a deal
 //! of a well-reviewed merchant with a buyer outranks a newer deal of a
-//! merchant without reviews, while the default order stays newest first.
+//! merchant without reviews, while the default order stays newest first;
+//! and two Redis nodes take those numbers from one read a second for all.
 //! In Redis mode the ranking reads the node's cache, which its poller
 //! refreshes every 250 ms: the test waits for it, bounded.
 
@@ -75,5 +76,57 @@ async fn the_top_feed_ranks_review_scores_and_popularity_on_one_node_and_on_redi
             let (ids, _) = feed_order(&node, query, &ours).await;
             assert_eq!(ids, [newer.as_str(), older.as_str()], "{query:?}");
         }
+    }
+}
+
+/// `flashsale_redis_sums_total{source}` in a node's `/metrics`: (read,
+/// taken).
+async fn sums_metric(node: &Node) -> (u64, u64) {
+    let metrics = node.get("/metrics", None).await;
+    assert_eq!(metrics.status, 200);
+    let text = metrics.body.as_str().unwrap_or_default().to_owned();
+    let value = |source: &str| {
+        let series = format!("flashsale_redis_sums_total{{source=\"{source}\"}} ");
+        text.lines()
+            .find_map(|line| line.strip_prefix(&series)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {series}in /metrics"))
+    };
+    (value("read"), value("taken"))
+}
+
+/// The feed's numbers come from one read a second for every node: in a
+/// deployment of two nodes, `/metrics` shows reads made for all on one
+/// node and reads taken from another on some node, both growing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_share_the_deals_numbers_one_reads_for_all() {
+    let Some(url) = flashsale_testkit::redis_url() else {
+        return;
+    };
+    let _serial = crate::node::serial().await;
+    let deployment = Deployment::new(Target::Single(url), 4);
+    let nodes = [deployment.node(), deployment.node()];
+    let merchant = nodes[0].merchant("Sums").await;
+    nodes[0].deal(&merchant, 10, 1).await;
+    let mut before = Vec::new();
+    for node in &nodes {
+        before.push(sums_metric(node).await);
+    }
+    let started = Instant::now();
+    loop {
+        let mut read = 0;
+        let mut taken = 0;
+        for (node, (read_before, taken_before)) in nodes.iter().zip(&before) {
+            let (read_now, taken_now) = sums_metric(node).await;
+            read += read_now - read_before;
+            taken += taken_now - taken_before;
+        }
+        if read >= 2 && taken >= 1 {
+            break;
+        }
+        assert!(
+            started.elapsed() < CACHE_WAIT_MAX,
+            "after {CACHE_WAIT_MAX:?}: {read} reads for all and {taken} taken over both nodes"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

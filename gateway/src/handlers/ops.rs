@@ -169,6 +169,17 @@ pub(crate) fn metrics(app: &App) -> HttpResponse {
             calls.requests
         );
     }
+    if let Some((read, taken)) = app.store.redis_sums_read() {
+        body.push_str(
+            "# HELP flashsale_redis_sums_total Times this node read the deals' shared numbers from the shards for every node (source=read, holding the turn) or took the ones another node read (source=taken)\n",
+        );
+        body.push_str("# TYPE flashsale_redis_sums_total counter\n");
+        let _ = writeln!(body, "flashsale_redis_sums_total{{source=\"read\"}} {read}");
+        let _ = writeln!(
+            body,
+            "flashsale_redis_sums_total{{source=\"taken\"}} {taken}"
+        );
+    }
     if let Some(replicas) = app.store.redis_replicas() {
         body.push_str(
             "# HELP flashsale_redis_replicas_online Replicas online of each Redis primary as last read (every second), with --redis-replica-acks\n",
