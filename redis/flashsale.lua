@@ -191,6 +191,26 @@ end
 
 -- ----- shard steps ------------------------------------------------------------
 
+-- A pure function of a text remembered: `make(text)` runs once per text
+-- (a false or nil result is remembered as false) until the memo holds
+-- `max` texts, when it is emptied. What a call writes never depends on
+-- whether a text was remembered.
+local function memo(max, make)
+  local entries, count = {}, 0
+  return function(text)
+    local value = entries[text]
+    if value == nil then
+      value = make(text) or false
+      if count >= max then
+        entries, count = {}, 0
+      end
+      entries[text] = value
+      count = count + 1
+    end
+    return value
+  end
+end
+
 -- The deal's terms as the node passes them, one argument
 -- `version:price:limit:starts:ends:paused:registration:hold_seconds` (price
 -- in fen, times in ms, flags 1|0), or nil when `held`, the version this
@@ -199,32 +219,23 @@ end
 -- (the step `terms`) and retries: a deal's first step on a shard installs
 -- it there, and a change of the terms installs its new version on every
 -- shard before it is answered, so no shard decides with terms older than
--- the newest it was given.
--- Terms parsed, by their text: a node sends the same text on every call
--- until the terms change, so each is parsed once. A pure function of the
--- text (what a call writes does not depend on it), emptied whenever it
--- holds TERMS_PARSED_MAX texts.
+-- the newest it was given. A node sends the same text on every call until
+-- the terms change, so each is parsed once (TERMS_PARSED_MAX texts kept).
 local TERMS_PARSED_MAX = 1024
-local terms_parsed, terms_parsed_count = {}, 0
+local parsed_terms = memo(TERMS_PARSED_MAX, function(text)
+  local version, price, limit, starts, ends, paused, registration, hold_seconds =
+    string.match(text, '^(%d+):(%d+):(%d+):(%-?%d+):(%-?%d+):([01]):([01]):(%d+)$')
+  if not version then return nil end
+  return {
+    version = version, price = tonumber(price), price_text = price, limit = tonumber(limit),
+    starts = tonumber(starts), ends = tonumber(ends), paused = paused == '1',
+    registration = registration == '1', hold_seconds = tonumber(hold_seconds),
+  }
+end)
 
 local function terms_of(text, held)
-  local terms = terms_parsed[text]
-  if not terms then
-    local version, price, limit, starts, ends, paused, registration, hold_seconds =
-      string.match(text, '^(%d+):(%d+):(%d+):(%-?%d+):(%-?%d+):([01]):([01]):(%d+)$')
-    if not version then return nil end
-    terms = {
-      version = version, price = tonumber(price), price_text = price, limit = tonumber(limit),
-      starts = tonumber(starts), ends = tonumber(ends), paused = paused == '1',
-      registration = registration == '1', hold_seconds = tonumber(hold_seconds),
-    }
-    if terms_parsed_count >= TERMS_PARSED_MAX then
-      terms_parsed, terms_parsed_count = {}, 0
-    end
-    terms_parsed[text] = terms
-    terms_parsed_count = terms_parsed_count + 1
-  end
-  if held ~= terms.version then return nil end
+  local terms = parsed_terms(text)
+  if not terms or held ~= terms.version then return nil end
   return terms
 end
 
@@ -309,26 +320,14 @@ local function append_outcome(reply, outcome)
   end
 end
 
--- The stock hash's fields of a deal, by the deal's id as text (a pure
--- function of it, made once per deal): b bucket, h held, s sold, n
--- buyers, r registered (an account's field), v terms' version. Emptied
--- whenever it holds DEAL_FIELDS_MAX deals.
+-- The stock hash's fields of a deal, by the deal's id as text, made once
+-- per deal (DEAL_FIELDS_MAX deals kept): b bucket, h held, s sold, n
+-- buyers, r registered (an account's field), v terms' version.
 local DEAL_FIELDS_MAX = 1024
-local deal_fields, deal_fields_count = {}, 0
-
-local function fields_of(deal)
-  local fields = deal_fields[deal]
-  if not fields then
-    fields = {b = 'b:' .. deal, h = 'h:' .. deal, s = 's:' .. deal, n = 'n:' .. deal,
-      r = 'r:' .. deal, v = 'v:' .. deal}
-    if deal_fields_count >= DEAL_FIELDS_MAX then
-      deal_fields, deal_fields_count = {}, 0
-    end
-    deal_fields[deal] = fields
-    deal_fields_count = deal_fields_count + 1
-  end
-  return fields
-end
+local fields_of = memo(DEAL_FIELDS_MAX, function(deal)
+  return {b = 'b:' .. deal, h = 'h:' .. deal, s = 's:' .. deal, n = 'n:' .. deal,
+    r = 'r:' .. deal, v = 'v:' .. deal}
+end)
 
 -- The one view every `reserve` call fills in (`decide_reserve`'s; a
 -- call runs alone, to its end, so none sees another's): its window and
