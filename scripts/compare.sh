@@ -430,8 +430,8 @@ else
     sold=$(api GET "/v1/deals/$settling" "$FS_TOKEN" | jq -r .sold)
     local script_us
     script_us=$(per_buy_us "$(awk -v u="$usec" 'BEGIN { print u / 1e6 }')" "$settled")
-    result "2 redis-mode nodes, settling$1" "$rate" "$bad answers not 2xx (0 expected); $sold sold; \
-CPU per buy: nodes $(per_buy_us "$(awk -v t="$ticks" -v hz="$(getconf CLK_TCK)" 'BEGIN { print t / hz }')" "$settled") us, \
+    result "2 redis-mode nodes, settling$1" "$rate" "p99 $(latency redis_settling0 99) and \
+$(latency redis_settling1 99); $bad answers not 2xx (0 expected); $sold sold; CPU per buy: nodes $(per_buy_us "$(awk -v t="$ticks" -v hz="$(getconf CLK_TCK)" 'BEGIN { print t / hz }')" "$settled") us, \
 Redis $(per_buy_us "$redis_s" "$settled") us; Redis script time per buy $script_us us \
 ($(awk -v c="$calls" -v n="$settled" 'BEGIN { if (n > 0) printf "%.2f", c / n; else print "-" }') script calls per buy)"
     if [ -z "$1" ]; then

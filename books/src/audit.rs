@@ -121,6 +121,8 @@ pub async fn run(args: AuditArgs) -> Result<AuditReport, Error> {
         // The auditor only reads: a Redis that persists nothing can be audited.
         allow_volatile: true,
         books_backlog_per_stream_max: 0,
+        // The auditor sends no `reserve` call.
+        reserve_calls_in_flight: flashsale_redis::RESERVE_CALLS_IN_FLIGHT_DEFAULT,
         clock: None,
         replica_acks: None,
     })

@@ -97,6 +97,18 @@ pub struct ServeArgs {
     #[arg(long, env = "FLASHSALE_BOOKS_BACKLOG_MAX", default_value_t = 1_000_000)]
     pub books_backlog_max: u64,
 
+    /// Multi-node mode: this node's buy and hold calls to Redis in flight
+    /// at most, all shards and deals together (1 to 4096). Redis runs a
+    /// primary's calls one after another, so fewer calls in flight carry
+    /// more buys each and cost Redis and the node less per buy; a request
+    /// finding none free waits for one with what else arrives.
+    #[arg(
+        long,
+        env = "FLASHSALE_REDIS_RESERVE_CALLS_IN_FLIGHT",
+        default_value_t = flashsale_redis::RESERVE_CALLS_IN_FLIGHT_DEFAULT
+    )]
+    pub redis_reserve_calls_in_flight: usize,
+
     /// Multi-node mode: answer a change (buy, hold, payment, release,
     /// credit, deal creation or change) only once at least this many
     /// replicas of the Redis primary that ran it acknowledged it (WAIT, in
@@ -434,17 +446,15 @@ impl Config {
         config.body_bytes_max = args.body_bytes_max;
         config.body_read_timeout = Duration::from_millis(at_least_one(
             args.body_read_timeout_ms,
-            "--body-read-timeout-ms",
+            "body-read-timeout-ms",
         )?);
         config.body_rate_min_bytes_per_second = at_least_one(
             args.body_rate_min_bytes_per_second,
-            "--body-rate-min-bytes-per-second",
+            "body-rate-min-bytes-per-second",
         )?;
-        config.body_reads_max = at_least_one(args.body_reads_max, "--body-reads-max")?;
-        config.request_timeout = Duration::from_millis(at_least_one(
-            args.request_timeout_ms,
-            "--request-timeout-ms",
-        )?);
+        config.body_reads_max = at_least_one(args.body_reads_max, "body-reads-max")?;
+        config.request_timeout =
+            Duration::from_millis(at_least_one(args.request_timeout_ms, "request-timeout-ms")?);
         let revocation_wait = flashsale_redis::REVOCATION_PROPAGATION
             .saturating_add(flashsale_redis::REVOCATION_MARGIN);
         if config.redis.is_some() && config.request_timeout <= revocation_wait {
@@ -607,18 +617,28 @@ fn redis_settings(args: &ServeArgs) -> Result<Option<RedisSettings>, Error> {
         shards,
         response_timeout: Duration::from_millis(at_least_one(
             args.redis_response_timeout_ms,
-            "--redis-response-timeout-ms",
+            "redis-response-timeout-ms",
         )?),
         connect_timeout: Duration::from_millis(at_least_one(
             args.redis_connect_timeout_ms,
-            "--redis-connect-timeout-ms",
+            "redis-connect-timeout-ms",
         )?),
         allow_volatile: args.allow_volatile_redis,
         books_backlog_per_stream_max: match &args.database_url {
             Some(_) => {
-                at_least_one(args.books_backlog_max, "--books-backlog-max")?.div_ceil(shards as u64)
+                at_least_one(args.books_backlog_max, "books-backlog-max")?.div_ceil(shards as u64)
             }
             _ => 0,
+        },
+        reserve_calls_in_flight: match args.redis_reserve_calls_in_flight {
+            calls @ 1..=flashsale_redis::RESERVE_CALLS_IN_FLIGHT_MAX => calls,
+            _ => {
+                return Err(Error::Config(format!(
+                    "{} must be 1 to {}",
+                    setting("redis-reserve-calls-in-flight"),
+                    flashsale_redis::RESERVE_CALLS_IN_FLIGHT_MAX
+                )));
+            }
         },
         clock: None,
         replica_acks: match args.redis_replica_acks {
@@ -771,6 +791,7 @@ mod tests {
             redis_connect_timeout_ms: 1_000,
             allow_volatile_redis: false,
             books_backlog_max: 1_000_000,
+            redis_reserve_calls_in_flight: flashsale_redis::RESERVE_CALLS_IN_FLIGHT_DEFAULT,
             redis_replica_acks: 0,
             redis_replica_ack_timeout_ms: 1_000,
             max_connections: 10_000,
@@ -1114,6 +1135,22 @@ mod tests {
             message.starts_with("--in-flight-max (FLASHSALE_IN_FLIGHT_MAX)"),
             "{message}"
         );
+        for calls in [0, flashsale_redis::RESERVE_CALLS_IN_FLIGHT_MAX + 1] {
+            let Err(Error::Config(message)) = Config::from_args(ServeArgs {
+                redis: RedisArgs {
+                    redis_url: Some("redis://127.0.0.1:6379".into()),
+                    ..args().redis
+                },
+                redis_reserve_calls_in_flight: calls,
+                ..args()
+            }) else {
+                panic!("{calls} reserve calls in flight must be refused");
+            };
+            assert_eq!(
+                message,
+                "--redis-reserve-calls-in-flight (FLASHSALE_REDIS_RESERVE_CALLS_IN_FLIGHT) must be 1 to 4096"
+            );
+        }
         assert_eq!(environment_variable("nothing"), None);
     }
 

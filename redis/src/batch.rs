@@ -13,17 +13,24 @@
 //! shard's numbers read and written once: `redis/flashsale.lua`,
 //! `reserve`). Every request keeps its own idempotency record, wallet and
 //! outcome; the step decides them in order as it would separate calls.
-//! One lane has at most one call in flight; lanes are independent, so
-//! every shard of a deal still has its own call in flight at once.
+//! One lane has at most one call in flight, and a node at most
+//! `--redis-reserve-calls-in-flight` calls of all its lanes: a lane whose
+//! request finds none free gathers what arrives until one frees and sends
+//! it all in one call. Redis runs a primary's calls one after another, so
+//! more calls in flight only wait there, one request a call; fewer carry
+//! more each and cost Redis and the node less per buy. A call holds its
+//! place for [`RESERVE_CALL_PLACE_HOLD_MAX`] at most, so a frozen primary
+//! keeps no other lane waiting longer than that.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use flashsale_engine::{DealId, ShopperId};
 use parking_lot::Mutex;
 use redis::Value;
-use tokio::sync::oneshot;
+use tokio::sync::{Semaphore, SemaphorePermit, oneshot};
 
 use crate::RedisStore;
 use crate::cache::DealEntry;
@@ -41,6 +48,21 @@ pub const RESERVE_BATCH_MAX: usize = 64;
 /// gathers while its call is in flight under the gateway's own bound on
 /// requests in progress.
 pub const REQUESTS_WAITING_MAX: usize = 4_096;
+/// `--redis-reserve-calls-in-flight` by default: on the two-node
+/// comparison (`scripts/compare.sh`) four made calls of about eight buys,
+/// where one call per lane made calls of two or three
+/// (docs/performance.md, "Fewer calls in flight").
+pub const RESERVE_CALLS_IN_FLIGHT_DEFAULT: usize = 4;
+/// `--redis-reserve-calls-in-flight` at most: far past where fuller calls
+/// stop paying (one primary runs one call at a time).
+pub const RESERVE_CALLS_IN_FLIGHT_MAX: usize = 4_096;
+/// How long a call holds its place among the node's calls in flight at
+/// most: past it the place goes to the next lane while the call goes on
+/// waiting for its answer (bounded by the response timeout). A call of
+/// [`RESERVE_BATCH_MAX`] requests answers well within it; a frozen or
+/// lost primary's calls give their places up after it, so the other
+/// primaries' lanes keep going.
+pub const RESERVE_CALL_PLACE_HOLD_MAX: Duration = Duration::from_millis(2);
 
 /// The `reserve` calls a node sent and the requests they held, since it
 /// connected: `requests / calls` is the mean batch.
@@ -85,27 +107,39 @@ fn lane_key(entry: &Arc<DealEntry>) -> LaneKey {
     (entry.id, Arc::as_ptr(entry) as usize)
 }
 
-/// Every lane of the node: per shard, by deal; and its counts.
+/// Every lane of the node: per shard, by deal; the places of its calls in
+/// flight; and its counts.
 pub(crate) struct Lanes {
     shards: Vec<Mutex<HashMap<LaneKey, Lane>>>,
+    /// One permit per call in flight (`--redis-reserve-calls-in-flight`);
+    /// handed out in the order asked (tokio's semaphore is fair).
+    places: Semaphore,
     calls: AtomicU64,
     requests: AtomicU64,
 }
 
 impl Lanes {
-    pub(crate) fn new(shards: usize) -> Lanes {
+    /// Lanes for `shards` shards with `calls_in_flight` places (at least
+    /// one, at most [`RESERVE_CALLS_IN_FLIGHT_MAX`]: the settings check).
+    pub(crate) fn new(shards: usize, calls_in_flight: usize) -> Lanes {
         Lanes {
             shards: (0..shards).map(|_| Mutex::new(HashMap::new())).collect(),
+            places: Semaphore::new(calls_in_flight.clamp(1, RESERVE_CALLS_IN_FLIGHT_MAX)),
             calls: AtomicU64::new(0),
             requests: AtomicU64::new(0),
         }
     }
 }
 
-/// How a request joined its lane: behind a call in flight, or first.
-enum Joined {
-    Waiting(oneshot::Receiver<Result<Reply, Error>>),
-    First(Request),
+/// How a request joined its lane: behind a call in flight (or, first in
+/// an idle lane, behind the node's calls in flight: `queued`, its lane's
+/// task to start), or first with a place free.
+enum Joined<'a> {
+    Waiting {
+        outcome: oneshot::Receiver<Result<Reply, Error>>,
+        queued: bool,
+    },
+    First(Request, SemaphorePermit<'a>),
 }
 
 /// Ends an idle lane's first call: drops the lane when nothing waits, or
@@ -176,46 +210,74 @@ impl RedisStore {
                 Some(lane) => {
                     let (answer, outcome) = oneshot::channel();
                     lane.waiting.push_back(Waiting { request, answer });
-                    Joined::Waiting(outcome)
+                    Joined::Waiting {
+                        outcome,
+                        queued: false,
+                    }
                 }
-                None => {
-                    lanes.insert(
-                        lane_key(entry),
-                        Lane {
-                            waiting: VecDeque::new(),
-                        },
-                    );
-                    Joined::First(request)
-                }
+                None => match self.inner.lanes.places.try_acquire() {
+                    Ok(place) => {
+                        lanes.insert(
+                            lane_key(entry),
+                            Lane {
+                                waiting: VecDeque::new(),
+                            },
+                        );
+                        Joined::First(request, place)
+                    }
+                    // No place free: the request waits in its lane, whose
+                    // task sends it with what arrives meanwhile.
+                    Err(_) => {
+                        let (answer, outcome) = oneshot::channel();
+                        lanes.insert(
+                            lane_key(entry),
+                            Lane {
+                                waiting: VecDeque::from([Waiting { request, answer }]),
+                            },
+                        );
+                        Joined::Waiting {
+                            outcome,
+                            queued: true,
+                        }
+                    }
+                },
             }
         };
-        let request = match joined {
-            Joined::Waiting(outcome) => return outcome.await.unwrap_or(Err(Error::Abandoned)),
-            Joined::First(request) => request,
+        let (request, place) = match joined {
+            Joined::Waiting { outcome, queued } => {
+                if queued {
+                    tokio::spawn(self.clone().drain(entry.clone(), shard));
+                }
+                return outcome.await.unwrap_or(Err(Error::Abandoned));
+            }
+            Joined::First(request, place) => (request, place),
         };
-        // The lane was idle: this request's call goes alone, from its own
-        // task. The guard hands what arrives meanwhile to a task of the
-        // lane's own when the call answers, or when the caller stops
-        // waiting (its client hung up) and drops this future.
+        // The lane was idle and a place free: this request's call goes
+        // alone, from its own task. The guard hands what arrives meanwhile
+        // to a task of the lane's own when the call answers, or when the
+        // caller stops waiting (its client hung up) and drops this future.
         let _handoff = Handoff {
             store: self,
             entry,
             shard,
         };
-        self.reserve_call(entry, shard, std::slice::from_ref(&request))
+        self.reserve_call(entry, shard, std::slice::from_ref(&request), Some(place))
             .await
             .pop()
             .unwrap_or_else(|| Err(garbled("no outcome for a request")))
     }
 
     /// Sends the lane's waiting requests, [`RESERVE_BATCH_MAX`] a call,
-    /// one call at a time, until none waits; then the lane ends. Its own
-    /// task: the calls go on whether or not their callers still wait.
+    /// one call at a time, each once a place among the node's calls in
+    /// flight is free, until none waits; then the lane ends. Its own task:
+    /// the calls go on whether or not their callers still wait.
     async fn drain(self, entry: Arc<DealEntry>, shard: usize) {
         let Some(lanes) = self.inner.lanes.shards.get(shard) else {
             return;
         };
         loop {
+            // Never closed; a closed semaphore would only mean no bound.
+            let place = self.inner.lanes.places.acquire().await.ok();
             let batch: Vec<Waiting> = {
                 let mut lanes = lanes.lock();
                 let Some(lane) = lanes.get_mut(&lane_key(&entry)) else {
@@ -232,7 +294,7 @@ impl RedisStore {
                 .into_iter()
                 .map(|waiting| (waiting.request, waiting.answer))
                 .unzip();
-            let outcomes = self.reserve_call(&entry, shard, &requests).await;
+            let outcomes = self.reserve_call(&entry, shard, &requests, place).await;
             for (answer, outcome) in answers.into_iter().zip(outcomes) {
                 // A caller gone (its client hung up) needs no answer.
                 let _ = answer.send(outcome);
@@ -241,12 +303,15 @@ impl RedisStore {
     }
 
     /// One `reserve` call for `requests` (at least one): an outcome per
-    /// request, in order.
+    /// request, in order. `place`: the call's place among the node's calls
+    /// in flight, given up when it answers or after
+    /// [`RESERVE_CALL_PLACE_HOLD_MAX`], whichever comes first.
     async fn reserve_call(
         &self,
         entry: &DealEntry,
         shard: usize,
         requests: &[Request],
+        place: Option<SemaphorePermit<'_>>,
     ) -> Vec<Result<Reply, Error>> {
         let keys = self.keys();
         let mut call = steps::Reserve {
@@ -288,7 +353,18 @@ impl RedisStore {
             .requests
             .fetch_add(requests.len() as u64, Ordering::Relaxed);
         let every = |error: Error| requests.iter().map(|_| Err(error.clone())).collect();
-        let values = match self.send(&call).await {
+        let sent = {
+            let send = self.send(&call);
+            tokio::pin!(send);
+            tokio::select! {
+                sent = &mut send => sent,
+                () = tokio::time::sleep(RESERVE_CALL_PLACE_HOLD_MAX) => {
+                    drop(place);
+                    send.await
+                }
+            }
+        };
+        let values = match sent {
             Ok(values) => values,
             Err(error) => return every(error),
         };

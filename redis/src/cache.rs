@@ -36,6 +36,18 @@ pub(crate) struct DealEntry {
     pub(crate) records: RwLock<HashSet<ShopperId>>,
     /// One refill or sweep of this deal at a time on this node.
     pub(crate) refill: tokio::sync::Mutex<()>,
+    /// The refills this node made of each shard's bucket of the deal (at
+    /// most one entry per shard), so that the requests of one call that
+    /// all found the bucket short move one chunk, not one each
+    /// ([`RedisStore::refill`]).
+    pub(crate) refills: Mutex<HashMap<usize, u64>>,
+}
+
+impl DealEntry {
+    /// The refills this node made of `shard`'s bucket so far.
+    pub(crate) fn refills_of(&self, shard: usize) -> u64 {
+        self.refills.lock().get(&shard).copied().unwrap_or(0)
+    }
 }
 
 #[derive(Clone, Copy, Default)]

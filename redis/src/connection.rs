@@ -108,7 +108,7 @@ impl RedisStore {
                 },
                 clock_to_steps: settings.clock.is_some(),
                 deals: RwLock::new(HashMap::new()),
-                lanes: crate::batch::Lanes::new(settings.shards),
+                lanes: crate::batch::Lanes::new(settings.shards, settings.reserve_calls_in_flight),
                 merchants: RwLock::new(HashMap::new()),
                 newest: RwLock::new(Vec::new()),
                 node_token: node_token()?,

@@ -147,7 +147,10 @@ use crate::connection::Connection;
 use crate::keys::Keys;
 
 pub use crate::audit::{AUDIT_ACCOUNTS_PER_SHARD_MAX, DealSnapshot, RedisSnapshot, ShardSnapshot};
-pub use crate::batch::{REQUESTS_WAITING_MAX, RESERVE_BATCH_MAX, ReserveCalls};
+pub use crate::batch::{
+    REQUESTS_WAITING_MAX, RESERVE_BATCH_MAX, RESERVE_CALL_PLACE_HOLD_MAX,
+    RESERVE_CALLS_IN_FLIGHT_DEFAULT, RESERVE_CALLS_IN_FLIGHT_MAX, ReserveCalls,
+};
 pub use crate::books::{BOOKS_DEALS_MAX, BooksBacklog, BooksEntry, entry_millis};
 pub use crate::durability::{Durability, DurabilityMode};
 pub use crate::error::Error;

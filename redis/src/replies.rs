@@ -249,6 +249,7 @@ pub(crate) fn entry_of(id: DealId, fields: &HashMap<String, String>) -> Result<D
         sold_out: AtomicBool::new(false),
         records: RwLock::new(HashSet::new()),
         refill: tokio::sync::Mutex::new(()),
+        refills: Mutex::new(HashMap::new()),
     })
 }
 

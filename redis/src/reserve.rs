@@ -40,7 +40,11 @@ impl RedisStore {
             key: key.to_owned(),
             epoch,
         };
+        // A request that found its bucket short and retried on another
+        // request's refill refills itself if short again.
+        let mut on_others = true;
         for _ in 0..STEP_ATTEMPTS_MAX {
+            let refills = entry.refills_of(shard);
             match self.reserve_step(&entry, shard, request.clone()).await? {
                 Reply::Done(values) => {
                     let replayed = values.get(3).and_then(text).as_deref() == Some("1");
@@ -50,7 +54,9 @@ impl RedisStore {
                 Reply::Terms => self.install_terms(&entry, [shard]).await?,
                 Reply::Backlog => return Err(Error::BooksBacklog),
                 Reply::Refill { need, total } => {
-                    if !self.refill(&entry, shard, need, total).await? {
+                    let since = on_others.then_some(refills);
+                    on_others = false;
+                    if !self.refill(&entry, shard, need, total, since).await? {
                         return Err(Error::Engine(EngineError::SoldOut));
                     }
                 }
@@ -177,7 +183,7 @@ impl RedisStore {
                 Reply::Terms => self.install_terms(&entry, [shard]).await?,
                 Reply::Backlog => return Err(Error::BooksBacklog),
                 Reply::Refill { need, total } => {
-                    if !self.refill(&entry, shard, need, total).await? {
+                    if !self.refill(&entry, shard, need, total, None).await? {
                         return Err(Error::Engine(EngineError::HoldExpired { hold: id }));
                     }
                 }

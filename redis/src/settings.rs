@@ -29,6 +29,11 @@ pub struct RedisSettings {
     /// payment answers `503 unavailable` (`--books-backlog-max` over the
     /// shards); 0: no bound (no node writes Postgres).
     pub books_backlog_per_stream_max: u64,
+    /// `--redis-reserve-calls-in-flight`: the node's `reserve` calls in
+    /// flight at most, all lanes together (1 to
+    /// [`crate::RESERVE_CALLS_IN_FLIGHT_MAX`]; `redis/src/batch.rs`):
+    /// fewer make fuller calls.
+    pub reserve_calls_in_flight: usize,
     /// Tests only: a clock of the test's own that this node reads and
     /// hands to every step as its time, in place of Redis' `TIME`, so a
     /// test can move time (hold expiry, a deal's start and end). `None` in

@@ -20,29 +20,42 @@ impl RedisStore {
     /// first sweeps every bucket, this one included, back into the pool and
     /// then moves all `total`. `false`: the deal has fewer than `total`
     /// units left anywhere (then marked sold out if it has none).
+    ///
+    /// `since`: this node's refills of the shard ([`DealEntry::refills_of`])
+    /// when the call that answered `REFILL` was sent. When the node has
+    /// refilled the shard since (another request of the same call, or of
+    /// one after it, found it short too), nothing moves and the caller
+    /// retries on what that refill brought: a call whose requests all
+    /// found the bucket short moves one chunk, not one per request.
     pub(crate) async fn refill(
         &self,
         entry: &DealEntry,
         shard: usize,
         need: u32,
         total: u32,
+        since: Option<u64>,
     ) -> Result<bool, Error> {
         let _one_at_a_time = entry.refill.lock().await;
-        if self.transfer(entry.id, shard, need).await? {
+        if since.is_some_and(|since| entry.refills_of(shard) != since) {
             return Ok(true);
         }
-        self.sweep(entry.id).await?;
-        if self.transfer(entry.id, shard, total).await? {
-            return Ok(true);
-        }
-        // Units of a transfer whose node died or never heard its reply are
-        // on their way to a bucket: bring them in and sweep them back
-        // before judging the deal sold out.
-        if self.finish_transfers(entry.id, 0).await? > 0 {
-            self.sweep(entry.id).await?;
-            if self.transfer(entry.id, shard, total).await? {
-                return Ok(true);
+        let moved = self.transfer(entry.id, shard, need).await?
+            || {
+                self.sweep(entry.id).await?;
+                self.transfer(entry.id, shard, total).await?
             }
+            || {
+                // Units of a transfer whose node died or never heard its reply
+                // are on their way to a bucket: bring them in and sweep them
+                // back before judging the deal sold out.
+                self.finish_transfers(entry.id, 0).await? > 0 && {
+                    self.sweep(entry.id).await?;
+                    self.transfer(entry.id, shard, total).await?
+                }
+            };
+        if moved {
+            *entry.refills.lock().entry(shard).or_insert(0) += 1;
+            return Ok(true);
         }
         let call = steps::SoldOut {
             deal: self.keys().deal(entry.id),

@@ -21,7 +21,9 @@
 //! The one-at-a-time side is itself held to the engine by the model test
 //! (`model.rs`). Cases: `FLASHSALE_BATCH_CASES` (default 200). A second
 //! test fills one lane past its bound on requests waiting; a third drops a
-//! lane's first request mid-call.
+//! lane's first request mid-call; a fourth counts the calls of a burst
+//! over four lanes with four places for calls in flight and with one; a
+//! fifth has a call of buys that all find the bucket empty refill it once.
 
 mod support;
 
@@ -218,10 +220,7 @@ fn a_batched_call_answers_as_calls_one_at_a_time_on_a_cluster() {
 /// The property on `target`, whose keys live on the servers of `urls`.
 fn batched_against_one_at_a_time(target: RedisTarget, urls: &[String]) {
     // One thread: a burst's requests all join their lane before its first call answers.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a runtime");
+    let runtime = current_thread();
     let cases = std::env::var("FLASHSALE_BATCH_CASES")
         .ok()
         .and_then(|cases| cases.trim().parse().ok())
@@ -315,10 +314,7 @@ impl Fresh {
     fn new(what: &str, case: &Case) -> Option<Fresh> {
         let url = flashsale_testkit::redis_url()?;
         let namespace = support::namespace(what);
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("a runtime");
+        let runtime = current_thread();
         let (node, deal, shoppers) = runtime.block_on(async {
             let clock = Arc::new(ManualClock::new(NOON));
             let node = Node::connect(&RedisTarget::Single(url.clone()), &namespace, &clock).await;
@@ -427,4 +423,149 @@ fn a_first_request_dropped_mid_call_leaves_its_lane_answering() {
         };
         assert!(answer.is_ok(), "{answer:?}");
     });
+}
+
+/// A node sends at most `--redis-reserve-calls-in-flight` calls at once: a
+/// lane whose first request finds no place free waits, gathering what
+/// arrives, and sends it all in one call. A burst of three buys on each of
+/// four shards, every request joining its lane before a call answers:
+/// with four places each lane's first buy goes alone and its other two
+/// after it (8 calls); with one place only the first lane's first buy goes
+/// alone and every lane then sends what it gathered in one call (5).
+#[test]
+fn fewer_calls_in_flight_carry_more_buys_each() {
+    let Some(url) = flashsale_testkit::redis_url() else {
+        return;
+    };
+    for (places, calls) in [(4, 8), (1, 5)] {
+        let namespace = support::namespace("places");
+        let runtime = current_thread();
+        runtime.block_on(async {
+            let clock = Arc::new(ManualClock::new(NOON));
+            let store = support::connect_with_calls(
+                RedisTarget::Single(url.clone()),
+                &namespace,
+                Some(StepClock(clock.clone() as Arc<dyn Clock>)),
+                places,
+            )
+            .await;
+            let (deal, shoppers) = one_per_shopper(&store, "places").await;
+            // Per shard: one shopper's buy fills its bucket, three buy in the burst.
+            let mut burst = Vec::new();
+            for shard in 0..SHARDS {
+                let on_shard: Vec<ShopperId> = shoppers
+                    .iter()
+                    .copied()
+                    .filter(|shopper| shard_of(*shopper, SHARDS) == shard)
+                    .collect();
+                assert!(on_shard.len() >= 4, "four shoppers on shard {shard}");
+                store
+                    .buy(on_shard[0], deal, 1, "fill", store.epoch())
+                    .await
+                    .expect("the first buy refills the bucket");
+                burst.extend_from_slice(&on_shard[1..4]);
+            }
+            let before = store.reserve_calls();
+            let answers = futures_util::future::join_all(
+                burst
+                    .iter()
+                    .map(|shopper| store.buy(*shopper, deal, 1, "burst", store.epoch())),
+            )
+            .await;
+            let after = store.reserve_calls();
+            assert!(
+                answers.iter().all(Result::is_ok),
+                "every buy settles: {answers:?}"
+            );
+            assert_eq!(after.requests - before.requests, burst.len() as u64);
+            assert_eq!(
+                after.calls - before.calls,
+                calls,
+                "{places} places in flight"
+            );
+        });
+        support::delete_namespace(std::slice::from_ref(&url), &namespace);
+    }
+}
+
+/// The buys of one call that all find their shard's bucket empty move one
+/// chunk from the pool between them, not one each: a request whose shard
+/// the node refilled after its call was sent retries on that chunk. Four
+/// shoppers of one shard buy at once on a deal whose bucket has never
+/// been filled: the first goes alone and refills, the other three find
+/// the bucket still empty in the call behind it; one transfer in all
+/// (the deal's `transfers` count), every buy settled.
+#[test]
+fn the_buys_of_one_call_that_find_the_bucket_empty_refill_it_once() {
+    let Some(url) = flashsale_testkit::redis_url() else {
+        return;
+    };
+    let namespace = support::namespace("refill");
+    let runtime = current_thread();
+    runtime.block_on(async {
+        let clock = Arc::new(ManualClock::new(NOON));
+        let node = Node::connect(&RedisTarget::Single(url.clone()), &namespace, &clock).await;
+        let store = &node.store;
+        let (deal, shoppers) = one_per_shopper(store, "refill").await;
+        let shoppers: Vec<ShopperId> = shoppers
+            .into_iter()
+            .filter(|shopper| shard_of(*shopper, SHARDS) == 0)
+            .take(4)
+            .collect();
+        assert_eq!(shoppers.len(), 4, "four shoppers on shard 0");
+        let answers = futures_util::future::join_all(
+            shoppers
+                .iter()
+                .map(|shopper| store.buy(*shopper, deal, 1, "once", store.epoch())),
+        )
+        .await;
+        assert!(
+            answers.iter().all(Result::is_ok),
+            "every buy settles: {answers:?}"
+        );
+        let client = redis::Client::open(url.as_str()).expect("a Redis URL");
+        let mut connection = client.get_connection().expect("Redis answers");
+        let transfers: u64 = redis::cmd("HGET")
+            .arg(format!("{namespace}:{{d:{}}}", deal.0))
+            .arg("transfers")
+            .query(&mut connection)
+            .expect("the deal's transfer count");
+        assert_eq!(transfers, 1, "one chunk for the four buys");
+    });
+    support::delete_namespace(std::slice::from_ref(&url), &namespace);
+}
+
+/// A deal of 1,000 units at 1.00, one per shopper, titled `title`, and
+/// [`SHOPPERS`] shoppers with 10.00 each, made on `store`.
+async fn one_per_shopper(
+    store: &RedisStore,
+    title: &str,
+) -> (flashsale_engine::DealId, Vec<ShopperId>) {
+    let merchant = store.create_merchant(title).await.expect("a merchant");
+    let deal = store
+        .create_deal(
+            merchant.id,
+            NewDeal {
+                stock: 1_000,
+                per_user_limit: Some(1),
+                ..support::open_deal(title, NOON)
+            },
+        )
+        .await
+        .expect("a deal")
+        .id;
+    let shoppers = store
+        .create_shoppers(SHOPPERS, Money::from_fen(1_000).expect("a credit"))
+        .await
+        .expect("shoppers");
+    (deal, shoppers)
+}
+
+/// A runtime of one thread: requests made at once all join their lanes
+/// before any call answers.
+fn current_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime")
 }

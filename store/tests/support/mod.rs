@@ -4,13 +4,24 @@
 use std::time::Duration;
 
 use flashsale_engine::{Allocation, Money, NewDeal, Timestamp};
-use flashsale_redis::{RedisSettings, RedisTarget, StepClock};
+use flashsale_redis::{RESERVE_CALLS_IN_FLIGHT_DEFAULT, RedisSettings, RedisTarget, StepClock};
 use flashsale_store::RedisStore;
 
 /// A `RedisStore` of 4 shards on `namespace` of `target`, taking a Redis
 /// that persists nothing (the test servers'); `clock`, when given, is the
 /// time of every step. Panics when Redis does not answer: it is configured.
 pub async fn connect(target: RedisTarget, namespace: &str, clock: Option<StepClock>) -> RedisStore {
+    connect_with_calls(target, namespace, clock, RESERVE_CALLS_IN_FLIGHT_DEFAULT).await
+}
+
+/// [`connect`], with `calls_in_flight` places for the node's `reserve`
+/// calls (`--redis-reserve-calls-in-flight`).
+pub async fn connect_with_calls(
+    target: RedisTarget,
+    namespace: &str,
+    clock: Option<StepClock>,
+    calls_in_flight: usize,
+) -> RedisStore {
     let settings = RedisSettings {
         target,
         namespace: namespace.to_owned(),
@@ -19,6 +30,7 @@ pub async fn connect(target: RedisTarget, namespace: &str, clock: Option<StepClo
         connect_timeout: Duration::from_secs(5),
         allow_volatile: true,
         books_backlog_per_stream_max: 0,
+        reserve_calls_in_flight: calls_in_flight,
         clock,
         replica_acks: None,
     };
