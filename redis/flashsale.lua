@@ -310,14 +310,16 @@ local function decide_reserve(view)
   return nil, debit
 end
 
--- Appends to `reply` one request's outcome (a reply of its own, as flat
--- words: the tag, then its fields, `RESERVE_OUTCOME_WORDS` of them in all).
+-- Puts one request's outcome (a reply of its own, as flat words: the
+-- tag, then its fields, `RESERVE_OUTCOME_WORDS` of them in all) into
+-- `reply` after its first `at` words; returns the words it then holds.
 local RESERVE_OUTCOME_WORDS = {OK = 4, ERR = 3, REFILL = 3, EPOCH = 1, BACKLOG = 1}
-local function append_outcome(reply, outcome)
-  local at = #reply
-  for index = 1, RESERVE_OUTCOME_WORDS[outcome[1]] do
+local function put_outcome(reply, at, outcome)
+  local count = RESERVE_OUTCOME_WORDS[outcome[1]]
+  for index = 1, count do
     reply[at + index] = outcome[index] or ''
   end
+  return at + count
 end
 
 -- The stock hash's fields of a deal, by the deal's id as text, made once
@@ -339,6 +341,13 @@ local reserve_view = {
   kind = nil, quantity = nil, record = nil, bucket = nil, backlog = nil, shopper = nil,
   shopper_of = {available = 0, bought = 0, held = 0, registered = false},
 }
+
+-- The tables every `reserve` call fills from their start and reads only
+-- as far as it filled them, reused so that no call grows tables of its
+-- own: its reply (ended by a nil word: Redis reads a returned table up
+-- to its first nil), the orders it wrote (id, JSON, id, JSON, ...), their
+-- ids, and the shoppers it recorded.
+local reserve_reply, reserve_orders, reserve_order_ids, reserve_recorded = {}, {}, {}, {}
 
 -- Keys and arguments of `reserve` before its requests, and per request.
 local RESERVE_KEYS, RESERVE_ARGS, REQUEST_KEYS, REQUEST_ARGS = 8, 5, 1, 5
@@ -414,8 +423,10 @@ local function reserve(keys, args)
   window.ends, window.paused = terms.ends, terms.paused
   view.requires_registration, view.per_user_limit = registration, terms.limit
   view.price = terms.price
-  local reply = {'OK'}
-  local order_fields, order_ids, recorded, written = {}, {}, {}, nil
+  local reply, order_fields, order_ids, recorded = reserve_reply, reserve_orders,
+    reserve_order_ids, reserve_recorded
+  reply[1] = 'OK'
+  local words, orders_written, recorded_count = 1, 0, 0
   for first = RESERVE_KEYS + 1, #keys, REQUEST_KEYS do
     local account = keys[first]
     local at = RESERVE_ARGS + 1 + (first - RESERVE_KEYS - 1) / REQUEST_KEYS * REQUEST_ARGS
@@ -435,17 +446,22 @@ local function reserve(keys, args)
     if wallet[6] then record, outcome = record_view(wallet[6], deal, kind, quantity) end
     local refused, debit
     if of_other_epoch(wallet[5], args[at + 3]) then
-      reply[#reply + 1] = 'EPOCH'
+      words = words + 1
+      reply[words] = 'EPOCH'
     elseif record == 'same_request' then
       -- The replayed record: an order written earlier in this call is
-      -- still in `written` (the orders hash is written at the call's end).
+      -- still among this call's orders (the orders hash is written at the
+      -- call's end).
       local body
       if kind == 'order' then
-        body = written and written[outcome] or call('HGET', orders, outcome)
+        for index = 1, orders_written, 2 do
+          if order_fields[index] == outcome then body = order_fields[index + 1] end
+        end
+        body = body or call('HGET', orders, outcome)
       else
         body = call('HGET', keys[3], outcome)
       end
-      append_outcome(reply, {'OK', kind, body, '1'})
+      words = put_outcome(reply, words, {'OK', kind, body, '1'})
     else
       if kind == 'order' and bound > 0 and not length then length = call('XLEN', stream) end
       view.kind, view.quantity, view.record = kind, quantity, record
@@ -464,7 +480,7 @@ local function reserve(keys, args)
         refused = {'REFILL', quantity - bucket, quantity}
       end
       if refused then
-        append_outcome(reply, refused)
+        words = put_outcome(reply, words, refused)
       else
         -- Apply: from here on nothing can fail.
         local id_text, body
@@ -485,13 +501,11 @@ local function reserve(keys, args)
           -- One unit's amount is the price, already text.
           body = encode_order(id_text, deal, shopper, quantity_text, price_text,
             quantity == 1 and price_text or int(debit), false, now_text, nil)
-          written = written or {}
-          written[id_text] = body
-          order_fields[#order_fields + 1] = id_text
-          order_fields[#order_fields + 1] = body
-          order_ids[#order_ids + 1] = id_text
+          order_fields[orders_written + 1], order_fields[orders_written + 2] = id_text, body
+          orders_written = orders_written + 2
+          order_ids[orders_written / 2] = id_text
           -- engine: the OrderSettled event, for the books.
-          books(stream, 'o', body)
+          call('XADD', stream, '*', 'o', body)
           if length then length = length + 1 end
         else
           -- engine: `commit_hold` / `reserve_for`; `hold_expiry`.
@@ -508,14 +522,16 @@ local function reserve(keys, args)
           call('HSET', keys[3], id_text, body)
           call('ZADD', keys[4], int(expires_at), id_text)
         end
-        recorded[#recorded + 1] = shopper
-        local last = #reply
-        reply[last + 1], reply[last + 2], reply[last + 3], reply[last + 4] = 'OK', kind, body, '0'
+        recorded_count = recorded_count + 1
+        recorded[recorded_count] = shopper
+        reply[words + 1], reply[words + 2], reply[words + 3], reply[words + 4] = 'OK', kind, body, '0'
+        words = words + 4
       end
     end
   end
+  reply[words + 1] = nil
   -- Write once what the requests changed of the shard.
-  if #recorded > 0 then
+  if recorded_count > 0 then
     if holding then
       call('HSET', stock, b, int(bucket), f.s, int(sold), f.n, int(buyers),
         'order', int(sequence), h, int(held))
@@ -523,11 +539,11 @@ local function reserve(keys, args)
       call('HSET', stock, b, int(bucket), f.s, int(sold), f.n, int(buyers),
         'order', int(sequence))
     end
-    call('SADD', keys[7], unpack(recorded))
+    call('SADD', keys[7], unpack(recorded, 1, recorded_count))
   end
-  if #order_ids > 0 then
-    call('HSET', orders, unpack(order_fields))
-    call('RPUSH', keys[6], unpack(order_ids))
+  if orders_written > 0 then
+    call('HSET', orders, unpack(order_fields, 1, orders_written))
+    call('RPUSH', keys[6], unpack(order_ids, 1, orders_written / 2))
   end
   return reply
 end
