@@ -54,6 +54,8 @@
 #   COMPARE_REDIS_SHARDS case 6's --redis-shards: fewer shards, fuller
 #                        batches (default 64, the node's default)
 #   COMPARE_REDIS_PORT   Redis port on 127.0.0.1               (default 6379)
+#   COMPARE_REDIS_SHOPPERS  shoppers of cases 6 and 8, each buy by one of
+#                        them (a multiple of 10,000; default 100000)
 #   COMPARE_FSYNC_MODES  1: case 6 again with appendfsync always, then
 #                        everysec (CONFIG SET, restored after)  (default 0)
 #   COMPARE_CASES        all: every case; redis: only cases 6-9 (multi-node
@@ -84,6 +86,9 @@ esac
 PG_PORT=${PGPORT:-5432}
 # Shoppers for the buy cases (one bulk call creates at most 10,000).
 SHOPPERS=10000
+# Shoppers of the multi-node cases, so that each buys a few times in a
+# run, as in a flash sale (an account keeps two fields an order).
+REDIS_SHOPPERS=${COMPARE_REDIS_SHOPPERS:-100000}
 # Upper bound on buys per second, used to size the settling deal so that no
 # shopper reaches the per-user limit and stock never runs out.
 BUYS_PER_SECOND_MAX=200000
@@ -385,19 +390,22 @@ else
   FS_URL=${REDIS_URLS[0]}
   say "setting up deals on the redis-mode nodes ${REDIS_URLS[*]}"
   now=$(date +%s)
-  per_user_limit=$(((BUYS_PER_SECOND_MAX * DURATION + SHOPPERS - 1) / SHOPPERS))
+  per_user_limit=$(((BUYS_PER_SECOND_MAX * DURATION + REDIS_SHOPPERS - 1) / REDIS_SHOPPERS))
   [ "$per_user_limit" -le 1000 ] || per_user_limit=1000
   merchant=$(api POST /v1/merchants "$FS_TOKEN" '{"name":"compare"}' | jq -r .token)
-  api POST /v1/admin/shoppers "$FS_TOKEN" \
-    "{\"count\":$SHOPPERS,\"credit\":\"$per_user_limit.00\"}" |
-    jq -r '.shoppers[].token' >"$WORK/redis-tokens"
+  : >"$WORK/redis-tokens"
+  for _ in $(seq 1 $(((REDIS_SHOPPERS + SHOPPERS - 1) / SHOPPERS))); do
+    api POST /v1/admin/shoppers "$FS_TOKEN" \
+      "{\"count\":$SHOPPERS,\"credit\":\"$per_user_limit.00\"}" |
+      jq -r '.shoppers[].token' >>"$WORK/redis-tokens"
+  done
   redis_deal() { # redis_deal STOCK LIMIT
     api POST /v1/deals "$merchant" "{\"title\":\"compare\",\"price\":\"1.00\",\"stock\":$1,\
 \"per_user_limit\":$2,\"starts_at\":\"$(rfc3339 $((now - 60)))\",\
 \"ends_at\":\"$(rfc3339 $((now + 3600)))\"}" | jq -r .id
   }
   sold_out=$(redis_deal 1 1)
-  settling=$(redis_deal $((per_user_limit * SHOPPERS)) "$per_user_limit")
+  settling=$(redis_deal $((per_user_limit * REDIS_SHOPPERS)) "$per_user_limit")
   for line in 1 2; do # the second finds nothing and marks the deal sold out
     curl -sS --max-time 10 -o /dev/null -X POST \
       -H "Authorization: Bearer $(sed -n "${line}p" "$WORK/redis-tokens")" \
@@ -472,18 +480,23 @@ if [ "$REDIS_UP" -eq 1 ] && command -v redis-benchmark >/dev/null 2>&1; then
   # gateway's Keys), with the terms, wallet and bucket set up so every call
   # settles; __rand_int__ makes each buy's idempotency key new.
   cli() { redis-cli -h 127.0.0.1 -p "$REDIS_PORT" "$@" >/dev/null; }
-  P="$NS-bench:{s:0}"
   # The library and the call come from the binary's own step definitions
   # (redis/src/steps.rs), so they cannot drift from what a node sends.
   "$BIN" redis-steps library | redis-cli -h 127.0.0.1 -p "$REDIS_PORT" -x FUNCTION LOAD REPLACE >/dev/null
   for per_call in 1 8; do
-    cli DEL "$P:stock" "$P:acct:1" "$P:orders" "$P:do:1" "$P:rec:1" "$P:books"
-    cli HSET "$P:acct:1" name bench credited 1000000000000000 available 1000000000000000 held 0 spent 0
+    # Each buy by a shopper drawn among REDIS_SHOPPERS accounts (the
+    # names redis-benchmark's __rand_int__ makes: 12 digits), as the
+    # nodes' buys are.
+    P="$NS-bench$per_call:{s:0}"
+    cli EVAL "for i = 0, tonumber(ARGV[1]) - 1 do
+      redis.call('HSET', KEYS[1] .. string.format('%012d', i), 'name', 'bench',
+        'credited', ARGV[2], 'available', ARGV[2], 'held', 0, 'spent', 0)
+    end" 1 "$P:acct:" "$REDIS_SHOPPERS" 1000000000000000
     cli HSET "$P:stock" b:1 1000000000000 v:1 1
     name="redis FCALL buy step, $per_call a call"
     [ "$per_call" -eq 1 ] && name="redis FCALL multi-node buy step"
-    mapfile -t call < <("$BIN" redis-steps reserve-call --namespace "$NS-bench" --requests "$per_call" 2>/dev/null ||
-      { [ "$per_call" -eq 1 ] && "$BIN" redis-steps reserve-call --namespace "$NS-bench"; })
+    mapfile -t call < <("$BIN" redis-steps reserve-call --namespace "$NS-bench$per_call" \
+      --shopper __rand_int__ --requests "$per_call" 2>/dev/null)
     if [ "${#call[@]}" -eq 0 ]; then
       result "$name" "" "this binary cannot print a call of $per_call buys"
       continue
@@ -491,12 +504,12 @@ if [ "$REDIS_UP" -eq 1 ] && command -v redis-benchmark >/dev/null 2>&1; then
     say "redis-benchmark -P 16 FCALL of the multi-node buy step, $per_call a call ($REQUESTS buys)"
     redis_s=$(redis_cpu)
     read -r _ usec <<<"$(command_stats fcall)"
-    redis-benchmark -h 127.0.0.1 -p "$REDIS_PORT" -c "$CONNECTIONS" -n $((REQUESTS / per_call)) -r 1000000000 -P 16 \
+    redis-benchmark -h 127.0.0.1 -p "$REDIS_PORT" -c "$CONNECTIONS" -n $((REQUESTS / per_call)) -r "$REDIS_SHOPPERS" -P 16 \
       --threads "$THREADS" --csv "${call[@]}" >"$WORK/redis-buy.csv" 2>&1 || true
     rate=$(awk -F'","' -v n="$per_call" 'NR > 1 && NF > 1 {print $2 * n; exit}' "$WORK/redis-buy.csv")
     redis_s=$(awk -v a="$(redis_cpu)" -v b="$redis_s" 'BEGIN { print a - b }')
     usec=$(command_stats fcall | awk -v u="$usec" '{print ($2 - u) / 1e6}')
-    settled=$(redis-cli -h 127.0.0.1 -p "$REDIS_PORT" HGET "$P:acct:1" b:1)
+    settled=$(redis-cli -h 127.0.0.1 -p "$REDIS_PORT" HGET "$P:stock" s:1)
     result "$name" "$rate" "buys/s; $settled settled; Redis CPU per buy \
 $(per_buy_us "$redis_s" "$settled") us, script time $(per_buy_us "$usec" "$settled") us"
   done

@@ -89,12 +89,17 @@ enum Command {
 enum StepsPrint {
     /// The library, as `FUNCTION LOAD` takes it (its first line names it).
     Library,
-    /// The `FCALL` of buys of one unit of deal 1 by shopper 1 on shard 0,
-    /// one word a line, as a node sends it.
+    /// The `FCALL` of buys of one unit of deal 1 on shard 0, one word a
+    /// line, as a node sends it.
     ReserveCall {
         /// The deployment's `--redis-namespace`.
         #[arg(long)]
         namespace: String,
+        /// The buying shopper's id (`__rand_int__`: redis-benchmark gives
+        /// each buy an account of its own among `-r` of them, which must
+        /// exist as `<namespace>:{s:0}:acct:<12-digit number>`).
+        #[arg(long, default_value = "1")]
+        shopper: String,
         /// The idempotency key (`__rand_int__`: redis-benchmark makes each
         /// call's key new).
         #[arg(long, default_value = "__rand_int__")]
@@ -130,11 +135,13 @@ fn main() -> ExitCode {
                     StepsPrint::Library => print!("{}", flashsale_redis::steps::library_code()),
                     StepsPrint::ReserveCall {
                         namespace,
+                        shopper,
                         key,
                         requests,
                     } => {
                         for word in flashsale_redis::steps::bench_reserve_call(
                             &namespace,
+                            &shopper,
                             &key,
                             usize::from(requests),
                         ) {

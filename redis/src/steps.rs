@@ -392,19 +392,26 @@ pub(crate) const RESERVE_OUTCOMES: &[(&str, usize)] = &[
     ("BACKLOG", 1),
 ];
 
-/// The call a node makes to buy one unit of deal 1 for shopper 1 on shard
-/// 0 of `namespace`, `requests` times in one call (at least once), each
-/// with idempotency key `key` (with `__rand_int__`, `redis-benchmark`
-/// makes each one new), as `redis-cli` words (`scripts/compare.sh` hands
-/// it to `redis-benchmark`). The bench's terms are [`BENCH_TERMS`], the
-/// node's sold-out flag off, the books unbounded, the token's epoch 1
-/// (the bench's account keeps none, so the step reads its `e` and
-/// passes).
-pub fn bench_reserve_call(namespace: &str, key: &str, requests: usize) -> Vec<String> {
+/// The call a node makes to buy one unit of deal 1 for shopper `shopper`
+/// (its id as text) on shard 0 of `namespace`, `requests` times in one
+/// call (at least once), each with idempotency key `key`, as `redis-cli`
+/// words (`scripts/compare.sh` hands it to `redis-benchmark`, which makes
+/// each `__rand_int__` in them a random number of its own: a shopper of
+/// `__rand_int__` spreads the buys over that many accounts, as a flash
+/// sale's one buy per shopper does). The bench's terms are
+/// [`BENCH_TERMS`], the node's sold-out flag off, the books unbounded, the
+/// token's epoch 1 (the bench's accounts keep none, so the step reads
+/// their `e` and passes).
+pub fn bench_reserve_call(
+    namespace: &str,
+    shopper: &str,
+    key: &str,
+    requests: usize,
+) -> Vec<String> {
     let keys = crate::keys::Keys {
         namespace: namespace.to_owned(),
     };
-    let (shard, shopper, deal) = (0, flashsale_engine::ShopperId(1), 1);
+    let (shard, deal) = (0, 1);
     let mut call = Reserve {
         stock: keys.shard(shard, "stock"),
         orders: keys.shard(shard, "orders"),
@@ -423,9 +430,10 @@ pub fn bench_reserve_call(namespace: &str, key: &str, requests: usize) -> Vec<St
         each: Vec::new(),
     };
     for _ in 0..requests.max(1) {
-        call.accounts.push(keys.shard_id(shard, "acct", shopper.0));
+        call.accounts
+            .push(keys.shard(shard, &format!("acct:{shopper}")));
         call.each.extend([
-            shopper.0.to_string(),
+            shopper.to_owned(),
             "order".to_owned(),
             "1".to_owned(),
             "1".to_owned(),
@@ -545,7 +553,7 @@ mod tests {
 
     #[test]
     fn a_call_lists_keys_then_arguments_in_order() {
-        let words = bench_reserve_call("ns", "k", 2);
+        let words = bench_reserve_call("ns", "1", "k", 2);
         assert_eq!(words[0], "FCALL");
         assert_eq!(words[2], "10");
         assert_eq!(words[3], "ns:{s:0}:stock");
