@@ -375,7 +375,7 @@ local RESERVE_KEYS, RESERVE_ARGS, REQUEST_KEYS, REQUEST_ARGS = 8, 5, 1, 5
 -- (`terms_of`); then per request the shopper, kind ('order' or 'hold'),
 -- quantity, epoch (the caller's token's: `other_epoch`) and idempotency
 -- key. OK: per request one outcome, a reply of its own as flat words
--- (`append_outcome`): OK kind <the record's JSON> <1 when replayed, else
+-- (`put_outcome`): OK kind <the record's JSON> <1 when replayed, else
 -- 0>, ERR code arg, REFILL need total, EPOCH or BACKLOG; TERMS for the
 -- whole call.
 --- step: reserve

@@ -89,6 +89,8 @@ SHOPPERS=10000
 # Shoppers of the multi-node cases, so that each buys a few times in a
 # run, as in a flash sale (an account keeps two fields an order).
 REDIS_SHOPPERS=${COMPARE_REDIS_SHOPPERS:-100000}
+[ $((REDIS_SHOPPERS % SHOPPERS)) -eq 0 ] && [ "$REDIS_SHOPPERS" -gt 0 ] ||
+  { echo "COMPARE_REDIS_SHOPPERS must be a multiple of $SHOPPERS" >&2; exit 2; }
 # Upper bound on buys per second, used to size the settling deal so that no
 # shopper reaches the per-user limit and stock never runs out.
 BUYS_PER_SECOND_MAX=200000

@@ -20,7 +20,9 @@
 //! more calls in flight only wait there, one request a call; fewer carry
 //! more each and cost Redis and the node less per buy. A call holds its
 //! place for [`RESERVE_CALL_PLACE_HOLD_MAX`] at most, so a frozen primary
-//! keeps no other lane waiting longer than that.
+//! keeps no other lane waiting longer than that; so the bound is soft:
+//! when calls take longer than that to answer (a primary or the node
+//! overloaded), more of them are in flight.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -49,8 +51,8 @@ pub const RESERVE_BATCH_MAX: usize = 64;
 /// requests in progress.
 pub const REQUESTS_WAITING_MAX: usize = 4_096;
 /// `--redis-reserve-calls-in-flight` by default: on the two-node
-/// comparison (`scripts/compare.sh`) four made calls of about eight buys,
-/// where one call per lane made calls of two or three
+/// comparison (`scripts/compare.sh`) four made calls of about ten buys,
+/// where a place per lane made calls of about four
 /// (docs/performance.md, "Fewer calls in flight").
 pub const RESERVE_CALLS_IN_FLIGHT_DEFAULT: usize = 4;
 /// `--redis-reserve-calls-in-flight` at most: far past where fuller calls
@@ -58,10 +60,10 @@ pub const RESERVE_CALLS_IN_FLIGHT_DEFAULT: usize = 4;
 pub const RESERVE_CALLS_IN_FLIGHT_MAX: usize = 4_096;
 /// How long a call holds its place among the node's calls in flight at
 /// most: past it the place goes to the next lane while the call goes on
-/// waiting for its answer (bounded by the response timeout). A call of
-/// [`RESERVE_BATCH_MAX`] requests answers well within it; a frozen or
-/// lost primary's calls give their places up after it, so the other
-/// primaries' lanes keep going.
+/// waiting for its answer (bounded by the response timeout), so a frozen
+/// or lost primary's calls give their places up and the other
+/// primaries' lanes keep going. A call answered later than this no
+/// longer counts against the bound.
 pub const RESERVE_CALL_PLACE_HOLD_MAX: Duration = Duration::from_millis(2);
 
 /// The `reserve` calls a node sent and the requests they held, since it
@@ -84,10 +86,16 @@ pub(crate) struct Request {
     pub(crate) epoch: u64,
 }
 
+/// A request's outcome, with this node's refills of the shard's bucket of
+/// the deal ([`DealEntry::refills_of`]) when its call was sent: a request
+/// answered `REFILL` moves no stock if the node refilled the shard since
+/// ([`RedisStore::refill`]).
+pub(crate) type Sent = (Reply, u64);
+
 /// A request waiting in its lane, with where its outcome goes.
 struct Waiting {
     request: Request,
-    answer: oneshot::Sender<Result<Reply, Error>>,
+    answer: oneshot::Sender<Result<Sent, Error>>,
 }
 
 /// One deal's requests on one shard waiting for a call. A lane exists
@@ -136,7 +144,7 @@ impl Lanes {
 /// task to start), or first with a place free.
 enum Joined<'a> {
     Waiting {
-        outcome: oneshot::Receiver<Result<Reply, Error>>,
+        outcome: oneshot::Receiver<Result<Sent, Error>>,
         queued: bool,
     },
     First(Request, SemaphorePermit<'a>),
@@ -197,7 +205,7 @@ impl RedisStore {
         entry: &Arc<DealEntry>,
         shard: usize,
         request: Request,
-    ) -> Result<Reply, Error> {
+    ) -> Result<Sent, Error> {
         let Some(lanes) = self.inner.lanes.shards.get(shard) else {
             return Err(garbled("a shard past the shard count"));
         };
@@ -261,9 +269,12 @@ impl RedisStore {
             entry,
             shard,
         };
-        self.reserve_call(entry, shard, std::slice::from_ref(&request), Some(place))
-            .await
+        let (refills, mut outcomes) = self
+            .reserve_call(entry, shard, std::slice::from_ref(&request), Some(place))
+            .await;
+        outcomes
             .pop()
+            .map(|outcome| outcome.map(|reply| (reply, refills)))
             .unwrap_or_else(|| Err(garbled("no outcome for a request")))
     }
 
@@ -276,6 +287,19 @@ impl RedisStore {
             return;
         };
         loop {
+            // A lane nothing waits in ends without waiting for a place
+            // (only this task takes from it, so what waits now still
+            // waits once a place is free).
+            {
+                let mut lanes = lanes.lock();
+                if lanes
+                    .get(&lane_key(&entry))
+                    .is_none_or(|lane| lane.waiting.is_empty())
+                {
+                    lanes.remove(&lane_key(&entry));
+                    return;
+                }
+            }
             // Never closed; a closed semaphore would only mean no bound.
             let place = self.inner.lanes.places.acquire().await.ok();
             let batch: Vec<Waiting> = {
@@ -283,36 +307,37 @@ impl RedisStore {
                 let Some(lane) = lanes.get_mut(&lane_key(&entry)) else {
                     return;
                 };
-                if lane.waiting.is_empty() {
-                    lanes.remove(&lane_key(&entry));
-                    return;
-                }
                 let count = lane.waiting.len().min(RESERVE_BATCH_MAX);
                 lane.waiting.drain(..count).collect()
             };
+            if batch.is_empty() {
+                continue;
+            }
             let (requests, answers): (Vec<Request>, Vec<_>) = batch
                 .into_iter()
                 .map(|waiting| (waiting.request, waiting.answer))
                 .unzip();
-            let outcomes = self.reserve_call(&entry, shard, &requests, place).await;
+            let (refills, outcomes) = self.reserve_call(&entry, shard, &requests, place).await;
             for (answer, outcome) in answers.into_iter().zip(outcomes) {
                 // A caller gone (its client hung up) needs no answer.
-                let _ = answer.send(outcome);
+                let _ = answer.send(outcome.map(|reply| (reply, refills)));
             }
         }
     }
 
-    /// One `reserve` call for `requests` (at least one): an outcome per
-    /// request, in order. `place`: the call's place among the node's calls
-    /// in flight, given up when it answers or after
-    /// [`RESERVE_CALL_PLACE_HOLD_MAX`], whichever comes first.
+    /// One `reserve` call for `requests` (at least one): this node's
+    /// refills of the shard when it was sent, and an outcome per request,
+    /// in order. `place`: the call's place among the node's calls in
+    /// flight, given up when it answers or after
+    /// [`RESERVE_CALL_PLACE_HOLD_MAX`], whichever comes first (before
+    /// the replicas' acknowledgment is awaited).
     async fn reserve_call(
         &self,
         entry: &DealEntry,
         shard: usize,
         requests: &[Request],
         place: Option<SemaphorePermit<'_>>,
-    ) -> Vec<Result<Reply, Error>> {
+    ) -> (u64, Vec<Result<Reply, Error>>) {
         let keys = self.keys();
         let mut call = steps::Reserve {
             stock: keys.shard(shard, "stock"),
@@ -353,7 +378,11 @@ impl RedisStore {
             .requests
             .fetch_add(requests.len() as u64, Ordering::Relaxed);
         let every = |error: Error| requests.iter().map(|_| Err(error.clone())).collect();
+        let refills = entry.refills_of(shard);
         let sent = {
+            // Moved in: the place is given up when this block ends at the
+            // latest, so never held through the replicas' acknowledgment.
+            let place = place;
             let send = self.send(&call);
             tokio::pin!(send);
             tokio::select! {
@@ -366,10 +395,10 @@ impl RedisStore {
         };
         let values = match sent {
             Ok(values) => values,
-            Err(error) => return every(error),
+            Err(error) => return (refills, every(error)),
         };
         if values.first().and_then(text).as_deref() == Some("TERMS") {
-            return requests.iter().map(|_| Ok(Reply::Terms)).collect();
+            return (refills, requests.iter().map(|_| Ok(Reply::Terms)).collect());
         }
         let mut outcomes = outcomes_of(values, requests.len());
         // Done or replayed requests are answered once replicas have them.
@@ -384,7 +413,7 @@ impl RedisStore {
                 }
             }
         }
-        outcomes
+        (refills, outcomes)
     }
 }
 

@@ -44,8 +44,8 @@ impl RedisStore {
         // request's refill refills itself if short again.
         let mut on_others = true;
         for _ in 0..STEP_ATTEMPTS_MAX {
-            let refills = entry.refills_of(shard);
-            match self.reserve_step(&entry, shard, request.clone()).await? {
+            let (reply, refills) = self.reserve_step(&entry, shard, request.clone()).await?;
+            match reply {
                 Reply::Done(values) => {
                     let replayed = values.get(3).and_then(text).as_deref() == Some("1");
                     return Ok((values, replayed));
